@@ -1,0 +1,207 @@
+//! The sync server's API as the device uses it: builds requests, sends them
+//! through the injected [`Transport`], and turns every answer into a typed
+//! result. A body that does not decode is a [`Error::Protocol`], never a panic
+//! and never a partial apply.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::profile::SyncProfile;
+use crate::protocol::{
+    DEVICE_HEADER, ErrorResponse, Mutation, PROTOCOL_HEADER, PROTOCOL_VERSION, PullPage,
+    PushRequest, PushResponse, RecordList, RecordResponse,
+};
+use crate::transport::{HttpRequest, Method, Transport};
+
+/// Credentials and identity the device presents.
+#[derive(Clone)]
+pub struct Credentials {
+    /// Bearer token of the user.
+    pub token: String,
+    /// Stable id of this device (generated at first open).
+    pub device_id: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &"<redacted>")
+            .field("device_id", &self.device_id)
+            .finish()
+    }
+}
+
+/// A decoded answer and the bytes it took on the wire.
+pub struct Sized<T> {
+    pub value: T,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// Client of the sync server.
+#[derive(Clone)]
+pub struct ServerApi {
+    transport: Arc<dyn Transport>,
+    credentials: Credentials,
+}
+
+/// Percent-encodes a query or path component.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl ServerApi {
+    pub fn new(transport: Arc<dyn Transport>, credentials: Credentials) -> Self {
+        Self {
+            transport,
+            credentials,
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Vec<u8>,
+    ) -> Result<Sized<T>> {
+        let bytes_up = (body.len() + path.len()) as u64;
+        let request = HttpRequest {
+            method,
+            path,
+            headers: vec![
+                (
+                    "authorization".into(),
+                    format!("Bearer {}", self.credentials.token),
+                ),
+                (DEVICE_HEADER.into(), self.credentials.device_id.clone()),
+                (PROTOCOL_HEADER.into(), PROTOCOL_VERSION.to_string()),
+            ],
+            body,
+        };
+        let response = self
+            .transport
+            .send(request)
+            .await
+            .map_err(|e| Error::NetworkUnavailable(e.0))?;
+        let bytes_down = response.body.len() as u64;
+        if !(200..300).contains(&response.status) {
+            return Err(error_from_response(response.status, &response.body));
+        }
+        let value = serde_json::from_slice(&response.body)
+            .map_err(|e| Error::Protocol(format!("the server's answer does not decode: {e}")))?;
+        Ok(Sized {
+            value,
+            bytes_up,
+            bytes_down,
+        })
+    }
+
+    /// The offline profile issued to this user.
+    pub async fn profile(&self) -> Result<Sized<SyncProfile>> {
+        self.call(Method::Get, "/v1/profile".into(), Vec::new())
+            .await
+    }
+
+    /// One page of changes of `table` after `cursor`.
+    pub async fn pull(
+        &self,
+        table: &str,
+        cursor: &str,
+        limit: u32,
+        want_total: bool,
+        profile_version: i64,
+    ) -> Result<Sized<PullPage>> {
+        let path = format!(
+            "/v1/sync/pull?table={}&cursor={}&limit={limit}&total={want_total}&profile_version={profile_version}",
+            encode_component(table),
+            encode_component(cursor)
+        );
+        let page: Sized<PullPage> = self.call(Method::Get, path, Vec::new()).await?;
+        if page.value.table != table {
+            return Err(Error::Protocol(format!(
+                "asked for table '{table}', got '{}'",
+                page.value.table
+            )));
+        }
+        Ok(page)
+    }
+
+    /// Uploads mutations; results come back in the same order.
+    pub async fn push(&self, mutations: Vec<Mutation>) -> Result<Sized<PushResponse>> {
+        let keys: Vec<String> = mutations
+            .iter()
+            .map(|m| m.idempotency_key.clone())
+            .collect();
+        let body = serde_json::to_vec(&PushRequest { mutations })?;
+        let response: Sized<PushResponse> = self
+            .call(Method::Post, "/v1/sync/push".into(), body)
+            .await?;
+        let got: Vec<&str> = response
+            .value
+            .results
+            .iter()
+            .map(|r| r.idempotency_key.as_str())
+            .collect();
+        if got != keys.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err(Error::Protocol(
+                "push results do not match the mutations sent".into(),
+            ));
+        }
+        Ok(response)
+    }
+
+    /// Reads one live row from the server (online mode).
+    pub async fn record(&self, table: &str, id: &str) -> Result<Sized<RecordResponse>> {
+        let path = format!(
+            "/v1/records/{}/{}",
+            encode_component(table),
+            encode_component(id)
+        );
+        self.call(Method::Get, path, Vec::new()).await
+    }
+
+    /// Lists live rows from the server (online mode).
+    pub async fn records(
+        &self,
+        table: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Sized<RecordList>> {
+        let mut path = format!("/v1/records/{}?limit={limit}", encode_component(table));
+        if let Some(after) = after {
+            path.push_str(&format!("&after={}", encode_component(after)));
+        }
+        self.call(Method::Get, path, Vec::new()).await
+    }
+}
+
+/// Turns a non-2xx answer into a typed error.
+pub fn error_from_response(status: u16, body: &[u8]) -> Error {
+    let parsed = serde_json::from_slice::<ErrorResponse>(body).ok();
+    let (code, message) = match parsed {
+        Some(r) => (r.error.code, r.error.message),
+        None => (
+            "unknown".to_owned(),
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        ),
+    };
+    match status {
+        401 => Error::Unauthorized,
+        502..=504 => Error::NetworkUnavailable(format!("the service answered {status}")),
+        _ => Error::Server {
+            status,
+            code,
+            message,
+        },
+    }
+}

@@ -1,0 +1,391 @@
+//! The engine object apps hold: opens the local store, answers reads and
+//! writes from it (offline-first), and runs sync against the server through
+//! the injected transport and clock. Every public method takes and returns
+//! plain data, so the bindings crate can export it as it is.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::client::{Credentials, ServerApi};
+use crate::error::{Error, Result};
+use crate::profile::{SyncProfile, SyncTable};
+use crate::protocol::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Op};
+use crate::store::{LocalSyncError, Store};
+use crate::sync;
+use crate::time::{Clock, SystemClock};
+use crate::transport::{HttpTimeouts, HttpTransport, Transport};
+use crate::value::{Record, Value};
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Path of the device database file (created if missing).
+    pub database_path: PathBuf,
+    /// Base URL of the sync server, for example `https://sync.example.com`.
+    pub server_url: String,
+    /// The user's bearer token.
+    pub token: String,
+    /// Rows per pull page (1 to 10000).
+    pub page_size: u32,
+}
+
+impl EngineConfig {
+    /// A configuration with the default page size.
+    pub fn new(database_path: impl Into<PathBuf>, server_url: &str, token: &str) -> Self {
+        Self {
+            database_path: database_path.into(),
+            server_url: server_url.to_owned(),
+            token: token.to_owned(),
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+}
+
+/// What happened to one table during a sync.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    /// True while the table's first download was (still) under way.
+    pub initial: bool,
+    pub pages: u64,
+    pub rows_upserted: u64,
+    pub rows_removed: u64,
+    /// Pulled rows left alone because a local change waits for upload.
+    pub rows_kept_pending: u64,
+    pub bytes_down: u64,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SyncReport {
+    /// Milliseconds since the epoch.
+    pub started_at: i64,
+    pub duration_ms: i64,
+    /// Local changes the server applied.
+    pub uploaded: u64,
+    /// Local changes where the server kept its version (conflict detection on).
+    pub conflicts: Vec<LocalSyncError>,
+    /// Local changes the server refused.
+    pub rejected: Vec<LocalSyncError>,
+    pub tables: Vec<TableReport>,
+    pub profile_version: i64,
+    pub profile_changed: bool,
+    pub tables_added: Vec<String>,
+    pub tables_dropped: Vec<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl SyncReport {
+    /// Pages pulled, over all tables.
+    pub fn pages(&self) -> u64 {
+        self.tables.iter().map(|t| t.pages).sum()
+    }
+}
+
+/// Progress and results, as they happen. Subscribe with [`Engine::subscribe`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SyncEvent {
+    SyncStarted,
+    Uploaded {
+        count: u64,
+        pending: u64,
+    },
+    TableProgress {
+        table: String,
+        initial: bool,
+        rows_done: u64,
+        rows_total: Option<u64>,
+        bytes_down: u64,
+    },
+    TableDone {
+        table: String,
+        initial: bool,
+    },
+    SyncFinished {
+        report: SyncReport,
+    },
+    SyncFailed {
+        message: String,
+    },
+}
+
+/// Per-table line of the offline status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OfflineTableStatus {
+    pub table: String,
+    pub rows: u64,
+    /// Last successful sync, milliseconds since the epoch.
+    pub last_sync_at: Option<i64>,
+    pub initial_sync_done: bool,
+    pub pending_uploads: u64,
+    pub sync_interval_secs: u32,
+    pub last_error: Option<String>,
+}
+
+/// A snapshot of the device's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceStatus {
+    pub device_id: String,
+    pub profile_name: Option<String>,
+    pub profile_version: Option<i64>,
+    pub pending_uploads: u64,
+    pub database_bytes: u64,
+    pub tables: Vec<OfflineTableStatus>,
+    pub recent_errors: Vec<LocalSyncError>,
+}
+
+/// What a reset did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ResetReport {
+    /// Unsynced changes that were discarded (only with force).
+    pub discarded_changes: u64,
+}
+
+/// The device engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    pub(crate) store: Arc<Store>,
+    pub(crate) api: ServerApi,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) profile: RwLock<Option<SyncProfile>>,
+    pub(crate) page_size: u32,
+    pub(crate) sync_lock: tokio::sync::Mutex<()>,
+    pub(crate) events: broadcast::Sender<SyncEvent>,
+    device_id: String,
+}
+
+impl Engine {
+    /// Opens the engine with the HTTP transport and the system clock.
+    pub fn open(config: EngineConfig) -> Result<Arc<Engine>> {
+        let transport = Arc::new(HttpTransport::new(
+            &config.server_url,
+            HttpTimeouts::default(),
+        )?);
+        Self::open_with(config, transport, Arc::new(SystemClock))
+    }
+
+    /// Opens the engine with an injected transport and clock.
+    pub fn open_with(
+        config: EngineConfig,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Engine>> {
+        if config.page_size == 0 || config.page_size > MAX_PAGE_SIZE {
+            return Err(Error::InvalidInput(format!(
+                "page size must be 1 to {MAX_PAGE_SIZE}"
+            )));
+        }
+        if config.token.trim().is_empty() {
+            return Err(Error::InvalidInput("a token is required".into()));
+        }
+        let store = Store::open(&config.database_path)?;
+        let device_id = match store.meta("device_id")? {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                store.set_meta("device_id", &id)?;
+                id
+            }
+        };
+        let profile = store.profile()?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(Engine {
+            api: ServerApi::new(
+                transport,
+                Credentials {
+                    token: config.token,
+                    device_id: device_id.clone(),
+                },
+            ),
+            store: Arc::new(store),
+            clock,
+            profile: RwLock::new(profile),
+            page_size: config.page_size,
+            sync_lock: tokio::sync::Mutex::new(()),
+            events,
+            device_id,
+        }))
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// The offline profile in force on this device.
+    pub fn profile(&self) -> Option<SyncProfile> {
+        self.profile
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_profile(&self, p: SyncProfile) {
+        *self.profile.write().unwrap_or_else(|p| p.into_inner()) = Some(p);
+    }
+
+    pub(crate) fn emit(&self, event: SyncEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Subscribes to sync events.
+    pub fn subscribe(&self) -> broadcast::Receiver<SyncEvent> {
+        self.events.subscribe()
+    }
+
+    fn table(&self, name: &str) -> Result<SyncTable> {
+        let profile = self.profile.read().unwrap_or_else(|p| p.into_inner());
+        let profile = profile.as_ref().ok_or_else(|| {
+            Error::UnknownTable(format!("{name} (no offline profile yet: sync once first)"))
+        })?;
+        profile
+            .table(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTable(name.to_owned()))
+    }
+
+    fn check_fields(
+        table: &SyncTable,
+        id: &str,
+        fields: BTreeMap<String, Value>,
+    ) -> Result<BTreeMap<String, Value>> {
+        if id.is_empty() || id.len() > 256 {
+            return Err(Error::InvalidInput(
+                "a record id is 1 to 256 characters".into(),
+            ));
+        }
+        let mut out = BTreeMap::new();
+        for (name, value) in fields {
+            let column = table.column(&name).ok_or_else(|| Error::UnknownColumn {
+                table: table.name.clone(),
+                column: name.clone(),
+            })?;
+            if name == table.primary_key {
+                if value != Value::Text(id.to_owned()) {
+                    return Err(Error::InvalidInput(
+                        "the primary key field differs from the record id".into(),
+                    ));
+                }
+                continue;
+            }
+            let value = value
+                .coerce(column.kind)
+                .map_err(|e| Error::InvalidInput(format!("column '{name}': {e}")))?;
+            out.insert(name, value);
+        }
+        Ok(out)
+    }
+
+    /// Reads a record from the device (never from the network).
+    pub fn get(&self, table: &str, id: &str) -> Result<Record> {
+        let table = self.table(table)?;
+        self.store.get(&table, id)
+    }
+
+    /// Lists records ordered by primary key, after `after`, at most `limit`.
+    pub fn list(&self, table: &str, after: Option<&str>, limit: u32) -> Result<Vec<Record>> {
+        let table = self.table(table)?;
+        self.store.list(&table, after, limit.min(100_000))
+    }
+
+    /// Creates a record on the device and queues it for upload.
+    pub fn insert(&self, table: &str, id: &str, fields: BTreeMap<String, Value>) -> Result<Record> {
+        let table = self.table(table)?;
+        let fields = Self::check_fields(&table, id, fields)?;
+        self.store
+            .write(&table, id, Op::Insert, fields, self.clock.now_ms())?
+            .ok_or_else(|| Error::Internal("insert returned no record".into()))
+    }
+
+    /// Changes fields of a record on the device and queues the change.
+    pub fn update(&self, table: &str, id: &str, fields: BTreeMap<String, Value>) -> Result<Record> {
+        let table = self.table(table)?;
+        let fields = Self::check_fields(&table, id, fields)?;
+        self.store
+            .write(&table, id, Op::Update, fields, self.clock.now_ms())?
+            .ok_or_else(|| Error::Internal("update returned no record".into()))
+    }
+
+    /// Updates the record if it is on the device, creates it otherwise.
+    pub fn put(&self, table: &str, id: &str, fields: BTreeMap<String, Value>) -> Result<Record> {
+        match self.update(table, id, fields.clone()) {
+            Err(Error::RecordNotFound { .. }) => self.insert(table, id, fields),
+            other => other,
+        }
+    }
+
+    /// Deletes a record on the device and queues the deletion.
+    pub fn delete(&self, table: &str, id: &str) -> Result<()> {
+        let table = self.table(table)?;
+        Self::check_fields(&table, id, BTreeMap::new())?;
+        self.store
+            .write(&table, id, Op::Delete, BTreeMap::new(), self.clock.now_ms())?;
+        Ok(())
+    }
+
+    /// Number of local changes waiting for upload.
+    pub fn pending_uploads(&self) -> Result<u64> {
+        self.store.pending_count()
+    }
+
+    /// Sync errors kept on the device, newest first.
+    pub fn sync_errors(&self, limit: u32) -> Result<Vec<LocalSyncError>> {
+        self.store.sync_errors(limit)
+    }
+
+    /// Uploads pending changes, then downloads every table of the profile.
+    pub async fn sync(&self) -> Result<SyncReport> {
+        sync::run(self, None).await
+    }
+
+    /// Uploads pending changes, then downloads only the named tables.
+    pub async fn sync_tables(&self, tables: Vec<String>) -> Result<SyncReport> {
+        sync::run(self, Some(tables)).await
+    }
+
+    /// A snapshot of the device's state.
+    pub fn status(&self) -> Result<DeviceStatus> {
+        let profile = self.profile();
+        let pending = self.store.pending_by_table()?;
+        let mut tables = Vec::new();
+        if let Some(p) = &profile {
+            for t in &p.tables {
+                let state = self.store.table_state(&t.name)?;
+                tables.push(OfflineTableStatus {
+                    table: t.name.clone(),
+                    rows: self.store.count(&t.name)?,
+                    last_sync_at: state.last_sync_at,
+                    initial_sync_done: state.initial_done,
+                    pending_uploads: pending.get(&t.name).copied().unwrap_or(0),
+                    sync_interval_secs: t.sync_interval_secs,
+                    last_error: state.last_error,
+                });
+            }
+        }
+        Ok(DeviceStatus {
+            device_id: self.device_id.clone(),
+            profile_name: profile.as_ref().map(|p| p.name.clone()),
+            profile_version: profile.as_ref().map(|p| p.version),
+            pending_uploads: pending.values().sum(),
+            database_bytes: self.store.size_bytes(),
+            tables,
+            recent_errors: self.store.sync_errors(20)?,
+        })
+    }
+
+    /// Clears the offline database. Refuses with [`Error::PendingUploads`]
+    /// (saying how many) while local changes wait for upload, unless `force`.
+    pub async fn reset(&self, force: bool) -> Result<ResetReport> {
+        let _guard = self.sync_lock.lock().await;
+        let discarded = self.store.reset(force)?;
+        *self.profile.write().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(ResetReport {
+            discarded_changes: discarded,
+        })
+    }
+}

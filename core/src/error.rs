@@ -1,0 +1,118 @@
+//! Errors of the device engine.
+//!
+//! [`Error`] is the rich error used inside the core and by the headless
+//! device. [`ErrorKind`] is the small, stable classification a UI (and the
+//! FFI layer) branches on; [`Error::kind`] is the one place that maps the
+//! first to the second. Messages name tables, columns and counts, never
+//! field values, so they carry no personal data.
+
+use thiserror::Error;
+
+/// The stable classes of failure an app reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The record is not (or no longer) on this device.
+    RecordNotFound,
+    /// The server kept its version of a record; the device copy was replaced.
+    Conflict,
+    /// Network or Service Unavailable: no answer, too slow, or a server fault.
+    NetworkUnavailable,
+    /// The server refused the credentials.
+    Unauthorized,
+    /// The request was malformed or refers to something that does not exist.
+    InvalidInput,
+    /// Reset refused because unsynced changes would be lost.
+    PendingUploads,
+    /// The local database failed (disk full, corruption, I/O).
+    Storage,
+    /// The server answered something the protocol does not allow, or a bug.
+    Internal,
+}
+
+/// Errors returned by the device engine.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Record Not Found: {table}/{id} is not on this device")]
+    RecordNotFound { table: String, id: String },
+    #[error("record {table}/{id} already exists")]
+    AlreadyExists { table: String, id: String },
+    #[error("unknown table '{0}'")]
+    UnknownTable(String),
+    #[error("unknown column '{column}' in table '{table}'")]
+    UnknownColumn { table: String, column: String },
+    #[error("invalid offline profile: {0}")]
+    InvalidProfile(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("sync conflict on {table}/{id}: the server's version was kept")]
+    Conflict { table: String, id: String },
+    #[error("reset refused: {count} unsynced change(s) would be lost (use force to reset anyway)")]
+    PendingUploads { count: u64 },
+    #[error("Network or Service Unavailable: {0}")]
+    NetworkUnavailable(String),
+    #[error("unauthorized: the server refused the credentials")]
+    Unauthorized,
+    #[error("server refused the request ({status} {code}): {message}")]
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("storage is full: {0}")]
+    StorageFull(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::RecordNotFound { .. } => ErrorKind::RecordNotFound,
+            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::AlreadyExists { .. }
+            | Error::UnknownTable(_)
+            | Error::UnknownColumn { .. }
+            | Error::InvalidProfile(_)
+            | Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            Error::PendingUploads { .. } => ErrorKind::PendingUploads,
+            Error::NetworkUnavailable(_) => ErrorKind::NetworkUnavailable,
+            Error::Unauthorized => ErrorKind::Unauthorized,
+            Error::Server { status, .. } if *status >= 500 => ErrorKind::NetworkUnavailable,
+            Error::Server { status, .. } if *status == 401 => ErrorKind::Unauthorized,
+            Error::Server { .. } => ErrorKind::InvalidInput,
+            Error::StorageFull(_) | Error::Storage(_) => ErrorKind::Storage,
+            Error::Protocol(_) | Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// True for failures a later retry may cure (network, server faults).
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind(), ErrorKind::NetworkUnavailable)
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DiskFull => {
+                Error::StorageFull(e.to_string())
+            }
+            _ => Error::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Internal(format!("JSON: {e}"))
+    }
+}
+
+/// Result alias of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

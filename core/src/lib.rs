@@ -1,0 +1,36 @@
+//! fieldsync core: the device engine of an offline-first sync system for
+//! field-service apps.
+//!
+//! A device keeps the slice of the server's data that its offline profile
+//! selects in a local SQLite database, reads and writes it with or without a
+//! network, and syncs with the server: local changes go up from an outbox,
+//! server changes come down in pages from per-table cursors.
+//!
+//! The crate knows nothing of FFI; `bindings/` exports it through UniFFI.
+//! Its public API is already shaped for that: plain records and enums, an
+//! [`Engine`] object behind `Arc`, typed errors, async sync functions, and an
+//! injected [`Transport`] and [`Clock`].
+//!
+//! The wire types in [`protocol`] and the profile model in [`profile`] are
+//! shared with the reference server.
+
+pub mod client;
+pub mod engine;
+pub mod error;
+pub mod profile;
+pub mod protocol;
+pub mod store;
+mod sync;
+pub mod time;
+pub mod transport;
+pub mod value;
+
+pub use engine::{
+    DeviceStatus, Engine, EngineConfig, OfflineTableStatus, ResetReport, SyncEvent, SyncReport,
+    TableReport,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use store::LocalSyncError;
+pub use time::{Clock, ManualClock, SystemClock};
+pub use transport::{HttpRequest, HttpResponse, HttpTransport, Method, Transport, TransportError};
+pub use value::{Record, Value};

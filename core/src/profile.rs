@@ -1,0 +1,347 @@
+//! The offline profile: which tables, columns and rows a device keeps, and how
+//! often each table syncs.
+//!
+//! Two forms exist. [`OfflineProfile`] is what an administrator writes and the
+//! server stores (table names, column names, row rules, sync intervals).
+//! [`SyncProfile`] is what the server sends a device: the same profile resolved
+//! against the server's data model (column kinds, primary key) and the user it
+//! was issued to, so the device can create its tables and evaluate row rules
+//! locally.
+//!
+//! Row rules are a tagged list (`{"kind": "all"}`, `{"kind": "owned", ...}`);
+//! a row qualifies when any rule of its table matches. New rule kinds are new
+//! tags, so the format grows without a break.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::value::Value;
+
+/// Shortest allowed sync interval (5 minutes).
+pub const MIN_SYNC_INTERVAL_SECS: u32 = 300;
+/// Longest allowed sync interval (1 day).
+pub const MAX_SYNC_INTERVAL_SECS: u32 = 86_400;
+
+/// The kind of a column's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnKind {
+    Text,
+    Integer,
+    Real,
+    Boolean,
+    /// `YYYY-MM-DD`, stored as text.
+    Date,
+    /// `YYYY-MM-DDTHH:MM:SSZ` (UTC), stored as text.
+    #[serde(rename = "datetime")]
+    DateTime,
+}
+
+impl ColumnKind {
+    /// SQLite column affinity for this kind.
+    pub fn sql_type(self) -> &'static str {
+        match self {
+            ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime => "TEXT",
+            ColumnKind::Integer | ColumnKind::Boolean => "INTEGER",
+            ColumnKind::Real => "REAL",
+        }
+    }
+}
+
+/// A column of a synced table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ColumnKind,
+}
+
+/// Which rows of a table a device keeps. A row qualifies when any rule of its
+/// table matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RowRule {
+    /// Every row of the table.
+    All,
+    /// Rows whose `column` holds the id of the user the profile was issued to.
+    Owned { column: String },
+}
+
+/// A table in an administrator's offline profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableProfile {
+    /// Table name in the server's data model.
+    pub name: String,
+    /// Columns to sync; the primary key is always included.
+    pub columns: Vec<String>,
+    /// Row rules; a row qualifies when any matches. Must not be empty.
+    pub rules: Vec<RowRule>,
+    /// How often the table syncs, in seconds (300 to 86400).
+    pub sync_interval_secs: u32,
+}
+
+/// An offline profile as an administrator writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineProfile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub tables: Vec<TableProfile>,
+}
+
+/// A table of the server's data model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSchema {
+    pub name: String,
+    pub primary_key: String,
+    pub columns: Vec<Column>,
+}
+
+impl TableSchema {
+    /// The column with this name.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// The server's data model: every table a profile may name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataModel {
+    pub tables: Vec<TableSchema>,
+}
+
+impl DataModel {
+    /// The table with this name.
+    pub fn table(&self, name: &str) -> Option<&TableSchema> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// Checks names and keys.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut seen = BTreeSet::new();
+        for t in &self.tables {
+            check_identifier(&t.name)?;
+            if !seen.insert(&t.name) {
+                return Err(Error::InvalidProfile(format!(
+                    "table '{}' defined twice",
+                    t.name
+                )));
+            }
+            let mut cols = BTreeSet::new();
+            for c in &t.columns {
+                check_identifier(&c.name)?;
+                if !cols.insert(&c.name) {
+                    return Err(Error::InvalidProfile(format!(
+                        "column '{}.{}' defined twice",
+                        t.name, c.name
+                    )));
+                }
+            }
+            match t.column(&t.primary_key) {
+                Some(c) if c.kind == ColumnKind::Text => {}
+                _ => {
+                    return Err(Error::InvalidProfile(format!(
+                        "table '{}' needs a text primary key column '{}'",
+                        t.name, t.primary_key
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A synced table as a device sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncTable {
+    pub name: String,
+    pub primary_key: String,
+    /// Synced columns, primary key first.
+    pub columns: Vec<Column>,
+    pub rules: Vec<RowRule>,
+    pub sync_interval_secs: u32,
+}
+
+impl SyncTable {
+    /// The column with this name.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Evaluates this table's row rules against a row (device side).
+    pub fn row_qualifies(&self, row: &BTreeMap<String, Value>, user_id: &str) -> bool {
+        self.rules.iter().any(|rule| match rule {
+            RowRule::All => true,
+            RowRule::Owned { column } => {
+                matches!(row.get(column), Some(Value::Text(v)) if v == user_id)
+            }
+        })
+    }
+}
+
+/// The offline profile as issued to one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncProfile {
+    pub name: String,
+    /// Increases each time an administrator publishes a change.
+    pub version: i64,
+    /// The user the profile was issued to ("rows owned by me").
+    pub user_id: String,
+    pub tables: Vec<SyncTable>,
+}
+
+impl SyncProfile {
+    /// The table with this name.
+    pub fn table(&self, name: &str) -> Option<&SyncTable> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+}
+
+impl OfflineProfile {
+    /// Validates this profile against a data model and resolves it for a user.
+    pub fn resolve(
+        &self,
+        model: &DataModel,
+        version: i64,
+        user_id: &str,
+    ) -> Result<SyncProfile, Error> {
+        self.validate(model)?;
+        let mut tables = Vec::with_capacity(self.tables.len());
+        for t in &self.tables {
+            let schema = model
+                .table(&t.name)
+                .ok_or_else(|| Error::UnknownTable(t.name.clone()))?;
+            let mut columns =
+                vec![schema.column(&schema.primary_key).cloned().ok_or_else(|| {
+                    Error::InvalidProfile(format!("table '{}' has no primary key", t.name))
+                })?];
+            for c in &t.columns {
+                if c == &schema.primary_key {
+                    continue;
+                }
+                columns.push(
+                    schema
+                        .column(c)
+                        .cloned()
+                        .ok_or_else(|| Error::UnknownColumn {
+                            table: t.name.clone(),
+                            column: c.clone(),
+                        })?,
+                );
+            }
+            tables.push(SyncTable {
+                name: t.name.clone(),
+                primary_key: schema.primary_key.clone(),
+                columns,
+                rules: t.rules.clone(),
+                sync_interval_secs: t.sync_interval_secs,
+            });
+        }
+        Ok(SyncProfile {
+            name: self.name.clone(),
+            version,
+            user_id: user_id.to_owned(),
+            tables,
+        })
+    }
+
+    /// Checks the profile against the data model, naming the first problem.
+    pub fn validate(&self, model: &DataModel) -> Result<(), Error> {
+        if self.name.trim().is_empty() {
+            return Err(Error::InvalidProfile("the profile needs a name".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for t in &self.tables {
+            let schema = model
+                .table(&t.name)
+                .ok_or_else(|| Error::UnknownTable(t.name.clone()))?;
+            if !seen.insert(&t.name) {
+                return Err(Error::InvalidProfile(format!(
+                    "table '{}' is listed twice",
+                    t.name
+                )));
+            }
+            for c in &t.columns {
+                if schema.column(c).is_none() {
+                    return Err(Error::UnknownColumn {
+                        table: t.name.clone(),
+                        column: c.clone(),
+                    });
+                }
+            }
+            if !(MIN_SYNC_INTERVAL_SECS..=MAX_SYNC_INTERVAL_SECS).contains(&t.sync_interval_secs) {
+                return Err(Error::InvalidProfile(format!(
+                    "table '{}': sync interval {} s is outside 5 minutes to 1 day",
+                    t.name, t.sync_interval_secs
+                )));
+            }
+            if t.rules.is_empty() {
+                return Err(Error::InvalidProfile(format!(
+                    "table '{}' has no row rule (use {{\"kind\": \"all\"}} for every row)",
+                    t.name
+                )));
+            }
+            for rule in &t.rules {
+                match rule {
+                    RowRule::All => {}
+                    RowRule::Owned { column } => {
+                        if !t.columns.contains(column) && column != &schema.primary_key {
+                            return Err(Error::InvalidProfile(format!(
+                                "table '{}': owner column '{column}' must be one of the synced columns",
+                                t.name
+                            )));
+                        }
+                        match schema.column(column) {
+                            Some(c) if c.kind == ColumnKind::Text => {}
+                            Some(_) => {
+                                return Err(Error::InvalidProfile(format!(
+                                    "table '{}': owner column '{column}' must hold text user ids",
+                                    t.name
+                                )));
+                            }
+                            None => {
+                                return Err(Error::UnknownColumn {
+                                    table: t.name.clone(),
+                                    column: column.clone(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a table or column name is a plain identifier that can be
+/// quoted into SQL: lower-case ASCII letters, digits and `_`, starting with a
+/// letter, at most 63 characters. Names starting with `_` are reserved.
+pub fn check_identifier(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.starts_with("sqlite_");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "'{}' is not a valid name (lower-case letters, digits and _, starting with a letter)",
+            name.chars().take(64).collect::<String>()
+        )))
+    }
+}
+
+/// Quotes a checked identifier for SQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{name}\"")
+}

@@ -1,0 +1,208 @@
+//! The wire protocol shared by the device engine and the reference server.
+//!
+//! Every type here is what travels as JSON over HTTP; `docs/protocol.md` and
+//! `docs/openapi.yaml` describe the same shapes for teams that implement the
+//! server side themselves. Pull pages are columnar (a header of column names,
+//! then one array of values per row) so they can be decoded and applied row by
+//! row, and so a compact encoding can replace JSON later behind content
+//! negotiation without changing the model.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+
+/// Version of this protocol, sent in `X-Fieldsync-Protocol`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Rows per pull page when the device does not ask for a size.
+pub const DEFAULT_PAGE_SIZE: u32 = 1000;
+/// Largest page a server hands out; larger requests are refused.
+pub const MAX_PAGE_SIZE: u32 = 10_000;
+/// Most mutations in one push request.
+pub const MAX_MUTATIONS_PER_PUSH: usize = 500;
+/// Largest request body the server accepts, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Largest single row (sum of its values) a device may write, in bytes.
+pub const MAX_ROW_BYTES: usize = 1024 * 1024;
+/// Name of the version column in pull pages.
+pub const VERSION_COLUMN: &str = "_version";
+
+/// Header carrying the device's id.
+pub const DEVICE_HEADER: &str = "x-fieldsync-device";
+/// Header carrying the protocol version.
+pub const PROTOCOL_HEADER: &str = "x-fieldsync-protocol";
+
+/// Body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+/// A machine-readable error code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// Error codes the server uses (the `code` of [`ErrorBody`]).
+pub mod codes {
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const MALFORMED_JSON: &str = "malformed_json";
+    pub const UNKNOWN_TABLE: &str = "unknown_table";
+    pub const UNKNOWN_COLUMN: &str = "unknown_column";
+    pub const INVALID_VALUE: &str = "invalid_value";
+    pub const NOT_IN_PROFILE: &str = "not_in_profile";
+    pub const INVALID_CURSOR: &str = "invalid_cursor";
+    pub const PAGE_TOO_LARGE: &str = "page_too_large";
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    pub const PROFILE_CHANGED: &str = "profile_changed";
+    pub const INVALID_PROFILE: &str = "invalid_profile";
+    pub const CONFLICT: &str = "conflict";
+    pub const INTERNAL: &str = "internal";
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
+/// One page of changes for one table (`GET /v1/sync/pull`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullPage {
+    pub table: String,
+    /// The profile version the page was computed for.
+    pub profile_version: i64,
+    /// Opaque cursor to send with the next request.
+    pub cursor: String,
+    /// True when more changes follow this page.
+    pub has_more: bool,
+    /// Number of rows from the request's cursor to the end (upserts and
+    /// removals), when the device asked for it with `total=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// Column names of `rows`: `_version`, then the primary key, then the
+    /// synced columns in profile order.
+    pub columns: Vec<String>,
+    /// Rows to insert or replace, each aligned with `columns`.
+    pub rows: Vec<Vec<Value>>,
+    /// Primary keys of rows to remove: deleted on the server or no longer
+    /// selected by the profile.
+    pub removed: Vec<String>,
+}
+
+/// What a mutation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Create the row (fields not given are null).
+    Insert,
+    /// Set the given fields of the row.
+    Update,
+    /// Delete the row.
+    Delete,
+}
+
+impl Op {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "insert" => Some(Op::Insert),
+            "update" => Some(Op::Update),
+            "delete" => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One local change uploaded from a device's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mutation {
+    /// Unique per change; a replay with the same key returns the first result.
+    pub idempotency_key: String,
+    pub table: String,
+    pub id: String,
+    pub op: Op,
+    /// Server version the change was based on (0 for a row created on the device).
+    pub base_version: i64,
+    /// Field values (insert, update); empty for delete.
+    #[serde(default)]
+    pub data: BTreeMap<String, Value>,
+}
+
+/// Body of `POST /v1/sync/push`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub mutations: Vec<Mutation>,
+}
+
+/// Outcome of one mutation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MutationStatus {
+    /// The change was applied (device wins, or no conflict).
+    Applied,
+    /// Conflict detection is on and the server's row differed from the base
+    /// version: the server kept its row, returned in `row`.
+    Conflict,
+    /// The change was refused (not allowed, invalid); `error` says why and
+    /// `row` holds the server's row, if the device may see it.
+    Rejected,
+}
+
+/// Result of one mutation, in the order of the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MutationResult {
+    pub idempotency_key: String,
+    pub status: MutationStatus,
+    /// Server version of the row after this mutation (0 when it does not exist).
+    pub version: i64,
+    /// The server's row after this mutation, in the device's columns; null
+    /// when the row does not exist (deleted) or is not visible to the device.
+    pub row: Option<BTreeMap<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// Body of the push response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushResponse {
+    pub results: Vec<MutationResult>,
+}
+
+/// Body of `GET /v1/records/{table}/{id}` and of record writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordResponse {
+    pub table: String,
+    pub id: String,
+    pub version: i64,
+    pub row: BTreeMap<String, Value>,
+}
+
+/// Body of `PUT /v1/records/{table}/{id}`: set these fields (create the row
+/// if missing). With `base_version`, the write is refused with 409 when the
+/// row has changed since.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordWrite {
+    pub data: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<i64>,
+}
+
+/// Body of `GET /v1/records/{table}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordList {
+    pub table: String,
+    pub rows: Vec<RecordResponse>,
+    /// Pass as `after` for the next page; absent at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}

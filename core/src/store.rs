@@ -1,0 +1,1139 @@
+//! The device's local store (C1): one SQLite file in WAL mode, one writer
+//! connection and one reader connection.
+//!
+//! Synced tables are real SQLite tables named as in the offline profile, with
+//! the profile's columns and a `_fs_version` column (the server version a row
+//! is based on). Engine state lives in tables prefixed `_fs_`:
+//! `_fs_meta` (device id, profile), `_fs_settings`, `_fs_tables` (per-table
+//! cursor and sync times), `_fs_outbox` (local changes waiting for upload) and
+//! `_fs_sync_errors`.
+//!
+//! Invariants kept here:
+//! - a local write and its outbox entry commit in one transaction;
+//! - a pulled page and its table's cursor commit in one transaction, so a
+//!   process killed at any instant resumes from the last committed page;
+//! - a pulled row never overwrites a row with a pending local change (the
+//!   push result settles that row);
+//! - an outbox entry leaves only when the server's result for it is applied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::error::{Error, Result};
+use crate::profile::{SyncProfile, SyncTable, quote_ident};
+use crate::protocol::{
+    MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage, VERSION_COLUMN,
+};
+use crate::value::{Record, Value};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS _fs_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _fs_settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _fs_tables (
+    name TEXT PRIMARY KEY NOT NULL,
+    cursor TEXT NOT NULL DEFAULT '',
+    initial_done INTEGER NOT NULL DEFAULT 0,
+    expected_rows INTEGER,
+    received_rows INTEGER NOT NULL DEFAULT 0,
+    last_sync_at INTEGER,
+    last_attempt_at INTEGER,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS _fs_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    tbl TEXT NOT NULL,
+    row_id TEXT NOT NULL,
+    op TEXT NOT NULL,
+    base_version INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS _fs_outbox_row ON _fs_outbox (tbl, row_id);
+CREATE TABLE IF NOT EXISTS _fs_sync_errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    row_id TEXT NOT NULL,
+    op TEXT NOT NULL,
+    message TEXT NOT NULL,
+    device_data TEXT,
+    server_data TEXT
+);
+"#;
+
+/// Name of the version column on device tables.
+pub const LOCAL_VERSION_COLUMN: &str = "_fs_version";
+
+/// Sync state of one table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableState {
+    pub name: String,
+    pub cursor: String,
+    pub initial_done: bool,
+    pub expected_rows: Option<u64>,
+    pub received_rows: u64,
+    pub last_sync_at: Option<i64>,
+    pub last_attempt_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// A change waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    pub mutation: Mutation,
+    pub attempts: i64,
+}
+
+/// A sync error kept on the device.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LocalSyncError {
+    pub id: i64,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// `conflict` or `rejected`.
+    pub kind: String,
+    pub table: String,
+    pub record_id: String,
+    pub action: String,
+    pub message: String,
+    pub device_data: Option<BTreeMap<String, Value>>,
+    pub server_data: Option<BTreeMap<String, Value>>,
+}
+
+/// What applying one pulled page did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageApplied {
+    pub upserted: u64,
+    pub removed: u64,
+    /// Rows left alone because a local change is waiting for upload.
+    pub kept_pending: u64,
+}
+
+/// What applying push results did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushApplied {
+    pub applied: u64,
+    pub conflicts: Vec<LocalSyncError>,
+    pub rejected: Vec<LocalSyncError>,
+}
+
+/// What a profile change did on the device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileChange {
+    pub added_tables: Vec<String>,
+    pub dropped_tables: Vec<String>,
+    /// Tables whose columns or rules changed and which download again.
+    pub resynced_tables: Vec<String>,
+    /// Local rows removed because they no longer meet their table's rules.
+    pub removed_rows: u64,
+    /// Pending changes to dropped tables, moved to the sync errors.
+    pub orphaned_changes: u64,
+}
+
+/// The device's local SQLite store.
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+fn json_map(text: &str) -> Result<BTreeMap<String, Value>> {
+    serde_json::from_str(text).map_err(|e| Error::Storage(format!("corrupt stored JSON: {e}")))
+}
+
+fn row_to_map(
+    row: &rusqlite::Row<'_>,
+    table: &SyncTable,
+) -> Result<(BTreeMap<String, Value>, i64)> {
+    let mut fields = BTreeMap::new();
+    for (i, c) in table.columns.iter().enumerate() {
+        fields.insert(c.name.clone(), Value::from_sql(row.get_ref(i)?, c.kind));
+    }
+    let version: i64 = row.get(table.columns.len())?;
+    Ok((fields, version))
+}
+
+fn select_columns(table: &SyncTable) -> String {
+    let mut cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    cols.push(LOCAL_VERSION_COLUMN.into());
+    cols.join(", ")
+}
+
+fn read_row(
+    conn: &Connection,
+    table: &SyncTable,
+    id: &str,
+) -> Result<Option<(BTreeMap<String, Value>, i64)>> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} = ?1",
+        select_columns(table),
+        quote_ident(&table.name),
+        quote_ident(&table.primary_key)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(row_to_map(row, table)?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes a whole row (every column; missing ones null) with a version.
+fn upsert_row(
+    conn: &Connection,
+    table: &SyncTable,
+    fields: &BTreeMap<String, Value>,
+    version: i64,
+) -> Result<()> {
+    let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let placeholders: Vec<String> = (1..=cols.len() + 1).map(|i| format!("?{i}")).collect();
+    let updates: Vec<String> = cols
+        .iter()
+        .skip(1)
+        .map(|c| format!("{c} = excluded.{c}"))
+        .chain(std::iter::once(format!(
+            "{LOCAL_VERSION_COLUMN} = excluded.{LOCAL_VERSION_COLUMN}"
+        )))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {} ({}, {LOCAL_VERSION_COLUMN}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
+        quote_ident(&table.name),
+        cols.join(", "),
+        placeholders.join(", "),
+        quote_ident(&table.primary_key),
+        updates.join(", ")
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(cols.len() + 1);
+    for c in &table.columns {
+        values.push(fields.get(&c.name).unwrap_or(&Value::Null));
+    }
+    values.push(&version);
+    stmt.execute(values.as_slice())?;
+    Ok(())
+}
+
+fn delete_row(conn: &Connection, table: &SyncTable, id: &str) -> Result<bool> {
+    let sql = format!(
+        "DELETE FROM {} WHERE {} = ?1",
+        quote_ident(&table.name),
+        quote_ident(&table.primary_key)
+    );
+    Ok(conn.prepare_cached(&sql)?.execute([id])? > 0)
+}
+
+fn has_pending(conn: &Connection, table: &str, id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM _fs_outbox WHERE tbl = ?1 AND row_id = ?2 LIMIT 1")?
+        .exists(params![table, id])?)
+}
+
+fn create_table_sql(table: &SyncTable) -> String {
+    let mut cols: Vec<String> = Vec::new();
+    for (i, c) in table.columns.iter().enumerate() {
+        if i == 0 {
+            cols.push(format!(
+                "{} TEXT PRIMARY KEY NOT NULL",
+                quote_ident(&c.name)
+            ));
+        } else {
+            cols.push(format!("{} {}", quote_ident(&c.name), c.kind.sql_type()));
+        }
+    }
+    cols.push(format!("{LOCAL_VERSION_COLUMN} INTEGER NOT NULL DEFAULT 0"));
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        quote_ident(&table.name),
+        cols.join(", ")
+    )
+}
+
+fn record_error(
+    conn: &Connection,
+    now: i64,
+    kind: &str,
+    m: &Mutation,
+    message: &str,
+    server: Option<&BTreeMap<String, Value>>,
+) -> Result<LocalSyncError> {
+    let device_data = if m.op == Op::Delete {
+        None
+    } else {
+        Some(m.data.clone())
+    };
+    let device_json = device_data
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
+    let server_json = server.map(serde_json::to_string).transpose()?;
+    conn.execute(
+        "INSERT INTO _fs_sync_errors (at, kind, tbl, row_id, op, message, device_data, server_data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            now,
+            kind,
+            m.table,
+            m.id,
+            m.op.as_str(),
+            message,
+            device_json,
+            server_json
+        ],
+    )?;
+    Ok(LocalSyncError {
+        id: conn.last_insert_rowid(),
+        at: now,
+        kind: kind.into(),
+        table: m.table.clone(),
+        record_id: m.id.clone(),
+        action: m.op.as_str().into(),
+        message: message.into(),
+        device_data,
+        server_data: server.cloned(),
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+            }
+        }
+        let writer = open_connection(path)?;
+        writer.execute_batch(SCHEMA)?;
+        let reader = open_connection(path)?;
+        Ok(Store {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the database file and its WAL, in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        let mut total = 0;
+        for suffix in ["", "-wal"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            total += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        }
+        total
+    }
+
+    /// Reads a value of `_fs_meta`.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(lock(&self.reader)
+            .query_row("SELECT value FROM _fs_meta WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Writes a value of `_fs_meta`.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        lock(&self.writer).execute(
+            "INSERT INTO _fs_meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Reads a persisted setting.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(lock(&self.reader)
+            .query_row(
+                "SELECT value FROM _fs_settings WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Persists a setting.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        lock(&self.writer).execute(
+            "INSERT INTO _fs_settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The stored offline profile, if the device has synced once.
+    pub fn profile(&self) -> Result<Option<SyncProfile>> {
+        match self.meta("profile")? {
+            Some(text) => {
+                Ok(Some(serde_json::from_str(&text).map_err(|e| {
+                    Error::Storage(format!("corrupt stored profile: {e}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Installs a (new) profile: creates added tables, drops removed ones,
+    /// adds and drops columns, and marks tables whose rules changed for a new
+    /// download after removing the rows they no longer select. One transaction.
+    pub fn apply_profile(&self, new: &SyncProfile, now: i64) -> Result<ProfileChange> {
+        let old = self.profile()?;
+        if let Some(old) = &old {
+            if old.user_id != new.user_id {
+                return Err(Error::InvalidInput(
+                    "this database holds another user's data; reset it before signing in as a new user".into(),
+                ));
+            }
+        }
+        let mut change = ProfileChange::default();
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for table in &new.tables {
+            let before = old.as_ref().and_then(|p| p.table(&table.name));
+            match before {
+                None => {
+                    tx.execute_batch(&create_table_sql(table))?;
+                    tx.execute(
+                        "INSERT INTO _fs_tables (name) VALUES (?1) ON CONFLICT(name) DO NOTHING",
+                        [&table.name],
+                    )?;
+                    change.added_tables.push(table.name.clone());
+                }
+                Some(before) if before == table => {}
+                Some(before) => {
+                    if before.primary_key != table.primary_key {
+                        tx.execute_batch(&format!(
+                            "DROP TABLE IF EXISTS {}",
+                            quote_ident(&table.name)
+                        ))?;
+                        tx.execute_batch(&create_table_sql(table))?;
+                    } else {
+                        for c in &before.columns {
+                            if table.column(&c.name).is_none() {
+                                tx.execute_batch(&format!(
+                                    "ALTER TABLE {} DROP COLUMN {}",
+                                    quote_ident(&table.name),
+                                    quote_ident(&c.name)
+                                ))?;
+                            }
+                        }
+                        for c in &table.columns {
+                            if before.column(&c.name).is_none() {
+                                tx.execute_batch(&format!(
+                                    "ALTER TABLE {} ADD COLUMN {} {}",
+                                    quote_ident(&table.name),
+                                    quote_ident(&c.name),
+                                    c.kind.sql_type()
+                                ))?;
+                            }
+                        }
+                    }
+                    change.removed_rows += remove_unqualified(&tx, table, &new.user_id)?;
+                    tx.execute(
+                        "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0 WHERE name = ?1",
+                        [&table.name],
+                    )?;
+                    change.resynced_tables.push(table.name.clone());
+                }
+            }
+        }
+        if let Some(old) = &old {
+            for table in &old.tables {
+                if new.table(&table.name).is_some() {
+                    continue;
+                }
+                // Changes to a table that left the profile can no longer be
+                // uploaded: keep them, visibly, as sync errors.
+                let entries = outbox_entries(&tx, Some(&table.name))?;
+                for e in &entries {
+                    record_error(
+                        &tx,
+                        now,
+                        "rejected",
+                        &e.mutation,
+                        "the table left the offline profile before this change was uploaded",
+                        None,
+                    )?;
+                }
+                change.orphaned_changes += entries.len() as u64;
+                tx.execute("DELETE FROM _fs_outbox WHERE tbl = ?1", [&table.name])?;
+                tx.execute_batch(&format!(
+                    "DROP TABLE IF EXISTS {}",
+                    quote_ident(&table.name)
+                ))?;
+                tx.execute("DELETE FROM _fs_tables WHERE name = ?1", [&table.name])?;
+                change.dropped_tables.push(table.name.clone());
+            }
+        }
+        tx.execute(
+            "INSERT INTO _fs_meta (key, value) VALUES ('profile', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [serde_json::to_string(new)?],
+        )?;
+        tx.commit()?;
+        Ok(change)
+    }
+
+    /// Sync state of a table.
+    pub fn table_state(&self, name: &str) -> Result<TableState> {
+        let conn = lock(&self.reader);
+        let state = conn
+            .query_row(
+                "SELECT name, cursor, initial_done, expected_rows, received_rows, last_sync_at, last_attempt_at, last_error
+                 FROM _fs_tables WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(TableState {
+                        name: r.get(0)?,
+                        cursor: r.get(1)?,
+                        initial_done: r.get(2)?,
+                        expected_rows: r.get::<_, Option<i64>>(3)?.map(|v| v.max(0) as u64),
+                        received_rows: r.get::<_, i64>(4)?.max(0) as u64,
+                        last_sync_at: r.get(5)?,
+                        last_attempt_at: r.get(6)?,
+                        last_error: r.get(7)?,
+                    })
+                },
+            )
+            .optional()?;
+        state.ok_or_else(|| Error::UnknownTable(name.into()))
+    }
+
+    /// Applies one pulled page and advances the table's cursor, atomically.
+    /// `first_of_run` with a total records the expected row count for progress.
+    pub fn apply_page(&self, table: &SyncTable, page: &PullPage, now: i64) -> Result<PageApplied> {
+        // Map page columns onto local columns; the first must be the version.
+        if page.columns.first().map(String::as_str) != Some(VERSION_COLUMN) {
+            return Err(Error::Protocol(
+                "pull page must start with the _version column".into(),
+            ));
+        }
+        let mut kinds = Vec::with_capacity(page.columns.len());
+        for name in &page.columns[1..] {
+            let col = table.column(name).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "pull page has column '{name}' that is not in the profile"
+                ))
+            })?;
+            kinds.push(col);
+        }
+        if table
+            .columns
+            .iter()
+            .any(|c| !page.columns.iter().any(|n| n == &c.name))
+        {
+            return Err(Error::Protocol(format!(
+                "pull page for '{}' lacks some of the profile's columns",
+                table.name
+            )));
+        }
+        let pk_index = page.columns[1..]
+            .iter()
+            .position(|n| n == &table.primary_key)
+            .ok_or_else(|| Error::Protocol("pull page lacks the primary key".into()))?;
+
+        let mut conn = lock(&self.writer);
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = (|| -> Result<PageApplied> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut applied = PageApplied::default();
+            let table_has_pending = tx
+                .prepare_cached("SELECT 1 FROM _fs_outbox WHERE tbl = ?1 LIMIT 1")?
+                .exists([&table.name])?;
+            {
+                let cols: Vec<String> = page.columns[1..].iter().map(|c| quote_ident(c)).collect();
+                let placeholders: Vec<String> =
+                    (1..=cols.len() + 1).map(|i| format!("?{i}")).collect();
+                let updates: Vec<String> = cols
+                    .iter()
+                    .filter(|c| **c != quote_ident(&table.primary_key))
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .chain(std::iter::once(format!(
+                        "{LOCAL_VERSION_COLUMN} = excluded.{LOCAL_VERSION_COLUMN}"
+                    )))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO {} ({LOCAL_VERSION_COLUMN}, {}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
+                    quote_ident(&table.name),
+                    cols.join(", "),
+                    placeholders.join(", "),
+                    quote_ident(&table.primary_key),
+                    updates.join(", ")
+                );
+                let mut insert = tx.prepare_cached(&sql)?;
+                let mut values: Vec<Value> = Vec::with_capacity(page.columns.len());
+                for row in &page.rows {
+                    if row.len() != page.columns.len() {
+                        return Err(Error::Protocol(
+                            "pull page row has the wrong number of values".into(),
+                        ));
+                    }
+                    let version = match &row[0] {
+                        Value::Integer(v) => *v,
+                        _ => return Err(Error::Protocol("row version must be an integer".into())),
+                    };
+                    let id = match &row[pk_index + 1] {
+                        Value::Text(id) if !id.is_empty() => id.as_str(),
+                        _ => {
+                            return Err(Error::Protocol(
+                                "row primary key must be non-empty text".into(),
+                            ));
+                        }
+                    };
+                    if table_has_pending && has_pending(&tx, &table.name, id)? {
+                        applied.kept_pending += 1;
+                        continue;
+                    }
+                    values.clear();
+                    values.push(Value::Integer(version));
+                    for (v, col) in row[1..].iter().zip(&kinds) {
+                        values.push(
+                            v.clone().coerce(col.kind).map_err(|e| {
+                                Error::Protocol(format!("column '{}': {e}", col.name))
+                            })?,
+                        );
+                    }
+                    insert.execute(rusqlite::params_from_iter(values.iter()))?;
+                    applied.upserted += 1;
+                }
+            }
+            for id in &page.removed {
+                if table_has_pending && has_pending(&tx, &table.name, id)? {
+                    applied.kept_pending += 1;
+                    continue;
+                }
+                if delete_row(&tx, table, id)? {
+                    applied.removed += 1;
+                }
+            }
+            let done = !page.has_more;
+            tx.execute(
+                "UPDATE _fs_tables SET cursor = ?2,
+                    received_rows = received_rows + ?3,
+                    expected_rows = COALESCE(?4, expected_rows),
+                    initial_done = CASE WHEN ?5 THEN 1 ELSE initial_done END,
+                    last_sync_at = CASE WHEN ?5 THEN ?6 ELSE last_sync_at END,
+                    last_attempt_at = ?6, last_error = NULL
+                 WHERE name = ?1",
+                params![
+                    table.name,
+                    page.cursor,
+                    (page.rows.len() + page.removed.len()) as i64,
+                    page.total.map(|t| t as i64),
+                    done,
+                    now
+                ],
+            )?;
+            tx.commit()?;
+            Ok(applied)
+        })();
+        let _ = conn.pragma_update(None, "synchronous", "FULL");
+        result
+    }
+
+    /// Marks the start of a pull of `table`: resets the progress counters.
+    pub fn begin_pull(&self, table: &str, now: i64) -> Result<()> {
+        lock(&self.writer).execute(
+            "UPDATE _fs_tables SET received_rows = CASE WHEN initial_done THEN 0 ELSE received_rows END,
+                 expected_rows = CASE WHEN initial_done THEN NULL ELSE expected_rows END,
+                 last_attempt_at = ?2 WHERE name = ?1",
+            params![table, now],
+        )?;
+        Ok(())
+    }
+
+    /// Records a failed pull of `table`.
+    pub fn record_table_error(&self, table: &str, message: &str) -> Result<()> {
+        lock(&self.writer).execute(
+            "UPDATE _fs_tables SET last_error = ?2 WHERE name = ?1",
+            params![table, message],
+        )?;
+        Ok(())
+    }
+
+    /// Reads one row.
+    pub fn get(&self, table: &SyncTable, id: &str) -> Result<Record> {
+        let conn = lock(&self.reader);
+        match read_row(&conn, table, id)? {
+            Some((fields, version)) => Ok(Record {
+                table: table.name.clone(),
+                id: id.to_owned(),
+                version,
+                fields,
+            }),
+            None => Err(Error::RecordNotFound {
+                table: table.name.clone(),
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    /// Lists rows ordered by primary key, starting after `after`.
+    pub fn list(&self, table: &SyncTable, after: Option<&str>, limit: u32) -> Result<Vec<Record>> {
+        let conn = lock(&self.reader);
+        let sql = format!(
+            "SELECT {} FROM {} WHERE ?1 IS NULL OR {pk} > ?1 ORDER BY {pk} LIMIT ?2",
+            select_columns(table),
+            quote_ident(&table.name),
+            pk = quote_ident(&table.primary_key)
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![after, limit])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let (fields, version) = row_to_map(row, table)?;
+            let id = match fields.get(&table.primary_key) {
+                Some(Value::Text(id)) => id.clone(),
+                _ => String::new(),
+            };
+            out.push(Record {
+                table: table.name.clone(),
+                id,
+                version,
+                fields,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of rows in a synced table.
+    pub fn count(&self, table: &str) -> Result<u64> {
+        let conn = lock(&self.reader);
+        let n: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM {}", quote_ident(table)),
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Applies a local change and queues it for upload, in one transaction.
+    /// `data` must already be checked against the profile.
+    pub fn write(
+        &self,
+        table: &SyncTable,
+        id: &str,
+        op: Op,
+        mut data: BTreeMap<String, Value>,
+        now: i64,
+    ) -> Result<Option<Record>> {
+        let size: usize = data.values().map(Value::approx_size).sum::<usize>() + id.len();
+        if size > MAX_ROW_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "the row is {size} bytes; at most {MAX_ROW_BYTES} are allowed"
+            )));
+        }
+        data.remove(&table.primary_key);
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = read_row(&tx, table, id)?;
+        let not_found = || Error::RecordNotFound {
+            table: table.name.clone(),
+            id: id.to_owned(),
+        };
+        let base_version = current.as_ref().map(|(_, v)| *v).unwrap_or(0);
+        let result = match op {
+            Op::Insert => {
+                if current.is_some() {
+                    return Err(Error::AlreadyExists {
+                        table: table.name.clone(),
+                        id: id.to_owned(),
+                    });
+                }
+                let mut fields = data.clone();
+                fields.insert(table.primary_key.clone(), Value::Text(id.to_owned()));
+                for c in &table.columns {
+                    fields.entry(c.name.clone()).or_insert(Value::Null);
+                }
+                upsert_row(&tx, table, &fields, 0)?;
+                Some(Record {
+                    table: table.name.clone(),
+                    id: id.to_owned(),
+                    version: 0,
+                    fields,
+                })
+            }
+            Op::Update => {
+                let (mut fields, version) = current.ok_or_else(not_found)?;
+                for (k, v) in &data {
+                    fields.insert(k.clone(), v.clone());
+                }
+                upsert_row(&tx, table, &fields, version)?;
+                Some(Record {
+                    table: table.name.clone(),
+                    id: id.to_owned(),
+                    version,
+                    fields,
+                })
+            }
+            Op::Delete => {
+                current.ok_or_else(not_found)?;
+                delete_row(&tx, table, id)?;
+                data.clear();
+                None
+            }
+        };
+
+        // Merge into the row's latest entry when that entry was never sent:
+        // a sent entry may already be applied on the server under its key.
+        let latest: Option<(i64, String, String)> = tx
+            .query_row(
+                "SELECT seq, op, data FROM _fs_outbox WHERE tbl = ?1 AND row_id = ?2 AND attempts = 0
+                 AND seq = (SELECT MAX(seq) FROM _fs_outbox WHERE tbl = ?1 AND row_id = ?2)",
+                params![table.name, id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        match latest {
+            Some((seq, prev_op, prev_data)) => {
+                let prev_op = Op::parse(&prev_op)
+                    .ok_or_else(|| Error::Storage(format!("corrupt outbox op '{prev_op}'")))?;
+                let mut merged = json_map(&prev_data)?;
+                let merged_op = match (prev_op, op) {
+                    (Op::Insert, Op::Update) => {
+                        merged.extend(data);
+                        Some(Op::Insert)
+                    }
+                    (Op::Insert, Op::Delete) => None,
+                    (Op::Update, Op::Update) => {
+                        merged.extend(data);
+                        Some(Op::Update)
+                    }
+                    (Op::Update, Op::Delete) => {
+                        merged.clear();
+                        Some(Op::Delete)
+                    }
+                    (Op::Delete, Op::Insert) => {
+                        // Deleted then created again: replace every column.
+                        merged = table
+                            .columns
+                            .iter()
+                            .filter(|c| c.name != table.primary_key)
+                            .map(|c| {
+                                (
+                                    c.name.clone(),
+                                    data.get(&c.name).cloned().unwrap_or(Value::Null),
+                                )
+                            })
+                            .collect();
+                        Some(Op::Update)
+                    }
+                    (prev, op) => {
+                        return Err(Error::Internal(format!(
+                            "outbox cannot follow {} with {}",
+                            prev.as_str(),
+                            op.as_str()
+                        )));
+                    }
+                };
+                match merged_op {
+                    Some(merged_op) => {
+                        tx.execute(
+                            "UPDATE _fs_outbox SET op = ?2, data = ?3 WHERE seq = ?1",
+                            params![seq, merged_op.as_str(), serde_json::to_string(&merged)?],
+                        )?;
+                    }
+                    None => {
+                        tx.execute("DELETE FROM _fs_outbox WHERE seq = ?1", [seq])?;
+                    }
+                }
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO _fs_outbox (idempotency_key, tbl, row_id, op, base_version, data, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        uuid::Uuid::new_v4().to_string(),
+                        table.name,
+                        id,
+                        op.as_str(),
+                        base_version,
+                        serde_json::to_string(&data)?,
+                        now
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// Number of changes waiting for upload.
+    pub fn pending_count(&self) -> Result<u64> {
+        let n: i64 =
+            lock(&self.reader).query_row("SELECT COUNT(*) FROM _fs_outbox", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Pending changes per table.
+    pub fn pending_by_table(&self) -> Result<HashMap<String, u64>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare_cached("SELECT tbl, COUNT(*) FROM _fs_outbox GROUP BY tbl")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (t, n) = row?;
+            out.insert(t, n.max(0) as u64);
+        }
+        Ok(out)
+    }
+
+    /// Takes the next batch to upload, in order, at most `max` entries and
+    /// never two entries of the same row (the second waits for the first's
+    /// result, which gives it its base version). The entries are marked as
+    /// sent before this returns, so later local writes never merge into them.
+    pub fn take_batch(&self, max: usize) -> Result<Vec<OutboxEntry>> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let all = outbox_entries_limited(&tx, None, max as i64)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut batch = Vec::new();
+        for e in all {
+            if !seen.insert((e.mutation.table.clone(), e.mutation.id.clone())) {
+                break;
+            }
+            batch.push(e);
+        }
+        for e in &batch {
+            tx.execute(
+                "UPDATE _fs_outbox SET attempts = attempts + 1 WHERE seq = ?1",
+                [e.seq],
+            )?;
+        }
+        tx.commit()?;
+        Ok(batch)
+    }
+
+    /// Applies the server's results for a batch, in one transaction.
+    pub fn apply_push_results(
+        &self,
+        profile: &SyncProfile,
+        batch: &[OutboxEntry],
+        results: &[MutationResult],
+        now: i64,
+    ) -> Result<PushApplied> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = PushApplied::default();
+        for (entry, result) in batch.iter().zip(results) {
+            let m = &entry.mutation;
+            tx.execute("DELETE FROM _fs_outbox WHERE seq = ?1", [entry.seq])?;
+            let Some(table) = profile.table(&m.table) else {
+                continue;
+            };
+            let remaining = has_pending(&tx, &m.table, &m.id)?;
+            match result.status {
+                MutationStatus::Applied => {
+                    out.applied += 1;
+                    if remaining {
+                        tx.execute(
+                            &format!(
+                                "UPDATE {} SET {LOCAL_VERSION_COLUMN} = ?2 WHERE {} = ?1",
+                                quote_ident(&table.name),
+                                quote_ident(&table.primary_key)
+                            ),
+                            params![m.id, result.version],
+                        )?;
+                        tx.execute(
+                            "UPDATE _fs_outbox SET base_version = ?3 WHERE tbl = ?1 AND row_id = ?2",
+                            params![m.table, m.id, result.version],
+                        )?;
+                        continue;
+                    }
+                }
+                MutationStatus::Conflict | MutationStatus::Rejected => {
+                    let (kind, default_message) = if result.status == MutationStatus::Conflict {
+                        ("conflict", "the server's version was kept")
+                    } else {
+                        ("rejected", "the server refused this change")
+                    };
+                    let message = result
+                        .error
+                        .as_ref()
+                        .map(|e| e.message.as_str())
+                        .unwrap_or(default_message);
+                    let err = record_error(&tx, now, kind, m, message, result.row.as_ref())?;
+                    if result.status == MutationStatus::Conflict {
+                        out.conflicts.push(err);
+                    } else {
+                        out.rejected.push(err);
+                    }
+                    if remaining {
+                        continue;
+                    }
+                }
+            }
+            // No other local change waits for this row: take the server's row.
+            match &result.row {
+                Some(row) => {
+                    let mut fields = BTreeMap::new();
+                    for c in &table.columns {
+                        let v = row.get(&c.name).cloned().unwrap_or(Value::Null);
+                        let v = v
+                            .coerce(c.kind)
+                            .map_err(|e| Error::Protocol(format!("column '{}': {e}", c.name)))?;
+                        fields.insert(c.name.clone(), v);
+                    }
+                    fields.insert(table.primary_key.clone(), Value::Text(m.id.clone()));
+                    upsert_row(&tx, table, &fields, result.version)?;
+                }
+                None => {
+                    delete_row(&tx, table, &m.id)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Every entry of the outbox, in upload order.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        outbox_entries(&lock(&self.reader), None)
+    }
+
+    /// Sync errors kept on the device, newest first.
+    pub fn sync_errors(&self, limit: u32) -> Result<Vec<LocalSyncError>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at, kind, tbl, row_id, op, message, device_data, server_data
+             FROM _fs_sync_errors ORDER BY id DESC LIMIT ?1",
+        )?;
+        let mut rows = stmt.query([limit])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let device: Option<String> = r.get(7)?;
+            let server: Option<String> = r.get(8)?;
+            out.push(LocalSyncError {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                table: r.get(3)?,
+                record_id: r.get(4)?,
+                action: r.get(5)?,
+                message: r.get(6)?,
+                device_data: device.as_deref().map(json_map).transpose()?,
+                server_data: server.as_deref().map(json_map).transpose()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Clears the offline database: synced tables, outbox, cursors, profile
+    /// and sync errors. The device id and settings stay. Refuses while
+    /// changes wait for upload unless `force`.
+    pub fn reset(&self, force: bool) -> Result<u64> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pending: i64 = tx.query_row("SELECT COUNT(*) FROM _fs_outbox", [], |r| r.get(0))?;
+        if pending > 0 && !force {
+            return Err(Error::PendingUploads {
+                count: pending as u64,
+            });
+        }
+        let tables: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_fs\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for t in &tables {
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote_ident(t)))?;
+        }
+        tx.execute_batch(
+            "DELETE FROM _fs_outbox; DELETE FROM _fs_tables; DELETE FROM _fs_sync_errors;
+             DELETE FROM _fs_meta WHERE key <> 'device_id';",
+        )?;
+        tx.commit()?;
+        conn.execute_batch("VACUUM")?;
+        Ok(pending.max(0) as u64)
+    }
+}
+
+fn remove_unqualified(conn: &Connection, table: &SyncTable, user_id: &str) -> Result<u64> {
+    let sql = format!(
+        "SELECT {} FROM {}",
+        select_columns(table),
+        quote_ident(&table.name)
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut doomed = Vec::new();
+    while let Some(row) = rows.next()? {
+        let (fields, _) = row_to_map(row, table)?;
+        if !table.row_qualifies(&fields, user_id) {
+            if let Some(Value::Text(id)) = fields.get(&table.primary_key) {
+                doomed.push(id.clone());
+            }
+        }
+    }
+    let mut removed = 0;
+    for id in doomed {
+        if !has_pending(conn, &table.name, &id)? && delete_row(conn, table, &id)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn outbox_entries(conn: &Connection, table: Option<&str>) -> Result<Vec<OutboxEntry>> {
+    outbox_entries_limited(conn, table, -1).and_then(|v| Ok(v))
+}
+
+fn outbox_entries_limited(
+    conn: &Connection,
+    table: Option<&str>,
+    limit: i64,
+) -> Result<Vec<OutboxEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, idempotency_key, tbl, row_id, op, base_version, data, attempts FROM _fs_outbox
+         WHERE ?1 IS NULL OR tbl = ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![table, limit])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let op: String = r.get(4)?;
+        let data: String = r.get(6)?;
+        out.push(OutboxEntry {
+            seq: r.get(0)?,
+            mutation: Mutation {
+                idempotency_key: r.get(1)?,
+                table: r.get(2)?,
+                id: r.get(3)?,
+                op: Op::parse(&op)
+                    .ok_or_else(|| Error::Storage(format!("corrupt outbox op '{op}'")))?,
+                base_version: r.get(5)?,
+                data: json_map(&data)?,
+            },
+            attempts: r.get(7)?,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,292 @@
+//! One sync run: upload the outbox (C5), pick up the offline profile (C2),
+//! then download each table from its cursor in pages (C3, C4).
+//!
+//! Upload comes first so the server settles every local change (applied,
+//! conflict or rejected) before rows are pulled over it. Each page is applied
+//! in one transaction with its cursor; the next page downloads while the
+//! current one is written. A failure stops the run with everything committed
+//! so far kept, and the next run resumes from there.
+
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
+use crate::error::{Error, Result};
+use crate::profile::SyncTable;
+use crate::protocol::{MAX_MUTATIONS_PER_PUSH, PullPage, codes};
+use crate::store::Store;
+
+/// Runs a sync of all tables (`None`) or of the named ones.
+pub(crate) async fn run(engine: &Engine, only: Option<Vec<String>>) -> Result<SyncReport> {
+    let _guard = engine.sync_lock.lock().await;
+    let started = engine.clock.now_ms();
+    engine.emit(SyncEvent::SyncStarted);
+    info!(target: "fieldsync::sync", "sync started");
+    let mut report = SyncReport {
+        started_at: started,
+        ..Default::default()
+    };
+    let result = run_inner(engine, only, &mut report).await;
+    report.duration_ms = engine.clock.now_ms() - started;
+    match result {
+        Ok(()) => {
+            info!(
+                target: "fieldsync::sync",
+                uploaded = report.uploaded,
+                conflicts = report.conflicts.len(),
+                pages = report.pages(),
+                bytes_down = report.bytes_down,
+                bytes_up = report.bytes_up,
+                duration_ms = report.duration_ms,
+                "sync finished"
+            );
+            engine.emit(SyncEvent::SyncFinished {
+                report: report.clone(),
+            });
+            Ok(report)
+        }
+        Err(e) => {
+            warn!(target: "fieldsync::sync", error = %e, "sync failed");
+            engine.emit(SyncEvent::SyncFailed {
+                message: e.to_string(),
+            });
+            Err(e)
+        }
+    }
+}
+
+async fn run_inner(
+    engine: &Engine,
+    only: Option<Vec<String>>,
+    report: &mut SyncReport,
+) -> Result<()> {
+    // The profile first (it says which tables exist), then uploads, then pulls.
+    refresh_profile(engine, report).await?;
+    upload(engine, report).await?;
+
+    let profile = engine
+        .profile()
+        .ok_or_else(|| Error::Internal("no profile after refresh".into()))?;
+    let tables: Vec<SyncTable> = match &only {
+        None => profile.tables.clone(),
+        Some(names) => {
+            let mut out = Vec::new();
+            for n in names {
+                out.push(
+                    profile
+                        .table(n)
+                        .cloned()
+                        .ok_or_else(|| Error::UnknownTable(n.clone()))?,
+                );
+            }
+            out
+        }
+    };
+    for table in tables {
+        let mut attempts = 0;
+        loop {
+            let current = engine.profile().and_then(|p| p.table(&table.name).cloned());
+            let Some(current) = current else { break };
+            match pull_table(engine, &current, report).await {
+                Err(Error::Server {
+                    status: 409, code, ..
+                }) if code == codes::PROFILE_CHANGED && attempts < 2 => {
+                    attempts += 1;
+                    refresh_profile(engine, report).await?;
+                }
+                Err(e) => {
+                    let _ = engine.store.record_table_error(&table.name, &e.to_string());
+                    return Err(e);
+                }
+                Ok(()) => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn refresh_profile(engine: &Engine, report: &mut SyncReport) -> Result<()> {
+    let fetched = engine.api.profile().await?;
+    report.bytes_up += fetched.bytes_up;
+    report.bytes_down += fetched.bytes_down;
+    let profile = fetched.value;
+    for t in &profile.tables {
+        crate::profile::check_identifier(&t.name)
+            .map_err(|e| Error::Protocol(format!("profile: {e}")))?;
+        for c in &t.columns {
+            crate::profile::check_identifier(&c.name)
+                .map_err(|e| Error::Protocol(format!("profile: {e}")))?;
+        }
+        if t.columns.first().map(|c| &c.name) != Some(&t.primary_key) {
+            return Err(Error::Protocol(format!(
+                "profile: table '{}' must list its primary key first",
+                t.name
+            )));
+        }
+    }
+    report.profile_version = profile.version;
+    let store = engine.store.clone();
+    let now = engine.clock.now_ms();
+    let before = engine.profile();
+    if before.as_ref() == Some(&profile) {
+        return Ok(());
+    }
+    let p = profile.clone();
+    let change = tokio::task::spawn_blocking(move || store.apply_profile(&p, now))
+        .await
+        .map_err(|e| Error::Internal(format!("profile task: {e}")))??;
+    engine.set_profile(profile);
+    report.profile_changed = before.is_some();
+    report.tables_added.extend(change.added_tables);
+    report.tables_dropped.extend(change.dropped_tables);
+    Ok(())
+}
+
+/// Uploads the outbox in order, batch after batch, until it is empty.
+async fn upload(engine: &Engine, report: &mut SyncReport) -> Result<()> {
+    loop {
+        let store = engine.store.clone();
+        let batch = tokio::task::spawn_blocking(move || store.take_batch(MAX_MUTATIONS_PER_PUSH))
+            .await
+            .map_err(|e| Error::Internal(format!("outbox task: {e}")))??;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        debug!(target: "fieldsync::sync", count = batch.len(), "uploading");
+        let mutations = batch.iter().map(|e| e.mutation.clone()).collect();
+        let response = engine.api.push(mutations).await?;
+        report.bytes_up += response.bytes_up;
+        report.bytes_down += response.bytes_down;
+        let profile = engine
+            .profile()
+            .ok_or_else(|| Error::Internal("no profile during upload".into()))?;
+        let store = engine.store.clone();
+        let now = engine.clock.now_ms();
+        let results = response.value.results;
+        let applied = tokio::task::spawn_blocking(move || {
+            store.apply_push_results(&profile, &batch, &results, now)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("outbox task: {e}")))??;
+        report.uploaded += applied.applied;
+        report.conflicts.extend(applied.conflicts);
+        report.rejected.extend(applied.rejected);
+        engine.emit(SyncEvent::Uploaded {
+            count: applied.applied,
+            pending: engine.store.pending_count()?,
+        });
+    }
+}
+
+type PageFetch = tokio::task::JoinHandle<Result<crate::client::Sized<PullPage>>>;
+
+fn fetch(
+    engine: &Engine,
+    table: &SyncTable,
+    cursor: String,
+    want_total: bool,
+    profile_version: i64,
+) -> PageFetch {
+    let api = engine.api.clone();
+    let name = table.name.clone();
+    let limit = engine.page_size;
+    tokio::spawn(async move {
+        api.pull(&name, &cursor, limit, want_total, profile_version)
+            .await
+    })
+}
+
+/// Downloads one table from its cursor to the end, page by page.
+async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport) -> Result<()> {
+    let now = engine.clock.now_ms();
+    let store: Arc<Store> = engine.store.clone();
+    {
+        let store = store.clone();
+        let name = table.name.clone();
+        tokio::task::spawn_blocking(move || store.begin_pull(&name, now))
+            .await
+            .map_err(|e| Error::Internal(format!("store task: {e}")))??;
+    }
+    let state = store.table_state(&table.name)?;
+    let initial = !state.initial_done;
+    let profile_version = engine.profile().map(|p| p.version).unwrap_or(0);
+    let mut table_report = TableReport {
+        table: table.name.clone(),
+        initial,
+        ..Default::default()
+    };
+    let mut rows_done = state.received_rows;
+    let mut rows_total = state.expected_rows;
+    let mut pending = Some(fetch(
+        engine,
+        table,
+        state.cursor.clone(),
+        true,
+        profile_version,
+    ));
+    while let Some(handle) = pending.take() {
+        let fetched = handle
+            .await
+            .map_err(|e| Error::Internal(format!("pull task: {e}")))??;
+        report.bytes_up += fetched.bytes_up;
+        report.bytes_down += fetched.bytes_down;
+        table_report.bytes_down += fetched.bytes_down;
+        let page = fetched.value;
+        if page.has_more {
+            pending = Some(fetch(
+                engine,
+                table,
+                page.cursor.clone(),
+                false,
+                profile_version,
+            ));
+        }
+        if let Some(total) = page.total {
+            // The total counts from this run's starting cursor.
+            rows_total = Some(rows_done + total);
+        }
+        let store = store.clone();
+        let t = table.clone();
+        let now = engine.clock.now_ms();
+        let page_rows = (page.rows.len() + page.removed.len()) as u64;
+        let mut page_for_store = page;
+        if let Some(total) = rows_total {
+            page_for_store.total = Some(total);
+        }
+        let applied =
+            match tokio::task::spawn_blocking(move || store.apply_page(&t, &page_for_store, now))
+                .await
+            {
+                Ok(result) => result,
+                Err(e) => Err(Error::Internal(format!("store task: {e}"))),
+            };
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(h) = pending.take() {
+                    h.abort();
+                }
+                return Err(e);
+            }
+        };
+        table_report.pages += 1;
+        table_report.rows_upserted += applied.upserted;
+        table_report.rows_removed += applied.removed;
+        table_report.rows_kept_pending += applied.kept_pending;
+        rows_done += page_rows;
+        engine.emit(SyncEvent::TableProgress {
+            table: table.name.clone(),
+            initial,
+            rows_done,
+            rows_total,
+            bytes_down: table_report.bytes_down,
+        });
+    }
+    engine.emit(SyncEvent::TableDone {
+        table: table.name.clone(),
+        initial,
+    });
+    report.tables.push(table_report);
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The network seam. The engine talks to the server only through
+//! [`Transport`], so tests and simulations can replace the network (cut a
+//! connection, lose a response, call the server in-process) and the apps can
+//! bring their own HTTP stack if they must. [`HttpTransport`] is the default,
+//! on reqwest with rustls.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// HTTP method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    /// The method's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// A request to the sync server. `path` includes the query string and is
+/// relative to the server's base URL (it starts with `/`).
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: Method,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A response from the sync server: any status, with its whole body.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// The request did not get an answer: connection refused or cut, timeout.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(pub String);
+
+/// Sends requests to the sync server.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// Sends one request and returns the server's answer, whatever its status.
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError>;
+}
+
+/// Timeouts of the default transport.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    pub connect: Duration,
+    pub request: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(120),
+        }
+    }
+}
+
+/// HTTP(S) transport on reqwest.
+#[derive(Debug, Clone)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    base_url: String,
+}
+
+impl HttpTransport {
+    /// A transport to the server at `base_url` (for example `https://sync.example.com`).
+    pub fn new(base_url: &str, timeouts: HttpTimeouts) -> Result<Self, crate::Error> {
+        let parsed = reqwest::Url::parse(base_url)
+            .map_err(|e| crate::Error::InvalidInput(format!("server URL: {e}")))?;
+        if parsed.scheme() != "http" && parsed.scheme() != "https" {
+            return Err(crate::Error::InvalidInput(
+                "server URL must start with http:// or https://".into(),
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.request)
+            .gzip(true)
+            .build()
+            .map_err(|e| crate::Error::Internal(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for HttpTransport {
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let url = format!("{}{}", self.base_url, request.path);
+        let method = match request.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut builder = self.client.request(method, url);
+        for (k, v) in &request.headers {
+            builder = builder.header(k, v);
+        }
+        if !request.body.is_empty() {
+            builder = builder
+                .header("content-type", "application/json")
+                .body(request.body);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| TransportError(describe(&e)))?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| TransportError(describe(&e)))?;
+        Ok(HttpResponse {
+            status,
+            body: body.to_vec(),
+        })
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the server did not answer in time".into()
+    } else if e.is_connect() {
+        "could not connect to the server".into()
+    } else {
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        msg
+    }
+}

@@ -1,0 +1,618 @@
+//! HTTP handlers: the device API (`/v1/profile`, `/v1/sync/*`), the records
+//! API for back-office users and online reads (`/v1/records/*`), and the
+//! admin API (`/v1/admin/*`). Handlers authenticate, decode, and hand the
+//! work to [`crate::db::Db`] on the blocking pool; they hold no state of
+//! their own, so several instances can serve one database.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use fieldsync_core::profile::{OfflineProfile, SyncProfile};
+use fieldsync_core::protocol::{
+    DEFAULT_PAGE_SIZE, DEVICE_HEADER, MAX_MUTATIONS_PER_PUSH, PullPage, PushRequest, PushResponse,
+    RecordList, RecordResponse, RecordWrite, codes,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::App;
+use crate::db::{Role, SyncErrorFilter, User, hash_token};
+use crate::error::{ApiError, ApiResult};
+use crate::seed::{SeedSpec, generate};
+
+/// Runs blocking storage work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker: {e}")))?
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    let token = token.trim();
+    (!token.is_empty() && token.len() <= 512).then(|| token.to_owned())
+}
+
+fn device_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(DEVICE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+}
+
+/// The user behind the request's bearer token.
+pub async fn authenticate(app: &Arc<App>, headers: &HeaderMap) -> ApiResult<User> {
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    let db = app.db.clone();
+    blocking(move || db.user_by_token(&token))
+        .await?
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// Checks admin credentials: the server's admin token, or an admin user's.
+pub async fn authenticate_admin(app: &Arc<App>, headers: &HeaderMap) -> ApiResult<()> {
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    if constant_time_eq(
+        hash_token(&token).as_bytes(),
+        app.admin_token_hash.as_bytes(),
+    ) {
+        return Ok(());
+    }
+    let db = app.db.clone();
+    match blocking(move || db.user_by_token(&token)).await? {
+        Some(u) if u.role == Role::Admin => Ok(()),
+        Some(_) => Err(ApiError::forbidden("admin credentials are required")),
+        None => Err(ApiError::unauthorized()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Decodes a JSON body, answering typed errors for oversized and malformed ones.
+pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+            )
+        } else {
+            ApiError::bad_request(
+                codes::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            )
+        }
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(codes::MALFORMED_JSON, format!("malformed JSON: {e}")))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(v)| v).map_err(|e| {
+        ApiError::bad_request(
+            codes::BAD_REQUEST,
+            format!("bad query string: {}", e.body_text()),
+        )
+    })
+}
+
+// ---- health -------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    protocol: u32,
+}
+
+/// `GET /v1/health`: answers without credentials (the network check's probe).
+pub async fn health() -> impl IntoResponse {
+    Json(Health {
+        status: "ok",
+        protocol: fieldsync_core::protocol::PROTOCOL_VERSION,
+    })
+}
+
+// ---- device API ---------------------------------------------------------------
+
+/// `GET /v1/profile`: the offline profile issued to the caller.
+pub async fn profile(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<SyncProfile>> {
+    let user = authenticate(&app, &headers).await?;
+    let db = app.db.clone();
+    let device = device_id(&headers);
+    let profile = blocking(move || {
+        if let Some(d) = &device {
+            db.touch_device(d, &user.id, false, None)?;
+        }
+        db.sync_profile(&user)
+    })
+    .await?;
+    Ok(Json(profile))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PullQuery {
+    table: String,
+    #[serde(default)]
+    cursor: String,
+    limit: Option<u32>,
+    #[serde(default)]
+    total: bool,
+    profile_version: Option<i64>,
+}
+
+/// `GET /v1/sync/pull`: one page of a table's changes.
+pub async fn pull(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<PullQuery>, QueryRejection>,
+) -> ApiResult<Json<PullPage>> {
+    let user = authenticate(&app, &headers).await?;
+    let q = query(q)?;
+    let db = app.db.clone();
+    let device = device_id(&headers);
+    let page = blocking(move || {
+        let profile = db.sync_profile(&user)?;
+        if let Some(v) = q.profile_version {
+            if v != profile.version {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    codes::PROFILE_CHANGED,
+                    format!(
+                        "the offline profile is now at version {}; fetch it again",
+                        profile.version
+                    ),
+                ));
+            }
+        }
+        let table = profile.table(&q.table).ok_or_else(|| {
+            if db.model().table(&q.table).is_some() {
+                ApiError::forbidden(format!(
+                    "table '{}' is not in your offline profile",
+                    q.table
+                ))
+            } else {
+                ApiError::bad_request(codes::UNKNOWN_TABLE, format!("unknown table '{}'", q.table))
+            }
+        })?;
+        let page = db.pull(
+            &user,
+            table,
+            &q.cursor,
+            q.limit.unwrap_or(DEFAULT_PAGE_SIZE),
+            q.total,
+            profile.version,
+        )?;
+        if !page.has_more {
+            if let Some(d) = &device {
+                db.touch_device(d, &user.id, true, None)?;
+            }
+        }
+        Ok(page)
+    })
+    .await?;
+    if !app.pull_delay.is_zero() {
+        tokio::time::sleep(app.pull_delay).await;
+    }
+    Ok(Json(page))
+}
+
+/// `POST /v1/sync/push`: applies a device's outbox batch.
+pub async fn push(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PushResponse>> {
+    let user = authenticate(&app, &headers).await?;
+    let request: PushRequest = json_body(body)?;
+    if request.mutations.len() > MAX_MUTATIONS_PER_PUSH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_MUTATIONS_PER_PUSH} mutations per request"),
+        ));
+    }
+    let db = app.db.clone();
+    let device = device_id(&headers);
+    let results = blocking(move || {
+        let profile = db.sync_profile(&user)?;
+        let results = db.push(&user, device.as_deref(), &profile, &request.mutations)?;
+        if let Some(d) = &device {
+            db.touch_device(d, &user.id, false, None)?;
+        }
+        Ok(results)
+    })
+    .await?;
+    Ok(Json(PushResponse { results }))
+}
+
+// ---- records API --------------------------------------------------------------
+
+/// Back-office users see every row; technicians only their profile's rows
+/// and columns.
+fn scope_of(
+    user: &User,
+    profile: &SyncProfile,
+    table: &str,
+) -> ApiResult<Option<fieldsync_core::profile::SyncTable>> {
+    match user.role {
+        Role::Dispatcher | Role::Admin => Ok(None),
+        Role::Technician => profile.table(table).cloned().map(Some).ok_or_else(|| {
+            ApiError::forbidden(format!("table '{table}' is not in your offline profile"))
+        }),
+    }
+}
+
+fn require_back_office(user: &User) -> ApiResult<()> {
+    match user.role {
+        Role::Dispatcher | Role::Admin => Ok(()),
+        Role::Technician => Err(ApiError::forbidden(
+            "only dispatchers and admins write through the records API; devices upload through /v1/sync/push",
+        )),
+    }
+}
+
+/// `GET /v1/records/{table}/{id}`.
+pub async fn get_record(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((table, id)): Path<(String, String)>,
+) -> ApiResult<Json<RecordResponse>> {
+    let user = authenticate(&app, &headers).await?;
+    let db = app.db.clone();
+    let (t, i) = (table.clone(), id.clone());
+    let (row, version) = blocking(move || {
+        if db.model().table(&t).is_none() {
+            return Err(ApiError::bad_request(
+                codes::UNKNOWN_TABLE,
+                format!("unknown table '{t}'"),
+            ));
+        }
+        let profile = db.sync_profile(&user)?;
+        let scope = scope_of(&user, &profile, &t)?;
+        db.record(&t, &i, scope.as_ref().map(|s| (s, user.id.as_str())))?
+            .ok_or_else(|| ApiError::not_found(format!("no record {t}/{i}")))
+    })
+    .await?;
+    Ok(Json(RecordResponse {
+        table,
+        id,
+        version,
+        row,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/records/{table}`.
+pub async fn list_records(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(table): Path<String>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<RecordList>> {
+    let user = authenticate(&app, &headers).await?;
+    let q = query(q)?;
+    let db = app.db.clone();
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let t = table.clone();
+    let rows = blocking(move || {
+        if db.model().table(&t).is_none() {
+            return Err(ApiError::bad_request(
+                codes::UNKNOWN_TABLE,
+                format!("unknown table '{t}'"),
+            ));
+        }
+        let profile = db.sync_profile(&user)?;
+        let scope = scope_of(&user, &profile, &t)?;
+        let pk = db
+            .model()
+            .table(&t)
+            .map(|s| s.primary_key.clone())
+            .unwrap_or_default();
+        let rows = db.records(
+            &t,
+            q.after.as_deref(),
+            limit,
+            scope.as_ref().map(|s| (s, user.id.as_str())),
+        )?;
+        Ok((rows, pk))
+    })
+    .await?;
+    let (rows, pk) = rows;
+    let full = rows.len() as u32 == limit;
+    let rows: Vec<RecordResponse> = rows
+        .into_iter()
+        .map(|(row, version)| RecordResponse {
+            table: table.clone(),
+            id: match row.get(&pk) {
+                Some(fieldsync_core::Value::Text(id)) => id.clone(),
+                _ => String::new(),
+            },
+            version,
+            row,
+        })
+        .collect();
+    let next_after = if full {
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(RecordList {
+        table,
+        rows,
+        next_after,
+    }))
+}
+
+/// `PUT /v1/records/{table}/{id}`: a dispatcher's edit.
+pub async fn put_record(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((table, id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RecordResponse>> {
+    let user = authenticate(&app, &headers).await?;
+    require_back_office(&user)?;
+    let write: RecordWrite = json_body(body)?;
+    let db = app.db.clone();
+    let (t, i) = (table.clone(), id.clone());
+    let (row, version) =
+        blocking(move || db.write_record(&t, &i, &write.data, write.base_version, &user.id))
+            .await?;
+    Ok(Json(RecordResponse {
+        table,
+        id,
+        version,
+        row,
+    }))
+}
+
+/// `DELETE /v1/records/{table}/{id}`: a dispatcher's deletion.
+pub async fn delete_record(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((table, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let user = authenticate(&app, &headers).await?;
+    require_back_office(&user)?;
+    let db = app.db.clone();
+    let deleted = blocking(move || db.delete_record(&table, &id, &user.id)).await?;
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("no such record"))
+    }
+}
+
+// ---- admin API ----------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    id: Option<String>,
+    name: String,
+    role: Role,
+    profile: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedUser {
+    #[serde(flatten)]
+    user: User,
+    /// The bearer token; shown once.
+    token: String,
+}
+
+/// `POST /v1/admin/users`.
+pub async fn create_user(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
+    authenticate_admin(&app, &headers).await?;
+    let new: NewUser = json_body(body)?;
+    let db = app.db.clone();
+    let default_profile = app.default_profile.clone();
+    let (user, token) = blocking(move || {
+        db.create_user(
+            new.id,
+            &new.name,
+            new.role,
+            new.profile.as_deref().unwrap_or(&default_profile),
+        )
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(CreatedUser { user, token })))
+}
+
+/// `GET /v1/admin/users`.
+pub async fn list_users(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<User>>> {
+    authenticate_admin(&app, &headers).await?;
+    let db = app.db.clone();
+    Ok(Json(blocking(move || db.users()).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// On: the server's row wins and a conflict is logged. Off (default): the device wins.
+    pub conflict_detection: bool,
+}
+
+/// `GET /v1/admin/settings`.
+pub async fn get_settings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Settings>> {
+    authenticate_admin(&app, &headers).await?;
+    let db = app.db.clone();
+    let on = blocking(move || db.conflict_detection()).await?;
+    Ok(Json(Settings {
+        conflict_detection: on,
+    }))
+}
+
+/// `PUT /v1/admin/settings`.
+pub async fn put_settings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Settings>> {
+    authenticate_admin(&app, &headers).await?;
+    let settings: Settings = json_body(body)?;
+    let db = app.db.clone();
+    let on = settings.conflict_detection;
+    blocking(move || db.set_conflict_detection(on)).await?;
+    Ok(Json(settings))
+}
+
+/// `GET /v1/admin/sync-errors?user=&table=&kind=&limit=`.
+pub async fn sync_errors(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<SyncErrorFilter>, QueryRejection>,
+) -> ApiResult<Json<Vec<crate::db::SyncErrorEntry>>> {
+    authenticate_admin(&app, &headers).await?;
+    let filter = query(q)?;
+    let db = app.db.clone();
+    Ok(Json(blocking(move || db.sync_errors(&filter)).await?))
+}
+
+#[derive(Debug, Serialize)]
+pub struct PublishedProfile {
+    version: i64,
+    profile: OfflineProfile,
+}
+
+/// `GET /v1/admin/profiles`.
+pub async fn list_profiles(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<PublishedProfile>>> {
+    authenticate_admin(&app, &headers).await?;
+    let db = app.db.clone();
+    let all = blocking(move || db.profiles()).await?;
+    Ok(Json(
+        all.into_iter()
+            .map(|(profile, version)| PublishedProfile { version, profile })
+            .collect(),
+    ))
+}
+
+/// `GET /v1/admin/profiles/{name}`.
+pub async fn get_profile(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PublishedProfile>> {
+    authenticate_admin(&app, &headers).await?;
+    let db = app.db.clone();
+    let (profile, version) = blocking(move || db.profile(&name))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such profile"))?;
+    Ok(Json(PublishedProfile { version, profile }))
+}
+
+/// `PUT /v1/admin/profiles/{name}`: validates and publishes a profile.
+pub async fn put_profile(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PublishedProfile>> {
+    authenticate_admin(&app, &headers).await?;
+    let profile: OfflineProfile = json_body(body)?;
+    if profile.name != name {
+        return Err(ApiError::bad_request(
+            codes::INVALID_PROFILE,
+            "the profile's name differs from the URL",
+        ));
+    }
+    let db = app.db.clone();
+    let p = profile.clone();
+    let version = blocking(move || db.put_profile(&p)).await?;
+    Ok(Json(PublishedProfile { version, profile }))
+}
+
+/// `GET /v1/admin/model`: the data model profiles may use.
+pub async fn model(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<fieldsync_core::profile::DataModel>> {
+    authenticate_admin(&app, &headers).await?;
+    Ok(Json(app.db.model().clone()))
+}
+
+/// `GET /v1/admin/devices`.
+pub async fn devices(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<crate::db::DeviceEntry>>> {
+    authenticate_admin(&app, &headers).await?;
+    let db = app.db.clone();
+    Ok(Json(blocking(move || db.devices()).await?))
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeedResult {
+    rows: BTreeMap<String, usize>,
+}
+
+/// `POST /v1/admin/seed`: writes generated field-service data (demo, tests).
+pub async fn seed(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<SeedResult>> {
+    authenticate_admin(&app, &headers).await?;
+    let spec: SeedSpec = json_body(body)?;
+    if spec.work_orders > 2_000_000 {
+        return Err(ApiError::bad_request(
+            codes::BAD_REQUEST,
+            "at most 2,000,000 work orders",
+        ));
+    }
+    let db = app.db.clone();
+    let rows = blocking(move || {
+        let mut counts = BTreeMap::new();
+        for (table, rows) in generate(&spec) {
+            for chunk in rows.chunks(10_000) {
+                db.bulk_insert(&table, chunk)?;
+            }
+            counts.insert(table, rows.len());
+        }
+        Ok(counts)
+    })
+    .await?;
+    Ok(Json(SeedResult { rows }))
+}
+
+/// Answers unknown routes with a typed error.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}

@@ -1,0 +1,1400 @@
+//! The server's storage on embedded SQLite: the data model's tables, users,
+//! offline profiles, settings, the change log, push receipts, the Sync
+//! Errors log and devices.
+//!
+//! Every data table carries `_version` (bumped on each change), `_seq` (the
+//! change-log sequence of its last change, which orders pulls) and
+//! `_deleted` (deleted rows stay as tombstones so devices learn of the
+//! deletion). One writer connection serialises writes; readers come from a
+//! small pool and read WAL snapshots, so a pull page and the high-water mark
+//! it reports always come from the same snapshot.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use axum::http::StatusCode;
+use fieldsync_core::Value;
+use fieldsync_core::profile::{
+    DataModel, OfflineProfile, SyncProfile, SyncTable, TableSchema, quote_ident,
+};
+use fieldsync_core::protocol::{
+    ErrorBody, MAX_PAGE_SIZE, Mutation, MutationResult, MutationStatus, Op, PullPage,
+    VERSION_COLUMN, codes,
+};
+use fieldsync_core::time::format_datetime;
+use rusqlite::{
+    Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ApiResult};
+use crate::rules;
+
+/// Current version of the server's own schema.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SYSTEM_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS _fs_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS _fs_users (
+    id TEXT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _fs_profiles (
+    name TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _fs_settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS _fs_change_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    row_id TEXT NOT NULL,
+    op TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    user_id TEXT,
+    device_id TEXT,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _fs_push_receipts (
+    user_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    result TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (user_id, idempotency_key)
+);
+CREATE TABLE IF NOT EXISTS _fs_sync_errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    row_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    device_id TEXT,
+    action TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    base_version INTEGER NOT NULL,
+    server_version INTEGER NOT NULL,
+    device_data TEXT,
+    server_data TEXT
+);
+CREATE TABLE IF NOT EXISTS _fs_devices (
+    id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    last_sync_at TEXT,
+    app_version TEXT,
+    last_error TEXT,
+    PRIMARY KEY (id, user_id)
+);
+"#;
+
+/// Roles of users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A field technician: syncs the rows of an offline profile.
+    Technician,
+    /// A back-office user: reads and edits any row through the records API.
+    Dispatcher,
+    /// Everything a dispatcher can, plus the admin API.
+    Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Technician => "technician",
+            Role::Dispatcher => "dispatcher",
+            Role::Admin => "admin",
+        }
+    }
+    fn parse(s: &str) -> Role {
+        match s {
+            "dispatcher" => Role::Dispatcher,
+            "admin" => Role::Admin,
+            _ => Role::Technician,
+        }
+    }
+}
+
+/// A user of the sync service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// Name of the offline profile issued to this user.
+    pub profile: String,
+}
+
+/// An entry of the Sync Errors log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncErrorEntry {
+    pub id: i64,
+    pub at: String,
+    /// `conflict` or `rejected`.
+    pub kind: String,
+    pub code: String,
+    pub message: String,
+    pub table: String,
+    pub record_id: String,
+    pub user_id: String,
+    pub device_id: Option<String>,
+    /// `insert`, `update` or `delete`.
+    pub action: String,
+    pub idempotency_key: String,
+    pub base_version: i64,
+    pub server_version: i64,
+    pub device_data: Option<BTreeMap<String, Value>>,
+    pub server_data: Option<BTreeMap<String, Value>>,
+}
+
+/// A device seen by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEntry {
+    pub id: String,
+    pub user_id: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub last_sync_at: Option<String>,
+    pub app_version: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Filter of the Sync Errors log.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SyncErrorFilter {
+    pub user: Option<String>,
+    pub table: Option<String>,
+    pub kind: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// The decoded form of a pull cursor: changes after `since`; rows that do not
+/// qualify and were last changed at or before `snapshot` were never sent to
+/// this device, so their removal need not be sent either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub since: i64,
+    pub snapshot: i64,
+}
+
+impl Cursor {
+    /// Parses an opaque cursor; the empty string is the start.
+    pub fn parse(s: &str) -> Option<Option<Cursor>> {
+        if s.is_empty() {
+            return Some(None);
+        }
+        let rest = s.strip_prefix("v1.")?;
+        let (a, b) = rest.split_once('.')?;
+        let since: i64 = a.parse().ok()?;
+        let snapshot: i64 = b.parse().ok()?;
+        if since < 0 || snapshot < 0 {
+            return None;
+        }
+        Some(Some(Cursor { since, snapshot }))
+    }
+    /// The opaque form.
+    pub fn encode(self) -> String {
+        format!("v1.{}.{}", self.since, self.snapshot)
+    }
+}
+
+/// Hashes a bearer token for storage and lookup.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn now_text() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    format_datetime(ms)
+}
+
+/// A row as stored on the server.
+#[derive(Debug, Clone)]
+struct StoredRow {
+    fields: BTreeMap<String, Value>,
+    version: i64,
+    deleted: bool,
+}
+
+/// Server storage.
+pub struct Db {
+    path: PathBuf,
+    model: DataModel,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+fn data_table_sql(t: &TableSchema) -> String {
+    let mut cols = Vec::new();
+    for c in &t.columns {
+        if c.name == t.primary_key {
+            cols.push(format!(
+                "{} TEXT PRIMARY KEY NOT NULL",
+                quote_ident(&c.name)
+            ));
+        } else {
+            cols.push(format!("{} {}", quote_ident(&c.name), c.kind.sql_type()));
+        }
+    }
+    cols.push("_version INTEGER NOT NULL".into());
+    cols.push("_seq INTEGER NOT NULL".into());
+    cols.push("_deleted INTEGER NOT NULL DEFAULT 0".into());
+    cols.push("_updated_at TEXT NOT NULL".into());
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} ({cols});
+         CREATE INDEX IF NOT EXISTS {idx} ON {name} (_seq);",
+        name = quote_ident(&t.name),
+        cols = cols.join(", "),
+        idx = quote_ident(&format!("{}__seq", t.name)),
+    )
+}
+
+fn json_opt(text: Option<String>) -> Option<BTreeMap<String, Value>> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+impl Db {
+    /// Opens (creating and migrating) the database in `data_dir`.
+    pub fn open(
+        data_dir: &Path,
+        model: DataModel,
+        default_profile: &OfflineProfile,
+    ) -> ApiResult<Db> {
+        model.validate()?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            ApiError::internal(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join("fieldsync.db");
+        let mut writer = open_connection(&path)?;
+        {
+            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(SYSTEM_SCHEMA)?;
+            let version: Option<i64> = tx
+                .query_row("SELECT version FROM _fs_schema", [], |r| r.get(0))
+                .optional()?;
+            match version {
+                None => {
+                    tx.execute(
+                        "INSERT INTO _fs_schema (version) VALUES (?1)",
+                        [SCHEMA_VERSION],
+                    )?;
+                }
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(ApiError::internal(format!(
+                        "the database has schema version {v}, newer than this server ({SCHEMA_VERSION})"
+                    )));
+                }
+                Some(_) => {}
+            }
+            for t in &model.tables {
+                tx.execute_batch(&data_table_sql(t))?;
+                // Columns added to the model since the table was created.
+                let existing: Vec<String> = {
+                    let mut stmt =
+                        tx.prepare(&format!("PRAGMA table_info({})", quote_ident(&t.name)))?;
+                    let rows = stmt.query_map([], |r| r.get::<_, String>(1))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                for c in &t.columns {
+                    if !existing.contains(&c.name) {
+                        tx.execute_batch(&format!(
+                            "ALTER TABLE {} ADD COLUMN {} {}",
+                            quote_ident(&t.name),
+                            quote_ident(&c.name),
+                            c.kind.sql_type()
+                        ))?;
+                    }
+                }
+            }
+            let has_profile: bool = tx
+                .prepare("SELECT 1 FROM _fs_profiles WHERE name = ?1")?
+                .exists([&default_profile.name])?;
+            if !has_profile {
+                default_profile.validate(&model)?;
+                tx.execute(
+                    "INSERT INTO _fs_profiles (name, version, body, updated_at) VALUES (?1, 1, ?2, ?3)",
+                    params![default_profile.name, serde_json::to_string(default_profile).map_err(|e| ApiError::internal(e.to_string()))?, now_text()],
+                )?;
+            }
+            tx.commit()?;
+        }
+        Ok(Db {
+            path,
+            model,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The data model.
+    pub fn model(&self) -> &DataModel {
+        &self.model
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
+        let conn = match lock(&self.readers).pop() {
+            Some(c) => c,
+            None => open_connection(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = lock(&self.readers);
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        result
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>) -> ApiResult<T> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    // ---- users -------------------------------------------------------------
+
+    /// The user holding this token.
+    pub fn user_by_token(&self, token: &str) -> ApiResult<Option<User>> {
+        let hash = hash_token(token);
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT id, name, role, profile FROM _fs_users WHERE token_hash = ?1",
+                [hash],
+                |r| {
+                    Ok(User {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        role: Role::parse(&r.get::<_, String>(2)?),
+                        profile: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    /// Creates a user and returns it with its new bearer token.
+    pub fn create_user(
+        &self,
+        id: Option<String>,
+        name: &str,
+        role: Role,
+        profile: &str,
+    ) -> ApiResult<(User, String)> {
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if id.is_empty() || id.len() > 128 {
+            return Err(ApiError::bad_request(
+                codes::BAD_REQUEST,
+                "a user id is 1 to 128 characters",
+            ));
+        }
+        if name.trim().is_empty() {
+            return Err(ApiError::bad_request(
+                codes::BAD_REQUEST,
+                "a user needs a name",
+            ));
+        }
+        let token = {
+            use rand::RngCore;
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            format!("fs_{}", hex::encode(bytes))
+        };
+        let user = User {
+            id,
+            name: name.to_owned(),
+            role,
+            profile: profile.to_owned(),
+        };
+        self.write(|tx| {
+            let exists = tx.prepare("SELECT 1 FROM _fs_profiles WHERE name = ?1")?.exists([profile])?;
+            if !exists {
+                return Err(ApiError::bad_request(codes::BAD_REQUEST, format!("no offline profile named '{profile}'")));
+            }
+            let taken = tx.prepare("SELECT 1 FROM _fs_users WHERE id = ?1")?.exists([&user.id])?;
+            if taken {
+                return Err(ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, format!("user '{}' exists", user.id)));
+            }
+            tx.execute(
+                "INSERT INTO _fs_users (id, name, role, profile, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![user.id, user.name, user.role.as_str(), user.profile, hash_token(&token), now_text()],
+            )?;
+            Ok(())
+        })?;
+        Ok((user, token))
+    }
+
+    /// Every user.
+    pub fn users(&self) -> ApiResult<Vec<User>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, name, role, profile FROM _fs_users ORDER BY name, id")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(User {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    role: Role::parse(&r.get::<_, String>(2)?),
+                    profile: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    // ---- profiles and settings ---------------------------------------------
+
+    /// A stored profile and its version.
+    pub fn profile(&self, name: &str) -> ApiResult<Option<(OfflineProfile, i64)>> {
+        self.read(|c| {
+            let row: Option<(String, i64)> = c
+                .query_row(
+                    "SELECT body, version FROM _fs_profiles WHERE name = ?1",
+                    [name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match row {
+                Some((body, version)) => Ok(Some((
+                    serde_json::from_str(&body)
+                        .map_err(|e| ApiError::internal(format!("stored profile: {e}")))?,
+                    version,
+                ))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Every stored profile with its version.
+    pub fn profiles(&self) -> ApiResult<Vec<(OfflineProfile, i64)>> {
+        let names: Vec<String> = self.read(|c| {
+            let mut stmt = c.prepare("SELECT name FROM _fs_profiles ORDER BY name")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })?;
+        let mut out = Vec::new();
+        for n in names {
+            if let Some(p) = self.profile(&n)? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Validates and publishes a profile; returns its new version.
+    pub fn put_profile(&self, profile: &OfflineProfile) -> ApiResult<i64> {
+        profile.validate(&self.model)?;
+        let body = serde_json::to_string(profile).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.write(|tx| {
+            let current: Option<(i64, String)> = tx
+                .query_row("SELECT version, body FROM _fs_profiles WHERE name = ?1", [&profile.name], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            match current {
+                Some((v, old)) if old == body => Ok(v),
+                Some((v, _)) => {
+                    tx.execute(
+                        "UPDATE _fs_profiles SET version = ?2, body = ?3, updated_at = ?4 WHERE name = ?1",
+                        params![profile.name, v + 1, body, now_text()],
+                    )?;
+                    Ok(v + 1)
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO _fs_profiles (name, version, body, updated_at) VALUES (?1, 1, ?2, ?3)",
+                        params![profile.name, body, now_text()],
+                    )?;
+                    Ok(1)
+                }
+            }
+        })
+    }
+
+    /// The profile issued to a user, resolved against the data model.
+    pub fn sync_profile(&self, user: &User) -> ApiResult<SyncProfile> {
+        let (profile, version) = self.profile(&user.profile)?.ok_or_else(|| {
+            ApiError::internal(format!("user's profile '{}' is missing", user.profile))
+        })?;
+        Ok(profile.resolve(&self.model, version, &user.id)?)
+    }
+
+    /// Whether conflict detection is on (off by default: the device wins).
+    pub fn conflict_detection(&self) -> ApiResult<bool> {
+        self.read(|c| {
+            let v: Option<String> = c
+                .query_row(
+                    "SELECT value FROM _fs_settings WHERE key = 'conflict_detection'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(v.as_deref() == Some("true"))
+        })
+    }
+
+    /// Turns conflict detection on or off.
+    pub fn set_conflict_detection(&self, on: bool) -> ApiResult<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO _fs_settings (key, value) VALUES ('conflict_detection', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [if on { "true" } else { "false" }],
+            )?;
+            Ok(())
+        })
+    }
+
+    // ---- devices -----------------------------------------------------------
+
+    /// Records that a device was seen (and, with `synced`, that it synced).
+    pub fn touch_device(
+        &self,
+        device_id: &str,
+        user_id: &str,
+        synced: bool,
+        app_version: Option<&str>,
+    ) -> ApiResult<()> {
+        if device_id.is_empty() || device_id.len() > 128 {
+            return Ok(());
+        }
+        let now = now_text();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO _fs_devices (id, user_id, first_seen, last_seen, last_sync_at, app_version)
+                 VALUES (?1, ?2, ?3, ?3, CASE WHEN ?4 THEN ?3 END, ?5)
+                 ON CONFLICT(id, user_id) DO UPDATE SET last_seen = excluded.last_seen,
+                   last_sync_at = COALESCE(excluded.last_sync_at, last_sync_at),
+                   app_version = COALESCE(excluded.app_version, app_version)",
+                params![device_id, user_id, now, synced, app_version],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every device seen.
+    pub fn devices(&self) -> ApiResult<Vec<DeviceEntry>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, user_id, first_seen, last_seen, last_sync_at, app_version, last_error
+                 FROM _fs_devices ORDER BY last_seen DESC",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(DeviceEntry {
+                    id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    first_seen: r.get(2)?,
+                    last_seen: r.get(3)?,
+                    last_sync_at: r.get(4)?,
+                    app_version: r.get(5)?,
+                    last_error: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    // ---- pull --------------------------------------------------------------
+
+    /// One page of `table`'s changes after `cursor` for `user`.
+    pub fn pull(
+        &self,
+        user: &User,
+        table: &SyncTable,
+        cursor: &str,
+        limit: u32,
+        want_total: bool,
+        profile_version: i64,
+    ) -> ApiResult<PullPage> {
+        if limit == 0 || limit > MAX_PAGE_SIZE {
+            return Err(ApiError::bad_request(
+                codes::PAGE_TOO_LARGE,
+                format!("limit must be 1 to {MAX_PAGE_SIZE}"),
+            ));
+        }
+        let parsed = Cursor::parse(cursor).ok_or_else(|| {
+            ApiError::bad_request(
+                codes::INVALID_CURSOR,
+                "the cursor is not one this server issued",
+            )
+        })?;
+        let predicate = rules::compile(table, &user.id);
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let hwm: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM _fs_change_log",
+                [],
+                |r| r.get(0),
+            )?;
+            let cursor = parsed.unwrap_or(Cursor {
+                since: 0,
+                snapshot: hwm,
+            });
+            if cursor.since > hwm || cursor.snapshot > hwm {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_CURSOR,
+                    "the cursor is ahead of this server's change log; download the table again",
+                ));
+            }
+            let mut cols: Vec<String> = vec!["_version".into()];
+            cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
+            let select_cols = cols.join(", ");
+            let scope = format!(
+                "_seq > ? AND (_seq > ? OR (_deleted = 0 AND {}))",
+                predicate.sql
+            );
+            let sql = format!(
+                "SELECT {select_cols}, _seq, CASE WHEN _deleted = 0 AND {pred} THEN 1 ELSE 0 END
+                 FROM {t} WHERE {scope} ORDER BY _seq LIMIT ?",
+                pred = predicate.sql,
+                t = quote_ident(&table.name),
+            );
+            let mut params: Vec<Value> = predicate.params.clone();
+            params.push(Value::Integer(cursor.since));
+            params.push(Value::Integer(cursor.snapshot));
+            params.extend(predicate.params.iter().cloned());
+            params.push(Value::Integer(i64::from(limit) + 1));
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params_from_iter(params.iter()))?;
+            let ncols = table.columns.len();
+            let mut out_rows = Vec::new();
+            let mut removed = Vec::new();
+            let mut last_seq = cursor.since;
+            let mut has_more = false;
+            let mut count = 0u32;
+            while let Some(r) = rows.next()? {
+                if count == limit {
+                    has_more = true;
+                    break;
+                }
+                count += 1;
+                last_seq = r.get(ncols + 1)?;
+                let qualifies: i64 = r.get(ncols + 2)?;
+                if qualifies == 1 {
+                    let mut values = Vec::with_capacity(ncols + 1);
+                    values.push(Value::Integer(r.get(0)?));
+                    for (i, c) in table.columns.iter().enumerate() {
+                        values.push(Value::from_sql(r.get_ref(i + 1)?, c.kind));
+                    }
+                    out_rows.push(values);
+                } else {
+                    removed.push(r.get::<_, String>(1)?);
+                }
+            }
+            drop(rows);
+            drop(stmt);
+            let total = if want_total {
+                let sql = format!(
+                    "SELECT COUNT(*) FROM {} WHERE {scope}",
+                    quote_ident(&table.name)
+                );
+                let mut params: Vec<Value> = vec![
+                    Value::Integer(cursor.since),
+                    Value::Integer(cursor.snapshot),
+                ];
+                params.extend(predicate.params.iter().cloned());
+                let n: i64 = tx.query_row(&sql, params_from_iter(params.iter()), |r| r.get(0))?;
+                Some(n.max(0) as u64)
+            } else {
+                None
+            };
+            let next = if has_more {
+                Cursor {
+                    since: last_seq,
+                    snapshot: cursor.snapshot,
+                }
+            } else {
+                Cursor {
+                    since: hwm.max(cursor.since),
+                    snapshot: cursor.snapshot,
+                }
+            };
+            let mut columns = vec![VERSION_COLUMN.to_owned()];
+            columns.extend(table.columns.iter().map(|c| c.name.clone()));
+            Ok(PullPage {
+                table: table.name.clone(),
+                profile_version,
+                cursor: next.encode(),
+                has_more,
+                total,
+                columns,
+                rows: out_rows,
+                removed,
+            })
+        })
+    }
+
+    // ---- rows --------------------------------------------------------------
+
+    fn schema(&self, table: &str) -> ApiResult<&TableSchema> {
+        self.model.table(table).ok_or_else(|| {
+            ApiError::bad_request(codes::UNKNOWN_TABLE, format!("unknown table '{table}'"))
+        })
+    }
+
+    fn read_row(conn: &Connection, schema: &TableSchema, id: &str) -> ApiResult<Option<StoredRow>> {
+        let cols: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let sql = format!(
+            "SELECT {}, _version, _deleted FROM {} WHERE {} = ?1",
+            cols.join(", "),
+            quote_ident(&schema.name),
+            quote_ident(&schema.primary_key)
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([id])?;
+        match rows.next()? {
+            Some(r) => {
+                let mut fields = BTreeMap::new();
+                for (i, c) in schema.columns.iter().enumerate() {
+                    fields.insert(c.name.clone(), Value::from_sql(r.get_ref(i)?, c.kind));
+                }
+                Ok(Some(StoredRow {
+                    fields,
+                    version: r.get(schema.columns.len())?,
+                    deleted: r.get::<_, i64>(schema.columns.len() + 1)? != 0,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn visible(conn: &Connection, table: &SyncTable, user_id: &str, id: &str) -> ApiResult<bool> {
+        let p = rules::compile(table, user_id);
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE {} = ? AND _deleted = 0 AND {}",
+            quote_ident(&table.name),
+            quote_ident(&table.primary_key),
+            p.sql
+        );
+        let mut params = vec![Value::Text(id.to_owned())];
+        params.extend(p.params);
+        Ok(conn
+            .prepare_cached(&sql)?
+            .exists(params_from_iter(params.iter()))?)
+    }
+
+    /// Writes a change and logs it. `replace` sets every column (missing
+    /// ones null); otherwise only the given columns change. Returns the new
+    /// version.
+    fn apply_write(
+        tx: &Connection,
+        schema: &TableSchema,
+        id: &str,
+        change: Option<(&BTreeMap<String, Value>, bool)>,
+        user_id: Option<&str>,
+        device_id: Option<&str>,
+    ) -> ApiResult<i64> {
+        let current = Self::read_row(tx, schema, id)?;
+        let version = current.as_ref().map(|r| r.version).unwrap_or(0) + 1;
+        let now = now_text();
+        let op = match (&change, &current) {
+            (None, _) => "delete",
+            (Some(_), Some(r)) if !r.deleted => "update",
+            _ => "insert",
+        };
+        tx.execute(
+            "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![schema.name, id, op, version, user_id, device_id, now],
+        )?;
+        let seq = tx.last_insert_rowid();
+        match change {
+            None => {
+                tx.execute(
+                    &format!(
+                        "UPDATE {} SET _deleted = 1, _version = ?2, _seq = ?3, _updated_at = ?4 WHERE {} = ?1",
+                        quote_ident(&schema.name),
+                        quote_ident(&schema.primary_key)
+                    ),
+                    params![id, version, seq, now],
+                )?;
+            }
+            Some((data, replace)) => {
+                let replace = replace || current.as_ref().is_none_or(|r| r.deleted);
+                let mut names = vec![quote_ident(&schema.primary_key)];
+                let mut values: Vec<Value> = vec![Value::Text(id.to_owned())];
+                for c in &schema.columns {
+                    if c.name == schema.primary_key {
+                        continue;
+                    }
+                    match data.get(&c.name) {
+                        Some(v) => {
+                            names.push(quote_ident(&c.name));
+                            values.push(v.clone());
+                        }
+                        None if replace => {
+                            names.push(quote_ident(&c.name));
+                            values.push(Value::Null);
+                        }
+                        None => {}
+                    }
+                }
+                let sets: Vec<String> = names[1..]
+                    .iter()
+                    .map(|n| format!("{n} = excluded.{n}"))
+                    .chain(
+                        [
+                            "_version = excluded._version",
+                            "_seq = excluded._seq",
+                            "_deleted = 0",
+                            "_updated_at = excluded._updated_at",
+                        ]
+                        .map(String::from),
+                    )
+                    .collect();
+                let placeholders: Vec<&str> = (0..names.len() + 3).map(|_| "?").collect();
+                let sql = format!(
+                    "INSERT INTO {} ({}, _version, _seq, _updated_at) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
+                    quote_ident(&schema.name),
+                    names.join(", "),
+                    placeholders.join(", "),
+                    quote_ident(&schema.primary_key),
+                    sets.join(", ")
+                );
+                values.push(Value::Integer(version));
+                values.push(Value::Integer(seq));
+                values.push(Value::Text(now));
+                tx.execute(&sql, params_from_iter(values.iter()))?;
+            }
+        }
+        Ok(version)
+    }
+
+    fn project(fields: &BTreeMap<String, Value>, table: &SyncTable) -> BTreeMap<String, Value> {
+        table
+            .columns
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    fields.get(&c.name).cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    }
+
+    // ---- push --------------------------------------------------------------
+
+    /// Applies a device's mutations in order, idempotently, in one transaction.
+    pub fn push(
+        &self,
+        user: &User,
+        device_id: Option<&str>,
+        profile: &SyncProfile,
+        mutations: &[Mutation],
+    ) -> ApiResult<Vec<MutationResult>> {
+        let detection = self.conflict_detection()?;
+        self.write(|tx| {
+            let mut results = Vec::with_capacity(mutations.len());
+            for m in mutations {
+                if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
+                    return Err(ApiError::bad_request(codes::BAD_REQUEST, "an idempotency key is 1 to 128 characters"));
+                }
+                let stored: Option<String> = tx
+                    .query_row(
+                        "SELECT result FROM _fs_push_receipts WHERE user_id = ?1 AND idempotency_key = ?2",
+                        params![user.id, m.idempotency_key],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(stored) = stored {
+                    let result: MutationResult = serde_json::from_str(&stored)
+                        .map_err(|e| ApiError::internal(format!("stored receipt: {e}")))?;
+                    results.push(result);
+                    continue;
+                }
+                tx.execute_batch("SAVEPOINT mutation")?;
+                let result = match self.push_one(tx, user, device_id, profile, m, detection) {
+                    Ok(r) => {
+                        tx.execute_batch("RELEASE mutation")?;
+                        r
+                    }
+                    Err(PushFail::Fatal(e)) => return Err(e),
+                    Err(PushFail::Reject(Rejection { code, message, row, version })) => {
+                        tx.execute_batch("ROLLBACK TO mutation; RELEASE mutation")?;
+                        let result = MutationResult {
+                            idempotency_key: m.idempotency_key.clone(),
+                            status: MutationStatus::Rejected,
+                            version,
+                            row,
+                            error: Some(ErrorBody { code: code.into(), message }),
+                        };
+                        Self::log_sync_error(tx, user, device_id, m, &result, "rejected")?;
+                        result
+                    }
+                };
+                tx.execute(
+                    "INSERT INTO _fs_push_receipts (user_id, idempotency_key, result, at) VALUES (?1, ?2, ?3, ?4)",
+                    params![user.id, m.idempotency_key, serde_json::to_string(&result).map_err(|e| ApiError::internal(e.to_string()))?, now_text()],
+                )?;
+                results.push(result);
+            }
+            Ok(results)
+        })
+    }
+
+    fn log_sync_error(
+        tx: &Connection,
+        user: &User,
+        device_id: Option<&str>,
+        m: &Mutation,
+        result: &MutationResult,
+        kind: &str,
+    ) -> ApiResult<()> {
+        let device_data = if m.op == Op::Delete {
+            None
+        } else {
+            Some(serde_json::to_string(&m.data).map_err(|e| ApiError::internal(e.to_string()))?)
+        };
+        let server_data = result
+            .row
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let (code, message) = match &result.error {
+            Some(e) => (e.code.clone(), e.message.clone()),
+            None => (codes::CONFLICT.to_owned(), "the record changed on the server since the device read it; the server's version was kept".to_owned()),
+        };
+        tx.execute(
+            "INSERT INTO _fs_sync_errors (at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![now_text(), kind, code, message, m.table, m.id, user.id, device_id, m.op.as_str(), m.idempotency_key, m.base_version, result.version, device_data, server_data],
+        )?;
+        Ok(())
+    }
+
+    fn push_one(
+        &self,
+        tx: &Connection,
+        user: &User,
+        device_id: Option<&str>,
+        profile: &SyncProfile,
+        m: &Mutation,
+        detection: bool,
+    ) -> Result<MutationResult, PushFail> {
+        let Some(table) = profile.table(&m.table) else {
+            return Err(Rejection::new(
+                codes::NOT_IN_PROFILE,
+                format!("table '{}' is not in your offline profile", m.table),
+            )
+            .into());
+        };
+        let schema = self.schema(&m.table)?;
+        if m.id.is_empty() || m.id.len() > 256 {
+            return Err(
+                Rejection::new(codes::BAD_REQUEST, "a record id is 1 to 256 characters").into(),
+            );
+        }
+        let current = Self::read_row(tx, schema, &m.id)?;
+        let exists = current.as_ref().is_some_and(|r| !r.deleted);
+        let server_version = current.as_ref().map(|r| r.version).unwrap_or(0);
+        let live_version = if exists { server_version } else { 0 };
+        let visible_before = exists && Self::visible(tx, table, &user.id, &m.id)?;
+        let server_row = if visible_before {
+            current.as_ref().map(|r| Self::project(&r.fields, table))
+        } else {
+            None
+        };
+        let reject = |code: &'static str, message: String| -> PushFail {
+            PushFail::Reject(Rejection {
+                code,
+                message,
+                row: server_row.clone(),
+                version: if server_row.is_some() {
+                    live_version
+                } else {
+                    0
+                },
+            })
+        };
+        if exists && !visible_before {
+            return Err(Rejection::new(
+                codes::FORBIDDEN,
+                "this record is outside your offline profile",
+            )
+            .into());
+        }
+        let mut data = BTreeMap::new();
+        for (name, value) in &m.data {
+            if name == &table.primary_key {
+                if value != &Value::Text(m.id.clone()) {
+                    return Err(reject(
+                        codes::INVALID_VALUE,
+                        "the primary key field differs from the record id".into(),
+                    ));
+                }
+                continue;
+            }
+            let Some(column) = table.column(name) else {
+                return Err(reject(
+                    codes::UNKNOWN_COLUMN,
+                    format!("column '{name}' is not synced for table '{}'", m.table),
+                ));
+            };
+            let v = value
+                .clone()
+                .coerce(column.kind)
+                .map_err(|e| reject(codes::INVALID_VALUE, format!("column '{name}': {e}")))?;
+            data.insert(name.clone(), v);
+        }
+        if detection {
+            let conflict = match m.op {
+                Op::Insert => exists,
+                Op::Update | Op::Delete => !exists || server_version != m.base_version,
+            };
+            if conflict {
+                let result = MutationResult {
+                    idempotency_key: m.idempotency_key.clone(),
+                    status: MutationStatus::Conflict,
+                    version: live_version,
+                    row: server_row.clone(),
+                    error: None,
+                };
+                Self::log_sync_error(tx, user, device_id, m, &result, "conflict")?;
+                return Ok(result);
+            }
+        }
+        let version = match m.op {
+            Op::Delete if !exists => 0,
+            Op::Delete => Self::apply_write(tx, schema, &m.id, None, Some(&user.id), device_id)?,
+            Op::Insert => Self::apply_write(
+                tx,
+                schema,
+                &m.id,
+                Some((&data, true)),
+                Some(&user.id),
+                device_id,
+            )?,
+            Op::Update => Self::apply_write(
+                tx,
+                schema,
+                &m.id,
+                Some((&data, false)),
+                Some(&user.id),
+                device_id,
+            )?,
+        };
+        let visible_after = m.op != Op::Delete && Self::visible(tx, table, &user.id, &m.id)?;
+        if !exists && m.op != Op::Delete && !visible_after {
+            return Err(Rejection::new(
+                codes::FORBIDDEN,
+                "you may only create records your offline profile selects",
+            )
+            .into());
+        }
+        let row = if visible_after {
+            Self::read_row(tx, schema, &m.id)?.map(|r| Self::project(&r.fields, table))
+        } else {
+            None
+        };
+        Ok(MutationResult {
+            idempotency_key: m.idempotency_key.clone(),
+            status: MutationStatus::Applied,
+            version,
+            row,
+            error: None,
+        })
+    }
+
+    // ---- records API -------------------------------------------------------
+
+    /// Reads a live row. With `scope`, only a row the scope's rules select,
+    /// projected onto its columns.
+    pub fn record(
+        &self,
+        table: &str,
+        id: &str,
+        scope: Option<(&SyncTable, &str)>,
+    ) -> ApiResult<Option<(BTreeMap<String, Value>, i64)>> {
+        let schema = self.schema(table)?;
+        self.read(|c| {
+            let Some(row) = Self::read_row(c, schema, id)? else {
+                return Ok(None);
+            };
+            if row.deleted {
+                return Ok(None);
+            }
+            match scope {
+                Some((t, user_id)) => {
+                    if !Self::visible(c, t, user_id, id)? {
+                        return Ok(None);
+                    }
+                    Ok(Some((Self::project(&row.fields, t), row.version)))
+                }
+                None => Ok(Some((row.fields, row.version))),
+            }
+        })
+    }
+
+    /// Lists live rows ordered by primary key after `after`.
+    pub fn records(
+        &self,
+        table: &str,
+        after: Option<&str>,
+        limit: u32,
+        scope: Option<(&SyncTable, &str)>,
+    ) -> ApiResult<Vec<(BTreeMap<String, Value>, i64)>> {
+        let schema = self.schema(table)?;
+        let limit = limit.clamp(1, 1000);
+        self.read(|c| {
+            let cols: Vec<String> = schema
+                .columns
+                .iter()
+                .map(|c| quote_ident(&c.name))
+                .collect();
+            let mut params: Vec<Value> = Vec::new();
+            let mut sql = format!(
+                "SELECT {}, _version FROM {} WHERE _deleted = 0",
+                cols.join(", "),
+                quote_ident(&schema.name)
+            );
+            if let Some(after) = after {
+                sql.push_str(&format!(" AND {} > ?", quote_ident(&schema.primary_key)));
+                params.push(Value::Text(after.to_owned()));
+            }
+            if let Some((t, user_id)) = scope {
+                let p = rules::compile(t, user_id);
+                sql.push_str(&format!(" AND {}", p.sql));
+                params.extend(p.params);
+            }
+            sql.push_str(&format!(
+                " ORDER BY {} LIMIT ?",
+                quote_ident(&schema.primary_key)
+            ));
+            params.push(Value::Integer(i64::from(limit)));
+            let mut stmt = c.prepare(&sql)?;
+            let mut rows = stmt.query(params_from_iter(params.iter()))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let mut fields = BTreeMap::new();
+                for (i, col) in schema.columns.iter().enumerate() {
+                    fields.insert(col.name.clone(), Value::from_sql(r.get_ref(i)?, col.kind));
+                }
+                let version: i64 = r.get(schema.columns.len())?;
+                out.push(match scope {
+                    Some((t, _)) => (Self::project(&fields, t), version),
+                    None => (fields, version),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Writes fields of a row as a back-office user (creating it if missing).
+    /// With `base_version`, refuses with 409 when the row changed since.
+    pub fn write_record(
+        &self,
+        table: &str,
+        id: &str,
+        data: &BTreeMap<String, Value>,
+        base_version: Option<i64>,
+        user_id: &str,
+    ) -> ApiResult<(BTreeMap<String, Value>, i64)> {
+        let schema = self.schema(table)?;
+        if id.is_empty() || id.len() > 256 {
+            return Err(ApiError::bad_request(
+                codes::BAD_REQUEST,
+                "a record id is 1 to 256 characters",
+            ));
+        }
+        let mut clean = BTreeMap::new();
+        for (name, value) in data {
+            let col = schema.column(name).ok_or_else(|| {
+                ApiError::bad_request(
+                    codes::UNKNOWN_COLUMN,
+                    format!("unknown column '{name}' in table '{table}'"),
+                )
+            })?;
+            if name == &schema.primary_key {
+                if value != &Value::Text(id.to_owned()) {
+                    return Err(ApiError::bad_request(
+                        codes::INVALID_VALUE,
+                        "the primary key field differs from the record id",
+                    ));
+                }
+                continue;
+            }
+            clean.insert(
+                name.clone(),
+                value.clone().coerce(col.kind).map_err(|e| {
+                    ApiError::bad_request(codes::INVALID_VALUE, format!("column '{name}': {e}"))
+                })?,
+            );
+        }
+        self.write(|tx| {
+            let current = Self::read_row(tx, schema, id)?;
+            let live_version = current
+                .as_ref()
+                .filter(|r| !r.deleted)
+                .map(|r| r.version)
+                .unwrap_or(0);
+            if let Some(base) = base_version {
+                if base != live_version {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        codes::CONFLICT,
+                        format!("the record is at version {live_version}, not {base}"),
+                    ));
+                }
+            }
+            let version =
+                Self::apply_write(tx, schema, id, Some((&clean, false)), Some(user_id), None)?;
+            let row = Self::read_row(tx, schema, id)?
+                .map(|r| r.fields)
+                .unwrap_or_default();
+            Ok((row, version))
+        })
+    }
+
+    /// Deletes a row as a back-office user. False when there was none.
+    pub fn delete_record(&self, table: &str, id: &str, user_id: &str) -> ApiResult<bool> {
+        let schema = self.schema(table)?;
+        self.write(|tx| {
+            let current = Self::read_row(tx, schema, id)?;
+            if !current.as_ref().is_some_and(|r| !r.deleted) {
+                return Ok(false);
+            }
+            Self::apply_write(tx, schema, id, None, Some(user_id), None)?;
+            Ok(true)
+        })
+    }
+
+    /// Writes many rows in one transaction (seeding).
+    pub fn bulk_insert(
+        &self,
+        table: &str,
+        rows: &[(String, BTreeMap<String, Value>)],
+    ) -> ApiResult<()> {
+        let schema = self.schema(table)?;
+        self.write(|tx| {
+            for (id, data) in rows {
+                Self::apply_write(tx, schema, id, Some((data, true)), None, None)?;
+            }
+            Ok(())
+        })
+    }
+
+    // ---- sync errors -------------------------------------------------------
+
+    /// Entries of the Sync Errors log, newest first.
+    pub fn sync_errors(&self, filter: &SyncErrorFilter) -> ApiResult<Vec<SyncErrorEntry>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key,
+                        base_version, server_version, device_data, server_data
+                 FROM _fs_sync_errors
+                 WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR tbl = ?2) AND (?3 IS NULL OR kind = ?3)
+                 ORDER BY id DESC LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![filter.user, filter.table, filter.kind, filter.limit.unwrap_or(200).min(1000)],
+                |r| {
+                    Ok(SyncErrorEntry {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        kind: r.get(2)?,
+                        code: r.get(3)?,
+                        message: r.get(4)?,
+                        table: r.get(5)?,
+                        record_id: r.get(6)?,
+                        user_id: r.get(7)?,
+                        device_id: r.get(8)?,
+                        action: r.get(9)?,
+                        idempotency_key: r.get(10)?,
+                        base_version: r.get(11)?,
+                        server_version: r.get(12)?,
+                        device_data: json_opt(r.get(13)?),
+                        server_data: json_opt(r.get(14)?),
+                    })
+                },
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Number of entries in the change log (for tests and the console).
+    pub fn change_count(&self, table: &str, id: &str) -> ApiResult<i64> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM _fs_change_log WHERE tbl = ?1 AND row_id = ?2",
+                params![table, id],
+                |r| r.get(0),
+            )?)
+        })
+    }
+}
+
+/// A mutation the server refuses; it still gets a receipt.
+struct Rejection {
+    code: &'static str,
+    message: String,
+    row: Option<BTreeMap<String, Value>>,
+    version: i64,
+}
+
+impl Rejection {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            row: None,
+            version: 0,
+        }
+    }
+}
+
+/// Why a mutation did not apply: refused (answered, with a receipt) or a
+/// server fault (the whole batch fails and the device retries it).
+enum PushFail {
+    Reject(Rejection),
+    Fatal(ApiError),
+}
+
+impl From<Rejection> for PushFail {
+    fn from(r: Rejection) -> Self {
+        PushFail::Reject(r)
+    }
+}
+
+impl From<ApiError> for PushFail {
+    fn from(e: ApiError) -> Self {
+        PushFail::Fatal(e)
+    }
+}
+
+impl From<rusqlite::Error> for PushFail {
+    fn from(e: rusqlite::Error) -> Self {
+        PushFail::Fatal(e.into())
+    }
+}

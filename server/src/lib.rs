@@ -1,0 +1,135 @@
+//! fieldsync reference sync server (S1): per-user bearer tokens, offline
+//! profiles, paged pull from a change log, idempotent push, the
+//! conflict-detection setting, the Sync Errors log, and the admin API.
+//! Embedded SQLite by default.
+//!
+//! The service keeps no state outside its database, so several instances
+//! can serve one database. [`router`] builds the HTTP application;
+//! [`serve`] runs it on a listener.
+
+pub mod api;
+pub mod db;
+pub mod error;
+pub mod rules;
+pub mod seed;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use fieldsync_core::profile::{DataModel, OfflineProfile};
+use fieldsync_core::protocol::MAX_REQUEST_BYTES;
+use tower_http::compression::CompressionLayer;
+
+use crate::db::Db;
+use crate::error::ApiError;
+
+/// The field-service data model shipped with the server.
+pub fn field_service_model() -> DataModel {
+    serde_json::from_str(include_str!("../model/field_service_model.json"))
+        .unwrap_or_else(|e| panic!("built-in data model does not parse: {e}"))
+}
+
+/// The default offline profile shipped with the server.
+pub fn field_service_profile() -> OfflineProfile {
+    serde_json::from_str(include_str!("../model/field_service_profile.json"))
+        .unwrap_or_else(|e| panic!("built-in profile does not parse: {e}"))
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Directory of the embedded database.
+    pub data_dir: PathBuf,
+    /// Bearer token of the administrator (admin API).
+    pub admin_token: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Fault simulation: delay before each pull page is answered.
+    pub pull_delay: Duration,
+}
+
+impl ServerConfig {
+    /// A configuration with default limits.
+    pub fn new(data_dir: impl Into<PathBuf>, admin_token: &str) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            admin_token: admin_token.to_owned(),
+            max_body_bytes: MAX_REQUEST_BYTES,
+            pull_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+pub struct App {
+    pub db: Arc<Db>,
+    pub admin_token_hash: String,
+    pub default_profile: String,
+    pub pull_delay: Duration,
+}
+
+/// Opens the database and builds the HTTP application.
+pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
+    if config.admin_token.len() < 8 {
+        return Err(ApiError::internal(
+            "the admin token must have at least 8 characters",
+        ));
+    }
+    let profile = field_service_profile();
+    let db = Db::open(&config.data_dir, field_service_model(), &profile)?;
+    let app = Arc::new(App {
+        db: Arc::new(db),
+        admin_token_hash: db::hash_token(&config.admin_token),
+        default_profile: profile.name,
+        pull_delay: config.pull_delay,
+    });
+    Ok(Router::new()
+        .route("/v1/health", get(api::health))
+        .route("/v1/profile", get(api::profile))
+        .route("/v1/sync/pull", get(api::pull))
+        .route("/v1/sync/push", post(api::push))
+        .route("/v1/records/{table}", get(api::list_records))
+        .route(
+            "/v1/records/{table}/{id}",
+            get(api::get_record)
+                .put(api::put_record)
+                .delete(api::delete_record),
+        )
+        .route(
+            "/v1/admin/users",
+            get(api::list_users).post(api::create_user),
+        )
+        .route(
+            "/v1/admin/settings",
+            get(api::get_settings).put(api::put_settings),
+        )
+        .route("/v1/admin/sync-errors", get(api::sync_errors))
+        .route("/v1/admin/profiles", get(api::list_profiles))
+        .route(
+            "/v1/admin/profiles/{name}",
+            get(api::get_profile).put(api::put_profile),
+        )
+        .route("/v1/admin/model", get(api::model))
+        .route("/v1/admin/devices", get(api::devices))
+        .route("/v1/admin/seed", post(api::seed))
+        .fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(CompressionLayer::new())
+        .with_state(app))
+}
+
+/// Serves the application on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: &ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(config).map_err(|e| std::io::Error::other(e.to_string()))?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

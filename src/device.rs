@@ -1,0 +1,346 @@
+//! `fieldsync device`: a headless device on the same core as the apps.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use fieldsync_core::{Engine, EngineConfig, Error, ErrorKind, Value};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct DeviceArgs {
+    /// Path of the device database.
+    #[arg(long, env = "FIELDSYNC_DB", default_value = "fieldsync-device.db")]
+    db: PathBuf,
+    /// Base URL of the sync server.
+    #[arg(
+        long,
+        env = "FIELDSYNC_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// The user's bearer token.
+    #[arg(long, env = "FIELDSYNC_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Rows per pull page.
+    #[arg(long, default_value_t = fieldsync_core::protocol::DEFAULT_PAGE_SIZE)]
+    page_size: u32,
+    #[command(subcommand)]
+    command: DeviceCommand,
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Upload pending changes and download the offline profile's tables.
+    Sync {
+        /// Only these tables (repeatable); all by default.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
+    /// Show device status: pending uploads, tables, recent errors.
+    Status,
+    /// Read one record from the device.
+    Get { table: String, id: String },
+    /// List records of a table on the device.
+    List {
+        table: String,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Create or change a record on the device (uploaded at the next sync).
+    Put {
+        table: String,
+        id: String,
+        /// A field as column=value; the value is read as JSON when it parses, else as text.
+        #[arg(long = "set", value_name = "COLUMN=VALUE")]
+        set: Vec<String>,
+        /// Fields as a JSON object.
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Delete a record on the device (uploaded at the next sync).
+    Delete { table: String, id: String },
+    /// Clear the offline database; refuses while changes wait for upload.
+    Reset {
+        /// Discard unsynced changes.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the sync errors kept on the device.
+    Errors {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// Exit code of an error kind (documented in README and main.rs).
+pub fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Internal => 1,
+        ErrorKind::InvalidInput => 2,
+        ErrorKind::RecordNotFound => 3,
+        ErrorKind::Conflict => 4,
+        ErrorKind::NetworkUnavailable => 5,
+        ErrorKind::Unauthorized => 6,
+        ErrorKind::PendingUploads => 7,
+        ErrorKind::Storage => 8,
+    }
+}
+
+fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Internal => "internal",
+        ErrorKind::InvalidInput => "invalid_input",
+        ErrorKind::RecordNotFound => "record_not_found",
+        ErrorKind::Conflict => "conflict",
+        ErrorKind::NetworkUnavailable => "network_unavailable",
+        ErrorKind::Unauthorized => "unauthorized",
+        ErrorKind::PendingUploads => "pending_uploads",
+        ErrorKind::Storage => "storage",
+    }
+}
+
+fn fail(json: bool, e: &Error) -> ExitCode {
+    let kind = e.kind();
+    if json {
+        let mut body =
+            serde_json::json!({"error": {"kind": kind_name(kind), "message": e.to_string()}});
+        if let Error::PendingUploads { count } = e {
+            body["error"]["pending_uploads"] = (*count).into();
+        }
+        println!("{body}");
+    }
+    eprintln!("fieldsync device: {e}");
+    ExitCode::from(exit_code(kind))
+}
+
+fn parse_fields(set: &[String], data: Option<&str>) -> Result<BTreeMap<String, Value>, Error> {
+    let mut fields = BTreeMap::new();
+    if let Some(data) = data {
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(data)
+            .map_err(|e| Error::InvalidInput(format!("--data must be a JSON object: {e}")))?;
+        for (k, v) in obj {
+            let v = Value::from_json(&v)
+                .ok_or_else(|| Error::InvalidInput(format!("field '{k}' must be a scalar")))?;
+            fields.insert(k, v);
+        }
+    }
+    for item in set {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| Error::InvalidInput(format!("--set '{item}' is not COLUMN=VALUE")))?;
+        let value = match serde_json::from_str::<serde_json::Value>(v) {
+            Ok(j) if !j.is_object() && !j.is_array() => {
+                Value::from_json(&j).unwrap_or(Value::Text(v.to_owned()))
+            }
+            _ => Value::Text(v.to_owned()),
+        };
+        fields.insert(k.to_owned(), value);
+    }
+    Ok(fields)
+}
+
+fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+    if json {
+        match serde_json::to_string_pretty(value) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("fieldsync device: cannot encode output: {e}"),
+        }
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn format_record(r: &fieldsync_core::Record) -> String {
+    let mut out = format!("{}/{} (version {})\n", r.table, r.id, r.version);
+    for (k, v) in &r.fields {
+        out.push_str(&format!("  {k}: {}\n", v.to_json()));
+    }
+    out.trim_end().to_owned()
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.map(fieldsync_core::time::format_datetime)
+        .unwrap_or_else(|| "never".into())
+}
+
+/// Runs a device command.
+pub async fn run(args: DeviceArgs) -> ExitCode {
+    let json = args.json;
+    let mut config = EngineConfig::new(&args.db, &args.server, &args.token);
+    config.page_size = args.page_size;
+    let engine = match Engine::open(config) {
+        Ok(e) => e,
+        Err(e) => return fail(json, &e),
+    };
+    match run_command(&engine, args.command, json).await {
+        Ok(code) => code,
+        Err(e) => fail(json, &e),
+    }
+}
+
+async fn run_command(
+    engine: &Engine,
+    command: DeviceCommand,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    match command {
+        DeviceCommand::Sync { tables } => {
+            let report = if tables.is_empty() {
+                engine.sync().await?
+            } else {
+                engine.sync_tables(tables).await?
+            };
+            print(json, &report, || {
+                let mut out = format!(
+                    "synced in {} ms: {} change(s) uploaded, {} conflict(s), {} rejected, {} page(s), {} bytes down",
+                    report.duration_ms,
+                    report.uploaded,
+                    report.conflicts.len(),
+                    report.rejected.len(),
+                    report.pages(),
+                    report.bytes_down
+                );
+                for t in &report.tables {
+                    if t.rows_upserted + t.rows_removed > 0 {
+                        out.push_str(&format!(
+                            "\n  {}: {} row(s) in, {} removed",
+                            t.table, t.rows_upserted, t.rows_removed
+                        ));
+                    }
+                }
+                for c in &report.conflicts {
+                    out.push_str(&format!(
+                        "\n  conflict: {}/{}: {}",
+                        c.table, c.record_id, c.message
+                    ));
+                }
+                for r in &report.rejected {
+                    out.push_str(&format!(
+                        "\n  rejected: {}/{}: {}",
+                        r.table, r.record_id, r.message
+                    ));
+                }
+                out
+            });
+            if !report.conflicts.is_empty() {
+                return Ok(ExitCode::from(exit_code(ErrorKind::Conflict)));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Status => {
+            let status = engine.status()?;
+            print(json, &status, || {
+                let mut out = format!(
+                    "device {}\nprofile: {} (version {})\npending uploads: {}\ndatabase: {} bytes\n",
+                    status.device_id,
+                    status.profile_name.as_deref().unwrap_or("none yet"),
+                    status
+                        .profile_version
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    status.pending_uploads,
+                    status.database_bytes
+                );
+                for t in &status.tables {
+                    out.push_str(&format!(
+                        "  {:<28} {:>8} rows  last sync {}{}\n",
+                        t.table,
+                        t.rows,
+                        when(t.last_sync_at),
+                        if t.pending_uploads > 0 {
+                            format!("  ({} pending)", t.pending_uploads)
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+                for e in &status.recent_errors {
+                    out.push_str(&format!(
+                        "  error: {} {}/{}: {}\n",
+                        e.kind, e.table, e.record_id, e.message
+                    ));
+                }
+                out.trim_end().to_owned()
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Get { table, id } => {
+            let record = engine.get(&table, &id)?;
+            print(json, &record, || format_record(&record));
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::List {
+            table,
+            after,
+            limit,
+        } => {
+            let records = engine.list(&table, after.as_deref(), limit)?;
+            print(json, &records, || {
+                records
+                    .iter()
+                    .map(format_record)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Put {
+            table,
+            id,
+            set,
+            data,
+        } => {
+            let fields = parse_fields(&set, data.as_deref())?;
+            let record = engine.put(&table, &id, fields)?;
+            print(json, &record, || format_record(&record));
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Delete { table, id } => {
+            engine.delete(&table, &id)?;
+            print(
+                json,
+                &serde_json::json!({"deleted": {"table": table, "id": id}}),
+                || format!("deleted {table}/{id}"),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Reset { force } => {
+            let report = engine.reset(force).await?;
+            print(json, &report, || {
+                format!(
+                    "offline database cleared ({} unsynced change(s) discarded)",
+                    report.discarded_changes
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Errors { limit } => {
+            let errors = engine.sync_errors(limit)?;
+            print(json, &errors, || {
+                errors
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} {} {}/{} ({}): {}",
+                            when(Some(e.at)),
+                            e.kind,
+                            e.table,
+                            e.record_id,
+                            e.action,
+                            e.message
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `fieldsync`: the reference sync server, a headless device running the same
+//! core as the apps, and a demo that walks through both.
+//!
+//! Exit codes of `fieldsync device`: 0 success, 1 internal error, 2 bad input,
+//! 3 Record Not Found, 4 sync conflict, 5 Network or Service Unavailable,
+//! 6 unauthorized, 7 reset refused (pending uploads), 8 storage error.
+
+mod demo;
+mod device;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fieldsync",
+    version,
+    about = "Offline-first sync for field-service apps"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the reference sync server (embedded SQLite).
+    Server(ServerArgs),
+    /// Run a headless device: sync, read and write its offline database.
+    Device(device::DeviceArgs),
+    /// Start a server with sample data and walk a device through sync and conflicts.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Directory of the embedded database.
+    #[arg(long, env = "FIELDSYNC_DATA_DIR", default_value = "fieldsync-data")]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "FIELDSYNC_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Bearer token of the administrator (at least 8 characters).
+    #[arg(long, env = "FIELDSYNC_ADMIN_TOKEN")]
+    admin_token: String,
+    /// Fault simulation: delay each pull page by this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pull_delay_ms: u64,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run_server(args: ServerArgs) -> ExitCode {
+    let mut config = fieldsync_server::ServerConfig::new(&args.data_dir, &args.admin_token);
+    config.pull_delay = Duration::from_millis(args.pull_delay_ms);
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fieldsync server: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let app = match fieldsync_server::router(&config) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("fieldsync server: {}", e.message);
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "address": addr})
+    );
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+    };
+    match axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fieldsync server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fieldsync: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => run_server(args).await,
+            Command::Device(args) => device::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    })
+}
