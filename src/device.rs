@@ -60,7 +60,7 @@ enum DeviceCommand {
         /// A field as column=value; the value is read as JSON when it parses, else as text.
         #[arg(long = "set", value_name = "COLUMN=VALUE")]
         set: Vec<String>,
-        /// Fields as a JSON object.
+        /// Fields as a JSON object, or `@PATH` to read the object from a file.
         #[arg(long)]
         data: Option<String>,
     },
@@ -123,6 +123,15 @@ fn fail(json: bool, e: &Error) -> ExitCode {
 fn parse_fields(set: &[String], data: Option<&str>) -> Result<BTreeMap<String, Value>, Error> {
     let mut fields = BTreeMap::new();
     if let Some(data) = data {
+        let text;
+        let data = match data.strip_prefix('@') {
+            Some(path) => {
+                text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::InvalidInput(format!("cannot read {path}: {e}")))?;
+                text.as_str()
+            }
+            None => data,
+        };
         let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(data)
             .map_err(|e| Error::InvalidInput(format!("--data must be a JSON object: {e}")))?;
         for (k, v) in obj {

@@ -316,11 +316,12 @@ fn record_error(
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
-            }
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
@@ -405,12 +406,11 @@ impl Store {
     /// download after removing the rows they no longer select. One transaction.
     pub fn apply_profile(&self, new: &SyncProfile, now: i64) -> Result<ProfileChange> {
         let old = self.profile()?;
-        if let Some(old) = &old {
-            if old.user_id != new.user_id {
-                return Err(Error::InvalidInput(
-                    "this database holds another user's data; reset it before signing in as a new user".into(),
-                ));
-            }
+        if old.as_ref().is_some_and(|old| old.user_id != new.user_id) {
+            return Err(Error::InvalidInput(
+                "this database holds another user's data; reset it before signing in as a new user"
+                    .into(),
+            ));
         }
         let mut change = ProfileChange::default();
         let mut conn = lock(&self.writer);
@@ -1088,10 +1088,11 @@ fn remove_unqualified(conn: &Connection, table: &SyncTable, user_id: &str) -> Re
     let mut doomed = Vec::new();
     while let Some(row) = rows.next()? {
         let (fields, _) = row_to_map(row, table)?;
-        if !table.row_qualifies(&fields, user_id) {
-            if let Some(Value::Text(id)) = fields.get(&table.primary_key) {
-                doomed.push(id.clone());
-            }
+        if table.row_qualifies(&fields, user_id) {
+            continue;
+        }
+        if let Some(Value::Text(id)) = fields.get(&table.primary_key) {
+            doomed.push(id.clone());
         }
     }
     let mut removed = 0;
@@ -1104,7 +1105,7 @@ fn remove_unqualified(conn: &Connection, table: &SyncTable, user_id: &str) -> Re
 }
 
 fn outbox_entries(conn: &Connection, table: Option<&str>) -> Result<Vec<OutboxEntry>> {
-    outbox_entries_limited(conn, table, -1).and_then(|v| Ok(v))
+    outbox_entries_limited(conn, table, -1)
 }
 
 fn outbox_entries_limited(

@@ -170,17 +170,15 @@ pub async fn pull(
     let device = device_id(&headers);
     let page = blocking(move || {
         let profile = db.sync_profile(&user)?;
-        if let Some(v) = q.profile_version {
-            if v != profile.version {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    codes::PROFILE_CHANGED,
-                    format!(
-                        "the offline profile is now at version {}; fetch it again",
-                        profile.version
-                    ),
-                ));
-            }
+        if q.profile_version.is_some_and(|v| v != profile.version) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                codes::PROFILE_CHANGED,
+                format!(
+                    "the offline profile is now at version {}; fetch it again",
+                    profile.version
+                ),
+            ));
         }
         let table = profile.table(&q.table).ok_or_else(|| {
             if db.model().table(&q.table).is_some() {
@@ -200,10 +198,8 @@ pub async fn pull(
             q.total,
             profile.version,
         )?;
-        if !page.has_more {
-            if let Some(d) = &device {
-                db.touch_device(d, &user.id, true, None)?;
-            }
+        if let Some(d) = device.as_ref().filter(|_| !page.has_more) {
+            db.touch_device(d, &user.id, true, None)?;
         }
         Ok(page)
     })

@@ -1259,14 +1259,12 @@ impl Db {
                 .filter(|r| !r.deleted)
                 .map(|r| r.version)
                 .unwrap_or(0);
-            if let Some(base) = base_version {
-                if base != live_version {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        codes::CONFLICT,
-                        format!("the record is at version {live_version}, not {base}"),
-                    ));
-                }
+            if let Some(base) = base_version.filter(|b| *b != live_version) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    codes::CONFLICT,
+                    format!("the record is at version {live_version}, not {base}"),
+                ));
             }
             let version =
                 Self::apply_write(tx, schema, id, Some((&clean, false)), Some(user_id), None)?;
@@ -1282,7 +1280,7 @@ impl Db {
         let schema = self.schema(table)?;
         self.write(|tx| {
             let current = Self::read_row(tx, schema, id)?;
-            if !current.as_ref().is_some_and(|r| !r.deleted) {
+            if current.as_ref().is_none_or(|r| r.deleted) {
                 return Ok(false);
             }
             Self::apply_write(tx, schema, id, None, Some(user_id), None)?;
