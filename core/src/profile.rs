@@ -23,6 +23,8 @@ use crate::value::Value;
 pub const MIN_SYNC_INTERVAL_SECS: u32 = 300;
 /// Longest allowed sync interval (1 day).
 pub const MAX_SYNC_INTERVAL_SECS: u32 = 86_400;
+/// Most tables one table may be related to, counted transitively.
+pub const MAX_RELATED_TABLES: usize = 15;
 
 /// The kind of a column's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,6 +69,17 @@ pub enum RowRule {
     All,
     /// Rows whose `column` holds the id of the user the profile was issued to.
     Owned { column: String },
+    /// Rows related to rows of another table of the profile: this table's
+    /// `column` equals `foreign_column` of a row of `table` that the profile
+    /// selects. Work orders reached through bookings:
+    /// `{"kind": "related", "table": "bookings", "column": "id", "foreign_column": "work_order_id"}`;
+    /// incidents of those work orders:
+    /// `{"kind": "related", "table": "work_orders", "column": "work_order_id", "foreign_column": "id"}`.
+    Related {
+        table: String,
+        column: String,
+        foreign_column: String,
+    },
 }
 
 /// A table in an administrator's offline profile.
@@ -174,14 +187,32 @@ impl SyncTable {
         self.columns.iter().find(|c| c.name == name)
     }
 
-    /// Evaluates this table's row rules against a row (device side).
+    /// Evaluates the rules of this table that need no other table against a
+    /// row (device side). Related-rows rules are not decided here: a row that
+    /// only a related-rows rule could select is reported as qualifying, and
+    /// the store settles it against the related table's rows.
     pub fn row_qualifies(&self, row: &BTreeMap<String, Value>, user_id: &str) -> bool {
         self.rules.iter().any(|rule| match rule {
-            RowRule::All => true,
+            RowRule::All | RowRule::Related { .. } => true,
             RowRule::Owned { column } => {
                 matches!(row.get(column), Some(Value::Text(v)) if v == user_id)
             }
         })
+    }
+
+    /// Tables this table's rules depend on (related-rows rules).
+    pub fn depends_on(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .rules
+            .iter()
+            .filter_map(|r| match r {
+                RowRule::Related { table, .. } => Some(table.clone()),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 }
 
@@ -313,7 +344,87 @@ impl OfflineProfile {
                             }
                         }
                     }
+                    RowRule::Related {
+                        table: other,
+                        column,
+                        foreign_column,
+                    } => {
+                        let Some(other_profile) = self.tables.iter().find(|o| &o.name == other)
+                        else {
+                            return Err(Error::InvalidProfile(format!(
+                                "table '{}': related-rows rule names table '{other}', which is not in the profile",
+                                t.name
+                            )));
+                        };
+                        let other_schema = model
+                            .table(other)
+                            .ok_or_else(|| Error::UnknownTable(other.clone()))?;
+                        let synced = |tp: &TableProfile, ts: &TableSchema, c: &str| {
+                            ts.column(c).is_some()
+                                && (ts.primary_key == c || tp.columns.iter().any(|x| x == c))
+                        };
+                        if !synced(t, schema, column) {
+                            return Err(Error::InvalidProfile(format!(
+                                "table '{}': related-rows column '{column}' must be one of the table's synced columns",
+                                t.name
+                            )));
+                        }
+                        if !synced(other_profile, other_schema, foreign_column) {
+                            return Err(Error::InvalidProfile(format!(
+                                "table '{}': related-rows column '{other}.{foreign_column}' must be one of that table's synced columns",
+                                t.name
+                            )));
+                        }
+                    }
                 }
+            }
+        }
+        self.check_relationship_graph()
+    }
+
+    /// Refuses circular relationships and tables related (transitively) to
+    /// more than [`MAX_RELATED_TABLES`] other tables.
+    fn check_relationship_graph(&self) -> Result<(), Error> {
+        let deps: BTreeMap<&str, Vec<&str>> = self
+            .tables
+            .iter()
+            .map(|t| {
+                let d = t
+                    .rules
+                    .iter()
+                    .filter_map(|r| match r {
+                        RowRule::Related { table, .. } => Some(table.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                (t.name.as_str(), d)
+            })
+            .collect();
+        for start in deps.keys() {
+            // Depth-first walk; a path that comes back to a table on it is a cycle.
+            let mut reached = BTreeSet::new();
+            let mut stack = vec![(*start, vec![*start])];
+            while let Some((table, path)) = stack.pop() {
+                for next in deps.get(table).into_iter().flatten() {
+                    if path.contains(next) {
+                        let mut cycle: Vec<&str> = path.clone();
+                        cycle.push(next);
+                        return Err(Error::InvalidProfile(format!(
+                            "circular relationship: {}",
+                            cycle.join(" -> ")
+                        )));
+                    }
+                    reached.insert(*next);
+                    let mut p = path.clone();
+                    p.push(next);
+                    stack.push((next, p));
+                }
+            }
+            if reached.len() > MAX_RELATED_TABLES {
+                return Err(Error::InvalidProfile(format!(
+                    "table '{start}' is related to {} tables; at most {MAX_RELATED_TABLES} are allowed",
+                    reached.len()
+                )));
             }
         }
         Ok(())

@@ -426,7 +426,10 @@ impl Store {
                     )?;
                     change.added_tables.push(table.name.clone());
                 }
-                Some(before) if before == table => {}
+                Some(before)
+                    if before.columns == table.columns
+                        && before.rules == table.rules
+                        && before.primary_key == table.primary_key => {}
                 Some(before) => {
                     if before.primary_key != table.primary_key {
                         tx.execute_batch(&format!(
@@ -665,6 +668,16 @@ impl Store {
                  expected_rows = CASE WHEN initial_done THEN NULL ELSE expected_rows END,
                  last_attempt_at = ?2 WHERE name = ?1",
             params![table, now],
+        )?;
+        Ok(())
+    }
+
+    /// Starts `table`'s download over from the beginning (the server no
+    /// longer recognises its cursor, for example after a restore).
+    pub fn restart_table(&self, table: &str) -> Result<()> {
+        lock(&self.writer).execute(
+            "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0 WHERE name = ?1",
+            [table],
         )?;
         Ok(())
     }

@@ -1,8 +1,8 @@
-//! One sync run: upload the outbox (C5), pick up the offline profile (C2),
+//! One sync run: pick up the offline profile (C2), upload the outbox (C5),
 //! then download each table from its cursor in pages (C3, C4).
 //!
-//! Upload comes first so the server settles every local change (applied,
-//! conflict or rejected) before rows are pulled over it. Each page is applied
+//! Upload comes before download so the server settles every local change
+//! (applied, conflict or rejected) before rows are pulled over it. Each page is applied
 //! in one transaction with its cursor; the next page downloads while the
 //! current one is written. A failure stops the run with everything committed
 //! so far kept, and the next run resumes from there.
@@ -94,6 +94,13 @@ async fn run_inner(
                 }) if code == codes::PROFILE_CHANGED && attempts < 2 => {
                     attempts += 1;
                     refresh_profile(engine, report).await?;
+                }
+                Err(Error::Server {
+                    status: 400, code, ..
+                }) if code == codes::INVALID_CURSOR && attempts < 2 => {
+                    attempts += 1;
+                    warn!(target: "fieldsync::sync", table = %table.name, "the server refused the cursor; downloading the table again");
+                    engine.store.restart_table(&table.name)?;
                 }
                 Err(e) => {
                     let _ = engine.store.record_table_error(&table.name, &e.to_string());

@@ -192,11 +192,11 @@ pub async fn pull(
         })?;
         let page = db.pull(
             &user,
+            &profile,
             table,
             &q.cursor,
             q.limit.unwrap_or(DEFAULT_PAGE_SIZE),
             q.total,
-            profile.version,
         )?;
         if let Some(d) = device.as_ref().filter(|_| !page.has_more) {
             db.touch_device(d, &user.id, true, None)?;
@@ -283,8 +283,12 @@ pub async fn get_record(
         }
         let profile = db.sync_profile(&user)?;
         let scope = scope_of(&user, &profile, &t)?;
-        db.record(&t, &i, scope.as_ref().map(|s| (s, user.id.as_str())))?
-            .ok_or_else(|| ApiError::not_found(format!("no record {t}/{i}")))
+        db.record(
+            &t,
+            &i,
+            scope.as_ref().map(|s| (&profile, s, user.id.as_str())),
+        )?
+        .ok_or_else(|| ApiError::not_found(format!("no record {t}/{i}")))
     })
     .await?;
     Ok(Json(RecordResponse {
@@ -331,7 +335,7 @@ pub async fn list_records(
             &t,
             q.after.as_deref(),
             limit,
-            scope.as_ref().map(|s| (s, user.id.as_str())),
+            scope.as_ref().map(|s| (&profile, s, user.id.as_str())),
         )?;
         Ok((rows, pk))
     })

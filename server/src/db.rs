@@ -627,12 +627,13 @@ impl Db {
     pub fn pull(
         &self,
         user: &User,
+        profile: &SyncProfile,
         table: &SyncTable,
         cursor: &str,
         limit: u32,
         want_total: bool,
-        profile_version: i64,
     ) -> ApiResult<PullPage> {
+        let profile_version = profile.version;
         if limit == 0 || limit > MAX_PAGE_SIZE {
             return Err(ApiError::bad_request(
                 codes::PAGE_TOO_LARGE,
@@ -645,7 +646,7 @@ impl Db {
                 "the cursor is not one this server issued",
             )
         })?;
-        let predicate = rules::compile(table, &user.id);
+        let predicate = rules::compile(profile, table, &user.id);
         self.read(|conn| {
             let tx = conn.unchecked_transaction()?;
             let hwm: i64 = tx.query_row(
@@ -789,8 +790,14 @@ impl Db {
         }
     }
 
-    fn visible(conn: &Connection, table: &SyncTable, user_id: &str, id: &str) -> ApiResult<bool> {
-        let p = rules::compile(table, user_id);
+    fn visible(
+        conn: &Connection,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        user_id: &str,
+        id: &str,
+    ) -> ApiResult<bool> {
+        let p = rules::compile(profile, table, user_id);
         let sql = format!(
             "SELECT 1 FROM {} WHERE {} = ? AND _deleted = 0 AND {}",
             quote_ident(&table.name),
@@ -1020,7 +1027,7 @@ impl Db {
         let exists = current.as_ref().is_some_and(|r| !r.deleted);
         let server_version = current.as_ref().map(|r| r.version).unwrap_or(0);
         let live_version = if exists { server_version } else { 0 };
-        let visible_before = exists && Self::visible(tx, table, &user.id, &m.id)?;
+        let visible_before = exists && Self::visible(tx, profile, table, &user.id, &m.id)?;
         let server_row = if visible_before {
             current.as_ref().map(|r| Self::project(&r.fields, table))
         } else {
@@ -1105,7 +1112,8 @@ impl Db {
                 device_id,
             )?,
         };
-        let visible_after = m.op != Op::Delete && Self::visible(tx, table, &user.id, &m.id)?;
+        let visible_after =
+            m.op != Op::Delete && Self::visible(tx, profile, table, &user.id, &m.id)?;
         if !exists && m.op != Op::Delete && !visible_after {
             return Err(Rejection::new(
                 codes::FORBIDDEN,
@@ -1135,7 +1143,7 @@ impl Db {
         &self,
         table: &str,
         id: &str,
-        scope: Option<(&SyncTable, &str)>,
+        scope: Option<(&SyncProfile, &SyncTable, &str)>,
     ) -> ApiResult<Option<(BTreeMap<String, Value>, i64)>> {
         let schema = self.schema(table)?;
         self.read(|c| {
@@ -1146,8 +1154,8 @@ impl Db {
                 return Ok(None);
             }
             match scope {
-                Some((t, user_id)) => {
-                    if !Self::visible(c, t, user_id, id)? {
+                Some((p, t, user_id)) => {
+                    if !Self::visible(c, p, t, user_id, id)? {
                         return Ok(None);
                     }
                     Ok(Some((Self::project(&row.fields, t), row.version)))
@@ -1163,7 +1171,7 @@ impl Db {
         table: &str,
         after: Option<&str>,
         limit: u32,
-        scope: Option<(&SyncTable, &str)>,
+        scope: Option<(&SyncProfile, &SyncTable, &str)>,
     ) -> ApiResult<Vec<(BTreeMap<String, Value>, i64)>> {
         let schema = self.schema(table)?;
         let limit = limit.clamp(1, 1000);
@@ -1183,8 +1191,8 @@ impl Db {
                 sql.push_str(&format!(" AND {} > ?", quote_ident(&schema.primary_key)));
                 params.push(Value::Text(after.to_owned()));
             }
-            if let Some((t, user_id)) = scope {
-                let p = rules::compile(t, user_id);
+            if let Some((profile, t, user_id)) = scope {
+                let p = rules::compile(profile, t, user_id);
                 sql.push_str(&format!(" AND {}", p.sql));
                 params.extend(p.params);
             }
@@ -1203,7 +1211,7 @@ impl Db {
                 }
                 let version: i64 = r.get(schema.columns.len())?;
                 out.push(match scope {
-                    Some((t, _)) => (Self::project(&fields, t), version),
+                    Some((_, t, _)) => (Self::project(&fields, t), version),
                     None => (fields, version),
                 });
             }
