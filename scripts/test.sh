@@ -12,8 +12,8 @@ step "Rust: format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "Rust: unit and end-to-end tests (real server processes on 127.0.0.1)"
-cargo test --workspace --locked
+step "Rust: unit and end-to-end tests (real server processes on 127.0.0.1, simulation seeds)"
+FIELDSYNC_SIM_SEEDS=${FIELDSYNC_SIM_SEEDS:-200} cargo test --workspace --locked
 
 if [ -f tests/check_openapi.py ]; then
   step "Protocol: OpenAPI file is valid and lists every route"
@@ -23,6 +23,9 @@ fi
 
 step "Demo runs and exits 0"
 cargo run --quiet --locked -- demo --work-orders 100 >/dev/null
+
+step "Reliability: the simulation harness finds a bug planted on purpose"
+cargo test --locked --test simulation --features planted-bug
 
 echo
 echo "all tests passed"

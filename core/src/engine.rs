@@ -333,6 +333,11 @@ impl Engine {
         self.store.pending_count()
     }
 
+    /// Local changes waiting for upload, in upload order.
+    pub fn outbox(&self) -> Result<Vec<crate::store::OutboxEntry>> {
+        self.store.outbox()
+    }
+
     /// Sync errors kept on the device, newest first.
     pub fn sync_errors(&self, limit: u32) -> Result<Vec<LocalSyncError>> {
         self.store.sync_errors(limit)

@@ -939,6 +939,10 @@ impl Store {
                 "UPDATE _fs_outbox SET attempts = attempts + 1 WHERE seq = ?1",
                 [e.seq],
             )?;
+            // A bug planted on purpose so the simulation harness can show it
+            // finds one: the entry leaves before the server acknowledged it.
+            #[cfg(feature = "planted-bug")]
+            tx.execute("DELETE FROM _fs_outbox WHERE seq = ?1", [e.seq])?;
         }
         tx.commit()?;
         Ok(batch)

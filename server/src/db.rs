@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS _fs_change_log (
     version INTEGER NOT NULL,
     user_id TEXT,
     device_id TEXT,
+    idempotency_key TEXT,
     at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS _fs_push_receipts (
@@ -1112,6 +1113,17 @@ impl Db {
                 device_id,
             )?,
         };
+        if m.op != Op::Delete || exists {
+            // Audit: which upload produced this change (replays never add one).
+            tx.execute(
+                &format!(
+                    "UPDATE _fs_change_log SET idempotency_key = ?1 WHERE seq = (SELECT _seq FROM {} WHERE {} = ?2)",
+                    quote_ident(&schema.name),
+                    quote_ident(&schema.primary_key)
+                ),
+                params![m.idempotency_key, m.id],
+            )?;
+        }
         let visible_after =
             m.op != Op::Delete && Self::visible(tx, profile, table, &user.id, &m.id)?;
         if !exists && m.op != Op::Delete && !visible_after {
