@@ -50,6 +50,9 @@ struct ServerArgs {
     /// Fault simulation: delay each pull page by this many milliseconds.
     #[arg(long, default_value_t = 0)]
     pull_delay_ms: u64,
+    /// Longest a request may take, reading its body included.
+    #[arg(long, default_value_t = 60)]
+    request_timeout_secs: u64,
 }
 
 fn init_logging() {
@@ -64,6 +67,7 @@ fn init_logging() {
 async fn run_server(args: ServerArgs) -> ExitCode {
     let mut config = fieldsync_server::ServerConfig::new(&args.data_dir, &args.admin_token);
     config.pull_delay = Duration::from_millis(args.pull_delay_ms);
+    config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {

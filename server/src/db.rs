@@ -19,8 +19,8 @@ use fieldsync_core::profile::{
     DataModel, OfflineProfile, SyncProfile, SyncTable, TableSchema, quote_ident,
 };
 use fieldsync_core::protocol::{
-    ErrorBody, MAX_PAGE_SIZE, Mutation, MutationResult, MutationStatus, Op, PullPage,
-    VERSION_COLUMN, codes,
+    ErrorBody, MAX_PAGE_SIZE, MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op,
+    PullPage, VERSION_COLUMN, codes,
 };
 use fieldsync_core::time::format_datetime;
 use rusqlite::{
@@ -275,6 +275,11 @@ fn data_table_sql(t: &TableSchema) -> String {
         cols = cols.join(", "),
         idx = quote_ident(&format!("{}__seq", t.name)),
     )
+}
+
+/// Approximate size of a row's values, for the row size limit.
+fn row_size(data: &BTreeMap<String, Value>) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.approx_size()).sum()
 }
 
 fn json_opt(text: Option<String>) -> Option<BTreeMap<String, Value>> {
@@ -1053,6 +1058,13 @@ impl Db {
             )
             .into());
         }
+        let size = row_size(&m.data);
+        if size > MAX_ROW_BYTES {
+            return Err(reject(
+                codes::PAYLOAD_TOO_LARGE,
+                format!("the row is {size} bytes; at most {MAX_ROW_BYTES} are allowed"),
+            ));
+        }
         let mut data = BTreeMap::new();
         for (name, value) in &m.data {
             if name == &table.primary_key {
@@ -1246,6 +1258,14 @@ impl Db {
             return Err(ApiError::bad_request(
                 codes::BAD_REQUEST,
                 "a record id is 1 to 256 characters",
+            ));
+        }
+        let size = row_size(data);
+        if size > MAX_ROW_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::PAYLOAD_TOO_LARGE,
+                format!("the row is {size} bytes; at most {MAX_ROW_BYTES} are allowed"),
             ));
         }
         let mut clean = BTreeMap::new();

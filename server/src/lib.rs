@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use fieldsync_core::profile::{DataModel, OfflineProfile};
 use fieldsync_core::protocol::MAX_REQUEST_BYTES;
 use tower_http::compression::CompressionLayer;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::db::Db;
 use crate::error::ApiError;
@@ -50,6 +51,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Fault simulation: delay before each pull page is answered.
     pub pull_delay: Duration,
+    /// Longest a request may take, reading its body included (slow clients
+    /// are cut off with 408).
+    pub request_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -60,6 +64,7 @@ impl ServerConfig {
             admin_token: admin_token.to_owned(),
             max_body_bytes: MAX_REQUEST_BYTES,
             pull_delay: Duration::ZERO,
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -118,6 +123,10 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         .route("/v1/admin/seed", post(api::seed))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
         .layer(CompressionLayer::new())
         .with_state(app))
 }

@@ -1,0 +1,368 @@
+//! Access control and hostile input against a real server process: every
+//! route walked with no token, another user's token and the wrong role;
+//! oversized, deep, invalid and slow requests each get a typed error at a
+//! bounded cost while the server stays up.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every (method, path) the router serves, read from server/src/lib.rs so a
+/// new route is walked without editing this test.
+fn routes() -> Vec<(String, String)> {
+    let src = include_str!("../server/src/lib.rs");
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(i) = rest.find(".route(") {
+        rest = &rest[i + 7..];
+        let Some(q1) = rest.find('"') else { break };
+        let after = &rest[q1 + 1..];
+        let Some(q2) = after.find('"') else { break };
+        let path = after[..q2].to_owned();
+        // The handler expression runs to the matching close parenthesis.
+        let mut depth = 1;
+        let mut end = 0;
+        for (k, c) in after.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = k;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let handlers = &after[q2..end];
+        for (needle, method) in [
+            ("get(", "GET"),
+            ("post(", "POST"),
+            ("put(", "PUT"),
+            ("delete(", "DELETE"),
+        ] {
+            if handlers.contains(needle) {
+                out.push((method.to_owned(), path.clone()));
+            }
+        }
+    }
+    assert!(out.len() >= 15, "routes parsed: {out:?}");
+    out
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{table}", "bookings")
+        .replace("{id}", "bk-0000000")
+        .replace("{name}", "field-service")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_the_right_credentials() {
+    let server = Server::start().await;
+    let tech1 = server.user("tech-1", "technician").await;
+    let tech2 = server.user("tech-2", "technician").await;
+    let dispatcher = server.user("disp", "dispatcher").await;
+    server.seed(&["tech-1", "tech-2"], 10).await;
+    let body = Some(json!({}));
+
+    for (method, path) in routes() {
+        let url = concrete(&path);
+        let (status, v) = server.call(&method, &url, None, body.clone()).await;
+        if path == "/v1/health" {
+            assert_eq!(status, 200);
+            continue;
+        }
+        if path.starts_with("/console") {
+            assert!(
+                !(200..300).contains(&status) || url.ends_with("/login"),
+                "{method} {url} without credentials: {status}"
+            );
+            continue;
+        }
+        assert_eq!(status, 401, "{method} {url} without a token: {status} {v}");
+        assert_eq!(v["error"]["code"], "unauthorized", "{method} {url}");
+        let (status, _) = server
+            .call(&method, &url, Some("fs_forged_token"), body.clone())
+            .await;
+        assert_eq!(status, 401, "{method} {url} with a forged token");
+        if path.starts_with("/v1/admin") {
+            for (who, token) in [("technician", &tech1), ("dispatcher", &dispatcher)] {
+                let (status, v) = server.call(&method, &url, Some(token), body.clone()).await;
+                assert_eq!(status, 403, "{method} {url} as {who}: {status} {v}");
+                assert_eq!(v["error"]["code"], "forbidden");
+            }
+        }
+    }
+
+    // Another technician's rows: invisible through pull and records, not writable through push.
+    let all = server.rows(&dispatcher, "bookings").await;
+    let theirs: Vec<&String> = all
+        .iter()
+        .filter(|(_, (_, r))| r["resource_id"] == "tech-1")
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!theirs.is_empty());
+    let (s, page) = server
+        .call(
+            "GET",
+            "/v1/sync/pull?table=bookings&limit=1000",
+            Some(&tech2),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    for row in page["rows"].as_array().unwrap() {
+        let id = row[1].as_str().unwrap();
+        assert!(
+            !theirs.iter().any(|t| *t == id),
+            "tech-2 pulled tech-1's booking {id}"
+        );
+    }
+    let (s, _) = server
+        .call(
+            "GET",
+            &format!("/v1/records/bookings/{}", theirs[0]),
+            Some(&tech2),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "another user's row is not found");
+    let (s, list) = server
+        .call("GET", "/v1/records/bookings?limit=1000", Some(&tech2), None)
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        list["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["row"]["resource_id"] == "tech-2")
+    );
+    let (s, _) = server
+        .call(
+            "PUT",
+            &format!("/v1/records/bookings/{}", theirs[0]),
+            Some(&tech2),
+            Some(json!({"data": {"notes": "x"}})),
+        )
+        .await;
+    assert_eq!(s, 403, "technicians do not write through the records API");
+    let push = json!({"mutations": [{"idempotency_key": "steal-1", "table": "bookings", "id": theirs[0], "op": "update", "base_version": 1, "data": {"notes": "stolen"}}]});
+    let (s, v) = server
+        .call("POST", "/v1/sync/push", Some(&tech2), Some(push))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["results"][0]["status"], "rejected");
+    assert_eq!(v["results"][0]["error"]["code"], "forbidden");
+    assert!(
+        v["results"][0]["row"].is_null(),
+        "a refusal does not reveal the row"
+    );
+    // Creating a row outside one's profile is refused too.
+    let push = json!({"mutations": [{"idempotency_key": "plant-1", "table": "bookings", "id": "bk-planted", "op": "insert", "base_version": 0, "data": {"resource_id": "tech-1", "name": "planted"}}]});
+    let (_, v) = server
+        .call("POST", "/v1/sync/push", Some(&tech2), Some(push))
+        .await;
+    assert_eq!(v["results"][0]["status"], "rejected");
+    let (s, _) = server
+        .call(
+            "GET",
+            "/v1/records/bookings/bk-planted",
+            Some(&dispatcher),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (_, row) = server
+        .call(
+            "GET",
+            &format!("/v1/records/bookings/{}", theirs[0]),
+            Some(&dispatcher),
+            None,
+        )
+        .await;
+    assert_ne!(row["row"]["notes"], "stolen");
+
+    // An idempotency key is scoped to its user: reusing another user's key
+    // neither replays their result nor blocks one's own change.
+    let mine: Vec<&String> = all
+        .iter()
+        .filter(|(_, (_, r))| r["resource_id"] == "tech-2")
+        .map(|(id, _)| id)
+        .collect();
+    let first = json!({"mutations": [{"idempotency_key": "shared-key", "table": "bookings", "id": theirs[0], "op": "update", "base_version": 1, "data": {"notes": "by tech-1"}}]});
+    let (_, v1) = server
+        .call("POST", "/v1/sync/push", Some(&tech1), Some(first))
+        .await;
+    assert_eq!(v1["results"][0]["status"], "applied");
+    let second = json!({"mutations": [{"idempotency_key": "shared-key", "table": "bookings", "id": mine[0], "op": "update", "base_version": 1, "data": {"notes": "by tech-2"}}]});
+    let (_, v2) = server
+        .call("POST", "/v1/sync/push", Some(&tech2), Some(second))
+        .await;
+    assert_eq!(v2["results"][0]["status"], "applied");
+    assert_eq!(v2["results"][0]["row"]["id"], mine[0].as_str());
+    assert_eq!(v2["results"][0]["row"]["notes"], "by tech-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_typed_errors_and_the_server_stays_up() {
+    let server = Server::start_with(&["--request-timeout-secs", "2"]).await;
+    let tech = server.user("tech-1", "technician").await;
+    let dispatcher = server.user("disp", "dispatcher").await;
+    server.seed(&["tech-1"], 5).await;
+    let before = server.rows(&dispatcher, "bookings").await;
+
+    // Oversized row inside an acceptable body.
+    let big = "z".repeat(1_200_000);
+    let push = json!({"mutations": [{"idempotency_key": "big-1", "table": "bookings", "id": "bk-0000000", "op": "update", "base_version": 1, "data": {"notes": big}}]});
+    let (s, v) = server
+        .call("POST", "/v1/sync/push", Some(&tech), Some(push))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["results"][0]["status"], "rejected");
+    assert_eq!(v["results"][0]["error"]["code"], "payload_too_large");
+    let (s, v) = server
+        .call(
+            "PUT",
+            "/v1/records/bookings/bk-0000000",
+            Some(&dispatcher),
+            Some(json!({"data": {"notes": "z".repeat(1_200_000)}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+
+    // Deeply nested JSON.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (s, v) = server
+        .call_raw(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech),
+            Some(deep.into_bytes()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("malformed_json"))
+    );
+    // Invalid UTF-8.
+    let mut bad = b"{\"mutations\": [{\"idempotency_key\": \"".to_vec();
+    bad.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+    bad.extend_from_slice(b"\"}]}");
+    let (s, v) = server
+        .call_raw("POST", "/v1/sync/push", Some(&tech), Some(bad))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("malformed_json"))
+    );
+    // Cursors: negative, garbage, ahead of the log; page sizes: zero and huge.
+    for cursor in [
+        "v1.-5.0",
+        "v1.1",
+        "garbage",
+        "v1.99999999999.0",
+        "v1.1.99999999999",
+    ] {
+        let (s, v) = server
+            .call(
+                "GET",
+                &format!("/v1/sync/pull?table=bookings&cursor={cursor}"),
+                Some(&tech),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("invalid_cursor")),
+            "cursor {cursor}"
+        );
+    }
+    for limit in ["0", "10001", "4294967295"] {
+        let (s, v) = server
+            .call(
+                "GET",
+                &format!("/v1/sync/pull?table=bookings&limit={limit}"),
+                Some(&tech),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("page_too_large")),
+            "limit {limit}"
+        );
+    }
+    let (s, v) = server
+        .call(
+            "GET",
+            "/v1/sync/pull?table=bookings&limit=-1",
+            Some(&tech),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")));
+    // Too many mutations in one push.
+    let many: Vec<_> = (0..501)
+        .map(|i| json!({"idempotency_key": format!("m{i}"), "table": "bookings", "id": "bk-0000000", "op": "update", "base_version": 1, "data": {}}))
+        .collect();
+    let (s, v) = server
+        .call(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech),
+            Some(json!({"mutations": many})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    assert_eq!(
+        server.rows(&dispatcher, "bookings").await,
+        before,
+        "nothing changed"
+    );
+
+    // Slow-loris clients: many connections that send a request slowly. The
+    // server cuts each off and keeps answering everyone else.
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut c = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        c.write_all(b"POST /v1/sync/push HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\nauthorization: Bearer ")
+            .await
+            .unwrap();
+        c.write_all(tech.as_bytes()).await.unwrap();
+        c.write_all(b"\r\n\r\n{\"mutations\": [").await.unwrap();
+        slow.push(c);
+    }
+    let (s, _) = server.call("GET", "/v1/health", None, None).await;
+    assert_eq!(s, 200, "the server answers others while slow clients hang");
+    let (s, _) = server
+        .call("GET", "/v1/sync/pull?table=bookings", Some(&tech), None)
+        .await;
+    assert_eq!(s, 200);
+    // Each slow client is answered 408 (or cut) instead of being waited on forever.
+    for mut c in slow {
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+            .await
+            .expect("the server cut the slow client off")
+            .unwrap_or(0);
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            n == 0 || head.starts_with("HTTP/1.1 408"),
+            "slow client got: {head}"
+        );
+    }
+    let (s, _) = server.call("GET", "/v1/health", None, None).await;
+    assert_eq!(s, 200);
+}
