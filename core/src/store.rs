@@ -151,10 +151,29 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    persist_wal(&conn);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(conn)
+}
+
+/// Keeps the WAL and shared-memory files when the last connection closes, so
+/// the next open needs no new disk space: on a full disk the app can still
+/// open its database, read it, and report the error of a write.
+fn persist_wal(conn: &Connection) {
+    let mut on: std::os::raw::c_int = 1;
+    // SAFETY: the handle is this open connection's, "main" is a valid
+    // NUL-terminated schema name, and PERSIST_WAL takes a pointer to an int
+    // that lives for the call.
+    unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut std::os::raw::c_int).cast(),
+        );
+    }
 }
 
 fn json_map(text: &str) -> Result<BTreeMap<String, Value>> {
