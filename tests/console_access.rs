@@ -244,9 +244,10 @@ async fn admin_session_is_strict_http_only_and_shared_by_instances() {
             }
             assert_eq!(status, 200, "{path}: {body}");
             assert!(
-                headers
-                    .get("content-security-policy")
-                    .is_some_and(|v| v.to_str().unwrap_or_default().contains("default-src 'none'")),
+                headers.get("content-security-policy").is_some_and(|v| v
+                    .to_str()
+                    .unwrap_or_default()
+                    .contains("default-src 'none'")),
                 "{path} has no content security policy"
             );
         }
@@ -276,7 +277,10 @@ async fn admin_session_is_strict_http_only_and_shared_by_instances() {
         .header("cookie", &pair)
         .header("origin", "http://evil.example")
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(encode_form(&[("conflict_detection", "on"), ("csrf", csrf.as_str())]))
+        .body(encode_form(&[
+            ("conflict_detection", "on"),
+            ("csrf", csrf.as_str()),
+        ]))
         .send()
         .await
         .expect("request");

@@ -1542,7 +1542,10 @@ impl Db {
     pub fn delete_console_session(&self, session_id: &str) -> ApiResult<()> {
         let hash = hash_token(session_id);
         self.write(|tx| {
-            tx.execute("DELETE FROM _fs_console_sessions WHERE id_hash = ?1", [hash])?;
+            tx.execute(
+                "DELETE FROM _fs_console_sessions WHERE id_hash = ?1",
+                [hash],
+            )?;
             Ok(())
         })
     }

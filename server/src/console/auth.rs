@@ -188,11 +188,11 @@ pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, form: Form) 
     };
     let db = app.db.clone();
     let name = admin.clone();
-    let (id, _csrf) =
-        match blocking(move || db.create_console_session(&name, SESSION_TTL_MS)).await {
-            Ok(s) => s,
-            Err(e) => return crate::console::error_page(&e),
-        };
+    let (id, _csrf) = match blocking(move || db.create_console_session(&name, SESSION_TTL_MS)).await
+    {
+        Ok(s) => s,
+        Err(e) => return crate::console::error_page(&e),
+    };
     let cookie = format!(
         "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
         SESSION_TTL_MS / 1000

@@ -51,7 +51,11 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
             let report = reports.get(&key);
             let user = match users.get(&d.user_id) {
                 Some(name) if name != &d.user_id => {
-                    format!("{} <span class=\"muted\">({})</span>", esc(name), esc(&d.user_id))
+                    format!(
+                        "{} <span class=\"muted\">({})</span>",
+                        esc(name),
+                        esc(&d.user_id)
+                    )
                 }
                 _ => esc(&d.user_id),
             };

@@ -179,7 +179,9 @@ pub fn json_text(v: &serde_json::Value) -> String {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Bool(b) => if *b { "yes" } else { "no" }.to_owned(),
         serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::Array(items) => items.iter().map(json_text).collect::<Vec<_>>().join(", "),
+        serde_json::Value::Array(items) => {
+            items.iter().map(json_text).collect::<Vec<_>>().join(", ")
+        }
         serde_json::Value::Object(map) => map
             .iter()
             .map(|(k, v)| format!("{}: {}", k.replace('_', " "), json_text(v)))
@@ -192,7 +194,11 @@ pub fn json_text(v: &serde_json::Value) -> String {
 pub fn kv_table(class: &str, rows: &[(&str, String)]) -> String {
     let mut out = format!("<table class=\"kv {class}\"><tbody>");
     for (k, v) in rows {
-        let _ = write!(out, "<tr><th scope=\"row\">{}</th><td>{v}</td></tr>", esc(k));
+        let _ = write!(
+            out,
+            "<tr><th scope=\"row\">{}</th><td>{v}</td></tr>",
+            esc(k)
+        );
     }
     out.push_str("</tbody></table>");
     out

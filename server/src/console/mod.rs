@@ -104,7 +104,10 @@ async fn home(_admin: Admin) -> Redirect {
 }
 
 async fn stylesheet() -> Response {
-    asset("text/css; charset=utf-8", include_str!("assets/console.css"))
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("assets/console.css"),
+    )
 }
 
 async fn script() -> Response {

@@ -43,7 +43,10 @@ pub fn interval_text(secs: u64) -> String {
 pub fn rule_text(rule: &Json) -> String {
     match rule {
         Json::Object(map) => {
-            let kind = map.get("kind").map(json_text).unwrap_or_else(|| "rule".into());
+            let kind = map
+                .get("kind")
+                .map(json_text)
+                .unwrap_or_else(|| "rule".into());
             let rest: Vec<String> = map
                 .iter()
                 .filter(|(k, _)| k.as_str() != "kind")
@@ -52,7 +55,11 @@ pub fn rule_text(rule: &Json) -> String {
             if rest.is_empty() {
                 format!("<strong>{}</strong>", esc(&kind))
             } else {
-                format!("<strong>{}</strong> — {}", esc(&kind), esc(&rest.join("; ")))
+                format!(
+                    "<strong>{}</strong> — {}",
+                    esc(&kind),
+                    esc(&rest.join("; "))
+                )
             }
         }
         other => esc(&json_text(other)),
@@ -85,7 +92,13 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
     body.push_str("</tbody></table>");
     html_response(
         StatusCode::OK,
-        page("Offline profiles", Section::Profiles, &admin.name, &admin.csrf, &body),
+        page(
+            "Offline profiles",
+            Section::Profiles,
+            &admin.name,
+            &admin.csrf,
+            &body,
+        ),
     )
 }
 
@@ -324,7 +337,9 @@ fn overview(profile: &OfflineProfile) -> String {
             esc(t["name"].as_str().unwrap_or_default()),
             cols.join(" "),
             rules.join(""),
-            esc(&interval_text(t["sync_interval_secs"].as_u64().unwrap_or(0))),
+            esc(&interval_text(
+                t["sync_interval_secs"].as_u64().unwrap_or(0)
+            )),
         );
     }
     out.push_str("</tbody></table>");
@@ -342,7 +357,8 @@ fn editor(
         "<form class=\"editor\" method=\"post\" action=\"/console/profiles/{href}\" novalidate>
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">
 <div class=\"card\"><label for=\"description\">Description</label>
-<input id=\"description\" name=\"description\" type=\"text\" value=\"{desc}\"></div>",
+<input id=\"description\" name=\"description\" type=\"text\" value=\"{desc}\"></div>
+<p class=\"hint\">Tick a table to include it. Row rules: one rule per line, written as a JSON object, for example <code>{{\"kind\":\"all\"}}</code> (every row) or <code>{{\"kind\":\"owned\",\"column\":\"resource_id\"}}</code> (rows assigned to the user); a row syncs when any of its table's rules matches.</p>",
         href = url_component(name),
         csrf = esc(csrf),
         desc = esc(&draft.description),
@@ -373,7 +389,11 @@ fn editor(
             "<span class=\"pk\" title=\"The primary key always syncs\"><code>{}</code> (key)</span>",
             esc(&schema.primary_key)
         );
-        for c in schema.columns.iter().filter(|c| c.name != schema.primary_key) {
+        for c in schema
+            .columns
+            .iter()
+            .filter(|c| c.name != schema.primary_key)
+        {
             let on = d.columns.iter().any(|x| x == &c.name);
             let _ = write!(
                 out,
@@ -386,7 +406,7 @@ fn editor(
         let _ = write!(
             out,
             "</div>
-<div class=\"rules-edit\"><label for=\"rules-{t}\">Row rules <span class=\"hint\">one JSON object per line, e.g. {{\"kind\":\"owned\",\"column\":\"resource_id\"}}</span></label>
+<div class=\"rules-edit\"><label for=\"rules-{t}\">Row rules</label>
 <textarea id=\"rules-{t}\" name=\"rules:{t}\" rows=\"{rows}\" spellcheck=\"false\">{rules}</textarea></div>
 <div class=\"interval\"><label for=\"interval-{t}\">Sync interval (minutes)</label>
 <input id=\"interval-{t}\" name=\"interval:{t}\" type=\"text\" inputmode=\"decimal\" value=\"{iv}\"><span class=\"hint\">5 minutes to 1 day (1440)</span></div>
@@ -426,7 +446,10 @@ fn not_found(admin: &Admin, name: &str) -> Response {
             &admin.csrf,
             &format!(
                 "{}<p><a href=\"/console/profiles\">All profiles</a></p>",
-                notice("error", &format!("There is no offline profile named '{name}'."))
+                notice(
+                    "error",
+                    &format!("There is no offline profile named '{name}'.")
+                )
             ),
         ),
     )
@@ -562,7 +585,8 @@ mod tests {
 
     #[test]
     fn rules_render_generically_for_unknown_kinds() {
-        let r = json!({"kind": "custom", "filter": {"column": "status", "op": "eq", "value": "open"}});
+        let r =
+            json!({"kind": "custom", "filter": {"column": "status", "op": "eq", "value": "open"}});
         let text = rule_text(&r);
         assert!(text.starts_with("<strong>custom</strong>"));
         assert!(text.contains("column: status"));

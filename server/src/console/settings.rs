@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::{Redirect, Response, IntoResponse};
+use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use crate::App;
@@ -42,7 +42,13 @@ fn render(admin: &Admin, on: bool, message: Option<String>) -> String {
         off = checked(false),
         on_ = checked(true),
     );
-    page("Settings", Section::Settings, &admin.name, &admin.csrf, &body)
+    page(
+        "Settings",
+        Section::Settings,
+        &admin.name,
+        &admin.csrf,
+        &body,
+    )
 }
 
 /// `GET /console/settings`.
@@ -54,7 +60,8 @@ pub async fn show(
     let db = app.db.clone();
     match blocking(move || db.conflict_detection()).await {
         Ok(on) => {
-            let saved = q.ok()
+            let saved = q
+                .ok()
                 .and_then(|Query(q)| q.saved)
                 .map(|_| notice("ok", "Settings saved."));
             html_response(StatusCode::OK, render(&admin, on, saved))
@@ -73,7 +80,9 @@ pub async fn save(State(app): State<Arc<App>>, admin: Admin, form: Form) -> Resp
         Some("off") => false,
         _ => {
             let db = app.db.clone();
-            let current = blocking(move || db.conflict_detection()).await.unwrap_or(false);
+            let current = blocking(move || db.conflict_detection())
+                .await
+                .unwrap_or(false);
             return html_response(
                 StatusCode::BAD_REQUEST,
                 render(

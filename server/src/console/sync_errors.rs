@@ -16,7 +16,9 @@ use serde::Deserialize;
 use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
-use crate::console::html::{Section, esc, kv_table, notice, options, page, side_by_side, url_component};
+use crate::console::html::{
+    Section, esc, kv_table, notice, options, page, side_by_side, url_component,
+};
 use crate::console::{Form, error_page, html_response};
 use crate::db::{SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
 
@@ -30,7 +32,9 @@ pub struct ErrorsQuery {
 }
 
 fn non_empty(v: &Option<String>) -> Option<String> {
-    v.as_ref().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty() && s.len() <= 256)
+    v.as_ref()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty() && s.len() <= 256)
 }
 
 fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) -> String {
@@ -174,7 +178,13 @@ async fn render(
     }
     html_response(
         status,
-        page("Sync Errors", Section::SyncErrors, &admin.name, &admin.csrf, &body),
+        page(
+            "Sync Errors",
+            Section::SyncErrors,
+            &admin.name,
+            &admin.csrf,
+            &body,
+        ),
     )
 }
 
@@ -222,7 +232,10 @@ pub async fn retry(
                 &app,
                 &admin,
                 ErrorsQuery::default(),
-                Some(notice("error", &format!("Retry of sync error #{id} failed: {}", e.message))),
+                Some(notice(
+                    "error",
+                    &format!("Retry of sync error #{id} failed: {}", e.message),
+                )),
                 e.status,
             )
             .await

@@ -96,7 +96,11 @@ pub fn body(aggregate: &TelemetryAggregate) -> String {
     if aggregate.buckets.is_empty() || total == 0 {
         return "<p class=\"empty\" id=\"telemetry-empty\">No sync telemetry has been received yet. Devices upload sync events in batches while telemetry is enabled on them; charts appear here once the first batch arrives.</p>".to_owned();
     }
-    let failed: u64 = aggregate.buckets.iter().map(|b| b.failed.min(b.syncs)).sum();
+    let failed: u64 = aggregate
+        .buckets
+        .iter()
+        .map(|b| b.failed.min(b.syncs))
+        .sum();
     let rate = failed as f64 * 100.0 / total as f64;
     let mut out = String::new();
     let _ = write!(
