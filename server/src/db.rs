@@ -99,6 +99,25 @@ CREATE TABLE IF NOT EXISTS _fs_devices (
 );
 "#;
 
+/// Tables of the admin web console (created additively beside
+/// [`SYSTEM_SCHEMA`]): signed-in console sessions, kept in the database so
+/// several stateless instances share them, and the retries of Sync Errors.
+const CONSOLE_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS _fs_console_sessions (
+    id_hash TEXT PRIMARY KEY NOT NULL,
+    csrf_token TEXT NOT NULL,
+    admin TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _fs_sync_error_retries (
+    sync_error_id INTEGER PRIMARY KEY NOT NULL,
+    at TEXT NOT NULL,
+    retried_by TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
+"#;
+
 /// Roles of users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -302,6 +321,7 @@ impl Db {
         {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SYSTEM_SCHEMA)?;
+            tx.execute_batch(CONSOLE_SCHEMA)?;
             let version: Option<i64> = tx
                 .query_row("SELECT version FROM _fs_schema", [], |r| r.get(0))
                 .optional()?;
@@ -1434,5 +1454,310 @@ impl From<ApiError> for PushFail {
 impl From<rusqlite::Error> for PushFail {
     fn from(e: rusqlite::Error) -> Self {
         PushFail::Fatal(e.into())
+    }
+}
+
+// ---- admin web console ------------------------------------------------------
+
+/// A signed-in admin web console session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// Who signed in: `admin token` or `user <id>`.
+    pub admin: String,
+    /// The session's anti-forgery token, embedded in every console form.
+    pub csrf_token: String,
+}
+
+/// A Sync Errors entry that an administrator retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncErrorRetry {
+    pub sync_error_id: i64,
+    pub at: String,
+    pub retried_by: String,
+    /// Version of the record after the retried change was applied.
+    pub version: i64,
+}
+
+/// Distinct values of the Sync Errors log, for the console's filters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncErrorFacets {
+    pub users: Vec<String>,
+    pub tables: Vec<String>,
+    pub kinds: Vec<String>,
+}
+
+/// The newest Sync Errors entry of one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceLastError {
+    pub at: String,
+    pub message: String,
+}
+
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const SYNC_ERROR_COLUMNS: &str = "id, at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data";
+
+fn sync_error_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SyncErrorEntry> {
+    Ok(SyncErrorEntry {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        kind: r.get(2)?,
+        code: r.get(3)?,
+        message: r.get(4)?,
+        table: r.get(5)?,
+        record_id: r.get(6)?,
+        user_id: r.get(7)?,
+        device_id: r.get(8)?,
+        action: r.get(9)?,
+        idempotency_key: r.get(10)?,
+        base_version: r.get(11)?,
+        server_version: r.get(12)?,
+        device_data: json_opt(r.get(13)?),
+        server_data: json_opt(r.get(14)?),
+    })
+}
+
+impl Db {
+    /// Opens a console session for `admin`, valid for `ttl_ms`; returns the
+    /// session id (only its hash is stored) and its anti-forgery token.
+    /// Expired sessions are removed on the way.
+    pub fn create_console_session(&self, admin: &str, ttl_ms: i64) -> ApiResult<(String, String)> {
+        let id = random_token();
+        let csrf = random_token();
+        let now = now_ms();
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM _fs_console_sessions WHERE expires_ms <= ?1",
+                [now],
+            )?;
+            tx.execute(
+                "INSERT INTO _fs_console_sessions (id_hash, csrf_token, admin, created_at, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash_token(&id), csrf, admin, now_text(), now.saturating_add(ttl_ms)],
+            )?;
+            Ok(())
+        })?;
+        Ok((id, csrf))
+    }
+
+    /// The live console session with this id.
+    pub fn console_session(&self, session_id: &str) -> ApiResult<Option<ConsoleSession>> {
+        let hash = hash_token(session_id);
+        let now = now_ms();
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT admin, csrf_token FROM _fs_console_sessions WHERE id_hash = ?1 AND expires_ms > ?2",
+                params![hash, now],
+                |r| {
+                    Ok(ConsoleSession {
+                        admin: r.get(0)?,
+                        csrf_token: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    /// Ends a console session (signing out).
+    pub fn delete_console_session(&self, session_id: &str) -> ApiResult<()> {
+        let hash = hash_token(session_id);
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM _fs_console_sessions WHERE id_hash = ?1",
+                [hash],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The user with this id.
+    pub fn user_by_id(&self, id: &str) -> ApiResult<Option<User>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT id, name, role, profile FROM _fs_users WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(User {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        role: Role::parse(&r.get::<_, String>(2)?),
+                        profile: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    /// One entry of the Sync Errors log.
+    pub fn sync_error(&self, id: i64) -> ApiResult<Option<SyncErrorEntry>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {SYNC_ERROR_COLUMNS} FROM _fs_sync_errors WHERE id = ?1"),
+                [id],
+                sync_error_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Distinct users, tables and kinds of the Sync Errors log.
+    pub fn sync_error_facets(&self) -> ApiResult<SyncErrorFacets> {
+        self.read(|c| {
+            let distinct = |column: &str| -> ApiResult<Vec<String>> {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT DISTINCT {column} FROM _fs_sync_errors ORDER BY {column} LIMIT 500"
+                ))?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            };
+            Ok(SyncErrorFacets {
+                users: distinct("user_id")?,
+                tables: distinct("tbl")?,
+                kinds: distinct("kind")?,
+            })
+        })
+    }
+
+    /// Retries of the given Sync Errors entries, by entry id.
+    pub fn sync_error_retries(&self, ids: &[i64]) -> ApiResult<BTreeMap<i64, SyncErrorRetry>> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        self.read(|c| {
+            let placeholders = vec!["?"; ids.len()].join(", ");
+            let mut stmt = c.prepare(&format!(
+                "SELECT sync_error_id, at, retried_by, version FROM _fs_sync_error_retries WHERE sync_error_id IN ({placeholders})"
+            ))?;
+            let rows = stmt.query_map(params_from_iter(ids.iter()), |r| {
+                Ok(SyncErrorRetry {
+                    sync_error_id: r.get(0)?,
+                    at: r.get(1)?,
+                    retried_by: r.get(2)?,
+                    version: r.get(3)?,
+                })
+            })?;
+            let mut out = BTreeMap::new();
+            for r in rows {
+                let r = r?;
+                out.insert(r.sync_error_id, r);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The newest Sync Errors entry of each (device, user).
+    pub fn device_last_errors(&self) -> ApiResult<BTreeMap<(String, String), DeviceLastError>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT e.device_id, e.user_id, e.at, e.message FROM _fs_sync_errors e
+                 JOIN (SELECT device_id, user_id, MAX(id) AS id FROM _fs_sync_errors
+                       WHERE device_id IS NOT NULL GROUP BY device_id, user_id) last ON last.id = e.id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    DeviceLastError {
+                        at: r.get(2)?,
+                        message: r.get(3)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Re-applies the device's change logged in Sync Errors entry `id`, as
+    /// the logged user would push it but with conflict detection bypassed:
+    /// the device's data wins. The write goes into the change log (with the
+    /// logged user and device), so devices pull it; the entry is marked
+    /// retried. Refuses an entry already retried (409), and answers the
+    /// rule that still refuses the change (for example a record outside the
+    /// user's offline profile) without changing anything.
+    pub fn retry_sync_error(&self, id: i64, retried_by: &str) -> ApiResult<SyncErrorRetry> {
+        let entry = self
+            .sync_error(id)?
+            .ok_or_else(|| ApiError::not_found(format!("no sync error {id}")))?;
+        let user = self.user_by_id(&entry.user_id)?.ok_or_else(|| {
+            ApiError::bad_request(
+                codes::BAD_REQUEST,
+                format!("user '{}' no longer exists", entry.user_id),
+            )
+        })?;
+        let profile = self.sync_profile(&user)?;
+        let op = Op::parse(&entry.action).ok_or_else(|| {
+            ApiError::internal(format!("logged action '{}' is unknown", entry.action))
+        })?;
+        let mutation = Mutation {
+            idempotency_key: format!("console-retry-{id}"),
+            table: entry.table.clone(),
+            id: entry.record_id.clone(),
+            op,
+            base_version: entry.base_version,
+            data: entry.device_data.clone().unwrap_or_default(),
+        };
+        let at = now_text();
+        self.write(|tx| {
+            let done: Option<String> = tx
+                .query_row(
+                    "SELECT at FROM _fs_sync_error_retries WHERE sync_error_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(when) = done {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    codes::CONFLICT,
+                    format!("sync error {id} was already retried at {when}"),
+                ));
+            }
+            tx.execute_batch("SAVEPOINT retry")?;
+            let outcome = self.push_one(
+                tx,
+                &user,
+                entry.device_id.as_deref(),
+                &profile,
+                &mutation,
+                false,
+            );
+            let result = match outcome {
+                Ok(r) => {
+                    tx.execute_batch("RELEASE retry")?;
+                    r
+                }
+                Err(PushFail::Fatal(e)) => return Err(e),
+                Err(PushFail::Reject(r)) => {
+                    tx.execute_batch("ROLLBACK TO retry; RELEASE retry")?;
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        r.code,
+                        format!("the device's change still cannot be applied: {}", r.message),
+                    ));
+                }
+            };
+            tx.execute(
+                "INSERT INTO _fs_sync_error_retries (sync_error_id, at, retried_by, version) VALUES (?1, ?2, ?3, ?4)",
+                params![id, at, retried_by, result.version],
+            )?;
+            Ok(SyncErrorRetry {
+                sync_error_id: id,
+                at: at.clone(),
+                retried_by: retried_by.to_owned(),
+                version: result.version,
+            })
+        })
     }
 }

@@ -8,6 +8,7 @@
 //! [`serve`] runs it on a listener.
 
 pub mod api;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod rules;
@@ -121,6 +122,7 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         .route("/v1/admin/model", get(api::model))
         .route("/v1/admin/devices", get(api::devices))
         .route("/v1/admin/seed", post(api::seed))
+        .merge(console::router())
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(

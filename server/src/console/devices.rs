@@ -1,0 +1,100 @@
+//! The console's Devices page: every device the server has seen, with its
+//! user, last sync, the pending uploads it last reported, its app version
+//! and its last error (the device's own report, else its newest Sync
+//! Errors entry).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use crate::App;
+use crate::api::blocking;
+use crate::console::auth::Admin;
+use crate::console::html::{Section, esc, page, url_component};
+use crate::console::{error_page, html_response, telemetry};
+
+const MUTED_NONE: &str = "<span class=\"muted\">not reported</span>";
+
+/// `GET /console/devices`.
+pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
+    let db = app.db.clone();
+    let loaded = blocking(move || {
+        let devices = db.devices()?;
+        let users: BTreeMap<String, String> =
+            db.users()?.into_iter().map(|u| (u.id, u.name)).collect();
+        let errors = db.device_last_errors()?;
+        let reports = telemetry::read(&db)?.devices;
+        Ok((devices, users, errors, reports))
+    })
+    .await;
+    let (devices, users, errors, reports) = match loaded {
+        Ok(v) => v,
+        Err(e) => return error_page(&e),
+    };
+    let mut body = String::new();
+    if devices.is_empty() {
+        body.push_str("<p class=\"empty\">No device has contacted the server yet. A device appears here after its first sync.</p>");
+    } else {
+        let _ = write!(
+            body,
+            "<p class=\"count\">{} device{} seen, most recent first.</p>
+<table class=\"grid devices\"><thead><tr><th scope=\"col\">Device</th><th scope=\"col\">User</th><th scope=\"col\">Last sync</th><th scope=\"col\">Last seen</th><th scope=\"col\">Pending uploads reported</th><th scope=\"col\">App version</th><th scope=\"col\">Last error</th></tr></thead><tbody>",
+            devices.len(),
+            if devices.len() == 1 { "" } else { "s" }
+        );
+        for d in &devices {
+            let key = (d.id.clone(), d.user_id.clone());
+            let report = reports.get(&key);
+            let user = match users.get(&d.user_id) {
+                Some(name) if name != &d.user_id => {
+                    format!(
+                        "{} <span class=\"muted\">({})</span>",
+                        esc(name),
+                        esc(&d.user_id)
+                    )
+                }
+                _ => esc(&d.user_id),
+            };
+            let last_sync = d
+                .last_sync_at
+                .as_deref()
+                .map(esc)
+                .unwrap_or_else(|| "<span class=\"muted\">never completed</span>".into());
+            let pending = report
+                .and_then(|r| r.pending_uploads)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| MUTED_NONE.into());
+            let version = d
+                .app_version
+                .clone()
+                .or_else(|| report.and_then(|r| r.app_version.clone()))
+                .map(|v| esc(&v))
+                .unwrap_or_else(|| MUTED_NONE.into());
+            let last_error = match (&d.last_error, errors.get(&key)) {
+                (Some(e), _) => esc(e),
+                (None, Some(e)) => format!(
+                    "<a href=\"/console/sync-errors?user={}\">{}</a> <span class=\"muted\">{}</span>",
+                    url_component(&d.user_id),
+                    esc(&e.message),
+                    esc(&e.at)
+                ),
+                (None, None) => "<span class=\"muted\">none</span>".into(),
+            };
+            let _ = write!(
+                body,
+                "<tr data-device=\"{id}\"><td><code>{id}</code></td><td>{user}</td><td>{last_sync}</td><td>{seen}</td><td class=\"num\">{pending}</td><td>{version}</td><td>{last_error}</td></tr>",
+                id = esc(&d.id),
+                seen = esc(&d.last_seen),
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    html_response(
+        StatusCode::OK,
+        page("Devices", Section::Devices, &admin.name, &admin.csrf, &body),
+    )
+}

@@ -1,0 +1,300 @@
+//! HTML building blocks of the admin web console: escaping, the page
+//! layout with its navigation, key/value tables, and the readable form of
+//! field values. Every string that reaches a page goes through [`esc`];
+//! pages are plain server-rendered HTML with one stylesheet and one small
+//! script, both served by the server itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use fieldsync_core::Value;
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes a query-string component.
+pub fn url_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+/// The console's sections, in navigation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Profiles,
+    Settings,
+    SyncErrors,
+    Devices,
+    Telemetry,
+}
+
+impl Section {
+    const ALL: [Section; 5] = [
+        Section::Profiles,
+        Section::Settings,
+        Section::SyncErrors,
+        Section::Devices,
+        Section::Telemetry,
+    ];
+    fn title(self) -> &'static str {
+        match self {
+            Section::Profiles => "Offline profiles",
+            Section::Settings => "Settings",
+            Section::SyncErrors => "Sync Errors",
+            Section::Devices => "Devices",
+            Section::Telemetry => "Telemetry",
+        }
+    }
+    fn href(self) -> &'static str {
+        match self {
+            Section::Profiles => "/console/profiles",
+            Section::Settings => "/console/settings",
+            Section::SyncErrors => "/console/sync-errors",
+            Section::Devices => "/console/devices",
+            Section::Telemetry => "/console/telemetry",
+        }
+    }
+}
+
+/// A whole console page: header, navigation, sign-out form and `body`.
+pub fn page(title: &str, section: Section, admin: &str, csrf: &str, body: &str) -> String {
+    let mut nav = String::new();
+    for s in Section::ALL {
+        let current = if s == section {
+            " aria-current=\"page\" class=\"current\""
+        } else {
+            ""
+        };
+        let _ = write!(
+            nav,
+            "<a href=\"{}\"{current}>{}</a>",
+            s.href(),
+            esc(s.title())
+        );
+    }
+    format!(
+        "<!doctype html>
+<html lang=\"en\">
+<head>
+<meta charset=\"utf-8\">
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
+<title>{title} · fieldsync console</title>
+<link rel=\"stylesheet\" href=\"/console/assets/console.css\">
+<script src=\"/console/assets/console.js\" defer></script>
+</head>
+<body>
+<header class=\"top\">
+  <a class=\"brand\" href=\"/console\">fieldsync <span>admin console</span></a>
+  <nav>{nav}</nav>
+  <form class=\"signout\" method=\"post\" action=\"/console/logout\">
+    <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">
+    <span class=\"who\">{admin}</span>
+    <button type=\"submit\" class=\"link\">Sign out</button>
+  </form>
+</header>
+<main>
+<h1>{title}</h1>
+{body}
+</main>
+</body>
+</html>",
+        title = esc(title),
+        csrf = esc(csrf),
+        admin = esc(admin),
+    )
+}
+
+/// A page outside the signed-in layout (sign-in, errors).
+pub fn bare_page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>
+<html lang=\"en\">
+<head>
+<meta charset=\"utf-8\">
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
+<title>{title} · fieldsync console</title>
+<link rel=\"stylesheet\" href=\"/console/assets/console.css\">
+</head>
+<body class=\"bare\">
+<main class=\"narrow\">
+<p class=\"brand\">fieldsync <span>admin console</span></p>
+<h1>{title}</h1>
+{body}
+</main>
+</body>
+</html>",
+        title = esc(title)
+    )
+}
+
+/// A notice box; `kind` is `ok` or `error`.
+pub fn notice(kind: &str, text: &str) -> String {
+    format!(
+        "<div class=\"notice {kind}\" role=\"{role}\">{}</div>",
+        esc(text),
+        role = if kind == "error" { "alert" } else { "status" }
+    )
+}
+
+/// The readable form of a field value (text as is, null as an em dash).
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::Null => "—".to_owned(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Text(s) => s.clone(),
+        Value::Boolean(true) => "yes".to_owned(),
+        Value::Boolean(false) => "no".to_owned(),
+    }
+}
+
+/// The readable form of a JSON value: scalars as text, objects and arrays
+/// as `key: value` phrases.
+pub fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "—".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Bool(b) => if *b { "yes" } else { "no" }.to_owned(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Array(items) => {
+            items.iter().map(json_text).collect::<Vec<_>>().join(", ")
+        }
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{}: {}", k.replace('_', " "), json_text(v)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// A two-column table of labels and (already escaped) cells.
+pub fn kv_table(class: &str, rows: &[(&str, String)]) -> String {
+    let mut out = format!("<table class=\"kv {class}\"><tbody>");
+    for (k, v) in rows {
+        let _ = write!(
+            out,
+            "<tr><th scope=\"row\">{}</th><td>{v}</td></tr>",
+            esc(k)
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// Device data and server data side by side: one row per field, the
+/// fields that differ marked.
+pub fn side_by_side(
+    device: Option<&BTreeMap<String, Value>>,
+    server: Option<&BTreeMap<String, Value>>,
+    device_label: &str,
+) -> String {
+    let keys: BTreeSet<&String> = device
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .chain(server.into_iter().flat_map(|m| m.keys()))
+        .collect();
+    let mut out = String::from(
+        "<table class=\"compare\"><thead><tr><th scope=\"col\">Field</th><th scope=\"col\">Device data</th><th scope=\"col\">Server data</th></tr></thead><tbody>",
+    );
+    if keys.is_empty() {
+        let _ = write!(
+            out,
+            "<tr><td colspan=\"3\" class=\"muted\">{}</td></tr>",
+            esc(device_label)
+        );
+    }
+    for k in keys {
+        let d = device.map(|m| m.get(k));
+        let s = server.map(|m| m.get(k));
+        let cell = |side: Option<Option<&Value>>, none: &str| match side {
+            None => format!("<span class=\"muted\">{}</span>", esc(none)),
+            Some(None) => "<span class=\"muted\">not sent</span>".to_owned(),
+            Some(Some(v)) => esc(&value_text(v)),
+        };
+        let differs = match (d, s) {
+            (Some(Some(a)), Some(Some(b))) => a != b,
+            (Some(Some(_)), Some(None)) | (Some(None), Some(Some(_))) => false,
+            _ => false,
+        };
+        let _ = write!(
+            out,
+            "<tr{cls}><th scope=\"row\">{}</th><td>{}</td><td>{}</td></tr>",
+            esc(k),
+            cell(d, device_label),
+            cell(s, "no server row"),
+            cls = if differs { " class=\"differs\"" } else { "" },
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// `<option>` elements of a filter select; the empty value means "any".
+pub fn options(values: &[String], selected: Option<&str>, any_label: &str) -> String {
+    let mut out = format!("<option value=\"\">{}</option>", esc(any_label));
+    for v in values {
+        let sel = if Some(v.as_str()) == selected {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(out, "<option value=\"{0}\"{sel}>{0}</option>", esc(v));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_quotes() {
+        assert_eq!(
+            esc("<script>alert('x') & \"y\"</script>"),
+            "&lt;script&gt;alert(&#39;x&#39;) &amp; &quot;y&quot;&lt;/script&gt;"
+        );
+    }
+
+    #[test]
+    fn side_by_side_marks_differences_and_escapes() {
+        let mut d = BTreeMap::new();
+        d.insert("status".to_owned(), Value::Text("<b>done</b>".into()));
+        d.insert("notes".to_owned(), Value::Text("same".into()));
+        let mut s = BTreeMap::new();
+        s.insert("status".to_owned(), Value::Text("open".into()));
+        s.insert("notes".to_owned(), Value::Text("same".into()));
+        let html = side_by_side(Some(&d), Some(&s), "deleted on the device");
+        assert!(html.contains("&lt;b&gt;done&lt;/b&gt;"));
+        assert!(!html.contains("<b>done"));
+        assert_eq!(html.matches("class=\"differs\"").count(), 1);
+    }
+
+    #[test]
+    fn json_text_reads_objects_as_phrases() {
+        let v = serde_json::json!({"kind": "owned", "column": "resource_id"});
+        assert_eq!(json_text(&v), "column: resource_id; kind: owned");
+    }
+}

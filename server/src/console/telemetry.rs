@@ -1,0 +1,184 @@
+//! The console's Telemetry page and the one place the console reads
+//! telemetry: [`read`]. The console renders whatever [`TelemetryView`] that
+//! function returns — sync counts over time, failure rates by failure type,
+//! and duration percentiles over time, as charts — and the Devices page
+//! takes each device's reported pending uploads and app version from it.
+//!
+//! The aggregate shape is defined here so the console does not depend on
+//! how telemetry is stored: telemetry ingestion (`POST /v1/telemetry` and its
+//! aggregate query) fills it in [`read`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use crate::App;
+use crate::api::blocking;
+use crate::console::auth::Admin;
+use crate::console::charts;
+use crate::console::html::{Section, page};
+use crate::console::{error_page, html_response};
+use crate::db::Db;
+use crate::error::ApiResult;
+
+/// Syncs in one time bucket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryBucket {
+    /// Start of the bucket, UTC (`YYYY-MM-DDTHH:MM:SSZ`).
+    pub start: String,
+    /// Syncs that ended in the bucket.
+    pub syncs: u64,
+    /// Of those, syncs that failed.
+    pub failed: u64,
+    /// Median sync duration in milliseconds, when any sync ended.
+    pub duration_ms_p50: Option<f64>,
+    /// 90th percentile of sync duration in milliseconds.
+    pub duration_ms_p90: Option<f64>,
+    /// 99th percentile of sync duration in milliseconds.
+    pub duration_ms_p99: Option<f64>,
+}
+
+/// Failed syncs of one failure type (for example `network_unavailable`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FailureTypeCount {
+    pub failure_type: String,
+    pub count: u64,
+}
+
+/// Sync telemetry aggregated over a window, as the console charts it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryAggregate {
+    /// Width of each bucket in seconds.
+    pub bucket_secs: u64,
+    /// Buckets, oldest first.
+    pub buckets: Vec<TelemetryBucket>,
+    /// Failed syncs by failure type over the whole window, most first.
+    pub failures_by_type: Vec<FailureTypeCount>,
+}
+
+/// What a device last reported about itself through telemetry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// Changes waiting in the device's outbox.
+    pub pending_uploads: Option<u64>,
+    /// The app's version.
+    pub app_version: Option<String>,
+}
+
+/// Everything the console shows from telemetry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TelemetryView {
+    /// Sync counts, failures and durations.
+    pub aggregate: TelemetryAggregate,
+    /// Latest report per (device id, user id).
+    pub devices: BTreeMap<(String, String), DeviceReport>,
+}
+
+/// Reads telemetry for the console.
+///
+/// This server does not ingest telemetry yet: nothing is stored, so the
+/// view is empty and the Telemetry and Devices pages say so. Telemetry
+/// ingestion connects its aggregate query here (mapping into
+/// [`TelemetryAggregate`] and [`DeviceReport`]); no other console code
+/// changes.
+pub fn read(_db: &Db) -> ApiResult<TelemetryView> {
+    Ok(TelemetryView::default())
+}
+
+/// The Telemetry page's body for an aggregate (charts, or the empty state).
+pub fn body(aggregate: &TelemetryAggregate) -> String {
+    let total: u64 = aggregate.buckets.iter().map(|b| b.syncs).sum();
+    if aggregate.buckets.is_empty() || total == 0 {
+        return "<p class=\"empty\" id=\"telemetry-empty\">No sync telemetry has been received yet. Devices upload sync events in batches while telemetry is enabled on them; charts appear here once the first batch arrives.</p>".to_owned();
+    }
+    let failed: u64 = aggregate
+        .buckets
+        .iter()
+        .map(|b| b.failed.min(b.syncs))
+        .sum();
+    let rate = failed as f64 * 100.0 / total as f64;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<div class=\"stats\"><div class=\"stat\"><span class=\"n\">{total}</span> syncs</div><div class=\"stat\"><span class=\"n\">{failed}</span> failed</div><div class=\"stat\"><span class=\"n\">{rate:.1}%</span> failure rate</div><div class=\"stat\"><span class=\"n\">{}</span> buckets of {} min</div></div>",
+        aggregate.buckets.len(),
+        aggregate.bucket_secs / 60,
+    );
+    let _ = write!(
+        out,
+        "<section class=\"card\"><h2>Syncs over time</h2><p class=\"legend\"><span class=\"key ok\"></span>succeeded <span class=\"key failed\"></span>failed</p>{}</section>",
+        charts::sync_counts(&aggregate.buckets)
+    );
+    let failures = if aggregate.failures_by_type.is_empty() {
+        "<p class=\"empty\">No sync failed in this window.</p>".to_owned()
+    } else {
+        charts::failures_by_type(&aggregate.failures_by_type, total)
+    };
+    let _ = write!(
+        out,
+        "<section class=\"card\"><h2>Failure rate by failure type</h2>{failures}</section>"
+    );
+    let _ = write!(
+        out,
+        "<section class=\"card\"><h2>Sync duration percentiles</h2><p class=\"legend\"><span class=\"key p50\"></span>p50 <span class=\"key p90\"></span>p90 <span class=\"key p99\"></span>p99</p>{}</section>",
+        charts::duration_percentiles(&aggregate.buckets)
+    );
+    out
+}
+
+/// `GET /console/telemetry`.
+pub async fn show(State(app): State<Arc<App>>, admin: Admin) -> Response {
+    let db = app.db.clone();
+    match blocking(move || read(&db)).await {
+        Ok(view) => html_response(
+            StatusCode::OK,
+            page(
+                "Telemetry",
+                Section::Telemetry,
+                &admin.name,
+                &admin.csrf,
+                &body(&view.aggregate),
+            ),
+        ),
+        Err(e) => error_page(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_aggregate_shows_the_empty_state() {
+        let html = body(&TelemetryAggregate::default());
+        assert!(html.contains("telemetry-empty"));
+        assert!(!html.contains("<svg"));
+    }
+
+    #[test]
+    fn aggregate_with_syncs_shows_three_charts() {
+        let a = TelemetryAggregate {
+            bucket_secs: 3600,
+            buckets: vec![TelemetryBucket {
+                start: "2026-11-29T01:00:00Z".into(),
+                syncs: 8,
+                failed: 2,
+                duration_ms_p50: Some(120.0),
+                duration_ms_p90: Some(300.0),
+                duration_ms_p99: Some(900.0),
+            }],
+            failures_by_type: vec![FailureTypeCount {
+                failure_type: "network_unavailable".into(),
+                count: 2,
+            }],
+        };
+        let html = body(&a);
+        assert_eq!(html.matches("<svg").count(), 3);
+        assert!(html.contains("25.0%"));
+    }
+}

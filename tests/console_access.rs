@@ -1,0 +1,316 @@
+//! Access to the admin web console and the admin API, walked route by route
+//! against a real `fieldsync server` process: without credentials, with a
+//! technician's token and with a dispatcher's token nothing is reachable;
+//! only the admin token opens a console session, and that session (kept in
+//! the database) works on a second server instance sharing the database.
+
+mod common;
+
+use common::{ADMIN_TOKEN, Server};
+use reqwest::redirect::Policy;
+use serde_json::json;
+
+/// Every admin API route with its methods.
+const ADMIN_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/admin/users"),
+    ("POST", "/v1/admin/users"),
+    ("GET", "/v1/admin/settings"),
+    ("PUT", "/v1/admin/settings"),
+    ("GET", "/v1/admin/sync-errors"),
+    ("GET", "/v1/admin/profiles"),
+    ("GET", "/v1/admin/profiles/{name}"),
+    ("PUT", "/v1/admin/profiles/{name}"),
+    ("GET", "/v1/admin/model"),
+    ("GET", "/v1/admin/devices"),
+    ("POST", "/v1/admin/seed"),
+];
+
+/// Console routes open to anyone: the sign-in form and the two static
+/// assets (no data in either).
+const PUBLIC_CONSOLE: &[(&str, &str)] = &[
+    ("GET", "/console/login"),
+    ("POST", "/console/login"),
+    ("GET", "/console/assets/console.css"),
+    ("GET", "/console/assets/console.js"),
+];
+
+fn concrete(path: &str) -> String {
+    path.replace("{name}", "field-service").replace("{id}", "1")
+}
+
+/// An `application/x-www-form-urlencoded` body.
+fn encode_form(fields: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Sends a request; returns (status, headers, body text).
+async fn send(
+    server: &Server,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    cookie: Option<&str>,
+    form: Option<&[(&str, &str)]>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client().request(method, format!("{}{}", server.url, path));
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    if let Some(f) = form {
+        req = req
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode_form(f));
+    } else {
+        req = req.header("content-type", "application/json").body("{}");
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().await.unwrap_or_default())
+}
+
+/// Signs in with a token; returns the session cookie (`name=value`) if one was set.
+async fn sign_in(server: &Server, token: &str) -> (u16, Option<String>, String) {
+    let (status, headers, body) = send(
+        server,
+        "POST",
+        "/console/login",
+        None,
+        None,
+        Some(&[("token", token)]),
+    )
+    .await;
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, cookie, body)
+}
+
+#[tokio::test]
+async fn admin_routes_refuse_missing_and_device_tokens() {
+    let server = Server::start().await;
+    let tech = server.user("tech-1", "technician").await;
+    let dispatcher = server.user("disp-1", "dispatcher").await;
+
+    // The list above covers every admin route the router registers.
+    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/server/src/lib.rs"))
+        .expect("read server/src/lib.rs");
+    for piece in lib.split('"').filter(|s| s.starts_with("/v1/admin")) {
+        assert!(
+            ADMIN_ROUTES.iter().any(|(_, p)| *p == piece),
+            "admin route {piece} is not walked by this test"
+        );
+    }
+
+    for (method, path) in ADMIN_ROUTES {
+        let path = concrete(path);
+        let (status, _) = server.call(method, &path, None, Some(json!({}))).await;
+        assert_eq!(status, 401, "{method} {path} without a token");
+        for (who, token) in [("technician", &tech), ("dispatcher", &dispatcher)] {
+            let (status, body) = server
+                .call(method, &path, Some(token), Some(json!({})))
+                .await;
+            assert_eq!(status, 403, "{method} {path} with a {who} token: {body}");
+            assert_eq!(body["error"]["code"], "forbidden");
+        }
+        if *method == "GET" {
+            let (status, _) = server.call(method, &path, Some(ADMIN_TOKEN), None).await;
+            assert_eq!(status, 200, "{method} {path} with the admin token");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn console_is_closed_without_an_admin_session() {
+    let server = Server::start().await;
+    let tech = server.user("tech-1", "technician").await;
+    let dispatcher = server.user("disp-1", "dispatcher").await;
+    let private: Vec<(&str, &str)> = fieldsync_server::console::ROUTES
+        .iter()
+        .copied()
+        .filter(|r| !PUBLIC_CONSOLE.contains(r))
+        .collect();
+    assert!(private.len() >= 10, "{private:?}");
+
+    // Device tokens cannot open a session.
+    for (who, token) in [("technician", &tech), ("dispatcher", &dispatcher)] {
+        let (status, cookie, body) = sign_in(&server, token).await;
+        assert_eq!(status, 403, "{who} sign-in");
+        assert!(cookie.is_none(), "{who} got a session cookie");
+        assert!(body.contains("only admins"), "{body}");
+    }
+    let (status, cookie, _) = sign_in(&server, "not-a-token").await;
+    assert_eq!((status, cookie), (401, None));
+
+    // No session, a device token as bearer, or a made-up cookie: every
+    // private console route turns the request away without data.
+    let bogus = format!("fieldsync_console={}", "a".repeat(64));
+    let attempts: [(&str, Option<&str>, Option<&str>); 4] = [
+        ("no credentials", None, None),
+        ("technician bearer", Some(tech.as_str()), None),
+        ("dispatcher bearer", Some(dispatcher.as_str()), None),
+        ("unknown session cookie", None, Some(bogus.as_str())),
+    ];
+    for (method, path) in &private {
+        let path = concrete(path);
+        for (who, bearer, cookie) in attempts {
+            let (status, headers, body) = send(
+                &server,
+                method,
+                &path,
+                bearer,
+                cookie,
+                Some(&[("conflict_detection", "on")]),
+            )
+            .await;
+            if *method == "GET" {
+                assert_eq!(status, 303, "{method} {path} with {who}");
+                assert_eq!(
+                    headers.get("location").and_then(|v| v.to_str().ok()),
+                    Some("/console/login"),
+                    "{method} {path} with {who}"
+                );
+            } else {
+                assert_eq!(status, 401, "{method} {path} with {who}: {body}");
+            }
+            assert!(!body.contains("tech-1"), "{method} {path} leaked data");
+        }
+    }
+    // Nothing changed: the POSTs above tried to switch conflict detection on.
+    let settings = server.admin("GET", "/v1/admin/settings", None).await;
+    assert_eq!(settings["conflict_detection"], false);
+    // A console session cookie does not open the admin API.
+    let (_, cookie, _) = sign_in(&server, ADMIN_TOKEN).await;
+    let cookie = cookie.expect("admin session");
+    let pair = cookie.split(';').next().unwrap_or_default().to_owned();
+    let (status, _, _) = send(&server, "GET", "/v1/admin/users", None, Some(&pair), None).await;
+    assert_eq!(status, 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn admin_session_is_strict_http_only_and_shared_by_instances() {
+    let first = Server::start().await;
+    let second = Server::start_in(&first.data_dir, &[]).await;
+    first.user("tech-1", "technician").await;
+
+    let (status, cookie, _) = sign_in(&first, ADMIN_TOKEN).await;
+    assert_eq!(status, 303);
+    let cookie = cookie.expect("session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(attr), "{cookie} lacks {attr}");
+    }
+    let pair = cookie.split(';').next().unwrap_or_default().to_owned();
+
+    // Every private console page opens with the session, on either instance.
+    for server in [&first, &second] {
+        for (method, path) in fieldsync_server::console::ROUTES {
+            if *method != "GET" || PUBLIC_CONSOLE.contains(&(*method, *path)) {
+                continue;
+            }
+            let path = concrete(path);
+            let (status, headers, body) =
+                send(server, method, &path, None, Some(&pair), None).await;
+            if path == "/console" {
+                assert_eq!(status, 303, "{path}");
+                continue;
+            }
+            assert_eq!(status, 200, "{path}: {body}");
+            assert!(
+                headers.get("content-security-policy").is_some_and(|v| v
+                    .to_str()
+                    .unwrap_or_default()
+                    .contains("default-src 'none'")),
+                "{path} has no content security policy"
+            );
+        }
+    }
+
+    // A form without the session's anti-forgery token is refused; with it, it works.
+    let (status, _, _) = send(
+        &second,
+        "POST",
+        "/console/settings",
+        None,
+        Some(&pair),
+        Some(&[("conflict_detection", "on")]),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (_, _, page) = send(&second, "GET", "/console/settings", None, Some(&pair), None).await;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf field")
+        .to_owned();
+    // A cross-site post is refused even with the token.
+    let resp = client()
+        .post(format!("{}/console/settings", second.url))
+        .header("cookie", &pair)
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode_form(&[
+            ("conflict_detection", "on"),
+            ("csrf", csrf.as_str()),
+        ]))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 403);
+    let (status, _, _) = send(
+        &second,
+        "POST",
+        "/console/settings",
+        None,
+        Some(&pair),
+        Some(&[("conflict_detection", "on"), ("csrf", csrf.as_str())]),
+    )
+    .await;
+    assert_eq!(status, 303);
+    let settings = first.admin("GET", "/v1/admin/settings", None).await;
+    assert_eq!(settings["conflict_detection"], true);
+
+    // Signing out on one instance ends the session on both.
+    let (status, _, _) = send(
+        &first,
+        "POST",
+        "/console/logout",
+        None,
+        Some(&pair),
+        Some(&[("csrf", csrf.as_str())]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = send(&second, "GET", "/console/devices", None, Some(&pair), None).await;
+    assert_eq!(status, 303);
+    second.stop().await;
+    first.stop().await;
+}
