@@ -55,7 +55,9 @@ impl Server {
             .request(method, format!("{}{}", self.url, path))
             .bearer_auth(token);
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
