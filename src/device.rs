@@ -152,7 +152,9 @@ impl EventListener for JsonLines {
 
 impl StatusListener for JsonLines {
     fn on_status(&self, status: SyncStatus) {
-        if let Ok(line) = serde_json::to_string(&serde_json::json!({"event": "status_changed", "status": status})) {
+        if let Ok(line) =
+            serde_json::to_string(&serde_json::json!({"event": "status_changed", "status": status}))
+        {
             println!("{line}");
         }
     }
@@ -489,7 +491,9 @@ async fn run_command(
                 }
                 Some(SettingsAction::Set { name, value }) => {
                     let s = engine.set_setting(&name, &value)?;
-                    print(json, &s, || format!("{name} = {}", s.get(&name).unwrap_or_default()));
+                    print(json, &s, || {
+                        format!("{name} = {}", s.get(&name).unwrap_or_default())
+                    });
                 }
             }
             Ok(ExitCode::SUCCESS)

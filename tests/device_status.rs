@@ -44,7 +44,10 @@ async fn status_watch_refresh_online_and_settings() {
     // Status: sync icon, offline status, device status.
     let status = device.ok(&["status"]).await;
     assert_eq!(status["sync_status"]["icon"], "connected", "{status}");
-    assert_eq!(status["sync_status"]["network"]["reachability"], "available");
+    assert_eq!(
+        status["sync_status"]["network"]["reachability"],
+        "available"
+    );
     let offline = status["offline_status"].as_array().expect("offline status");
     assert_eq!(offline.len(), 9);
     for t in offline {
@@ -83,16 +86,27 @@ async fn status_watch_refresh_online_and_settings() {
     assert_eq!(s["frequency"], json!({"kind": "every", "secs": 3600}));
     let bad = device.run(&["settings", "set", "frequency", "5"]).await;
     assert_eq!(bad.code, 2);
-    assert_eq!(device.ok(&["settings", "get", "frequency"]).await["frequency"], "3600");
+    assert_eq!(
+        device.ok(&["settings", "get", "frequency"]).await["frequency"],
+        "3600"
+    );
 
     // Online mode: another technician's bookings, once the admin permits it.
-    let refused = device.run(&["online", "list", "bookings", "--where", "resource_id=tech2"]).await;
+    let refused = device
+        .run(&["online", "list", "bookings", "--where", "resource_id=tech2"])
+        .await;
     assert_eq!(refused.code, 0, "{}", refused.stderr);
     assert!(refused.json["rows"].as_array().expect("rows").is_empty());
     server
-        .admin("PUT", "/v1/admin/online-access", Some(json!({"tables": ["bookings"]})))
+        .admin(
+            "PUT",
+            "/v1/admin/online-access",
+            Some(json!({"tables": ["bookings"]})),
+        )
         .await;
-    let theirs = device.ok(&["online", "list", "bookings", "--where", "resource_id=tech2"]).await;
+    let theirs = device
+        .ok(&["online", "list", "bookings", "--where", "resource_id=tech2"])
+        .await;
     let rows = theirs["rows"].as_array().expect("rows");
     assert!(!rows.is_empty());
     let id = rows[0]["id"].as_str().expect("id").to_owned();

@@ -172,8 +172,9 @@ impl Engine {
             live.network.os = os;
             if !os.connected {
                 live.network.reachability = Reachability::Unavailable;
-                live.network.message =
-                    Some(format!("{UNAVAILABLE_MESSAGE}: the device has no network connection"));
+                live.network.message = Some(format!(
+                    "{UNAVAILABLE_MESSAGE}: the device has no network connection"
+                ));
             } else {
                 live.probe_requested = true;
             }
@@ -199,7 +200,11 @@ impl Engine {
     pub async fn check_network(&self) -> NetworkStatus {
         let os = self.live().network.os;
         let result = if os.connected {
-            network::probe(&self.api, Duration::from_millis(self.options.probe_timeout_ms)).await
+            network::probe(
+                &self.api,
+                Duration::from_millis(self.options.probe_timeout_ms),
+            )
+            .await
         } else {
             Err(format!(
                 "{UNAVAILABLE_MESSAGE}: the device has no network connection"
@@ -277,7 +282,9 @@ impl Engine {
     /// Refresh notification; waits for the result.
     pub async fn refresh(&self, table: &str) -> Result<SyncReport> {
         self.table_checked(table)?;
-        let profile = self.profile().ok_or_else(|| Error::UnknownTable(table.to_owned()))?;
+        let profile = self
+            .profile()
+            .ok_or_else(|| Error::UnknownTable(table.to_owned()))?;
         let closure = scheduler::dependency_closure(&profile);
         let asked: BTreeSet<String> = [table.to_owned()].into_iter().collect();
         let set = scheduler::with_dependents(&asked, &closure);
@@ -368,9 +375,11 @@ impl Engine {
         let (icon, message) = if progress.is_some() {
             (SyncIcon::Syncing, None)
         } else if !live.network.available() {
-            let m = live.network.message.clone().unwrap_or_else(|| {
-                "Offline mode: checking the network".to_owned()
-            });
+            let m = live
+                .network
+                .message
+                .clone()
+                .unwrap_or_else(|| "Offline mode: checking the network".to_owned());
             (SyncIcon::NotConnected, Some(m))
         } else if let Some(e) = &live.last_error {
             (SyncIcon::Error, Some(e.clone()))
@@ -457,7 +466,8 @@ impl Engine {
                     run.notification = Some(NotificationKind::CatchUp);
                 }
             }
-            run.notification.map(|kind| notification(run, kind, NotificationPhase::Progress))
+            run.notification
+                .map(|kind| notification(run, kind, NotificationPhase::Progress))
         };
         if let Some(n) = note {
             self.emit(SyncEvent::Notification { notification: n });
@@ -608,7 +618,10 @@ impl Engine {
             sync_id: run.sync_id.clone(),
             mode: run.mode.as_str().to_owned(),
             result: if result.is_ok() { "success" } else { "failure" }.to_owned(),
-            failure_type: result.as_ref().err().map(|e| kind_name(e.kind()).to_owned()),
+            failure_type: result
+                .as_ref()
+                .err()
+                .map(|e| kind_name(e.kind()).to_owned()),
             started_at: run.started_at,
             duration_ms: end - run.started_at,
             active_duration_ms: run.active_ms,

@@ -33,11 +33,11 @@ pub mod time;
 pub mod transport;
 pub mod value;
 
+pub use control::ScheduledSync;
 pub use engine::{
     DeviceStatus, Engine, EngineConfig, OfflineTableStatus, ResetReport, SyncEvent, SyncReport,
     TableReport,
 };
-pub use control::ScheduledSync;
 pub use error::{Error, ErrorKind, Result};
 pub use network::{NetworkStatus, NetworkType, OsNetwork, Reachability};
 pub use notifications::{
@@ -46,9 +46,11 @@ pub use notifications::{
 pub use online::{OnlineFilter, OnlinePage};
 pub use scheduler::{Backoff, Blocker, Decision, SyncMode};
 pub use settings::{SyncFrequency, SyncSettings};
-pub use status::{EventListener, ListenerHandle, StatusListener, SyncIcon, SyncProgress, SyncStatus};
-pub use telemetry::{AppInfo, TelemetryEvent, TelemetryKind};
+pub use status::{
+    EventListener, ListenerHandle, StatusListener, SyncIcon, SyncProgress, SyncStatus,
+};
 pub use store::LocalSyncError;
+pub use telemetry::{AppInfo, TelemetryEvent, TelemetryKind};
 pub use time::{Clock, ManualClock, SystemClock};
 pub use transport::{HttpRequest, HttpResponse, HttpTransport, Method, Transport, TransportError};
 pub use value::{Record, Value};

@@ -73,7 +73,11 @@ impl Default for NotificationThresholds {
 }
 
 /// Estimated byte total from progress so far.
-pub(crate) fn estimate_bytes(rows_done: u64, bytes_done: u64, rows_total: Option<u64>) -> Option<u64> {
+pub(crate) fn estimate_bytes(
+    rows_done: u64,
+    bytes_done: u64,
+    rows_total: Option<u64>,
+) -> Option<u64> {
     let total = rows_total?;
     if rows_done == 0 {
         return None;
@@ -82,7 +86,11 @@ pub(crate) fn estimate_bytes(rows_done: u64, bytes_done: u64, rows_total: Option
 }
 
 /// The text of a notification.
-pub(crate) fn message(kind: NotificationKind, phase: NotificationPhase, tables: &[String]) -> String {
+pub(crate) fn message(
+    kind: NotificationKind,
+    phase: NotificationPhase,
+    tables: &[String],
+) -> String {
     let what = match kind {
         NotificationKind::InitialSync => "Downloading your offline data".to_owned(),
         NotificationKind::TableRefresh => format!("Refreshing {}", tables.join(", ")),

@@ -425,7 +425,7 @@ mod tests {
         let mut i = input(60 * MIN);
         for t in &mut i.tables {
             if t.name != "accounts" {
-                t.last_success_at = Some(55 * MIN);
+                t.last_success_at = Some(57 * MIN);
             }
         }
         assert_eq!(decide(&i), run(&["accounts"], SyncMode::Delta));

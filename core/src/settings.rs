@@ -175,7 +175,10 @@ mod tests {
         let path = dir.path().join("d.db");
         {
             let store = Store::open(&path).expect("open");
-            assert_eq!(SyncSettings::load(&store).expect("load"), SyncSettings::default());
+            assert_eq!(
+                SyncSettings::load(&store).expect("load"),
+                SyncSettings::default()
+            );
             let mut s = SyncSettings::default();
             s.set("wifi_only", "true").expect("set");
             s.set("frequency", "3600").expect("set");

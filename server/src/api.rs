@@ -321,8 +321,13 @@ fn parse_filter(
     let Some(text) = text.filter(|t| !t.is_empty()) else {
         return Ok(Vec::new());
     };
-    let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-        .map_err(|e| ApiError::bad_request(codes::BAD_REQUEST, format!("where must be a JSON object: {e}")))?;
+    let obj: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| {
+            ApiError::bad_request(
+                codes::BAD_REQUEST,
+                format!("where must be a JSON object: {e}"),
+            )
+        })?;
     let mut out = Vec::new();
     for (column, value) in obj {
         let visible = match scope {
@@ -336,9 +341,16 @@ fn parse_filter(
             )
         })?;
         let value = fieldsync_core::Value::from_json(&value)
-            .ok_or_else(|| ApiError::bad_request(codes::INVALID_VALUE, format!("where '{column}': the value must be a scalar")))?
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    codes::INVALID_VALUE,
+                    format!("where '{column}': the value must be a scalar"),
+                )
+            })?
             .coerce(kind)
-            .map_err(|e| ApiError::bad_request(codes::INVALID_VALUE, format!("where '{column}': {e}")))?;
+            .map_err(|e| {
+                ApiError::bad_request(codes::INVALID_VALUE, format!("where '{column}': {e}"))
+            })?;
         out.push((column, value));
     }
     Ok(out)
@@ -368,7 +380,9 @@ pub async fn list_records(
         let scope = scope_of(&user, &profile, &t, &online)?;
         let filter = parse_filter(
             q.filter.as_deref(),
-            db.model().table(&t).ok_or_else(|| ApiError::internal("table vanished"))?,
+            db.model()
+                .table(&t)
+                .ok_or_else(|| ApiError::internal("table vanished"))?,
             scope.as_ref(),
         )?;
         let pk = db

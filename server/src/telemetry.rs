@@ -176,9 +176,10 @@ pub struct TelemetryQuery {
 fn since_ms(q: &TelemetryQuery) -> ApiResult<Option<i64>> {
     match q.since.as_deref() {
         None | Some("") => Ok(None),
-        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().map(Some).map_err(|_| {
-            ApiError::bad_request(codes::BAD_REQUEST, "since is not a valid time")
-        }),
+        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(codes::BAD_REQUEST, "since is not a valid time")),
         Some(s) => parse_datetime(s).map(Some).ok_or_else(|| {
             ApiError::bad_request(
                 codes::BAD_REQUEST,
@@ -217,7 +218,8 @@ fn where_clause(q: &TelemetryQuery) -> ApiResult<(String, Vec<rusqlite::types::V
     Ok((sql, params))
 }
 
-const COLUMNS: &str = "id, kind, device_id, sync_id, mode, result, failure_type, started_at, duration_ms,
+const COLUMNS: &str =
+    "id, kind, device_id, sync_id, mode, result, failure_type, started_at, duration_ms,
     active_duration_ms, rows_up, rows_down, bytes_up, bytes_down, tbl, network_type, app_version,
     device_model, os_version, user_id, received_at";
 
@@ -491,9 +493,8 @@ pub async fn upload(
         ));
     }
     for (i, e) in batch.events.iter().enumerate() {
-        check(e).map_err(|m| {
-            ApiError::bad_request(codes::INVALID_VALUE, format!("event {i}: {m}"))
-        })?;
+        check(e)
+            .map_err(|m| ApiError::bad_request(codes::INVALID_VALUE, format!("event {i}: {m}")))?;
     }
     let db = app.db.clone();
     let accepted = blocking(move || store(&db, &user.id, &batch.events, now_ms())).await?;
