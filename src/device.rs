@@ -4,8 +4,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::Subcommand;
-use fieldsync_core::{Engine, EngineConfig, Error, ErrorKind, Value};
+use fieldsync_core::{
+    DeviceStatus, Engine, EngineConfig, Error, ErrorKind, EventListener, OfflineTableStatus,
+    OnlineFilter, StatusListener, SyncEvent, SyncStatus, Value,
+};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -29,6 +34,9 @@ pub struct DeviceArgs {
     /// Rows per pull page.
     #[arg(long, default_value_t = fieldsync_core::protocol::DEFAULT_PAGE_SIZE)]
     page_size: u32,
+    /// Network check timeout in milliseconds.
+    #[arg(long, default_value_t = fieldsync_core::network::DEFAULT_PROBE_TIMEOUT_MS)]
+    probe_timeout_ms: u64,
     #[command(subcommand)]
     command: DeviceCommand,
 }
@@ -41,8 +49,26 @@ enum DeviceCommand {
         #[arg(long = "table")]
         tables: Vec<String>,
     },
-    /// Show device status: pending uploads, tables, recent errors.
+    /// Show the sync icon state, offline status and device status (checks the network first).
     Status,
+    /// Sync while printing every event and status change as JSON lines.
+    Watch {
+        /// Only these tables (repeatable); all by default.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
+    /// Refresh one table (and the tables whose rules reach it) now.
+    Refresh { table: String },
+    /// Online mode: read live server rows without storing them.
+    Online {
+        #[command(subcommand)]
+        action: OnlineAction,
+    },
+    /// Show or change the sync settings.
+    Settings {
+        #[command(subcommand)]
+        action: Option<SettingsAction>,
+    },
     /// Read one record from the device.
     Get { table: String, id: String },
     /// List records of a table on the device.
@@ -77,6 +103,61 @@ enum DeviceCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum OnlineAction {
+    /// Read one live row.
+    Get { table: String, id: String },
+    /// List live rows, optionally filtered.
+    List {
+        table: String,
+        /// An equality filter COLUMN=VALUE (repeatable); the value is read as JSON when it parses.
+        #[arg(long = "where", value_name = "COLUMN=VALUE")]
+        filters: Vec<String>,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsAction {
+    /// Print one setting.
+    Get { name: String },
+    /// Change one setting (wifi_only, online_mode_enabled, telemetry_enabled, frequency, smart_sync).
+    Set { name: String, value: String },
+}
+
+/// `status` output: the device status, plus the sync icon and offline status.
+#[derive(Serialize)]
+struct StatusOut {
+    #[serde(flatten)]
+    device: DeviceStatus,
+    sync_status: SyncStatus,
+    offline_status: Vec<OfflineTableStatus>,
+}
+
+/// Prints events and status changes as JSON lines (`watch`).
+struct JsonLines;
+
+impl EventListener for JsonLines {
+    fn on_event(&self, event: SyncEvent) {
+        if let Ok(line) = serde_json::to_string(&event) {
+            println!("{line}");
+        }
+    }
+}
+
+impl StatusListener for JsonLines {
+    fn on_status(&self, status: SyncStatus) {
+        if let Ok(line) =
+            serde_json::to_string(&serde_json::json!({"event": "status_changed", "status": status}))
+        {
+            println!("{line}");
+        }
+    }
 }
 
 /// Exit code of an error kind (documented in README and main.rs).
@@ -120,6 +201,15 @@ fn fail(json: bool, e: &Error) -> ExitCode {
     ExitCode::from(exit_code(kind))
 }
 
+fn parse_value(v: &str) -> Value {
+    match serde_json::from_str::<serde_json::Value>(v) {
+        Ok(j) if !j.is_object() && !j.is_array() => {
+            Value::from_json(&j).unwrap_or(Value::Text(v.to_owned()))
+        }
+        _ => Value::Text(v.to_owned()),
+    }
+}
+
 fn parse_fields(set: &[String], data: Option<&str>) -> Result<BTreeMap<String, Value>, Error> {
     let mut fields = BTreeMap::new();
     if let Some(data) = data {
@@ -144,13 +234,7 @@ fn parse_fields(set: &[String], data: Option<&str>) -> Result<BTreeMap<String, V
         let (k, v) = item
             .split_once('=')
             .ok_or_else(|| Error::InvalidInput(format!("--set '{item}' is not COLUMN=VALUE")))?;
-        let value = match serde_json::from_str::<serde_json::Value>(v) {
-            Ok(j) if !j.is_object() && !j.is_array() => {
-                Value::from_json(&j).unwrap_or(Value::Text(v.to_owned()))
-            }
-            _ => Value::Text(v.to_owned()),
-        };
-        fields.insert(k.to_owned(), value);
+        fields.insert(k.to_owned(), parse_value(v));
     }
     Ok(fields)
 }
@@ -184,6 +268,7 @@ pub async fn run(args: DeviceArgs) -> ExitCode {
     let json = args.json;
     let mut config = EngineConfig::new(&args.db, &args.server, &args.token);
     config.page_size = args.page_size;
+    config.probe_timeout_ms = args.probe_timeout_ms;
     let engine = match Engine::open(config) {
         Ok(e) => e,
         Err(e) => return fail(json, &e),
@@ -244,6 +329,45 @@ async fn run_command(
             Ok(ExitCode::SUCCESS)
         }
         DeviceCommand::Status => {
+            engine.check_network().await;
+            let out = StatusOut {
+                device: engine.status()?,
+                sync_status: engine.sync_status()?,
+                offline_status: engine.offline_status()?,
+            };
+            let status = &out.device;
+            let icon = &out.sync_status;
+            print(json, &out, || {
+                let mut text = format!(
+                    "sync icon: {:?}{}\nnetwork: {:?}\n",
+                    icon.icon,
+                    icon.message
+                        .as_deref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default(),
+                    status.network.reachability
+                );
+                for t in &out.offline_status {
+                    text.push_str(&format!(
+                        "  {:<28} {:>8} rows  last sync {}  next due {}\n",
+                        t.table,
+                        t.rows,
+                        when(t.last_sync_at),
+                        t.next_due_at
+                            .map(fieldsync_core::time::format_datetime)
+                            .unwrap_or_else(|| "manual".into())
+                    ));
+                }
+                for (t, deps) in &status.dependency_closure {
+                    if !deps.is_empty() {
+                        text.push_str(&format!("  {t} syncs with {}\n", deps.join(", ")));
+                    }
+                }
+                text.trim_end().to_owned()
+            });
+            if json {
+                return Ok(ExitCode::SUCCESS);
+            }
             let status = engine.status()?;
             print(json, &status, || {
                 let mut out = format!(
@@ -278,6 +402,100 @@ async fn run_command(
                 }
                 out.trim_end().to_owned()
             });
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Watch { tables } => {
+            let printer = Arc::new(JsonLines);
+            let _events = engine.add_event_listener(printer.clone());
+            let _status = engine.add_status_listener(printer);
+            engine.check_network().await;
+            let result = if tables.is_empty() {
+                engine.sync().await
+            } else {
+                engine.sync_tables(tables).await
+            };
+            drop(_events);
+            drop(_status);
+            let report = result?;
+            println!(
+                "{}",
+                serde_json::json!({"event": "watch_finished", "report": report})
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Refresh { table } => {
+            engine.check_network().await;
+            let report = engine.refresh(&table).await?;
+            print(json, &report, || {
+                format!(
+                    "refreshed {table}: {} table(s), {} page(s), {} bytes down",
+                    report.tables.len(),
+                    report.pages(),
+                    report.bytes_down
+                )
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Online { action } => {
+            engine.set_online_mode(true).await?;
+            match action {
+                OnlineAction::Get { table, id } => {
+                    let record = engine.online_get(&table, &id).await?;
+                    print(json, &record, || format_record(&record));
+                }
+                OnlineAction::List {
+                    table,
+                    filters,
+                    after,
+                    limit,
+                } => {
+                    let mut parsed = Vec::new();
+                    for f in &filters {
+                        let (column, value) = f.split_once('=').ok_or_else(|| {
+                            Error::InvalidInput(format!("--where '{f}' is not COLUMN=VALUE"))
+                        })?;
+                        parsed.push(OnlineFilter {
+                            column: column.to_owned(),
+                            value: parse_value(value),
+                        });
+                    }
+                    let page = engine.online_list(&table, parsed, after, limit).await?;
+                    print(json, &page, || {
+                        page.rows
+                            .iter()
+                            .map(format_record)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    });
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Settings { action } => {
+            match action {
+                None => {
+                    let s = engine.settings();
+                    print(json, &s, || {
+                        fieldsync_core::settings::SETTING_NAMES
+                            .iter()
+                            .map(|n| format!("{n} = {}", s.get(n).unwrap_or_default()))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    });
+                }
+                Some(SettingsAction::Get { name }) => {
+                    let value = engine.settings().get(&name)?;
+                    let mut obj = serde_json::Map::new();
+                    obj.insert(name.clone(), serde_json::Value::String(value.clone()));
+                    print(json, &obj, || value.clone());
+                }
+                Some(SettingsAction::Set { name, value }) => {
+                    let s = engine.set_setting(&name, &value)?;
+                    print(json, &s, || {
+                        format!("{name} = {}", s.get(&name).unwrap_or_default())
+                    });
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         DeviceCommand::Get { table, id } => {

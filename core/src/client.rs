@@ -185,6 +185,56 @@ impl ServerApi {
     }
 }
 
+impl ServerApi {
+    /// The network check's probe: `GET /v1/health`.
+    pub async fn health(&self) -> Result<()> {
+        let _: Sized<serde_json::Value> = self
+            .call(Method::Get, "/v1/health".into(), Vec::new())
+            .await?;
+        Ok(())
+    }
+
+    /// Smart sync: which of these tables changed on the server after their
+    /// cursors (`POST /v1/sync/changes`).
+    pub async fn changes(
+        &self,
+        request: &crate::protocol::ChangesRequest,
+    ) -> Result<Sized<crate::protocol::ChangesResponse>> {
+        let body = serde_json::to_vec(request)?;
+        self.call(Method::Post, "/v1/sync/changes".into(), body)
+            .await
+    }
+
+    /// Uploads a batch of telemetry events (`POST /v1/telemetry`).
+    pub async fn upload_telemetry(
+        &self,
+        batch: &crate::telemetry::TelemetryBatch,
+    ) -> Result<Sized<crate::telemetry::TelemetryAccepted>> {
+        let body = serde_json::to_vec(batch)?;
+        self.call(Method::Post, "/v1/telemetry".into(), body).await
+    }
+
+    /// Lists live rows matching equality filters (online mode): `where` is a
+    /// JSON object of column to value.
+    pub async fn records_where(
+        &self,
+        table: &str,
+        filter: &std::collections::BTreeMap<String, crate::value::Value>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Sized<RecordList>> {
+        let mut path = format!("/v1/records/{}?limit={limit}", encode_component(table));
+        if !filter.is_empty() {
+            let json = serde_json::to_string(filter)?;
+            path.push_str(&format!("&where={}", encode_component(&json)));
+        }
+        if let Some(after) = after {
+            path.push_str(&format!("&after={}", encode_component(after)));
+        }
+        self.call(Method::Get, path, Vec::new()).await
+    }
+}
+
 /// Turns a non-2xx answer into a typed error.
 pub fn error_from_response(status: u16, body: &[u8]) -> Error {
     let parsed = serde_json::from_slice::<ErrorResponse>(body).ok();

@@ -5,17 +5,23 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::client::{Credentials, ServerApi};
+use crate::control::Live;
 use crate::error::{Error, Result};
+use crate::network::{DEFAULT_PROBE_TIMEOUT_MS, NetworkStatus};
+use crate::notifications::{Notification, NotificationThresholds};
 use crate::profile::{SyncProfile, SyncTable};
 use crate::protocol::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Op};
+use crate::scheduler::Backoff;
+use crate::settings::SyncSettings;
+use crate::status::{Listeners, SyncStatus};
 use crate::store::{LocalSyncError, Store};
-use crate::sync;
+use crate::telemetry::AppInfo;
 use crate::time::{Clock, SystemClock};
 use crate::transport::{HttpTimeouts, HttpTransport, Transport};
 use crate::value::{Record, Value};
@@ -31,6 +37,14 @@ pub struct EngineConfig {
     pub token: String,
     /// Rows per pull page (1 to 10000).
     pub page_size: u32,
+    /// Network check timeout, ms (default 5000).
+    pub probe_timeout_ms: u64,
+    /// Retry delays after failed syncs.
+    pub backoff: Backoff,
+    /// When a catch-up notification is shown.
+    pub notifications: NotificationThresholds,
+    /// App and device, for telemetry.
+    pub app: AppInfo,
 }
 
 impl EngineConfig {
@@ -41,6 +55,10 @@ impl EngineConfig {
             server_url: server_url.to_owned(),
             token: token.to_owned(),
             page_size: DEFAULT_PAGE_SIZE,
+            probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
+            backoff: Backoff::default(),
+            notifications: NotificationThresholds::default(),
+            app: AppInfo::default(),
         }
     }
 }
@@ -113,6 +131,23 @@ pub enum SyncEvent {
     SyncFailed {
         message: String,
     },
+    /// The network check's result changed.
+    NetworkChanged {
+        status: NetworkStatus,
+    },
+    /// Online mode was turned on or off, and why.
+    OnlineModeChanged {
+        online: bool,
+        reason: String,
+    },
+    /// A sync notification (initial sync, Refresh, catch-up).
+    Notification {
+        notification: Notification,
+    },
+    /// The current status, sent to an event listener when it registers.
+    Status {
+        status: SyncStatus,
+    },
 }
 
 /// Per-table line of the offline status.
@@ -126,6 +161,11 @@ pub struct OfflineTableStatus {
     pub pending_uploads: u64,
     pub sync_interval_secs: u32,
     pub last_error: Option<String>,
+    /// The interval the scheduler uses: the shortest chosen interval of the
+    /// table and the tables in its dependency closure (`None`: manual only).
+    pub effective_interval_secs: Option<u32>,
+    /// When the table is next due, ms since the epoch (`None`: manual only).
+    pub next_due_at: Option<i64>,
 }
 
 /// A snapshot of the device's state.
@@ -138,6 +178,17 @@ pub struct DeviceStatus {
     pub database_bytes: u64,
     pub tables: Vec<OfflineTableStatus>,
     pub recent_errors: Vec<LocalSyncError>,
+    /// The network check's view.
+    pub network: NetworkStatus,
+    /// The device's sync settings.
+    pub settings: SyncSettings,
+    /// Per table, the tables its related-rows rules reach (transitively);
+    /// it syncs together with any of them.
+    pub dependency_closure: BTreeMap<String, Vec<String>>,
+    /// Telemetry events waiting for upload.
+    pub pending_telemetry: u64,
+    /// Online mode is on.
+    pub online_mode: bool,
 }
 
 /// What a reset did.
@@ -157,6 +208,13 @@ pub struct Engine {
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
     pub(crate) events: broadcast::Sender<SyncEvent>,
     device_id: String,
+    pub(crate) live: Mutex<Live>,
+    pub(crate) settings: Mutex<SyncSettings>,
+    pub(crate) wake: Arc<tokio::sync::Notify>,
+    pub(crate) listeners: Arc<Listeners>,
+    pub(crate) options: EngineConfig,
+    pub(crate) run_lock: tokio::sync::Mutex<()>,
+    pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -193,7 +251,10 @@ impl Engine {
             }
         };
         let profile = store.profile()?;
+        crate::telemetry::init(&store)?;
+        let settings = SyncSettings::load(&store)?;
         let (events, _) = broadcast::channel(1024);
+        let options = config.clone();
         Ok(Arc::new(Engine {
             api: ServerApi::new(
                 transport,
@@ -209,6 +270,13 @@ impl Engine {
             sync_lock: tokio::sync::Mutex::new(()),
             events,
             device_id,
+            live: Mutex::new(Live::default()),
+            settings: Mutex::new(settings),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            listeners: Arc::new(Listeners::default()),
+            options,
+            run_lock: tokio::sync::Mutex::new(()),
+            task: Mutex::new(None),
         }))
     }
 
@@ -230,12 +298,18 @@ impl Engine {
     }
 
     pub(crate) fn emit(&self, event: SyncEvent) {
+        self.observe(&event);
+        self.listeners.publish_event(&event);
         let _ = self.events.send(event);
     }
 
     /// Subscribes to sync events.
     pub fn subscribe(&self) -> broadcast::Receiver<SyncEvent> {
         self.events.subscribe()
+    }
+
+    pub(crate) fn table_checked(&self, name: &str) -> Result<SyncTable> {
+        self.table(name)
     }
 
     fn table(&self, name: &str) -> Result<SyncTable> {
@@ -345,18 +419,21 @@ impl Engine {
 
     /// Uploads pending changes, then downloads every table of the profile.
     pub async fn sync(&self) -> Result<SyncReport> {
-        sync::run(self, None).await
+        self.run_direct(None).await
     }
 
     /// Uploads pending changes, then downloads only the named tables.
     pub async fn sync_tables(&self, tables: Vec<String>) -> Result<SyncReport> {
-        sync::run(self, Some(tables)).await
+        self.run_direct(Some(tables)).await
     }
 
     /// A snapshot of the device's state.
     pub fn status(&self) -> Result<DeviceStatus> {
         let profile = self.profile();
         let pending = self.store.pending_by_table()?;
+        let input = self.scheduler_input()?;
+        let effective = crate::scheduler::effective_intervals(&input);
+        let due = crate::scheduler::next_due(&input);
         let mut tables = Vec::new();
         if let Some(p) = &profile {
             for t in &p.tables {
@@ -369,6 +446,8 @@ impl Engine {
                     pending_uploads: pending.get(&t.name).copied().unwrap_or(0),
                     sync_interval_secs: t.sync_interval_secs,
                     last_error: state.last_error,
+                    effective_interval_secs: effective.get(&t.name).copied(),
+                    next_due_at: due.get(&t.name).copied().flatten(),
                 });
             }
         }
@@ -380,15 +459,27 @@ impl Engine {
             database_bytes: self.store.size_bytes(),
             tables,
             recent_errors: self.store.sync_errors(20)?,
+            network: self.network_status(),
+            settings: self.settings(),
+            dependency_closure: input.closure,
+            pending_telemetry: crate::telemetry::count(&self.store)?,
+            online_mode: self.online_mode(),
         })
+    }
+
+    /// The offline status: per table, rows, last successful sync and next due time.
+    pub fn offline_status(&self) -> Result<Vec<OfflineTableStatus>> {
+        Ok(self.status()?.tables)
     }
 
     /// Clears the offline database. Refuses with [`Error::PendingUploads`]
     /// (saying how many) while local changes wait for upload, unless `force`.
     pub async fn reset(&self, force: bool) -> Result<ResetReport> {
+        let _run = self.run_lock.lock().await;
         let _guard = self.sync_lock.lock().await;
         let discarded = self.store.reset(force)?;
         *self.profile.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.publish_status();
         Ok(ResetReport {
             discarded_changes: discarded,
         })

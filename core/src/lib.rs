@@ -15,22 +15,42 @@
 //! shared with the reference server.
 
 pub mod client;
+pub mod control;
 pub mod engine;
 pub mod error;
+pub mod network;
+pub mod notifications;
+pub mod online;
 pub mod profile;
 pub mod protocol;
+pub mod scheduler;
+pub mod settings;
+pub mod status;
 pub mod store;
 mod sync;
+pub mod telemetry;
 pub mod time;
 pub mod transport;
 pub mod value;
 
+pub use control::ScheduledSync;
 pub use engine::{
     DeviceStatus, Engine, EngineConfig, OfflineTableStatus, ResetReport, SyncEvent, SyncReport,
     TableReport,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use network::{NetworkStatus, NetworkType, OsNetwork, Reachability};
+pub use notifications::{
+    Notification, NotificationKind, NotificationPhase, NotificationThresholds,
+};
+pub use online::{OnlineFilter, OnlinePage};
+pub use scheduler::{Backoff, Blocker, Decision, SyncMode};
+pub use settings::{SyncFrequency, SyncSettings};
+pub use status::{
+    EventListener, ListenerHandle, StatusListener, SyncIcon, SyncProgress, SyncStatus,
+};
 pub use store::LocalSyncError;
+pub use telemetry::{AppInfo, TelemetryEvent, TelemetryKind};
 pub use time::{Clock, ManualClock, SystemClock};
 pub use transport::{HttpRequest, HttpResponse, HttpTransport, Method, Transport, TransportError};
 pub use value::{Record, Value};

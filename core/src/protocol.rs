@@ -206,3 +206,20 @@ pub struct RecordList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<String>,
 }
+
+/// Body of `POST /v1/sync/changes` (smart sync): the device's cursor per
+/// table, as its last completed pull left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangesRequest {
+    pub tables: BTreeMap<String, String>,
+}
+
+/// Answer of `POST /v1/sync/changes`: per table, whether any row of the
+/// table changed on the server after the cursor. `false` means a pull from
+/// that cursor would return nothing, so the device skips it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangesResponse {
+    /// The profile version the answer was computed for.
+    pub profile_version: i64,
+    pub tables: BTreeMap<String, bool>,
+}

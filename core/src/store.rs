@@ -387,6 +387,28 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `f` on the writer connection (engine modules that keep their own
+    /// `_fs_` tables: telemetry).
+    pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        f(&mut lock(&self.writer))
+    }
+
+    /// Runs `f` on the reader connection.
+    pub(crate) fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        f(&lock(&self.reader))
+    }
+
+    /// Records that `table` is current as of `now` without a download (smart
+    /// sync: the server reported no change after its cursor).
+    pub fn mark_table_current(&self, table: &str, now: i64) -> Result<()> {
+        lock(&self.writer).execute(
+            "UPDATE _fs_tables SET last_sync_at = ?2, last_attempt_at = ?2, last_error = NULL
+             WHERE name = ?1 AND initial_done = 1",
+            params![table, now],
+        )?;
+        Ok(())
+    }
+
     /// Reads a persisted setting.
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
         Ok(lock(&self.reader)

@@ -241,15 +241,18 @@ pub async fn push(
 
 // ---- records API --------------------------------------------------------------
 
-/// Back-office users see every row; technicians only their profile's rows
-/// and columns.
+/// Back-office users see every row; technicians their profile's rows and
+/// columns, and every row of the tables in the online-access allow-list
+/// (online mode, see [`crate::online`]).
 fn scope_of(
     user: &User,
     profile: &SyncProfile,
     table: &str,
+    online_tables: &[String],
 ) -> ApiResult<Option<fieldsync_core::profile::SyncTable>> {
     match user.role {
         Role::Dispatcher | Role::Admin => Ok(None),
+        Role::Technician if online_tables.iter().any(|t| t == table) => Ok(None),
         Role::Technician => profile.table(table).cloned().map(Some).ok_or_else(|| {
             ApiError::forbidden(format!("table '{table}' is not in your offline profile"))
         }),
@@ -282,7 +285,8 @@ pub async fn get_record(
             ));
         }
         let profile = db.sync_profile(&user)?;
-        let scope = scope_of(&user, &profile, &t)?;
+        let online = crate::online::online_tables(&db)?;
+        let scope = scope_of(&user, &profile, &t, &online)?;
         db.record(
             &t,
             &i,
@@ -303,6 +307,53 @@ pub async fn get_record(
 pub struct ListQuery {
     after: Option<String>,
     limit: Option<u32>,
+    /// Equality filters as a JSON object of column to value (online mode).
+    #[serde(rename = "where")]
+    filter: Option<String>,
+}
+
+/// Parses and checks a `where` filter against the columns the caller sees.
+fn parse_filter(
+    text: Option<&str>,
+    schema: &fieldsync_core::profile::TableSchema,
+    scope: Option<&fieldsync_core::profile::SyncTable>,
+) -> ApiResult<Vec<(String, fieldsync_core::Value)>> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let obj: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| {
+            ApiError::bad_request(
+                codes::BAD_REQUEST,
+                format!("where must be a JSON object: {e}"),
+            )
+        })?;
+    let mut out = Vec::new();
+    for (column, value) in obj {
+        let visible = match scope {
+            Some(t) => t.column(&column).map(|c| c.kind),
+            None => schema.column(&column).map(|c| c.kind),
+        };
+        let kind = visible.ok_or_else(|| {
+            ApiError::bad_request(
+                codes::UNKNOWN_COLUMN,
+                format!("unknown column '{column}' in table '{}'", schema.name),
+            )
+        })?;
+        let value = fieldsync_core::Value::from_json(&value)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    codes::INVALID_VALUE,
+                    format!("where '{column}': the value must be a scalar"),
+                )
+            })?
+            .coerce(kind)
+            .map_err(|e| {
+                ApiError::bad_request(codes::INVALID_VALUE, format!("where '{column}': {e}"))
+            })?;
+        out.push((column, value));
+    }
+    Ok(out)
 }
 
 /// `GET /v1/records/{table}`.
@@ -325,7 +376,15 @@ pub async fn list_records(
             ));
         }
         let profile = db.sync_profile(&user)?;
-        let scope = scope_of(&user, &profile, &t)?;
+        let online = crate::online::online_tables(&db)?;
+        let scope = scope_of(&user, &profile, &t, &online)?;
+        let filter = parse_filter(
+            q.filter.as_deref(),
+            db.model()
+                .table(&t)
+                .ok_or_else(|| ApiError::internal("table vanished"))?,
+            scope.as_ref(),
+        )?;
         let pk = db
             .model()
             .table(&t)
@@ -336,6 +395,7 @@ pub async fn list_records(
             q.after.as_deref(),
             limit,
             scope.as_ref().map(|s| (&profile, s, user.id.as_str())),
+            &filter,
         )?;
         Ok((rows, pk))
     })

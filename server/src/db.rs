@@ -384,7 +384,7 @@ impl Db {
         &self.model
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
         let conn = match lock(&self.readers).pop() {
             Some(c) => c,
             None => open_connection(&self.path)?,
@@ -397,7 +397,10 @@ impl Db {
         result
     }
 
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>) -> ApiResult<T> {
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>,
+    ) -> ApiResult<T> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
@@ -1216,6 +1219,7 @@ impl Db {
         after: Option<&str>,
         limit: u32,
         scope: Option<(&SyncProfile, &SyncTable, &str)>,
+        filter: &[(String, Value)],
     ) -> ApiResult<Vec<(BTreeMap<String, Value>, i64)>> {
         let schema = self.schema(table)?;
         let limit = limit.clamp(1, 1000);
@@ -1239,6 +1243,15 @@ impl Db {
                 let p = rules::compile(profile, t, user_id);
                 sql.push_str(&format!(" AND {}", p.sql));
                 params.extend(p.params);
+            }
+            // Online-mode equality filters (columns checked by the caller).
+            for (column, value) in filter {
+                if *value == Value::Null {
+                    sql.push_str(&format!(" AND {} IS NULL", quote_ident(column)));
+                } else {
+                    sql.push_str(&format!(" AND {} = ?", quote_ident(column)));
+                    params.push(value.clone());
+                }
             }
             sql.push_str(&format!(
                 " ORDER BY {} LIMIT ?",

@@ -11,8 +11,10 @@ pub mod api;
 pub mod console;
 pub mod db;
 pub mod error;
+pub mod online;
 pub mod rules;
 pub mod seed;
+pub mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +89,7 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
     }
     let profile = field_service_profile();
     let db = Db::open(&config.data_dir, field_service_model(), &profile)?;
+    telemetry::init(&db)?;
     let app = Arc::new(App {
         db: Arc::new(db),
         admin_token_hash: db::hash_token(&config.admin_token),
@@ -98,6 +101,8 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         .route("/v1/profile", get(api::profile))
         .route("/v1/sync/pull", get(api::pull))
         .route("/v1/sync/push", post(api::push))
+        .route("/v1/sync/changes", post(online::changes))
+        .route("/v1/telemetry", post(telemetry::upload))
         .route("/v1/records/{table}", get(api::list_records))
         .route(
             "/v1/records/{table}/{id}",
@@ -122,6 +127,12 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         .route("/v1/admin/model", get(api::model))
         .route("/v1/admin/devices", get(api::devices))
         .route("/v1/admin/seed", post(api::seed))
+        .route("/v1/admin/telemetry", get(telemetry::admin_list))
+        .route("/v1/admin/telemetry/summary", get(telemetry::admin_summary))
+        .route(
+            "/v1/admin/online-access",
+            get(online::get_access).put(online::put_access),
+        )
         .merge(console::router())
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

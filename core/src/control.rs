@@ -1,0 +1,937 @@
+//! The engine's live state and the background scheduler task (C7, C8, C9,
+//! C10, C14): what the shell reports (app active, OS network), the network
+//! check, "sync now" and Refresh requests, retry backoff, the running sync's
+//! progress, notifications and telemetry around every sync.
+//!
+//! Every sync goes through [`Engine::run_tracked`], so direct calls
+//! ([`Engine::sync`]), the user's requests and the scheduler all update the
+//! status, raise notifications and record telemetry the same way. The
+//! scheduler's decisions come from the pure [`crate::scheduler::decide`];
+//! [`Engine::run_due`] is one step of it (tests drive it with a manual
+//! clock), [`Engine::start`] runs it in a tokio task that sleeps until the
+//! next due instant or an event.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::engine::{Engine, SyncEvent, SyncReport};
+use crate::error::{Error, ErrorKind, Result};
+use crate::network::{self, NetworkStatus, OsNetwork, Reachability, UNAVAILABLE_MESSAGE};
+use crate::notifications::{
+    Notification, NotificationKind, NotificationPhase, estimate_bytes, message,
+};
+use crate::protocol::ChangesRequest;
+use crate::scheduler::{self, Blocker, Decision, SchedulerInput, SyncMode, TableTiming};
+use crate::settings::SyncSettings;
+use crate::status::{
+    EventListener, ListenerHandle, StatusListener, SyncIcon, SyncProgress, SyncStatus,
+};
+use crate::telemetry::{self, TelemetryEvent, TelemetryKind};
+
+/// How long the background task sleeps at most before looking again (real
+/// time), so a clock change is noticed.
+const MAX_SLEEP_MS: i64 = 60_000;
+/// Probe again at most this often while the server is unavailable (clock ms).
+pub const PROBE_INTERVAL_MS: i64 = 30_000;
+
+/// Progress of one table in the running sync.
+#[derive(Debug, Clone, Default)]
+struct TableProgress {
+    rows_done: u64,
+    rows_total: Option<u64>,
+    bytes_down: u64,
+}
+
+/// The running sync.
+#[derive(Debug, Clone)]
+pub(crate) struct RunState {
+    sync_id: String,
+    mode: SyncMode,
+    started_at: i64,
+    active_ms: i64,
+    active_since: Option<i64>,
+    idle_ms: Option<i64>,
+    tables: BTreeMap<String, TableProgress>,
+    requested: Vec<String>,
+    current: Option<String>,
+    notification: Option<NotificationKind>,
+}
+
+impl RunState {
+    fn totals(&self) -> (u64, Option<u64>, u64) {
+        let done = self.tables.values().map(|t| t.rows_done).sum();
+        let known: Vec<u64> = self.tables.values().filter_map(|t| t.rows_total).collect();
+        let total = (!known.is_empty()).then(|| known.iter().sum());
+        let bytes = self.tables.values().map(|t| t.bytes_down).sum();
+        (done, total, bytes)
+    }
+}
+
+/// Live state the shells and the scheduler change.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    pub(crate) app_active: bool,
+    pub(crate) network: NetworkStatus,
+    probe_requested: bool,
+    sync_now: bool,
+    refresh: BTreeSet<String>,
+    failures: u32,
+    retry_at: Option<i64>,
+    run: Option<RunState>,
+    pub(crate) online: bool,
+    last_error: Option<String>,
+    last_warning: Option<String>,
+    waiting_for: Option<Blocker>,
+    next_at: Option<i64>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            app_active: true,
+            network: NetworkStatus::starting(),
+            probe_requested: true,
+            sync_now: false,
+            refresh: BTreeSet::new(),
+            failures: 0,
+            retry_at: None,
+            run: None,
+            online: false,
+            last_error: None,
+            last_warning: None,
+            waiting_for: None,
+            next_at: None,
+        }
+    }
+}
+
+/// What one scheduler step ran.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduledSync {
+    pub mode: SyncMode,
+    /// Tables the scheduler chose (empty: every table).
+    pub tables: Vec<String>,
+    /// Due tables not downloaded because the server reported them unchanged
+    /// (smart sync).
+    pub skipped_unchanged: Vec<String>,
+    pub report: SyncReport,
+}
+
+fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Internal => "internal",
+        ErrorKind::InvalidInput => "invalid_input",
+        ErrorKind::RecordNotFound => "record_not_found",
+        ErrorKind::Conflict => "conflict",
+        ErrorKind::NetworkUnavailable => "network_unavailable",
+        ErrorKind::Unauthorized => "unauthorized",
+        ErrorKind::PendingUploads => "pending_uploads",
+        ErrorKind::Storage => "storage",
+    }
+}
+
+impl Engine {
+    pub(crate) fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- what the shell reports --------------------------------------------
+
+    /// The app came to the foreground (`true`) or went to the background. A
+    /// running sync is not stopped; new syncs start only while active.
+    pub fn set_app_active(&self, active: bool) {
+        let now = self.clock.now_ms();
+        {
+            let mut live = self.live();
+            live.app_active = active;
+            if let Some(run) = live.run.as_mut() {
+                match (active, run.active_since) {
+                    (false, Some(since)) => {
+                        run.active_ms += now - since;
+                        run.active_since = None;
+                    }
+                    (true, None) => run.active_since = Some(now),
+                    _ => {}
+                }
+            }
+        }
+        self.wake.notify_one();
+        self.publish_status();
+    }
+
+    /// The OS network changed. Without a connection the server is unavailable
+    /// at once (and online mode ends); with one, the next step probes.
+    pub fn set_os_network(&self, os: OsNetwork) {
+        let changed = {
+            let mut live = self.live();
+            let before = live.network.clone();
+            live.network.os = os;
+            if !os.connected {
+                live.network.reachability = Reachability::Unavailable;
+                live.network.message = Some(format!(
+                    "{UNAVAILABLE_MESSAGE}: the device has no network connection"
+                ));
+            } else {
+                live.probe_requested = true;
+            }
+            (before != live.network).then(|| live.network.clone())
+        };
+        if !os.connected {
+            self.leave_online_mode("the network was lost");
+        }
+        if let Some(status) = changed {
+            self.emit(SyncEvent::NetworkChanged { status });
+        }
+        self.wake.notify_one();
+        self.publish_status();
+    }
+
+    /// The network as the engine sees it.
+    pub fn network_status(&self) -> NetworkStatus {
+        self.live().network.clone()
+    }
+
+    /// Probes the server now (`GET /v1/health` with the probe timeout) and
+    /// returns the resulting network status.
+    pub async fn check_network(&self) -> NetworkStatus {
+        let os = self.live().network.os;
+        let result = if os.connected {
+            network::probe(
+                &self.api,
+                Duration::from_millis(self.options.probe_timeout_ms),
+            )
+            .await
+        } else {
+            Err(format!(
+                "{UNAVAILABLE_MESSAGE}: the device has no network connection"
+            ))
+        };
+        let now = self.clock.now_ms();
+        let (changed, status) = {
+            let mut live = self.live();
+            let before = live.network.clone();
+            live.probe_requested = false;
+            live.network.last_probe_at = Some(now);
+            match &result {
+                Ok(()) => {
+                    live.network.reachability = Reachability::Available;
+                    live.network.message = None;
+                }
+                Err(m) => {
+                    live.network.reachability = Reachability::Unavailable;
+                    live.network.message = Some(m.clone());
+                }
+            }
+            let changed = before.reachability != live.network.reachability
+                || before.message != live.network.message;
+            (changed, live.network.clone())
+        };
+        debug!(target: "fieldsync::network", reachability = ?status.reachability, "network check");
+        if result.is_err() {
+            self.leave_online_mode("Network or Service Unavailable");
+        }
+        if changed {
+            self.emit(SyncEvent::NetworkChanged {
+                status: status.clone(),
+            });
+            self.wake.notify_one();
+        }
+        self.publish_status();
+        status
+    }
+
+    fn network_failed(&self, message: &str) {
+        let status = {
+            let mut live = self.live();
+            live.network.reachability = Reachability::Unavailable;
+            live.network.message = Some(if message.starts_with(UNAVAILABLE_MESSAGE) {
+                message.to_owned()
+            } else {
+                format!("{UNAVAILABLE_MESSAGE}: {message}")
+            });
+            live.network.clone()
+        };
+        self.leave_online_mode("Network or Service Unavailable");
+        self.emit(SyncEvent::NetworkChanged { status });
+    }
+
+    // ---- user requests ------------------------------------------------------
+
+    /// "Sync now": the scheduler runs a full sync at its next step (at once
+    /// when the background task runs), ignoring the interval and backoff but
+    /// not the app-active, network and Wi-Fi-only conditions.
+    pub fn sync_now(&self) {
+        self.live().sync_now = true;
+        self.wake.notify_one();
+    }
+
+    /// Asks the scheduler to Refresh a table (and the tables whose rules
+    /// reach it) at its next step, with a Refresh notification.
+    pub fn request_refresh(&self, table: &str) -> Result<()> {
+        self.table_checked(table)?;
+        self.live().refresh.insert(table.to_owned());
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Refreshes a table now (and the tables whose rules reach it), with a
+    /// Refresh notification; waits for the result.
+    pub async fn refresh(&self, table: &str) -> Result<SyncReport> {
+        self.table_checked(table)?;
+        let profile = self
+            .profile()
+            .ok_or_else(|| Error::UnknownTable(table.to_owned()))?;
+        let closure = scheduler::dependency_closure(&profile);
+        let asked: BTreeSet<String> = [table.to_owned()].into_iter().collect();
+        let set = scheduler::with_dependents(&asked, &closure);
+        let tables: Vec<String> = profile
+            .tables
+            .iter()
+            .filter(|t| set.contains(&t.name))
+            .map(|t| t.name.clone())
+            .collect();
+        self.run_tracked(Some(tables), SyncMode::Refresh, &[]).await
+    }
+
+    // ---- settings ------------------------------------------------------------
+
+    /// The device's sync settings.
+    pub fn settings(&self) -> SyncSettings {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes and persists the settings. Turning telemetry off discards
+    /// events not yet uploaded and stops collection at once.
+    pub fn set_settings(&self, settings: SyncSettings) -> Result<()> {
+        if let crate::settings::SyncFrequency::Every { secs } = settings.frequency {
+            crate::settings::SyncFrequency::parse(&secs.to_string())?;
+        }
+        settings.save(&self.store)?;
+        let before = {
+            let mut s = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *s, settings)
+        };
+        if before.telemetry_enabled && !settings.telemetry_enabled {
+            telemetry::clear(&self.store)?;
+        }
+        if before.online_mode_enabled && !settings.online_mode_enabled {
+            self.leave_online_mode("online mode was disabled in the settings");
+        }
+        self.wake.notify_one();
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Changes one setting by name (`wifi_only`, `online_mode_enabled`,
+    /// `telemetry_enabled`, `frequency`, `smart_sync`) from text.
+    pub fn set_setting(&self, name: &str, value: &str) -> Result<SyncSettings> {
+        let mut s = self.settings();
+        s.set(name, value)?;
+        self.set_settings(s)?;
+        Ok(s)
+    }
+
+    // ---- status ----------------------------------------------------------------
+
+    /// Registers a status listener; it gets the current status at once.
+    pub fn add_status_listener(&self, listener: Arc<dyn StatusListener>) -> Arc<ListenerHandle> {
+        let handle = self.listeners.add_status(listener.clone());
+        if let Ok(s) = self.sync_status() {
+            listener.on_status(s);
+        }
+        Arc::new(handle)
+    }
+
+    /// Registers an event listener; it gets the current status as a
+    /// [`SyncEvent::Status`] at once, then every event.
+    pub fn add_event_listener(&self, listener: Arc<dyn EventListener>) -> Arc<ListenerHandle> {
+        let handle = self.listeners.add_events(listener.clone());
+        if let Ok(s) = self.sync_status() {
+            listener.on_event(SyncEvent::Status { status: s });
+        }
+        Arc::new(handle)
+    }
+
+    /// The sync status snapshot (the icon's state).
+    pub fn sync_status(&self) -> Result<SyncStatus> {
+        let pending = self.store.pending_count()?;
+        let last_sync_at = self.last_sync_at()?;
+        let live = self.live().clone();
+        let progress = live.run.as_ref().map(|run| {
+            let (rows_done, rows_total, bytes_down) = run.totals();
+            SyncProgress {
+                sync_id: run.sync_id.clone(),
+                mode: run.mode,
+                table: run.current.clone(),
+                rows_done,
+                rows_total,
+                bytes_down,
+            }
+        });
+        let (icon, message) = if progress.is_some() {
+            (SyncIcon::Syncing, None)
+        } else if !live.network.available() {
+            let m = live
+                .network
+                .message
+                .clone()
+                .unwrap_or_else(|| "Offline mode: checking the network".to_owned());
+            (SyncIcon::NotConnected, Some(m))
+        } else if let Some(e) = &live.last_error {
+            (SyncIcon::Error, Some(e.clone()))
+        } else if let Some(w) = &live.last_warning {
+            (SyncIcon::Warning, Some(w.clone()))
+        } else if pending > 0 {
+            (
+                SyncIcon::PendingUploads,
+                Some(format!("{pending} change(s) waiting for upload")),
+            )
+        } else {
+            (SyncIcon::Connected, None)
+        };
+        Ok(SyncStatus {
+            icon,
+            message,
+            network: live.network.clone(),
+            online_mode: live.online,
+            app_active: live.app_active,
+            progress,
+            pending_uploads: pending,
+            last_sync_at,
+            next_sync_at: live.next_at,
+            waiting_for: live.waiting_for,
+            failures: live.failures,
+        })
+    }
+
+    fn last_sync_at(&self) -> Result<Option<i64>> {
+        let Some(profile) = self.profile() else {
+            return Ok(None);
+        };
+        let mut last = None;
+        for t in &profile.tables {
+            if let Ok(s) = self.store.table_state(&t.name) {
+                last = last.max(s.last_sync_at);
+            }
+        }
+        Ok(last)
+    }
+
+    pub(crate) fn publish_status(&self) {
+        match self.sync_status() {
+            Ok(s) => self.listeners.publish_status(s),
+            Err(e) => warn!(target: "fieldsync::status", error = %e, "cannot compute the status"),
+        }
+    }
+
+    /// Follows the sync's own events: progress, notifications, status.
+    pub(crate) fn observe(&self, event: &SyncEvent) {
+        let SyncEvent::TableProgress {
+            table,
+            initial,
+            rows_done,
+            rows_total,
+            bytes_down,
+        } = event
+        else {
+            return;
+        };
+        let thresholds = self.options.notifications;
+        let note = {
+            let mut live = self.live();
+            let Some(run) = live.run.as_mut() else {
+                return;
+            };
+            let entry = run.tables.entry(table.clone()).or_default();
+            // rows_done/rows_total of a resumed first download count from the
+            // table's start; the sync's share is what arrives now.
+            entry.rows_done = *rows_done;
+            entry.rows_total = *rows_total;
+            entry.bytes_down = *bytes_down;
+            run.current = Some(table.clone());
+            if run.notification.is_none() {
+                let (_, total, _) = run.totals();
+                if *initial {
+                    run.notification = Some(NotificationKind::InitialSync);
+                } else if matches!(run.mode, SyncMode::Delta | SyncMode::Forced)
+                    && run
+                        .idle_ms
+                        .is_some_and(|idle| idle >= (thresholds.idle_secs as i64) * 1000)
+                    && total.is_some_and(|t| t >= thresholds.rows)
+                {
+                    run.notification = Some(NotificationKind::CatchUp);
+                }
+            }
+            run.notification
+                .map(|kind| notification(run, kind, NotificationPhase::Progress))
+        };
+        if let Some(n) = note {
+            self.emit(SyncEvent::Notification { notification: n });
+        }
+        self.publish_status();
+    }
+
+    // ---- running syncs -----------------------------------------------------------
+
+    fn direct_mode(&self) -> SyncMode {
+        match self.profile() {
+            None => SyncMode::First,
+            Some(p) => {
+                if p.tables.iter().any(|t| {
+                    self.store
+                        .table_state(&t.name)
+                        .map(|s| !s.initial_done)
+                        .unwrap_or(true)
+                }) {
+                    SyncMode::First
+                } else {
+                    SyncMode::Forced
+                }
+            }
+        }
+    }
+
+    /// Direct syncs ([`Engine::sync`], [`Engine::sync_tables`]).
+    pub(crate) async fn run_direct(&self, only: Option<Vec<String>>) -> Result<SyncReport> {
+        let mode = self.direct_mode();
+        self.run_tracked(only, mode, &[]).await
+    }
+
+    /// Runs one sync with status, notifications, backoff and telemetry.
+    pub(crate) async fn run_tracked(
+        &self,
+        only: Option<Vec<String>>,
+        mode: SyncMode,
+        skipped: &[String],
+    ) -> Result<SyncReport> {
+        let _run = self.run_lock.lock().await;
+        let now = self.clock.now_ms();
+        let sync_id = uuid::Uuid::new_v4().to_string();
+        let idle_ms = self.last_sync_at()?.map(|last| now - last);
+        {
+            let mut live = self.live();
+            let active = live.app_active;
+            live.run = Some(RunState {
+                sync_id: sync_id.clone(),
+                mode,
+                started_at: now,
+                active_ms: 0,
+                active_since: active.then_some(now),
+                idle_ms,
+                tables: BTreeMap::new(),
+                requested: only.clone().unwrap_or_default(),
+                current: None,
+                notification: match mode {
+                    SyncMode::Refresh => Some(NotificationKind::TableRefresh),
+                    SyncMode::First => Some(NotificationKind::InitialSync),
+                    _ => None,
+                },
+            });
+        }
+        self.publish_status();
+        let result = crate::sync::run(self, only).await;
+        let end = self.clock.now_ms();
+        let (run, network_type) = {
+            let mut live = self.live();
+            let mut run = live.run.take();
+            if let Some(r) = run.as_mut()
+                && let Some(since) = r.active_since.take()
+            {
+                r.active_ms += end - since;
+            }
+            match &result {
+                Ok(report) => {
+                    live.failures = 0;
+                    live.retry_at = None;
+                    live.last_error = None;
+                    live.last_warning = (!report.conflicts.is_empty()
+                        || !report.rejected.is_empty())
+                    .then(|| {
+                        format!(
+                            "the last sync left {} conflict(s) and {} rejected change(s); see Sync Errors",
+                            report.conflicts.len(),
+                            report.rejected.len()
+                        )
+                    });
+                    if live.network.os.connected {
+                        live.network.reachability = Reachability::Available;
+                        live.network.message = None;
+                    }
+                }
+                Err(e) => {
+                    live.failures = live.failures.saturating_add(1);
+                    live.retry_at = Some(end + self.options.backoff.delay_ms(live.failures));
+                    live.last_error = Some(e.to_string());
+                }
+            }
+            (run, live.network.os.network_type)
+        };
+        if let Err(e) = &result
+            && e.kind() == ErrorKind::NetworkUnavailable
+        {
+            self.network_failed(&e.to_string());
+        }
+        for t in skipped {
+            let _ = self.store.mark_table_current(t, end);
+        }
+        if let Some(run) = &run {
+            if let Some(kind) = run.notification {
+                let phase = if result.is_ok() {
+                    NotificationPhase::Completed
+                } else {
+                    NotificationPhase::Failed
+                };
+                self.emit(SyncEvent::Notification {
+                    notification: notification(run, kind, phase),
+                });
+            }
+            if self.settings().telemetry_enabled {
+                let events = self.telemetry_events(run, &result, end, network_type.as_str());
+                if let Err(e) = telemetry::record(&self.store, &events) {
+                    warn!(target: "fieldsync::telemetry", error = %e, "cannot keep telemetry");
+                }
+                if result.is_ok() {
+                    self.upload_telemetry().await;
+                }
+            }
+        }
+        self.publish_status();
+        result
+    }
+
+    fn telemetry_events(
+        &self,
+        run: &RunState,
+        result: &Result<SyncReport>,
+        end: i64,
+        network_type: &str,
+    ) -> Vec<TelemetryEvent> {
+        let app = &self.options.app;
+        let base = |kind, table: Option<String>| TelemetryEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            device_id: self.device_id().to_owned(),
+            sync_id: run.sync_id.clone(),
+            mode: run.mode.as_str().to_owned(),
+            result: if result.is_ok() { "success" } else { "failure" }.to_owned(),
+            failure_type: result
+                .as_ref()
+                .err()
+                .map(|e| kind_name(e.kind()).to_owned()),
+            started_at: run.started_at,
+            duration_ms: end - run.started_at,
+            active_duration_ms: run.active_ms,
+            rows_up: 0,
+            rows_down: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            table,
+            network_type: network_type.to_owned(),
+            app_version: app.app_version.clone(),
+            device_model: app.device_model.clone(),
+            os_version: app.os_version.clone(),
+        };
+        let mut events = Vec::new();
+        let mut sync = base(TelemetryKind::Sync, None);
+        match result {
+            Ok(report) => {
+                sync.rows_up =
+                    report.uploaded + (report.conflicts.len() + report.rejected.len()) as u64;
+                sync.rows_down = report
+                    .tables
+                    .iter()
+                    .map(|t| t.rows_upserted + t.rows_removed)
+                    .sum();
+                sync.bytes_up = report.bytes_up;
+                sync.bytes_down = report.bytes_down;
+                events.push(sync);
+                for t in &report.tables {
+                    let mut e = base(TelemetryKind::TableDownload, Some(t.table.clone()));
+                    e.rows_down = t.rows_upserted + t.rows_removed;
+                    e.bytes_down = t.bytes_down;
+                    events.push(e);
+                }
+            }
+            Err(_) => {
+                let (rows, _, bytes) = run.totals();
+                sync.rows_down = rows;
+                sync.bytes_down = bytes;
+                events.push(sync);
+            }
+        }
+        events
+    }
+
+    /// Uploads kept telemetry in batches while enabled; failures keep the
+    /// events for the next sync. Returns the number of events uploaded.
+    pub async fn upload_telemetry(&self) -> u64 {
+        let mut sent = 0;
+        loop {
+            if !self.settings().telemetry_enabled {
+                return sent;
+            }
+            let batch = match telemetry::pending(&self.store, telemetry::TELEMETRY_BATCH) {
+                Ok(b) if !b.is_empty() => b,
+                _ => return sent,
+            };
+            let last = batch.last().map(|(s, _)| *s).unwrap_or(0);
+            let events: Vec<TelemetryEvent> = batch
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| !e.id.is_empty())
+                .collect();
+            let n = events.len() as u64;
+            if !events.is_empty() {
+                let body = telemetry::TelemetryBatch { events };
+                if let Err(e) = self.api.upload_telemetry(&body).await {
+                    debug!(target: "fieldsync::telemetry", error = %e, "telemetry upload failed; kept for later");
+                    return sent;
+                }
+            }
+            if telemetry::remove_through(&self.store, last).is_err() {
+                return sent;
+            }
+            sent += n;
+        }
+    }
+
+    /// Telemetry events waiting for upload.
+    pub fn pending_telemetry(&self) -> Result<u64> {
+        telemetry::count(&self.store)
+    }
+
+    // ---- the scheduler -------------------------------------------------------------
+
+    pub(crate) fn scheduler_input(&self) -> Result<SchedulerInput> {
+        let now = self.clock.now_ms();
+        let settings = self.settings();
+        let profile = self.profile();
+        let mut tables = Vec::new();
+        if let Some(p) = &profile {
+            for t in &p.tables {
+                let s = self.store.table_state(&t.name)?;
+                tables.push(TableTiming {
+                    name: t.name.clone(),
+                    profile_interval_secs: t.sync_interval_secs,
+                    last_success_at: s.last_sync_at,
+                    initial_done: s.initial_done,
+                });
+            }
+        }
+        let live = self.live().clone();
+        Ok(SchedulerInput {
+            now,
+            app_active: live.app_active,
+            network_available: live.network.available(),
+            metered: live.network.os.metered,
+            wifi_only: settings.wifi_only,
+            frequency: settings.frequency,
+            has_profile: profile.is_some(),
+            tables,
+            closure: profile
+                .as_ref()
+                .map(scheduler::dependency_closure)
+                .unwrap_or_default(),
+            sync_now: live.sync_now,
+            refresh: live.refresh.iter().cloned().collect(),
+            retry_at: live.retry_at,
+        })
+    }
+
+    /// What the scheduler would do now.
+    pub fn scheduler_decision(&self) -> Result<Decision> {
+        Ok(scheduler::decide(&self.scheduler_input()?))
+    }
+
+    /// When each table of the profile is next due (ms; `None` in manual mode).
+    pub fn next_due(&self) -> Result<BTreeMap<String, Option<i64>>> {
+        Ok(scheduler::next_due(&self.scheduler_input()?))
+    }
+
+    /// One scheduler step at the clock's current time: runs the sync the
+    /// scheduler decides on, if any, and waits for it.
+    pub async fn run_due(&self) -> Result<Option<ScheduledSync>> {
+        let decision = self.scheduler_decision()?;
+        let (tables, mode) = match decision {
+            Decision::Wait { blocker, next_at } => {
+                {
+                    let mut live = self.live();
+                    live.waiting_for = Some(blocker);
+                    live.next_at = next_at;
+                }
+                self.publish_status();
+                return Ok(None);
+            }
+            Decision::Run { tables, mode } => (tables, mode),
+        };
+        {
+            let mut live = self.live();
+            live.waiting_for = None;
+            live.next_at = None;
+            match mode {
+                SyncMode::Refresh => live.refresh.clear(),
+                SyncMode::Forced => live.sync_now = false,
+                _ => {}
+            }
+        }
+        let mut only = tables.clone();
+        let mut skipped = Vec::new();
+        if mode == SyncMode::Delta
+            && self.settings().smart_sync
+            && let Some(names) = &tables
+        {
+            let (changed, unchanged) = self.smart_filter(names).await;
+            only = Some(changed);
+            skipped = unchanged;
+        }
+        let report = self.run_tracked(only, mode, &skipped).await?;
+        Ok(Some(ScheduledSync {
+            mode,
+            tables: tables.unwrap_or_default(),
+            skipped_unchanged: skipped,
+            report,
+        }))
+    }
+
+    /// Smart sync: asks the server which due tables changed after their
+    /// cursors. A table is downloaded when it, or a table its rules reach,
+    /// changed, or when it has local changes waiting; on any doubt (no
+    /// answer, first download not finished) it is downloaded.
+    async fn smart_filter(&self, names: &[String]) -> (Vec<String>, Vec<String>) {
+        let mut cursors = BTreeMap::new();
+        let mut closure = BTreeMap::new();
+        if let Some(p) = self.profile() {
+            closure = scheduler::dependency_closure(&p);
+            for t in &p.tables {
+                if let Ok(s) = self.store.table_state(&t.name)
+                    && s.initial_done
+                {
+                    cursors.insert(t.name.clone(), s.cursor);
+                }
+            }
+        }
+        let answer = match self
+            .api
+            .changes(&ChangesRequest {
+                tables: cursors.clone(),
+            })
+            .await
+        {
+            Ok(a) => a.value,
+            Err(e) => {
+                debug!(target: "fieldsync::sync", error = %e, "smart sync check failed; downloading every due table");
+                return (names.to_vec(), Vec::new());
+            }
+        };
+        let pending = self.store.pending_by_table().unwrap_or_default();
+        let changed = |t: &str| -> bool {
+            !cursors.contains_key(t)
+                || answer.tables.get(t).copied().unwrap_or(true)
+                || pending.get(t).copied().unwrap_or(0) > 0
+        };
+        let mut download = Vec::new();
+        let mut skip = Vec::new();
+        for n in names {
+            let reach = closure.get(n).cloned().unwrap_or_default();
+            if changed(n) || reach.iter().any(|r| changed(r)) {
+                download.push(n.clone());
+            } else {
+                skip.push(n.clone());
+            }
+        }
+        (download, skip)
+    }
+
+    /// Starts the background scheduler task on the current tokio runtime
+    /// (idempotent). It probes the network while it is not available, runs
+    /// due syncs, and sleeps until the next due instant or an event (app
+    /// state, network change, sync now, Refresh, settings).
+    pub fn start(self: &Arc<Self>) {
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let wake = self.wake.clone();
+        *task = Some(tokio::spawn(async move {
+            loop {
+                let sleep_ms = {
+                    let Some(engine) = weak.upgrade() else { return };
+                    engine.step().await
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+        }));
+    }
+
+    /// Stops the background scheduler task (a running sync is cut off and
+    /// resumes from its last committed page next time).
+    pub fn stop(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+    }
+
+    /// One iteration of the background task; returns how long to sleep (ms).
+    async fn step(&self) -> i64 {
+        let now = self.clock.now_ms();
+        let (probe, connected) = {
+            let live = self.live();
+            let due = live.probe_requested
+                || (!live.network.available()
+                    && live
+                        .network
+                        .last_probe_at
+                        .is_none_or(|at| now - at >= PROBE_INTERVAL_MS));
+            (due, live.network.os.connected)
+        };
+        if probe && connected {
+            self.check_network().await;
+        }
+        if let Err(e) = self.run_due().await {
+            debug!(target: "fieldsync::sync", error = %e, "scheduled sync failed");
+        }
+        let now = self.clock.now_ms();
+        let live = self.live();
+        let mut sleep = live
+            .next_at
+            .map(|at| at - now)
+            .unwrap_or(MAX_SLEEP_MS)
+            .clamp(0, MAX_SLEEP_MS);
+        if !live.network.available() && connected {
+            sleep = sleep.min(PROBE_INTERVAL_MS);
+        }
+        if let Some(retry_at) = live.retry_at.filter(|r| *r > now) {
+            sleep = sleep.min(retry_at - now);
+        }
+        sleep.max(10)
+    }
+}
+
+fn notification(run: &RunState, kind: NotificationKind, phase: NotificationPhase) -> Notification {
+    let (rows_done, rows_total, bytes_done) = run.totals();
+    let tables: Vec<String> = if run.requested.is_empty() {
+        run.tables.keys().cloned().collect()
+    } else {
+        run.requested.clone()
+    };
+    Notification {
+        kind,
+        phase,
+        sync_id: run.sync_id.clone(),
+        message: message(kind, phase, &tables),
+        tables,
+        rows_done,
+        rows_total,
+        bytes_done,
+        bytes_total: estimate_bytes(rows_done, bytes_done, rows_total),
+        refresh_view: phase == NotificationPhase::Completed,
+    }
+}

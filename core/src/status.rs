@@ -1,0 +1,198 @@
+//! What the technician sees about sync (C9): the sync icon state, and the
+//! listener mechanism that delivers every change of it (and every engine
+//! event) to the app. The offline status and device status records live in
+//! [`crate::engine`] ([`crate::OfflineTableStatus`], [`crate::DeviceStatus`]).
+//!
+//! Icon precedence: syncing, then not connected (offline mode, Network or
+//! Service Unavailable), then error (the last sync failed), then warning (the
+//! last sync left conflicts or rejected changes), then pending uploads, then
+//! connected (up to date).
+//!
+//! Listeners are trait objects the app implements. Registering one returns a
+//! [`ListenerHandle`]; `cancel()` or dropping the handle stops delivery. A
+//! status listener receives the current status at once, then each change.
+//! Callbacks run on the engine's thread that caused the change and must
+//! return quickly; they may call back into the engine.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use serde::Serialize;
+
+use crate::engine::SyncEvent;
+use crate::network::NetworkStatus;
+use crate::scheduler::{Blocker, SyncMode};
+
+/// The sync icon's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncIcon {
+    /// Offline mode: no network, or Network or Service Unavailable.
+    NotConnected,
+    /// Connected and up to date.
+    Connected,
+    /// A sync is running (see the progress).
+    Syncing,
+    /// Connected; local changes wait for upload.
+    PendingUploads,
+    /// The last sync failed.
+    Error,
+    /// The last sync finished with conflicts or rejected changes.
+    Warning,
+}
+
+/// Progress of the running sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncProgress {
+    pub sync_id: String,
+    pub mode: SyncMode,
+    /// The table downloading now.
+    pub table: Option<String>,
+    /// Rows received so far in this sync.
+    pub rows_done: u64,
+    /// Rows expected, over the tables whose size is known so far.
+    pub rows_total: Option<u64>,
+    pub bytes_down: u64,
+}
+
+/// The sync status snapshot behind the icon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncStatus {
+    pub icon: SyncIcon,
+    /// Text for the icon's tooltip or banner (for example "Network or
+    /// Service Unavailable: ...").
+    pub message: Option<String>,
+    pub network: NetworkStatus,
+    /// Online mode is on.
+    pub online_mode: bool,
+    pub app_active: bool,
+    pub progress: Option<SyncProgress>,
+    /// Local changes waiting for upload.
+    pub pending_uploads: u64,
+    /// Latest successful sync of any table, ms since the epoch.
+    pub last_sync_at: Option<i64>,
+    /// When the scheduler looks again, ms since the epoch.
+    pub next_sync_at: Option<i64>,
+    /// Why the scheduler is not syncing now, when it last looked.
+    pub waiting_for: Option<Blocker>,
+    /// Consecutive failed syncs (0 after a success).
+    pub failures: u32,
+}
+
+/// Receives every change of the sync status.
+pub trait StatusListener: Send + Sync {
+    /// Called with the current status at registration, then on each change.
+    fn on_status(&self, status: SyncStatus);
+}
+
+/// Receives every engine event (sync progress, notifications, network and
+/// online-mode changes).
+pub trait EventListener: Send + Sync {
+    /// Called for each event.
+    fn on_event(&self, event: SyncEvent);
+}
+
+type Registry<T> = Mutex<Vec<(u64, Arc<T>)>>;
+
+/// The engine's registered listeners.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    next: AtomicU64,
+    status: Registry<dyn StatusListener>,
+    events: Registry<dyn EventListener>,
+    last: Mutex<Option<SyncStatus>>,
+}
+
+impl Listeners {
+    pub(crate) fn add_status(self: &Arc<Self>, l: Arc<dyn StatusListener>) -> ListenerHandle {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, l));
+        ListenerHandle {
+            id,
+            registry: Arc::downgrade(self),
+        }
+    }
+
+    pub(crate) fn add_events(self: &Arc<Self>, l: Arc<dyn EventListener>) -> ListenerHandle {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, l));
+        ListenerHandle {
+            id,
+            registry: Arc::downgrade(self),
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| *i != id);
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| *i != id);
+    }
+
+    /// Delivers `status` to every status listener when it differs from the
+    /// last one delivered.
+    pub(crate) fn publish_status(&self, status: SyncStatus) {
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_ref() == Some(&status) {
+                return;
+            }
+            *last = Some(status.clone());
+        }
+        let targets: Vec<Arc<dyn StatusListener>> = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect();
+        for l in targets {
+            l.on_status(status.clone());
+        }
+    }
+
+    /// Delivers an event to every event listener.
+    pub(crate) fn publish_event(&self, event: &SyncEvent) {
+        let targets: Vec<Arc<dyn EventListener>> = self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect();
+        for l in targets {
+            l.on_event(event.clone());
+        }
+    }
+}
+
+/// Keeps a listener registered; `cancel()` or drop stops delivery.
+pub struct ListenerHandle {
+    id: u64,
+    registry: Weak<Listeners>,
+}
+
+impl ListenerHandle {
+    /// Stops delivery to the listener (idempotent).
+    pub fn cancel(&self) {
+        if let Some(r) = self.registry.upgrade() {
+            r.remove(self.id);
+        }
+    }
+}
+
+impl Drop for ListenerHandle {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}

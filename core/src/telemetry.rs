@@ -1,0 +1,215 @@
+//! Sync telemetry (C14): one event per sync and one per table download,
+//! emitted through `tracing` (target `fieldsync::telemetry`), kept in the
+//! device's `_fs_telemetry` table and uploaded in batches to
+//! `POST /v1/telemetry` after each sync while telemetry is enabled.
+//!
+//! Turning telemetry off stops collection at once: no event is recorded from
+//! then on, events not yet uploaded are discarded, and nothing is uploaded.
+//! Events carry counts, durations, table names and error classes, never
+//! field values.
+
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::store::Store;
+
+/// Most events per upload request (the server accepts up to 1000).
+pub const TELEMETRY_BATCH: usize = 200;
+/// Most events kept on the device; older ones are dropped first.
+pub const TELEMETRY_KEEP: i64 = 5_000;
+
+/// What an event describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TelemetryKind {
+    /// A whole sync.
+    Sync,
+    /// The download of one table within a sync.
+    TableDownload,
+}
+
+/// One telemetry event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryEvent {
+    /// Unique id of the event (uploads are idempotent by it).
+    pub id: String,
+    pub kind: TelemetryKind,
+    pub device_id: String,
+    /// Id shared by a sync's event and its table events.
+    pub sync_id: String,
+    /// `first`, `delta`, `refresh` or `forced`.
+    pub mode: String,
+    /// `success` or `failure`.
+    pub result: String,
+    /// Error class on failure (`network_unavailable`, `unauthorized`, ...).
+    pub failure_type: Option<String>,
+    /// Start, ms since the epoch.
+    pub started_at: i64,
+    pub duration_ms: i64,
+    /// Part of the duration the app was in the foreground.
+    pub active_duration_ms: i64,
+    pub rows_up: u64,
+    pub rows_down: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// The table, for a table download.
+    pub table: Option<String>,
+    /// `wifi`, `cellular`, `ethernet`, `other` or `none`.
+    pub network_type: String,
+    pub app_version: String,
+    pub device_model: String,
+    pub os_version: String,
+}
+
+/// Body of `POST /v1/telemetry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryBatch {
+    pub events: Vec<TelemetryEvent>,
+}
+
+/// Answer of `POST /v1/telemetry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryAccepted {
+    /// Events stored (replays of known ids are not counted).
+    pub accepted: u64,
+}
+
+/// The app and device an engine runs in, for telemetry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    pub app_version: String,
+    pub device_model: String,
+    pub os_version: String,
+}
+
+impl Default for AppInfo {
+    fn default() -> Self {
+        Self {
+            app_version: env!("CARGO_PKG_VERSION").into(),
+            device_model: "unknown".into(),
+            os_version: std::env::consts::OS.into(),
+        }
+    }
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _fs_telemetry (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL
+)";
+
+/// Creates the telemetry table.
+pub(crate) fn init(store: &Store) -> Result<()> {
+    store.with_writer(|c| {
+        c.execute_batch(SCHEMA)?;
+        Ok(())
+    })
+}
+
+/// Emits events through `tracing` and keeps them for upload.
+pub(crate) fn record(store: &Store, events: &[TelemetryEvent]) -> Result<()> {
+    for e in events {
+        tracing::info!(
+            target: "fieldsync::telemetry",
+            kind = ?e.kind,
+            sync_id = %e.sync_id,
+            mode = %e.mode,
+            result = %e.result,
+            failure_type = e.failure_type.as_deref().unwrap_or(""),
+            duration_ms = e.duration_ms,
+            active_duration_ms = e.active_duration_ms,
+            rows_up = e.rows_up,
+            rows_down = e.rows_down,
+            bytes_up = e.bytes_up,
+            bytes_down = e.bytes_down,
+            table = e.table.as_deref().unwrap_or(""),
+            network_type = %e.network_type,
+            "sync telemetry"
+        );
+    }
+    store.with_writer(|c| {
+        let tx = c.transaction()?;
+        for e in events {
+            tx.execute(
+                "INSERT OR IGNORE INTO _fs_telemetry (id, body) VALUES (?1, ?2)",
+                params![e.id, serde_json::to_string(e)?],
+            )?;
+        }
+        tx.execute(
+            "DELETE FROM _fs_telemetry WHERE seq <= (SELECT MAX(seq) FROM _fs_telemetry) - ?1",
+            [TELEMETRY_KEEP],
+        )?;
+        tx.commit()?;
+        Ok(())
+    })
+}
+
+/// The oldest events waiting for upload.
+pub(crate) fn pending(store: &Store, limit: usize) -> Result<Vec<(i64, TelemetryEvent)>> {
+    store.with_reader(|c| {
+        let mut stmt = c.prepare("SELECT seq, body FROM _fs_telemetry ORDER BY seq LIMIT ?1")?;
+        let mut rows = stmt.query([limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let body: String = r.get(1)?;
+            // A row that does not decode is dropped at the next upload.
+            if let Ok(e) = serde_json::from_str(&body) {
+                out.push((r.get(0)?, e));
+            } else {
+                out.push((r.get(0)?, TelemetryEvent::corrupt()));
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Removes events up to `seq` (uploaded).
+pub(crate) fn remove_through(store: &Store, seq: i64) -> Result<()> {
+    store.with_writer(|c| {
+        c.execute("DELETE FROM _fs_telemetry WHERE seq <= ?1", [seq])?;
+        Ok(())
+    })
+}
+
+/// Discards every event not yet uploaded.
+pub(crate) fn clear(store: &Store) -> Result<()> {
+    store.with_writer(|c| {
+        c.execute("DELETE FROM _fs_telemetry", [])?;
+        Ok(())
+    })
+}
+
+/// Number of events waiting for upload.
+pub(crate) fn count(store: &Store) -> Result<u64> {
+    store.with_reader(|c| {
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM _fs_telemetry", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    })
+}
+
+impl TelemetryEvent {
+    fn corrupt() -> Self {
+        TelemetryEvent {
+            id: String::new(),
+            kind: TelemetryKind::Sync,
+            device_id: String::new(),
+            sync_id: String::new(),
+            mode: String::new(),
+            result: String::new(),
+            failure_type: None,
+            started_at: 0,
+            duration_ms: 0,
+            active_duration_ms: 0,
+            rows_up: 0,
+            rows_down: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            table: None,
+            network_type: String::new(),
+            app_version: String::new(),
+            device_model: String::new(),
+            os_version: String::new(),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Smart sync and online-mode access on the server.
+//!
+//! `POST /v1/sync/changes` answers, per table of the caller's profile,
+//! whether any row changed after the device's cursor: one indexed
+//! `EXISTS (... WHERE _seq > ?)` per table instead of a pull, so a device
+//! skips the download (and the server the row predicate and page encoding)
+//! of tables with nothing new.
+//!
+//! Online access: technicians read their profile's rows through the records
+//! API, plus whole tables an administrator lists in the online-access
+//! allow-list (`GET`/`PUT /v1/admin/online-access`, kept in the server
+//! settings under `online_tables`). Dispatchers and admins read every row.
+//! The allow-list is empty by default, so nothing outside a profile is
+//! visible until an administrator permits it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use fieldsync_core::profile::quote_ident;
+use fieldsync_core::protocol::{ChangesRequest, ChangesResponse, codes};
+use rusqlite::OptionalExtension;
+use serde::{Deserialize, Serialize};
+
+use crate::App;
+use crate::api::{authenticate, authenticate_admin, blocking, json_body};
+use crate::db::{Cursor, Db};
+use crate::error::{ApiError, ApiResult};
+
+const ONLINE_TABLES_KEY: &str = "online_tables";
+
+/// The tables technicians may read whole in online mode.
+pub fn online_tables(db: &Db) -> ApiResult<Vec<String>> {
+    let text: Option<String> = db.read(|c| {
+        Ok(c.query_row(
+            "SELECT value FROM _fs_settings WHERE key = ?1",
+            [ONLINE_TABLES_KEY],
+            |r| r.get(0),
+        )
+        .optional()?)
+    })?;
+    Ok(text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}
+
+/// Replaces the online-access allow-list (every name must be a model table).
+pub fn set_online_tables(db: &Db, tables: &[String]) -> ApiResult<()> {
+    for t in tables {
+        if db.model().table(t).is_none() {
+            return Err(ApiError::bad_request(
+                codes::UNKNOWN_TABLE,
+                format!("unknown table '{t}'"),
+            ));
+        }
+    }
+    let mut sorted = tables.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let text = serde_json::to_string(&sorted).map_err(|e| ApiError::internal(e.to_string()))?;
+    db.write(|tx| {
+        tx.execute(
+            "INSERT INTO _fs_settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![ONLINE_TABLES_KEY, text],
+        )?;
+        Ok(())
+    })
+}
+
+/// Body of the online-access endpoints.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineAccess {
+    /// Tables technicians may read whole in online mode.
+    pub tables: Vec<String>,
+}
+
+/// `GET /v1/admin/online-access`.
+pub async fn get_access(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OnlineAccess>> {
+    authenticate_admin(&app, &headers).await?;
+    let db = app.db.clone();
+    let tables = blocking(move || online_tables(&db)).await?;
+    Ok(Json(OnlineAccess { tables }))
+}
+
+/// `PUT /v1/admin/online-access`.
+pub async fn put_access(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<OnlineAccess>> {
+    authenticate_admin(&app, &headers).await?;
+    let access: OnlineAccess = json_body(body)?;
+    let db = app.db.clone();
+    let tables = blocking(move || {
+        set_online_tables(&db, &access.tables)?;
+        online_tables(&db)
+    })
+    .await?;
+    Ok(Json(OnlineAccess { tables }))
+}
+
+/// `POST /v1/sync/changes`: per table, whether anything changed after the
+/// device's cursor. Tables outside the caller's profile are ignored; a
+/// cursor the server did not issue, or a table still in its first download,
+/// answers `true` (download).
+pub async fn changes(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ChangesResponse>> {
+    let user = authenticate(&app, &headers).await?;
+    let request: ChangesRequest = json_body(body)?;
+    if request.tables.len() > 256 {
+        return Err(ApiError::bad_request(
+            codes::BAD_REQUEST,
+            "at most 256 tables per request",
+        ));
+    }
+    let db = app.db.clone();
+    let answer = blocking(move || {
+        let profile = db.sync_profile(&user)?;
+        let mut tables = BTreeMap::new();
+        db.read(|c| {
+            for (name, cursor) in &request.tables {
+                if profile.table(name).is_none() {
+                    continue;
+                }
+                let changed = match Cursor::parse(cursor) {
+                    Some(Some(cur)) if cur.since >= cur.snapshot => {
+                        let sql = format!(
+                            "SELECT EXISTS (SELECT 1 FROM {} WHERE _seq > ?1)",
+                            quote_ident(name)
+                        );
+                        let any: bool = c.query_row(&sql, [cur.since], |r| r.get(0))?;
+                        any
+                    }
+                    _ => true,
+                };
+                tables.insert(name.clone(), changed);
+            }
+            Ok(())
+        })?;
+        Ok(ChangesResponse {
+            profile_version: profile.version,
+            tables,
+        })
+    })
+    .await?;
+    Ok(Json(answer))
+}

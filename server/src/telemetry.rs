@@ -1,0 +1,550 @@
+//! Telemetry ingestion and queries (S1, C14): devices upload batches of sync
+//! telemetry events to `POST /v1/telemetry`; administrators list them
+//! (`GET /v1/admin/telemetry`) and read aggregates for charts
+//! (`GET /v1/admin/telemetry/summary`). Events live in the server database's
+//! `_fs_telemetry` table; an event id is stored once, so a re-sent batch
+//! counts nothing twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use fieldsync_core::protocol::codes;
+use fieldsync_core::telemetry::{TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind};
+use fieldsync_core::time::{format_date, parse_datetime};
+use rusqlite::{OptionalExtension, params, params_from_iter};
+use serde::{Deserialize, Serialize};
+
+use crate::App;
+use crate::api::{authenticate, authenticate_admin, blocking, json_body};
+use crate::db::Db;
+use crate::error::{ApiError, ApiResult};
+
+/// Most events in one upload.
+pub const MAX_EVENTS_PER_BATCH: usize = 1000;
+/// Most events one list answer returns.
+pub const MAX_LIST: u32 = 5000;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS _fs_telemetry (
+    id TEXT PRIMARY KEY NOT NULL,
+    received_at INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sync_id TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    result TEXT NOT NULL,
+    failure_type TEXT,
+    started_at INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    active_duration_ms INTEGER NOT NULL,
+    rows_up INTEGER NOT NULL,
+    rows_down INTEGER NOT NULL,
+    bytes_up INTEGER NOT NULL,
+    bytes_down INTEGER NOT NULL,
+    tbl TEXT,
+    network_type TEXT NOT NULL,
+    app_version TEXT NOT NULL,
+    device_model TEXT NOT NULL,
+    os_version TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS _fs_telemetry_device ON _fs_telemetry (device_id, started_at);
+CREATE INDEX IF NOT EXISTS _fs_telemetry_started ON _fs_telemetry (started_at);
+"#;
+
+/// Creates the telemetry table (called when the router is built).
+pub fn init(db: &Db) -> ApiResult<()> {
+    db.write(|tx| {
+        tx.execute_batch(SCHEMA)?;
+        Ok(())
+    })
+}
+
+fn check(e: &TelemetryEvent) -> Result<(), String> {
+    let short = |name: &str, v: &str, max: usize| {
+        if v.len() > max {
+            Err(format!("{name} is longer than {max} characters"))
+        } else {
+            Ok(())
+        }
+    };
+    if e.id.is_empty() || e.sync_id.is_empty() || e.device_id.is_empty() {
+        return Err("id, sync_id and device_id are required".into());
+    }
+    short("id", &e.id, 128)?;
+    short("sync_id", &e.sync_id, 128)?;
+    short("device_id", &e.device_id, 128)?;
+    if !matches!(e.mode.as_str(), "first" | "delta" | "refresh" | "forced") {
+        return Err("mode must be first, delta, refresh or forced".into());
+    }
+    if !matches!(e.result.as_str(), "success" | "failure") {
+        return Err("result must be success or failure".into());
+    }
+    short("failure_type", e.failure_type.as_deref().unwrap_or(""), 64)?;
+    short("table", e.table.as_deref().unwrap_or(""), 64)?;
+    short("network_type", &e.network_type, 32)?;
+    short("app_version", &e.app_version, 64)?;
+    short("device_model", &e.device_model, 128)?;
+    short("os_version", &e.os_version, 64)?;
+    if e.duration_ms < 0 || e.active_duration_ms < 0 || e.started_at < 0 {
+        return Err("durations and times must not be negative".into());
+    }
+    let too_big = |v: u64| v > i64::MAX as u64;
+    if too_big(e.rows_up) || too_big(e.rows_down) || too_big(e.bytes_up) || too_big(e.bytes_down) {
+        return Err("a count is too large".into());
+    }
+    Ok(())
+}
+
+/// Stores a batch for `user_id`; returns how many events were new.
+pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> ApiResult<u64> {
+    db.write(|tx| {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO _fs_telemetry (id, received_at, user_id, device_id, kind, sync_id, mode,
+               result, failure_type, started_at, duration_ms, active_duration_ms, rows_up, rows_down,
+               bytes_up, bytes_down, tbl, network_type, app_version, device_model, os_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+        )?;
+        let mut n = 0;
+        for e in events {
+            n += stmt.execute(params![
+                e.id,
+                now,
+                user_id,
+                e.device_id,
+                kind_text(e.kind),
+                e.sync_id,
+                e.mode,
+                e.result,
+                e.failure_type,
+                e.started_at,
+                e.duration_ms,
+                e.active_duration_ms,
+                e.rows_up as i64,
+                e.rows_down as i64,
+                e.bytes_up as i64,
+                e.bytes_down as i64,
+                e.table,
+                e.network_type,
+                e.app_version,
+                e.device_model,
+                e.os_version
+            ])? as u64;
+        }
+        Ok(n)
+    })
+}
+
+fn kind_text(k: TelemetryKind) -> &'static str {
+    match k {
+        TelemetryKind::Sync => "sync",
+        TelemetryKind::TableDownload => "table_download",
+    }
+}
+
+/// A stored event as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    #[serde(flatten)]
+    pub event: TelemetryEvent,
+    pub user_id: String,
+    /// When the server received it, ms since the epoch.
+    pub received_at: i64,
+}
+
+/// Filter of the admin queries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryQuery {
+    /// Only this device.
+    pub device: Option<String>,
+    /// Only this user.
+    pub user: Option<String>,
+    /// Only events started at or after: ms since the epoch or `YYYY-MM-DDTHH:MM:SSZ`.
+    pub since: Option<String>,
+    /// `sync` or `table_download`.
+    pub kind: Option<String>,
+    /// Most events (list only; default 500, at most 5000).
+    pub limit: Option<u32>,
+}
+
+fn since_ms(q: &TelemetryQuery) -> ApiResult<Option<i64>> {
+    match q.since.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(codes::BAD_REQUEST, "since is not a valid time")),
+        Some(s) => parse_datetime(s).map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                codes::BAD_REQUEST,
+                "since must be milliseconds since the epoch or YYYY-MM-DDTHH:MM:SSZ",
+            )
+        }),
+    }
+}
+
+fn where_clause(q: &TelemetryQuery) -> ApiResult<(String, Vec<rusqlite::types::Value>)> {
+    use rusqlite::types::Value as V;
+    let mut sql = String::from(" WHERE 1 = 1");
+    let mut params = Vec::new();
+    if let Some(d) = &q.device {
+        sql.push_str(" AND device_id = ?");
+        params.push(V::Text(d.clone()));
+    }
+    if let Some(u) = &q.user {
+        sql.push_str(" AND user_id = ?");
+        params.push(V::Text(u.clone()));
+    }
+    if let Some(s) = since_ms(q)? {
+        sql.push_str(" AND started_at >= ?");
+        params.push(V::Integer(s));
+    }
+    if let Some(k) = &q.kind {
+        if k != "sync" && k != "table_download" {
+            return Err(ApiError::bad_request(
+                codes::BAD_REQUEST,
+                "kind must be sync or table_download",
+            ));
+        }
+        sql.push_str(" AND kind = ?");
+        params.push(V::Text(k.clone()));
+    }
+    Ok((sql, params))
+}
+
+const COLUMNS: &str =
+    "id, kind, device_id, sync_id, mode, result, failure_type, started_at, duration_ms,
+    active_duration_ms, rows_up, rows_down, bytes_up, bytes_down, tbl, network_type, app_version,
+    device_model, os_version, user_id, received_at";
+
+fn read_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let kind: String = r.get(1)?;
+    Ok(StoredEvent {
+        event: TelemetryEvent {
+            id: r.get(0)?,
+            kind: if kind == "sync" {
+                TelemetryKind::Sync
+            } else {
+                TelemetryKind::TableDownload
+            },
+            device_id: r.get(2)?,
+            sync_id: r.get(3)?,
+            mode: r.get(4)?,
+            result: r.get(5)?,
+            failure_type: r.get(6)?,
+            started_at: r.get(7)?,
+            duration_ms: r.get(8)?,
+            active_duration_ms: r.get(9)?,
+            rows_up: r.get::<_, i64>(10)?.max(0) as u64,
+            rows_down: r.get::<_, i64>(11)?.max(0) as u64,
+            bytes_up: r.get::<_, i64>(12)?.max(0) as u64,
+            bytes_down: r.get::<_, i64>(13)?.max(0) as u64,
+            table: r.get(14)?,
+            network_type: r.get(15)?,
+            app_version: r.get(16)?,
+            device_model: r.get(17)?,
+            os_version: r.get(18)?,
+        },
+        user_id: r.get(19)?,
+        received_at: r.get(20)?,
+    })
+}
+
+/// Events matching the query, newest first.
+pub fn list(db: &Db, q: &TelemetryQuery) -> ApiResult<Vec<StoredEvent>> {
+    let (clause, mut params) = where_clause(q)?;
+    let limit = q.limit.unwrap_or(500).clamp(1, MAX_LIST);
+    params.push(rusqlite::types::Value::Integer(i64::from(limit)));
+    db.read(|c| {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM _fs_telemetry{clause} ORDER BY started_at DESC, id LIMIT ?"
+        );
+        let mut stmt = c.prepare(&sql)?;
+        let rows = stmt.query_map(params_from_iter(params.iter()), read_event)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    })
+}
+
+/// Duration percentiles (nearest rank), ms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50: i64,
+    pub p90: i64,
+    pub p99: i64,
+    pub max: i64,
+}
+
+fn percentiles(mut v: Vec<i64>) -> Option<Percentiles> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let at = |p: f64| {
+        let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    };
+    Some(Percentiles {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: v[v.len() - 1],
+    })
+}
+
+/// Counts of syncs by some key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counts {
+    pub syncs: u64,
+    pub failures: u64,
+}
+
+/// One day of the summary (UTC).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Day {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub syncs: u64,
+    pub failures: u64,
+    pub rows_down: u64,
+    pub bytes_down: u64,
+    pub duration_ms: Option<Percentiles>,
+}
+
+/// Downloads of one table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TableSummary {
+    pub table: String,
+    pub downloads: u64,
+    pub rows_down: u64,
+    pub bytes_down: u64,
+    pub duration_ms: Option<Percentiles>,
+}
+
+/// Aggregates for charts (`GET /v1/admin/telemetry/summary`). Sync counts,
+/// rates and durations come from the `sync` events; per-table figures from
+/// the `table_download` events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub device: Option<String>,
+    pub user: Option<String>,
+    pub since: Option<i64>,
+    pub devices: u64,
+    pub syncs: u64,
+    pub successes: u64,
+    pub failures: u64,
+    /// failures / syncs (0 when there are none).
+    pub failure_rate: f64,
+    pub failures_by_type: BTreeMap<String, u64>,
+    pub by_mode: BTreeMap<String, Counts>,
+    pub by_network_type: BTreeMap<String, Counts>,
+    pub duration_ms: Option<Percentiles>,
+    pub active_duration_ms: Option<Percentiles>,
+    pub rows_up: u64,
+    pub rows_down: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub tables: Vec<TableSummary>,
+    /// Oldest day first.
+    pub per_day: Vec<Day>,
+}
+
+/// Aggregates the events matching the query.
+pub fn summary(db: &Db, q: &TelemetryQuery) -> ApiResult<Summary> {
+    let (clause, params) = where_clause(q)?;
+    let events: Vec<StoredEvent> = db.read(|c| {
+        let sql = format!("SELECT {COLUMNS} FROM _fs_telemetry{clause} ORDER BY started_at");
+        let mut stmt = c.prepare(&sql)?;
+        let rows = stmt.query_map(params_from_iter(params.iter()), read_event)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    })?;
+    let mut s = Summary {
+        device: q.device.clone(),
+        user: q.user.clone(),
+        since: since_ms(q)?,
+        ..Default::default()
+    };
+    let mut devices = std::collections::BTreeSet::new();
+    let mut durations = Vec::new();
+    let mut active = Vec::new();
+    let mut days: BTreeMap<i64, (Day, Vec<i64>)> = BTreeMap::new();
+    let mut tables: BTreeMap<String, (TableSummary, Vec<i64>)> = BTreeMap::new();
+    for StoredEvent { event: e, .. } in &events {
+        devices.insert(e.device_id.clone());
+        let failed = e.result == "failure";
+        match e.kind {
+            TelemetryKind::Sync => {
+                s.syncs += 1;
+                if failed {
+                    s.failures += 1;
+                    *s.failures_by_type
+                        .entry(e.failure_type.clone().unwrap_or_else(|| "unknown".into()))
+                        .or_default() += 1;
+                } else {
+                    s.successes += 1;
+                }
+                for (map, key) in [
+                    (&mut s.by_mode, e.mode.clone()),
+                    (&mut s.by_network_type, e.network_type.clone()),
+                ] {
+                    let c = map.entry(key).or_default();
+                    c.syncs += 1;
+                    c.failures += u64::from(failed);
+                }
+                durations.push(e.duration_ms);
+                active.push(e.active_duration_ms);
+                s.rows_up += e.rows_up;
+                s.rows_down += e.rows_down;
+                s.bytes_up += e.bytes_up;
+                s.bytes_down += e.bytes_down;
+                let day = e.started_at.div_euclid(86_400_000);
+                let (d, ds) = days.entry(day).or_insert_with(|| {
+                    (
+                        Day {
+                            day: format_date(day),
+                            ..Default::default()
+                        },
+                        Vec::new(),
+                    )
+                });
+                d.syncs += 1;
+                d.failures += u64::from(failed);
+                d.rows_down += e.rows_down;
+                d.bytes_down += e.bytes_down;
+                ds.push(e.duration_ms);
+            }
+            TelemetryKind::TableDownload => {
+                let name = e.table.clone().unwrap_or_default();
+                let (t, ts) = tables.entry(name.clone()).or_insert_with(|| {
+                    (
+                        TableSummary {
+                            table: name,
+                            ..Default::default()
+                        },
+                        Vec::new(),
+                    )
+                });
+                t.downloads += 1;
+                t.rows_down += e.rows_down;
+                t.bytes_down += e.bytes_down;
+                ts.push(e.duration_ms);
+            }
+        }
+    }
+    s.devices = devices.len() as u64;
+    s.failure_rate = if s.syncs == 0 {
+        0.0
+    } else {
+        s.failures as f64 / s.syncs as f64
+    };
+    s.duration_ms = percentiles(durations);
+    s.active_duration_ms = percentiles(active);
+    s.per_day = days
+        .into_values()
+        .map(|(mut d, v)| {
+            d.duration_ms = percentiles(v);
+            d
+        })
+        .collect();
+    s.tables = tables
+        .into_values()
+        .map(|(mut t, v)| {
+            t.duration_ms = percentiles(v);
+            t
+        })
+        .collect();
+    Ok(s)
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(v)| v).map_err(|e| {
+        ApiError::bad_request(
+            codes::BAD_REQUEST,
+            format!("bad query string: {}", e.body_text()),
+        )
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `POST /v1/telemetry`: a device's batch of events.
+pub async fn upload(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<TelemetryAccepted>> {
+    let user = authenticate(&app, &headers).await?;
+    let batch: TelemetryBatch = json_body(body)?;
+    if batch.events.len() > MAX_EVENTS_PER_BATCH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_EVENTS_PER_BATCH} events per request"),
+        ));
+    }
+    for (i, e) in batch.events.iter().enumerate() {
+        check(e)
+            .map_err(|m| ApiError::bad_request(codes::INVALID_VALUE, format!("event {i}: {m}")))?;
+    }
+    let db = app.db.clone();
+    let accepted = blocking(move || store(&db, &user.id, &batch.events, now_ms())).await?;
+    Ok(Json(TelemetryAccepted { accepted }))
+}
+
+/// `GET /v1/admin/telemetry?device=&user=&since=&kind=&limit=`.
+pub async fn admin_list(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<TelemetryQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<StoredEvent>>> {
+    authenticate_admin(&app, &headers).await?;
+    let q = query(q)?;
+    let db = app.db.clone();
+    Ok(Json(blocking(move || list(&db, &q)).await?))
+}
+
+/// `GET /v1/admin/telemetry/summary?device=&user=&since=`.
+pub async fn admin_summary(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<TelemetryQuery>, QueryRejection>,
+) -> ApiResult<Json<Summary>> {
+    authenticate_admin(&app, &headers).await?;
+    let q = query(q)?;
+    let db = app.db.clone();
+    Ok(Json(blocking(move || summary(&db, &q)).await?))
+}
+
+/// Number of stored events (tests, diagnostics).
+pub fn count(db: &Db) -> ApiResult<u64> {
+    db.read(|c| {
+        let n: Option<i64> = c
+            .query_row("SELECT COUNT(*) FROM _fs_telemetry", [], |r| r.get(0))
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let p = percentiles((1..=100).collect()).expect("some");
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (50, 90, 99, 100));
+        assert!(percentiles(vec![]).is_none());
+        let one = percentiles(vec![7]).expect("one");
+        assert_eq!((one.p50, one.max), (7, 7));
+    }
+}
