@@ -298,12 +298,20 @@ impl OfflineProfile {
                     t.name
                 )));
             }
+            let mut listed = BTreeSet::new();
             for c in &t.columns {
                 if schema.column(c).is_none() {
                     return Err(Error::UnknownColumn {
                         table: t.name.clone(),
                         column: c.clone(),
                     });
+                }
+                // A repeated column would be created twice on the device.
+                if !listed.insert(c) {
+                    return Err(Error::InvalidProfile(format!(
+                        "table '{}': column '{c}' is listed twice",
+                        t.name
+                    )));
                 }
             }
             if !(MIN_SYNC_INTERVAL_SECS..=MAX_SYNC_INTERVAL_SECS).contains(&t.sync_interval_secs) {

@@ -579,6 +579,12 @@ impl Store {
                 "pull page must start with the _version column".into(),
             ));
         }
+        let mut listed = std::collections::BTreeSet::new();
+        if let Some(name) = page.columns.iter().find(|n| !listed.insert(n.as_str())) {
+            return Err(Error::Protocol(format!(
+                "pull page has column '{name}' more than once"
+            )));
+        }
         let mut kinds = Vec::with_capacity(page.columns.len());
         for name in &page.columns[1..] {
             let col = table.column(name).ok_or_else(|| {

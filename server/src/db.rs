@@ -222,7 +222,13 @@ impl Cursor {
         if since < 0 || snapshot < 0 {
             return None;
         }
-        Some(Some(Cursor { since, snapshot }))
+        let cursor = Cursor { since, snapshot };
+        // Only the exact text `encode` writes: "v1.+5.3", "v1.05.3" or
+        // "v1.-0.3" name a position in a spelling this server never issues.
+        if cursor.encode() != s {
+            return None;
+        }
+        Some(Some(cursor))
     }
     /// The opaque form.
     pub fn encode(self) -> String {
