@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::profile::SyncProfile;
 use crate::protocol::{
+    FetchRequest, FetchResponse,
     DEVICE_HEADER, ErrorResponse, Mutation, PROTOCOL_HEADER, PROTOCOL_VERSION, PullPage,
     PushRequest, PushResponse, RecordList, RecordResponse,
 };
@@ -134,6 +135,22 @@ impl ServerApi {
             )));
         }
         Ok(page)
+    }
+
+    /// Rows of `table` whose `column` holds one of `values` and that the
+    /// profile selects (related rows that arrived without changing).
+    pub async fn fetch(&self, request: &FetchRequest) -> Result<Sized<FetchResponse>> {
+        let body = serde_json::to_vec(request)?;
+        let response: Sized<FetchResponse> = self
+            .call(Method::Post, "/v1/sync/fetch".into(), body)
+            .await?;
+        if response.value.table != request.table {
+            return Err(Error::Protocol(format!(
+                "asked for table '{}', got '{}'",
+                request.table, response.value.table
+            )));
+        }
+        Ok(response)
     }
 
     /// Uploads mutations; results come back in the same order.

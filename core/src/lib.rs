@@ -17,6 +17,7 @@
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod filter;
 pub mod profile;
 pub mod protocol;
 pub mod store;

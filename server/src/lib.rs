@@ -22,6 +22,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use fieldsync_core::profile::{DataModel, OfflineProfile};
 use fieldsync_core::protocol::MAX_REQUEST_BYTES;
+use fieldsync_core::{Clock, SystemClock};
 use tower_http::compression::CompressionLayer;
 
 use crate::db::Db;
@@ -40,7 +41,7 @@ pub fn field_service_profile() -> OfflineProfile {
 }
 
 /// How to run the server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Directory of the embedded database.
     pub data_dir: PathBuf,
@@ -50,6 +51,19 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Fault simulation: delay before each pull page is answered.
     pub pull_delay: Duration,
+    /// The server's clock ("today" in relative-date filters); tests inject
+    /// a controlled one.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("pull_delay", &self.pull_delay)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerConfig {
@@ -60,6 +74,7 @@ impl ServerConfig {
             admin_token: admin_token.to_owned(),
             max_body_bytes: MAX_REQUEST_BYTES,
             pull_delay: Duration::ZERO,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -80,7 +95,8 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         ));
     }
     let profile = field_service_profile();
-    let db = Db::open(&config.data_dir, field_service_model(), &profile)?;
+    let db = Db::open(&config.data_dir, field_service_model(), &profile)?
+        .with_clock(config.clock.clone());
     let app = Arc::new(App {
         db: Arc::new(db),
         admin_token_hash: db::hash_token(&config.admin_token),
@@ -92,6 +108,7 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         .route("/v1/profile", get(api::profile))
         .route("/v1/sync/pull", get(api::pull))
         .route("/v1/sync/push", post(api::push))
+        .route("/v1/sync/fetch", post(api::fetch))
         .route("/v1/records/{table}", get(api::list_records))
         .route(
             "/v1/records/{table}/{id}",
