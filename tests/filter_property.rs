@@ -49,18 +49,15 @@ fn date_value() -> impl Strategy<Value = String> {
 }
 
 fn datetime_value() -> impl Strategy<Value = String> {
-    (-70i64 * 24..70 * 24, 0i64..4).prop_map(|(h, q)| {
-        format_datetime((BASE_DAY * 24 + h) * 3_600_000 + q * 15 * 60_000)
-    })
+    (-70i64 * 24..70 * 24, 0i64..4)
+        .prop_map(|(h, q)| format_datetime((BASE_DAY * 24 + h) * 3_600_000 + q * 15 * 60_000))
 }
 
 fn column_value(column: &'static str) -> BoxedStrategy<Value> {
     match column {
         "t" | "id" => text_value().prop_map(Value::Text).boxed(),
         "n" => (-3i64..4).prop_map(Value::Integer).boxed(),
-        "r" => (-6i64..7)
-            .prop_map(|v| Value::Real(v as f64 / 2.0))
-            .boxed(),
+        "r" => (-6i64..7).prop_map(|v| Value::Real(v as f64 / 2.0)).boxed(),
         "b" => any::<bool>().prop_map(Value::Boolean).boxed(),
         "d" => date_value().prop_map(Value::Text).boxed(),
         _ => datetime_value().prop_map(Value::Text).boxed(),
@@ -78,19 +75,21 @@ fn leaf() -> BoxedStrategy<Filter> {
     let date_col = proptest::sample::select(vec!["d", "ts"]);
     let text_col = proptest::sample::select(vec!["t", "d", "ts"]);
     prop_oneof![
-        any_col.clone().prop_flat_map(|c| (0..6usize, column_value(c)).prop_map(
-            move |(op, value)| {
-                let column = c.to_owned();
-                match op {
-                    0 => Filter::Eq { column, value },
-                    1 => Filter::Ne { column, value },
-                    2 => Filter::Gt { column, value },
-                    3 => Filter::Ge { column, value },
-                    4 => Filter::Lt { column, value },
-                    _ => Filter::Le { column, value },
-                }
-            }
-        )),
+        any_col
+            .clone()
+            .prop_flat_map(
+                |c| (0..6usize, column_value(c)).prop_map(move |(op, value)| {
+                    let column = c.to_owned();
+                    match op {
+                        0 => Filter::Eq { column, value },
+                        1 => Filter::Ne { column, value },
+                        2 => Filter::Gt { column, value },
+                        3 => Filter::Ge { column, value },
+                        4 => Filter::Lt { column, value },
+                        _ => Filter::Le { column, value },
+                    }
+                })
+            ),
         any_col.clone().prop_flat_map(|c| (
             any::<bool>(),
             proptest::collection::vec(column_value(c), 1..4)
@@ -145,9 +144,13 @@ fn leaf() -> BoxedStrategy<Filter> {
 fn filter() -> impl Strategy<Value = Filter> {
     leaf().prop_recursive(4, 24, 3, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 1..4).prop_map(|filters| Filter::And { filters }),
-            proptest::collection::vec(inner.clone(), 1..4).prop_map(|filters| Filter::Or { filters }),
-            inner.prop_map(|f| Filter::Not { filter: Box::new(f) }),
+            proptest::collection::vec(inner.clone(), 1..4)
+                .prop_map(|filters| Filter::And { filters }),
+            proptest::collection::vec(inner.clone(), 1..4)
+                .prop_map(|filters| Filter::Or { filters }),
+            inner.prop_map(|f| Filter::Not {
+                filter: Box::new(f)
+            }),
         ]
     })
 }
@@ -167,7 +170,14 @@ fn row() -> impl Strategy<Value = Vec<Value>> {
 fn context() -> impl Strategy<Value = FilterContext> {
     (
         -3i64 * 24..3 * 24,
-        prop_oneof![Just(0i32), Just(60), Just(-300), Just(330), Just(840), Just(-840)],
+        prop_oneof![
+            Just(0i32),
+            Just(60),
+            Just(-300),
+            Just(330),
+            Just(840),
+            Just(-840)
+        ],
         any::<bool>(),
     )
         .prop_map(|(h, offset, team)| FilterContext {
@@ -263,7 +273,10 @@ fn relative_dates_follow_the_documented_calendar() {
     assert!(today.lower(&t, &ctx(0)).eval(&rows("2026-05-27")));
     assert!(!today.lower(&t, &ctx(60)).eval(&rows("2026-05-27")));
     assert!(today.lower(&t, &ctx(60)).eval(&rows("2026-05-28")));
-    let next = Filter::NextDays { column: "d".into(), days: 7 };
+    let next = Filter::NextDays {
+        column: "d".into(),
+        days: 7,
+    };
     assert!(next.lower(&t, &ctx(0)).eval(&rows("2026-06-03")));
     assert!(!next.lower(&t, &ctx(0)).eval(&rows("2026-06-04")));
     let last_month = Filter::LastMonth { column: "d".into() };

@@ -48,7 +48,13 @@ impl Env {
         }
     }
 
-    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self
             .http
@@ -98,14 +104,21 @@ impl Env {
 
     async fn put(&self, disp: &str, table: &str, id: &str, data: Value) {
         let (s, v) = self
-            .call("PUT", &format!("/v1/records/{table}/{id}"), disp, Some(json!({"data": data})))
+            .call(
+                "PUT",
+                &format!("/v1/records/{table}/{id}"),
+                disp,
+                Some(json!({"data": data})),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
     }
 
     fn device(&self, name: &str, token: &str) -> Arc<Engine> {
-        let config = EngineConfig::new(self.dir.path().join(format!("{name}.db")), &self.url, token);
-        let transport = Arc::new(HttpTransport::new(&self.url, Default::default()).expect("transport"));
+        let config =
+            EngineConfig::new(self.dir.path().join(format!("{name}.db")), &self.url, token);
+        let transport =
+            Arc::new(HttpTransport::new(&self.url, Default::default()).expect("transport"));
         Engine::open_with(config, transport, self.clock.clone()).expect("engine")
     }
 }
@@ -147,7 +160,11 @@ async fn completed_booking_leaves_with_its_work_order_unless_still_related() {
     for k in 0..3 {
         assert!(has(&device, "bookings", &format!("bk-000000{k}")));
         assert!(has(&device, "work_orders", &format!("wo-000000{k}")));
-        assert!(has(&device, "work_order_incidents", &format!("inc-000000{k}")));
+        assert!(has(
+            &device,
+            "work_order_incidents",
+            &format!("inc-000000{k}")
+        ));
     }
     // Only work orders reached through my bookings are on the device.
     let bookings = device.list("bookings", None, 10_000).expect("list");
@@ -167,8 +184,20 @@ async fn completed_booking_leaves_with_its_work_order_unless_still_related() {
     assert!(has(&device, "bookings", "bk-extra"));
 
     // Both bookings of wo-0000000 and wo-0000001 are completed on the server.
-    env.put(&disp, "bookings", "bk-0000000", json!({"status": "completed", "booking_status_id": "bs-completed"})).await;
-    env.put(&disp, "bookings", "bk-0000001", json!({"status": "completed", "booking_status_id": "bs-completed"})).await;
+    env.put(
+        &disp,
+        "bookings",
+        "bk-0000000",
+        json!({"status": "completed", "booking_status_id": "bs-completed"}),
+    )
+    .await;
+    env.put(
+        &disp,
+        "bookings",
+        "bk-0000001",
+        json!({"status": "completed", "booking_status_id": "bs-completed"}),
+    )
+    .await;
     let report = device.sync().await.expect("sync");
     // Record Not Found for the booking, its work order and its children.
     for (table, id) in [
@@ -211,8 +240,20 @@ async fn booking_window_passes_and_enters_without_server_change() {
     // A booking 9 days ahead: outside "today and the next 7 days".
     let start = format_datetime(env.clock_now() + 9 * DAY);
     let end = format_datetime(env.clock_now() + 9 * DAY + 3_600_000);
-    env.put(&disp, "work_orders", "wo-later", json!({"name": "Later", "status": "scheduled"})).await;
-    env.put(&disp, "work_order_incidents", "inc-later", json!({"work_order_id": "wo-later"})).await;
+    env.put(
+        &disp,
+        "work_orders",
+        "wo-later",
+        json!({"name": "Later", "status": "scheduled"}),
+    )
+    .await;
+    env.put(
+        &disp,
+        "work_order_incidents",
+        "inc-later",
+        json!({"work_order_id": "wo-later"}),
+    )
+    .await;
     env.put(&disp, "bookings", "bk-later", json!({"work_order_id": "wo-later", "resource_id": "tech-a", "status": "active", "start_time": start, "end_time": end})).await;
     let device = env.device("d", &tech);
     device.sync().await.expect("sync");
@@ -265,7 +306,12 @@ async fn profile_changes_apply_at_next_sync() {
     env.seed(&["tech-a"], 20).await;
     let bookings_all = json!({"name": "bookings", "columns": ["name", "status", "resource_id", "notes"], "rules": [{"kind": "owned", "column": "resource_id"}], "sync_interval_secs": 300});
     let statuses = json!({"name": "booking_statuses", "columns": ["name", "status"], "rules": [{"kind": "all"}], "sync_interval_secs": 3600});
-    env.admin("PUT", "/v1/admin/profiles/versions", Some(profile(json!([bookings_all, statuses])))).await;
+    env.admin(
+        "PUT",
+        "/v1/admin/profiles/versions",
+        Some(profile(json!([bookings_all, statuses]))),
+    )
+    .await;
     let tech = env.user("tech-a", "technician", Some("versions")).await;
     let device = env.device("d", &tech);
     device.sync().await.expect("sync");
@@ -275,17 +321,34 @@ async fn profile_changes_apply_at_next_sync() {
     // Table added (accounts), table dropped (booking_statuses), filter narrowed.
     let narrowed = json!({"name": "bookings", "columns": ["name", "status", "resource_id", "notes"], "rules": [{"kind": "custom", "filter": {"op": "and", "filters": [{"op": "eq_current_user", "column": "resource_id"}, {"op": "eq", "column": "status", "value": "active"}]}}], "sync_interval_secs": 300});
     let accounts = json!({"name": "accounts", "columns": ["name"], "rules": [{"kind": "all"}], "sync_interval_secs": 3600});
-    env.admin("PUT", "/v1/admin/profiles/versions", Some(profile(json!([narrowed, accounts])))).await;
+    env.admin(
+        "PUT",
+        "/v1/admin/profiles/versions",
+        Some(profile(json!([narrowed, accounts]))),
+    )
+    .await;
     device.sync().await.expect("sync");
     assert!(!ids(&device, "accounts").is_empty());
-    assert!(matches!(device.list("booking_statuses", None, 10), Err(Error::UnknownTable(_))));
+    assert!(matches!(
+        device.list("booking_statuses", None, 10),
+        Err(Error::UnknownTable(_))
+    ));
     let active = device.list("bookings", None, 1000).expect("list");
     assert!(!active.is_empty() && active.len() < 20, "{}", active.len());
-    assert!(active.iter().all(|b| txt(&b.fields["status"]) == Some("active")));
+    assert!(
+        active
+            .iter()
+            .all(|b| txt(&b.fields["status"]) == Some("active"))
+    );
 
     // Filter widened again (and a column dropped): the completed ones return.
     let widened = json!({"name": "bookings", "columns": ["name", "status", "resource_id"], "rules": [{"kind": "owned", "column": "resource_id"}], "sync_interval_secs": 300});
-    env.admin("PUT", "/v1/admin/profiles/versions", Some(profile(json!([widened, accounts])))).await;
+    env.admin(
+        "PUT",
+        "/v1/admin/profiles/versions",
+        Some(profile(json!([widened, accounts]))),
+    )
+    .await;
     device.sync().await.expect("sync");
     let all = device.list("bookings", None, 1000).expect("list");
     assert_eq!(all.len(), 20);
@@ -299,18 +362,66 @@ async fn invalid_profiles_are_refused_naming_the_problem() {
     let all = json!([{"kind": "all"}]);
     let related = |table: &str| json!([{"kind": "related", "table": table, "column": "id", "foreign_column": "id"}]);
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!([t("no_such_table", all.clone(), 300)]), "unknown_table", "no_such_table"),
-        (json!([{"name": "accounts", "columns": ["nope"], "rules": all, "sync_interval_secs": 300}]), "unknown_column", "nope"),
-        (json!([t("accounts", related("bookings"), 300)]), "invalid_profile", "bookings"),
-        (json!([t("accounts", related("customer_assets"), 300), t("customer_assets", related("accounts"), 300)]), "invalid_profile", "circular"),
-        (json!([t("accounts", all.clone(), 60)]), "invalid_profile", "5 minutes"),
-        (json!([t("accounts", all.clone(), 90_000)]), "invalid_profile", "1 day"),
-        (json!([t("accounts", json!([{"kind": "custom", "filter": {"op": "today", "column": "name"}}]), 300)]), "invalid_profile", "date"),
-        (json!([t("accounts", json!([{"kind": "custom", "filter": {"op": "eq", "column": "city", "value": "Lyon"}}]), 300)]), "unknown_column", "city"),
+        (
+            json!([t("no_such_table", all.clone(), 300)]),
+            "unknown_table",
+            "no_such_table",
+        ),
+        (
+            json!([{"name": "accounts", "columns": ["nope"], "rules": all, "sync_interval_secs": 300}]),
+            "unknown_column",
+            "nope",
+        ),
+        (
+            json!([t("accounts", related("bookings"), 300)]),
+            "invalid_profile",
+            "bookings",
+        ),
+        (
+            json!([
+                t("accounts", related("customer_assets"), 300),
+                t("customer_assets", related("accounts"), 300)
+            ]),
+            "invalid_profile",
+            "circular",
+        ),
+        (
+            json!([t("accounts", all.clone(), 60)]),
+            "invalid_profile",
+            "5 minutes",
+        ),
+        (
+            json!([t("accounts", all.clone(), 90_000)]),
+            "invalid_profile",
+            "1 day",
+        ),
+        (
+            json!([t(
+                "accounts",
+                json!([{"kind": "custom", "filter": {"op": "today", "column": "name"}}]),
+                300
+            )]),
+            "invalid_profile",
+            "date",
+        ),
+        (
+            json!([t(
+                "accounts",
+                json!([{"kind": "custom", "filter": {"op": "eq", "column": "city", "value": "Lyon"}}]),
+                300
+            )]),
+            "unknown_column",
+            "city",
+        ),
     ];
     for (tables, code, needle) in cases {
         let (s, v) = env
-            .call("PUT", "/v1/admin/profiles/bad", ADMIN, Some(json!({"name": "bad", "tables": tables})))
+            .call(
+                "PUT",
+                "/v1/admin/profiles/bad",
+                ADMIN,
+                Some(json!({"name": "bad", "tables": tables})),
+            )
             .await;
         assert_eq!(s, 400, "{v}");
         assert_eq!(v["error"]["code"], code, "{v}");
@@ -325,17 +436,94 @@ async fn sql_in_a_filter_value_matches_literally() {
     env.seed(&["tech-a"], 10).await;
     let disp = env.user("disp", "dispatcher", None).await;
     let evil = "x'); DROP TABLE bookings; -- /* \" ; SELECT 1";
-    env.put(&disp, "bookings", "bk-0000003", json!({"notes": evil})).await;
-    env.put(&disp, "bookings", "bk-0000004", json!({"notes": "x"})).await;
+    env.put(&disp, "bookings", "bk-0000003", json!({"notes": evil}))
+        .await;
+    env.put(&disp, "bookings", "bk-0000004", json!({"notes": "x"}))
+        .await;
     let p = json!({"name": "evil", "tables": [{"name": "bookings", "columns": ["name", "notes"], "rules": [{"kind": "custom", "filter": {"op": "or", "filters": [{"op": "eq", "column": "notes", "value": evil}, {"op": "begins_with", "column": "notes", "value": "' OR 1=1 --"}]}}], "sync_interval_secs": 300}]});
     env.admin("PUT", "/v1/admin/profiles/evil", Some(p)).await;
     let tech = env.user("tech-a", "technician", Some("evil")).await;
     let device = env.device("d", &tech);
     device.sync().await.expect("sync");
     assert_eq!(ids(&device, "bookings"), vec!["bk-0000003".to_owned()]);
-    assert_eq!(txt(&device.get("bookings", "bk-0000003").expect("row").fields["notes"]), Some(evil));
+    assert_eq!(
+        txt(&device.get("bookings", "bk-0000003").expect("row").fields["notes"]),
+        Some(evil)
+    );
     // Nothing changed on the server: every booking is still there.
-    let (s, v) = env.call("GET", "/v1/records/bookings?limit=1000", &disp, None).await;
+    let (s, v) = env
+        .call("GET", "/v1/records/bookings?limit=1000", &disp, None)
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["rows"].as_array().map(Vec::len), Some(10), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_never_drops_a_pending_local_edit_silently() {
+    let env = Env::start().await;
+    let tech = env.user("tech-a", "technician", None).await;
+    let disp = env.user("disp", "dispatcher", None).await;
+    env.seed(&["tech-a"], 12).await;
+    let device = env.device("d", &tech);
+    device.sync().await.expect("sync");
+
+    // Offline edits: the booking itself and the work order of another booking.
+    let mut notes = std::collections::BTreeMap::new();
+    notes.insert(
+        "notes".to_owned(),
+        fieldsync_core::Value::Text("left key under mat".into()),
+    );
+    device
+        .update("bookings", "bk-0000002", notes)
+        .expect("edit booking");
+    let mut summary = std::collections::BTreeMap::new();
+    summary.insert(
+        "summary".to_owned(),
+        fieldsync_core::Value::Text("edited offline".into()),
+    );
+    device
+        .update("work_orders", "wo-0000003", summary)
+        .expect("edit work order");
+    // Meanwhile dispatch completes both bookings.
+    env.put(
+        &disp,
+        "bookings",
+        "bk-0000002",
+        json!({"status": "completed"}),
+    )
+    .await;
+    env.put(
+        &disp,
+        "bookings",
+        "bk-0000003",
+        json!({"status": "completed"}),
+    )
+    .await;
+
+    let report = device.sync().await.expect("sync");
+    // The booking edit was uploaded first (device wins), then the booking left.
+    let (s, v) = env
+        .call("GET", "/v1/records/bookings/bk-0000002", &disp, None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["row"]["notes"], "left key under mat", "{v}");
+    assert!(!has(&device, "bookings", "bk-0000002"));
+    // The work order had left the technician's profile before its edit
+    // arrived: the server refused it, and the device keeps the refused
+    // change, with its data, in its sync errors before removing the row.
+    assert!(!has(&device, "work_orders", "wo-0000003"));
+    let errors = device.sync_errors(50).expect("errors");
+    let e = errors
+        .iter()
+        .find(|e| e.record_id == "wo-0000003")
+        .unwrap_or_else(|| panic!("a sync error for the refused edit: {report:?}"));
+    assert_eq!(e.kind, "rejected");
+    assert_eq!(
+        e.device_data
+            .as_ref()
+            .and_then(|d| d.get("summary"))
+            .and_then(txt),
+        Some("edited offline")
+    );
+    assert_eq!(device.pending_uploads().expect("pending"), 0);
 }
