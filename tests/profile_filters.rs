@@ -501,29 +501,33 @@ async fn removal_never_drops_a_pending_local_edit_silently() {
     .await;
 
     let report = device.sync().await.expect("sync");
-    // The booking edit was uploaded first (device wins), then the booking left.
+    // Both rows had left the technician's profile before the edits arrived:
+    // the server refused them (nothing changed there), the device keeps each
+    // refused change, with its data, in its sync errors, and the rows leave.
     let (s, v) = env
         .call("GET", "/v1/records/bookings/bk-0000002", &disp, None)
         .await;
     assert_eq!(s, 200);
-    assert_eq!(v["row"]["notes"], "left key under mat", "{v}");
+    assert_eq!(v["row"]["status"], "completed", "{v}");
     assert!(!has(&device, "bookings", "bk-0000002"));
-    // The work order had left the technician's profile before its edit
-    // arrived: the server refused it, and the device keeps the refused
-    // change, with its data, in its sync errors before removing the row.
     assert!(!has(&device, "work_orders", "wo-0000003"));
     let errors = device.sync_errors(50).expect("errors");
-    let e = errors
-        .iter()
-        .find(|e| e.record_id == "wo-0000003")
-        .unwrap_or_else(|| panic!("a sync error for the refused edit: {report:?}"));
-    assert_eq!(e.kind, "rejected");
-    assert_eq!(
-        e.device_data
-            .as_ref()
-            .and_then(|d| d.get("summary"))
-            .and_then(txt),
-        Some("edited offline")
-    );
+    for (id, column, value) in [
+        ("bk-0000002", "notes", "left key under mat"),
+        ("wo-0000003", "summary", "edited offline"),
+    ] {
+        let e = errors
+            .iter()
+            .find(|e| e.record_id == id)
+            .unwrap_or_else(|| panic!("a sync error for the refused edit of {id}: {report:?}"));
+        assert_eq!(e.kind, "rejected");
+        assert_eq!(
+            e.device_data
+                .as_ref()
+                .and_then(|d| d.get(column))
+                .and_then(txt),
+            Some(value)
+        );
+    }
     assert_eq!(device.pending_uploads().expect("pending"), 0);
 }
