@@ -10,9 +10,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::profile::SyncProfile;
 use crate::protocol::{
-    FetchRequest, FetchResponse,
-    DEVICE_HEADER, ErrorResponse, Mutation, PROTOCOL_HEADER, PROTOCOL_VERSION, PullPage,
-    PushRequest, PushResponse, RecordList, RecordResponse,
+    DEVICE_HEADER, ErrorResponse, FetchRequest, FetchResponse, Mutation, PROTOCOL_HEADER,
+    PROTOCOL_VERSION, PullPage, PushRequest, PushResponse, RecordList, RecordResponse,
 };
 use crate::transport::{HttpRequest, Method, Transport};
 

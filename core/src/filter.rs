@@ -197,7 +197,10 @@ pub enum Cond {
         negated: bool,
     },
     /// `column IS [NOT] NULL`.
-    IsNull { column: String, negated: bool },
+    IsNull {
+        column: String,
+        negated: bool,
+    },
     /// Text operator; false on null.
     Text {
         column: String,
@@ -253,7 +256,7 @@ impl Cond {
                     found != *negated
                 }
             },
-            Cond::IsNull { column, negated } => get(column).is_none() == !*negated,
+            Cond::IsNull { column, negated } => get(column).is_none() != *negated,
             Cond::Text { column, op, needle } => match get(column) {
                 Some(Value::Text(s)) => match op {
                     TextOp::BeginsWith => s.starts_with(needle.as_str()),
@@ -357,7 +360,9 @@ impl Filter {
             if fs.is_empty() {
                 return Err(bad(table, "an and / or needs at least one filter".into()));
             }
-            fs.iter().map(|f| f.check(table, depth + 1, nodes)).collect()
+            fs.iter()
+                .map(|f| f.check(table, depth + 1, nodes))
+                .collect()
         };
         use Filter as F;
         Ok(match self {
@@ -673,7 +678,9 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         let t = table();
-        let e = Filter::Today { column: "n".into() }.validate(&t).unwrap_err();
+        let e = Filter::Today { column: "n".into() }
+            .validate(&t)
+            .unwrap_err();
         assert!(e.to_string().contains("date"), "{e}");
         let e = Filter::Eq {
             column: "zz".into(),

@@ -227,9 +227,9 @@ impl SyncTable {
             RowRule::Owned { column } => {
                 matches!(row.get(column), Some(Value::Text(v)) if *v == ctx.user_id)
             }
-            RowRule::Custom { filter } => filter
-                .lower(self, ctx)
-                .eval(&|c: &str| row.get(c).cloned()),
+            RowRule::Custom { filter } => {
+                filter.lower(self, ctx).eval(&|c: &str| row.get(c).cloned())
+            }
             RowRule::Related { .. } => false,
         }
     }

@@ -25,11 +25,9 @@ use tracing::{debug, info, warn};
 use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
 use crate::profile::{RowRule, SyncProfile, SyncTable};
-use crate::protocol::{
-    FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, PullPage, codes,
-};
-use crate::value::Value;
+use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, PullPage, codes};
 use crate::store::Store;
+use crate::value::Value;
 
 /// Runs a sync of all tables (`None`) or of the named ones.
 pub(crate) async fn run(engine: &Engine, only: Option<Vec<String>>) -> Result<SyncReport> {
