@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use fieldsync_core::profile::{OfflineProfile, SyncProfile};
 use fieldsync_core::protocol::{
-    DEFAULT_PAGE_SIZE, DEVICE_HEADER, FetchRequest, FetchResponse, MAX_MUTATIONS_PER_PUSH, PullPage, PushRequest, PushResponse,
-    RecordList, RecordResponse, RecordWrite, codes,
+    DEFAULT_PAGE_SIZE, DEVICE_HEADER, FetchRequest, FetchResponse, MAX_MUTATIONS_PER_PUSH,
+    PullPage, PushRequest, PushResponse, RecordList, RecordResponse, RecordWrite, codes,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -19,8 +19,8 @@ use fieldsync_core::profile::{
     DataModel, OfflineProfile, SyncProfile, SyncTable, TableSchema, quote_ident,
 };
 use fieldsync_core::protocol::{
-    ErrorBody, FetchResponse, MAX_FETCH_VALUES, MAX_PAGE_SIZE, Mutation, MutationResult, MutationStatus, Op, PullPage,
-    VERSION_COLUMN, codes,
+    ErrorBody, FetchResponse, MAX_FETCH_VALUES, MAX_PAGE_SIZE, Mutation, MutationResult,
+    MutationStatus, Op, PullPage, VERSION_COLUMN, codes,
 };
 use fieldsync_core::time::format_datetime;
 use fieldsync_core::{Clock, SystemClock, Value};
@@ -543,8 +543,9 @@ impl Db {
     /// Every user.
     pub fn users(&self) -> ApiResult<Vec<User>> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT id, name, role, profile, team_id FROM _fs_users ORDER BY name, id")?;
+            let mut stmt = c.prepare(
+                "SELECT id, name, role, profile, team_id FROM _fs_users ORDER BY name, id",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok(User {
                     id: r.get(0)?,
@@ -949,7 +950,10 @@ impl Db {
         let mut clean = Vec::with_capacity(values.len());
         for v in values {
             if *v == Value::Null {
-                return Err(ApiError::bad_request(codes::INVALID_VALUE, "a fetch value is null"));
+                return Err(ApiError::bad_request(
+                    codes::INVALID_VALUE,
+                    "a fetch value is null",
+                ));
             }
             clean.push(v.clone().coerce(col.kind).map_err(|e| {
                 ApiError::bad_request(codes::INVALID_VALUE, format!("column '{column}': {e}"))
@@ -1352,8 +1356,7 @@ impl Db {
                 device_id,
             )?,
         };
-        let visible_after =
-            m.op != Op::Delete && self.visible(tx, profile, table, &m.id)?;
+        let visible_after = m.op != Op::Delete && self.visible(tx, profile, table, &m.id)?;
         if !exists && m.op != Op::Delete && !visible_after {
             return Err(Rejection::new(
                 codes::FORBIDDEN,
