@@ -27,7 +27,7 @@ fn pages(report: &serde_json::Value) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sync_then_incremental_insert_update_delete() {
     let server = Server::start().await;
-    let tech = server.user("tech-a", "technician").await;
+    let tech = server.wide_technician("tech-a").await;
     let dispatcher = server.user("disp", "dispatcher").await;
     let seed_rows = server.seed(&["tech-a", "tech-b"], 600).await;
     let dir = tempfile::tempdir().unwrap();
@@ -131,7 +131,7 @@ async fn first_sync_then_incremental_insert_update_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_edit_survives_restart_and_reaches_server() {
     let server = Server::start().await;
-    let tech = server.user("tech-a", "technician").await;
+    let tech = server.wide_technician("tech-a").await;
     let dispatcher = server.user("disp", "dispatcher").await;
     server.seed(&["tech-a"], 50).await;
     let dir = tempfile::tempdir().unwrap();
@@ -196,7 +196,7 @@ async fn offline_edit_survives_restart_and_reaches_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_mid_initial_sync_resumes_from_last_committed_page() {
     let server = Server::start_with(&["--pull-delay-ms", "40"]).await;
-    let tech = server.user("tech-a", "technician").await;
+    let tech = server.wide_technician("tech-a").await;
     server.seed(&["tech-a"], 400).await;
     let dir = tempfile::tempdir().unwrap();
 
@@ -264,7 +264,7 @@ async fn kill_mid_initial_sync_resumes_from_last_committed_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_push_response_then_retry_applies_once() {
     let server = Server::start().await;
-    let tech = server.user("tech-a", "technician").await;
+    let tech = server.wide_technician("tech-a").await;
     let dispatcher = server.user("disp", "dispatcher").await;
     server.seed(&["tech-a"], 20).await;
     let proxy = Proxy::start(&server.addr).await;
@@ -339,7 +339,7 @@ async fn lost_push_response_then_retry_applies_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflict_settings_behave_as_the_seed_says() {
     let server = Server::start().await;
-    let tech = server.user("tech-a", "technician").await;
+    let tech = server.wide_technician("tech-a").await;
     let dispatcher = server.user("disp", "dispatcher").await;
     server.seed(&["tech-a"], 20).await;
     let dir = tempfile::tempdir().unwrap();
@@ -467,7 +467,7 @@ async fn conflict_settings_behave_as_the_seed_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_refuses_with_pending_then_forces_and_syncs_again() {
     let server = Server::start().await;
-    let tech = server.user("tech-a", "technician").await;
+    let tech = server.wide_technician("tech-a").await;
     server.seed(&["tech-a"], 30).await;
     let dir = tempfile::tempdir().unwrap();
     let device = Device::new(dir.path().join("d.db"), &server.url, &tech);
@@ -515,7 +515,7 @@ async fn reset_refuses_with_pending_then_forces_and_syncs_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_typed_errors_and_changes_nothing() {
     let server = Server::start().await;
-    let tech = server.user("tech-a", "technician").await;
+    let tech = server.wide_technician("tech-a").await;
     let dispatcher = server.user("disp", "dispatcher").await;
     server.seed(&["tech-a"], 20).await;
     let dir = tempfile::tempdir().unwrap();

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::profile::SyncProfile;
 use crate::protocol::{
-    DEVICE_HEADER, ErrorResponse, Mutation, PROTOCOL_HEADER, PROTOCOL_VERSION, PullPage,
-    PushRequest, PushResponse, RecordList, RecordResponse,
+    DEVICE_HEADER, ErrorResponse, FetchRequest, FetchResponse, Mutation, PROTOCOL_HEADER,
+    PROTOCOL_VERSION, PullPage, PushRequest, PushResponse, RecordList, RecordResponse,
 };
 use crate::transport::{HttpRequest, Method, Transport};
 
@@ -134,6 +134,22 @@ impl ServerApi {
             )));
         }
         Ok(page)
+    }
+
+    /// Rows of `table` whose `column` holds one of `values` and that the
+    /// profile selects (related rows that arrived without changing).
+    pub async fn fetch(&self, request: &FetchRequest) -> Result<Sized<FetchResponse>> {
+        let body = serde_json::to_vec(request)?;
+        let response: Sized<FetchResponse> = self
+            .call(Method::Post, "/v1/sync/fetch".into(), body)
+            .await?;
+        if response.value.table != request.table {
+            return Err(Error::Protocol(format!(
+                "asked for table '{}', got '{}'",
+                request.table, response.value.table
+            )));
+        }
+        Ok(response)
     }
 
     /// Uploads mutations; results come back in the same order.

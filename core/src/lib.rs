@@ -21,6 +21,7 @@ pub mod error;
 pub mod network;
 pub mod notifications;
 pub mod online;
+pub mod filter;
 pub mod profile;
 pub mod protocol;
 pub mod scheduler;

@@ -8,15 +8,18 @@
 //! was issued to, so the device can create its tables and evaluate row rules
 //! locally.
 //!
-//! Row rules are a tagged list (`{"kind": "all"}`, `{"kind": "owned", ...}`);
-//! a row qualifies when any rule of its table matches. New rule kinds are new
-//! tags, so the format grows without a break.
+//! Row rules are a tagged list (`{"kind": "all"}`, `{"kind": "owned", ...}`,
+//! `{"kind": "related", ...}`, `{"kind": "custom", "filter": {...}}`); a row
+//! qualifies when any rule of its table matches (OR). New rule kinds are new
+//! tags, so the format grows without a break. Custom filters are defined in
+//! [`crate::filter`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::filter::{Filter, FilterContext};
 use crate::value::Value;
 
 /// Shortest allowed sync interval (5 minutes).
@@ -25,6 +28,8 @@ pub const MIN_SYNC_INTERVAL_SECS: u32 = 300;
 pub const MAX_SYNC_INTERVAL_SECS: u32 = 86_400;
 /// Most tables one table may be related to, counted transitively.
 pub const MAX_RELATED_TABLES: usize = 15;
+/// Largest UTC offset of a profile's time zone, in minutes (±14 hours).
+pub const MAX_UTC_OFFSET_MINUTES: i32 = 14 * 60;
 
 /// The kind of a column's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -80,6 +85,9 @@ pub enum RowRule {
         column: String,
         foreign_column: String,
     },
+    /// Rows the custom filter selects (see [`crate::filter`]), for example
+    /// `{"kind": "custom", "filter": {"op": "eq", "column": "status", "value": "active"}}`.
+    Custom { filter: Filter },
 }
 
 /// A table in an administrator's offline profile.
@@ -103,7 +111,15 @@ pub struct OfflineProfile {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Fixed offset of the profile's time zone from UTC in minutes, used for
+    /// "today" in relative-date filters (default 0: UTC).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub utc_offset_minutes: i32,
     pub tables: Vec<TableProfile>,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
 }
 
 /// A table of the server's data model.
@@ -191,13 +207,38 @@ impl SyncTable {
     /// row (device side). Related-rows rules are not decided here: a row that
     /// only a related-rows rule could select is reported as qualifying, and
     /// the store settles it against the related table's rows.
-    pub fn row_qualifies(&self, row: &BTreeMap<String, Value>, user_id: &str) -> bool {
+    pub fn row_qualifies(&self, row: &BTreeMap<String, Value>, ctx: &FilterContext) -> bool {
         self.rules.iter().any(|rule| match rule {
-            RowRule::All | RowRule::Related { .. } => true,
-            RowRule::Owned { column } => {
-                matches!(row.get(column), Some(Value::Text(v)) if v == user_id)
-            }
+            RowRule::Related { .. } => true,
+            other => self.own_rule_matches(other, row, ctx),
         })
+    }
+
+    /// Whether one rule that needs no other table (all, owned, custom)
+    /// selects the row; related-rows rules answer false here.
+    pub fn own_rule_matches(
+        &self,
+        rule: &RowRule,
+        row: &BTreeMap<String, Value>,
+        ctx: &FilterContext,
+    ) -> bool {
+        match rule {
+            RowRule::All => true,
+            RowRule::Owned { column } => {
+                matches!(row.get(column), Some(Value::Text(v)) if *v == ctx.user_id)
+            }
+            RowRule::Custom { filter } => {
+                filter.lower(self, ctx).eval(&|c: &str| row.get(c).cloned())
+            }
+            RowRule::Related { .. } => false,
+        }
+    }
+
+    /// True when a rule of this table reads the clock (relative dates).
+    pub fn uses_clock(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r, RowRule::Custom { filter } if filter.uses_clock()))
     }
 
     /// Tables this table's rules depend on (related-rows rules).
@@ -224,10 +265,59 @@ pub struct SyncProfile {
     pub version: i64,
     /// The user the profile was issued to ("rows owned by me").
     pub user_id: String,
+    /// That user's team ("rows of my team"), if any.
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// Fixed offset of the profile's time zone from UTC, in minutes: "today"
+    /// in relative-date filters is the date at this offset.
+    #[serde(default)]
+    pub utc_offset_minutes: i32,
     pub tables: Vec<SyncTable>,
 }
 
 impl SyncProfile {
+    /// What "current user", "my team" and "today" mean at `now_ms`.
+    pub fn filter_context(&self, now_ms: i64) -> FilterContext {
+        FilterContext {
+            user_id: self.user_id.clone(),
+            team_id: self.team_id.clone(),
+            now_ms,
+            utc_offset_minutes: self.utc_offset_minutes,
+        }
+    }
+
+    /// The profile's tables ordered so that every table comes after the
+    /// tables its related-rows rules read.
+    pub fn tables_in_dependency_order(&self) -> Vec<&SyncTable> {
+        let mut out: Vec<&SyncTable> = Vec::with_capacity(self.tables.len());
+        let mut placed = BTreeSet::new();
+        while out.len() < self.tables.len() {
+            let before = out.len();
+            for t in &self.tables {
+                if placed.contains(t.name.as_str()) {
+                    continue;
+                }
+                let ready = t
+                    .depends_on()
+                    .iter()
+                    .all(|d| placed.contains(d.as_str()) || self.table(d).is_none());
+                if ready {
+                    placed.insert(t.name.as_str());
+                    out.push(t);
+                }
+            }
+            if out.len() == before {
+                // A cycle (refused by validation): append the rest as listed.
+                for t in &self.tables {
+                    if placed.insert(t.name.as_str()) {
+                        out.push(t);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The table with this name.
     pub fn table(&self, name: &str) -> Option<&SyncTable> {
         self.tables.iter().find(|t| t.name == name)
@@ -241,10 +331,26 @@ impl OfflineProfile {
         model: &DataModel,
         version: i64,
         user_id: &str,
+        team_id: Option<&str>,
     ) -> Result<SyncProfile, Error> {
         self.validate(model)?;
         let mut tables = Vec::with_capacity(self.tables.len());
         for t in &self.tables {
+            tables.push(self.resolve_table(model, t)?);
+        }
+        Ok(SyncProfile {
+            name: self.name.clone(),
+            version,
+            user_id: user_id.to_owned(),
+            team_id: team_id.map(str::to_owned),
+            utc_offset_minutes: self.utc_offset_minutes,
+            tables,
+        })
+    }
+
+    /// One table resolved against the model, custom filters in canonical form.
+    fn resolve_table(&self, model: &DataModel, t: &TableProfile) -> Result<SyncTable, Error> {
+        {
             let schema = model
                 .table(&t.name)
                 .ok_or_else(|| Error::UnknownTable(t.name.clone()))?;
@@ -266,26 +372,37 @@ impl OfflineProfile {
                         })?,
                 );
             }
-            tables.push(SyncTable {
+            let mut table = SyncTable {
                 name: t.name.clone(),
                 primary_key: schema.primary_key.clone(),
                 columns,
-                rules: t.rules.clone(),
+                rules: Vec::with_capacity(t.rules.len()),
                 sync_interval_secs: t.sync_interval_secs,
-            });
+            };
+            let mut rules = Vec::with_capacity(t.rules.len());
+            for rule in &t.rules {
+                rules.push(match rule {
+                    RowRule::Custom { filter } => RowRule::Custom {
+                        filter: filter.validate(&table)?,
+                    },
+                    other => other.clone(),
+                });
+            }
+            table.rules = rules;
+            Ok(table)
         }
-        Ok(SyncProfile {
-            name: self.name.clone(),
-            version,
-            user_id: user_id.to_owned(),
-            tables,
-        })
     }
 
     /// Checks the profile against the data model, naming the first problem.
     pub fn validate(&self, model: &DataModel) -> Result<(), Error> {
         if self.name.trim().is_empty() {
             return Err(Error::InvalidProfile("the profile needs a name".into()));
+        }
+        if self.utc_offset_minutes.abs() > MAX_UTC_OFFSET_MINUTES {
+            return Err(Error::InvalidProfile(format!(
+                "utc_offset_minutes {} is outside -840 to 840",
+                self.utc_offset_minutes
+            )));
         }
         let mut seen = BTreeSet::new();
         for t in &self.tables {
@@ -329,6 +446,11 @@ impl OfflineProfile {
             for rule in &t.rules {
                 match rule {
                     RowRule::All => {}
+                    RowRule::Custom { .. } => {
+                        // Checked against the table's synced columns: the
+                        // device must hold every column a filter reads.
+                        self.resolve_table(model, t)?;
+                    }
                     RowRule::Owned { column } => {
                         if !t.columns.contains(column) && column != &schema.primary_key {
                             return Err(Error::InvalidProfile(format!(

@@ -91,6 +91,35 @@ pub struct PullPage {
     pub removed: Vec<String>,
 }
 
+/// Most values in one fetch request (`POST /v1/sync/fetch`).
+pub const MAX_FETCH_VALUES: usize = 200;
+
+/// Body of `POST /v1/sync/fetch`: rows of `table` whose `column` holds one
+/// of `values` and that the caller's offline profile selects. The device
+/// uses it for related rows that arrive without a change of their own (a
+/// new booking's existing work order, that work order's incidents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub table: String,
+    /// A synced column of `table`.
+    pub column: String,
+    /// 1 to [`MAX_FETCH_VALUES`] non-null values.
+    pub values: Vec<Value>,
+    /// The profile version the device holds (409 `profile_changed` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_version: Option<i64>,
+}
+
+/// Answer of `POST /v1/sync/fetch`: live rows the profile selects, laid out
+/// as in a [`PullPage`] (`_version`, primary key, synced columns).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchResponse {
+    pub table: String,
+    pub profile_version: i64,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
 /// What a mutation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

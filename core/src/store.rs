@@ -16,14 +16,15 @@
 //!   push result settles that row);
 //! - an outbox entry leaves only when the server's result for it is applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
-use crate::profile::{SyncProfile, SyncTable, quote_ident};
+use crate::filter::FilterContext;
+use crate::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
 use crate::protocol::{
     MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage, VERSION_COLUMN,
 };
@@ -54,6 +55,11 @@ CREATE TABLE IF NOT EXISTS _fs_outbox (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS _fs_outbox_row ON _fs_outbox (tbl, row_id);
+CREATE TABLE IF NOT EXISTS _fs_related_seen (
+    rule TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (rule, value)
+);
 CREATE TABLE IF NOT EXISTS _fs_sync_errors (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -454,6 +460,11 @@ impl Store {
             ));
         }
         let mut change = ProfileChange::default();
+        let ctx = new.filter_context(now);
+        // A new team or time zone changes what custom filters select.
+        let context_changed = old.as_ref().is_some_and(|old| {
+            old.team_id != new.team_id || old.utc_offset_minutes != new.utc_offset_minutes
+        });
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for table in &new.tables {
@@ -470,7 +481,12 @@ impl Store {
                 Some(before)
                     if before.columns == table.columns
                         && before.rules == table.rules
-                        && before.primary_key == table.primary_key => {}
+                        && before.primary_key == table.primary_key
+                        && !(context_changed
+                            && table
+                                .rules
+                                .iter()
+                                .any(|r| matches!(r, RowRule::Custom { .. }))) => {}
                 Some(before) => {
                     if before.primary_key != table.primary_key {
                         tx.execute_batch(&format!(
@@ -499,7 +515,7 @@ impl Store {
                             }
                         }
                     }
-                    change.removed_rows += remove_unqualified(&tx, table, &new.user_id)?;
+                    change.removed_rows += remove_unqualified(&tx, table, &ctx)?;
                     tx.execute(
                         "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0 WHERE name = ?1",
                         [&table.name],
@@ -573,6 +589,17 @@ impl Store {
     /// Applies one pulled page and advances the table's cursor, atomically.
     /// `first_of_run` with a total records the expected row count for progress.
     pub fn apply_page(&self, table: &SyncTable, page: &PullPage, now: i64) -> Result<PageApplied> {
+        self.apply_page_inner(table, page, Some(now))
+    }
+
+    /// Applies rows (and removals) of a page; with `now`, also advances the
+    /// table's cursor and progress in the same transaction.
+    fn apply_page_inner(
+        &self,
+        table: &SyncTable,
+        page: &PullPage,
+        now: Option<i64>,
+    ) -> Result<PageApplied> {
         // Map page columns onto local columns; the first must be the version.
         if page.columns.first().map(String::as_str) != Some(VERSION_COLUMN) {
             return Err(Error::Protocol(
@@ -683,6 +710,10 @@ impl Store {
                     applied.removed += 1;
                 }
             }
+            let Some(now) = now else {
+                tx.commit()?;
+                return Ok(applied);
+            };
             let done = !page.has_more;
             tx.execute(
                 "UPDATE _fs_tables SET cursor = ?2,
@@ -1109,6 +1140,186 @@ impl Store {
         Ok(out)
     }
 
+    /// Removes every local row that no longer meets its table's rules, as
+    /// the device evaluates them at `now`: rows that left a relative-date
+    /// window, and rows that were only present because a related row
+    /// selected them when that row is gone (the related closure is computed
+    /// from the device's own tables, in dependency order). A row with a
+    /// pending local change is never removed here: it stays, and still
+    /// selects its related rows, until the server's result for the change
+    /// settles it. Returns the removed rows per table. One transaction.
+    pub fn remove_unreached(&self, profile: &SyncProfile, now: i64) -> Result<Vec<(String, u64)>> {
+        let ctx = profile.filter_context(now);
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Values of (table, column) over the rows that stay, for related rules.
+        let mut needed: BTreeSet<(String, String)> = BTreeSet::new();
+        for t in &profile.tables {
+            for r in &t.rules {
+                if let RowRule::Related {
+                    table,
+                    foreign_column,
+                    ..
+                } = r
+                {
+                    needed.insert((table.clone(), foreign_column.clone()));
+                }
+            }
+        }
+        let mut reached_values: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+        let mut out = Vec::new();
+        for table in profile.tables_in_dependency_order() {
+            let pending: BTreeSet<String> = {
+                let mut stmt = tx.prepare_cached("SELECT row_id FROM _fs_outbox WHERE tbl = ?1")?;
+                let rows = stmt.query_map([&table.name], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let sql = format!(
+                "SELECT {} FROM {}",
+                select_columns(table),
+                quote_ident(&table.name)
+            );
+            let mut doomed = Vec::new();
+            {
+                let mut stmt = tx.prepare(&sql)?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let (fields, _) = row_to_map(row, table)?;
+                    let Some(Value::Text(id)) = fields.get(&table.primary_key) else {
+                        continue;
+                    };
+                    let stays = pending.contains(id)
+                        || table.rules.iter().any(|rule| match rule {
+                            RowRule::Related {
+                                table: other,
+                                column,
+                                foreign_column,
+                            } => fields.get(column).and_then(value_key).is_some_and(|k| {
+                                reached_values
+                                    .get(&(other.clone(), foreign_column.clone()))
+                                    .is_some_and(|set| set.contains(&k))
+                            }),
+                            other => table.own_rule_matches(other, &fields, &ctx),
+                        });
+                    if stays {
+                        for (t, c) in &needed {
+                            if t == &table.name
+                                && let Some(k) = fields.get(c).and_then(value_key)
+                            {
+                                reached_values
+                                    .entry((t.clone(), c.clone()))
+                                    .or_default()
+                                    .insert(k);
+                            }
+                        }
+                    } else {
+                        doomed.push(id.clone());
+                    }
+                }
+            }
+            let mut removed = 0;
+            for id in doomed {
+                if delete_row(&tx, table, &id)? {
+                    removed += 1;
+                }
+            }
+            out.push((table.name.clone(), removed));
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Distinct non-null values of a column over the local rows, in the
+    /// key form used to compare related values.
+    pub fn column_values(&self, table: &SyncTable, column: &str) -> Result<BTreeSet<String>> {
+        let kind = table
+            .column(column)
+            .ok_or_else(|| Error::UnknownColumn {
+                table: table.name.clone(),
+                column: column.to_owned(),
+            })?
+            .kind;
+        let conn = lock(&self.reader);
+        let sql = format!(
+            "SELECT DISTINCT {c} FROM {t} WHERE {c} IS NOT NULL",
+            c = quote_ident(column),
+            t = quote_ident(&table.name)
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([])?;
+        let mut out = BTreeSet::new();
+        while let Some(r) = rows.next()? {
+            if let Some(k) = value_key(&Value::from_sql(r.get_ref(0)?, kind)) {
+                out.insert(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Related values whose rows were already fetched for a related-rows
+    /// rule (see [`Store::set_related_seen`]).
+    pub fn related_seen(&self, rule: &str) -> Result<BTreeSet<String>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare_cached("SELECT value FROM _fs_related_seen WHERE rule = ?1")?;
+        let rows = stmt.query_map([rule], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records the related values a related-rows rule has been satisfied
+    /// for, replacing the previous set; rules not in `keep` are forgotten.
+    pub fn set_related_seen(
+        &self,
+        sets: &[(String, BTreeSet<String>)],
+        keep: &[String],
+    ) -> Result<()> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let known: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT DISTINCT rule FROM _fs_related_seen")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for rule in known {
+            if !keep.contains(&rule) {
+                tx.execute("DELETE FROM _fs_related_seen WHERE rule = ?1", [&rule])?;
+            }
+        }
+        for (rule, values) in sets {
+            tx.execute("DELETE FROM _fs_related_seen WHERE rule = ?1", [rule])?;
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO _fs_related_seen (rule, value) VALUES (?1, ?2)")?;
+            for v in values {
+                stmt.execute(params![rule, v])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores rows fetched by value (related rows that arrived without a
+    /// change of their own). Rows with a pending local change are left
+    /// alone; the table's cursor does not move. Returns rows written.
+    pub fn apply_fetched(
+        &self,
+        table: &SyncTable,
+        columns: &[String],
+        rows: &[Vec<Value>],
+    ) -> Result<u64> {
+        let page = PullPage {
+            table: table.name.clone(),
+            profile_version: 0,
+            cursor: String::new(),
+            has_more: true,
+            total: None,
+            columns: columns.to_vec(),
+            rows: rows.to_vec(),
+            removed: Vec::new(),
+        };
+        // The table's cursor and progress stay as they were.
+        let applied = self.apply_page_inner(table, &page, None)?;
+        Ok(applied.upserted)
+    }
+
     /// Clears the offline database: synced tables, outbox, cursors, profile
     /// and sync errors. The device id and settings stay. Refuses while
     /// changes wait for upload unless `force`.
@@ -1141,7 +1352,7 @@ impl Store {
     }
 }
 
-fn remove_unqualified(conn: &Connection, table: &SyncTable, user_id: &str) -> Result<u64> {
+fn remove_unqualified(conn: &Connection, table: &SyncTable, ctx: &FilterContext) -> Result<u64> {
     let sql = format!(
         "SELECT {} FROM {}",
         select_columns(table),
@@ -1152,7 +1363,7 @@ fn remove_unqualified(conn: &Connection, table: &SyncTable, user_id: &str) -> Re
     let mut doomed = Vec::new();
     while let Some(row) = rows.next()? {
         let (fields, _) = row_to_map(row, table)?;
-        if table.row_qualifies(&fields, user_id) {
+        if table.row_qualifies(&fields, ctx) {
             continue;
         }
         if let Some(Value::Text(id)) = fields.get(&table.primary_key) {
@@ -1166,6 +1377,17 @@ fn remove_unqualified(conn: &Connection, table: &SyncTable, user_id: &str) -> Re
         }
     }
     Ok(removed)
+}
+
+/// The comparison key of a related value (text as is, numbers as written).
+fn value_key(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::Text(s) => Some(s.clone()),
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Real(f) => Some(f.to_string()),
+        Value::Boolean(b) => Some(i64::from(*b).to_string()),
+    }
 }
 
 fn outbox_entries(conn: &Connection, table: Option<&str>) -> Result<Vec<OutboxEntry>> {

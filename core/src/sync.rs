@@ -1,5 +1,16 @@
 //! One sync run: pick up the offline profile (C2), upload the outbox (C5),
-//! then download each table from its cursor in pages (C3, C4).
+//! download each table from its cursor in pages (C3, C4), then settle
+//! related rows and remove what no longer belongs on the device (C4).
+//!
+//! Settling related rows: for each related-rows rule, the values of the
+//! related column that the device did not hold after its last settled run
+//! (a new booking's work order id, a new work order's id) are fetched with
+//! `POST /v1/sync/fetch` (the server returns only rows the user's rules
+//! select), in dependency order so a fetched work order brings its incidents.
+//! Then every local row is evaluated against its table's rules at the
+//! engine's clock, following related rows through the device's own tables,
+//! and rows no longer reached are removed (rows with pending local changes
+//! stay until the server settles them).
 //!
 //! Upload comes before download so the server settles every local change
 //! (applied, conflict or rejected) before rows are pulled over it. Each page is applied
@@ -13,9 +24,10 @@ use tracing::{debug, info, warn};
 
 use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
-use crate::profile::SyncTable;
-use crate::protocol::{MAX_MUTATIONS_PER_PUSH, PullPage, codes};
+use crate::profile::{RowRule, SyncProfile, SyncTable};
+use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, PullPage, codes};
 use crate::store::Store;
+use crate::value::Value;
 
 /// Runs a sync of all tables (`None`) or of the named ones.
 pub(crate) async fn run(engine: &Engine, only: Option<Vec<String>>) -> Result<SyncReport> {
@@ -110,7 +122,149 @@ async fn run_inner(
             }
         }
     }
+    settle_related(engine, report).await
+}
+
+/// The key under which the values a related-rows rule was settled for are kept.
+fn related_rule_key(table: &str, column: &str, other: &str, foreign_column: &str) -> String {
+    format!("{table}.{column}<-{other}.{foreign_column}")
+}
+
+/// Fetches related rows that arrived without a change of their own, then
+/// removes local rows that no longer meet their table's rules.
+async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> {
+    let profile: SyncProfile = engine
+        .profile()
+        .ok_or_else(|| Error::Internal("no profile after pull".into()))?;
+    let downloaded_whole: Vec<String> = report
+        .tables
+        .iter()
+        .filter(|t| t.initial)
+        .map(|t| t.table.clone())
+        .collect();
+    for table in profile.tables_in_dependency_order() {
+        for rule in &table.rules {
+            let RowRule::Related {
+                table: other,
+                column,
+                foreign_column,
+            } = rule
+            else {
+                continue;
+            };
+            let Some(other_table) = profile.table(other) else {
+                continue;
+            };
+            // A table downloaded from scratch in this run already holds
+            // every row its rules select.
+            if downloaded_whole.contains(&table.name) {
+                continue;
+            }
+            let key = related_rule_key(&table.name, column, other, foreign_column);
+            let now_values = engine.store.column_values(other_table, foreign_column)?;
+            let seen = engine.store.related_seen(&key)?;
+            let new: Vec<&String> = now_values.difference(&seen).collect();
+            if new.is_empty() {
+                continue;
+            }
+            let kind = table
+                .column(column)
+                .map(|c| c.kind)
+                .ok_or_else(|| Error::Internal(format!("column '{column}' missing")))?;
+            debug!(target: "fieldsync::sync", table = %table.name, count = new.len(), "fetching related rows");
+            for chunk in new.chunks(MAX_FETCH_VALUES) {
+                let values: Vec<Value> = chunk
+                    .iter()
+                    .filter_map(|k| related_value(k, kind))
+                    .collect();
+                if values.is_empty() {
+                    continue;
+                }
+                let response = engine
+                    .api
+                    .fetch(&FetchRequest {
+                        table: table.name.clone(),
+                        column: column.clone(),
+                        values,
+                        profile_version: Some(profile.version),
+                    })
+                    .await?;
+                report.bytes_up += response.bytes_up;
+                report.bytes_down += response.bytes_down;
+                let store = engine.store.clone();
+                let t = table.clone();
+                let fetched = response.value;
+                let written = tokio::task::spawn_blocking(move || {
+                    store.apply_fetched(&t, &fetched.columns, &fetched.rows)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("store task: {e}")))??;
+                table_report(report, &table.name).rows_upserted += written;
+            }
+        }
+    }
+    let store = engine.store.clone();
+    let now = engine.clock.now_ms();
+    let p = profile.clone();
+    let removed = tokio::task::spawn_blocking(move || store.remove_unreached(&p, now))
+        .await
+        .map_err(|e| Error::Internal(format!("store task: {e}")))??;
+    for (table, n) in removed {
+        if n > 0 {
+            info!(target: "fieldsync::sync", table = %table, rows = n, "removed rows that no longer meet the offline profile");
+            table_report(report, &table).rows_removed += n;
+        }
+    }
+    // Remember, per related rule, the values now settled.
+    let mut sets = Vec::new();
+    let mut keep = Vec::new();
+    for table in &profile.tables {
+        for rule in &table.rules {
+            if let RowRule::Related {
+                table: other,
+                column,
+                foreign_column,
+            } = rule
+                && let Some(other_table) = profile.table(other)
+            {
+                let key = related_rule_key(&table.name, column, other, foreign_column);
+                sets.push((
+                    key.clone(),
+                    engine.store.column_values(other_table, foreign_column)?,
+                ));
+                keep.push(key);
+            }
+        }
+    }
+    engine.store.set_related_seen(&sets, &keep)?;
     Ok(())
+}
+
+/// Turns a related-value key back into a value of the column's kind.
+fn related_value(key: &str, kind: crate::profile::ColumnKind) -> Option<Value> {
+    use crate::profile::ColumnKind as K;
+    match kind {
+        K::Text | K::Date | K::DateTime => Some(Value::Text(key.to_owned())),
+        K::Integer => key.parse().ok().map(Value::Integer),
+        K::Real => key.parse().ok().map(Value::Real),
+        K::Boolean => match key {
+            "1" => Some(Value::Boolean(true)),
+            "0" => Some(Value::Boolean(false)),
+            _ => None,
+        },
+    }
+}
+
+fn table_report<'a>(report: &'a mut SyncReport, table: &str) -> &'a mut TableReport {
+    if let Some(i) = report.tables.iter().position(|t| t.table == table) {
+        return &mut report.tables[i];
+    }
+    report.tables.push(TableReport {
+        table: table.to_owned(),
+        ..Default::default()
+    });
+    let last = report.tables.len() - 1;
+    &mut report.tables[last]
 }
 
 async fn refresh_profile(engine: &Engine, report: &mut SyncReport) -> Result<()> {

@@ -59,7 +59,7 @@ pub fn sync_profile() -> SyncProfile {
     let profile: OfflineProfile =
         serde_json::from_str(PROFILE_JSON).expect("shipped profile parses");
     profile
-        .resolve(model(), 1, USER)
+        .resolve(model(), 1, USER, None)
         .expect("shipped profile resolves")
 }
 
@@ -404,7 +404,7 @@ pub fn profile(data: &[u8]) {
         assert_json_round_trip(&p);
         let model = model();
         let validated = p.validate(model);
-        let resolved = p.resolve(model, 7, USER);
+        let resolved = p.resolve(model, 7, USER, None);
         assert_eq!(
             validated.is_ok(),
             resolved.is_ok(),
@@ -434,7 +434,7 @@ pub fn profile(data: &[u8]) {
                 deps.windows(2).all(|w| w[0] < w[1]),
                 "depends_on is sorted and unique"
             );
-            let _ = t.row_qualifies(&empty, &sp.user_id);
+            let _ = t.row_qualifies(&empty, &sp.filter_context(0));
         }
         let _ = device_accepts(&sp);
     }
@@ -494,6 +494,7 @@ fn check_resolved(p: &OfflineProfile, sp: &SyncProfile, model: &DataModel) {
                         "foreign column is synced"
                     );
                 }
+                RowRule::Custom { .. } => {}
             }
         }
     }

@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use fieldsync_core::profile::{OfflineProfile, SyncProfile};
 use fieldsync_core::protocol::{
-    DEFAULT_PAGE_SIZE, DEVICE_HEADER, MAX_MUTATIONS_PER_PUSH, PullPage, PushRequest, PushResponse,
-    RecordList, RecordResponse, RecordWrite, codes,
+    DEFAULT_PAGE_SIZE, DEVICE_HEADER, FetchRequest, FetchResponse, MAX_MUTATIONS_PER_PUSH,
+    PullPage, PushRequest, PushResponse, RecordList, RecordResponse, RecordWrite, codes,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -208,6 +208,51 @@ pub async fn pull(
         tokio::time::sleep(app.pull_delay).await;
     }
     Ok(Json(page))
+}
+
+/// `POST /v1/sync/fetch`: rows of a table whose column holds one of the
+/// given values and that the caller's offline profile selects (related rows
+/// that arrived without a change of their own).
+pub async fn fetch(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<FetchResponse>> {
+    let user = authenticate(&app, &headers).await?;
+    let request: FetchRequest = json_body(body)?;
+    let db = app.db.clone();
+    let response = blocking(move || {
+        let profile = db.sync_profile(&user)?;
+        if request
+            .profile_version
+            .is_some_and(|v| v != profile.version)
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                codes::PROFILE_CHANGED,
+                format!(
+                    "the offline profile is now at version {}; fetch it again",
+                    profile.version
+                ),
+            ));
+        }
+        let table = profile.table(&request.table).ok_or_else(|| {
+            if db.model().table(&request.table).is_some() {
+                ApiError::forbidden(format!(
+                    "table '{}' is not in your offline profile",
+                    request.table
+                ))
+            } else {
+                ApiError::bad_request(
+                    codes::UNKNOWN_TABLE,
+                    format!("unknown table '{}'", request.table),
+                )
+            }
+        })?;
+        db.fetch(&profile, table, &request.column, &request.values)
+    })
+    .await?;
+    Ok(Json(response))
 }
 
 /// `POST /v1/sync/push`: applies a device's outbox batch.
@@ -475,6 +520,9 @@ pub struct NewUser {
     name: String,
     role: Role,
     profile: Option<String>,
+    /// The user's team, for "rows of my team" filters.
+    #[serde(default)]
+    team_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -501,6 +549,7 @@ pub async fn create_user(
             &new.name,
             new.role,
             new.profile.as_deref().unwrap_or(&default_profile),
+            new.team_id,
         )
     })
     .await?;

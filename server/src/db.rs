@@ -11,18 +11,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::StatusCode;
-use fieldsync_core::Value;
+use fieldsync_core::filter::FilterContext;
 use fieldsync_core::profile::{
     DataModel, OfflineProfile, SyncProfile, SyncTable, TableSchema, quote_ident,
 };
 use fieldsync_core::protocol::{
-    ErrorBody, MAX_PAGE_SIZE, MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op,
-    PullPage, VERSION_COLUMN, codes,
+    ErrorBody, FetchResponse, MAX_FETCH_VALUES, MAX_PAGE_SIZE, MAX_ROW_BYTES, Mutation,
+    MutationResult, MutationStatus, Op, PullPage, VERSION_COLUMN, codes,
 };
 use fieldsync_core::time::format_datetime;
+use fieldsync_core::{Clock, SystemClock, Value};
 use rusqlite::{
     Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
 };
@@ -155,6 +156,9 @@ pub struct User {
     pub role: Role,
     /// Name of the offline profile issued to this user.
     pub profile: String,
+    /// The user's team ("rows of my team" filters), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
 }
 
 /// An entry of the Sync Errors log.
@@ -200,13 +204,37 @@ pub struct SyncErrorFilter {
     pub limit: Option<u32>,
 }
 
+/// Where a pull stands within one download (see [`Cursor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The last page was answered; the next request starts a new download.
+    Rest,
+    /// Sending rows that entered a relative-date window between
+    /// `evaluated_at` and `to` without changing, after change-log sequence
+    /// `after`.
+    Window { to: i64, after: i64 },
+    /// Sending changes after `since`, page by page.
+    Changes,
+}
+
 /// The decoded form of a pull cursor: changes after `since`; rows that do not
 /// qualify and were last changed at or before `snapshot` were never sent to
-/// this device, so their removal need not be sent either.
+/// this device, so their removal need not be sent either. `evaluated_at` is
+/// the server clock (ms) at which the device's copy of the table was
+/// selected: rows that qualify now but did not then, although unchanged
+/// (a booking whose date entered the window), are sent in the next
+/// download's window phase.
+///
+/// Forms: `v2.<since>.<snapshot>.<evaluated_at>` (at rest),
+/// `v2.<since>.<snapshot>.<evaluated_at>.c` (changes phase),
+/// `v2.<since>.<snapshot>.<evaluated_at>.w.<to>.<after>` (window phase).
+/// `v1.<since>.<snapshot>` cursors of older servers are still accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     pub since: i64,
     pub snapshot: i64,
+    pub evaluated_at: Option<i64>,
+    pub phase: Phase,
 }
 
 impl Cursor {
@@ -215,24 +243,57 @@ impl Cursor {
         if s.is_empty() {
             return Some(None);
         }
-        let rest = s.strip_prefix("v1.")?;
-        let (a, b) = rest.split_once('.')?;
-        let since: i64 = a.parse().ok()?;
-        let snapshot: i64 = b.parse().ok()?;
-        if since < 0 || snapshot < 0 {
-            return None;
+        // Only the spelling this server writes: digits, no sign, no leading
+        // zero ("v1.+5.3", "v1.05.3" and "v1.-0.3" are refused).
+        let num = |t: &str| -> Option<i64> {
+            let canonical = !t.is_empty()
+                && t.bytes().all(|b| b.is_ascii_digit())
+                && (t == "0" || !t.starts_with('0'));
+            if canonical { t.parse().ok() } else { None }
+        };
+        if let Some(rest) = s.strip_prefix("v1.") {
+            let (a, b) = rest.split_once('.')?;
+            return Some(Some(Cursor {
+                since: num(a)?,
+                snapshot: num(b)?,
+                evaluated_at: None,
+                phase: Phase::Changes,
+            }));
         }
-        let cursor = Cursor { since, snapshot };
-        // Only the exact text `encode` writes: "v1.+5.3", "v1.05.3" or
-        // "v1.-0.3" name a position in a spelling this server never issues.
-        if cursor.encode() != s {
-            return None;
-        }
-        Some(Some(cursor))
+        let parts: Vec<&str> = s.strip_prefix("v2.")?.split('.').collect();
+        let (since, snapshot, evaluated_at) = match parts.as_slice() {
+            [a, b, e, ..] => (num(a)?, num(b)?, num(e)?),
+            _ => return None,
+        };
+        let phase = match &parts[3..] {
+            [] => Phase::Rest,
+            ["c"] => Phase::Changes,
+            ["w", to, after] => Phase::Window {
+                to: num(to)?,
+                after: num(after)?,
+            },
+            _ => return None,
+        };
+        Some(Some(Cursor {
+            since,
+            snapshot,
+            evaluated_at: Some(evaluated_at),
+            phase,
+        }))
     }
     /// The opaque form.
     pub fn encode(self) -> String {
-        format!("v1.{}.{}", self.since, self.snapshot)
+        let base = format!(
+            "v2.{}.{}.{}",
+            self.since,
+            self.snapshot,
+            self.evaluated_at.unwrap_or(0)
+        );
+        match self.phase {
+            Phase::Rest => base,
+            Phase::Changes => format!("{base}.c"),
+            Phase::Window { to, after } => format!("{base}.w.{to}.{after}"),
+        }
     }
 }
 
@@ -259,6 +320,7 @@ struct StoredRow {
 
 /// Server storage.
 pub struct Db {
+    clock: Arc<dyn Clock>,
     path: PathBuf,
     model: DataModel,
     writer: Mutex<Connection>,
@@ -328,6 +390,12 @@ impl Db {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SYSTEM_SCHEMA)?;
             tx.execute_batch(CONSOLE_SCHEMA)?;
+            let has_team: bool = tx
+                .prepare("SELECT 1 FROM pragma_table_info('_fs_users') WHERE name = 'team_id'")?
+                .exists([])?;
+            if !has_team {
+                tx.execute_batch("ALTER TABLE _fs_users ADD COLUMN team_id TEXT")?;
+            }
             let version: Option<i64> = tx
                 .query_row("SELECT version FROM _fs_schema", [], |r| r.get(0))
                 .optional()?;
@@ -378,11 +446,29 @@ impl Db {
             tx.commit()?;
         }
         Ok(Db {
+            clock: Arc::new(SystemClock),
             path,
             model,
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Uses `clock` for "today" in relative-date filters (tests inject a
+    /// controlled clock; the default is the wall clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Db {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock's reading, milliseconds since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The filter context of a profile at the server's clock.
+    fn ctx(&self, profile: &SyncProfile) -> FilterContext {
+        profile.filter_context(self.clock.now_ms())
     }
 
     /// The data model.
@@ -421,7 +507,7 @@ impl Db {
         let hash = hash_token(token);
         self.read(|c| {
             Ok(c.query_row(
-                "SELECT id, name, role, profile FROM _fs_users WHERE token_hash = ?1",
+                "SELECT id, name, role, profile, team_id FROM _fs_users WHERE token_hash = ?1",
                 [hash],
                 |r| {
                     Ok(User {
@@ -429,6 +515,7 @@ impl Db {
                         name: r.get(1)?,
                         role: Role::parse(&r.get::<_, String>(2)?),
                         profile: r.get(3)?,
+                        team_id: r.get(4)?,
                     })
                 },
             )
@@ -443,6 +530,7 @@ impl Db {
         name: &str,
         role: Role,
         profile: &str,
+        team_id: Option<String>,
     ) -> ApiResult<(User, String)> {
         let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         if id.is_empty() || id.len() > 128 {
@@ -468,6 +556,7 @@ impl Db {
             name: name.to_owned(),
             role,
             profile: profile.to_owned(),
+            team_id: team_id.filter(|t| !t.is_empty()),
         };
         self.write(|tx| {
             let exists = tx.prepare("SELECT 1 FROM _fs_profiles WHERE name = ?1")?.exists([profile])?;
@@ -479,8 +568,8 @@ impl Db {
                 return Err(ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, format!("user '{}' exists", user.id)));
             }
             tx.execute(
-                "INSERT INTO _fs_users (id, name, role, profile, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![user.id, user.name, user.role.as_str(), user.profile, hash_token(&token), now_text()],
+                "INSERT INTO _fs_users (id, name, role, profile, token_hash, created_at, team_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![user.id, user.name, user.role.as_str(), user.profile, hash_token(&token), now_text(), user.team_id],
             )?;
             Ok(())
         })?;
@@ -490,14 +579,16 @@ impl Db {
     /// Every user.
     pub fn users(&self) -> ApiResult<Vec<User>> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT id, name, role, profile FROM _fs_users ORDER BY name, id")?;
+            let mut stmt = c.prepare(
+                "SELECT id, name, role, profile, team_id FROM _fs_users ORDER BY name, id",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok(User {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     role: Role::parse(&r.get::<_, String>(2)?),
                     profile: r.get(3)?,
+                    team_id: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -578,7 +669,7 @@ impl Db {
         let (profile, version) = self.profile(&user.profile)?.ok_or_else(|| {
             ApiError::internal(format!("user's profile '{}' is missing", user.profile))
         })?;
-        Ok(profile.resolve(&self.model, version, &user.id)?)
+        Ok(profile.resolve(&self.model, version, &user.id, user.team_id.as_deref())?)
     }
 
     /// Whether conflict detection is on (off by default: the device wins).
@@ -661,7 +752,7 @@ impl Db {
     /// One page of `table`'s changes after `cursor` for `user`.
     pub fn pull(
         &self,
-        user: &User,
+        _user: &User,
         profile: &SyncProfile,
         table: &SyncTable,
         cursor: &str,
@@ -681,7 +772,8 @@ impl Db {
                 "the cursor is not one this server issued",
             )
         })?;
-        let predicate = rules::compile(profile, table, &user.id);
+        let now = self.clock.now_ms();
+        let predicate = rules::compile(profile, table, &profile.filter_context(now));
         self.read(|conn| {
             let tx = conn.unchecked_transaction()?;
             let hwm: i64 = tx.query_row(
@@ -689,9 +781,11 @@ impl Db {
                 [],
                 |r| r.get(0),
             )?;
-            let cursor = parsed.unwrap_or(Cursor {
+            let mut cursor = parsed.unwrap_or(Cursor {
                 since: 0,
                 snapshot: hwm,
+                evaluated_at: Some(now),
+                phase: Phase::Changes,
             });
             if cursor.since > hwm || cursor.snapshot > hwm {
                 return Err(ApiError::bad_request(
@@ -699,90 +793,241 @@ impl Db {
                     "the cursor is ahead of this server's change log; download the table again",
                 ));
             }
+            // A new download: look for rows that entered a relative-date
+            // window since the device's copy was selected.
+            if cursor.phase == Phase::Rest {
+                cursor.phase = match cursor.evaluated_at {
+                    Some(e) if e < now && table.uses_clock() => Phase::Window { to: now, after: 0 },
+                    _ => {
+                        cursor.evaluated_at = Some(now);
+                        Phase::Changes
+                    }
+                };
+            }
+            if cursor.evaluated_at.is_none() {
+                cursor.evaluated_at = Some(now);
+            }
             let mut cols: Vec<String> = vec!["_version".into()];
             cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
             let select_cols = cols.join(", ");
+            let ncols = table.columns.len();
+            let read_values = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Vec<Value>> {
+                let mut values = Vec::with_capacity(ncols + 1);
+                values.push(Value::Integer(r.get(0)?));
+                for (i, c) in table.columns.iter().enumerate() {
+                    values.push(Value::from_sql(r.get_ref(i + 1)?, c.kind));
+                }
+                Ok(values)
+            };
+            let mut out_rows = Vec::new();
+            let mut removed = Vec::new();
+            let mut has_more = false;
+            let mut total: Option<u64> = want_total.then_some(0);
+            let mut room = limit;
+
+            // Window phase: unchanged rows (`_seq <= since`) that qualify now
+            // and did not at `evaluated_at`, by their own clock rules.
+            if let Phase::Window { to, after } = cursor.phase {
+                let then = cursor.evaluated_at.unwrap_or(to);
+                let now_ctx = profile.filter_context(to);
+                let then_ctx = profile.filter_context(then);
+                match (
+                    rules::compile_clock_rules(table, &now_ctx),
+                    rules::compile_clock_rules(table, &then_ctx),
+                ) {
+                    (Some(now_p), Some(then_p)) => {
+                        let scope = format!(
+                            "_deleted = 0 AND _seq <= ? AND _seq > ? AND {} AND NOT {}",
+                            now_p.sql, then_p.sql
+                        );
+                        let mut params: Vec<Value> =
+                            vec![Value::Integer(cursor.since), Value::Integer(after)];
+                        params.extend(now_p.params.iter().cloned());
+                        params.extend(then_p.params.iter().cloned());
+                        if let Some(t) = total.as_mut() {
+                            let n: i64 = tx.query_row(
+                                &format!("SELECT COUNT(*) FROM {} WHERE {scope}", quote_ident(&table.name)),
+                                params_from_iter(params.iter()),
+                                |r| r.get(0),
+                            )?;
+                            *t += n.max(0) as u64;
+                        }
+                        let sql = format!(
+                            "SELECT {select_cols}, _seq FROM {} WHERE {scope} ORDER BY _seq LIMIT ?",
+                            quote_ident(&table.name)
+                        );
+                        params.push(Value::Integer(i64::from(room) + 1));
+                        let mut stmt = tx.prepare_cached(&sql)?;
+                        let mut rows = stmt.query(params_from_iter(params.iter()))?;
+                        let mut last = after;
+                        let mut count = 0;
+                        let mut more = false;
+                        while let Some(r) = rows.next()? {
+                            if count == room {
+                                more = true;
+                                break;
+                            }
+                            count += 1;
+                            last = r.get(ncols + 1)?;
+                            out_rows.push(read_values(r)?);
+                        }
+                        room -= count;
+                        if more {
+                            has_more = true;
+                            cursor.phase = Phase::Window { to, after: last };
+                        } else {
+                            cursor.evaluated_at = Some(to);
+                            cursor.phase = Phase::Changes;
+                        }
+                    }
+                    _ => {
+                        cursor.evaluated_at = Some(to);
+                        cursor.phase = Phase::Changes;
+                    }
+                }
+            }
+
             let scope = format!(
                 "_seq > ? AND (_seq > ? OR (_deleted = 0 AND {}))",
                 predicate.sql
             );
-            let sql = format!(
-                "SELECT {select_cols}, _seq, CASE WHEN _deleted = 0 AND {pred} THEN 1 ELSE 0 END
-                 FROM {t} WHERE {scope} ORDER BY _seq LIMIT ?",
-                pred = predicate.sql,
-                t = quote_ident(&table.name),
-            );
-            let mut params: Vec<Value> = predicate.params.clone();
-            params.push(Value::Integer(cursor.since));
-            params.push(Value::Integer(cursor.snapshot));
-            params.extend(predicate.params.iter().cloned());
-            params.push(Value::Integer(i64::from(limit) + 1));
-            let mut stmt = tx.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params_from_iter(params.iter()))?;
-            let ncols = table.columns.len();
-            let mut out_rows = Vec::new();
-            let mut removed = Vec::new();
-            let mut last_seq = cursor.since;
-            let mut has_more = false;
-            let mut count = 0u32;
-            while let Some(r) = rows.next()? {
-                if count == limit {
-                    has_more = true;
-                    break;
-                }
-                count += 1;
-                last_seq = r.get(ncols + 1)?;
-                let qualifies: i64 = r.get(ncols + 2)?;
-                if qualifies == 1 {
-                    let mut values = Vec::with_capacity(ncols + 1);
-                    values.push(Value::Integer(r.get(0)?));
-                    for (i, c) in table.columns.iter().enumerate() {
-                        values.push(Value::from_sql(r.get_ref(i + 1)?, c.kind));
+            if cursor.phase == Phase::Changes && room == 0 {
+                has_more = true;
+            } else if cursor.phase == Phase::Changes {
+                let sql = format!(
+                    "SELECT {select_cols}, _seq, CASE WHEN _deleted = 0 AND {pred} THEN 1 ELSE 0 END
+                     FROM {t} WHERE {scope} ORDER BY _seq LIMIT ?",
+                    pred = predicate.sql,
+                    t = quote_ident(&table.name),
+                );
+                let mut params: Vec<Value> = predicate.params.clone();
+                params.push(Value::Integer(cursor.since));
+                params.push(Value::Integer(cursor.snapshot));
+                params.extend(predicate.params.iter().cloned());
+                params.push(Value::Integer(i64::from(room) + 1));
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let mut rows = stmt.query(params_from_iter(params.iter()))?;
+                let mut last_seq = cursor.since;
+                let mut count = 0u32;
+                let mut more = false;
+                while let Some(r) = rows.next()? {
+                    if count == room {
+                        more = true;
+                        break;
                     }
-                    out_rows.push(values);
+                    count += 1;
+                    last_seq = r.get(ncols + 1)?;
+                    let qualifies: i64 = r.get(ncols + 2)?;
+                    if qualifies == 1 {
+                        out_rows.push(read_values(r)?);
+                    } else {
+                        removed.push(r.get::<_, String>(1)?);
+                    }
+                }
+                drop(rows);
+                drop(stmt);
+                if let Some(t) = total.as_mut() {
+                    let sql = format!(
+                        "SELECT COUNT(*) FROM {} WHERE {scope}",
+                        quote_ident(&table.name)
+                    );
+                    let mut params: Vec<Value> = vec![
+                        Value::Integer(cursor.since),
+                        Value::Integer(cursor.snapshot),
+                    ];
+                    params.extend(predicate.params.iter().cloned());
+                    let n: i64 = tx.query_row(&sql, params_from_iter(params.iter()), |r| r.get(0))?;
+                    *t += n.max(0) as u64;
+                }
+                if more {
+                    has_more = true;
+                    cursor.since = last_seq;
                 } else {
-                    removed.push(r.get::<_, String>(1)?);
+                    cursor.since = hwm.max(cursor.since);
+                    cursor.phase = Phase::Rest;
                 }
             }
-            drop(rows);
-            drop(stmt);
-            let total = if want_total {
-                let sql = format!(
-                    "SELECT COUNT(*) FROM {} WHERE {scope}",
-                    quote_ident(&table.name)
-                );
-                let mut params: Vec<Value> = vec![
-                    Value::Integer(cursor.since),
-                    Value::Integer(cursor.snapshot),
-                ];
-                params.extend(predicate.params.iter().cloned());
-                let n: i64 = tx.query_row(&sql, params_from_iter(params.iter()), |r| r.get(0))?;
-                Some(n.max(0) as u64)
-            } else {
-                None
-            };
-            let next = if has_more {
-                Cursor {
-                    since: last_seq,
-                    snapshot: cursor.snapshot,
-                }
-            } else {
-                Cursor {
-                    since: hwm.max(cursor.since),
-                    snapshot: cursor.snapshot,
-                }
-            };
             let mut columns = vec![VERSION_COLUMN.to_owned()];
             columns.extend(table.columns.iter().map(|c| c.name.clone()));
             Ok(PullPage {
                 table: table.name.clone(),
                 profile_version,
-                cursor: next.encode(),
+                cursor: cursor.encode(),
                 has_more,
                 total,
                 columns,
                 rows: out_rows,
                 removed,
+            })
+        })
+    }
+
+    /// Live rows of `table` whose `column` holds one of `values` and that
+    /// the user's rules select (`POST /v1/sync/fetch`).
+    pub fn fetch(
+        &self,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        column: &str,
+        values: &[Value],
+    ) -> ApiResult<FetchResponse> {
+        let col = table.column(column).ok_or_else(|| {
+            ApiError::bad_request(
+                codes::UNKNOWN_COLUMN,
+                format!("column '{column}' is not synced for table '{}'", table.name),
+            )
+        })?;
+        if values.is_empty() || values.len() > MAX_FETCH_VALUES {
+            return Err(ApiError::bad_request(
+                codes::BAD_REQUEST,
+                format!("a fetch asks for 1 to {MAX_FETCH_VALUES} values"),
+            ));
+        }
+        let mut clean = Vec::with_capacity(values.len());
+        for v in values {
+            if *v == Value::Null {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_VALUE,
+                    "a fetch value is null",
+                ));
+            }
+            clean.push(v.clone().coerce(col.kind).map_err(|e| {
+                ApiError::bad_request(codes::INVALID_VALUE, format!("column '{column}': {e}"))
+            })?);
+        }
+        let predicate = rules::compile(profile, table, &self.ctx(profile));
+        self.read(|conn| {
+            let mut cols: Vec<String> = vec!["_version".into()];
+            cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
+            let marks = vec!["?"; clean.len()].join(", ");
+            let sql = format!(
+                "SELECT {} FROM {} WHERE _deleted = 0 AND {} IN ({marks}) AND {} ORDER BY {}",
+                cols.join(", "),
+                quote_ident(&table.name),
+                quote_ident(column),
+                predicate.sql,
+                quote_ident(&table.primary_key)
+            );
+            let mut params = clean.clone();
+            params.extend(predicate.params.iter().cloned());
+            let mut stmt = conn.prepare(&sql)?;
+            let mut rows = stmt.query(params_from_iter(params.iter()))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let mut values = Vec::with_capacity(table.columns.len() + 1);
+                values.push(Value::Integer(r.get(0)?));
+                for (i, c) in table.columns.iter().enumerate() {
+                    values.push(Value::from_sql(r.get_ref(i + 1)?, c.kind));
+                }
+                out.push(values);
+            }
+            let mut columns = vec![VERSION_COLUMN.to_owned()];
+            columns.extend(table.columns.iter().map(|c| c.name.clone()));
+            Ok(FetchResponse {
+                table: table.name.clone(),
+                profile_version: profile.version,
+                columns,
+                rows: out,
             })
         })
     }
@@ -826,13 +1071,13 @@ impl Db {
     }
 
     fn visible(
+        &self,
         conn: &Connection,
         profile: &SyncProfile,
         table: &SyncTable,
-        user_id: &str,
         id: &str,
     ) -> ApiResult<bool> {
-        let p = rules::compile(profile, table, user_id);
+        let p = rules::compile(profile, table, &self.ctx(profile));
         let sql = format!(
             "SELECT 1 FROM {} WHERE {} = ? AND _deleted = 0 AND {}",
             quote_ident(&table.name),
@@ -1062,7 +1307,7 @@ impl Db {
         let exists = current.as_ref().is_some_and(|r| !r.deleted);
         let server_version = current.as_ref().map(|r| r.version).unwrap_or(0);
         let live_version = if exists { server_version } else { 0 };
-        let visible_before = exists && Self::visible(tx, profile, table, &user.id, &m.id)?;
+        let visible_before = exists && self.visible(tx, profile, table, &m.id)?;
         let server_row = if visible_before {
             current.as_ref().map(|r| Self::project(&r.fields, table))
         } else {
@@ -1165,8 +1410,7 @@ impl Db {
                 params![m.idempotency_key, m.id],
             )?;
         }
-        let visible_after =
-            m.op != Op::Delete && Self::visible(tx, profile, table, &user.id, &m.id)?;
+        let visible_after = m.op != Op::Delete && self.visible(tx, profile, table, &m.id)?;
         if !exists && m.op != Op::Delete && !visible_after {
             return Err(Rejection::new(
                 codes::FORBIDDEN,
@@ -1207,8 +1451,8 @@ impl Db {
                 return Ok(None);
             }
             match scope {
-                Some((p, t, user_id)) => {
-                    if !Self::visible(c, p, t, user_id, id)? {
+                Some((p, t, _)) => {
+                    if !self.visible(c, p, t, id)? {
                         return Ok(None);
                     }
                     Ok(Some((Self::project(&row.fields, t), row.version)))
@@ -1245,8 +1489,8 @@ impl Db {
                 sql.push_str(&format!(" AND {} > ?", quote_ident(&schema.primary_key)));
                 params.push(Value::Text(after.to_owned()));
             }
-            if let Some((profile, t, user_id)) = scope {
-                let p = rules::compile(profile, t, user_id);
+            if let Some((profile, t, _)) = scope {
+                let p = rules::compile(profile, t, &self.ctx(profile));
                 sql.push_str(&format!(" AND {}", p.sql));
                 params.extend(p.params);
             }
@@ -1605,7 +1849,7 @@ impl Db {
     pub fn user_by_id(&self, id: &str) -> ApiResult<Option<User>> {
         self.read(|c| {
             Ok(c.query_row(
-                "SELECT id, name, role, profile FROM _fs_users WHERE id = ?1",
+                "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(User {
@@ -1613,6 +1857,7 @@ impl Db {
                         name: r.get(1)?,
                         role: Role::parse(&r.get::<_, String>(2)?),
                         profile: r.get(3)?,
+                        team_id: r.get(4)?,
                     })
                 },
             )

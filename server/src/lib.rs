@@ -25,6 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use fieldsync_core::profile::{DataModel, OfflineProfile};
 use fieldsync_core::protocol::MAX_REQUEST_BYTES;
+use fieldsync_core::{Clock, SystemClock};
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -44,7 +45,7 @@ pub fn field_service_profile() -> OfflineProfile {
 }
 
 /// How to run the server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Directory of the embedded database.
     pub data_dir: PathBuf,
@@ -57,6 +58,19 @@ pub struct ServerConfig {
     /// Longest a request may take, reading its body included (slow clients
     /// are cut off with 408).
     pub request_timeout: Duration,
+    /// The server's clock ("today" in relative-date filters); tests inject
+    /// a controlled one.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("pull_delay", &self.pull_delay)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerConfig {
@@ -68,6 +82,7 @@ impl ServerConfig {
             max_body_bytes: MAX_REQUEST_BYTES,
             pull_delay: Duration::ZERO,
             request_timeout: Duration::from_secs(60),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -88,7 +103,8 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         ));
     }
     let profile = field_service_profile();
-    let db = Db::open(&config.data_dir, field_service_model(), &profile)?;
+    let db = Db::open(&config.data_dir, field_service_model(), &profile)?
+        .with_clock(config.clock.clone());
     telemetry::init(&db)?;
     let app = Arc::new(App {
         db: Arc::new(db),
@@ -103,6 +119,7 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         .route("/v1/sync/push", post(api::push))
         .route("/v1/sync/changes", post(online::changes))
         .route("/v1/telemetry", post(telemetry::upload))
+        .route("/v1/sync/fetch", post(api::fetch))
         .route("/v1/records/{table}", get(api::list_records))
         .route(
             "/v1/records/{table}/{id}",

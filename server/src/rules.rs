@@ -1,9 +1,17 @@
-//! Row rules compiled to SQL. Every value a rule carries, and the user id,
-//! is bound as a parameter; only identifiers that passed
-//! [`fieldsync_core::profile::check_identifier`] are written into the SQL
-//! text, quoted. A row qualifies when any rule of its table matches.
+//! Row rules compiled to SQL. Every value a rule carries, the user and team
+//! ids and the bounds of relative dates are bound as parameters; only
+//! identifiers that passed [`fieldsync_core::profile::check_identifier`] are
+//! written into the SQL text, quoted. A row qualifies when any rule of its
+//! table matches.
+//!
+//! Custom filters are first lowered by the core
+//! ([`fieldsync_core::filter::Filter::lower`]) — the same lowered form the
+//! device evaluates — and the lowered condition is compiled here, so server
+//! and device select the same rows. Every compiled leaf is two-valued (never
+//! SQL NULL), so `NOT` behaves as on the device.
 
 use fieldsync_core::Value;
+use fieldsync_core::filter::{Cond, FilterContext, TextOp};
 use fieldsync_core::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
 
 /// Deepest chain of related-rows rules compiled (validation refuses cycles
@@ -17,16 +25,39 @@ pub struct SqlPredicate {
     pub params: Vec<Value>,
 }
 
-/// Compiles a table's rules for one user. Related-rows rules become
-/// sub-queries over the related table and its own rules.
-pub fn compile(profile: &SyncProfile, table: &SyncTable, user_id: &str) -> SqlPredicate {
-    compile_at(profile, table, user_id, 0)
+/// Compiles a table's rules for one evaluation context (user, team, clock).
+/// Related-rows rules become sub-queries over the related table and its own
+/// rules.
+pub fn compile(profile: &SyncProfile, table: &SyncTable, ctx: &FilterContext) -> SqlPredicate {
+    compile_at(profile, table, ctx, 0)
+}
+
+/// Compiles only the custom filters of a table that read the clock (their
+/// OR), or `None` when it has none. Used to find rows that entered a
+/// relative-date window without changing.
+pub fn compile_clock_rules(table: &SyncTable, ctx: &FilterContext) -> Option<SqlPredicate> {
+    let mut parts = Vec::new();
+    let mut params = Vec::new();
+    for rule in &table.rules {
+        if let RowRule::Custom { filter } = rule
+            && filter.uses_clock()
+        {
+            parts.push(compile_cond(&filter.lower(table, ctx), &mut params));
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(SqlPredicate {
+        sql: format!("({})", parts.join(" OR ")),
+        params,
+    })
 }
 
 fn compile_at(
     profile: &SyncProfile,
     table: &SyncTable,
-    user_id: &str,
+    ctx: &FilterContext,
     depth: usize,
 ) -> SqlPredicate {
     let mut parts = Vec::new();
@@ -36,7 +67,10 @@ fn compile_at(
             RowRule::All => parts.push("1".to_owned()),
             RowRule::Owned { column } => {
                 parts.push(format!("{} = ?", quote_ident(column)));
-                params.push(Value::Text(user_id.to_owned()));
+                params.push(Value::Text(ctx.user_id.clone()));
+            }
+            RowRule::Custom { filter } => {
+                parts.push(compile_cond(&filter.lower(table, ctx), &mut params));
             }
             RowRule::Related {
                 table: other,
@@ -44,7 +78,7 @@ fn compile_at(
                 foreign_column,
             } => match profile.table(other) {
                 Some(other_table) if depth < MAX_DEPTH => {
-                    let inner = compile_at(profile, other_table, user_id, depth + 1);
+                    let inner = compile_at(profile, other_table, ctx, depth + 1);
                     parts.push(format!(
                         "{} IN (SELECT {} FROM {} WHERE _deleted = 0 AND {} AND {} IS NOT NULL)",
                         quote_ident(column),
@@ -65,5 +99,72 @@ fn compile_at(
     SqlPredicate {
         sql: format!("({})", parts.join(" OR ")),
         params,
+    }
+}
+
+/// Compiles a lowered filter condition; appends its parameters to `params`.
+/// The result is never SQL NULL.
+pub fn compile_cond(cond: &Cond, params: &mut Vec<Value>) -> String {
+    match cond {
+        Cond::True => "1".into(),
+        Cond::False => "0".into(),
+        Cond::And(cs) if cs.is_empty() => "1".into(),
+        Cond::Or(cs) if cs.is_empty() => "0".into(),
+        Cond::And(cs) => {
+            let parts: Vec<String> = cs.iter().map(|c| compile_cond(c, params)).collect();
+            format!("({})", parts.join(" AND "))
+        }
+        Cond::Or(cs) => {
+            let parts: Vec<String> = cs.iter().map(|c| compile_cond(c, params)).collect();
+            format!("({})", parts.join(" OR "))
+        }
+        Cond::Not(c) => format!("(NOT {})", compile_cond(c, params)),
+        Cond::Cmp { column, op, value } => {
+            params.push(value.clone());
+            let c = quote_ident(column);
+            format!("({c} IS NOT NULL AND {c} {} ?)", op.sql())
+        }
+        Cond::In {
+            column,
+            values,
+            negated,
+        } => {
+            let c = quote_ident(column);
+            if values.is_empty() {
+                return if *negated {
+                    format!("({c} IS NOT NULL)")
+                } else {
+                    "0".into()
+                };
+            }
+            params.extend(values.iter().cloned());
+            let marks = vec!["?"; values.len()].join(", ");
+            let not = if *negated { "NOT " } else { "" };
+            format!("({c} IS NOT NULL AND {c} {not}IN ({marks}))")
+        }
+        Cond::IsNull { column, negated } => {
+            let not = if *negated { "NOT " } else { "" };
+            format!("({} IS {not}NULL)", quote_ident(column))
+        }
+        Cond::Text { column, op, needle } => {
+            let c = quote_ident(column);
+            let n = Value::Text(needle.clone());
+            match op {
+                TextOp::BeginsWith => {
+                    params.push(n);
+                    format!("({c} IS NOT NULL AND instr({c}, ?) = 1)")
+                }
+                TextOp::Contains => {
+                    params.push(n);
+                    format!("({c} IS NOT NULL AND instr({c}, ?) > 0)")
+                }
+                TextOp::EndsWith => {
+                    params.extend([n.clone(), n.clone(), n]);
+                    format!(
+                        "({c} IS NOT NULL AND length({c}) >= length(?) AND substr({c}, length({c}) - length(?) + 1) = ?)"
+                    )
+                }
+            }
+        }
     }
 }

@@ -192,7 +192,14 @@ pub fn generate(spec: &SeedSpec) -> Rows {
             ]),
         ));
         // Bookings spread from 10 days ago to 20 days ahead, mostly near today.
-        let offset_days: i64 = rng.random_range(-10..20);
+        // The first ten work orders of each technician are booked in the
+        // next few days (active, inside the default profile's window), so
+        // every technician has work on the device.
+        let offset_days: i64 = if w < 10 * spec.technicians.len().max(1) {
+            rng.random_range(0..5)
+        } else {
+            rng.random_range(-10..20)
+        };
         let start = today + offset_days * day + rng.random_range(7..17) * 3_600_000;
         let (status_id, status) = if offset_days < -2 {
             ("bs-completed", "completed")

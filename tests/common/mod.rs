@@ -18,6 +18,9 @@ use tokio::process::{Child, Command};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// A wide offline profile (see [`Server::wide_technician`]).
+pub const WIDE_PROFILE: &str = r#"{"name": "field-service-wide", "description": "The backbone suites' profile: every work order, account and asset, and my bookings", "tables": [{"name": "bookings", "columns": ["name", "work_order_id", "resource_id", "booking_status_id", "status", "start_time", "end_time", "travel_minutes", "notes"], "rules": [{"kind": "owned", "column": "resource_id"}], "sync_interval_secs": 300}, {"name": "work_orders", "columns": ["name", "account_id", "customer_asset_id", "status", "priority", "summary", "instructions", "owner_id", "created_on", "modified_on"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "work_order_incidents", "columns": ["work_order_id", "customer_asset_id", "incident_type", "description", "estimated_minutes"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "work_order_products", "columns": ["work_order_id", "product_name", "quantity", "unit_price", "line_status"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "work_order_services", "columns": ["work_order_id", "service_name", "duration_minutes", "line_status"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "work_order_service_tasks", "columns": ["work_order_id", "task_name", "sequence", "completed", "percent_complete"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "booking_statuses", "columns": ["name", "status"], "rules": [{"kind": "all"}], "sync_interval_secs": 86400}, {"name": "accounts", "columns": ["name", "address", "city", "phone", "modified_on"], "rules": [{"kind": "all"}], "sync_interval_secs": 3600}, {"name": "customer_assets", "columns": ["name", "account_id", "serial_number", "installed_on"], "rules": [{"kind": "all"}], "sync_interval_secs": 3600}]}"#;
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_fieldsync")
 }
@@ -144,6 +147,21 @@ impl Server {
         }
         let v = self.admin("POST", "/v1/admin/users", Some(body)).await;
         v["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Creates a technician on a wide profile (every work order, account and
+    /// asset; the technician's own bookings) for suites that exercise sync
+    /// mechanics rather than the default profile's filters; returns its token.
+    pub async fn wide_technician(&self, id: &str) -> String {
+        let profile: Value = serde_json::from_str(WIDE_PROFILE).expect("wide profile");
+        self.admin(
+            "PUT",
+            "/v1/admin/profiles/field-service-wide",
+            Some(profile),
+        )
+        .await;
+        self.user_with_profile(id, "technician", Some("field-service-wide"))
+            .await
     }
 
     pub async fn seed(&self, technicians: &[&str], work_orders: usize) -> Value {

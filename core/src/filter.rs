@@ -1,0 +1,700 @@
+//! The custom filter language of the offline profile: one definition, two
+//! evaluations.
+//!
+//! A [`Filter`] is a JSON tree (`{"op": "eq", "column": "status", "value":
+//! "active"}`, `{"op": "and", "filters": [...]}`, `{"op": "next_days",
+//! "column": "start_time", "days": 7}`). It is checked and its values put in
+//! their columns' canonical form once ([`Filter::validate`]), then *lowered*
+//! for a [`FilterContext`] (current user, team, clock, time zone offset) into
+//! a small condition tree, [`Cond`], in which "current user" became a value
+//! and every relative date became a pair of bounds. The server compiles a
+//! `Cond` to parameterised SQL (`fieldsync_server::rules`), the device
+//! evaluates the same `Cond` in Rust ([`Cond::eval`]), so both select exactly
+//! the same rows.
+//!
+//! Semantics both sides share:
+//! - a comparison, `in`, `not_in` and the text operators never match an empty
+//!   (null) value; only `is_null` does (`not` of a comparison therefore
+//!   matches null values);
+//! - text compares byte for byte (case-sensitive, as SQLite's BINARY
+//!   collation); dates and date-times compare as their text
+//!   (`YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ`);
+//! - "today" is the calendar date of the injected clock at the profile's fixed
+//!   UTC offset (`utc_offset_minutes`, default 0, so UTC): `today` is
+//!   `[today, today+1)`, `yesterday` and `tomorrow` the day before and after,
+//!   `last_days N` is `[today-N, today+1)` (the N days before today and
+//!   today), `next_days N` is `[today, today+N+1)` (today and the N days after),
+//!   `on_or_after_today` is `[today, ∞)`, `this_month`, `last_month`,
+//!   `next_month` the calendar months. On a date-time column a day starts at
+//!   local midnight, written as the UTC instant.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::profile::{ColumnKind, SyncTable};
+use crate::time::{civil_from_days, days_from_civil, format_date, format_datetime};
+use crate::value::Value;
+
+/// Deepest nesting of `and` / `or` / `not` accepted.
+pub const MAX_FILTER_DEPTH: usize = 12;
+/// Most nodes one filter may have.
+pub const MAX_FILTER_NODES: usize = 500;
+/// Most values of one `in` / `not_in` list.
+pub const MAX_IN_VALUES: usize = 1000;
+/// Largest `days` of `last_days` / `next_days`.
+pub const MAX_RELATIVE_DAYS: u32 = 3660;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A custom row filter as an administrator writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Filter {
+    /// Every sub-filter matches.
+    And { filters: Vec<Filter> },
+    /// At least one sub-filter matches.
+    Or { filters: Vec<Filter> },
+    /// The sub-filter does not match.
+    Not { filter: Box<Filter> },
+    /// `column = value`.
+    Eq { column: String, value: Value },
+    /// `column <> value` (null values never match).
+    Ne { column: String, value: Value },
+    /// `column > value`.
+    Gt { column: String, value: Value },
+    /// `column >= value`.
+    Ge { column: String, value: Value },
+    /// `column < value`.
+    Lt { column: String, value: Value },
+    /// `column <= value`.
+    Le { column: String, value: Value },
+    /// The value is one of `values`.
+    In { column: String, values: Vec<Value> },
+    /// The value is set and none of `values`.
+    NotIn { column: String, values: Vec<Value> },
+    /// The value is empty.
+    IsNull { column: String },
+    /// The value is set.
+    NotNull { column: String },
+    /// Text starting with `value` (case-sensitive).
+    BeginsWith { column: String, value: String },
+    /// Text ending with `value` (case-sensitive).
+    EndsWith { column: String, value: String },
+    /// Text containing `value` (case-sensitive).
+    Contains { column: String, value: String },
+    /// The value is the id of the user the profile was issued to.
+    EqCurrentUser { column: String },
+    /// The value is the team id of the user the profile was issued to (a user
+    /// without a team matches nothing).
+    EqCurrentTeam { column: String },
+    /// A date or date-time today.
+    Today { column: String },
+    /// A date or date-time yesterday.
+    Yesterday { column: String },
+    /// A date or date-time tomorrow.
+    Tomorrow { column: String },
+    /// A date or date-time in the `days` days before today, or today.
+    LastDays { column: String, days: u32 },
+    /// A date or date-time today or in the `days` days after today.
+    NextDays { column: String, days: u32 },
+    /// A date or date-time today or later.
+    OnOrAfterToday { column: String },
+    /// A date or date-time in the current calendar month.
+    ThisMonth { column: String },
+    /// A date or date-time in the previous calendar month.
+    LastMonth { column: String },
+    /// A date or date-time in the next calendar month.
+    NextMonth { column: String },
+}
+
+/// What "current user", "my team" and "today" mean for one evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterContext {
+    /// The user the profile was issued to.
+    pub user_id: String,
+    /// That user's team, if any.
+    pub team_id: Option<String>,
+    /// The clock's reading, milliseconds since the epoch (UTC).
+    pub now_ms: i64,
+    /// Fixed offset of the profile's time zone from UTC, in minutes.
+    pub utc_offset_minutes: i32,
+}
+
+impl FilterContext {
+    /// Local day number (days since 1970-01-01) of "today".
+    pub fn today(&self) -> i64 {
+        (self.now_ms + i64::from(self.utc_offset_minutes) * 60_000).div_euclid(DAY_MS)
+    }
+}
+
+/// A comparison operator of a lowered condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl CmpOp {
+    /// The SQL operator.
+    pub fn sql(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "<>",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+        }
+    }
+    fn holds(self, o: Ordering) -> bool {
+        match self {
+            CmpOp::Eq => o == Ordering::Equal,
+            CmpOp::Ne => o != Ordering::Equal,
+            CmpOp::Gt => o == Ordering::Greater,
+            CmpOp::Ge => o != Ordering::Less,
+            CmpOp::Lt => o == Ordering::Less,
+            CmpOp::Le => o != Ordering::Greater,
+        }
+    }
+}
+
+/// A text operator of a lowered condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextOp {
+    BeginsWith,
+    EndsWith,
+    Contains,
+}
+
+/// A filter lowered for one [`FilterContext`]: no relative dates and no
+/// "current user" left, every value non-null and in its column's canonical
+/// form. The server compiles it to SQL; the device evaluates it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// Matches every row.
+    True,
+    /// Matches no row.
+    False,
+    And(Vec<Cond>),
+    Or(Vec<Cond>),
+    Not(Box<Cond>),
+    /// `column op value`; false on null.
+    Cmp {
+        column: String,
+        op: CmpOp,
+        value: Value,
+    },
+    /// `column [NOT] IN values`; false on null.
+    In {
+        column: String,
+        values: Vec<Value>,
+        negated: bool,
+    },
+    /// `column IS [NOT] NULL`.
+    IsNull {
+        column: String,
+        negated: bool,
+    },
+    /// Text operator; false on null.
+    Text {
+        column: String,
+        op: TextOp,
+        needle: String,
+    },
+}
+
+/// Orders two non-null values as SQLite does: numbers (booleans as 0/1)
+/// before text, numbers numerically, text byte by byte.
+fn sql_order(a: &Value, b: &Value) -> Option<Ordering> {
+    fn num(v: &Value) -> Option<f64> {
+        match v {
+            Value::Integer(i) => Some(*i as f64),
+            Value::Real(f) => Some(*f),
+            Value::Boolean(b) => Some(if *b { 1.0 } else { 0.0 }),
+            _ => None,
+        }
+    }
+    match (a, b) {
+        (Value::Null, _) | (_, Value::Null) => None,
+        (Value::Text(x), Value::Text(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        (Value::Text(_), _) => Some(Ordering::Greater),
+        (_, Value::Text(_)) => Some(Ordering::Less),
+        (Value::Integer(x), Value::Integer(y)) => Some(x.cmp(y)),
+        _ => num(a)?.partial_cmp(&num(b)?),
+    }
+}
+
+impl Cond {
+    /// Evaluates the condition against a row (device side).
+    pub fn eval(&self, row: &dyn Fn(&str) -> Option<Value>) -> bool {
+        let get = |c: &str| row(c).filter(|v| *v != Value::Null);
+        match self {
+            Cond::True => true,
+            Cond::False => false,
+            Cond::And(cs) => cs.iter().all(|c| c.eval(row)),
+            Cond::Or(cs) => cs.iter().any(|c| c.eval(row)),
+            Cond::Not(c) => !c.eval(row),
+            Cond::Cmp { column, op, value } => get(column)
+                .and_then(|v| sql_order(&v, value))
+                .is_some_and(|o| op.holds(o)),
+            Cond::In {
+                column,
+                values,
+                negated,
+            } => match get(column) {
+                None => false,
+                Some(v) => {
+                    let found = values
+                        .iter()
+                        .any(|x| sql_order(&v, x) == Some(Ordering::Equal));
+                    found != *negated
+                }
+            },
+            Cond::IsNull { column, negated } => get(column).is_none() != *negated,
+            Cond::Text { column, op, needle } => match get(column) {
+                Some(Value::Text(s)) => match op {
+                    TextOp::BeginsWith => s.starts_with(needle.as_str()),
+                    TextOp::EndsWith => s.ends_with(needle.as_str()),
+                    TextOp::Contains => s.contains(needle.as_str()),
+                },
+                _ => false,
+            },
+        }
+    }
+}
+
+fn kind_of(table: &SyncTable, column: &str) -> Result<ColumnKind, Error> {
+    table
+        .column(column)
+        .map(|c| c.kind)
+        .ok_or_else(|| Error::UnknownColumn {
+            table: table.name.clone(),
+            column: column.to_owned(),
+        })
+}
+
+fn bad(table: &SyncTable, msg: String) -> Error {
+    Error::InvalidProfile(format!("table '{}': filter: {msg}", table.name))
+}
+
+fn canonical(table: &SyncTable, column: &str, v: &Value) -> Result<Value, Error> {
+    let kind = kind_of(table, column)?;
+    if *v == Value::Null {
+        return Err(bad(
+            table,
+            format!("a value for '{column}' is null; use is_null / not_null for empty values"),
+        ));
+    }
+    v.clone()
+        .coerce(kind)
+        .map_err(|e| bad(table, format!("value for '{column}': {e}")))
+}
+
+impl Filter {
+    /// Checks the filter against a table's synced columns (it must only read
+    /// columns the device holds, so the device can evaluate it) and returns
+    /// it with every value in its column's canonical form.
+    pub fn validate(&self, table: &SyncTable) -> Result<Filter, Error> {
+        let mut nodes = 0;
+        self.check(table, 1, &mut nodes)
+    }
+
+    fn check(&self, table: &SyncTable, depth: usize, nodes: &mut usize) -> Result<Filter, Error> {
+        *nodes += 1;
+        if *nodes > MAX_FILTER_NODES {
+            return Err(bad(
+                table,
+                format!("more than {MAX_FILTER_NODES} conditions"),
+            ));
+        }
+        if depth > MAX_FILTER_DEPTH {
+            return Err(bad(
+                table,
+                format!("nested deeper than {MAX_FILTER_DEPTH} levels"),
+            ));
+        }
+        let text_col = |column: &str| -> Result<(), Error> {
+            match kind_of(table, column)? {
+                ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime => Ok(()),
+                k => Err(bad(
+                    table,
+                    format!("'{column}' holds {k:?} values, not text"),
+                )),
+            }
+        };
+        let date_col = |column: &str| -> Result<(), Error> {
+            match kind_of(table, column)? {
+                ColumnKind::Date | ColumnKind::DateTime => Ok(()),
+                _ => Err(bad(
+                    table,
+                    format!("relative dates need a date or datetime column; '{column}' is not one"),
+                )),
+            }
+        };
+        let days_ok = |days: u32| -> Result<(), Error> {
+            if days == 0 || days > MAX_RELATIVE_DAYS {
+                Err(bad(
+                    table,
+                    format!("days must be 1 to {MAX_RELATIVE_DAYS}, not {days}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let list = |column: &str, values: &[Value]| -> Result<Vec<Value>, Error> {
+            if values.is_empty() || values.len() > MAX_IN_VALUES {
+                return Err(bad(
+                    table,
+                    format!("an in / not_in list holds 1 to {MAX_IN_VALUES} values"),
+                ));
+            }
+            values.iter().map(|v| canonical(table, column, v)).collect()
+        };
+        let sub = |fs: &[Filter], nodes: &mut usize| -> Result<Vec<Filter>, Error> {
+            if fs.is_empty() {
+                return Err(bad(table, "an and / or needs at least one filter".into()));
+            }
+            fs.iter()
+                .map(|f| f.check(table, depth + 1, nodes))
+                .collect()
+        };
+        use Filter as F;
+        Ok(match self {
+            F::And { filters } => F::And {
+                filters: sub(filters, nodes)?,
+            },
+            F::Or { filters } => F::Or {
+                filters: sub(filters, nodes)?,
+            },
+            F::Not { filter } => F::Not {
+                filter: Box::new(filter.check(table, depth + 1, nodes)?),
+            },
+            F::Eq { column, value } => F::Eq {
+                value: canonical(table, column, value)?,
+                column: column.clone(),
+            },
+            F::Ne { column, value } => F::Ne {
+                value: canonical(table, column, value)?,
+                column: column.clone(),
+            },
+            F::Gt { column, value } => F::Gt {
+                value: canonical(table, column, value)?,
+                column: column.clone(),
+            },
+            F::Ge { column, value } => F::Ge {
+                value: canonical(table, column, value)?,
+                column: column.clone(),
+            },
+            F::Lt { column, value } => F::Lt {
+                value: canonical(table, column, value)?,
+                column: column.clone(),
+            },
+            F::Le { column, value } => F::Le {
+                value: canonical(table, column, value)?,
+                column: column.clone(),
+            },
+            F::In { column, values } => F::In {
+                values: list(column, values)?,
+                column: column.clone(),
+            },
+            F::NotIn { column, values } => F::NotIn {
+                values: list(column, values)?,
+                column: column.clone(),
+            },
+            F::IsNull { column } | F::NotNull { column } => {
+                kind_of(table, column)?;
+                self.clone()
+            }
+            F::BeginsWith { column, .. }
+            | F::EndsWith { column, .. }
+            | F::Contains { column, .. }
+            | F::EqCurrentUser { column }
+            | F::EqCurrentTeam { column } => {
+                text_col(column)?;
+                self.clone()
+            }
+            F::LastDays { column, days } | F::NextDays { column, days } => {
+                date_col(column)?;
+                days_ok(*days)?;
+                self.clone()
+            }
+            F::Today { column }
+            | F::Yesterday { column }
+            | F::Tomorrow { column }
+            | F::OnOrAfterToday { column }
+            | F::ThisMonth { column }
+            | F::LastMonth { column }
+            | F::NextMonth { column } => {
+                date_col(column)?;
+                self.clone()
+            }
+        })
+    }
+
+    /// True when the filter reads the clock (it holds a relative date).
+    pub fn uses_clock(&self) -> bool {
+        match self {
+            Filter::And { filters } | Filter::Or { filters } => {
+                filters.iter().any(Filter::uses_clock)
+            }
+            Filter::Not { filter } => filter.uses_clock(),
+            Filter::Today { .. }
+            | Filter::Yesterday { .. }
+            | Filter::Tomorrow { .. }
+            | Filter::LastDays { .. }
+            | Filter::NextDays { .. }
+            | Filter::OnOrAfterToday { .. }
+            | Filter::ThisMonth { .. }
+            | Filter::LastMonth { .. }
+            | Filter::NextMonth { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Every column the filter reads.
+    pub fn columns(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        self.collect_columns(&mut out);
+        out
+    }
+
+    fn collect_columns<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Filter::And { filters } | Filter::Or { filters } => {
+                for f in filters {
+                    f.collect_columns(out);
+                }
+            }
+            Filter::Not { filter } => filter.collect_columns(out),
+            Filter::Eq { column, .. }
+            | Filter::Ne { column, .. }
+            | Filter::Gt { column, .. }
+            | Filter::Ge { column, .. }
+            | Filter::Lt { column, .. }
+            | Filter::Le { column, .. }
+            | Filter::In { column, .. }
+            | Filter::NotIn { column, .. }
+            | Filter::IsNull { column }
+            | Filter::NotNull { column }
+            | Filter::BeginsWith { column, .. }
+            | Filter::EndsWith { column, .. }
+            | Filter::Contains { column, .. }
+            | Filter::EqCurrentUser { column }
+            | Filter::EqCurrentTeam { column }
+            | Filter::Today { column }
+            | Filter::Yesterday { column }
+            | Filter::Tomorrow { column }
+            | Filter::LastDays { column, .. }
+            | Filter::NextDays { column, .. }
+            | Filter::OnOrAfterToday { column }
+            | Filter::ThisMonth { column }
+            | Filter::LastMonth { column }
+            | Filter::NextMonth { column } => out.push(column),
+        }
+    }
+
+    /// Lowers the filter for one context. `table` gives column kinds (a
+    /// relative date on a date column gets date bounds, on a date-time
+    /// column date-time bounds). Call on a validated filter.
+    pub fn lower(&self, table: &SyncTable, ctx: &FilterContext) -> Cond {
+        let kind = |c: &str| table.column(c).map(|c| c.kind);
+        let cmp = |column: &str, op: CmpOp, value: &Value| Cond::Cmp {
+            column: column.to_owned(),
+            op,
+            value: value.clone(),
+        };
+        let today = ctx.today();
+        // A half-open range of local days [from, to) on a date column.
+        let range = |column: &str, from: i64, to: Option<i64>| -> Cond {
+            let bound = |day: i64| -> Value {
+                match kind(column) {
+                    Some(ColumnKind::DateTime) => Value::Text(format_datetime(
+                        day * DAY_MS - i64::from(ctx.utc_offset_minutes) * 60_000,
+                    )),
+                    _ => Value::Text(format_date(day)),
+                }
+            };
+            let lower = cmp(column, CmpOp::Ge, &bound(from));
+            match to {
+                Some(to) => Cond::And(vec![lower, cmp(column, CmpOp::Lt, &bound(to))]),
+                None => lower,
+            }
+        };
+        let month_start = |delta: i64| -> i64 {
+            let (y, m, _) = civil_from_days(today);
+            let index = y * 12 + i64::from(m) - 1 + delta;
+            days_from_civil(index.div_euclid(12), (index.rem_euclid(12) + 1) as u32, 1)
+        };
+        let text = |column: &str, op: TextOp, needle: &str| Cond::Text {
+            column: column.to_owned(),
+            op,
+            needle: needle.to_owned(),
+        };
+        use Filter as F;
+        match self {
+            F::And { filters } => Cond::And(filters.iter().map(|f| f.lower(table, ctx)).collect()),
+            F::Or { filters } => Cond::Or(filters.iter().map(|f| f.lower(table, ctx)).collect()),
+            F::Not { filter } => Cond::Not(Box::new(filter.lower(table, ctx))),
+            F::Eq { column, value } => cmp(column, CmpOp::Eq, value),
+            F::Ne { column, value } => cmp(column, CmpOp::Ne, value),
+            F::Gt { column, value } => cmp(column, CmpOp::Gt, value),
+            F::Ge { column, value } => cmp(column, CmpOp::Ge, value),
+            F::Lt { column, value } => cmp(column, CmpOp::Lt, value),
+            F::Le { column, value } => cmp(column, CmpOp::Le, value),
+            F::In { column, values } => Cond::In {
+                column: column.clone(),
+                values: values.clone(),
+                negated: false,
+            },
+            F::NotIn { column, values } => Cond::In {
+                column: column.clone(),
+                values: values.clone(),
+                negated: true,
+            },
+            F::IsNull { column } => Cond::IsNull {
+                column: column.clone(),
+                negated: false,
+            },
+            F::NotNull { column } => Cond::IsNull {
+                column: column.clone(),
+                negated: true,
+            },
+            F::BeginsWith { column, value } => text(column, TextOp::BeginsWith, value),
+            F::EndsWith { column, value } => text(column, TextOp::EndsWith, value),
+            F::Contains { column, value } => text(column, TextOp::Contains, value),
+            F::EqCurrentUser { column } => {
+                cmp(column, CmpOp::Eq, &Value::Text(ctx.user_id.clone()))
+            }
+            F::EqCurrentTeam { column } => match &ctx.team_id {
+                Some(team) => cmp(column, CmpOp::Eq, &Value::Text(team.clone())),
+                None => Cond::False,
+            },
+            F::Today { column } => range(column, today, Some(today + 1)),
+            F::Yesterday { column } => range(column, today - 1, Some(today)),
+            F::Tomorrow { column } => range(column, today + 1, Some(today + 2)),
+            F::LastDays { column, days } => {
+                range(column, today - i64::from(*days), Some(today + 1))
+            }
+            F::NextDays { column, days } => {
+                range(column, today, Some(today + i64::from(*days) + 1))
+            }
+            F::OnOrAfterToday { column } => range(column, today, None),
+            F::ThisMonth { column } => range(column, month_start(0), Some(month_start(1))),
+            F::LastMonth { column } => range(column, month_start(-1), Some(month_start(0))),
+            F::NextMonth { column } => range(column, month_start(1), Some(month_start(2))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Column;
+
+    fn table() -> SyncTable {
+        SyncTable {
+            name: "t".into(),
+            primary_key: "id".into(),
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    kind: ColumnKind::Text,
+                },
+                Column {
+                    name: "d".into(),
+                    kind: ColumnKind::Date,
+                },
+                Column {
+                    name: "ts".into(),
+                    kind: ColumnKind::DateTime,
+                },
+                Column {
+                    name: "n".into(),
+                    kind: ColumnKind::Integer,
+                },
+            ],
+            rules: vec![],
+            sync_interval_secs: 300,
+        }
+    }
+
+    fn ctx(now: &str, offset: i32) -> FilterContext {
+        FilterContext {
+            user_id: "u".into(),
+            team_id: None,
+            now_ms: crate::time::parse_datetime(now).unwrap_or(0),
+            utc_offset_minutes: offset,
+        }
+    }
+
+    #[test]
+    fn relative_dates_lower_to_bounds() {
+        let t = table();
+        let c = ctx("2026-01-31T23:30:00Z", 0);
+        let f = Filter::NextMonth { column: "d".into() };
+        assert_eq!(
+            f.lower(&t, &c),
+            Cond::And(vec![
+                Cond::Cmp {
+                    column: "d".into(),
+                    op: CmpOp::Ge,
+                    value: Value::Text("2026-02-01".into())
+                },
+                Cond::Cmp {
+                    column: "d".into(),
+                    op: CmpOp::Lt,
+                    value: Value::Text("2026-03-01".into())
+                },
+            ])
+        );
+        // One hour east of UTC it is already 1 February.
+        let c = ctx("2026-01-31T23:30:00Z", 60);
+        let f = Filter::Today {
+            column: "ts".into(),
+        };
+        assert_eq!(
+            f.lower(&t, &c),
+            Cond::And(vec![
+                Cond::Cmp {
+                    column: "ts".into(),
+                    op: CmpOp::Ge,
+                    value: Value::Text("2026-01-31T23:00:00Z".into())
+                },
+                Cond::Cmp {
+                    column: "ts".into(),
+                    op: CmpOp::Lt,
+                    value: Value::Text("2026-02-01T23:00:00Z".into())
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let t = table();
+        let e = Filter::Today { column: "n".into() }
+            .validate(&t)
+            .unwrap_err();
+        assert!(e.to_string().contains("date"), "{e}");
+        let e = Filter::Eq {
+            column: "zz".into(),
+            value: Value::Integer(1),
+        }
+        .validate(&t)
+        .unwrap_err();
+        assert!(e.to_string().contains("zz"), "{e}");
+        let e = Filter::Eq {
+            column: "n".into(),
+            value: Value::Text("x".into()),
+        }
+        .validate(&t)
+        .unwrap_err();
+        assert!(e.to_string().contains("'n'"), "{e}");
+    }
+}

@@ -1,0 +1,533 @@
+//! End-to-end suite of the offline profile: the default Field Service
+//! profile's removal rules (completed bookings, related rows, date windows
+//! under a controlled clock), profile versions, validation errors and SQL in
+//! filter values. The server runs in-process (`fieldsync_server::router`) on
+//! a 127.0.0.1 listener with an injected `ManualClock`; the device is the
+//! core `Engine` with the same clock, over real HTTP and real SQLite files.
+
+use std::sync::Arc;
+
+use fieldsync_core::time::{format_datetime, parse_datetime};
+use fieldsync_core::{Engine, EngineConfig, Error, HttpTransport, ManualClock};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "test-admin-token";
+const DAY: i64 = 86_400_000;
+
+struct Env {
+    url: String,
+    http: reqwest::Client,
+    clock: Arc<ManualClock>,
+    dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 2026-03-10T08:00:00Z
+        let clock = Arc::new(ManualClock::new(
+            parse_datetime("2026-03-10T08:00:00Z").expect("time"),
+        ));
+        let mut config = fieldsync_server::ServerConfig::new(dir.path().join("server"), ADMIN);
+        config.clock = clock.clone();
+        let app = fieldsync_server::router(&config).expect("router");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Env {
+            url,
+            http: reqwest::Client::new(),
+            clock,
+            dir,
+            _task: task,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .http
+            .request(m, format!("{}{path}", self.url))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&b).expect("json"));
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, ADMIN, body).await;
+        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
+        v
+    }
+
+    async fn user(&self, id: &str, role: &str, profile: Option<&str>) -> String {
+        let mut body = json!({"id": id, "name": id, "role": role});
+        if let Some(p) = profile {
+            body["profile"] = json!(p);
+        }
+        self.admin("POST", "/v1/admin/users", Some(body)).await["token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+
+    async fn seed(&self, techs: &[&str], n: usize) {
+        self.admin(
+            "POST",
+            "/v1/admin/seed",
+            Some(json!({"technicians": techs, "work_orders": n, "seed": 5, "now_ms": self.clock_now()})),
+        )
+        .await;
+    }
+
+    fn clock_now(&self) -> i64 {
+        use fieldsync_core::Clock;
+        self.clock.now_ms()
+    }
+
+    async fn put(&self, disp: &str, table: &str, id: &str, data: Value) {
+        let (s, v) = self
+            .call(
+                "PUT",
+                &format!("/v1/records/{table}/{id}"),
+                disp,
+                Some(json!({"data": data})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    fn device(&self, name: &str, token: &str) -> Arc<Engine> {
+        let config =
+            EngineConfig::new(self.dir.path().join(format!("{name}.db")), &self.url, token);
+        let transport =
+            Arc::new(HttpTransport::new(&self.url, Default::default()).expect("transport"));
+        Engine::open_with(config, transport, self.clock.clone()).expect("engine")
+    }
+}
+
+fn txt(v: &fieldsync_core::Value) -> Option<&str> {
+    match v {
+        fieldsync_core::Value::Text(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn has(engine: &Engine, table: &str, id: &str) -> bool {
+    match engine.get(table, id) {
+        Ok(_) => true,
+        Err(Error::RecordNotFound { .. }) => false,
+        Err(e) => panic!("get {table}/{id}: {e}"),
+    }
+}
+
+fn ids(engine: &Engine, table: &str) -> Vec<String> {
+    engine
+        .list(table, None, 100_000)
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_booking_leaves_with_its_work_order_unless_still_related() {
+    let env = Env::start().await;
+    let tech = env.user("tech-a", "technician", None).await;
+    let disp = env.user("disp", "dispatcher", None).await;
+    env.seed(&["tech-a"], 30).await;
+    let device = env.device("d", &tech);
+    device.sync().await.expect("first sync");
+
+    // The first ten bookings are active and inside the 7-day window.
+    for k in 0..3 {
+        assert!(has(&device, "bookings", &format!("bk-000000{k}")));
+        assert!(has(&device, "work_orders", &format!("wo-000000{k}")));
+        assert!(has(
+            &device,
+            "work_order_incidents",
+            &format!("inc-000000{k}")
+        ));
+    }
+    // Only work orders reached through my bookings are on the device.
+    let bookings = device.list("bookings", None, 10_000).expect("list");
+    let mut reached: Vec<String> = bookings
+        .iter()
+        .filter_map(|b| txt(&b.fields["work_order_id"]).map(str::to_owned))
+        .collect();
+    reached.sort();
+    reached.dedup();
+    assert_eq!(ids(&device, "work_orders"), reached);
+
+    // A second booking of mine also refers to wo-0000001.
+    let start = format_datetime(env.clock_now() + DAY);
+    let end = format_datetime(env.clock_now() + DAY + 3_600_000);
+    env.put(&disp, "bookings", "bk-extra", json!({"work_order_id": "wo-0000001", "resource_id": "tech-a", "status": "active", "start_time": start, "end_time": end})).await;
+    device.sync().await.expect("sync");
+    assert!(has(&device, "bookings", "bk-extra"));
+
+    // Both bookings of wo-0000000 and wo-0000001 are completed on the server.
+    env.put(
+        &disp,
+        "bookings",
+        "bk-0000000",
+        json!({"status": "completed", "booking_status_id": "bs-completed"}),
+    )
+    .await;
+    env.put(
+        &disp,
+        "bookings",
+        "bk-0000001",
+        json!({"status": "completed", "booking_status_id": "bs-completed"}),
+    )
+    .await;
+    let report = device.sync().await.expect("sync");
+    // Record Not Found for the booking, its work order and its children.
+    for (table, id) in [
+        ("bookings", "bk-0000000"),
+        ("work_orders", "wo-0000000"),
+        ("work_order_incidents", "inc-0000000"),
+        ("work_order_service_tasks", "wot-0000000-0"),
+    ] {
+        match device.get(table, id) {
+            Err(e @ Error::RecordNotFound { .. }) => {
+                assert_eq!(e.kind(), fieldsync_core::ErrorKind::RecordNotFound)
+            }
+            other => panic!("{table}/{id} should be gone: {other:?} ({report:?})"),
+        }
+    }
+    // wo-0000001 stays: bk-extra still refers to it; so do its children.
+    assert!(!has(&device, "bookings", "bk-0000001"));
+    assert!(has(&device, "work_orders", "wo-0000001"));
+    assert!(has(&device, "work_order_incidents", "inc-0000001"));
+
+    // A new booking for a work order the device does not hold brings the
+    // work order and its children although they did not change.
+    let absent = (10..30)
+        .map(|k| format!("wo-{k:07}"))
+        .find(|id| !has(&device, "work_orders", id))
+        .expect("some work order is not on the device");
+    let inc = absent.replace("wo-", "inc-");
+    env.put(&disp, "bookings", "bk-new", json!({"work_order_id": absent, "resource_id": "tech-a", "status": "active", "start_time": start, "end_time": end})).await;
+    device.sync().await.expect("sync");
+    assert!(has(&device, "work_orders", &absent));
+    assert!(has(&device, "work_order_incidents", &inc));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booking_window_passes_and_enters_without_server_change() {
+    let env = Env::start().await;
+    let tech = env.user("tech-a", "technician", None).await;
+    let disp = env.user("disp", "dispatcher", None).await;
+    env.seed(&["tech-a"], 12).await;
+    // A booking 9 days ahead: outside "today and the next 7 days".
+    let start = format_datetime(env.clock_now() + 9 * DAY);
+    let end = format_datetime(env.clock_now() + 9 * DAY + 3_600_000);
+    env.put(
+        &disp,
+        "work_orders",
+        "wo-later",
+        json!({"name": "Later", "status": "scheduled"}),
+    )
+    .await;
+    env.put(
+        &disp,
+        "work_order_incidents",
+        "inc-later",
+        json!({"work_order_id": "wo-later"}),
+    )
+    .await;
+    env.put(&disp, "bookings", "bk-later", json!({"work_order_id": "wo-later", "resource_id": "tech-a", "status": "active", "start_time": start, "end_time": end})).await;
+    let device = env.device("d", &tech);
+    device.sync().await.expect("sync");
+    assert!(has(&device, "bookings", "bk-0000000"));
+    assert!(!has(&device, "bookings", "bk-later"));
+    assert!(!has(&device, "work_orders", "wo-later"));
+
+    // Three days later bk-later is 6 days ahead: it arrives with its work
+    // order and incident, although nothing changed on the server.
+    env.clock.advance(3 * DAY);
+    device.sync().await.expect("sync");
+    assert!(has(&device, "bookings", "bk-later"));
+    assert!(has(&device, "work_orders", "wo-later"));
+    assert!(has(&device, "work_order_incidents", "inc-later"));
+
+    // Two weeks on, the seeded bookings (0 to 5 days ahead of the start)
+    // have passed: they leave with their work orders, no server change.
+    env.clock.advance(14 * DAY);
+    device.sync().await.expect("sync");
+    assert!(!has(&device, "bookings", "bk-0000000"));
+    assert!(!has(&device, "work_orders", "wo-0000000"));
+    assert!(!has(&device, "work_order_incidents", "inc-0000000"));
+    assert!(!has(&device, "bookings", "bk-later"));
+    for k in 0..10 {
+        assert!(!has(&device, "bookings", &format!("bk-{k:07}")));
+    }
+    // What stays is inside the window as the device evaluates it now, and
+    // every work order left is reached by a booking left.
+    let today = format_datetime(env.clock_now() - env.clock_now().rem_euclid(DAY));
+    let bookings = device.list("bookings", None, 10_000).expect("list");
+    let mut reached: Vec<String> = Vec::new();
+    for b in &bookings {
+        let start = txt(&b.fields["start_time"]).unwrap_or_default();
+        let end = txt(&b.fields["end_time"]).unwrap_or_default();
+        assert!(start >= today.as_str() || end >= today.as_str(), "{b:?}");
+        reached.extend(txt(&b.fields["work_order_id"]).map(str::to_owned));
+    }
+    reached.sort();
+    reached.dedup();
+    assert_eq!(ids(&device, "work_orders"), reached);
+}
+
+fn profile(tables: Value) -> Value {
+    json!({"name": "versions", "tables": tables})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_changes_apply_at_next_sync() {
+    let env = Env::start().await;
+    env.seed(&["tech-a"], 20).await;
+    let bookings_all = json!({"name": "bookings", "columns": ["name", "status", "resource_id", "notes"], "rules": [{"kind": "owned", "column": "resource_id"}], "sync_interval_secs": 300});
+    let statuses = json!({"name": "booking_statuses", "columns": ["name", "status"], "rules": [{"kind": "all"}], "sync_interval_secs": 3600});
+    env.admin(
+        "PUT",
+        "/v1/admin/profiles/versions",
+        Some(profile(json!([bookings_all, statuses]))),
+    )
+    .await;
+    let tech = env.user("tech-a", "technician", Some("versions")).await;
+    let device = env.device("d", &tech);
+    device.sync().await.expect("sync");
+    assert_eq!(ids(&device, "bookings").len(), 20);
+    assert_eq!(ids(&device, "booking_statuses").len(), 5);
+
+    // Table added (accounts), table dropped (booking_statuses), filter narrowed.
+    let narrowed = json!({"name": "bookings", "columns": ["name", "status", "resource_id", "notes"], "rules": [{"kind": "custom", "filter": {"op": "and", "filters": [{"op": "eq_current_user", "column": "resource_id"}, {"op": "eq", "column": "status", "value": "active"}]}}], "sync_interval_secs": 300});
+    let accounts = json!({"name": "accounts", "columns": ["name"], "rules": [{"kind": "all"}], "sync_interval_secs": 3600});
+    env.admin(
+        "PUT",
+        "/v1/admin/profiles/versions",
+        Some(profile(json!([narrowed, accounts]))),
+    )
+    .await;
+    device.sync().await.expect("sync");
+    assert!(!ids(&device, "accounts").is_empty());
+    assert!(matches!(
+        device.list("booking_statuses", None, 10),
+        Err(Error::UnknownTable(_))
+    ));
+    let active = device.list("bookings", None, 1000).expect("list");
+    assert!(!active.is_empty() && active.len() < 20, "{}", active.len());
+    assert!(
+        active
+            .iter()
+            .all(|b| txt(&b.fields["status"]) == Some("active"))
+    );
+
+    // Filter widened again (and a column dropped): the completed ones return.
+    let widened = json!({"name": "bookings", "columns": ["name", "status", "resource_id"], "rules": [{"kind": "owned", "column": "resource_id"}], "sync_interval_secs": 300});
+    env.admin(
+        "PUT",
+        "/v1/admin/profiles/versions",
+        Some(profile(json!([widened, accounts]))),
+    )
+    .await;
+    device.sync().await.expect("sync");
+    let all = device.list("bookings", None, 1000).expect("list");
+    assert_eq!(all.len(), 20);
+    assert!(all.iter().all(|b| !b.fields.contains_key("notes")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_profiles_are_refused_naming_the_problem() {
+    let env = Env::start().await;
+    let t = |name: &str, rules: Value, interval: u32| json!({"name": name, "columns": ["name"], "rules": rules, "sync_interval_secs": interval});
+    let all = json!([{"kind": "all"}]);
+    let related = |table: &str| json!([{"kind": "related", "table": table, "column": "id", "foreign_column": "id"}]);
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!([t("no_such_table", all.clone(), 300)]),
+            "unknown_table",
+            "no_such_table",
+        ),
+        (
+            json!([{"name": "accounts", "columns": ["nope"], "rules": all, "sync_interval_secs": 300}]),
+            "unknown_column",
+            "nope",
+        ),
+        (
+            json!([t("accounts", related("bookings"), 300)]),
+            "invalid_profile",
+            "bookings",
+        ),
+        (
+            json!([
+                t("accounts", related("customer_assets"), 300),
+                t("customer_assets", related("accounts"), 300)
+            ]),
+            "invalid_profile",
+            "circular",
+        ),
+        (
+            json!([t("accounts", all.clone(), 60)]),
+            "invalid_profile",
+            "5 minutes",
+        ),
+        (
+            json!([t("accounts", all.clone(), 90_000)]),
+            "invalid_profile",
+            "1 day",
+        ),
+        (
+            json!([t(
+                "accounts",
+                json!([{"kind": "custom", "filter": {"op": "today", "column": "name"}}]),
+                300
+            )]),
+            "invalid_profile",
+            "date",
+        ),
+        (
+            json!([t(
+                "accounts",
+                json!([{"kind": "custom", "filter": {"op": "eq", "column": "city", "value": "Lyon"}}]),
+                300
+            )]),
+            "unknown_column",
+            "city",
+        ),
+    ];
+    for (tables, code, needle) in cases {
+        let (s, v) = env
+            .call(
+                "PUT",
+                "/v1/admin/profiles/bad",
+                ADMIN,
+                Some(json!({"name": "bad", "tables": tables})),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_in_a_filter_value_matches_literally() {
+    let env = Env::start().await;
+    env.seed(&["tech-a"], 10).await;
+    let disp = env.user("disp", "dispatcher", None).await;
+    let evil = "x'); DROP TABLE bookings; -- /* \" ; SELECT 1";
+    env.put(&disp, "bookings", "bk-0000003", json!({"notes": evil}))
+        .await;
+    env.put(&disp, "bookings", "bk-0000004", json!({"notes": "x"}))
+        .await;
+    let p = json!({"name": "evil", "tables": [{"name": "bookings", "columns": ["name", "notes"], "rules": [{"kind": "custom", "filter": {"op": "or", "filters": [{"op": "eq", "column": "notes", "value": evil}, {"op": "begins_with", "column": "notes", "value": "' OR 1=1 --"}]}}], "sync_interval_secs": 300}]});
+    env.admin("PUT", "/v1/admin/profiles/evil", Some(p)).await;
+    let tech = env.user("tech-a", "technician", Some("evil")).await;
+    let device = env.device("d", &tech);
+    device.sync().await.expect("sync");
+    assert_eq!(ids(&device, "bookings"), vec!["bk-0000003".to_owned()]);
+    assert_eq!(
+        txt(&device.get("bookings", "bk-0000003").expect("row").fields["notes"]),
+        Some(evil)
+    );
+    // Nothing changed on the server: every booking is still there.
+    let (s, v) = env
+        .call("GET", "/v1/records/bookings?limit=1000", &disp, None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(10), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_never_drops_a_pending_local_edit_silently() {
+    let env = Env::start().await;
+    let tech = env.user("tech-a", "technician", None).await;
+    let disp = env.user("disp", "dispatcher", None).await;
+    env.seed(&["tech-a"], 12).await;
+    let device = env.device("d", &tech);
+    device.sync().await.expect("sync");
+
+    // Offline edits: the booking itself and the work order of another booking.
+    let mut notes = std::collections::BTreeMap::new();
+    notes.insert(
+        "notes".to_owned(),
+        fieldsync_core::Value::Text("left key under mat".into()),
+    );
+    device
+        .update("bookings", "bk-0000002", notes)
+        .expect("edit booking");
+    let mut summary = std::collections::BTreeMap::new();
+    summary.insert(
+        "summary".to_owned(),
+        fieldsync_core::Value::Text("edited offline".into()),
+    );
+    device
+        .update("work_orders", "wo-0000003", summary)
+        .expect("edit work order");
+    // Meanwhile dispatch completes both bookings.
+    env.put(
+        &disp,
+        "bookings",
+        "bk-0000002",
+        json!({"status": "completed"}),
+    )
+    .await;
+    env.put(
+        &disp,
+        "bookings",
+        "bk-0000003",
+        json!({"status": "completed"}),
+    )
+    .await;
+
+    let report = device.sync().await.expect("sync");
+    // Both rows had left the technician's profile before the edits arrived:
+    // the server refused them (nothing changed there), the device keeps each
+    // refused change, with its data, in its sync errors, and the rows leave.
+    let (s, v) = env
+        .call("GET", "/v1/records/bookings/bk-0000002", &disp, None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["row"]["status"], "completed", "{v}");
+    assert!(!has(&device, "bookings", "bk-0000002"));
+    assert!(!has(&device, "work_orders", "wo-0000003"));
+    let errors = device.sync_errors(50).expect("errors");
+    for (id, column, value) in [
+        ("bk-0000002", "notes", "left key under mat"),
+        ("wo-0000003", "summary", "edited offline"),
+    ] {
+        let e = errors
+            .iter()
+            .find(|e| e.record_id == id)
+            .unwrap_or_else(|| panic!("a sync error for the refused edit of {id}: {report:?}"));
+        assert_eq!(e.kind, "rejected");
+        assert_eq!(
+            e.device_data
+                .as_ref()
+                .and_then(|d| d.get(column))
+                .and_then(txt),
+            Some(value)
+        );
+    }
+    assert_eq!(device.pending_uploads().expect("pending"), 0);
+}
