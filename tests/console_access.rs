@@ -23,6 +23,10 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/model"),
     ("GET", "/v1/admin/devices"),
     ("POST", "/v1/admin/seed"),
+    ("GET", "/v1/admin/telemetry"),
+    ("GET", "/v1/admin/telemetry/summary"),
+    ("GET", "/v1/admin/online-access"),
+    ("PUT", "/v1/admin/online-access"),
 ];
 
 /// Console routes open to anyone: the sign-in form and the two static

@@ -16,7 +16,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_during_100_syncs_then_converge() {
     let server = Server::start_with(&["--pull-delay-ms", "3"]).await;
-    let tech = server.user("tech-1", "technician").await;
+    let tech = server.wide_technician("tech-1").await;
     let dispatcher = server.user("disp", "dispatcher").await;
     server.seed(&["tech-1", "tech-2"], 150).await;
     let dir = tempfile::tempdir().unwrap();

@@ -62,7 +62,7 @@ async fn disk_full_during_write_and_pull_loses_nothing_and_recovers() {
         return;
     }
     let server = Server::start().await;
-    let tech = server.user("tech-1", "technician").await;
+    let tech = server.wide_technician("tech-1").await;
     let dispatcher = server.user("disp", "dispatcher").await;
     server.seed(&["tech-1"], 300).await;
     let dir = tempfile::tempdir().unwrap();
