@@ -480,7 +480,7 @@ async fn a_started_sync_finishes_in_the_background() {
         .expect("ran");
     assert_eq!(done.mode, SyncMode::First);
     assert_eq!(done.report.tables.len(), 3);
-    assert!(engine.list("accounts", None, 5).expect("rows").len() > 0);
+    assert!(!engine.list("accounts", None, 5).expect("rows").is_empty());
     // No new sync starts while in the background.
     clock.advance(60 * MIN);
     assert!(matches!(

@@ -37,14 +37,14 @@ pub struct Admin {
 
 impl Admin {
     /// Refuses a form without this session's anti-forgery token (403).
-    pub fn check_csrf(&self, form: &Form) -> Result<(), Response> {
+    pub fn check_csrf(&self, form: &Form) -> Result<(), Box<Response>> {
         let sent = form.get("csrf").unwrap_or_default();
         if !sent.is_empty() && constant_time_eq(sent.as_bytes(), self.csrf.as_bytes()) {
             Ok(())
         } else {
-            Err(forbidden(
+            Err(Box::new(forbidden(
                 "This form has expired or did not come from the console. Reload the page and try again.",
-            ))
+            )))
         }
     }
 }
@@ -71,10 +71,12 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
     for value in headers.get_all(header::COOKIE) {
         let Ok(text) = value.to_str() else { continue };
         for pair in text.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=') {
-                if k == COOKIE && !v.is_empty() && v.len() <= 128 {
-                    return Some(v.to_owned());
-                }
+            if let Some((_, v)) = pair
+                .trim()
+                .split_once('=')
+                .filter(|(k, v)| *k == COOKIE && !v.is_empty() && v.len() <= 128)
+            {
+                return Some(v.to_owned());
             }
         }
     }
@@ -84,10 +86,12 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 /// True when the request comes from another origin (by its `Origin`
 /// header, or `Sec-Fetch-Site` when the browser sends it).
 fn cross_origin(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if site != "same-origin" && site != "none" {
-            return true;
-        }
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site != "same-origin" && site != "none")
+    {
+        return true;
     }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -212,7 +216,7 @@ pub async fn logout(
     form: Form,
 ) -> Response {
     if let Err(r) = admin.check_csrf(&form) {
-        return r;
+        return *r;
     }
     if let Some(id) = session_cookie(&headers) {
         let db = app.db.clone();

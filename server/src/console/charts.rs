@@ -163,9 +163,16 @@ pub fn failures_by_type(failures: &[FailureTypeCount], total_syncs: u64) -> Stri
     out
 }
 
+/// A percentile line: label, CSS class, and how to read it from a bucket.
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&TelemetryBucket) -> Option<f64>,
+);
+
 /// Sync duration percentiles (p50, p90, p99) per time bucket as lines.
 pub fn duration_percentiles(buckets: &[TelemetryBucket]) -> String {
-    let series: [(&str, &str, fn(&TelemetryBucket) -> Option<f64>); 3] = [
+    let series: [Series; 3] = [
         ("p50", "p50", |b| b.duration_ms_p50),
         ("p90", "p90", |b| b.duration_ms_p90),
         ("p99", "p99", |b| b.duration_ms_p99),

@@ -252,7 +252,7 @@ fn profile_from_draft(
                 d.interval_minutes
             ))
         })?;
-        if !minutes.is_finite() || minutes < 0.0 || minutes > 1e9 {
+        if !minutes.is_finite() || !(0.0..=1e9).contains(&minutes) {
             return Err(err(format!(
                 "table '{table}': the sync interval must be a positive number of minutes"
             )));
@@ -455,6 +455,7 @@ fn not_found(admin: &Admin, name: &str) -> Response {
     )
 }
 
+#[allow(clippy::too_many_arguments)] // one page, drawn from all of its parts
 fn render(
     admin: &Admin,
     name: &str,
@@ -519,7 +520,7 @@ pub async fn publish(
     form: Form,
 ) -> Response {
     if let Err(r) = admin.check_csrf(&form) {
-        return r;
+        return *r;
     }
     let (stored, version) = match load(&app, &name).await {
         Ok(Some(p)) => p,
@@ -620,9 +621,9 @@ mod tests {
         let profile = crate::field_service_profile();
         let mut draft = draft_of(&profile, &model);
         draft.tables[0].1.rules_text = "{\"kind\":\"all\"}\nnot json".into();
-        let e = profile_from_draft(&profile.name, &draft, &profile)
-            .err()
-            .expect("refused");
+        let Err(e) = profile_from_draft(&profile.name, &draft, &profile) else {
+            panic!("the draft should be refused");
+        };
         assert_eq!(e.table.as_deref(), Some("bookings"));
         assert!(e.message.contains("rule line 2"), "{}", e.message);
     }

@@ -73,7 +73,7 @@ pub async fn show(
 /// `POST /console/settings`: switches conflict detection.
 pub async fn save(State(app): State<Arc<App>>, admin: Admin, form: Form) -> Response {
     if let Err(r) = admin.check_csrf(&form) {
-        return r;
+        return *r;
     }
     let on = match form.get("conflict_detection") {
         Some("on") => true,

@@ -132,8 +132,8 @@ async fn render(
         Err(e) => return error_page(&e),
     };
     let mut body = message.unwrap_or_default();
-    if let Some(id) = q.retried {
-        if let Some(r) = retries.get(&id) {
+    if let Some((id, r)) = q.retried.and_then(|id| retries.get(&id).map(|r| (id, r))) {
+        {
             body.push_str(&notice(
                 "ok",
                 &format!(
@@ -206,7 +206,7 @@ pub async fn retry(
     form: Form,
 ) -> Response {
     if let Err(r) = admin.check_csrf(&form) {
-        return r;
+        return *r;
     }
     let Ok(id) = id.parse::<i64>() else {
         return render(
