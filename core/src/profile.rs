@@ -586,3 +586,83 @@ pub fn check_identifier(name: &str) -> Result<(), Error> {
 pub fn quote_ident(name: &str) -> String {
     format!("\"{name}\"")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model of `n` tables `t0..t{n-1}`, each with `id` and `parent_id`.
+    fn chain_model(n: usize) -> DataModel {
+        DataModel {
+            tables: (0..n)
+                .map(|i| TableSchema {
+                    name: format!("t{i}"),
+                    primary_key: "id".into(),
+                    columns: vec![
+                        Column {
+                            name: "id".into(),
+                            kind: ColumnKind::Text,
+                        },
+                        Column {
+                            name: "parent_id".into(),
+                            kind: ColumnKind::Text,
+                        },
+                    ],
+                })
+                .collect(),
+        }
+    }
+
+    /// A profile where `t{i}` is related to `t{i+1}`: `t0` reaches every other table.
+    fn chain_profile(n: usize) -> OfflineProfile {
+        OfflineProfile {
+            name: "chain".into(),
+            description: String::new(),
+            utc_offset_minutes: 0,
+            tables: (0..n)
+                .map(|i| TableProfile {
+                    name: format!("t{i}"),
+                    columns: vec!["parent_id".into()],
+                    rules: if i + 1 < n {
+                        vec![RowRule::Related {
+                            table: format!("t{}", i + 1),
+                            column: "parent_id".into(),
+                            foreign_column: "id".into(),
+                        }]
+                    } else {
+                        vec![RowRule::All]
+                    },
+                    sync_interval_secs: 300,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn at_most_fifteen_related_tables_counted_transitively() {
+        // t0 reaches 15 tables through the chain: allowed.
+        assert!(chain_profile(16).validate(&chain_model(16)).is_ok());
+        // t0 reaches 16 tables: refused, naming the table and the limit.
+        let err = chain_profile(17)
+            .validate(&chain_model(17))
+            .expect_err("16 related tables are too many");
+        let message = err.to_string();
+        assert!(matches!(err, Error::InvalidProfile(_)), "{err:?}");
+        assert!(
+            message.contains("'t0'") && message.contains("16 tables") && message.contains("15"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn circular_relationships_are_refused() {
+        let mut p = chain_profile(3);
+        p.tables[2].rules = vec![RowRule::Related {
+            table: "t0".into(),
+            column: "parent_id".into(),
+            foreign_column: "id".into(),
+        }];
+        let err = p.validate(&chain_model(3)).expect_err("a cycle");
+        assert!(err.to_string().contains("circular relationship"), "{err}");
+    }
+}

@@ -86,8 +86,83 @@ pub struct TelemetryView {
 /// ingestion connects its aggregate query here (mapping into
 /// [`TelemetryAggregate`] and [`DeviceReport`]); no other console code
 /// changes.
-pub fn read(_db: &Db) -> ApiResult<TelemetryView> {
-    Ok(TelemetryView::default())
+pub fn read(db: &Db) -> ApiResult<TelemetryView> {
+    use fieldsync_core::telemetry::TelemetryKind;
+    const BUCKET_SECS: i64 = 3600;
+    let events = crate::telemetry::list(
+        db,
+        &crate::telemetry::TelemetryQuery {
+            kind: Some("sync".into()),
+            limit: Some(5000),
+            ..Default::default()
+        },
+    )?;
+    // Hourly buckets of the sync events, oldest first.
+    let mut buckets: BTreeMap<i64, (u64, u64, Vec<i64>)> = BTreeMap::new();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut devices: BTreeMap<(String, String), (i64, DeviceReport)> = BTreeMap::new();
+    for stored in &events {
+        let e = &stored.event;
+        if e.kind != TelemetryKind::Sync {
+            continue;
+        }
+        let start = e.started_at.div_euclid(BUCKET_SECS * 1000) * BUCKET_SECS * 1000;
+        let bucket = buckets.entry(start).or_default();
+        bucket.0 += 1;
+        if e.result != "success" {
+            bucket.1 += 1;
+            *failures
+                .entry(e.failure_type.clone().unwrap_or_else(|| "unknown".into()))
+                .or_default() += 1;
+        }
+        bucket.2.push(e.duration_ms);
+        let key = (e.device_id.clone(), stored.user_id.clone());
+        let newer = devices.get(&key).is_none_or(|(at, _)| *at <= e.started_at);
+        if newer {
+            let report = DeviceReport {
+                pending_uploads: None,
+                app_version: (!e.app_version.is_empty()).then(|| e.app_version.clone()),
+            };
+            devices.insert(key, (e.started_at, report));
+        }
+    }
+    let percentile = |sorted: &[i64], p: f64| -> Option<f64> {
+        if sorted.is_empty() {
+            return None;
+        }
+        let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        Some(sorted[rank - 1] as f64)
+    };
+    let buckets = buckets
+        .into_iter()
+        .map(|(start, (syncs, failed, mut durations))| {
+            durations.sort_unstable();
+            TelemetryBucket {
+                start: fieldsync_core::time::format_datetime(start),
+                syncs,
+                failed,
+                duration_ms_p50: percentile(&durations, 0.50),
+                duration_ms_p90: percentile(&durations, 0.90),
+                duration_ms_p99: percentile(&durations, 0.99),
+            }
+        })
+        .collect();
+    let mut failures_by_type: Vec<FailureTypeCount> = failures
+        .into_iter()
+        .map(|(failure_type, count)| FailureTypeCount {
+            failure_type,
+            count,
+        })
+        .collect();
+    failures_by_type.sort_by(|a, b| b.count.cmp(&a.count));
+    Ok(TelemetryView {
+        aggregate: TelemetryAggregate {
+            bucket_secs: BUCKET_SECS as u64,
+            buckets,
+            failures_by_type,
+        },
+        devices: devices.into_iter().map(|(k, (_, r))| (k, r)).collect(),
+    })
 }
 
 /// The Telemetry page's body for an aggregate (charts, or the empty state).
