@@ -154,7 +154,7 @@ pub fn read(db: &Db) -> ApiResult<TelemetryView> {
             count,
         })
         .collect();
-    failures_by_type.sort_by(|a, b| b.count.cmp(&a.count));
+    failures_by_type.sort_by_key(|f| std::cmp::Reverse(f.count));
     Ok(TelemetryView {
         aggregate: TelemetryAggregate {
             bucket_secs: BUCKET_SECS as u64,
