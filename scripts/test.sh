@@ -21,6 +21,9 @@ if [ -f tests/check_openapi.py ]; then
   python3 tests/check_openapi.py
 fi
 
+step "Bindings: Kotlin on the JVM against a real server, generated Swift parse-checked"
+scripts/kotlin-test.sh
+
 step "Demo runs and exits 0"
 cargo run --quiet --locked -- demo --work-orders 100 >/dev/null
 
