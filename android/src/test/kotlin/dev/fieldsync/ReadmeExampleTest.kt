@@ -76,7 +76,8 @@ class ReadmeExampleTest {
             assertEquals("Replaced the filter", notes)
             FieldSync.open(server.databasePath("readme"), server.url, token).use { again ->
                 assertEquals(1L, again.status().pendingUploads)
-                assertEquals(0L, again.syncNow().let { again.pendingUploads() })
+                again.syncNow()
+                assertEquals(0L, again.pendingUploads())
             }
         }
     }

@@ -145,8 +145,8 @@ class ShellTest {
         val done = BackgroundSync.run(sync, metered, wifiOnly = false)
         assertTrue(done is BackgroundSyncResult.Done && done.report.tables.isNotEmpty())
 
-        val port = ServerSocket(0).use { it.localPort }
-        FieldSync.open(server.databasePath("shell"), "http://127.0.0.1:$port", "t").use { unreachable ->
+        val port = ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress()).use { it.localPort }
+        FieldSync.open(server.databasePath("unreachable"), "http://127.0.0.1:$port", "t").use { unreachable ->
             val retry = BackgroundSync.run(unreachable, metered, wifiOnly = false)
             assertTrue(retry is BackgroundSyncResult.Retry, "$retry")
         }

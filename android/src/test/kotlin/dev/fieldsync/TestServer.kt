@@ -32,8 +32,10 @@ class TestServer private constructor(
                 bin, "server", "--listen", "127.0.0.1:0", "--admin-token", ADMIN_TOKEN,
                 "--data-dir", dir.resolve("server").toString(),
             ).redirectError(ProcessBuilder.Redirect.INHERIT).start()
-            val line = BufferedReader(InputStreamReader(process.inputStream)).readLine()
-                ?: error("the server printed nothing (exit ${process.waitFor()})")
+            val stdout = BufferedReader(InputStreamReader(process.inputStream))
+            val line = stdout.readLine() ?: error("the server printed nothing (exit ${process.waitFor()})")
+            // Keep draining stdout so the server never blocks on a full pipe.
+            Thread { stdout.useLines { lines -> lines.forEach { _ -> } } }.apply { isDaemon = true }.start()
             val address = Regex("\"address\"\\s*:\\s*\"([^\"]+)\"").find(line)?.groupValues?.get(1)
                 ?: error("no address in the server's first line: $line")
             check(line.contains("\"listening\"")) { "unexpected first line: $line" }
