@@ -100,7 +100,7 @@ fn dropping_the_handle_ends_the_subscription() {
 fn reads_and_writes_before_the_first_sync_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    let block = futures::executor::block_on;
+    use futures::executor::block_on as block;
     assert!(matches!(
         block(engine.get("bookings".into(), "b1".into())),
         Err(FieldSyncError::InvalidInput { .. })
