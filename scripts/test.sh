@@ -24,6 +24,9 @@ fi
 step "Admin console: browser tests (headless Chromium)"
 scripts/browser-test.sh
 
+step "Bindings: Kotlin on the JVM against a real server, generated Swift parse-checked"
+scripts/kotlin-test.sh
+
 step "Demo runs and exits 0"
 cargo run --quiet --locked -- demo --work-orders 100 >/dev/null
 

@@ -1,0 +1,58 @@
+package dev.fieldsync.android
+
+import android.app.NotificationChannel
+import android.app.NotificationManager
+import android.content.Context
+import androidx.core.app.NotificationCompat
+import androidx.core.app.NotificationManagerCompat
+import dev.fieldsync.platform.SyncNotification
+import dev.fieldsync.platform.SyncNotificationPresenter
+
+/**
+ * [SyncNotificationPresenter] with a low-importance notification channel:
+ * a progress bar while downloading, then "up to date" or the failure.
+ * Needs POST_NOTIFICATIONS on Android 13+; without it nothing is shown.
+ */
+class AndroidSyncNotificationPresenter(
+    private val context: Context,
+    private val smallIcon: Int,
+    private val channelName: String = "Sync",
+) : SyncNotificationPresenter {
+    private val manager = NotificationManagerCompat.from(context)
+
+    init {
+        context.getSystemService(NotificationManager::class.java)
+            .createNotificationChannel(NotificationChannel(CHANNEL, channelName, NotificationManager.IMPORTANCE_LOW))
+    }
+
+    override fun show(notification: SyncNotification) {
+        if (!manager.areNotificationsEnabled()) return
+        val builder = NotificationCompat.Builder(context, CHANNEL).setSmallIcon(smallIcon).setOnlyAlertOnce(true)
+        when (notification) {
+            is SyncNotification.Progress -> {
+                builder.setContentTitle("Downloading ${notification.table ?: "data"}").setOngoing(true)
+                val total = notification.rowsTotal
+                if (total != null && total > 0) {
+                    builder.setProgress(100, (notification.rowsDone * 100 / total).toInt().coerceIn(0, 100), false)
+                } else {
+                    builder.setProgress(0, 0, true)
+                }
+            }
+            is SyncNotification.Finished -> builder.setContentTitle("Up to date")
+                .setContentText("${notification.rowsDownloaded} rows downloaded, ${notification.uploaded} changes uploaded")
+            is SyncNotification.Failed -> builder.setContentTitle("Sync stopped").setContentText(notification.reason)
+        }
+        try {
+            manager.notify(NOTIFICATION_ID, builder.build())
+        } catch (e: SecurityException) {
+            // POST_NOTIFICATIONS was revoked: sync goes on without a notification.
+        }
+    }
+
+    override fun dismiss() = manager.cancel(NOTIFICATION_ID)
+
+    private companion object {
+        const val CHANNEL = "fieldsync-sync"
+        const val NOTIFICATION_ID = 0x5f5c
+    }
+}

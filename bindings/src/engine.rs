@@ -1,0 +1,266 @@
+//! The [`Engine`] object apps hold: opens the device database and delegates
+//! every call to [`fieldsync_core::Engine`]. Reads and writes go to the local
+//! database (offline-first); sync, refresh and reset talk to the server.
+//!
+//! Every call is async for the foreign side (Kotlin `suspend`, Swift `async`)
+//! and runs on the library runtime, so no app thread waits on disk or
+//! network. Cancelling the caller cancels the call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fieldsync_core::profile::{SyncProfile, SyncTable};
+use fieldsync_core::{Engine as CoreEngine, EngineConfig as CoreEngineConfig};
+
+use crate::errors::{FieldSyncError, non_negative};
+use crate::events::{ListenerHandle, SyncEventListener};
+use crate::records::{ColumnKind, Record, ResetReport, SyncError, SyncReport, core_fields};
+use crate::runtime::{run, run_blocking};
+use crate::status::DeviceStatus;
+
+/// How to open an engine.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct EngineConfig {
+    /// Path of the device database file (created if missing), for example
+    /// in the app's files directory.
+    pub database_path: String,
+    /// Base URL of the sync server, for example `https://sync.example.com`.
+    pub server_url: String,
+    /// The user's bearer token.
+    pub token: String,
+    /// Rows per download page (1 to 10000).
+    #[uniffi(default = 1000)]
+    pub page_size: i32,
+}
+
+impl TryFrom<EngineConfig> for CoreEngineConfig {
+    type Error = FieldSyncError;
+
+    fn try_from(c: EngineConfig) -> Result<Self, FieldSyncError> {
+        let page_size = u32::try_from(c.page_size).map_err(|_| FieldSyncError::InvalidInput {
+            reason: "page size must be 1 to 10000".into(),
+        })?;
+        let mut config = CoreEngineConfig::new(c.database_path, &c.server_url, &c.token);
+        config.page_size = page_size;
+        Ok(config)
+    }
+}
+
+/// One column of a table in the offline profile.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ProfileColumn {
+    /// Column name.
+    pub name: String,
+    /// Column kind.
+    pub kind: ColumnKind,
+}
+
+/// One table of the offline profile.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ProfileTable {
+    /// Table name.
+    pub name: String,
+    /// Name of the primary key column (always the first column).
+    pub primary_key: String,
+    /// The columns that sync to the device.
+    pub columns: Vec<ProfileColumn>,
+    /// Sync interval, in seconds.
+    pub sync_interval_secs: i64,
+}
+
+impl From<SyncTable> for ProfileTable {
+    fn from(t: SyncTable) -> Self {
+        ProfileTable {
+            name: t.name,
+            primary_key: t.primary_key,
+            columns: t
+                .columns
+                .into_iter()
+                .map(|c| ProfileColumn {
+                    name: c.name,
+                    kind: c.kind.into(),
+                })
+                .collect(),
+            sync_interval_secs: i64::from(t.sync_interval_secs),
+        }
+    }
+}
+
+/// The offline profile in force on the device: which tables and columns sync.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SyncProfileInfo {
+    /// Profile name.
+    pub name: String,
+    /// Profile version; a new version is picked up at the next sync.
+    pub version: i64,
+    /// The user the profile was resolved for.
+    pub user_id: String,
+    /// The tables, in sync order.
+    pub tables: Vec<ProfileTable>,
+}
+
+impl From<SyncProfile> for SyncProfileInfo {
+    fn from(p: SyncProfile) -> Self {
+        SyncProfileInfo {
+            name: p.name,
+            version: p.version,
+            user_id: p.user_id,
+            tables: p.tables.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// The device engine: the offline database of one user and its sync.
+/// Open one per database file and share it.
+#[derive(uniffi::Object)]
+pub struct Engine {
+    core: Arc<CoreEngine>,
+}
+
+impl Engine {
+    /// Runs a local-database call of the core on the blocking pool.
+    async fn local<T, F>(&self, f: F) -> Result<T, FieldSyncError>
+    where
+        F: FnOnce(&CoreEngine) -> Result<T, fieldsync_core::Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let core = self.core.clone();
+        run_blocking(move || f(&core).map_err(FieldSyncError::from)).await
+    }
+}
+
+#[uniffi::export]
+impl Engine {
+    /// Opens (or creates) the device database and prepares sync with the
+    /// server. Does not touch the network; sync with [`Engine::sync_now`].
+    #[uniffi::constructor]
+    pub fn open(config: EngineConfig) -> Result<Arc<Engine>, FieldSyncError> {
+        crate::logging::ensure_logging();
+        let core = CoreEngine::open(config.try_into()?)?;
+        Ok(Arc::new(Engine { core }))
+    }
+
+    /// This device's id (stable for the life of the database).
+    pub fn device_id(&self) -> String {
+        self.core.device_id().to_owned()
+    }
+
+    /// The offline profile in force; none before the first sync.
+    pub fn offline_profile(&self) -> Option<SyncProfileInfo> {
+        self.core.profile().map(Into::into)
+    }
+
+    /// Reads a record from the device (never from the network). Fails with
+    /// `RecordNotFound` when it is not (or no longer) on the device.
+    pub async fn get(&self, table: String, id: String) -> Result<Record, FieldSyncError> {
+        self.local(move |e| e.get(&table, &id).map(Into::into))
+            .await
+    }
+
+    /// Lists records of a table ordered by id, after `after` (exclusive), at
+    /// most `limit`. Page with the last id of the previous call.
+    pub async fn list(
+        &self,
+        table: String,
+        after: Option<String>,
+        limit: i32,
+    ) -> Result<Vec<Record>, FieldSyncError> {
+        let limit = u32::try_from(non_negative("limit", i64::from(limit))?).unwrap_or(u32::MAX);
+        self.local(move |e| {
+            e.list(&table, after.as_deref(), limit)
+                .map(|v| v.into_iter().map(Into::into).collect())
+        })
+        .await
+    }
+
+    /// Creates a record on the device and queues it for upload. Fails with
+    /// `InvalidInput` if it exists or a field does not fit its column.
+    pub async fn insert(
+        &self,
+        table: String,
+        id: String,
+        fields: HashMap<String, crate::Value>,
+    ) -> Result<Record, FieldSyncError> {
+        self.local(move |e| e.insert(&table, &id, core_fields(fields)).map(Into::into))
+            .await
+    }
+
+    /// Changes the given fields of a record on the device and queues the
+    /// change. Fails with `RecordNotFound` if it is not on the device.
+    pub async fn update(
+        &self,
+        table: String,
+        id: String,
+        fields: HashMap<String, crate::Value>,
+    ) -> Result<Record, FieldSyncError> {
+        self.local(move |e| e.update(&table, &id, core_fields(fields)).map(Into::into))
+            .await
+    }
+
+    /// Updates the record if it is on the device, creates it otherwise.
+    pub async fn put(
+        &self,
+        table: String,
+        id: String,
+        fields: HashMap<String, crate::Value>,
+    ) -> Result<Record, FieldSyncError> {
+        self.local(move |e| e.put(&table, &id, core_fields(fields)).map(Into::into))
+            .await
+    }
+
+    /// Deletes a record on the device and queues the deletion.
+    pub async fn delete(&self, table: String, id: String) -> Result<(), FieldSyncError> {
+        self.local(move |e| e.delete(&table, &id)).await
+    }
+
+    /// Number of local changes waiting for upload (the outbox).
+    pub async fn pending_uploads(&self) -> Result<i64, FieldSyncError> {
+        self.local(|e| e.pending_uploads().map(crate::records::count))
+            .await
+    }
+
+    /// Sync errors kept on the device, newest first, at most `limit`.
+    pub async fn sync_errors(&self, limit: i32) -> Result<Vec<SyncError>, FieldSyncError> {
+        let limit = u32::try_from(non_negative("limit", i64::from(limit))?).unwrap_or(u32::MAX);
+        self.local(move |e| {
+            e.sync_errors(limit)
+                .map(|v| v.into_iter().map(Into::into).collect())
+        })
+        .await
+    }
+
+    /// Sync now: uploads pending changes, then downloads every table of the
+    /// offline profile (picking up a changed profile first). Conflicts and
+    /// refused changes are in the report, not errors.
+    pub async fn sync_now(&self) -> Result<SyncReport, FieldSyncError> {
+        let core = self.core.clone();
+        run(async move { Ok(core.sync().await?.into()) }).await
+    }
+
+    /// Refresh: uploads pending changes, then downloads only the named tables.
+    pub async fn refresh(&self, tables: Vec<String>) -> Result<SyncReport, FieldSyncError> {
+        let core = self.core.clone();
+        run(async move { Ok(core.sync_tables(tables).await?.into()) }).await
+    }
+
+    /// Device Status snapshot, with the Offline Status of every table.
+    pub async fn status(&self) -> Result<DeviceStatus, FieldSyncError> {
+        self.local(|e| e.status().map(Into::into)).await
+    }
+
+    /// Clears the offline database. Fails with `PendingUploads` (saying how
+    /// many) while local changes wait for upload, unless `force` is true.
+    pub async fn reset(&self, force: bool) -> Result<ResetReport, FieldSyncError> {
+        let core = self.core.clone();
+        run(async move { Ok(core.reset(force).await?.into()) }).await
+    }
+
+    /// Subscribes `listener` to sync events. Keep the returned handle: the
+    /// subscription ends when it is cancelled or dropped.
+    pub fn subscribe(
+        &self,
+        listener: Arc<dyn SyncEventListener>,
+    ) -> Result<Arc<ListenerHandle>, FieldSyncError> {
+        ListenerHandle::start(self.core.subscribe(), listener)
+    }
+}

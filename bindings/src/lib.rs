@@ -1,0 +1,39 @@
+//! UniFFI bindings of the fieldsync device engine: the one library that
+//! Kotlin (Android) and Swift (iOS) apps load.
+//!
+//! The crate only delegates to `fieldsync-core`; it holds no sync logic. It
+//! owns three things the core leaves to its host: the multi-threaded tokio
+//! runtime async calls run on ([`runtime`]), the public error enum the apps
+//! branch on ([`errors`]), and logging initialisation ([`logging`]). Every
+//! other module converts one concept of the core with `From` impls and
+//! exports it:
+//!
+//! - [`engine`]: the [`Engine`] object (open, reads and writes, sync now,
+//!   refresh, reset, status, sync errors, sync event listeners);
+//! - [`records`]: field values, records, sync and reset reports, sync errors;
+//! - [`status`]: the Device Status and Offline Status snapshots;
+//! - [`events`]: sync events, the listener callback and its cancel handle.
+//!
+//! Generate the Kotlin and Swift with the workspace's `uniffi-bindgen` in
+//! library mode (see `scripts/kotlin-test.sh`); `bindings/uniffi.toml` names
+//! the Kotlin package `dev.fieldsync` and the Swift module `FieldSync`.
+
+uniffi::setup_scaffolding!();
+
+pub mod engine;
+pub mod errors;
+pub mod events;
+pub mod logging;
+pub mod records;
+pub mod runtime;
+pub mod status;
+
+pub use engine::{Engine, EngineConfig, ProfileColumn, ProfileTable, SyncProfileInfo};
+pub use errors::FieldSyncError;
+pub use events::{ListenerHandle, SyncEvent, SyncEventListener};
+pub use logging::{LogLevel, init_logging};
+pub use records::{
+    ColumnKind, Record, RecordAction, ResetReport, SyncError, SyncErrorKind, SyncReport,
+    TableReport, Value,
+};
+pub use status::{DeviceStatus, OfflineTableStatus};

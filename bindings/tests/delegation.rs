@@ -1,0 +1,139 @@
+//! The exported API called from Rust the way the generated Kotlin and Swift
+//! call it: a real engine on a real SQLite file, with the server unreachable
+//! (a closed loopback port), so sync fails fast with typed errors and events.
+//! The Kotlin tests (android/) cover the same API against a real server.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fieldsync_ffi::{Engine, EngineConfig, FieldSyncError, SyncEvent, SyncEventListener};
+
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn open(dir: &tempfile::TempDir) -> Arc<Engine> {
+    Engine::open(EngineConfig {
+        database_path: dir.path().join("d.db").display().to_string(),
+        server_url: dead_url(),
+        token: "t".into(),
+        page_size: 100,
+    })
+    .expect("open")
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<SyncEvent>>);
+
+impl SyncEventListener for Recorder {
+    fn on_event(&self, event: SyncEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<SyncEvent> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn wait_for_end(&self) {
+        // Callbacks arrive on the library's threads; the end event is the last.
+        for _ in 0..3000 {
+            if self
+                .events()
+                .iter()
+                .any(|e| matches!(e, SyncEvent::SyncFailed { .. }))
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no SyncFailed event: {:?}", self.events());
+    }
+}
+
+#[test]
+fn sync_with_the_server_down_is_network_unavailable_and_emits_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let recorder = Arc::new(Recorder::default());
+    let handle = engine.subscribe(recorder.clone()).expect("subscribe");
+    assert!(handle.is_active());
+
+    let err = futures::executor::block_on(engine.sync_now()).unwrap_err();
+    assert!(
+        matches!(err, FieldSyncError::NetworkUnavailable { .. }),
+        "{err:?}"
+    );
+    recorder.wait_for_end();
+    let events = recorder.events();
+    assert_eq!(events[0], SyncEvent::SyncStarted);
+
+    // After cancel, a second sync reaches a second listener only.
+    handle.cancel();
+    assert!(!handle.is_active());
+    let seen = events.len();
+    let control = Arc::new(Recorder::default());
+    let _control_handle = engine.subscribe(control.clone()).expect("subscribe");
+    let _ = futures::executor::block_on(engine.sync_now());
+    control.wait_for_end();
+    assert_eq!(recorder.events().len(), seen, "no callback after cancel");
+}
+
+#[test]
+fn dropping_the_handle_ends_the_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let recorder = Arc::new(Recorder::default());
+    drop(engine.subscribe(recorder.clone()).expect("subscribe"));
+    let control = Arc::new(Recorder::default());
+    let _keep = engine.subscribe(control.clone()).expect("subscribe");
+    let _ = futures::executor::block_on(engine.sync_now());
+    control.wait_for_end();
+    assert!(recorder.events().is_empty());
+}
+
+#[test]
+fn reads_and_writes_before_the_first_sync_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    use futures::executor::block_on as block;
+    assert!(matches!(
+        block(engine.get("bookings".into(), "b1".into())),
+        Err(FieldSyncError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        block(engine.put("bookings".into(), "b1".into(), HashMap::new())),
+        Err(FieldSyncError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        block(engine.list("bookings".into(), None, -1)),
+        Err(FieldSyncError::InvalidInput { .. })
+    ));
+    assert_eq!(block(engine.pending_uploads()).unwrap(), 0);
+    let status = block(engine.status()).unwrap();
+    assert_eq!(status.device_id, engine.device_id());
+    assert!(status.profile_name.is_none());
+    assert_eq!(block(engine.reset(false)).unwrap().discarded_changes, 0);
+    assert!(engine.offline_profile().is_none());
+}
+
+#[test]
+fn bad_configuration_is_invalid_input() {
+    let dir = tempfile::tempdir().unwrap();
+    for (token, page_size) in [("", 100), ("t", 0), ("t", -1), ("t", 20_000)] {
+        let r = Engine::open(EngineConfig {
+            database_path: dir.path().join("x.db").display().to_string(),
+            server_url: "http://127.0.0.1:9".into(),
+            token: token.into(),
+            page_size,
+        });
+        assert!(
+            matches!(r, Err(FieldSyncError::InvalidInput { .. })),
+            "{token:?} {page_size}"
+        );
+    }
+}
