@@ -161,6 +161,17 @@ pub struct User {
     pub team_id: Option<String>,
 }
 
+/// Reads a user from a row of `SELECT id, name, role, profile, team_id`.
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: Role::parse(&r.get::<_, String>(2)?),
+        profile: r.get(3)?,
+        team_id: r.get(4)?,
+    })
+}
+
 /// An entry of the Sync Errors log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncErrorEntry {
@@ -509,15 +520,7 @@ impl Db {
             Ok(c.query_row(
                 "SELECT id, name, role, profile, team_id FROM _fs_users WHERE token_hash = ?1",
                 [hash],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        role: Role::parse(&r.get::<_, String>(2)?),
-                        profile: r.get(3)?,
-                        team_id: r.get(4)?,
-                    })
-                },
+                user_from_row,
             )
             .optional()?)
         })
@@ -582,15 +585,7 @@ impl Db {
             let mut stmt = c.prepare(
                 "SELECT id, name, role, profile, team_id FROM _fs_users ORDER BY name, id",
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(User {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    role: Role::parse(&r.get::<_, String>(2)?),
-                    profile: r.get(3)?,
-                    team_id: r.get(4)?,
-                })
-            })?;
+            let rows = stmt.query_map([], user_from_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
@@ -1851,15 +1846,7 @@ impl Db {
             Ok(c.query_row(
                 "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?1",
                 [id],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        role: Role::parse(&r.get::<_, String>(2)?),
-                        profile: r.get(3)?,
-                        team_id: r.get(4)?,
-                    })
-                },
+                user_from_row,
             )
             .optional()?)
         })
