@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the reference sync server (embedded SQLite).
+    /// Run the reference sync server (embedded SQLite, or PostgreSQL with --database-url).
     Server(ServerArgs),
     /// Run a headless device: sync, read and write its offline database.
     Device(device::DeviceArgs),
@@ -41,6 +41,11 @@ struct ServerArgs {
     /// Directory of the embedded database.
     #[arg(long, env = "FIELDSYNC_DATA_DIR", default_value = "fieldsync-data")]
     data_dir: PathBuf,
+    /// Database URL: postgres://user:password@host:port/dbname (PostgreSQL;
+    /// several instances may share it) or sqlite:<file>. Without it, the
+    /// embedded SQLite database in --data-dir.
+    #[arg(long, env = "FIELDSYNC_DATABASE_URL")]
+    database_url: Option<String>,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "FIELDSYNC_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -66,6 +71,7 @@ fn init_logging() {
 
 async fn run_server(args: ServerArgs) -> ExitCode {
     let mut config = fieldsync_server::ServerConfig::new(&args.data_dir, &args.admin_token);
+    config.database_url = args.database_url.clone();
     config.pull_delay = Duration::from_millis(args.pull_delay_ms);
     config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -74,6 +80,10 @@ async fn run_server(args: ServerArgs) -> ExitCode {
             eprintln!("fieldsync server: cannot listen on {}: {e}", args.listen);
             return ExitCode::from(1);
         }
+    };
+    let database = match &args.database_url {
+        Some(url) if url.starts_with("postgres") => "postgresql",
+        _ => "sqlite",
     };
     let addr = listener
         .local_addr()
@@ -88,7 +98,7 @@ async fn run_server(args: ServerArgs) -> ExitCode {
     };
     println!(
         "{}",
-        serde_json::json!({"event": "listening", "address": addr})
+        serde_json::json!({"event": "listening", "address": addr, "database": database})
     );
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();

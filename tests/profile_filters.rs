@@ -5,6 +5,8 @@
 //! a 127.0.0.1 listener with an injected `ManualClock`; the device is the
 //! core `Engine` with the same clock, over real HTTP and real SQLite files.
 
+mod testdb;
+
 use std::sync::Arc;
 
 use fieldsync_core::time::{format_datetime, parse_datetime};
@@ -29,7 +31,7 @@ impl Env {
         let clock = Arc::new(ManualClock::new(
             parse_datetime("2026-03-10T08:00:00Z").expect("time"),
         ));
-        let mut config = fieldsync_server::ServerConfig::new(dir.path().join("server"), ADMIN);
+        let mut config = testdb::server_config(&dir.path().join("server"), ADMIN);
         config.clock = clock.clone();
         let app = fieldsync_server::router(&config).expect("router");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

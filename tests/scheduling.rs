@@ -5,6 +5,8 @@
 //! behind a thin scripted switch (up/down, hold pulls) so every rule is
 //! exercised deterministically.
 
+mod testdb;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +34,7 @@ struct Server {
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = fieldsync_server::ServerConfig::new(dir.path().join("server"), ADMIN);
+        let config = testdb::server_config(&dir.path().join("server"), ADMIN);
         let app = fieldsync_server::router(&config).expect("router");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

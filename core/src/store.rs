@@ -1265,6 +1265,74 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Forgets, for every related-rows rule that reaches through `table`,
+    /// that the related values of these incoming rows were settled, so the
+    /// next settling fetches their related rows again. Called before rows of
+    /// `table` (pulled or fetched) are written: a row that arrives changed
+    /// may have left and re-entered the profile on the server since its
+    /// related rows were last fetched (a booking deactivated, then
+    /// reactivated), and a fetch made meanwhile may have found nothing.
+    /// Related tables not yet downloaded whole are skipped: their download
+    /// selects everything anyway.
+    pub fn unsee_related(
+        &self,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        columns: &[String],
+        rows: &[Vec<Value>],
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut forget: Vec<(String, Vec<String>)> = Vec::new();
+        for child in &profile.tables {
+            for rule in &child.rules {
+                let RowRule::Related {
+                    table: other,
+                    column,
+                    foreign_column,
+                } = rule
+                else {
+                    continue;
+                };
+                if other != &table.name {
+                    continue;
+                }
+                let Some(i) = columns.iter().position(|c| c == foreign_column) else {
+                    continue;
+                };
+                if !self.table_state(&child.name).is_ok_and(|s| s.initial_done) {
+                    continue;
+                }
+                let values: BTreeSet<String> = rows
+                    .iter()
+                    .filter_map(|r| r.get(i).and_then(value_key))
+                    .collect();
+                if !values.is_empty() {
+                    let key = format!("{}.{column}<-{other}.{foreign_column}", child.name);
+                    forget.push((key, values.into_iter().collect()));
+                }
+            }
+        }
+        if forget.is_empty() {
+            return Ok(());
+        }
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM _fs_related_seen WHERE rule = ?1 AND value IN (SELECT value FROM json_each(?2))",
+            )?;
+            for (rule, values) in &forget {
+                let list = serde_json::to_string(values)
+                    .map_err(|e| Error::Internal(format!("related values: {e}")))?;
+                stmt.execute(params![rule, list])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records the related values a related-rows rule has been satisfied
     /// for, replacing the previous set; rules not in `keep` are forgotten.
     pub fn set_related_seen(

@@ -126,6 +126,7 @@ async fn run_inner(
 }
 
 /// The key under which the values a related-rows rule was settled for are kept.
+/// (The same key is built by [`Store::unsee_related`].)
 fn related_rule_key(table: &str, column: &str, other: &str, foreign_column: &str) -> String {
     format!("{table}.{column}<-{other}.{foreign_column}")
 }
@@ -194,7 +195,9 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
                 let store = engine.store.clone();
                 let t = table.clone();
                 let fetched = response.value;
+                let p = profile.clone();
                 let written = tokio::task::spawn_blocking(move || {
+                    store.unsee_related(&p, &t, &fetched.columns, &fetched.rows)?;
                     store.apply_fetched(&t, &fetched.columns, &fetched.rows)
                 })
                 .await
@@ -415,13 +418,18 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
         if let Some(total) = rows_total {
             page_for_store.total = Some(total);
         }
-        let applied =
-            match tokio::task::spawn_blocking(move || store.apply_page(&t, &page_for_store, now))
-                .await
-            {
-                Ok(result) => result,
-                Err(e) => Err(Error::Internal(format!("store task: {e}"))),
-            };
+        let profile = engine.profile();
+        let applied = match tokio::task::spawn_blocking(move || {
+            if let Some(p) = &profile {
+                store.unsee_related(p, &t, &page_for_store.columns, &page_for_store.rows)?;
+            }
+            store.apply_page(&t, &page_for_store, now)
+        })
+        .await
+        {
+            Ok(result) => result,
+            Err(e) => Err(Error::Internal(format!("store task: {e}"))),
+        };
         let applied = match applied {
             Ok(a) => a,
             Err(e) => {

@@ -1,17 +1,50 @@
-//! The server's storage on embedded SQLite: the data model's tables, users,
-//! offline profiles, settings, the change log, push receipts, the Sync
-//! Errors log and devices.
+//! The server's storage: the data model's tables, users, offline profiles,
+//! settings, the change log, push receipts, the Sync Errors log and devices,
+//! on one of two back ends chosen by the database URL at start-up: embedded
+//! SQLite (the default) or PostgreSQL. The logic is written once against
+//! [`crate::sql::Conn`]; only transactions, pooling and the change cursor's
+//! commit ordering differ per back end.
 //!
 //! Every data table carries `_version` (bumped on each change), `_seq` (the
 //! change-log sequence of its last change, which orders pulls) and
 //! `_deleted` (deleted rows stay as tombstones so devices learn of the
-//! deletion). One writer connection serialises writes; readers come from a
-//! small pool and read WAL snapshots, so a pull page and the high-water mark
-//! it reports always come from the same snapshot.
+//! deletion). Reads run in a snapshot (a SQLite read transaction on a pooled
+//! connection; a PostgreSQL `REPEATABLE READ READ ONLY` transaction), so a
+//! pull page and the high-water mark it reports always come from the same
+//! snapshot.
+//!
+//! # The change cursor under concurrent writers
+//!
+//! A pull cursor says "every change with `_seq` at or below `since` was
+//! seen". That is only true if no change with a smaller sequence can become
+//! visible *after* a reader saw a larger one: sequence order must be commit
+//! order. A naive sequence (taken when the row is written) breaks it as soon
+//! as two transactions overlap: A takes 41, B takes 42, B commits, a device
+//! pulls and moves its cursor to 42, A commits 41 — and the device never
+//! sees A's change.
+//!
+//! - SQLite: one writer at a time (the writer connection, `BEGIN
+//!   IMMEDIATE`, and SQLite's file lock across processes), and the sequence
+//!   is taken inside the write transaction, so sequence order is commit
+//!   order by construction.
+//! - PostgreSQL: writers run concurrently (`SERIALIZABLE`, run again on a
+//!   serialization failure or deadlock). A change is written with a
+//!   *pending* `_seq` (minus its change-log id) and a change-log row whose
+//!   `seq` is NULL. Just before `COMMIT` the transaction takes a
+//!   transaction-scoped advisory lock, draws its sequence numbers from a
+//!   sequence and stamps them on its change-log rows and data rows; the lock
+//!   is released only after the commit is visible. Stamping therefore
+//!   happens in commit order: a transaction that stamps later commits later,
+//!   and a reader that sees sequence `n` sees every committed change below
+//!   `n`. Only the stamping (two statements per touched table) is
+//!   serialised, not the transactions' work. Uncommitted pending rows are
+//!   invisible to readers, and a pull's high-water mark (`MAX(seq)`) skips
+//!   them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use fieldsync_core::filter::FilterContext;
@@ -24,100 +57,17 @@ use fieldsync_core::protocol::{
 };
 use fieldsync_core::time::format_datetime;
 use fieldsync_core::{Clock, SystemClock, Value};
-use rusqlite::{
-    Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
-};
+use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
 use crate::rules;
+use crate::schema;
+use crate::sql::{Conn, Dialect, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
 pub const SCHEMA_VERSION: i64 = 1;
-
-const SYSTEM_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS _fs_schema (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS _fs_users (
-    id TEXT PRIMARY KEY NOT NULL,
-    name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    profile TEXT NOT NULL,
-    token_hash TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS _fs_profiles (
-    name TEXT PRIMARY KEY NOT NULL,
-    version INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS _fs_settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS _fs_change_log (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    tbl TEXT NOT NULL,
-    row_id TEXT NOT NULL,
-    op TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    user_id TEXT,
-    device_id TEXT,
-    idempotency_key TEXT,
-    at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS _fs_push_receipts (
-    user_id TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    result TEXT NOT NULL,
-    at TEXT NOT NULL,
-    PRIMARY KEY (user_id, idempotency_key)
-);
-CREATE TABLE IF NOT EXISTS _fs_sync_errors (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    code TEXT NOT NULL,
-    message TEXT NOT NULL,
-    tbl TEXT NOT NULL,
-    row_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    device_id TEXT,
-    action TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    base_version INTEGER NOT NULL,
-    server_version INTEGER NOT NULL,
-    device_data TEXT,
-    server_data TEXT
-);
-CREATE TABLE IF NOT EXISTS _fs_devices (
-    id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    first_seen TEXT NOT NULL,
-    last_seen TEXT NOT NULL,
-    last_sync_at TEXT,
-    app_version TEXT,
-    last_error TEXT,
-    PRIMARY KEY (id, user_id)
-);
-"#;
-
-/// Tables of the admin web console (created additively beside
-/// [`SYSTEM_SCHEMA`]): signed-in console sessions, kept in the database so
-/// several stateless instances share them, and the retries of Sync Errors.
-const CONSOLE_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS _fs_console_sessions (
-    id_hash TEXT PRIMARY KEY NOT NULL,
-    csrf_token TEXT NOT NULL,
-    admin TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS _fs_sync_error_retries (
-    sync_error_id INTEGER PRIMARY KEY NOT NULL,
-    at TEXT NOT NULL,
-    retried_by TEXT NOT NULL,
-    version INTEGER NOT NULL
-);
-"#;
 
 /// Roles of users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,13 +112,13 @@ pub struct User {
 }
 
 /// Reads a user from a row of `SELECT id, name, role, profile, team_id`.
-fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+fn user_from_row(r: &Row) -> ApiResult<User> {
     Ok(User {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        role: Role::parse(&r.get::<_, String>(2)?),
-        profile: r.get(3)?,
-        team_id: r.get(4)?,
+        id: r.text(0)?,
+        name: r.text(1)?,
+        role: Role::parse(&r.text(2)?),
+        profile: r.text(3)?,
+        team_id: r.opt_text(4)?,
     })
 }
 
@@ -329,13 +279,154 @@ struct StoredRow {
     deleted: bool,
 }
 
+/// Where the server's data lives, from the database URL given at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://` or `postgresql://` URL, in
+    /// libpq's URL form).
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Reads a database URL: `postgres://…`, `postgresql://…`, or
+    /// `sqlite:<path of the database file>`.
+    pub fn parse(url: &str) -> ApiResult<DatabaseUrl> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.parse::<postgres::Config>().map_err(|e| {
+                ApiError::internal(format!("the PostgreSQL URL does not parse: {e}"))
+            })?;
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(ApiError::internal("a sqlite: URL names a database file"));
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        Err(ApiError::internal(
+            "a database URL starts with postgres://, postgresql:// or sqlite:",
+        ))
+    }
+}
+
+/// PostgreSQL connections of one server instance, opened on demand, at most
+/// [`PG_CONNECTIONS`] at a time (a request waits up to
+/// [`PG_CONNECT_WAIT`] for one, then gets 503).
+struct PgPool {
+    config: postgres::Config,
+    idle: Mutex<Vec<postgres::Client>>,
+    /// Connections handed out or idle.
+    open: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// Most connections one server instance holds.
+const PG_CONNECTIONS: usize = 16;
+/// Longest a request waits for a free connection.
+const PG_CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// Times a PostgreSQL write transaction is run again after a serialization
+/// failure or deadlock before the request fails with 503.
+const PG_WRITE_ATTEMPTS: u32 = 12;
+/// Advisory lock held while migrating (instances starting together).
+const PG_MIGRATION_LOCK: i64 = 0x6669_656c_6473_0001;
+/// Advisory lock held from stamping change sequences until commit.
+const PG_SEQUENCE_LOCK: i64 = 0x6669_656c_6473_0002;
+
+impl PgPool {
+    fn new(config: postgres::Config) -> Self {
+        Self {
+            config,
+            idle: Mutex::new(Vec::new()),
+            open: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+    fn get(&self) -> ApiResult<postgres::Client> {
+        while let Some(c) = lock(&self.idle).pop() {
+            if !c.is_closed() {
+                return Ok(c);
+            }
+            self.release_slot();
+        }
+        {
+            let deadline = std::time::Instant::now() + PG_CONNECT_WAIT;
+            let mut open = lock(&self.open);
+            while *open >= PG_CONNECTIONS {
+                if let Some(c) = lock(&self.idle).pop() {
+                    if !c.is_closed() {
+                        return Ok(c);
+                    }
+                    *open -= 1;
+                    continue;
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        codes::UNAVAILABLE,
+                        "every PostgreSQL connection of this instance is busy",
+                    ));
+                }
+                open = self
+                    .freed
+                    .wait_timeout(open, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            *open += 1;
+        }
+        self.config.connect(postgres::NoTls).map_err(|e| {
+            self.release_slot();
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::UNAVAILABLE,
+                format!("cannot connect to PostgreSQL: {e}"),
+            )
+        })
+    }
+    fn put(&self, client: postgres::Client) {
+        if client.is_closed() {
+            self.release_slot();
+            return;
+        }
+        lock(&self.idle).push(client);
+        self.freed.notify_one();
+    }
+    fn release_slot(&self) {
+        let mut open = lock(&self.open);
+        *open = open.saturating_sub(1);
+        self.freed.notify_one();
+    }
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        // Closing a client blocks on its connection; never do that on an
+        // async worker thread.
+        let clients = std::mem::take(&mut *lock(&self.idle));
+        if !clients.is_empty() {
+            let _ = std::thread::spawn(move || drop(clients)).join();
+        }
+    }
+}
+
+enum Backend {
+    Sqlite {
+        path: PathBuf,
+        writer: Mutex<Connection>,
+        readers: Mutex<Vec<Connection>>,
+    },
+    Postgres(PgPool),
+}
+
 /// Server storage.
 pub struct Db {
     clock: Arc<dyn Clock>,
-    path: PathBuf,
     model: DataModel,
-    writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
+    backend: Backend,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -350,31 +441,6 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn data_table_sql(t: &TableSchema) -> String {
-    let mut cols = Vec::new();
-    for c in &t.columns {
-        if c.name == t.primary_key {
-            cols.push(format!(
-                "{} TEXT PRIMARY KEY NOT NULL",
-                quote_ident(&c.name)
-            ));
-        } else {
-            cols.push(format!("{} {}", quote_ident(&c.name), c.kind.sql_type()));
-        }
-    }
-    cols.push("_version INTEGER NOT NULL".into());
-    cols.push("_seq INTEGER NOT NULL".into());
-    cols.push("_deleted INTEGER NOT NULL DEFAULT 0".into());
-    cols.push("_updated_at TEXT NOT NULL".into());
-    format!(
-        "CREATE TABLE IF NOT EXISTS {name} ({cols});
-         CREATE INDEX IF NOT EXISTS {idx} ON {name} (_seq);",
-        name = quote_ident(&t.name),
-        cols = cols.join(", "),
-        idx = quote_ident(&format!("{}__seq", t.name)),
-    )
-}
-
 /// Approximate size of a row's values, for the row size limit.
 fn row_size(data: &BTreeMap<String, Value>) -> usize {
     data.iter().map(|(k, v)| k.len() + v.approx_size()).sum()
@@ -384,85 +450,114 @@ fn json_opt(text: Option<String>) -> Option<BTreeMap<String, Value>> {
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
+fn int(n: i64) -> Value {
+    Value::Integer(n)
+}
+
+/// Creates the schema and the default profile in a fresh transaction.
+fn prepare(c: &mut dyn Conn, model: &DataModel, default_profile: &OfflineProfile) -> ApiResult<()> {
+    schema::migrate(c, model)?;
+    let has_profile = c.exists(
+        "SELECT 1 FROM _fs_profiles WHERE name = ?",
+        &[text(default_profile.name.clone())],
+    )?;
+    if !has_profile {
+        default_profile.validate(model)?;
+        let body = serde_json::to_string(default_profile)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        c.execute(
+            "INSERT INTO _fs_profiles (name, version, body, updated_at) VALUES (?, 1, ?, ?)",
+            &[
+                text(default_profile.name.clone()),
+                text(body),
+                text(now_text()),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 impl Db {
-    /// Opens (creating and migrating) the database in `data_dir`.
+    /// Opens (creating and migrating) the embedded SQLite database in
+    /// `data_dir`.
     pub fn open(
         data_dir: &Path,
         model: DataModel,
         default_profile: &OfflineProfile,
     ) -> ApiResult<Db> {
-        model.validate()?;
         std::fs::create_dir_all(data_dir).map_err(|e| {
             ApiError::internal(format!("cannot create {}: {e}", data_dir.display()))
         })?;
-        let path = data_dir.join("fieldsync.db");
-        let mut writer = open_connection(&path)?;
-        {
-            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(SYSTEM_SCHEMA)?;
-            tx.execute_batch(CONSOLE_SCHEMA)?;
-            let has_team: bool = tx
-                .prepare("SELECT 1 FROM pragma_table_info('_fs_users') WHERE name = 'team_id'")?
-                .exists([])?;
-            if !has_team {
-                tx.execute_batch("ALTER TABLE _fs_users ADD COLUMN team_id TEXT")?;
-            }
-            let version: Option<i64> = tx
-                .query_row("SELECT version FROM _fs_schema", [], |r| r.get(0))
-                .optional()?;
-            match version {
-                None => {
-                    tx.execute(
-                        "INSERT INTO _fs_schema (version) VALUES (?1)",
-                        [SCHEMA_VERSION],
-                    )?;
+        Self::open_url(
+            &DatabaseUrl::Sqlite(data_dir.join("fieldsync.db")),
+            model,
+            default_profile,
+        )
+    }
+
+    /// Opens (creating and migrating) the database at `url`.
+    pub fn open_url(
+        url: &DatabaseUrl,
+        model: DataModel,
+        default_profile: &OfflineProfile,
+    ) -> ApiResult<Db> {
+        model.validate()?;
+        let backend = match url {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        ApiError::internal(format!("cannot create {}: {e}", dir.display()))
+                    })?;
                 }
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(ApiError::internal(format!(
-                        "the database has schema version {v}, newer than this server ({SCHEMA_VERSION})"
-                    )));
-                }
-                Some(_) => {}
-            }
-            for t in &model.tables {
-                tx.execute_batch(&data_table_sql(t))?;
-                // Columns added to the model since the table was created.
-                let existing: Vec<String> = {
-                    let mut stmt =
-                        tx.prepare(&format!("PRAGMA table_info({})", quote_ident(&t.name)))?;
-                    let rows = stmt.query_map([], |r| r.get::<_, String>(1))?;
-                    rows.collect::<rusqlite::Result<_>>()?
-                };
-                for c in &t.columns {
-                    if !existing.contains(&c.name) {
-                        tx.execute_batch(&format!(
-                            "ALTER TABLE {} ADD COLUMN {} {}",
-                            quote_ident(&t.name),
-                            quote_ident(&c.name),
-                            c.kind.sql_type()
-                        ))?;
-                    }
+                let mut writer = open_connection(path)?;
+                let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                prepare(&mut SqliteConn(&tx), &model, default_profile)?;
+                tx.commit()?;
+                Backend::Sqlite {
+                    path: path.clone(),
+                    writer: Mutex::new(writer),
+                    readers: Mutex::new(Vec::new()),
                 }
             }
-            let has_profile: bool = tx
-                .prepare("SELECT 1 FROM _fs_profiles WHERE name = ?1")?
-                .exists([&default_profile.name])?;
-            if !has_profile {
-                default_profile.validate(&model)?;
-                tx.execute(
-                    "INSERT INTO _fs_profiles (name, version, body, updated_at) VALUES (?1, 1, ?2, ?3)",
-                    params![default_profile.name, serde_json::to_string(default_profile).map_err(|e| ApiError::internal(e.to_string()))?, now_text()],
-                )?;
+            DatabaseUrl::Postgres(url) => {
+                // The blocking client runs its own small runtime: connect on
+                // a plain thread, whatever thread opens the database.
+                let model = model.clone();
+                let default_profile = default_profile.clone();
+                let url = url.clone();
+                std::thread::spawn(move || Self::open_postgres(&url, &model, &default_profile))
+                    .join()
+                    .map_err(|_| ApiError::internal("opening PostgreSQL panicked"))??
             }
-            tx.commit()?;
-        }
+        };
         Ok(Db {
             clock: Arc::new(SystemClock),
-            path,
             model,
-            writer: Mutex::new(writer),
-            readers: Mutex::new(Vec::new()),
+            backend,
         })
+    }
+
+    fn open_postgres(
+        url: &str,
+        model: &DataModel,
+        default_profile: &OfflineProfile,
+    ) -> ApiResult<Backend> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| ApiError::internal(format!("the PostgreSQL URL does not parse: {e}")))?;
+        let pool = PgPool::new(config);
+        let mut client = pool.get()?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&PG_MIGRATION_LOCK])?;
+        let migrated = (|| -> ApiResult<()> {
+            client.batch_execute("BEGIN")?;
+            let done = prepare(&mut PgConn::new(&mut client), model, default_profile);
+            client.batch_execute(if done.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+            done
+        })();
+        client.execute("SELECT pg_advisory_unlock($1)", &[&PG_MIGRATION_LOCK])?;
+        migrated?;
+        pool.put(client);
+        Ok(Backend::Postgres(pool))
     }
 
     /// Uses `clock` for "today" in relative-date filters (tests inject a
@@ -487,28 +582,114 @@ impl Db {
         &self.model
     }
 
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> ApiResult<T>) -> ApiResult<T> {
-        let conn = match lock(&self.readers).pop() {
-            Some(c) => c,
-            None => open_connection(&self.path)?,
-        };
-        let result = f(&conn);
-        let mut pool = lock(&self.readers);
-        if pool.len() < 8 {
-            pool.push(conn);
+    /// The SQL dialect of the back end.
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite { .. } => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
         }
-        result
     }
 
+    /// Runs `f` in a read-only snapshot.
+    pub(crate) fn read<T>(&self, mut f: impl FnMut(&mut dyn Conn) -> ApiResult<T>) -> ApiResult<T> {
+        match &self.backend {
+            Backend::Sqlite { path, readers, .. } => {
+                let conn = match lock(readers).pop() {
+                    Some(c) => c,
+                    None => open_connection(path)?,
+                };
+                let result = conn
+                    .unchecked_transaction()
+                    .map_err(ApiError::from)
+                    .and_then(|tx| f(&mut SqliteConn(&tx)));
+                let mut pool = lock(readers);
+                if pool.len() < 8 {
+                    pool.push(conn);
+                }
+                result
+            }
+            Backend::Postgres(pool) => {
+                let mut client = pool.get()?;
+                let result = (|| {
+                    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+                    let out = f(&mut PgConn::new(&mut client));
+                    client.batch_execute(if out.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+                    out
+                })();
+                pool.put(client);
+                result
+            }
+        }
+    }
+
+    /// Runs `f` in a write transaction and commits. On PostgreSQL `f` may
+    /// run more than once (after a serialization failure), so it must not
+    /// have effects outside the transaction.
     pub(crate) fn write<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> ApiResult<T>,
+        mut f: impl FnMut(&mut dyn Conn) -> ApiResult<T>,
     ) -> ApiResult<T> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => {
+                let mut conn = lock(writer);
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = f(&mut SqliteConn(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres(pool) => {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let mut client = pool.get()?;
+                    let (out, retryable) = Self::pg_write_once(&mut client, &self.model, &mut f);
+                    pool.put(client);
+                    match out {
+                        Err(_) if retryable && attempt < PG_WRITE_ATTEMPTS => {
+                            let jitter = u64::from(rand::random::<u8>() % 20);
+                            std::thread::sleep(Duration::from_millis(
+                                (1u64 << attempt.min(6)) + jitter,
+                            ));
+                        }
+                        out => return out,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt of a PostgreSQL write transaction: the answer, and
+    /// whether a failure may be retried.
+    fn pg_write_once<T>(
+        client: &mut postgres::Client,
+        model: &DataModel,
+        f: &mut impl FnMut(&mut dyn Conn) -> ApiResult<T>,
+    ) -> (ApiResult<T>, bool) {
+        if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ") {
+            return (Err(e.into()), false);
+        }
+        let mut conn = PgConn::new(client);
+        let out = f(&mut conn);
+        let mut retryable = conn.retryable;
+        let out = match out {
+            Ok(v) => match stamp_sequences(client, model).and_then(|()| {
+                if cfg!(feature = "naive-sequence") {
+                    // The planted naive cursor: commits land late, as under
+                    // load, so sequence order and commit order part.
+                    std::thread::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 30)));
+                }
+                client.batch_execute("COMMIT")
+            }) {
+                Ok(()) => return (Ok(v), false),
+                Err(e) => {
+                    retryable = pg_retryable(&e);
+                    Err(ApiError::from(e))
+                }
+            },
+            Err(e) => Err(e),
+        };
+        let _ = client.batch_execute("ROLLBACK");
+        (out, retryable)
     }
 
     // ---- users -------------------------------------------------------------
@@ -517,12 +698,13 @@ impl Db {
     pub fn user_by_token(&self, token: &str) -> ApiResult<Option<User>> {
         let hash = hash_token(token);
         self.read(|c| {
-            Ok(c.query_row(
-                "SELECT id, name, role, profile, team_id FROM _fs_users WHERE token_hash = ?1",
-                [hash],
-                user_from_row,
-            )
-            .optional()?)
+            c.query_opt(
+                "SELECT id, name, role, profile, team_id FROM _fs_users WHERE token_hash = ?",
+                &[text(hash.clone())],
+            )?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
         })
     }
 
@@ -561,18 +743,31 @@ impl Db {
             profile: profile.to_owned(),
             team_id: team_id.filter(|t| !t.is_empty()),
         };
-        self.write(|tx| {
-            let exists = tx.prepare("SELECT 1 FROM _fs_profiles WHERE name = ?1")?.exists([profile])?;
-            if !exists {
-                return Err(ApiError::bad_request(codes::BAD_REQUEST, format!("no offline profile named '{profile}'")));
+        self.write(|c| {
+            if !c.exists("SELECT 1 FROM _fs_profiles WHERE name = ?", &[text(profile)])? {
+                return Err(ApiError::bad_request(
+                    codes::BAD_REQUEST,
+                    format!("no offline profile named '{profile}'"),
+                ));
             }
-            let taken = tx.prepare("SELECT 1 FROM _fs_users WHERE id = ?1")?.exists([&user.id])?;
-            if taken {
-                return Err(ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, format!("user '{}' exists", user.id)));
+            if c.exists("SELECT 1 FROM _fs_users WHERE id = ?", &[text(user.id.clone())])? {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    codes::CONFLICT,
+                    format!("user '{}' exists", user.id),
+                ));
             }
-            tx.execute(
-                "INSERT INTO _fs_users (id, name, role, profile, token_hash, created_at, team_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![user.id, user.name, user.role.as_str(), user.profile, hash_token(&token), now_text(), user.team_id],
+            c.execute(
+                "INSERT INTO _fs_users (id, name, role, profile, token_hash, created_at, team_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                &[
+                    text(user.id.clone()),
+                    text(user.name.clone()),
+                    text(user.role.as_str()),
+                    text(user.profile.clone()),
+                    text(hash_token(&token)),
+                    text(now_text()),
+                    opt_text(user.team_id.clone()),
+                ],
             )?;
             Ok(())
         })?;
@@ -582,11 +777,13 @@ impl Db {
     /// Every user.
     pub fn users(&self) -> ApiResult<Vec<User>> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            c.query(
                 "SELECT id, name, role, profile, team_id FROM _fs_users ORDER BY name, id",
-            )?;
-            let rows = stmt.query_map([], user_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+                &[],
+            )?
+            .iter()
+            .map(user_from_row)
+            .collect()
         })
     }
 
@@ -594,31 +791,29 @@ impl Db {
 
     /// A stored profile and its version.
     pub fn profile(&self, name: &str) -> ApiResult<Option<(OfflineProfile, i64)>> {
-        self.read(|c| {
-            let row: Option<(String, i64)> = c
-                .query_row(
-                    "SELECT body, version FROM _fs_profiles WHERE name = ?1",
-                    [name],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            match row {
-                Some((body, version)) => Ok(Some((
-                    serde_json::from_str(&body)
-                        .map_err(|e| ApiError::internal(format!("stored profile: {e}")))?,
-                    version,
-                ))),
-                None => Ok(None),
-            }
-        })
+        let row = self.read(|c| {
+            c.query_opt(
+                "SELECT body, version FROM _fs_profiles WHERE name = ?",
+                &[text(name)],
+            )
+        })?;
+        match row {
+            Some(r) => Ok(Some((
+                serde_json::from_str(&r.text(0)?)
+                    .map_err(|e| ApiError::internal(format!("stored profile: {e}")))?,
+                r.i64(1)?,
+            ))),
+            None => Ok(None),
+        }
     }
 
     /// Every stored profile with its version.
     pub fn profiles(&self) -> ApiResult<Vec<(OfflineProfile, i64)>> {
         let names: Vec<String> = self.read(|c| {
-            let mut stmt = c.prepare("SELECT name FROM _fs_profiles ORDER BY name")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            c.query("SELECT name FROM _fs_profiles ORDER BY name", &[])?
+                .iter()
+                .map(|r| r.text(0))
+                .collect()
         })?;
         let mut out = Vec::new();
         for n in names {
@@ -633,25 +828,25 @@ impl Db {
     pub fn put_profile(&self, profile: &OfflineProfile) -> ApiResult<i64> {
         profile.validate(&self.model)?;
         let body = serde_json::to_string(profile).map_err(|e| ApiError::internal(e.to_string()))?;
-        self.write(|tx| {
-            let current: Option<(i64, String)> = tx
-                .query_row("SELECT version, body FROM _fs_profiles WHERE name = ?1", [&profile.name], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
+        self.write(|c| {
+            let current = c.query_opt(
+                "SELECT version, body FROM _fs_profiles WHERE name = ?",
+                &[text(profile.name.clone())],
+            )?;
             match current {
-                Some((v, old)) if old == body => Ok(v),
-                Some((v, _)) => {
-                    tx.execute(
-                        "UPDATE _fs_profiles SET version = ?2, body = ?3, updated_at = ?4 WHERE name = ?1",
-                        params![profile.name, v + 1, body, now_text()],
+                Some(r) if r.text(1)? == body => r.i64(0),
+                Some(r) => {
+                    let v = r.i64(0)? + 1;
+                    c.execute(
+                        "UPDATE _fs_profiles SET version = ?, body = ?, updated_at = ? WHERE name = ?",
+                        &[int(v), text(body.clone()), text(now_text()), text(profile.name.clone())],
                     )?;
-                    Ok(v + 1)
+                    Ok(v)
                 }
                 None => {
-                    tx.execute(
-                        "INSERT INTO _fs_profiles (name, version, body, updated_at) VALUES (?1, 1, ?2, ?3)",
-                        params![profile.name, body, now_text()],
+                    c.execute(
+                        "INSERT INTO _fs_profiles (name, version, body, updated_at) VALUES (?, 1, ?, ?)",
+                        &[text(profile.name.clone()), text(body.clone()), text(now_text())],
                     )?;
                     Ok(1)
                 }
@@ -667,30 +862,35 @@ impl Db {
         Ok(profile.resolve(&self.model, version, &user.id, user.team_id.as_deref())?)
     }
 
+    /// A server setting.
+    pub(crate) fn setting(&self, key: &str) -> ApiResult<Option<String>> {
+        self.read(|c| {
+            c.query_opt("SELECT value FROM _fs_settings WHERE key = ?", &[text(key)])?
+                .map(|r| r.text(0))
+                .transpose()
+        })
+    }
+
+    /// Sets a server setting.
+    pub(crate) fn set_setting(&self, key: &str, value: &str) -> ApiResult<()> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO _fs_settings (key, value) VALUES (?, ?)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[text(key), text(value)],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Whether conflict detection is on (off by default: the device wins).
     pub fn conflict_detection(&self) -> ApiResult<bool> {
-        self.read(|c| {
-            let v: Option<String> = c
-                .query_row(
-                    "SELECT value FROM _fs_settings WHERE key = 'conflict_detection'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(v.as_deref() == Some("true"))
-        })
+        Ok(self.setting("conflict_detection")?.as_deref() == Some("true"))
     }
 
     /// Turns conflict detection on or off.
     pub fn set_conflict_detection(&self, on: bool) -> ApiResult<()> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO _fs_settings (key, value) VALUES ('conflict_detection', ?1)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [if on { "true" } else { "false" }],
-            )?;
-            Ok(())
-        })
+        self.set_setting("conflict_detection", if on { "true" } else { "false" })
     }
 
     // ---- devices -----------------------------------------------------------
@@ -707,14 +907,21 @@ impl Db {
             return Ok(());
         }
         let now = now_text();
-        self.write(|tx| {
-            tx.execute(
+        let synced_at = synced.then(|| now.clone());
+        self.write(|c| {
+            c.execute(
                 "INSERT INTO _fs_devices (id, user_id, first_seen, last_seen, last_sync_at, app_version)
-                 VALUES (?1, ?2, ?3, ?3, CASE WHEN ?4 THEN ?3 END, ?5)
-                 ON CONFLICT(id, user_id) DO UPDATE SET last_seen = excluded.last_seen,
-                   last_sync_at = COALESCE(excluded.last_sync_at, last_sync_at),
-                   app_version = COALESCE(excluded.app_version, app_version)",
-                params![device_id, user_id, now, synced, app_version],
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5)
+                 ON CONFLICT (id, user_id) DO UPDATE SET last_seen = excluded.last_seen,
+                   last_sync_at = COALESCE(excluded.last_sync_at, _fs_devices.last_sync_at),
+                   app_version = COALESCE(excluded.app_version, _fs_devices.app_version)",
+                &[
+                    text(device_id),
+                    text(user_id),
+                    text(now.clone()),
+                    opt_text(synced_at.clone()),
+                    opt_text(app_version),
+                ],
             )?;
             Ok(())
         })
@@ -723,22 +930,24 @@ impl Db {
     /// Every device seen.
     pub fn devices(&self) -> ApiResult<Vec<DeviceEntry>> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            c.query(
                 "SELECT id, user_id, first_seen, last_seen, last_sync_at, app_version, last_error
                  FROM _fs_devices ORDER BY last_seen DESC",
-            )?;
-            let rows = stmt.query_map([], |r| {
+                &[],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(DeviceEntry {
-                    id: r.get(0)?,
-                    user_id: r.get(1)?,
-                    first_seen: r.get(2)?,
-                    last_seen: r.get(3)?,
-                    last_sync_at: r.get(4)?,
-                    app_version: r.get(5)?,
-                    last_error: r.get(6)?,
+                    id: r.text(0)?,
+                    user_id: r.text(1)?,
+                    first_seen: r.text(2)?,
+                    last_seen: r.text(3)?,
+                    last_sync_at: r.opt_text(4)?,
+                    app_version: r.opt_text(5)?,
+                    last_error: r.opt_text(6)?,
                 })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .collect()
         })
     }
 
@@ -768,14 +977,24 @@ impl Db {
             )
         })?;
         let now = self.clock.now_ms();
-        let predicate = rules::compile(profile, table, &profile.filter_context(now));
-        self.read(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let hwm: i64 = tx.query_row(
-                "SELECT COALESCE(MAX(seq), 0) FROM _fs_change_log",
-                [],
-                |r| r.get(0),
-            )?;
+        let dialect = self.dialect();
+        let predicate = rules::compile_in(dialect, profile, table, &profile.filter_context(now));
+        let mut cols: Vec<String> = vec!["_version".into()];
+        cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
+        let select_cols = cols.join(", ");
+        let ncols = table.columns.len();
+        let read_values = |r: &Row| -> ApiResult<Vec<Value>> {
+            let mut values = Vec::with_capacity(ncols + 1);
+            values.push(Value::Integer(r.i64(0)?));
+            for (i, c) in table.columns.iter().enumerate() {
+                values.push(r.value(i + 1, c.kind));
+            }
+            Ok(values)
+        };
+        self.read(|c| {
+            let hwm = c
+                .query_one("SELECT COALESCE(MAX(seq), 0) FROM _fs_change_log", &[])?
+                .i64(0)?;
             let mut cursor = parsed.unwrap_or(Cursor {
                 since: 0,
                 snapshot: hwm,
@@ -802,18 +1021,6 @@ impl Db {
             if cursor.evaluated_at.is_none() {
                 cursor.evaluated_at = Some(now);
             }
-            let mut cols: Vec<String> = vec!["_version".into()];
-            cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
-            let select_cols = cols.join(", ");
-            let ncols = table.columns.len();
-            let read_values = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Vec<Value>> {
-                let mut values = Vec::with_capacity(ncols + 1);
-                values.push(Value::Integer(r.get(0)?));
-                for (i, c) in table.columns.iter().enumerate() {
-                    values.push(Value::from_sql(r.get_ref(i + 1)?, c.kind));
-                }
-                Ok(values)
-            };
             let mut out_rows = Vec::new();
             let mut removed = Vec::new();
             let mut has_more = false;
@@ -827,46 +1034,42 @@ impl Db {
                 let now_ctx = profile.filter_context(to);
                 let then_ctx = profile.filter_context(then);
                 match (
-                    rules::compile_clock_rules(table, &now_ctx),
-                    rules::compile_clock_rules(table, &then_ctx),
+                    rules::compile_clock_rules(dialect, table, &now_ctx),
+                    rules::compile_clock_rules(dialect, table, &then_ctx),
                 ) {
                     (Some(now_p), Some(then_p)) => {
                         let scope = format!(
                             "_deleted = 0 AND _seq <= ? AND _seq > ? AND {} AND NOT {}",
                             now_p.sql, then_p.sql
                         );
-                        let mut params: Vec<Value> =
-                            vec![Value::Integer(cursor.since), Value::Integer(after)];
+                        let mut params: Vec<Value> = vec![int(cursor.since), int(after)];
                         params.extend(now_p.params.iter().cloned());
                         params.extend(then_p.params.iter().cloned());
                         if let Some(t) = total.as_mut() {
-                            let n: i64 = tx.query_row(
-                                &format!("SELECT COUNT(*) FROM {} WHERE {scope}", quote_ident(&table.name)),
-                                params_from_iter(params.iter()),
-                                |r| r.get(0),
-                            )?;
+                            let n = c
+                                .query_one(
+                                    &format!(
+                                        "SELECT COUNT(*) FROM {} WHERE {scope}",
+                                        quote_ident(&table.name)
+                                    ),
+                                    &params,
+                                )?
+                                .i64(0)?;
                             *t += n.max(0) as u64;
                         }
                         let sql = format!(
                             "SELECT {select_cols}, _seq FROM {} WHERE {scope} ORDER BY _seq LIMIT ?",
                             quote_ident(&table.name)
                         );
-                        params.push(Value::Integer(i64::from(room) + 1));
-                        let mut stmt = tx.prepare_cached(&sql)?;
-                        let mut rows = stmt.query(params_from_iter(params.iter()))?;
+                        params.push(int(i64::from(room) + 1));
+                        let rows = c.query(&sql, &params)?;
+                        let more = rows.len() > room as usize;
                         let mut last = after;
-                        let mut count = 0;
-                        let mut more = false;
-                        while let Some(r) = rows.next()? {
-                            if count == room {
-                                more = true;
-                                break;
-                            }
-                            count += 1;
-                            last = r.get(ncols + 1)?;
+                        for r in rows.iter().take(room as usize) {
+                            last = r.i64(ncols + 1)?;
                             out_rows.push(read_values(r)?);
                         }
-                        room -= count;
+                        room -= rows.len().min(room as usize) as u32;
                         if more {
                             has_more = true;
                             cursor.phase = Phase::Window { to, after: last };
@@ -896,42 +1099,29 @@ impl Db {
                     t = quote_ident(&table.name),
                 );
                 let mut params: Vec<Value> = predicate.params.clone();
-                params.push(Value::Integer(cursor.since));
-                params.push(Value::Integer(cursor.snapshot));
+                params.push(int(cursor.since));
+                params.push(int(cursor.snapshot));
                 params.extend(predicate.params.iter().cloned());
-                params.push(Value::Integer(i64::from(room) + 1));
-                let mut stmt = tx.prepare_cached(&sql)?;
-                let mut rows = stmt.query(params_from_iter(params.iter()))?;
+                params.push(int(i64::from(room) + 1));
+                let rows = c.query(&sql, &params)?;
+                let more = rows.len() > room as usize;
                 let mut last_seq = cursor.since;
-                let mut count = 0u32;
-                let mut more = false;
-                while let Some(r) = rows.next()? {
-                    if count == room {
-                        more = true;
-                        break;
-                    }
-                    count += 1;
-                    last_seq = r.get(ncols + 1)?;
-                    let qualifies: i64 = r.get(ncols + 2)?;
-                    if qualifies == 1 {
+                for r in rows.iter().take(room as usize) {
+                    last_seq = r.i64(ncols + 1)?;
+                    if r.i64(ncols + 2)? == 1 {
                         out_rows.push(read_values(r)?);
                     } else {
-                        removed.push(r.get::<_, String>(1)?);
+                        removed.push(r.text(1)?);
                     }
                 }
-                drop(rows);
-                drop(stmt);
                 if let Some(t) = total.as_mut() {
                     let sql = format!(
                         "SELECT COUNT(*) FROM {} WHERE {scope}",
                         quote_ident(&table.name)
                     );
-                    let mut params: Vec<Value> = vec![
-                        Value::Integer(cursor.since),
-                        Value::Integer(cursor.snapshot),
-                    ];
+                    let mut params: Vec<Value> = vec![int(cursor.since), int(cursor.snapshot)];
                     params.extend(predicate.params.iter().cloned());
-                    let n: i64 = tx.query_row(&sql, params_from_iter(params.iter()), |r| r.get(0))?;
+                    let n = c.query_one(&sql, &params)?.i64(0)?;
                     *t += n.max(0) as u64;
                 }
                 if more {
@@ -951,8 +1141,8 @@ impl Db {
                 has_more,
                 total,
                 columns,
-                rows: out_rows,
-                removed,
+                rows: std::mem::take(&mut out_rows),
+                removed: std::mem::take(&mut removed),
             })
         })
     }
@@ -990,40 +1180,37 @@ impl Db {
                 ApiError::bad_request(codes::INVALID_VALUE, format!("column '{column}': {e}"))
             })?);
         }
-        let predicate = rules::compile(profile, table, &self.ctx(profile));
-        self.read(|conn| {
-            let mut cols: Vec<String> = vec!["_version".into()];
-            cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
-            let marks = vec!["?"; clean.len()].join(", ");
-            let sql = format!(
-                "SELECT {} FROM {} WHERE _deleted = 0 AND {} IN ({marks}) AND {} ORDER BY {}",
-                cols.join(", "),
-                quote_ident(&table.name),
-                quote_ident(column),
-                predicate.sql,
-                quote_ident(&table.primary_key)
-            );
-            let mut params = clean.clone();
-            params.extend(predicate.params.iter().cloned());
-            let mut stmt = conn.prepare(&sql)?;
-            let mut rows = stmt.query(params_from_iter(params.iter()))?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let mut values = Vec::with_capacity(table.columns.len() + 1);
-                values.push(Value::Integer(r.get(0)?));
-                for (i, c) in table.columns.iter().enumerate() {
-                    values.push(Value::from_sql(r.get_ref(i + 1)?, c.kind));
-                }
-                out.push(values);
+        let predicate = rules::compile_in(self.dialect(), profile, table, &self.ctx(profile));
+        let mut cols: Vec<String> = vec!["_version".into()];
+        cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
+        let marks = vec!["?"; clean.len()].join(", ");
+        let sql = format!(
+            "SELECT {} FROM {} WHERE _deleted = 0 AND {} IN ({marks}) AND {} ORDER BY {}",
+            cols.join(", "),
+            quote_ident(&table.name),
+            quote_ident(column),
+            predicate.sql,
+            quote_ident(&table.primary_key)
+        );
+        let mut params = clean;
+        params.extend(predicate.params.iter().cloned());
+        let rows = self.read(|c| c.query(&sql, &params))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut values = Vec::with_capacity(table.columns.len() + 1);
+            values.push(Value::Integer(r.i64(0)?));
+            for (i, c) in table.columns.iter().enumerate() {
+                values.push(r.value(i + 1, c.kind));
             }
-            let mut columns = vec![VERSION_COLUMN.to_owned()];
-            columns.extend(table.columns.iter().map(|c| c.name.clone()));
-            Ok(FetchResponse {
-                table: table.name.clone(),
-                profile_version: profile.version,
-                columns,
-                rows: out,
-            })
+            out.push(values);
+        }
+        let mut columns = vec![VERSION_COLUMN.to_owned()];
+        columns.extend(table.columns.iter().map(|c| c.name.clone()));
+        Ok(FetchResponse {
+            table: table.name.clone(),
+            profile_version: profile.version,
+            columns,
+            rows: out,
         })
     }
 
@@ -1035,30 +1222,28 @@ impl Db {
         })
     }
 
-    fn read_row(conn: &Connection, schema: &TableSchema, id: &str) -> ApiResult<Option<StoredRow>> {
+    fn read_row(c: &mut dyn Conn, schema: &TableSchema, id: &str) -> ApiResult<Option<StoredRow>> {
         let cols: Vec<String> = schema
             .columns
             .iter()
             .map(|c| quote_ident(&c.name))
             .collect();
         let sql = format!(
-            "SELECT {}, _version, _deleted FROM {} WHERE {} = ?1",
+            "SELECT {}, _version, _deleted FROM {} WHERE {} = ?",
             cols.join(", "),
             quote_ident(&schema.name),
             quote_ident(&schema.primary_key)
         );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query([id])?;
-        match rows.next()? {
+        match c.query_opt(&sql, &[text(id)])? {
             Some(r) => {
                 let mut fields = BTreeMap::new();
-                for (i, c) in schema.columns.iter().enumerate() {
-                    fields.insert(c.name.clone(), Value::from_sql(r.get_ref(i)?, c.kind));
+                for (i, col) in schema.columns.iter().enumerate() {
+                    fields.insert(col.name.clone(), r.value(i, col.kind));
                 }
                 Ok(Some(StoredRow {
                     fields,
-                    version: r.get(schema.columns.len())?,
-                    deleted: r.get::<_, i64>(schema.columns.len() + 1)? != 0,
+                    version: r.i64(schema.columns.len())?,
+                    deleted: r.bool(schema.columns.len() + 1)?,
                 }))
             }
             None => Ok(None),
@@ -1067,37 +1252,35 @@ impl Db {
 
     fn visible(
         &self,
-        conn: &Connection,
+        c: &mut dyn Conn,
         profile: &SyncProfile,
         table: &SyncTable,
         id: &str,
     ) -> ApiResult<bool> {
-        let p = rules::compile(profile, table, &self.ctx(profile));
+        let p = rules::compile_in(c.dialect(), profile, table, &self.ctx(profile));
         let sql = format!(
             "SELECT 1 FROM {} WHERE {} = ? AND _deleted = 0 AND {}",
             quote_ident(&table.name),
             quote_ident(&table.primary_key),
             p.sql
         );
-        let mut params = vec![Value::Text(id.to_owned())];
+        let mut params = vec![text(id)];
         params.extend(p.params);
-        Ok(conn
-            .prepare_cached(&sql)?
-            .exists(params_from_iter(params.iter()))?)
+        c.exists(&sql, &params)
     }
 
     /// Writes a change and logs it. `replace` sets every column (missing
     /// ones null); otherwise only the given columns change. Returns the new
-    /// version.
+    /// version and the change's id in the change log.
     fn apply_write(
-        tx: &Connection,
+        c: &mut dyn Conn,
         schema: &TableSchema,
         id: &str,
         change: Option<(&BTreeMap<String, Value>, bool)>,
         user_id: Option<&str>,
         device_id: Option<&str>,
-    ) -> ApiResult<i64> {
-        let current = Self::read_row(tx, schema, id)?;
+    ) -> ApiResult<(i64, i64)> {
+        let current = Self::read_row(c, schema, id)?;
         let version = current.as_ref().map(|r| r.version).unwrap_or(0) + 1;
         let now = now_text();
         let op = match (&change, &current) {
@@ -1105,37 +1288,75 @@ impl Db {
             (Some(_), Some(r)) if !r.deleted => "update",
             _ => "insert",
         };
-        tx.execute(
-            "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![schema.name, id, op, version, user_id, device_id, now],
-        )?;
-        let seq = tx.last_insert_rowid();
+        let log = [
+            text(schema.name.clone()),
+            text(id),
+            text(op),
+            int(version),
+            opt_text(user_id),
+            opt_text(device_id),
+            text(now.clone()),
+        ];
+        // SQLite: the change log's key is its sequence, taken inside the one
+        // write transaction. PostgreSQL: the change is pending until
+        // `stamp_sequences` gives it its sequence at commit; its data row
+        // carries minus the change's id meanwhile.
+        let (change_id, seq) = match c.dialect() {
+            Dialect::Sqlite => {
+                let seq = c
+                    .query_one(
+                        "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at)
+                         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                        &log,
+                    )?
+                    .i64(0)?;
+                (seq, seq)
+            }
+            Dialect::Postgres if cfg!(feature = "naive-sequence") => {
+                let r = c.query_one(
+                    "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at, seq)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, nextval('_fs_change_seq')) RETURNING id, seq",
+                    &log,
+                )?;
+                (r.i64(0)?, r.i64(1)?)
+            }
+            Dialect::Postgres => {
+                let change_id = c
+                    .query_one(
+                        "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at)
+                         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                        &log,
+                    )?
+                    .i64(0)?;
+                (change_id, -change_id)
+            }
+        };
         match change {
             None => {
-                tx.execute(
+                c.execute(
                     &format!(
-                        "UPDATE {} SET _deleted = 1, _version = ?2, _seq = ?3, _updated_at = ?4 WHERE {} = ?1",
+                        "UPDATE {} SET _deleted = 1, _version = ?, _seq = ?, _updated_at = ? WHERE {} = ?",
                         quote_ident(&schema.name),
                         quote_ident(&schema.primary_key)
                     ),
-                    params![id, version, seq, now],
+                    &[int(version), int(seq), text(now), text(id)],
                 )?;
             }
             Some((data, replace)) => {
                 let replace = replace || current.as_ref().is_none_or(|r| r.deleted);
                 let mut names = vec![quote_ident(&schema.primary_key)];
-                let mut values: Vec<Value> = vec![Value::Text(id.to_owned())];
-                for c in &schema.columns {
-                    if c.name == schema.primary_key {
+                let mut values: Vec<Value> = vec![text(id)];
+                for col in &schema.columns {
+                    if col.name == schema.primary_key {
                         continue;
                     }
-                    match data.get(&c.name) {
+                    match data.get(&col.name) {
                         Some(v) => {
-                            names.push(quote_ident(&c.name));
+                            names.push(quote_ident(&col.name));
                             values.push(v.clone());
                         }
                         None if replace => {
-                            names.push(quote_ident(&c.name));
+                            names.push(quote_ident(&col.name));
                             values.push(Value::Null);
                         }
                         None => {}
@@ -1156,20 +1377,28 @@ impl Db {
                     .collect();
                 let placeholders: Vec<&str> = (0..names.len() + 3).map(|_| "?").collect();
                 let sql = format!(
-                    "INSERT INTO {} ({}, _version, _seq, _updated_at) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
+                    "INSERT INTO {} ({}, _version, _seq, _updated_at) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
                     quote_ident(&schema.name),
                     names.join(", "),
                     placeholders.join(", "),
                     quote_ident(&schema.primary_key),
                     sets.join(", ")
                 );
-                values.push(Value::Integer(version));
-                values.push(Value::Integer(seq));
-                values.push(Value::Text(now));
-                tx.execute(&sql, params_from_iter(values.iter()))?;
+                values.push(int(version));
+                values.push(int(seq));
+                values.push(text(now));
+                c.execute(&sql, &values)?;
             }
         }
-        Ok(version)
+        Ok((version, change_id))
+    }
+
+    /// The change log's key column (`seq` on SQLite, `id` on PostgreSQL).
+    fn change_key(c: &dyn Conn) -> &'static str {
+        match c.dialect() {
+            Dialect::Sqlite => "seq",
+            Dialect::Postgres => "id",
+        }
     }
 
     fn project(fields: &BTreeMap<String, Value>, table: &SyncTable) -> BTreeMap<String, Value> {
@@ -1196,48 +1425,65 @@ impl Db {
         mutations: &[Mutation],
     ) -> ApiResult<Vec<MutationResult>> {
         let detection = self.conflict_detection()?;
-        self.write(|tx| {
+        for m in mutations {
+            if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
+                return Err(ApiError::bad_request(
+                    codes::BAD_REQUEST,
+                    "an idempotency key is 1 to 128 characters",
+                ));
+            }
+        }
+        self.write(|c| {
             let mut results = Vec::with_capacity(mutations.len());
             for m in mutations {
-                if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
-                    return Err(ApiError::bad_request(codes::BAD_REQUEST, "an idempotency key is 1 to 128 characters"));
-                }
-                let stored: Option<String> = tx
-                    .query_row(
-                        "SELECT result FROM _fs_push_receipts WHERE user_id = ?1 AND idempotency_key = ?2",
-                        params![user.id, m.idempotency_key],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                let stored = c.query_opt(
+                    "SELECT result FROM _fs_push_receipts WHERE user_id = ? AND idempotency_key = ?",
+                    &[text(user.id.clone()), text(m.idempotency_key.clone())],
+                )?;
                 if let Some(stored) = stored {
-                    let result: MutationResult = serde_json::from_str(&stored)
+                    let result: MutationResult = serde_json::from_str(&stored.text(0)?)
                         .map_err(|e| ApiError::internal(format!("stored receipt: {e}")))?;
                     results.push(result);
                     continue;
                 }
-                tx.execute_batch("SAVEPOINT mutation")?;
-                let result = match self.push_one(tx, user, device_id, profile, m, detection) {
+                c.batch("SAVEPOINT mutation")?;
+                let result = match self.push_one(c, user, device_id, profile, m, detection) {
                     Ok(r) => {
-                        tx.execute_batch("RELEASE mutation")?;
+                        c.batch("RELEASE SAVEPOINT mutation")?;
                         r
                     }
                     Err(PushFail::Fatal(e)) => return Err(e),
-                    Err(PushFail::Reject(Rejection { code, message, row, version })) => {
-                        tx.execute_batch("ROLLBACK TO mutation; RELEASE mutation")?;
+                    Err(PushFail::Reject(Rejection {
+                        code,
+                        message,
+                        row,
+                        version,
+                    })) => {
+                        c.batch("ROLLBACK TO SAVEPOINT mutation; RELEASE SAVEPOINT mutation")?;
                         let result = MutationResult {
                             idempotency_key: m.idempotency_key.clone(),
                             status: MutationStatus::Rejected,
                             version,
                             row,
-                            error: Some(ErrorBody { code: code.into(), message }),
+                            error: Some(ErrorBody {
+                                code: code.into(),
+                                message,
+                            }),
                         };
-                        Self::log_sync_error(tx, user, device_id, m, &result, "rejected")?;
+                        Self::log_sync_error(c, user, device_id, m, &result, "rejected")?;
                         result
                     }
                 };
-                tx.execute(
-                    "INSERT INTO _fs_push_receipts (user_id, idempotency_key, result, at) VALUES (?1, ?2, ?3, ?4)",
-                    params![user.id, m.idempotency_key, serde_json::to_string(&result).map_err(|e| ApiError::internal(e.to_string()))?, now_text()],
+                let body =
+                    serde_json::to_string(&result).map_err(|e| ApiError::internal(e.to_string()))?;
+                c.execute(
+                    "INSERT INTO _fs_push_receipts (user_id, idempotency_key, result, at) VALUES (?, ?, ?, ?)",
+                    &[
+                        text(user.id.clone()),
+                        text(m.idempotency_key.clone()),
+                        text(body),
+                        text(now_text()),
+                    ],
                 )?;
                 results.push(result);
             }
@@ -1246,7 +1492,7 @@ impl Db {
     }
 
     fn log_sync_error(
-        tx: &Connection,
+        c: &mut dyn Conn,
         user: &User,
         device_id: Option<&str>,
         m: &Mutation,
@@ -1268,17 +1514,32 @@ impl Db {
             Some(e) => (e.code.clone(), e.message.clone()),
             None => (codes::CONFLICT.to_owned(), "the record changed on the server since the device read it; the server's version was kept".to_owned()),
         };
-        tx.execute(
+        c.execute(
             "INSERT INTO _fs_sync_errors (at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            params![now_text(), kind, code, message, m.table, m.id, user.id, device_id, m.op.as_str(), m.idempotency_key, m.base_version, result.version, device_data, server_data],
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            &[
+                text(now_text()),
+                text(kind),
+                text(code),
+                text(message),
+                text(m.table.clone()),
+                text(m.id.clone()),
+                text(user.id.clone()),
+                opt_text(device_id),
+                text(m.op.as_str()),
+                text(m.idempotency_key.clone()),
+                int(m.base_version),
+                int(result.version),
+                opt_text(device_data),
+                opt_text(server_data),
+            ],
         )?;
         Ok(())
     }
 
     fn push_one(
         &self,
-        tx: &Connection,
+        c: &mut dyn Conn,
         user: &User,
         device_id: Option<&str>,
         profile: &SyncProfile,
@@ -1298,11 +1559,11 @@ impl Db {
                 Rejection::new(codes::BAD_REQUEST, "a record id is 1 to 256 characters").into(),
             );
         }
-        let current = Self::read_row(tx, schema, &m.id)?;
+        let current = Self::read_row(c, schema, &m.id)?;
         let exists = current.as_ref().is_some_and(|r| !r.deleted);
         let server_version = current.as_ref().map(|r| r.version).unwrap_or(0);
         let live_version = if exists { server_version } else { 0 };
-        let visible_before = exists && self.visible(tx, profile, table, &m.id)?;
+        let visible_before = exists && self.visible(c, profile, table, &m.id)?;
         let server_row = if visible_before {
             current.as_ref().map(|r| Self::project(&r.fields, table))
         } else {
@@ -1370,42 +1631,47 @@ impl Db {
                     row: server_row.clone(),
                     error: None,
                 };
-                Self::log_sync_error(tx, user, device_id, m, &result, "conflict")?;
+                Self::log_sync_error(c, user, device_id, m, &result, "conflict")?;
                 return Ok(result);
             }
         }
-        let version = match m.op {
-            Op::Delete if !exists => 0,
-            Op::Delete => Self::apply_write(tx, schema, &m.id, None, Some(&user.id), device_id)?,
-            Op::Insert => Self::apply_write(
-                tx,
+        let change = match m.op {
+            Op::Delete if !exists => None,
+            Op::Delete => Some(Self::apply_write(
+                c,
+                schema,
+                &m.id,
+                None,
+                Some(&user.id),
+                device_id,
+            )?),
+            Op::Insert => Some(Self::apply_write(
+                c,
                 schema,
                 &m.id,
                 Some((&data, true)),
                 Some(&user.id),
                 device_id,
-            )?,
-            Op::Update => Self::apply_write(
-                tx,
+            )?),
+            Op::Update => Some(Self::apply_write(
+                c,
                 schema,
                 &m.id,
                 Some((&data, false)),
                 Some(&user.id),
                 device_id,
-            )?,
+            )?),
         };
-        if m.op != Op::Delete || exists {
+        let version = change.map_or(0, |(v, _)| v);
+        if let Some((_, change_id)) = change {
             // Audit: which upload produced this change (replays never add one).
-            tx.execute(
-                &format!(
-                    "UPDATE _fs_change_log SET idempotency_key = ?1 WHERE seq = (SELECT _seq FROM {} WHERE {} = ?2)",
-                    quote_ident(&schema.name),
-                    quote_ident(&schema.primary_key)
-                ),
-                params![m.idempotency_key, m.id],
+            let key = Self::change_key(c);
+            c.execute(
+                &format!("UPDATE _fs_change_log SET idempotency_key = ? WHERE {key} = ?"),
+                &[text(m.idempotency_key.clone()), int(change_id)],
             )?;
         }
-        let visible_after = m.op != Op::Delete && self.visible(tx, profile, table, &m.id)?;
+        let visible_after = m.op != Op::Delete && self.visible(c, profile, table, &m.id)?;
         if !exists && m.op != Op::Delete && !visible_after {
             return Err(Rejection::new(
                 codes::FORBIDDEN,
@@ -1414,7 +1680,7 @@ impl Db {
             .into());
         }
         let row = if visible_after {
-            Self::read_row(tx, schema, &m.id)?.map(|r| Self::project(&r.fields, table))
+            Self::read_row(c, schema, &m.id)?.map(|r| Self::project(&r.fields, table))
         } else {
             None
         };
@@ -1468,57 +1734,54 @@ impl Db {
     ) -> ApiResult<Vec<(BTreeMap<String, Value>, i64)>> {
         let schema = self.schema(table)?;
         let limit = limit.clamp(1, 1000);
-        self.read(|c| {
-            let cols: Vec<String> = schema
-                .columns
-                .iter()
-                .map(|c| quote_ident(&c.name))
-                .collect();
-            let mut params: Vec<Value> = Vec::new();
-            let mut sql = format!(
-                "SELECT {}, _version FROM {} WHERE _deleted = 0",
-                cols.join(", "),
-                quote_ident(&schema.name)
-            );
-            if let Some(after) = after {
-                sql.push_str(&format!(" AND {} > ?", quote_ident(&schema.primary_key)));
-                params.push(Value::Text(after.to_owned()));
+        let cols: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let mut params: Vec<Value> = Vec::new();
+        let mut sql = format!(
+            "SELECT {}, _version FROM {} WHERE _deleted = 0",
+            cols.join(", "),
+            quote_ident(&schema.name)
+        );
+        if let Some(after) = after {
+            sql.push_str(&format!(" AND {} > ?", quote_ident(&schema.primary_key)));
+            params.push(text(after));
+        }
+        if let Some((profile, t, _)) = scope {
+            let p = rules::compile_in(self.dialect(), profile, t, &self.ctx(profile));
+            sql.push_str(&format!(" AND {}", p.sql));
+            params.extend(p.params);
+        }
+        // Online-mode equality filters (columns checked by the caller).
+        for (column, value) in filter {
+            if *value == Value::Null {
+                sql.push_str(&format!(" AND {} IS NULL", quote_ident(column)));
+            } else {
+                sql.push_str(&format!(" AND {} = ?", quote_ident(column)));
+                params.push(value.clone());
             }
-            if let Some((profile, t, _)) = scope {
-                let p = rules::compile(profile, t, &self.ctx(profile));
-                sql.push_str(&format!(" AND {}", p.sql));
-                params.extend(p.params);
+        }
+        sql.push_str(&format!(
+            " ORDER BY {} LIMIT ?",
+            quote_ident(&schema.primary_key)
+        ));
+        params.push(int(i64::from(limit)));
+        let rows = self.read(|c| c.query(&sql, &params))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut fields = BTreeMap::new();
+            for (i, col) in schema.columns.iter().enumerate() {
+                fields.insert(col.name.clone(), r.value(i, col.kind));
             }
-            // Online-mode equality filters (columns checked by the caller).
-            for (column, value) in filter {
-                if *value == Value::Null {
-                    sql.push_str(&format!(" AND {} IS NULL", quote_ident(column)));
-                } else {
-                    sql.push_str(&format!(" AND {} = ?", quote_ident(column)));
-                    params.push(value.clone());
-                }
-            }
-            sql.push_str(&format!(
-                " ORDER BY {} LIMIT ?",
-                quote_ident(&schema.primary_key)
-            ));
-            params.push(Value::Integer(i64::from(limit)));
-            let mut stmt = c.prepare(&sql)?;
-            let mut rows = stmt.query(params_from_iter(params.iter()))?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let mut fields = BTreeMap::new();
-                for (i, col) in schema.columns.iter().enumerate() {
-                    fields.insert(col.name.clone(), Value::from_sql(r.get_ref(i)?, col.kind));
-                }
-                let version: i64 = r.get(schema.columns.len())?;
-                out.push(match scope {
-                    Some((_, t, _)) => (Self::project(&fields, t), version),
-                    None => (fields, version),
-                });
-            }
-            Ok(out)
-        })
+            let version = r.i64(schema.columns.len())?;
+            out.push(match scope {
+                Some((_, t, _)) => (Self::project(&fields, t), version),
+                None => (fields, version),
+            });
+        }
+        Ok(out)
     }
 
     /// Writes fields of a row as a back-office user (creating it if missing).
@@ -1570,8 +1833,8 @@ impl Db {
                 })?,
             );
         }
-        self.write(|tx| {
-            let current = Self::read_row(tx, schema, id)?;
+        self.write(|c| {
+            let current = Self::read_row(c, schema, id)?;
             let live_version = current
                 .as_ref()
                 .filter(|r| !r.deleted)
@@ -1584,9 +1847,9 @@ impl Db {
                     format!("the record is at version {live_version}, not {base}"),
                 ));
             }
-            let version =
-                Self::apply_write(tx, schema, id, Some((&clean, false)), Some(user_id), None)?;
-            let row = Self::read_row(tx, schema, id)?
+            let (version, _) =
+                Self::apply_write(c, schema, id, Some((&clean, false)), Some(user_id), None)?;
+            let row = Self::read_row(c, schema, id)?
                 .map(|r| r.fields)
                 .unwrap_or_default();
             Ok((row, version))
@@ -1596,12 +1859,12 @@ impl Db {
     /// Deletes a row as a back-office user. False when there was none.
     pub fn delete_record(&self, table: &str, id: &str, user_id: &str) -> ApiResult<bool> {
         let schema = self.schema(table)?;
-        self.write(|tx| {
-            let current = Self::read_row(tx, schema, id)?;
+        self.write(|c| {
+            let current = Self::read_row(c, schema, id)?;
             if current.as_ref().is_none_or(|r| r.deleted) {
                 return Ok(false);
             }
-            Self::apply_write(tx, schema, id, None, Some(user_id), None)?;
+            Self::apply_write(c, schema, id, None, Some(user_id), None)?;
             Ok(true)
         })
     }
@@ -1613,9 +1876,9 @@ impl Db {
         rows: &[(String, BTreeMap<String, Value>)],
     ) -> ApiResult<()> {
         let schema = self.schema(table)?;
-        self.write(|tx| {
+        self.write(|c| {
             for (id, data) in rows {
-                Self::apply_write(tx, schema, id, Some((data, true)), None, None)?;
+                Self::apply_write(c, schema, id, Some((data, true)), None, None)?;
             }
             Ok(())
         })
@@ -1625,48 +1888,36 @@ impl Db {
 
     /// Entries of the Sync Errors log, newest first.
     pub fn sync_errors(&self, filter: &SyncErrorFilter) -> ApiResult<Vec<SyncErrorEntry>> {
+        let mut sql = format!("SELECT {SYNC_ERROR_COLUMNS} FROM _fs_sync_errors WHERE 1 = 1");
+        let mut params = Vec::new();
+        for (column, value) in [
+            ("user_id", &filter.user),
+            ("tbl", &filter.table),
+            ("kind", &filter.kind),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                params.push(text(v.clone()));
+            }
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        params.push(int(i64::from(filter.limit.unwrap_or(200).min(1000))));
         self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key,
-                        base_version, server_version, device_data, server_data
-                 FROM _fs_sync_errors
-                 WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR tbl = ?2) AND (?3 IS NULL OR kind = ?3)
-                 ORDER BY id DESC LIMIT ?4",
-            )?;
-            let rows = stmt.query_map(
-                params![filter.user, filter.table, filter.kind, filter.limit.unwrap_or(200).min(1000)],
-                |r| {
-                    Ok(SyncErrorEntry {
-                        id: r.get(0)?,
-                        at: r.get(1)?,
-                        kind: r.get(2)?,
-                        code: r.get(3)?,
-                        message: r.get(4)?,
-                        table: r.get(5)?,
-                        record_id: r.get(6)?,
-                        user_id: r.get(7)?,
-                        device_id: r.get(8)?,
-                        action: r.get(9)?,
-                        idempotency_key: r.get(10)?,
-                        base_version: r.get(11)?,
-                        server_version: r.get(12)?,
-                        device_data: json_opt(r.get(13)?),
-                        server_data: json_opt(r.get(14)?),
-                    })
-                },
-            )?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            c.query(&sql, &params)?
+                .iter()
+                .map(sync_error_from_row)
+                .collect()
         })
     }
 
     /// Number of entries in the change log (for tests and the console).
     pub fn change_count(&self, table: &str, id: &str) -> ApiResult<i64> {
         self.read(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*) FROM _fs_change_log WHERE tbl = ?1 AND row_id = ?2",
-                params![table, id],
-                |r| r.get(0),
-            )?)
+            c.query_one(
+                "SELECT COUNT(*) FROM _fs_change_log WHERE tbl = ? AND row_id = ?",
+                &[text(table), text(id)],
+            )?
+            .i64(0)
         })
     }
 }
@@ -1709,10 +1960,62 @@ impl From<ApiError> for PushFail {
     }
 }
 
-impl From<rusqlite::Error> for PushFail {
-    fn from(e: rusqlite::Error) -> Self {
-        PushFail::Fatal(e.into())
+/// Stamps the current PostgreSQL transaction's pending changes with their
+/// sequence numbers, in commit order (see the module documentation). Must be
+/// the last step before `COMMIT`: the advisory lock it takes is released by
+/// the commit.
+fn stamp_sequences(
+    client: &mut postgres::Client,
+    model: &DataModel,
+) -> Result<(), postgres::Error> {
+    if cfg!(feature = "naive-sequence") {
+        return Ok(());
     }
+    let pending = client.query(
+        "SELECT 1 FROM _fs_change_log WHERE seq IS NULL LIMIT 1",
+        &[],
+    )?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    client.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_SEQUENCE_LOCK])?;
+    let stamped = client.query(
+        "WITH p AS (SELECT id FROM _fs_change_log WHERE seq IS NULL ORDER BY id),
+              s AS (SELECT id, nextval('_fs_change_seq') AS seq FROM p)
+         UPDATE _fs_change_log c SET seq = s.seq FROM s WHERE c.id = s.id
+         RETURNING c.tbl, c.row_id, c.seq",
+        &[],
+    )?;
+    // A row changed twice in one transaction keeps its last change's sequence.
+    let mut last: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for r in &stamped {
+        let key = (r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?);
+        let seq: i64 = r.try_get(2)?;
+        let e = last.entry(key).or_insert(seq);
+        *e = (*e).max(seq);
+    }
+    let mut per_table: BTreeMap<String, (Vec<String>, Vec<i64>)> = BTreeMap::new();
+    for ((table, id), seq) in last {
+        let e = per_table.entry(table).or_default();
+        e.0.push(id);
+        e.1.push(seq);
+    }
+    for (table, (ids, seqs)) in per_table {
+        let Some(schema) = model.table(&table) else {
+            continue;
+        };
+        client.execute(
+            format!(
+                "UPDATE {t} SET _seq = v.seq FROM unnest($1::text[], $2::bigint[]) AS v(id, seq)
+                 WHERE {t}.{pk} = v.id",
+                t = quote_ident(&schema.name),
+                pk = quote_ident(&schema.primary_key),
+            )
+            .as_str(),
+            &[&ids, &seqs],
+        )?;
+    }
+    Ok(())
 }
 
 // ---- admin web console ------------------------------------------------------
@@ -1767,23 +2070,23 @@ fn now_ms() -> i64 {
 
 const SYNC_ERROR_COLUMNS: &str = "id, at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data";
 
-fn sync_error_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SyncErrorEntry> {
+fn sync_error_from_row(r: &Row) -> ApiResult<SyncErrorEntry> {
     Ok(SyncErrorEntry {
-        id: r.get(0)?,
-        at: r.get(1)?,
-        kind: r.get(2)?,
-        code: r.get(3)?,
-        message: r.get(4)?,
-        table: r.get(5)?,
-        record_id: r.get(6)?,
-        user_id: r.get(7)?,
-        device_id: r.get(8)?,
-        action: r.get(9)?,
-        idempotency_key: r.get(10)?,
-        base_version: r.get(11)?,
-        server_version: r.get(12)?,
-        device_data: json_opt(r.get(13)?),
-        server_data: json_opt(r.get(14)?),
+        id: r.i64(0)?,
+        at: r.text(1)?,
+        kind: r.text(2)?,
+        code: r.text(3)?,
+        message: r.text(4)?,
+        table: r.text(5)?,
+        record_id: r.text(6)?,
+        user_id: r.text(7)?,
+        device_id: r.opt_text(8)?,
+        action: r.text(9)?,
+        idempotency_key: r.text(10)?,
+        base_version: r.i64(11)?,
+        server_version: r.i64(12)?,
+        device_data: json_opt(r.opt_text(13)?),
+        server_data: json_opt(r.opt_text(14)?),
     })
 }
 
@@ -1795,14 +2098,20 @@ impl Db {
         let id = random_token();
         let csrf = random_token();
         let now = now_ms();
-        self.write(|tx| {
-            tx.execute(
-                "DELETE FROM _fs_console_sessions WHERE expires_ms <= ?1",
-                [now],
+        self.write(|c| {
+            c.execute(
+                "DELETE FROM _fs_console_sessions WHERE expires_ms <= ?",
+                &[int(now)],
             )?;
-            tx.execute(
-                "INSERT INTO _fs_console_sessions (id_hash, csrf_token, admin, created_at, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash_token(&id), csrf, admin, now_text(), now.saturating_add(ttl_ms)],
+            c.execute(
+                "INSERT INTO _fs_console_sessions (id_hash, csrf_token, admin, created_at, expires_ms) VALUES (?, ?, ?, ?, ?)",
+                &[
+                    text(hash_token(&id)),
+                    text(csrf.clone()),
+                    text(admin),
+                    text(now_text()),
+                    int(now.saturating_add(ttl_ms)),
+                ],
             )?;
             Ok(())
         })?;
@@ -1814,27 +2123,27 @@ impl Db {
         let hash = hash_token(session_id);
         let now = now_ms();
         self.read(|c| {
-            Ok(c.query_row(
-                "SELECT admin, csrf_token FROM _fs_console_sessions WHERE id_hash = ?1 AND expires_ms > ?2",
-                params![hash, now],
-                |r| {
-                    Ok(ConsoleSession {
-                        admin: r.get(0)?,
-                        csrf_token: r.get(1)?,
-                    })
-                },
-            )
-            .optional()?)
+            c.query_opt(
+                "SELECT admin, csrf_token FROM _fs_console_sessions WHERE id_hash = ? AND expires_ms > ?",
+                &[text(hash.clone()), int(now)],
+            )?
+            .map(|r| {
+                Ok(ConsoleSession {
+                    admin: r.text(0)?,
+                    csrf_token: r.text(1)?,
+                })
+            })
+            .transpose()
         })
     }
 
     /// Ends a console session (signing out).
     pub fn delete_console_session(&self, session_id: &str) -> ApiResult<()> {
         let hash = hash_token(session_id);
-        self.write(|tx| {
-            tx.execute(
-                "DELETE FROM _fs_console_sessions WHERE id_hash = ?1",
-                [hash],
+        self.write(|c| {
+            c.execute(
+                "DELETE FROM _fs_console_sessions WHERE id_hash = ?",
+                &[text(hash.clone())],
             )?;
             Ok(())
         })
@@ -1843,36 +2152,42 @@ impl Db {
     /// The user with this id.
     pub fn user_by_id(&self, id: &str) -> ApiResult<Option<User>> {
         self.read(|c| {
-            Ok(c.query_row(
-                "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?1",
-                [id],
-                user_from_row,
-            )
-            .optional()?)
+            c.query_opt(
+                "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?",
+                &[text(id)],
+            )?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
         })
     }
 
     /// One entry of the Sync Errors log.
     pub fn sync_error(&self, id: i64) -> ApiResult<Option<SyncErrorEntry>> {
         self.read(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {SYNC_ERROR_COLUMNS} FROM _fs_sync_errors WHERE id = ?1"),
-                [id],
-                sync_error_from_row,
-            )
-            .optional()?)
+            c.query_opt(
+                &format!("SELECT {SYNC_ERROR_COLUMNS} FROM _fs_sync_errors WHERE id = ?"),
+                &[int(id)],
+            )?
+            .as_ref()
+            .map(sync_error_from_row)
+            .transpose()
         })
     }
 
     /// Distinct users, tables and kinds of the Sync Errors log.
     pub fn sync_error_facets(&self) -> ApiResult<SyncErrorFacets> {
         self.read(|c| {
-            let distinct = |column: &str| -> ApiResult<Vec<String>> {
-                let mut stmt = c.prepare(&format!(
-                    "SELECT DISTINCT {column} FROM _fs_sync_errors ORDER BY {column} LIMIT 500"
-                ))?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let mut distinct = |column: &str| -> ApiResult<Vec<String>> {
+                c.query(
+                    &format!(
+                        "SELECT DISTINCT {column} FROM _fs_sync_errors ORDER BY {column} LIMIT 500"
+                    ),
+                    &[],
+                )?
+                .iter()
+                .map(|r| r.text(0))
+                .collect()
             };
             Ok(SyncErrorFacets {
                 users: distinct("user_id")?,
@@ -1887,49 +2202,47 @@ impl Db {
         if ids.is_empty() {
             return Ok(BTreeMap::new());
         }
-        self.read(|c| {
-            let placeholders = vec!["?"; ids.len()].join(", ");
-            let mut stmt = c.prepare(&format!(
-                "SELECT sync_error_id, at, retried_by, version FROM _fs_sync_error_retries WHERE sync_error_id IN ({placeholders})"
-            ))?;
-            let rows = stmt.query_map(params_from_iter(ids.iter()), |r| {
-                Ok(SyncErrorRetry {
-                    sync_error_id: r.get(0)?,
-                    at: r.get(1)?,
-                    retried_by: r.get(2)?,
-                    version: r.get(3)?,
-                })
-            })?;
-            let mut out = BTreeMap::new();
-            for r in rows {
-                let r = r?;
-                out.insert(r.sync_error_id, r);
-            }
-            Ok(out)
-        })
+        let placeholders = vec!["?"; ids.len()].join(", ");
+        let sql = format!(
+            "SELECT sync_error_id, at, retried_by, version FROM _fs_sync_error_retries WHERE sync_error_id IN ({placeholders})"
+        );
+        let params: Vec<Value> = ids.iter().map(|i| int(*i)).collect();
+        let rows = self.read(|c| c.query(&sql, &params))?;
+        let mut out = BTreeMap::new();
+        for r in &rows {
+            let retry = SyncErrorRetry {
+                sync_error_id: r.i64(0)?,
+                at: r.text(1)?,
+                retried_by: r.text(2)?,
+                version: r.i64(3)?,
+            };
+            out.insert(retry.sync_error_id, retry);
+        }
+        Ok(out)
     }
 
     /// The newest Sync Errors entry of each (device, user).
     pub fn device_last_errors(&self) -> ApiResult<BTreeMap<(String, String), DeviceLastError>> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
+        let rows = self.read(|c| {
+            c.query(
                 "SELECT e.device_id, e.user_id, e.at, e.message FROM _fs_sync_errors e
                  JOIN (SELECT device_id, user_id, MAX(id) AS id FROM _fs_sync_errors
                        WHERE device_id IS NOT NULL GROUP BY device_id, user_id) last ON last.id = e.id",
-            )?;
-            let rows = stmt.query_map([], |r| {
+                &[],
+            )
+        })?;
+        rows.iter()
+            .map(|r| {
                 Ok((
-                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    (r.text(0)?, r.text(1)?),
                     DeviceLastError {
-                        at: r.get(2)?,
-                        message: r.get(3)?,
+                        at: r.text(2)?,
+                        message: r.text(3)?,
                     },
                 ))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
+            })
+            .collect()
     }
-
     /// Re-applies the device's change logged in Sync Errors entry `id`, as
     /// the logged user would push it but with conflict detection bypassed:
     /// the device's data wins. The write goes into the change log (with the
@@ -1960,24 +2273,21 @@ impl Db {
             data: entry.device_data.clone().unwrap_or_default(),
         };
         let at = now_text();
-        self.write(|tx| {
-            let done: Option<String> = tx
-                .query_row(
-                    "SELECT at FROM _fs_sync_error_retries WHERE sync_error_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(when) = done {
+        self.write(|c| {
+            let done = c.query_opt(
+                "SELECT at FROM _fs_sync_error_retries WHERE sync_error_id = ?",
+                &[int(id)],
+            )?;
+            if let Some(when) = done.map(|r| r.text(0)).transpose()? {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     codes::CONFLICT,
                     format!("sync error {id} was already retried at {when}"),
                 ));
             }
-            tx.execute_batch("SAVEPOINT retry")?;
+            c.batch("SAVEPOINT retry")?;
             let outcome = self.push_one(
-                tx,
+                c,
                 &user,
                 entry.device_id.as_deref(),
                 &profile,
@@ -1986,12 +2296,12 @@ impl Db {
             );
             let result = match outcome {
                 Ok(r) => {
-                    tx.execute_batch("RELEASE retry")?;
+                    c.batch("RELEASE SAVEPOINT retry")?;
                     r
                 }
                 Err(PushFail::Fatal(e)) => return Err(e),
                 Err(PushFail::Reject(r)) => {
-                    tx.execute_batch("ROLLBACK TO retry; RELEASE retry")?;
+                    c.batch("ROLLBACK TO SAVEPOINT retry; RELEASE SAVEPOINT retry")?;
                     return Err(ApiError::new(
                         StatusCode::CONFLICT,
                         r.code,
@@ -1999,9 +2309,9 @@ impl Db {
                     ));
                 }
             };
-            tx.execute(
-                "INSERT INTO _fs_sync_error_retries (sync_error_id, at, retried_by, version) VALUES (?1, ?2, ?3, ?4)",
-                params![id, at, retried_by, result.version],
+            c.execute(
+                "INSERT INTO _fs_sync_error_retries (sync_error_id, at, retried_by, version) VALUES (?, ?, ?, ?)",
+                &[int(id), text(at.clone()), text(retried_by), int(result.version)],
             )?;
             Ok(SyncErrorRetry {
                 sync_error_id: id,

@@ -1,7 +1,7 @@
 //! fieldsync reference sync server (S1): per-user bearer tokens, offline
 //! profiles, paged pull from a change log, idempotent push, the
 //! conflict-detection setting, the Sync Errors log, and the admin API.
-//! Embedded SQLite by default.
+//! Embedded SQLite by default; PostgreSQL when given a `postgres://` URL.
 //!
 //! The service keeps no state outside its database, so several instances
 //! can serve one database. [`router`] builds the HTTP application;
@@ -13,7 +13,9 @@ pub mod db;
 pub mod error;
 pub mod online;
 pub mod rules;
+pub mod schema;
 pub mod seed;
+pub mod sql;
 pub mod telemetry;
 
 use std::path::PathBuf;
@@ -29,7 +31,7 @@ use fieldsync_core::{Clock, SystemClock};
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::db::Db;
+use crate::db::{DatabaseUrl, Db};
 use crate::error::ApiError;
 
 /// The field-service data model shipped with the server.
@@ -47,8 +49,13 @@ pub fn field_service_profile() -> OfflineProfile {
 /// How to run the server.
 #[derive(Clone)]
 pub struct ServerConfig {
-    /// Directory of the embedded database.
+    /// Directory of the embedded database (used when `database_url` is
+    /// `None`).
     pub data_dir: PathBuf,
+    /// Where the data lives: `postgres://…` (PostgreSQL, for several
+    /// instances on one database) or `sqlite:<file>`; `None` is
+    /// `data_dir/fieldsync.db`.
+    pub database_url: Option<String>,
     /// Bearer token of the administrator (admin API).
     pub admin_token: String,
     /// Largest accepted request body.
@@ -67,6 +74,14 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("data_dir", &self.data_dir)
+            .field(
+                "database",
+                &self
+                    .database_url
+                    .as_deref()
+                    .map(redact_url)
+                    .unwrap_or_default(),
+            )
             .field("max_body_bytes", &self.max_body_bytes)
             .field("pull_delay", &self.pull_delay)
             .finish_non_exhaustive()
@@ -78,12 +93,27 @@ impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>, admin_token: &str) -> Self {
         Self {
             data_dir: data_dir.into(),
+            database_url: None,
             admin_token: admin_token.to_owned(),
             max_body_bytes: MAX_REQUEST_BYTES,
             pull_delay: Duration::ZERO,
             request_timeout: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
         }
+    }
+}
+
+/// A database URL with its password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -103,9 +133,11 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         ));
     }
     let profile = field_service_profile();
-    let db = Db::open(&config.data_dir, field_service_model(), &profile)?
-        .with_clock(config.clock.clone());
-    telemetry::init(&db)?;
+    let db = match &config.database_url {
+        Some(url) => Db::open_url(&DatabaseUrl::parse(url)?, field_service_model(), &profile)?,
+        None => Db::open(&config.data_dir, field_service_model(), &profile)?,
+    }
+    .with_clock(config.clock.clone());
     let app = Arc::new(App {
         db: Arc::new(db),
         admin_token_hash: db::hash_token(&config.admin_token),

@@ -21,9 +21,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
+use fieldsync_core::Value;
 use fieldsync_core::profile::quote_ident;
 use fieldsync_core::protocol::{ChangesRequest, ChangesResponse, codes};
-use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 use crate::App;
@@ -35,14 +35,7 @@ const ONLINE_TABLES_KEY: &str = "online_tables";
 
 /// The tables technicians may read whole in online mode.
 pub fn online_tables(db: &Db) -> ApiResult<Vec<String>> {
-    let text: Option<String> = db.read(|c| {
-        Ok(c.query_row(
-            "SELECT value FROM _fs_settings WHERE key = ?1",
-            [ONLINE_TABLES_KEY],
-            |r| r.get(0),
-        )
-        .optional()?)
-    })?;
+    let text = db.setting(ONLINE_TABLES_KEY)?;
     Ok(text
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default())
@@ -62,14 +55,7 @@ pub fn set_online_tables(db: &Db, tables: &[String]) -> ApiResult<()> {
     sorted.sort();
     sorted.dedup();
     let text = serde_json::to_string(&sorted).map_err(|e| ApiError::internal(e.to_string()))?;
-    db.write(|tx| {
-        tx.execute(
-            "INSERT INTO _fs_settings (key, value) VALUES (?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            rusqlite::params![ONLINE_TABLES_KEY, text],
-        )?;
-        Ok(())
-    })
+    db.set_setting(ONLINE_TABLES_KEY, &text)
 }
 
 /// Body of the online-access endpoints.
@@ -137,11 +123,10 @@ pub async fn changes(
                 let changed = match Cursor::parse(cursor) {
                     Some(Some(cur)) if cur.since >= cur.snapshot => {
                         let sql = format!(
-                            "SELECT EXISTS (SELECT 1 FROM {} WHERE _seq > ?1)",
+                            "SELECT EXISTS (SELECT 1 FROM {} WHERE _seq > ?)",
                             quote_ident(name)
                         );
-                        let any: bool = c.query_row(&sql, [cur.since], |r| r.get(0))?;
-                        any
+                        c.query_one(&sql, &[Value::Integer(cur.since)])?.bool(0)?
                     }
                     _ => true,
                 };

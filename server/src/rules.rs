@@ -14,6 +14,8 @@ use fieldsync_core::Value;
 use fieldsync_core::filter::{Cond, FilterContext, TextOp};
 use fieldsync_core::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
 
+use crate::sql::Dialect;
+
 /// Deepest chain of related-rows rules compiled (validation refuses cycles
 /// and more than 15 related tables, so a valid profile never reaches it).
 const MAX_DEPTH: usize = 16;
@@ -29,20 +31,38 @@ pub struct SqlPredicate {
 /// Related-rows rules become sub-queries over the related table and its own
 /// rules.
 pub fn compile(profile: &SyncProfile, table: &SyncTable, ctx: &FilterContext) -> SqlPredicate {
-    compile_at(profile, table, ctx, 0)
+    compile_in(Dialect::Sqlite, profile, table, ctx)
+}
+
+/// [`compile`] for one SQL dialect.
+pub fn compile_in(
+    dialect: Dialect,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    ctx: &FilterContext,
+) -> SqlPredicate {
+    compile_at(dialect, profile, table, ctx, 0)
 }
 
 /// Compiles only the custom filters of a table that read the clock (their
 /// OR), or `None` when it has none. Used to find rows that entered a
 /// relative-date window without changing.
-pub fn compile_clock_rules(table: &SyncTable, ctx: &FilterContext) -> Option<SqlPredicate> {
+pub fn compile_clock_rules(
+    dialect: Dialect,
+    table: &SyncTable,
+    ctx: &FilterContext,
+) -> Option<SqlPredicate> {
     let mut parts = Vec::new();
     let mut params = Vec::new();
     for rule in &table.rules {
         if let RowRule::Custom { filter } = rule
             && filter.uses_clock()
         {
-            parts.push(compile_cond(&filter.lower(table, ctx), &mut params));
+            parts.push(compile_cond_in(
+                dialect,
+                &filter.lower(table, ctx),
+                &mut params,
+            ));
         }
     }
     if parts.is_empty() {
@@ -55,6 +75,7 @@ pub fn compile_clock_rules(table: &SyncTable, ctx: &FilterContext) -> Option<Sql
 }
 
 fn compile_at(
+    dialect: Dialect,
     profile: &SyncProfile,
     table: &SyncTable,
     ctx: &FilterContext,
@@ -64,13 +85,17 @@ fn compile_at(
     let mut params = Vec::new();
     for rule in &table.rules {
         match rule {
-            RowRule::All => parts.push("1".to_owned()),
+            RowRule::All => parts.push(dialect.true_sql().to_owned()),
             RowRule::Owned { column } => {
                 parts.push(format!("{} = ?", quote_ident(column)));
                 params.push(Value::Text(ctx.user_id.clone()));
             }
             RowRule::Custom { filter } => {
-                parts.push(compile_cond(&filter.lower(table, ctx), &mut params));
+                parts.push(compile_cond_in(
+                    dialect,
+                    &filter.lower(table, ctx),
+                    &mut params,
+                ));
             }
             RowRule::Related {
                 table: other,
@@ -78,7 +103,7 @@ fn compile_at(
                 foreign_column,
             } => match profile.table(other) {
                 Some(other_table) if depth < MAX_DEPTH => {
-                    let inner = compile_at(profile, other_table, ctx, depth + 1);
+                    let inner = compile_at(dialect, profile, other_table, ctx, depth + 1);
                     parts.push(format!(
                         "{} IN (SELECT {} FROM {} WHERE _deleted = 0 AND {} AND {} IS NOT NULL)",
                         quote_ident(column),
@@ -89,12 +114,12 @@ fn compile_at(
                     ));
                     params.extend(inner.params);
                 }
-                _ => parts.push("0".into()),
+                _ => parts.push(dialect.false_sql().into()),
             },
         }
     }
     if parts.is_empty() {
-        parts.push("0".into());
+        parts.push(dialect.false_sql().into());
     }
     SqlPredicate {
         sql: format!("({})", parts.join(" OR ")),
@@ -105,20 +130,32 @@ fn compile_at(
 /// Compiles a lowered filter condition; appends its parameters to `params`.
 /// The result is never SQL NULL.
 pub fn compile_cond(cond: &Cond, params: &mut Vec<Value>) -> String {
+    compile_cond_in(Dialect::Sqlite, cond, params)
+}
+
+/// [`compile_cond`] for one SQL dialect.
+pub fn compile_cond_in(dialect: Dialect, cond: &Cond, params: &mut Vec<Value>) -> String {
+    let (t, f) = (dialect.true_sql(), dialect.false_sql());
     match cond {
-        Cond::True => "1".into(),
-        Cond::False => "0".into(),
-        Cond::And(cs) if cs.is_empty() => "1".into(),
-        Cond::Or(cs) if cs.is_empty() => "0".into(),
+        Cond::True => t.into(),
+        Cond::False => f.into(),
+        Cond::And(cs) if cs.is_empty() => t.into(),
+        Cond::Or(cs) if cs.is_empty() => f.into(),
         Cond::And(cs) => {
-            let parts: Vec<String> = cs.iter().map(|c| compile_cond(c, params)).collect();
+            let parts: Vec<String> = cs
+                .iter()
+                .map(|c| compile_cond_in(dialect, c, params))
+                .collect();
             format!("({})", parts.join(" AND "))
         }
         Cond::Or(cs) => {
-            let parts: Vec<String> = cs.iter().map(|c| compile_cond(c, params)).collect();
+            let parts: Vec<String> = cs
+                .iter()
+                .map(|c| compile_cond_in(dialect, c, params))
+                .collect();
             format!("({})", parts.join(" OR "))
         }
-        Cond::Not(c) => format!("(NOT {})", compile_cond(c, params)),
+        Cond::Not(c) => format!("(NOT {})", compile_cond_in(dialect, c, params)),
         Cond::Cmp { column, op, value } => {
             params.push(value.clone());
             let c = quote_ident(column);
@@ -134,7 +171,7 @@ pub fn compile_cond(cond: &Cond, params: &mut Vec<Value>) -> String {
                 return if *negated {
                     format!("({c} IS NOT NULL)")
                 } else {
-                    "0".into()
+                    f.into()
                 };
             }
             params.extend(values.iter().cloned());
@@ -152,16 +189,16 @@ pub fn compile_cond(cond: &Cond, params: &mut Vec<Value>) -> String {
             match op {
                 TextOp::BeginsWith => {
                     params.push(n);
-                    format!("({c} IS NOT NULL AND instr({c}, ?) = 1)")
+                    format!("({c} IS NOT NULL AND {} = 1)", dialect.instr(&c))
                 }
                 TextOp::Contains => {
                     params.push(n);
-                    format!("({c} IS NOT NULL AND instr({c}, ?) > 0)")
+                    format!("({c} IS NOT NULL AND {} > 0)", dialect.instr(&c))
                 }
                 TextOp::EndsWith => {
                     params.extend([n.clone(), n.clone(), n]);
                     format!(
-                        "({c} IS NOT NULL AND length({c}) >= length(?) AND substr({c}, length({c}) - length(?) + 1) = ?)"
+                        "({c} IS NOT NULL AND length({c}) >= length(CAST(? AS TEXT)) AND substr({c}, length({c}) - length(CAST(? AS TEXT)) + 1) = ?)"
                     )
                 }
             }

@@ -13,57 +13,22 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use fieldsync_core::Value;
 use fieldsync_core::protocol::codes;
 use fieldsync_core::telemetry::{TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind};
 use fieldsync_core::time::{format_date, parse_datetime};
-use rusqlite::{OptionalExtension, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 
 use crate::App;
 use crate::api::{authenticate, authenticate_admin, blocking, json_body};
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
+use crate::sql::{Row, opt_text, text};
 
 /// Most events in one upload.
 pub const MAX_EVENTS_PER_BATCH: usize = 1000;
 /// Most events one list answer returns.
 pub const MAX_LIST: u32 = 5000;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS _fs_telemetry (
-    id TEXT PRIMARY KEY NOT NULL,
-    received_at INTEGER NOT NULL,
-    user_id TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    sync_id TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    result TEXT NOT NULL,
-    failure_type TEXT,
-    started_at INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL,
-    active_duration_ms INTEGER NOT NULL,
-    rows_up INTEGER NOT NULL,
-    rows_down INTEGER NOT NULL,
-    bytes_up INTEGER NOT NULL,
-    bytes_down INTEGER NOT NULL,
-    tbl TEXT,
-    network_type TEXT NOT NULL,
-    app_version TEXT NOT NULL,
-    device_model TEXT NOT NULL,
-    os_version TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS _fs_telemetry_device ON _fs_telemetry (device_id, started_at);
-CREATE INDEX IF NOT EXISTS _fs_telemetry_started ON _fs_telemetry (started_at);
-"#;
-
-/// Creates the telemetry table (called when the router is built).
-pub fn init(db: &Db) -> ApiResult<()> {
-    db.write(|tx| {
-        tx.execute_batch(SCHEMA)?;
-        Ok(())
-    })
-}
 
 fn check(e: &TelemetryEvent) -> Result<(), String> {
     let short = |name: &str, v: &str, max: usize| {
@@ -103,38 +68,39 @@ fn check(e: &TelemetryEvent) -> Result<(), String> {
 
 /// Stores a batch for `user_id`; returns how many events were new.
 pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> ApiResult<u64> {
-    db.write(|tx| {
-        let mut stmt = tx.prepare_cached(
-            "INSERT OR IGNORE INTO _fs_telemetry (id, received_at, user_id, device_id, kind, sync_id, mode,
-               result, failure_type, started_at, duration_ms, active_duration_ms, rows_up, rows_down,
-               bytes_up, bytes_down, tbl, network_type, app_version, device_model, os_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
-        )?;
+    db.write(|c| {
         let mut n = 0;
         for e in events {
-            n += stmt.execute(params![
-                e.id,
-                now,
-                user_id,
-                e.device_id,
-                kind_text(e.kind),
-                e.sync_id,
-                e.mode,
-                e.result,
-                e.failure_type,
-                e.started_at,
-                e.duration_ms,
-                e.active_duration_ms,
-                e.rows_up as i64,
-                e.rows_down as i64,
-                e.bytes_up as i64,
-                e.bytes_down as i64,
-                e.table,
-                e.network_type,
-                e.app_version,
-                e.device_model,
-                e.os_version
-            ])? as u64;
+            n += c.execute(
+                "INSERT INTO _fs_telemetry (id, received_at, user_id, device_id, kind, sync_id, mode,
+                   result, failure_type, started_at, duration_ms, active_duration_ms, rows_up, rows_down,
+                   bytes_up, bytes_down, tbl, network_type, app_version, device_model, os_version)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (id) DO NOTHING",
+                &[
+                    text(e.id.clone()),
+                    Value::Integer(now),
+                    text(user_id),
+                    text(e.device_id.clone()),
+                    text(kind_text(e.kind)),
+                    text(e.sync_id.clone()),
+                    text(e.mode.clone()),
+                    text(e.result.clone()),
+                    opt_text(e.failure_type.clone()),
+                    Value::Integer(e.started_at),
+                    Value::Integer(e.duration_ms),
+                    Value::Integer(e.active_duration_ms),
+                    Value::Integer(e.rows_up as i64),
+                    Value::Integer(e.rows_down as i64),
+                    Value::Integer(e.bytes_up as i64),
+                    Value::Integer(e.bytes_down as i64),
+                    opt_text(e.table.clone()),
+                    text(e.network_type.clone()),
+                    text(e.app_version.clone()),
+                    text(e.device_model.clone()),
+                    text(e.os_version.clone()),
+                ],
+            )?;
         }
         Ok(n)
     })
@@ -189,8 +155,8 @@ fn since_ms(q: &TelemetryQuery) -> ApiResult<Option<i64>> {
     }
 }
 
-fn where_clause(q: &TelemetryQuery) -> ApiResult<(String, Vec<rusqlite::types::Value>)> {
-    use rusqlite::types::Value as V;
+fn where_clause(q: &TelemetryQuery) -> ApiResult<(String, Vec<Value>)> {
+    use Value as V;
     let mut sql = String::from(" WHERE 1 = 1");
     let mut params = Vec::new();
     if let Some(d) = &q.device {
@@ -223,36 +189,36 @@ const COLUMNS: &str =
     active_duration_ms, rows_up, rows_down, bytes_up, bytes_down, tbl, network_type, app_version,
     device_model, os_version, user_id, received_at";
 
-fn read_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let kind: String = r.get(1)?;
+fn read_event(r: &Row) -> ApiResult<StoredEvent> {
+    let kind = r.text(1)?;
     Ok(StoredEvent {
         event: TelemetryEvent {
-            id: r.get(0)?,
+            id: r.text(0)?,
             kind: if kind == "sync" {
                 TelemetryKind::Sync
             } else {
                 TelemetryKind::TableDownload
             },
-            device_id: r.get(2)?,
-            sync_id: r.get(3)?,
-            mode: r.get(4)?,
-            result: r.get(5)?,
-            failure_type: r.get(6)?,
-            started_at: r.get(7)?,
-            duration_ms: r.get(8)?,
-            active_duration_ms: r.get(9)?,
-            rows_up: r.get::<_, i64>(10)?.max(0) as u64,
-            rows_down: r.get::<_, i64>(11)?.max(0) as u64,
-            bytes_up: r.get::<_, i64>(12)?.max(0) as u64,
-            bytes_down: r.get::<_, i64>(13)?.max(0) as u64,
-            table: r.get(14)?,
-            network_type: r.get(15)?,
-            app_version: r.get(16)?,
-            device_model: r.get(17)?,
-            os_version: r.get(18)?,
+            device_id: r.text(2)?,
+            sync_id: r.text(3)?,
+            mode: r.text(4)?,
+            result: r.text(5)?,
+            failure_type: r.opt_text(6)?,
+            started_at: r.i64(7)?,
+            duration_ms: r.i64(8)?,
+            active_duration_ms: r.i64(9)?,
+            rows_up: r.i64(10)?.max(0) as u64,
+            rows_down: r.i64(11)?.max(0) as u64,
+            bytes_up: r.i64(12)?.max(0) as u64,
+            bytes_down: r.i64(13)?.max(0) as u64,
+            table: r.opt_text(14)?,
+            network_type: r.text(15)?,
+            app_version: r.text(16)?,
+            device_model: r.text(17)?,
+            os_version: r.text(18)?,
         },
-        user_id: r.get(19)?,
-        received_at: r.get(20)?,
+        user_id: r.text(19)?,
+        received_at: r.i64(20)?,
     })
 }
 
@@ -260,15 +226,10 @@ fn read_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 pub fn list(db: &Db, q: &TelemetryQuery) -> ApiResult<Vec<StoredEvent>> {
     let (clause, mut params) = where_clause(q)?;
     let limit = q.limit.unwrap_or(500).clamp(1, MAX_LIST);
-    params.push(rusqlite::types::Value::Integer(i64::from(limit)));
-    db.read(|c| {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM _fs_telemetry{clause} ORDER BY started_at DESC, id LIMIT ?"
-        );
-        let mut stmt = c.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(params.iter()), read_event)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    })
+    params.push(Value::Integer(i64::from(limit)));
+    let sql =
+        format!("SELECT {COLUMNS} FROM _fs_telemetry{clause} ORDER BY started_at DESC, id LIMIT ?");
+    db.read(|c| c.query(&sql, &params)?.iter().map(read_event).collect())
 }
 
 /// Duration percentiles (nearest rank), ms.
@@ -357,12 +318,9 @@ pub struct Summary {
 /// Aggregates the events matching the query.
 pub fn summary(db: &Db, q: &TelemetryQuery) -> ApiResult<Summary> {
     let (clause, params) = where_clause(q)?;
-    let events: Vec<StoredEvent> = db.read(|c| {
-        let sql = format!("SELECT {COLUMNS} FROM _fs_telemetry{clause} ORDER BY started_at");
-        let mut stmt = c.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(params.iter()), read_event)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    })?;
+    let sql = format!("SELECT {COLUMNS} FROM _fs_telemetry{clause} ORDER BY started_at");
+    let events: Vec<StoredEvent> =
+        db.read(|c| c.query(&sql, &params)?.iter().map(read_event).collect())?;
     let mut s = Summary {
         device: q.device.clone(),
         user: q.user.clone(),
@@ -528,10 +486,9 @@ pub async fn admin_summary(
 /// Number of stored events (tests, diagnostics).
 pub fn count(db: &Db) -> ApiResult<u64> {
     db.read(|c| {
-        let n: Option<i64> = c
-            .query_row("SELECT COUNT(*) FROM _fs_telemetry", [], |r| r.get(0))
-            .optional()?;
-        Ok(n.unwrap_or(0).max(0) as u64)
+        Ok(c.query_one("SELECT COUNT(*) FROM _fs_telemetry", &[])?
+            .i64(0)?
+            .max(0) as u64)
     })
 }
 

@@ -16,6 +16,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
+#[path = "../testdb/mod.rs"]
+pub mod testdb;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// A wide offline profile (see [`Server::wide_technician`]).
@@ -49,6 +52,10 @@ impl Server {
     }
 
     pub async fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        let database = match testdb::database_url(data_dir) {
+            Some(url) => vec!["--database-url".to_owned(), url],
+            None => Vec::new(),
+        };
         let mut child = Command::new(bin())
             .args([
                 "server",
@@ -59,6 +66,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(&database)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -74,6 +82,15 @@ impl Server {
             .expect("server printed nothing");
         let v: Value = serde_json::from_str(&line).expect("listening line");
         let addr = v["address"].as_str().expect("address").to_owned();
+        let expected = if database.is_empty() {
+            "sqlite"
+        } else {
+            "postgresql"
+        };
+        assert_eq!(
+            v["database"], expected,
+            "the server runs on the back end under test"
+        );
         Server {
             child,
             url: format!("http://{addr}"),

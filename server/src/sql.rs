@@ -1,0 +1,457 @@
+//! One small SQL interface over the server's two back ends, so the storage
+//! logic (`crate::db`) is written once: a [`Conn`] runs statements written
+//! with `?` (or `?N`) placeholders and [`Value`] parameters and answers rows
+//! of [`Value`]s. [`SqliteConn`] runs them on rusqlite; [`PgConn`] on the
+//! PostgreSQL client, rewriting the placeholders to `$N` and converting each
+//! parameter to the type PostgreSQL inferred for it.
+//!
+//! Statements are kept to the SQL both engines accept (`ON CONFLICT`,
+//! `RETURNING`, `TRUE`/`FALSE`, `CAST(? AS TEXT)`); where they differ the
+//! caller asks [`Conn::dialect`].
+
+use std::error::Error as _;
+
+use axum::http::StatusCode;
+use fieldsync_core::Value;
+use fieldsync_core::profile::ColumnKind;
+use fieldsync_core::protocol::codes;
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use crate::error::{ApiError, ApiResult};
+
+/// Which SQL engine a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// SQL type of a model column. PostgreSQL text columns use the "C"
+    /// collation: text compares byte for byte, as on SQLite and on devices.
+    pub fn column_type(self, kind: ColumnKind) -> &'static str {
+        match (self, kind) {
+            (Dialect::Sqlite, k) => k.sql_type(),
+            (Dialect::Postgres, ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime) => {
+                "TEXT COLLATE \"C\""
+            }
+            (Dialect::Postgres, ColumnKind::Integer | ColumnKind::Boolean) => "BIGINT",
+            (Dialect::Postgres, ColumnKind::Real) => "DOUBLE PRECISION",
+        }
+    }
+    /// The SQL of a condition that always holds.
+    pub fn true_sql(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "1",
+            Dialect::Postgres => "TRUE",
+        }
+    }
+    /// The SQL of a condition that never holds.
+    pub fn false_sql(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "0",
+            Dialect::Postgres => "FALSE",
+        }
+    }
+    /// Position of `needle` (a parameter) in `haystack`, 1-based, 0 when absent.
+    pub fn instr(self, haystack: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("instr({haystack}, ?)"),
+            Dialect::Postgres => format!("strpos({haystack}, CAST(? AS TEXT))"),
+        }
+    }
+}
+
+/// One result row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row(pub Vec<Value>);
+
+fn bad_column(i: usize, want: &str, got: &Value) -> ApiError {
+    ApiError::internal(format!("database: column {i} holds {got:?}, not {want}"))
+}
+
+impl Row {
+    /// The raw value of column `i`.
+    pub fn get(&self, i: usize) -> &Value {
+        self.0.get(i).unwrap_or(&Value::Null)
+    }
+    /// Column `i` as a value of a model column of `kind`.
+    pub fn value(&self, i: usize, kind: ColumnKind) -> Value {
+        match (self.get(i).clone(), kind) {
+            (Value::Integer(n), ColumnKind::Boolean) => Value::Boolean(n != 0),
+            (Value::Integer(n), ColumnKind::Real) => Value::Real(n as f64),
+            (Value::Boolean(b), ColumnKind::Integer) => Value::Integer(i64::from(b)),
+            (v, _) => v,
+        }
+    }
+    pub fn opt_i64(&self, i: usize) -> ApiResult<Option<i64>> {
+        match self.get(i) {
+            Value::Null => Ok(None),
+            Value::Integer(n) => Ok(Some(*n)),
+            Value::Boolean(b) => Ok(Some(i64::from(*b))),
+            other => Err(bad_column(i, "an integer", other)),
+        }
+    }
+    pub fn i64(&self, i: usize) -> ApiResult<i64> {
+        self.opt_i64(i)?
+            .ok_or_else(|| bad_column(i, "an integer", &Value::Null))
+    }
+    pub fn bool(&self, i: usize) -> ApiResult<bool> {
+        Ok(self.i64(i)? != 0)
+    }
+    pub fn opt_text(&self, i: usize) -> ApiResult<Option<String>> {
+        match self.get(i) {
+            Value::Null => Ok(None),
+            Value::Text(s) => Ok(Some(s.clone())),
+            other => Err(bad_column(i, "text", other)),
+        }
+    }
+    pub fn text(&self, i: usize) -> ApiResult<String> {
+        self.opt_text(i)?
+            .ok_or_else(|| bad_column(i, "text", &Value::Null))
+    }
+}
+
+/// A connection inside a transaction the caller opened.
+pub trait Conn {
+    fn dialect(&self) -> Dialect;
+    /// Runs a statement; the number of rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Value]) -> ApiResult<u64>;
+    /// Runs a query; every row it answers.
+    fn query(&mut self, sql: &str, params: &[Value]) -> ApiResult<Vec<Row>>;
+    /// Runs statements without parameters.
+    fn batch(&mut self, sql: &str) -> ApiResult<()>;
+
+    /// The first row, if any.
+    fn query_opt(&mut self, sql: &str, params: &[Value]) -> ApiResult<Option<Row>> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+    /// The first row, which must exist.
+    fn query_one(&mut self, sql: &str, params: &[Value]) -> ApiResult<Row> {
+        self.query_opt(sql, params)?
+            .ok_or_else(|| ApiError::internal("database: a query answered no row"))
+    }
+    /// Whether the query answers any row.
+    fn exists(&mut self, sql: &str, params: &[Value]) -> ApiResult<bool> {
+        Ok(self.query_opt(sql, params)?.is_some())
+    }
+}
+
+/// Shorthand for a text parameter.
+pub fn text(s: impl Into<String>) -> Value {
+    Value::Text(s.into())
+}
+
+/// Shorthand for an optional text parameter.
+pub fn opt_text(s: Option<impl Into<String>>) -> Value {
+    s.map_or(Value::Null, |s| Value::Text(s.into()))
+}
+
+// ---- SQLite ------------------------------------------------------------------
+
+/// A rusqlite connection (or transaction, through deref).
+pub struct SqliteConn<'a>(pub &'a rusqlite::Connection);
+
+impl Conn for SqliteConn<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+    fn execute(&mut self, sql: &str, params: &[Value]) -> ApiResult<u64> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        Ok(stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64)
+    }
+    fn query(&mut self, sql: &str, params: &[Value]) -> ApiResult<Vec<Row>> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let n = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut values = Vec::with_capacity(n);
+            for i in 0..n {
+                values.push(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => Value::Null,
+                    rusqlite::types::ValueRef::Integer(v) => Value::Integer(v),
+                    rusqlite::types::ValueRef::Real(v) => Value::Real(v),
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        Value::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                });
+            }
+            out.push(Row(values));
+        }
+        Ok(out)
+    }
+    fn batch(&mut self, sql: &str) -> ApiResult<()> {
+        Ok(self.0.execute_batch(sql)?)
+    }
+}
+
+// ---- PostgreSQL --------------------------------------------------------------
+
+/// Rewrites `?` and `?N` placeholders to PostgreSQL's `$N` (outside quotes).
+pub fn pg_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut next = 0usize;
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => {
+                quote = None;
+                out.push(c);
+            }
+            (Some(_), c) => out.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                out.push(c);
+            }
+            (None, '?') => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                if digits.is_empty() {
+                    next += 1;
+                    out.push_str(&format!("${next}"));
+                } else {
+                    out.push('$');
+                    out.push_str(&digits);
+                }
+            }
+            (None, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// A [`Value`] bound as a PostgreSQL parameter: converted to whatever type
+/// the server inferred for the placeholder.
+#[derive(Debug)]
+pub struct PgValue<'a>(pub &'a Value);
+
+fn mismatch(v: &Value, ty: &Type) -> Box<dyn std::error::Error + Sync + Send> {
+    format!("cannot bind {v:?} as {ty}").into()
+}
+
+impl ToSql for PgValue<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let v = self.0;
+        let as_int = |n: i64, out: &mut postgres::types::private::BytesMut| match *ty {
+            Type::INT8 => n.to_sql(ty, out),
+            Type::INT4 => i32::try_from(n)
+                .map_err(|_| mismatch(v, ty))?
+                .to_sql(ty, out),
+            Type::INT2 => i16::try_from(n)
+                .map_err(|_| mismatch(v, ty))?
+                .to_sql(ty, out),
+            Type::FLOAT8 => (n as f64).to_sql(ty, out),
+            Type::FLOAT4 => (n as f32).to_sql(ty, out),
+            Type::BOOL => (n != 0).to_sql(ty, out),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                n.to_string().to_sql(&Type::TEXT, out)
+            }
+            _ => Err(mismatch(v, ty)),
+        };
+        match v {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Integer(n) => as_int(*n, out),
+            Value::Boolean(b) => match *ty {
+                Type::BOOL => b.to_sql(ty, out),
+                _ => as_int(i64::from(*b), out),
+            },
+            Value::Real(f) => match *ty {
+                Type::FLOAT8 => f.to_sql(ty, out),
+                Type::FLOAT4 => (*f as f32).to_sql(ty, out),
+                Type::INT8 | Type::INT4 | Type::INT2 if f.fract() == 0.0 => as_int(*f as i64, out),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::UNKNOWN => {
+                    f.to_string().to_sql(&Type::TEXT, out)
+                }
+                _ => Err(mismatch(v, ty)),
+            },
+            Value::Text(s) => match *ty {
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                    s.as_str().to_sql(&Type::TEXT, out)
+                }
+                _ => Err(mismatch(v, ty)),
+            },
+        }
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+    to_sql_checked!();
+}
+
+fn pg_row(r: &postgres::Row) -> ApiResult<Row> {
+    let mut values = Vec::with_capacity(r.len());
+    for (i, col) in r.columns().iter().enumerate() {
+        let pg = |e: postgres::Error| ApiError::internal(format!("database: column {i}: {e}"));
+        let v = match *col.type_() {
+            Type::INT8 => r
+                .try_get::<_, Option<i64>>(i)
+                .map_err(pg)?
+                .map(Value::Integer),
+            Type::INT4 => r
+                .try_get::<_, Option<i32>>(i)
+                .map_err(pg)?
+                .map(|n| Value::Integer(n.into())),
+            Type::INT2 => r
+                .try_get::<_, Option<i16>>(i)
+                .map_err(pg)?
+                .map(|n| Value::Integer(n.into())),
+            Type::FLOAT8 => r.try_get::<_, Option<f64>>(i).map_err(pg)?.map(Value::Real),
+            Type::FLOAT4 => r
+                .try_get::<_, Option<f32>>(i)
+                .map_err(pg)?
+                .map(|n| Value::Real(n.into())),
+            Type::BOOL => r
+                .try_get::<_, Option<bool>>(i)
+                .map_err(pg)?
+                .map(Value::Boolean),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => r
+                .try_get::<_, Option<String>>(i)
+                .map_err(pg)?
+                .map(Value::Text),
+            ref other => {
+                return Err(ApiError::internal(format!(
+                    "database: column {i} has type {other}, which the server does not read"
+                )));
+            }
+        };
+        values.push(v.unwrap_or(Value::Null));
+    }
+    Ok(Row(values))
+}
+
+/// SQLSTATEs after which a write transaction is simply run again: a
+/// serialization failure or deadlock, and a unique violation (two
+/// transactions inserted the same key at once; run again, the loser sees
+/// the winner's row, as a push replay sees its receipt).
+pub fn pg_retryable(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::UNIQUE_VIOLATION
+    )
+}
+
+impl From<postgres::Error> for ApiError {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        let unavailable = e.is_closed()
+            || e.source()
+                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+            || matches!(
+                e.code(),
+                Some(c) if *c == SqlState::DISK_FULL
+                    || *c == SqlState::TOO_MANY_CONNECTIONS
+                    || *c == SqlState::ADMIN_SHUTDOWN
+                    || *c == SqlState::CANNOT_CONNECT_NOW
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::LOCK_NOT_AVAILABLE
+            );
+        let detail = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        if unavailable {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::UNAVAILABLE,
+                format!("database: {detail}"),
+            )
+        } else {
+            ApiError::internal(format!("database: {detail}"))
+        }
+    }
+}
+
+/// A PostgreSQL client inside a transaction the caller opened.
+pub struct PgConn<'a> {
+    client: &'a mut postgres::Client,
+    /// A statement failed with a serialization failure or deadlock: the
+    /// whole transaction may be run again.
+    pub retryable: bool,
+}
+
+impl<'a> PgConn<'a> {
+    pub fn new(client: &'a mut postgres::Client) -> Self {
+        Self {
+            client,
+            retryable: false,
+        }
+    }
+    fn fail(&mut self, e: postgres::Error) -> ApiError {
+        if pg_retryable(&e) {
+            self.retryable = true;
+        }
+        e.into()
+    }
+}
+
+impl Conn for PgConn<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+    fn execute(&mut self, sql: &str, params: &[Value]) -> ApiResult<u64> {
+        let sql = pg_placeholders(sql);
+        let bound: Vec<PgValue<'_>> = params.iter().map(PgValue).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p as _).collect();
+        match self.client.execute(sql.as_str(), &refs) {
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+    fn query(&mut self, sql: &str, params: &[Value]) -> ApiResult<Vec<Row>> {
+        let sql = pg_placeholders(sql);
+        let bound: Vec<PgValue<'_>> = params.iter().map(PgValue).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p as _).collect();
+        let rows = match self.client.query(sql.as_str(), &refs) {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.fail(e)),
+        };
+        rows.iter().map(pg_row).collect()
+    }
+    fn batch(&mut self, sql: &str) -> ApiResult<()> {
+        match self.client.batch_execute(sql) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_outside_quotes() {
+        assert_eq!(
+            pg_placeholders("SELECT ? , '?', \"a?\" FROM t WHERE a = ? AND b = ?2"),
+            "SELECT $1 , '?', \"a?\" FROM t WHERE a = $2 AND b = $2"
+        );
+        assert_eq!(pg_placeholders("a = ?1 OR b = ?12"), "a = $1 OR b = $12");
+    }
+
+    #[test]
+    fn rows_convert_to_model_kinds() {
+        let r = Row(vec![
+            Value::Integer(1),
+            Value::Integer(3),
+            Value::Boolean(true),
+        ]);
+        assert_eq!(r.value(0, ColumnKind::Boolean), Value::Boolean(true));
+        assert_eq!(r.value(1, ColumnKind::Real), Value::Real(3.0));
+        assert_eq!(r.value(2, ColumnKind::Integer), Value::Integer(1));
+        assert!(r.text(0).is_err());
+        assert_eq!(r.opt_i64(9).ok(), Some(None));
+    }
+}
