@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-step() { printf '\n==> %s\n' "$*"; }
+started=$SECONDS
+step() { printf '\n==> %s  [%ss]\n' "$*" "$((SECONDS - started))"; }
 
 step "Rust: format and lints"
 cargo fmt --all -- --check
@@ -14,6 +15,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "Rust: unit and end-to-end tests (real server processes on 127.0.0.1, simulation seeds)"
 FIELDSYNC_SIM_SEEDS=${FIELDSYNC_SIM_SEEDS:-200} cargo test --workspace --locked
+
+step "PostgreSQL: the server test suites again, on a throwaway PostgreSQL cluster (two instances on one database included)"
+# (The simulation runs fewer seeds here: each seed is a fresh PostgreSQL database.)
+scripts/with-postgres.sh sh -c 'cargo test --locked -p fieldsync-server &&
+  FIELDSYNC_SIM_SEEDS=${FIELDSYNC_PG_SIM_SEEDS:-30} cargo test --locked -p fieldsync \
+    --test backbone --test profile_filters --test filter_property --test security \
+    --test console_access --test device_status --test scheduling --test multi_instance \
+    --test simulation'
 
 if [ -f tests/check_openapi.py ]; then
   step "Protocol: OpenAPI file is valid and lists every route"
@@ -33,5 +42,8 @@ cargo run --quiet --locked -- demo --work-orders 100 >/dev/null
 step "Reliability: the simulation harness finds a bug planted on purpose"
 cargo test --locked --test simulation --features planted-bug
 
+step "Reliability: the multi-instance test catches a naive change cursor planted on purpose (PostgreSQL)"
+scripts/with-postgres.sh cargo test --locked --test multi_instance --features planted-bug
+
 echo
-echo "all tests passed"
+echo "all tests passed in $((SECONDS - started)) s"

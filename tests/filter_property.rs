@@ -1,7 +1,13 @@
 //! Property test of the custom filter language: random filters (every
 //! operator, every relative-date form, nesting, current user and team) and
 //! random rows; the server's compiled SQL run on a real SQLite table must
-//! select exactly the rows the device's Rust evaluation selects.
+//! select exactly the rows the device's Rust evaluation selects; when the
+//! test command runs the suites against PostgreSQL, the SQL compiled for
+//! PostgreSQL must select them there too.
+
+mod testdb;
+
+use std::sync::{Mutex, OnceLock};
 
 use fieldsync_core::Value;
 use fieldsync_core::filter::{Filter, FilterContext};
@@ -221,6 +227,69 @@ fn sql_select(rows: &[Vec<Value>], sql: &str, params: &[Value]) -> Vec<usize> {
     out
 }
 
+/// One PostgreSQL connection for the whole property test, with its table.
+fn postgres() -> Option<&'static Mutex<postgres::Client>> {
+    static PG: OnceLock<Option<Mutex<postgres::Client>>> = OnceLock::new();
+    PG.get_or_init(|| {
+        let base = testdb::postgres_base()?;
+        let url = testdb::fresh_database(&base);
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        let cols: Vec<String> = table()
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "\"{}\" {}",
+                    c.name,
+                    fieldsync_server::sql::Dialect::Postgres.column_type(c.kind)
+                )
+            })
+            .collect();
+        client
+            .batch_execute(&format!("CREATE TABLE rows ({})", cols.join(", ")))
+            .expect("create");
+        Some(Mutex::new(client))
+    })
+    .as_ref()
+}
+
+fn pg_select(
+    client: &mut postgres::Client,
+    rows: &[Vec<Value>],
+    sql: &str,
+    params: &[Value],
+) -> Vec<usize> {
+    use fieldsync_server::sql::{PgValue, pg_placeholders};
+    let mut tx = client.transaction().expect("begin");
+    tx.batch_execute("DELETE FROM rows").expect("clear");
+    for (i, r) in rows.iter().enumerate() {
+        let mut values = vec![Value::Text(format!("{i}"))];
+        values.extend(r.iter().cloned());
+        let bound: Vec<PgValue<'_>> = values.iter().map(PgValue).collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            bound.iter().map(|p| p as _).collect();
+        tx.execute(
+            "INSERT INTO rows VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &refs,
+        )
+        .expect("insert");
+    }
+    let bound: Vec<PgValue<'_>> = params.iter().map(PgValue).collect();
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = bound.iter().map(|p| p as _).collect();
+    let mut out: Vec<usize> = tx
+        .query(
+            pg_placeholders(&format!("SELECT id FROM rows WHERE {sql}")).as_str(),
+            &refs,
+        )
+        .unwrap_or_else(|e| panic!("the compiled SQL runs on PostgreSQL: {e}\n{sql}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0).parse().expect("index"))
+        .collect();
+    tx.rollback().expect("rollback");
+    out.sort();
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
 
@@ -250,7 +319,18 @@ proptest! {
             })
             .map(|(i, _)| i)
             .collect();
-        prop_assert_eq!(on_server, on_device, "filter {:?}\nsql {}", f, sql);
+        prop_assert_eq!(&on_server, &on_device, "filter {:?}\nsql {}", f, sql);
+        if let Some(pg) = postgres() {
+            let mut pg_params = Vec::new();
+            let pg_sql = fieldsync_server::rules::compile_cond_in(
+                fieldsync_server::sql::Dialect::Postgres,
+                &cond,
+                &mut pg_params,
+            );
+            let mut client = pg.lock().unwrap_or_else(|p| p.into_inner());
+            let on_postgres = pg_select(&mut client, &rows, &pg_sql, &pg_params);
+            prop_assert_eq!(&on_postgres, &on_device, "PostgreSQL: filter {:?}\nsql {}", f, pg_sql);
+        }
     }
 }
 

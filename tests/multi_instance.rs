@@ -84,6 +84,7 @@ async fn writer(
     token: String,
     work_orders: Arc<Vec<String>>,
     bookings: Arc<Vec<String>>,
+    final_wave: Arc<AtomicBool>,
 ) {
     let http = reqwest::Client::new();
     let mut rng = StdRng::seed_from_u64(1000 + n as u64);
@@ -160,6 +161,25 @@ async fn writer(
             }
         }
     }
+    // Last edits of every work order (each writer its share, three rounds),
+    // while devices only sync: a change a device skips now stays skipped,
+    // as no later change of the row (nor a device edit's answer) hides it.
+    final_wave.store(true, Ordering::SeqCst);
+    for (i, id) in (0..3)
+        .flat_map(|_| work_orders.iter().enumerate())
+        .filter(|(i, _)| i % WRITERS == n)
+    {
+        let url = &instances[rng.random_range(0..instances.len())];
+        put(
+            &http,
+            url,
+            &token,
+            "work_orders",
+            id,
+            json!({"summary": format!("final {n}/{i}")}),
+        )
+        .await;
+    }
 }
 
 /// A technician's device: syncs through a random instance, now and then
@@ -170,13 +190,14 @@ async fn device(
     instances: Arc<Vec<String>>,
     token: String,
     done: Arc<AtomicBool>,
+    final_wave: Arc<AtomicBool>,
 ) -> u64 {
     let mut rng = StdRng::seed_from_u64(2000 + n as u64);
     let mut syncs = 0;
     while !done.load(Ordering::SeqCst) {
         let url = &instances[rng.random_range(0..instances.len())];
         let engine = Engine::open(EngineConfig::new(&db, url, &token)).expect("open device");
-        if syncs > 0 && rng.random_bool(0.3) {
+        if syncs > 0 && !final_wave.load(Ordering::SeqCst) && rng.random_bool(0.3) {
             let held = engine.list("work_orders", None, 50).expect("list");
             if !held.is_empty() {
                 let r = &held[rng.random_range(0..held.len())];
@@ -228,13 +249,40 @@ fn applied_twice(data_dir: &Path) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_with_concurrent_writers_lose_and_repeat_nothing() {
+    let on_postgres = testdb::postgres_base().is_some();
+    if PLANTED && on_postgres {
+        // A skip needs an unlucky interleaving: a few runs make catching the
+        // planted naive cursor all but certain.
+        for attempt in 1..=4 {
+            let (mismatches, _) = run().await;
+            if let Some(first) = mismatches.first() {
+                eprintln!(
+                    "planted naive cursor caught in run {attempt}: {} table(s) diverged, e.g. {first}",
+                    mismatches.len()
+                );
+                return;
+            }
+        }
+        panic!("the naive sequence cursor went unnoticed: no device skipped a change in 4 runs");
+    }
+    let (mismatches, twice) = run().await;
+    assert!(
+        mismatches.is_empty(),
+        "devices diverged from the server:\n{}",
+        mismatches.join("\n")
+    );
+    assert_eq!(twice, 0, "a pushed change was applied twice");
+}
+
+/// One run: the tables (per technician) where a device differs from the
+/// server, and the number of pushed changes applied more than once.
+async fn run() -> (Vec<String>, i64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("server");
     // Two instances on one database (the second finds the first's schema).
     let a = Server::start_in(&data, &[]).await;
     let b = Server::start_in(&data, &[]).await;
     let instances = Arc::new(vec![a.url.clone(), b.url.clone()]);
-    let on_postgres = testdb::postgres_base().is_some();
 
     let mut tokens = Vec::new();
     for (i, t) in TECHS.iter().enumerate() {
@@ -253,6 +301,7 @@ async fn two_instances_with_concurrent_writers_lose_and_repeat_nothing() {
         Arc::new(b.rows(&dispatcher, "bookings").await.into_keys().collect());
 
     let done = Arc::new(AtomicBool::new(false));
+    let final_wave = Arc::new(AtomicBool::new(false));
     let mut devices = Vec::new();
     for (n, token) in tokens.iter().enumerate() {
         devices.push(tokio::spawn(device(
@@ -261,6 +310,7 @@ async fn two_instances_with_concurrent_writers_lose_and_repeat_nothing() {
             instances.clone(),
             token.clone(),
             done.clone(),
+            final_wave.clone(),
         )));
     }
     let mut writers = Vec::new();
@@ -271,6 +321,7 @@ async fn two_instances_with_concurrent_writers_lose_and_repeat_nothing() {
             dispatcher.clone(),
             work_orders.clone(),
             bookings.clone(),
+            final_wave.clone(),
         )));
     }
     for w in writers {
@@ -325,23 +376,7 @@ async fn two_instances_with_concurrent_writers_lose_and_repeat_nothing() {
         }
     }
     let twice = applied_twice(&data);
-
-    if PLANTED && on_postgres {
-        assert!(
-            !mismatches.is_empty(),
-            "the naive sequence cursor went unnoticed: no device skipped a change"
-        );
-        eprintln!(
-            "planted naive cursor caught: {} table(s) diverged, e.g. {}",
-            mismatches.len(),
-            mismatches[0]
-        );
-        return;
-    }
-    assert!(
-        mismatches.is_empty(),
-        "devices diverged from the server:\n{}",
-        mismatches.join("\n")
-    );
-    assert_eq!(twice, 0, "a pushed change was applied twice");
+    a.stop().await;
+    b.stop().await;
+    (mismatches, twice)
 }

@@ -1,8 +1,9 @@
 //! Deterministic simulation of devices, a dispatcher and the server under
 //! network and process faults, driven from one seed.
 //!
-//! The server runs in-process (the real axum router and SQLite storage in a
-//! temporary directory); each device is a real `Engine` on its own SQLite
+//! The server runs in-process (the real axum router and its storage: SQLite
+//! in a temporary directory, or a fresh PostgreSQL database when the test
+//! command runs the suites against PostgreSQL); each device is a real `Engine` on its own SQLite
 //! file whose `Transport` is a simulated network. From the seed, the network
 //! cuts requests before they reach the server, loses responses after the
 //! server applied them, duplicates requests, replays stale pushes out of
@@ -21,6 +22,8 @@
 //!
 //! `FIELDSYNC_SIM_SEEDS=N` runs N seeds (default 120), `FIELDSYNC_SIM_SEED=S`
 //! replays one seed. A failing seed is printed with the command to replay it.
+
+mod testdb;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -291,7 +294,7 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
     .map_err(|e| e.to_string())?;
     let clock = Arc::new(ManualClock::new(1_796_000_000_000));
     let net = Arc::new(Net {
-        config: fieldsync_server::ServerConfig::new(dir.path().join("server"), ADMIN),
+        config: testdb::server_config(&dir.path().join("server"), ADMIN),
         server: Mutex::new(None),
         rng: Mutex::new(StdRng::seed_from_u64(seed)),
         faults: AtomicBool::new(false),
@@ -503,39 +506,29 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
             ));
         }
     }
-    let server_db = rusqlite::Connection::open(dir.path().join("server").join("fieldsync.db"))
-        .map_err(|e| e.to_string())?;
-    let twice: i64 = server_db
-        .query_row(
-            "SELECT COUNT(*) FROM (SELECT idempotency_key FROM _fs_change_log WHERE idempotency_key IS NOT NULL GROUP BY idempotency_key HAVING COUNT(*) > 1)",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| e.to_string())?;
+    let server_db = ServerDb::open(&dir.path().join("server"))?;
+    let twice = server_db.count(
+        "SELECT COUNT(*) FROM (SELECT idempotency_key FROM _fs_change_log WHERE idempotency_key IS NOT NULL GROUP BY idempotency_key HAVING COUNT(*) > 1) AS t",
+        &[],
+    )?;
     if twice > 0 {
         return Err(format!("{twice} change(s) applied twice"));
     }
     for (key, user) in &keys {
-        let receipt: Option<String> = server_db
-            .query_row(
-                "SELECT result FROM _fs_push_receipts WHERE user_id = ?1 AND idempotency_key = ?2",
-                [user, key],
-                |r| r.get(0),
-            )
-            .ok();
+        let receipt = server_db.text(
+            "SELECT result FROM _fs_push_receipts WHERE user_id = ?1 AND idempotency_key = ?2",
+            &[user.as_str(), key.as_str()],
+        )?;
         let Some(receipt) = receipt else {
             return Err(format!(
                 "local change {key} of {user} never reached the server"
             ));
         };
         let receipt: Json = serde_json::from_str(&receipt).map_err(|e| e.to_string())?;
-        let applied: i64 = server_db
-            .query_row(
-                "SELECT COUNT(*) FROM _fs_change_log WHERE idempotency_key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .map_err(|e| e.to_string())?;
+        let applied = server_db.count(
+            "SELECT COUNT(*) FROM _fs_change_log WHERE idempotency_key = ?1",
+            &[key.as_str()],
+        )?;
         match receipt["status"].as_str() {
             Some("applied") => {
                 if applied != 1 && receipt["version"] != 0 {
@@ -543,13 +536,10 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
                 }
             }
             Some(_) => {
-                let logged: i64 = server_db
-                    .query_row(
-                        "SELECT COUNT(*) FROM _fs_sync_errors WHERE idempotency_key = ?1",
-                        [key],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| e.to_string())?;
+                let logged = server_db.count(
+                    "SELECT COUNT(*) FROM _fs_sync_errors WHERE idempotency_key = ?1",
+                    &[key.as_str()],
+                )?;
                 if logged == 0 || applied != 0 {
                     return Err(format!(
                         "change {key} ({}) is not in Sync Errors",
@@ -588,6 +578,71 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
     }
     let stats = net.stats.lock().unwrap().clone();
     Ok(stats)
+}
+
+/// The server's database, read directly for the invariants.
+enum ServerDb {
+    Sqlite(rusqlite::Connection),
+    Postgres(String),
+}
+
+impl ServerDb {
+    fn open(data_dir: &std::path::Path) -> Result<ServerDb, String> {
+        match testdb::database_url(data_dir) {
+            Some(url) => Ok(ServerDb::Postgres(url)),
+            None => rusqlite::Connection::open(data_dir.join("fieldsync.db"))
+                .map(ServerDb::Sqlite)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The first column of the first row, if any; `?N` placeholders.
+    fn first(&self, sql: &str, params: &[&str]) -> Result<Option<Json>, String> {
+        match self {
+            ServerDb::Sqlite(c) => {
+                let mut stmt = c.prepare(sql).map_err(|e| e.to_string())?;
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(params.iter()))
+                    .map_err(|e| e.to_string())?;
+                match rows.next().map_err(|e| e.to_string())? {
+                    None => Ok(None),
+                    Some(r) => Ok(Some(match r.get_ref(0).map_err(|e| e.to_string())? {
+                        rusqlite::types::ValueRef::Integer(n) => json!(n),
+                        rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+                        _ => Json::Null,
+                    })),
+                }
+            }
+            ServerDb::Postgres(url) => {
+                let sql = fieldsync_server::sql::pg_placeholders(sql);
+                let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+                testdb::blocking_pg(url, move |c| {
+                    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                        params.iter().map(|p| p as _).collect();
+                    let rows = c.query(sql.as_str(), &refs).map_err(|e| e.to_string())?;
+                    Ok(rows.first().map(|r| {
+                        r.try_get::<_, i64>(0)
+                            .map(|n| json!(n))
+                            .or_else(|_| r.try_get::<_, String>(0).map(|t| json!(t)))
+                            .unwrap_or(Json::Null)
+                    }))
+                })
+            }
+        }
+    }
+
+    fn count(&self, sql: &str, params: &[&str]) -> Result<i64, String> {
+        Ok(self
+            .first(sql, params)?
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0))
+    }
+
+    fn text(&self, sql: &str, params: &[&str]) -> Result<Option<String>, String> {
+        Ok(self
+            .first(sql, params)?
+            .and_then(|v| v.as_str().map(str::to_owned)))
+    }
 }
 
 fn seeds() -> Vec<u64> {

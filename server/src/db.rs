@@ -676,7 +676,7 @@ impl Db {
                 if cfg!(feature = "naive-sequence") {
                     // The planted naive cursor: commits land late, as under
                     // load, so sequence order and commit order part.
-                    std::thread::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 30)));
+                    std::thread::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 80)));
                 }
                 client.batch_execute("COMMIT")
             }) {

@@ -351,3 +351,54 @@ fn data_table(c: &mut dyn Conn, t: &TableSchema) -> ApiResult<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::SqliteConn;
+
+    #[test]
+    fn migrations_are_numbered_in_order_and_reach_the_server_version() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(latest_version(), crate::db::SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn migrating_twice_changes_nothing_and_a_newer_database_is_refused() {
+        let model = crate::field_service_model();
+        let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
+        assert_eq!(migrate(&mut SqliteConn(&conn), &model).expect("first"), 1);
+        assert_eq!(migrate(&mut SqliteConn(&conn), &model).expect("again"), 1);
+        let versions: i64 = conn
+            .query_row("SELECT COUNT(*) FROM _fs_schema", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(versions, 1);
+        conn.execute("UPDATE _fs_schema SET version = 99", [])
+            .expect("bump");
+        let err = migrate(&mut SqliteConn(&conn), &model).expect_err("newer");
+        assert!(err.message.contains("newer than this server"), "{err}");
+    }
+
+    #[test]
+    fn columns_added_to_the_model_are_added_to_the_table() {
+        let mut model = crate::field_service_model();
+        let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
+        migrate(&mut SqliteConn(&conn), &model).expect("migrate");
+        let accounts = model
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "accounts")
+            .expect("accounts");
+        accounts.columns.push(fieldsync_core::profile::Column {
+            name: "region".into(),
+            kind: fieldsync_core::profile::ColumnKind::Text,
+        });
+        migrate(&mut SqliteConn(&conn), &model).expect("migrate again");
+        let has: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('accounts') WHERE name = 'region'")
+            .expect("prepare")
+            .exists([])
+            .expect("exists");
+        assert!(has);
+    }
+}
