@@ -366,3 +366,54 @@ async fn hostile_input_gets_typed_errors_and_the_server_stays_up() {
     let (s, _) = server.call("GET", "/v1/health", None, None).await;
     assert_eq!(s, 200);
 }
+
+/// Text holding U+0000: SQLite stores it as sent; PostgreSQL cannot, so on
+/// it the server refuses the value with a typed error, and a push gets a
+/// rejected result (the device's outbox moves on rather than retrying a
+/// batch that can never store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_holding_nul_is_stored_or_refused_with_a_typed_error() {
+    let server = Server::start().await;
+    let dispatcher = server.user("disp-1", "dispatcher").await;
+    let tech = server.wide_technician("tech-1").await;
+    server.seed(&["tech-1"], 3).await;
+    let on_postgres = testdb::postgres_base().is_some();
+
+    let (s, v) = server
+        .call(
+            "PUT",
+            "/v1/records/accounts/acc-nul",
+            Some(&dispatcher),
+            Some(json!({"data": {"name": "a\u{0}b"}})),
+        )
+        .await;
+    if on_postgres {
+        assert_eq!(
+            (s, v["error"]["code"].clone()),
+            (400, json!("invalid_value"))
+        );
+    } else {
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["row"]["name"], "a\u{0}b");
+    }
+
+    let wo = server
+        .rows(&dispatcher, "work_orders")
+        .await
+        .into_keys()
+        .next()
+        .expect("a work order");
+    let push = json!({"mutations": [{"idempotency_key": "nul-1", "table": "work_orders", "id": wo, "op": "update", "base_version": 0, "data": {"summary": "x\u{0}y"}}]});
+    let (s, v) = server
+        .call("POST", "/v1/sync/push", Some(&tech), Some(push))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    if on_postgres {
+        assert_eq!(v["results"][0]["status"], "rejected");
+        assert_eq!(v["results"][0]["error"]["code"], "invalid_value");
+    } else {
+        assert_eq!(v["results"][0]["status"], "applied", "{v}");
+    }
+    let (s, _) = server.call("GET", "/v1/health", None, None).await;
+    assert_eq!(s, 200, "the server stays up");
+}

@@ -441,6 +441,20 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// PostgreSQL text cannot hold U+0000 (SQLite's can): the first value that
+/// would not store, by column name.
+fn unstorable_text<'a>(
+    dialect: Dialect,
+    data: impl IntoIterator<Item = (&'a String, &'a Value)>,
+) -> Option<&'a String> {
+    if dialect != Dialect::Postgres {
+        return None;
+    }
+    data.into_iter()
+        .find(|(_, v)| matches!(v, Value::Text(t) if t.contains('\0')))
+        .map(|(k, _)| k)
+}
+
 /// Approximate size of a row's values, for the row size limit.
 fn row_size(data: &BTreeMap<String, Value>) -> usize {
     data.iter().map(|(k, v)| k.len() + v.approx_size()).sum()
@@ -828,6 +842,12 @@ impl Db {
     pub fn put_profile(&self, profile: &OfflineProfile) -> ApiResult<i64> {
         profile.validate(&self.model)?;
         let body = serde_json::to_string(profile).map_err(|e| ApiError::internal(e.to_string()))?;
+        if self.dialect() == Dialect::Postgres && body.contains("\\u0000") {
+            return Err(ApiError::bad_request(
+                codes::INVALID_PROFILE,
+                "a filter value holds U+0000, which this server's PostgreSQL storage cannot compare",
+            ));
+        }
         self.write(|c| {
             let current = c.query_opt(
                 "SELECT version, body FROM _fs_profiles WHERE name = ?",
@@ -1559,6 +1579,13 @@ impl Db {
                 Rejection::new(codes::BAD_REQUEST, "a record id is 1 to 256 characters").into(),
             );
         }
+        if c.dialect() == Dialect::Postgres && m.id.contains('\0') {
+            return Err(Rejection::new(
+                codes::INVALID_VALUE,
+                "a record id holding U+0000 cannot be stored by this server",
+            )
+            .into());
+        }
         let current = Self::read_row(c, schema, &m.id)?;
         let exists = current.as_ref().is_some_and(|r| !r.deleted);
         let server_version = current.as_ref().map(|r| r.version).unwrap_or(0);
@@ -1617,6 +1644,12 @@ impl Db {
                 .coerce(column.kind)
                 .map_err(|e| reject(codes::INVALID_VALUE, format!("column '{name}': {e}")))?;
             data.insert(name.clone(), v);
+        }
+        if let Some(name) = unstorable_text(c.dialect(), &data) {
+            return Err(reject(
+                codes::INVALID_VALUE,
+                format!("column '{name}': text holding U+0000 cannot be stored by this server"),
+            ));
         }
         if detection {
             let conflict = match m.op {
@@ -1832,6 +1865,12 @@ impl Db {
                     ApiError::bad_request(codes::INVALID_VALUE, format!("column '{name}': {e}"))
                 })?,
             );
+        }
+        if let Some(name) = unstorable_text(self.dialect(), &clean) {
+            return Err(ApiError::bad_request(
+                codes::INVALID_VALUE,
+                format!("column '{name}': text holding U+0000 cannot be stored by this server"),
+            ));
         }
         self.write(|c| {
             let current = Self::read_row(c, schema, id)?;

@@ -358,6 +358,15 @@ impl From<postgres::Error> for ApiError {
                     || *c == SqlState::T_R_DEADLOCK_DETECTED
                     || *c == SqlState::LOCK_NOT_AVAILABLE
             );
+        if matches!(
+            e.code(),
+            Some(c) if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE || *c == SqlState::UNTRANSLATABLE_CHARACTER
+        ) {
+            return ApiError::bad_request(
+                codes::INVALID_VALUE,
+                "text holding the character U+0000 cannot be stored by this server (PostgreSQL)",
+            );
+        }
         let detail = match e.as_db_error() {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
             None => e.to_string(),
