@@ -159,9 +159,13 @@ pub fn compile_cond(cond: &Cond, params: &mut Vec<Value>) -> String {
                     format!("({c} IS NOT NULL AND instr({c}, ?) > 0)")
                 }
                 TextOp::EndsWith => {
+                    // Compared as bytes (BLOB): SQLite's length() and substr()
+                    // of a text stop at its first NUL character, Rust's
+                    // ends_with does not.
                     params.extend([n.clone(), n.clone(), n]);
+                    let b = format!("CAST({c} AS BLOB)");
                     format!(
-                        "({c} IS NOT NULL AND length({c}) >= length(?) AND substr({c}, length({c}) - length(?) + 1) = ?)"
+                        "({c} IS NOT NULL AND length({b}) >= length(CAST(? AS BLOB)) AND substr({b}, length({b}) - length(CAST(? AS BLOB)) + 1) = CAST(? AS BLOB))"
                     )
                 }
             }
