@@ -20,7 +20,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(pull_page push_request push_response profile datetime cursor)
+  targets=(pull_page push_request push_response profile datetime cursor filter)
 fi
 
 if ! rustup toolchain list | grep -q '^nightly'; then
@@ -34,6 +34,7 @@ fi
 for target in "${targets[@]}"; do
   case $target in
     datetime | cursor) dict=fuzz/dicts/datetime.dict ;;
+    filter) dict=fuzz/dicts/filter.dict ;;
     *) dict=fuzz/dicts/json.dict ;;
   esac
   printf '\n==> fuzz %s for %s s\n' "$target" "$seconds"

@@ -197,9 +197,21 @@ pub fn compile_cond_in(dialect: Dialect, cond: &Cond, params: &mut Vec<Value>) -
                 }
                 TextOp::EndsWith => {
                     params.extend([n.clone(), n.clone(), n]);
-                    format!(
-                        "({c} IS NOT NULL AND length({c}) >= length(CAST(? AS TEXT)) AND substr({c}, length({c}) - length(CAST(? AS TEXT)) + 1) = ?)"
-                    )
+                    match dialect {
+                        // Compared as the hex of the bytes: SQLite's
+                        // length() and substr() of a text stop at its first
+                        // NUL character, Rust's ends_with does not (and an
+                        // empty BLOB's substr is not an empty BLOB).
+                        Dialect::Sqlite => format!(
+                            "({c} IS NOT NULL AND length(hex({c})) >= length(hex(?)) AND substr(hex({c}), length(hex({c})) - length(hex(?)) + 1) = hex(?))"
+                        ),
+                        // PostgreSQL text holds no NUL; characters are whole
+                        // UTF-8 sequences, so a character suffix is a byte
+                        // suffix.
+                        Dialect::Postgres => format!(
+                            "({c} IS NOT NULL AND length({c}) >= length(CAST(? AS TEXT)) AND substr({c}, length({c}) - length(CAST(? AS TEXT)) + 1) = ?)"
+                        ),
+                    }
                 }
             }
         }

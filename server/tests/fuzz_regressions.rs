@@ -1,19 +1,20 @@
-//! Replays the `cursor` fuzzer's saved inputs on stable Rust: every file
-//! under `fuzz/regressions/cursor/` (inputs that once failed the target) and
-//! the seeds `fuzz/corpus/cursor/seed-*` go through the same check the
-//! libFuzzer target runs (`fuzz/src/server_checks.rs`, included here).
+//! Replays the server fuzz targets' saved inputs on stable Rust: every file
+//! under `fuzz/regressions/<target>/` (inputs that once failed a target) and
+//! the seeds `fuzz/corpus/<target>/seed-*` go through the same check the
+//! libFuzzer target runs (`fuzz/src/server_checks.rs`, included here), for the
+//! targets `cursor` and `filter`.
 
 #[path = "../../fuzz/src/server_checks.rs"]
 mod server_checks;
 
 use std::path::{Path, PathBuf};
 
-/// The saved inputs of the cursor target: regressions first, then seeds.
-fn inputs() -> Vec<PathBuf> {
+/// The saved inputs of one target: regressions first, then seeds.
+fn inputs(target: &str) -> Vec<PathBuf> {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let mut out = Vec::new();
     for (dir, seeds_only) in [("regressions", false), ("corpus", true)] {
-        let Ok(entries) = std::fs::read_dir(fuzz.join(dir).join("cursor")) else {
+        let Ok(entries) = std::fs::read_dir(fuzz.join(dir).join(target)) else {
             continue;
         };
         let mut files: Vec<PathBuf> = entries
@@ -32,13 +33,26 @@ fn inputs() -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn cursor_inputs() {
-    let files = inputs();
-    assert!(!files.is_empty(), "no saved inputs for fuzz target cursor");
+/// Runs `check` on every saved input of `target`, naming the file on failure.
+fn replay(target: &str, check: fn(&[u8])) {
+    let files = inputs(target);
+    assert!(
+        !files.is_empty(),
+        "no saved inputs for fuzz target {target}"
+    );
     for file in files {
         let data = std::fs::read(&file).expect("read saved input");
-        let outcome = std::panic::catch_unwind(|| server_checks::cursor(&data));
+        let outcome = std::panic::catch_unwind(|| check(&data));
         assert!(outcome.is_ok(), "fuzz input {} fails", file.display());
     }
+}
+
+#[test]
+fn cursor_inputs() {
+    replay("cursor", server_checks::cursor);
+}
+
+#[test]
+fn filter_inputs() {
+    replay("filter", server_checks::filter);
 }
