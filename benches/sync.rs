@@ -13,7 +13,10 @@
 //!   transfer of the same pages;
 //!
 //! and prints each figure with its ratio to the limit.
-//! `FIELDSYNC_BENCH_ROWS=100000,1000000` sets the sizes (device rows).
+//! `FIELDSYNC_BENCH_ROWS=100000,1000000` sets the sizes (device rows),
+//! `FIELDSYNC_BENCH_PAGE` the page size (default 10000, the largest),
+//! `FIELDSYNC_BENCH_EDITS` the queued local edits (default 10000), and
+//! `FIELDSYNC_LOG=fieldsync::sync=debug` shows the device's phase timings.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -138,10 +141,10 @@ async fn start_proxy(upstream: String) -> Proxy {
 async fn child(args: &[&str]) -> Json {
     let out = tokio::process::Command::new(std::env::current_exe().expect("exe"))
         .args(args)
-        .stderr(Stdio::inherit())
         .output()
         .await
         .expect("child");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "child {args:?} failed");
     serde_json::from_slice(&out.stdout).expect("child JSON")
 }
@@ -176,20 +179,133 @@ impl Api {
     }
 }
 
+/// Figures of the limits pass.
+struct Limits {
+    /// Rows the profile gives the device (all pages, all tables).
+    rows: u64,
+    /// Pages pulled at the device's page size.
+    pages: u64,
+    /// Uncompressed JSON bytes of those pages.
+    json_bytes: u64,
+    /// Server alone: every page pulled over HTTP, no apply.
+    server_secs: f64,
+    /// Raw HTTP: the same page bodies served from memory on loopback.
+    http_secs: f64,
+    /// SQLite: the same rows inserted with one prepared statement in one
+    /// transaction.
+    sqlite_secs: f64,
+    /// The profile and every page, by (table, cursor asked), for the replay.
+    recorded: Recorded,
+}
+
+/// Server answers recorded during the limits pass.
+#[derive(Clone, Default)]
+struct Recorded {
+    profile: axum::body::Bytes,
+    pages: Arc<std::collections::HashMap<(String, String), axum::body::Bytes>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PullArgs {
+    table: String,
+    #[serde(default)]
+    cursor: String,
+}
+
+/// A server that answers the device from the recorded pages (compressed as
+/// the reference server does): the device side alone, at full speed.
+async fn serve_replay(recorded: Recorded) -> String {
+    use axum::extract::{Query, State};
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    const JSON: [(header::HeaderName, &str); 1] = [(header::CONTENT_TYPE, "application/json")];
+    let app = axum::Router::new()
+        .route(
+            "/v1/profile",
+            axum::routing::get(|State(r): State<Recorded>| async move {
+                (JSON, r.profile.clone()).into_response()
+            }),
+        )
+        .route(
+            "/v1/sync/pull",
+            axum::routing::get(
+                |State(r): State<Recorded>, Query(q): Query<PullArgs>| async move {
+                    match r.pages.get(&(q.table, q.cursor)) {
+                        Some(b) => (JSON, b.clone()).into_response(),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            JSON,
+                            r#"{"error":{"code":"not_found","message":"not recorded"}}"#,
+                        )
+                            .into_response(),
+                    }
+                },
+            ),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"error":{"code":"not_found","message":"not recorded"}}"#,
+            )
+        })
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .quality(tower_http::compression::CompressionLevel::Fastest),
+        )
+        .with_state(recorded);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+/// Serves `bodies` from memory (`GET /{i}`), as raw as HTTP gets.
+async fn serve_static(bodies: Arc<Vec<axum::body::Bytes>>) -> String {
+    use axum::extract::{Path, State};
+    let app = axum::Router::new()
+        .route(
+            "/{i}",
+            axum::routing::get(
+                |State(b): State<Arc<Vec<axum::body::Bytes>>>, Path(i): Path<usize>| async move {
+                    b[i].clone()
+                },
+            ),
+        )
+        .with_state(bodies);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
 /// The physical limits: raw HTTP transfer of the same pages, and the same
-/// rows inserted with one prepared statement in one transaction.
-async fn limits(
-    api: &Api,
-    token: &str,
-    dir: &std::path::Path,
-    page_size: u32,
-) -> (u64, f64, f64, u64) {
-    let profile = api
-        .call(reqwest::Method::GET, "/v1/profile", token, None)
-        .await;
-    let mut pages_bytes: Vec<(String, Vec<u8>)> = Vec::new();
+/// rows inserted with one prepared statement in one transaction; also the
+/// server's own page rate (every page pulled, nothing applied).
+async fn limits(api: &Api, token: &str, dir: &std::path::Path, page_size: u32) -> Limits {
+    let profile_bytes = api
+        .http
+        .get(format!("{}/v1/profile", api.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("profile")
+        .bytes()
+        .await
+        .expect("profile body");
+    let profile: Json = serde_json::from_slice(&profile_bytes).expect("profile JSON");
+    let mut recorded_pages = std::collections::HashMap::new();
+    let mut pages_bytes: Vec<(String, axum::body::Bytes)> = Vec::new();
     let started = Instant::now();
-    let mut total_bytes = 0u64;
+    let mut json_bytes = 0u64;
     for t in profile["tables"].as_array().expect("tables") {
         let table = t["name"].as_str().expect("name").to_owned();
         let mut cursor = String::new();
@@ -204,18 +320,49 @@ async fn limits(
                 .send()
                 .await
                 .expect("pull");
-            let bytes = resp.bytes().await.expect("bytes").to_vec();
-            total_bytes += bytes.len() as u64;
-            let head: Json = serde_json::from_slice(&bytes).expect("page");
-            let more = head["has_more"].as_bool().unwrap_or(false);
-            cursor = head["cursor"].as_str().unwrap_or_default().to_owned();
+            let bytes = resp.bytes().await.expect("bytes");
+            json_bytes += bytes.len() as u64;
+            #[derive(serde::Deserialize)]
+            struct Head {
+                has_more: bool,
+                cursor: String,
+            }
+            let head: Head = serde_json::from_slice(&bytes).expect("page");
+            recorded_pages.insert((table.clone(), cursor.clone()), bytes.clone());
+            cursor = head.cursor;
             pages_bytes.push((table.clone(), bytes));
-            if !more {
+            if !head.has_more {
                 break;
             }
         }
     }
+    let server_secs = started.elapsed().as_secs_f64();
+
+    // Raw HTTP: the same bodies, served from memory, fetched one after the
+    // other with a plain client (no compression).
+    let bodies: Arc<Vec<axum::body::Bytes>> =
+        Arc::new(pages_bytes.iter().map(|(_, b)| b.clone()).collect());
+    let static_url = serve_static(bodies.clone()).await;
+    let raw = reqwest::Client::builder()
+        .no_gzip()
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let mut got = 0usize;
+    for i in 0..bodies.len() {
+        got += raw
+            .get(format!("{static_url}/{i}"))
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes")
+            .len();
+    }
     let http_secs = started.elapsed().as_secs_f64();
+    assert_eq!(got as u64, json_bytes);
+
     // Decode outside the timed insert: the limit is SQLite's.
     let mut rows_by_table: BTreeMap<String, (Vec<String>, Vec<Vec<Value>>)> = BTreeMap::new();
     for (table, bytes) in &pages_bytes {
@@ -225,6 +372,8 @@ async fn limits(
             .or_insert_with(|| (page.columns.clone(), Vec::new()));
         e.1.extend(page.rows);
     }
+    let pages = pages_bytes.len() as u64;
+    drop(pages_bytes);
     let conn = rusqlite::Connection::open(dir.join("limit.db")).expect("open");
     conn.pragma_update(None, "journal_mode", "WAL")
         .expect("wal");
@@ -234,13 +383,20 @@ async fn limits(
     let started = Instant::now();
     let tx = conn.unchecked_transaction().expect("tx");
     for (table, (columns, data)) in &rows_by_table {
-        let cols: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
-        tx.execute_batch(&format!(
-            "CREATE TABLE \"{table}\" ({}, PRIMARY KEY (\"{}\"))",
-            cols.join(", "),
-            columns[1]
-        ))
-        .expect("create");
+        // The device's layout: text primary key, then the other columns.
+        let cols: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 1 {
+                    format!("\"{c}\" TEXT PRIMARY KEY NOT NULL")
+                } else {
+                    format!("\"{c}\"")
+                }
+            })
+            .collect();
+        tx.execute_batch(&format!("CREATE TABLE \"{table}\" ({})", cols.join(", ")))
+            .expect("create");
         let placeholders: Vec<&str> = columns.iter().map(|_| "?").collect();
         let mut stmt = tx
             .prepare(&format!(
@@ -256,11 +412,36 @@ async fn limits(
     }
     tx.commit().expect("commit");
     let sqlite_secs = started.elapsed().as_secs_f64();
-    (rows, http_secs, sqlite_secs, total_bytes)
+    Limits {
+        rows,
+        pages,
+        json_bytes,
+        server_secs,
+        http_secs,
+        sqlite_secs,
+        recorded: Recorded {
+            profile: profile_bytes,
+            pages: Arc::new(recorded_pages),
+        },
+    }
 }
 
 fn rate(rows: f64, secs: f64) -> f64 {
     if secs > 0.0 { rows / secs } else { 0.0 }
+}
+
+/// Work orders to seed per row the device should hold: the default profile
+/// selects a technician's active bookings of the next seven days (about a
+/// quarter of the generated bookings) and the rows they reach, about 2.1
+/// device rows per generated work order.
+const WORK_ORDERS_PER_DEVICE_ROW: f64 = 1.0 / 2.1;
+
+struct Row3(String, String, String);
+
+/// Adds a figure and shows it at once (the table is printed at the end).
+fn push(out: &mut Vec<Row3>, row: Row3) {
+    eprintln!("{}: {} {}", row.0, row.1, row.2);
+    out.push(row);
 }
 
 async fn bench_size(target_rows: u64, dir: &std::path::Path) {
@@ -272,6 +453,8 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
             "127.0.0.1:0",
             "--admin-token",
             ADMIN,
+            "--request-timeout-secs",
+            "600",
             "--data-dir",
         ])
         .arg(&data)
@@ -314,22 +497,34 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
         .expect("token")
         .to_owned();
     let started = Instant::now();
+    let work_orders = ((target_rows as f64 * WORK_ORDERS_PER_DEVICE_ROW) as u64).max(1);
     let seeded = api
-        .call(post.clone(), "/v1/admin/seed", ADMIN, Some(json!({"technicians": ["bench-tech"], "work_orders": (target_rows / 7).max(1), "seed": 42})))
+        .call(
+            post.clone(),
+            "/v1/admin/seed",
+            ADMIN,
+            Some(json!({"technicians": ["bench-tech"], "work_orders": work_orders, "seed": 42})),
+        )
         .await;
     let server_rows: u64 = seeded["rows"]
         .as_object()
         .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
         .unwrap_or(0);
     eprintln!(
-        "seeded {server_rows} rows in {:.1} s",
+        "seeded {server_rows} rows ({work_orders} work orders) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
     let proxy = start_proxy(addr.clone()).await;
-    let page_size = 5000u32;
-    let (limit_rows, http_secs, sqlite_secs, raw_bytes) =
-        limits(&api, &token, dir, page_size).await;
+    let page_size = std::env::var("FIELDSYNC_BENCH_PAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000u32);
+    let lim = limits(&api, &token, dir, page_size).await;
+    eprintln!(
+        "limits: {} rows, {} pages, {} JSON bytes; server alone {:.2} s, raw HTTP {:.2} s, SQLite {:.2} s",
+        lim.rows, lim.pages, lim.json_bytes, lim.server_secs, lim.http_secs, lim.sqlite_secs
+    );
 
     let db = dir.join(format!("device-{target_rows}.db"));
     let db_s = db.to_string_lossy().to_string();
@@ -343,50 +538,145 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
     ])
     .await;
     let wire = proxy.down.load(Ordering::Relaxed) - before;
+    // The device side alone: the same pages replayed from memory.
+    let replay_url = serve_replay(lim.recorded.clone()).await;
+    let replay_db = dir.join(format!("replay-{target_rows}.db"));
+    let replay = child(&[
+        "device-sync",
+        &replay_db.to_string_lossy(),
+        &replay_url,
+        &token,
+        &page_size.to_string(),
+    ])
+    .await;
+    let _ = std::fs::remove_file(&replay_db);
     let rows = initial["rows"].as_f64().unwrap_or(0.0);
     let secs = initial["secs"].as_f64().unwrap_or(0.0);
     let initial_rate = rate(rows, secs);
-    let sqlite_rate = rate(limit_rows as f64, sqlite_secs);
-    let http_rate = rate(limit_rows as f64, http_secs);
+    let sqlite_rate = rate(lim.rows as f64, lim.sqlite_secs);
+    let http_rate = rate(lim.rows as f64, lim.http_secs);
+    let server_rate = rate(lim.rows as f64, lim.server_secs);
+    let rss_mib = initial["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0;
+    let pct = |a: f64, b: f64| format!("{:.0}%", 100.0 * a / b.max(f64::MIN_POSITIVE));
+    let mut out = Vec::new();
+    for row in [
+        Row3(
+            "SQLite insert, prepared, one transaction (limit)".into(),
+            format!("{sqlite_rate:.0} rows/s ({:.2} s)", lim.sqlite_secs),
+            String::new(),
+        ),
+        Row3(
+            "raw HTTP transfer of the same JSON pages (limit)".into(),
+            format!(
+                "{http_rate:.0} rows/s ({:.2} s, {} bytes)",
+                lim.http_secs, lim.json_bytes
+            ),
+            String::new(),
+        ),
+        Row3(
+            "server alone: every page pulled, nothing applied".into(),
+            format!("{server_rate:.0} rows/s ({:.2} s)", lim.server_secs),
+            format!("{} of raw HTTP", pct(server_rate, http_rate)),
+        ),
+        Row3(
+            "initial sync".into(),
+            format!("{rows:.0} rows in {secs:.2} s = {initial_rate:.0} rows/s"),
+            format!(
+                "{} of SQLite, {} of raw HTTP",
+                pct(initial_rate, sqlite_rate),
+                pct(initial_rate, http_rate)
+            ),
+        ),
+        Row3(
+            "initial sync, device side alone (the same pages replayed from memory)".into(),
+            format!(
+                "{:.0} rows in {:.2} s = {:.0} rows/s, peak RSS {:.1} MiB",
+                replay["rows"].as_f64().unwrap_or(0.0),
+                replay["secs"].as_f64().unwrap_or(0.0),
+                rate(
+                    replay["rows"].as_f64().unwrap_or(0.0),
+                    replay["secs"].as_f64().unwrap_or(0.0)
+                ),
+                replay["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+            ),
+            format!(
+                "{} of SQLite",
+                pct(
+                    rate(
+                        replay["rows"].as_f64().unwrap_or(0.0),
+                        replay["secs"].as_f64().unwrap_or(0.0)
+                    ),
+                    sqlite_rate
+                )
+            ),
+        ),
+        Row3(
+            "initial sync: pages".into(),
+            format!("{}", initial["pages"]),
+            String::new(),
+        ),
+        Row3(
+            "initial sync: device peak RSS".into(),
+            format!("{rss_mib:.1} MiB"),
+            format!("{} of 64 MiB", pct(rss_mib, 64.0)),
+        ),
+        Row3(
+            "initial sync: bytes on the wire (down)".into(),
+            format!("{wire}"),
+            format!(
+                "{} of the uncompressed JSON ({})",
+                pct(wire as f64, lim.json_bytes as f64),
+                lim.json_bytes
+            ),
+        ),
+    ] {
+        push(&mut out, row);
+    }
 
-    println!("\n## {target_rows} rows (server holds {server_rows})");
-    println!(
-        "physical limit, SQLite insert (prepared, one transaction): {sqlite_rate:>10.0} rows/s ({sqlite_secs:.2} s)"
-    );
-    println!(
-        "physical limit, raw HTTP transfer of the same pages:      {http_rate:>10.0} rows/s ({http_secs:.2} s, {raw_bytes} bytes)"
-    );
-    println!(
-        "initial sync: {rows:.0} rows in {secs:.2} s = {initial_rate:.0} rows/s ({:.0}% of SQLite, {:.0}% of HTTP), {} pages, peak RSS {} KiB, {wire} bytes on the wire (uncompressed JSON {}: {:.0}%)",
-        100.0 * initial_rate / sqlite_rate.max(1.0),
-        100.0 * initial_rate / http_rate.max(1.0),
-        initial["pages"],
-        initial["peak_rss_kib"],
-        initial["bytes_down"],
-        100.0 * wire as f64 / initial["bytes_down"].as_f64().unwrap_or(1.0).max(1.0)
-    );
-
-    for changes in [1_000u64, 10_000] {
+    // Incremental: dispatcher edits of work orders the device holds.
+    let ids: Vec<String> = {
+        let conn = rusqlite::Connection::open(&db).expect("open device db");
+        let mut stmt = conn
+            .prepare("SELECT id FROM work_orders ORDER BY id LIMIT 10000")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("ids")
+    };
+    let ids = Arc::new(ids);
+    let per_row_initial = secs / rows.max(1.0);
+    let mut inc_secs = Vec::new();
+    for (round, changes) in [1_000usize, 10_000].into_iter().enumerate() {
+        let changes = changes.min(ids.len());
         let started = Instant::now();
         let mut handles = Vec::new();
-        let per = changes / 8;
-        for w in 0..8u64 {
-            let (http, url, disp) = (api.http.clone(), api.url.clone(), dispatcher.clone());
+        let workers = 8;
+        for w in 0..workers {
+            let (http, url, disp, ids) = (
+                api.http.clone(),
+                api.url.clone(),
+                dispatcher.clone(),
+                ids.clone(),
+            );
             handles.push(tokio::spawn(async move {
-                for i in 0..per {
-                    let wo = format!("wo-{:07}", (w * per + i) % (target_rows / 7).max(1));
-                    let _ = http
-                        .put(format!("{url}/v1/records/work_orders/{wo}"))
+                for i in (w..changes).step_by(workers) {
+                    let resp = http
+                        .put(format!("{url}/v1/records/work_orders/{}", ids[i]))
                         .bearer_auth(&disp)
                         .header("content-type", "application/json")
-                        .body(json!({"data": {"summary": format!("change {i}")}}).to_string())
+                        .body(
+                            json!({"data": {"summary": format!("change {round}.{i}")}}).to_string(),
+                        )
                         .send()
-                        .await;
+                        .await
+                        .expect("put");
+                    assert!(resp.status().is_success(), "put: {}", resp.status());
                 }
             }));
         }
         for h in handles {
-            let _ = h.await;
+            h.await.expect("writer");
         }
         eprintln!(
             "made {changes} server changes in {:.1} s",
@@ -404,36 +694,76 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
         let wire = proxy.down.load(Ordering::Relaxed) - before;
         let irows = inc["rows"].as_f64().unwrap_or(0.0);
         let isecs = inc["secs"].as_f64().unwrap_or(0.0);
-        let per_row_inc = isecs / irows.max(1.0);
-        let per_row_initial = secs / rows.max(1.0);
-        println!(
-            "incremental sync of {changes} changes: {irows:.0} rows in {isecs:.3} s = {:.0} rows/s, {:.2}x the initial cost per row, {wire} bytes on the wire, peak RSS {} KiB",
-            rate(irows, isecs),
-            per_row_inc / per_row_initial.max(f64::MIN_POSITIVE),
-            inc["peak_rss_kib"]
+        inc_secs.push((irows, isecs));
+        push(
+            &mut out,
+            Row3(
+                format!("incremental sync of {changes} server changes"),
+                format!(
+                    "{irows:.0} rows in {isecs:.3} s = {:.0} rows/s, {wire} bytes down, peak RSS {:.1} MiB",
+                    rate(irows, isecs),
+                    inc["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+                ),
+                format!(
+                    "{:.1}x the initial cost per row",
+                    (isecs / irows.max(1.0)) / per_row_initial.max(f64::MIN_POSITIVE)
+                ),
+            ),
+        );
+    }
+    if let [(r1, s1), (r2, s2)] = inc_secs[..]
+        && r2 > r1
+    {
+        let marginal = (s2 - s1) / (r2 - r1);
+        push(
+            &mut out,
+            Row3(
+                "incremental sync, marginal cost per row (10k minus 1k)".into(),
+                format!("{:.2} µs/row", marginal * 1e6),
+                format!(
+                    "{:.1}x the initial cost per row ({:.2} µs)",
+                    marginal / per_row_initial.max(f64::MIN_POSITIVE),
+                    per_row_initial * 1e6
+                ),
+            ),
         );
     }
 
     let before = proxy.up.load(Ordering::Relaxed);
-    let up = child(&["device-upload", &db_s, &proxy.url, &token, "10000"]).await;
+    let edits = std::env::var("FIELDSYNC_BENCH_EDITS").unwrap_or_else(|_| "10000".into());
+    let up = child(&["device-upload", &db_s, &proxy.url, &token, &edits]).await;
     let wire_up = proxy.up.load(Ordering::Relaxed) - before;
-    println!(
-        "upload of {} queued edits: queued in {:.2} s ({:.0} edits/s), uploaded {} in {:.2} s ({:.0} edits/s), {wire_up} bytes up, peak RSS {} KiB",
-        up["edits"],
-        up["write_secs"].as_f64().unwrap_or(0.0),
-        rate(
-            up["edits"].as_f64().unwrap_or(0.0),
-            up["write_secs"].as_f64().unwrap_or(0.0)
+    let edits = up["edits"].as_f64().unwrap_or(0.0);
+    let write_secs = up["write_secs"].as_f64().unwrap_or(0.0);
+    let sync_secs = up["sync_secs"].as_f64().unwrap_or(0.0);
+    push(
+        &mut out,
+        Row3(
+            format!("queue {edits:.0} local edits (one transaction each)"),
+            format!("{write_secs:.2} s = {:.0} edits/s", rate(edits, write_secs)),
+            String::new(),
         ),
-        up["uploaded"],
-        up["sync_secs"].as_f64().unwrap_or(0.0),
-        rate(
-            up["uploaded"].as_f64().unwrap_or(0.0),
-            up["sync_secs"].as_f64().unwrap_or(0.0)
+    );
+    push(
+        &mut out,
+        Row3(
+            format!("upload of {edits:.0} queued edits"),
+            format!(
+                "{} applied in {sync_secs:.2} s = {:.0} edits/s, {wire_up} bytes up, peak RSS {:.1} MiB",
+                up["uploaded"],
+                rate(up["uploaded"].as_f64().unwrap_or(0.0), sync_secs),
+                up["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+            ),
+            String::new(),
         ),
-        up["peak_rss_kib"]
     );
     let _ = server.kill().await;
+    println!("\n## {target_rows} rows (server holds {server_rows})\n");
+    println!("| figure | value | ratio to the limit |");
+    println!("|---|---|---|");
+    for Row3(a, b, c) in &out {
+        println!("| {a} | {b} | {c} |");
+    }
 }
 
 fn main() {
@@ -442,6 +772,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::var_os("FIELDSYNC_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("FIELDSYNC_LOG"))
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     if let Some(i) = args.iter().position(|a| a == "device-sync") {
         let a = &args[i + 1..];
         runtime.block_on(device_sync(

@@ -24,7 +24,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
 use crate::filter::FilterContext;
-use crate::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
+use crate::profile::{ColumnKind, RowRule, SyncProfile, SyncTable, quote_ident};
 use crate::protocol::{
     MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage, VERSION_COLUMN,
 };
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS _fs_related_seen (
     rule TEXT NOT NULL,
     value TEXT NOT NULL,
     PRIMARY KEY (rule, value)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _fs_sync_errors (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -665,7 +665,6 @@ impl Store {
                     updates.join(", ")
                 );
                 let mut insert = tx.prepare_cached(&sql)?;
-                let mut values: Vec<Value> = Vec::with_capacity(page.columns.len());
                 for row in &page.rows {
                     if row.len() != page.columns.len() {
                         return Err(Error::Protocol(
@@ -688,16 +687,19 @@ impl Store {
                         applied.kept_pending += 1;
                         continue;
                     }
-                    values.clear();
-                    values.push(Value::Integer(version));
-                    for (v, col) in row[1..].iter().zip(&kinds) {
-                        values.push(
-                            v.clone().coerce(col.kind).map_err(|e| {
-                                Error::Protocol(format!("column '{}': {e}", col.name))
-                            })?,
-                        );
+                    // Bind straight from the decoded page: a value already in
+                    // its column's form is bound as it is (no copy).
+                    insert.raw_bind_parameter(1, version)?;
+                    for (i, (v, col)) in row[1..].iter().zip(&kinds).enumerate() {
+                        let converted = v
+                            .converted_for(col.kind)
+                            .map_err(|e| Error::Protocol(format!("column '{}': {e}", col.name)))?;
+                        match converted {
+                            Some(c) => insert.raw_bind_parameter(i + 2, c)?,
+                            None => insert.raw_bind_parameter(i + 2, v)?,
+                        }
                     }
-                    insert.execute(rusqlite::params_from_iter(values.iter()))?;
+                    insert.raw_execute()?;
                     applied.upserted += 1;
                 }
             }
@@ -1152,81 +1154,120 @@ impl Store {
         let ctx = profile.filter_context(now);
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Values of (table, column) over the rows that stay, for related rules.
-        let mut needed: BTreeSet<(String, String)> = BTreeSet::new();
-        for t in &profile.tables {
-            for r in &t.rules {
-                if let RowRule::Related {
-                    table,
-                    foreign_column,
-                    ..
-                } = r
-                {
-                    needed.insert((table.clone(), foreign_column.clone()));
-                }
-            }
-        }
-        let mut reached_values: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+        // Tables are settled in dependency order and each table's doomed rows
+        // are deleted before the next table, so the rows a related table
+        // still holds are exactly the rows that stay: a related rule is
+        // checked against them directly (in SQL when the values compare as
+        // text), and no set of reached values is kept in memory.
+        let mut settled: BTreeSet<&str> = BTreeSet::new();
         let mut out = Vec::new();
         for table in profile.tables_in_dependency_order() {
-            let pending: BTreeSet<String> = {
-                let mut stmt = tx.prepare_cached("SELECT row_id FROM _fs_outbox WHERE tbl = ?1")?;
-                let rows = stmt.query_map([&table.name], |r| r.get::<_, String>(0))?;
-                rows.collect::<rusqlite::Result<_>>()?
+            let removed = match related_only_sql(profile, table, &settled) {
+                Some(reached) => {
+                    let sql = format!(
+                        "DELETE FROM {t} WHERE {pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
+                        t = quote_ident(&table.name),
+                        pk = quote_ident(&table.primary_key),
+                    );
+                    tx.execute(&sql, [&table.name])? as u64
+                }
+                None => remove_unreached_rows(&tx, profile, table, &settled, &ctx)?,
             };
-            let sql = format!(
-                "SELECT {} FROM {}",
-                select_columns(table),
-                quote_ident(&table.name)
-            );
-            let mut doomed = Vec::new();
-            {
-                let mut stmt = tx.prepare(&sql)?;
-                let mut rows = stmt.query([])?;
-                while let Some(row) = rows.next()? {
-                    let (fields, _) = row_to_map(row, table)?;
-                    let Some(Value::Text(id)) = fields.get(&table.primary_key) else {
-                        continue;
-                    };
-                    let stays = pending.contains(id)
-                        || table.rules.iter().any(|rule| match rule {
-                            RowRule::Related {
-                                table: other,
-                                column,
-                                foreign_column,
-                            } => fields.get(column).and_then(value_key).is_some_and(|k| {
-                                reached_values
-                                    .get(&(other.clone(), foreign_column.clone()))
-                                    .is_some_and(|set| set.contains(&k))
-                            }),
-                            other => table.own_rule_matches(other, &fields, &ctx),
-                        });
-                    if stays {
-                        for (t, c) in &needed {
-                            if t == &table.name
-                                && let Some(k) = fields.get(c).and_then(value_key)
-                            {
-                                reached_values
-                                    .entry((t.clone(), c.clone()))
-                                    .or_default()
-                                    .insert(k);
-                            }
-                        }
-                    } else {
-                        doomed.push(id.clone());
-                    }
-                }
-            }
-            let mut removed = 0;
-            for id in doomed {
-                if delete_row(&tx, table, &id)? {
-                    removed += 1;
-                }
-            }
+            settled.insert(table.name.as_str());
             out.push((table.name.clone(), removed));
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Related values of `other.foreign_column` that were not yet fetched
+    /// for `rule` (see [`Store::record_related_seen`]), computed in SQL when
+    /// the values compare as text; `None` when the caller must compare
+    /// [`Store::column_values`] with [`Store::related_seen`] itself.
+    pub fn new_related_values(
+        &self,
+        other: &SyncTable,
+        foreign_column: &str,
+        rule: &str,
+    ) -> Result<Option<Vec<String>>> {
+        if !other
+            .column(foreign_column)
+            .is_some_and(|c| text_like(c.kind))
+        {
+            return Ok(None);
+        }
+        let conn = lock(&self.reader);
+        let sql = format!(
+            "SELECT DISTINCT {c} FROM {t} WHERE {c} IS NOT NULL
+               AND {c} NOT IN (SELECT value FROM _fs_related_seen WHERE rule = ?1)",
+            c = quote_ident(foreign_column),
+            t = quote_ident(&other.name)
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([rule])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            if let Some(k) = value_key(&Value::from_sql(r.get_ref(0)?, ColumnKind::Text)) {
+                out.push(k);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Records, per related-rows rule (`key`, related table, foreign
+    /// column), the related values now settled: the distinct values the
+    /// related table holds. Rules not listed are forgotten. The sets are
+    /// computed and updated in SQL (only the differences are written) when
+    /// the values compare as text.
+    pub fn record_related_seen(&self, rules: &[(String, &SyncTable, &str)]) -> Result<()> {
+        let mut fallback: Vec<(String, BTreeSet<String>)> = Vec::new();
+        for (key, other, column) in rules {
+            if !other.column(column).is_some_and(|c| text_like(c.kind)) {
+                fallback.push((key.clone(), self.column_values(other, column)?));
+            }
+        }
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let known: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT DISTINCT rule FROM _fs_related_seen")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for rule in known {
+            if !rules.iter().any(|(k, _, _)| *k == rule) {
+                tx.execute("DELETE FROM _fs_related_seen WHERE rule = ?1", [&rule])?;
+            }
+        }
+        for (key, other, column) in rules {
+            if fallback.iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            let (c, t) = (quote_ident(column), quote_ident(&other.name));
+            tx.execute(
+                &format!(
+                    "DELETE FROM _fs_related_seen WHERE rule = ?1
+                       AND value NOT IN (SELECT {c} FROM {t} WHERE {c} IS NOT NULL)"
+                ),
+                [key],
+            )?;
+            tx.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO _fs_related_seen (rule, value)
+                       SELECT DISTINCT ?1, {c} FROM {t} WHERE {c} IS NOT NULL"
+                ),
+                [key],
+            )?;
+        }
+        for (rule, values) in &fallback {
+            tx.execute("DELETE FROM _fs_related_seen WHERE rule = ?1", [rule])?;
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO _fs_related_seen (rule, value) VALUES (?1, ?2)")?;
+            for v in values {
+                stmt.execute(params![rule, v])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Distinct non-null values of a column over the local rows, in the
@@ -1257,7 +1298,7 @@ impl Store {
     }
 
     /// Related values whose rows were already fetched for a related-rows
-    /// rule (see [`Store::set_related_seen`]).
+    /// rule (see [`Store::record_related_seen`]).
     pub fn related_seen(&self, rule: &str) -> Result<BTreeSet<String>> {
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare_cached("SELECT value FROM _fs_related_seen WHERE rule = ?1")?;
@@ -1327,37 +1368,6 @@ impl Store {
                 let list = serde_json::to_string(values)
                     .map_err(|e| Error::Internal(format!("related values: {e}")))?;
                 stmt.execute(params![rule, list])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Records the related values a related-rows rule has been satisfied
-    /// for, replacing the previous set; rules not in `keep` are forgotten.
-    pub fn set_related_seen(
-        &self,
-        sets: &[(String, BTreeSet<String>)],
-        keep: &[String],
-    ) -> Result<()> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let known: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT DISTINCT rule FROM _fs_related_seen")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        for rule in known {
-            if !keep.contains(&rule) {
-                tx.execute("DELETE FROM _fs_related_seen WHERE rule = ?1", [&rule])?;
-            }
-        }
-        for (rule, values) in sets {
-            tx.execute("DELETE FROM _fs_related_seen WHERE rule = ?1", [rule])?;
-            let mut stmt =
-                tx.prepare_cached("INSERT INTO _fs_related_seen (rule, value) VALUES (?1, ?2)")?;
-            for v in values {
-                stmt.execute(params![rule, v])?;
             }
         }
         tx.commit()?;
@@ -1441,6 +1451,167 @@ fn remove_unqualified(conn: &Connection, table: &SyncTable, ctx: &FilterContext)
     let mut removed = 0;
     for id in doomed {
         if !has_pending(conn, &table.name, &id)? && delete_row(conn, table, &id)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Kinds whose values are stored as text and whose comparison key is the
+/// text itself, so SQL can compare them as the Rust code would.
+fn text_like(kind: ColumnKind) -> bool {
+    matches!(
+        kind,
+        ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime
+    )
+}
+
+/// The condition "some related-rows rule reaches this row" in SQL, when
+/// every rule of `table` is a related-rows rule over an already settled
+/// table and both columns compare as text; `None` otherwise.
+fn related_only_sql(
+    profile: &SyncProfile,
+    table: &SyncTable,
+    settled: &BTreeSet<&str>,
+) -> Option<String> {
+    if table.rules.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for rule in &table.rules {
+        let RowRule::Related {
+            table: other,
+            column,
+            foreign_column,
+        } = rule
+        else {
+            return None;
+        };
+        let other_table = profile.table(other)?;
+        if !settled.contains(other.as_str())
+            || !table.column(column).is_some_and(|c| text_like(c.kind))
+            || !other_table
+                .column(foreign_column)
+                .is_some_and(|c| text_like(c.kind))
+        {
+            return None;
+        }
+        let (c, f) = (quote_ident(column), quote_ident(foreign_column));
+        parts.push(format!(
+            "({c} IS NOT NULL AND {c} IN (SELECT {f} FROM {o} WHERE {f} IS NOT NULL))",
+            o = quote_ident(other)
+        ));
+    }
+    Some(parts.join(" OR "))
+}
+
+/// Distinct keys of a column over the rows `conn` sees.
+fn distinct_keys(conn: &Connection, table: &SyncTable, column: &str) -> Result<BTreeSet<String>> {
+    let Some(kind) = table.column(column).map(|c| c.kind) else {
+        return Ok(BTreeSet::new());
+    };
+    let sql = format!(
+        "SELECT DISTINCT {c} FROM {t} WHERE {c} IS NOT NULL",
+        c = quote_ident(column),
+        t = quote_ident(&table.name)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = BTreeSet::new();
+    while let Some(r) = rows.next()? {
+        if let Some(k) = value_key(&Value::from_sql(r.get_ref(0)?, kind)) {
+            out.insert(k);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes, row by row, the rows of `table` that no rule reaches (tables
+/// with rules of their own, or values that do not compare as text).
+/// Related rules look at the rows the related table holds once settled;
+/// a rule over the table itself sees the rows kept so far in this pass,
+/// and a rule over a table not yet settled reaches nothing.
+fn remove_unreached_rows(
+    tx: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    settled: &BTreeSet<&str>,
+    ctx: &FilterContext,
+) -> Result<u64> {
+    let pending: BTreeSet<String> = {
+        let mut stmt = tx.prepare_cached("SELECT row_id FROM _fs_outbox WHERE tbl = ?1")?;
+        let rows = stmt.query_map([&table.name], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    // Reached values of settled related tables, loaded once per rule.
+    let mut reached: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+    // Values of this table's own rows kept so far (rules over itself).
+    let mut own: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for rule in &table.rules {
+        if let RowRule::Related {
+            table: other,
+            foreign_column,
+            ..
+        } = rule
+        {
+            if *other == table.name {
+                own.entry(foreign_column.clone()).or_default();
+            } else if settled.contains(other.as_str())
+                && let Some(other_table) = profile.table(other)
+            {
+                let key = (other.clone(), foreign_column.clone());
+                if !reached.contains_key(&key) {
+                    let values = distinct_keys(tx, other_table, foreign_column)?;
+                    reached.insert(key, values);
+                }
+            }
+        }
+    }
+    let sql = format!(
+        "SELECT {} FROM {}",
+        select_columns(table),
+        quote_ident(&table.name)
+    );
+    let mut doomed = Vec::new();
+    {
+        let mut stmt = tx.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (fields, _) = row_to_map(row, table)?;
+            let Some(Value::Text(id)) = fields.get(&table.primary_key) else {
+                continue;
+            };
+            let stays = pending.contains(id)
+                || table.rules.iter().any(|rule| match rule {
+                    RowRule::Related {
+                        table: other,
+                        column,
+                        foreign_column,
+                    } => fields.get(column).and_then(value_key).is_some_and(|k| {
+                        if *other == table.name {
+                            own.get(foreign_column).is_some_and(|set| set.contains(&k))
+                        } else {
+                            reached
+                                .get(&(other.clone(), foreign_column.clone()))
+                                .is_some_and(|set| set.contains(&k))
+                        }
+                    }),
+                    other => table.own_rule_matches(other, &fields, ctx),
+                });
+            if stays {
+                for (c, set) in own.iter_mut() {
+                    if let Some(k) = fields.get(c).and_then(value_key) {
+                        set.insert(k);
+                    }
+                }
+            } else {
+                doomed.push(id.clone());
+            }
+        }
+    }
+    let mut removed = 0;
+    for id in doomed {
+        if delete_row(tx, table, &id)? {
             removed += 1;
         }
     }

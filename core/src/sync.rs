@@ -100,7 +100,10 @@ async fn run_inner(
         loop {
             let current = engine.profile().and_then(|p| p.table(&table.name).cloned());
             let Some(current) = current else { break };
-            match pull_table(engine, &current, report).await {
+            let timer = std::time::Instant::now();
+            let pulled = pull_table(engine, &current, report).await;
+            debug!(target: "fieldsync::sync", table = %table.name, ms = timer.elapsed().as_millis() as u64, "table pulled");
+            match pulled {
                 Err(Error::Server {
                     status: 409, code, ..
                 }) if code == codes::PROFILE_CHANGED && attempts < 2 => {
@@ -122,7 +125,10 @@ async fn run_inner(
             }
         }
     }
-    settle_related(engine, report).await
+    let timer = std::time::Instant::now();
+    let settled = settle_related(engine, report).await;
+    debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "related rows settled");
+    settled
 }
 
 /// The key under which the values a related-rows rule was settled for are kept.
@@ -162,9 +168,20 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
                 continue;
             }
             let key = related_rule_key(&table.name, column, other, foreign_column);
-            let now_values = engine.store.column_values(other_table, foreign_column)?;
-            let seen = engine.store.related_seen(&key)?;
-            let new: Vec<&String> = now_values.difference(&seen).collect();
+            let new: Vec<String> =
+                match engine
+                    .store
+                    .new_related_values(other_table, foreign_column, &key)?
+                {
+                    Some(new) => new,
+                    None => {
+                        let now_values = engine.store.column_values(other_table, foreign_column)?;
+                        let seen = engine.store.related_seen(&key)?;
+                        now_values.difference(&seen).cloned().collect()
+                    }
+                };
+            let mut new = new;
+            new.sort();
             if new.is_empty() {
                 continue;
             }
@@ -209,9 +226,11 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
     let store = engine.store.clone();
     let now = engine.clock.now_ms();
     let p = profile.clone();
+    let timer = std::time::Instant::now();
     let removed = tokio::task::spawn_blocking(move || store.remove_unreached(&p, now))
         .await
         .map_err(|e| Error::Internal(format!("store task: {e}")))??;
+    debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "removal of unreached rows");
     for (table, n) in removed {
         if n > 0 {
             info!(target: "fieldsync::sync", table = %table, rows = n, "removed rows that no longer meet the offline profile");
@@ -219,8 +238,7 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
         }
     }
     // Remember, per related rule, the values now settled.
-    let mut sets = Vec::new();
-    let mut keep = Vec::new();
+    let mut rules = Vec::new();
     for table in &profile.tables {
         for rule in &table.rules {
             if let RowRule::Related {
@@ -231,15 +249,13 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
                 && let Some(other_table) = profile.table(other)
             {
                 let key = related_rule_key(&table.name, column, other, foreign_column);
-                sets.push((
-                    key.clone(),
-                    engine.store.column_values(other_table, foreign_column)?,
-                ));
-                keep.push(key);
+                rules.push((key, other_table, foreign_column.as_str()));
             }
         }
     }
-    engine.store.set_related_seen(&sets, &keep)?;
+    let timer = std::time::Instant::now();
+    engine.store.record_related_seen(&rules)?;
+    debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "related values recorded");
     Ok(())
 }
 

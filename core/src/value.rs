@@ -81,6 +81,27 @@ impl Value {
         }
     }
 
+    /// Checks this value against a column kind without taking it: `None`
+    /// when it is already in the column's canonical form (the common case),
+    /// the converted value when it must change (integers to reals, 0/1 to
+    /// booleans), or the error [`Value::coerce`] would give.
+    pub fn converted_for(&self, kind: ColumnKind) -> Result<Option<Value>, String> {
+        match (kind, self) {
+            (_, Value::Null) => Ok(None),
+            (ColumnKind::Text, Value::Text(_)) => Ok(None),
+            (ColumnKind::Date, Value::Text(s)) if crate::time::is_date(s) => Ok(None),
+            (ColumnKind::DateTime, Value::Text(s)) if crate::time::is_datetime(s) => Ok(None),
+            (ColumnKind::Integer, Value::Integer(_)) => Ok(None),
+            (ColumnKind::Real, Value::Real(f)) if f.is_finite() => Ok(None),
+            (ColumnKind::Real, Value::Integer(i)) => Ok(Some(Value::Real(*i as f64))),
+            (ColumnKind::Boolean, Value::Boolean(_)) => Ok(None),
+            (ColumnKind::Boolean, Value::Integer(i)) if *i == 0 || *i == 1 => {
+                Ok(Some(Value::Boolean(*i == 1)))
+            }
+            _ => self.clone().coerce(kind).map(Some),
+        }
+    }
+
     /// A short name of this value's type, for error messages.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -192,4 +213,50 @@ pub struct Record {
     pub version: i64,
     /// Column values, primary key included.
     pub fields: BTreeMap<String, Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converted_for_agrees_with_coerce() {
+        let kinds = [
+            ColumnKind::Text,
+            ColumnKind::Integer,
+            ColumnKind::Real,
+            ColumnKind::Boolean,
+            ColumnKind::Date,
+            ColumnKind::DateTime,
+        ];
+        let values = [
+            Value::Null,
+            Value::Integer(0),
+            Value::Integer(1),
+            Value::Integer(7),
+            Value::Real(1.5),
+            Value::Real(f64::NAN),
+            Value::Boolean(true),
+            Value::Text("x".into()),
+            Value::Text("2026-01-02".into()),
+            Value::Text("2026-01-02T03:04:05Z".into()),
+        ];
+        for kind in kinds {
+            for v in &values {
+                let by_ref = v
+                    .converted_for(kind)
+                    .map(|c| c.unwrap_or_else(|| v.clone()));
+                let by_value = v.clone().coerce(kind);
+                match (by_ref, by_value) {
+                    (Ok(a), Ok(b)) => assert!(
+                        a == b
+                            || matches!((&a, &b), (Value::Real(x), Value::Real(y)) if x.is_nan() && y.is_nan()),
+                        "{kind:?} {v:?}"
+                    ),
+                    (Err(a), Err(b)) => assert_eq!(a, b, "{kind:?} {v:?}"),
+                    (a, b) => panic!("{kind:?} {v:?}: {a:?} vs {b:?}"),
+                }
+            }
+        }
+    }
 }

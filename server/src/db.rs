@@ -1112,13 +1112,19 @@ impl Db {
             if cursor.phase == Phase::Changes && room == 0 {
                 has_more = true;
             } else if cursor.phase == Phase::Changes {
+                // A row at or before the snapshot is only in the result when
+                // it qualifies (the scope says so), so the select list
+                // evaluates the predicate only for later rows: every related
+                // rule's sub-query is then built once per page, not twice.
                 let sql = format!(
-                    "SELECT {select_cols}, _seq, CASE WHEN _deleted = 0 AND {pred} THEN 1 ELSE 0 END
+                    "SELECT {select_cols}, _seq,
+                       CASE WHEN _seq <= ? THEN 1 WHEN _deleted = 0 AND {pred} THEN 1 ELSE 0 END
                      FROM {t} WHERE {scope} ORDER BY _seq LIMIT ?",
                     pred = predicate.sql,
                     t = quote_ident(&table.name),
                 );
-                let mut params: Vec<Value> = predicate.params.clone();
+                let mut params: Vec<Value> = vec![int(cursor.snapshot)];
+                params.extend(predicate.params.iter().cloned());
                 params.push(int(cursor.since));
                 params.push(int(cursor.snapshot));
                 params.extend(predicate.params.iter().cloned());

@@ -41,7 +41,7 @@ pub fn compile_in(
     table: &SyncTable,
     ctx: &FilterContext,
 ) -> SqlPredicate {
-    compile_at(dialect, profile, table, ctx, 0)
+    compile_at(dialect, profile, table, ctx, 0, &quote_ident(&table.name))
 }
 
 /// Compiles only the custom filters of a table that read the clock (their
@@ -74,12 +74,15 @@ pub fn compile_clock_rules(
     })
 }
 
+/// `scope` is how the query around the predicate names `table` (its name,
+/// or the alias of an enclosing `EXISTS`).
 fn compile_at(
     dialect: Dialect,
     profile: &SyncProfile,
     table: &SyncTable,
     ctx: &FilterContext,
     depth: usize,
+    scope: &str,
 ) -> SqlPredicate {
     let mut parts = Vec::new();
     let mut params = Vec::new();
@@ -102,8 +105,33 @@ fn compile_at(
                 column,
                 foreign_column,
             } => match profile.table(other) {
+                Some(other_table)
+                    if depth < MAX_DEPTH && *foreign_column == other_table.primary_key =>
+                {
+                    // The related table's key: one key lookup per row, where
+                    // `IN (SELECT ...)` would build the whole set of selected
+                    // related keys each time the statement runs (every pull
+                    // page, every pushed row). Never NULL, like the other leaves.
+                    let alias = format!("_fs_rel{depth}");
+                    let inner = compile_at(dialect, profile, other_table, ctx, depth + 1, &alias);
+                    parts.push(format!(
+                        "EXISTS (SELECT 1 FROM {o} AS {alias} WHERE {alias}.{f} = {scope}.{c} AND {alias}._deleted = 0 AND {inner})",
+                        o = quote_ident(other),
+                        f = quote_ident(foreign_column),
+                        c = quote_ident(column),
+                        inner = inner.sql,
+                    ));
+                    params.extend(inner.params);
+                }
                 Some(other_table) if depth < MAX_DEPTH => {
-                    let inner = compile_at(dialect, profile, other_table, ctx, depth + 1);
+                    let inner = compile_at(
+                        dialect,
+                        profile,
+                        other_table,
+                        ctx,
+                        depth + 1,
+                        &quote_ident(other),
+                    );
                     parts.push(format!(
                         "{} IN (SELECT {} FROM {} WHERE _deleted = 0 AND {} AND {} IS NOT NULL)",
                         quote_ident(column),
