@@ -140,11 +140,16 @@ pub fn parse_datetime(s: &str) -> Option<i64> {
         Some((a, b)) => (a, Some(b)),
         None => (time, None),
     };
-    let mut parts = hms.split(':');
-    let h = digits(parts.next()?)?;
-    let mi = digits(parts.next()?)?;
-    let se = digits(parts.next()?)?;
-    if parts.next().is_some() || h > 23 || mi > 59 || se > 59 || hms.len() != 8 {
+    // Exactly `HH:MM:SS`: two digits each (so `0:000:00`, also 8 bytes,
+    // is refused). Bytes 2 and 5 being ASCII makes the slices char-aligned.
+    let b = hms.as_bytes();
+    if b.len() != 8 || b[2] != b':' || b[5] != b':' {
+        return None;
+    }
+    let h = digits(&hms[0..2])?;
+    let mi = digits(&hms[3..5])?;
+    let se = digits(&hms[6..8])?;
+    if h > 23 || mi > 59 || se > 59 {
         return None;
     }
     let ms = match frac {
@@ -192,5 +197,8 @@ mod tests {
         assert_eq!(parse_datetime("2025-11-29T00:00:00.250Z"), Some(ms + 250));
         assert_eq!(parse_datetime("2025-11-29 00:00:00"), None);
         assert_eq!(parse_datetime("2025-11-29T24:00:00Z"), None);
+        // Found by the datetime fuzz target: 8 bytes, but not HH:MM:SS.
+        assert_eq!(parse_datetime("2025-11-29T0:000:00Z"), None);
+        assert_eq!(parse_datetime("2025-11-29T00:0:000Z"), None);
     }
 }
