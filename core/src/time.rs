@@ -61,9 +61,11 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146097 + doe - 719468
 }
 
-/// The date (year, month, day) of a day number since 1970-01-01.
+/// The date (year, month, day) of a day number since 1970-01-01. Total: any
+/// `i64` gives a date (worked in `i128`, so the day numbers near `i64::MAX`
+/// that `format_date` may be handed do not overflow).
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
+    let z = i128::from(z) + 719468;
     let era = if z >= 0 { z } else { z - 146096 } / 146097;
     let doe = z - era * 146097;
     let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
@@ -72,7 +74,9 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let y = if m <= 2 { y + 1 } else { y };
+    // |y| is about |z| / 365, so it fits in an i64.
+    (y as i64, m, d)
 }
 
 /// Formats milliseconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -140,11 +144,16 @@ pub fn parse_datetime(s: &str) -> Option<i64> {
         Some((a, b)) => (a, Some(b)),
         None => (time, None),
     };
-    let mut parts = hms.split(':');
-    let h = digits(parts.next()?)?;
-    let mi = digits(parts.next()?)?;
-    let se = digits(parts.next()?)?;
-    if parts.next().is_some() || h > 23 || mi > 59 || se > 59 || hms.len() != 8 {
+    // Exactly `HH:MM:SS`: two digits each (so `0:000:00`, also 8 bytes,
+    // is refused). Bytes 2 and 5 being ASCII makes the slices char-aligned.
+    let b = hms.as_bytes();
+    if b.len() != 8 || b[2] != b':' || b[5] != b':' {
+        return None;
+    }
+    let h = digits(&hms[0..2])?;
+    let mi = digits(&hms[3..5])?;
+    let se = digits(&hms[6..8])?;
+    if h > 23 || mi > 59 || se > 59 {
         return None;
     }
     let ms = match frac {
@@ -182,6 +191,10 @@ mod tests {
         assert_eq!(parse_date("2024-02-29"), Some(days_from_civil(2024, 2, 29)));
         assert_eq!(parse_date("2023-02-29"), None);
         assert_eq!(parse_date("2023-13-01"), None);
+        // Found by the datetime fuzz target: overflowed near i64::MAX.
+        let (y, _, _) = civil_from_days(i64::MAX);
+        assert!(y > 25_000_000_000_000_000);
+        assert!(civil_from_days(i64::MIN).0 < -25_000_000_000_000_000);
     }
 
     #[test]
@@ -192,5 +205,8 @@ mod tests {
         assert_eq!(parse_datetime("2025-11-29T00:00:00.250Z"), Some(ms + 250));
         assert_eq!(parse_datetime("2025-11-29 00:00:00"), None);
         assert_eq!(parse_datetime("2025-11-29T24:00:00Z"), None);
+        // Found by the datetime fuzz target: 8 bytes, but not HH:MM:SS.
+        assert_eq!(parse_datetime("2025-11-29T0:000:00Z"), None);
+        assert_eq!(parse_datetime("2025-11-29T00:0:000Z"), None);
     }
 }
