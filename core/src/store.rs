@@ -1558,12 +1558,10 @@ fn remove_unreached_rows(
                 own.entry(foreign_column.clone()).or_default();
             } else if settled.contains(other.as_str())
                 && let Some(other_table) = profile.table(other)
+                && let std::collections::hash_map::Entry::Vacant(e) =
+                    reached.entry((other.clone(), foreign_column.clone()))
             {
-                let key = (other.clone(), foreign_column.clone());
-                if !reached.contains_key(&key) {
-                    let values = distinct_keys(tx, other_table, foreign_column)?;
-                    reached.insert(key, values);
-                }
+                e.insert(distinct_keys(tx, other_table, foreign_column)?);
             }
         }
     }
