@@ -1350,7 +1350,7 @@ impl Store {
                     .filter_map(|r| r.get(i).and_then(value_key))
                     .collect();
                 if !values.is_empty() {
-                    let key = format!("{}.{column}<-{other}.{foreign_column}", child.name);
+                    let key = related_rule_key(&child.name, column, other, foreign_column);
                     forget.push((key, values.into_iter().collect()));
                 }
             }
@@ -1617,6 +1617,18 @@ fn remove_unreached_rows(
 }
 
 /// The comparison key of a related value (text as is, numbers as written).
+/// The key under which the values a related-rows rule was settled for are
+/// kept in `_fs_related_seen` (the sync's settling and
+/// [`Store::unsee_related`] must agree on it).
+pub(crate) fn related_rule_key(
+    table: &str,
+    column: &str,
+    other: &str,
+    foreign_column: &str,
+) -> String {
+    format!("{table}.{column}<-{other}.{foreign_column}")
+}
+
 fn value_key(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,

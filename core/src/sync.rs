@@ -26,7 +26,7 @@ use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
 use crate::profile::{RowRule, SyncProfile, SyncTable};
 use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, PullPage, codes};
-use crate::store::Store;
+use crate::store::{Store, related_rule_key};
 use crate::value::Value;
 
 /// Runs a sync of all tables (`None`) or of the named ones.
@@ -129,12 +129,6 @@ async fn run_inner(
     let settled = settle_related(engine, report).await;
     debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "related rows settled");
     settled
-}
-
-/// The key under which the values a related-rows rule was settled for are kept.
-/// (The same key is built by [`Store::unsee_related`].)
-fn related_rule_key(table: &str, column: &str, other: &str, foreign_column: &str) -> String {
-    format!("{table}.{column}<-{other}.{foreign_column}")
 }
 
 /// Fetches related rows that arrived without a change of their own, then
