@@ -30,6 +30,8 @@ use crate::protocol::{
 };
 use crate::value::{Record, Value};
 
+mod settle;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS _fs_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS _fs_settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS _fs_tables (
     received_rows INTEGER NOT NULL DEFAULT 0,
     last_sync_at INTEGER,
     last_attempt_at INTEGER,
-    last_error TEXT
+    last_error TEXT,
+    settle_all INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS _fs_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,11 +58,6 @@ CREATE TABLE IF NOT EXISTS _fs_outbox (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS _fs_outbox_row ON _fs_outbox (tbl, row_id);
-CREATE TABLE IF NOT EXISTS _fs_related_seen (
-    rule TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (rule, value)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _fs_sync_errors (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -348,8 +346,10 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let writer = open_connection(path)?;
+        let mut writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
+        writer.execute_batch(settle::SCHEMA)?;
+        settle::upgrade(&mut writer)?;
         let reader = open_connection(path)?;
         Ok(Store {
             path: path.to_owned(),
@@ -467,6 +467,9 @@ impl Store {
         });
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Triggers and settle indexes name columns; they come back below
+        // and at the next settling.
+        settle::drop_triggers(&tx)?;
         for table in &new.tables {
             let before = old.as_ref().and_then(|p| p.table(&table.name));
             match before {
@@ -495,6 +498,7 @@ impl Store {
                         ))?;
                         tx.execute_batch(&create_table_sql(table))?;
                     } else {
+                        settle::drop_indexes(&tx, &table.name)?;
                         for c in &before.columns {
                             if table.column(&c.name).is_none() {
                                 tx.execute_batch(&format!(
@@ -557,6 +561,10 @@ impl Store {
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [serde_json::to_string(new)?],
         )?;
+        settle::install_triggers(&tx, new)?;
+        // A new profile can change what reaches any row: the next settling
+        // evaluates every row.
+        tx.execute("UPDATE _fs_tables SET settle_all = 1", [])?;
         tx.commit()?;
         Ok(change)
     }
@@ -644,6 +652,20 @@ impl Store {
             let table_has_pending = tx
                 .prepare_cached("SELECT 1 FROM _fs_outbox WHERE tbl = ?1 LIMIT 1")?
                 .exists([&table.name])?;
+            // Rows written over a settled table are evaluated again at the
+            // next settling; a table being downloaded whole is evaluated
+            // whole (see `settle`).
+            let track: bool = tx
+                .query_row(
+                    "SELECT initial_done AND NOT settle_all FROM _fs_tables WHERE name = ?1",
+                    [&table.name],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
+            let mut track_row = tx.prepare_cached(
+                "INSERT OR IGNORE INTO _fs_settle_rows (tbl, row_id) VALUES (?1, ?2)",
+            )?;
             {
                 let cols: Vec<String> = page.columns[1..].iter().map(|c| quote_ident(c)).collect();
                 let placeholders: Vec<String> =
@@ -700,6 +722,9 @@ impl Store {
                         }
                     }
                     insert.raw_execute()?;
+                    if track {
+                        track_row.execute(params![table.name, id])?;
+                    }
                     applied.upserted += 1;
                 }
             }
@@ -712,6 +737,7 @@ impl Store {
                     applied.removed += 1;
                 }
             }
+            drop(track_row);
             let Some(now) = now else {
                 tx.commit()?;
                 return Ok(applied);
@@ -723,7 +749,8 @@ impl Store {
                     expected_rows = COALESCE(?4, expected_rows),
                     initial_done = CASE WHEN ?5 THEN 1 ELSE initial_done END,
                     last_sync_at = CASE WHEN ?5 THEN ?6 ELSE last_sync_at END,
-                    last_attempt_at = ?6, last_error = NULL
+                    last_attempt_at = ?6, last_error = NULL,
+                    settle_all = CASE WHEN initial_done THEN settle_all ELSE 1 END
                  WHERE name = ?1",
                 params![
                     table.name,
@@ -756,7 +783,7 @@ impl Store {
     /// longer recognises its cursor, for example after a restore).
     pub fn restart_table(&self, table: &str) -> Result<()> {
         lock(&self.writer).execute(
-            "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0 WHERE name = ?1",
+            "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0, settle_all = 1 WHERE name = ?1",
             [table],
         )?;
         Ok(())
@@ -844,6 +871,9 @@ impl Store {
             )));
         }
         data.remove(&table.primary_key);
+        // New related values (a booking written for another work order)
+        // have their related rows fetched at the next settling.
+        let profile = self.profile()?;
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current = read_row(&tx, table, id)?;
@@ -866,6 +896,9 @@ impl Store {
                     fields.entry(c.name.clone()).or_insert(Value::Null);
                 }
                 upsert_row(&tx, table, &fields, 0)?;
+                if let Some(p) = &profile {
+                    settle::queue_related_row(&tx, p, table, &fields)?;
+                }
                 Some(Record {
                     table: table.name.clone(),
                     id: id.to_owned(),
@@ -879,6 +912,9 @@ impl Store {
                     fields.insert(k.clone(), v.clone());
                 }
                 upsert_row(&tx, table, &fields, version)?;
+                if let Some(p) = &profile {
+                    settle::queue_related_row(&tx, p, table, &fields)?;
+                }
                 Some(Record {
                     table: table.name.clone(),
                     id: id.to_owned(),
@@ -1100,6 +1136,7 @@ impl Store {
                     }
                     fields.insert(table.primary_key.clone(), Value::Text(m.id.clone()));
                     upsert_row(&tx, table, &fields, result.version)?;
+                    settle::queue_related_row(&tx, profile, table, &fields)?;
                 }
                 None => {
                     delete_row(&tx, table, &m.id)?;
@@ -1149,173 +1186,25 @@ impl Store {
     /// from the device's own tables, in dependency order). A row with a
     /// pending local change is never removed here: it stays, and still
     /// selects its related rows, until the server's result for the change
-    /// settles it. Returns the removed rows per table. One transaction.
+    /// settles it. Only rows that may have changed their answer since the
+    /// last settling are evaluated (see the `settle` module). Returns the
+    /// removed rows per table. One transaction.
     pub fn remove_unreached(&self, profile: &SyncProfile, now: i64) -> Result<Vec<(String, u64)>> {
         let ctx = profile.filter_context(now);
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Tables are settled in dependency order and each table's doomed rows
-        // are deleted before the next table, so the rows a related table
-        // still holds are exactly the rows that stay: a related rule is
-        // checked against them directly (in SQL when the values compare as
-        // text), and no set of reached values is kept in memory.
-        let mut settled: BTreeSet<&str> = BTreeSet::new();
-        let mut out = Vec::new();
-        for table in profile.tables_in_dependency_order() {
-            let removed = match related_only_sql(profile, table, &settled) {
-                Some(reached) => {
-                    let sql = format!(
-                        "DELETE FROM {t} WHERE {pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
-                        t = quote_ident(&table.name),
-                        pk = quote_ident(&table.primary_key),
-                    );
-                    tx.execute(&sql, [&table.name])? as u64
-                }
-                None => remove_unreached_rows(&tx, profile, table, &settled, &ctx)?,
-            };
-            settled.insert(table.name.as_str());
-            out.push((table.name.clone(), removed));
-        }
+        let out = settle::remove_unreached(&tx, profile, &ctx)?;
         tx.commit()?;
         Ok(out)
     }
 
-    /// Related values of `other.foreign_column` that were not yet fetched
-    /// for `rule` (see [`Store::record_related_seen`]), computed in SQL when
-    /// the values compare as text; `None` when the caller must compare
-    /// [`Store::column_values`] with [`Store::related_seen`] itself.
-    pub fn new_related_values(
-        &self,
-        other: &SyncTable,
-        foreign_column: &str,
-        rule: &str,
-    ) -> Result<Option<Vec<String>>> {
-        if !other
-            .column(foreign_column)
-            .is_some_and(|c| text_like(c.kind))
-        {
-            return Ok(None);
-        }
-        let conn = lock(&self.reader);
-        let sql = format!(
-            "SELECT DISTINCT {c} FROM {t} WHERE {c} IS NOT NULL
-               AND {c} NOT IN (SELECT value FROM _fs_related_seen WHERE rule = ?1)",
-            c = quote_ident(foreign_column),
-            t = quote_ident(&other.name)
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query([rule])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            if let Some(k) = value_key(&Value::from_sql(r.get_ref(0)?, ColumnKind::Text)) {
-                out.push(k);
-            }
-        }
-        Ok(Some(out))
-    }
-
-    /// Records, per related-rows rule (`key`, related table, foreign
-    /// column), the related values now settled: the distinct values the
-    /// related table holds. Rules not listed are forgotten. The sets are
-    /// computed and updated in SQL (only the differences are written) when
-    /// the values compare as text.
-    pub fn record_related_seen(&self, rules: &[(String, &SyncTable, &str)]) -> Result<()> {
-        let mut fallback: Vec<(String, BTreeSet<String>)> = Vec::new();
-        for (key, other, column) in rules {
-            if !other.column(column).is_some_and(|c| text_like(c.kind)) {
-                fallback.push((key.clone(), self.column_values(other, column)?));
-            }
-        }
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let known: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT DISTINCT rule FROM _fs_related_seen")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        for rule in known {
-            if !rules.iter().any(|(k, _, _)| *k == rule) {
-                tx.execute("DELETE FROM _fs_related_seen WHERE rule = ?1", [&rule])?;
-            }
-        }
-        for (key, other, column) in rules {
-            if fallback.iter().any(|(k, _)| k == key) {
-                continue;
-            }
-            let (c, t) = (quote_ident(column), quote_ident(&other.name));
-            tx.execute(
-                &format!(
-                    "DELETE FROM _fs_related_seen WHERE rule = ?1
-                       AND value NOT IN (SELECT {c} FROM {t} WHERE {c} IS NOT NULL)"
-                ),
-                [key],
-            )?;
-            tx.execute(
-                &format!(
-                    "INSERT OR IGNORE INTO _fs_related_seen (rule, value)
-                       SELECT DISTINCT ?1, {c} FROM {t} WHERE {c} IS NOT NULL"
-                ),
-                [key],
-            )?;
-        }
-        for (rule, values) in &fallback {
-            tx.execute("DELETE FROM _fs_related_seen WHERE rule = ?1", [rule])?;
-            let mut stmt =
-                tx.prepare_cached("INSERT INTO _fs_related_seen (rule, value) VALUES (?1, ?2)")?;
-            for v in values {
-                stmt.execute(params![rule, v])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Distinct non-null values of a column over the local rows, in the
-    /// key form used to compare related values.
-    pub fn column_values(&self, table: &SyncTable, column: &str) -> Result<BTreeSet<String>> {
-        let kind = table
-            .column(column)
-            .ok_or_else(|| Error::UnknownColumn {
-                table: table.name.clone(),
-                column: column.to_owned(),
-            })?
-            .kind;
-        let conn = lock(&self.reader);
-        let sql = format!(
-            "SELECT DISTINCT {c} FROM {t} WHERE {c} IS NOT NULL",
-            c = quote_ident(column),
-            t = quote_ident(&table.name)
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query([])?;
-        let mut out = BTreeSet::new();
-        while let Some(r) = rows.next()? {
-            if let Some(k) = value_key(&Value::from_sql(r.get_ref(0)?, kind)) {
-                out.insert(k);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Related values whose rows were already fetched for a related-rows
-    /// rule (see [`Store::record_related_seen`]).
-    pub fn related_seen(&self, rule: &str) -> Result<BTreeSet<String>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare_cached("SELECT value FROM _fs_related_seen WHERE rule = ?1")?;
-        let rows = stmt.query_map([rule], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Forgets, for every related-rows rule that reaches through `table`,
-    /// that the related values of these incoming rows were settled, so the
-    /// next settling fetches their related rows again. Called before rows of
-    /// `table` (pulled or fetched) are written: a row that arrives changed
-    /// may have left and re-entered the profile on the server since its
-    /// related rows were last fetched (a booking deactivated, then
-    /// reactivated), and a fetch made meanwhile may have found nothing.
-    /// Related tables not yet downloaded whole are skipped: their download
-    /// selects everything anyway.
-    pub fn unsee_related(
+    /// Queues the related values of rows about to be written to `table`
+    /// (pulled or fetched), so their related rows are fetched at the next
+    /// settling: a row that arrives changed may have left and re-entered
+    /// the profile on the server since its related rows were last fetched
+    /// (a booking deactivated, then reactivated), and a fetch made meanwhile
+    /// may have found nothing.
+    pub fn queue_related(
         &self,
         profile: &SyncProfile,
         table: &SyncTable,
@@ -1325,52 +1214,44 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut forget: Vec<(String, Vec<String>)> = Vec::new();
-        for child in &profile.tables {
-            for rule in &child.rules {
-                let RowRule::Related {
-                    table: other,
-                    column,
-                    foreign_column,
-                } = rule
-                else {
-                    continue;
-                };
-                if other != &table.name {
-                    continue;
-                }
-                let Some(i) = columns.iter().position(|c| c == foreign_column) else {
-                    continue;
-                };
-                if !self.table_state(&child.name).is_ok_and(|s| s.initial_done) {
-                    continue;
-                }
-                let values: BTreeSet<String> = rows
-                    .iter()
-                    .filter_map(|r| r.get(i).and_then(value_key))
-                    .collect();
-                if !values.is_empty() {
-                    let key = related_rule_key(&child.name, column, other, foreign_column);
-                    forget.push((key, values.into_iter().collect()));
-                }
-            }
-        }
-        if forget.is_empty() {
-            return Ok(());
-        }
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "DELETE FROM _fs_related_seen WHERE rule = ?1 AND value IN (SELECT value FROM json_each(?2))",
-            )?;
-            for (rule, values) in &forget {
-                let list = serde_json::to_string(values)
-                    .map_err(|e| Error::Internal(format!("related values: {e}")))?;
-                stmt.execute(params![rule, list])?;
+        settle::queue_related(&tx, profile, &table.name, columns, rows)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The related values queued for the related-rows rule `rule` (see
+    /// [`related_rule_key`]) that `other.foreign_column` still holds, in
+    /// order; queued values no local row holds any more are dropped.
+    pub fn take_related_pending(
+        &self,
+        rule: &str,
+        other: &SyncTable,
+        foreign_column: &str,
+    ) -> Result<Vec<String>> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = settle::take_pending(&tx, rule, other, foreign_column)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Takes related values out of a rule's queue (their rows were fetched,
+    /// or the rule's table was downloaded whole); all of them when `values`
+    /// is `None`.
+    pub fn clear_related_pending(&self, rule: &str, values: Option<&[String]>) -> Result<()> {
+        let conn = lock(&self.writer);
+        match values {
+            Some(values) => {
+                let tx = conn.unchecked_transaction()?;
+                settle::clear_pending(&tx, rule, values)?;
+                tx.commit()?;
+            }
+            None => {
+                conn.execute("DELETE FROM _fs_related_pending WHERE rule = ?1", [rule])?;
             }
         }
-        tx.commit()?;
         Ok(())
     }
 
@@ -1422,7 +1303,8 @@ impl Store {
         }
         tx.execute_batch(
             "DELETE FROM _fs_outbox; DELETE FROM _fs_tables; DELETE FROM _fs_sync_errors;
-             DELETE FROM _fs_meta WHERE key <> 'device_id';",
+             DELETE FROM _fs_meta WHERE key <> 'device_id';
+             DELETE FROM _fs_related_pending; DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost;",
         )?;
         tx.commit()?;
         conn.execute_batch("VACUUM")?;
@@ -1570,6 +1452,7 @@ fn remove_unreached_rows(
         select_columns(table),
         quote_ident(&table.name)
     );
+    let own_rules = settle::OwnRules::new(table, ctx);
     let mut doomed = Vec::new();
     {
         let mut stmt = tx.prepare(&sql)?;
@@ -1580,7 +1463,7 @@ fn remove_unreached_rows(
                 continue;
             };
             let stays = pending.contains(id)
-                || table.rules.iter().any(|rule| match rule {
+                || table.rules.iter().enumerate().any(|(i, rule)| match rule {
                     RowRule::Related {
                         table: other,
                         column,
@@ -1594,7 +1477,7 @@ fn remove_unreached_rows(
                                 .is_some_and(|set| set.contains(&k))
                         }
                     }),
-                    other => table.own_rule_matches(other, &fields, ctx),
+                    _ => own_rules.matches(i, &fields),
                 });
             if stays {
                 for (c, set) in own.iter_mut() {

@@ -2,15 +2,17 @@
 //! download each table from its cursor in pages (C3, C4), then settle
 //! related rows and remove what no longer belongs on the device (C4).
 //!
-//! Settling related rows: for each related-rows rule, the values of the
-//! related column that the device did not hold after its last settled run
-//! (a new booking's work order id, a new work order's id) are fetched with
-//! `POST /v1/sync/fetch` (the server returns only rows the user's rules
+//! Settling related rows: for each related-rows rule, the related values
+//! queued since the last settled run (the work order id of a booking that
+//! arrived or was written, the id of a work order that arrived) are fetched
+//! with `POST /v1/sync/fetch` (the server returns only rows the user's rules
 //! select), in dependency order so a fetched work order brings its incidents.
-//! Then every local row is evaluated against its table's rules at the
-//! engine's clock, following related rows through the device's own tables,
-//! and rows no longer reached are removed (rows with pending local changes
-//! stay until the server settles them).
+//! Then the local rows that may have stopped being reached (rows written
+//! since, rows whose related row is gone, every row of a table downloaded
+//! whole or whose date window moved) are evaluated against their table's
+//! rules at the engine's clock, following related rows through the device's
+//! own tables, and rows no longer reached are removed (rows with pending
+//! local changes stay until the server settles them). See `store::settle`.
 //!
 //! Upload comes before download so the server settles every local change
 //! (applied, conflict or rejected) before rows are pulled over it. Each page is applied
@@ -156,26 +158,16 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
             let Some(other_table) = profile.table(other) else {
                 continue;
             };
+            let key = related_rule_key(&table.name, column, other, foreign_column);
             // A table downloaded from scratch in this run already holds
             // every row its rules select.
             if downloaded_whole.contains(&table.name) {
+                engine.store.clear_related_pending(&key, None)?;
                 continue;
             }
-            let key = related_rule_key(&table.name, column, other, foreign_column);
-            let new: Vec<String> =
-                match engine
-                    .store
-                    .new_related_values(other_table, foreign_column, &key)?
-                {
-                    Some(new) => new,
-                    None => {
-                        let now_values = engine.store.column_values(other_table, foreign_column)?;
-                        let seen = engine.store.related_seen(&key)?;
-                        now_values.difference(&seen).cloned().collect()
-                    }
-                };
-            let mut new = new;
-            new.sort();
+            let new = engine
+                .store
+                .take_related_pending(&key, other_table, foreign_column)?;
             if new.is_empty() {
                 continue;
             }
@@ -190,6 +182,7 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
                     .filter_map(|k| related_value(k, kind))
                     .collect();
                 if values.is_empty() {
+                    engine.store.clear_related_pending(&key, Some(chunk))?;
                     continue;
                 }
                 let response = engine
@@ -207,9 +200,13 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
                 let t = table.clone();
                 let fetched = response.value;
                 let p = profile.clone();
+                let done: Vec<String> = chunk.to_vec();
+                let rule = key.clone();
                 let written = tokio::task::spawn_blocking(move || {
-                    store.unsee_related(&p, &t, &fetched.columns, &fetched.rows)?;
-                    store.apply_fetched(&t, &fetched.columns, &fetched.rows)
+                    store.queue_related(&p, &t, &fetched.columns, &fetched.rows)?;
+                    let written = store.apply_fetched(&t, &fetched.columns, &fetched.rows)?;
+                    store.clear_related_pending(&rule, Some(&done))?;
+                    Ok::<_, Error>(written)
                 })
                 .await
                 .map_err(|e| Error::Internal(format!("store task: {e}")))??;
@@ -231,25 +228,6 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
             table_report(report, &table).rows_removed += n;
         }
     }
-    // Remember, per related rule, the values now settled.
-    let mut rules = Vec::new();
-    for table in &profile.tables {
-        for rule in &table.rules {
-            if let RowRule::Related {
-                table: other,
-                column,
-                foreign_column,
-            } = rule
-                && let Some(other_table) = profile.table(other)
-            {
-                let key = related_rule_key(&table.name, column, other, foreign_column);
-                rules.push((key, other_table, foreign_column.as_str()));
-            }
-        }
-    }
-    let timer = std::time::Instant::now();
-    engine.store.record_related_seen(&rules)?;
-    debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "related values recorded");
     Ok(())
 }
 
@@ -431,7 +409,7 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
         let profile = engine.profile();
         let applied = match tokio::task::spawn_blocking(move || {
             if let Some(p) = &profile {
-                store.unsee_related(p, &t, &page_for_store.columns, &page_for_store.rows)?;
+                store.queue_related(p, &t, &page_for_store.columns, &page_for_store.rows)?;
             }
             store.apply_page(&t, &page_for_store, now)
         })

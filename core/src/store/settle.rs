@@ -1,0 +1,628 @@
+//! Settling (C4), incrementally: which related rows to fetch, and which
+//! local rows the offline profile no longer reaches.
+//!
+//! A sync used to evaluate every local row after its pulls and to compare
+//! every related value with the set it had settled last time: O(rows) per
+//! sync, seconds at a million rows, whatever the number of changes. Here a
+//! sync only looks at what changed since the last settled run:
+//!
+//! - `_fs_related_pending (rule, value)`: related values whose rows must be
+//!   fetched (`POST /v1/sync/fetch`). Values of rows that arrive (pulled,
+//!   fetched, written locally, or taken from a push result) are queued for
+//!   every related-rows rule that reads them; a value leaves the queue when
+//!   its fetch is applied, or when no local row holds it any more.
+//! - `_fs_settle_rows (tbl, row_id)`: rows to evaluate again. Rows written
+//!   by an incremental pull or a fetch are listed by the page apply, and a
+//!   trigger on `_fs_outbox` lists a row whose pending change leaves (a row
+//!   with a pending change is never removed, so it is checked when it stops
+//!   being pending).
+//! - `_fs_settle_lost (tbl, col, value)`: related values a table lost.
+//!   Triggers (one pair per related table and column a rule reads, installed
+//!   with the profile) record the old value of every deleted row and of
+//!   every update that changes the column. The rows of the tables that
+//!   depend on a lost value, which the related table no longer holds, are
+//!   evaluated again; removing them records their own lost values, so the
+//!   removal cascades in dependency order within one pass.
+//! - `_fs_tables.settle_all`: evaluate every row of the table (a table being
+//!   downloaded from scratch, or after a profile change or an upgrade).
+//!   Tables whose filters read the clock are evaluated whole when the local
+//!   day changed since the last settled run (`_fs_meta.settle_day`): relative
+//!   dates move by whole days.
+//!
+//! Inserts fire no trigger, so a bulk download pays nothing for this.
+//! Indexes on the columns related rules compare (`incidents.work_order_id`,
+//! `bookings.work_order_id`) are created the first time an incremental pass
+//! needs them, after the bulk load, where building them is a sort.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    delete_row, distinct_keys, has_pending, read_row, related_only_sql, related_rule_key,
+    remove_unreached_rows, text_like, value_key,
+};
+use crate::error::{Error, Result};
+use crate::filter::{Cond, FilterContext};
+use crate::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
+use crate::value::Value;
+
+/// The settle state tables, created with the store.
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS _fs_related_pending (
+    rule TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (rule, value)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _fs_settle_rows (
+    tbl TEXT NOT NULL,
+    row_id TEXT NOT NULL,
+    PRIMARY KEY (tbl, row_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _fs_settle_lost (
+    tbl TEXT NOT NULL,
+    col TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (tbl, col, value)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS _fs_outbox_settle AFTER DELETE ON _fs_outbox BEGIN
+    INSERT OR IGNORE INTO _fs_settle_rows (tbl, row_id) VALUES (old.tbl, old.row_id);
+END;
+"#;
+
+const TRIGGER_PREFIX: &str = "_fs_lost_";
+
+/// The (related table, column) pairs the profile's related-rows rules read.
+fn related_sources(profile: &SyncProfile) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for table in &profile.tables {
+        for rule in &table.rules {
+            if let RowRule::Related {
+                table: other,
+                foreign_column,
+                ..
+            } = rule
+                && profile
+                    .table(other)
+                    .is_some_and(|o| o.column(foreign_column).is_some())
+            {
+                out.insert((other.clone(), foreign_column.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn object_names(conn: &Connection, kind: &str, prefix: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = ?1 AND substr(name, 1, length(?2)) = ?2",
+    )?;
+    let rows = stmt.query_map(params![kind, prefix], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Drops the lost-value triggers (before columns are altered or tables
+/// dropped; [`install_triggers`] puts them back).
+pub(super) fn drop_triggers(conn: &Connection) -> Result<()> {
+    for name in object_names(conn, "trigger", TRIGGER_PREFIX)? {
+        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(&name)))?;
+    }
+    Ok(())
+}
+
+/// Installs the lost-value triggers for `profile` (replacing any).
+/// Identifiers are checked profile names (`[a-z0-9_]`), quoted here.
+pub(super) fn install_triggers(conn: &Connection, profile: &SyncProfile) -> Result<()> {
+    drop_triggers(conn)?;
+    for (i, (table, column)) in related_sources(profile).iter().enumerate() {
+        let (t, c) = (quote_ident(table), quote_ident(column));
+        let insert = format!(
+            "INSERT OR IGNORE INTO _fs_settle_lost (tbl, col, value) VALUES ('{table}', '{column}', CAST(old.{c} AS TEXT));"
+        );
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER {name_d} AFTER DELETE ON {t} WHEN old.{c} IS NOT NULL BEGIN {insert} END;
+             CREATE TRIGGER {name_u} AFTER UPDATE OF {c} ON {t}
+               WHEN old.{c} IS NOT NULL AND old.{c} IS NOT new.{c} BEGIN {insert} END;",
+            name_d = quote_ident(&format!("{TRIGGER_PREFIX}{i}_d")),
+            name_u = quote_ident(&format!("{TRIGGER_PREFIX}{i}_u")),
+        ))?;
+    }
+    Ok(())
+}
+
+/// True when the installed triggers match `profile`.
+fn triggers_installed(conn: &Connection, profile: &SyncProfile) -> Result<bool> {
+    Ok(object_names(conn, "trigger", TRIGGER_PREFIX)?.len() == 2 * related_sources(profile).len())
+}
+
+/// Drops the settle indexes of `table` (before its columns change; they are
+/// created again when needed).
+pub(super) fn drop_indexes(conn: &Connection, table: &str) -> Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND substr(name, 1, 7) = '_fs_ix_'",
+    )?;
+    let names: Vec<String> = stmt
+        .query_map([table], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for name in names {
+        conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", quote_ident(&name)))?;
+    }
+    Ok(())
+}
+
+/// Creates, if missing, an index on `table.column` (nothing for the primary
+/// key). The name carries the table name's length, so no two pairs share it.
+fn ensure_index(conn: &Connection, table: &SyncTable, column: &str) -> Result<()> {
+    if column == table.primary_key {
+        return Ok(());
+    }
+    let name = format!("_fs_ix_{}_{}_{}", table.name.len(), table.name, column);
+    conn.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+        quote_ident(&name),
+        quote_ident(&table.name),
+        quote_ident(column)
+    ))?;
+    Ok(())
+}
+
+/// Brings a store written by an earlier version up to date: the
+/// `settle_all` column, the lost-value triggers, and the related values
+/// still to fetch (from the old `_fs_related_seen` sets). Writes nothing
+/// when the store is current, so a store on a full disk still opens.
+pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
+    let has_settle_all = conn
+        .prepare("SELECT 1 FROM pragma_table_info('_fs_tables') WHERE name = 'settle_all'")?
+        .exists([])?;
+    let has_seen = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_fs_related_seen'")?
+        .exists([])?;
+    let profile: Option<SyncProfile> = conn
+        .query_row(
+            "SELECT value FROM _fs_meta WHERE key = 'profile'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| Error::Storage(format!("corrupt stored profile: {e}")))
+        })
+        .transpose()?;
+    let triggers_ok = match &profile {
+        Some(p) => triggers_installed(conn, p)?,
+        None => true,
+    };
+    if has_settle_all && !has_seen && triggers_ok {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if has_settle_all {
+        tx.execute("UPDATE _fs_tables SET settle_all = 1", [])?;
+    } else {
+        tx.execute_batch(
+            "ALTER TABLE _fs_tables ADD COLUMN settle_all INTEGER NOT NULL DEFAULT 1",
+        )?;
+    }
+    if let Some(profile) = &profile {
+        if has_seen {
+            // The values held now that were not settled: still to fetch.
+            for table in &profile.tables {
+                for rule in &table.rules {
+                    let RowRule::Related {
+                        table: other,
+                        column,
+                        foreign_column,
+                    } = rule
+                    else {
+                        continue;
+                    };
+                    let Some(other_table) = profile.table(other) else {
+                        continue;
+                    };
+                    let key = related_rule_key(&table.name, column, other, foreign_column);
+                    let seen: BTreeSet<String> = {
+                        let mut stmt =
+                            tx.prepare("SELECT value FROM _fs_related_seen WHERE rule = ?1")?;
+                        let rows = stmt.query_map([&key], |r| r.get::<_, String>(0))?;
+                        rows.collect::<rusqlite::Result<_>>()?
+                    };
+                    let held = distinct_keys(&tx, other_table, foreign_column)?;
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
+                    )?;
+                    for v in held.difference(&seen) {
+                        insert.execute(params![key, v])?;
+                    }
+                }
+            }
+        }
+        install_triggers(&tx, profile)?;
+    }
+    if has_seen {
+        tx.execute_batch("DROP TABLE _fs_related_seen")?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Queues, for every related-rows rule that reads `table`, the related
+/// values of these rows, so their related rows are fetched: rows that
+/// arrive or change may have (re)entered the profile with related rows the
+/// device does not hold (a booking deactivated, then reactivated, while a
+/// fetch made in between found nothing for its work order). Rules whose
+/// table has not finished its first download are skipped: that download
+/// selects everything anyway.
+pub(super) fn queue_related(
+    conn: &Connection,
+    profile: &SyncProfile,
+    table: &str,
+    columns: &[String],
+    rows: &[Vec<Value>],
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    for child in &profile.tables {
+        for rule in &child.rules {
+            let RowRule::Related {
+                table: other,
+                column,
+                foreign_column,
+            } = rule
+            else {
+                continue;
+            };
+            if other != table {
+                continue;
+            }
+            let Some(i) = columns.iter().position(|c| c == foreign_column) else {
+                continue;
+            };
+            let initial_done: bool = conn
+                .query_row(
+                    "SELECT initial_done FROM _fs_tables WHERE name = ?1",
+                    [&child.name],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if !initial_done {
+                continue;
+            }
+            let key = related_rule_key(&child.name, column, other, foreign_column);
+            let mut insert = conn.prepare_cached(
+                "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
+            )?;
+            for v in rows.iter().filter_map(|r| r.get(i).and_then(value_key)) {
+                insert.execute(params![key, v])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`queue_related`] for one row given as a map.
+pub(super) fn queue_related_row(
+    conn: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    fields: &BTreeMap<String, Value>,
+) -> Result<()> {
+    let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+    let row: Vec<Value> = table
+        .columns
+        .iter()
+        .map(|c| fields.get(&c.name).cloned().unwrap_or(Value::Null))
+        .collect();
+    queue_related(conn, profile, &table.name, &columns, &[row])
+}
+
+/// The queued values of a rule that `other` still holds, in order; values
+/// it no longer holds leave the queue.
+pub(super) fn take_pending(
+    conn: &Connection,
+    key: &str,
+    other: &SyncTable,
+    foreign_column: &str,
+) -> Result<Vec<String>> {
+    let queued: Vec<String> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT value FROM _fs_related_pending WHERE rule = ?1 ORDER BY value",
+        )?;
+        let rows = stmt.query_map([key], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    if queued.is_empty() {
+        return Ok(queued);
+    }
+    // Whether `other` holds the value: an index lookup when the values
+    // compare as text, else the column's keys computed once.
+    let (lookup, keys) = if other
+        .column(foreign_column)
+        .is_some_and(|c| text_like(c.kind))
+    {
+        ensure_index(conn, other, foreign_column)?;
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE {} = ?1 LIMIT 1",
+            quote_ident(&other.name),
+            quote_ident(foreign_column)
+        );
+        (Some(sql), BTreeSet::new())
+    } else {
+        (None, distinct_keys(conn, other, foreign_column)?)
+    };
+    let mut out = Vec::with_capacity(queued.len());
+    let mut gone = Vec::new();
+    for v in queued {
+        let held = match &lookup {
+            Some(sql) => conn.prepare_cached(sql)?.exists([&v])?,
+            None => keys.contains(&v),
+        };
+        if held {
+            out.push(v);
+        } else {
+            gone.push(v);
+        }
+    }
+    clear_pending(conn, key, &gone)?;
+    Ok(out)
+}
+
+/// Takes values out of a rule's queue.
+pub(super) fn clear_pending(conn: &Connection, key: &str, values: &[String]) -> Result<()> {
+    let mut stmt =
+        conn.prepare_cached("DELETE FROM _fs_related_pending WHERE rule = ?1 AND value = ?2")?;
+    for v in values {
+        stmt.execute(params![key, v])?;
+    }
+    Ok(())
+}
+
+/// Removes the rows the profile no longer reaches, in one transaction (the
+/// caller's), and resets the settle state. See the module documentation.
+pub(super) fn remove_unreached(
+    tx: &Connection,
+    profile: &SyncProfile,
+    ctx: &FilterContext,
+) -> Result<Vec<(String, u64)>> {
+    let today = ctx.today().to_string();
+    let day_changed = tx
+        .query_row(
+            "SELECT value FROM _fs_meta WHERE key = 'settle_day'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .is_none_or(|d| d != today);
+    let whole: BTreeSet<String> = {
+        let mut stmt = tx.prepare("SELECT name FROM _fs_tables WHERE settle_all")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    // Tables are settled in dependency order and each table's doomed rows
+    // are deleted before the next table, so the rows a related table still
+    // holds are exactly the rows that stay.
+    let mut settled: BTreeSet<&str> = BTreeSet::new();
+    let mut out = Vec::new();
+    for table in profile.tables_in_dependency_order() {
+        let full = whole.contains(&table.name)
+            || (day_changed && table.uses_clock())
+            || !incremental(profile, table, &settled);
+        let removed = if full {
+            remove_all_unreached(tx, profile, table, &settled, ctx)?
+        } else {
+            remove_candidates(tx, profile, table, ctx)?
+        };
+        settled.insert(table.name.as_str());
+        out.push((table.name.clone(), removed));
+    }
+    tx.execute_batch(
+        "DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost; UPDATE _fs_tables SET settle_all = 0;",
+    )?;
+    tx.execute(
+        "INSERT INTO _fs_meta (key, value) VALUES ('settle_day', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [&today],
+    )?;
+    // Queued values of rules the profile no longer has.
+    let keys: Vec<String> = profile
+        .tables
+        .iter()
+        .flat_map(|t| {
+            t.rules.iter().filter_map(|r| match r {
+                RowRule::Related {
+                    table: other,
+                    column,
+                    foreign_column,
+                } => Some(related_rule_key(&t.name, column, other, foreign_column)),
+                _ => None,
+            })
+        })
+        .collect();
+    let list = serde_json::to_string(&keys)?;
+    tx.execute(
+        "DELETE FROM _fs_related_pending WHERE rule NOT IN (SELECT value FROM json_each(?1))",
+        [list],
+    )?;
+    Ok(out)
+}
+
+/// Every related rule of `table` reads another, already settled table
+/// through columns that compare as text: its rows can be checked one by one.
+fn incremental(profile: &SyncProfile, table: &SyncTable, settled: &BTreeSet<&str>) -> bool {
+    table.rules.iter().all(|rule| match rule {
+        RowRule::Related {
+            table: other,
+            column,
+            foreign_column,
+        } => {
+            other != &table.name
+                && settled.contains(other.as_str())
+                && table.column(column).is_some_and(|c| text_like(c.kind))
+                && profile
+                    .table(other)
+                    .and_then(|o| o.column(foreign_column))
+                    .is_some_and(|c| text_like(c.kind))
+        }
+        _ => true,
+    })
+}
+
+/// Evaluates every row of `table`.
+fn remove_all_unreached(
+    tx: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    settled: &BTreeSet<&str>,
+    ctx: &FilterContext,
+) -> Result<u64> {
+    Ok(match related_only_sql(profile, table, settled) {
+        Some(reached) => {
+            let sql = format!(
+                "DELETE FROM {t} WHERE {pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
+                t = quote_ident(&table.name),
+                pk = quote_ident(&table.primary_key),
+            );
+            tx.execute(&sql, [&table.name])? as u64
+        }
+        None => remove_unreached_rows(tx, profile, table, settled, ctx)?,
+    })
+}
+
+/// The table's own rules (all, owned, custom) with custom filters lowered
+/// once for the pass.
+pub(super) struct OwnRules<'a> {
+    table: &'a SyncTable,
+    ctx: &'a FilterContext,
+    lowered: Vec<Option<Cond>>,
+}
+
+impl<'a> OwnRules<'a> {
+    pub(super) fn new(table: &'a SyncTable, ctx: &'a FilterContext) -> Self {
+        let lowered = table
+            .rules
+            .iter()
+            .map(|r| match r {
+                RowRule::Custom { filter } => Some(filter.lower(table, ctx)),
+                _ => None,
+            })
+            .collect();
+        OwnRules {
+            table,
+            ctx,
+            lowered,
+        }
+    }
+
+    /// Whether rule `i` (not a related-rows rule) selects the row.
+    pub(super) fn matches(&self, i: usize, row: &BTreeMap<String, Value>) -> bool {
+        match (&self.table.rules[i], &self.lowered[i]) {
+            (RowRule::Custom { .. }, Some(cond)) => cond.eval(&|c: &str| row.get(c).cloned()),
+            (rule, _) => self.table.own_rule_matches(rule, row, self.ctx),
+        }
+    }
+}
+
+/// Evaluates the rows of `table` that may have stopped being reached: rows
+/// listed in `_fs_settle_rows`, and rows whose related value the related
+/// table lost.
+fn remove_candidates(
+    tx: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    ctx: &FilterContext,
+) -> Result<u64> {
+    let mut ids: BTreeSet<String> = {
+        let mut stmt = tx.prepare_cached("SELECT row_id FROM _fs_settle_rows WHERE tbl = ?1")?;
+        let rows = stmt.query_map([&table.name], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for rule in &table.rules {
+        let RowRule::Related {
+            table: other,
+            column,
+            foreign_column,
+        } = rule
+        else {
+            continue;
+        };
+        let Some(other_table) = profile.table(other) else {
+            continue;
+        };
+        let any_lost = tx
+            .prepare_cached("SELECT 1 FROM _fs_settle_lost WHERE tbl = ?1 AND col = ?2 LIMIT 1")?
+            .exists(params![other, foreign_column])?;
+        if !any_lost {
+            continue;
+        }
+        ensure_index(tx, other_table, foreign_column)?;
+        ensure_index(tx, table, column)?;
+        let sql = format!(
+            "SELECT t.{pk} FROM _fs_settle_lost l JOIN {t} t ON t.{c} = l.value
+              WHERE l.tbl = ?1 AND l.col = ?2
+                AND NOT EXISTS (SELECT 1 FROM {o} WHERE {f} = l.value)",
+            pk = quote_ident(&table.primary_key),
+            t = quote_ident(&table.name),
+            c = quote_ident(column),
+            o = quote_ident(other),
+            f = quote_ident(foreign_column),
+        );
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![other, foreign_column], |r| r.get::<_, String>(0))?;
+        for id in rows {
+            ids.insert(id?);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    for rule in &table.rules {
+        if let RowRule::Related {
+            table: other,
+            foreign_column,
+            ..
+        } = rule
+            && let Some(other_table) = profile.table(other)
+        {
+            ensure_index(tx, other_table, foreign_column)?;
+        }
+    }
+    let own = OwnRules::new(table, ctx);
+    let mut removed = 0;
+    for id in ids {
+        if has_pending(tx, &table.name, &id)? {
+            continue;
+        }
+        let Some((fields, _)) = read_row(tx, table, &id)? else {
+            continue;
+        };
+        let mut stays = false;
+        for (i, rule) in table.rules.iter().enumerate() {
+            stays = match rule {
+                RowRule::Related {
+                    table: other,
+                    column,
+                    foreign_column,
+                } => match fields.get(column).and_then(value_key) {
+                    Some(k) => tx
+                        .prepare_cached(&format!(
+                            "SELECT 1 FROM {} WHERE {} = ?1 LIMIT 1",
+                            quote_ident(other),
+                            quote_ident(foreign_column)
+                        ))?
+                        .exists([k])?,
+                    None => false,
+                },
+                _ => own.matches(i, &fields),
+            };
+            if stays {
+                break;
+            }
+        }
+        if !stays && delete_row(tx, table, &id)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
