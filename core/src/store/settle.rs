@@ -626,3 +626,350 @@ fn remove_candidates(
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use crate::profile::SyncProfile;
+    use crate::protocol::PullPage;
+    use crate::value::Value;
+
+    const DAY: i64 = 86_400_000;
+    /// 2026-11-29T10:00:00Z.
+    const NOW: i64 = 1_795_946_400_000;
+
+    fn profile() -> SyncProfile {
+        serde_json::from_value(serde_json::json!({
+            "name": "p", "version": 1, "user_id": "u1",
+            "tables": [
+                {"name": "bookings", "primary_key": "id", "sync_interval_secs": 60,
+                 "columns": [{"name": "id", "type": "text"}, {"name": "work_order_id", "type": "text"},
+                             {"name": "start_time", "type": "datetime"}],
+                 "rules": [{"kind": "custom", "filter": {"op": "next_days", "column": "start_time", "days": 7}}]},
+                {"name": "work_orders", "primary_key": "id", "sync_interval_secs": 60,
+                 "columns": [{"name": "id", "type": "text"}, {"name": "title", "type": "text"}],
+                 "rules": [{"kind": "related", "table": "bookings", "column": "id", "foreign_column": "work_order_id"}]},
+                {"name": "incidents", "primary_key": "id", "sync_interval_secs": 60,
+                 "columns": [{"name": "id", "type": "text"}, {"name": "work_order_id", "type": "text"}],
+                 "rules": [{"kind": "related", "table": "work_orders", "column": "work_order_id", "foreign_column": "id"}]}
+            ]
+        }))
+        .expect("profile")
+    }
+
+    fn t(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    fn page(table: &str, columns: &[&str], rows: Vec<Vec<Value>>, removed: &[&str]) -> PullPage {
+        PullPage {
+            table: table.into(),
+            profile_version: 1,
+            cursor: "c".into(),
+            has_more: false,
+            total: None,
+            columns: std::iter::once("_version")
+                .chain(columns.iter().copied())
+                .map(String::from)
+                .collect(),
+            rows: rows
+                .into_iter()
+                .map(|r| std::iter::once(Value::Integer(1)).chain(r).collect())
+                .collect(),
+            removed: removed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Two bookings (b1 for w1, b2 for w2), their work orders, an incident
+    /// each, downloaded whole and settled.
+    fn settled_store(dir: &std::path::Path) -> (Store, SyncProfile) {
+        let store = Store::open(&dir.join("d.db")).expect("open");
+        let p = profile();
+        store.apply_profile(&p, NOW).expect("profile");
+        let start = t("2026-11-30T09:00:00Z");
+        for pg in [
+            page(
+                "bookings",
+                &["id", "work_order_id", "start_time"],
+                vec![
+                    vec![t("b1"), t("w1"), start.clone()],
+                    vec![t("b2"), t("w2"), start],
+                ],
+                &[],
+            ),
+            page(
+                "work_orders",
+                &["id", "title"],
+                vec![vec![t("w1"), t("one")], vec![t("w2"), t("two")]],
+                &[],
+            ),
+            page(
+                "incidents",
+                &["id", "work_order_id"],
+                vec![vec![t("i1"), t("w1")], vec![t("i2"), t("w2")]],
+                &[],
+            ),
+        ] {
+            let table = p.table(&pg.table).expect("table").clone();
+            store.apply_page(&table, &pg, NOW).expect("page");
+        }
+        let removed = store.remove_unreached(&p, NOW).expect("settle");
+        assert!(removed.iter().all(|(_, n)| *n == 0), "{removed:?}");
+        (store, p)
+    }
+
+    fn ids(store: &Store, table: &str) -> Vec<String> {
+        store
+            .with_reader(|c| {
+                let mut stmt = c.prepare(&format!("SELECT id FROM {table} ORDER BY id"))?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .expect("ids")
+    }
+
+    #[test]
+    fn a_removed_booking_takes_its_work_order_and_incidents_and_nothing_else_is_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        // A row no change reaches: an incremental pass does not look at it.
+        store
+            .with_writer(|c| {
+                c.execute(
+                    "INSERT INTO incidents (id, work_order_id) VALUES ('stray', 'w9')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .expect("stray");
+        let bookings = p.table("bookings").expect("bookings").clone();
+        store
+            .apply_page(
+                &bookings,
+                &page(
+                    "bookings",
+                    &["id", "work_order_id", "start_time"],
+                    vec![],
+                    &["b1"],
+                ),
+                NOW,
+            )
+            .expect("removal page");
+        let removed = store.remove_unreached(&p, NOW + 1000).expect("settle");
+        assert_eq!(
+            removed,
+            vec![
+                ("bookings".to_string(), 0),
+                ("work_orders".to_string(), 1),
+                ("incidents".to_string(), 1)
+            ]
+        );
+        assert_eq!(ids(&store, "work_orders"), ["w2"]);
+        assert_eq!(ids(&store, "incidents"), ["i2", "stray"]);
+        // A table evaluated whole (here: downloaded again) finds it.
+        store.restart_table("incidents").expect("restart");
+        store.remove_unreached(&p, NOW + 2000).expect("settle");
+        assert_eq!(ids(&store, "incidents"), ["i2"]);
+    }
+
+    #[test]
+    fn a_work_order_kept_by_another_booking_stays() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        let bookings = p.table("bookings").expect("bookings").clone();
+        // b2 now points at w1 as well; b1 leaves.
+        store
+            .apply_page(
+                &bookings,
+                &page(
+                    "bookings",
+                    &["id", "work_order_id", "start_time"],
+                    vec![vec![t("b2"), t("w1"), t("2026-11-30T09:00:00Z")]],
+                    &["b1"],
+                ),
+                NOW,
+            )
+            .expect("page");
+        store.remove_unreached(&p, NOW).expect("settle");
+        assert_eq!(ids(&store, "work_orders"), ["w1"]);
+        assert_eq!(ids(&store, "incidents"), ["i1"]);
+    }
+
+    #[test]
+    fn the_date_window_is_evaluated_again_when_the_day_changes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        store
+            .remove_unreached(&p, NOW + 3_600_000)
+            .expect("same day");
+        assert_eq!(ids(&store, "bookings"), ["b1", "b2"]);
+        // Eight days on, both bookings are in the past: they leave with no
+        // server change, and so does everything they reached.
+        store
+            .remove_unreached(&p, NOW + 8 * DAY)
+            .expect("a week later");
+        assert!(ids(&store, "bookings").is_empty());
+        assert!(ids(&store, "work_orders").is_empty());
+        assert!(ids(&store, "incidents").is_empty());
+    }
+
+    #[test]
+    fn a_row_with_a_pending_change_stays_until_its_change_leaves_the_outbox() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        let incidents = p.table("incidents").expect("incidents").clone();
+        let mut data = std::collections::BTreeMap::new();
+        data.insert("work_order_id".to_string(), t("w9"));
+        store
+            .write(&incidents, "i1", crate::protocol::Op::Update, data, NOW)
+            .expect("write");
+        store.remove_unreached(&p, NOW).expect("settle");
+        assert_eq!(ids(&store, "incidents"), ["i1", "i2"], "pending: kept");
+        let batch = store.take_batch(10).expect("batch");
+        store
+            .apply_push_results(
+                &p,
+                &batch,
+                &[crate::protocol::MutationResult {
+                    idempotency_key: batch[0].mutation.idempotency_key.clone(),
+                    status: crate::protocol::MutationStatus::Applied,
+                    version: 2,
+                    row: None,
+                    error: None,
+                }],
+                NOW,
+            )
+            .expect("results");
+        // Applied, and the server says the row is outside the profile (row:
+        // null): it is gone; a kept row with a value no work order holds
+        // would be checked here too.
+        store.remove_unreached(&p, NOW).expect("settle");
+        assert_eq!(ids(&store, "incidents"), ["i2"]);
+    }
+
+    #[test]
+    fn related_values_are_queued_by_arriving_rows_and_leave_once_fetched() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        let key = crate::store::related_rule_key("work_orders", "id", "bookings", "work_order_id");
+        let bookings = p.table("bookings").expect("bookings").clone();
+        let work_orders = p.table("work_orders").expect("work_orders").clone();
+        assert!(
+            store
+                .take_related_pending(&key, &bookings, "work_order_id")
+                .expect("pending")
+                .is_empty()
+        );
+        let pg = page(
+            "bookings",
+            &["id", "work_order_id", "start_time"],
+            vec![vec![t("b3"), t("w3"), t("2026-11-30T09:00:00Z")]],
+            &[],
+        );
+        store
+            .queue_related(&p, &bookings, &pg.columns, &pg.rows)
+            .expect("queue");
+        // Queued before the page is written: a value no booking holds yet is
+        // dropped, so the page comes first here.
+        store.apply_page(&bookings, &pg, NOW).expect("page");
+        let pending = store
+            .take_related_pending(&key, &bookings, "work_order_id")
+            .expect("pending");
+        assert_eq!(pending, ["w3"]);
+        store
+            .clear_related_pending(&key, Some(&pending))
+            .expect("clear");
+        assert!(
+            store
+                .take_related_pending(&key, &bookings, "work_order_id")
+                .expect("pending")
+                .is_empty()
+        );
+        // The children of a work order that arrives are queued too.
+        let child_key =
+            crate::store::related_rule_key("incidents", "work_order_id", "work_orders", "id");
+        let wo = page(
+            "work_orders",
+            &["id", "title"],
+            vec![vec![t("w3"), t("three")]],
+            &[],
+        );
+        store
+            .queue_related(&p, &work_orders, &wo.columns, &wo.rows)
+            .expect("queue");
+        store.apply_page(&work_orders, &wo, NOW).expect("page");
+        assert_eq!(
+            store
+                .take_related_pending(&child_key, &work_orders, "id")
+                .expect("pending"),
+            ["w3"]
+        );
+    }
+
+    #[test]
+    fn a_store_of_the_previous_version_is_upgraded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("d.db");
+        {
+            let (store, _) = settled_store(dir.path());
+            // What the previous version left: no settle column, no triggers,
+            // and the settled related values in `_fs_related_seen` (w2 was
+            // never fetched for work orders).
+            store
+                .with_writer(|c| {
+                    c.execute_batch(
+                        "DROP TRIGGER _fs_lost_0_d; DROP TRIGGER _fs_lost_0_u;
+                         DROP TRIGGER _fs_lost_1_d; DROP TRIGGER _fs_lost_1_u;
+                         ALTER TABLE _fs_tables DROP COLUMN settle_all;
+                         CREATE TABLE _fs_related_seen (rule TEXT NOT NULL, value TEXT NOT NULL,
+                             PRIMARY KEY (rule, value)) WITHOUT ROWID;
+                         INSERT INTO _fs_related_seen VALUES
+                             ('work_orders.id<-bookings.work_order_id', 'w1'),
+                             ('incidents.work_order_id<-work_orders.id', 'w1'),
+                             ('incidents.work_order_id<-work_orders.id', 'w2');",
+                    )?;
+                    Ok(())
+                })
+                .expect("downgrade");
+        }
+        let store = Store::open(&path).expect("reopen");
+        let p = profile();
+        let bookings = p.table("bookings").expect("bookings").clone();
+        let key = crate::store::related_rule_key("work_orders", "id", "bookings", "work_order_id");
+        assert_eq!(
+            store
+                .take_related_pending(&key, &bookings, "work_order_id")
+                .expect("pending"),
+            ["w2"]
+        );
+        let (triggers, whole): (i64, i64) = store
+            .with_reader(|c| {
+                Ok((
+                    c.query_row(
+                        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE '_fs_lost_%'",
+                        [],
+                        |r| r.get(0),
+                    )?,
+                    c.query_row("SELECT MIN(settle_all) FROM _fs_tables", [], |r| r.get(0))?,
+                ))
+            })
+            .expect("state");
+        assert_eq!((triggers, whole), (4, 1));
+        // A store that is current is left as it is (no full evaluation is
+        // asked for again).
+        store
+            .with_writer(|c| {
+                c.execute("UPDATE _fs_tables SET settle_all = 0", [])?;
+                Ok(())
+            })
+            .expect("settled");
+        drop(store);
+        let store = Store::open(&path).expect("open again");
+        let whole: i64 = store
+            .with_reader(|c| {
+                Ok(c.query_row("SELECT MAX(settle_all) FROM _fs_tables", [], |r| r.get(0))?)
+            })
+            .expect("state");
+        assert_eq!(whole, 0);
+    }
+}
