@@ -5,8 +5,9 @@
 //! the profile's columns and a `_fs_version` column (the server version a row
 //! is based on). Engine state lives in tables prefixed `_fs_`:
 //! `_fs_meta` (device id, profile), `_fs_settings`, `_fs_tables` (per-table
-//! cursor and sync times), `_fs_outbox` (local changes waiting for upload) and
-//! `_fs_sync_errors`.
+//! cursor and sync times), `_fs_outbox` (local changes waiting for upload),
+//! `_fs_sync_errors`, and the settle state (`_fs_related_pending`,
+//! `_fs_settle_rows`, `_fs_settle_lost`; see [`settle`]).
 //!
 //! Invariants kept here:
 //! - a local write and its outbox entry commit in one transaction;
@@ -1501,8 +1502,8 @@ fn remove_unreached_rows(
 
 /// The comparison key of a related value (text as is, numbers as written).
 /// The key under which the values a related-rows rule was settled for are
-/// kept in `_fs_related_seen` (the sync's settling and
-/// [`Store::unsee_related`] must agree on it).
+/// queued in `_fs_related_pending` (the sync's settling and
+/// [`Store::queue_related`] must agree on it).
 pub(crate) fn related_rule_key(
     table: &str,
     column: &str,
