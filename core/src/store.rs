@@ -896,10 +896,10 @@ impl Store {
                 for c in &table.columns {
                     fields.entry(c.name.clone()).or_insert(Value::Null);
                 }
-                upsert_row(&tx, table, &fields, 0)?;
                 if let Some(p) = &profile {
                     settle::queue_related_row(&tx, p, table, &fields)?;
                 }
+                upsert_row(&tx, table, &fields, 0)?;
                 Some(Record {
                     table: table.name.clone(),
                     id: id.to_owned(),
@@ -912,10 +912,10 @@ impl Store {
                 for (k, v) in &data {
                     fields.insert(k.clone(), v.clone());
                 }
-                upsert_row(&tx, table, &fields, version)?;
                 if let Some(p) = &profile {
                     settle::queue_related_row(&tx, p, table, &fields)?;
                 }
+                upsert_row(&tx, table, &fields, version)?;
                 Some(Record {
                     table: table.name.clone(),
                     id: id.to_owned(),
@@ -1136,8 +1136,8 @@ impl Store {
                         fields.insert(c.name.clone(), v);
                     }
                     fields.insert(table.primary_key.clone(), Value::Text(m.id.clone()));
-                    upsert_row(&tx, table, &fields, result.version)?;
                     settle::queue_related_row(&tx, profile, table, &fields)?;
+                    upsert_row(&tx, table, &fields, result.version)?;
                 }
                 None => {
                     delete_row(&tx, table, &m.id)?;
@@ -1199,25 +1199,44 @@ impl Store {
         Ok(out)
     }
 
-    /// Queues the related values of rows about to be written to `table`
-    /// (pulled or fetched), so their related rows are fetched at the next
-    /// settling: a row that arrives changed may have left and re-entered
-    /// the profile on the server since its related rows were last fetched
-    /// (a booking deactivated, then reactivated), and a fetch made meanwhile
-    /// may have found nothing.
+    /// Before a page (or fetched rows) of `table` is written: queues the
+    /// related values whose rows must be fetched at the next settling, and
+    /// marks stale the related values of the rows the page removes (see
+    /// `settle::queue_related`).
     pub fn queue_related(
         &self,
         profile: &SyncProfile,
         table: &SyncTable,
         columns: &[String],
         rows: &[Vec<Value>],
+        removed: &[String],
     ) -> Result<()> {
-        if rows.is_empty() {
+        if rows.is_empty() && removed.is_empty() {
             return Ok(());
         }
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        settle::queue_related(&tx, profile, &table.name, columns, rows)?;
+        settle::queue_related(&tx, profile, table, columns, rows, removed)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that the rows of `table` related to `values` (through the
+    /// rule `table.column <- other.foreign_column`) were fetched: the values
+    /// leave the queue and are marked stale, so the next arrival of a row
+    /// holding them fetches again.
+    pub fn related_fetched(
+        &self,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        column: &str,
+        other: &str,
+        foreign_column: &str,
+        values: &[String],
+    ) -> Result<()> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        settle::fetched(&tx, profile, table, column, other, foreign_column, values)?;
         tx.commit()?;
         Ok(())
     }
@@ -1305,7 +1324,8 @@ impl Store {
         tx.execute_batch(
             "DELETE FROM _fs_outbox; DELETE FROM _fs_tables; DELETE FROM _fs_sync_errors;
              DELETE FROM _fs_meta WHERE key <> 'device_id';
-             DELETE FROM _fs_related_pending; DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost;",
+             DELETE FROM _fs_related_pending; DELETE FROM _fs_related_stale;
+             DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost;",
         )?;
         tx.commit()?;
         conn.execute_batch("VACUUM")?;

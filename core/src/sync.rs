@@ -201,11 +201,12 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
                 let fetched = response.value;
                 let p = profile.clone();
                 let done: Vec<String> = chunk.to_vec();
-                let rule = key.clone();
+                let (column, other, foreign_column) =
+                    (column.clone(), other.clone(), foreign_column.clone());
                 let written = tokio::task::spawn_blocking(move || {
-                    store.queue_related(&p, &t, &fetched.columns, &fetched.rows)?;
+                    store.queue_related(&p, &t, &fetched.columns, &fetched.rows, &[])?;
                     let written = store.apply_fetched(&t, &fetched.columns, &fetched.rows)?;
-                    store.clear_related_pending(&rule, Some(&done))?;
+                    store.related_fetched(&p, &t, &column, &other, &foreign_column, &done)?;
                     Ok::<_, Error>(written)
                 })
                 .await
@@ -409,7 +410,13 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
         let profile = engine.profile();
         let applied = match tokio::task::spawn_blocking(move || {
             if let Some(p) = &profile {
-                store.queue_related(p, &t, &page_for_store.columns, &page_for_store.rows)?;
+                store.queue_related(
+                    p,
+                    &t,
+                    &page_for_store.columns,
+                    &page_for_store.rows,
+                    &page_for_store.removed,
+                )?;
             }
             store.apply_page(&t, &page_for_store, now)
         })

@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS _fs_related_pending (
     value TEXT NOT NULL,
     PRIMARY KEY (rule, value)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _fs_related_stale (
+    rule TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (rule, value)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _fs_settle_rows (
     tbl TEXT NOT NULL,
     row_id TEXT NOT NULL,
@@ -246,23 +251,39 @@ pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// Queues, for every related-rows rule that reads `table`, the related
-/// values of these rows, so their related rows are fetched: rows that
-/// arrive or change may have (re)entered the profile with related rows the
-/// device does not hold (a booking deactivated, then reactivated, while a
-/// fetch made in between found nothing for its work order). Rules whose
+/// Before rows of `table` are written (pulled, fetched, or taken from a
+/// push result) and rows are removed: queues, for every related-rows rule
+/// that reads `table`, the related values whose rows must be fetched, and
+/// marks as stale the related values of the removed rows.
+///
+/// A value is queued when its row is new to the device, when the row's
+/// related column changed, or when the value is stale: its rows were fetched
+/// (a fetch can race with a change that hides the parent on the server, and
+/// then returns less than the parent reaches once it is visible again), or
+/// the server removed one of them while the device still held the parent
+/// (the parent may have left the profile and come back between two syncs: a
+/// booking deactivated, then reactivated). A row that arrives changed with
+/// the same related value and nothing stale costs no fetch, so a sync of
+/// edited work orders does not download their children again. Rules whose
 /// table has not finished its first download are skipped: that download
 /// selects everything anyway.
 pub(super) fn queue_related(
     conn: &Connection,
     profile: &SyncProfile,
-    table: &str,
+    table: &SyncTable,
     columns: &[String],
     rows: &[Vec<Value>],
+    removed: &[String],
 ) -> Result<()> {
+    if !removed.is_empty() {
+        mark_removed_stale(conn, profile, table, removed)?;
+    }
     if rows.is_empty() {
         return Ok(());
     }
+    let Some(pk) = columns.iter().position(|c| *c == table.primary_key) else {
+        return Ok(());
+    };
     for child in &profile.tables {
         for rule in &child.rules {
             let RowRule::Related {
@@ -273,7 +294,7 @@ pub(super) fn queue_related(
             else {
                 continue;
             };
-            if other != table {
+            if *other != table.name {
                 continue;
             }
             let Some(i) = columns.iter().position(|c| c == foreign_column) else {
@@ -291,13 +312,157 @@ pub(super) fn queue_related(
                 continue;
             }
             let key = related_rule_key(&child.name, column, other, foreign_column);
+            let held_sql = format!(
+                "SELECT CAST({f} AS TEXT) FROM {t} WHERE {pk} = ?1",
+                f = quote_ident(foreign_column),
+                t = quote_ident(&table.name),
+                pk = quote_ident(&table.primary_key),
+            );
+            let mut held_stmt = conn.prepare_cached(&held_sql)?;
+            let mut stale_stmt = conn
+                .prepare_cached("SELECT 1 FROM _fs_related_stale WHERE rule = ?1 AND value = ?2")?;
             let mut insert = conn.prepare_cached(
                 "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
             )?;
-            for v in rows.iter().filter_map(|r| r.get(i).and_then(value_key)) {
-                insert.execute(params![key, v])?;
+            for row in rows {
+                let Some(v) = row.get(i).and_then(value_key) else {
+                    continue;
+                };
+                let Some(id) = row.get(pk).and_then(value_key) else {
+                    continue;
+                };
+                let held: Option<Option<String>> =
+                    held_stmt.query_row([&id], |r| r.get(0)).optional()?;
+                let queue = match held {
+                    None => true,
+                    Some(old) => {
+                        old.as_deref() != Some(v.as_str()) || stale_stmt.exists(params![key, v])?
+                    }
+                };
+                if queue {
+                    insert.execute(params![key, v])?;
+                }
             }
         }
+    }
+    Ok(())
+}
+
+/// Marks stale the related values of rows about to be removed by the
+/// server's word (see [`queue_related`]).
+fn mark_removed_stale(
+    conn: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    removed: &[String],
+) -> Result<()> {
+    for rule in &table.rules {
+        let RowRule::Related {
+            table: other,
+            column,
+            foreign_column,
+        } = rule
+        else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT CAST({c} AS TEXT) FROM {t} WHERE {pk} = ?1 AND {c} IS NOT NULL",
+            c = quote_ident(column),
+            t = quote_ident(&table.name),
+            pk = quote_ident(&table.primary_key),
+        );
+        for id in removed {
+            let value: Option<String> = conn
+                .prepare_cached(&sql)?
+                .query_row([id], |r| r.get(0))
+                .optional()?;
+            if let Some(v) = value {
+                mark_stale(conn, profile, table, column, other, foreign_column, &v, 0)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks `value` stale for the rule `child.column <- other.foreign_column`,
+/// and, up the chain, the values through which the device reaches the
+/// `other` rows holding it: a fetch of a work order's incidents can come
+/// back short because the work order's booking was hidden at that moment,
+/// and it is the booking that arrives again when it is visible.
+#[allow(clippy::too_many_arguments)]
+fn mark_stale(
+    conn: &Connection,
+    profile: &SyncProfile,
+    child: &SyncTable,
+    column: &str,
+    other: &str,
+    foreign_column: &str,
+    value: &str,
+    depth: usize,
+) -> Result<()> {
+    let key = related_rule_key(&child.name, column, other, foreign_column);
+    conn.prepare_cached("INSERT OR IGNORE INTO _fs_related_stale (rule, value) VALUES (?1, ?2)")?
+        .execute(params![key, value])?;
+    let Some(other_table) = profile.table(other) else {
+        return Ok(());
+    };
+    // Related rules form a DAG in practice; a cycle stops at the depth of
+    // the profile.
+    if depth >= profile.tables.len() {
+        return Ok(());
+    }
+    for rule in &other_table.rules {
+        let RowRule::Related {
+            table: up,
+            column: up_column,
+            foreign_column: up_foreign,
+        } = rule
+        else {
+            continue;
+        };
+        ensure_index(conn, other_table, foreign_column)?;
+        let sql = format!(
+            "SELECT DISTINCT CAST({c} AS TEXT) FROM {t} WHERE {f} = ?1 AND {c} IS NOT NULL",
+            c = quote_ident(up_column),
+            t = quote_ident(other),
+            f = quote_ident(foreign_column),
+        );
+        let values: Vec<String> = {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([value], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for v in values {
+            mark_stale(
+                conn,
+                profile,
+                other_table,
+                up_column,
+                up,
+                up_foreign,
+                &v,
+                depth + 1,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes fetched values out of the queue of the rule `child.column <-
+/// other.foreign_column` and marks them stale (see [`queue_related`]).
+pub(super) fn fetched(
+    conn: &Connection,
+    profile: &SyncProfile,
+    child: &SyncTable,
+    column: &str,
+    other: &str,
+    foreign_column: &str,
+    values: &[String],
+) -> Result<()> {
+    let key = related_rule_key(&child.name, column, other, foreign_column);
+    clear_pending(conn, &key, values)?;
+    for v in values {
+        mark_stale(conn, profile, child, column, other, foreign_column, v, 0)?;
     }
     Ok(())
 }
@@ -315,7 +480,7 @@ pub(super) fn queue_related_row(
         .iter()
         .map(|c| fields.get(&c.name).cloned().unwrap_or(Value::Null))
         .collect();
-    queue_related(conn, profile, &table.name, &columns, &[row])
+    queue_related(conn, profile, table, &columns, &[row], &[])
 }
 
 /// The queued values of a rule that `other` still holds, in order; values
@@ -417,9 +582,7 @@ pub(super) fn remove_unreached(
         settled.insert(table.name.as_str());
         out.push((table.name.clone(), removed));
     }
-    tx.execute_batch(
-        "DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost; UPDATE _fs_tables SET settle_all = 0;",
-    )?;
+    tx.execute_batch("UPDATE _fs_tables SET settle_all = 0;")?;
     tx.execute(
         "INSERT INTO _fs_meta (key, value) VALUES ('settle_day', ?1)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -443,8 +606,47 @@ pub(super) fn remove_unreached(
     let list = serde_json::to_string(&keys)?;
     tx.execute(
         "DELETE FROM _fs_related_pending WHERE rule NOT IN (SELECT value FROM json_each(?1))",
-        [list],
+        [&list],
     )?;
+    tx.execute(
+        "DELETE FROM _fs_related_stale WHERE rule NOT IN (SELECT value FROM json_each(?1))",
+        [&list],
+    )?;
+    // Stale marks of values no local row holds any more.
+    for table in &profile.tables {
+        for rule in &table.rules {
+            if let RowRule::Related {
+                table: other,
+                column,
+                foreign_column,
+            } = rule
+                && let Some(other_table) = profile.table(other)
+                && other_table.column(foreign_column).is_some()
+            {
+                let any_lost = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM _fs_settle_lost WHERE tbl = ?1 AND col = ?2 LIMIT 1",
+                    )?
+                    .exists(params![other, foreign_column])?;
+                if !any_lost {
+                    continue;
+                }
+                ensure_index(tx, other_table, foreign_column)?;
+                let key = related_rule_key(&table.name, column, other, foreign_column);
+                tx.execute(
+                    &format!(
+                        "DELETE FROM _fs_related_stale WHERE rule = ?1 AND value IN
+                           (SELECT value FROM _fs_settle_lost l WHERE l.tbl = ?2 AND l.col = ?3
+                              AND NOT EXISTS (SELECT 1 FROM {o} WHERE {f} = l.value))",
+                        o = quote_ident(other),
+                        f = quote_ident(foreign_column),
+                    ),
+                    params![key, other, foreign_column],
+                )?;
+            }
+        }
+    }
+    tx.execute_batch("DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost;")?;
     Ok(out)
 }
 
@@ -867,7 +1069,7 @@ mod tests {
             &[],
         );
         store
-            .queue_related(&p, &bookings, &pg.columns, &pg.rows)
+            .queue_related(&p, &bookings, &pg.columns, &pg.rows, &[])
             .expect("queue");
         // Queued before the page is written: a value no booking holds yet is
         // dropped, so the page comes first here.
@@ -895,7 +1097,7 @@ mod tests {
             &[],
         );
         store
-            .queue_related(&p, &work_orders, &wo.columns, &wo.rows)
+            .queue_related(&p, &work_orders, &wo.columns, &wo.rows, &[])
             .expect("queue");
         store.apply_page(&work_orders, &wo, NOW).expect("page");
         assert_eq!(
@@ -904,6 +1106,139 @@ mod tests {
                 .expect("pending"),
             ["w3"]
         );
+    }
+
+    fn arrive(store: &Store, p: &SyncProfile, pg: &PullPage) {
+        let table = p.table(&pg.table).expect("table").clone();
+        store
+            .queue_related(p, &table, &pg.columns, &pg.rows, &pg.removed)
+            .expect("queue");
+        store.apply_page(&table, pg, NOW).expect("page");
+    }
+
+    fn pending(store: &Store, p: &SyncProfile, child: &str) -> Vec<String> {
+        let (key, other, f) = match child {
+            "work_orders" => (
+                crate::store::related_rule_key("work_orders", "id", "bookings", "work_order_id"),
+                "bookings",
+                "work_order_id",
+            ),
+            _ => (
+                crate::store::related_rule_key("incidents", "work_order_id", "work_orders", "id"),
+                "work_orders",
+                "id",
+            ),
+        };
+        store
+            .take_related_pending(&key, p.table(other).expect("other"), f)
+            .expect("pending")
+    }
+
+    fn booking(id: &str, wo: &str) -> PullPage {
+        page(
+            "bookings",
+            &["id", "work_order_id", "start_time"],
+            vec![vec![t(id), t(wo), t("2026-11-30T10:00:00Z")]],
+            &[],
+        )
+    }
+
+    #[test]
+    fn a_row_that_arrives_changed_with_the_same_related_value_costs_no_fetch() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        arrive(&store, &p, &booking("b1", "w1"));
+        let wo = page(
+            "work_orders",
+            &["id", "title"],
+            vec![vec![t("w1"), t("edited")]],
+            &[],
+        );
+        arrive(&store, &p, &wo);
+        assert!(pending(&store, &p, "work_orders").is_empty());
+        assert!(pending(&store, &p, "incidents").is_empty());
+        // A new related value, or a new row, is fetched.
+        arrive(&store, &p, &booking("b1", "w2"));
+        arrive(&store, &p, &booking("b5", "w5"));
+        assert_eq!(pending(&store, &p, "work_orders"), ["w2", "w5"]);
+    }
+
+    #[test]
+    fn a_fetched_value_is_fetched_again_when_its_row_arrives_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        let work_orders = p.table("work_orders").expect("work_orders").clone();
+        // The fetch of w1's incidents may have raced with b1 being hidden.
+        store
+            .related_fetched(
+                &p,
+                p.table("incidents").expect("incidents"),
+                "work_order_id",
+                "work_orders",
+                "id",
+                &["w1".into()],
+            )
+            .expect("fetched");
+        // The stale mark climbs to the booking: b1 arriving again (it was
+        // hidden and is visible again) fetches w1, and w1 arriving fetches
+        // its incidents.
+        arrive(&store, &p, &booking("b1", "w1"));
+        assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
+        let wo = page(
+            "work_orders",
+            &["id", "title"],
+            vec![vec![t("w1"), t("one")]],
+            &[],
+        );
+        store
+            .queue_related(&p, &work_orders, &wo.columns, &wo.rows, &[])
+            .expect("queue");
+        assert_eq!(pending(&store, &p, "incidents"), ["w1"]);
+        // w2 was never fetched: its booking arriving again costs nothing.
+        arrive(&store, &p, &booking("b2", "w2"));
+        assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
+    }
+
+    #[test]
+    fn a_row_the_server_removes_under_a_held_parent_makes_the_parent_chain_fetch_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        // i1 is removed by the server while w1 and b1 are held: b1 may be
+        // hidden on the server (deactivated) and come back.
+        arrive(
+            &store,
+            &p,
+            &page("incidents", &["id", "work_order_id"], vec![], &["i1"]),
+        );
+        assert_eq!(ids(&store, "incidents"), ["i2"]);
+        arrive(&store, &p, &booking("b1", "w1"));
+        assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
+        let wo = page(
+            "work_orders",
+            &["id", "title"],
+            vec![vec![t("w1"), t("one")]],
+            &[],
+        );
+        arrive(&store, &p, &wo);
+        assert_eq!(pending(&store, &p, "incidents"), ["w1"]);
+        // Once no row holds a stale value, its mark goes at the next settling.
+        arrive(
+            &store,
+            &p,
+            &page(
+                "bookings",
+                &["id", "work_order_id", "start_time"],
+                vec![],
+                &["b1"],
+            ),
+        );
+        store.remove_unreached(&p, NOW).expect("settle");
+        let stale: i64 = store
+            .with_reader(|c| {
+                Ok(c.query_row("SELECT COUNT(*) FROM _fs_related_stale", [], |r| r.get(0))?)
+            })
+            .expect("stale");
+        assert_eq!(stale, 0);
     }
 
     #[test]
