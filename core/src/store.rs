@@ -32,6 +32,7 @@ use crate::protocol::{
 use crate::value::{Record, Value};
 
 mod settle;
+pub use settle::Arrival;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS _fs_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
@@ -897,7 +898,7 @@ impl Store {
                     fields.entry(c.name.clone()).or_insert(Value::Null);
                 }
                 if let Some(p) = &profile {
-                    settle::queue_related_row(&tx, p, table, &fields)?;
+                    settle::queue_related_row(&tx, p, table, &fields, None)?;
                 }
                 upsert_row(&tx, table, &fields, 0)?;
                 Some(Record {
@@ -913,7 +914,7 @@ impl Store {
                     fields.insert(k.clone(), v.clone());
                 }
                 if let Some(p) = &profile {
-                    settle::queue_related_row(&tx, p, table, &fields)?;
+                    settle::queue_related_row(&tx, p, table, &fields, None)?;
                 }
                 upsert_row(&tx, table, &fields, version)?;
                 Some(Record {
@@ -1136,7 +1137,7 @@ impl Store {
                         fields.insert(c.name.clone(), v);
                     }
                     fields.insert(table.primary_key.clone(), Value::Text(m.id.clone()));
-                    settle::queue_related_row(&tx, profile, table, &fields)?;
+                    settle::queue_related_row(&tx, profile, table, &fields, Some(result.version))?;
                     upsert_row(&tx, table, &fields, result.version)?;
                 }
                 None => {
@@ -1200,8 +1201,7 @@ impl Store {
     }
 
     /// Before a page (or fetched rows) of `table` is written: queues the
-    /// related values whose rows must be fetched at the next settling, and
-    /// marks stale the related values of the rows the page removes (see
+    /// related values whose rows must be fetched at the next settling (see
     /// `settle::queue_related`).
     pub fn queue_related(
         &self,
@@ -1209,34 +1209,14 @@ impl Store {
         table: &SyncTable,
         columns: &[String],
         rows: &[Vec<Value>],
-        removed: &[String],
+        arrival: Arrival,
     ) -> Result<()> {
-        if rows.is_empty() && removed.is_empty() {
+        if rows.is_empty() {
             return Ok(());
         }
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        settle::queue_related(&tx, profile, table, columns, rows, removed)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Records that the rows of `table` related to `values` (through the
-    /// rule `table.column <- other.foreign_column`) were fetched: the values
-    /// leave the queue and are marked stale, so the next arrival of a row
-    /// holding them fetches again.
-    pub fn related_fetched(
-        &self,
-        profile: &SyncProfile,
-        table: &SyncTable,
-        column: &str,
-        other: &str,
-        foreign_column: &str,
-        values: &[String],
-    ) -> Result<()> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        settle::fetched(&tx, profile, table, column, other, foreign_column, values)?;
+        settle::queue_related(&tx, profile, table, columns, rows, arrival)?;
         tx.commit()?;
         Ok(())
     }
@@ -1324,8 +1304,7 @@ impl Store {
         tx.execute_batch(
             "DELETE FROM _fs_outbox; DELETE FROM _fs_tables; DELETE FROM _fs_sync_errors;
              DELETE FROM _fs_meta WHERE key <> 'device_id';
-             DELETE FROM _fs_related_pending; DELETE FROM _fs_related_stale;
-             DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost;",
+             DELETE FROM _fs_related_pending; DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost;",
         )?;
         tx.commit()?;
         conn.execute_batch("VACUUM")?;

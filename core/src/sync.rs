@@ -28,7 +28,7 @@ use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
 use crate::profile::{RowRule, SyncProfile, SyncTable};
 use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, PullPage, codes};
-use crate::store::{Store, related_rule_key};
+use crate::store::{Arrival, Store, related_rule_key};
 use crate::value::Value;
 
 /// Runs a sync of all tables (`None`) or of the named ones.
@@ -201,12 +201,17 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
                 let fetched = response.value;
                 let p = profile.clone();
                 let done: Vec<String> = chunk.to_vec();
-                let (column, other, foreign_column) =
-                    (column.clone(), other.clone(), foreign_column.clone());
+                let rule = key.clone();
                 let written = tokio::task::spawn_blocking(move || {
-                    store.queue_related(&p, &t, &fetched.columns, &fetched.rows, &[])?;
+                    store.queue_related(
+                        &p,
+                        &t,
+                        &fetched.columns,
+                        &fetched.rows,
+                        Arrival::Fetched,
+                    )?;
                     let written = store.apply_fetched(&t, &fetched.columns, &fetched.rows)?;
-                    store.related_fetched(&p, &t, &column, &other, &foreign_column, &done)?;
+                    store.clear_related_pending(&rule, Some(&done))?;
                     Ok::<_, Error>(written)
                 })
                 .await
@@ -415,7 +420,7 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
                     &t,
                     &page_for_store.columns,
                     &page_for_store.rows,
-                    &page_for_store.removed,
+                    Arrival::Server,
                 )?;
             }
             store.apply_page(&t, &page_for_store, now)

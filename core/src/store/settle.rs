@@ -39,22 +39,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    delete_row, distinct_keys, has_pending, read_row, related_only_sql, related_rule_key,
-    remove_unreached_rows, text_like, value_key,
+    LOCAL_VERSION_COLUMN, delete_row, distinct_keys, has_pending, read_row, related_only_sql,
+    related_rule_key, remove_unreached_rows, text_like, value_key,
 };
 use crate::error::{Error, Result};
 use crate::filter::{Cond, FilterContext};
 use crate::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
+use crate::protocol::VERSION_COLUMN;
 use crate::value::Value;
 
 /// The settle state tables, created with the store.
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS _fs_related_pending (
-    rule TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (rule, value)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _fs_related_stale (
     rule TEXT NOT NULL,
     value TEXT NOT NULL,
     PRIMARY KEY (rule, value)
@@ -251,39 +247,49 @@ pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// Before rows of `table` are written (pulled, fetched, or taken from a
-/// push result) and rows are removed: queues, for every related-rows rule
-/// that reads `table`, the related values whose rows must be fetched, and
-/// marks as stale the related values of the removed rows.
+/// How rows of a table arrive, for [`queue_related`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Pulled, or taken from a push result: the rows carry their server
+    /// version (`_version` in the page's columns).
+    Server,
+    /// Fetched because a related row asked for them.
+    Fetched,
+    /// Written on the device.
+    Local,
+}
+
+/// Before rows of `table` are written: queues, for every related-rows rule
+/// that reads `table`, the related values whose rows must be fetched at the
+/// next settling.
 ///
-/// A value is queued when its row is new to the device, when the row's
-/// related column changed, or when the value is stale: its rows were fetched
-/// (a fetch can race with a change that hides the parent on the server, and
-/// then returns less than the parent reaches once it is visible again), or
-/// the server removed one of them while the device still held the parent
-/// (the parent may have left the profile and come back between two syncs: a
-/// booking deactivated, then reactivated). A row that arrives changed with
-/// the same related value and nothing stale costs no fetch, so a sync of
-/// edited work orders does not download their children again. Rules whose
-/// table has not finished its first download are skipped: that download
-/// selects everything anyway.
+/// A value is queued when its row is new to the device or the row's related
+/// column changed; when the row comes from the server at least two versions
+/// past the device's copy (it may have left the profile and come back in
+/// between, a booking deactivated and reactivated, while the device
+/// downloaded or fetched the rows it reaches and got none of them: one
+/// change cannot hide a row and show it again); and for every row fetched
+/// because a related row asked for it (the suspicion travels down: the
+/// reactivated booking's work order brings its incidents again). A row
+/// edited once on the server costs no fetch, so a sync of edited work orders
+/// does not download their children again. Rules whose table has not
+/// finished its first download are skipped: that download selects
+/// everything anyway.
 pub(super) fn queue_related(
     conn: &Connection,
     profile: &SyncProfile,
     table: &SyncTable,
     columns: &[String],
     rows: &[Vec<Value>],
-    removed: &[String],
+    arrival: Arrival,
 ) -> Result<()> {
-    if !removed.is_empty() {
-        mark_removed_stale(conn, profile, table, removed)?;
-    }
     if rows.is_empty() {
         return Ok(());
     }
     let Some(pk) = columns.iter().position(|c| *c == table.primary_key) else {
         return Ok(());
     };
+    let version_at = columns.iter().position(|c| c == VERSION_COLUMN);
     for child in &profile.tables {
         for rule in &child.rules {
             let RowRule::Related {
@@ -313,14 +319,12 @@ pub(super) fn queue_related(
             }
             let key = related_rule_key(&child.name, column, other, foreign_column);
             let held_sql = format!(
-                "SELECT CAST({f} AS TEXT) FROM {t} WHERE {pk} = ?1",
+                "SELECT CAST({f} AS TEXT), {LOCAL_VERSION_COLUMN} FROM {t} WHERE {pk} = ?1",
                 f = quote_ident(foreign_column),
                 t = quote_ident(&table.name),
                 pk = quote_ident(&table.primary_key),
             );
             let mut held_stmt = conn.prepare_cached(&held_sql)?;
-            let mut stale_stmt = conn
-                .prepare_cached("SELECT 1 FROM _fs_related_stale WHERE rule = ?1 AND value = ?2")?;
             let mut insert = conn.prepare_cached(
                 "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
             )?;
@@ -328,15 +332,21 @@ pub(super) fn queue_related(
                 let Some(v) = row.get(i).and_then(value_key) else {
                     continue;
                 };
-                let Some(id) = row.get(pk).and_then(value_key) else {
-                    continue;
-                };
-                let held: Option<Option<String>> =
-                    held_stmt.query_row([&id], |r| r.get(0)).optional()?;
-                let queue = match held {
-                    None => true,
-                    Some(old) => {
-                        old.as_deref() != Some(v.as_str()) || stale_stmt.exists(params![key, v])?
+                let queue = arrival == Arrival::Fetched || {
+                    let id = row.get(pk).and_then(value_key).unwrap_or_default();
+                    let held: Option<(Option<String>, i64)> = held_stmt
+                        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    match held {
+                        None => true,
+                        Some((old, held_version)) => {
+                            let version = match version_at.and_then(|at| row.get(at)) {
+                                Some(Value::Integer(n)) if arrival == Arrival::Server => *n,
+                                _ => held_version,
+                            };
+                            old.as_deref() != Some(v.as_str())
+                                || version >= held_version.saturating_add(2)
+                        }
                     }
                 };
                 if queue {
@@ -348,139 +358,30 @@ pub(super) fn queue_related(
     Ok(())
 }
 
-/// Marks stale the related values of rows about to be removed by the
-/// server's word (see [`queue_related`]).
-fn mark_removed_stale(
-    conn: &Connection,
-    profile: &SyncProfile,
-    table: &SyncTable,
-    removed: &[String],
-) -> Result<()> {
-    for rule in &table.rules {
-        let RowRule::Related {
-            table: other,
-            column,
-            foreign_column,
-        } = rule
-        else {
-            continue;
-        };
-        let sql = format!(
-            "SELECT CAST({c} AS TEXT) FROM {t} WHERE {pk} = ?1 AND {c} IS NOT NULL",
-            c = quote_ident(column),
-            t = quote_ident(&table.name),
-            pk = quote_ident(&table.primary_key),
-        );
-        for id in removed {
-            let value: Option<String> = conn
-                .prepare_cached(&sql)?
-                .query_row([id], |r| r.get(0))
-                .optional()?;
-            if let Some(v) = value {
-                mark_stale(conn, profile, table, column, other, foreign_column, &v, 0)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Marks `value` stale for the rule `child.column <- other.foreign_column`,
-/// and, up the chain, the values through which the device reaches the
-/// `other` rows holding it: a fetch of a work order's incidents can come
-/// back short because the work order's booking was hidden at that moment,
-/// and it is the booking that arrives again when it is visible.
-#[allow(clippy::too_many_arguments)]
-fn mark_stale(
-    conn: &Connection,
-    profile: &SyncProfile,
-    child: &SyncTable,
-    column: &str,
-    other: &str,
-    foreign_column: &str,
-    value: &str,
-    depth: usize,
-) -> Result<()> {
-    let key = related_rule_key(&child.name, column, other, foreign_column);
-    conn.prepare_cached("INSERT OR IGNORE INTO _fs_related_stale (rule, value) VALUES (?1, ?2)")?
-        .execute(params![key, value])?;
-    let Some(other_table) = profile.table(other) else {
-        return Ok(());
-    };
-    // Related rules form a DAG in practice; a cycle stops at the depth of
-    // the profile.
-    if depth >= profile.tables.len() {
-        return Ok(());
-    }
-    for rule in &other_table.rules {
-        let RowRule::Related {
-            table: up,
-            column: up_column,
-            foreign_column: up_foreign,
-        } = rule
-        else {
-            continue;
-        };
-        ensure_index(conn, other_table, foreign_column)?;
-        let sql = format!(
-            "SELECT DISTINCT CAST({c} AS TEXT) FROM {t} WHERE {f} = ?1 AND {c} IS NOT NULL",
-            c = quote_ident(up_column),
-            t = quote_ident(other),
-            f = quote_ident(foreign_column),
-        );
-        let values: Vec<String> = {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map([value], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        for v in values {
-            mark_stale(
-                conn,
-                profile,
-                other_table,
-                up_column,
-                up,
-                up_foreign,
-                &v,
-                depth + 1,
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// Takes fetched values out of the queue of the rule `child.column <-
-/// other.foreign_column` and marks them stale (see [`queue_related`]).
-pub(super) fn fetched(
-    conn: &Connection,
-    profile: &SyncProfile,
-    child: &SyncTable,
-    column: &str,
-    other: &str,
-    foreign_column: &str,
-    values: &[String],
-) -> Result<()> {
-    let key = related_rule_key(&child.name, column, other, foreign_column);
-    clear_pending(conn, &key, values)?;
-    for v in values {
-        mark_stale(conn, profile, child, column, other, foreign_column, v, 0)?;
-    }
-    Ok(())
-}
-
-/// [`queue_related`] for one row given as a map.
+/// [`queue_related`] for one row given as a map, with its server version
+/// (push results) or none (local writes).
 pub(super) fn queue_related_row(
     conn: &Connection,
     profile: &SyncProfile,
     table: &SyncTable,
     fields: &BTreeMap<String, Value>,
+    version: Option<i64>,
 ) -> Result<()> {
-    let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
-    let row: Vec<Value> = table
-        .columns
-        .iter()
-        .map(|c| fields.get(&c.name).cloned().unwrap_or(Value::Null))
-        .collect();
-    queue_related(conn, profile, table, &columns, &[row], &[])
+    let mut columns: Vec<String> = vec![VERSION_COLUMN.to_owned()];
+    columns.extend(table.columns.iter().map(|c| c.name.clone()));
+    let mut row: Vec<Value> = vec![version.map(Value::Integer).unwrap_or(Value::Null)];
+    row.extend(
+        table
+            .columns
+            .iter()
+            .map(|c| fields.get(&c.name).cloned().unwrap_or(Value::Null)),
+    );
+    let arrival = if version.is_some() {
+        Arrival::Server
+    } else {
+        Arrival::Local
+    };
+    queue_related(conn, profile, table, &columns, &[row], arrival)
 }
 
 /// The queued values of a rule that `other` still holds, in order; values
@@ -606,46 +507,8 @@ pub(super) fn remove_unreached(
     let list = serde_json::to_string(&keys)?;
     tx.execute(
         "DELETE FROM _fs_related_pending WHERE rule NOT IN (SELECT value FROM json_each(?1))",
-        [&list],
+        [list],
     )?;
-    tx.execute(
-        "DELETE FROM _fs_related_stale WHERE rule NOT IN (SELECT value FROM json_each(?1))",
-        [&list],
-    )?;
-    // Stale marks of values no local row holds any more.
-    for table in &profile.tables {
-        for rule in &table.rules {
-            if let RowRule::Related {
-                table: other,
-                column,
-                foreign_column,
-            } = rule
-                && let Some(other_table) = profile.table(other)
-                && other_table.column(foreign_column).is_some()
-            {
-                let any_lost = tx
-                    .prepare_cached(
-                        "SELECT 1 FROM _fs_settle_lost WHERE tbl = ?1 AND col = ?2 LIMIT 1",
-                    )?
-                    .exists(params![other, foreign_column])?;
-                if !any_lost {
-                    continue;
-                }
-                ensure_index(tx, other_table, foreign_column)?;
-                let key = related_rule_key(&table.name, column, other, foreign_column);
-                tx.execute(
-                    &format!(
-                        "DELETE FROM _fs_related_stale WHERE rule = ?1 AND value IN
-                           (SELECT value FROM _fs_settle_lost l WHERE l.tbl = ?2 AND l.col = ?3
-                              AND NOT EXISTS (SELECT 1 FROM {o} WHERE {f} = l.value))",
-                        o = quote_ident(other),
-                        f = quote_ident(foreign_column),
-                    ),
-                    params![key, other, foreign_column],
-                )?;
-            }
-        }
-    }
     tx.execute_batch("DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost;")?;
     Ok(out)
 }
@@ -832,6 +695,7 @@ fn remove_candidates(
 #[cfg(test)]
 mod tests {
     use super::super::Store;
+    use super::Arrival;
     use crate::profile::SyncProfile;
     use crate::protocol::PullPage;
     use crate::value::Value;
@@ -1069,7 +933,7 @@ mod tests {
             &[],
         );
         store
-            .queue_related(&p, &bookings, &pg.columns, &pg.rows, &[])
+            .queue_related(&p, &bookings, &pg.columns, &pg.rows, Arrival::Server)
             .expect("queue");
         // Queued before the page is written: a value no booking holds yet is
         // dropped, so the page comes first here.
@@ -1097,7 +961,7 @@ mod tests {
             &[],
         );
         store
-            .queue_related(&p, &work_orders, &wo.columns, &wo.rows, &[])
+            .queue_related(&p, &work_orders, &wo.columns, &wo.rows, Arrival::Server)
             .expect("queue");
         store.apply_page(&work_orders, &wo, NOW).expect("page");
         assert_eq!(
@@ -1111,7 +975,7 @@ mod tests {
     fn arrive(store: &Store, p: &SyncProfile, pg: &PullPage) {
         let table = p.table(&pg.table).expect("table").clone();
         store
-            .queue_related(p, &table, &pg.columns, &pg.rows, &pg.removed)
+            .queue_related(p, &table, &pg.columns, &pg.rows, Arrival::Server)
             .expect("queue");
         store.apply_page(&table, pg, NOW).expect("page");
     }
@@ -1164,26 +1028,18 @@ mod tests {
     }
 
     #[test]
-    fn a_fetched_value_is_fetched_again_when_its_row_arrives_again() {
+    fn a_row_two_versions_on_fetches_again_and_so_do_the_rows_it_fetches() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, p) = settled_store(dir.path());
-        let work_orders = p.table("work_orders").expect("work_orders").clone();
-        // The fetch of w1's incidents may have raced with b1 being hidden.
-        store
-            .related_fetched(
-                &p,
-                p.table("incidents").expect("incidents"),
-                "work_order_id",
-                "work_orders",
-                "id",
-                &["w1".into()],
-            )
-            .expect("fetched");
-        // The stale mark climbs to the booking: b1 arriving again (it was
-        // hidden and is visible again) fetches w1, and w1 arriving fetches
-        // its incidents.
-        arrive(&store, &p, &booking("b1", "w1"));
+        // b1 was deactivated and reactivated on the server since the
+        // device's copy (version 1): what it reaches may have been
+        // downloaded while it was hidden.
+        let mut b1 = booking("b1", "w1");
+        b1.rows[0][0] = Value::Integer(3);
+        arrive(&store, &p, &b1);
         assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
+        // w1 comes back by fetch: its incidents are fetched again.
+        let work_orders = p.table("work_orders").expect("work_orders").clone();
         let wo = page(
             "work_orders",
             &["id", "title"],
@@ -1191,54 +1047,14 @@ mod tests {
             &[],
         );
         store
-            .queue_related(&p, &work_orders, &wo.columns, &wo.rows, &[])
+            .queue_related(&p, &work_orders, &wo.columns, &wo.rows, Arrival::Fetched)
             .expect("queue");
         assert_eq!(pending(&store, &p, "incidents"), ["w1"]);
-        // w2 was never fetched: its booking arriving again costs nothing.
-        arrive(&store, &p, &booking("b2", "w2"));
+        // One version on is one edit: nothing to fetch.
+        let mut b2 = booking("b2", "w2");
+        b2.rows[0][0] = Value::Integer(2);
+        arrive(&store, &p, &b2);
         assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
-    }
-
-    #[test]
-    fn a_row_the_server_removes_under_a_held_parent_makes_the_parent_chain_fetch_again() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        // i1 is removed by the server while w1 and b1 are held: b1 may be
-        // hidden on the server (deactivated) and come back.
-        arrive(
-            &store,
-            &p,
-            &page("incidents", &["id", "work_order_id"], vec![], &["i1"]),
-        );
-        assert_eq!(ids(&store, "incidents"), ["i2"]);
-        arrive(&store, &p, &booking("b1", "w1"));
-        assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
-        let wo = page(
-            "work_orders",
-            &["id", "title"],
-            vec![vec![t("w1"), t("one")]],
-            &[],
-        );
-        arrive(&store, &p, &wo);
-        assert_eq!(pending(&store, &p, "incidents"), ["w1"]);
-        // Once no row holds a stale value, its mark goes at the next settling.
-        arrive(
-            &store,
-            &p,
-            &page(
-                "bookings",
-                &["id", "work_order_id", "start_time"],
-                vec![],
-                &["b1"],
-            ),
-        );
-        store.remove_unreached(&p, NOW).expect("settle");
-        let stale: i64 = store
-            .with_reader(|c| {
-                Ok(c.query_row("SELECT COUNT(*) FROM _fs_related_stale", [], |r| r.get(0))?)
-            })
-            .expect("stale");
-        assert_eq!(stale, 0);
     }
 
     #[test]
