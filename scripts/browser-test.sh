@@ -11,7 +11,8 @@ if [ ! -x /usr/bin/chromium ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
-cargo build --quiet --locked --bin fieldsync
+# The same build as scripts/kotlin-test.sh (one feature set, built once).
+cargo build --quiet --locked -p fieldsync-bindings -p uniffi-bindgen -p fieldsync
 cd tests/browser
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 node --test --test-concurrency=1 console.test.mjs

@@ -21,6 +21,7 @@ if ! command -v mvn >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
 fi
 
 step "Bindings: build the core library, the server and uniffi-bindgen"
+# The same build as scripts/browser-test.sh (one feature set, built once).
 cargo build --locked -p fieldsync-bindings -p uniffi-bindgen -p fieldsync
 lib="$root/target/debug/libfieldsync_ffi.so"
 [ -f "$lib" ] || lib="$root/target/debug/libfieldsync_ffi.dylib"

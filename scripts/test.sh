@@ -39,7 +39,9 @@ step "Bindings: Kotlin on the JVM against a real server, generated Swift parse-c
 scripts/kotlin-test.sh
 
 step "Demo runs and exits 0"
-cargo run --quiet --locked -- demo --work-orders 100 >/dev/null
+# The binary the two steps above built (`cargo run` alone would resolve
+# other features and build the workspace a third time).
+target/debug/fieldsync demo --work-orders 100 >/dev/null
 
 step "Reliability: the simulation harness finds a bug planted on purpose"
 cargo test --locked --test simulation --features planted-bug
