@@ -7,10 +7,9 @@
 //! sync only looks at what changed since the last settled run:
 //!
 //! - `_fs_related_pending (rule, value)`: related values whose rows must be
-//!   fetched (`POST /v1/sync/fetch`). Values of rows that arrive (pulled,
-//!   fetched, written locally, or taken from a push result) are queued for
-//!   every related-rows rule that reads them; a value leaves the queue when
-//!   its fetch is applied, or when no local row holds it any more.
+//!   fetched (`POST /v1/sync/fetch`), queued as rows arrive or are written
+//!   (see [`queue_related`] for when); a value leaves the queue when its
+//!   fetch is applied, or when no local row holds it any more.
 //! - `_fs_settle_rows (tbl, row_id)`: rows to evaluate again. Rows written
 //!   by an incremental pull or a fetch are listed by the page apply, and a
 //!   trigger on `_fs_outbox` lists a row whose pending change leaves (a row
