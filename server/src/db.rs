@@ -331,7 +331,7 @@ const PG_CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// failure or deadlock before the request fails with 503.
 const PG_WRITE_ATTEMPTS: u32 = 12;
 /// Advisory lock held while migrating (instances starting together).
-const PG_MIGRATION_LOCK: i64 = 0x6669_656c_6473_0001;
+pub(crate) const PG_MIGRATION_LOCK: i64 = 0x6669_656c_6473_0001;
 /// Advisory lock held from stamping change sequences until commit.
 const PG_SEQUENCE_LOCK: i64 = 0x6669_656c_6473_0002;
 
@@ -487,6 +487,15 @@ fn prepare(c: &mut dyn Conn, model: &DataModel, default_profile: &OfflineProfile
                 text(now_text()),
             ],
         )?;
+    }
+    // The indexes of every stored profile's related rules (databases from
+    // before they existed gain them here).
+    let bodies = c.query("SELECT body FROM _fs_profiles ORDER BY name", &[])?;
+    for r in &bodies {
+        // A stored body that no longer parses is reported when it is used.
+        if let Ok(profile) = serde_json::from_str::<OfflineProfile>(&r.text(0)?) {
+            schema::ensure_rule_indexes(c, model, &profile)?;
+        }
     }
     Ok(())
 }
@@ -849,6 +858,7 @@ impl Db {
             ));
         }
         self.write(|c| {
+            schema::ensure_rule_indexes(c, &self.model, profile)?;
             let current = c.query_opt(
                 "SELECT version, body FROM _fs_profiles WHERE name = ?",
                 &[text(profile.name.clone())],

@@ -105,13 +105,16 @@ fn compile_at(
                 column,
                 foreign_column,
             } => match profile.table(other) {
-                Some(other_table)
-                    if depth < MAX_DEPTH && *foreign_column == other_table.primary_key =>
-                {
-                    // The related table's key: one key lookup per row, where
-                    // `IN (SELECT ...)` would build the whole set of selected
-                    // related keys each time the statement runs (every pull
-                    // page, every pushed row). Never NULL, like the other leaves.
+                Some(other_table) if depth < MAX_DEPTH => {
+                    // A correlated `EXISTS`: one lookup per row through the
+                    // related column's index (the related table's primary
+                    // key, or the index `crate::schema::ensure_rule_indexes`
+                    // keeps on its foreign column), where `IN (SELECT ...)`
+                    // would build the whole set of selected related keys
+                    // each time the statement runs (every pull page, every
+                    // pushed row). A NULL on either side matches nothing, as
+                    // the set never held NULL. Never NULL, like the other
+                    // leaves.
                     let alias = format!("_fs_rel{depth}");
                     let inner = compile_at(dialect, profile, other_table, ctx, depth + 1, &alias);
                     parts.push(format!(
@@ -120,25 +123,6 @@ fn compile_at(
                         f = quote_ident(foreign_column),
                         c = quote_ident(column),
                         inner = inner.sql,
-                    ));
-                    params.extend(inner.params);
-                }
-                Some(other_table) if depth < MAX_DEPTH => {
-                    let inner = compile_at(
-                        dialect,
-                        profile,
-                        other_table,
-                        ctx,
-                        depth + 1,
-                        &quote_ident(other),
-                    );
-                    parts.push(format!(
-                        "{} IN (SELECT {} FROM {} WHERE _deleted = 0 AND {} AND {} IS NOT NULL)",
-                        quote_ident(column),
-                        quote_ident(foreign_column),
-                        quote_ident(other),
-                        inner.sql,
-                        quote_ident(foreign_column)
                     ));
                     params.extend(inner.params);
                 }

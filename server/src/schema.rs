@@ -12,8 +12,11 @@
 //! model gains it, a column added when the model gains it (never dropped or
 //! retyped, so an older server can still read the database).
 
+use std::collections::BTreeSet;
+
 use fieldsync_core::Value;
-use fieldsync_core::profile::{DataModel, TableSchema, quote_ident};
+use fieldsync_core::profile::{DataModel, OfflineProfile, RowRule, TableSchema, quote_ident};
+use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
 use crate::sql::{Conn, Dialect, text};
@@ -352,6 +355,118 @@ fn data_table(c: &mut dyn Conn, t: &TableSchema) -> ApiResult<()> {
     Ok(())
 }
 
+/// Most columns in one related-rows index.
+const MAX_INDEX_COLUMNS: usize = 8;
+
+/// The indexes a profile's related-rows rules need, as (table, columns): the
+/// related table's foreign column, for each rule whose foreign column is
+/// not the related table's primary key (that one has its index). A related
+/// rule compiles to a correlated `EXISTS` (see [`crate::rules`]) that looks
+/// the column up once per row; without the index the lookup would scan the
+/// related table. The index then holds `_deleted` and the columns the
+/// related table's own rules read, so the lookup is answered from the index
+/// alone. Profiles change at run time, so the indexes follow the stored
+/// profiles (see [`ensure_rule_indexes`]), not the data model alone.
+pub fn rule_indexes(
+    model: &DataModel,
+    profile: &OfflineProfile,
+) -> BTreeSet<(String, Vec<String>)> {
+    let mut out = BTreeSet::new();
+    for t in &profile.tables {
+        for rule in &t.rules {
+            let RowRule::Related {
+                table,
+                foreign_column,
+                ..
+            } = rule
+            else {
+                continue;
+            };
+            let Some(schema) = model.table(table) else {
+                continue;
+            };
+            if schema.primary_key == *foreign_column || schema.column(foreign_column).is_none() {
+                continue;
+            }
+            let mut columns = vec![foreign_column.clone(), "_deleted".to_owned()];
+            let related_rules = profile.tables.iter().filter(|p| p.name == *table);
+            for rule in related_rules.flat_map(|p| p.rules.iter()) {
+                let read: Vec<&str> = match rule {
+                    RowRule::All => Vec::new(),
+                    RowRule::Owned { column } => vec![column.as_str()],
+                    RowRule::Related { column, .. } => vec![column.as_str()],
+                    RowRule::Custom { filter } => filter.columns(),
+                };
+                for c in read {
+                    if columns.len() < MAX_INDEX_COLUMNS
+                        && schema.column(c).is_some()
+                        && !columns.iter().any(|have| have == c)
+                    {
+                        columns.push(c.to_owned());
+                    }
+                }
+            }
+            out.insert((table.clone(), columns));
+        }
+    }
+    out
+}
+
+/// The name of the index on `table(columns)`: a digest of both, so two
+/// indexes never share a name however long the identifiers (PostgreSQL cuts
+/// names at 63 bytes).
+pub fn rule_index_name(table: &str, columns: &[String]) -> String {
+    let digest = Sha256::digest(format!("{table}\0{}", columns.join("\0")).as_bytes());
+    format!("_fs_ix_{}", &hex::encode(digest)[..24])
+}
+
+/// Creates the indexes of [`rule_indexes`] the database lacks. Runs inside
+/// the caller's write transaction (at start-up for every stored profile,
+/// and when a profile is published).
+pub fn ensure_rule_indexes(
+    c: &mut dyn Conn,
+    model: &DataModel,
+    profile: &OfflineProfile,
+) -> ApiResult<()> {
+    let dialect = c.dialect();
+    for (table, columns) in rule_indexes(model, profile) {
+        let name = rule_index_name(&table, &columns);
+        let exists = match dialect {
+            Dialect::Sqlite => c.exists(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                &[text(name.clone())],
+            )?,
+            Dialect::Postgres => c.exists(
+                "SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ?",
+                &[text(name.clone())],
+            )?,
+        };
+        if exists {
+            continue;
+        }
+        if dialect == Dialect::Postgres {
+            // Instances publishing profiles at once create an index one
+            // after the other (the second finds it); the lock is the
+            // migration's, released at commit.
+            c.execute(
+                "SELECT pg_advisory_xact_lock(?)",
+                &[Value::Integer(crate::db::PG_MIGRATION_LOCK)],
+            )?;
+        }
+        c.batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+            quote_ident(&name),
+            quote_ident(&table),
+            columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +492,116 @@ mod tests {
             .expect("bump");
         let err = migrate(&mut SqliteConn(&conn), &model).expect_err("newer");
         assert!(err.message.contains("newer than this server"), "{err}");
+    }
+
+    fn has_index(conn: &rusqlite::Connection, table: &str, columns: &[&str]) -> bool {
+        let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+        conn.prepare(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ? AND tbl_name = ?",
+        )
+        .expect("prepare")
+        .exists([rule_index_name(table, &columns), table.to_owned()])
+        .expect("exists")
+    }
+
+    #[test]
+    fn related_rules_on_a_foreign_column_get_an_index_at_start_and_when_published() {
+        let model = crate::field_service_model();
+        let profile = crate::field_service_profile();
+        let wanted: Vec<(String, Vec<String>)> =
+            rule_indexes(&model, &profile).into_iter().collect();
+        let expected: Vec<(String, Vec<String>)> = [
+            (
+                "bookings",
+                &[
+                    "work_order_id",
+                    "_deleted",
+                    "status",
+                    "resource_id",
+                    "start_time",
+                    "end_time",
+                ][..],
+            ),
+            ("work_orders", &["account_id", "_deleted", "id"][..]),
+            ("work_orders", &["customer_asset_id", "_deleted", "id"][..]),
+        ]
+        .iter()
+        .map(|(t, cs)| {
+            (
+                (*t).to_owned(),
+                cs.iter().map(|c| (*c).to_owned()).collect(),
+            )
+        })
+        .collect();
+        assert_eq!(wanted, expected);
+        let dir = tempfile::tempdir().expect("dir");
+        let db = crate::db::Db::open(dir.path(), model.clone(), &profile).expect("open");
+        let conn = rusqlite::Connection::open(dir.path().join("fieldsync.db")).expect("sqlite");
+        for (t, cs) in &wanted {
+            let cs: Vec<&str> = cs.iter().map(String::as_str).collect();
+            assert!(has_index(&conn, t, &cs), "{t}: {cs:?}");
+        }
+
+        let mut edited = profile.clone();
+        let assets = edited
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "customer_assets")
+            .expect("customer_assets");
+        assets.rules = vec![RowRule::Related {
+            table: "work_order_incidents".into(),
+            column: "id".into(),
+            foreign_column: "customer_asset_id".into(),
+        }];
+        let new_index = ["customer_asset_id", "_deleted", "work_order_id"];
+        assert!(!has_index(&conn, "work_order_incidents", &new_index));
+        db.put_profile(&edited).expect("publish");
+        assert!(has_index(&conn, "work_order_incidents", &new_index));
+        assert_ne!(
+            rule_index_name("work_orders", &["account_id".into()]),
+            rule_index_name("work_order", &["saccount_id".into()])
+        );
+    }
+
+    #[test]
+    fn a_page_of_a_related_table_looks_related_rows_up_by_index() {
+        let model = crate::field_service_model();
+        let profile = crate::field_service_profile();
+        let dir = tempfile::tempdir().expect("dir");
+        let _db = crate::db::Db::open(dir.path(), model.clone(), &profile).expect("open");
+        let conn = rusqlite::Connection::open(dir.path().join("fieldsync.db")).expect("sqlite");
+        let sync = profile.resolve(&model, 1, "tech-1", None).expect("resolve");
+        for table in ["work_orders", "work_order_incidents", "accounts"] {
+            let t = sync.table(table).expect("table");
+            let p = crate::rules::compile(&sync, t, &sync.filter_context(0));
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT id FROM {} WHERE _seq > ? AND _deleted = 0 AND {} ORDER BY _seq LIMIT 10",
+                quote_ident(table),
+                p.sql
+            );
+            let mut params: Vec<Value> = vec![Value::Integer(0)];
+            params.extend(p.params);
+            let plan: Vec<String> = conn
+                .prepare(&sql)
+                .expect("prepare")
+                .query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                    r.get::<_, String>(3)
+                })
+                .expect("plan")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            // The table walks its `_seq` index; every related table is a
+            // key or index lookup, never a scan or a set built per run.
+            let scans: Vec<&String> = plan
+                .iter()
+                .filter(|d| d.starts_with("SCAN") && !d.contains("__seq"))
+                .collect();
+            assert!(scans.is_empty(), "{table}: {plan:?}");
+            assert!(
+                !plan.iter().any(|d| d.contains("LIST SUBQUERY")),
+                "{table}: {plan:?}"
+            );
+        }
     }
 
     #[test]
