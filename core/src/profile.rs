@@ -257,6 +257,35 @@ impl SyncTable {
     }
 }
 
+/// One related-rows rule: `table.column` equals `other.foreign_column` of a
+/// row of `other` that the profile keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct RelatedRule<'a> {
+    pub table: &'a SyncTable,
+    pub column: &'a str,
+    pub other: &'a str,
+    pub foreign_column: &'a str,
+}
+
+impl SyncTable {
+    /// This table's related-rows rules.
+    pub fn related_rules(&self) -> impl Iterator<Item = RelatedRule<'_>> {
+        self.rules.iter().filter_map(move |r| match r {
+            RowRule::Related {
+                table,
+                column,
+                foreign_column,
+            } => Some(RelatedRule {
+                table: self,
+                column,
+                other: table,
+                foreign_column,
+            }),
+            _ => None,
+        })
+    }
+}
+
 /// The offline profile as issued to one user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncProfile {
@@ -284,6 +313,11 @@ impl SyncProfile {
             now_ms,
             utc_offset_minutes: self.utc_offset_minutes,
         }
+    }
+
+    /// Every related-rows rule of the profile, table by table.
+    pub fn related_rules(&self) -> impl Iterator<Item = RelatedRule<'_>> {
+        self.tables.iter().flat_map(SyncTable::related_rules)
     }
 
     /// The profile's tables ordered so that every table comes after the

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
-use crate::profile::{RowRule, SyncProfile, SyncTable};
+use crate::profile::{SyncProfile, SyncTable};
 use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, PullPage, codes};
 use crate::store::{Arrival, Store, related_rule_key};
 use crate::value::Value;
@@ -146,15 +146,8 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
         .map(|t| t.table.clone())
         .collect();
     for table in profile.tables_in_dependency_order() {
-        for rule in &table.rules {
-            let RowRule::Related {
-                table: other,
-                column,
-                foreign_column,
-            } = rule
-            else {
-                continue;
-            };
+        for r in table.related_rules() {
+            let (column, other, foreign_column) = (r.column, r.other, r.foreign_column);
             let Some(other_table) = profile.table(other) else {
                 continue;
             };
@@ -189,7 +182,7 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
                     .api
                     .fetch(&FetchRequest {
                         table: table.name.clone(),
-                        column: column.clone(),
+                        column: column.to_owned(),
                         values,
                         profile_version: Some(profile.version),
                     })

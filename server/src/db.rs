@@ -1038,10 +1038,17 @@ impl Db {
                 ));
             }
             // A new download: look for rows that entered a relative-date
-            // window since the device's copy was selected.
+            // window since the device's copy was selected. Relative dates
+            // move by whole local days, so within the same day nothing can
+            // have entered (and the scan of the table is skipped).
             if cursor.phase == Phase::Rest {
+                let moved = |e: i64| {
+                    profile.filter_context(e).today() != profile.filter_context(now).today()
+                };
                 cursor.phase = match cursor.evaluated_at {
-                    Some(e) if e < now && table.uses_clock() => Phase::Window { to: now, after: 0 },
+                    Some(e) if e < now && table.uses_clock() && moved(e) => {
+                        Phase::Window { to: now, after: 0 }
+                    }
                     _ => {
                         cursor.evaluated_at = Some(now);
                         Phase::Changes

@@ -43,7 +43,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::filter::{Cond, FilterContext};
-use crate::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
+use crate::profile::{RelatedRule, RowRule, SyncProfile, SyncTable, quote_ident};
 use crate::protocol::VERSION_COLUMN;
 use crate::value::Value;
 
@@ -72,25 +72,22 @@ END;
 
 const TRIGGER_PREFIX: &str = "_fs_lost_";
 
+/// The key of a related-rows rule in `_fs_related_pending`.
+fn rule_key(r: &RelatedRule<'_>) -> String {
+    related_rule_key(&r.table.name, r.column, r.other, r.foreign_column)
+}
+
 /// The (related table, column) pairs the profile's related-rows rules read.
 fn related_sources(profile: &SyncProfile) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    for table in &profile.tables {
-        for rule in &table.rules {
-            if let RowRule::Related {
-                table: other,
-                foreign_column,
-                ..
-            } = rule
-                && profile
-                    .table(other)
-                    .is_some_and(|o| o.column(foreign_column).is_some())
-            {
-                out.insert((other.clone(), foreign_column.clone()));
-            }
-        }
-    }
-    out
+    profile
+        .related_rules()
+        .filter(|r| {
+            profile
+                .table(r.other)
+                .is_some_and(|o| o.column(r.foreign_column).is_some())
+        })
+        .map(|r| (r.other.to_owned(), r.foreign_column.to_owned()))
+        .collect()
 }
 
 fn object_names(conn: &Connection, kind: &str, prefix: &str) -> Result<Vec<String>> {
@@ -207,33 +204,23 @@ pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
     if let Some(profile) = &profile {
         if has_seen {
             // The values held now that were not settled: still to fetch.
-            for table in &profile.tables {
-                for rule in &table.rules {
-                    let RowRule::Related {
-                        table: other,
-                        column,
-                        foreign_column,
-                    } = rule
-                    else {
-                        continue;
-                    };
-                    let Some(other_table) = profile.table(other) else {
-                        continue;
-                    };
-                    let key = related_rule_key(&table.name, column, other, foreign_column);
-                    let seen: BTreeSet<String> = {
-                        let mut stmt =
-                            tx.prepare("SELECT value FROM _fs_related_seen WHERE rule = ?1")?;
-                        let rows = stmt.query_map([&key], |r| r.get::<_, String>(0))?;
-                        rows.collect::<rusqlite::Result<_>>()?
-                    };
-                    let held = distinct_keys(&tx, other_table, foreign_column)?;
-                    let mut insert = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
-                    )?;
-                    for v in held.difference(&seen) {
-                        insert.execute(params![key, v])?;
-                    }
+            for r in profile.related_rules() {
+                let Some(other_table) = profile.table(r.other) else {
+                    continue;
+                };
+                let (foreign_column, key) = (r.foreign_column, rule_key(&r));
+                let seen: BTreeSet<String> = {
+                    let mut stmt =
+                        tx.prepare("SELECT value FROM _fs_related_seen WHERE rule = ?1")?;
+                    let rows = stmt.query_map([&key], |r| r.get::<_, String>(0))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                let held = distinct_keys(&tx, other_table, foreign_column)?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
+                )?;
+                for v in held.difference(&seen) {
+                    insert.execute(params![key, v])?;
                 }
             }
         }
@@ -289,68 +276,59 @@ pub(super) fn queue_related(
         return Ok(());
     };
     let version_at = columns.iter().position(|c| c == VERSION_COLUMN);
-    for child in &profile.tables {
-        for rule in &child.rules {
-            let RowRule::Related {
-                table: other,
-                column,
-                foreign_column,
-            } = rule
-            else {
+    for r in profile.related_rules() {
+        if r.other != table.name {
+            continue;
+        }
+        let (child, foreign_column) = (r.table, r.foreign_column);
+        let Some(i) = columns.iter().position(|c| c == foreign_column) else {
+            continue;
+        };
+        let initial_done: bool = conn
+            .query_row(
+                "SELECT initial_done FROM _fs_tables WHERE name = ?1",
+                [&child.name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !initial_done {
+            continue;
+        }
+        let key = rule_key(&r);
+        let held_sql = format!(
+            "SELECT CAST({f} AS TEXT), {LOCAL_VERSION_COLUMN} FROM {t} WHERE {pk} = ?1",
+            f = quote_ident(foreign_column),
+            t = quote_ident(&table.name),
+            pk = quote_ident(&table.primary_key),
+        );
+        let mut held_stmt = conn.prepare_cached(&held_sql)?;
+        let mut insert = conn.prepare_cached(
+            "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
+        )?;
+        for row in rows {
+            let Some(v) = row.get(i).and_then(value_key) else {
                 continue;
             };
-            if *other != table.name {
-                continue;
-            }
-            let Some(i) = columns.iter().position(|c| c == foreign_column) else {
-                continue;
-            };
-            let initial_done: bool = conn
-                .query_row(
-                    "SELECT initial_done FROM _fs_tables WHERE name = ?1",
-                    [&child.name],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .unwrap_or(false);
-            if !initial_done {
-                continue;
-            }
-            let key = related_rule_key(&child.name, column, other, foreign_column);
-            let held_sql = format!(
-                "SELECT CAST({f} AS TEXT), {LOCAL_VERSION_COLUMN} FROM {t} WHERE {pk} = ?1",
-                f = quote_ident(foreign_column),
-                t = quote_ident(&table.name),
-                pk = quote_ident(&table.primary_key),
-            );
-            let mut held_stmt = conn.prepare_cached(&held_sql)?;
-            let mut insert = conn.prepare_cached(
-                "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
-            )?;
-            for row in rows {
-                let Some(v) = row.get(i).and_then(value_key) else {
-                    continue;
-                };
-                let queue = arrival == Arrival::Fetched || {
-                    let id = row.get(pk).and_then(value_key).unwrap_or_default();
-                    let held: Option<(Option<String>, i64)> = held_stmt
-                        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
-                    match held {
-                        None => true,
-                        Some((old, held_version)) => {
-                            let version = match version_at.and_then(|at| row.get(at)) {
-                                Some(Value::Integer(n)) if arrival == Arrival::Server => *n,
-                                _ => held_version,
-                            };
-                            old.as_deref() != Some(v.as_str())
-                                || version >= held_version.saturating_add(2)
-                        }
+            let queue = arrival == Arrival::Fetched || {
+                let id = row.get(pk).and_then(value_key).unwrap_or_default();
+                let held: Option<(Option<String>, i64)> = held_stmt
+                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                match held {
+                    None => true,
+                    Some((old, held_version)) => {
+                        let version = match version_at.and_then(|at| row.get(at)) {
+                            Some(Value::Integer(n)) if arrival == Arrival::Server => *n,
+                            _ => held_version,
+                        };
+                        old.as_deref() != Some(v.as_str())
+                            || version >= held_version.saturating_add(2)
                     }
-                };
-                if queue {
-                    insert.execute(params![key, v])?;
                 }
+            };
+            if queue {
+                insert.execute(params![key, v])?;
             }
         }
     }
@@ -489,20 +467,7 @@ pub(super) fn remove_unreached(
         [&today],
     )?;
     // Queued values of rules the profile no longer has.
-    let keys: Vec<String> = profile
-        .tables
-        .iter()
-        .flat_map(|t| {
-            t.rules.iter().filter_map(|r| match r {
-                RowRule::Related {
-                    table: other,
-                    column,
-                    foreign_column,
-                } => Some(related_rule_key(&t.name, column, other, foreign_column)),
-                _ => None,
-            })
-        })
-        .collect();
+    let keys: Vec<String> = profile.related_rules().map(|r| rule_key(&r)).collect();
     let list = serde_json::to_string(&keys)?;
     tx.execute(
         "DELETE FROM _fs_related_pending WHERE rule NOT IN (SELECT value FROM json_each(?1))",
@@ -602,15 +567,8 @@ fn remove_candidates(
         let rows = stmt.query_map([&table.name], |r| r.get::<_, String>(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    for rule in &table.rules {
-        let RowRule::Related {
-            table: other,
-            column,
-            foreign_column,
-        } = rule
-        else {
-            continue;
-        };
+    for r in table.related_rules() {
+        let (other, column, foreign_column) = (r.other, r.column, r.foreign_column);
         let Some(other_table) = profile.table(other) else {
             continue;
         };
@@ -641,15 +599,9 @@ fn remove_candidates(
     if ids.is_empty() {
         return Ok(0);
     }
-    for rule in &table.rules {
-        if let RowRule::Related {
-            table: other,
-            foreign_column,
-            ..
-        } = rule
-            && let Some(other_table) = profile.table(other)
-        {
-            ensure_index(tx, other_table, foreign_column)?;
+    for r in table.related_rules() {
+        if let Some(other_table) = profile.table(r.other) {
+            ensure_index(tx, other_table, r.foreign_column)?;
         }
     }
     let own = OwnRules::new(table, ctx);
