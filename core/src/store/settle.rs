@@ -905,12 +905,7 @@ mod tests {
         // The children of a work order that arrives are queued too.
         let child_key =
             crate::store::related_rule_key("incidents", "work_order_id", "work_orders", "id");
-        let wo = page(
-            "work_orders",
-            &["id", "title"],
-            vec![vec![t("w3"), t("three")]],
-            &[],
-        );
+        let wo = work_order("w3", "three");
         store
             .queue_related(&p, &work_orders, &wo.columns, &wo.rows, Arrival::Server)
             .expect("queue");
@@ -949,6 +944,15 @@ mod tests {
             .expect("pending")
     }
 
+    fn work_order(id: &str, title: &str) -> PullPage {
+        page(
+            "work_orders",
+            &["id", "title"],
+            vec![vec![t(id), t(title)]],
+            &[],
+        )
+    }
+
     fn booking(id: &str, wo: &str) -> PullPage {
         page(
             "bookings",
@@ -963,12 +967,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (store, p) = settled_store(dir.path());
         arrive(&store, &p, &booking("b1", "w1"));
-        let wo = page(
-            "work_orders",
-            &["id", "title"],
-            vec![vec![t("w1"), t("edited")]],
-            &[],
-        );
+        let wo = work_order("w1", "edited");
         arrive(&store, &p, &wo);
         assert!(pending(&store, &p, "work_orders").is_empty());
         assert!(pending(&store, &p, "incidents").is_empty());
@@ -991,12 +990,7 @@ mod tests {
         assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
         // w1 comes back by fetch: its incidents are fetched again.
         let work_orders = p.table("work_orders").expect("work_orders").clone();
-        let wo = page(
-            "work_orders",
-            &["id", "title"],
-            vec![vec![t("w1"), t("one")]],
-            &[],
-        );
+        let wo = work_order("w1", "one");
         store
             .queue_related(&p, &work_orders, &wo.columns, &wo.rows, Arrival::Fetched)
             .expect("queue");
