@@ -182,6 +182,35 @@ fn persist_wal(conn: &Connection) {
     }
 }
 
+/// A value of `_fs_meta`.
+fn meta_value(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT value FROM _fs_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// Writes a value of `_fs_meta`.
+fn put_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO _fs_meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// The offline profile stored with the data, if any.
+fn stored_profile(conn: &Connection) -> Result<Option<SyncProfile>> {
+    meta_value(conn, "profile")?
+        .map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| Error::Storage(format!("corrupt stored profile: {e}")))
+        })
+        .transpose()
+}
+
 fn json_map(text: &str) -> Result<BTreeMap<String, Value>> {
     serde_json::from_str(text).map_err(|e| Error::Storage(format!("corrupt stored JSON: {e}")))
 }
@@ -378,21 +407,12 @@ impl Store {
 
     /// Reads a value of `_fs_meta`.
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(lock(&self.reader)
-            .query_row("SELECT value FROM _fs_meta WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        meta_value(&lock(&self.reader), key)
     }
 
     /// Writes a value of `_fs_meta`.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        lock(&self.writer).execute(
-            "INSERT INTO _fs_meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
-        Ok(())
+        put_meta(&lock(&self.writer), key, value)
     }
 
     /// Runs `f` on the writer connection (engine modules that keep their own
@@ -440,14 +460,7 @@ impl Store {
 
     /// The stored offline profile, if the device has synced once.
     pub fn profile(&self) -> Result<Option<SyncProfile>> {
-        match self.meta("profile")? {
-            Some(text) => {
-                Ok(Some(serde_json::from_str(&text).map_err(|e| {
-                    Error::Storage(format!("corrupt stored profile: {e}"))
-                })?))
-            }
-            None => Ok(None),
-        }
+        stored_profile(&lock(&self.reader))
     }
 
     /// Installs a (new) profile: creates added tables, drops removed ones,
@@ -558,11 +571,7 @@ impl Store {
                 change.dropped_tables.push(table.name.clone());
             }
         }
-        tx.execute(
-            "INSERT INTO _fs_meta (key, value) VALUES ('profile', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [serde_json::to_string(new)?],
-        )?;
+        put_meta(&tx, "profile", &serde_json::to_string(new)?)?;
         settle::install_triggers(&tx, new)?;
         // A new profile can change what reaches any row: the next settling
         // evaluates every row.

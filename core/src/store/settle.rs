@@ -38,10 +38,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    LOCAL_VERSION_COLUMN, delete_row, distinct_keys, has_pending, read_row, related_only_sql,
-    related_rule_key, remove_unreached_rows, text_like, value_key,
+    LOCAL_VERSION_COLUMN, delete_row, distinct_keys, has_pending, meta_value, put_meta, read_row,
+    related_only_sql, related_rule_key, remove_unreached_rows, stored_profile, text_like,
+    value_key,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::filter::{Cond, FilterContext};
 use crate::profile::{RelatedRule, RowRule, SyncProfile, SyncTable, quote_ident};
 use crate::protocol::VERSION_COLUMN;
@@ -174,18 +175,7 @@ pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
     let has_seen = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_fs_related_seen'")?
         .exists([])?;
-    let profile: Option<SyncProfile> = conn
-        .query_row(
-            "SELECT value FROM _fs_meta WHERE key = 'profile'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-        .map(|text| {
-            serde_json::from_str(&text)
-                .map_err(|e| Error::Storage(format!("corrupt stored profile: {e}")))
-        })
-        .transpose()?;
+    let profile = stored_profile(conn)?;
     let triggers_ok = match &profile {
         Some(p) => triggers_installed(conn, p)?,
         None => true,
@@ -430,14 +420,7 @@ pub(super) fn remove_unreached(
     ctx: &FilterContext,
 ) -> Result<Vec<(String, u64)>> {
     let today = ctx.today().to_string();
-    let day_changed = tx
-        .query_row(
-            "SELECT value FROM _fs_meta WHERE key = 'settle_day'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-        .is_none_or(|d| d != today);
+    let day_changed = meta_value(tx, "settle_day")?.is_none_or(|d| d != today);
     let whole: BTreeSet<String> = {
         let mut stmt = tx.prepare("SELECT name FROM _fs_tables WHERE settle_all")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -461,11 +444,7 @@ pub(super) fn remove_unreached(
         out.push((table.name.clone(), removed));
     }
     tx.execute_batch("UPDATE _fs_tables SET settle_all = 0;")?;
-    tx.execute(
-        "INSERT INTO _fs_meta (key, value) VALUES ('settle_day', ?1)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [&today],
-    )?;
+    put_meta(tx, "settle_day", &today)?;
     // Queued values of rules the profile no longer has.
     let keys: Vec<String> = profile.related_rules().map(|r| rule_key(&r)).collect();
     let list = serde_json::to_string(&keys)?;
