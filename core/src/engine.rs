@@ -312,6 +312,15 @@ impl Engine {
         self.table(name)
     }
 
+    /// The profile and the named table of it, for a local write.
+    fn write_target(&self, name: &str) -> Result<(SyncProfile, SyncTable)> {
+        let table = self.table(name)?;
+        let profile = self
+            .profile()
+            .ok_or_else(|| Error::UnknownTable(name.to_owned()))?;
+        Ok((profile, table))
+    }
+
     fn table(&self, name: &str) -> Result<SyncTable> {
         let profile = self.profile.read().unwrap_or_else(|p| p.into_inner());
         let profile = profile.as_ref().ok_or_else(|| {
@@ -369,19 +378,33 @@ impl Engine {
 
     /// Creates a record on the device and queues it for upload.
     pub fn insert(&self, table: &str, id: &str, fields: BTreeMap<String, Value>) -> Result<Record> {
-        let table = self.table(table)?;
+        let (profile, table) = self.write_target(table)?;
         let fields = Self::check_fields(&table, id, fields)?;
         self.store
-            .write(&table, id, Op::Insert, fields, self.clock.now_ms())?
+            .write(
+                &profile,
+                &table,
+                id,
+                Op::Insert,
+                fields,
+                self.clock.now_ms(),
+            )?
             .ok_or_else(|| Error::Internal("insert returned no record".into()))
     }
 
     /// Changes fields of a record on the device and queues the change.
     pub fn update(&self, table: &str, id: &str, fields: BTreeMap<String, Value>) -> Result<Record> {
-        let table = self.table(table)?;
+        let (profile, table) = self.write_target(table)?;
         let fields = Self::check_fields(&table, id, fields)?;
         self.store
-            .write(&table, id, Op::Update, fields, self.clock.now_ms())?
+            .write(
+                &profile,
+                &table,
+                id,
+                Op::Update,
+                fields,
+                self.clock.now_ms(),
+            )?
             .ok_or_else(|| Error::Internal("update returned no record".into()))
     }
 
@@ -395,10 +418,16 @@ impl Engine {
 
     /// Deletes a record on the device and queues the deletion.
     pub fn delete(&self, table: &str, id: &str) -> Result<()> {
-        let table = self.table(table)?;
+        let (profile, table) = self.write_target(table)?;
         Self::check_fields(&table, id, BTreeMap::new())?;
-        self.store
-            .write(&table, id, Op::Delete, BTreeMap::new(), self.clock.now_ms())?;
+        self.store.write(
+            &profile,
+            &table,
+            id,
+            Op::Delete,
+            BTreeMap::new(),
+            self.clock.now_ms(),
+        )?;
         Ok(())
     }
 

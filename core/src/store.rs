@@ -869,6 +869,7 @@ impl Store {
     /// `data` must already be checked against the profile.
     pub fn write(
         &self,
+        profile: &SyncProfile,
         table: &SyncTable,
         id: &str,
         op: Op,
@@ -882,9 +883,6 @@ impl Store {
             )));
         }
         data.remove(&table.primary_key);
-        // New related values (a booking written for another work order)
-        // have their related rows fetched at the next settling.
-        let profile = self.profile()?;
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current = read_row(&tx, table, id)?;
@@ -906,9 +904,9 @@ impl Store {
                 for c in &table.columns {
                     fields.entry(c.name.clone()).or_insert(Value::Null);
                 }
-                if let Some(p) = &profile {
-                    settle::queue_related_row(&tx, p, table, &fields, None)?;
-                }
+                // New related values (a booking written for another work
+                // order) have their related rows fetched at the next settling.
+                settle::queue_related_row(&tx, profile, table, &fields, None)?;
                 upsert_row(&tx, table, &fields, 0)?;
                 Some(Record {
                     table: table.name.clone(),
@@ -922,9 +920,7 @@ impl Store {
                 for (k, v) in &data {
                     fields.insert(k.clone(), v.clone());
                 }
-                if let Some(p) = &profile {
-                    settle::queue_related_row(&tx, p, table, &fields, None)?;
-                }
+                settle::queue_related_row(&tx, profile, table, &fields, None)?;
                 upsert_row(&tx, table, &fields, version)?;
                 Some(Record {
                     table: table.name.clone(),

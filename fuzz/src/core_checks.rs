@@ -104,7 +104,7 @@ impl Fixture {
         if pending_row {
             let data = BTreeMap::from([("name".to_owned(), Value::Text("local".into()))]);
             store
-                .write(&table, PENDING_ID, Op::Insert, data, 0)
+                .write(&profile, &table, PENDING_ID, Op::Insert, data, 0)
                 .expect("local write");
         }
         let side = rusqlite::Connection::open(&path).expect("side connection");

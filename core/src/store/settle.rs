@@ -817,7 +817,7 @@ mod tests {
         let mut data = std::collections::BTreeMap::new();
         data.insert("work_order_id".to_string(), t("w9"));
         store
-            .write(&incidents, "i1", crate::protocol::Op::Update, data, NOW)
+            .write(&p, &incidents, "i1", crate::protocol::Op::Update, data, NOW)
             .expect("write");
         store.remove_unreached(&p, NOW).expect("settle");
         assert_eq!(ids(&store, "incidents"), ["i1", "i2"], "pending: kept");
