@@ -91,21 +91,37 @@ fn related_sources(profile: &SyncProfile) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-fn object_names(conn: &Connection, kind: &str, prefix: &str) -> Result<Vec<String>> {
+const INDEX_PREFIX: &str = "_fs_ix_";
+
+/// Names of the schema objects of `kind` whose name starts with `prefix`,
+/// on `table` when given.
+fn object_names(
+    conn: &Connection,
+    kind: &str,
+    prefix: &str,
+    table: Option<&str>,
+) -> Result<Vec<String>> {
     let mut stmt = conn.prepare(
-        "SELECT name FROM sqlite_master WHERE type = ?1 AND substr(name, 1, length(?2)) = ?2",
+        "SELECT name FROM sqlite_master WHERE type = ?1 AND substr(name, 1, length(?2)) = ?2
+           AND (?3 IS NULL OR tbl_name = ?3)",
     )?;
-    let rows = stmt.query_map(params![kind, prefix], |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map(params![kind, prefix, table], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Drops the schema objects `object_names` lists (`kind` is `trigger` or
+/// `index`).
+fn drop_objects(conn: &Connection, kind: &str, prefix: &str, table: Option<&str>) -> Result<()> {
+    for name in object_names(conn, kind, prefix, table)? {
+        conn.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote_ident(&name)))?;
+    }
+    Ok(())
 }
 
 /// Drops the lost-value triggers (before columns are altered or tables
 /// dropped; [`install_triggers`] puts them back).
 pub(super) fn drop_triggers(conn: &Connection) -> Result<()> {
-    for name in object_names(conn, "trigger", TRIGGER_PREFIX)? {
-        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(&name)))?;
-    }
-    Ok(())
+    drop_objects(conn, "trigger", TRIGGER_PREFIX, None)
 }
 
 /// Installs the lost-value triggers for `profile` (replacing any).
@@ -130,22 +146,23 @@ pub(super) fn install_triggers(conn: &Connection, profile: &SyncProfile) -> Resu
 
 /// True when the installed triggers match `profile`.
 fn triggers_installed(conn: &Connection, profile: &SyncProfile) -> Result<bool> {
-    Ok(object_names(conn, "trigger", TRIGGER_PREFIX)?.len() == 2 * related_sources(profile).len())
+    Ok(object_names(conn, "trigger", TRIGGER_PREFIX, None)?.len()
+        == 2 * related_sources(profile).len())
 }
 
 /// Drops the settle indexes of `table` (before its columns change; they are
 /// created again when needed).
 pub(super) fn drop_indexes(conn: &Connection, table: &str) -> Result<()> {
-    let mut stmt = conn.prepare(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND substr(name, 1, 7) = '_fs_ix_'",
-    )?;
-    let names: Vec<String> = stmt
-        .query_map([table], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for name in names {
-        conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", quote_ident(&name)))?;
-    }
-    Ok(())
+    drop_objects(conn, "index", INDEX_PREFIX, Some(table))
+}
+
+/// The query "does `table` hold a row whose `column` is ?1".
+fn holds_sql(table: &str, column: &str) -> String {
+    format!(
+        "SELECT 1 FROM {} WHERE {} = ?1 LIMIT 1",
+        quote_ident(table),
+        quote_ident(column)
+    )
 }
 
 /// Creates, if missing, an index on `table.column` (nothing for the primary
@@ -154,7 +171,12 @@ fn ensure_index(conn: &Connection, table: &SyncTable, column: &str) -> Result<()
     if column == table.primary_key {
         return Ok(());
     }
-    let name = format!("_fs_ix_{}_{}_{}", table.name.len(), table.name, column);
+    let name = format!(
+        "{INDEX_PREFIX}{}_{}_{}",
+        table.name.len(),
+        table.name,
+        column
+    );
     conn.execute_batch(&format!(
         "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
         quote_ident(&name),
@@ -376,12 +398,10 @@ pub(super) fn take_pending(
         .is_some_and(|c| text_like(c.kind))
     {
         ensure_index(conn, other, foreign_column)?;
-        let sql = format!(
-            "SELECT 1 FROM {} WHERE {} = ?1 LIMIT 1",
-            quote_ident(&other.name),
-            quote_ident(foreign_column)
-        );
-        (Some(sql), BTreeSet::new())
+        (
+            Some(holds_sql(&other.name, foreign_column)),
+            BTreeSet::new(),
+        )
     } else {
         (None, distinct_keys(conn, other, foreign_column)?)
     };
@@ -578,10 +598,23 @@ fn remove_candidates(
     if ids.is_empty() {
         return Ok(0);
     }
-    for r in table.related_rules() {
-        if let Some(other_table) = profile.table(r.other) {
-            ensure_index(tx, other_table, r.foreign_column)?;
-        }
+    // Per rule, the lookup that says whether the related table holds a
+    // row's value (built once for the pass).
+    let mut lookups: Vec<Option<String>> = Vec::with_capacity(table.rules.len());
+    for rule in &table.rules {
+        lookups.push(match rule {
+            RowRule::Related {
+                table: other,
+                foreign_column,
+                ..
+            } => {
+                if let Some(other_table) = profile.table(other) {
+                    ensure_index(tx, other_table, foreign_column)?;
+                }
+                Some(holds_sql(other, foreign_column))
+            }
+            _ => None,
+        });
     }
     let own = OwnRules::new(table, ctx);
     let mut removed = 0;
@@ -594,21 +627,13 @@ fn remove_candidates(
         };
         let mut stays = false;
         for (i, rule) in table.rules.iter().enumerate() {
-            stays = match rule {
-                RowRule::Related {
-                    table: other,
-                    column,
-                    foreign_column,
-                } => match fields.get(column).and_then(value_key) {
-                    Some(k) => tx
-                        .prepare_cached(&format!(
-                            "SELECT 1 FROM {} WHERE {} = ?1 LIMIT 1",
-                            quote_ident(other),
-                            quote_ident(foreign_column)
-                        ))?
-                        .exists([k])?,
-                    None => false,
-                },
+            stays = match (rule, &lookups[i]) {
+                (RowRule::Related { column, .. }, Some(sql)) => {
+                    match fields.get(column).and_then(value_key) {
+                        Some(k) => tx.prepare_cached(sql)?.exists([k])?,
+                        None => false,
+                    }
+                }
                 _ => own.matches(i, &fields),
             };
             if stays {
