@@ -709,9 +709,7 @@ mod tests {
         store.apply_profile(&p, NOW).expect("profile");
         let start = t("2026-11-30T09:00:00Z");
         for pg in [
-            page(
-                "bookings",
-                &["id", "work_order_id", "start_time"],
+            bookings_page(
                 vec![
                     vec![t("b1"), t("w1"), start.clone()],
                     vec![t("b2"), t("w2"), start],
@@ -765,16 +763,7 @@ mod tests {
             .expect("stray");
         let bookings = p.table("bookings").expect("bookings").clone();
         store
-            .apply_page(
-                &bookings,
-                &page(
-                    "bookings",
-                    &["id", "work_order_id", "start_time"],
-                    vec![],
-                    &["b1"],
-                ),
-                NOW,
-            )
+            .apply_page(&bookings, &bookings_page(vec![], &["b1"]), NOW)
             .expect("removal page");
         let removed = store.remove_unreached(&p, NOW + 1000).expect("settle");
         assert_eq!(
@@ -802,9 +791,7 @@ mod tests {
         store
             .apply_page(
                 &bookings,
-                &page(
-                    "bookings",
-                    &["id", "work_order_id", "start_time"],
+                &bookings_page(
                     vec![vec![t("b2"), t("w1"), t("2026-11-30T09:00:00Z")]],
                     &["b1"],
                 ),
@@ -881,12 +868,7 @@ mod tests {
                 .expect("pending")
                 .is_empty()
         );
-        let pg = page(
-            "bookings",
-            &["id", "work_order_id", "start_time"],
-            vec![vec![t("b3"), t("w3"), t("2026-11-30T09:00:00Z")]],
-            &[],
-        );
+        let pg = bookings_page(vec![vec![t("b3"), t("w3"), t("2026-11-30T09:00:00Z")]], &[]);
         store
             .queue_related(&p, &bookings, &pg.columns, &pg.rows, Arrival::Server)
             .expect("queue");
@@ -948,6 +930,15 @@ mod tests {
             .expect("pending")
     }
 
+    fn bookings_page(rows: Vec<Vec<Value>>, removed: &[&str]) -> PullPage {
+        page(
+            "bookings",
+            &["id", "work_order_id", "start_time"],
+            rows,
+            removed,
+        )
+    }
+
     fn work_order(id: &str, title: &str) -> PullPage {
         page(
             "work_orders",
@@ -958,12 +949,7 @@ mod tests {
     }
 
     fn booking(id: &str, wo: &str) -> PullPage {
-        page(
-            "bookings",
-            &["id", "work_order_id", "start_time"],
-            vec![vec![t(id), t(wo), t("2026-11-30T10:00:00Z")]],
-            &[],
-        )
+        bookings_page(vec![vec![t(id), t(wo), t("2026-11-30T10:00:00Z")]], &[])
     }
 
     #[test]
