@@ -254,6 +254,11 @@ async fn serve_replay(recorded: Recorded) -> String {
                 .quality(tower_http::compression::CompressionLevel::Fastest),
         )
         .with_state(recorded);
+    serve(app).await
+}
+
+/// Serves `app` on a loopback port; returns its base URL.
+async fn serve(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -277,14 +282,7 @@ async fn serve_static(bodies: Arc<Vec<axum::body::Bytes>>) -> String {
             ),
         )
         .with_state(bodies);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    url
+    serve(app).await
 }
 
 /// The physical limits: raw HTTP transfer of the same pages, and the same
