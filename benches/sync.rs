@@ -30,22 +30,47 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const ADMIN: &str = "bench-admin-token";
 
-fn peak_rss_kib() -> u64 {
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
 }
 
+fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// `FIELDSYNC_BENCH_RSS=1`: the device child logs its resident set every time
+/// it grows by a MiB (target `fieldsync::bench`, with the sync's phase logs),
+/// to see which phase the peak belongs to.
+fn trace_rss() {
+    if std::env::var_os("FIELDSYNC_BENCH_RSS").is_none() {
+        return;
+    }
+    std::thread::spawn(|| {
+        let mut logged = 0;
+        loop {
+            let rss = status_kib("VmRSS:");
+            if rss >= logged + 1024 {
+                tracing::info!(target: "fieldsync::bench", rss_kib = rss, anon_kib = status_kib("RssAnon:"), file_kib = status_kib("RssFile:"), shmem_kib = status_kib("RssShmem:"), "rss");
+                logged = rss;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+}
+
 /// Child mode: open a device and sync once; print figures as JSON.
 async fn device_sync(db: &str, url: &str, token: &str, page_size: u32) {
     let mut config = EngineConfig::new(db, url, token);
     config.page_size = page_size;
+    trace_rss();
     let engine = Engine::open(config).expect("open");
     let started = Instant::now();
     let report = engine.sync().await.expect("sync");

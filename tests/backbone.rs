@@ -731,3 +731,54 @@ async fn bad_input_gets_typed_errors_and_changes_nothing() {
         "after garbage"
     );
 }
+
+/// `total` is the progress of a download: estimated from the share of the
+/// walked rows the rules selected while pages remain (so that asking for it
+/// does not evaluate every rule on every row again), exact on the last page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_total_estimates_the_rest_and_is_exact_on_the_last_page() {
+    let server = Server::start().await;
+    let tech = server.wide_technician("tech-a").await;
+    let seed_rows = server.seed(&["tech-a", "tech-b", "tech-c"], 300).await;
+    let mut cursor = String::new();
+    let mut pages: Vec<(u64, u64, bool)> = Vec::new();
+    loop {
+        let (s, page) = server
+            .call(
+                "GET",
+                &format!("/v1/sync/pull?table=bookings&cursor={cursor}&limit=20&total=true"),
+                Some(&tech),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{page}");
+        let entries = (page["rows"].as_array().unwrap().len()
+            + page["removed"].as_array().unwrap().len()) as u64;
+        let total = page["total"].as_u64().expect("total when asked");
+        let more = page["has_more"].as_bool().unwrap();
+        pages.push((entries, total, more));
+        cursor = page["cursor"].as_str().unwrap().to_owned();
+        if !more {
+            break;
+        }
+    }
+    assert!(pages.len() >= 4, "several pages: {pages:?}");
+    let all: u64 = pages.iter().map(|p| p.0).sum();
+    assert!(all * 2 < seeded(&seed_rows, "bookings"), "{all}");
+    // Only the technician's own bookings are selected: the rules skip most
+    // rows, and the estimate follows what they select, not the table's size.
+    let first = pages[0].1;
+    assert!(
+        first * 10 >= all * 7 && first * 10 <= all * 13,
+        "first estimate {first} for {all} entries: {pages:?}"
+    );
+    let mut done = 0;
+    for (entries, total, more) in &pages {
+        assert!(*total >= *entries, "{pages:?}");
+        if !more {
+            assert_eq!(*total, *entries, "exact on the last page: {pages:?}");
+        }
+        done += entries;
+    }
+    assert_eq!(done, all);
+}

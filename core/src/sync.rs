@@ -330,6 +330,10 @@ async fn upload(engine: &Engine, report: &mut SyncReport) -> Result<()> {
     }
 }
 
+/// How often a download asks the server for its `total` again (the first
+/// page always does): each answer refines the progress estimate.
+const TOTAL_EVERY_PAGES: u64 = 10;
+
 type PageFetch = tokio::task::JoinHandle<Result<crate::client::Sized<PullPage>>>;
 
 fn fetch(
@@ -384,23 +388,28 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
         report.bytes_down += fetched.bytes_down;
         table_report.bytes_down += fetched.bytes_down;
         let page = fetched.value;
+        let page_rows = (page.rows.len() + page.removed.len()) as u64;
         if page.has_more {
+            // The server's total is an estimate until the last page: ask
+            // again now and then so the progress follows what is selected.
+            let ask_total = (table_report.pages + 1).is_multiple_of(TOTAL_EVERY_PAGES);
             pending = Some(fetch(
                 engine,
                 table,
                 page.cursor.clone(),
-                false,
+                ask_total,
                 profile_version,
             ));
         }
-        if let Some(total) = page.total {
-            // The total counts from this run's starting cursor.
+        if !page.has_more {
+            rows_total = Some(rows_done + page_rows);
+        } else if let Some(total) = page.total {
+            // The total counts from the request's cursor, this page included.
             rows_total = Some(rows_done + total);
         }
         let store = store.clone();
         let t = table.clone();
         let now = engine.clock.now_ms();
-        let page_rows = (page.rows.len() + page.removed.len()) as u64;
         let mut page_for_store = page;
         if let Some(total) = rows_total {
             page_for_store.total = Some(total);

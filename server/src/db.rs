@@ -469,6 +469,51 @@ fn int(n: i64) -> Value {
 }
 
 /// Creates the schema and the default profile in a fresh transaction.
+/// The entries of a pull after this page, estimated for `total` (the
+/// progress of a download) without evaluating the profile's rules again.
+///
+/// Rows changed after the snapshot are entries whatever they hold, so they
+/// are counted. Rows at or before the snapshot are entries only when the
+/// rules select them: their number is the rows still to walk times the share
+/// of the rows this page walked that were entries. Every count is a range of
+/// the table's `_seq` index, so the estimate costs a fraction of the page,
+/// where counting exactly would evaluate every rule on every row again (as
+/// much as the whole download: 10 s of 26 s for 1M device rows).
+fn estimate_rest(
+    c: &mut dyn Conn,
+    table: &str,
+    since: i64,
+    snapshot: i64,
+    last_seq: i64,
+    entries_in_snapshot: u64,
+) -> ApiResult<u64> {
+    let row = c.query_one(
+        &format!(
+            "SELECT COALESCE(SUM(CASE WHEN _seq > ? THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN _seq > ? AND _seq <= ? THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN _seq <= ? THEN 1 ELSE 0 END), 0)
+             FROM {} WHERE _seq > ?",
+            quote_ident(table)
+        ),
+        &[
+            int(last_seq.max(snapshot)),
+            int(last_seq),
+            int(snapshot),
+            int(last_seq.min(snapshot)),
+            int(since),
+        ],
+    )?;
+    let after_snapshot = row.i64(0)?.max(0) as u64;
+    let to_walk = row.i64(1)?.max(0) as u64;
+    let walked = row.i64(2)?.max(0) as u64;
+    let selected = if walked == 0 {
+        to_walk
+    } else {
+        (to_walk as u128 * u128::from(entries_in_snapshot.min(walked)) / walked as u128) as u64
+    };
+    Ok(after_snapshot + selected)
+}
+
 fn prepare(c: &mut dyn Conn, model: &DataModel, default_profile: &OfflineProfile) -> ApiResult<()> {
     schema::migrate(c, model)?;
     let has_profile = c.exists(
@@ -1149,8 +1194,14 @@ impl Db {
                 let rows = c.query(&sql, &params)?;
                 let more = rows.len() > room as usize;
                 let mut last_seq = cursor.since;
+                let mut entries = 0u64;
+                let mut entries_in_snapshot = 0u64;
                 for r in rows.iter().take(room as usize) {
                     last_seq = r.i64(ncols + 1)?;
+                    entries += 1;
+                    if last_seq <= cursor.snapshot {
+                        entries_in_snapshot += 1;
+                    }
                     if r.i64(ncols + 2)? == 1 {
                         out_rows.push(read_values(r)?);
                     } else {
@@ -1158,14 +1209,17 @@ impl Db {
                     }
                 }
                 if let Some(t) = total.as_mut() {
-                    let sql = format!(
-                        "SELECT COUNT(*) FROM {} WHERE {scope}",
-                        quote_ident(&table.name)
-                    );
-                    let mut params: Vec<Value> = vec![int(cursor.since), int(cursor.snapshot)];
-                    params.extend(predicate.params.iter().cloned());
-                    let n = c.query_one(&sql, &params)?.i64(0)?;
-                    *t += n.max(0) as u64;
+                    *t += entries;
+                    if more {
+                        *t += estimate_rest(
+                            c,
+                            &table.name,
+                            cursor.since,
+                            cursor.snapshot,
+                            last_seq,
+                            entries_in_snapshot,
+                        )?;
+                    }
                 }
                 if more {
                     has_more = true;
