@@ -438,8 +438,23 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Reads map the database file instead of copying each page through a
+    // read() call, and each connection caches more of it: a pull page walks
+    // a table's `_seq` index and looks up related rows in other tables, and
+    // with SQLite's defaults (no mapping, a 2 MiB cache) copying pages out of
+    // the kernel took a tenth of the server's time. Writes still go through
+    // the WAL (SQLite never writes through the mapping), so a full disk is
+    // still an error on write; the price is that a read error of a mapped
+    // page (the file cut short under the server) is a signal, not an error.
+    conn.pragma_update(None, "mmap_size", SQLITE_MMAP_BYTES)?;
+    conn.pragma_update(None, "cache_size", -SQLITE_CACHE_KIB)?;
     Ok(conn)
 }
+
+/// Largest part of the embedded database file a connection maps (1 GiB).
+const SQLITE_MMAP_BYTES: i64 = 1 << 30;
+/// Page cache of each embedded connection, in KiB (16 MiB).
+const SQLITE_CACHE_KIB: i64 = 16 * 1024;
 
 /// PostgreSQL text cannot hold U+0000 (SQLite's can): the first value that
 /// would not store, by column name.

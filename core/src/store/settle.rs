@@ -455,11 +455,13 @@ pub(super) fn remove_unreached(
         let full = whole.contains(&table.name)
             || (day_changed && table.uses_clock())
             || !incremental(profile, table, &settled);
+        let timer = std::time::Instant::now();
         let removed = if full {
             remove_all_unreached(tx, profile, table, &settled, ctx)?
         } else {
             remove_candidates(tx, profile, table, ctx)?
         };
+        tracing::debug!(target: "fieldsync::sync", table = %table.name, full, removed, ms = timer.elapsed().as_millis() as u64, "table settled");
         settled.insert(table.name.as_str());
         out.push((table.name.clone(), removed));
     }
