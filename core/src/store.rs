@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
 use crate::filter::FilterContext;
-use crate::profile::{ColumnKind, RowRule, SyncProfile, SyncTable, quote_ident};
+use crate::profile::{Column, ColumnKind, RowRule, SyncProfile, SyncTable, quote_ident};
 use crate::protocol::{
     MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage, VERSION_COLUMN,
 };
@@ -225,6 +225,54 @@ fn row_to_map(
     }
     let version: i64 = row.get(table.columns.len())?;
     Ok((fields, version))
+}
+
+/// The columns the rules of `table` read, the primary key included, in
+/// table order: a settling pass over every row reads only these into each
+/// row's map.
+fn rule_columns(table: &SyncTable) -> Vec<&Column> {
+    let mut names: Vec<&str> = vec![table.primary_key.as_str()];
+    for rule in &table.rules {
+        match rule {
+            RowRule::All => {}
+            RowRule::Owned { column } => names.push(column),
+            RowRule::Custom { filter } => names.extend(filter.columns()),
+            RowRule::Related {
+                table: other,
+                column,
+                foreign_column,
+            } => {
+                names.push(column);
+                if *other == table.name {
+                    names.push(foreign_column);
+                }
+            }
+        }
+    }
+    table
+        .columns
+        .iter()
+        .filter(|c| names.contains(&c.name.as_str()))
+        .collect()
+}
+
+/// `SELECT` of [`rule_columns`] over the whole table.
+fn rule_columns_sql(table: &SyncTable, columns: &[&Column]) -> String {
+    let list: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    format!(
+        "SELECT {} FROM {}",
+        list.join(", "),
+        quote_ident(&table.name)
+    )
+}
+
+/// A row read by [`rule_columns_sql`], as a map.
+fn rule_row(row: &rusqlite::Row<'_>, columns: &[&Column]) -> Result<BTreeMap<String, Value>> {
+    let mut fields = BTreeMap::new();
+    for (i, c) in columns.iter().enumerate() {
+        fields.insert(c.name.clone(), Value::from_sql(row.get_ref(i)?, c.kind));
+    }
+    Ok(fields)
 }
 
 fn select_columns(table: &SyncTable) -> String {
@@ -1318,16 +1366,12 @@ impl Store {
 }
 
 fn remove_unqualified(conn: &Connection, table: &SyncTable, ctx: &FilterContext) -> Result<u64> {
-    let sql = format!(
-        "SELECT {} FROM {}",
-        select_columns(table),
-        quote_ident(&table.name)
-    );
-    let mut stmt = conn.prepare(&sql)?;
+    let columns = rule_columns(table);
+    let mut stmt = conn.prepare(&rule_columns_sql(table, &columns))?;
     let mut rows = stmt.query([])?;
     let mut doomed = Vec::new();
     while let Some(row) = rows.next()? {
-        let (fields, _) = row_to_map(row, table)?;
+        let fields = rule_row(row, &columns)?;
         if table.row_qualifies(&fields, ctx) {
             continue;
         }
@@ -1452,18 +1496,14 @@ fn remove_unreached_rows(
             }
         }
     }
-    let sql = format!(
-        "SELECT {} FROM {}",
-        select_columns(table),
-        quote_ident(&table.name)
-    );
+    let columns = rule_columns(table);
     let own_rules = settle::OwnRules::new(table, ctx);
     let mut doomed = Vec::new();
     {
-        let mut stmt = tx.prepare(&sql)?;
+        let mut stmt = tx.prepare(&rule_columns_sql(table, &columns))?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let (fields, _) = row_to_map(row, table)?;
+            let fields = rule_row(row, &columns)?;
             let Some(Value::Text(id)) = fields.get(&table.primary_key) else {
                 continue;
             };

@@ -38,9 +38,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    LOCAL_VERSION_COLUMN, delete_row, distinct_keys, has_pending, meta_value, put_meta, read_row,
-    related_only_sql, related_rule_key, remove_unreached_rows, stored_profile, text_like,
-    value_key,
+    LOCAL_VERSION_COLUMN, delete_row, distinct_keys, has_pending, meta_value, put_meta,
+    related_only_sql, related_rule_key, remove_unreached_rows, rule_columns, rule_columns_sql,
+    rule_row, stored_profile, text_like, value_key,
 };
 use crate::error::Result;
 use crate::filter::{Cond, FilterContext};
@@ -288,56 +288,80 @@ pub(super) fn queue_related(
         return Ok(());
     };
     let version_at = columns.iter().position(|c| c == VERSION_COLUMN);
+    // The rules reading this table whose table has finished its first
+    // download: (queue key, position of the foreign column in the rows,
+    // the foreign column).
+    let mut rules: Vec<(String, usize, &str)> = Vec::new();
     for r in profile.related_rules() {
         if r.other != table.name {
             continue;
         }
-        let (child, foreign_column) = (r.table, r.foreign_column);
-        let Some(i) = columns.iter().position(|c| c == foreign_column) else {
+        let Some(i) = columns.iter().position(|c| c == r.foreign_column) else {
             continue;
         };
         let initial_done: bool = conn
-            .query_row(
-                "SELECT initial_done FROM _fs_tables WHERE name = ?1",
-                [&child.name],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT initial_done FROM _fs_tables WHERE name = ?1")?
+            .query_row([&r.table.name], |r| r.get(0))
             .optional()?
             .unwrap_or(false);
-        if !initial_done {
+        if initial_done {
+            rules.push((rule_key(&r), i, r.foreign_column));
+        }
+    }
+    if rules.is_empty() {
+        return Ok(());
+    }
+    // The device's copy of a row: its version and, per rule, its related
+    // value, in one lookup for every rule.
+    let held_sql = format!(
+        "SELECT {LOCAL_VERSION_COLUMN}, {} FROM {t} WHERE {pk} = ?1",
+        rules
+            .iter()
+            .map(|(_, _, f)| format!("CAST({} AS TEXT)", quote_ident(f)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        t = quote_ident(&table.name),
+        pk = quote_ident(&table.primary_key),
+    );
+    let mut held_stmt = conn.prepare_cached(&held_sql)?;
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
+    )?;
+    for row in rows {
+        let values: Vec<Option<String>> = rules
+            .iter()
+            .map(|(_, i, _)| row.get(*i).and_then(value_key))
+            .collect();
+        if values.iter().all(Option::is_none) {
             continue;
         }
-        let key = rule_key(&r);
-        let held_sql = format!(
-            "SELECT CAST({f} AS TEXT), {LOCAL_VERSION_COLUMN} FROM {t} WHERE {pk} = ?1",
-            f = quote_ident(foreign_column),
-            t = quote_ident(&table.name),
-            pk = quote_ident(&table.primary_key),
-        );
-        let mut held_stmt = conn.prepare_cached(&held_sql)?;
-        let mut insert = conn.prepare_cached(
-            "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
-        )?;
-        for row in rows {
-            let Some(v) = row.get(i).and_then(value_key) else {
-                continue;
-            };
-            let queue = arrival == Arrival::Fetched || {
-                let id = row.get(pk).and_then(value_key).unwrap_or_default();
-                let held: Option<(Option<String>, i64)> = held_stmt
-                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                match held {
-                    None => true,
-                    Some((old, held_version)) => {
-                        let version = match version_at.and_then(|at| row.get(at)) {
-                            Some(Value::Integer(n)) if arrival == Arrival::Server => *n,
-                            _ => held_version,
-                        };
-                        old.as_deref() != Some(v.as_str())
-                            || version >= held_version.saturating_add(2)
+        // `None`: new to the device; else its version and related values.
+        let held: Option<(i64, Vec<Option<String>>)> = if arrival == Arrival::Fetched {
+            None
+        } else {
+            let id = row.get(pk).and_then(value_key).unwrap_or_default();
+            held_stmt
+                .query_row([&id], |r| {
+                    let mut old = Vec::with_capacity(rules.len());
+                    for k in 0..rules.len() {
+                        old.push(r.get::<_, Option<String>>(k + 1)?);
                     }
-                }
+                    Ok((r.get::<_, i64>(0)?, old))
+                })
+                .optional()?
+        };
+        let moved_on = held.as_ref().is_some_and(|(held_version, _)| {
+            let version = match version_at.and_then(|at| row.get(at)) {
+                Some(Value::Integer(n)) if arrival == Arrival::Server => *n,
+                _ => *held_version,
+            };
+            version >= held_version.saturating_add(2)
+        });
+        for (k, (key, _, _)) in rules.iter().enumerate() {
+            let Some(v) = &values[k] else { continue };
+            let queue = match &held {
+                None => true,
+                Some((_, old)) => moved_on || old[k].as_deref() != Some(v.as_str()),
             };
             if queue {
                 insert.execute(params![key, v])?;
@@ -619,13 +643,24 @@ fn remove_candidates(
         });
     }
     let own = OwnRules::new(table, ctx);
+    let columns = rule_columns(table);
+    let by_id = format!(
+        "{} WHERE {} = ?1",
+        rule_columns_sql(table, &columns),
+        quote_ident(&table.primary_key)
+    );
     let mut removed = 0;
     for id in ids {
         if has_pending(tx, &table.name, &id)? {
             continue;
         }
-        let Some((fields, _)) = read_row(tx, table, &id)? else {
-            continue;
+        let fields = {
+            let mut stmt = tx.prepare_cached(&by_id)?;
+            let mut rows = stmt.query([&id])?;
+            match rows.next()? {
+                Some(row) => rule_row(row, &columns)?,
+                None => continue,
+            }
         };
         let mut stays = false;
         for (i, rule) in table.rules.iter().enumerate() {
