@@ -120,11 +120,14 @@ impl Server {
 
 /// The real HTTP transport behind a scripted switch: `up` false refuses
 /// every request (no network); `hold_pulls` parks pull requests until
-/// released. Every request path is logged.
+/// released; `bad_rows` answers pulls with pages whose head is sound but
+/// whose first row holds a value no column can take. Every request path is
+/// logged.
 struct Net {
     inner: HttpTransport,
     up: AtomicBool,
     hold_pulls: AtomicBool,
+    bad_rows: AtomicBool,
     held: tokio::sync::Notify,
     release: tokio::sync::Notify,
     log: Mutex<Vec<String>>,
@@ -136,6 +139,7 @@ impl Net {
             inner: HttpTransport::new(url, HttpTimeouts::default()).expect("transport"),
             up: AtomicBool::new(true),
             hold_pulls: AtomicBool::new(false),
+            bad_rows: AtomicBool::new(false),
             held: tokio::sync::Notify::new(),
             release: tokio::sync::Notify::new(),
             log: Mutex::new(Vec::new()),
@@ -172,7 +176,16 @@ impl Transport for Net {
             self.held.notify_one();
             released.await;
         }
-        self.inner.send(request).await
+        let pull = request.path.starts_with("/v1/sync/pull");
+        let mut response = self.inner.send(request).await?;
+        if pull && self.bad_rows.load(Ordering::SeqCst) {
+            let mut page: Json = serde_json::from_slice(&response.body).expect("page");
+            if let Some(row) = page["rows"].get_mut(0) {
+                row[1] = json!({"not": "a value"});
+            }
+            response.body = serde_json::to_vec(&page).expect("page");
+        }
+        Ok(response)
     }
 }
 
@@ -909,4 +922,32 @@ async fn initial_and_catch_up_notifications_report_progress_and_completion() {
         notes.last().map(|n| (n.0, n.1)),
         Some((NotificationKind::CatchUp, NotificationPhase::Completed))
     );
+}
+
+/// A page whose head is sound (table, cursor, `has_more`) but whose rows do
+/// not decode is a protocol error: nothing of it is applied, the cursor
+/// stays, and the next sync downloads it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_rows_do_not_decode_is_refused_whole() {
+    let server = Server::start().await;
+    let token = server.technician().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(T0));
+    let net = Net::new(&server.url);
+    let mut config = EngineConfig::new(dir.path().join("d.db"), &server.url, &token);
+    config.page_size = 5;
+    let engine = Engine::open_with(config, net.clone(), clock.clone()).expect("open");
+    net.bad_rows.store(true, Ordering::SeqCst);
+    let err = engine.sync().await.expect_err("bad rows");
+    assert!(err.to_string().contains("does not decode"), "{err}");
+    let status = engine.status().expect("status");
+    assert!(
+        status.tables.iter().all(|t| t.rows == 0),
+        "nothing applied: {:?}",
+        status.tables
+    );
+    net.bad_rows.store(false, Ordering::SeqCst);
+    let report = engine.sync().await.expect("sync");
+    assert!(report.tables.iter().any(|t| t.rows_upserted > 0));
+    assert!(engine.list("accounts", None, 100).expect("list").len() > 1);
 }

@@ -40,6 +40,38 @@ pub struct Sized<T> {
     pub bytes_down: u64,
 }
 
+/// A pull page as it came off the wire: its head decoded, enough to ask for
+/// the next page, and its body kept as its compact JSON until the thread
+/// that applies it decodes it. Only the page being applied is ever held
+/// decoded (a decoded page takes several times its JSON), and its values
+/// are allocated and freed on the one thread that writes them.
+pub struct PulledPage {
+    pub head: PageHead,
+    body: Vec<u8>,
+}
+
+/// The fields of a pull page that drive the download.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PageHead {
+    pub table: String,
+    pub cursor: String,
+    pub has_more: bool,
+    #[serde(default)]
+    pub total: Option<u64>,
+}
+
+impl PulledPage {
+    /// The whole page, decoded.
+    pub fn decode(&self) -> Result<PullPage> {
+        decode(&self.body)
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Protocol(format!("the server's answer does not decode: {e}")))
+}
+
 /// Client of the sync server.
 #[derive(Clone)]
 pub struct ServerApi {
@@ -74,6 +106,21 @@ impl ServerApi {
         path: String,
         body: Vec<u8>,
     ) -> Result<Sized<T>> {
+        let raw = self.call_raw(method, path, body).await?;
+        Ok(Sized {
+            value: decode(&raw.value)?,
+            bytes_up: raw.bytes_up,
+            bytes_down: raw.bytes_down,
+        })
+    }
+
+    /// Sends a request; the body of a 2xx answer, undecoded.
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: String,
+        body: Vec<u8>,
+    ) -> Result<Sized<Vec<u8>>> {
         let bytes_up = (body.len() + path.len()) as u64;
         let request = HttpRequest {
             method,
@@ -97,10 +144,8 @@ impl ServerApi {
         if !(200..300).contains(&response.status) {
             return Err(error_from_response(response.status, &response.body));
         }
-        let value = serde_json::from_slice(&response.body)
-            .map_err(|e| Error::Protocol(format!("the server's answer does not decode: {e}")))?;
         Ok(Sized {
-            value,
+            value: response.body,
             bytes_up,
             bytes_down,
         })
@@ -120,20 +165,28 @@ impl ServerApi {
         limit: u32,
         want_total: bool,
         profile_version: i64,
-    ) -> Result<Sized<PullPage>> {
+    ) -> Result<Sized<PulledPage>> {
         let path = format!(
             "/v1/sync/pull?table={}&cursor={}&limit={limit}&total={want_total}&profile_version={profile_version}",
             encode_component(table),
             encode_component(cursor)
         );
-        let page: Sized<PullPage> = self.call(Method::Get, path, Vec::new()).await?;
-        if page.value.table != table {
+        let raw = self.call_raw(Method::Get, path, Vec::new()).await?;
+        let head: PageHead = decode(&raw.value)?;
+        if head.table != table {
             return Err(Error::Protocol(format!(
                 "asked for table '{table}', got '{}'",
-                page.value.table
+                head.table
             )));
         }
-        Ok(page)
+        Ok(Sized {
+            value: PulledPage {
+                head,
+                body: raw.value,
+            },
+            bytes_up: raw.bytes_up,
+            bytes_down: raw.bytes_down,
+        })
     }
 
     /// Rows of `table` whose `column` holds one of `values` and that the

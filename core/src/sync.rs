@@ -24,10 +24,11 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
+use crate::client::PulledPage;
 use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
 use crate::profile::{SyncProfile, SyncTable};
-use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, PullPage, codes};
+use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, codes};
 use crate::store::{Arrival, Store, related_rule_key};
 use crate::value::Value;
 
@@ -335,9 +336,9 @@ async fn upload(engine: &Engine, report: &mut SyncReport) -> Result<()> {
 const TOTAL_EVERY_PAGES: u64 = 10;
 
 /// Hands the memory of an applied page back to the system. glibc keeps what
-/// is freed in per-thread arenas, and a page's values are allocated on one
-/// thread (decoding) and freed on another (applying): without a trim the
-/// process grows with the number of pages, not with the size of one. Other
+/// is freed in its arenas (one per thread that allocated, and the blocking
+/// pool runs pages on whichever thread is free): without a trim the process
+/// kept growing with the number of pages, not with the size of one. Other
 /// allocators (Android's, Apple's) return it themselves.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -348,7 +349,7 @@ fn release_freed_memory() {
     }
 }
 
-type PageFetch = tokio::task::JoinHandle<Result<crate::client::Sized<PullPage>>>;
+type PageFetch = tokio::task::JoinHandle<Result<crate::client::Sized<PulledPage>>>;
 
 fn fetch(
     engine: &Engine,
@@ -401,8 +402,8 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
         report.bytes_up += fetched.bytes_up;
         report.bytes_down += fetched.bytes_down;
         table_report.bytes_down += fetched.bytes_down;
-        let page = fetched.value;
-        let page_rows = (page.rows.len() + page.removed.len()) as u64;
+        let pulled = fetched.value;
+        let page = &pulled.head;
         if page.has_more {
             // The server's total is an estimate until the last page: ask
             // again now and then so the progress follows what is selected.
@@ -415,21 +416,22 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
                 profile_version,
             ));
         }
-        if !page.has_more {
-            rows_total = Some(rows_done + page_rows);
-        } else if let Some(total) = page.total {
-            // The total counts from the request's cursor, this page included.
-            rows_total = Some(rows_done + total);
-        }
+        let (more, page_total) = (page.has_more, page.total);
         let store = store.clone();
         let t = table.clone();
         let now = engine.clock.now_ms();
-        let mut page_for_store = page;
-        if let Some(total) = rows_total {
-            page_for_store.total = Some(total);
-        }
         let profile = engine.profile();
         let applied = match tokio::task::spawn_blocking(move || {
+            let mut page_for_store = pulled.decode()?;
+            drop(pulled);
+            let page_rows = (page_for_store.rows.len() + page_for_store.removed.len()) as u64;
+            let rows_total = if more {
+                // The total counts from the request's cursor, this page included.
+                page_total.map(|total| rows_done + total).or(rows_total)
+            } else {
+                Some(rows_done + page_rows)
+            };
+            page_for_store.total = rows_total;
             if let Some(p) = &profile {
                 store.queue_related(
                     p,
@@ -442,14 +444,14 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
             let applied = store.apply_page(&t, &page_for_store, now);
             drop(page_for_store);
             release_freed_memory();
-            applied
+            Ok::<_, Error>((applied?, page_rows, rows_total))
         })
         .await
         {
             Ok(result) => result,
             Err(e) => Err(Error::Internal(format!("store task: {e}"))),
         };
-        let applied = match applied {
+        let (applied, page_rows, total) = match applied {
             Ok(a) => a,
             Err(e) => {
                 if let Some(h) = pending.take() {
@@ -463,6 +465,7 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
         table_report.rows_removed += applied.removed;
         table_report.rows_kept_pending += applied.kept_pending;
         rows_done += page_rows;
+        rows_total = total;
         engine.emit(SyncEvent::TableProgress {
             table: table.name.clone(),
             initial,
