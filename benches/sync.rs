@@ -397,7 +397,10 @@ async fn limits(api: &Api, token: &str, dir: &std::path::Path, page_size: u32) -
     }
     let pages = pages_bytes.len() as u64;
     drop(pages_bytes);
-    let conn = rusqlite::Connection::open(dir.join("limit.db")).expect("open");
+    // A fresh file: a run of several sizes shares `dir`.
+    let limit_db = dir.join("limit.db");
+    remove_db(&limit_db);
+    let conn = rusqlite::Connection::open(&limit_db).expect("open");
     conn.pragma_update(None, "journal_mode", "WAL")
         .expect("wal");
     conn.pragma_update(None, "synchronous", "NORMAL")
@@ -435,6 +438,8 @@ async fn limits(api: &Api, token: &str, dir: &std::path::Path, page_size: u32) -
     }
     tx.commit().expect("commit");
     let sqlite_secs = started.elapsed().as_secs_f64();
+    drop(conn);
+    remove_db(&limit_db);
     Limits {
         rows,
         pages,
@@ -446,6 +451,15 @@ async fn limits(api: &Api, token: &str, dir: &std::path::Path, page_size: u32) -
             profile: profile_bytes,
             pages: Arc::new(recorded_pages),
         },
+    }
+}
+
+/// Deletes a SQLite database and its WAL files, if any.
+fn remove_db(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
     }
 }
 
