@@ -489,23 +489,6 @@ pub(super) fn remove_unreached(
         settled.insert(table.name.as_str());
         out.push((table.name.clone(), removed));
     }
-    if !whole.is_empty() {
-        // A table was just downloaded whole (or its rules changed): build
-        // now, after the bulk load, the indexes the next incremental
-        // settling looks rows up with, instead of in the first small sync
-        // after it (80 ms of a 1,000-change sync at 1M device rows).
-        for table in &profile.tables {
-            if !incremental(profile, table, &settled) {
-                continue;
-            }
-            for r in table.related_rules() {
-                if let Some(other) = profile.table(r.other) {
-                    ensure_index(tx, other, r.foreign_column)?;
-                }
-                ensure_index(tx, table, r.column)?;
-            }
-        }
-    }
     tx.execute_batch("UPDATE _fs_tables SET settle_all = 0;")?;
     put_meta(tx, "settle_day", &today)?;
     // Queued values of rules the profile no longer has.
@@ -788,24 +771,6 @@ mod tests {
         }
         let removed = store.remove_unreached(&p, NOW).expect("settle");
         assert!(removed.iter().all(|(_, n)| *n == 0), "{removed:?}");
-        // The indexes incremental settling looks rows up with are built
-        // after the bulk load, not by the first small sync.
-        let indexes: Vec<String> = store
-            .with_reader(|c| {
-                let mut stmt = c.prepare(
-                    "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '\\_fs\\_ix\\_%' ESCAPE '\\' ORDER BY name",
-                )?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            })
-            .expect("indexes");
-        assert_eq!(
-            indexes,
-            [
-                "_fs_ix_8_bookings_work_order_id",
-                "_fs_ix_9_incidents_work_order_id"
-            ]
-        );
         (store, p)
     }
 
