@@ -654,18 +654,30 @@ impl Store {
     }
 
     /// Applies one pulled page and advances the table's cursor, atomically.
-    /// `first_of_run` with a total records the expected row count for progress.
-    pub fn apply_page(&self, table: &SyncTable, page: &PullPage, now: i64) -> Result<PageApplied> {
-        self.apply_page_inner(table, page, Some(now))
+    /// A page with a total records the expected row count for progress.
+    /// With the profile, the related values the page's rows bring are queued
+    /// in the same transaction, before the rows are written (see
+    /// `settle::queue_related`).
+    pub fn apply_page(
+        &self,
+        profile: Option<&SyncProfile>,
+        table: &SyncTable,
+        page: &PullPage,
+        now: i64,
+    ) -> Result<PageApplied> {
+        let queue = profile.map(|p| (p, Arrival::Server));
+        self.apply_page_inner(table, page, Some(now), queue)
     }
 
     /// Applies rows (and removals) of a page; with `now`, also advances the
-    /// table's cursor and progress in the same transaction.
+    /// table's cursor and progress in the same transaction; with `queue`,
+    /// first queues the related values the rows bring.
     fn apply_page_inner(
         &self,
         table: &SyncTable,
         page: &PullPage,
         now: Option<i64>,
+        queue: Option<(&SyncProfile, Arrival)>,
     ) -> Result<PageApplied> {
         // Map page columns onto local columns; the first must be the version.
         if page.columns.first().map(String::as_str) != Some(VERSION_COLUMN) {
@@ -707,6 +719,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let result = (|| -> Result<PageApplied> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some((profile, arrival)) = queue {
+                settle::queue_related(&tx, profile, table, &page.columns, &page.rows, arrival)?;
+            }
             let mut applied = PageApplied::default();
             let table_has_pending = tx
                 .prepare_cached("SELECT 1 FROM _fs_outbox WHERE tbl = ?1 LIMIT 1")?
@@ -1253,27 +1268,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Before a page (or fetched rows) of `table` is written: queues the
-    /// related values whose rows must be fetched at the next settling (see
-    /// `settle::queue_related`).
-    pub fn queue_related(
-        &self,
-        profile: &SyncProfile,
-        table: &SyncTable,
-        columns: &[String],
-        rows: &[Vec<Value>],
-        arrival: Arrival,
-    ) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        settle::queue_related(&tx, profile, table, columns, rows, arrival)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// The related values queued for the related-rows rule `rule` (see
     /// [`related_rule_key`]) that `other.foreign_column` still holds, in
     /// order; queued values no local row holds any more are dropped.
@@ -1309,10 +1303,12 @@ impl Store {
     }
 
     /// Stores rows fetched by value (related rows that arrived without a
-    /// change of their own). Rows with a pending local change are left
-    /// alone; the table's cursor does not move. Returns rows written.
+    /// change of their own), queuing the related values they bring in the
+    /// same transaction. Rows with a pending local change are left alone;
+    /// the table's cursor does not move. Returns rows written.
     pub fn apply_fetched(
         &self,
+        profile: &SyncProfile,
         table: &SyncTable,
         columns: &[String],
         rows: &[Vec<Value>],
@@ -1328,7 +1324,8 @@ impl Store {
             removed: Vec::new(),
         };
         // The table's cursor and progress stay as they were.
-        let applied = self.apply_page_inner(table, &page, None)?;
+        let applied =
+            self.apply_page_inner(table, &page, None, Some((profile, Arrival::Fetched)))?;
         Ok(applied.upserted)
     }
 

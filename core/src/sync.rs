@@ -29,7 +29,7 @@ use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
 use crate::profile::{SyncProfile, SyncTable};
 use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, codes};
-use crate::store::{Arrival, Store, related_rule_key};
+use crate::store::{Store, related_rule_key};
 use crate::value::Value;
 
 /// Runs a sync of all tables (`None`) or of the named ones.
@@ -197,14 +197,7 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
                 let done: Vec<String> = chunk.to_vec();
                 let rule = key.clone();
                 let written = tokio::task::spawn_blocking(move || {
-                    store.queue_related(
-                        &p,
-                        &t,
-                        &fetched.columns,
-                        &fetched.rows,
-                        Arrival::Fetched,
-                    )?;
-                    let written = store.apply_fetched(&t, &fetched.columns, &fetched.rows)?;
+                    let written = store.apply_fetched(&p, &t, &fetched.columns, &fetched.rows)?;
                     store.clear_related_pending(&rule, Some(&done))?;
                     Ok::<_, Error>(written)
                 })
@@ -432,16 +425,7 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
                 Some(rows_done + page_rows)
             };
             page_for_store.total = rows_total;
-            if let Some(p) = &profile {
-                store.queue_related(
-                    p,
-                    &t,
-                    &page_for_store.columns,
-                    &page_for_store.rows,
-                    Arrival::Server,
-                )?;
-            }
-            let applied = store.apply_page(&t, &page_for_store, now);
+            let applied = store.apply_page(profile.as_ref(), &t, &page_for_store, now);
             drop(page_for_store);
             release_freed_memory();
             Ok::<_, Error>((applied?, page_rows, rows_total))

@@ -156,7 +156,7 @@ pub fn pull_page(data: &[u8]) {
              expected_rows = NULL, initial_done = 0 WHERE name = 'bookings';"
     ));
     let pending_before = fx.store.get(&fx.table, PENDING_ID).expect("pending row");
-    let result = fx.store.apply_page(&fx.table, &page, 1);
+    let result = fx.store.apply_page(None, &fx.table, &page, 1);
 
     let pending_after = fx.store.get(&fx.table, PENDING_ID).expect("pending row");
     assert_eq!(

@@ -687,7 +687,6 @@ fn remove_candidates(
 #[cfg(test)]
 mod tests {
     use super::super::Store;
-    use super::Arrival;
     use crate::profile::SyncProfile;
     use crate::protocol::PullPage;
     use crate::value::Value;
@@ -767,7 +766,7 @@ mod tests {
             ),
         ] {
             let table = p.table(&pg.table).expect("table").clone();
-            store.apply_page(&table, &pg, NOW).expect("page");
+            store.apply_page(None, &table, &pg, NOW).expect("page");
         }
         let removed = store.remove_unreached(&p, NOW).expect("settle");
         assert!(removed.iter().all(|(_, n)| *n == 0), "{removed:?}");
@@ -800,7 +799,7 @@ mod tests {
             .expect("stray");
         let bookings = p.table("bookings").expect("bookings").clone();
         store
-            .apply_page(&bookings, &bookings_page(vec![], &["b1"]), NOW)
+            .apply_page(None, &bookings, &bookings_page(vec![], &["b1"]), NOW)
             .expect("removal page");
         let removed = store.remove_unreached(&p, NOW + 1000).expect("settle");
         assert_eq!(
@@ -827,6 +826,7 @@ mod tests {
         // b2 now points at w1 as well; b1 leaves.
         store
             .apply_page(
+                None,
                 &bookings,
                 &bookings_page(
                     vec![vec![t("b2"), t("w1"), t("2026-11-30T09:00:00Z")]],
@@ -906,12 +906,11 @@ mod tests {
                 .is_empty()
         );
         let pg = bookings_page(vec![vec![t("b3"), t("w3"), t("2026-11-30T09:00:00Z")]], &[]);
+        // Queued as the page is written (a value no booking holds yet would
+        // be dropped by `take_related_pending`).
         store
-            .queue_related(&p, &bookings, &pg.columns, &pg.rows, Arrival::Server)
-            .expect("queue");
-        // Queued before the page is written: a value no booking holds yet is
-        // dropped, so the page comes first here.
-        store.apply_page(&bookings, &pg, NOW).expect("page");
+            .apply_page(Some(&p), &bookings, &pg, NOW)
+            .expect("page");
         let pending = store
             .take_related_pending(&key, &bookings, "work_order_id")
             .expect("pending");
@@ -930,9 +929,8 @@ mod tests {
             crate::store::related_rule_key("incidents", "work_order_id", "work_orders", "id");
         let wo = work_order("w3", "three");
         store
-            .queue_related(&p, &work_orders, &wo.columns, &wo.rows, Arrival::Server)
-            .expect("queue");
-        store.apply_page(&work_orders, &wo, NOW).expect("page");
+            .apply_page(Some(&p), &work_orders, &wo, NOW)
+            .expect("page");
         assert_eq!(
             store
                 .take_related_pending(&child_key, &work_orders, "id")
@@ -943,10 +941,7 @@ mod tests {
 
     fn arrive(store: &Store, p: &SyncProfile, pg: &PullPage) {
         let table = p.table(&pg.table).expect("table").clone();
-        store
-            .queue_related(p, &table, &pg.columns, &pg.rows, Arrival::Server)
-            .expect("queue");
-        store.apply_page(&table, pg, NOW).expect("page");
+        store.apply_page(Some(p), &table, pg, NOW).expect("page");
     }
 
     fn pending(store: &Store, p: &SyncProfile, child: &str) -> Vec<String> {
@@ -1019,8 +1014,8 @@ mod tests {
         let work_orders = p.table("work_orders").expect("work_orders").clone();
         let wo = work_order("w1", "one");
         store
-            .queue_related(&p, &work_orders, &wo.columns, &wo.rows, Arrival::Fetched)
-            .expect("queue");
+            .apply_fetched(&p, &work_orders, &wo.columns, &wo.rows)
+            .expect("fetched");
         assert_eq!(pending(&store, &p, "incidents"), ["w1"]);
         // One version on is one edit: nothing to fetch.
         let mut b2 = booking("b2", "w2");
