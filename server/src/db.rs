@@ -483,7 +483,6 @@ fn int(n: i64) -> Value {
     Value::Integer(n)
 }
 
-/// Creates the schema and the default profile in a fresh transaction.
 /// The entries of a pull after this page, estimated for `total` (the
 /// progress of a download) without evaluating the profile's rules again.
 ///
@@ -529,6 +528,7 @@ fn estimate_rest(
     Ok(after_snapshot + selected)
 }
 
+/// Creates the schema and the default profile in a fresh transaction.
 fn prepare(c: &mut dyn Conn, model: &DataModel, default_profile: &OfflineProfile) -> ApiResult<()> {
     schema::migrate(c, model)?;
     let has_profile = c.exists(
@@ -1209,11 +1209,9 @@ impl Db {
                 let rows = c.query(&sql, &params)?;
                 let more = rows.len() > room as usize;
                 let mut last_seq = cursor.since;
-                let mut entries = 0u64;
                 let mut entries_in_snapshot = 0u64;
                 for r in rows.iter().take(room as usize) {
                     last_seq = r.i64(ncols + 1)?;
-                    entries += 1;
                     if last_seq <= cursor.snapshot {
                         entries_in_snapshot += 1;
                     }
@@ -1224,7 +1222,7 @@ impl Db {
                     }
                 }
                 if let Some(t) = total.as_mut() {
-                    *t += entries;
+                    *t += rows.len().min(room as usize) as u64;
                     if more {
                         *t += estimate_rest(
                             c,
