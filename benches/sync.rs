@@ -586,7 +586,7 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
         &page_size.to_string(),
     ])
     .await;
-    let _ = std::fs::remove_file(&replay_db);
+    remove_db(&replay_db);
     let rows = initial["rows"].as_f64().unwrap_or(0.0);
     let secs = initial["secs"].as_f64().unwrap_or(0.0);
     let initial_rate = rate(rows, secs);
