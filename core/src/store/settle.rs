@@ -124,30 +124,72 @@ pub(super) fn drop_triggers(conn: &Connection) -> Result<()> {
     drop_objects(conn, "trigger", TRIGGER_PREFIX, None)
 }
 
-/// Installs the lost-value triggers for `profile` (replacing any).
+/// The lost-value triggers for `profile`: (name, `CREATE TRIGGER` text).
 /// Identifiers are checked profile names (`[a-z0-9_]`), quoted here.
-pub(super) fn install_triggers(conn: &Connection, profile: &SyncProfile) -> Result<()> {
-    drop_triggers(conn)?;
+///
+/// The insert skips a value already recorded with `WHERE NOT EXISTS`, not
+/// with `INSERT OR IGNORE`: SQLite replaces the conflict policy of a
+/// trigger's statements with the one of the statement that fired it, and a
+/// pulled row is written by an upsert (`ON CONFLICT DO UPDATE`), under which
+/// `OR IGNORE` does not hold. A value lost twice before the next settling (a
+/// booking deleted, another one moved off the same work order) made the
+/// page fail on the table's primary key, and every sync after it.
+fn trigger_sqls(profile: &SyncProfile) -> Vec<(String, String)> {
+    let mut out = Vec::new();
     for (i, (table, column)) in related_sources(profile).iter().enumerate() {
         let (t, c) = (quote_ident(table), quote_ident(column));
         let insert = format!(
-            "INSERT OR IGNORE INTO _fs_settle_lost (tbl, col, value) VALUES ('{table}', '{column}', CAST(old.{c} AS TEXT));"
+            "INSERT INTO _fs_settle_lost (tbl, col, value) \
+             SELECT '{table}', '{column}', CAST(old.{c} AS TEXT) \
+             WHERE NOT EXISTS (SELECT 1 FROM _fs_settle_lost \
+             WHERE tbl = '{table}' AND col = '{column}' AND value = CAST(old.{c} AS TEXT));"
         );
-        conn.execute_batch(&format!(
-            "CREATE TRIGGER {name_d} AFTER DELETE ON {t} WHEN old.{c} IS NOT NULL BEGIN {insert} END;
-             CREATE TRIGGER {name_u} AFTER UPDATE OF {c} ON {t}
-               WHEN old.{c} IS NOT NULL AND old.{c} IS NOT new.{c} BEGIN {insert} END;",
-            name_d = quote_ident(&format!("{TRIGGER_PREFIX}{i}_d")),
-            name_u = quote_ident(&format!("{TRIGGER_PREFIX}{i}_u")),
-        ))?;
+        let (name_d, name_u) = (
+            format!("{TRIGGER_PREFIX}{i}_d"),
+            format!("{TRIGGER_PREFIX}{i}_u"),
+        );
+        out.push((
+            name_d.clone(),
+            format!(
+                "CREATE TRIGGER {} AFTER DELETE ON {t} WHEN old.{c} IS NOT NULL BEGIN {insert} END",
+                quote_ident(&name_d)
+            ),
+        ));
+        out.push((
+            name_u.clone(),
+            format!(
+                "CREATE TRIGGER {} AFTER UPDATE OF {c} ON {t} \
+                 WHEN old.{c} IS NOT NULL AND old.{c} IS NOT new.{c} BEGIN {insert} END",
+                quote_ident(&name_u)
+            ),
+        ));
+    }
+    out
+}
+
+/// Installs the lost-value triggers for `profile` (replacing any).
+pub(super) fn install_triggers(conn: &Connection, profile: &SyncProfile) -> Result<()> {
+    drop_triggers(conn)?;
+    for (_, sql) in trigger_sqls(profile) {
+        conn.execute_batch(&sql)?;
     }
     Ok(())
 }
 
-/// True when the installed triggers match `profile`.
+/// True when the installed triggers are the ones [`install_triggers`]
+/// installs for `profile` (names and text: a store written by an earlier
+/// version gets the current ones).
 fn triggers_installed(conn: &Connection, profile: &SyncProfile) -> Result<bool> {
-    Ok(object_names(conn, "trigger", TRIGGER_PREFIX, None)?.len()
-        == 2 * related_sources(profile).len())
+    let mut stmt = conn.prepare(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'
+           AND substr(name, 1, length(?1)) = ?1",
+    )?;
+    let rows = stmt.query_map([TRIGGER_PREFIX], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let installed: BTreeSet<(String, String)> = rows.collect::<rusqlite::Result<_>>()?;
+    let expected: BTreeSet<(String, String)> = trigger_sqls(profile).into_iter().collect();
+    Ok(installed == expected)
 }
 
 /// Drops the settle indexes of `table` (before its columns change; they are
@@ -841,6 +883,44 @@ mod tests {
     }
 
     #[test]
+    fn a_value_lost_twice_before_settling_is_recorded_once_and_the_pages_apply() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        let bookings = p.table("bookings").expect("bookings").clone();
+        let start = t("2026-11-30T09:00:00Z");
+        // b3 also points at w1; b1 leaves (w1 lost once).
+        store
+            .apply_page(
+                None,
+                &bookings,
+                &bookings_page(vec![vec![t("b3"), t("w1"), start.clone()]], &["b1"]),
+                NOW,
+            )
+            .expect("first page");
+        // b3 moves to w2 (w1 lost again), written by the page's upsert: the
+        // trigger's insert must not trip over the value already recorded.
+        store
+            .apply_page(
+                None,
+                &bookings,
+                &bookings_page(vec![vec![t("b3"), t("w2"), start]], &[]),
+                NOW,
+            )
+            .expect("second page");
+        let lost: Vec<String> = store
+            .with_reader(|c| {
+                let mut stmt = c.prepare("SELECT value FROM _fs_settle_lost ORDER BY value")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .expect("lost");
+        assert_eq!(lost, ["w1"]);
+        store.remove_unreached(&p, NOW).expect("settle");
+        assert_eq!(ids(&store, "work_orders"), ["w2"]);
+        assert_eq!(ids(&store, "incidents"), ["i2"]);
+    }
+
+    #[test]
     fn the_date_window_is_evaluated_again_when_the_day_changes() {
         let dir = tempfile::tempdir().expect("dir");
         let (store, p) = settled_store(dir.path());
@@ -1089,5 +1169,40 @@ mod tests {
             })
             .expect("state");
         assert_eq!(whole, 0);
+    }
+
+    #[test]
+    fn triggers_of_an_earlier_version_are_replaced_on_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("d.db");
+        {
+            let (store, _) = settled_store(dir.path());
+            // The earlier trigger: `INSERT OR IGNORE`, which a pulled row's
+            // upsert overrides.
+            store
+                .with_writer(|c| {
+                    c.execute_batch(
+                        "DROP TRIGGER _fs_lost_0_u;
+                         CREATE TRIGGER _fs_lost_0_u AFTER UPDATE OF work_order_id ON bookings
+                           WHEN old.work_order_id IS NOT NULL AND old.work_order_id IS NOT new.work_order_id
+                           BEGIN INSERT OR IGNORE INTO _fs_settle_lost (tbl, col, value)
+                             VALUES ('bookings', 'work_order_id', CAST(old.work_order_id AS TEXT)); END;",
+                    )?;
+                    Ok(())
+                })
+                .expect("old trigger");
+        }
+        let store = Store::open(&path).expect("reopen");
+        let sql: String = store
+            .with_reader(|c| {
+                Ok(c.query_row(
+                    "SELECT sql FROM sqlite_master WHERE name = '_fs_lost_0_u'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .expect("trigger");
+        assert!(sql.contains("WHERE NOT EXISTS"), "{sql}");
+        assert!(!sql.contains("OR IGNORE"), "{sql}");
     }
 }
