@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::profile::SyncProfile;
 use crate::protocol::{
     DEVICE_HEADER, ErrorResponse, FetchRequest, FetchResponse, Mutation, PROTOCOL_HEADER,
-    PROTOCOL_VERSION, PullPage, PushRequest, PushResponse, RecordList, RecordResponse,
+    PROTOCOL_VERSION, PushRequest, PushResponse, RecordList, RecordResponse,
 };
 use crate::transport::{HttpRequest, Method, Transport};
 
@@ -41,10 +41,9 @@ pub struct Sized<T> {
 }
 
 /// A pull page as it came off the wire: its head decoded, enough to ask for
-/// the next page, and its body kept as its compact JSON until the thread
-/// that applies it decodes it. Only the page being applied is ever held
-/// decoded (a decoded page takes several times its JSON), and its values
-/// are allocated and freed on the one thread that writes them.
+/// the next page, and its body kept as its compact JSON. The thread that
+/// applies it decodes the rows one at a time as it writes them
+/// (`Store::apply_page_json`), so a page is never held decoded.
 pub struct PulledPage {
     pub head: PageHead,
     body: Vec<u8>,
@@ -61,9 +60,9 @@ pub struct PageHead {
 }
 
 impl PulledPage {
-    /// The whole page, decoded.
-    pub fn decode(&self) -> Result<PullPage> {
-        decode(&self.body)
+    /// The page's JSON body (a `PullPage`).
+    pub fn body(&self) -> &[u8] {
+        &self.body
     }
 }
 

@@ -26,11 +26,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::error::{Error, Result};
 use crate::filter::FilterContext;
 use crate::profile::{Column, ColumnKind, RowRule, SyncProfile, SyncTable, quote_ident};
-use crate::protocol::{
-    MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage, VERSION_COLUMN,
-};
+use crate::protocol::{MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage};
 use crate::value::{Record, Value};
 
+mod page;
 mod settle;
 pub use settle::Arrival;
 
@@ -120,6 +119,17 @@ pub struct PageApplied {
     pub removed: u64,
     /// Rows left alone because a local change is waiting for upload.
     pub kept_pending: u64,
+}
+
+/// What a page applied from its JSON said and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageSummary {
+    pub has_more: bool,
+    /// The page's `total`, when the server sent one.
+    pub total: Option<u64>,
+    /// Rows plus removals in the page.
+    pub entries: u64,
+    pub applied: PageApplied,
 }
 
 /// What applying push results did.
@@ -332,6 +342,39 @@ fn upsert_row(
     }
     values.push(&version);
     stmt.execute(values.as_slice())?;
+    Ok(())
+}
+
+/// Moves a table's cursor past a page applied in `tx`: counts its entries
+/// for progress, records the expected total if known, and on the last page
+/// (`done`) marks the first download complete (to be settled whole).
+fn advance_cursor(
+    tx: &Connection,
+    table: &SyncTable,
+    cursor: &str,
+    entries: u64,
+    expected: Option<u64>,
+    done: bool,
+    now: i64,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE _fs_tables SET cursor = ?2,
+            received_rows = received_rows + ?3,
+            expected_rows = COALESCE(?4, expected_rows),
+            initial_done = CASE WHEN ?5 THEN 1 ELSE initial_done END,
+            last_sync_at = CASE WHEN ?5 THEN ?6 ELSE last_sync_at END,
+            last_attempt_at = ?6, last_error = NULL,
+            settle_all = CASE WHEN initial_done THEN settle_all ELSE 1 END
+         WHERE name = ?1",
+        params![
+            table.name,
+            cursor,
+            entries as i64,
+            expected.map(|t| t as i64),
+            done,
+            now
+        ],
+    )?;
     Ok(())
 }
 
@@ -666,177 +709,80 @@ impl Store {
         now: i64,
     ) -> Result<PageApplied> {
         let queue = profile.map(|p| (p, Arrival::Server));
-        self.apply_page_inner(table, page, Some(now), queue)
-    }
-
-    /// Applies rows (and removals) of a page; with `now`, also advances the
-    /// table's cursor and progress in the same transaction; with `queue`,
-    /// first queues the related values the rows bring.
-    fn apply_page_inner(
-        &self,
-        table: &SyncTable,
-        page: &PullPage,
-        now: Option<i64>,
-        queue: Option<(&SyncProfile, Arrival)>,
-    ) -> Result<PageApplied> {
-        // Map page columns onto local columns; the first must be the version.
-        if page.columns.first().map(String::as_str) != Some(VERSION_COLUMN) {
-            return Err(Error::Protocol(
-                "pull page must start with the _version column".into(),
-            ));
-        }
-        let mut listed = std::collections::BTreeSet::new();
-        if let Some(name) = page.columns.iter().find(|n| !listed.insert(n.as_str())) {
-            return Err(Error::Protocol(format!(
-                "pull page has column '{name}' more than once"
-            )));
-        }
-        let mut kinds = Vec::with_capacity(page.columns.len());
-        for name in &page.columns[1..] {
-            let col = table.column(name).ok_or_else(|| {
-                Error::Protocol(format!(
-                    "pull page has column '{name}' that is not in the profile"
-                ))
-            })?;
-            kinds.push(col);
-        }
-        if table
-            .columns
-            .iter()
-            .any(|c| !page.columns.iter().any(|n| n == &c.name))
-        {
-            return Err(Error::Protocol(format!(
-                "pull page for '{}' lacks some of the profile's columns",
-                table.name
-            )));
-        }
-        let pk_index = page.columns[1..]
-            .iter()
-            .position(|n| n == &table.primary_key)
-            .ok_or_else(|| Error::Protocol("pull page lacks the primary key".into()))?;
-
-        let mut conn = lock(&self.writer);
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = (|| -> Result<PageApplied> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some((profile, arrival)) = queue {
-                settle::queue_related(&tx, profile, table, &page.columns, &page.rows, arrival)?;
-            }
-            let mut applied = PageApplied::default();
-            let table_has_pending = tx
-                .prepare_cached("SELECT 1 FROM _fs_outbox WHERE tbl = ?1 LIMIT 1")?
-                .exists([&table.name])?;
-            // Rows written over a settled table are evaluated again at the
-            // next settling; a table being downloaded whole is evaluated
-            // whole (see `settle`).
-            let track: bool = tx
-                .query_row(
-                    "SELECT initial_done AND NOT settle_all FROM _fs_tables WHERE name = ?1",
-                    [&table.name],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .unwrap_or(false);
-            let mut track_row = tx.prepare_cached(
-                "INSERT OR IGNORE INTO _fs_settle_rows (tbl, row_id) VALUES (?1, ?2)",
-            )?;
-            {
-                let cols: Vec<String> = page.columns[1..].iter().map(|c| quote_ident(c)).collect();
-                let placeholders: Vec<String> =
-                    (1..=cols.len() + 1).map(|i| format!("?{i}")).collect();
-                let updates: Vec<String> = cols
-                    .iter()
-                    .filter(|c| **c != quote_ident(&table.primary_key))
-                    .map(|c| format!("{c} = excluded.{c}"))
-                    .chain(std::iter::once(format!(
-                        "{LOCAL_VERSION_COLUMN} = excluded.{LOCAL_VERSION_COLUMN}"
-                    )))
-                    .collect();
-                let sql = format!(
-                    "INSERT INTO {} ({LOCAL_VERSION_COLUMN}, {}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
-                    quote_ident(&table.name),
-                    cols.join(", "),
-                    placeholders.join(", "),
-                    quote_ident(&table.primary_key),
-                    updates.join(", ")
-                );
-                let mut insert = tx.prepare_cached(&sql)?;
-                for row in &page.rows {
-                    if row.len() != page.columns.len() {
-                        return Err(Error::Protocol(
-                            "pull page row has the wrong number of values".into(),
-                        ));
-                    }
-                    let version = match &row[0] {
-                        Value::Integer(v) => *v,
-                        _ => return Err(Error::Protocol("row version must be an integer".into())),
-                    };
-                    let id = match &row[pk_index + 1] {
-                        Value::Text(id) if !id.is_empty() => id.as_str(),
-                        _ => {
-                            return Err(Error::Protocol(
-                                "row primary key must be non-empty text".into(),
-                            ));
-                        }
-                    };
-                    if table_has_pending && has_pending(&tx, &table.name, id)? {
-                        applied.kept_pending += 1;
-                        continue;
-                    }
-                    // Bind straight from the decoded page: a value already in
-                    // its column's form is bound as it is (no copy).
-                    insert.raw_bind_parameter(1, version)?;
-                    for (i, (v, col)) in row[1..].iter().zip(&kinds).enumerate() {
-                        let converted = v
-                            .converted_for(col.kind)
-                            .map_err(|e| Error::Protocol(format!("column '{}': {e}", col.name)))?;
-                        match converted {
-                            Some(c) => insert.raw_bind_parameter(i + 2, c)?,
-                            None => insert.raw_bind_parameter(i + 2, v)?,
-                        }
-                    }
-                    insert.raw_execute()?;
-                    if track {
-                        track_row.execute(params![table.name, id])?;
-                    }
-                    applied.upserted += 1;
-                }
+        self.in_page_transaction(|tx| {
+            let mut writer = page::PageWriter::new(tx, table, &page.columns, queue)?;
+            for row in &page.rows {
+                writer.row(row)?;
             }
             for id in &page.removed {
-                if table_has_pending && has_pending(&tx, &table.name, id)? {
-                    applied.kept_pending += 1;
-                    continue;
-                }
-                if delete_row(&tx, table, id)? {
-                    applied.removed += 1;
-                }
+                writer.removed(id)?;
             }
-            drop(track_row);
-            let Some(now) = now else {
-                tx.commit()?;
-                return Ok(applied);
-            };
-            let done = !page.has_more;
-            tx.execute(
-                "UPDATE _fs_tables SET cursor = ?2,
-                    received_rows = received_rows + ?3,
-                    expected_rows = COALESCE(?4, expected_rows),
-                    initial_done = CASE WHEN ?5 THEN 1 ELSE initial_done END,
-                    last_sync_at = CASE WHEN ?5 THEN ?6 ELSE last_sync_at END,
-                    last_attempt_at = ?6, last_error = NULL,
-                    settle_all = CASE WHEN initial_done THEN settle_all ELSE 1 END
-                 WHERE name = ?1",
-                params![
-                    table.name,
-                    page.cursor,
-                    (page.rows.len() + page.removed.len()) as i64,
-                    page.total.map(|t| t as i64),
-                    done,
-                    now
-                ],
+            let applied = writer.applied;
+            let entries = (page.rows.len() + page.removed.len()) as u64;
+            advance_cursor(
+                tx,
+                table,
+                &page.cursor,
+                entries,
+                page.total,
+                !page.has_more,
+                now,
             )?;
-            tx.commit()?;
             Ok(applied)
+        })
+    }
+
+    /// [`Store::apply_page`] for a page as it came off the wire, its JSON
+    /// body (a `PullPage`): the rows are decoded one at a time and written
+    /// as they are decoded, so no decoded page is ever held (see
+    /// `store::page`). `total` gives the expected row count to record from
+    /// what the page says (see [`PageSummary`]). A body that does not decode
+    /// changes nothing.
+    pub fn apply_page_json(
+        &self,
+        profile: Option<&SyncProfile>,
+        table: &SyncTable,
+        body: &[u8],
+        now: i64,
+        total: impl FnOnce(&PageSummary) -> Option<u64>,
+    ) -> Result<PageSummary> {
+        let queue = profile.map(|p| (p, Arrival::Server));
+        self.in_page_transaction(|tx| {
+            let page = page::apply_json(tx, table, body, queue)?;
+            let summary = PageSummary {
+                has_more: page.has_more,
+                total: page.total,
+                entries: page.entries,
+                applied: page.applied,
+            };
+            let expected = total(&summary);
+            advance_cursor(
+                tx,
+                table,
+                &page.cursor,
+                page.entries,
+                expected,
+                !page.has_more,
+                now,
+            )?;
+            Ok(summary)
+        })
+    }
+
+    /// Runs `f` in one immediate transaction with `synchronous=NORMAL` (a
+    /// page lost to a power cut is downloaded again), committing if it
+    /// succeeds.
+    fn in_page_transaction<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = lock(&self.writer);
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = (|| -> Result<T> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
         })();
         let _ = conn.pragma_update(None, "synchronous", "FULL");
         result
@@ -1313,19 +1259,15 @@ impl Store {
         columns: &[String],
         rows: &[Vec<Value>],
     ) -> Result<u64> {
-        let page = PullPage {
-            table: table.name.clone(),
-            profile_version: 0,
-            cursor: String::new(),
-            has_more: true,
-            total: None,
-            columns: columns.to_vec(),
-            rows: rows.to_vec(),
-            removed: Vec::new(),
-        };
         // The table's cursor and progress stay as they were.
-        let applied =
-            self.apply_page_inner(table, &page, None, Some((profile, Arrival::Fetched)))?;
+        let applied = self.in_page_transaction(|tx| {
+            let mut writer =
+                page::PageWriter::new(tx, table, columns, Some((profile, Arrival::Fetched)))?;
+            for row in rows {
+                writer.row(row)?;
+            }
+            Ok(writer.applied)
+        })?;
         Ok(applied.upserted)
     }
 

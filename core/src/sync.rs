@@ -29,7 +29,7 @@ use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
 use crate::profile::{SyncProfile, SyncTable};
 use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, codes};
-use crate::store::{Store, related_rule_key};
+use crate::store::{PageSummary, Store, related_rule_key};
 use crate::value::Value;
 
 /// Runs a sync of all tables (`None`) or of the named ones.
@@ -342,6 +342,18 @@ fn release_freed_memory() {
     }
 }
 
+/// The rows a table's download is expected to hold once `page` (applied
+/// after `rows_done` entries) is in: from the page's total while pages
+/// remain (it counts from the request's cursor, this page included), else
+/// what was received.
+fn progress_total(rows_done: u64, rows_total: Option<u64>, page: &PageSummary) -> Option<u64> {
+    if page.has_more {
+        page.total.map(|total| rows_done + total).or(rows_total)
+    } else {
+        Some(rows_done + page.entries)
+    }
+}
+
 type PageFetch = tokio::task::JoinHandle<Result<crate::client::Sized<PulledPage>>>;
 
 fn fetch(
@@ -409,34 +421,25 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
                 profile_version,
             ));
         }
-        let (more, page_total) = (page.has_more, page.total);
         let store = store.clone();
         let t = table.clone();
         let now = engine.clock.now_ms();
         let profile = engine.profile();
         let applied = match tokio::task::spawn_blocking(move || {
-            let mut page_for_store = pulled.decode()?;
+            let summary = store.apply_page_json(profile.as_ref(), &t, pulled.body(), now, |page| {
+                progress_total(rows_done, rows_total, page)
+            });
             drop(pulled);
-            let page_rows = (page_for_store.rows.len() + page_for_store.removed.len()) as u64;
-            let rows_total = if more {
-                // The total counts from the request's cursor, this page included.
-                page_total.map(|total| rows_done + total).or(rows_total)
-            } else {
-                Some(rows_done + page_rows)
-            };
-            page_for_store.total = rows_total;
-            let applied = store.apply_page(profile.as_ref(), &t, &page_for_store, now);
-            drop(page_for_store);
             release_freed_memory();
-            Ok::<_, Error>((applied?, page_rows, rows_total))
+            summary
         })
         .await
         {
             Ok(result) => result,
             Err(e) => Err(Error::Internal(format!("store task: {e}"))),
         };
-        let (applied, page_rows, total) = match applied {
-            Ok(a) => a,
+        let summary = match applied {
+            Ok(s) => s,
             Err(e) => {
                 if let Some(h) = pending.take() {
                     h.abort();
@@ -444,6 +447,8 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
                 return Err(e);
             }
         };
+        let total = progress_total(rows_done, rows_total, &summary);
+        let (applied, page_rows) = (summary.applied, summary.entries);
         table_report.pages += 1;
         table_report.rows_upserted += applied.upserted;
         table_report.rows_removed += applied.removed;

@@ -138,29 +138,69 @@ fn push_fixture() -> &'static Fixture {
     F.get_or_init(|| Fixture::new(false))
 }
 
-/// Target `pull_page`: bytes → `PullPage`; a page that decodes is applied to
-/// the bookings table of a device store that also holds a row with a local
-/// change. Checks: the decoded page survives a JSON round trip; applying
-/// never panics; a refused page changes nothing (rows, cursor); an accepted
-/// page leaves exactly its rows (coerced) and cursor, minus its removals,
-/// and never touches the row with the pending change.
+/// Target `pull_page`: bytes applied as a pulled page's JSON body to the
+/// bookings table of a device store that also holds a row with a local
+/// change, the way the device applies it (decoded row by row as it is
+/// written), and, when the bytes decode as a `PullPage`, the decoded page
+/// applied again from the same state. Checks: the decoded page survives a
+/// JSON round trip; bytes that are not a `PullPage` are refused and change
+/// nothing; both ways of applying agree; applying never panics; a refused
+/// page changes nothing (rows, cursor); an accepted page leaves exactly its
+/// rows (coerced) and cursor, minus its removals, and never touches the row
+/// with the pending change.
 pub fn pull_page(data: &[u8]) {
-    let Ok(page) = serde_json::from_slice::<PullPage>(data) else {
+    let decoded = serde_json::from_slice::<PullPage>(data).ok();
+    if let Some(page) = &decoded {
+        assert_json_round_trip(page);
+    }
+    let fx = pull_fixture();
+    let pending_before = reset_pull_fixture(fx);
+    let streamed = fx
+        .store
+        .apply_page_json(None, &fx.table, data, 1, |p| p.total)
+        .map(|s| s.applied);
+    let Some(page) = decoded else {
+        assert!(
+            streamed.is_err(),
+            "bytes that are not a pull page were applied"
+        );
+        check_pull_result(fx, &pending_before, None, streamed);
         return;
     };
-    assert_json_round_trip(&page);
-    let fx = pull_fixture();
+    let streamed_ok = streamed.is_ok();
+    check_pull_result(fx, &pending_before, Some(&page), streamed);
+    let pending_before = reset_pull_fixture(fx);
+    let result = fx.store.apply_page(None, &fx.table, &page, 1);
+    assert_eq!(
+        result.is_ok(),
+        streamed_ok,
+        "the page applied from its JSON and decoded disagree: {result:?}"
+    );
+    check_pull_result(fx, &pending_before, Some(&page), result);
+}
+
+/// Puts the pull-page store back to one row with a pending change and the
+/// cursor [`CURSOR_BEFORE`]; returns that row.
+fn reset_pull_fixture(fx: &Fixture) -> fieldsync_core::value::Record {
     fx.reset(&format!(
         "DELETE FROM bookings WHERE id <> '{PENDING_ID}';
          UPDATE _fs_tables SET cursor = '{CURSOR_BEFORE}', received_rows = 0,
              expected_rows = NULL, initial_done = 0 WHERE name = 'bookings';"
     ));
-    let pending_before = fx.store.get(&fx.table, PENDING_ID).expect("pending row");
-    let result = fx.store.apply_page(None, &fx.table, &page, 1);
+    fx.store.get(&fx.table, PENDING_ID).expect("pending row")
+}
 
+/// Checks the store after a page was applied (`page`: the bytes decoded, if
+/// they did) with `result`.
+fn check_pull_result(
+    fx: &Fixture,
+    pending_before: &fieldsync_core::value::Record,
+    page: Option<&PullPage>,
+    result: Result<fieldsync_core::store::PageApplied, Error>,
+) {
     let pending_after = fx.store.get(&fx.table, PENDING_ID).expect("pending row");
     assert_eq!(
-        pending_after, pending_before,
+        &pending_after, pending_before,
         "a pulled page overwrote a row with a pending local change"
     );
     let state = fx.store.table_state("bookings").expect("table state");
@@ -179,6 +219,7 @@ pub fn pull_page(data: &[u8]) {
         }
         Ok(applied) => applied,
     };
+    let page = page.expect("only a page that decodes is accepted");
 
     // The page was accepted: work out what the table must now hold.
     let columns = &page.columns;

@@ -326,66 +326,108 @@ pub(super) fn queue_related(
     if rows.is_empty() {
         return Ok(());
     }
-    let Some(pk) = columns.iter().position(|c| *c == table.primary_key) else {
-        return Ok(());
-    };
-    let version_at = columns.iter().position(|c| c == VERSION_COLUMN);
-    // The rules reading this table whose table has finished its first
-    // download: (queue key, position of the foreign column in the rows,
-    // the foreign column).
-    let mut rules: Vec<(String, usize, &str)> = Vec::new();
-    for r in profile.related_rules() {
-        if r.other != table.name {
-            continue;
+    if let Some(mut queue) = RelatedQueue::new(conn, profile, table, columns, arrival)? {
+        for row in rows {
+            queue.row(row)?;
         }
-        let Some(i) = columns.iter().position(|c| c == r.foreign_column) else {
-            continue;
+    }
+    Ok(())
+}
+
+/// [`queue_related`] prepared once for the rows of one page (or one fetch),
+/// then given each row before it is written.
+pub(super) struct RelatedQueue<'c> {
+    arrival: Arrival,
+    pk: usize,
+    version_at: Option<usize>,
+    /// The rules reading the table whose table has finished its first
+    /// download: (queue key, position of the foreign column in the rows).
+    rules: Vec<(String, usize)>,
+    /// The device's copy of a row: its version and, per rule, its related
+    /// value, in one lookup for every rule.
+    held: rusqlite::CachedStatement<'c>,
+    insert: rusqlite::CachedStatement<'c>,
+    values: Vec<Option<String>>,
+}
+
+impl<'c> RelatedQueue<'c> {
+    /// `None` when no rule needs the rows of `table` (nothing to queue).
+    pub(super) fn new(
+        conn: &'c Connection,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        columns: &[String],
+        arrival: Arrival,
+    ) -> Result<Option<RelatedQueue<'c>>> {
+        let Some(pk) = columns.iter().position(|c| *c == table.primary_key) else {
+            return Ok(None);
         };
-        let initial_done: bool = conn
-            .prepare_cached("SELECT initial_done FROM _fs_tables WHERE name = ?1")?
-            .query_row([&r.table.name], |r| r.get(0))
-            .optional()?
-            .unwrap_or(false);
-        if initial_done {
-            rules.push((rule_key(&r), i, r.foreign_column));
+        let version_at = columns.iter().position(|c| c == VERSION_COLUMN);
+        let mut rules: Vec<(String, usize, &str)> = Vec::new();
+        for r in profile.related_rules() {
+            if r.other != table.name {
+                continue;
+            }
+            let Some(i) = columns.iter().position(|c| c == r.foreign_column) else {
+                continue;
+            };
+            let initial_done: bool = conn
+                .prepare_cached("SELECT initial_done FROM _fs_tables WHERE name = ?1")?
+                .query_row([&r.table.name], |r| r.get(0))
+                .optional()?
+                .unwrap_or(false);
+            if initial_done {
+                rules.push((rule_key(&r), i, r.foreign_column));
+            }
         }
-    }
-    if rules.is_empty() {
-        return Ok(());
-    }
-    // The device's copy of a row: its version and, per rule, its related
-    // value, in one lookup for every rule.
-    let held_sql = format!(
-        "SELECT {LOCAL_VERSION_COLUMN}, {} FROM {t} WHERE {pk} = ?1",
-        rules
-            .iter()
-            .map(|(_, _, f)| format!("CAST({} AS TEXT)", quote_ident(f)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        t = quote_ident(&table.name),
-        pk = quote_ident(&table.primary_key),
-    );
-    let mut held_stmt = conn.prepare_cached(&held_sql)?;
-    let mut insert = conn.prepare_cached(
-        "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
-    )?;
-    for row in rows {
-        let values: Vec<Option<String>> = rules
-            .iter()
-            .map(|(_, i, _)| row.get(*i).and_then(value_key))
-            .collect();
-        if values.iter().all(Option::is_none) {
-            continue;
+        if rules.is_empty() {
+            return Ok(None);
         }
+        let held_sql = format!(
+            "SELECT {LOCAL_VERSION_COLUMN}, {} FROM {t} WHERE {pk} = ?1",
+            rules
+                .iter()
+                .map(|(_, _, f)| format!("CAST({} AS TEXT)", quote_ident(f)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            t = quote_ident(&table.name),
+            pk = quote_ident(&table.primary_key),
+        );
+        Ok(Some(RelatedQueue {
+            arrival,
+            pk,
+            version_at,
+            held: conn.prepare_cached(&held_sql)?,
+            insert: conn.prepare_cached(
+                "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
+            )?,
+            values: Vec::with_capacity(rules.len()),
+            rules: rules.into_iter().map(|(key, i, _)| (key, i)).collect(),
+        }))
+    }
+
+    /// Queues what `row` (aligned with the columns given to [`Self::new`])
+    /// brings, before it is written.
+    pub(super) fn row(&mut self, row: &[Value]) -> Result<()> {
+        self.values.clear();
+        self.values.extend(
+            self.rules
+                .iter()
+                .map(|(_, i)| row.get(*i).and_then(value_key)),
+        );
+        if self.values.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        let n = self.rules.len();
         // `None`: new to the device; else its version and related values.
-        let held: Option<(i64, Vec<Option<String>>)> = if arrival == Arrival::Fetched {
+        let held: Option<(i64, Vec<Option<String>>)> = if self.arrival == Arrival::Fetched {
             None
         } else {
-            let id = row.get(pk).and_then(value_key).unwrap_or_default();
-            held_stmt
+            let id = row.get(self.pk).and_then(value_key).unwrap_or_default();
+            self.held
                 .query_row([&id], |r| {
-                    let mut old = Vec::with_capacity(rules.len());
-                    for k in 0..rules.len() {
+                    let mut old = Vec::with_capacity(n);
+                    for k in 0..n {
                         old.push(r.get::<_, Option<String>>(k + 1)?);
                     }
                     Ok((r.get::<_, i64>(0)?, old))
@@ -393,24 +435,24 @@ pub(super) fn queue_related(
                 .optional()?
         };
         let moved_on = held.as_ref().is_some_and(|(held_version, _)| {
-            let version = match version_at.and_then(|at| row.get(at)) {
-                Some(Value::Integer(n)) if arrival == Arrival::Server => *n,
+            let version = match self.version_at.and_then(|at| row.get(at)) {
+                Some(Value::Integer(n)) if self.arrival == Arrival::Server => *n,
                 _ => *held_version,
             };
             version >= held_version.saturating_add(2)
         });
-        for (k, (key, _, _)) in rules.iter().enumerate() {
-            let Some(v) = &values[k] else { continue };
+        for (k, (key, _)) in self.rules.iter().enumerate() {
+            let Some(v) = &self.values[k] else { continue };
             let queue = match &held {
                 None => true,
                 Some((_, old)) => moved_on || old[k].as_deref() != Some(v.as_str()),
             };
             if queue {
-                insert.execute(params![key, v])?;
+                self.insert.execute(params![key, v])?;
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// [`queue_related`] for one row given as a map, with its server version

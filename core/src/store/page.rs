@@ -1,0 +1,741 @@
+//! Writing a pulled page (or fetched rows) into a synced table.
+//!
+//! [`PageWriter`] checks a page's columns against the table, prepares one
+//! upsert, and then writes row by row: each row's related values are queued
+//! (see `settle::RelatedQueue`) before it is written, rows with a pending
+//! local change are left alone, and rows written over a settled table are
+//! marked for the next settling.
+//!
+//! [`apply_json`] feeds a page to a writer straight from its JSON body: the
+//! rows are decoded one at a time into one reused row (its text values keep
+//! their buffers from row to row) and written as they are decoded, so no
+//! decoded page is ever held. The process's memory then follows the size of
+//! a page body, not the number of rows decoded.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
+
+use super::settle::{Arrival, RelatedQueue};
+use super::{LOCAL_VERSION_COLUMN, PageApplied, delete_row, has_pending};
+use crate::error::{Error, Result};
+use crate::profile::{Column, SyncProfile, SyncTable, quote_ident};
+use crate::protocol::VERSION_COLUMN;
+use crate::value::Value;
+
+/// Writes the rows and removals of one page into a table, in the caller's
+/// transaction.
+pub(super) struct PageWriter<'c> {
+    conn: &'c Connection,
+    table: &'c SyncTable,
+    /// The page's columns after `_version`, as the table's columns.
+    kinds: Vec<&'c Column>,
+    width: usize,
+    pk_index: usize,
+    insert: CachedStatement<'c>,
+    track_row: Option<CachedStatement<'c>>,
+    table_has_pending: bool,
+    queue: Option<RelatedQueue<'c>>,
+    pub(super) applied: PageApplied,
+}
+
+impl<'c> PageWriter<'c> {
+    /// Checks `columns` (`_version` first, each once, every one a column of
+    /// the table, every column of the table present) and prepares the
+    /// writes. With `queue`, related values are queued as rows are written.
+    pub(super) fn new(
+        conn: &'c Connection,
+        table: &'c SyncTable,
+        columns: &[String],
+        queue: Option<(&SyncProfile, Arrival)>,
+    ) -> Result<PageWriter<'c>> {
+        if columns.first().map(String::as_str) != Some(VERSION_COLUMN) {
+            return Err(Error::Protocol(
+                "pull page must start with the _version column".into(),
+            ));
+        }
+        let mut listed = std::collections::BTreeSet::new();
+        if let Some(name) = columns.iter().find(|n| !listed.insert(n.as_str())) {
+            return Err(Error::Protocol(format!(
+                "pull page has column '{name}' more than once"
+            )));
+        }
+        let mut kinds = Vec::with_capacity(columns.len());
+        for name in &columns[1..] {
+            let col = table.column(name).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "pull page has column '{name}' that is not in the profile"
+                ))
+            })?;
+            kinds.push(col);
+        }
+        if table
+            .columns
+            .iter()
+            .any(|c| !columns.iter().any(|n| n == &c.name))
+        {
+            return Err(Error::Protocol(format!(
+                "pull page for '{}' lacks some of the profile's columns",
+                table.name
+            )));
+        }
+        let pk_index = columns[1..]
+            .iter()
+            .position(|n| n == &table.primary_key)
+            .ok_or_else(|| Error::Protocol("pull page lacks the primary key".into()))?;
+
+        let queue = match queue {
+            Some((profile, arrival)) => RelatedQueue::new(conn, profile, table, columns, arrival)?,
+            None => None,
+        };
+        let table_has_pending = conn
+            .prepare_cached("SELECT 1 FROM _fs_outbox WHERE tbl = ?1 LIMIT 1")?
+            .exists([&table.name])?;
+        // Rows written over a settled table are evaluated again at the next
+        // settling; a table being downloaded whole is evaluated whole (see
+        // `settle`).
+        let track: bool = conn
+            .prepare_cached(
+                "SELECT initial_done AND NOT settle_all FROM _fs_tables WHERE name = ?1",
+            )?
+            .query_row([&table.name], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false);
+        let track_row = if track {
+            Some(conn.prepare_cached(
+                "INSERT OR IGNORE INTO _fs_settle_rows (tbl, row_id) VALUES (?1, ?2)",
+            )?)
+        } else {
+            None
+        };
+        let cols: Vec<String> = columns[1..].iter().map(|c| quote_ident(c)).collect();
+        let placeholders: Vec<String> = (1..=cols.len() + 1).map(|i| format!("?{i}")).collect();
+        let updates: Vec<String> = cols
+            .iter()
+            .filter(|c| **c != quote_ident(&table.primary_key))
+            .map(|c| format!("{c} = excluded.{c}"))
+            .chain(std::iter::once(format!(
+                "{LOCAL_VERSION_COLUMN} = excluded.{LOCAL_VERSION_COLUMN}"
+            )))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({LOCAL_VERSION_COLUMN}, {}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
+            quote_ident(&table.name),
+            cols.join(", "),
+            placeholders.join(", "),
+            quote_ident(&table.primary_key),
+            updates.join(", ")
+        );
+        Ok(PageWriter {
+            conn,
+            table,
+            kinds,
+            width: columns.len(),
+            pk_index,
+            insert: conn.prepare_cached(&sql)?,
+            track_row,
+            table_has_pending,
+            queue,
+            applied: PageApplied::default(),
+        })
+    }
+
+    /// Writes one row, aligned with the page's columns.
+    pub(super) fn row(&mut self, row: &[Value]) -> Result<()> {
+        if row.len() != self.width {
+            return Err(Error::Protocol(
+                "pull page row has the wrong number of values".into(),
+            ));
+        }
+        let version = match &row[0] {
+            Value::Integer(v) => *v,
+            _ => return Err(Error::Protocol("row version must be an integer".into())),
+        };
+        let id = match &row[self.pk_index + 1] {
+            Value::Text(id) if !id.is_empty() => id.as_str(),
+            _ => {
+                return Err(Error::Protocol(
+                    "row primary key must be non-empty text".into(),
+                ));
+            }
+        };
+        if let Some(queue) = &mut self.queue {
+            queue.row(row)?;
+        }
+        if self.table_has_pending && has_pending(self.conn, &self.table.name, id)? {
+            self.applied.kept_pending += 1;
+            return Ok(());
+        }
+        // Bind straight from the row: a value already in its column's form
+        // is bound as it is (no copy).
+        self.insert.raw_bind_parameter(1, version)?;
+        for (i, (v, col)) in row[1..].iter().zip(&self.kinds).enumerate() {
+            let converted = v
+                .converted_for(col.kind)
+                .map_err(|e| Error::Protocol(format!("column '{}': {e}", col.name)))?;
+            match converted {
+                Some(c) => self.insert.raw_bind_parameter(i + 2, c)?,
+                None => self.insert.raw_bind_parameter(i + 2, v)?,
+            }
+        }
+        self.insert.raw_execute()?;
+        if let Some(track) = &mut self.track_row {
+            track.execute(params![self.table.name, id])?;
+        }
+        self.applied.upserted += 1;
+        Ok(())
+    }
+
+    /// Removes one row by key, unless a local change to it waits.
+    pub(super) fn removed(&mut self, id: &str) -> Result<()> {
+        if self.table_has_pending && has_pending(self.conn, &self.table.name, id)? {
+            self.applied.kept_pending += 1;
+            return Ok(());
+        }
+        if delete_row(self.conn, self.table, id)? {
+            self.applied.removed += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A page read from its JSON body by [`apply_json`]: its head, and what
+/// writing it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct StreamedPage {
+    pub cursor: String,
+    pub has_more: bool,
+    pub total: Option<u64>,
+    /// Rows plus removals in the page.
+    pub entries: u64,
+    pub applied: PageApplied,
+}
+
+/// Decodes a pull page from `body` (the JSON of `PullPage`) and writes it
+/// through a [`PageWriter`] as it is decoded, in the caller's transaction.
+/// Rows are written in page order, then removals (a key appears at most once
+/// in a page). A body that does not decode, or a row the writer refuses,
+/// fails the whole call: the caller rolls the transaction back.
+pub(super) fn apply_json(
+    conn: &Connection,
+    table: &SyncTable,
+    body: &[u8],
+    queue: Option<(&SyncProfile, Arrival)>,
+) -> Result<StreamedPage> {
+    let mut failure = None;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let decoded = PageSeed {
+        conn,
+        table,
+        queue,
+        failure: &mut failure,
+    }
+    .deserialize(&mut de)
+    .and_then(|page| de.end().map(|()| page));
+    match (decoded, failure) {
+        (_, Some(e)) => Err(e),
+        (Ok(page), None) => Ok(page),
+        (Err(e), None) => Err(Error::Protocol(format!(
+            "the server's answer does not decode: {e}"
+        ))),
+    }
+}
+
+/// The marker error that stops decoding when the writer failed; the
+/// writer's own error is kept aside and returned instead.
+const WRITE_FAILED: &str = "the page could not be written";
+
+struct PageSeed<'a, 'c> {
+    conn: &'c Connection,
+    table: &'c SyncTable,
+    queue: Option<(&'a SyncProfile, Arrival)>,
+    failure: &'a mut Option<Error>,
+}
+
+impl<'de> DeserializeSeed<'de> for PageSeed<'_, '_> {
+    type Value = StreamedPage;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<StreamedPage, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PageSeed<'_, '_> {
+    type Value = StreamedPage;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a pull page object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<StreamedPage, A::Error> {
+        let PageSeed {
+            conn,
+            table,
+            queue,
+            failure,
+        } = self;
+        let mut writer: Option<PageWriter> = None;
+        let mut seen = [false; 8];
+        let mut cursor = None;
+        let mut has_more = None;
+        let mut total = None;
+        let mut columns_seen = false;
+        // Rows that came before the columns (our server sends the columns
+        // first; any order is valid JSON): decoded whole, written after.
+        let mut early_rows: Option<Vec<Vec<Value>>> = None;
+        let mut rows_seen = false;
+        let mut rows = 0u64;
+        let mut removed: Option<Vec<String>> = None;
+        let fail = |e: Error, failure: &mut Option<Error>| {
+            *failure = Some(e);
+            de::Error::custom(WRITE_FAILED)
+        };
+        while let Some(key) = map.next_key::<Field>()? {
+            if let Some(i) = key.index() {
+                if seen[i] {
+                    return Err(de::Error::custom(format_args!(
+                        "duplicate field `{}`",
+                        FIELDS[i]
+                    )));
+                }
+                seen[i] = true;
+            }
+            match key {
+                Field::Table => {
+                    map.next_value::<String>()?;
+                }
+                Field::ProfileVersion => {
+                    map.next_value::<i64>()?;
+                }
+                Field::Cursor => cursor = Some(map.next_value::<String>()?),
+                Field::HasMore => has_more = Some(map.next_value::<bool>()?),
+                Field::Total => total = map.next_value::<Option<u64>>()?,
+                Field::Columns => {
+                    let columns = map.next_value::<Vec<String>>()?;
+                    columns_seen = true;
+                    match PageWriter::new(conn, table, &columns, queue) {
+                        Ok(w) => writer = Some(w),
+                        Err(e) => return Err(fail(e, failure)),
+                    }
+                }
+                Field::Rows => {
+                    rows_seen = true;
+                    match &mut writer {
+                        Some(w) => {
+                            let mut err = None;
+                            let streamed = map.next_value_seed(RowsSeed {
+                                writer: w,
+                                failure: &mut err,
+                            });
+                            if let Some(e) = err {
+                                return Err(fail(e, failure));
+                            }
+                            rows = streamed?;
+                        }
+                        None => early_rows = Some(map.next_value::<Vec<Vec<Value>>>()?),
+                    }
+                }
+                Field::Removed => removed = Some(map.next_value::<Vec<String>>()?),
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let missing = |name: &'static str| de::Error::missing_field(name);
+        if !seen[0] {
+            return Err(missing("table"));
+        }
+        if !seen[1] {
+            return Err(missing("profile_version"));
+        }
+        let cursor = cursor.ok_or_else(|| missing("cursor"))?;
+        let has_more = has_more.ok_or_else(|| missing("has_more"))?;
+        if !columns_seen {
+            return Err(missing("columns"));
+        }
+        if !rows_seen {
+            return Err(missing("rows"));
+        }
+        let removed = removed.ok_or_else(|| missing("removed"))?;
+        let Some(mut writer) = writer else {
+            return Err(missing("columns"));
+        };
+        let written = (|| -> Result<()> {
+            if let Some(early) = early_rows {
+                rows = early.len() as u64;
+                for row in &early {
+                    writer.row(row)?;
+                }
+            }
+            for id in &removed {
+                writer.removed(id)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            return Err(fail(e, failure));
+        }
+        Ok(StreamedPage {
+            cursor,
+            has_more,
+            total,
+            entries: rows + removed.len() as u64,
+            applied: writer.applied,
+        })
+    }
+}
+
+const FIELDS: [&str; 8] = [
+    "table",
+    "profile_version",
+    "cursor",
+    "has_more",
+    "total",
+    "columns",
+    "rows",
+    "removed",
+];
+
+/// The fields of a pull page; unknown ones are skipped.
+enum Field {
+    Table,
+    ProfileVersion,
+    Cursor,
+    HasMore,
+    Total,
+    Columns,
+    Rows,
+    Removed,
+    Other,
+}
+
+impl Field {
+    fn index(&self) -> Option<usize> {
+        Some(match self {
+            Field::Table => 0,
+            Field::ProfileVersion => 1,
+            Field::Cursor => 2,
+            Field::HasMore => 3,
+            Field::Total => 4,
+            Field::Columns => 5,
+            Field::Rows => 6,
+            Field::Removed => 7,
+            Field::Other => return None,
+        })
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Field, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Field, E> {
+                Ok(match v {
+                    "table" => Field::Table,
+                    "profile_version" => Field::ProfileVersion,
+                    "cursor" => Field::Cursor,
+                    "has_more" => Field::HasMore,
+                    "total" => Field::Total,
+                    "columns" => Field::Columns,
+                    "rows" => Field::Rows,
+                    "removed" => Field::Removed,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+/// The `rows` array, each row written as soon as it is decoded; yields the
+/// number of rows.
+struct RowsSeed<'w, 'c> {
+    writer: &'w mut PageWriter<'c>,
+    failure: &'w mut Option<Error>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_, '_> {
+    type Value = u64;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<u64, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of rows")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<u64, A::Error> {
+        let mut row: Vec<Value> = Vec::with_capacity(self.writer.width);
+        let mut n = 0u64;
+        while seq.next_element_seed(RowSeed { row: &mut row })?.is_some() {
+            if let Err(e) = self.writer.row(&row) {
+                *self.failure = Some(e);
+                return Err(de::Error::custom(WRITE_FAILED));
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// One row, decoded into the reused `row`.
+struct RowSeed<'r> {
+    row: &'r mut Vec<Value>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a row (an array of values)")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let mut i = 0;
+        loop {
+            if i < self.row.len() {
+                if seq.next_element_seed(CellSeed(&mut self.row[i]))?.is_none() {
+                    break;
+                }
+            } else {
+                match seq.next_element::<Value>()? {
+                    Some(v) => self.row.push(v),
+                    None => break,
+                }
+            }
+            i += 1;
+        }
+        self.row.truncate(i);
+        Ok(())
+    }
+}
+
+/// One value, decoded in place: a text value reuses the buffer of the text
+/// that was there (the same column of the previous row).
+struct CellSeed<'v>(&'v mut Value);
+
+impl<'de> DeserializeSeed<'de> for CellSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CellSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("null, a boolean, a number or a string")
+    }
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        *self.0 = Value::Null;
+        Ok(())
+    }
+    fn visit_none<E>(self) -> std::result::Result<(), E> {
+        *self.0 = Value::Null;
+        Ok(())
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<(), E> {
+        *self.0 = Value::Boolean(v);
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<(), E> {
+        *self.0 = Value::Integer(v);
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        *self.0 = Value::Integer(i64::try_from(v).map_err(|_| E::custom("integer out of range"))?);
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<(), E> {
+        *self.0 = Value::Real(v);
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<(), E> {
+        match self.0 {
+            Value::Text(s) => {
+                s.clear();
+                s.push_str(v);
+            }
+            other => *other = Value::Text(v.to_owned()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use crate::profile::SyncProfile;
+    use crate::protocol::PullPage;
+
+    fn profile() -> SyncProfile {
+        serde_json::from_value(serde_json::json!({
+            "name": "p", "version": 1, "user_id": "u1",
+            "tables": [
+                {"name": "jobs", "primary_key": "id", "sync_interval_secs": 60,
+                 "columns": [{"name": "id", "type": "text"}, {"name": "note", "type": "text"},
+                             {"name": "hours", "type": "real"}, {"name": "done", "type": "boolean"}],
+                 "rules": [{"kind": "all"}]}
+            ]
+        }))
+        .expect("profile")
+    }
+
+    fn store(dir: &std::path::Path, name: &str) -> Store {
+        let store = Store::open(&dir.join(name)).expect("open");
+        store.apply_profile(&profile(), 0).expect("profile");
+        store
+    }
+
+    /// A row of `jobs`: id, version, note, hours, done.
+    type Job = (String, i64, Option<String>, Option<f64>, Option<i64>);
+
+    /// Every row of `jobs`, in key order.
+    fn rows(store: &Store) -> Vec<Job> {
+        store
+            .with_reader(|c| {
+                let mut stmt =
+                    c.prepare("SELECT id, _fs_version, note, hours, done FROM jobs ORDER BY id")?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .expect("rows")
+    }
+
+    const HEAD: &str =
+        r#""table": "jobs", "profile_version": 1, "cursor": "c9", "has_more": true, "total": 7"#;
+    const COLUMNS: &str = r#""columns": ["_version", "id", "note", "hours", "done"]"#;
+    /// Text, null and text again in one column (the reused buffer), an
+    /// escaped string, integers widened to reals, 0/1 as booleans.
+    const ROWS: &str = r#""rows": [
+        [1, "a", "first note", 1, true],
+        [2, "b", null, 2.5, 0],
+        [3, "c", "th\u00efrd \"quoted\"", null, null],
+        [4, "d", "x", 4, 1]
+    ]"#;
+
+    #[test]
+    fn a_page_applied_from_its_json_matches_the_page_applied_decoded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = profile();
+        let jobs = p.table("jobs").expect("jobs");
+        let body = format!(r#"{{{HEAD}, {COLUMNS}, {ROWS}, "removed": ["b", "zz"]}}"#);
+        let streamed = store(dir.path(), "s.db");
+        let summary = streamed
+            .apply_page_json(None, jobs, body.as_bytes(), 5, |s| s.total.map(|t| t + 100))
+            .expect("streamed");
+        assert_eq!(
+            (summary.has_more, summary.total, summary.entries),
+            (true, Some(7), 6)
+        );
+        assert_eq!((summary.applied.upserted, summary.applied.removed), (4, 1));
+        let decoded = store(dir.path(), "d.db");
+        let page: PullPage = serde_json::from_str(&body).expect("page");
+        decoded.apply_page(None, jobs, &page, 5).expect("decoded");
+        assert_eq!(rows(&streamed), rows(&decoded));
+        assert_eq!(
+            rows(&streamed)[1],
+            ("c".into(), 3, Some("thïrd \"quoted\"".into()), None, None)
+        );
+        let state = streamed.table_state("jobs").expect("state");
+        assert_eq!(
+            (
+                state.cursor.as_str(),
+                state.received_rows,
+                state.expected_rows
+            ),
+            ("c9", 6, Some(107))
+        );
+    }
+
+    #[test]
+    fn rows_before_the_columns_and_removals_before_the_rows_apply_in_page_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = profile();
+        let jobs = p.table("jobs").expect("jobs");
+        let store = store(dir.path(), "s.db");
+        // Removals are applied after the rows whatever their place: a key
+        // both written and removed (not something a server sends) ends removed,
+        // as with the decoded page.
+        let body = format!(r#"{{"removed": ["a"], {ROWS}, {HEAD}, {COLUMNS}}}"#);
+        let summary = store
+            .apply_page_json(None, jobs, body.as_bytes(), 5, |s| s.total)
+            .expect("applied");
+        assert_eq!(summary.entries, 5);
+        let ids: Vec<String> = rows(&store).into_iter().map(|r| r.0).collect();
+        assert_eq!(ids, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_page_that_fails_part_way_writes_nothing_and_keeps_the_cursor() {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = profile();
+        let jobs = p.table("jobs").expect("jobs");
+        let store = store(dir.path(), "s.db");
+        let bad_rows = [
+            // A value of the wrong type in the third row.
+            r#"[[1, "a", "n", 1, true], [2, "b", "n", 1, true], [3, "c", "n", "many", true]]"#,
+            // A short row.
+            r#"[[1, "a", "n", 1, true], [2, "b"]]"#,
+            // An array where a value goes.
+            r#"[[1, "a", "n", 1, true], [2, "b", ["n"], 1, true]]"#,
+            // Cut off.
+            r#"[[1, "a", "n", 1, true], [2, "b", "n""#,
+        ];
+        for rows_json in bad_rows {
+            let body = format!(r#"{{{HEAD}, {COLUMNS}, "rows": {rows_json}, "removed": []}}"#);
+            let err = store
+                .apply_page_json(None, jobs, body.as_bytes(), 5, |s| s.total)
+                .expect_err(rows_json);
+            assert!(
+                matches!(err, crate::error::Error::Protocol(_)),
+                "{rows_json}: {err:?}"
+            );
+            assert!(rows(&store).is_empty(), "{rows_json}");
+            assert_eq!(store.table_state("jobs").expect("state").cursor, "");
+        }
+        // Trailing bytes after the page, a field twice, a field missing.
+        for body in [
+            format!(r#"{{{HEAD}, {COLUMNS}, {ROWS}, "removed": []}} x"#),
+            format!(r#"{{{HEAD}, {COLUMNS}, {ROWS}, {ROWS}, "removed": []}}"#),
+            format!(r#"{{{HEAD}, {COLUMNS}, {ROWS}}}"#),
+        ] {
+            assert!(
+                store
+                    .apply_page_json(None, jobs, body.as_bytes(), 5, |s| s.total)
+                    .is_err(),
+                "{body}"
+            );
+            assert!(rows(&store).is_empty(), "{body}");
+        }
+    }
+}
