@@ -117,8 +117,21 @@ fn compile_at(
                     // leaves.
                     let alias = format!("_fs_rel{depth}");
                     let inner = compile_at(dialect, profile, other_table, ctx, depth + 1, &alias);
+                    // By key: (key, `_deleted`) answers "is it live"
+                    // without reading the row, which SQLite's planner does
+                    // not see by itself (see `schema::live_index_name`).
+                    let hint = if dialect == Dialect::Sqlite
+                        && other_table.primary_key == *foreign_column
+                    {
+                        format!(
+                            " INDEXED BY {}",
+                            quote_ident(&crate::schema::live_index_name(other))
+                        )
+                    } else {
+                        String::new()
+                    };
                     parts.push(format!(
-                        "EXISTS (SELECT 1 FROM {o} AS {alias} WHERE {alias}.{f} = {scope}.{c} AND {alias}._deleted = 0 AND {inner})",
+                        "EXISTS (SELECT 1 FROM {o} AS {alias}{hint} WHERE {alias}.{f} = {scope}.{c} AND {alias}._deleted = 0 AND {inner})",
                         o = quote_ident(other),
                         f = quote_ident(foreign_column),
                         c = quote_ident(column),

@@ -293,6 +293,16 @@ pub fn migrate(c: &mut dyn Conn, model: &DataModel) -> ApiResult<i64> {
     Ok(latest)
 }
 
+/// The index every data table has on (primary key, `_deleted`): a
+/// related-rows rule that reaches a row by its key ("the work order of this
+/// incident, if live") is answered from it without reading the row. SQLite
+/// prefers the primary key's own unique index, which holds only the key, so
+/// the SQLite rules name this one (`INDEXED BY`, see [`crate::rules`]); it
+/// exists for every table the model has, created with the table at start-up.
+pub fn live_index_name(table: &str) -> String {
+    format!("{table}__live")
+}
+
 /// Creates a data table, or adds the columns the model gained.
 fn data_table(c: &mut dyn Conn, t: &TableSchema) -> ApiResult<()> {
     let dialect = c.dialect();
@@ -318,10 +328,13 @@ fn data_table(c: &mut dyn Conn, t: &TableSchema) -> ApiResult<()> {
     cols.push("_updated_at TEXT NOT NULL".into());
     c.batch(&format!(
         "CREATE TABLE IF NOT EXISTS {name} ({cols});
-         CREATE INDEX IF NOT EXISTS {idx} ON {name} (_seq);",
+         CREATE INDEX IF NOT EXISTS {idx} ON {name} (_seq);
+         CREATE INDEX IF NOT EXISTS {live} ON {name} ({pk}, _deleted);",
         name = quote_ident(&t.name),
         cols = cols.join(", "),
         idx = quote_ident(&format!("{}__seq", t.name)),
+        live = quote_ident(&live_index_name(&t.name)),
+        pk = quote_ident(&t.primary_key),
     ))?;
     let existing: Vec<String> = match dialect {
         Dialect::Sqlite => c
@@ -600,6 +613,39 @@ mod tests {
             assert!(
                 !plan.iter().any(|d| d.contains("LIST SUBQUERY")),
                 "{table}: {plan:?}"
+            );
+            // A work order reached by its key is checked live from the
+            // (key, `_deleted`) index, without reading the row.
+            if table == "work_order_incidents" {
+                assert!(
+                    plan.iter()
+                        .any(|d| d.contains("COVERING INDEX work_orders__live")),
+                    "{table}: {plan:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_table_gets_its_live_index_at_start_up() {
+        let model = crate::field_service_model();
+        let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
+        migrate(&mut SqliteConn(&conn), &model).expect("migrate");
+        // A database from before the index: it comes back at start-up.
+        conn.execute_batch("DROP INDEX work_orders__live")
+            .expect("drop");
+        migrate(&mut SqliteConn(&conn), &model).expect("migrate again");
+        for t in &model.tables {
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                    [live_index_name(&t.name)],
+                    |r| r.get(0),
+                )
+                .unwrap_or_else(|e| panic!("{}: {e}", t.name));
+            assert!(
+                sql.ends_with(&format!("({}, _deleted)", quote_ident(&t.primary_key))),
+                "{sql}"
             );
         }
     }
