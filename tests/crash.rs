@@ -80,7 +80,7 @@ async fn kill_9_at_random_points_during_100_syncs_then_converge() {
             .await;
         // A sync, killed after a random delay (or allowed to finish).
         let mut child = device.command(&["sync"]).spawn().expect("spawn");
-        let delay = rng.random_range(0..400);
+        let delay = rng.random_range(0..200);
         tokio::select! {
             status = child.wait() => {
                 let _ = status;

@@ -10,7 +10,7 @@ mod testdb;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fieldsync_core::transport::HttpTimeouts;
@@ -131,6 +131,10 @@ struct Net {
     held: tokio::sync::Notify,
     release: tokio::sync::Notify,
     log: Mutex<Vec<String>>,
+    /// With `slow_pulls`, every pull answer waits 20 ms and is recorded as
+    /// (table, sent, answered).
+    slow_pulls: AtomicBool,
+    spans: Mutex<Vec<(String, Instant, Instant)>>,
 }
 
 impl Net {
@@ -143,6 +147,8 @@ impl Net {
             held: tokio::sync::Notify::new(),
             release: tokio::sync::Notify::new(),
             log: Mutex::new(Vec::new()),
+            slow_pulls: AtomicBool::new(false),
+            spans: Mutex::new(Vec::new()),
         })
     }
 
@@ -177,7 +183,14 @@ impl Transport for Net {
             released.await;
         }
         let pull = request.path.starts_with("/v1/sync/pull");
+        let sent = Instant::now();
+        let table = Net::pulled(std::slice::from_ref(&request.path));
         let mut response = self.inner.send(request).await?;
+        if pull && self.slow_pulls.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let span = (table.concat(), sent, Instant::now());
+            self.spans.lock().expect("spans").push(span);
+        }
         if pull && self.bad_rows.load(Ordering::SeqCst) {
             let mut page: Json = serde_json::from_slice(&response.body).expect("page");
             if let Some(row) = page["rows"].get_mut(0) {
@@ -950,4 +963,72 @@ async fn a_page_whose_rows_do_not_decode_is_refused_whole() {
     let report = engine.sync().await.expect("sync");
     assert!(report.tables.iter().any(|t| t.rows_upserted > 0));
     assert!(engine.list("accounts", None, 100).expect("list").len() > 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_at_one_depth_download_together_after_the_tables_they_read() {
+    let server = Server::start().await;
+    // The shipped profile: bookings, then work orders (read through
+    // bookings), then six tables reading work orders, and booking statuses.
+    let token = server.user("tech1", "technician", None).await;
+    server
+        .admin(
+            "POST",
+            "/v1/admin/seed",
+            Some(json!({"technicians": ["tech1"], "work_orders": 60, "seed": 5})),
+        )
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(T0));
+    let net = Net::new(&server.url);
+    net.slow_pulls.store(true, Ordering::SeqCst);
+    for parallel in [2, 1] {
+        let mut config = EngineConfig::new(
+            dir.path().join(format!("d{parallel}.db")),
+            &server.url,
+            &token,
+        );
+        config.page_size = 20;
+        config.parallel_pulls = parallel;
+        let engine = Engine::open_with(config, net.clone(), clock.clone()).expect("open");
+        engine.sync().await.expect("sync");
+        let spans = std::mem::take(&mut *net.spans.lock().expect("spans"));
+        let profile = engine.profile().expect("profile");
+        assert_eq!(profile.tables.len(), 9);
+        // Each table's pulls, from its first request to its last answer.
+        let mut extent: BTreeMap<String, (Instant, Instant)> = BTreeMap::new();
+        for (table, sent, answered) in &spans {
+            let e = extent.entry(table.clone()).or_insert((*sent, *answered));
+            e.0 = e.0.min(*sent);
+            e.1 = e.1.max(*answered);
+        }
+        assert_eq!(extent.len(), 9, "every table pulled: {extent:?}");
+        for t in &profile.tables {
+            for d in t.depends_on() {
+                assert!(
+                    extent[&d].1 <= extent[&t.name].0,
+                    "{} started before {d}, which it reads, was pulled",
+                    t.name
+                );
+            }
+        }
+        let overlapping = spans
+            .iter()
+            .any(|(a, a0, a1)| spans.iter().any(|(b, b0, b1)| a != b && a0 < b1 && b0 < a1));
+        assert_eq!(
+            overlapping,
+            parallel > 1,
+            "pulls of two tables at once with {parallel} allowed"
+        );
+        if parallel > 1 {
+            // Never more than allowed at once.
+            for (_, s0, _) in &spans {
+                let at_once = spans
+                    .iter()
+                    .filter(|(_, b0, b1)| b0 <= s0 && s0 < b1)
+                    .count();
+                assert!(at_once <= parallel as usize, "{at_once} pulls at once");
+            }
+        }
+    }
 }

@@ -235,6 +235,8 @@ struct Device {
     token: String,
     db: std::path::PathBuf,
     engine: Option<Arc<Engine>>,
+    /// The run's seed (how many tables download at once).
+    seed: u64,
 }
 
 impl Device {
@@ -243,6 +245,14 @@ impl Device {
             let config = EngineConfig::new(&self.db, "http://simulated", &self.token);
             let mut config = config;
             config.page_size = 10;
+            // Tables downloaded one at a time make the order of requests,
+            // and so the faults drawn for them, a function of the seed: odd
+            // seeds (and the replay test's seed 7) replay exactly. Even
+            // seeds download two tables at once, the engine's default, whose
+            // interleaving follows the scheduler: a failure they find
+            // replays with the same faults drawn, not always in the same
+            // order.
+            config.parallel_pulls = if self.seed.is_multiple_of(2) { 2 } else { 1 };
             self.engine = Some(
                 Engine::open_with(
                     config,
@@ -344,6 +354,7 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
             token: tokens[user].clone(),
             db: dir.path().join(format!("{name}.db")),
             engine: None,
+            seed,
         })
         .collect();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -556,6 +567,7 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
             token: dev.token.clone(),
             db: dir.path().join(format!("fresh-{i}.db")),
             engine: None,
+            seed,
         };
         let fresh_engine = fresh.open(&net);
         fresh_engine

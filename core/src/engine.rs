@@ -37,6 +37,9 @@ pub struct EngineConfig {
     pub token: String,
     /// Rows per pull page (1 to 10000).
     pub page_size: u32,
+    /// Most tables downloaded at once (1 to 8, default 2; see
+    /// `sync::pull_tables`). 1 downloads them one after the other.
+    pub parallel_pulls: u32,
     /// Network check timeout, ms (default 5000).
     pub probe_timeout_ms: u64,
     /// Retry delays after failed syncs.
@@ -47,6 +50,14 @@ pub struct EngineConfig {
     pub app: AppInfo,
 }
 
+/// Tables downloaded at once by default. Two keep both ends busy with a
+/// nearby server (one page computed while another is written) and hide
+/// round trips to a far one, without taking more of a server than a
+/// device's share.
+pub const DEFAULT_PARALLEL_PULLS: u32 = 2;
+/// Most tables downloaded at once.
+pub const MAX_PARALLEL_PULLS: u32 = 8;
+
 impl EngineConfig {
     /// A configuration with the default page size.
     pub fn new(database_path: impl Into<PathBuf>, server_url: &str, token: &str) -> Self {
@@ -55,6 +66,7 @@ impl EngineConfig {
             server_url: server_url.to_owned(),
             token: token.to_owned(),
             page_size: DEFAULT_PAGE_SIZE,
+            parallel_pulls: DEFAULT_PARALLEL_PULLS,
             probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
             backoff: Backoff::default(),
             notifications: NotificationThresholds::default(),
@@ -236,6 +248,11 @@ impl Engine {
         if config.page_size == 0 || config.page_size > MAX_PAGE_SIZE {
             return Err(Error::InvalidInput(format!(
                 "page size must be 1 to {MAX_PAGE_SIZE}"
+            )));
+        }
+        if config.parallel_pulls == 0 || config.parallel_pulls > MAX_PARALLEL_PULLS {
+            return Err(Error::InvalidInput(format!(
+                "parallel pulls must be 1 to {MAX_PARALLEL_PULLS}"
             )));
         }
         if config.token.trim().is_empty() {

@@ -20,7 +20,10 @@
 //! current one is written. A failure stops the run with everything committed
 //! so far kept, and the next run resumes from there.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use tracing::{debug, info, warn};
 
@@ -98,40 +101,133 @@ async fn run_inner(
             out
         }
     };
-    for table in tables {
-        let mut attempts = 0;
-        loop {
-            let current = engine.profile().and_then(|p| p.table(&table.name).cloned());
-            let Some(current) = current else { break };
-            let timer = std::time::Instant::now();
-            let pulled = pull_table(engine, &current, report).await;
-            debug!(target: "fieldsync::sync", table = %table.name, ms = timer.elapsed().as_millis() as u64, "table pulled");
-            match pulled {
-                Err(Error::Server {
-                    status: 409, code, ..
-                }) if code == codes::PROFILE_CHANGED && attempts < 2 => {
-                    attempts += 1;
-                    refresh_profile(engine, report).await?;
-                }
-                Err(Error::Server {
-                    status: 400, code, ..
-                }) if code == codes::INVALID_CURSOR && attempts < 2 => {
-                    attempts += 1;
-                    warn!(target: "fieldsync::sync", table = %table.name, "the server refused the cursor; downloading the table again");
-                    engine.store.restart_table(&table.name)?;
-                }
-                Err(e) => {
-                    let _ = engine.store.record_table_error(&table.name, &e.to_string());
-                    return Err(e);
-                }
-                Ok(()) => break,
-            }
-        }
-    }
+    pull_tables(engine, tables, report).await?;
     let timer = std::time::Instant::now();
     let settled = settle_related(engine, report).await;
     debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "related rows settled");
     settled
+}
+
+/// Pulls `tables`, up to `EngineConfig::parallel_pulls` at once. A table starts once
+/// the tables its related-rows rules read (those in this run) are pulled,
+/// the order the sequential download had: rows arriving in a table queue
+/// related values only for tables that read it, and those have not started.
+/// Tables at the same depth (a work order's incidents, products, services)
+/// do not read one another, so downloading them together changes nothing a
+/// device can see but the time it takes. When the server says the profile
+/// changed, no table starts; the running ones finish, then the profile is
+/// installed (never under a running download) and the tables not pulled yet
+/// go on. The first other error stops the run the same way.
+async fn pull_tables(
+    engine: &Engine,
+    tables: Vec<SyncTable>,
+    report: &mut SyncReport,
+) -> Result<()> {
+    let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut refreshes = 0;
+    let mut parts: Vec<SyncReport> = Vec::new();
+    let result = loop {
+        match pull_round(engine, &names, &mut done, &mut parts).await {
+            Err(Error::Server {
+                status: 409, code, ..
+            }) if code == codes::PROFILE_CHANGED && refreshes < 2 => {
+                refreshes += 1;
+                refresh_profile(engine, report).await?;
+            }
+            other => break other,
+        }
+    };
+    // The table reports in the order of the run, whatever order they ended in.
+    let mut tables: Vec<TableReport> = Vec::new();
+    for part in parts {
+        report.bytes_up += part.bytes_up;
+        report.bytes_down += part.bytes_down;
+        tables.extend(part.tables);
+    }
+    tables.sort_by_key(|t| names.iter().position(|n| *n == t.table));
+    report.tables.extend(tables);
+    result
+}
+
+/// One pass of [`pull_tables`] over the tables of `names` still in the
+/// profile and not yet in `done`.
+async fn pull_round(
+    engine: &Engine,
+    names: &[String],
+    done: &mut BTreeSet<String>,
+    parts: &mut Vec<SyncReport>,
+) -> Result<()> {
+    let profile = engine
+        .profile()
+        .ok_or_else(|| Error::Internal("no profile after refresh".into()))?;
+    let mut waiting: Vec<SyncTable> = profile
+        .tables_in_dependency_order()
+        .into_iter()
+        .filter(|t| names.contains(&t.name) && !done.contains(&t.name))
+        .cloned()
+        .collect();
+    let in_run: BTreeSet<String> = waiting.iter().map(|t| t.name.clone()).collect();
+    let mut running = FuturesUnordered::new();
+    let mut first_error: Option<Error> = None;
+    let room = engine.options.parallel_pulls.max(1) as usize;
+    loop {
+        while first_error.is_none() && running.len() < room {
+            let ready = waiting.iter().position(|t| {
+                t.depends_on()
+                    .iter()
+                    .all(|d| done.contains(d) || !in_run.contains(d))
+            });
+            let Some(i) = ready else { break };
+            let table = waiting.remove(i);
+            running.push(async move {
+                let mut part = SyncReport::default();
+                let timer = std::time::Instant::now();
+                let pulled = pull_with_restarts(engine, &table, &mut part).await;
+                debug!(target: "fieldsync::sync", table = %table.name, ms = timer.elapsed().as_millis() as u64, "table pulled");
+                (table, part, pulled)
+            });
+        }
+        let Some((table, part, pulled)) = running.next().await else {
+            break;
+        };
+        parts.push(part);
+        match pulled {
+            Ok(()) => {
+                done.insert(table.name);
+            }
+            Err(e) => {
+                let changed = matches!(&e, Error::Server { status: 409, code, .. } if code == codes::PROFILE_CHANGED);
+                if !changed {
+                    let _ = engine.store.record_table_error(&table.name, &e.to_string());
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Pulls one table; when the server refuses its cursor, downloads the table
+/// again from the start (twice at most).
+async fn pull_with_restarts(
+    engine: &Engine,
+    table: &SyncTable,
+    report: &mut SyncReport,
+) -> Result<()> {
+    let mut attempts = 0;
+    loop {
+        match pull_table(engine, table, report).await {
+            Err(Error::Server {
+                status: 400, code, ..
+            }) if code == codes::INVALID_CURSOR && attempts < 2 => {
+                attempts += 1;
+                warn!(target: "fieldsync::sync", table = %table.name, "the server refused the cursor; downloading the table again");
+                engine.store.restart_table(&table.name)?;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Fetches related rows that arrived without a change of their own, then
