@@ -1020,6 +1020,27 @@ async fn tables_at_one_depth_download_together_after_the_tables_they_read() {
             parallel > 1,
             "pulls of two tables at once with {parallel} allowed"
         );
+        // Each table's pages ask for an eighth of the page size (20 rows)
+        // first, then twice as many each time, up to the page size.
+        let log = net.take_log();
+        let mut longest = 0;
+        for t in &profile.tables {
+            let prefix = format!("/v1/sync/pull?table={}&", t.name);
+            let limits: Vec<u32> = log
+                .iter()
+                .filter(|p| p.starts_with(&prefix))
+                .filter_map(|p| p.split("&limit=").nth(1))
+                .filter_map(|rest| rest.split('&').next())
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            let ramp = [2, 4, 8, 16, 20];
+            let expected: Vec<u32> = (0..limits.len())
+                .map(|i| ramp.get(i).copied().unwrap_or(20))
+                .collect();
+            assert_eq!(limits, expected, "{}", t.name);
+            longest = longest.max(limits.len());
+        }
+        assert!(longest >= 5, "a table of several pages: {longest}");
         if parallel > 1 {
             // Never more than allowed at once.
             for (_, s0, _) in &spans {

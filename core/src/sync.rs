@@ -424,6 +424,11 @@ async fn upload(engine: &Engine, report: &mut SyncReport) -> Result<()> {
 /// page always does): each answer refines the progress estimate.
 const TOTAL_EVERY_PAGES: u64 = 10;
 
+/// The first page of a table's pull asks for this share of the page size
+/// (an eighth: 1,250 rows of 10,000); each next page asks for twice as many,
+/// up to the page size.
+const FIRST_PAGE_SHARE: u32 = 8;
+
 /// Hands the memory of an applied page back to the system. glibc keeps what
 /// is freed in its arenas (one per thread that allocated, and the blocking
 /// pool runs pages on whichever thread is free): without a trim the process
@@ -456,12 +461,12 @@ fn fetch(
     engine: &Engine,
     table: &SyncTable,
     cursor: String,
+    limit: u32,
     want_total: bool,
     profile_version: i64,
 ) -> PageFetch {
     let api = engine.api.clone();
     let name = table.name.clone();
-    let limit = engine.page_size;
     tokio::spawn(async move {
         api.pull(&name, &cursor, limit, want_total, profile_version)
             .await
@@ -489,10 +494,16 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
     };
     let mut rows_done = state.received_rows;
     let mut rows_total = state.expected_rows;
+    // A short first page, then pages doubling up to the page size: the
+    // device starts writing after a short wait, and from then on the server
+    // computes the next page while the device writes this one (one page of
+    // the full size would keep them waiting on each other).
+    let mut limit = (engine.page_size / FIRST_PAGE_SHARE).max(1);
     let mut pending = Some(fetch(
         engine,
         table,
         state.cursor.clone(),
+        limit,
         true,
         profile_version,
     ));
@@ -509,10 +520,12 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
             // The server's total is an estimate until the last page: ask
             // again now and then so the progress follows what is selected.
             let ask_total = (table_report.pages + 1).is_multiple_of(TOTAL_EVERY_PAGES);
+            limit = limit.saturating_mul(2).min(engine.page_size);
             pending = Some(fetch(
                 engine,
                 table,
                 page.cursor.clone(),
+                limit,
                 ask_total,
                 profile_version,
             ));
