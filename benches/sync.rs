@@ -89,12 +89,18 @@ async fn device_sync(db: &str, url: &str, token: &str, page_size: u32) {
 /// Child mode: queue `n` local edits, then sync; print figures as JSON.
 async fn device_upload(db: &str, url: &str, token: &str, n: usize) {
     let engine = Engine::open(EngineConfig::new(db, url, token)).expect("open");
-    let ids: Vec<String> = engine
-        .list("work_orders", None, n as u32)
-        .expect("list")
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    // The keys only, 500 records at a time: the peak RSS printed below is
+    // the engine's, not a list of whole records held by the benchmark.
+    let mut ids: Vec<String> = Vec::with_capacity(n);
+    while ids.len() < n {
+        let batch = engine
+            .list("work_orders", ids.last().map(String::as_str), 500)
+            .expect("list");
+        if batch.is_empty() {
+            break;
+        }
+        ids.extend(batch.into_iter().map(|r| r.id).take(n - ids.len()));
+    }
     let started = Instant::now();
     for (i, id) in ids.iter().enumerate() {
         engine
