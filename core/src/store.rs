@@ -310,6 +310,30 @@ fn read_row(
     }
 }
 
+/// The upsert of a row of `table`: `_fs_version` then `columns` (column
+/// names, the primary key among them) bound as `?1`, `?2`, ... in that
+/// order; a row already there takes every given column and the version.
+fn upsert_sql(table: &SyncTable, columns: &[&str]) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let placeholders: Vec<String> = (1..=cols.len() + 1).map(|i| format!("?{i}")).collect();
+    let pk = quote_ident(&table.primary_key);
+    let updates: Vec<String> = cols
+        .iter()
+        .filter(|c| **c != pk)
+        .map(|c| format!("{c} = excluded.{c}"))
+        .chain(std::iter::once(format!(
+            "{LOCAL_VERSION_COLUMN} = excluded.{LOCAL_VERSION_COLUMN}"
+        )))
+        .collect();
+    format!(
+        "INSERT INTO {} ({LOCAL_VERSION_COLUMN}, {}) VALUES ({}) ON CONFLICT({pk}) DO UPDATE SET {}",
+        quote_ident(&table.name),
+        cols.join(", "),
+        placeholders.join(", "),
+        updates.join(", ")
+    )
+}
+
 /// Writes a whole row (every column; missing ones null) with a version.
 fn upsert_row(
     conn: &Connection,
@@ -317,30 +341,13 @@ fn upsert_row(
     fields: &BTreeMap<String, Value>,
     version: i64,
 ) -> Result<()> {
-    let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let placeholders: Vec<String> = (1..=cols.len() + 1).map(|i| format!("?{i}")).collect();
-    let updates: Vec<String> = cols
-        .iter()
-        .skip(1)
-        .map(|c| format!("{c} = excluded.{c}"))
-        .chain(std::iter::once(format!(
-            "{LOCAL_VERSION_COLUMN} = excluded.{LOCAL_VERSION_COLUMN}"
-        )))
-        .collect();
-    let sql = format!(
-        "INSERT INTO {} ({}, {LOCAL_VERSION_COLUMN}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
-        quote_ident(&table.name),
-        cols.join(", "),
-        placeholders.join(", "),
-        quote_ident(&table.primary_key),
-        updates.join(", ")
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(cols.len() + 1);
+    let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    let mut stmt = conn.prepare_cached(&upsert_sql(table, &names))?;
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(names.len() + 1);
+    values.push(&version);
     for c in &table.columns {
         values.push(fields.get(&c.name).unwrap_or(&Value::Null));
     }
-    values.push(&version);
     stmt.execute(values.as_slice())?;
     Ok(())
 }

@@ -19,9 +19,9 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 
 use super::settle::{Arrival, RelatedQueue};
-use super::{LOCAL_VERSION_COLUMN, PageApplied, delete_row, has_pending};
+use super::{PageApplied, delete_row, has_pending, upsert_sql};
 use crate::error::{Error, Result};
-use crate::profile::{Column, SyncProfile, SyncTable, quote_ident};
+use crate::profile::{Column, SyncProfile, SyncTable};
 use crate::protocol::VERSION_COLUMN;
 use crate::value::Value;
 
@@ -110,24 +110,8 @@ impl<'c> PageWriter<'c> {
         } else {
             None
         };
-        let cols: Vec<String> = columns[1..].iter().map(|c| quote_ident(c)).collect();
-        let placeholders: Vec<String> = (1..=cols.len() + 1).map(|i| format!("?{i}")).collect();
-        let updates: Vec<String> = cols
-            .iter()
-            .filter(|c| **c != quote_ident(&table.primary_key))
-            .map(|c| format!("{c} = excluded.{c}"))
-            .chain(std::iter::once(format!(
-                "{LOCAL_VERSION_COLUMN} = excluded.{LOCAL_VERSION_COLUMN}"
-            )))
-            .collect();
-        let sql = format!(
-            "INSERT INTO {} ({LOCAL_VERSION_COLUMN}, {}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}",
-            quote_ident(&table.name),
-            cols.join(", "),
-            placeholders.join(", "),
-            quote_ident(&table.primary_key),
-            updates.join(", ")
-        );
+        let names: Vec<&str> = columns[1..].iter().map(String::as_str).collect();
+        let sql = upsert_sql(table, &names);
         Ok(PageWriter {
             conn,
             table,
