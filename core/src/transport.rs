@@ -128,14 +128,19 @@ impl Transport for HttpTransport {
             .await
             .map_err(|e| TransportError(describe(&e)))?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
+        // Read straight into the one buffer the answer is kept in: collecting
+        // it whole first and copying it out held a pull page (megabytes of
+        // JSON) two or three times over for a moment.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| TransportError(describe(&e)))?;
-        Ok(HttpResponse {
-            status,
-            body: body.to_vec(),
-        })
+            .map_err(|e| TransportError(describe(&e)))?
+        {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpResponse { status, body })
     }
 }
 
