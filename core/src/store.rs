@@ -130,6 +130,9 @@ pub struct PageSummary {
     /// Rows plus removals in the page.
     pub entries: u64,
     pub applied: PageApplied,
+    /// The table's expected row count recorded with the page (what `total`
+    /// of [`Store::apply_page_json`] gave), if any.
+    pub expected: Option<u64>,
 }
 
 /// What applying push results did.
@@ -707,7 +710,7 @@ impl Store {
     /// A page with a total records the expected row count for progress.
     /// With the profile, the related values the page's rows bring are queued
     /// in the same transaction, before the rows are written (see
-    /// `settle::queue_related`).
+    /// `settle::RelatedQueue`).
     pub fn apply_page(
         &self,
         profile: Option<&SyncProfile>,
@@ -743,8 +746,9 @@ impl Store {
     /// body (a `PullPage`): the rows are decoded one at a time and written
     /// as they are decoded, so no decoded page is ever held (see
     /// `store::page`). `total` gives the expected row count to record from
-    /// what the page says (see [`PageSummary`]). A body that does not decode
-    /// changes nothing.
+    /// what the page says (see [`PageSummary`]; it is called before the
+    /// summary's `expected`, which is what it returns). A body that does not
+    /// decode changes nothing.
     pub fn apply_page_json(
         &self,
         profile: Option<&SyncProfile>,
@@ -756,19 +760,20 @@ impl Store {
         let queue = profile.map(|p| (p, Arrival::Server));
         self.in_page_transaction(|tx| {
             let page = page::apply_json(tx, table, body, queue)?;
-            let summary = PageSummary {
+            let mut summary = PageSummary {
                 has_more: page.has_more,
                 total: page.total,
                 entries: page.entries,
                 applied: page.applied,
+                expected: None,
             };
-            let expected = total(&summary);
+            summary.expected = total(&summary);
             advance_cursor(
                 tx,
                 table,
                 &page.cursor,
                 page.entries,
-                expected,
+                summary.expected,
                 !page.has_more,
                 now,
             )?;
@@ -1493,7 +1498,7 @@ fn remove_unreached_rows(
 /// The comparison key of a related value (text as is, numbers as written).
 /// The key under which the values a related-rows rule was settled for are
 /// queued in `_fs_related_pending` (the sync's settling and
-/// [`Store::queue_related`] must agree on it).
+/// `settle::RelatedQueue` must agree on it).
 pub(crate) fn related_rule_key(
     table: &str,
     column: &str,

@@ -556,14 +556,13 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
                 return Err(e);
             }
         };
-        let total = progress_total(rows_done, rows_total, &summary);
         let (applied, page_rows) = (summary.applied, summary.entries);
         table_report.pages += 1;
         table_report.rows_upserted += applied.upserted;
         table_report.rows_removed += applied.removed;
         table_report.rows_kept_pending += applied.kept_pending;
         rows_done += page_rows;
-        rows_total = total;
+        rows_total = summary.expected;
         engine.emit(SyncEvent::TableProgress {
             table: table.name.clone(),
             initial,

@@ -271,11 +271,9 @@ impl<'de> Visitor<'de> for PageSeed<'_, '_> {
         let mut cursor = None;
         let mut has_more = None;
         let mut total = None;
-        let mut columns_seen = false;
         // Rows that came before the columns (our server sends the columns
         // first; any order is valid JSON): decoded whole, written after.
         let mut early_rows: Option<Vec<Vec<Value>>> = None;
-        let mut rows_seen = false;
         let mut rows = 0u64;
         let mut removed: Option<Vec<String>> = None;
         let fail = |e: Error, failure: &mut Option<Error>| {
@@ -304,53 +302,36 @@ impl<'de> Visitor<'de> for PageSeed<'_, '_> {
                 Field::Total => total = map.next_value::<Option<u64>>()?,
                 Field::Columns => {
                     let columns = map.next_value::<Vec<String>>()?;
-                    columns_seen = true;
                     match PageWriter::new(conn, table, &columns, queue) {
                         Ok(w) => writer = Some(w),
                         Err(e) => return Err(fail(e, failure)),
                     }
                 }
-                Field::Rows => {
-                    rows_seen = true;
-                    match &mut writer {
-                        Some(w) => {
-                            let mut err = None;
-                            let streamed = map.next_value_seed(RowsSeed {
-                                writer: w,
-                                failure: &mut err,
-                            });
-                            if let Some(e) = err {
-                                return Err(fail(e, failure));
-                            }
-                            rows = streamed?;
-                        }
-                        None => early_rows = Some(map.next_value::<Vec<Vec<Value>>>()?),
+                Field::Rows => match &mut writer {
+                    // A row the writer refuses leaves its error in `failure`.
+                    Some(w) => {
+                        rows = map.next_value_seed(RowsSeed {
+                            writer: w,
+                            failure: &mut *failure,
+                        })?
                     }
-                }
+                    None => early_rows = Some(map.next_value::<Vec<Vec<Value>>>()?),
+                },
                 Field::Removed => removed = Some(map.next_value::<Vec<String>>()?),
                 Field::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
+        // Every field but `total` is required, as in `PullPage`.
         let missing = |name: &'static str| de::Error::missing_field(name);
-        if !seen[0] {
-            return Err(missing("table"));
+        if let Some(i) = (0..FIELDS.len()).find(|&i| !seen[i] && FIELDS[i] != "total") {
+            return Err(missing(FIELDS[i]));
         }
-        if !seen[1] {
-            return Err(missing("profile_version"));
-        }
-        let cursor = cursor.ok_or_else(|| missing("cursor"))?;
-        let has_more = has_more.ok_or_else(|| missing("has_more"))?;
-        if !columns_seen {
-            return Err(missing("columns"));
-        }
-        if !rows_seen {
-            return Err(missing("rows"));
-        }
-        let removed = removed.ok_or_else(|| missing("removed"))?;
-        let Some(mut writer) = writer else {
-            return Err(missing("columns"));
+        let (Some(cursor), Some(has_more), Some(removed), Some(mut writer)) =
+            (cursor, has_more, removed, writer)
+        else {
+            return Err(de::Error::custom("a pull page field is missing"));
         };
         let written = (|| -> Result<()> {
             if let Some(early) = early_rows {
@@ -638,8 +619,13 @@ mod tests {
             .apply_page_json(None, jobs, body.as_bytes(), 5, |s| s.total.map(|t| t + 100))
             .expect("streamed");
         assert_eq!(
-            (summary.has_more, summary.total, summary.entries),
-            (true, Some(7), 6)
+            (
+                summary.has_more,
+                summary.total,
+                summary.entries,
+                summary.expected
+            ),
+            (true, Some(7), 6, Some(107))
         );
         assert_eq!((summary.applied.upserted, summary.applied.removed), (4, 1));
         let decoded = store(dir.path(), "d.db");

@@ -8,7 +8,7 @@
 //!
 //! - `_fs_related_pending (rule, value)`: related values whose rows must be
 //!   fetched (`POST /v1/sync/fetch`), queued as rows arrive or are written
-//!   (see [`queue_related`] for when); a value leaves the queue when its
+//!   (see [`RelatedQueue`] for when); a value leaves the queue when its
 //!   fetch is applied, or when no local row holds it any more.
 //! - `_fs_settle_rows (tbl, row_id)`: rows to evaluate again. Rows written
 //!   by an incremental pull or a fetch are listed by the page apply, and a
@@ -287,7 +287,7 @@ pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// How rows of a table arrive, for [`queue_related`].
+/// How rows of a table arrive, for [`RelatedQueue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
     /// Pulled, or taken from a push result: the rows carry their server
@@ -299,7 +299,8 @@ pub enum Arrival {
     Local,
 }
 
-/// Before rows of `table` are written: queues, for every related-rows rule
+/// Before each row of `table` is written (prepared once for the rows of a
+/// page, a fetch or one write): queues, for every related-rows rule
 /// that reads `table`, the related values whose rows must be fetched at the
 /// next settling.
 ///
@@ -315,27 +316,6 @@ pub enum Arrival {
 /// does not download their children again. Rules whose table has not
 /// finished its first download are skipped: that download selects
 /// everything anyway.
-pub(super) fn queue_related(
-    conn: &Connection,
-    profile: &SyncProfile,
-    table: &SyncTable,
-    columns: &[String],
-    rows: &[Vec<Value>],
-    arrival: Arrival,
-) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    if let Some(mut queue) = RelatedQueue::new(conn, profile, table, columns, arrival)? {
-        for row in rows {
-            queue.row(row)?;
-        }
-    }
-    Ok(())
-}
-
-/// [`queue_related`] prepared once for the rows of one page (or one fetch),
-/// then given each row before it is written.
 pub(super) struct RelatedQueue<'c> {
     arrival: Arrival,
     pk: usize,
@@ -455,7 +435,7 @@ impl<'c> RelatedQueue<'c> {
     }
 }
 
-/// [`queue_related`] for one row given as a map, with its server version
+/// [`RelatedQueue`] for one row given as a map, with its server version
 /// (push results) or none (local writes).
 pub(super) fn queue_related_row(
     conn: &Connection,
@@ -478,7 +458,10 @@ pub(super) fn queue_related_row(
     } else {
         Arrival::Local
     };
-    queue_related(conn, profile, table, &columns, &[row], arrival)
+    match RelatedQueue::new(conn, profile, table, &columns, arrival)? {
+        Some(mut queue) => queue.row(&row),
+        None => Ok(()),
+    }
 }
 
 /// The queued values of a rule that `other` still holds, in order; values
@@ -857,6 +840,19 @@ mod tests {
         (store, p)
     }
 
+    /// A settled store made to look as an earlier version left it (`sql`),
+    /// closed; returns its path.
+    fn earlier_store(dir: &std::path::Path, sql: &str) -> std::path::PathBuf {
+        let (store, _) = settled_store(dir);
+        store
+            .with_writer(|c| {
+                c.execute_batch(sql)?;
+                Ok(())
+            })
+            .expect("earlier version");
+        dir.join("d.db")
+    }
+
     fn ids(store: &Store, table: &str) -> Vec<String> {
         store
             .with_reader(|c| {
@@ -1149,29 +1145,21 @@ mod tests {
     #[test]
     fn a_store_of_the_previous_version_is_upgraded() {
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("d.db");
-        {
-            let (store, _) = settled_store(dir.path());
-            // What the previous version left: no settle column, no triggers,
-            // and the settled related values in `_fs_related_seen` (w2 was
-            // never fetched for work orders).
-            store
-                .with_writer(|c| {
-                    c.execute_batch(
-                        "DROP TRIGGER _fs_lost_0_d; DROP TRIGGER _fs_lost_0_u;
-                         DROP TRIGGER _fs_lost_1_d; DROP TRIGGER _fs_lost_1_u;
-                         ALTER TABLE _fs_tables DROP COLUMN settle_all;
-                         CREATE TABLE _fs_related_seen (rule TEXT NOT NULL, value TEXT NOT NULL,
-                             PRIMARY KEY (rule, value)) WITHOUT ROWID;
-                         INSERT INTO _fs_related_seen VALUES
-                             ('work_orders.id<-bookings.work_order_id', 'w1'),
-                             ('incidents.work_order_id<-work_orders.id', 'w1'),
-                             ('incidents.work_order_id<-work_orders.id', 'w2');",
-                    )?;
-                    Ok(())
-                })
-                .expect("downgrade");
-        }
+        // What the previous version left: no settle column, no triggers,
+        // and the settled related values in `_fs_related_seen` (w2 was
+        // never fetched for work orders).
+        let path = earlier_store(
+            dir.path(),
+            "DROP TRIGGER _fs_lost_0_d; DROP TRIGGER _fs_lost_0_u;
+             DROP TRIGGER _fs_lost_1_d; DROP TRIGGER _fs_lost_1_u;
+             ALTER TABLE _fs_tables DROP COLUMN settle_all;
+             CREATE TABLE _fs_related_seen (rule TEXT NOT NULL, value TEXT NOT NULL,
+                 PRIMARY KEY (rule, value)) WITHOUT ROWID;
+             INSERT INTO _fs_related_seen VALUES
+                 ('work_orders.id<-bookings.work_order_id', 'w1'),
+                 ('incidents.work_order_id<-work_orders.id', 'w1'),
+                 ('incidents.work_order_id<-work_orders.id', 'w2');",
+        );
         let store = Store::open(&path).expect("reopen");
         let p = profile();
         let bookings = p.table("bookings").expect("bookings").clone();
@@ -1216,24 +1204,16 @@ mod tests {
     #[test]
     fn triggers_of_an_earlier_version_are_replaced_on_open() {
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("d.db");
-        {
-            let (store, _) = settled_store(dir.path());
-            // The earlier trigger: `INSERT OR IGNORE`, which a pulled row's
-            // upsert overrides.
-            store
-                .with_writer(|c| {
-                    c.execute_batch(
-                        "DROP TRIGGER _fs_lost_0_u;
-                         CREATE TRIGGER _fs_lost_0_u AFTER UPDATE OF work_order_id ON bookings
-                           WHEN old.work_order_id IS NOT NULL AND old.work_order_id IS NOT new.work_order_id
-                           BEGIN INSERT OR IGNORE INTO _fs_settle_lost (tbl, col, value)
-                             VALUES ('bookings', 'work_order_id', CAST(old.work_order_id AS TEXT)); END;",
-                    )?;
-                    Ok(())
-                })
-                .expect("old trigger");
-        }
+        // The earlier trigger: `INSERT OR IGNORE`, which a pulled row's
+        // upsert overrides.
+        let path = earlier_store(
+            dir.path(),
+            "DROP TRIGGER _fs_lost_0_u;
+             CREATE TRIGGER _fs_lost_0_u AFTER UPDATE OF work_order_id ON bookings
+               WHEN old.work_order_id IS NOT NULL AND old.work_order_id IS NOT new.work_order_id
+               BEGIN INSERT OR IGNORE INTO _fs_settle_lost (tbl, col, value)
+                 VALUES ('bookings', 'work_order_id', CAST(old.work_order_id AS TEXT)); END;",
+        );
         let store = Store::open(&path).expect("reopen");
         let sql: String = store
             .with_reader(|c| {
