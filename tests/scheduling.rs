@@ -192,7 +192,15 @@ impl Transport for Net {
             self.spans.lock().expect("spans").push(span);
         }
         if pull && self.bad_rows.load(Ordering::SeqCst) {
-            let mut page: Json = serde_json::from_slice(&response.body).expect("page");
+            let body = fieldsync_core::codec::Body {
+                bytes: std::mem::take(&mut response.body),
+                encoding: fieldsync_core::codec::Encoding::from_header(
+                    response.content_encoding.take().as_deref(),
+                )
+                .expect("encoding"),
+            };
+            let mut page: Json =
+                serde_json::from_slice(&body.decoded().expect("page")).expect("page");
             if let Some(row) = page["rows"].get_mut(0) {
                 row[1] = json!({"not": "a value"});
             }

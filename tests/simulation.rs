@@ -127,6 +127,10 @@ impl Net {
             .await
             .expect("router answers");
         let status = response.status().as_u16();
+        let content_encoding = response
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().expect("content-encoding").to_owned());
         let body = response
             .into_body()
             .collect()
@@ -134,7 +138,11 @@ impl Net {
             .expect("body")
             .to_bytes()
             .to_vec();
-        HttpResponse { status, body }
+        HttpResponse {
+            status,
+            content_encoding,
+            body,
+        }
     }
 
     fn roll(&self) -> u32 {

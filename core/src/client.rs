@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
+use crate::codec::{ACCEPT_ENCODING, Body, Encoding};
 use crate::error::{Error, Result};
 use crate::profile::SyncProfile;
 use crate::protocol::{
@@ -41,28 +42,111 @@ pub struct Sized<T> {
 }
 
 /// A pull page as it came off the wire: its head decoded, enough to ask for
-/// the next page, and its body kept as its compact JSON. The thread that
-/// applies it decodes the rows one at a time as it writes them
-/// (`Store::apply_page_json`), so a page is never held decoded.
+/// the next page, and its body kept as it arrived (compressed, as a rule).
+/// The thread that applies it decompresses it a block at a time and decodes
+/// the rows one at a time as it writes them (`Store::apply_page_body`), so a
+/// page is never held decoded, nor its JSON whole.
 pub struct PulledPage {
     pub head: PageHead,
-    body: Vec<u8>,
+    body: Body,
 }
 
 /// The fields of a pull page that drive the download.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone)]
 pub struct PageHead {
     pub table: String,
     pub cursor: String,
     pub has_more: bool,
-    #[serde(default)]
-    pub total: Option<u64>,
 }
 
 impl PulledPage {
-    /// The page's JSON body (a `PullPage`).
-    pub fn body(&self) -> &[u8] {
+    /// The page's body (a `PullPage`, as JSON, maybe compressed).
+    pub fn body(&self) -> &Body {
         &self.body
+    }
+}
+
+/// Reads a pull page's head from its body. The reference server writes
+/// `table`, `cursor` and `has_more` before the rows, so reading stops at the
+/// first other field once they are in: only the start of a compressed page is
+/// decompressed. In any other order the rest is skipped through until they
+/// are found.
+fn read_head(body: &Body) -> Result<PageHead> {
+    let mut head = None;
+    let outcome = {
+        let mut de = serde_json::Deserializer::from_reader(body.reader()?);
+        serde::de::DeserializeSeed::deserialize(HeadSeed { head: &mut head }, &mut de)
+    };
+    match (head, outcome) {
+        (Some(head), _) => Ok(head),
+        (None, Err(e)) => Err(Error::Protocol(format!(
+            "the server's answer does not decode: {e}"
+        ))),
+        (None, Ok(())) => Err(Error::Protocol(
+            "the server's answer does not decode: no page head".into(),
+        )),
+    }
+}
+
+/// The marker error that stops reading once the head is in.
+const HEAD_READ: &str = "page head read";
+
+struct HeadSeed<'a> {
+    head: &'a mut Option<PageHead>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum HeadField {
+    Table,
+    Cursor,
+    HasMore,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for HeadSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for HeadSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a pull page")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
+        use serde::de::Error as _;
+        let (mut table, mut cursor, mut has_more) = (None, None, None);
+        while let Some(field) = map.next_key::<HeadField>()? {
+            match field {
+                HeadField::Table => table = Some(map.next_value::<String>()?),
+                HeadField::Cursor => cursor = Some(map.next_value::<String>()?),
+                HeadField::HasMore => has_more = Some(map.next_value::<bool>()?),
+                HeadField::Other => {
+                    if table.is_some() && cursor.is_some() && has_more.is_some() {
+                        break;
+                    }
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let head = PageHead {
+            table: table.ok_or_else(|| A::Error::missing_field("table"))?,
+            cursor: cursor.ok_or_else(|| A::Error::missing_field("cursor"))?,
+            has_more: has_more.ok_or_else(|| A::Error::missing_field("has_more"))?,
+        };
+        *self.head = Some(head);
+        // Stop here: the rest of the page is read when it is written.
+        Err(A::Error::custom(HEAD_READ))
     }
 }
 
@@ -107,19 +191,14 @@ impl ServerApi {
     ) -> Result<Sized<T>> {
         let raw = self.call_raw(method, path, body).await?;
         Ok(Sized {
-            value: decode(&raw.value)?,
+            value: decode(&raw.value.decoded()?)?,
             bytes_up: raw.bytes_up,
             bytes_down: raw.bytes_down,
         })
     }
 
-    /// Sends a request; the body of a 2xx answer, undecoded.
-    async fn call_raw(
-        &self,
-        method: Method,
-        path: String,
-        body: Vec<u8>,
-    ) -> Result<Sized<Vec<u8>>> {
+    /// Sends a request; the body of a 2xx answer as it came off the wire.
+    async fn call_raw(&self, method: Method, path: String, body: Vec<u8>) -> Result<Sized<Body>> {
         let bytes_up = (body.len() + path.len()) as u64;
         let request = HttpRequest {
             method,
@@ -131,6 +210,7 @@ impl ServerApi {
                 ),
                 (DEVICE_HEADER.into(), self.credentials.device_id.clone()),
                 (PROTOCOL_HEADER.into(), PROTOCOL_VERSION.to_string()),
+                ("accept-encoding".into(), ACCEPT_ENCODING.into()),
             ],
             body,
         };
@@ -140,11 +220,26 @@ impl ServerApi {
             .await
             .map_err(|e| Error::NetworkUnavailable(e.0))?;
         let bytes_down = response.body.len() as u64;
+        let encoding = Encoding::from_header(response.content_encoding.as_deref());
         if !(200..300).contains(&response.status) {
-            return Err(error_from_response(response.status, &response.body));
+            // An error's body is read as well as it can be: the status
+            // decides the error's kind.
+            let body = match encoding {
+                Ok(encoding) => Body {
+                    bytes: response.body,
+                    encoding,
+                }
+                .decoded()
+                .unwrap_or_default(),
+                Err(_) => response.body,
+            };
+            return Err(error_from_response(response.status, &body));
         }
         Ok(Sized {
-            value: response.body,
+            value: Body {
+                bytes: response.body,
+                encoding: encoding?,
+            },
             bytes_up,
             bytes_down,
         })
@@ -171,7 +266,7 @@ impl ServerApi {
             encode_component(cursor)
         );
         let raw = self.call_raw(Method::Get, path, Vec::new()).await?;
-        let head: PageHead = decode(&raw.value)?;
+        let head = read_head(&raw.value)?;
         if head.table != table {
             return Err(Error::Protocol(format!(
                 "asked for table '{table}', got '{}'",

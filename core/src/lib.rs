@@ -15,6 +15,7 @@
 //! shared with the reference server.
 
 pub mod client;
+pub mod codec;
 pub mod control;
 pub mod engine;
 pub mod error;

@@ -23,6 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::codec::Body;
 use crate::error::{Error, Result};
 use crate::filter::FilterContext;
 use crate::profile::{Column, ColumnKind, RowRule, SyncProfile, SyncTable, quote_ident};
@@ -31,6 +32,7 @@ use crate::value::{Record, Value};
 
 mod page;
 mod settle;
+mod values;
 pub use settle::Arrival;
 
 const SCHEMA: &str = r#"
@@ -743,9 +745,10 @@ impl Store {
     }
 
     /// [`Store::apply_page`] for a page as it came off the wire, its JSON
-    /// body (a `PullPage`): the rows are decoded one at a time and written
-    /// as they are decoded, so no decoded page is ever held (see
-    /// `store::page`). `total` gives the expected row count to record from
+    /// body (a `PullPage`), compressed or not: a compressed body is
+    /// decompressed into the decoder a block at a time, and the rows are
+    /// decoded one at a time and written as they are decoded, so neither a
+    /// decoded page nor its whole JSON is ever held (see `store::page`). `total` gives the expected row count to record from
     /// what the page says (see [`PageSummary`]; it is called before the
     /// summary's `expected`, which is what it returns). A body that does not
     /// decode changes nothing.
@@ -753,7 +756,7 @@ impl Store {
         &self,
         profile: Option<&SyncProfile>,
         table: &SyncTable,
-        body: &[u8],
+        body: &Body,
         now: i64,
         total: impl FnOnce(&PageSummary) -> Option<u64>,
     ) -> Result<PageSummary> {

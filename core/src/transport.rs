@@ -39,10 +39,16 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
 }
 
-/// A response from the sync server: any status, with its whole body.
-#[derive(Debug, Clone)]
+/// A response from the sync server: any status, with its whole body as it
+/// came off the wire. The engine asks for compressed answers
+/// (`accept-encoding` in the request's headers) and decompresses them itself,
+/// a pull page only as it writes it; a transport that decompressed the body
+/// anyway reports no `content_encoding`.
+#[derive(Debug, Clone, Default)]
 pub struct HttpResponse {
     pub status: u16,
+    /// The answer's `content-encoding` header, if any.
+    pub content_encoding: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -94,7 +100,10 @@ impl HttpTransport {
         let client = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.request)
-            .gzip(true)
+            // The engine decompresses answers itself (`codec`), a pull page
+            // a block at a time as it is written.
+            .gzip(false)
+            .zstd(false)
             .build()
             .map_err(|e| crate::Error::Internal(format!("HTTP client: {e}")))?;
         Ok(Self {
@@ -128,6 +137,10 @@ impl Transport for HttpTransport {
             .await
             .map_err(|e| TransportError(describe(&e)))?;
         let status = response.status().as_u16();
+        let content_encoding = response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         // Read straight into the one buffer the answer is kept in: collecting
         // it whole first and copying it out held a pull page (megabytes of
         // JSON) two or three times over for a moment.
@@ -140,7 +153,11 @@ impl Transport for HttpTransport {
         {
             body.extend_from_slice(&chunk);
         }
-        Ok(HttpResponse { status, body })
+        Ok(HttpResponse {
+            status,
+            content_encoding,
+            body,
+        })
     }
 }
 

@@ -141,10 +141,11 @@ fn push_fixture() -> &'static Fixture {
 /// Target `pull_page`: bytes applied as a pulled page's JSON body to the
 /// bookings table of a device store that also holds a row with a local
 /// change, the way the device applies it (decoded row by row as it is
-/// written), and, when the bytes decode as a `PullPage`, the decoded page
+/// written), plain and zstd-compressed (cut into values a block at a time),
+/// and, when the bytes decode as a `PullPage`, the decoded page
 /// applied again from the same state. Checks: the decoded page survives a
 /// JSON round trip; bytes that are not a `PullPage` are refused and change
-/// nothing; both ways of applying agree; applying never panics; a refused
+/// nothing; all three ways of applying agree; applying never panics; a refused
 /// page changes nothing (rows, cursor); an accepted page leaves exactly its
 /// rows (coerced) and cursor, minus its removals, and never touches the row
 /// with the pending change.
@@ -154,26 +155,44 @@ pub fn pull_page(data: &[u8]) {
         assert_json_round_trip(page);
     }
     let fx = pull_fixture();
-    let pending_before = reset_pull_fixture(fx);
-    let streamed = fx
-        .store
-        .apply_page_json(None, &fx.table, data, 1, |p| p.total)
-        .map(|s| s.applied);
+    // The bytes as they come off the wire: plain, and compressed (decoded
+    // through the value stream a block at a time). Both must agree.
+    let compressed = fieldsync_core::codec::Body {
+        bytes: zstd::encode_all(data, 1).expect("zstd"),
+        encoding: fieldsync_core::codec::Encoding::Zstd,
+    };
+    let mut outcomes = Vec::new();
+    for body in [
+        fieldsync_core::codec::Body::plain(data.to_vec()),
+        compressed,
+    ] {
+        let pending_before = reset_pull_fixture(fx);
+        let streamed = fx
+            .store
+            .apply_page_json(None, &fx.table, &body, 1, |p| p.total)
+            .map(|s| s.applied);
+        outcomes.push(streamed.is_ok());
+        if decoded.is_none() {
+            assert!(
+                streamed.is_err(),
+                "bytes that are not a pull page were applied ({:?})",
+                body.encoding
+            );
+        }
+        check_pull_result(fx, &pending_before, decoded.as_ref(), streamed);
+    }
+    assert_eq!(
+        outcomes[0], outcomes[1],
+        "the page applied plain and compressed disagree"
+    );
     let Some(page) = decoded else {
-        assert!(
-            streamed.is_err(),
-            "bytes that are not a pull page were applied"
-        );
-        check_pull_result(fx, &pending_before, None, streamed);
         return;
     };
-    let streamed_ok = streamed.is_ok();
-    check_pull_result(fx, &pending_before, Some(&page), streamed);
     let pending_before = reset_pull_fixture(fx);
     let result = fx.store.apply_page(None, &fx.table, &page, 1);
     assert_eq!(
         result.is_ok(),
-        streamed_ok,
+        outcomes[0],
         "the page applied from its JSON and decoded disagree: {result:?}"
     );
     check_pull_result(fx, &pending_before, Some(&page), result);
