@@ -71,7 +71,13 @@ impl Body {
 
     /// A reader of the decoded bytes, decompressing a block at a time.
     pub fn reader(&self) -> Result<BufReader<Decompressor<'_>>> {
-        let inner = match self.encoding {
+        Ok(BufReader::with_capacity(READ_BLOCK, self.decompressor()?))
+    }
+
+    /// The decoded bytes as they are asked for, unbuffered: for a reader
+    /// that keeps its own window (the page decoder).
+    pub fn decompressor(&self) -> Result<Decompressor<'_>> {
+        Ok(match self.encoding {
             Encoding::Identity => Decompressor::Identity(self.bytes.as_slice()),
             Encoding::Gzip => {
                 Decompressor::Gzip(flate2::read::GzDecoder::new(self.bytes.as_slice()))
@@ -80,8 +86,7 @@ impl Body {
                 zstd::stream::read::Decoder::with_buffer(self.bytes.as_slice())
                     .map_err(|e| Error::Protocol(format!("the server's answer: zstd: {e}")))?,
             ),
-        };
-        Ok(BufReader::with_capacity(READ_BLOCK, inner))
+        })
     }
 
     /// The decoded bytes, whole, refused past [`MAX_DECODED_ANSWER`].

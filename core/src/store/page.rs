@@ -224,7 +224,7 @@ pub(super) fn apply_json(
         // Decompressed a block at a time; each value is cut out of the
         // window and decoded from its slice.
         Encoding::Gzip | Encoding::Zstd => apply_stream(
-            ValueStream::new(body.reader()?),
+            ValueStream::new(body.decompressor()?),
             Assembly::new(conn, table, queue, &mut failure),
         ),
     };

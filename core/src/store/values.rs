@@ -129,6 +129,18 @@ impl<R: Read> ValueStream<R> {
         let len = loop {
             let mut done = None;
             while self.pos + i < self.end {
+                if in_string && !escaped {
+                    // The body of a string: straight to its next quote or
+                    // backslash.
+                    let rest = &self.buf[self.pos + i..self.end];
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        None => {
+                            i += rest.len();
+                            break;
+                        }
+                        Some(k) => i += k,
+                    }
+                }
                 let b = self.buf[self.pos + i];
                 i += 1;
                 if scalar {
