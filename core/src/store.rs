@@ -532,12 +532,14 @@ impl Store {
     /// Records that `table` is current as of `now` without a download (smart
     /// sync: the server reported no change after its cursor).
     pub fn mark_table_current(&self, table: &str, now: i64) -> Result<()> {
-        lock(&self.writer).execute(
-            "UPDATE _fs_tables SET last_sync_at = ?2, last_attempt_at = ?2, last_error = NULL
-             WHERE name = ?1 AND initial_done = 1",
-            params![table, now],
-        )?;
-        Ok(())
+        self.in_sync_transaction(|tx| {
+            tx.execute(
+                "UPDATE _fs_tables SET last_sync_at = ?2, last_attempt_at = ?2, last_error = NULL
+                 WHERE name = ?1 AND initial_done = 1",
+                params![table, now],
+            )?;
+            Ok(())
+        })
     }
 
     /// Reads a persisted setting.
@@ -721,7 +723,7 @@ impl Store {
         now: i64,
     ) -> Result<PageApplied> {
         let queue = profile.map(|p| (p, Arrival::Server));
-        self.in_page_transaction(|tx| {
+        self.in_sync_transaction(|tx| {
             let mut writer = page::PageWriter::new(tx, table, &page.columns, queue)?;
             for row in &page.rows {
                 writer.row(row)?;
@@ -761,7 +763,7 @@ impl Store {
         total: impl FnOnce(&PageSummary) -> Option<u64>,
     ) -> Result<PageSummary> {
         let queue = profile.map(|p| (p, Arrival::Server));
-        self.in_page_transaction(|tx| {
+        self.in_sync_transaction(|tx| {
             let page = page::apply_json(tx, table, body, queue)?;
             let mut summary = PageSummary {
                 has_more: page.has_more,
@@ -784,10 +786,16 @@ impl Store {
         })
     }
 
-    /// Runs `f` in one immediate transaction with `synchronous=NORMAL` (a
-    /// page lost to a power cut is downloaded again), committing if it
-    /// succeeds.
-    fn in_page_transaction<T>(
+    /// Runs `f` in one immediate transaction with `synchronous=NORMAL`,
+    /// committing if it succeeds: for what only a sync writes, pages and
+    /// the bookkeeping around them, which the server can give again. In WAL
+    /// mode a power cut then loses at most the last such commits, never a
+    /// part of one and never one made before a local write (those commit with
+    /// `synchronous=FULL`, which makes every earlier commit durable too), so
+    /// the store is as a sync stopped at that point leaves it. Committing
+    /// each of them with FULL cost an fsync (milliseconds here) per table
+    /// and per settling step of every sync.
+    fn in_sync_transaction<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
@@ -805,13 +813,15 @@ impl Store {
 
     /// Marks the start of a pull of `table`: resets the progress counters.
     pub fn begin_pull(&self, table: &str, now: i64) -> Result<()> {
-        lock(&self.writer).execute(
-            "UPDATE _fs_tables SET received_rows = CASE WHEN initial_done THEN 0 ELSE received_rows END,
-                 expected_rows = CASE WHEN initial_done THEN NULL ELSE expected_rows END,
-                 last_attempt_at = ?2 WHERE name = ?1",
-            params![table, now],
-        )?;
-        Ok(())
+        self.in_sync_transaction(|tx| {
+            tx.execute(
+                "UPDATE _fs_tables SET received_rows = CASE WHEN initial_done THEN 0 ELSE received_rows END,
+                     expected_rows = CASE WHEN initial_done THEN NULL ELSE expected_rows END,
+                     last_attempt_at = ?2 WHERE name = ?1",
+                params![table, now],
+            )?;
+            Ok(())
+        })
     }
 
     /// Starts `table`'s download over from the beginning (the server no
@@ -1222,11 +1232,7 @@ impl Store {
     /// removed rows per table. One transaction.
     pub fn remove_unreached(&self, profile: &SyncProfile, now: i64) -> Result<Vec<(String, u64)>> {
         let ctx = profile.filter_context(now);
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = settle::remove_unreached(&tx, profile, &ctx)?;
-        tx.commit()?;
-        Ok(out)
+        self.in_sync_transaction(|tx| settle::remove_unreached(tx, profile, &ctx))
     }
 
     /// The related values queued for the related-rows rule `rule` (see
@@ -1238,29 +1244,22 @@ impl Store {
         other: &SyncTable,
         foreign_column: &str,
     ) -> Result<Vec<String>> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = settle::take_pending(&tx, rule, other, foreign_column)?;
-        tx.commit()?;
-        Ok(out)
+        self.in_sync_transaction(|tx| settle::take_pending(tx, rule, other, foreign_column))
     }
 
     /// Takes related values out of a rule's queue (their rows were fetched,
     /// or the rule's table was downloaded whole); all of them when `values`
     /// is `None`.
     pub fn clear_related_pending(&self, rule: &str, values: Option<&[String]>) -> Result<()> {
-        let conn = lock(&self.writer);
-        match values {
-            Some(values) => {
-                let tx = conn.unchecked_transaction()?;
-                settle::clear_pending(&tx, rule, values)?;
-                tx.commit()?;
+        self.in_sync_transaction(|tx| {
+            match values {
+                Some(values) => settle::clear_pending(tx, rule, values)?,
+                None => {
+                    tx.execute("DELETE FROM _fs_related_pending WHERE rule = ?1", [rule])?;
+                }
             }
-            None => {
-                conn.execute("DELETE FROM _fs_related_pending WHERE rule = ?1", [rule])?;
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Stores rows fetched by value (related rows that arrived without a
@@ -1275,7 +1274,7 @@ impl Store {
         rows: &[Vec<Value>],
     ) -> Result<u64> {
         // The table's cursor and progress stay as they were.
-        let applied = self.in_page_transaction(|tx| {
+        let applied = self.in_sync_transaction(|tx| {
             let mut writer =
                 page::PageWriter::new(tx, table, columns, Some((profile, Arrival::Fetched)))?;
             for row in rows {
