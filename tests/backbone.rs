@@ -782,3 +782,85 @@ async fn pull_total_estimates_the_rest_and_is_exact_on_the_last_page() {
     }
     assert_eq!(done, all);
 }
+
+/// Pages come zstd-compressed because the device asks for it itself (its
+/// HTTP client does not decompress; the engine does, a block at a time as it
+/// writes each page): the bytes a sync receives are a fraction of the pages'
+/// JSON, and the rows are the ones the server holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_come_compressed_and_apply_as_the_rows_the_server_holds() {
+    let server = Server::start().await;
+    let tech = server.wide_technician("tech-a").await;
+    let seed_rows = server.seed(&["tech-a"], 400).await;
+    let (s, profile) = server.call("GET", "/v1/profile", Some(&tech), None).await;
+    assert_eq!(s, 200, "{profile}");
+    let tables: Vec<String> = profile["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+
+    // The same pages as JSON, and the encoding the server answers with.
+    let http = reqwest::Client::builder()
+        .gzip(false)
+        .zstd(false)
+        .build()
+        .unwrap();
+    let mut json_bytes = 0usize;
+    for table in &tables {
+        let mut cursor = String::new();
+        loop {
+            let url = format!(
+                "{}/v1/sync/pull?table={table}&cursor={cursor}&limit=500",
+                server.url
+            );
+            for (accept, expected) in [("zstd, gzip", Some("zstd")), ("identity", None)] {
+                let resp = http
+                    .get(&url)
+                    .bearer_auth(&tech)
+                    .header("accept-encoding", accept)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                let encoding = resp
+                    .headers()
+                    .get("content-encoding")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let body = resp.bytes().await.unwrap();
+                if expected.is_none() {
+                    assert_eq!(encoding, None);
+                    json_bytes += body.len();
+                    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    cursor = page["cursor"].as_str().unwrap().to_owned();
+                    if !page["has_more"].as_bool().unwrap() {
+                        cursor.clear();
+                    }
+                } else if body.len() >= 32 {
+                    assert_eq!(encoding.as_deref(), expected, "{table}");
+                }
+            }
+            if cursor.is_empty() {
+                break;
+            }
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut device = Device::new(dir.path().join("d.db"), &server.url, &tech);
+    device.page_size = 500;
+    let report = device.ok(&["sync"]).await;
+    let bytes_down = report["bytes_down"].as_u64().unwrap() as usize;
+    assert!(
+        bytes_down > 0 && bytes_down * 4 < json_bytes,
+        "{bytes_down} bytes received for {json_bytes} bytes of JSON"
+    );
+    for table in ["work_orders", "work_order_service_tasks", "accounts"] {
+        assert_eq!(
+            device.local_rows(table).len() as u64,
+            seeded(&seed_rows, table),
+            "{table}"
+        );
+    }
+}

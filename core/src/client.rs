@@ -44,7 +44,7 @@ pub struct Sized<T> {
 /// A pull page as it came off the wire: its head decoded, enough to ask for
 /// the next page, and its body kept as it arrived (compressed, as a rule).
 /// The thread that applies it decompresses it a block at a time and decodes
-/// the rows one at a time as it writes them (`Store::apply_page_body`), so a
+/// the rows one at a time as it writes them (`Store::apply_page_json`), so a
 /// page is never held decoded, nor its JSON whole.
 pub struct PulledPage {
     pub head: PageHead,
@@ -416,5 +416,57 @@ pub fn error_from_response(status: u16, body: &[u8]) -> Error {
             code,
             message,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zstd(json: &str) -> Body {
+        Body {
+            bytes: zstd::encode_all(json.as_bytes(), 1).expect("zstd"),
+            encoding: Encoding::Zstd,
+        }
+    }
+
+    #[test]
+    fn the_head_is_read_from_the_start_of_a_compressed_page() {
+        // The reference server's order; what follows the head is never read,
+        // so it may even be broken.
+        let head = read_head(&zstd(
+            r#"{"table":"jobs","profile_version":1,"cursor":"c7","has_more":true,"total":3,"columns":["_version","id"],"rows":[[1,"a"],"#,
+        ))
+        .expect("head");
+        assert_eq!(
+            (head.table.as_str(), head.cursor.as_str(), head.has_more),
+            ("jobs", "c7", true)
+        );
+    }
+
+    #[test]
+    fn the_head_is_found_in_any_order_and_a_missing_field_is_a_protocol_error() {
+        let rows_first = r#"{"rows":[[1,"a"]],"removed":[],"columns":["_version","id"],"has_more":false,"cursor":"c8","table":"jobs"}"#;
+        for body in [
+            Body::plain(rows_first.as_bytes().to_vec()),
+            zstd(rows_first),
+        ] {
+            let head = read_head(&body).expect("head");
+            assert_eq!((head.cursor.as_str(), head.has_more), ("c8", false));
+        }
+        for broken in [
+            r#"{"table":"jobs","cursor":"c9","rows":[]}"#,
+            r#"{"table":"jobs","cursor":"c9","has_more":"yes"}"#,
+            r#"[1,2]"#,
+            "",
+        ] {
+            match read_head(&zstd(broken)) {
+                Err(Error::Protocol(_)) => {}
+                other => panic!(
+                    "{broken}: expected a protocol error, got {:?}",
+                    other.map(|h| h.cursor)
+                ),
+            }
+        }
     }
 }
