@@ -757,12 +757,18 @@ mod tests {
         [4, "d", "x", 4, 1]
     ]"#;
 
+    /// A whole page in the reference server's field order: 4 rows, then a
+    /// removal of a row it holds ("b") and of one it does not ("zz").
+    fn full_page() -> String {
+        format!(r#"{{{HEAD}, {COLUMNS}, {ROWS}, "removed": ["b", "zz"]}}"#)
+    }
+
     #[test]
     fn a_page_applied_from_its_json_matches_the_page_applied_decoded() {
         let dir = tempfile::tempdir().expect("dir");
         let p = profile();
         let jobs = p.table("jobs").expect("jobs");
-        let body = format!(r#"{{{HEAD}, {COLUMNS}, {ROWS}, "removed": ["b", "zz"]}}"#);
+        let body = full_page();
         let streamed = store(dir.path(), "s.db");
         let summary = streamed
             .apply_page_json(None, jobs, &Body::plain(body.as_bytes().to_vec()), 5, |s| {
@@ -804,7 +810,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let p = profile();
         let jobs = p.table("jobs").expect("jobs");
-        let body = format!(r#"{{{HEAD}, {COLUMNS}, {ROWS}, "removed": ["b", "zz"]}}"#);
+        let body = full_page();
         let plain = store(dir.path(), "plain.db");
         plain
             .apply_page_json(None, jobs, &Body::plain(body.as_bytes().to_vec()), 5, |s| {
@@ -855,7 +861,7 @@ mod tests {
         let p = profile();
         let jobs = p.table("jobs").expect("jobs");
         let store = store(dir.path(), "s.db");
-        let body = format!(r#"{{{HEAD}, {COLUMNS}, {ROWS}, "removed": ["b", "zz"]}}"#);
+        let body = full_page();
         let outcome = |bytes: &[u8], encoding: Encoding| {
             let body = Body {
                 bytes: match encoding {
