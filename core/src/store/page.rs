@@ -856,6 +856,59 @@ mod tests {
     }
 
     #[test]
+    fn a_large_compressed_page_applies_as_its_json_across_many_windows() {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = profile();
+        let jobs = p.table("jobs").expect("jobs");
+        // Notes that do not compress away: the body spans many 64 kB
+        // windows of the value stream, compressed and decompressed.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let lines: Vec<String> = (0..20_000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!(r#"[{i}, "k{i:06}", "note {x:016x}", {}, {}]"#, i % 9, i % 2)
+            })
+            .collect();
+        let body = format!(
+            r#"{{{HEAD}, {COLUMNS}, "rows": [{}], "removed": ["k000003"]}}"#,
+            lines.join(",")
+        );
+        let compressed = Body {
+            bytes: zstd::encode_all(body.as_bytes(), 1).expect("zstd"),
+            encoding: Encoding::Zstd,
+        };
+        assert!(compressed.bytes.len() > 4 * 64 * 1024);
+        let plain = store(dir.path(), "plain.db");
+        let streamed = store(dir.path(), "streamed.db");
+        plain
+            .apply_page_json(None, jobs, &Body::plain(body.into_bytes()), 5, |s| s.total)
+            .expect("plain");
+        let summary = streamed
+            .apply_page_json(None, jobs, &compressed, 5, |s| s.total)
+            .expect("streamed");
+        assert_eq!(
+            (summary.entries, summary.applied.upserted),
+            (20_001, 20_000)
+        );
+        assert_eq!(rows(&streamed), rows(&plain));
+        assert_eq!(rows(&streamed).len(), 19_999);
+
+        // Cut short: an error, nothing written, whatever had been decoded.
+        let cut = Body {
+            bytes: compressed.bytes[..compressed.bytes.len() * 3 / 4].to_vec(),
+            encoding: Encoding::Zstd,
+        };
+        let fresh = store(dir.path(), "cut.db");
+        let err = fresh
+            .apply_page_json(None, jobs, &cut, 5, |s| s.total)
+            .expect_err("cut page");
+        assert!(matches!(err, crate::error::Error::Protocol(_)), "{err:?}");
+        assert!(rows(&fresh).is_empty());
+    }
+
+    #[test]
     fn plain_and_compressed_bodies_agree_on_every_cut_and_every_broken_byte() {
         let dir = tempfile::tempdir().expect("dir");
         let p = profile();
