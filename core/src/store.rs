@@ -750,10 +750,11 @@ impl Store {
     /// body (a `PullPage`), compressed or not: a compressed body is
     /// decompressed into the decoder a block at a time, and the rows are
     /// decoded one at a time and written as they are decoded, so neither a
-    /// decoded page nor its whole JSON is ever held (see `store::page`). `total` gives the expected row count to record from
-    /// what the page says (see [`PageSummary`]; it is called before the
-    /// summary's `expected`, which is what it returns). A body that does not
-    /// decode changes nothing.
+    /// decoded page nor its whole JSON is ever held (see `store::page`).
+    /// `total` gives the expected row count to record from what the page
+    /// says (see [`PageSummary`]; it is called before the summary's
+    /// `expected`, which is what it returns). A body that does not decode
+    /// changes nothing.
     pub fn apply_page_json(
         &self,
         profile: Option<&SyncProfile>,

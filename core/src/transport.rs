@@ -132,7 +132,7 @@ impl Transport for HttpTransport {
                 .header("content-type", "application/json")
                 .body(request.body);
         }
-        let response = builder
+        let mut response = builder
             .send()
             .await
             .map_err(|e| TransportError(describe(&e)))?;
@@ -144,7 +144,6 @@ impl Transport for HttpTransport {
         // Read straight into the one buffer the answer is kept in: collecting
         // it whole first and copying it out held a pull page (megabytes of
         // JSON) two or three times over for a moment.
-        let mut response = response;
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()

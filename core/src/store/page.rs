@@ -245,26 +245,16 @@ fn apply_stream<R: std::io::Read>(
     mut page: Assembly<'_, '_>,
 ) -> serde_json::Result<StreamedPage> {
     let io = serde_json::Error::io;
-    s.expect(b'{').map_err(io)?;
-    if s.peek().map_err(io)? == Some(b'}') {
-        s.expect(b'}').map_err(io)?;
-    } else {
-        loop {
-            let key = s.value().map_err(io)?;
-            if key.first() != Some(&b'"') {
-                return Err(de::Error::custom("expected a field name"));
-            }
-            let key: Field = serde_json::from_slice(key)?;
-            s.expect(b':').map_err(io)?;
-            page.field(key, StreamValue(&mut s))?;
-            match s.peek().map_err(io)? {
-                Some(b',') => s.expect(b',').map_err(io)?,
-                _ => {
-                    s.expect(b'}').map_err(io)?;
-                    break;
-                }
-            }
+    let mut more = s.open(b'{', b'}').map_err(io)?;
+    while more {
+        let key = s.value().map_err(io)?;
+        if key.first() != Some(&b'"') {
+            return Err(de::Error::custom("expected a field name"));
         }
+        let key: Field = serde_json::from_slice(key)?;
+        s.expect(b':').map_err(io)?;
+        page.field(key, StreamValue(&mut s))?;
+        more = s.next(b'}').map_err(io)?;
     }
     if s.peek().map_err(io)?.is_some() {
         return Err(de::Error::custom("trailing characters after the page"));
@@ -275,6 +265,13 @@ fn apply_stream<R: std::io::Read>(
 /// The marker error that stops decoding when the writer failed; the
 /// writer's own error is kept aside and returned instead.
 const WRITE_FAILED: &str = "the page could not be written";
+
+/// Keeps the writer's error `e` in `failure` and returns the marker error
+/// that stops decoding.
+fn write_failed<E: de::Error>(failure: &mut Option<Error>, e: Error) -> E {
+    *failure = Some(e);
+    E::custom(WRITE_FAILED)
+}
 
 /// The value of the field just read, from serde's map or from the stream.
 trait FieldValue<E> {
@@ -318,28 +315,16 @@ impl<R: std::io::Read> FieldValue<serde_json::Error> for StreamValue<'_, R> {
         let (s, io) = (self.0, serde_json::Error::io);
         let mut row: Vec<Value> = Vec::with_capacity(writer.width);
         let mut n = 0u64;
-        s.expect(b'[').map_err(io)?;
-        if s.peek().map_err(io)? == Some(b']') {
-            s.expect(b']').map_err(io)?;
-            return Ok(0);
-        }
-        loop {
+        let mut more = s.open(b'[', b']').map_err(io)?;
+        while more {
             let mut one = serde_json::Deserializer::from_slice(s.value().map_err(io)?);
             RowSeed { row: &mut row }.deserialize(&mut one)?;
             one.end()?;
-            if let Err(e) = writer.row(&row) {
-                *failure = Some(e);
-                return Err(de::Error::custom(WRITE_FAILED));
-            }
+            writer.row(&row).map_err(|e| write_failed(failure, e))?;
             n += 1;
-            match s.peek().map_err(io)? {
-                Some(b',') => s.expect(b',').map_err(io)?,
-                _ => {
-                    s.expect(b']').map_err(io)?;
-                    return Ok(n);
-                }
-            }
+            more = s.next(b']').map_err(io)?;
         }
+        Ok(n)
     }
 }
 
@@ -386,11 +371,6 @@ impl<'a, 'c> Assembly<'a, 'c> {
         }
     }
 
-    fn fail<E: de::Error>(&mut self, e: Error) -> E {
-        *self.failure = Some(e);
-        E::custom(WRITE_FAILED)
-    }
-
     fn field<E: de::Error>(
         &mut self,
         key: Field,
@@ -416,7 +396,7 @@ impl<'a, 'c> Assembly<'a, 'c> {
                 let columns = value.decode::<Vec<String>>()?;
                 match PageWriter::new(self.conn, self.table, &columns, self.queue) {
                     Ok(w) => self.writer = Some(w),
-                    Err(e) => return Err(self.fail(e)),
+                    Err(e) => return Err(write_failed(self.failure, e)),
                 }
             }
             Field::Rows => match &mut self.writer {
@@ -460,7 +440,7 @@ impl<'a, 'c> Assembly<'a, 'c> {
             Ok(())
         })();
         if let Err(e) = written {
-            return Err(self.fail(e));
+            return Err(write_failed(self.failure, e));
         }
         Ok(StreamedPage {
             cursor,
@@ -598,10 +578,9 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
         let mut row: Vec<Value> = Vec::with_capacity(self.writer.width);
         let mut n = 0u64;
         while seq.next_element_seed(RowSeed { row: &mut row })?.is_some() {
-            if let Err(e) = self.writer.row(&row) {
-                *self.failure = Some(e);
-                return Err(de::Error::custom(WRITE_FAILED));
-            }
+            self.writer
+                .row(&row)
+                .map_err(|e| write_failed(self.failure, e))?;
             n += 1;
         }
         Ok(n)

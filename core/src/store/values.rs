@@ -115,6 +115,28 @@ impl<R: Read> ValueStream<R> {
         }
     }
 
+    /// Consumes the `open` bracket of an array or object; false when `close`
+    /// follows at once (consumed too: the container is empty).
+    pub(super) fn open(&mut self, open: u8, close: u8) -> io::Result<bool> {
+        self.expect(open)?;
+        if self.peek()? == Some(close) {
+            self.expect(close)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// After an element of a container: consumes `,` and says another
+    /// follows, or consumes `close` and says the container ended.
+    pub(super) fn next(&mut self, close: u8) -> io::Result<bool> {
+        if self.peek()? == Some(b',') {
+            self.expect(b',')?;
+            return Ok(true);
+        }
+        self.expect(close)?;
+        Ok(false)
+    }
+
     /// The bytes of the next value (after white space), consumed.
     pub(super) fn value(&mut self) -> io::Result<&[u8]> {
         let Some(first) = self.peek()? else {
@@ -214,15 +236,11 @@ mod tests {
     fn values(input: &[u8], step: usize) -> io::Result<Vec<String>> {
         let mut s = ValueStream::new(Trickle(input, step));
         let mut out = Vec::new();
-        s.expect(b'[')?;
-        loop {
+        let mut more = s.open(b'[', b']')?;
+        while more {
             out.push(String::from_utf8_lossy(s.value()?).into_owned());
-            match s.peek()? {
-                Some(b',') => s.expect(b',')?,
-                _ => break,
-            }
+            more = s.next(b']')?;
         }
-        s.expect(b']')?;
         assert_eq!(s.peek()?, None);
         Ok(out)
     }
