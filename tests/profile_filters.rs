@@ -533,3 +533,105 @@ async fn removal_never_drops_a_pending_local_edit_silently() {
     }
     assert_eq!(device.pending_uploads().expect("pending"), 0);
 }
+
+/// The scheduled (smart) sync asks `POST /v1/sync/changes` before it pulls.
+/// A booking that enters the date window while nothing changes on the server
+/// must still arrive: "nothing changed" is not "nothing new to select".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_sync_downloads_rows_that_entered_a_window_without_a_change() {
+    let env = Env::start().await;
+    let tech = env.user("tech-a", "technician", None).await;
+    let disp = env.user("disp", "dispatcher", None).await;
+    env.seed(&["tech-a"], 12).await;
+    let start = format_datetime(env.clock_now() + 9 * DAY);
+    let end = format_datetime(env.clock_now() + 9 * DAY + 3_600_000);
+    env.put(
+        &disp,
+        "work_orders",
+        "wo-later",
+        json!({"name": "Later", "status": "scheduled"}),
+    )
+    .await;
+    env.put(&disp, "bookings", "bk-later", json!({"work_order_id": "wo-later", "resource_id": "tech-a", "status": "active", "start_time": start, "end_time": end})).await;
+    let device = env.device("d", &tech);
+    device.check_network().await;
+    let first = device.run_due().await.expect("step").expect("ran");
+    assert!(first.skipped_unchanged.is_empty(), "{first:?}");
+    assert!(has(&device, "bookings", "bk-0000000"));
+    assert!(!has(&device, "bookings", "bk-later"));
+
+    // Three days on, with no server change: bk-later is 6 days ahead. The
+    // bookings are due (every 5 minutes), and the check must not skip them.
+    env.clock.advance(3 * DAY);
+    let run = device.run_due().await.expect("step").expect("ran");
+    assert!(
+        !run.skipped_unchanged.contains(&"bookings".to_owned()),
+        "{run:?}"
+    );
+    assert!(has(&device, "bookings", "bk-later"));
+    assert!(has(&device, "work_orders", "wo-later"));
+
+    // Five minutes later the same day nothing entered: the check skips them.
+    env.clock.advance(5 * 60_000);
+    let run = device.run_due().await.expect("step").expect("ran");
+    assert!(
+        run.skipped_unchanged.contains(&"bookings".to_owned()),
+        "{run:?}"
+    );
+
+    // On the wire: a cursor at rest answers `false` the same day and `true`
+    // once the day moved; so does a cursor inside the window phase, whose
+    // rows lie before its `since`.
+    let start = format_datetime(env.clock_now() + 9 * DAY);
+    for id in ["bk-w1", "bk-w2"] {
+        env.put(&disp, "bookings", id, json!({"work_order_id": "wo-later", "resource_id": "tech-a", "status": "active", "start_time": start, "end_time": start})).await;
+    }
+    let pull = |cursor: String, limit: u32| {
+        let env = &env;
+        let tech = &tech;
+        async move {
+            let (s, v) = env
+                .call(
+                    "GET",
+                    &format!("/v1/sync/pull?table=bookings&cursor={cursor}&limit={limit}"),
+                    tech,
+                    None,
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            v
+        }
+    };
+    let mut rest = String::new();
+    loop {
+        let page = pull(rest, 1000).await;
+        rest = page["cursor"].as_str().expect("cursor").to_owned();
+        if page["has_more"] == json!(false) {
+            break;
+        }
+    }
+    let changed = |cursor: String| {
+        let env = &env;
+        let tech = &tech;
+        async move {
+            let (s, v) = env
+                .call(
+                    "POST",
+                    "/v1/sync/changes",
+                    tech,
+                    Some(json!({"tables": {"bookings": cursor}})),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            v["tables"]["bookings"].clone()
+        }
+    };
+    assert_eq!(changed(rest.clone()).await, json!(false));
+    env.clock.advance(3 * DAY);
+    assert_eq!(changed(rest.clone()).await, json!(true));
+    let window = pull(rest, 1).await;
+    assert_eq!(window["has_more"], json!(true), "{window}");
+    let inside = window["cursor"].as_str().expect("cursor").to_owned();
+    assert!(inside.contains(".w."), "{inside}");
+    assert_eq!(changed(inside).await, json!(true));
+}

@@ -242,6 +242,23 @@ impl Cursor {
             phase,
         }))
     }
+    /// Whether rows can have entered `table`'s relative-date windows since
+    /// this cursor's copy was selected: the table's own rules read the clock
+    /// and the local day (at the profile's UTC offset) moved since
+    /// `evaluated_at`. Relative dates move by whole days, so within one day
+    /// nothing enters. A cursor without `evaluated_at` (v1) never opens a
+    /// window; its next download records one.
+    pub fn window_due(&self, profile: &SyncProfile, table: &SyncTable, now: i64) -> bool {
+        match self.evaluated_at {
+            Some(e) => {
+                e < now
+                    && table.uses_clock()
+                    && profile.filter_context(e).today() != profile.filter_context(now).today()
+            }
+            None => false,
+        }
+    }
+
     /// The opaque form.
     pub fn encode(self) -> String {
         let base = format!(
@@ -1102,17 +1119,11 @@ impl Db {
             // move by whole local days, so within the same day nothing can
             // have entered (and the scan of the table is skipped).
             if cursor.phase == Phase::Rest {
-                let moved = |e: i64| {
-                    profile.filter_context(e).today() != profile.filter_context(now).today()
-                };
-                cursor.phase = match cursor.evaluated_at {
-                    Some(e) if e < now && table.uses_clock() && moved(e) => {
-                        Phase::Window { to: now, after: 0 }
-                    }
-                    _ => {
-                        cursor.evaluated_at = Some(now);
-                        Phase::Changes
-                    }
+                cursor.phase = if cursor.window_due(profile, table, now) {
+                    Phase::Window { to: now, after: 0 }
+                } else {
+                    cursor.evaluated_at = Some(now);
+                    Phase::Changes
                 };
             }
             if cursor.evaluated_at.is_none() {

@@ -114,13 +114,19 @@ pub async fn changes(
     let db = app.db.clone();
     let answer = blocking(move || {
         let profile = db.sync_profile(&user)?;
+        let now = db.now_ms();
         let mut tables = BTreeMap::new();
         db.read(|c| {
             for (name, cursor) in &request.tables {
-                if profile.table(name).is_none() {
+                let Some(table) = profile.table(name) else {
                     continue;
-                }
+                };
+                // Rows that entered a relative-date window changed nothing,
+                // but the next pull sends them (its window phase; a window
+                // under way keeps the earlier `evaluated_at`, so it answers
+                // `true` here too until it is done).
                 let changed = match Cursor::parse(cursor) {
+                    Some(Some(cur)) if cur.window_due(&profile, table, now) => true,
                     Some(Some(cur)) if cur.since >= cur.snapshot => {
                         let sql = format!(
                             "SELECT EXISTS (SELECT 1 FROM {} WHERE _seq > ?)",
