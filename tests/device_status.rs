@@ -73,7 +73,8 @@ async fn status_watch_refresh_online_and_settings() {
     assert_eq!(status["sync_status"]["icon"], "pending_uploads");
     assert_eq!(status["sync_status"]["pending_uploads"], 1);
 
-    // Refresh one table.
+    // Refresh one table (a Refresh pulls whatever the smart sync check
+    // would say).
     let report = device.ok(&["refresh", "accounts"]).await;
     assert_eq!(report["tables"][0]["table"], "accounts");
     assert_eq!(report["uploaded"], 1);

@@ -307,7 +307,10 @@ async fn intervals_dependency_closure_and_smart_sync() {
     assert!(net.take_log().iter().all(|p| !p.starts_with("/v1/sync")));
 
     // A dispatcher changes one of tech1's bookings: at 5 minutes bookings and
-    // work orders (which reach bookings) sync together; accounts wait.
+    // work orders (which reach bookings) sync together; accounts wait. The
+    // work orders did not change, so only the bookings are pulled: a pull
+    // from an unchanged table's cursor returns nothing, and a work order a
+    // booking now reaches comes by the related rows' fetch.
     let booking = engine.list("bookings", None, 1).expect("list")[0]
         .id
         .clone();
@@ -324,11 +327,9 @@ async fn intervals_dependency_closure_and_smart_sync() {
     let run = engine.run_due().await.expect("step").expect("ran");
     assert_eq!(run.mode, SyncMode::Delta);
     assert_eq!(run.tables, vec!["bookings", "work_orders"]);
-    assert!(run.skipped_unchanged.is_empty());
-    assert_eq!(
-        Net::pulled(&net.take_log()),
-        vec!["bookings", "work_orders"]
-    );
+    assert_eq!(run.skipped_unchanged, vec!["work_orders"]);
+    assert_eq!(run.report.skipped_unchanged, vec!["work_orders"]);
+    assert_eq!(Net::pulled(&net.take_log()), vec!["bookings"]);
     assert_eq!(
         engine.get("bookings", &booking).expect("booking").fields["status"],
         Value::Text("in_progress".into())
@@ -1060,4 +1061,94 @@ async fn tables_at_one_depth_download_together_after_the_tables_they_read() {
             }
         }
     }
+}
+
+/// A direct `sync()` asks once which tables changed and pulls only those:
+/// nothing changed is one `POST /v1/sync/changes` and no pull; a changed
+/// work order pulls only the work orders; local changes waiting pull their
+/// table; with smart sync off every table is pulled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_sync_pulls_only_the_tables_that_changed() {
+    let server = Server::start().await;
+    let token = server.technician().await;
+    let dispatcher = server.user("disp", "dispatcher", None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(T0));
+    let net = Net::new(&server.url);
+    let engine = open(&dir.path().join("d.db"), &server, &token, &net, &clock);
+
+    let first = engine.sync().await.expect("first sync");
+    assert!(first.skipped_unchanged.is_empty());
+    assert_eq!(
+        Net::pulled(&net.take_log()),
+        vec!["accounts", "bookings", "work_orders"]
+    );
+
+    // Nothing changed: one check, no pull, every table counts as synced.
+    clock.set(T0 + MIN);
+    let quiet = engine.sync().await.expect("sync");
+    let log = net.take_log();
+    assert!(Net::pulled(&log).is_empty(), "{log:?}");
+    assert_eq!(
+        log.iter().filter(|p| *p == "/v1/sync/changes").count(),
+        1,
+        "{log:?}"
+    );
+    assert_eq!(
+        quiet.skipped_unchanged,
+        vec!["bookings", "work_orders", "accounts"]
+    );
+    for t in engine.status().expect("status").tables {
+        assert_eq!(t.last_sync_at, Some(T0 + MIN), "{}", t.table);
+    }
+
+    // A work order changes on the server: only the work orders are pulled,
+    // and the change arrives.
+    let wo = engine.list("work_orders", None, 1).expect("list")[0]
+        .id
+        .clone();
+    let (code, v) = server
+        .call(
+            "PUT",
+            &format!("/v1/records/work_orders/{wo}"),
+            &dispatcher,
+            Some(json!({"data": {"priority": 9}})),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let one = engine.sync().await.expect("sync");
+    assert_eq!(Net::pulled(&net.take_log()), vec!["work_orders"]);
+    assert_eq!(one.skipped_unchanged, vec!["bookings", "accounts"]);
+    assert_eq!(
+        engine.get("work_orders", &wo).expect("wo").fields["priority"],
+        Value::Integer(9)
+    );
+
+    // A local edit: uploaded, and its table pulled (the server's copy).
+    let account = engine.list("accounts", None, 1).expect("list")[0]
+        .id
+        .clone();
+    engine
+        .update(
+            "accounts",
+            &account,
+            [("city".to_owned(), Value::Text("Shelbyville".into()))]
+                .into_iter()
+                .collect(),
+        )
+        .expect("edit");
+    let pushed = engine.sync().await.expect("sync");
+    assert_eq!(pushed.uploaded, 1);
+    assert_eq!(Net::pulled(&net.take_log()), vec!["accounts"]);
+
+    // Smart sync off: every table is pulled, no check is made.
+    engine.set_setting("smart_sync", "false").expect("setting");
+    let all = engine.sync().await.expect("sync");
+    let log = net.take_log();
+    assert!(all.skipped_unchanged.is_empty());
+    assert_eq!(
+        Net::pulled(&log),
+        vec!["accounts", "bookings", "work_orders"]
+    );
+    assert!(!log.iter().any(|p| p == "/v1/sync/changes"), "{log:?}");
 }

@@ -260,6 +260,9 @@ pub struct SyncReport {
     pub bytes_up: i64,
     /// Bytes downloaded.
     pub bytes_down: i64,
+    /// Tables not downloaded because the server reported nothing new for
+    /// them (smart sync); they count as synced.
+    pub skipped_unchanged: Vec<String>,
 }
 
 impl From<CoreSyncReport> for SyncReport {
@@ -277,6 +280,7 @@ impl From<CoreSyncReport> for SyncReport {
             tables_dropped: r.tables_dropped,
             bytes_up: count(r.bytes_up),
             bytes_down: count(r.bytes_down),
+            skipped_unchanged: r.skipped_unchanged,
         }
     }
 }

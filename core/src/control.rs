@@ -24,7 +24,6 @@ use crate::network::{self, NetworkStatus, OsNetwork, Reachability, UNAVAILABLE_M
 use crate::notifications::{
     Notification, NotificationKind, NotificationPhase, estimate_bytes, message,
 };
-use crate::protocol::ChangesRequest;
 use crate::scheduler::{self, Blocker, Decision, SchedulerInput, SyncMode, TableTiming};
 use crate::settings::SyncSettings;
 use crate::status::{
@@ -294,7 +293,7 @@ impl Engine {
             .filter(|t| set.contains(&t.name))
             .map(|t| t.name.clone())
             .collect();
-        self.run_tracked(Some(tables), SyncMode::Refresh, &[]).await
+        self.run_tracked(Some(tables), SyncMode::Refresh).await
     }
 
     // ---- settings ------------------------------------------------------------
@@ -498,7 +497,7 @@ impl Engine {
     /// Direct syncs ([`Engine::sync`], [`Engine::sync_tables`]).
     pub(crate) async fn run_direct(&self, only: Option<Vec<String>>) -> Result<SyncReport> {
         let mode = self.direct_mode();
-        self.run_tracked(only, mode, &[]).await
+        self.run_tracked(only, mode).await
     }
 
     /// Runs one sync with status, notifications, backoff and telemetry.
@@ -506,7 +505,6 @@ impl Engine {
         &self,
         only: Option<Vec<String>>,
         mode: SyncMode,
-        skipped: &[String],
     ) -> Result<SyncReport> {
         let _run = self.run_lock.lock().await;
         let now = self.clock.now_ms();
@@ -533,7 +531,10 @@ impl Engine {
             });
         }
         self.publish_status();
-        let result = crate::sync::run(self, only).await;
+        // A Refresh the user asked for pulls its tables whatever the smart
+        // sync check would say, with the progress it shows.
+        let smart = mode != SyncMode::Refresh && self.settings().smart_sync;
+        let result = crate::sync::run(self, only, smart).await;
         let end = self.clock.now_ms();
         let (run, network_type) = {
             let mut live = self.live();
@@ -575,8 +576,10 @@ impl Engine {
         {
             self.network_failed(&e.to_string());
         }
-        for t in skipped {
-            let _ = self.store.mark_table_current(t, end);
+        if let Ok(report) = &result {
+            for t in &report.skipped_unchanged {
+                let _ = self.store.mark_table_current(t, end);
+            }
         }
         if let Some(run) = &run {
             if let Some(kind) = run.notification {
@@ -778,72 +781,13 @@ impl Engine {
                 _ => {}
             }
         }
-        let mut only = tables.clone();
-        let mut skipped = Vec::new();
-        if mode == SyncMode::Delta
-            && self.settings().smart_sync
-            && let Some(names) = &tables
-        {
-            let (changed, unchanged) = self.smart_filter(names).await;
-            only = Some(changed);
-            skipped = unchanged;
-        }
-        let report = self.run_tracked(only, mode, &skipped).await?;
+        let report = self.run_tracked(tables.clone(), mode).await?;
         Ok(Some(ScheduledSync {
             mode,
             tables: tables.unwrap_or_default(),
-            skipped_unchanged: skipped,
+            skipped_unchanged: report.skipped_unchanged.clone(),
             report,
         }))
-    }
-
-    /// Smart sync: asks the server which due tables changed after their
-    /// cursors. A table is downloaded when it, or a table its rules reach,
-    /// changed, or when it has local changes waiting; on any doubt (no
-    /// answer, first download not finished) it is downloaded.
-    async fn smart_filter(&self, names: &[String]) -> (Vec<String>, Vec<String>) {
-        let mut cursors = BTreeMap::new();
-        let mut closure = BTreeMap::new();
-        if let Some(p) = self.profile() {
-            closure = scheduler::dependency_closure(&p);
-            for t in &p.tables {
-                if let Ok(s) = self.store.table_state(&t.name)
-                    && s.initial_done
-                {
-                    cursors.insert(t.name.clone(), s.cursor);
-                }
-            }
-        }
-        let answer = match self
-            .api
-            .changes(&ChangesRequest {
-                tables: cursors.clone(),
-            })
-            .await
-        {
-            Ok(a) => a.value,
-            Err(e) => {
-                debug!(target: "fieldsync::sync", error = %e, "smart sync check failed; downloading every due table");
-                return (names.to_vec(), Vec::new());
-            }
-        };
-        let pending = self.store.pending_by_table().unwrap_or_default();
-        let changed = |t: &str| -> bool {
-            !cursors.contains_key(t)
-                || answer.tables.get(t).copied().unwrap_or(true)
-                || pending.get(t).copied().unwrap_or(0) > 0
-        };
-        let mut download = Vec::new();
-        let mut skip = Vec::new();
-        for n in names {
-            let reach = closure.get(n).cloned().unwrap_or_default();
-            if changed(n) || reach.iter().any(|r| changed(r)) {
-                download.push(n.clone());
-            } else {
-                skip.push(n.clone());
-            }
-        }
-        (download, skip)
     }
 
     /// Starts the background scheduler task on the current tokio runtime

@@ -108,6 +108,9 @@ pub struct SyncReport {
     pub tables_dropped: Vec<String>,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Tables not pulled because the server reported nothing new for them
+    /// (smart sync, `POST /v1/sync/changes`); they count as synced.
+    pub skipped_unchanged: Vec<String>,
 }
 
 impl SyncReport {

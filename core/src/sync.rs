@@ -36,7 +36,13 @@ use crate::store::{PageSummary, Store, related_rule_key};
 use crate::value::Value;
 
 /// Runs a sync of all tables (`None`) or of the named ones.
-pub(crate) async fn run(engine: &Engine, only: Option<Vec<String>>) -> Result<SyncReport> {
+/// With `smart`, tables the server reports unchanged are not pulled
+/// ([`skip_unchanged`]).
+pub(crate) async fn run(
+    engine: &Engine,
+    only: Option<Vec<String>>,
+    smart: bool,
+) -> Result<SyncReport> {
     let _guard = engine.sync_lock.lock().await;
     let started = engine.clock.now_ms();
     engine.emit(SyncEvent::SyncStarted);
@@ -45,7 +51,7 @@ pub(crate) async fn run(engine: &Engine, only: Option<Vec<String>>) -> Result<Sy
         started_at: started,
         ..Default::default()
     };
-    let result = run_inner(engine, only, &mut report).await;
+    let result = run_inner(engine, only, smart, &mut report).await;
     report.duration_ms = engine.clock.now_ms() - started;
     match result {
         Ok(()) => {
@@ -77,6 +83,7 @@ pub(crate) async fn run(engine: &Engine, only: Option<Vec<String>>) -> Result<Sy
 async fn run_inner(
     engine: &Engine,
     only: Option<Vec<String>>,
+    smart: bool,
     report: &mut SyncReport,
 ) -> Result<()> {
     // The profile first (it says which tables exist), then uploads, then pulls.
@@ -101,11 +108,66 @@ async fn run_inner(
             out
         }
     };
+    let tables = if smart {
+        skip_unchanged(engine, tables, report).await
+    } else {
+        tables
+    };
     pull_tables(engine, tables, report).await?;
     let timer = std::time::Instant::now();
     let settled = settle_related(engine, report).await;
     debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "related rows settled");
     settled
+}
+
+/// Smart sync: one `POST /v1/sync/changes` for every table whose first
+/// download is done, and only the tables the server reports changed (or that
+/// still have local changes waiting) are pulled; the others go to
+/// `report.skipped_unchanged`. A pull from an unchanged table's cursor would
+/// return nothing: a changes phase sends only rows changed after the cursor,
+/// and the server answers `true` when a relative-date window may have let
+/// rows in. Rows a changed related table now reaches are fetched by the
+/// settling, as after any pull. When the check fails, every table is
+/// pulled.
+async fn skip_unchanged(
+    engine: &Engine,
+    tables: Vec<SyncTable>,
+    report: &mut SyncReport,
+) -> Vec<SyncTable> {
+    let mut cursors = std::collections::BTreeMap::new();
+    for t in &tables {
+        if let Ok(state) = engine.store.table_state(&t.name)
+            && state.initial_done
+        {
+            cursors.insert(t.name.clone(), state.cursor);
+        }
+    }
+    if cursors.is_empty() {
+        return tables;
+    }
+    let answer = match engine
+        .api
+        .changes(&crate::protocol::ChangesRequest {
+            tables: cursors.clone(),
+        })
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            debug!(target: "fieldsync::sync", error = %e, "smart sync check failed; pulling every table");
+            return tables;
+        }
+    };
+    report.bytes_up += answer.bytes_up;
+    report.bytes_down += answer.bytes_down;
+    let pending = engine.store.pending_by_table().unwrap_or_default();
+    let (skip, pull): (Vec<SyncTable>, Vec<SyncTable>) = tables.into_iter().partition(|t| {
+        cursors.contains_key(&t.name)
+            && answer.value.tables.get(&t.name) == Some(&false)
+            && pending.get(&t.name).copied().unwrap_or(0) == 0
+    });
+    report.skipped_unchanged = skip.into_iter().map(|t| t.name).collect();
+    pull
 }
 
 /// Pulls `tables`, up to `EngineConfig::parallel_pulls` at once. A table starts once
