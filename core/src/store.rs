@@ -470,16 +470,54 @@ fn record_error(
     })
 }
 
+/// Points SQLite's temporary files at `dir`, the directory of the first
+/// database this process opens, once per process.
+///
+/// SQLite writes a temporary file when a sort, an index build or a
+/// temporary key set outgrows its page cache: the settling pass of a large
+/// download and the lookup indexes of incremental settling do (strace of a
+/// 1M-row initial sync: five files). It looks for `SQLITE_TMPDIR`,
+/// `TMPDIR`, `/var/tmp`, `/usr/tmp`, `/tmp` and the working directory, and
+/// an Android app has none of them to write to, so there the sync would
+/// fail with `SQLITE_IOERR_GETTEMPPATH` once the data grew large enough.
+/// Beside the database the files are always writable, private to the app,
+/// and on the disk whose space the store already watches. Keeping them in
+/// memory instead (`temp_store = MEMORY`) would make the device's memory
+/// follow the size of its data.
+///
+/// The setting is SQLite's process-wide `sqlite3_temp_directory`: it is set
+/// before the store opens its first connection and never changed after, as
+/// SQLite asks. Should that directory disappear, SQLite falls back to its
+/// own list.
+fn place_temp_files(dir: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(dir) = std::fs::canonicalize(dir)
+            .ok()
+            .and_then(|d| d.to_str().map(str::to_owned))
+        else {
+            return;
+        };
+        let set = Connection::open_in_memory()
+            .and_then(|c| c.pragma_update(None, "temp_store_directory", &dir));
+        if let Err(e) = set {
+            tracing::warn!(target: "fieldsync::store", error = %e, dir, "cannot place SQLite's temporary files beside the database");
+        }
+    });
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.exists() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
+        place_temp_files(dir);
         let mut writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(settle::SCHEMA)?;
