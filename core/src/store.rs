@@ -485,10 +485,13 @@ fn record_error(
 /// memory instead (`temp_store = MEMORY`) would make the device's memory
 /// follow the size of its data.
 ///
-/// The setting is SQLite's process-wide `sqlite3_temp_directory`: it is set
-/// before the store opens its first connection and never changed after, as
-/// SQLite asks. Should that directory disappear, SQLite falls back to its
-/// own list.
+/// The setting is SQLite's process-wide `sqlite3_temp_directory`, set once
+/// before the store opens its first connection and never changed after.
+/// SQLite asks that it not change while connections are in use; other
+/// connections of the process (an in-process server in tests, the demo) may
+/// exist, but the one change is from no directory (SQLite's list) to this
+/// one, so nothing freed can be read. Should the directory disappear, SQLite
+/// falls back to its own list.
 fn place_temp_files(dir: &Path) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
