@@ -318,25 +318,86 @@ fn read_row(
 /// The upsert of a row of `table`: `_fs_version` then `columns` (column
 /// names, the primary key among them) bound as `?1`, `?2`, ... in that
 /// order; a row already there takes every given column and the version.
-fn upsert_sql(table: &SyncTable, columns: &[&str]) -> String {
+///
+/// SQLite rewrites the entry of every index on a column an `UPDATE` sets,
+/// changed or not: with the settling's lookup indexes on a work order's
+/// `account_id` and `customer_asset_id`, writing 10,000 changed work orders
+/// took twice as long. So when given columns are indexed, `sql` sets only
+/// the others, on the condition that the indexed ones are unchanged, and
+/// `fallback` (every column) is run when that changed nothing: a new row is
+/// inserted by `sql`, an existing one with the same indexed values updated
+/// by it, and only a row whose indexed value moved takes the fallback.
+struct Upsert {
+    sql: String,
+    fallback: Option<String>,
+}
+
+impl Upsert {
+    fn new(conn: &Connection, table: &SyncTable, columns: &[&str]) -> Result<Upsert> {
+        let indexed = indexed_columns(conn, &table.name)?;
+        let pk = table.primary_key.as_str();
+        let every: Vec<&str> = columns.iter().copied().filter(|c| *c != pk).collect();
+        let (guarded, plain): (Vec<&str>, Vec<&str>) =
+            every.iter().copied().partition(|c| indexed.contains(*c));
+        let full = upsert_sql(table, columns, &every, &[]);
+        if guarded.is_empty() {
+            return Ok(Upsert {
+                sql: full,
+                fallback: None,
+            });
+        }
+        Ok(Upsert {
+            sql: upsert_sql(table, columns, &plain, &guarded),
+            fallback: Some(full),
+        })
+    }
+}
+
+/// `INSERT ... ON CONFLICT DO UPDATE SET` each of `set` and the version,
+/// where every column of `unchanged` still holds the arriving value.
+fn upsert_sql(table: &SyncTable, columns: &[&str], set: &[&str], unchanged: &[&str]) -> String {
     let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     let placeholders: Vec<String> = (1..=cols.len() + 1).map(|i| format!("?{i}")).collect();
-    let pk = quote_ident(&table.primary_key);
-    let updates: Vec<String> = cols
+    let updates: Vec<String> = set
         .iter()
-        .filter(|c| **c != pk)
-        .map(|c| format!("{c} = excluded.{c}"))
+        .map(|c| {
+            let c = quote_ident(c);
+            format!("{c} = excluded.{c}")
+        })
         .chain(std::iter::once(format!(
             "{LOCAL_VERSION_COLUMN} = excluded.{LOCAL_VERSION_COLUMN}"
         )))
         .collect();
+    let condition = if unchanged.is_empty() {
+        String::new()
+    } else {
+        let same: Vec<String> = unchanged
+            .iter()
+            .map(|c| {
+                let c = quote_ident(c);
+                format!("{c} IS excluded.{c}")
+            })
+            .collect();
+        format!(" WHERE {}", same.join(" AND "))
+    };
     format!(
-        "INSERT INTO {} ({LOCAL_VERSION_COLUMN}, {}) VALUES ({}) ON CONFLICT({pk}) DO UPDATE SET {}",
+        "INSERT INTO {} ({LOCAL_VERSION_COLUMN}, {}) VALUES ({}) ON CONFLICT({}) DO UPDATE SET {}{condition}",
         quote_ident(&table.name),
         cols.join(", "),
         placeholders.join(", "),
+        quote_ident(&table.primary_key),
         updates.join(", ")
     )
+}
+
+/// The columns of `table` that some index holds.
+fn indexed_columns(conn: &Connection, table: &str) -> Result<BTreeSet<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT ii.name FROM pragma_index_list(?1) AS il, pragma_index_info(il.name) AS ii
+         WHERE ii.name IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([table], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Writes a whole row (every column; missing ones null) with a version.
@@ -347,13 +408,20 @@ fn upsert_row(
     version: i64,
 ) -> Result<()> {
     let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-    let mut stmt = conn.prepare_cached(&upsert_sql(table, &names))?;
+    let upsert = Upsert::new(conn, table, &names)?;
     let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(names.len() + 1);
     values.push(&version);
     for c in &table.columns {
         values.push(fields.get(&c.name).unwrap_or(&Value::Null));
     }
-    stmt.execute(values.as_slice())?;
+    let changed = conn
+        .prepare_cached(&upsert.sql)?
+        .execute(values.as_slice())?;
+    if changed == 0
+        && let Some(fallback) = &upsert.fallback
+    {
+        conn.prepare_cached(fallback)?.execute(values.as_slice())?;
+    }
     Ok(())
 }
 
@@ -1422,9 +1490,12 @@ fn related_only_sql(
         {
             return None;
         }
+        // No WHERE in the sub-query, so SQLite reads the related column's
+        // index for it instead of building a temporary key set; a NULL
+        // among the related values makes a miss NULL, hence the COALESCE.
         let (c, f) = (quote_ident(column), quote_ident(foreign_column));
         parts.push(format!(
-            "({c} IS NOT NULL AND {c} IN (SELECT {f} FROM {o} WHERE {f} IS NOT NULL))",
+            "({c} IS NOT NULL AND COALESCE({c} IN (SELECT {f} FROM {o}), 0))",
             o = quote_ident(other)
         ));
     }

@@ -20,7 +20,7 @@ use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 
 use super::settle::{Arrival, RelatedQueue};
 use super::values::ValueStream;
-use super::{PageApplied, delete_row, has_pending, upsert_sql};
+use super::{PageApplied, Upsert, delete_row, has_pending};
 use crate::codec::{Body, Encoding};
 use crate::error::{Error, Result};
 use crate::profile::{Column, SyncProfile, SyncTable};
@@ -37,6 +37,8 @@ pub(super) struct PageWriter<'c> {
     width: usize,
     pk_index: usize,
     insert: CachedStatement<'c>,
+    /// Every column, for a row whose indexed values moved (see `Upsert`).
+    insert_moved: Option<CachedStatement<'c>>,
     track_row: Option<CachedStatement<'c>>,
     table_has_pending: bool,
     queue: Option<RelatedQueue<'c>>,
@@ -113,14 +115,18 @@ impl<'c> PageWriter<'c> {
             None
         };
         let names: Vec<&str> = columns[1..].iter().map(String::as_str).collect();
-        let sql = upsert_sql(table, &names);
+        let upsert = Upsert::new(conn, table, &names)?;
         Ok(PageWriter {
             conn,
             table,
             kinds,
             width: columns.len(),
             pk_index,
-            insert: conn.prepare_cached(&sql)?,
+            insert: conn.prepare_cached(&upsert.sql)?,
+            insert_moved: match &upsert.fallback {
+                Some(sql) => Some(conn.prepare_cached(sql)?),
+                None => None,
+            },
             track_row,
             table_has_pending,
             queue,
@@ -154,19 +160,11 @@ impl<'c> PageWriter<'c> {
             self.applied.kept_pending += 1;
             return Ok(());
         }
-        // Bind straight from the row: a value already in its column's form
-        // is bound as it is (no copy).
-        self.insert.raw_bind_parameter(1, version)?;
-        for (i, (v, col)) in row[1..].iter().zip(&self.kinds).enumerate() {
-            let converted = v
-                .converted_for(col.kind)
-                .map_err(|e| Error::Protocol(format!("column '{}': {e}", col.name)))?;
-            match converted {
-                Some(c) => self.insert.raw_bind_parameter(i + 2, c)?,
-                None => self.insert.raw_bind_parameter(i + 2, v)?,
-            }
+        if bind_row(&mut self.insert, version, row, &self.kinds)?.raw_execute()? == 0
+            && let Some(moved) = &mut self.insert_moved
+        {
+            bind_row(moved, version, row, &self.kinds)?.raw_execute()?;
         }
-        self.insert.raw_execute()?;
         if let Some(track) = &mut self.track_row {
             track.execute(params![self.table.name, id])?;
         }
@@ -185,6 +183,27 @@ impl<'c> PageWriter<'c> {
         }
         Ok(())
     }
+}
+
+/// Binds a page row to an upsert: the version, then each value, bound as it
+/// is when already in its column's form (no copy).
+fn bind_row<'s, 'c>(
+    stmt: &'s mut CachedStatement<'c>,
+    version: i64,
+    row: &[Value],
+    kinds: &[&Column],
+) -> Result<&'s mut CachedStatement<'c>> {
+    stmt.raw_bind_parameter(1, version)?;
+    for (i, (v, col)) in row[1..].iter().zip(kinds).enumerate() {
+        let converted = v
+            .converted_for(col.kind)
+            .map_err(|e| Error::Protocol(format!("column '{}': {e}", col.name)))?;
+        match converted {
+            Some(c) => stmt.raw_bind_parameter(i + 2, c)?,
+            None => stmt.raw_bind_parameter(i + 2, v)?,
+        }
+    }
+    Ok(stmt)
 }
 
 /// A page read from its JSON body by [`apply_json`]: its head, and what

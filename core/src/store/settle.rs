@@ -600,6 +600,16 @@ fn remove_all_unreached(
 ) -> Result<u64> {
     Ok(match related_only_sql(profile, table, settled) {
         Some(reached) => {
+            // Each `IN (SELECT f FROM other)` reads the index on the related
+            // column, the one incremental settling looks values up with:
+            // built here, it replaces the temporary key set SQLite would
+            // build for this statement (and spill to a file past its page
+            // cache), and the first small sync after a download finds it.
+            for r in table.related_rules() {
+                if let Some(other) = profile.table(r.other) {
+                    ensure_index(tx, other, r.foreign_column)?;
+                }
+            }
             let sql = format!(
                 "DELETE FROM {t} WHERE {pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
                 t = quote_ident(&table.name),
@@ -896,6 +906,102 @@ mod tests {
         store.restart_table("incidents").expect("restart");
         store.remove_unreached(&p, NOW + 2000).expect("settle");
         assert_eq!(ids(&store, "incidents"), ["i2"]);
+    }
+
+    #[test]
+    fn a_whole_table_settling_reads_the_related_column_index_and_a_null_reaches_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        // The whole-table settling built the index on bookings.work_order_id;
+        // the statement that evaluates work orders reads it for its `IN`
+        // instead of building a temporary set of the bookings' values.
+        let work_orders = p.table("work_orders").expect("table");
+        let reached =
+            super::super::related_only_sql(&p, work_orders, &["bookings"].into_iter().collect())
+                .expect("related-only rules");
+        let plan: Vec<String> = store
+            .with_reader(|c| {
+                let mut stmt = c.prepare(&format!(
+                    "EXPLAIN QUERY PLAN SELECT id FROM work_orders WHERE NOT ({reached})"
+                ))?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .expect("plan");
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("FOR IN-OPERATOR") && d.contains("work_order_id")),
+            "{plan:?}"
+        );
+        // A booking without a work order (NULL) makes the set hold a NULL:
+        // a work order no booking names still leaves, one named stays.
+        store
+            .with_writer(|c| {
+                c.execute_batch(
+                    "INSERT INTO bookings (id, work_order_id, start_time) VALUES ('b0', NULL, '2026-11-30T09:00:00Z');
+                     INSERT INTO work_orders (id, title) VALUES ('w9', 'none');",
+                )?;
+                Ok(())
+            })
+            .expect("rows");
+        store.restart_table("work_orders").expect("restart");
+        store.remove_unreached(&p, NOW).expect("settle");
+        assert_eq!(ids(&store, "work_orders"), ["w1", "w2"]);
+    }
+
+    #[test]
+    fn indexed_values_that_move_are_written_by_pages_and_by_local_writes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        // bookings.work_order_id is indexed (the whole-table settling built
+        // the index), so its upserts set it only when it moves.
+        let work_order = |id: &str| {
+            store
+                .with_reader(|c| {
+                    Ok(c.query_row(
+                        "SELECT work_order_id FROM bookings WHERE id = ?1",
+                        [id],
+                        |r| r.get::<_, Option<String>>(0),
+                    )?)
+                })
+                .expect("booking")
+        };
+        let bookings = p.table("bookings").expect("bookings").clone();
+        // A page: b1 keeps its work order (other columns change), b2 moves.
+        store
+            .apply_page(
+                None,
+                &bookings,
+                &bookings_page(
+                    vec![
+                        vec![t("b1"), t("w1"), t("2026-12-01T09:00:00Z")],
+                        vec![t("b2"), t("w1"), t("2026-11-30T09:00:00Z")],
+                    ],
+                    &[],
+                ),
+                NOW,
+            )
+            .expect("page");
+        assert_eq!(work_order("b1").as_deref(), Some("w1"));
+        assert_eq!(work_order("b2").as_deref(), Some("w1"));
+        let start: String = store
+            .with_reader(|c| {
+                Ok(
+                    c.query_row("SELECT start_time FROM bookings WHERE id = 'b1'", [], |r| {
+                        r.get(0)
+                    })?,
+                )
+            })
+            .expect("start");
+        assert_eq!(start, "2026-12-01T09:00:00Z");
+        // A local write moves b1 to w2.
+        let data = [("work_order_id".to_owned(), t("w2"))]
+            .into_iter()
+            .collect();
+        store
+            .write(&p, &bookings, "b1", crate::protocol::Op::Update, data, NOW)
+            .expect("write");
+        assert_eq!(work_order("b1").as_deref(), Some("w2"));
     }
 
     #[test]
