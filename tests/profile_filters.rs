@@ -635,3 +635,57 @@ async fn smart_sync_downloads_rows_that_entered_a_window_without_a_change() {
     assert!(inside.contains(".w."), "{inside}");
     assert_eq!(changed(inside).await, json!(true));
 }
+
+/// A table's compiled rules bind each filter value, and a pull binds them
+/// twice: past SQLite's 32,766 parameters every pull of the table would
+/// fail with a 500. Publishing refuses such a profile by name, and a
+/// profile just under the bound pulls, its related table included (whose
+/// rules carry the related table's values too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_values_are_bounded_at_publish_and_pulls_work_under_the_bound() {
+    let env = Env::start().await;
+    env.seed(&["tech-a"], 10).await;
+    let lists = |n: usize| {
+        json!({"op": "or", "filters": (0..n).map(|k| json!({
+            "op": "in", "column": "name",
+            "values": (0..1000).map(|i| format!("Booking {}", k * 1000 + i + 1)).collect::<Vec<_>>()
+        })).collect::<Vec<_>>()})
+    };
+    let tables = |n: usize| {
+        json!([
+            {"name": "bookings", "columns": ["name", "work_order_id", "resource_id"],
+             "rules": [{"kind": "custom", "filter": lists(n)}], "sync_interval_secs": 300},
+            {"name": "work_orders", "columns": ["name"],
+             "rules": [{"kind": "related", "table": "bookings", "column": "id", "foreign_column": "work_order_id"}],
+             "sync_interval_secs": 300}
+        ])
+    };
+    let (s, v) = env
+        .call(
+            "PUT",
+            "/v1/admin/profiles/wide",
+            ADMIN,
+            Some(json!({"name": "wide", "tables": tables(17)})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_profile", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("bookings") && msg.contains("17000 values"),
+        "{msg}"
+    );
+
+    env.admin(
+        "PUT",
+        "/v1/admin/profiles/wide",
+        Some(json!({"name": "wide", "tables": tables(15)})),
+    )
+    .await;
+    let tech = env.user("tech-a", "technician", Some("wide")).await;
+    let device = env.device("d", &tech);
+    device.sync().await.expect("sync under the bound");
+    // Seeded bookings are named "Booking 1" to "Booking 10": all listed.
+    assert_eq!(ids(&device, "bookings").len(), 10);
+    assert_eq!(ids(&device, "work_orders").len(), 10);
+}

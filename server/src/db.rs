@@ -275,6 +275,11 @@ impl Cursor {
     }
 }
 
+/// The most values one table's compiled rules may bind (see
+/// `Db::check_rule_parameters`): twice this, plus a pull's own few, stays
+/// under SQLite's 32,766.
+pub const MAX_RULE_PARAMETERS: usize = 16_000;
+
 /// Hashes a bearer token for storage and lookup.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -927,6 +932,7 @@ impl Db {
     /// Validates and publishes a profile; returns its new version.
     pub fn put_profile(&self, profile: &OfflineProfile) -> ApiResult<i64> {
         profile.validate(&self.model)?;
+        self.check_rule_parameters(profile)?;
         let body = serde_json::to_string(profile).map_err(|e| ApiError::internal(e.to_string()))?;
         if self.dialect() == Dialect::Postgres && body.contains("\\u0000") {
             return Err(ApiError::bad_request(
@@ -962,6 +968,32 @@ impl Db {
     }
 
     /// The profile issued to a user, resolved against the data model.
+    /// Refuses a profile whose rules, once compiled for one table, bind
+    /// more than [`MAX_RULE_PARAMETERS`] values: a pull binds them twice,
+    /// and SQLite refuses a statement of more than 32,766 parameters
+    /// (PostgreSQL 65,535), which would fail every pull of the table with a
+    /// 500. A table's count includes the values of the tables its related
+    /// rules reach.
+    fn check_rule_parameters(&self, profile: &OfflineProfile) -> ApiResult<()> {
+        let resolved = profile.resolve(&self.model, 1, "_fs_check", Some("_fs_check"))?;
+        let ctx = resolved.filter_context(self.now_ms());
+        for table in &resolved.tables {
+            let n = rules::compile_in(self.dialect(), &resolved, table, &ctx)
+                .params
+                .len();
+            if n > MAX_RULE_PARAMETERS {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_PROFILE,
+                    format!(
+                        "table '{}': its rules hold {n} values once the tables its related rules reach are included; at most {MAX_RULE_PARAMETERS} are allowed",
+                        table.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn sync_profile(&self, user: &User) -> ApiResult<SyncProfile> {
         let (profile, version) = self.profile(&user.profile)?.ok_or_else(|| {
             ApiError::internal(format!("user's profile '{}' is missing", user.profile))
