@@ -233,13 +233,14 @@ async fn completed_booking_leaves_with_its_work_order_unless_still_related() {
     assert!(has(&device, "work_order_incidents", &inc));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn booking_window_passes_and_enters_without_server_change() {
+/// tech-a and a dispatcher over 12 seeded work orders, and `bk-later`: an
+/// active booking of tech-a 9 days ahead (outside "today and the next 7
+/// days") for `wo-later`, which has the incident `inc-later`.
+async fn with_a_later_booking() -> (Env, String, String) {
     let env = Env::start().await;
     let tech = env.user("tech-a", "technician", None).await;
     let disp = env.user("disp", "dispatcher", None).await;
     env.seed(&["tech-a"], 12).await;
-    // A booking 9 days ahead: outside "today and the next 7 days".
     let start = format_datetime(env.clock_now() + 9 * DAY);
     let end = format_datetime(env.clock_now() + 9 * DAY + 3_600_000);
     env.put(
@@ -257,6 +258,12 @@ async fn booking_window_passes_and_enters_without_server_change() {
     )
     .await;
     env.put(&disp, "bookings", "bk-later", json!({"work_order_id": "wo-later", "resource_id": "tech-a", "status": "active", "start_time": start, "end_time": end})).await;
+    (env, tech, disp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booking_window_passes_and_enters_without_server_change() {
+    let (env, tech, _) = with_a_later_booking().await;
     let device = env.device("d", &tech);
     device.sync().await.expect("sync");
     assert!(has(&device, "bookings", "bk-0000000"));
@@ -539,20 +546,7 @@ async fn removal_never_drops_a_pending_local_edit_silently() {
 /// must still arrive: "nothing changed" is not "nothing new to select".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smart_sync_downloads_rows_that_entered_a_window_without_a_change() {
-    let env = Env::start().await;
-    let tech = env.user("tech-a", "technician", None).await;
-    let disp = env.user("disp", "dispatcher", None).await;
-    env.seed(&["tech-a"], 12).await;
-    let start = format_datetime(env.clock_now() + 9 * DAY);
-    let end = format_datetime(env.clock_now() + 9 * DAY + 3_600_000);
-    env.put(
-        &disp,
-        "work_orders",
-        "wo-later",
-        json!({"name": "Later", "status": "scheduled"}),
-    )
-    .await;
-    env.put(&disp, "bookings", "bk-later", json!({"work_order_id": "wo-later", "resource_id": "tech-a", "status": "active", "start_time": start, "end_time": end})).await;
+    let (env, tech, disp) = with_a_later_booking().await;
     let device = env.device("d", &tech);
     device.check_network().await;
     let first = device.run_due().await.expect("step").expect("ran");
