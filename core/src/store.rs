@@ -351,6 +351,12 @@ impl Upsert {
             fallback: Some(full),
         })
     }
+
+    /// The upsert of a whole row of `table` (every column, see [`upsert_row`]).
+    fn whole_row(conn: &Connection, table: &SyncTable) -> Result<Upsert> {
+        let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+        Upsert::new(conn, table, &names)
+    }
 }
 
 /// `INSERT ... ON CONFLICT DO UPDATE SET` each of `set` and the version,
@@ -400,16 +406,16 @@ fn indexed_columns(conn: &Connection, table: &str) -> Result<BTreeSet<String>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Writes a whole row (every column; missing ones null) with a version.
+/// Writes a whole row (every column; missing ones null) with a version,
+/// through `upsert` ([`Upsert::whole_row`] of the same table).
 fn upsert_row(
     conn: &Connection,
+    upsert: &Upsert,
     table: &SyncTable,
     fields: &BTreeMap<String, Value>,
     version: i64,
 ) -> Result<()> {
-    let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-    let upsert = Upsert::new(conn, table, &names)?;
-    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(names.len() + 1);
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(table.columns.len() + 1);
     values.push(&version);
     for c in &table.columns {
         values.push(fields.get(&c.name).unwrap_or(&Value::Null));
@@ -1051,7 +1057,7 @@ impl Store {
                 // New related values (a booking written for another work
                 // order) have their related rows fetched at the next settling.
                 settle::queue_related_row(&tx, profile, table, &fields, None)?;
-                upsert_row(&tx, table, &fields, 0)?;
+                upsert_row(&tx, &Upsert::whole_row(&tx, table)?, table, &fields, 0)?;
                 Some(Record {
                     table: table.name.clone(),
                     id: id.to_owned(),
@@ -1065,7 +1071,13 @@ impl Store {
                     fields.insert(k.clone(), v.clone());
                 }
                 settle::queue_related_row(&tx, profile, table, &fields, None)?;
-                upsert_row(&tx, table, &fields, version)?;
+                upsert_row(
+                    &tx,
+                    &Upsert::whole_row(&tx, table)?,
+                    table,
+                    &fields,
+                    version,
+                )?;
                 Some(Record {
                     table: table.name.clone(),
                     id: id.to_owned(),
@@ -1226,6 +1238,7 @@ impl Store {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = PushApplied::default();
+        let mut upserts: BTreeMap<String, Upsert> = BTreeMap::new();
         for (entry, result) in batch.iter().zip(results) {
             let m = &entry.mutation;
             tx.execute("DELETE FROM _fs_outbox WHERE seq = ?1", [entry.seq])?;
@@ -1287,7 +1300,12 @@ impl Store {
                     }
                     fields.insert(table.primary_key.clone(), Value::Text(m.id.clone()));
                     settle::queue_related_row(&tx, profile, table, &fields, Some(result.version))?;
-                    upsert_row(&tx, table, &fields, result.version)?;
+                    // One upsert per table for the batch: which columns are
+                    // indexed does not change while its results apply.
+                    if !upserts.contains_key(&table.name) {
+                        upserts.insert(table.name.clone(), Upsert::whole_row(&tx, table)?);
+                    }
+                    upsert_row(&tx, &upserts[&table.name], table, &fields, result.version)?;
                 }
                 None => {
                     delete_row(&tx, table, &m.id)?;

@@ -242,6 +242,7 @@ impl Cursor {
             phase,
         }))
     }
+
     /// Whether rows can have entered `table`'s relative-date windows since
     /// this cursor's copy was selected: the table's own rules read the clock
     /// and the local day (at the profile's UTC offset) moved since
@@ -967,7 +968,6 @@ impl Db {
         })
     }
 
-    /// The profile issued to a user, resolved against the data model.
     /// Refuses a profile whose rules, once compiled for one table, bind
     /// more than [`MAX_RULE_PARAMETERS`] values: a pull binds them twice,
     /// and SQLite refuses a statement of more than 32,766 parameters
@@ -994,6 +994,7 @@ impl Db {
         Ok(())
     }
 
+    /// The profile issued to a user, resolved against the data model.
     pub fn sync_profile(&self, user: &User) -> ApiResult<SyncProfile> {
         let (profile, version) = self.profile(&user.profile)?.ok_or_else(|| {
             ApiError::internal(format!("user's profile '{}' is missing", user.profile))
