@@ -498,6 +498,23 @@ fn row_size(data: &BTreeMap<String, Value>) -> usize {
     data.iter().map(|(k, v)| k.len() + v.approx_size()).sum()
 }
 
+/// The query of [`Db::fetch`]: the live rows of `table` whose `column`
+/// holds one of `values` placeholders and that `predicate` selects, by key.
+/// The column's index (see [`crate::schema::rule_indexes`]) answers the
+/// `IN`.
+pub(crate) fn fetch_sql(table: &SyncTable, column: &str, values: usize, predicate: &str) -> String {
+    let mut cols: Vec<String> = vec!["_version".into()];
+    cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
+    let marks = vec!["?"; values].join(", ");
+    format!(
+        "SELECT {} FROM {} WHERE _deleted = 0 AND {} IN ({marks}) AND {predicate} ORDER BY {}",
+        cols.join(", "),
+        quote_ident(&table.name),
+        quote_ident(column),
+        quote_ident(&table.primary_key)
+    )
+}
+
 fn json_opt(text: Option<String>) -> Option<BTreeMap<String, Value>> {
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
@@ -1335,17 +1352,7 @@ impl Db {
             })?);
         }
         let predicate = rules::compile_in(self.dialect(), profile, table, &self.ctx(profile));
-        let mut cols: Vec<String> = vec!["_version".into()];
-        cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
-        let marks = vec!["?"; clean.len()].join(", ");
-        let sql = format!(
-            "SELECT {} FROM {} WHERE _deleted = 0 AND {} IN ({marks}) AND {} ORDER BY {}",
-            cols.join(", "),
-            quote_ident(&table.name),
-            quote_ident(column),
-            predicate.sql,
-            quote_ident(&table.primary_key)
-        );
+        let sql = fetch_sql(table, column, clean.len(), &predicate.sql);
         let mut params = clean;
         params.extend(predicate.params.iter().cloned());
         let rows = self.read(|c| c.query(&sql, &params))?;

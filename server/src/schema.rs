@@ -378,8 +378,17 @@ const MAX_INDEX_COLUMNS: usize = 8;
 /// the column up once per row; without the index the lookup would scan the
 /// related table. The index then holds `_deleted` and the columns the
 /// related table's own rules read, so the lookup is answered from the index
-/// alone. Profiles change at run time, so the indexes follow the stored
-/// profiles (see [`ensure_rule_indexes`]), not the data model alone.
+/// alone.
+///
+/// The rule's own table gets one on its column (with `_deleted`) when that
+/// column is not its primary key: `POST /v1/sync/fetch` asks for the rows
+/// whose column holds one of the values a device queued (a work order's
+/// incidents by `work_order_id`), and without the index each request
+/// scanned the whole table (about 150 ms for 476k incidents, five requests
+/// per 1,000 work orders).
+///
+/// Profiles change at run time, so the indexes follow the stored profiles
+/// (see [`ensure_rule_indexes`]), not the data model alone.
 pub fn rule_indexes(
     model: &DataModel,
     profile: &OfflineProfile,
@@ -389,12 +398,18 @@ pub fn rule_indexes(
         for rule in &t.rules {
             let RowRule::Related {
                 table,
+                column,
                 foreign_column,
-                ..
             } = rule
             else {
                 continue;
             };
+            if let Some(own) = model.table(&t.name)
+                && own.primary_key != *column
+                && own.column(column).is_some()
+            {
+                out.insert((t.name.clone(), vec![column.clone(), "_deleted".to_owned()]));
+            }
             let Some(schema) = model.table(table) else {
                 continue;
             };
@@ -535,6 +550,13 @@ mod tests {
                     "end_time",
                 ][..],
             ),
+            ("work_order_incidents", &["work_order_id", "_deleted"][..]),
+            ("work_order_products", &["work_order_id", "_deleted"][..]),
+            (
+                "work_order_service_tasks",
+                &["work_order_id", "_deleted"][..],
+            ),
+            ("work_order_services", &["work_order_id", "_deleted"][..]),
             ("work_orders", &["account_id", "_deleted", "id"][..]),
             ("work_orders", &["customer_asset_id", "_deleted", "id"][..]),
         ]
@@ -623,6 +645,65 @@ mod tests {
                     "{table}: {plan:?}"
                 );
             }
+        }
+    }
+
+    /// `EXPLAIN QUERY PLAN` of `sql`: each step's description.
+    fn plan(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Vec<String> {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("prepare")
+            .query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                r.get::<_, String>(3)
+            })
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    #[test]
+    fn a_fetch_of_related_rows_reads_its_column_index() {
+        let model = crate::field_service_model();
+        let profile = crate::field_service_profile();
+        let dir = tempfile::tempdir().expect("dir");
+        let _db = crate::db::Db::open(dir.path(), model.clone(), &profile).expect("open");
+        let conn = rusqlite::Connection::open(dir.path().join("fieldsync.db")).expect("sqlite");
+        let sync = profile.resolve(&model, 1, "tech-1", None).expect("resolve");
+        // A work order's incidents by `work_order_id` (not the key), and
+        // accounts by their key.
+        for (table, column, index) in [
+            (
+                "work_order_incidents",
+                "work_order_id",
+                rule_index_name(
+                    "work_order_incidents",
+                    &["work_order_id".into(), "_deleted".into()],
+                ),
+            ),
+            (
+                "work_order_service_tasks",
+                "work_order_id",
+                rule_index_name(
+                    "work_order_service_tasks",
+                    &["work_order_id".into(), "_deleted".into()],
+                ),
+            ),
+            ("accounts", "id", live_index_name("accounts")),
+        ] {
+            let t = sync.table(table).expect("table");
+            let p = crate::rules::compile(&sync, t, &sync.filter_context(0));
+            let sql = crate::db::fetch_sql(t, column, 3, &p.sql);
+            let mut params: Vec<Value> = ["a", "b", "c"].map(|v| Value::Text(v.into())).into();
+            params.extend(p.params);
+            let steps = plan(&conn, &sql, &params);
+            // The first step reads the table: by the index, never a scan.
+            assert!(
+                steps[0].starts_with(&format!("SEARCH {table} USING INDEX {index} ")),
+                "{table}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|d| d.starts_with("SCAN")),
+                "{table}: {steps:?}"
+            );
         }
     }
 
