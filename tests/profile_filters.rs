@@ -119,8 +119,10 @@ impl Env {
     fn device(&self, name: &str, token: &str) -> Arc<Engine> {
         let config =
             EngineConfig::new(self.dir.path().join(format!("{name}.db")), &self.url, token);
-        let transport =
-            Arc::new(HttpTransport::new(&self.url, Default::default()).expect("transport"));
+        let transport = Arc::new(
+            HttpTransport::new(&self.url, Default::default(), &Default::default())
+                .expect("transport"),
+        );
         Engine::open_with(config, transport, self.clock.clone()).expect("engine")
     }
 }

@@ -140,7 +140,8 @@ struct Net {
 impl Net {
     fn new(url: &str) -> Arc<Net> {
         Arc::new(Net {
-            inner: HttpTransport::new(url, HttpTimeouts::default()).expect("transport"),
+            inner: HttpTransport::new(url, HttpTimeouts::default(), &Default::default())
+                .expect("transport"),
             up: AtomicBool::new(true),
             hold_pulls: AtomicBool::new(false),
             bad_rows: AtomicBool::new(false),

@@ -31,6 +31,40 @@ pub struct EngineConfig {
     /// Rows per download page (1 to 10000).
     #[uniffi(default = 1000)]
     pub page_size: i32,
+    /// Which certificates an `https://` server may present; `null` is the
+    /// default of the platform the library runs on (the bundled roots on
+    /// Android, the system's elsewhere).
+    #[uniffi(default = None)]
+    pub tls_roots: Option<TlsRoots>,
+    /// PEM certificates trusted besides `tls_roots` (a company's own
+    /// certificate authority), or the only ones with `ExtraOnly`.
+    #[uniffi(default = None)]
+    pub tls_extra_roots_pem: Option<String>,
+}
+
+/// The certificates an `https://` server may present, and from which
+/// authorities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TlsRoots {
+    /// The operating system's verifier and trust store (device management
+    /// certificates included). Not on Android, whose verifier needs JNI
+    /// initialisation this library does not do: opening fails there.
+    System,
+    /// Mozilla's root certificates compiled into the library: the same on
+    /// every device. The default on Android.
+    Bundled,
+    /// Only the certificates of `tls_extra_roots_pem`.
+    ExtraOnly,
+}
+
+impl From<TlsRoots> for fieldsync_core::TlsRoots {
+    fn from(r: TlsRoots) -> Self {
+        match r {
+            TlsRoots::System => fieldsync_core::TlsRoots::System,
+            TlsRoots::Bundled => fieldsync_core::TlsRoots::Bundled,
+            TlsRoots::ExtraOnly => fieldsync_core::TlsRoots::ExtraOnly,
+        }
+    }
 }
 
 impl TryFrom<EngineConfig> for CoreEngineConfig {
@@ -42,6 +76,10 @@ impl TryFrom<EngineConfig> for CoreEngineConfig {
         })?;
         let mut config = CoreEngineConfig::new(c.database_path, &c.server_url, &c.token);
         config.page_size = page_size;
+        config.tls = fieldsync_core::TlsTrust {
+            roots: c.tls_roots.map(Into::into).unwrap_or_default(),
+            extra_roots_pem: c.tls_extra_roots_pem,
+        };
         Ok(config)
     }
 }

@@ -28,7 +28,7 @@ pub mod records;
 pub mod runtime;
 pub mod status;
 
-pub use engine::{Engine, EngineConfig, ProfileColumn, ProfileTable, SyncProfileInfo};
+pub use engine::{Engine, EngineConfig, ProfileColumn, ProfileTable, SyncProfileInfo, TlsRoots};
 pub use errors::FieldSyncError;
 pub use events::{ListenerHandle, SyncEvent, SyncEventListener};
 pub use logging::{LogLevel, init_logging};

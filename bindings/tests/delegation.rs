@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use fieldsync_ffi::{Engine, EngineConfig, FieldSyncError, SyncEvent, SyncEventListener};
+use fieldsync_ffi::{Engine, EngineConfig, FieldSyncError, SyncEvent, SyncEventListener, TlsRoots};
 
 fn dead_url() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -21,6 +21,8 @@ fn open(dir: &tempfile::TempDir) -> Arc<Engine> {
         server_url: dead_url(),
         token: "t".into(),
         page_size: 100,
+        tls_roots: None,
+        tls_extra_roots_pem: None,
     })
     .expect("open")
 }
@@ -130,10 +132,45 @@ fn bad_configuration_is_invalid_input() {
             server_url: "http://127.0.0.1:9".into(),
             token: token.into(),
             page_size,
+            tls_roots: None,
+            tls_extra_roots_pem: None,
         });
         assert!(
             matches!(r, Err(FieldSyncError::InvalidInput { .. })),
             "{token:?} {page_size}"
         );
     }
+    // TLS settings that cannot work: only extra roots without any, and
+    // extra roots that hold no certificate.
+    for (roots, pem) in [
+        (Some(TlsRoots::ExtraOnly), None),
+        (
+            Some(TlsRoots::Bundled),
+            Some("not a certificate".to_owned()),
+        ),
+        (None, Some(String::new())),
+    ] {
+        let r = Engine::open(EngineConfig {
+            database_path: dir.path().join("x.db").display().to_string(),
+            server_url: "https://127.0.0.1:9".into(),
+            token: "t".into(),
+            page_size: 100,
+            tls_roots: roots,
+            tls_extra_roots_pem: pem.clone(),
+        });
+        assert!(
+            matches!(r, Err(FieldSyncError::InvalidInput { .. })),
+            "{roots:?} {pem:?}"
+        );
+    }
+    // And settings that can: the bundled roots.
+    Engine::open(EngineConfig {
+        database_path: dir.path().join("y.db").display().to_string(),
+        server_url: "https://127.0.0.1:9".into(),
+        token: "t".into(),
+        page_size: 100,
+        tls_roots: Some(TlsRoots::Bundled),
+        tls_extra_roots_pem: None,
+    })
+    .expect("bundled roots");
 }

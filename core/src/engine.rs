@@ -23,7 +23,7 @@ use crate::status::{Listeners, SyncStatus};
 use crate::store::{LocalSyncError, Store};
 use crate::telemetry::AppInfo;
 use crate::time::{Clock, SystemClock};
-use crate::transport::{HttpTimeouts, HttpTransport, Transport};
+use crate::transport::{HttpTimeouts, HttpTransport, TlsTrust, Transport};
 use crate::value::{Record, Value};
 
 /// How to open an engine.
@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub notifications: NotificationThresholds,
     /// App and device, for telemetry.
     pub app: AppInfo,
+    /// Which certificates an `https://` server may present (the default
+    /// transport only).
+    pub tls: TlsTrust,
 }
 
 /// Tables downloaded at once by default. Two keep both ends busy with a
@@ -71,6 +74,7 @@ impl EngineConfig {
             backoff: Backoff::default(),
             notifications: NotificationThresholds::default(),
             app: AppInfo::default(),
+            tls: TlsTrust::default(),
         }
     }
 }
@@ -238,6 +242,7 @@ impl Engine {
         let transport = Arc::new(HttpTransport::new(
             &config.server_url,
             HttpTimeouts::default(),
+            &config.tls,
         )?);
         Self::open_with(config, transport, Arc::new(SystemClock))
     }

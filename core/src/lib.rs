@@ -54,5 +54,7 @@ pub use status::{
 pub use store::LocalSyncError;
 pub use telemetry::{AppInfo, TelemetryEvent, TelemetryKind};
 pub use time::{Clock, ManualClock, SystemClock};
-pub use transport::{HttpRequest, HttpResponse, HttpTransport, Method, Transport, TransportError};
+pub use transport::{
+    HttpRequest, HttpResponse, HttpTransport, Method, TlsRoots, TlsTrust, Transport, TransportError,
+};
 pub use value::{Record, Value};

@@ -80,6 +80,45 @@ impl Default for HttpTimeouts {
     }
 }
 
+/// The certificates an `https://` server may present to the default
+/// transport, and from which authorities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRoots {
+    /// The operating system's verifier and trust store (with the
+    /// certificates a device management profile installed). Not available
+    /// on Android: its verifier must be initialised through JNI with the
+    /// app's `Context`, which this library does not do.
+    System,
+    /// Mozilla's root certificates, compiled into the library
+    /// (`webpki-root-certs`): the same on every device, with no system
+    /// call. The default on Android.
+    Bundled,
+    /// Only the certificates of [`TlsTrust::extra_roots_pem`]: a server
+    /// behind a private certificate authority, and nothing else.
+    ExtraOnly,
+}
+
+impl Default for TlsRoots {
+    /// [`TlsRoots::Bundled`] on Android, [`TlsRoots::System`] elsewhere.
+    fn default() -> Self {
+        if cfg!(target_os = "android") {
+            TlsRoots::Bundled
+        } else {
+            TlsRoots::System
+        }
+    }
+}
+
+/// Which certificates the default transport trusts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsTrust {
+    pub roots: TlsRoots,
+    /// PEM certificates trusted besides `roots` (a company's own
+    /// certificate authority), or the only ones with
+    /// [`TlsRoots::ExtraOnly`].
+    pub extra_roots_pem: Option<String>,
+}
+
 /// HTTP(S) transport on reqwest.
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
@@ -89,7 +128,11 @@ pub struct HttpTransport {
 
 impl HttpTransport {
     /// A transport to the server at `base_url` (for example `https://sync.example.com`).
-    pub fn new(base_url: &str, timeouts: HttpTimeouts) -> Result<Self, crate::Error> {
+    pub fn new(
+        base_url: &str,
+        timeouts: HttpTimeouts,
+        tls: &TlsTrust,
+    ) -> Result<Self, crate::Error> {
         let parsed = reqwest::Url::parse(base_url)
             .map_err(|e| crate::Error::InvalidInput(format!("server URL: {e}")))?;
         if parsed.scheme() != "http" && parsed.scheme() != "https" {
@@ -97,19 +140,67 @@ impl HttpTransport {
                 "server URL must start with http:// or https://".into(),
             ));
         }
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.request)
             // The engine decompresses answers itself (`codec`), a pull page
             // a block at a time as it is written.
             .gzip(false)
-            .zstd(false)
+            .zstd(false);
+        let client = trust(builder, tls)?
             .build()
-            .map_err(|e| crate::Error::Internal(format!("HTTP client: {e}")))?;
+            .map_err(|e| match &tls.extra_roots_pem {
+                Some(_) => crate::Error::InvalidInput(format!("TLS extra roots: {e}")),
+                None => crate::Error::Internal(format!("HTTP client: {e}")),
+            })?;
         Ok(Self {
             client,
             base_url: base_url.trim_end_matches('/').to_owned(),
         })
+    }
+}
+
+/// Sets the certificates `builder` trusts (see [`TlsTrust`]).
+fn trust(
+    builder: reqwest::ClientBuilder,
+    tls: &TlsTrust,
+) -> Result<reqwest::ClientBuilder, crate::Error> {
+    let extra = match &tls.extra_roots_pem {
+        None => Vec::new(),
+        Some(pem) => {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| crate::Error::InvalidInput(format!("TLS extra roots: {e}")))?;
+            if certs.is_empty() {
+                return Err(crate::Error::InvalidInput(
+                    "TLS extra roots: no PEM certificate (-----BEGIN CERTIFICATE-----) found"
+                        .into(),
+                ));
+            }
+            certs
+        }
+    };
+    match tls.roots {
+        TlsRoots::System if cfg!(target_os = "android") => Err(crate::Error::InvalidInput(
+            "TLS roots: the Android system verifier needs JNI initialisation, which this library \
+             does not do; use the bundled roots (the default on Android), with extra roots for a \
+             private certificate authority"
+                .into(),
+        )),
+        TlsRoots::System if extra.is_empty() => Ok(builder),
+        TlsRoots::System => Ok(builder.tls_certs_merge(extra)),
+        TlsRoots::Bundled => {
+            let mut roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der.as_ref()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| crate::Error::Internal(format!("bundled TLS roots: {e}")))?;
+            roots.extend(extra);
+            Ok(builder.tls_certs_only(roots))
+        }
+        TlsRoots::ExtraOnly if extra.is_empty() => Err(crate::Error::InvalidInput(
+            "TLS roots: ExtraOnly needs extra_roots_pem".into(),
+        )),
+        TlsRoots::ExtraOnly => Ok(builder.tls_certs_only(extra)),
     }
 }
 
@@ -164,7 +255,19 @@ fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "the server did not answer in time".into()
     } else if e.is_connect() {
-        "could not connect to the server".into()
+        // The innermost cause says why: refused, unreachable, or a
+        // certificate this device does not trust (a captive portal, or a
+        // server behind a private authority without `TlsTrust`).
+        let mut cause = None;
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            cause = Some(s.to_string());
+            source = s.source();
+        }
+        match cause {
+            Some(c) => format!("could not connect to the server: {c}"),
+            None => "could not connect to the server".into(),
+        }
     } else {
         let mut msg = e.to_string();
         let mut source = std::error::Error::source(e);

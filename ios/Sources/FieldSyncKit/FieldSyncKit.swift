@@ -46,9 +46,16 @@ public final class FieldSyncClient: @unchecked Sendable {
     public let engine: Engine
 
     /// Opens (or creates) the device database; does not touch the network.
-    public init(databasePath: String, serverUrl: String, token: String, pageSize: Int32 = 1000) throws {
+    /// For `https://`, `tlsRoots` chooses the certificate authorities trusted
+    /// (nil: the system's on Apple platforms) and `tlsExtraRootsPem` adds a
+    /// company's own authority (PEM).
+    public init(
+        databasePath: String, serverUrl: String, token: String, pageSize: Int32 = 1000,
+        tlsRoots: TlsRoots? = nil, tlsExtraRootsPem: String? = nil
+    ) throws {
         engine = try Engine.open(config: EngineConfig(
-            databasePath: databasePath, serverUrl: serverUrl, token: token, pageSize: pageSize))
+            databasePath: databasePath, serverUrl: serverUrl, token: token, pageSize: pageSize,
+            tlsRoots: tlsRoots, tlsExtraRootsPem: tlsExtraRootsPem))
     }
 
     /// Sync now: uploads pending changes, then downloads every table.

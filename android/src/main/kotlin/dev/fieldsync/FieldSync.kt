@@ -35,12 +35,27 @@ class FieldSync private constructor(
          * whose bearer [token] the server at [serverUrl] accepts. Does not touch
          * the network.
          *
-         * @throws FieldSyncException.InvalidInput for a blank token or a bad page size.
+         * For `https://`, [tlsRoots] chooses the certificate authorities trusted
+         * (null: the library's default, the bundled Mozilla roots on Android) and
+         * [tlsExtraRootsPem] adds a company's own authority (PEM).
+         *
+         * @throws FieldSyncException.InvalidInput for a blank token, a bad page size
+         *   or TLS settings that cannot work (no certificate in the PEM, `ExtraOnly`
+         *   without one, `System` on Android).
          * @throws FieldSyncException.Storage when the database cannot be opened.
          */
         @Throws(FieldSyncException::class)
-        fun open(databasePath: String, serverUrl: String, token: String, pageSize: Int = 1000): FieldSync =
-            FieldSync(Engine.open(EngineConfig(databasePath, serverUrl, token, pageSize)))
+        fun open(
+            databasePath: String,
+            serverUrl: String,
+            token: String,
+            pageSize: Int = 1000,
+            tlsRoots: TlsRoots? = null,
+            tlsExtraRootsPem: String? = null,
+        ): FieldSync =
+            FieldSync(
+                Engine.open(EngineConfig(databasePath, serverUrl, token, pageSize, tlsRoots, tlsExtraRootsPem)),
+            )
 
         /** Sends the engine's log to logcat / stderr at [level]; only the first call counts. */
         fun initLogging(level: LogLevel) = dev.fieldsync.initLogging(level)
