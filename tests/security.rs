@@ -417,3 +417,68 @@ async fn text_holding_nul_is_stored_or_refused_with_a_typed_error() {
     let (s, _) = server.call("GET", "/v1/health", None, None).await;
     assert_eq!(s, 200, "the server stays up");
 }
+
+/// Requests outside the protocol: another protocol version in
+/// `x-fieldsync-protocol`, or a method a known path does not take, get the
+/// error format with a typed code (before, the version was never read and
+/// a 405 had an empty body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_outside_the_protocol_get_typed_errors() {
+    let server = Server::start().await;
+    let tech = server.user("tech-1", "technician").await;
+    server.seed(&["tech-1"], 3).await;
+    let pull = |version: &'static str| {
+        server
+            .http
+            .get(format!("{}/v1/sync/pull?table=bookings", server.url))
+            .bearer_auth(&tech)
+            .header("x-fieldsync-protocol", version)
+            .send()
+    };
+    for version in ["2", "0", "one", ""] {
+        let resp = pull(version).await.expect("request");
+        assert_eq!(resp.status().as_u16(), 400, "version {version:?}");
+        let body: serde_json::Value =
+            serde_json::from_str(&resp.text().await.expect("body")).expect("json");
+        assert_eq!(body["error"]["code"], "unsupported_protocol", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("protocol 1")),
+            "{body}"
+        );
+    }
+    let resp = pull("1").await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    // Without the header (browsers, records clients): served.
+    let (s, _) = server
+        .call("GET", "/v1/sync/pull?table=bookings", Some(&tech), None)
+        .await;
+    assert_eq!(s, 200);
+
+    for (method, path) in [
+        ("DELETE", "/v1/profile"),
+        ("POST", "/v1/sync/pull"),
+        ("GET", "/v1/sync/push"),
+    ] {
+        let resp = server
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                format!("{}{path}", server.url),
+            )
+            .bearer_auth(&tech)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        assert!(
+            resp.headers().get("allow").is_some(),
+            "{method} {path}: {:?}",
+            resp.headers()
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(&resp.text().await.expect("body")).expect("json");
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    }
+}

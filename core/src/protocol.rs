@@ -65,6 +65,10 @@ pub mod codes {
     pub const CONFLICT: &str = "conflict";
     pub const INTERNAL: &str = "internal";
     pub const UNAVAILABLE: &str = "unavailable";
+    /// `x-fieldsync-protocol` names a version this server does not speak.
+    pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
+    /// A known path asked with a method it does not take (405).
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 }
 
 /// One page of changes for one table (`GET /v1/sync/pull`).
@@ -192,7 +196,10 @@ pub enum MutationStatus {
 pub struct MutationResult {
     pub idempotency_key: String,
     pub status: MutationStatus,
-    /// Server version of the row after this mutation (0 when it does not exist).
+    /// Server version of the row after this mutation: for an applied delete,
+    /// the tombstone's (the deleted row's version plus one, with `row`
+    /// null); 0 when there is no row to report (docs/openapi.yaml lists the
+    /// cases).
     pub version: i64,
     /// The server's row after this mutation, in the device's columns; null
     /// when the row does not exist (deleted) or is not visible to the device.

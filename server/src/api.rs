@@ -725,3 +725,43 @@ pub async fn seed(
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
+
+/// A known path asked with a method it does not take: 405 in the error
+/// format (axum adds the `allow` header).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        codes::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method",
+    )
+}
+
+/// Refuses a request whose `x-fieldsync-protocol` header names another
+/// protocol version than this server's (400 `unsupported_protocol`), before
+/// anything else reads it. A request without the header is served:
+/// browsers, the console and records clients do not send it.
+pub async fn check_protocol(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(sent) = request
+        .headers()
+        .get(fieldsync_core::protocol::PROTOCOL_HEADER)
+    else {
+        return next.run(request).await;
+    };
+    let version = fieldsync_core::protocol::PROTOCOL_VERSION;
+    match sent.to_str().map(str::trim) {
+        Ok(v) if v.parse::<u32>() == Ok(version) => next.run(request).await,
+        Ok(v) => ApiError::bad_request(
+            codes::UNSUPPORTED_PROTOCOL,
+            format!("this server speaks protocol {version}; the request asked for '{v}'"),
+        )
+        .into_response(),
+        Err(_) => ApiError::bad_request(
+            codes::UNSUPPORTED_PROTOCOL,
+            format!("this server speaks protocol {version}; the request's version is not text"),
+        )
+        .into_response(),
+    }
+}

@@ -1042,7 +1042,21 @@ impl Db {
 
     /// Whether conflict detection is on (off by default: the device wins).
     pub fn conflict_detection(&self) -> ApiResult<bool> {
-        Ok(self.setting("conflict_detection")?.as_deref() == Some("true"))
+        self.read(|c| Self::conflict_detection_in(c))
+    }
+
+    /// [`Db::conflict_detection`] inside the caller's transaction: a push
+    /// reads it in its own write transaction, so a settings change is
+    /// either wholly before the push or wholly after it.
+    fn conflict_detection_in(c: &mut dyn Conn) -> ApiResult<bool> {
+        let value = c
+            .query_opt(
+                "SELECT value FROM _fs_settings WHERE key = ?",
+                &[text("conflict_detection")],
+            )?
+            .map(|r| r.text(0))
+            .transpose()?;
+        Ok(value.as_deref() == Some("true"))
     }
 
     /// Turns conflict detection on or off.
@@ -1585,7 +1599,6 @@ impl Db {
         profile: &SyncProfile,
         mutations: &[Mutation],
     ) -> ApiResult<Vec<MutationResult>> {
-        let detection = self.conflict_detection()?;
         for m in mutations {
             if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
                 return Err(ApiError::bad_request(
@@ -1595,6 +1608,7 @@ impl Db {
             }
         }
         self.write(|c| {
+            let detection = Self::conflict_detection_in(c)?;
             let mut results = Vec::with_capacity(mutations.len());
             for m in mutations {
                 let stored = c.query_opt(

@@ -184,6 +184,8 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         )
         .merge(console::router())
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn(api::check_protocol))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
