@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ADMIN_TOKEN, Server};
+use common::{ADMIN_TOKEN, Device, Server};
 use reqwest::redirect::Policy;
 use serde_json::json;
 
@@ -14,6 +14,8 @@ use serde_json::json;
 const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/users"),
     ("POST", "/v1/admin/users"),
+    ("DELETE", "/v1/admin/users/{id}"),
+    ("POST", "/v1/admin/users/{id}/token"),
     ("GET", "/v1/admin/settings"),
     ("PUT", "/v1/admin/settings"),
     ("GET", "/v1/admin/sync-errors"),
@@ -317,4 +319,106 @@ async fn admin_session_is_strict_http_only_and_shared_by_instances() {
     assert_eq!(status, 303);
     second.stop().await;
     first.stop().await;
+}
+
+/// A lost device or a leaked token: rotating a user's token or deleting the
+/// user stops the old token at once, on the device API, the admin API and
+/// in the console sessions an admin user opened with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_or_deleting_a_user_revokes_its_token_and_console_sessions_at_once() {
+    let server = Server::start().await;
+    let tech = server.user("tech-1", "technician").await;
+    let boss = server.user("boss", "admin").await;
+    server.seed(&["tech-1"], 5).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let device = Device::new(dir.path().join("d.db"), &server.url, &tech);
+    device.ok(&["sync"]).await;
+    let booking = device
+        .local_rows("bookings")
+        .into_keys()
+        .next()
+        .expect("a booking on the device");
+    let profile_status = |token: String| {
+        let server = &server;
+        async move {
+            server
+                .call("GET", "/v1/profile", Some(&token), None)
+                .await
+                .0
+        }
+    };
+    assert_eq!(profile_status(tech.clone()).await, 200);
+    let (status, cookie, _) = sign_in(&server, &boss).await;
+    assert_eq!(status, 303);
+    let pair = cookie
+        .expect("session cookie")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let (status, _, body) = send(&server, "GET", "/console/devices", None, Some(&pair), None).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Rotate the technician's token: the old one is refused, the new works.
+    let rotated = server
+        .admin("POST", "/v1/admin/users/tech-1/token", None)
+        .await;
+    assert_eq!(rotated["id"], "tech-1", "{rotated}");
+    let new_tech = rotated["token"].as_str().expect("token").to_owned();
+    assert_ne!(new_tech, tech);
+    assert_eq!(profile_status(tech.clone()).await, 401);
+    assert_eq!(profile_status(new_tech.clone()).await, 200);
+    // The device still holding the old token: refused, its edit kept; signed
+    // in again with the new one, the edit goes up.
+    device
+        .ok(&["put", "bookings", &booking, "--set", "notes=after rotation"])
+        .await;
+    let refused = device.run(&["sync"]).await;
+    assert_eq!(refused.json["error"]["kind"], "unauthorized", "{refused:?}");
+    assert_eq!(device.ok(&["status"]).await["pending_uploads"], 1);
+    let again = Device::new(device.db.clone(), &server.url, &new_tech);
+    assert_eq!(again.ok(&["sync"]).await["uploaded"], 1);
+
+    // Rotate the admin user's: its console session ends, its old token no
+    // longer opens the admin API.
+    let (status, _) = server
+        .call("POST", "/v1/admin/users/boss/token", Some(&boss), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, headers, _) =
+        send(&server, "GET", "/console/devices", None, Some(&pair), None).await;
+    assert_eq!(status, 303, "the session outlived the rotation");
+    assert_eq!(
+        headers.get("location").and_then(|v| v.to_str().ok()),
+        Some("/console/login")
+    );
+    let (status, _) = server
+        .call("GET", "/v1/admin/users", Some(&boss), None)
+        .await;
+    assert_eq!(status, 401);
+
+    // Delete the technician: the rotated token is refused too, and the
+    // user is gone from the list; a second delete or a rotation is 404.
+    let (status, _) = server
+        .call_raw("DELETE", "/v1/admin/users/tech-1", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(profile_status(new_tech).await, 401);
+    let users = server.admin("GET", "/v1/admin/users", None).await;
+    assert!(
+        !users
+            .as_array()
+            .expect("users")
+            .iter()
+            .any(|u| u["id"] == "tech-1"),
+        "{users}"
+    );
+    for (method, path) in [
+        ("DELETE", "/v1/admin/users/tech-1"),
+        ("POST", "/v1/admin/users/tech-1/token"),
+    ] {
+        let (status, body) = server.call_raw(method, path, Some(ADMIN_TOKEN), None).await;
+        assert_eq!(status, 404, "{method} {path}");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
 }

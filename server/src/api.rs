@@ -556,6 +556,38 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(CreatedUser { user, token })))
 }
 
+/// `POST /v1/admin/users/{id}/token`: a new bearer token for the user; the
+/// old one stops working.
+pub async fn rotate_token(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CreatedUser>> {
+    authenticate_admin(&app, &headers).await?;
+    let db = app.db.clone();
+    let missing = format!("no user '{id}'");
+    match blocking(move || db.rotate_token(&id)).await? {
+        Some((user, token)) => Ok(Json(CreatedUser { user, token })),
+        None => Err(ApiError::not_found(missing)),
+    }
+}
+
+/// `DELETE /v1/admin/users/{id}`: the user's token stops working.
+pub async fn delete_user(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    authenticate_admin(&app, &headers).await?;
+    let db = app.db.clone();
+    let missing = format!("no user '{id}'");
+    if blocking(move || db.delete_user(&id)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(missing))
+    }
+}
+
 /// `GET /v1/admin/users`.
 pub async fn list_users(
     State(app): State<Arc<App>>,

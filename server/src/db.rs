@@ -853,12 +853,7 @@ impl Db {
                 "a user needs a name",
             ));
         }
-        let token = {
-            use rand::RngCore;
-            let mut bytes = [0u8; 32];
-            rand::rng().fill_bytes(&mut bytes);
-            format!("fs_{}", hex::encode(bytes))
-        };
+        let token = user_token();
         let user = User {
             id,
             name: name.to_owned(),
@@ -895,6 +890,46 @@ impl Db {
             Ok(())
         })?;
         Ok((user, token))
+    }
+
+    /// Gives user `id` a new bearer token (returned once): the old one stops
+    /// working at once, and the user's console sessions end. `None` when
+    /// there is no such user.
+    pub fn rotate_token(&self, id: &str) -> ApiResult<Option<(User, String)>> {
+        let token = user_token();
+        let user = self.write(|c| {
+            let Some(user) = c
+                .query_opt(
+                    "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?",
+                    &[text(id)],
+                )?
+                .as_ref()
+                .map(user_from_row)
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            c.execute(
+                "UPDATE _fs_users SET token_hash = ? WHERE id = ?",
+                &[text(hash_token(&token)), text(id)],
+            )?;
+            end_console_sessions(c, id)?;
+            Ok(Some(user))
+        })?;
+        Ok(user.map(|u| (u, token)))
+    }
+
+    /// Deletes user `id`: its token stops working at once and its console
+    /// sessions end. What it wrote stays (rows, the Sync Errors log,
+    /// devices, telemetry). False when there is no such user.
+    pub fn delete_user(&self, id: &str) -> ApiResult<bool> {
+        self.write(|c| {
+            let deleted = c.execute("DELETE FROM _fs_users WHERE id = ?", &[text(id)])? > 0;
+            if deleted {
+                end_console_sessions(c, id)?;
+            }
+            Ok(deleted)
+        })
     }
 
     /// Every user.
@@ -2246,6 +2281,21 @@ pub struct SyncErrorFacets {
 pub struct DeviceLastError {
     pub at: String,
     pub message: String,
+}
+
+/// A new user bearer token: `fs_` and 64 hex digits (256 random bits).
+fn user_token() -> String {
+    format!("fs_{}", random_token())
+}
+
+/// Ends the console sessions an admin user opened (see
+/// `console::auth::login`, which names them `user {id}`).
+fn end_console_sessions(c: &mut dyn Conn, user_id: &str) -> ApiResult<()> {
+    c.execute(
+        "DELETE FROM _fs_console_sessions WHERE admin = ?",
+        &[text(format!("user {user_id}"))],
+    )?;
+    Ok(())
 }
 
 fn random_token() -> String {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use fieldsync_core::profile::{DataModel, OfflineProfile};
 use fieldsync_core::protocol::MAX_REQUEST_BYTES;
 use fieldsync_core::{Clock, SystemClock};
@@ -163,6 +163,8 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
             "/v1/admin/users",
             get(api::list_users).post(api::create_user),
         )
+        .route("/v1/admin/users/{id}", delete(api::delete_user))
+        .route("/v1/admin/users/{id}/token", post(api::rotate_token))
         .route(
             "/v1/admin/settings",
             get(api::get_settings).put(api::put_settings),
