@@ -17,14 +17,18 @@ step "Rust: unit and end-to-end tests (real server processes on 127.0.0.1, simul
 FIELDSYNC_SIM_SEEDS=${FIELDSYNC_SIM_SEEDS:-200} cargo test --workspace --locked
 
 step "PostgreSQL: the server test suites again, on a throwaway PostgreSQL cluster (two instances on one database included)"
-# Every suite that runs a server (the server crate's own tests use no
-# database). `--workspace` keeps the build of the step above; the simulation
-# runs fewer seeds here, each seed being a fresh PostgreSQL database.
+# Every suite that runs a server (the server crate's own tests use
+# SQLite, but for the PostgreSQL variants below). `--workspace` keeps the
+# build of the step above; the simulation runs fewer seeds here, each seed
+# being a fresh PostgreSQL database.
 FIELDSYNC_SIM_SEEDS=${FIELDSYNC_PG_SIM_SEEDS:-10} scripts/with-postgres.sh \
   cargo test --locked --workspace \
     --test backbone --test profile_filters --test filter_property --test security \
     --test console_access --test device_status --test scheduling --test multi_instance \
     --test simulation
+# The server crate's unit tests that have a PostgreSQL variant (named
+# `..._on_postgres`; they return at once without the cluster).
+scripts/with-postgres.sh cargo test --locked -p fieldsync-server --lib on_postgres
 
 if [ -f tests/check_openapi.py ]; then
   step "Protocol: OpenAPI file is valid and lists every route"

@@ -58,6 +58,13 @@ struct ServerArgs {
     /// Longest a request may take, reading its body included.
     #[arg(long, default_value_t = 60)]
     request_timeout_secs: u64,
+    /// Days a push receipt answers a retried push; older ones are purged
+    /// hourly.
+    #[arg(long, default_value_t = 30)]
+    receipt_retention_days: u64,
+    /// Days device telemetry is kept; older events are purged hourly.
+    #[arg(long, default_value_t = 90)]
+    telemetry_retention_days: u64,
 }
 
 fn init_logging() {
@@ -74,6 +81,10 @@ async fn run_server(args: ServerArgs) -> ExitCode {
     config.database_url = args.database_url.clone();
     config.pull_delay = Duration::from_millis(args.pull_delay_ms);
     config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
+    config.receipt_retention =
+        Duration::from_secs(args.receipt_retention_days.max(1).saturating_mul(86_400));
+    config.telemetry_retention =
+        Duration::from_secs(args.telemetry_retention_days.max(1).saturating_mul(86_400));
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -67,7 +67,7 @@ use crate::schema;
 use crate::sql::{Conn, Dialect, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Roles of users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,6 +474,16 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Rows [`Db::purge`] deletes per write transaction.
+const PURGE_BATCH: i64 = 5_000;
+
+/// What [`Db::purge`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub receipts: u64,
+    pub telemetry: u64,
+}
+
 /// Largest part of the embedded database file a connection maps (1 GiB).
 const SQLITE_MMAP_BYTES: i64 = 1 << 30;
 /// Page cache of each embedded connection, in KiB (16 MiB).
@@ -813,6 +823,51 @@ impl Db {
         };
         let _ = client.batch_execute("ROLLBACK");
         (out, retryable)
+    }
+
+    // ---- retention ---------------------------------------------------------
+
+    /// Removes push receipts written longer than `receipts_for` ago and
+    /// telemetry received longer than `telemetry_for` ago, by the server's
+    /// clock. Deletes a batch at a time, each in its own short write
+    /// transaction, so pushes wait at most for one batch.
+    ///
+    /// A receipt makes a retried push answer the stored result instead of
+    /// applying the change again; after its retention, a device retrying a
+    /// push whose answer it lost that long ago would apply it again.
+    pub fn purge(&self, receipts_for: Duration, telemetry_for: Duration) -> ApiResult<Purged> {
+        let now = self.clock.now_ms();
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let receipts_before = format_datetime(now.saturating_sub(ms(receipts_for)));
+        let telemetry_before = now.saturating_sub(ms(telemetry_for));
+        let mut purged = Purged::default();
+        loop {
+            let n = self.write(|c| {
+                c.execute(
+                    "DELETE FROM _fs_push_receipts WHERE (user_id, idempotency_key) IN
+                       (SELECT user_id, idempotency_key FROM _fs_push_receipts WHERE at < ? LIMIT ?)",
+                    &[text(receipts_before.clone()), int(PURGE_BATCH)],
+                )
+            })?;
+            purged.receipts += n;
+            if n < PURGE_BATCH as u64 {
+                break;
+            }
+        }
+        loop {
+            let n = self.write(|c| {
+                c.execute(
+                    "DELETE FROM _fs_telemetry WHERE id IN
+                       (SELECT id FROM _fs_telemetry WHERE received_at < ? LIMIT ?)",
+                    &[int(telemetry_before), int(PURGE_BATCH)],
+                )
+            })?;
+            purged.telemetry += n;
+            if n < PURGE_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(purged)
     }
 
     // ---- users -------------------------------------------------------------
@@ -1692,7 +1747,7 @@ impl Db {
                         text(user.id.clone()),
                         text(m.idempotency_key.clone()),
                         text(body),
-                        text(now_text()),
+                        text(format_datetime(self.clock.now_ms())),
                     ],
                 )?;
                 results.push(result);
@@ -2564,5 +2619,176 @@ impl Db {
                 version: result.version,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+    use fieldsync_core::protocol::{MutationStatus, Op};
+    use fieldsync_core::telemetry::{TelemetryEvent, TelemetryKind};
+    use fieldsync_core::time::ManualClock;
+
+    const DAY: i64 = 86_400_000;
+
+    fn count(db: &Db, table: &str) -> i64 {
+        db.read(|c| {
+            c.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?
+                .i64(0)
+        })
+        .expect("count")
+    }
+
+    fn event(id: &str) -> TelemetryEvent {
+        TelemetryEvent {
+            id: id.into(),
+            kind: TelemetryKind::Sync,
+            device_id: "d1".into(),
+            sync_id: "s1".into(),
+            mode: "delta".into(),
+            result: "success".into(),
+            failure_type: None,
+            started_at: 0,
+            duration_ms: 1,
+            active_duration_ms: 1,
+            rows_up: 0,
+            rows_down: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            table: None,
+            network_type: "wifi".into(),
+            app_version: "1".into(),
+            device_model: "m".into(),
+            os_version: "o".into(),
+        }
+    }
+
+    /// Receipts answer replays for their retention and are purged after it,
+    /// telemetry likewise; the purge reads the server's clock and deletes in
+    /// batches.
+    #[test]
+    fn receipts_and_telemetry_are_purged_after_their_retention() {
+        let dir = tempfile::tempdir().expect("dir");
+        let profile = crate::field_service_profile();
+        let db = Db::open(dir.path(), crate::field_service_model(), &profile).expect("open");
+        purge_scenario(db);
+    }
+
+    /// The same on PostgreSQL, when the test command provides a cluster
+    /// (`scripts/with-postgres.sh` sets `FIELDSYNC_TEST_POSTGRES`).
+    #[test]
+    fn receipts_and_telemetry_are_purged_after_their_retention_on_postgres() {
+        let Some(base) = std::env::var("FIELDSYNC_TEST_POSTGRES")
+            .ok()
+            .filter(|s| !s.is_empty())
+        else {
+            return;
+        };
+        let name = format!("fs_purge_{:016x}", rand::random::<u64>());
+        let create = format!("CREATE DATABASE {name}");
+        let admin = base.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect");
+            c.batch_execute(&create).expect("create database");
+        })
+        .join()
+        .expect("create thread");
+        let (root, query) = match base.split_once('?') {
+            Some((u, q)) => (u.to_owned(), format!("?{q}")),
+            None => (base.clone(), String::new()),
+        };
+        let scheme_end = root.find("://").map_or(0, |i| i + 3);
+        let host_end = root[scheme_end..]
+            .find('/')
+            .map_or(root.len(), |i| scheme_end + i);
+        let url = format!("{}/{name}{query}", &root[..host_end]);
+        let profile = crate::field_service_profile();
+        let db = Db::open_url(
+            &DatabaseUrl::parse(&url).expect("url"),
+            crate::field_service_model(),
+            &profile,
+        )
+        .expect("open");
+        purge_scenario(db);
+    }
+
+    fn purge_scenario(db: Db) {
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let db = db.with_clock(clock.clone());
+        let (user, _) = db
+            .create_user(
+                Some("tech-1".into()),
+                "T",
+                Role::Technician,
+                "field-service",
+                None,
+            )
+            .expect("user");
+        let sync = db.sync_profile(&user).expect("profile");
+        let insert = |key: &str, id: &str| Mutation {
+            idempotency_key: key.into(),
+            table: "bookings".into(),
+            id: id.into(),
+            op: Op::Insert,
+            base_version: 0,
+            data: BTreeMap::from([
+                ("resource_id".into(), Value::Text("tech-1".into())),
+                ("status".into(), Value::Text("active".into())),
+                // Today, so the technician's rules select it.
+                (
+                    "start_time".into(),
+                    Value::Text(format_datetime(1_800_000_000_000 + 3_600_000)),
+                ),
+            ]),
+        };
+        // More receipts than one batch, so the purge loops.
+        let batch: Vec<Mutation> = (0..PURGE_BATCH + 7)
+            .map(|i| insert(&format!("k{i}"), &format!("bk-{i}")))
+            .collect();
+        for chunk in batch.chunks(500) {
+            db.push(&user, None, &sync, chunk).expect("push");
+        }
+        crate::telemetry::store(&db, "tech-1", &[event("e1"), event("e2")], db.now_ms())
+            .expect("telemetry");
+        let retention = (
+            Duration::from_secs(30 * 86_400),
+            Duration::from_secs(90 * 86_400),
+        );
+
+        // Within the retention: nothing goes, and a replay answers the
+        // stored result (the row is not written again).
+        clock.advance(29 * DAY);
+        assert_eq!(
+            db.purge(retention.0, retention.1).expect("purge"),
+            Purged::default()
+        );
+        let replay = db.push(&user, None, &sync, &batch[..1]).expect("replay");
+        assert_eq!(
+            replay[0].status,
+            MutationStatus::Applied,
+            "{:?}",
+            replay[0].error
+        );
+        assert_eq!(replay[0].version, 1);
+        assert_eq!(db.change_count("bookings", "bk-0").expect("changes"), 1);
+
+        // Past it: every receipt goes, telemetry stays until its own.
+        clock.advance(2 * DAY);
+        let purged = db.purge(retention.0, retention.1).expect("purge");
+        assert_eq!(
+            purged,
+            Purged {
+                receipts: PURGE_BATCH as u64 + 7,
+                telemetry: 0
+            }
+        );
+        assert_eq!(count(&db, "_fs_push_receipts"), 0);
+        assert_eq!(count(&db, "_fs_telemetry"), 2);
+        clock.advance(60 * DAY);
+        let purged = db.purge(retention.0, retention.1).expect("purge");
+        assert_eq!(purged.telemetry, 2);
+        assert_eq!(count(&db, "_fs_telemetry"), 0);
+        // The rows themselves stay.
+        assert_eq!(count(&db, "bookings"), PURGE_BATCH + 7);
     }
 }

@@ -31,7 +31,7 @@ use fieldsync_core::{Clock, SystemClock};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::db::{DatabaseUrl, Db};
+use crate::db::{DatabaseUrl, Db, Purged};
 use crate::error::ApiError;
 
 /// The field-service data model shipped with the server.
@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// The server's clock ("today" in relative-date filters); tests inject
     /// a controlled one.
     pub clock: Arc<dyn Clock>,
+    /// How long a push receipt answers a retried push (see `Db::purge`).
+    pub receipt_retention: Duration,
+    /// How long device telemetry is kept.
+    pub telemetry_retention: Duration,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -99,9 +103,20 @@ impl ServerConfig {
             pull_delay: Duration::ZERO,
             request_timeout: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
+            receipt_retention: DEFAULT_RECEIPT_RETENTION,
+            telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
         }
     }
 }
+
+/// Push receipts are kept 30 days: a device that lost the answer to a push
+/// retries it within that time unless it stays offline for a month.
+pub const DEFAULT_RECEIPT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Device telemetry is kept 90 days.
+pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// How often a serving process purges (the first time a minute after it
+/// starts).
+const PURGE_EVERY: Duration = Duration::from_secs(3_600);
 
 /// A database URL with its password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
@@ -127,6 +142,11 @@ pub struct App {
 
 /// Opens the database and builds the HTTP application.
 pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
+    Ok(application(config)?.0)
+}
+
+/// [`router`], with the database it serves.
+fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     if config.admin_token.len() < 8 {
         return Err(ApiError::internal(
             "the admin token must have at least 8 characters",
@@ -138,13 +158,14 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         None => Db::open(&config.data_dir, field_service_model(), &profile)?,
     }
     .with_clock(config.clock.clone());
+    let db = Arc::new(db);
     let app = Arc::new(App {
-        db: Arc::new(db),
+        db: db.clone(),
         admin_token_hash: db::hash_token(&config.admin_token),
         default_profile: profile.name,
         pull_delay: config.pull_delay,
     });
-    Ok(Router::new()
+    let router = Router::new()
         .route("/v1/health", get(api::health))
         .route("/v1/profile", get(api::profile))
         .route("/v1/sync/pull", get(api::pull))
@@ -198,7 +219,8 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
         // the fastest level already takes them to a fraction of their size
         // while costing the server little (docs/performance.md).
         .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
-        .with_state(app))
+        .with_state(app);
+    Ok((router, db))
 }
 
 /// Serves the application on `listener` until `shutdown` completes.
@@ -207,8 +229,26 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(config).map_err(|e| std::io::Error::other(e.to_string()))?;
-    axum::serve(listener, app)
+    let (app, db) = application(config).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let retention = (config.receipt_retention, config.telemetry_retention);
+    let purging = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        loop {
+            let db = db.clone();
+            match tokio::task::spawn_blocking(move || db.purge(retention.0, retention.1)).await {
+                Ok(Ok(p)) if p != Purged::default() => {
+                    tracing::info!(receipts = p.receipts, telemetry = p.telemetry, "purged");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e.message, "purge failed"),
+                Err(e) => tracing::warn!(error = %e, "purge task failed"),
+            }
+            tokio::time::sleep(PURGE_EVERY).await;
+        }
+    });
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    purging.abort();
+    served
 }

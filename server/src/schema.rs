@@ -30,10 +30,11 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Append; never edit a released step.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "users, profiles, settings, change log, push receipts, Sync Errors, devices, console sessions, retries, telemetry",
-    sqlite: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users, profiles, settings, change log, push receipts, Sync Errors, devices, console sessions, retries, telemetry",
+        sqlite: r#"
 CREATE TABLE IF NOT EXISTS _fs_users (
     id TEXT PRIMARY KEY NOT NULL,
     name TEXT NOT NULL,
@@ -134,10 +135,10 @@ CREATE TABLE IF NOT EXISTS _fs_telemetry (
 CREATE INDEX IF NOT EXISTS _fs_telemetry_device ON _fs_telemetry (device_id, started_at);
 CREATE INDEX IF NOT EXISTS _fs_telemetry_started ON _fs_telemetry (started_at);
 "#,
-    // PostgreSQL: the change log's `seq` is stamped at commit (see
-    // `crate::db`, "The change cursor on PostgreSQL"); `id` identifies a
-    // change inside its transaction until then.
-    postgres: r#"
+        // PostgreSQL: the change log's `seq` is stamped at commit (see
+        // `crate::db`, "The change cursor on PostgreSQL"); `id` identifies a
+        // change inside its transaction until then.
+        postgres: r#"
 CREATE TABLE IF NOT EXISTS _fs_users (
     id TEXT PRIMARY KEY NOT NULL,
     name TEXT NOT NULL,
@@ -241,7 +242,20 @@ CREATE TABLE IF NOT EXISTS _fs_telemetry (
 CREATE INDEX IF NOT EXISTS _fs_telemetry_device ON _fs_telemetry (device_id, started_at);
 CREATE INDEX IF NOT EXISTS _fs_telemetry_started ON _fs_telemetry (started_at);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "retention: find old push receipts and telemetry by index",
+        sqlite: r#"
+CREATE INDEX IF NOT EXISTS _fs_push_receipts_at ON _fs_push_receipts (at);
+CREATE INDEX IF NOT EXISTS _fs_telemetry_received ON _fs_telemetry (received_at);
+"#,
+        postgres: r#"
+CREATE INDEX IF NOT EXISTS _fs_push_receipts_at ON _fs_push_receipts (at);
+CREATE INDEX IF NOT EXISTS _fs_telemetry_received ON _fs_telemetry (received_at);
+"#,
+    },
+];
 
 /// The version this server's schema reaches.
 pub fn latest_version() -> i64 {
@@ -510,8 +524,15 @@ mod tests {
     fn migrating_twice_changes_nothing_and_a_newer_database_is_refused() {
         let model = crate::field_service_model();
         let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
-        assert_eq!(migrate(&mut SqliteConn(&conn), &model).expect("first"), 1);
-        assert_eq!(migrate(&mut SqliteConn(&conn), &model).expect("again"), 1);
+        let latest = latest_version();
+        assert_eq!(
+            migrate(&mut SqliteConn(&conn), &model).expect("first"),
+            latest
+        );
+        assert_eq!(
+            migrate(&mut SqliteConn(&conn), &model).expect("again"),
+            latest
+        );
         let versions: i64 = conn
             .query_row("SELECT COUNT(*) FROM _fs_schema", [], |r| r.get(0))
             .expect("count");

@@ -428,13 +428,6 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// `POST /v1/telemetry`: a device's batch of events.
 pub async fn upload(
     State(app): State<Arc<App>>,
@@ -455,7 +448,9 @@ pub async fn upload(
             .map_err(|m| ApiError::bad_request(codes::INVALID_VALUE, format!("event {i}: {m}")))?;
     }
     let db = app.db.clone();
-    let accepted = blocking(move || store(&db, &user.id, &batch.events, now_ms())).await?;
+    // Received by the server's clock, which the retention also reads
+    // (`Db::purge`).
+    let accepted = blocking(move || store(&db, &user.id, &batch.events, db.now_ms())).await?;
     Ok(Json(TelemetryAccepted { accepted }))
 }
 
