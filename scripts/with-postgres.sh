@@ -47,16 +47,25 @@ stop() {
 }
 trap stop EXIT
 
+# TLS with the tests' certificate for 127.0.0.1 (tests/fixtures/tls): the
+# servers under test verify it (FIELDSYNC_DATABASE_CA_FILE below) and, with
+# the default sslmode=prefer, connect over TLS.
+root=$(cd "$(dirname "$0")/.." && pwd)
+cp "$root/tests/fixtures/tls/server.pem" "$root/tests/fixtures/tls/server.key" "$work/"
+chmod 600 "$work/server.key"
+[ ${#as_pg[@]} -gt 0 ] && chown postgres "$work/server.pem" "$work/server.key"
+
 "${as_pg[@]}" "$bindir/initdb" -D "$work/data" -U postgres --auth=trust \
   --encoding=UTF8 --locale=C >"$work/initdb.log" 2>&1 ||
   { cat "$work/initdb.log" >&2; exit 1; }
 # Throwaway cluster: durability off (fsync) for speed; a test of crash
 # recovery would need it on.
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w -t 60 \
-  -o "-h 127.0.0.1 -p $port -k $work -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+  -o "-h 127.0.0.1 -p $port -k $work -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c ssl=on -c ssl_cert_file=$work/server.pem -c ssl_key_file=$work/server.key" \
   start >/dev/null ||
   { cat "$work/server.log" >&2; exit 1; }
 
 export FIELDSYNC_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port/postgres"
+export FIELDSYNC_DATABASE_CA_FILE="$root/tests/fixtures/tls/ca.pem"
 echo "==> PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port" >&2
 "$@"

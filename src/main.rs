@@ -58,6 +58,11 @@ struct ServerArgs {
     /// Longest a request may take, reading its body included.
     #[arg(long, default_value_t = 60)]
     request_timeout_secs: u64,
+    /// PEM file of certificate authorities a PostgreSQL server's
+    /// certificate may chain to, besides Mozilla's roots (a managed
+    /// database's provider CA). TLS follows the URL's `sslmode`.
+    #[arg(long, env = "FIELDSYNC_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
     /// Days a push receipt answers a retried push; older ones are purged
     /// hourly.
     #[arg(long, default_value_t = 30)]
@@ -81,6 +86,15 @@ async fn run_server(args: ServerArgs) -> ExitCode {
     config.database_url = args.database_url.clone();
     config.pull_delay = Duration::from_millis(args.pull_delay_ms);
     config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
+    if let Some(file) = &args.database_ca_file {
+        match std::fs::read_to_string(file) {
+            Ok(pem) => config.database_ca_pem = Some(pem),
+            Err(e) => {
+                eprintln!("cannot read the database CA file {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     config.receipt_retention =
         Duration::from_secs(args.receipt_retention_days.max(1).saturating_mul(86_400));
     config.telemetry_retention =

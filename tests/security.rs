@@ -482,3 +482,66 @@ async fn requests_outside_the_protocol_get_typed_errors() {
         assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
     }
 }
+
+/// On PostgreSQL (the test command's cluster speaks TLS with a certificate
+/// from the tests' authority): the server's connections use TLS and verify
+/// the certificate; without the authority it refuses to start, naming the
+/// certificate, rather than talk to a server it cannot authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_use_verified_tls() {
+    let Some(base) = testdb::postgres_base() else {
+        return; // the SQLite run
+    };
+    assert!(
+        std::env::var_os("FIELDSYNC_DATABASE_CA_FILE").is_some(),
+        "scripts/with-postgres.sh provides the cluster's authority"
+    );
+    let server = Server::start().await;
+    server.user("tech-1", "technician").await;
+    let url = std::fs::read_to_string(server.data_dir.join("postgres-url")).expect("url");
+    let database = url
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.split('?').next())
+        .expect("database name")
+        .to_owned();
+    let (tls, plain) = testdb::blocking_pg(&base, move |c| {
+        let row = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+                 WHERE a.datname = $1",
+                &[&database],
+            )
+            .expect("pg_stat_ssl");
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    });
+    assert!(tls > 0, "no TLS connection from the server");
+    assert_eq!(plain, 0, "the server connected without TLS");
+
+    // The same cluster without its authority: refused at start.
+    let dir = tempfile::tempdir().expect("dir");
+    let fresh = testdb::fresh_database(&base);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(bin())
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-token",
+                ADMIN_TOKEN,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--database-url", &fresh])
+            .env_remove("FIELDSYNC_DATABASE_CA_FILE")
+            .output(),
+    )
+    .await
+    .expect("the server gave up in time")
+    .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+}

@@ -340,6 +340,7 @@ impl DatabaseUrl {
 /// [`PG_CONNECT_WAIT`] for one, then gets 503).
 struct PgPool {
     config: postgres::Config,
+    tls: crate::pgtls::RustlsConnect,
     idle: Mutex<Vec<postgres::Client>>,
     /// Connections handed out or idle.
     open: Mutex<usize>,
@@ -359,9 +360,10 @@ pub(crate) const PG_MIGRATION_LOCK: i64 = 0x6669_656c_6473_0001;
 const PG_SEQUENCE_LOCK: i64 = 0x6669_656c_6473_0002;
 
 impl PgPool {
-    fn new(config: postgres::Config) -> Self {
+    fn new(config: postgres::Config, tls: crate::pgtls::RustlsConnect) -> Self {
         Self {
             config,
+            tls,
             idle: Mutex::new(Vec::new()),
             open: Mutex::new(0),
             freed: std::sync::Condvar::new(),
@@ -401,13 +403,17 @@ impl PgPool {
             }
             *open += 1;
         }
-        self.config.connect(postgres::NoTls).map_err(|e| {
+        self.config.connect(self.tls.clone()).map_err(|e| {
             self.release_slot();
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::UNAVAILABLE,
-                format!("cannot connect to PostgreSQL: {e}"),
-            )
+            // The causes too: "error performing TLS handshake" alone does not
+            // say the certificate is not trusted.
+            let mut message = format!("cannot connect to PostgreSQL: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, message)
         })
     }
     fn put(&self, client: postgres::Client) {
@@ -625,14 +631,18 @@ impl Db {
             &DatabaseUrl::Sqlite(data_dir.join("fieldsync.db")),
             model,
             default_profile,
+            None,
         )
     }
 
-    /// Opens (creating and migrating) the database at `url`.
+    /// Opens (creating and migrating) the database at `url`. A PostgreSQL
+    /// server's certificate is verified against Mozilla's roots and the
+    /// authorities of `pg_ca_pem` (see [`crate::pgtls`]).
     pub fn open_url(
         url: &DatabaseUrl,
         model: DataModel,
         default_profile: &OfflineProfile,
+        pg_ca_pem: Option<&str>,
     ) -> ApiResult<Db> {
         model.validate()?;
         let backend = match url {
@@ -658,7 +668,8 @@ impl Db {
                 let model = model.clone();
                 let default_profile = default_profile.clone();
                 let url = url.clone();
-                std::thread::spawn(move || Self::open_postgres(&url, &model, &default_profile))
+                let tls = crate::pgtls::RustlsConnect::new(pg_ca_pem)?;
+                std::thread::spawn(move || Self::open_postgres(&url, tls, &model, &default_profile))
                     .join()
                     .map_err(|_| ApiError::internal("opening PostgreSQL panicked"))??
             }
@@ -672,13 +683,14 @@ impl Db {
 
     fn open_postgres(
         url: &str,
+        tls: crate::pgtls::RustlsConnect,
         model: &DataModel,
         default_profile: &OfflineProfile,
     ) -> ApiResult<Backend> {
         let config: postgres::Config = url
             .parse()
             .map_err(|e| ApiError::internal(format!("the PostgreSQL URL does not parse: {e}")))?;
-        let pool = PgPool::new(config);
+        let pool = PgPool::new(config, tls);
         let mut client = pool.get()?;
         client.execute("SELECT pg_advisory_lock($1)", &[&PG_MIGRATION_LOCK])?;
         let migrated = (|| -> ApiResult<()> {
@@ -2703,10 +2715,15 @@ mod retention_tests {
             .map_or(root.len(), |i| scheme_end + i);
         let url = format!("{}/{name}{query}", &root[..host_end]);
         let profile = crate::field_service_profile();
+        // The test cluster's authority (`scripts/with-postgres.sh`).
+        let ca = std::env::var("FIELDSYNC_DATABASE_CA_FILE")
+            .ok()
+            .map(|f| std::fs::read_to_string(f).expect("CA file"));
         let db = Db::open_url(
             &DatabaseUrl::parse(&url).expect("url"),
             crate::field_service_model(),
             &profile,
+            ca.as_deref(),
         )
         .expect("open");
         purge_scenario(db);

@@ -12,6 +12,7 @@ pub mod console;
 pub mod db;
 pub mod error;
 pub mod online;
+pub mod pgtls;
 pub mod rules;
 pub mod schema;
 pub mod seed;
@@ -68,6 +69,9 @@ pub struct ServerConfig {
     /// The server's clock ("today" in relative-date filters); tests inject
     /// a controlled one.
     pub clock: Arc<dyn Clock>,
+    /// PEM certificates of the authorities a PostgreSQL server's certificate
+    /// may chain to, besides Mozilla's roots (see [`pgtls`]).
+    pub database_ca_pem: Option<String>,
     /// How long a push receipt answers a retried push (see `Db::purge`).
     pub receipt_retention: Duration,
     /// How long device telemetry is kept.
@@ -103,6 +107,7 @@ impl ServerConfig {
             pull_delay: Duration::ZERO,
             request_timeout: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
+            database_ca_pem: None,
             receipt_retention: DEFAULT_RECEIPT_RETENTION,
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
         }
@@ -154,7 +159,12 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     }
     let profile = field_service_profile();
     let db = match &config.database_url {
-        Some(url) => Db::open_url(&DatabaseUrl::parse(url)?, field_service_model(), &profile)?,
+        Some(url) => Db::open_url(
+            &DatabaseUrl::parse(url)?,
+            field_service_model(),
+            &profile,
+            config.database_ca_pem.as_deref(),
+        )?,
         None => Db::open(&config.data_dir, field_service_model(), &profile)?,
     }
     .with_clock(config.clock.clone());

@@ -78,5 +78,10 @@ pub fn database_url(data_dir: &Path) -> Option<String> {
 pub fn server_config(data_dir: &Path, admin_token: &str) -> fieldsync_server::ServerConfig {
     let mut config = fieldsync_server::ServerConfig::new(data_dir, admin_token);
     config.database_url = database_url(data_dir);
+    // The test cluster's certificate authority (`scripts/with-postgres.sh`);
+    // spawned servers read the same variable themselves.
+    config.database_ca_pem = std::env::var("FIELDSYNC_DATABASE_CA_FILE")
+        .ok()
+        .map(|f| std::fs::read_to_string(f).expect("the database CA file"));
     config
 }
