@@ -64,7 +64,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ApiResult};
 use crate::rules;
 use crate::schema;
-use crate::sql::{Conn, Dialect, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
+use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -341,7 +341,7 @@ impl DatabaseUrl {
 struct PgPool {
     config: postgres::Config,
     tls: crate::pgtls::RustlsConnect,
-    idle: Mutex<Vec<postgres::Client>>,
+    idle: Mutex<Vec<PgClient>>,
     /// Connections handed out or idle.
     open: Mutex<usize>,
     freed: std::sync::Condvar,
@@ -369,7 +369,7 @@ impl PgPool {
             freed: std::sync::Condvar::new(),
         }
     }
-    fn get(&self) -> ApiResult<postgres::Client> {
+    fn get(&self) -> ApiResult<PgClient> {
         while let Some(c) = lock(&self.idle).pop() {
             if !c.is_closed() {
                 return Ok(c);
@@ -403,20 +403,23 @@ impl PgPool {
             }
             *open += 1;
         }
-        self.config.connect(self.tls.clone()).map_err(|e| {
-            self.release_slot();
-            // The causes too: "error performing TLS handshake" alone does not
-            // say the certificate is not trusted.
-            let mut message = format!("cannot connect to PostgreSQL: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, message)
-        })
+        self.config
+            .connect(self.tls.clone())
+            .map(PgClient::new)
+            .map_err(|e| {
+                self.release_slot();
+                // The causes too: "error performing TLS handshake" alone does not
+                // say the certificate is not trusted.
+                let mut message = format!("cannot connect to PostgreSQL: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    message.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, message)
+            })
     }
-    fn put(&self, client: postgres::Client) {
+    fn put(&self, client: PgClient) {
         if client.is_closed() {
             self.release_slot();
             return;
@@ -806,7 +809,7 @@ impl Db {
     /// One attempt of a PostgreSQL write transaction: the answer, and
     /// whether a failure may be retried.
     fn pg_write_once<T>(
-        client: &mut postgres::Client,
+        client: &mut PgClient,
         model: &DataModel,
         f: &mut impl FnMut(&mut dyn Conn) -> ApiResult<T>,
     ) -> (ApiResult<T>, bool) {

@@ -9,6 +9,7 @@
 //! `RETURNING`, `TRUE`/`FALSE`, `CAST(? AS TEXT)`); where they differ the
 //! caller asks [`Conn::dialect`].
 
+use std::collections::HashMap;
 use std::error::Error as _;
 
 use axum::http::StatusCode;
@@ -383,22 +384,76 @@ impl From<postgres::Error> for ApiError {
     }
 }
 
+/// Most prepared statements a PostgreSQL connection keeps; past it the
+/// cache starts again (statement texts are few: one per query shape).
+const PG_STATEMENTS: usize = 256;
+
+/// A PostgreSQL connection and the statements prepared on it: each query
+/// text is prepared once per connection, so running it again is one round
+/// trip (bind and execute) instead of two (parse and describe first).
+pub struct PgClient {
+    client: postgres::Client,
+    statements: HashMap<String, postgres::Statement>,
+}
+
+impl PgClient {
+    pub fn new(client: postgres::Client) -> Self {
+        Self {
+            client,
+            statements: HashMap::new(),
+        }
+    }
+
+    /// The prepared statement of `sql` (with `$N` placeholders).
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        if self.statements.len() >= PG_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Forgets `sql`'s statement, after it failed: a schema change may
+    /// have made it stale, and preparing it again costs one round trip.
+    fn forget(&mut self, sql: &str) {
+        self.statements.remove(sql);
+    }
+}
+
+impl std::ops::Deref for PgClient {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
 /// A PostgreSQL client inside a transaction the caller opened.
 pub struct PgConn<'a> {
-    client: &'a mut postgres::Client,
+    client: &'a mut PgClient,
     /// A statement failed with a serialization failure or deadlock: the
     /// whole transaction may be run again.
     pub retryable: bool,
 }
 
 impl<'a> PgConn<'a> {
-    pub fn new(client: &'a mut postgres::Client) -> Self {
+    pub fn new(client: &'a mut PgClient) -> Self {
         Self {
             client,
             retryable: false,
         }
     }
-    fn fail(&mut self, e: postgres::Error) -> ApiError {
+    fn fail(&mut self, sql: &str, e: postgres::Error) -> ApiError {
+        self.client.forget(sql);
         if pg_retryable(&e) {
             self.retryable = true;
         }
@@ -414,25 +469,33 @@ impl Conn for PgConn<'_> {
         let sql = pg_placeholders(sql);
         let bound: Vec<PgValue<'_>> = params.iter().map(PgValue).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p as _).collect();
-        match self.client.execute(sql.as_str(), &refs) {
+        let run = self
+            .client
+            .statement(&sql)
+            .and_then(|s| self.client.client.execute(&s, &refs));
+        match run {
             Ok(n) => Ok(n),
-            Err(e) => Err(self.fail(e)),
+            Err(e) => Err(self.fail(&sql, e)),
         }
     }
     fn query(&mut self, sql: &str, params: &[Value]) -> ApiResult<Vec<Row>> {
         let sql = pg_placeholders(sql);
         let bound: Vec<PgValue<'_>> = params.iter().map(PgValue).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p as _).collect();
-        let rows = match self.client.query(sql.as_str(), &refs) {
+        let run = self
+            .client
+            .statement(&sql)
+            .and_then(|s| self.client.client.query(&s, &refs));
+        let rows = match run {
             Ok(rows) => rows,
-            Err(e) => return Err(self.fail(e)),
+            Err(e) => return Err(self.fail(&sql, e)),
         };
         rows.iter().map(pg_row).collect()
     }
     fn batch(&mut self, sql: &str) -> ApiResult<()> {
         match self.client.batch_execute(sql) {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(e)),
+            Err(e) => Err(self.fail(sql, e)),
         }
     }
 }
@@ -462,5 +525,41 @@ mod tests {
         assert_eq!(r.value(2, ColumnKind::Integer), Value::Integer(1));
         assert!(r.text(0).is_err());
         assert_eq!(r.opt_i64(9).ok(), Some(None));
+    }
+
+    /// A query text is prepared once per connection and then only bound and
+    /// executed; a failed statement is prepared again next time (on the
+    /// test command's PostgreSQL cluster).
+    #[test]
+    fn statements_are_prepared_once_per_connection_on_postgres() {
+        let Some(url) = std::env::var("FIELDSYNC_TEST_POSTGRES")
+            .ok()
+            .filter(|s| !s.is_empty())
+        else {
+            return;
+        };
+        std::thread::spawn(move || {
+            let client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+            let mut client = PgClient::new(client);
+            let mut conn = PgConn::new(&mut client);
+            let sql = "SELECT ? + 1, ?";
+            for n in 0..3i64 {
+                let rows = conn
+                    .query(sql, &[Value::Integer(n), Value::Text("x".into())])
+                    .expect("query");
+                assert_eq!(rows[0].get(0), &Value::Integer(n + 1));
+            }
+            assert_eq!(conn.client.statements.len(), 1);
+            // A failing statement is not kept.
+            assert!(conn.query("SELECT 1 / ?", &[Value::Integer(0)]).is_err());
+            assert_eq!(conn.client.statements.len(), 1);
+            // Other texts add their own, up to the bound.
+            for n in 0..(PG_STATEMENTS + 3) {
+                conn.execute(&format!("SELECT {n}"), &[]).expect("execute");
+            }
+            assert!(conn.client.statements.len() <= PG_STATEMENTS);
+        })
+        .join()
+        .expect("test thread");
     }
 }
