@@ -589,6 +589,19 @@ fn estimate_rest(
 
 /// Creates the schema and the default profile in a fresh transaction.
 fn prepare(c: &mut dyn Conn, model: &DataModel, default_profile: &OfflineProfile) -> ApiResult<()> {
+    prepare_schema(c, model, default_profile)?;
+    for profile in stored_profiles(c)? {
+        schema::ensure_rule_indexes(c, model, &profile)?;
+    }
+    Ok(())
+}
+
+/// The schema and the default profile, without the rules' indexes.
+fn prepare_schema(
+    c: &mut dyn Conn,
+    model: &DataModel,
+    default_profile: &OfflineProfile,
+) -> ApiResult<()> {
     schema::migrate(c, model)?;
     let has_profile = c.exists(
         "SELECT 1 FROM _fs_profiles WHERE name = ?",
@@ -607,16 +620,21 @@ fn prepare(c: &mut dyn Conn, model: &DataModel, default_profile: &OfflineProfile
             ],
         )?;
     }
-    // The indexes of every stored profile's related rules (databases from
-    // before they existed gain them here).
+    Ok(())
+}
+
+/// Every stored profile that parses (one that no longer does is reported
+/// when it is used). Their rules' indexes are made at start-up, so
+/// databases from before an index existed gain it.
+fn stored_profiles(c: &mut dyn Conn) -> ApiResult<Vec<OfflineProfile>> {
     let bodies = c.query("SELECT body FROM _fs_profiles ORDER BY name", &[])?;
+    let mut out = Vec::new();
     for r in &bodies {
-        // A stored body that no longer parses is reported when it is used.
         if let Ok(profile) = serde_json::from_str::<OfflineProfile>(&r.text(0)?) {
-            schema::ensure_rule_indexes(c, model, &profile)?;
+            out.push(profile);
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 impl Db {
@@ -698,14 +716,37 @@ impl Db {
         client.execute("SELECT pg_advisory_lock($1)", &[&PG_MIGRATION_LOCK])?;
         let migrated = (|| -> ApiResult<()> {
             client.batch_execute("BEGIN")?;
-            let done = prepare(&mut PgConn::new(&mut client), model, default_profile);
+            let done = prepare_schema(&mut PgConn::new(&mut client), model, default_profile)
+                .and_then(|()| stored_profiles(&mut PgConn::new(&mut client)));
             client.batch_execute(if done.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-            done
+            // The rules' indexes after the commit, concurrently: instances
+            // already serving keep writing while they build.
+            for profile in done? {
+                schema::build_rule_indexes_concurrently(&mut client, model, &profile)?;
+            }
+            Ok(())
         })();
         client.execute("SELECT pg_advisory_unlock($1)", &[&PG_MIGRATION_LOCK])?;
         migrated?;
         pool.put(client);
         Ok(Backend::Postgres(pool))
+    }
+
+    /// Runs `f` on a PostgreSQL connection outside any transaction (tests).
+    #[cfg(test)]
+    pub(crate) fn with_pg_client<T>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> T,
+    ) -> Option<T> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let mut client = pool.get().ok()?;
+                let out = f(&mut client);
+                pool.put(client);
+                Some(out)
+            }
+            Backend::Sqlite { .. } => None,
+        }
     }
 
     /// Uses `clock` for "today" in relative-date filters (tests inject a
@@ -1062,6 +1103,12 @@ impl Db {
                 codes::INVALID_PROFILE,
                 "a filter value holds U+0000, which this server's PostgreSQL storage cannot compare",
             ));
+        }
+        if let Backend::Postgres(pool) = &self.backend {
+            let mut client = pool.get()?;
+            let built = schema::build_rule_indexes_concurrently(&mut client, &self.model, profile);
+            pool.put(client);
+            built?;
         }
         self.write(|c| {
             schema::ensure_rule_indexes(c, &self.model, profile)?;
@@ -2638,7 +2685,7 @@ impl Db {
 }
 
 #[cfg(test)]
-mod retention_tests {
+pub(crate) mod retention_tests {
     use super::*;
     use fieldsync_core::protocol::{MutationStatus, Op};
     use fieldsync_core::telemetry::{TelemetryEvent, TelemetryKind};
@@ -2693,13 +2740,18 @@ mod retention_tests {
     /// (`scripts/with-postgres.sh` sets `FIELDSYNC_TEST_POSTGRES`).
     #[test]
     fn receipts_and_telemetry_are_purged_after_their_retention_on_postgres() {
-        let Some(base) = std::env::var("FIELDSYNC_TEST_POSTGRES")
+        if let Some(db) = fresh_postgres_db() {
+            purge_scenario(db);
+        }
+    }
+
+    /// A server database on a fresh PostgreSQL database of the test
+    /// command's cluster; `None` without the cluster.
+    pub(crate) fn fresh_postgres_db() -> Option<Db> {
+        let base = std::env::var("FIELDSYNC_TEST_POSTGRES")
             .ok()
-            .filter(|s| !s.is_empty())
-        else {
-            return;
-        };
-        let name = format!("fs_purge_{:016x}", rand::random::<u64>());
+            .filter(|s| !s.is_empty())?;
+        let name = format!("fs_unit_{:016x}", rand::random::<u64>());
         let create = format!("CREATE DATABASE {name}");
         let admin = base.clone();
         std::thread::spawn(move || {
@@ -2729,7 +2781,7 @@ mod retention_tests {
             ca.as_deref(),
         )
         .expect("open");
-        purge_scenario(db);
+        Some(db)
     }
 
     fn purge_scenario(db: Db) {

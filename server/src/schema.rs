@@ -462,9 +462,57 @@ pub fn rule_index_name(table: &str, columns: &[String]) -> String {
     format!("_fs_ix_{}", &hex::encode(digest)[..24])
 }
 
+/// PostgreSQL: builds the indexes of [`rule_indexes`] the database lacks
+/// with `CREATE INDEX CONCURRENTLY`, outside any transaction (`client` must
+/// not be in one), so writes to the table go on while an index builds; a
+/// plain `CREATE INDEX` holds off every write to the table until it is done,
+/// minutes on a large table. An index a failed concurrent build left invalid
+/// is dropped and built again, unless another session is still building it
+/// (that session finishes it). Runs before a profile is stored, and at
+/// start-up for every stored profile.
+pub fn build_rule_indexes_concurrently(
+    client: &mut postgres::Client,
+    model: &DataModel,
+    profile: &OfflineProfile,
+) -> ApiResult<()> {
+    for (table, columns) in rule_indexes(model, profile) {
+        let name = rule_index_name(&table, &columns);
+        let state = client.query_opt(
+            "SELECT i.indisvalid,
+                    EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = c.oid)
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relname = $1 AND n.nspname = current_schema()",
+            &[&name],
+        )?;
+        match state.map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1))) {
+            Some((true, _)) | Some((false, true)) => continue,
+            Some((false, false)) => client.batch_execute(&format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                quote_ident(&name)
+            ))?,
+            None => {}
+        }
+        client.batch_execute(&format!(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
+            quote_ident(&name),
+            quote_ident(&table),
+            columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+    }
+    Ok(())
+}
+
 /// Creates the indexes of [`rule_indexes`] the database lacks. Runs inside
 /// the caller's write transaction (at start-up for every stored profile,
-/// and when a profile is published).
+/// and when a profile is published); on PostgreSQL
+/// [`build_rule_indexes_concurrently`] has built them already, and this
+/// only finds them.
 pub fn ensure_rule_indexes(
     c: &mut dyn Conn,
     model: &DataModel,
@@ -679,6 +727,75 @@ mod tests {
             .expect("plan")
             .collect::<Result<_, _>>()
             .expect("rows")
+    }
+
+    /// On PostgreSQL the rules' indexes are built concurrently (writes go
+    /// on meanwhile) and valid; one a failed concurrent build left invalid
+    /// is built again when the profile is published.
+    #[test]
+    fn postgres_rule_indexes_are_built_concurrently_and_invalid_ones_again_on_postgres() {
+        let Some(db) = crate::db::retention_tests::fresh_postgres_db() else {
+            return;
+        };
+        let model = crate::field_service_model();
+        let profile = crate::field_service_profile();
+        let valid = |db: &crate::db::Db, name: String| {
+            db.with_pg_client(move |c| {
+                c.query_opt(
+                    "SELECT i.indisvalid, i.indisunique FROM pg_index i
+                     JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = $1",
+                    &[&name],
+                )
+                .expect("pg_index")
+                .map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)))
+            })
+            .expect("postgres")
+        };
+        // At start-up: every rule index of the default profile, valid.
+        for (table, columns) in rule_indexes(&model, &profile) {
+            assert_eq!(
+                valid(&db, rule_index_name(&table, &columns)),
+                Some((true, false)),
+                "{table} {columns:?}"
+            );
+        }
+        // A concurrent build that failed: a unique index on duplicate
+        // values, under the name a new rule's index will have.
+        let mut edited = profile.clone();
+        let assets = edited
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "customer_assets")
+            .expect("customer_assets");
+        assets.rules = vec![RowRule::Related {
+            table: "work_order_incidents".into(),
+            column: "id".into(),
+            foreign_column: "customer_asset_id".into(),
+        }];
+        let columns: Vec<String> = ["customer_asset_id", "_deleted", "work_order_id"]
+            .map(String::from)
+            .into();
+        let name = rule_index_name("work_order_incidents", &columns);
+        let sql = format!(
+            "CREATE UNIQUE INDEX CONCURRENTLY {} ON work_order_incidents (customer_asset_id, _deleted, work_order_id)",
+            quote_ident(&name)
+        );
+        let failed = db
+            .with_pg_client(move |c| {
+                c.batch_execute(
+                    "INSERT INTO work_order_incidents (id, work_order_id, customer_asset_id, _version, _seq, _updated_at)
+                       VALUES ('a', 'w', 'x', 1, 1, 'now'), ('b', 'w', 'x', 1, 2, 'now')",
+                )
+                .expect("rows");
+                // Its own statement: a concurrent build runs outside a
+                // transaction block.
+                c.batch_execute(&sql)
+            })
+            .expect("postgres");
+        assert!(failed.is_err(), "the unique build should fail");
+        assert_eq!(valid(&db, name.clone()), Some((false, true)));
+        db.put_profile(&edited).expect("publish");
+        assert_eq!(valid(&db, name), Some((true, false)));
     }
 
     #[test]
