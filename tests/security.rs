@@ -524,16 +524,7 @@ async fn postgres_connections_use_verified_tls() {
     let fresh = testdb::fresh_database(&base);
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(bin())
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-token",
-                ADMIN_TOKEN,
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
+        Server::command(dir.path())
             .args(["--database-url", &fresh])
             .env_remove("FIELDSYNC_DATABASE_CA_FILE")
             .output(),

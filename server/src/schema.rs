@@ -494,18 +494,28 @@ pub fn build_rule_indexes_concurrently(
             ))?,
             None => {}
         }
-        client.batch_execute(&format!(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
-            quote_ident(&name),
-            quote_ident(&table),
-            columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ")
+        client.batch_execute(&create_index_sql(
+            "CREATE INDEX CONCURRENTLY",
+            &name,
+            &table,
+            &columns,
         ))?;
     }
     Ok(())
+}
+
+/// `{create} IF NOT EXISTS name ON table (columns)`, every identifier quoted.
+fn create_index_sql(create: &str, name: &str, table: &str, columns: &[String]) -> String {
+    format!(
+        "{create} IF NOT EXISTS {} ON {} ({})",
+        quote_ident(name),
+        quote_ident(table),
+        columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Creates the indexes of [`rule_indexes`] the database lacks. Runs inside
@@ -543,16 +553,7 @@ pub fn ensure_rule_indexes(
                 &[Value::Integer(crate::db::PG_MIGRATION_LOCK)],
             )?;
         }
-        c.batch(&format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-            quote_ident(&name),
-            quote_ident(&table),
-            columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))?;
+        c.batch(&create_index_sql("CREATE INDEX", &name, &table, &columns))?;
     }
     Ok(())
 }

@@ -51,12 +51,11 @@ impl Server {
         s
     }
 
-    pub async fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
-        let database = match testdb::database_url(data_dir) {
-            Some(url) => vec!["--database-url".to_owned(), url],
-            None => Vec::new(),
-        };
-        let mut child = Command::new(bin())
+    /// `fieldsync server` on a free loopback port with the tests' admin
+    /// token and `data_dir`; the caller adds the database and the rest.
+    pub fn command(data_dir: &Path) -> Command {
+        let mut command = Command::new(bin());
+        command
             .args([
                 "server",
                 "--listen",
@@ -65,7 +64,16 @@ impl Server {
                 ADMIN_TOKEN,
                 "--data-dir",
             ])
-            .arg(data_dir)
+            .arg(data_dir);
+        command
+    }
+
+    pub async fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        let database = match testdb::database_url(data_dir) {
+            Some(url) => vec!["--database-url".to_owned(), url],
+            None => Vec::new(),
+        };
+        let mut child = Self::command(data_dir)
             .args(&database)
             .args(extra)
             .stdout(Stdio::piped())
