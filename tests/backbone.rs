@@ -864,3 +864,64 @@ async fn pages_come_compressed_and_apply_as_the_rows_the_server_holds() {
         );
     }
 }
+
+/// A device's insert over a live row (detection off: the device wins)
+/// states the row as the device's profile sees it: its columns the insert
+/// does not carry become null, and columns outside its profile keep the
+/// server's values (before, they were nulled too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_over_a_live_row_leaves_columns_outside_the_profile_alone() {
+    let server = Server::start().await;
+    // Bookings without `notes` and `travel_minutes`.
+    let mut profile: serde_json::Value = serde_json::from_str(WIDE_PROFILE).expect("profile");
+    profile["name"] = json!("no-notes");
+    for t in profile["tables"].as_array_mut().expect("tables") {
+        if t["name"] == "bookings" {
+            t["columns"] = json!([
+                "name",
+                "work_order_id",
+                "resource_id",
+                "booking_status_id",
+                "status",
+                "start_time",
+                "end_time"
+            ]);
+        }
+    }
+    server
+        .admin("PUT", "/v1/admin/profiles/no-notes", Some(profile))
+        .await;
+    let tech = server
+        .user_with_profile("tech-1", "technician", Some("no-notes"))
+        .await;
+    let dispatcher = server.user("disp", "dispatcher").await;
+    let (s, v) = server
+        .call(
+            "PUT",
+            "/v1/records/bookings/bk-x",
+            Some(&dispatcher),
+            Some(
+                json!({"data": {"resource_id": "tech-1", "name": "Visit", "status": "active",
+                                 "notes": "gate code 1234", "travel_minutes": 25}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    let push = json!({"mutations": [{"idempotency_key": "k-1", "table": "bookings", "id": "bk-x",
+        "op": "insert", "base_version": 0, "data": {"resource_id": "tech-1", "name": "Visit (device)"}}]});
+    let (s, v) = server
+        .call("POST", "/v1/sync/push", Some(&tech), Some(push))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "applied", "{v}");
+
+    let (s, row) = server
+        .call("GET", "/v1/records/bookings/bk-x", Some(&dispatcher), None)
+        .await;
+    assert_eq!(s, 200, "{row}");
+    assert_eq!(row["row"]["name"], "Visit (device)", "{row}");
+    assert_eq!(row["row"]["status"], serde_json::Value::Null, "{row}");
+    assert_eq!(row["row"]["notes"], "gate code 1234", "{row}");
+    assert_eq!(row["row"]["travel_minutes"], 25, "{row}");
+}

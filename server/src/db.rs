@@ -1985,6 +1985,25 @@ impl Db {
                 Some(&user.id),
                 device_id,
             )?),
+            // Over a live row (the device wins): the device states the row
+            // as its profile sees it, so its columns it did not send become
+            // null; columns outside its profile are not its to clear.
+            Op::Insert if exists => {
+                let mut stated = data.clone();
+                for col in &table.columns {
+                    if col.name != table.primary_key {
+                        stated.entry(col.name.clone()).or_insert(Value::Null);
+                    }
+                }
+                Some(Self::apply_write(
+                    c,
+                    schema,
+                    &m.id,
+                    Some((&stated, false)),
+                    Some(&user.id),
+                    device_id,
+                )?)
+            }
             Op::Insert => Some(Self::apply_write(
                 c,
                 schema,
