@@ -422,3 +422,58 @@ async fn rotating_or_deleting_a_user_revokes_its_token_and_console_sessions_at_o
         assert_eq!(body["error"]["code"], "not_found", "{body}");
     }
 }
+
+/// The device list of the admin API says which app version each device
+/// runs (from its telemetry) and its last refused or conflicting change
+/// (from the Sync Errors log); before, both were always null there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_list_shows_app_versions_and_last_errors() {
+    let server = Server::start().await;
+    let tech = server.user("tech-1", "technician").await;
+    server.seed(&["tech-1"], 3).await;
+    let send = |path: &'static str, body: serde_json::Value| {
+        let (server, tech) = (&server, tech.clone());
+        async move {
+            let resp = server
+                .http
+                .post(format!("{}{path}", server.url))
+                .bearer_auth(&tech)
+                .header("x-fieldsync-device", "dev-1")
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("request");
+            let status = resp.status().as_u16();
+            let body: serde_json::Value =
+                serde_json::from_str(&resp.text().await.expect("body")).expect("json");
+            (status, body)
+        }
+    };
+    let event = json!({"id": "e-1", "kind": "sync", "device_id": "dev-1", "sync_id": "s-1",
+        "mode": "delta", "result": "success", "failure_type": null, "started_at": 1_800_000_000_000i64,
+        "duration_ms": 5, "active_duration_ms": 5, "rows_up": 0, "rows_down": 0, "bytes_up": 0,
+        "bytes_down": 0, "table": null, "network_type": "wifi", "app_version": "2.3.1",
+        "device_model": "Pixel 8", "os_version": "Android 15"});
+    let (status, body) = send("/v1/telemetry", json!({"events": [event]})).await;
+    assert_eq!(status, 200, "{body}");
+    let push = json!({"mutations": [{"idempotency_key": "k-1", "table": "bookings",
+        "id": "bk-0000000", "op": "update", "base_version": 1, "data": {"no_such_column": 1}}]});
+    let (status, body) = send("/v1/sync/push", push).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "rejected", "{body}");
+
+    let devices = server.admin("GET", "/v1/admin/devices", None).await;
+    let dev = devices
+        .as_array()
+        .expect("devices")
+        .iter()
+        .find(|d| d["id"] == "dev-1")
+        .unwrap_or_else(|| panic!("dev-1 not listed: {devices}"));
+    assert_eq!(dev["app_version"], "2.3.1", "{dev}");
+    let last_error = dev["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("bookings/bk-0000000") && last_error.contains("unknown_column"),
+        "{dev}"
+    );
+}

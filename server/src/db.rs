@@ -1841,6 +1841,7 @@ impl Db {
             Some(e) => (e.code.clone(), e.message.clone()),
             None => (codes::CONFLICT.to_owned(), "the record changed on the server since the device read it; the server's version was kept".to_owned()),
         };
+        let last_error = format!("{}/{}: {code}: {message}", m.table, m.id);
         c.execute(
             "INSERT INTO _fs_sync_errors (at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1861,6 +1862,24 @@ impl Db {
                 opt_text(server_data),
             ],
         )?;
+        // The device's last error, for the device list (`GET
+        // /v1/admin/devices`); the device row may not exist yet (the push
+        // is its first request).
+        if let Some(device) = device_id.filter(|d| !d.is_empty() && d.len() <= 128) {
+            let now = now_text();
+            c.execute(
+                "INSERT INTO _fs_devices (id, user_id, first_seen, last_seen, last_error)
+                 VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (id, user_id) DO UPDATE SET last_error = excluded.last_error",
+                &[
+                    text(device),
+                    text(user.id.clone()),
+                    text(now.clone()),
+                    text(now),
+                    text(last_error),
+                ],
+            )?;
+        }
         Ok(())
     }
 

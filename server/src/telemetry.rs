@@ -449,8 +449,21 @@ pub async fn upload(
     }
     let db = app.db.clone();
     // Received by the server's clock, which the retention also reads
-    // (`Db::purge`).
-    let accepted = blocking(move || store(&db, &user.id, &batch.events, db.now_ms())).await?;
+    // (`Db::purge`). Each device's app version goes to the device list.
+    let accepted = blocking(move || {
+        let accepted = store(&db, &user.id, &batch.events, db.now_ms())?;
+        let mut seen = std::collections::BTreeMap::new();
+        for e in &batch.events {
+            seen.insert(e.device_id.as_str(), e.app_version.as_str());
+        }
+        for (device, version) in seen {
+            if !version.is_empty() {
+                db.touch_device(device, &user.id, false, Some(version))?;
+            }
+        }
+        Ok::<_, ApiError>(accepted)
+    })
+    .await?;
     Ok(Json(TelemetryAccepted { accepted }))
 }
 

@@ -74,14 +74,16 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
                 .or_else(|| report.and_then(|r| r.app_version.clone()))
                 .map(|v| esc(&v))
                 .unwrap_or_else(|| MUTED_NONE.into());
-            let last_error = match (&d.last_error, errors.get(&key)) {
-                (Some(e), _) => esc(e),
-                (None, Some(e)) => format!(
+            // The newest Sync Errors entry, linked, when there is one; else
+            // what the device list recorded.
+            let last_error = match (errors.get(&key), &d.last_error) {
+                (Some(e), _) => format!(
                     "<a href=\"/console/sync-errors?user={}\">{}</a> <span class=\"muted\">{}</span>",
                     url_component(&d.user_id),
                     esc(&e.message),
                     esc(&e.at)
                 ),
+                (None, Some(e)) => esc(e),
                 (None, None) => "<span class=\"muted\">none</span>".into(),
             };
             let _ = write!(
