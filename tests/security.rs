@@ -421,7 +421,8 @@ async fn text_holding_nul_is_stored_or_refused_with_a_typed_error() {
 /// Requests outside the protocol: another protocol version in
 /// `x-fieldsync-protocol`, or a method a known path does not take, get the
 /// error format with a typed code (before, the version was never read and
-/// a 405 had an empty body).
+/// a 405 had an empty body); a push mutation with an unusable idempotency
+/// key is refused alone (before, the whole batch was).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_outside_the_protocol_get_typed_errors() {
     let server = Server::start().await;
@@ -450,6 +451,25 @@ async fn requests_outside_the_protocol_get_typed_errors() {
     }
     let resp = pull("1").await.expect("request");
     assert_eq!(resp.status().as_u16(), 200);
+
+    // A bad idempotency key refuses its own mutation, not the batch.
+    let push = json!({"mutations": [
+        {"idempotency_key": "", "table": "bookings", "id": "bk-0000000", "op": "update",
+         "base_version": 1, "data": {"notes": "no key"}},
+        {"idempotency_key": "k".repeat(129), "table": "bookings", "id": "bk-0000000",
+         "op": "update", "base_version": 1, "data": {"notes": "key too long"}},
+        {"idempotency_key": "good-1", "table": "bookings", "id": "bk-0000000", "op": "update",
+         "base_version": 1, "data": {"notes": "kept"}}]});
+    let (s, v) = server
+        .call("POST", "/v1/sync/push", Some(&tech), Some(push))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for i in 0..2 {
+        assert_eq!(v["results"][i]["status"], "rejected", "{v}");
+        assert_eq!(v["results"][i]["error"]["code"], "bad_request", "{v}");
+    }
+    assert_eq!(v["results"][2]["status"], "applied", "{v}");
+
     // Without the header (browsers, records clients): served.
     let (s, _) = server
         .call("GET", "/v1/sync/pull?table=bookings", Some(&tech), None)

@@ -1751,18 +1751,28 @@ impl Db {
         profile: &SyncProfile,
         mutations: &[Mutation],
     ) -> ApiResult<Vec<MutationResult>> {
-        for m in mutations {
-            if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
-                return Err(ApiError::bad_request(
-                    codes::BAD_REQUEST,
-                    "an idempotency key is 1 to 128 characters",
-                ));
-            }
-        }
         self.write(|c| {
             let detection = Self::conflict_detection_in(c)?;
             let mut results = Vec::with_capacity(mutations.len());
             for m in mutations {
+                // A key that cannot name a receipt refuses its mutation
+                // alone, like every other problem of one mutation; with no
+                // receipt, a retry is refused the same way.
+                if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
+                    let result = MutationResult {
+                        idempotency_key: m.idempotency_key.clone(),
+                        status: MutationStatus::Rejected,
+                        version: 0,
+                        row: None,
+                        error: Some(ErrorBody {
+                            code: codes::BAD_REQUEST.into(),
+                            message: "an idempotency key is 1 to 128 characters".into(),
+                        }),
+                    };
+                    Self::log_sync_error(c, user, device_id, m, &result, "rejected")?;
+                    results.push(result);
+                    continue;
+                }
                 let stored = c.query_opt(
                     "SELECT result FROM _fs_push_receipts WHERE user_id = ? AND idempotency_key = ?",
                     &[text(user.id.clone()), text(m.idempotency_key.clone())],
