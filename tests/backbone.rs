@@ -925,3 +925,128 @@ async fn an_insert_over_a_live_row_leaves_columns_outside_the_profile_alone() {
     assert_eq!(row["row"]["notes"], "gate code 1234", "{row}");
     assert_eq!(row["row"]["travel_minutes"], 25, "{row}");
 }
+
+/// With conflict detection on, a device's delete of a row someone already
+/// deleted is what the device asked for: applied (with the tombstone's
+/// version), not a conflict in the Sync Errors log. A delete of a row that
+/// changed since the device read it is still a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_already_deleted_row_is_applied_not_a_conflict() {
+    let server = Server::start().await;
+    let tech = server.wide_technician("tech-a").await;
+    let dispatcher = server.user("disp", "dispatcher").await;
+    server.seed(&["tech-a"], 5).await;
+    server.set_conflict_detection(true).await;
+    let (s, _) = server
+        .call_raw(
+            "DELETE",
+            "/v1/records/bookings/bk-0000001",
+            Some(&dispatcher),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = server
+        .call(
+            "PUT",
+            "/v1/records/bookings/bk-0000002",
+            Some(&dispatcher),
+            Some(json!({"data": {"notes": "moved on"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let delete = |key: &str, id: &str| {
+        json!({"idempotency_key": key, "table": "bookings", "id": id, "op": "delete",
+               "base_version": 1, "data": {}})
+    };
+    let push = json!({"mutations": [
+        delete("d-1", "bk-0000001"),
+        delete("d-2", "bk-never"),
+        delete("d-3", "bk-0000002")]});
+    let (s, v) = server
+        .call("POST", "/v1/sync/push", Some(&tech), Some(push))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "applied", "{v}");
+    assert_eq!(
+        v["results"][0]["version"], 2,
+        "the tombstone's version: {v}"
+    );
+    assert_eq!(v["results"][1]["status"], "applied", "{v}");
+    assert_eq!(v["results"][1]["version"], 0, "{v}");
+    assert_eq!(v["results"][2]["status"], "conflict", "{v}");
+    let log = server
+        .admin("GET", "/v1/admin/sync-errors?kind=conflict", None)
+        .await;
+    let ids: Vec<&str> = log
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter_map(|e| e["record_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["bk-0000002"], "{log}");
+}
+
+/// A row cannot pass the row-size limit a field at a time: the limit counts
+/// the whole row after the change, on the device (the write is refused and
+/// nothing is queued) and on the server (push and records writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_cannot_outgrow_the_size_limit_a_field_at_a_time() {
+    use std::collections::BTreeMap;
+
+    use fieldsync_core::{Engine, EngineConfig, ErrorKind, Value};
+
+    let server = Server::start().await;
+    let tech = server.wide_technician("tech-a").await;
+    let dispatcher = server.user("disp", "dispatcher").await;
+    server.seed(&["tech-a"], 5).await;
+    let big = "z".repeat(600_000);
+
+    // Server, push: the first half fits, the second would make 1.2 MB.
+    let update = |key: &str, column: &str| {
+        json!({"idempotency_key": key, "table": "bookings", "id": "bk-0000001", "op": "update",
+               "base_version": 0, "data": {column: big.clone()}})
+    };
+    let push = json!({"mutations": [update("u-1", "notes"), update("u-2", "name")]});
+    let (s, v) = server
+        .call("POST", "/v1/sync/push", Some(&tech), Some(push))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "applied", "{v}");
+    assert_eq!(v["results"][1]["status"], "rejected", "{v}");
+    assert_eq!(v["results"][1]["error"]["code"], "payload_too_large", "{v}");
+    // Records API: the same.
+    let (s, v) = server
+        .call(
+            "PUT",
+            "/v1/records/bookings/bk-0000001",
+            Some(&dispatcher),
+            Some(json!({"data": {"name": big.clone()}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+
+    // Device: the second write is refused and nothing of it is queued.
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = Engine::open(EngineConfig::new(
+        dir.path().join("d.db"),
+        &server.url,
+        &tech,
+    ))
+    .expect("open");
+    engine.sync().await.expect("sync");
+    let set = |column: &str| BTreeMap::from([(column.to_owned(), Value::Text(big.clone()))]);
+    engine
+        .update("bookings", "bk-0000002", set("notes"))
+        .expect("first half");
+    let err = engine
+        .update("bookings", "bk-0000002", set("name"))
+        .expect_err("past the limit");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert_eq!(engine.pending_uploads().expect("pending"), 1);
+    let local = engine.get("bookings", "bk-0000002").expect("row");
+    assert_ne!(local.fields["name"], Value::Text(big.clone()));
+}

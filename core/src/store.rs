@@ -1070,6 +1070,20 @@ impl Store {
                 for (k, v) in &data {
                     fields.insert(k.clone(), v.clone());
                 }
+                // The whole row counts, so it cannot grow past the limit a
+                // field at a time (nothing is written: the transaction ends
+                // unused).
+                let size: usize = fields
+                    .iter()
+                    .filter(|(k, _)| **k != table.primary_key)
+                    .map(|(_, v)| v.approx_size())
+                    .sum::<usize>()
+                    + id.len();
+                if size > MAX_ROW_BYTES {
+                    return Err(Error::InvalidInput(format!(
+                        "the row would be {size} bytes with this change; at most {MAX_ROW_BYTES} are allowed"
+                    )));
+                }
                 settle::queue_related_row(&tx, profile, table, &fields, None)?;
                 upsert_row(
                     &tx,

@@ -534,6 +534,21 @@ pub(crate) fn fetch_sql(table: &SyncTable, column: &str, values: usize, predicat
     )
 }
 
+/// The size (as [`row_size`] counts it) of the row `data` leaves once
+/// written over `current`: the live row's other fields count too, so a row
+/// cannot pass [`MAX_ROW_BYTES`] a field at a time.
+fn merged_size(current: Option<&StoredRow>, data: &BTreeMap<String, Value>) -> usize {
+    let mut size = row_size(data);
+    if let Some(r) = current.filter(|r| !r.deleted) {
+        for (k, v) in &r.fields {
+            if !data.contains_key(k) {
+                size += k.len() + v.approx_size();
+            }
+        }
+    }
+    size
+}
+
 fn json_opt(text: Option<String>) -> Option<BTreeMap<String, Value>> {
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
@@ -1987,10 +2002,24 @@ impl Db {
                 format!("column '{name}': text holding U+0000 cannot be stored by this server"),
             ));
         }
+        if m.op != Op::Delete {
+            let size = merged_size(current.as_ref(), &data);
+            if size > MAX_ROW_BYTES {
+                return Err(reject(
+                    codes::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the row would be {size} bytes with this change; at most {MAX_ROW_BYTES} are allowed"
+                    ),
+                ));
+            }
+        }
         if detection {
             let conflict = match m.op {
                 Op::Insert => exists,
-                Op::Update | Op::Delete => !exists || server_version != m.base_version,
+                Op::Update => !exists || server_version != m.base_version,
+                // A row already gone is what the delete asks for: not a
+                // conflict, whoever deleted it first.
+                Op::Delete => exists && server_version != m.base_version,
             };
             if conflict {
                 let result = MutationResult {
@@ -2050,7 +2079,16 @@ impl Db {
                 device_id,
             )?),
         };
-        let version = change.map_or(0, |(v, _)| v);
+        // A delete of a row already deleted answers the tombstone's version
+        // (0 when the row never existed), like a delete applied now.
+        let version = change.map_or(
+            if m.op == Op::Delete {
+                server_version
+            } else {
+                0
+            },
+            |(v, _)| v,
+        );
         if let Some((_, change_id)) = change {
             // Audit: which upload produced this change (replays never add one).
             let key = Self::change_key(c);
@@ -2229,6 +2267,16 @@ impl Db {
         }
         self.write(|c| {
             let current = Self::read_row(c, schema, id)?;
+            let size = merged_size(current.as_ref(), &clean);
+            if size > MAX_ROW_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    codes::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the row would be {size} bytes with this change; at most {MAX_ROW_BYTES} are allowed"
+                    ),
+                ));
+            }
             let live_version = current
                 .as_ref()
                 .filter(|r| !r.deleted)
