@@ -36,6 +36,9 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// Seconds in a day (the retention flags count days).
+const DAY_SECS: u64 = 86_400;
+
 #[derive(clap::Args)]
 struct ServerArgs {
     /// Directory of the embedded database.
@@ -65,10 +68,10 @@ struct ServerArgs {
     database_ca_file: Option<PathBuf>,
     /// Days a push receipt answers a retried push; older ones are purged
     /// hourly.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = fieldsync_server::DEFAULT_RECEIPT_RETENTION.as_secs() / DAY_SECS)]
     receipt_retention_days: u64,
     /// Days device telemetry is kept; older events are purged hourly.
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = fieldsync_server::DEFAULT_TELEMETRY_RETENTION.as_secs() / DAY_SECS)]
     telemetry_retention_days: u64,
 }
 
@@ -96,9 +99,12 @@ async fn run_server(args: ServerArgs) -> ExitCode {
         }
     }
     config.receipt_retention =
-        Duration::from_secs(args.receipt_retention_days.max(1).saturating_mul(86_400));
-    config.telemetry_retention =
-        Duration::from_secs(args.telemetry_retention_days.max(1).saturating_mul(86_400));
+        Duration::from_secs(args.receipt_retention_days.max(1).saturating_mul(DAY_SECS));
+    config.telemetry_retention = Duration::from_secs(
+        args.telemetry_retention_days
+            .max(1)
+            .saturating_mul(DAY_SECS),
+    );
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -406,6 +406,11 @@ fn indexed_columns(conn: &Connection, table: &str) -> Result<BTreeSet<String>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// A row's size as [`MAX_ROW_BYTES`] counts it: its values and its id.
+fn row_size<'a>(values: impl Iterator<Item = &'a Value>, id: &str) -> usize {
+    values.map(Value::approx_size).sum::<usize>() + id.len()
+}
+
 /// Writes a whole row (every column; missing ones null) with a version,
 /// through `upsert` ([`Upsert::whole_row`] of the same table).
 fn upsert_row(
@@ -1026,7 +1031,7 @@ impl Store {
         mut data: BTreeMap<String, Value>,
         now: i64,
     ) -> Result<Option<Record>> {
-        let size: usize = data.values().map(Value::approx_size).sum::<usize>() + id.len();
+        let size = row_size(data.values(), id);
         if size > MAX_ROW_BYTES {
             return Err(Error::InvalidInput(format!(
                 "the row is {size} bytes; at most {MAX_ROW_BYTES} are allowed"
@@ -1073,12 +1078,13 @@ impl Store {
                 // The whole row counts, so it cannot grow past the limit a
                 // field at a time (nothing is written: the transaction ends
                 // unused).
-                let size: usize = fields
-                    .iter()
-                    .filter(|(k, _)| **k != table.primary_key)
-                    .map(|(_, v)| v.approx_size())
-                    .sum::<usize>()
-                    + id.len();
+                let size = row_size(
+                    fields
+                        .iter()
+                        .filter(|(k, _)| **k != table.primary_key)
+                        .map(|(_, v)| v),
+                    id,
+                );
                 if size > MAX_ROW_BYTES {
                     return Err(Error::InvalidInput(format!(
                         "the row would be {size} bytes with this change; at most {MAX_ROW_BYTES} are allowed"

@@ -252,29 +252,22 @@ impl Transport for HttpTransport {
 }
 
 fn describe(e: &reqwest::Error) -> String {
+    let causes = || std::iter::successors(std::error::Error::source(e), |s| s.source());
     if e.is_timeout() {
         "the server did not answer in time".into()
     } else if e.is_connect() {
         // The innermost cause says why: refused, unreachable, or a
         // certificate this device does not trust (a captive portal, or a
         // server behind a private authority without `TlsTrust`).
-        let mut cause = None;
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            cause = Some(s.to_string());
-            source = s.source();
-        }
-        match cause {
+        match causes().last() {
             Some(c) => format!("could not connect to the server: {c}"),
             None => "could not connect to the server".into(),
         }
     } else {
         let mut msg = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
+        for cause in causes() {
             msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
+            msg.push_str(&cause.to_string());
         }
         msg
     }

@@ -112,6 +112,24 @@ pub struct User {
 }
 
 /// Reads a user from a row of `SELECT id, name, role, profile, team_id`.
+/// A server setting, inside the caller's transaction.
+fn setting_in(c: &mut dyn Conn, key: &str) -> ApiResult<Option<String>> {
+    c.query_opt("SELECT value FROM _fs_settings WHERE key = ?", &[text(key)])?
+        .map(|r| r.text(0))
+        .transpose()
+}
+
+/// The user with this id, inside the caller's transaction.
+fn user_by_id_in(c: &mut dyn Conn, id: &str) -> ApiResult<Option<User>> {
+    c.query_opt(
+        "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?",
+        &[text(id)],
+    )?
+    .as_ref()
+    .map(user_from_row)
+    .transpose()
+}
+
 fn user_from_row(r: &Row) -> ApiResult<User> {
     Ok(User {
         id: r.text(0)?,
@@ -411,10 +429,8 @@ impl PgPool {
                 // The causes too: "error performing TLS handshake" alone does not
                 // say the certificate is not trusted.
                 let mut message = format!("cannot connect to PostgreSQL: {e}");
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    message.push_str(&format!(": {s}"));
-                    source = s.source();
+                for cause in std::iter::successors(std::error::Error::source(&e), |s| s.source()) {
+                    message.push_str(&format!(": {cause}"));
                 }
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, message)
             })
@@ -911,34 +927,32 @@ impl Db {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let receipts_before = format_datetime(now.saturating_sub(ms(receipts_for)));
         let telemetry_before = now.saturating_sub(ms(telemetry_for));
-        let mut purged = Purged::default();
+        Ok(Purged {
+            receipts: self.delete_in_batches(
+                "DELETE FROM _fs_push_receipts WHERE (user_id, idempotency_key) IN
+                   (SELECT user_id, idempotency_key FROM _fs_push_receipts WHERE at < ? LIMIT ?)",
+                text(receipts_before),
+            )?,
+            telemetry: self.delete_in_batches(
+                "DELETE FROM _fs_telemetry WHERE id IN
+                   (SELECT id FROM _fs_telemetry WHERE received_at < ? LIMIT ?)",
+                int(telemetry_before),
+            )?,
+        })
+    }
+
+    /// Runs `delete` (parameters: the cutoff, then the batch size) in write
+    /// transactions of [`PURGE_BATCH`] rows until a batch comes up short;
+    /// the rows deleted.
+    fn delete_in_batches(&self, delete: &str, cutoff: Value) -> ApiResult<u64> {
+        let mut deleted = 0;
         loop {
-            let n = self.write(|c| {
-                c.execute(
-                    "DELETE FROM _fs_push_receipts WHERE (user_id, idempotency_key) IN
-                       (SELECT user_id, idempotency_key FROM _fs_push_receipts WHERE at < ? LIMIT ?)",
-                    &[text(receipts_before.clone()), int(PURGE_BATCH)],
-                )
-            })?;
-            purged.receipts += n;
+            let n = self.write(|c| c.execute(delete, &[cutoff.clone(), int(PURGE_BATCH)]))?;
+            deleted += n;
             if n < PURGE_BATCH as u64 {
-                break;
+                return Ok(deleted);
             }
         }
-        loop {
-            let n = self.write(|c| {
-                c.execute(
-                    "DELETE FROM _fs_telemetry WHERE id IN
-                       (SELECT id FROM _fs_telemetry WHERE received_at < ? LIMIT ?)",
-                    &[int(telemetry_before), int(PURGE_BATCH)],
-                )
-            })?;
-            purged.telemetry += n;
-            if n < PURGE_BATCH as u64 {
-                break;
-            }
-        }
-        Ok(purged)
     }
 
     // ---- users -------------------------------------------------------------
@@ -1024,15 +1038,7 @@ impl Db {
     pub fn rotate_token(&self, id: &str) -> ApiResult<Option<(User, String)>> {
         let token = user_token();
         let user = self.write(|c| {
-            let Some(user) = c
-                .query_opt(
-                    "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?",
-                    &[text(id)],
-                )?
-                .as_ref()
-                .map(user_from_row)
-                .transpose()?
-            else {
+            let Some(user) = user_by_id_in(c, id)? else {
                 return Ok(None);
             };
             c.execute(
@@ -1188,11 +1194,7 @@ impl Db {
 
     /// A server setting.
     pub(crate) fn setting(&self, key: &str) -> ApiResult<Option<String>> {
-        self.read(|c| {
-            c.query_opt("SELECT value FROM _fs_settings WHERE key = ?", &[text(key)])?
-                .map(|r| r.text(0))
-                .transpose()
-        })
+        self.read(|c| setting_in(c, key))
     }
 
     /// Sets a server setting.
@@ -1216,14 +1218,7 @@ impl Db {
     /// reads it in its own write transaction, so a settings change is
     /// either wholly before the push or wholly after it.
     fn conflict_detection_in(c: &mut dyn Conn) -> ApiResult<bool> {
-        let value = c
-            .query_opt(
-                "SELECT value FROM _fs_settings WHERE key = ?",
-                &[text("conflict_detection")],
-            )?
-            .map(|r| r.text(0))
-            .transpose()?;
-        Ok(value.as_deref() == Some("true"))
+        Ok(setting_in(c, "conflict_detection")?.as_deref() == Some("true"))
     }
 
     /// Turns conflict detection on or off.
@@ -1244,25 +1239,7 @@ impl Db {
         if device_id.is_empty() || device_id.len() > 128 {
             return Ok(());
         }
-        let now = now_text();
-        let synced_at = synced.then(|| now.clone());
-        self.write(|c| {
-            c.execute(
-                "INSERT INTO _fs_devices (id, user_id, first_seen, last_seen, last_sync_at, app_version)
-                 VALUES (?1, ?2, ?3, ?3, ?4, ?5)
-                 ON CONFLICT (id, user_id) DO UPDATE SET last_seen = excluded.last_seen,
-                   last_sync_at = COALESCE(excluded.last_sync_at, _fs_devices.last_sync_at),
-                   app_version = COALESCE(excluded.app_version, _fs_devices.app_version)",
-                &[
-                    text(device_id),
-                    text(user_id),
-                    text(now.clone()),
-                    opt_text(synced_at.clone()),
-                    opt_text(app_version),
-                ],
-            )?;
-            Ok(())
-        })
+        self.write(|c| touch_device_in(c, device_id, user_id, synced, app_version))
     }
 
     /// Every device seen.
@@ -2043,33 +2020,28 @@ impl Db {
                 Some(&user.id),
                 device_id,
             )?),
-            // Over a live row (the device wins): the device states the row
-            // as its profile sees it, so its columns it did not send become
-            // null; columns outside its profile are not its to clear.
-            Op::Insert if exists => {
-                let mut stated = data.clone();
-                for col in &table.columns {
-                    if col.name != table.primary_key {
-                        stated.entry(col.name.clone()).or_insert(Value::Null);
+            // A new row: every column not sent is null. Over a live row
+            // (the device wins): the device states the row as its profile
+            // sees it, so its columns it did not send become null; columns
+            // outside its profile are not its to clear.
+            Op::Insert => {
+                let replace = !exists;
+                if exists {
+                    for col in &table.columns {
+                        if col.name != table.primary_key {
+                            data.entry(col.name.clone()).or_insert(Value::Null);
+                        }
                     }
                 }
                 Some(Self::apply_write(
                     c,
                     schema,
                     &m.id,
-                    Some((&stated, false)),
+                    Some((&data, replace)),
                     Some(&user.id),
                     device_id,
                 )?)
             }
-            Op::Insert => Some(Self::apply_write(
-                c,
-                schema,
-                &m.id,
-                Some((&data, true)),
-                Some(&user.id),
-                device_id,
-            )?),
             Op::Update => Some(Self::apply_write(
                 c,
                 schema,
@@ -2496,6 +2468,38 @@ pub struct DeviceLastError {
     pub message: String,
 }
 
+/// [`Db::touch_device`] inside the caller's write transaction (telemetry
+/// records a device's app version with its events). Ignores a device id
+/// that is empty or longer than 128 bytes.
+pub(crate) fn touch_device_in(
+    c: &mut dyn Conn,
+    device_id: &str,
+    user_id: &str,
+    synced: bool,
+    app_version: Option<&str>,
+) -> ApiResult<()> {
+    if device_id.is_empty() || device_id.len() > 128 {
+        return Ok(());
+    }
+    let now = now_text();
+    let synced_at = synced.then(|| now.clone());
+    c.execute(
+        "INSERT INTO _fs_devices (id, user_id, first_seen, last_seen, last_sync_at, app_version)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5)
+         ON CONFLICT (id, user_id) DO UPDATE SET last_seen = excluded.last_seen,
+           last_sync_at = COALESCE(excluded.last_sync_at, _fs_devices.last_sync_at),
+           app_version = COALESCE(excluded.app_version, _fs_devices.app_version)",
+        &[
+            text(device_id),
+            text(user_id),
+            text(now),
+            opt_text(synced_at),
+            opt_text(app_version),
+        ],
+    )?;
+    Ok(())
+}
+
 /// A new user bearer token: `fs_` and 64 hex digits (256 random bits).
 fn user_token() -> String {
     format!("fs_{}", random_token())
@@ -2608,15 +2612,7 @@ impl Db {
 
     /// The user with this id.
     pub fn user_by_id(&self, id: &str) -> ApiResult<Option<User>> {
-        self.read(|c| {
-            c.query_opt(
-                "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?",
-                &[text(id)],
-            )?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
-        })
+        self.read(|c| user_by_id_in(c, id))
     }
 
     /// One entry of the Sync Errors log.
@@ -2781,7 +2777,7 @@ impl Db {
 }
 
 #[cfg(test)]
-pub(crate) mod retention_tests {
+mod retention_tests {
     use super::*;
     use fieldsync_core::protocol::{MutationStatus, Op};
     use fieldsync_core::telemetry::{TelemetryEvent, TelemetryKind};
@@ -2836,48 +2832,9 @@ pub(crate) mod retention_tests {
     /// (`scripts/with-postgres.sh` sets `FIELDSYNC_TEST_POSTGRES`).
     #[test]
     fn receipts_and_telemetry_are_purged_after_their_retention_on_postgres() {
-        if let Some(db) = fresh_postgres_db() {
+        if let Some(db) = test_support::fresh_postgres_db() {
             purge_scenario(db);
         }
-    }
-
-    /// A server database on a fresh PostgreSQL database of the test
-    /// command's cluster; `None` without the cluster.
-    pub(crate) fn fresh_postgres_db() -> Option<Db> {
-        let base = std::env::var("FIELDSYNC_TEST_POSTGRES")
-            .ok()
-            .filter(|s| !s.is_empty())?;
-        let name = format!("fs_unit_{:016x}", rand::random::<u64>());
-        let create = format!("CREATE DATABASE {name}");
-        let admin = base.clone();
-        std::thread::spawn(move || {
-            let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect");
-            c.batch_execute(&create).expect("create database");
-        })
-        .join()
-        .expect("create thread");
-        let (root, query) = match base.split_once('?') {
-            Some((u, q)) => (u.to_owned(), format!("?{q}")),
-            None => (base.clone(), String::new()),
-        };
-        let scheme_end = root.find("://").map_or(0, |i| i + 3);
-        let host_end = root[scheme_end..]
-            .find('/')
-            .map_or(root.len(), |i| scheme_end + i);
-        let url = format!("{}/{name}{query}", &root[..host_end]);
-        let profile = crate::field_service_profile();
-        // The test cluster's authority (`scripts/with-postgres.sh`).
-        let ca = std::env::var("FIELDSYNC_DATABASE_CA_FILE")
-            .ok()
-            .map(|f| std::fs::read_to_string(f).expect("CA file"));
-        let db = Db::open_url(
-            &DatabaseUrl::parse(&url).expect("url"),
-            crate::field_service_model(),
-            &profile,
-            ca.as_deref(),
-        )
-        .expect("open");
-        Some(db)
     }
 
     fn purge_scenario(db: Db) {
@@ -2958,5 +2915,56 @@ pub(crate) mod retention_tests {
         assert_eq!(count(&db, "_fs_telemetry"), 0);
         // The rows themselves stay.
         assert_eq!(count(&db, "bookings"), PURGE_BATCH + 7);
+    }
+}
+
+/// Test helpers for the PostgreSQL variants of the unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// The test command's PostgreSQL cluster (`scripts/with-postgres.sh`
+    /// sets `FIELDSYNC_TEST_POSTGRES`); `None` without it.
+    pub(crate) fn postgres_base() -> Option<String> {
+        std::env::var("FIELDSYNC_TEST_POSTGRES")
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
+
+    /// A server database on a fresh PostgreSQL database of the test
+    /// command's cluster; `None` without the cluster.
+    pub(crate) fn fresh_postgres_db() -> Option<Db> {
+        let base = postgres_base()?;
+        let name = format!("fs_unit_{:016x}", rand::random::<u64>());
+        let create = format!("CREATE DATABASE {name}");
+        let admin = base.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect");
+            c.batch_execute(&create).expect("create database");
+        })
+        .join()
+        .expect("create thread");
+        let (root, query) = match base.split_once('?') {
+            Some((u, q)) => (u.to_owned(), format!("?{q}")),
+            None => (base.clone(), String::new()),
+        };
+        let scheme_end = root.find("://").map_or(0, |i| i + 3);
+        let host_end = root[scheme_end..]
+            .find('/')
+            .map_or(root.len(), |i| scheme_end + i);
+        let url = format!("{}/{name}{query}", &root[..host_end]);
+        let profile = crate::field_service_profile();
+        // The test cluster's authority (`scripts/with-postgres.sh`).
+        let ca = std::env::var("FIELDSYNC_DATABASE_CA_FILE")
+            .ok()
+            .map(|f| std::fs::read_to_string(f).expect("CA file"));
+        let db = Db::open_url(
+            &DatabaseUrl::parse(&url).expect("url"),
+            crate::field_service_model(),
+            &profile,
+            ca.as_deref(),
+        )
+        .expect("open");
+        Some(db)
     }
 }

@@ -647,17 +647,7 @@ mod tests {
             assert!(has_index(&conn, t, &cs), "{t}: {cs:?}");
         }
 
-        let mut edited = profile.clone();
-        let assets = edited
-            .tables
-            .iter_mut()
-            .find(|t| t.name == "customer_assets")
-            .expect("customer_assets");
-        assets.rules = vec![RowRule::Related {
-            table: "work_order_incidents".into(),
-            column: "id".into(),
-            foreign_column: "customer_asset_id".into(),
-        }];
+        let edited = assets_reached_by_incidents(&profile);
         let new_index = ["customer_asset_id", "_deleted", "work_order_id"];
         assert!(!has_index(&conn, "work_order_incidents", &new_index));
         db.put_profile(&edited).expect("publish");
@@ -680,21 +670,13 @@ mod tests {
             let t = sync.table(table).expect("table");
             let p = crate::rules::compile(&sync, t, &sync.filter_context(0));
             let sql = format!(
-                "EXPLAIN QUERY PLAN SELECT id FROM {} WHERE _seq > ? AND _deleted = 0 AND {} ORDER BY _seq LIMIT 10",
+                "SELECT id FROM {} WHERE _seq > ? AND _deleted = 0 AND {} ORDER BY _seq LIMIT 10",
                 quote_ident(table),
                 p.sql
             );
             let mut params: Vec<Value> = vec![Value::Integer(0)];
             params.extend(p.params);
-            let plan: Vec<String> = conn
-                .prepare(&sql)
-                .expect("prepare")
-                .query_map(rusqlite::params_from_iter(params.iter()), |r| {
-                    r.get::<_, String>(3)
-                })
-                .expect("plan")
-                .collect::<Result<_, _>>()
-                .expect("rows");
+            let plan = plan(&conn, &sql, &params);
             // The table walks its `_seq` index; every related table is a
             // key or index lookup, never a scan or a set built per run.
             let scans: Vec<&String> = plan
@@ -718,6 +700,24 @@ mod tests {
         }
     }
 
+    /// `profile` with the customer assets reached by incidents instead of
+    /// work orders: a rule whose index the default profile lacks
+    /// (`work_order_incidents (customer_asset_id, _deleted, work_order_id)`).
+    fn assets_reached_by_incidents(profile: &OfflineProfile) -> OfflineProfile {
+        let mut edited = profile.clone();
+        let assets = edited
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "customer_assets")
+            .expect("customer_assets");
+        assets.rules = vec![RowRule::Related {
+            table: "work_order_incidents".into(),
+            column: "id".into(),
+            foreign_column: "customer_asset_id".into(),
+        }];
+        edited
+    }
+
     /// `EXPLAIN QUERY PLAN` of `sql`: each step's description.
     fn plan(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Vec<String> {
         conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
@@ -735,7 +735,7 @@ mod tests {
     /// is built again when the profile is published.
     #[test]
     fn postgres_rule_indexes_are_built_concurrently_and_invalid_ones_again_on_postgres() {
-        let Some(db) = crate::db::retention_tests::fresh_postgres_db() else {
+        let Some(db) = crate::db::test_support::fresh_postgres_db() else {
             return;
         };
         let model = crate::field_service_model();
@@ -762,17 +762,7 @@ mod tests {
         }
         // A concurrent build that failed: a unique index on duplicate
         // values, under the name a new rule's index will have.
-        let mut edited = profile.clone();
-        let assets = edited
-            .tables
-            .iter_mut()
-            .find(|t| t.name == "customer_assets")
-            .expect("customer_assets");
-        assets.rules = vec![RowRule::Related {
-            table: "work_order_incidents".into(),
-            column: "id".into(),
-            foreign_column: "customer_asset_id".into(),
-        }];
+        let edited = assets_reached_by_incidents(&profile);
         let columns: Vec<String> = ["customer_asset_id", "_deleted", "work_order_id"]
             .map(String::from)
             .into();

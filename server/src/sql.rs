@@ -532,10 +532,7 @@ mod tests {
     /// test command's PostgreSQL cluster).
     #[test]
     fn statements_are_prepared_once_per_connection_on_postgres() {
-        let Some(url) = std::env::var("FIELDSYNC_TEST_POSTGRES")
-            .ok()
-            .filter(|s| !s.is_empty())
-        else {
+        let Some(url) = crate::db::test_support::postgres_base() else {
             return;
         };
         std::thread::spawn(move || {

@@ -66,9 +66,20 @@ fn check(e: &TelemetryEvent) -> Result<(), String> {
     Ok(())
 }
 
-/// Stores a batch for `user_id`; returns how many events were new.
+/// Stores a batch for `user_id`, and each device's app version (its last
+/// event's) for the device list, in one transaction; returns how many
+/// events were new.
 pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> ApiResult<u64> {
+    let mut versions = BTreeMap::new();
+    for e in events {
+        versions.insert(e.device_id.as_str(), e.app_version.as_str());
+    }
     db.write(|c| {
+        for (device, version) in &versions {
+            if !version.is_empty() {
+                crate::db::touch_device_in(c, device, user_id, false, Some(version))?;
+            }
+        }
         let mut n = 0;
         for e in events {
             n += c.execute(
@@ -449,21 +460,8 @@ pub async fn upload(
     }
     let db = app.db.clone();
     // Received by the server's clock, which the retention also reads
-    // (`Db::purge`). Each device's app version goes to the device list.
-    let accepted = blocking(move || {
-        let accepted = store(&db, &user.id, &batch.events, db.now_ms())?;
-        let mut seen = std::collections::BTreeMap::new();
-        for e in &batch.events {
-            seen.insert(e.device_id.as_str(), e.app_version.as_str());
-        }
-        for (device, version) in seen {
-            if !version.is_empty() {
-                db.touch_device(device, &user.id, false, Some(version))?;
-            }
-        }
-        Ok::<_, ApiError>(accepted)
-    })
-    .await?;
+    // (`Db::purge`).
+    let accepted = blocking(move || store(&db, &user.id, &batch.events, db.now_ms())).await?;
     Ok(Json(TelemetryAccepted { accepted }))
 }
 
