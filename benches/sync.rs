@@ -46,6 +46,28 @@ fn peak_rss_kib() -> u64 {
     status_kib("VmHWM:")
 }
 
+/// The most the allocator held in live allocations at once in this process
+/// (the engine's and SQLite's), sampled every 5 ms by [`sample_heap`]: the
+/// resident set also holds what glibc keeps free in its arenas.
+static HEAP_PEAK_KIB: AtomicU64 = AtomicU64::new(0);
+
+/// Samples glibc's count of bytes in live allocations (`mallinfo2`,
+/// `uordblks`, summed over its arenas) every 5 ms into [`HEAP_PEAK_KIB`].
+fn sample_heap() {
+    std::thread::spawn(|| {
+        loop {
+            // SAFETY: mallinfo2 takes no argument and returns a plain
+            // struct of counters (glibc 2.33 and later).
+            let used = unsafe { libc::mallinfo2() }.uordblks as u64 / 1024;
+            let before = HEAP_PEAK_KIB.fetch_max(used, Ordering::Relaxed);
+            if used > before + 128 && std::env::var_os("FIELDSYNC_BENCH_RSS").is_some() {
+                tracing::info!(target: "fieldsync::bench", used, "heap peak");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+}
+
 /// `FIELDSYNC_BENCH_RSS=1`: the device child logs its resident set every time
 /// it grows by a MiB (target `fieldsync::bench`, with the sync's phase logs),
 /// to see which phase the peak belongs to.
@@ -71,6 +93,7 @@ async fn device_sync(db: &str, url: &str, token: &str, page_size: u32) {
     let mut config = EngineConfig::new(db, url, token);
     config.page_size = page_size;
     trace_rss();
+    sample_heap();
     let engine = Engine::open(config).expect("open");
     let started = Instant::now();
     let report = engine.sync().await.expect("sync");
@@ -82,7 +105,7 @@ async fn device_sync(db: &str, url: &str, token: &str, page_size: u32) {
         .sum();
     println!(
         "{}",
-        json!({"rows": rows, "pages": report.pages(), "secs": secs, "peak_rss_kib": peak_rss_kib(), "sqlite_peak_kib": sqlite_peak_kib(), "bytes_down": report.bytes_down, "uploaded": report.uploaded})
+        json!({"rows": rows, "pages": report.pages(), "secs": secs, "peak_rss_kib": peak_rss_kib(), "sqlite_peak_kib": sqlite_peak_kib(), "heap_peak_kib": HEAP_PEAK_KIB.load(Ordering::Relaxed), "bytes_down": report.bytes_down, "uploaded": report.uploaded})
     );
 }
 
@@ -670,7 +693,8 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
         Row3(
             "initial sync: device peak RSS".into(),
             format!(
-                "{rss_mib:.1} MiB, of which SQLite's allocations at most {:.1} MiB",
+                "{rss_mib:.1} MiB; live allocations at most {:.1} MiB, of which SQLite's at most {:.1} MiB",
+                initial["heap_peak_kib"].as_f64().unwrap_or(0.0) / 1024.0,
                 initial["sqlite_peak_kib"].as_f64().unwrap_or(0.0) / 1024.0
             ),
             format!("{} of 64 MiB", pct(rss_mib, 64.0)),

@@ -1,8 +1,9 @@
 //! Answer bodies as they come off the wire. The device asks for zstd or gzip
 //! (`accept-encoding`) and keeps a pull page compressed until the thread that
-//! writes it decompresses it into the decoder a block at a time: a 10,000-row
-//! page is about 5 MB of JSON and 600 kB of zstd, and the decoded JSON is
-//! never held whole. Other answers are small and are decompressed whole,
+//! writes it decompresses it into the decoder a block at a time: a page is
+//! kept to about 64 kB on the wire (`sync::PAGE_BYTES`), some 500 kB of JSON
+//! as zstd, and the decoded JSON is never held whole. zstd contexts are kept
+//! from one body to the next ([`ZSTD_CONTEXTS`]). Other answers are small and are decompressed whole,
 //! up to [`MAX_DECODED_ANSWER`].
 
 use std::io::{BufReader, Read};
@@ -82,10 +83,7 @@ impl Body {
             Encoding::Gzip => {
                 Decompressor::Gzip(flate2::read::GzDecoder::new(self.bytes.as_slice()))
             }
-            Encoding::Zstd => Decompressor::Zstd(
-                zstd::stream::read::Decoder::with_buffer(self.bytes.as_slice())
-                    .map_err(|e| Error::Protocol(format!("the server's answer: zstd: {e}")))?,
-            ),
+            Encoding::Zstd => Decompressor::Zstd(ZstdReader::new(&self.bytes)),
         })
     }
 
@@ -114,7 +112,130 @@ impl Body {
 pub enum Decompressor<'a> {
     Identity(&'a [u8]),
     Gzip(flate2::read::GzDecoder<&'a [u8]>),
-    Zstd(zstd::stream::read::Decoder<'static, &'a [u8]>),
+    Zstd(ZstdReader<'a>),
+}
+
+/// The largest zstd window the device accepts (log2): 8 MiB, the limit of
+/// the `zstd` content coding in HTTP (RFC 9659). A frame asking for more
+/// is refused instead of making the device allocate it.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// Decompression contexts kept for the next body. A context holds its
+/// window (up to 8 MiB, 512 kB for the reference server's pages) and keeps
+/// it from one frame to the next: made per page, those buffers came and
+/// went with every page, and glibc, which raises its threshold for mapping a
+/// large block each time one is freed, kept them in its heaps in pieces (the
+/// resident set grew with the number of pages, not with the size of one).
+/// A few are kept: one per body being read at once (a page's head, two
+/// tables' pages).
+static ZSTD_CONTEXTS: std::sync::Mutex<Vec<zstd::zstd_safe::DCtx<'static>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How many idle contexts [`ZSTD_CONTEXTS`] keeps.
+const ZSTD_CONTEXTS_KEPT: usize = 4;
+
+/// Reads the decompressed bytes of one or more zstd frames held in memory,
+/// with a context taken from [`ZSTD_CONTEXTS`] and given back when dropped.
+pub struct ZstdReader<'a> {
+    context: Option<zstd::zstd_safe::DCtx<'static>>,
+    input: &'a [u8],
+    /// What `decompress_stream` last asked for: 0 when a frame is complete.
+    in_frame: bool,
+}
+
+impl<'a> ZstdReader<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        let kept = ZSTD_CONTEXTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let context = kept.unwrap_or_else(|| {
+            let mut c = zstd::zstd_safe::DCtx::create();
+            // Only fails for a parameter out of zstd's own bounds.
+            let _ = c.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                ZSTD_WINDOW_LOG_MAX,
+            ));
+            c
+        });
+        Self {
+            context: Some(context),
+            input,
+            in_frame: false,
+        }
+    }
+}
+
+impl Read for ZstdReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(context) = self.context.as_mut() else {
+            return Ok(0);
+        };
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.input.is_empty() {
+                if self.in_frame {
+                    // The frame may still hold output without more input.
+                    let mut out = zstd::zstd_safe::OutBuffer::around(&mut *buf);
+                    let mut none = zstd::zstd_safe::InBuffer::around(&[]);
+                    let hint = context
+                        .decompress_stream(&mut out, &mut none)
+                        .map_err(zstd_error)?;
+                    self.in_frame = hint != 0;
+                    if out.pos() > 0 {
+                        return Ok(out.pos());
+                    }
+                    if self.in_frame {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "zstd: the frame is cut short",
+                        ));
+                    }
+                }
+                return Ok(0);
+            }
+            let mut out = zstd::zstd_safe::OutBuffer::around(&mut *buf);
+            let mut input = zstd::zstd_safe::InBuffer::around(self.input);
+            let hint = context
+                .decompress_stream(&mut out, &mut input)
+                .map_err(zstd_error)?;
+            let read = input.pos();
+            self.input = &self.input[read..];
+            self.in_frame = hint != 0;
+            if out.pos() > 0 {
+                return Ok(out.pos());
+            }
+            if read == 0 && self.in_frame {
+                return Err(std::io::Error::other("zstd: the decoder made no progress"));
+            }
+        }
+    }
+}
+
+impl Drop for ZstdReader<'_> {
+    fn drop(&mut self) {
+        let Some(mut context) = self.context.take() else {
+            return;
+        };
+        if context
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .is_err()
+        {
+            return;
+        }
+        let mut kept = ZSTD_CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < ZSTD_CONTEXTS_KEPT {
+            kept.push(context);
+        }
+    }
+}
+
+fn zstd_error(code: usize) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("zstd: {}", zstd::zstd_safe::get_error_name(code)),
+    )
 }
 
 impl Read for Decompressor<'_> {
@@ -204,5 +325,71 @@ mod tests {
             Err(Error::Protocol(m)) => assert!(m.contains("larger than"), "{m}"),
             other => panic!("expected a protocol error, got {other:?}"),
         }
+    }
+
+    fn zstd_body(bytes: Vec<u8>) -> Body {
+        Body {
+            bytes,
+            encoding: Encoding::Zstd,
+        }
+    }
+
+    #[test]
+    fn zstd_contexts_are_reused_clean_and_frames_follow_one_another() {
+        let a = br#"{"a":[1,2,3]}"#.repeat(20_000);
+        let b = br#"{"b":"text"}"#.repeat(30_000);
+        // A body left half read gives its context back mid-frame; the next
+        // body decoded with it starts clean.
+        let first = zstd_body(zstd::encode_all(a.as_slice(), 1).expect("zstd"));
+        let mut half = vec![0; a.len() / 2];
+        first
+            .reader()
+            .expect("reader")
+            .read_exact(&mut half)
+            .expect("half");
+        assert_eq!(half, a[..a.len() / 2]);
+        for _ in 0..3 {
+            let second = zstd_body(zstd::encode_all(b.as_slice(), 1).expect("zstd"));
+            assert_eq!(second.decoded().expect("decoded"), b);
+        }
+        assert!(ZSTD_CONTEXTS.lock().expect("pool").len() <= ZSTD_CONTEXTS_KEPT);
+        // Two frames one after the other decode as their concatenation.
+        let mut two = zstd::encode_all(a.as_slice(), 1).expect("zstd");
+        two.extend(zstd::encode_all(b.as_slice(), 3).expect("zstd"));
+        assert_eq!(zstd_body(two).decoded().expect("decoded"), [a, b].concat());
+        // An empty body decodes to nothing.
+        assert_eq!(zstd_body(Vec::new()).decoded().expect("empty"), b"");
+    }
+
+    #[test]
+    fn a_zstd_frame_asking_for_a_window_over_8_mib_is_refused() {
+        // 20 MiB of one repeated 12 MiB-apart pattern, compressed with a
+        // 16 MiB window (log 24): a decoder that honoured it would allocate
+        // 16 MiB.
+        let block: Vec<u8> = (0..12 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let data = [block.as_slice(), &block[..8 * 1024 * 1024]].concat();
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).expect("encoder");
+        encoder.window_log(24).expect("window");
+        encoder.write_all(&data).expect("write");
+        let wide = encoder.finish().expect("finish");
+        match zstd_body(wide)
+            .reader()
+            .expect("reader")
+            .read_to_end(&mut Vec::new())
+        {
+            Err(e) => assert!(e.to_string().contains("zstd"), "{e}"),
+            Ok(n) => panic!("a 16 MiB window was accepted ({n} bytes)"),
+        }
+        // A frame within the limit decodes.
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).expect("encoder");
+        encoder.window_log(23).expect("window");
+        encoder.write_all(&data[..1024 * 1024]).expect("write");
+        let fits = encoder.finish().expect("finish");
+        assert_eq!(
+            zstd_body(fits).decoded().expect("decoded"),
+            data[..1024 * 1024]
+        );
     }
 }

@@ -491,6 +491,32 @@ const TOTAL_EVERY_PAGES: u64 = 10;
 /// up to the page size.
 const FIRST_PAGE_SHARE: u32 = 8;
 
+/// About the most a page should take as it comes off the wire (compressed,
+/// as a rule). A table's download holds two pages, the one being written and
+/// the next arriving, so this, not the page size (a count of rows) times the
+/// rows' width, bounds what pages take of the device's memory: at 10,000
+/// rows a page of work orders held 190 kB, and a table of rows near the
+/// 1 MiB row limit would have held gigabytes. Each next page asks for as
+/// many rows as fit this many bytes at the last page's bytes per row.
+const PAGE_BYTES: u64 = 64 * 1024;
+
+/// The rows the next page asks for after a page of `asked` rows that took
+/// `held` bytes: twice as many, up to the page size and to about
+/// [`PAGE_BYTES`] at this page's bytes per row, and at least one.
+fn next_limit(asked: u32, held: usize, page_size: u32) -> u32 {
+    let doubled = asked.saturating_mul(2).min(page_size);
+    let Ok(held) = u64::try_from(held) else {
+        return 1;
+    };
+    if held == 0 {
+        return doubled.max(1);
+    }
+    let fit = u64::from(asked).saturating_mul(PAGE_BYTES) / held;
+    u32::try_from(fit)
+        .map_or(doubled, |fit| doubled.min(fit))
+        .max(1)
+}
+
 /// Hands the memory of an applied page back to the system. glibc keeps what
 /// is freed in its arenas (one per thread that allocated, and the blocking
 /// pool runs pages on whichever thread is free): without a trim the process
@@ -556,7 +582,8 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
     };
     let mut rows_done = state.received_rows;
     let mut rows_total = state.expected_rows;
-    // A short first page, then pages doubling up to the page size: the
+    // A short first page, then pages doubling up to the page size (and to
+    // about PAGE_BYTES on the wire, see `next_limit`): the
     // device starts writing after a short wait, and from then on the server
     // computes the next page while the device writes this one (one page of
     // the full size would keep them waiting on each other).
@@ -578,11 +605,13 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
         table_report.bytes_down += fetched.bytes_down;
         let pulled = fetched.value;
         let page = &pulled.head;
+        let held = pulled.body().bytes.len();
+        debug!(target: "fieldsync::sync", table = %table.name, limit, held, "page arrived");
         if page.has_more {
             // The server's total is an estimate until the last page: ask
             // again now and then so the progress follows what is selected.
             let ask_total = (table_report.pages + 1).is_multiple_of(TOTAL_EVERY_PAGES);
-            limit = limit.saturating_mul(2).min(engine.page_size);
+            limit = next_limit(limit, held, engine.page_size);
             pending = Some(fetch(
                 engine,
                 table,
@@ -639,4 +668,31 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
     });
     report.tables.push(table_report);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PAGE_BYTES, next_limit};
+
+    #[test]
+    fn pages_double_up_to_the_page_size_and_to_about_page_bytes() {
+        // Narrow rows: doubling, then the page size.
+        assert_eq!(next_limit(1_250, 5_000, 10_000), 2_500);
+        assert_eq!(next_limit(5_000, 20_000, 10_000), 10_000);
+        assert_eq!(next_limit(10_000, 40_000, 10_000), 10_000);
+        // Wide rows: as many as fit PAGE_BYTES at this page's bytes per row,
+        // even fewer than this page when it was over.
+        let per_row = 20;
+        let held = |rows: u32| rows as usize * per_row;
+        let fit = (PAGE_BYTES / per_row as u64) as u32;
+        assert_eq!(next_limit(1_250, held(1_250), 10_000), 2_500);
+        assert_eq!(next_limit(2_500, held(2_500), 10_000), fit);
+        assert_eq!(next_limit(5_000, held(5_000), 10_000), fit);
+        assert_eq!(next_limit(fit, held(fit), 10_000), fit);
+        // One row wider than the budget: pages of one row, never none.
+        assert_eq!(next_limit(1, 1 << 20, 10_000), 1);
+        assert_eq!(next_limit(3, 1 << 22, 10_000), 1);
+        // An empty body (nothing held) only doubles.
+        assert_eq!(next_limit(100, 0, 10_000), 200);
+    }
 }

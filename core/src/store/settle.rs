@@ -244,7 +244,7 @@ fn ensure_index(conn: &Connection, table: &SyncTable, column: &str) -> Result<()
 }
 
 /// The page cache an index build runs with (`cache_size`, negative: KiB).
-const INDEX_BUILD_CACHE_KIB: i64 = -1024;
+const INDEX_BUILD_CACHE_KIB: i64 = -256;
 
 /// Brings a store written by an earlier version up to date: the
 /// `settle_all` column, the lost-value triggers, and the related values
