@@ -227,9 +227,10 @@ fn ensure_index(conn: &Connection, table: &SyncTable, column: &str) -> Result<()
     }
     // CREATE INDEX sorts the column's values in memory up to the page
     // cache's size before it spills to a file, so at 1M rows the sort
-    // alone took 2 MiB more than at 100k. The build runs with a 1 MiB
-    // cache (SQLite's sorter keeps at least 250 pages whatever the cache),
-    // and the store's cache size comes back after it.
+    // alone took 2 MiB more than at 100k. The build runs with a 256 KiB
+    // cache (the sorter's minimum, `store::SORTER_MIN_PAGES`, is 64 pages),
+    // which a 100k build fills too, and the store's cache size comes back
+    // after it.
     let cache: i64 = conn.pragma_query_value(None, "cache_size", |r| r.get(0))?;
     conn.pragma_update(None, "cache_size", INDEX_BUILD_CACHE_KIB)?;
     let built = conn.execute_batch(&format!(
