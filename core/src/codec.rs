@@ -127,12 +127,27 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 /// large block each time one is freed, kept them in its heaps in pieces (the
 /// resident set grew with the number of pages, not with the size of one).
 /// A few are kept: one per body being read at once (a page's head, two
-/// tables' pages).
+/// tables' pages), none larger than [`ZSTD_CONTEXT_KEPT_BYTES`], and a
+/// sync run frees them when it ends ([`release_zstd_contexts`]).
 static ZSTD_CONTEXTS: std::sync::Mutex<Vec<zstd::zstd_safe::DCtx<'static>>> =
     std::sync::Mutex::new(Vec::new());
 
 /// How many idle contexts [`ZSTD_CONTEXTS`] keeps.
 const ZSTD_CONTEXTS_KEPT: usize = 4;
+
+/// The largest context [`ZSTD_CONTEXTS`] keeps (its window included): one
+/// that decoded a frame with a larger window, up to 8 MiB, is freed
+/// instead of being held while the app is idle.
+const ZSTD_CONTEXT_KEPT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Frees the kept zstd contexts: a sync run calls it when it ends, so an
+/// idle app holds none (the contexts serve the pages of one run).
+pub fn release_zstd_contexts() {
+    ZSTD_CONTEXTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+}
 
 /// Reads the decompressed bytes of one or more zstd frames held in memory,
 /// with a context taken from [`ZSTD_CONTEXTS`] and given back when dropped.
@@ -224,11 +239,19 @@ impl Drop for ZstdReader<'_> {
         {
             return;
         }
+        if !worth_keeping(&context) {
+            return;
+        }
         let mut kept = ZSTD_CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
         if kept.len() < ZSTD_CONTEXTS_KEPT {
             kept.push(context);
         }
     }
+}
+
+/// Whether a context is small enough to keep for the next body.
+fn worth_keeping(context: &zstd::zstd_safe::DCtx<'_>) -> bool {
+    context.sizeof() <= ZSTD_CONTEXT_KEPT_BYTES
 }
 
 fn zstd_error(code: usize) -> std::io::Error {
@@ -382,14 +405,21 @@ mod tests {
             Err(e) => assert!(e.to_string().contains("zstd"), "{e}"),
             Ok(n) => panic!("a 16 MiB window was accepted ({n} bytes)"),
         }
-        // A frame within the limit decodes.
+        // A frame within the limit decodes; its context, holding an 8 MiB
+        // window, is not kept for the next body.
         let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).expect("encoder");
         encoder.window_log(23).expect("window");
-        encoder.write_all(&data[..1024 * 1024]).expect("write");
+        encoder.write_all(&data[..2 * 1024 * 1024]).expect("write");
         let fits = encoder.finish().expect("finish");
-        assert_eq!(
-            zstd_body(fits).decoded().expect("decoded"),
-            data[..1024 * 1024]
-        );
+        let mut reader = ZstdReader::new(&fits);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).expect("decoded");
+        assert_eq!(out, data[..2 * 1024 * 1024]);
+        assert!(!worth_keeping(reader.context.as_ref().expect("context")));
+        // A context that decoded a reference-sized page is kept.
+        let page = zstd::encode_all(&data[..2 * 1024 * 1024], 1).expect("zstd");
+        let mut reader = ZstdReader::new(&page);
+        reader.read_to_end(&mut Vec::new()).expect("decoded");
+        assert!(worth_keeping(reader.context.as_ref().expect("context")));
     }
 }

@@ -52,6 +52,7 @@ pub(crate) async fn run(
         ..Default::default()
     };
     let result = run_inner(engine, only, smart, &mut report).await;
+    crate::codec::release_zstd_contexts();
     report.duration_ms = engine.clock.now_ms() - started;
     match result {
         Ok(()) => {
