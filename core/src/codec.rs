@@ -2,8 +2,9 @@
 //! (`accept-encoding`) and keeps a pull page compressed until the thread that
 //! writes it decompresses it into the decoder a block at a time: a page is
 //! kept to about 256 kB on the wire (`sync::PAGE_BYTES`; 10,000 work orders
-//! are 190 kB of zstd), and the decoded JSON is never held whole. zstd contexts are kept
-//! from one body to the next ([`ZSTD_CONTEXTS`]). Other answers are small and are decompressed whole,
+//! are 190 kB of zstd), and the decoded JSON is never held whole. zstd
+//! contexts are kept from one body to the next within a sync run
+//! ([`ZSTD_CONTEXTS`]). Other answers are small and are decompressed whole,
 //! up to [`MAX_DECODED_ANSWER`].
 
 use std::io::{BufReader, Read};
@@ -154,7 +155,8 @@ pub fn release_zstd_contexts() {
 pub struct ZstdReader<'a> {
     context: Option<zstd::zstd_safe::DCtx<'static>>,
     input: &'a [u8],
-    /// What `decompress_stream` last asked for: 0 when a frame is complete.
+    /// Whether a frame is begun and not complete (zstd's last hint was not
+    /// 0): input that ends here is cut short.
     in_frame: bool,
 }
 
