@@ -48,7 +48,7 @@ fn device_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get(DEVICE_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| crate::db::device_id_ok(v))
         .map(str::to_owned)
 }
 

@@ -69,6 +69,13 @@ use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_
 /// Current version of the server's own schema.
 pub const SCHEMA_VERSION: i64 = 2;
 
+/// Whether a device id is one the server records (1 to 128 bytes): the
+/// `x-fieldsync-device-id` header is read only within this bound, and the
+/// device list and its last errors keep only such ids.
+pub(crate) fn device_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128
+}
+
 /// Roles of users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1236,7 +1243,7 @@ impl Db {
         synced: bool,
         app_version: Option<&str>,
     ) -> ApiResult<()> {
-        if device_id.is_empty() || device_id.len() > 128 {
+        if !device_id_ok(device_id) {
             return Ok(());
         }
         self.write(|c| touch_device_in(c, device_id, user_id, synced, app_version))
@@ -1867,7 +1874,7 @@ impl Db {
         // The device's last error, for the device list (`GET
         // /v1/admin/devices`); the device row may not exist yet (the push
         // is its first request).
-        if let Some(device) = device_id.filter(|d| !d.is_empty() && d.len() <= 128) {
+        if let Some(device) = device_id.filter(|d| device_id_ok(d)) {
             let now = now_text();
             c.execute(
                 "INSERT INTO _fs_devices (id, user_id, first_seen, last_seen, last_error)
@@ -2478,7 +2485,7 @@ pub(crate) fn touch_device_in(
     synced: bool,
     app_version: Option<&str>,
 ) -> ApiResult<()> {
-    if device_id.is_empty() || device_id.len() > 128 {
+    if !device_id_ok(device_id) {
         return Ok(());
     }
     let now = now_text();
