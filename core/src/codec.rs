@@ -191,27 +191,10 @@ impl Read for ZstdReader<'_> {
             return Ok(0);
         }
         loop {
-            if self.input.is_empty() {
-                if self.in_frame {
-                    // The frame may still hold output without more input.
-                    let mut out = zstd::zstd_safe::OutBuffer::around(&mut *buf);
-                    let mut none = zstd::zstd_safe::InBuffer::around(&[]);
-                    let hint = context
-                        .decompress_stream(&mut out, &mut none)
-                        .map_err(zstd_error)?;
-                    self.in_frame = hint != 0;
-                    if out.pos() > 0 {
-                        return Ok(out.pos());
-                    }
-                    if self.in_frame {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "zstd: the frame is cut short",
-                        ));
-                    }
-                }
+            if self.input.is_empty() && !self.in_frame {
                 return Ok(0);
             }
+            // With no input left, a begun frame may still hold output.
             let mut out = zstd::zstd_safe::OutBuffer::around(&mut *buf);
             let mut input = zstd::zstd_safe::InBuffer::around(self.input);
             let hint = context
@@ -224,7 +207,14 @@ impl Read for ZstdReader<'_> {
                 return Ok(out.pos());
             }
             if read == 0 && self.in_frame {
-                return Err(std::io::Error::other("zstd: the decoder made no progress"));
+                return Err(if self.input.is_empty() {
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "zstd: the frame is cut short",
+                    )
+                } else {
+                    std::io::Error::other("zstd: the decoder made no progress")
+                });
             }
         }
     }
