@@ -185,7 +185,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
 /// 64, a sort is bounded by the connection's page cache down to 256 KiB:
 /// the index builds of a whole-table settling (`settle::ensure_index`)
 /// sort 126k keys at 1M device rows and 12.6k at 100k, and both now fill
-/// the same bound, so the device's peak memory does not follow its size.
+/// the same bound, so the sort's memory does not follow the device's size.
 const SORTER_MIN_PAGES: std::os::raw::c_int = 64;
 
 /// Process-wide SQLite settings, made once before the first connection
