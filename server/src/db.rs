@@ -64,7 +64,11 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ApiResult};
 use crate::rules;
 use crate::schema;
-use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
+use crate::selection::Walked;
+use crate::sql::{
+    Cells, Conn, Dialect, PgClient, PgConn, Row, SqliteConn, model_value, opt_text, pg_retryable,
+    text,
+};
 
 /// Current version of the server's own schema.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -482,6 +486,11 @@ pub struct Db {
     clock: Arc<dyn Clock>,
     model: DataModel,
     backend: Backend,
+    /// Related rules' selected values, kept between the pages of first
+    /// downloads (see [`crate::selection`]).
+    selections: crate::selection::SelectionCache,
+    /// Off only in tests that compare the two walks.
+    use_selections: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -737,6 +746,8 @@ impl Db {
             clock: Arc::new(SystemClock),
             model,
             backend,
+            selections: Default::default(),
+            use_selections: true,
         })
     }
 
@@ -792,6 +803,20 @@ impl Db {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Db {
         self.clock = clock;
         self
+    }
+
+    /// Whether first downloads walk with the selected-value sets (on) or
+    /// with the compiled rules only (tests comparing the two), and the
+    /// sets' cache.
+    #[cfg(test)]
+    pub(crate) fn set_selections(&mut self, on: bool, cache: crate::selection::SelectionCache) {
+        self.use_selections = on;
+        self.selections = cache;
+    }
+
+    /// The selected-value sets this instance keeps.
+    pub fn selections(&self) -> &crate::selection::SelectionCache {
+        &self.selections
     }
 
     /// The clock's reading, milliseconds since the epoch.
@@ -1313,6 +1338,14 @@ impl Db {
             }
             Ok(values)
         };
+        let read_cells = |r: &dyn Cells| -> ApiResult<Vec<Value>> {
+            let mut values = Vec::with_capacity(ncols + 1);
+            values.push(Value::Integer(r.int(0)?));
+            for (i, c) in table.columns.iter().enumerate() {
+                values.push(model_value(r.cell(i + 1)?.into_value(), c.kind));
+            }
+            Ok(values)
+        };
         self.read(|c| {
             let hwm = c
                 .query_one("SELECT COALESCE(MAX(seq), 0) FROM _fs_change_log", &[])?
@@ -1415,40 +1448,83 @@ impl Db {
             if cursor.phase == Phase::Changes && room == 0 {
                 has_more = true;
             } else if cursor.phase == Phase::Changes {
-                // A row at or before the snapshot is only in the result when
-                // it qualifies (the scope says so), so the select list
-                // evaluates the predicate only for later rows: every related
-                // rule's sub-query is then built once per page, not twice.
-                let sql = format!(
-                    "SELECT {select_cols}, _seq,
-                       CASE WHEN _seq <= ? THEN 1 WHEN _deleted = 0 AND {pred} THEN 1 ELSE 0 END
-                     FROM {t} WHERE {scope} ORDER BY _seq LIMIT ?",
-                    pred = predicate.sql,
-                    t = quote_ident(&table.name),
-                );
-                let mut params: Vec<Value> = vec![int(cursor.snapshot)];
-                params.extend(predicate.params.iter().cloned());
-                params.push(int(cursor.since));
-                params.push(int(cursor.snapshot));
-                params.extend(predicate.params.iter().cloned());
-                params.push(int(i64::from(room) + 1));
-                let rows = c.query(&sql, &params)?;
-                let more = rows.len() > room as usize;
+                let selection = crate::selection::Scope {
+                    dialect,
+                    model: &self.model,
+                    profile,
+                    ctx: &profile.filter_context(now),
+                    hwm,
+                    snapshot: cursor.snapshot,
+                    cache: &self.selections,
+                };
+                let read = crate::selection::Read {
+                    select_cols: &select_cols,
+                    ncols,
+                    values: &read_cells,
+                };
+                let walked = if !self.use_selections {
+                    None
+                } else {
+                    crate::selection::walk(
+                    c,
+                    &selection,
+                    table,
+                    &predicate,
+                    &read,
+                    cursor.since,
+                    room,
+                )?
+                };
+                let (entries, more) = match walked {
+                    Some(w) => (w.entries, w.more),
+                    None => {
+                        // A row at or before the snapshot is only in the
+                        // result when it qualifies (the scope says so), so
+                        // the select list evaluates the predicate only for
+                        // later rows: every related rule's sub-query is then
+                        // built once per page, not twice.
+                        let sql = format!(
+                            "SELECT {select_cols}, _seq,
+                               CASE WHEN _seq <= ? THEN 1 WHEN _deleted = 0 AND {pred} THEN 1 ELSE 0 END
+                             FROM {t} WHERE {scope} ORDER BY _seq LIMIT ?",
+                            pred = predicate.sql,
+                            t = quote_ident(&table.name),
+                        );
+                        let mut params: Vec<Value> = vec![int(cursor.snapshot)];
+                        params.extend(predicate.params.iter().cloned());
+                        params.push(int(cursor.since));
+                        params.push(int(cursor.snapshot));
+                        params.extend(predicate.params.iter().cloned());
+                        params.push(int(i64::from(room) + 1));
+                        let rows = c.query(&sql, &params)?;
+                        let more = rows.len() > room as usize;
+                        let mut entries = Vec::with_capacity(rows.len().min(room as usize));
+                        for r in rows.iter().take(room as usize) {
+                            let seq = r.i64(ncols + 1)?;
+                            entries.push(if r.i64(ncols + 2)? == 1 {
+                                (seq, Walked::Row(read_values(r)?))
+                            } else {
+                                (seq, Walked::Removed(r.text(1)?))
+                            });
+                        }
+                        (entries, more)
+                    }
+                };
                 let mut last_seq = cursor.since;
                 let mut entries_in_snapshot = 0u64;
-                for r in rows.iter().take(room as usize) {
-                    last_seq = r.i64(ncols + 1)?;
-                    if last_seq <= cursor.snapshot {
+                let walked = entries.len() as u64;
+                for (seq, entry) in entries {
+                    last_seq = seq;
+                    if seq <= cursor.snapshot {
                         entries_in_snapshot += 1;
                     }
-                    if r.i64(ncols + 2)? == 1 {
-                        out_rows.push(read_values(r)?);
-                    } else {
-                        removed.push(r.text(1)?);
+                    match entry {
+                        Walked::Row(values) => out_rows.push(values),
+                        Walked::Removed(id) => removed.push(id),
                     }
                 }
                 if let Some(t) = total.as_mut() {
-                    *t += rows.len().min(room as usize) as u64;
+                    *t += walked;
                     if more {
                         *t += estimate_rest(
                             c,

@@ -16,6 +16,7 @@ pub mod pgtls;
 pub mod rules;
 pub mod schema;
 pub mod seed;
+pub mod selection;
 pub mod sql;
 pub mod telemetry;
 

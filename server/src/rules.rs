@@ -74,6 +74,48 @@ pub fn compile_clock_rules(
     })
 }
 
+/// Compiles only the rules of `table` that read no other table (all rows,
+/// owned rows, custom filters), their OR, or `None` when every rule is a
+/// related-rows rule. With the related-rows rules' selected values (see
+/// [`crate::selection`]) it decides the same rows as [`compile_in`].
+pub fn compile_own_in(
+    dialect: Dialect,
+    table: &SyncTable,
+    ctx: &FilterContext,
+) -> Option<SqlPredicate> {
+    let mut params = Vec::new();
+    let parts: Vec<String> = table
+        .rules
+        .iter()
+        .filter_map(|rule| compile_own_rule(dialect, table, rule, ctx, &mut params))
+        .collect();
+    (!parts.is_empty()).then(|| SqlPredicate {
+        sql: format!("({})", parts.join(" OR ")),
+        params,
+    })
+}
+
+/// One rule that reads no other table; `None` for a related-rows rule.
+fn compile_own_rule(
+    dialect: Dialect,
+    table: &SyncTable,
+    rule: &RowRule,
+    ctx: &FilterContext,
+    params: &mut Vec<Value>,
+) -> Option<String> {
+    match rule {
+        RowRule::All => Some(dialect.true_sql().to_owned()),
+        RowRule::Owned { column } => {
+            params.push(Value::Text(ctx.user_id.clone()));
+            Some(format!("{} = ?", quote_ident(column)))
+        }
+        RowRule::Custom { filter } => {
+            Some(compile_cond_in(dialect, &filter.lower(table, ctx), params))
+        }
+        RowRule::Related { .. } => None,
+    }
+}
+
 /// `scope` is how the query around the predicate names `table` (its name,
 /// or the alias of an enclosing `EXISTS`).
 fn compile_at(
@@ -88,17 +130,8 @@ fn compile_at(
     let mut params = Vec::new();
     for rule in &table.rules {
         match rule {
-            RowRule::All => parts.push(dialect.true_sql().to_owned()),
-            RowRule::Owned { column } => {
-                parts.push(format!("{} = ?", quote_ident(column)));
-                params.push(Value::Text(ctx.user_id.clone()));
-            }
-            RowRule::Custom { filter } => {
-                parts.push(compile_cond_in(
-                    dialect,
-                    &filter.lower(table, ctx),
-                    &mut params,
-                ));
+            RowRule::All | RowRule::Owned { .. } | RowRule::Custom { .. } => {
+                parts.extend(compile_own_rule(dialect, table, rule, ctx, &mut params));
             }
             RowRule::Related {
                 table: other,

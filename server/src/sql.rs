@@ -9,6 +9,7 @@
 //! `RETURNING`, `TRUE`/`FALSE`, `CAST(? AS TEXT)`); where they differ the
 //! caller asks [`Conn::dialect`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::error::Error as _;
 
@@ -78,12 +79,7 @@ impl Row {
     }
     /// Column `i` as a value of a model column of `kind`.
     pub fn value(&self, i: usize, kind: ColumnKind) -> Value {
-        match (self.get(i).clone(), kind) {
-            (Value::Integer(n), ColumnKind::Boolean) => Value::Boolean(n != 0),
-            (Value::Integer(n), ColumnKind::Real) => Value::Real(n as f64),
-            (Value::Boolean(b), ColumnKind::Integer) => Value::Integer(i64::from(b)),
-            (v, _) => v,
-        }
+        model_value(self.get(i).clone(), kind)
     }
     pub fn opt_i64(&self, i: usize) -> ApiResult<Option<i64>> {
         match self.get(i) {
@@ -113,6 +109,128 @@ impl Row {
     }
 }
 
+/// A stored value as a value of a model column of `kind` (SQLite keeps
+/// booleans as integers and may keep a whole real as an integer).
+pub fn model_value(v: Value, kind: ColumnKind) -> Value {
+    match (v, kind) {
+        (Value::Integer(n), ColumnKind::Boolean) => Value::Boolean(n != 0),
+        (Value::Integer(n), ColumnKind::Real) => Value::Real(n as f64),
+        (Value::Boolean(b), ColumnKind::Integer) => Value::Integer(i64::from(b)),
+        (v, _) => v,
+    }
+}
+
+/// A value borrowed from the row being read: text is not copied unless it
+/// is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Bool(bool),
+    Text(Cow<'a, str>),
+}
+
+impl Cell<'_> {
+    pub fn into_value(self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Int(n) => Value::Integer(n),
+            Cell::Real(f) => Value::Real(f),
+            Cell::Bool(b) => Value::Boolean(b),
+            Cell::Text(t) => Value::Text(t.into_owned()),
+        }
+    }
+}
+
+/// The row being read by [`Conn::query_each`].
+pub trait Cells {
+    /// Column `i`, borrowed.
+    fn cell(&self, i: usize) -> ApiResult<Cell<'_>>;
+    /// The number of columns.
+    fn width(&self) -> usize;
+    /// Column `i` as an integer.
+    fn int(&self, i: usize) -> ApiResult<i64> {
+        match self.cell(i)? {
+            Cell::Int(n) => Ok(n),
+            Cell::Bool(b) => Ok(i64::from(b)),
+            other => Err(bad_column(i, "an integer", &other.into_value())),
+        }
+    }
+    /// Every column, owned.
+    fn row(&self) -> ApiResult<Row> {
+        (0..self.width())
+            .map(|i| self.cell(i).map(Cell::into_value))
+            .collect::<ApiResult<Vec<_>>>()
+            .map(Row)
+    }
+}
+
+impl Cells for rusqlite::Row<'_> {
+    fn cell(&self, i: usize) -> ApiResult<Cell<'_>> {
+        Ok(match self.get_ref(i)? {
+            rusqlite::types::ValueRef::Null => Cell::Null,
+            rusqlite::types::ValueRef::Integer(v) => Cell::Int(v),
+            rusqlite::types::ValueRef::Real(v) => Cell::Real(v),
+            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                Cell::Text(String::from_utf8_lossy(t))
+            }
+        })
+    }
+    fn width(&self) -> usize {
+        self.as_ref().column_count()
+    }
+}
+
+impl Cells for postgres::Row {
+    fn cell(&self, i: usize) -> ApiResult<Cell<'_>> {
+        let col = self
+            .columns()
+            .get(i)
+            .ok_or_else(|| ApiError::internal(format!("database: no column {i}")))?;
+        let pg = |e: postgres::Error| ApiError::internal(format!("database: column {i}: {e}"));
+        let cell = match *col.type_() {
+            Type::INT8 => self
+                .try_get::<_, Option<i64>>(i)
+                .map_err(pg)?
+                .map(Cell::Int),
+            Type::INT4 => self
+                .try_get::<_, Option<i32>>(i)
+                .map_err(pg)?
+                .map(|n| Cell::Int(n.into())),
+            Type::INT2 => self
+                .try_get::<_, Option<i16>>(i)
+                .map_err(pg)?
+                .map(|n| Cell::Int(n.into())),
+            Type::FLOAT8 => self
+                .try_get::<_, Option<f64>>(i)
+                .map_err(pg)?
+                .map(Cell::Real),
+            Type::FLOAT4 => self
+                .try_get::<_, Option<f32>>(i)
+                .map_err(pg)?
+                .map(|n| Cell::Real(n.into())),
+            Type::BOOL => self
+                .try_get::<_, Option<bool>>(i)
+                .map_err(pg)?
+                .map(Cell::Bool),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => self
+                .try_get::<_, Option<&str>>(i)
+                .map_err(pg)?
+                .map(|t| Cell::Text(Cow::Borrowed(t))),
+            ref other => {
+                return Err(ApiError::internal(format!(
+                    "database: column {i} has type {other}, which the server does not read"
+                )));
+            }
+        };
+        Ok(cell.unwrap_or(Cell::Null))
+    }
+    fn width(&self) -> usize {
+        self.len()
+    }
+}
+
 /// A connection inside a transaction the caller opened.
 pub trait Conn {
     fn dialect(&self) -> Dialect;
@@ -120,6 +238,14 @@ pub trait Conn {
     fn execute(&mut self, sql: &str, params: &[Value]) -> ApiResult<u64>;
     /// Runs a query; every row it answers.
     fn query(&mut self, sql: &str, params: &[Value]) -> ApiResult<Vec<Row>>;
+    /// Runs a query and hands each row to `f`, borrowed, as it is read,
+    /// until `f` answers `false`: a long walk holds one row at a time.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        f: &mut dyn FnMut(&dyn Cells) -> ApiResult<bool>,
+    ) -> ApiResult<()>;
     /// Runs statements without parameters.
     fn batch(&mut self, sql: &str) -> ApiResult<()>;
 
@@ -162,25 +288,27 @@ impl Conn for SqliteConn<'_> {
         Ok(stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64)
     }
     fn query(&mut self, sql: &str, params: &[Value]) -> ApiResult<Vec<Row>> {
-        let mut stmt = self.0.prepare_cached(sql)?;
-        let n = stmt.column_count();
-        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            let mut values = Vec::with_capacity(n);
-            for i in 0..n {
-                values.push(match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Null => Value::Null,
-                    rusqlite::types::ValueRef::Integer(v) => Value::Integer(v),
-                    rusqlite::types::ValueRef::Real(v) => Value::Real(v),
-                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                        Value::Text(String::from_utf8_lossy(t).into_owned())
-                    }
-                });
-            }
-            out.push(Row(values));
-        }
+        self.query_each(sql, params, &mut |r| {
+            out.push(r.row()?);
+            Ok(true)
+        })?;
         Ok(out)
+    }
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        f: &mut dyn FnMut(&dyn Cells) -> ApiResult<bool>,
+    ) -> ApiResult<()> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+        while let Some(r) = rows.next()? {
+            if !f(r)? {
+                break;
+            }
+        }
+        Ok(())
     }
     fn batch(&mut self, sql: &str) -> ApiResult<()> {
         Ok(self.0.execute_batch(sql)?)
@@ -289,44 +417,7 @@ impl ToSql for PgValue<'_> {
 }
 
 fn pg_row(r: &postgres::Row) -> ApiResult<Row> {
-    let mut values = Vec::with_capacity(r.len());
-    for (i, col) in r.columns().iter().enumerate() {
-        let pg = |e: postgres::Error| ApiError::internal(format!("database: column {i}: {e}"));
-        let v = match *col.type_() {
-            Type::INT8 => r
-                .try_get::<_, Option<i64>>(i)
-                .map_err(pg)?
-                .map(Value::Integer),
-            Type::INT4 => r
-                .try_get::<_, Option<i32>>(i)
-                .map_err(pg)?
-                .map(|n| Value::Integer(n.into())),
-            Type::INT2 => r
-                .try_get::<_, Option<i16>>(i)
-                .map_err(pg)?
-                .map(|n| Value::Integer(n.into())),
-            Type::FLOAT8 => r.try_get::<_, Option<f64>>(i).map_err(pg)?.map(Value::Real),
-            Type::FLOAT4 => r
-                .try_get::<_, Option<f32>>(i)
-                .map_err(pg)?
-                .map(|n| Value::Real(n.into())),
-            Type::BOOL => r
-                .try_get::<_, Option<bool>>(i)
-                .map_err(pg)?
-                .map(Value::Boolean),
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => r
-                .try_get::<_, Option<String>>(i)
-                .map_err(pg)?
-                .map(Value::Text),
-            ref other => {
-                return Err(ApiError::internal(format!(
-                    "database: column {i} has type {other}, which the server does not read"
-                )));
-            }
-        };
-        values.push(v.unwrap_or(Value::Null));
-    }
-    Ok(Row(values))
+    r.row()
 }
 
 /// SQLSTATEs after which a write transaction is simply run again: a
@@ -491,6 +582,41 @@ impl Conn for PgConn<'_> {
             Err(e) => return Err(self.fail(&sql, e)),
         };
         rows.iter().map(pg_row).collect()
+    }
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        f: &mut dyn FnMut(&dyn Cells) -> ApiResult<bool>,
+    ) -> ApiResult<()> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let sql = pg_placeholders(sql);
+        let bound: Vec<PgValue<'_>> = params.iter().map(PgValue).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p as _).collect();
+        let statement = match self.client.statement(&sql) {
+            Ok(s) => s,
+            Err(e) => return Err(self.fail(&sql, e)),
+        };
+        // Rows stream from the connection; the ones after a stop are
+        // read and dropped by the client.
+        let result = (|| -> Result<ApiResult<()>, postgres::Error> {
+            let mut rows = self
+                .client
+                .client
+                .query_raw(&statement, refs.iter().copied())?;
+            while let Some(r) = rows.next()? {
+                match f(&r) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            Ok(Ok(()))
+        })();
+        match result {
+            Ok(done) => done,
+            Err(e) => Err(self.fail(&sql, e)),
+        }
     }
     fn batch(&mut self, sql: &str) -> ApiResult<()> {
         match self.client.batch_execute(sql) {

@@ -1,0 +1,908 @@
+//! The first download of a table from the values its related-rows rules
+//! select, kept between pages.
+//!
+//! A pull walks the table in change order (`_seq`). Rows at or before the
+//! download's snapshot are sent when the rules select them, and for a
+//! related-rows rule that costs one or two index lookups per walked row,
+//! through every table of the chain (a service task reaches its work order,
+//! which needs one of the technician's bookings): the same work orders are
+//! looked up again for the incidents, the products, the services and the
+//! tasks, page after page. Here each related rule's side is computed once
+//! instead: the set of `foreign_column` values of the related table's live,
+//! selected rows ([`SelectionCache`]), built by reading that table's few
+//! columns once, and a walked row is selected when its own rules hold or its
+//! column's value is in a set. The walk itself then reads only the keys and
+//! the rules' columns; the selected rows are read in full by key.
+//!
+//! Only the walk of rows at or before the snapshot uses the sets. They are
+//! evaluated on the database as it was at some moment after the download's
+//! snapshot (a set is used only when it was built at or after it), which is
+//! what the page-by-page walk gives too: each page evaluates the rules when
+//! it is read, and related rows that change later reach the device through
+//! its own settling (`docs/protocol.md` §6). Rows changed after the snapshot
+//! are decided by the compiled rules, as before.
+//!
+//! A set is derived state of the database, like a query plan's cache: an
+//! instance that lacks one builds it, so several instances still serve one
+//! database. The sets are bounded in bytes; a set too large for its share,
+//! or one that would cost more rows to build than the walk it replaces,
+//! is not built, and the walk evaluates the compiled rules instead.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fieldsync_core::Value;
+use fieldsync_core::filter::FilterContext;
+use fieldsync_core::profile::{
+    ColumnKind, DataModel, RowRule, SyncProfile, SyncTable, quote_ident,
+};
+
+use crate::error::ApiResult;
+use crate::rules;
+use crate::sql::{Cell, Cells, Conn, Dialect};
+
+/// Bytes all kept sets may take, estimated (see [`KeySet`]).
+pub const CACHE_BYTES: usize = 64 << 20;
+
+/// Bytes one set may take; a larger one is not built.
+pub const SET_BYTES: usize = CACHE_BYTES / 4;
+
+/// Rows one statement of a walk reads at most.
+const CHUNK_ROWS: i64 = 20_000;
+
+/// A set is built only if it reads at most this many rows per row of the
+/// walk it serves (plus [`BUILD_ROWS_SPARE`]): a row read for a set costs
+/// about a tenth of a row walked with its rules' lookups (at 1M device rows:
+/// 476k incidents walked with their work order's and booking's lookups in
+/// 1.2-1.4 s, 476k rows of a table's few columns read in 0.2 s).
+const BUILD_ROWS_PER_WALKED_ROW: u64 = 10;
+
+/// Rows a set may read however small the walk.
+const BUILD_ROWS_SPARE: u64 = 20_000;
+
+/// How a column's values are matched, or `None` when this module does not
+/// match them (reals: the walk evaluates the compiled rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Int,
+    Text,
+}
+
+fn key_kind(kind: ColumnKind) -> Option<KeyKind> {
+    match kind {
+        ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime => Some(KeyKind::Text),
+        ColumnKind::Integer | ColumnKind::Boolean => Some(KeyKind::Int),
+        ColumnKind::Real => None,
+    }
+}
+
+/// The selected values of one table's column: integers, or text compared
+/// byte for byte, which SQL `=` matches exactly when they are equal here
+/// (text columns compare as binary on SQLite and in the "C" collation on
+/// PostgreSQL).
+#[derive(Debug, Default)]
+pub struct KeySet {
+    // A walk looks every row up: foldhash, seeded per process, hashes a
+    // short key several times faster than the standard SipHash.
+    ints: HashSet<i64, foldhash::fast::RandomState>,
+    texts: HashSet<Box<str>, foldhash::fast::RandomState>,
+    /// Estimated bytes: each key, its text, the table's slot and control
+    /// byte.
+    bytes: usize,
+}
+
+/// A stored value of a column matched as `kind`: `Ok(None)` for NULL (which
+/// matches nothing), `Err(())` for a value of another type than its
+/// column's, which this module cannot match as SQL would.
+enum Probe<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+fn probe<'a>(c: &'a Cell<'_>, kind: KeyKind) -> Result<Option<Probe<'a>>, ()> {
+    match (c, kind) {
+        (Cell::Null, _) => Ok(None),
+        (Cell::Int(n), KeyKind::Int) => Ok(Some(Probe::Int(*n))),
+        (Cell::Bool(b), KeyKind::Int) => Ok(Some(Probe::Int(i64::from(*b)))),
+        (Cell::Text(t), KeyKind::Text) => Ok(Some(Probe::Text(t))),
+        _ => Err(()),
+    }
+}
+
+impl KeySet {
+    fn contains(&self, p: &Probe<'_>) -> bool {
+        match p {
+            Probe::Int(n) => self.ints.contains(n),
+            Probe::Text(t) => self.texts.contains(*t),
+        }
+    }
+
+    fn insert(&mut self, p: &Probe<'_>) {
+        let added = match p {
+            Probe::Int(n) => self.ints.insert(*n).then_some(0),
+            Probe::Text(t) => (!self.texts.contains(*t))
+                .then(|| self.texts.insert((*t).into()))
+                .map(|_| t.len() + std::mem::size_of::<Box<str>>()),
+        };
+        if let Some(extra) = added {
+            self.bytes += 16 + extra;
+        }
+    }
+
+    /// How many values the set holds.
+    pub fn len(&self) -> usize {
+        self.ints.len() + self.texts.len()
+    }
+
+    /// Whether the set holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Entry {
+    /// The change log's high-water mark the set was built at.
+    hwm: i64,
+    set: Arc<KeySet>,
+    bytes: usize,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    bytes: usize,
+    tick: u64,
+    builds: u64,
+}
+
+/// Selected-value sets, least recently used evicted first.
+pub struct SelectionCache {
+    inner: Mutex<Inner>,
+    /// Rows a set may read however small the walk ([`BUILD_ROWS_SPARE`]).
+    build_spare: u64,
+}
+
+impl Default for SelectionCache {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            build_spare: BUILD_ROWS_SPARE,
+        }
+    }
+}
+
+impl SelectionCache {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The set under `key` if it was built at or after `snapshot`.
+    fn get(&self, key: &str, snapshot: i64) -> Option<Arc<KeySet>> {
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        let entry = inner.entries.get_mut(key).filter(|e| e.hwm >= snapshot)?;
+        entry.used = tick;
+        Some(entry.set.clone())
+    }
+
+    fn put(&self, key: String, hwm: i64, set: Arc<KeySet>, bytes: usize) {
+        let mut inner = self.lock();
+        inner.builds += 1;
+        if let Some(old) = inner.entries.remove(&key) {
+            inner.bytes -= old.bytes;
+        }
+        while inner.bytes + bytes > CACHE_BYTES {
+            let Some(oldest) = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(e) = inner.entries.remove(&oldest) {
+                inner.bytes -= e.bytes;
+            }
+        }
+        inner.tick += 1;
+        let used = inner.tick;
+        inner.bytes += bytes;
+        inner.entries.insert(
+            key,
+            Entry {
+                hwm,
+                set,
+                bytes,
+                used,
+            },
+        );
+    }
+
+    /// Bytes the kept sets take, estimated.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// How many sets are kept.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether no set is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many sets were built since start.
+    pub fn builds(&self) -> u64 {
+        self.lock().builds
+    }
+
+    /// A cache whose builds may read only `spare` rows besides their share
+    /// of the walk (tests of the budget).
+    #[cfg(test)]
+    pub(crate) fn with_build_spare(spare: u64) -> Self {
+        Self {
+            inner: Mutex::default(),
+            build_spare: spare,
+        }
+    }
+}
+
+/// What one pull page needs to find its sets.
+pub struct Scope<'a> {
+    pub dialect: Dialect,
+    pub model: &'a DataModel,
+    pub profile: &'a SyncProfile,
+    pub ctx: &'a FilterContext,
+    /// The change log's high-water mark in the page's read snapshot.
+    pub hwm: i64,
+    /// The download's snapshot: sets built before it are not used.
+    pub snapshot: i64,
+    pub cache: &'a SelectionCache,
+}
+
+/// Decides a table's rules for a row from the columns the walk read: its
+/// own rules' flag, then each related rule's column against its set.
+struct Matcher {
+    /// `CASE WHEN <own rules> THEN 1 ELSE 0 END`, or `0`, and its
+    /// parameters.
+    own_sql: String,
+    own_params: Vec<Value>,
+    /// Each related rule: its column (quoted), how it is matched, its set.
+    related: Vec<(String, KeyKind, Arc<KeySet>)>,
+}
+
+impl Matcher {
+    /// The select-list items, own flag last.
+    fn columns(&self) -> String {
+        let mut cols: Vec<&str> = self.related.iter().map(|(c, _, _)| c.as_str()).collect();
+        cols.push(&self.own_sql);
+        cols.join(", ")
+    }
+
+    fn width(&self) -> usize {
+        self.related.len() + 1
+    }
+
+    /// Whether the row's columns at `at..at + width()` select it; `None`
+    /// for a value this module cannot match.
+    fn selects(&self, r: &dyn Cells, at: usize) -> ApiResult<Option<bool>> {
+        if r.int(at + self.related.len())? == 1 {
+            return Ok(Some(true));
+        }
+        for (i, (_, kind, set)) in self.related.iter().enumerate() {
+            let cell = r.cell(at + i)?;
+            match probe(&cell, *kind) {
+                Ok(Some(p)) if set.contains(&p) => return Ok(Some(true)),
+                Ok(_) => {}
+                Err(()) => return Ok(None),
+            }
+        }
+        Ok(Some(false))
+    }
+}
+
+/// Builds sets within a budget of rows read.
+struct Builder<'s, 'a> {
+    scope: &'s Scope<'a>,
+    /// Rows the builds of this page may still read; computed at the first
+    /// set not found in the cache.
+    rows_left: Option<u64>,
+    /// Rows the walk would read (at or before the snapshot).
+    walk_rows: &'s dyn Fn(&mut dyn Conn) -> ApiResult<u64>,
+}
+
+impl Builder<'_, '_> {
+    /// The matcher of `table`'s rules, or `None` when some rule is not
+    /// matched here (its columns' kinds, a set over budget).
+    fn matcher(
+        &mut self,
+        c: &mut dyn Conn,
+        table: &SyncTable,
+        depth: usize,
+    ) -> ApiResult<Option<Matcher>> {
+        let s = self.scope;
+        let (own_sql, own_params) = match rules::compile_own_in(s.dialect, table, s.ctx) {
+            Some(p) => (format!("CASE WHEN {} THEN 1 ELSE 0 END", p.sql), p.params),
+            None => ("0".to_owned(), Vec::new()),
+        };
+        let mut related = Vec::new();
+        for rule in &table.rules {
+            let RowRule::Related {
+                table: other,
+                column,
+                foreign_column,
+            } = rule
+            else {
+                continue;
+            };
+            // As the compiled rules: a related table outside the profile,
+            // or past the depth bound, selects nothing.
+            let Some(other_table) = s.profile.table(other).filter(|_| depth < MAX_DEPTH) else {
+                continue;
+            };
+            let kinds = (
+                self.kind(&table.name, column),
+                self.kind(other, foreign_column),
+            );
+            let kind = match kinds {
+                (Some(a), Some(b)) if a == b => a,
+                _ => return Ok(None),
+            };
+            let Some(set) = self.set(c, other_table, foreign_column, kind, depth + 1)? else {
+                return Ok(None);
+            };
+            related.push((quote_ident(column), kind, set));
+        }
+        Ok(Some(Matcher {
+            own_sql,
+            own_params,
+            related,
+        }))
+    }
+
+    fn kind(&self, table: &str, column: &str) -> Option<KeyKind> {
+        let schema = self.scope.model.table(table)?;
+        let c = schema.columns.iter().find(|c| c.name == column)?;
+        key_kind(c.kind)
+    }
+
+    /// The values of `column` over `table`'s live rows that its rules
+    /// select, from the cache or built now; `None` when not built.
+    fn set(
+        &mut self,
+        c: &mut dyn Conn,
+        table: &SyncTable,
+        column: &str,
+        kind: KeyKind,
+        depth: usize,
+    ) -> ApiResult<Option<Arc<KeySet>>> {
+        let s = self.scope;
+        // The compiled rules name the set: the same table, column, rules,
+        // user, team and day give the same set for the same database.
+        let pred = rules::compile_in(s.dialect, s.profile, table, s.ctx);
+        let key = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{:?}",
+            table.name, column, pred.sql, pred.params
+        );
+        if let Some(set) = s.cache.get(&key, s.snapshot) {
+            return Ok(Some(set));
+        }
+        if self.rows_left.is_none() {
+            let walk = (self.walk_rows)(c)?;
+            self.rows_left = Some(
+                walk.saturating_mul(BUILD_ROWS_PER_WALKED_ROW)
+                    .saturating_add(s.cache.build_spare),
+            );
+        }
+        let Some(matcher) = self.matcher(c, table, depth)? else {
+            return Ok(None);
+        };
+        let own_where = rules::compile_own_in(s.dialect, table, s.ctx);
+        // One statement over the whole table, read a row at a time, stopped
+        // when the set outgrows its bytes. NULL matches nothing; when the table's
+        // rules read no other table they are the statement's condition, and
+        // its index may answer them.
+        let only_own = matcher.related.is_empty();
+        let sql = format!(
+            "SELECT {col}, {m} FROM {t} WHERE _deleted = 0 AND {col} IS NOT NULL{own}",
+            col = quote_ident(column),
+            m = matcher.columns(),
+            t = quote_ident(&table.name),
+            own = match &own_where {
+                Some(p) if only_own => format!(" AND {}", p.sql),
+                _ => String::new(),
+            },
+        );
+        let mut params = matcher.own_params.clone();
+        if let Some(p) = own_where.as_ref().filter(|_| only_own) {
+            params.extend(p.params.iter().cloned());
+        }
+        // The table's live rows, counted no further than the budget: an
+        // index's entries, cheaper than the scan they spare when over it.
+        let left = self.rows_left.unwrap_or(0);
+        let live = c
+            .query_one(
+                &format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM {} WHERE _deleted = 0 LIMIT ?) AS live",
+                    quote_ident(&table.name)
+                ),
+                &[Value::Integer(
+                    i64::try_from(left).unwrap_or(i64::MAX).saturating_add(1),
+                )],
+            )?
+            .i64(0)?
+            .max(0) as u64;
+        if live > left {
+            return Ok(None);
+        }
+        self.rows_left = Some(left - live);
+        let mut set = KeySet::default();
+        let mut built = true;
+        c.query_each(&sql, &params, &mut |r| {
+            if set.bytes > SET_BYTES {
+                built = false;
+                return Ok(false);
+            }
+            match matcher.selects(r, 1)? {
+                Some(true) => {}
+                Some(false) => return Ok(true),
+                None => {
+                    built = false;
+                    return Ok(false);
+                }
+            }
+            let cell = r.cell(0)?;
+            match probe(&cell, kind) {
+                Ok(Some(p)) => set.insert(&p),
+                Ok(None) => {}
+                Err(()) => {
+                    built = false;
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        if !built || set.bytes > SET_BYTES {
+            return Ok(None);
+        }
+        let bytes = set.bytes;
+        let set = Arc::new(set);
+        s.cache.put(key, s.hwm, set.clone(), bytes);
+        Ok(Some(set))
+    }
+}
+
+/// Deepest chain of related tables followed, as [`crate::rules`].
+const MAX_DEPTH: usize = 16;
+
+/// One entry of a pull page.
+pub enum Walked {
+    /// A row to send: its values (`_version`, then the table's columns).
+    Row(Vec<Value>),
+    /// A row changed after the snapshot that the rules no longer select:
+    /// its key, for `removed`.
+    Removed(String),
+}
+
+/// A page's entries in change order, with each one's `_seq`; `more` when an
+/// entry follows them.
+pub struct Walk {
+    pub entries: Vec<(i64, Walked)>,
+    pub more: bool,
+}
+
+/// How the walk reads a row: the select list's first items and how a
+/// selected row's values are made from them.
+pub struct Read<'a> {
+    /// `_version` and the table's columns, primary key first.
+    pub select_cols: &'a str,
+    /// The number of the table's columns (the items after `_version`).
+    pub ncols: usize,
+    pub values: &'a dyn Fn(&dyn Cells) -> ApiResult<Vec<Value>>,
+}
+
+/// Walks `table` after `since` for at most `room` entries: rows at or
+/// before `scope.snapshot` that are live and selected, and every row after
+/// it (a row when `predicate` selects it, else removed). `None` when the
+/// table has no related-rows rule or a set is not available: the caller
+/// evaluates the compiled rules instead.
+pub fn walk(
+    c: &mut dyn Conn,
+    scope: &Scope<'_>,
+    table: &SyncTable,
+    predicate: &rules::SqlPredicate,
+    read: &Read<'_>,
+    since: i64,
+    room: u32,
+) -> ApiResult<Option<Walk>> {
+    if since >= scope.snapshot
+        || !table
+            .rules
+            .iter()
+            .any(|r| matches!(r, RowRule::Related { .. }))
+    {
+        return Ok(None);
+    }
+    let t = quote_ident(&table.name);
+    let count_sql = format!("SELECT COUNT(*) FROM {t} WHERE _seq > ? AND _seq <= ?");
+    let walk_rows = |c: &mut dyn Conn| -> ApiResult<u64> {
+        let n = c
+            .query_one(
+                &count_sql,
+                &[Value::Integer(since), Value::Integer(scope.snapshot)],
+            )?
+            .i64(0)?;
+        Ok(n.max(0) as u64)
+    };
+    let mut builder = Builder {
+        scope,
+        rows_left: None,
+        walk_rows: &walk_rows,
+    };
+    let Some(matcher) = builder.matcher(c, table, 0)? else {
+        return Ok(None);
+    };
+    // The whole row is read with its flags and rules' columns (a second
+    // read of the selected rows by key cost more than it saved); only a
+    // selected row's values are copied out of it. Rows after the snapshot are decided by the compiled rules, which the
+    // `CASE` evaluates for them only.
+    let sql = format!(
+        "SELECT {cols}, _seq, _deleted, {m},
+                CASE WHEN _seq <= ? THEN 0 WHEN _deleted = 0 AND {pred} THEN 1 ELSE 0 END
+         FROM {t} WHERE _seq > ? ORDER BY _seq LIMIT ?",
+        cols = read.select_cols,
+        m = matcher.columns(),
+        pred = predicate.sql,
+    );
+    let seq_at = read.ncols + 1;
+    let later_at = seq_at + 2 + matcher.width();
+    let want = room as usize + 1;
+    // A chunk of about four times the entries wanted: a technician's rows
+    // are about one in 3.5 of a table in the reference data.
+    let limit = CHUNK_ROWS.min(want as i64 * 4).max(1_000);
+    let mut entries = Vec::new();
+    let mut after = since;
+    let mut matched = true;
+    loop {
+        let mut params = matcher.own_params.clone();
+        params.push(Value::Integer(scope.snapshot));
+        params.extend(predicate.params.iter().cloned());
+        params.push(Value::Integer(after));
+        params.push(Value::Integer(limit));
+        let mut rows = 0i64;
+        c.query_each(&sql, &params, &mut |r| {
+            rows += 1;
+            let seq = r.int(seq_at)?;
+            after = seq;
+            let entry = if seq > scope.snapshot {
+                if r.int(later_at)? == 1 {
+                    Walked::Row((read.values)(r)?)
+                } else {
+                    Walked::Removed(r.row()?.text(1)?)
+                }
+            } else if r.int(seq_at + 1)? != 0 {
+                return Ok(true);
+            } else {
+                match matcher.selects(r, seq_at + 2)? {
+                    Some(true) => Walked::Row((read.values)(r)?),
+                    Some(false) => return Ok(true),
+                    None => {
+                        matched = false;
+                        return Ok(false);
+                    }
+                }
+            };
+            entries.push((seq, entry));
+            Ok(entries.len() < want)
+        })?;
+        if !matched {
+            return Ok(None);
+        }
+        if entries.len() == want || rows < limit {
+            break;
+        }
+    }
+    let more = entries.len() == want;
+    entries.truncate(room as usize);
+    Ok(Some(Walk { entries, more }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fieldsync_core::protocol::PullPage;
+
+    use super::*;
+    use crate::db::{Db, Role, User};
+    use crate::seed::{SeedSpec, generate};
+
+    /// Every page of a download of `table` from its start, `limit` rows at
+    /// a time; `between` runs after each page with the pages so far.
+    fn download(
+        db: &Db,
+        user: &User,
+        table: &str,
+        limit: u32,
+        between: &mut dyn FnMut(usize),
+    ) -> Vec<PullPage> {
+        let profile = db.sync_profile(user).expect("profile");
+        let t = profile.table(table).expect("table").clone();
+        let mut pages = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = db
+                .pull(user, &profile, &t, &cursor, limit, true)
+                .expect("pull");
+            cursor = page.cursor.clone();
+            let more = page.has_more;
+            pages.push(page);
+            between(pages.len());
+            if !more {
+                return pages;
+            }
+        }
+    }
+
+    /// Field Service data for two technicians; the same rows, ids and
+    /// change sequence on every database it is given.
+    fn seeded(db: Db, sets: bool, now: i64) -> (Db, User) {
+        // One clock reading for both databases: cursors carry it.
+        let mut db = db.with_clock(Arc::new(fieldsync_core::time::ManualClock::new(now)));
+        let (tech, _) = db
+            .create_user(
+                Some("tech".into()),
+                "T",
+                Role::Technician,
+                "field-service",
+                None,
+            )
+            .expect("user");
+        let spec = SeedSpec {
+            technicians: vec!["tech".into(), "other".into()],
+            work_orders: 400,
+            seed: 7,
+            now_ms: Some(now),
+        };
+        for (table, rows) in generate(&spec) {
+            db.bulk_insert(&table, &rows).expect("seed");
+        }
+        db.set_selections(sets, SelectionCache::default());
+        (db, tech)
+    }
+
+    const TABLES: [&str; 8] = [
+        "bookings",
+        "work_orders",
+        "work_order_incidents",
+        "work_order_products",
+        "work_order_services",
+        "work_order_service_tasks",
+        "accounts",
+        "customer_assets",
+    ];
+
+    fn column<'a>(page: &PullPage, row: &'a [Value], name: &str) -> &'a Value {
+        let i = page.columns.iter().position(|c| c == name).expect("column");
+        &row[i]
+    }
+
+    fn text(v: &Value) -> String {
+        match v {
+            Value::Text(t) => t.clone(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
+            .collect()
+    }
+
+    /// Two databases with the same data: the first walks first downloads
+    /// with the selected-value sets, the second with the compiled rules.
+    /// Every download, with the same changes made at the same pages, must
+    /// answer the same pages (rows, removals, cursors, totals).
+    fn the_sets_answer_what_the_compiled_rules_answer(with: Db, without: Db) {
+        let now = with.now_ms();
+        let (with, tech) = seeded(with, true, now);
+        let (without, _) = seeded(without, false, now);
+
+        // 1. First downloads of every table, at rest.
+        let mut pages = Vec::new();
+        for table in TABLES {
+            let a = download(&with, &tech, table, 37, &mut |_| {});
+            let b = download(&without, &tech, table, 37, &mut |_| {});
+            assert_eq!(a, b, "{table}");
+            pages.push(a);
+        }
+        let selected: usize = pages.iter().flatten().map(|p| p.rows.len()).sum();
+        assert!(selected > 300, "the technician's rows: {selected}");
+        // Bookings' work orders; work orders' ids, accounts and assets:
+        // each built once, whatever the tables and pages that read it.
+        assert_eq!(with.selections().builds(), 4);
+        assert_eq!(without.selections().builds(), 0);
+
+        // 2. Rows of the walked table changed during its download: a
+        // selected task edited, one deleted, one moved to a work order the
+        // technician does not have. They come after the snapshot, decided
+        // by the compiled rules, on both.
+        let table = "work_order_service_tasks";
+        let tasks = &pages[5];
+        let ids: Vec<String> = tasks
+            .iter()
+            .flat_map(|p| p.rows.iter().map(move |r| text(column(p, r, "id"))))
+            .collect();
+        let mine: Vec<String> = pages[1]
+            .iter()
+            .flat_map(|p| p.rows.iter().map(move |r| text(column(p, r, "id"))))
+            .collect();
+        let elsewhere = (0..400)
+            .map(|i| format!("wo-{i:07}"))
+            .find(|w| {
+                with.record("work_orders", w, None)
+                    .expect("record")
+                    .is_some()
+                    && !mine.contains(w)
+            })
+            .expect("a work order of the other technician");
+        let change = |db: &Db| {
+            db.write_record(
+                table,
+                &ids[0],
+                &fields(&[("task_name", "renamed")]),
+                None,
+                "admin",
+            )
+            .expect("edit");
+            db.delete_record(table, &ids[1], "admin").expect("delete");
+            db.write_record(
+                table,
+                &ids[2],
+                &fields(&[("work_order_id", elsewhere.as_str())]),
+                None,
+                "admin",
+            )
+            .expect("move");
+        };
+        let a = download(&with, &tech, table, 25, &mut |n| {
+            if n == 2 {
+                change(&with)
+            }
+        });
+        let b = download(&without, &tech, table, 25, &mut |n| {
+            if n == 2 {
+                change(&without)
+            }
+        });
+        assert_eq!(a, b);
+        let removed: Vec<&String> = a.iter().flat_map(|p| p.removed.iter()).collect();
+        assert!(
+            removed.contains(&&ids[1]) && removed.contains(&&ids[2]),
+            "{removed:?}"
+        );
+        assert!(a.iter().any(|p| {
+            p.rows.iter().any(|r| {
+                text(column(p, r, "id")) == ids[0] && text(column(p, r, "task_name")) == "renamed"
+            })
+        }));
+
+        // 3. A booking deleted between downloads takes its work order out
+        // of the selection: the next download's snapshot is later than the
+        // sets, which are built again, and its tasks are not sent.
+        let booking = pages[0]
+            .iter()
+            .flat_map(|p| {
+                p.rows.iter().map(move |r| {
+                    (
+                        text(column(p, r, "id")),
+                        text(column(p, r, "work_order_id")),
+                    )
+                })
+            })
+            .find(|(_, wo)| *wo != elsewhere)
+            .expect("a booking");
+        let builds = with.selections().builds();
+        for db in [&with, &without] {
+            db.delete_record("bookings", &booking.0, "admin")
+                .expect("delete booking");
+        }
+        let a = download(&with, &tech, table, 25, &mut |_| {});
+        let b = download(&without, &tech, table, 25, &mut |_| {});
+        assert_eq!(a, b);
+        assert!(with.selections().builds() > builds);
+        let left = a
+            .iter()
+            .flat_map(|p| {
+                p.rows
+                    .iter()
+                    .map(move |r| text(column(p, r, "work_order_id")))
+            })
+            .filter(|wo| *wo == booking.1)
+            .count();
+        assert_eq!(left, 0, "tasks of the work order whose booking was deleted");
+    }
+
+    fn sqlite_db(dir: &tempfile::TempDir) -> Db {
+        let profile = crate::field_service_profile();
+        Db::open(dir.path(), crate::field_service_model(), &profile).expect("open")
+    }
+
+    #[test]
+    fn the_sets_answer_what_the_compiled_rules_answer_on_sqlite() {
+        let (a, b) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        the_sets_answer_what_the_compiled_rules_answer(sqlite_db(&a), sqlite_db(&b));
+    }
+
+    #[test]
+    fn the_sets_answer_what_the_compiled_rules_answer_on_postgres() {
+        let a = crate::db::test_support::fresh_postgres_db();
+        let b = crate::db::test_support::fresh_postgres_db();
+        if let (Some(a), Some(b)) = (a, b) {
+            the_sets_answer_what_the_compiled_rules_answer(a, b);
+        }
+    }
+
+    /// A set that would read more rows than its share of the walk it
+    /// serves is not built: the walk evaluates the compiled rules, and the
+    /// pages are the same.
+    #[test]
+    fn a_set_over_its_budget_is_not_built() {
+        let (a, b) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let now = sqlite_db(&a).now_ms();
+        let (mut with, tech) = seeded(sqlite_db(&a), true, now);
+        let (without, _) = seeded(sqlite_db(&b), false, now);
+        with.set_selections(true, SelectionCache::with_build_spare(0));
+        // Accounts: 40 rows to walk, ten times that is the 400 bookings
+        // their work orders' set reads, and nothing is left for the 400 work
+        // orders their own set reads: only the bookings' set is built.
+        let x = download(&with, &tech, "accounts", 10, &mut |_| {});
+        let y = download(&without, &tech, "accounts", 10, &mut |_| {});
+        assert_eq!(x, y);
+        assert_eq!(with.selections().builds(), 1);
+        // Tasks: enough rows to walk for the work orders' set; the
+        // bookings' set is found in the cache.
+        let x = download(&with, &tech, "work_order_service_tasks", 50, &mut |_| {});
+        let y = download(&without, &tech, "work_order_service_tasks", 50, &mut |_| {});
+        assert_eq!(x, y);
+        assert_eq!(with.selections().builds(), 2);
+    }
+
+    /// The cache keeps its sets within its bytes, least recently used
+    /// evicted first, and answers a set only for downloads whose snapshot
+    /// it was built at or after.
+    #[test]
+    fn sets_are_evicted_oldest_first_and_never_used_before_their_snapshot() {
+        let cache = SelectionCache::default();
+        let set = |n: usize| {
+            let mut s = KeySet::default();
+            for i in 0..n {
+                s.insert(&Probe::Int(i as i64));
+            }
+            Arc::new(s)
+        };
+        cache.put("a".into(), 10, set(1), CACHE_BYTES / 2);
+        cache.put("b".into(), 10, set(1), CACHE_BYTES / 3);
+        assert!(cache.get("a", 10).is_some());
+        assert!(cache.get("a", 11).is_none(), "built before the snapshot");
+        cache.put("c".into(), 12, set(1), CACHE_BYTES / 3);
+        // "b" was used least recently ("a" was read after it was put).
+        assert!(cache.get("b", 0).is_none());
+        assert!(cache.get("a", 0).is_some() && cache.get("c", 12).is_some());
+        assert!(cache.bytes() <= CACHE_BYTES);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(set(3).len(), 3);
+    }
+}
