@@ -1330,14 +1330,6 @@ impl Db {
         cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
         let select_cols = cols.join(", ");
         let ncols = table.columns.len();
-        let read_values = |r: &Row| -> ApiResult<Vec<Value>> {
-            let mut values = Vec::with_capacity(ncols + 1);
-            values.push(Value::Integer(r.i64(0)?));
-            for (i, c) in table.columns.iter().enumerate() {
-                values.push(r.value(i + 1, c.kind));
-            }
-            Ok(values)
-        };
         let read_cells = |r: &dyn Cells| -> ApiResult<Vec<Value>> {
             let mut values = Vec::with_capacity(ncols + 1);
             values.push(Value::Integer(r.int(0)?));
@@ -1418,14 +1410,19 @@ impl Db {
                             quote_ident(&table.name)
                         );
                         params.push(int(i64::from(room) + 1));
-                        let rows = c.query(&sql, &params)?;
-                        let more = rows.len() > room as usize;
                         let mut last = after;
-                        for r in rows.iter().take(room as usize) {
-                            last = r.i64(ncols + 1)?;
-                            out_rows.push(read_values(r)?);
-                        }
-                        room -= rows.len().min(room as usize) as u32;
+                        let (mut read, mut more) = (0u32, false);
+                        c.query_each(&sql, &params, &mut |r| {
+                            if read == room {
+                                more = true;
+                                return Ok(false);
+                            }
+                            read += 1;
+                            last = r.int(ncols + 1)?;
+                            out_rows.push(read_cells(r)?);
+                            Ok(true)
+                        })?;
+                        room -= read;
                         if more {
                             has_more = true;
                             cursor.phase = Phase::Window { to, after: last };
@@ -1496,17 +1493,21 @@ impl Db {
                         params.push(int(cursor.snapshot));
                         params.extend(predicate.params.iter().cloned());
                         params.push(int(i64::from(room) + 1));
-                        let rows = c.query(&sql, &params)?;
-                        let more = rows.len() > room as usize;
-                        let mut entries = Vec::with_capacity(rows.len().min(room as usize));
-                        for r in rows.iter().take(room as usize) {
-                            let seq = r.i64(ncols + 1)?;
-                            entries.push(if r.i64(ncols + 2)? == 1 {
-                                (seq, Walked::Row(read_values(r)?))
+                        let mut entries = Vec::new();
+                        let mut more = false;
+                        c.query_each(&sql, &params, &mut |r| {
+                            if entries.len() == room as usize {
+                                more = true;
+                                return Ok(false);
+                            }
+                            let seq = r.int(ncols + 1)?;
+                            entries.push(if r.int(ncols + 2)? == 1 {
+                                (seq, Walked::Row(read_cells(r)?))
                             } else {
-                                (seq, Walked::Removed(r.text(1)?))
+                                (seq, Walked::Removed(r.row()?.text(1)?))
                             });
-                        }
+                            Ok(true)
+                        })?;
                         (entries, more)
                     }
                 };

@@ -235,7 +235,8 @@ impl SelectionCache {
         self.len() == 0
     }
 
-    /// How many sets were built since start.
+    /// How many sets were built since start (one read of a table builds
+    /// every set of it the profile reads).
     pub fn builds(&self) -> u64 {
         self.lock().builds
     }
@@ -371,7 +372,9 @@ impl Builder<'_, '_> {
     }
 
     /// The values of `column` over `table`'s live rows that its rules
-    /// select, from the cache or built now; `None` when not built.
+    /// select, from the cache or built now; `None` when not built. A build
+    /// reads the table once for every column of it that a related rule of
+    /// the profile reads (a work order's id, account and asset).
     fn set(
         &mut self,
         c: &mut dyn Conn,
@@ -384,11 +387,13 @@ impl Builder<'_, '_> {
         // The compiled rules name the set: the same table, column, rules,
         // user, team and day give the same set for the same database.
         let pred = rules::compile_in(s.dialect, s.profile, table, s.ctx);
-        let key = format!(
-            "{}\u{0}{}\u{0}{}\u{0}{:?}",
-            table.name, column, pred.sql, pred.params
-        );
-        if let Some(set) = s.cache.get(&key, s.snapshot) {
+        let key_of = |column: &str| {
+            format!(
+                "{}\u{0}{}\u{0}{}\u{0}{:?}",
+                table.name, column, pred.sql, pred.params
+            )
+        };
+        if let Some(set) = s.cache.get(&key_of(column), s.snapshot) {
             return Ok(Some(set));
         }
         if self.rows_left.is_none() {
@@ -401,25 +406,22 @@ impl Builder<'_, '_> {
         let Some(matcher) = self.matcher(c, table, depth)? else {
             return Ok(None);
         };
-        let own_where = rules::compile_own_in(s.dialect, table, s.ctx);
-        // One statement over the whole table, read a row at a time, stopped
-        // when the set outgrows its bytes. NULL matches nothing; when the table's
-        // rules read no other table they are the statement's condition, and
-        // its index may answer them.
-        let only_own = matcher.related.is_empty();
-        let sql = format!(
-            "SELECT {col}, {m} FROM {t} WHERE _deleted = 0 AND {col} IS NOT NULL{own}",
-            col = quote_ident(column),
-            m = matcher.columns(),
-            t = quote_ident(&table.name),
-            own = match &own_where {
-                Some(p) if only_own => format!(" AND {}", p.sql),
-                _ => String::new(),
-            },
-        );
-        let mut params = matcher.own_params.clone();
-        if let Some(p) = own_where.as_ref().filter(|_| only_own) {
-            params.extend(p.params.iter().cloned());
+        // This column first, then the others the profile's rules read.
+        let mut columns = vec![(column.to_owned(), kind)];
+        for t in &s.profile.tables {
+            for rule in &t.rules {
+                if let RowRule::Related {
+                    table: other,
+                    foreign_column,
+                    ..
+                } = rule
+                    && *other == table.name
+                    && !columns.iter().any(|(c, _)| c == foreign_column)
+                    && let Some(k) = self.kind(other, foreign_column)
+                {
+                    columns.push((foreign_column.clone(), k));
+                }
+            }
         }
         // The table's live rows, counted no further than the budget: an
         // index's entries, cheaper than the scan they spare when over it.
@@ -440,39 +442,76 @@ impl Builder<'_, '_> {
             return Ok(None);
         }
         self.rows_left = Some(left - live);
-        let mut set = KeySet::default();
-        let mut built = true;
+        // One statement over the whole table, read a row at a time. When the
+        // table's rules read no other table they are the statement's
+        // condition, and its index may answer them.
+        let own_where =
+            rules::compile_own_in(s.dialect, table, s.ctx).filter(|_| matcher.related.is_empty());
+        let sql = format!(
+            "SELECT {cols}, {m} FROM {t} WHERE _deleted = 0{own}",
+            cols = columns
+                .iter()
+                .map(|(c, _)| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            m = matcher.columns(),
+            t = quote_ident(&table.name),
+            own = match &own_where {
+                Some(p) => format!(" AND {}", p.sql),
+                None => String::new(),
+            },
+        );
+        let mut params = matcher.own_params.clone();
+        if let Some(p) = &own_where {
+            params.extend(p.params.iter().cloned());
+        }
+        // A set that outgrows its bytes, or meets a value of another type
+        // than its column's, is dropped; the scan stops when none is left.
+        let mut sets: Vec<Option<KeySet>> =
+            columns.iter().map(|_| Some(KeySet::default())).collect();
+        let mut unmatched = false;
         c.query_each(&sql, &params, &mut |r| {
-            if set.bytes > SET_BYTES {
-                built = false;
-                return Ok(false);
-            }
-            match matcher.selects(r, 1)? {
+            match matcher.selects(r, columns.len())? {
                 Some(true) => {}
                 Some(false) => return Ok(true),
                 None => {
-                    built = false;
+                    unmatched = true;
                     return Ok(false);
                 }
             }
-            let cell = r.cell(0)?;
-            match probe(&cell, kind) {
-                Ok(Some(p)) => set.insert(&p),
-                Ok(None) => {}
-                Err(()) => {
-                    built = false;
-                    return Ok(false);
+            for (i, (_, kind)) in columns.iter().enumerate() {
+                let Some(set) = sets[i].as_mut() else {
+                    continue;
+                };
+                let cell = r.cell(i)?;
+                match probe(&cell, *kind) {
+                    Ok(Some(p)) => set.insert(&p),
+                    Ok(None) => {}
+                    Err(()) => sets[i] = None,
+                }
+                if sets[i].as_ref().is_some_and(|s| s.bytes > SET_BYTES) {
+                    sets[i] = None;
                 }
             }
-            Ok(true)
+            Ok(sets.iter().any(Option::is_some))
         })?;
-        if !built || set.bytes > SET_BYTES {
+        if unmatched {
             return Ok(None);
         }
-        let bytes = set.bytes;
-        let set = Arc::new(set);
-        s.cache.put(key, s.hwm, set.clone(), bytes);
-        Ok(Some(set))
+        // The first column is the one asked for: `None` if it was dropped.
+        let mut wanted = None;
+        for (i, ((column, _), set)) in columns.iter().zip(sets).enumerate() {
+            let Some(set) = set else {
+                continue;
+            };
+            let bytes = set.bytes;
+            let set = Arc::new(set);
+            if i == 0 {
+                wanted = Some(set.clone());
+            }
+            s.cache.put(key_of(column), s.hwm, set, bytes);
+        }
+        Ok(wanted)
     }
 }
 
@@ -724,8 +763,9 @@ mod tests {
         }
         let selected: usize = pages.iter().flatten().map(|p| p.rows.len()).sum();
         assert!(selected > 300, "the technician's rows: {selected}");
-        // Bookings' work orders; work orders' ids, accounts and assets:
-        // each built once, whatever the tables and pages that read it.
+        // Bookings' work orders; work orders' ids, accounts and assets (one
+        // read of the work orders): each built once, whatever the tables and
+        // pages that read it.
         assert_eq!(with.selections().builds(), 4);
         assert_eq!(without.selections().builds(), 0);
 
@@ -872,12 +912,13 @@ mod tests {
         let y = download(&without, &tech, "accounts", 10, &mut |_| {});
         assert_eq!(x, y);
         assert_eq!(with.selections().builds(), 1);
-        // Tasks: enough rows to walk for the work orders' set; the
-        // bookings' set is found in the cache.
+        // Tasks: enough rows to walk for the work orders' sets (their ids,
+        // and in the same read their accounts and assets); the bookings'
+        // set is found in the cache.
         let x = download(&with, &tech, "work_order_service_tasks", 50, &mut |_| {});
         let y = download(&without, &tech, "work_order_service_tasks", 50, &mut |_| {});
         assert_eq!(x, y);
-        assert_eq!(with.selections().builds(), 2);
+        assert_eq!(with.selections().builds(), 4);
     }
 
     /// The cache keeps its sets within its bytes, least recently used
