@@ -19,6 +19,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const DEFAULT_PAGE_SIZE: u32 = 1000;
 /// Largest page a server hands out; larger requests are refused.
 pub const MAX_PAGE_SIZE: u32 = 10_000;
+/// A pull page ends early, `has_more` set, once its rows' values pass this
+/// many bytes (their approximate size, [`crate::Value::approx_size`]): wide
+/// rows never make a page of `limit` of them. A page always holds at least
+/// one entry.
+pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Most mutations in one push request.
 pub const MAX_MUTATIONS_PER_PUSH: usize = 500;
 /// Largest request body the server accepts, in bytes.

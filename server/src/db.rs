@@ -52,8 +52,8 @@ use fieldsync_core::profile::{
     DataModel, OfflineProfile, SyncProfile, SyncTable, TableSchema, quote_ident,
 };
 use fieldsync_core::protocol::{
-    ErrorBody, FetchResponse, MAX_FETCH_VALUES, MAX_PAGE_SIZE, MAX_ROW_BYTES, Mutation,
-    MutationResult, MutationStatus, Op, PullPage, VERSION_COLUMN, codes,
+    ErrorBody, FetchResponse, MAX_FETCH_VALUES, MAX_PAGE_BYTES, MAX_PAGE_SIZE, MAX_ROW_BYTES,
+    Mutation, MutationResult, MutationStatus, Op, PullPage, VERSION_COLUMN, codes,
 };
 use fieldsync_core::time::format_datetime;
 use fieldsync_core::{Clock, SystemClock, Value};
@@ -1374,6 +1374,7 @@ impl Db {
             let mut has_more = false;
             let mut total: Option<u64> = want_total.then_some(0);
             let mut room = limit;
+            let mut page_bytes = 0usize;
 
             // Window phase: unchanged rows (`_seq <= since`) that qualify now
             // and did not at `evaluated_at`, by their own clock rules.
@@ -1412,14 +1413,17 @@ impl Db {
                         params.push(int(i64::from(room) + 1));
                         let mut last = after;
                         let (mut read, mut more) = (0u32, false);
+                        let bytes = &mut page_bytes;
                         c.query_each(&sql, &params, &mut |r| {
-                            if read == room {
+                            if read == room || *bytes >= MAX_PAGE_BYTES {
                                 more = true;
                                 return Ok(false);
                             }
                             read += 1;
                             last = r.int(ncols + 1)?;
-                            out_rows.push(read_cells(r)?);
+                            let values = read_cells(r)?;
+                            *bytes += values.iter().map(Value::approx_size).sum::<usize>();
+                            out_rows.push(values);
                             Ok(true)
                         })?;
                         room -= read;
@@ -1494,18 +1498,21 @@ impl Db {
                         params.extend(predicate.params.iter().cloned());
                         params.push(int(i64::from(room) + 1));
                         let mut entries = Vec::new();
-                        let mut more = false;
+                        // The window phase's rows count toward the page's bytes.
+                        let (mut more, mut bytes) = (false, page_bytes);
                         c.query_each(&sql, &params, &mut |r| {
-                            if entries.len() == room as usize {
+                            if entries.len() == room as usize || bytes >= MAX_PAGE_BYTES {
                                 more = true;
                                 return Ok(false);
                             }
                             let seq = r.int(ncols + 1)?;
-                            entries.push(if r.int(ncols + 2)? == 1 {
-                                (seq, Walked::Row(read_cells(r)?))
+                            let entry = if r.int(ncols + 2)? == 1 {
+                                Walked::Row(read_cells(r)?)
                             } else {
-                                (seq, Walked::Removed(r.row()?.text(1)?))
-                            });
+                                Walked::Removed(r.row()?.text(1)?)
+                            };
+                            bytes += entry.approx_size();
+                            entries.push((seq, entry));
                             Ok(true)
                         })?;
                         (entries, more)

@@ -36,6 +36,7 @@ use fieldsync_core::filter::FilterContext;
 use fieldsync_core::profile::{
     ColumnKind, DataModel, RowRule, SyncProfile, SyncTable, quote_ident,
 };
+use fieldsync_core::protocol::MAX_PAGE_BYTES;
 
 use crate::error::ApiResult;
 use crate::rules;
@@ -527,6 +528,17 @@ pub enum Walked {
     Removed(String),
 }
 
+impl Walked {
+    /// Bytes the entry adds to a page, roughly (see
+    /// [`fieldsync_core::protocol::MAX_PAGE_BYTES`]).
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Walked::Row(values) => values.iter().map(Value::approx_size).sum(),
+            Walked::Removed(key) => key.len() + 2,
+        }
+    }
+}
+
 /// A page's entries in change order, with each one's `_seq`; `more` when an
 /// entry follows them.
 pub struct Walk {
@@ -544,9 +556,10 @@ pub struct Read<'a> {
     pub values: &'a dyn Fn(&dyn Cells) -> ApiResult<Vec<Value>>,
 }
 
-/// Walks `table` after `since` for at most `room` entries: rows at or
-/// before `scope.snapshot` that are live and selected, and every row after
-/// it (a row when `predicate` selects it, else removed). `None` when the
+/// Walks `table` after `since` for at most `room` entries, fewer once they
+/// pass [`MAX_PAGE_BYTES`]: rows at or before `scope.snapshot` that are
+/// live and selected, and every row after it (a row when `predicate`
+/// selects it, else removed). `None` when the
 /// table has no related-rows rule or a set is not available: the caller
 /// evaluates the compiled rules instead.
 pub fn walk(
@@ -604,6 +617,8 @@ pub fn walk(
     // are about one in 3.5 of a table in the reference data.
     let limit = CHUNK_ROWS.min(want as i64 * 4).max(1_000);
     let mut entries = Vec::new();
+    let mut bytes = 0usize;
+    let mut full = false;
     let mut after = since;
     let mut matched = true;
     loop {
@@ -614,6 +629,10 @@ pub fn walk(
         params.push(Value::Integer(limit));
         let mut rows = 0i64;
         c.query_each(&sql, &params, &mut |r| {
+            if bytes >= MAX_PAGE_BYTES {
+                full = true;
+                return Ok(false);
+            }
             rows += 1;
             let seq = r.int(seq_at)?;
             after = seq;
@@ -635,17 +654,18 @@ pub fn walk(
                     }
                 }
             };
+            bytes += entry.approx_size();
             entries.push((seq, entry));
             Ok(entries.len() < want)
         })?;
         if !matched {
             return Ok(None);
         }
-        if entries.len() == want || rows < limit {
+        if full || entries.len() == want || rows < limit {
             break;
         }
     }
-    let more = entries.len() == want;
+    let more = full || entries.len() == want;
     entries.truncate(room as usize);
     Ok(Some(Walk { entries, more }))
 }
@@ -919,6 +939,65 @@ mod tests {
         let y = download(&without, &tech, "work_order_service_tasks", 50, &mut |_| {});
         assert_eq!(x, y);
         assert_eq!(with.selections().builds(), 4);
+    }
+
+    /// Wide rows end a page before its `limit`: a page's rows pass
+    /// `MAX_PAGE_BYTES` by at most one row, on both walks, and the download
+    /// still holds every row.
+    #[test]
+    fn wide_rows_end_a_page_early_on_both_walks() {
+        let (a, b) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let now = sqlite_db(&a).now_ms();
+        let (with, tech) = seeded(sqlite_db(&a), true, now);
+        let (without, _) = seeded(sqlite_db(&b), false, now);
+        let wide = "w".repeat(700 * 1024);
+        let mine: Vec<String> = download(&with, &tech, "work_orders", 1000, &mut |_| {})
+            .iter()
+            .flat_map(|p| p.rows.iter().map(move |r| text(column(p, r, "id"))))
+            .collect();
+        assert!(mine.len() > 30);
+        for db in [&with, &without] {
+            for id in &mine[..30] {
+                db.write_record(
+                    "work_orders",
+                    id,
+                    &fields(&[("instructions", &wide)]),
+                    None,
+                    "admin",
+                )
+                .expect("wide work order");
+            }
+            for i in 0..14 {
+                db.write_record(
+                    "booking_statuses",
+                    &format!("bs-wide-{i}"),
+                    &fields(&[("name", &wide)]),
+                    None,
+                    "admin",
+                )
+                .expect("wide status");
+            }
+        }
+        let page_bytes = |p: &PullPage| -> usize {
+            p.rows
+                .iter()
+                .map(|r| r.iter().map(Value::approx_size).sum::<usize>())
+                .sum()
+        };
+        for (table, rows) in [("work_orders", mine.len()), ("booking_statuses", 14)] {
+            let x = download(&with, &tech, table, 1000, &mut |_| {});
+            let y = download(&without, &tech, table, 1000, &mut |_| {});
+            assert_eq!(x, y, "{table}");
+            assert!(x.len() >= 2, "{table}: {} pages", x.len());
+            for p in &x {
+                assert!(page_bytes(p) < MAX_PAGE_BYTES + 800 * 1024, "{table}");
+            }
+            let held: usize = x.iter().map(|p| p.rows.len()).sum();
+            assert!(held >= rows, "{table}: {held} rows");
+        }
     }
 
     /// The cache keeps its sets within its bytes, least recently used
