@@ -188,36 +188,23 @@ impl Cells for postgres::Row {
             .columns()
             .get(i)
             .ok_or_else(|| ApiError::internal(format!("database: no column {i}")))?;
-        let pg = |e: postgres::Error| ApiError::internal(format!("database: column {i}: {e}"));
+        fn opt<'a, T: postgres::types::FromSql<'a>>(
+            r: &'a postgres::Row,
+            i: usize,
+        ) -> ApiResult<Option<T>> {
+            r.try_get::<_, Option<T>>(i)
+                .map_err(|e| ApiError::internal(format!("database: column {i}: {e}")))
+        }
         let cell = match *col.type_() {
-            Type::INT8 => self
-                .try_get::<_, Option<i64>>(i)
-                .map_err(pg)?
-                .map(Cell::Int),
-            Type::INT4 => self
-                .try_get::<_, Option<i32>>(i)
-                .map_err(pg)?
-                .map(|n| Cell::Int(n.into())),
-            Type::INT2 => self
-                .try_get::<_, Option<i16>>(i)
-                .map_err(pg)?
-                .map(|n| Cell::Int(n.into())),
-            Type::FLOAT8 => self
-                .try_get::<_, Option<f64>>(i)
-                .map_err(pg)?
-                .map(Cell::Real),
-            Type::FLOAT4 => self
-                .try_get::<_, Option<f32>>(i)
-                .map_err(pg)?
-                .map(|n| Cell::Real(n.into())),
-            Type::BOOL => self
-                .try_get::<_, Option<bool>>(i)
-                .map_err(pg)?
-                .map(Cell::Bool),
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => self
-                .try_get::<_, Option<&str>>(i)
-                .map_err(pg)?
-                .map(|t| Cell::Text(Cow::Borrowed(t))),
+            Type::INT8 => opt::<i64>(self, i)?.map(Cell::Int),
+            Type::INT4 => opt::<i32>(self, i)?.map(|n| Cell::Int(n.into())),
+            Type::INT2 => opt::<i16>(self, i)?.map(|n| Cell::Int(n.into())),
+            Type::FLOAT8 => opt::<f64>(self, i)?.map(Cell::Real),
+            Type::FLOAT4 => opt::<f32>(self, i)?.map(|n| Cell::Real(n.into())),
+            Type::BOOL => opt::<bool>(self, i)?.map(Cell::Bool),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+                opt::<&str>(self, i)?.map(|t| Cell::Text(Cow::Borrowed(t)))
+            }
             ref other => {
                 return Err(ApiError::internal(format!(
                     "database: column {i} has type {other}, which the server does not read"
