@@ -73,6 +73,10 @@ struct ServerArgs {
     /// Days device telemetry is kept; older events are purged hourly.
     #[arg(long, default_value_t = fieldsync_server::DEFAULT_TELEMETRY_RETENTION.as_secs() / DAY_SECS)]
     telemetry_retention_days: u64,
+    /// MiB of related rules' selected values kept between the pages of
+    /// first downloads (per instance); 0 keeps none.
+    #[arg(long, default_value_t = fieldsync_server::selection::DEFAULT_CACHE_BYTES >> 20)]
+    selection_cache_mib: usize,
 }
 
 fn init_logging() {
@@ -88,6 +92,7 @@ async fn run_server(args: ServerArgs) -> ExitCode {
     let mut config = fieldsync_server::ServerConfig::new(&args.data_dir, &args.admin_token);
     config.database_url = args.database_url.clone();
     config.pull_delay = Duration::from_millis(args.pull_delay_ms);
+    config.selection_cache_bytes = args.selection_cache_mib.saturating_mul(1 << 20);
     config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
     if let Some(file) = &args.database_ca_file {
         match std::fs::read_to_string(file) {

@@ -814,6 +814,14 @@ impl Db {
         self.selections = cache;
     }
 
+    /// Keeps at most `bytes` of selected-value sets (see
+    /// [`crate::selection`]); 0 keeps none, and first downloads evaluate the
+    /// compiled rules on every walked row.
+    pub fn with_selection_cache(mut self, bytes: usize) -> Db {
+        self.selections = crate::selection::SelectionCache::new(bytes);
+        self
+    }
+
     /// The selected-value sets this instance keeps.
     pub fn selections(&self) -> &crate::selection::SelectionCache {
         &self.selections

@@ -77,6 +77,9 @@ pub struct ServerConfig {
     pub receipt_retention: Duration,
     /// How long device telemetry is kept.
     pub telemetry_retention: Duration,
+    /// Bytes of related rules' selected values kept between the pages of
+    /// first downloads (see [`selection`]); 0 keeps none.
+    pub selection_cache_bytes: usize,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -111,6 +114,7 @@ impl ServerConfig {
             database_ca_pem: None,
             receipt_retention: DEFAULT_RECEIPT_RETENTION,
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
+            selection_cache_bytes: selection::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -168,7 +172,8 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         )?,
         None => Db::open(&config.data_dir, field_service_model(), &profile)?,
     }
-    .with_clock(config.clock.clone());
+    .with_clock(config.clock.clone())
+    .with_selection_cache(config.selection_cache_bytes);
     let db = Arc::new(db);
     let app = Arc::new(App {
         db: db.clone(),

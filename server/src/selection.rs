@@ -42,11 +42,13 @@ use crate::error::ApiResult;
 use crate::rules;
 use crate::sql::{Cell, Cells, Conn, Dialect};
 
-/// Bytes all kept sets may take, estimated (see [`KeySet`]).
-pub const CACHE_BYTES: usize = 64 << 20;
+/// Bytes all kept sets may take by default, estimated (see [`KeySet`]);
+/// `fieldsync server --selection-cache-mib` sets it. One set may take a
+/// quarter of it; a larger one is not built.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
-/// Bytes one set may take; a larger one is not built.
-pub const SET_BYTES: usize = CACHE_BYTES / 4;
+/// Keys of evicted sets remembered at most (see [`SelectionCache::put`]).
+const EVICTED_KEPT: usize = 4_096;
 
 /// Rows one statement of a walk reads at most.
 const CHUNK_ROWS: i64 = 20_000;
@@ -155,25 +157,52 @@ struct Inner {
     bytes: usize,
     tick: u64,
     builds: u64,
+    /// Sets evicted for room, with the high-water mark each was built at.
+    evicted: HashMap<String, i64>,
 }
 
 /// Selected-value sets, least recently used evicted first.
 pub struct SelectionCache {
     inner: Mutex<Inner>,
+    /// Bytes all sets may take; 0 keeps none (every walk evaluates the
+    /// compiled rules).
+    capacity: usize,
     /// Rows a set may read however small the walk ([`BUILD_ROWS_SPARE`]).
     build_spare: u64,
 }
 
 impl Default for SelectionCache {
     fn default() -> Self {
-        Self {
-            inner: Mutex::default(),
-            build_spare: BUILD_ROWS_SPARE,
-        }
+        Self::new(DEFAULT_CACHE_BYTES)
     }
 }
 
 impl SelectionCache {
+    /// A cache of at most `capacity` bytes of sets; 0 keeps none.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            capacity,
+            build_spare: BUILD_ROWS_SPARE,
+        }
+    }
+
+    /// Bytes one set may take.
+    fn set_bytes(&self) -> usize {
+        self.capacity / 4
+    }
+
+    /// Whether a set under `key` that a download of `snapshot` could use
+    /// was evicted for room. Building it again would likely be undone
+    /// before the download's next page: the download walks with the
+    /// compiled rules instead, as without the sets.
+    fn evicted_for(&self, key: &str, snapshot: i64) -> bool {
+        self.lock()
+            .evicted
+            .get(key)
+            .is_some_and(|hwm| *hwm >= snapshot)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -194,7 +223,8 @@ impl SelectionCache {
         if let Some(old) = inner.entries.remove(&key) {
             inner.bytes -= old.bytes;
         }
-        while inner.bytes + bytes > CACHE_BYTES {
+        inner.evicted.remove(&key);
+        while inner.bytes + bytes > self.capacity {
             let Some(oldest) = inner
                 .entries
                 .iter()
@@ -205,6 +235,10 @@ impl SelectionCache {
             };
             if let Some(e) = inner.entries.remove(&oldest) {
                 inner.bytes -= e.bytes;
+                if inner.evicted.len() >= EVICTED_KEPT {
+                    inner.evicted.clear();
+                }
+                inner.evicted.insert(oldest, e.hwm);
             }
         }
         inner.tick += 1;
@@ -247,8 +281,8 @@ impl SelectionCache {
     #[cfg(test)]
     pub(crate) fn with_build_spare(spare: u64) -> Self {
         Self {
-            inner: Mutex::default(),
             build_spare: spare,
+            ..Self::default()
         }
     }
 }
@@ -397,6 +431,9 @@ impl Builder<'_, '_> {
         if let Some(set) = s.cache.get(&key_of(column), s.snapshot) {
             return Ok(Some(set));
         }
+        if s.cache.evicted_for(&key_of(column), s.snapshot) {
+            return Ok(None);
+        }
         if self.rows_left.is_none() {
             let walk = (self.walk_rows)(c)?;
             self.rows_left = Some(
@@ -490,7 +527,10 @@ impl Builder<'_, '_> {
                     Ok(None) => {}
                     Err(()) => sets[i] = None,
                 }
-                if sets[i].as_ref().is_some_and(|s| s.bytes > SET_BYTES) {
+                if sets[i]
+                    .as_ref()
+                    .is_some_and(|set| set.bytes > s.cache.set_bytes())
+                {
                     sets[i] = None;
                 }
             }
@@ -572,6 +612,7 @@ pub fn walk(
     room: u32,
 ) -> ApiResult<Option<Walk>> {
     if since >= scope.snapshot
+        || scope.cache.capacity == 0
         || !table
             .rules
             .iter()
@@ -999,6 +1040,78 @@ mod tests {
         }
     }
 
+    /// Two technicians' first downloads, a page each in turn, with room for
+    /// about one technician's sets: a set evicted for the other's is not
+    /// built again for the same download, which walks on with the compiled
+    /// rules, and the pages are the same as without the sets.
+    #[test]
+    fn a_download_whose_sets_were_evicted_walks_on_without_them() {
+        let (a, b) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let now = sqlite_db(&a).now_ms();
+        let (mut with, tech) = seeded(sqlite_db(&a), true, now);
+        let (mut without, _) = seeded(sqlite_db(&b), false, now);
+        let mut users = vec![tech.clone()];
+        for db in [&mut with, &mut without] {
+            let (other, _) = db
+                .create_user(
+                    Some("other".into()),
+                    "O",
+                    Role::Technician,
+                    "field-service",
+                    None,
+                )
+                .expect("user");
+            users.truncate(1);
+            users.push(other);
+        }
+        let table = "work_order_service_tasks";
+        // One technician's sets, measured on a cache of the default size.
+        download(&with, &tech, table, 1000, &mut |_| {});
+        let one = with.selections().bytes();
+        assert!(one > 0);
+        with.set_selections(true, SelectionCache::new(one + one / 2));
+
+        let profiles: Vec<_> = users
+            .iter()
+            .map(|u| with.sync_profile(u).expect("profile"))
+            .collect();
+        let mut cursors = [String::new(), String::new()];
+        let mut done = [false, false];
+        let mut builds_at_first_page = [0, 0];
+        let mut page = 0;
+        while !done.iter().all(|d| *d) {
+            for (u, user) in users.iter().enumerate() {
+                if done[u] {
+                    continue;
+                }
+                let p = &profiles[u];
+                let t = p.table(table).expect("table");
+                let x = with.pull(user, p, t, &cursors[u], 30, true).expect("pull");
+                let y = without
+                    .pull(user, p, t, &cursors[u], 30, true)
+                    .expect("pull");
+                assert_eq!(x, y, "user {u}, page {page}");
+                if page == 0 {
+                    builds_at_first_page[u] = with.selections().builds();
+                }
+                cursors[u] = x.cursor.clone();
+                done[u] = !x.has_more;
+            }
+            page += 1;
+        }
+        assert!(page > 3, "pages: {page}");
+        // The first pages built each technician's sets (the bookings' and
+        // the work orders' three); the later pages built none again, though
+        // the other technician's sets pushed them out.
+        assert_eq!(builds_at_first_page[0], 4);
+        assert_eq!(builds_at_first_page[1], 8);
+        assert_eq!(with.selections().builds(), 8);
+        assert!(with.selections().bytes() <= one + one / 2);
+    }
+
     /// The cache keeps its sets within its bytes, least recently used
     /// evicted first, and answers a set only for downloads whose snapshot
     /// it was built at or after.
@@ -1012,15 +1125,15 @@ mod tests {
             }
             Arc::new(s)
         };
-        cache.put("a".into(), 10, set(1), CACHE_BYTES / 2);
-        cache.put("b".into(), 10, set(1), CACHE_BYTES / 3);
+        cache.put("a".into(), 10, set(1), DEFAULT_CACHE_BYTES / 2);
+        cache.put("b".into(), 10, set(1), DEFAULT_CACHE_BYTES / 3);
         assert!(cache.get("a", 10).is_some());
         assert!(cache.get("a", 11).is_none(), "built before the snapshot");
-        cache.put("c".into(), 12, set(1), CACHE_BYTES / 3);
+        cache.put("c".into(), 12, set(1), DEFAULT_CACHE_BYTES / 3);
         // "b" was used least recently ("a" was read after it was put).
         assert!(cache.get("b", 0).is_none());
         assert!(cache.get("a", 0).is_some() && cache.get("c", 12).is_some());
-        assert!(cache.bytes() <= CACHE_BYTES);
+        assert!(cache.bytes() <= DEFAULT_CACHE_BYTES);
         assert_eq!(cache.len(), 2);
         assert_eq!(set(3).len(), 3);
     }
