@@ -11,8 +11,8 @@
 //! instead: the set of `foreign_column` values of the related table's live,
 //! selected rows ([`SelectionCache`]), built by reading that table's few
 //! columns once, and a walked row is selected when its own rules hold or its
-//! column's value is in a set. The walk itself then reads only the keys and
-//! the rules' columns; the selected rows are read in full by key.
+//! column's value is in a set. The walk reads each row once, with its
+//! rules' columns, and copies the values of the selected ones only.
 //!
 //! Only the walk of rows at or before the snapshot uses the sets. They are
 //! evaluated on the database as it was at some moment after the download's
@@ -25,8 +25,9 @@
 //! A set is derived state of the database, like a query plan's cache: an
 //! instance that lacks one builds it, so several instances still serve one
 //! database. The sets are bounded in bytes; a set too large for its share,
-//! or one that would cost more rows to build than the walk it replaces,
-//! is not built, and the walk evaluates the compiled rules instead.
+//! one that would cost more rows to build than the walk it replaces, or one
+//! evicted for room while its download goes on, is not built, and the walk
+//! evaluates the compiled rules instead.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,7 +48,7 @@ use crate::sql::{Cell, Cells, Conn, Dialect};
 /// quarter of it; a larger one is not built.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
-/// Keys of evicted sets remembered at most (see [`SelectionCache::put`]).
+/// Keys of evicted sets remembered at most (see `SelectionCache::evicted_for`).
 const EVICTED_KEPT: usize = 4_096;
 
 /// Rows one statement of a walk reads at most.
