@@ -935,6 +935,20 @@ mod tests {
         Db::open(dir.path(), crate::field_service_model(), &profile).expect("open")
     }
 
+    /// Two SQLite databases with the same data: the first walks with the
+    /// sets, the second with the compiled rules only; and the technician.
+    /// The directories live as long as the first item.
+    fn pair() -> ((tempfile::TempDir, tempfile::TempDir), Db, Db, User) {
+        let dirs = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let now = sqlite_db(&dirs.0).now_ms();
+        let (with, tech) = seeded(sqlite_db(&dirs.0), true, now);
+        let (without, _) = seeded(sqlite_db(&dirs.1), false, now);
+        (dirs, with, without, tech)
+    }
+
     #[test]
     fn the_sets_answer_what_the_compiled_rules_answer_on_sqlite() {
         let (a, b) = (
@@ -958,13 +972,7 @@ mod tests {
     /// pages are the same.
     #[test]
     fn a_set_over_its_budget_is_not_built() {
-        let (a, b) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let now = sqlite_db(&a).now_ms();
-        let (mut with, tech) = seeded(sqlite_db(&a), true, now);
-        let (without, _) = seeded(sqlite_db(&b), false, now);
+        let (_dirs, mut with, without, tech) = pair();
         with.set_selections(true, SelectionCache::with_build_spare(0));
         // Accounts: 40 rows to walk, ten times that is the 400 bookings
         // their work orders' set reads, and nothing is left for the 400 work
@@ -987,13 +995,7 @@ mod tests {
     /// still holds every row.
     #[test]
     fn wide_rows_end_a_page_early_on_both_walks() {
-        let (a, b) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let now = sqlite_db(&a).now_ms();
-        let (with, tech) = seeded(sqlite_db(&a), true, now);
-        let (without, _) = seeded(sqlite_db(&b), false, now);
+        let (_dirs, with, without, tech) = pair();
         let wide = "w".repeat(700 * 1024);
         let mine: Vec<String> = download(&with, &tech, "work_orders", 1000, &mut |_| {})
             .iter()
@@ -1047,13 +1049,7 @@ mod tests {
     /// rules, and the pages are the same as without the sets.
     #[test]
     fn a_download_whose_sets_were_evicted_walks_on_without_them() {
-        let (a, b) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let now = sqlite_db(&a).now_ms();
-        let (mut with, tech) = seeded(sqlite_db(&a), true, now);
-        let (mut without, _) = seeded(sqlite_db(&b), false, now);
+        let (_dirs, mut with, mut without, tech) = pair();
         let mut users = vec![tech.clone()];
         for db in [&mut with, &mut without] {
             let (other, _) = db
