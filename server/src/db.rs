@@ -489,8 +489,6 @@ pub struct Db {
     /// Related rules' selected values, kept between the pages of first
     /// downloads (see [`crate::selection`]).
     selections: crate::selection::SelectionCache,
-    /// Off only in tests that compare the two walks.
-    use_selections: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -747,7 +745,6 @@ impl Db {
             model,
             backend,
             selections: Default::default(),
-            use_selections: true,
         })
     }
 
@@ -805,12 +802,10 @@ impl Db {
         self
     }
 
-    /// Whether first downloads walk with the selected-value sets (on) or
-    /// with the compiled rules only (tests comparing the two), and the
-    /// sets' cache.
+    /// Replaces the selected-value sets' cache (tests: one of capacity 0
+    /// walks with the compiled rules only).
     #[cfg(test)]
-    pub(crate) fn set_selections(&mut self, on: bool, cache: crate::selection::SelectionCache) {
-        self.use_selections = on;
+    pub(crate) fn set_selections(&mut self, cache: crate::selection::SelectionCache) {
         self.selections = cache;
     }
 
@@ -1471,10 +1466,7 @@ impl Db {
                     ncols,
                     values: &read_cells,
                 };
-                let walked = if !self.use_selections {
-                    None
-                } else {
-                    crate::selection::walk(
+                let walked = crate::selection::walk(
                     c,
                     &selection,
                     table,
@@ -1482,8 +1474,7 @@ impl Db {
                     &read,
                     cursor.since,
                     room,
-                )?
-                };
+                )?;
                 let (entries, more) = match walked {
                     Some(w) => (w.entries, w.more),
                     None => {
@@ -1517,7 +1508,7 @@ impl Db {
                             let entry = if r.int(ncols + 2)? == 1 {
                                 Walked::Row(read_cells(r)?)
                             } else {
-                                Walked::Removed(r.row()?.text(1)?)
+                                Walked::Removed(r.text(1)?)
                             };
                             bytes += entry.approx_size();
                             entries.push((seq, entry));

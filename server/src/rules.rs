@@ -18,7 +18,7 @@ use crate::sql::Dialect;
 
 /// Deepest chain of related-rows rules compiled (validation refuses cycles
 /// and more than 15 related tables, so a valid profile never reaches it).
-const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 
 /// A SQL boolean expression and its parameters, in order of appearance.
 #[derive(Debug, Clone, PartialEq)]

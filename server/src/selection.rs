@@ -95,14 +95,15 @@ pub struct KeySet {
     bytes: usize,
 }
 
-/// A stored value of a column matched as `kind`: `Ok(None)` for NULL (which
-/// matches nothing), `Err(())` for a value of another type than its
-/// column's, which this module cannot match as SQL would.
+/// A value looked up in (or added to) a [`KeySet`], borrowed.
 enum Probe<'a> {
     Int(i64),
     Text(&'a str),
 }
 
+/// A stored value of a column matched as `kind`: `Ok(None)` for NULL (which
+/// matches nothing), `Err(())` for a value of another type than its
+/// column's, which this module cannot match as SQL would.
 fn probe<'a>(c: &'a Cell<'_>, kind: KeyKind) -> Result<Option<Probe<'a>>, ()> {
     match (c, kind) {
         (Cell::Null, _) => Ok(None),
@@ -124,9 +125,11 @@ impl KeySet {
     fn insert(&mut self, p: &Probe<'_>) {
         let added = match p {
             Probe::Int(n) => self.ints.insert(*n).then_some(0),
-            Probe::Text(t) => (!self.texts.contains(*t))
-                .then(|| self.texts.insert((*t).into()))
-                .map(|_| t.len() + std::mem::size_of::<Box<str>>()),
+            Probe::Text(t) if self.texts.contains(*t) => None,
+            Probe::Text(t) => {
+                self.texts.insert((*t).into());
+                Some(t.len() + std::mem::size_of::<Box<str>>())
+            }
         };
         if let Some(extra) = added {
             self.bytes += 16 + extra;
@@ -148,7 +151,6 @@ struct Entry {
     /// The change log's high-water mark the set was built at.
     hwm: i64,
     set: Arc<KeySet>,
-    bytes: usize,
     used: u64,
 }
 
@@ -218,11 +220,12 @@ impl SelectionCache {
         Some(entry.set.clone())
     }
 
-    fn put(&self, key: String, hwm: i64, set: Arc<KeySet>, bytes: usize) {
+    fn put(&self, key: String, hwm: i64, set: Arc<KeySet>) {
+        let bytes = set.bytes;
         let mut inner = self.lock();
         inner.builds += 1;
         if let Some(old) = inner.entries.remove(&key) {
-            inner.bytes -= old.bytes;
+            inner.bytes -= old.set.bytes;
         }
         inner.evicted.remove(&key);
         while inner.bytes + bytes > self.capacity {
@@ -235,7 +238,7 @@ impl SelectionCache {
                 break;
             };
             if let Some(e) = inner.entries.remove(&oldest) {
-                inner.bytes -= e.bytes;
+                inner.bytes -= e.set.bytes;
                 if inner.evicted.len() >= EVICTED_KEPT {
                     inner.evicted.clear();
                 }
@@ -245,15 +248,7 @@ impl SelectionCache {
         inner.tick += 1;
         let used = inner.tick;
         inner.bytes += bytes;
-        inner.entries.insert(
-            key,
-            Entry {
-                hwm,
-                set,
-                bytes,
-                used,
-            },
-        );
+        inner.entries.insert(key, Entry { hwm, set, used });
     }
 
     /// Bytes the kept sets take, estimated.
@@ -304,20 +299,30 @@ pub struct Scope<'a> {
 /// Decides a table's rules for a row from the columns the walk read: its
 /// own rules' flag, then each related rule's column against its set.
 struct Matcher {
-    /// `CASE WHEN <own rules> THEN 1 ELSE 0 END`, or `0`, and its
-    /// parameters.
-    own_sql: String,
-    own_params: Vec<Value>,
+    /// The table's rules that read no other table, if any.
+    own: Option<rules::SqlPredicate>,
     /// Each related rule: its column (quoted), how it is matched, its set.
     related: Vec<(String, KeyKind, Arc<KeySet>)>,
 }
 
 impl Matcher {
-    /// The select-list items, own flag last.
+    /// The select-list items, the own rules' flag last (`CASE WHEN <own
+    /// rules> THEN 1 ELSE 0 END`, or `0`); its parameters are
+    /// [`Matcher::own_params`].
     fn columns(&self) -> String {
-        let mut cols: Vec<&str> = self.related.iter().map(|(c, _, _)| c.as_str()).collect();
-        cols.push(&self.own_sql);
+        let mut cols: Vec<String> = self.related.iter().map(|(c, _, _)| c.clone()).collect();
+        cols.push(match &self.own {
+            Some(p) => format!("CASE WHEN {} THEN 1 ELSE 0 END", p.sql),
+            None => "0".to_owned(),
+        });
         cols.join(", ")
+    }
+
+    fn own_params(&self) -> Vec<Value> {
+        self.own
+            .as_ref()
+            .map(|p| p.params.clone())
+            .unwrap_or_default()
     }
 
     fn width(&self) -> usize {
@@ -362,10 +367,7 @@ impl Builder<'_, '_> {
         depth: usize,
     ) -> ApiResult<Option<Matcher>> {
         let s = self.scope;
-        let (own_sql, own_params) = match rules::compile_own_in(s.dialect, table, s.ctx) {
-            Some(p) => (format!("CASE WHEN {} THEN 1 ELSE 0 END", p.sql), p.params),
-            None => ("0".to_owned(), Vec::new()),
-        };
+        let own = rules::compile_own_in(s.dialect, table, s.ctx);
         let mut related = Vec::new();
         for rule in &table.rules {
             let RowRule::Related {
@@ -378,7 +380,8 @@ impl Builder<'_, '_> {
             };
             // As the compiled rules: a related table outside the profile,
             // or past the depth bound, selects nothing.
-            let Some(other_table) = s.profile.table(other).filter(|_| depth < MAX_DEPTH) else {
+            let Some(other_table) = s.profile.table(other).filter(|_| depth < rules::MAX_DEPTH)
+            else {
                 continue;
             };
             let kinds = (
@@ -394,17 +397,11 @@ impl Builder<'_, '_> {
             };
             related.push((quote_ident(column), kind, set));
         }
-        Ok(Some(Matcher {
-            own_sql,
-            own_params,
-            related,
-        }))
+        Ok(Some(Matcher { own, related }))
     }
 
     fn kind(&self, table: &str, column: &str) -> Option<KeyKind> {
-        let schema = self.scope.model.table(table)?;
-        let c = schema.columns.iter().find(|c| c.name == column)?;
-        key_kind(c.kind)
+        key_kind(self.scope.model.table(table)?.column(column)?.kind)
     }
 
     /// The values of `column` over `table`'s live rows that its rules
@@ -484,8 +481,7 @@ impl Builder<'_, '_> {
         // One statement over the whole table, read a row at a time. When the
         // table's rules read no other table they are the statement's
         // condition, and its index may answer them.
-        let own_where =
-            rules::compile_own_in(s.dialect, table, s.ctx).filter(|_| matcher.related.is_empty());
+        let own_where = matcher.own.as_ref().filter(|_| matcher.related.is_empty());
         let sql = format!(
             "SELECT {cols}, {m} FROM {t} WHERE _deleted = 0{own}",
             cols = columns
@@ -495,13 +491,13 @@ impl Builder<'_, '_> {
                 .join(", "),
             m = matcher.columns(),
             t = quote_ident(&table.name),
-            own = match &own_where {
+            own = match own_where {
                 Some(p) => format!(" AND {}", p.sql),
                 None => String::new(),
             },
         );
-        let mut params = matcher.own_params.clone();
-        if let Some(p) = &own_where {
+        let mut params = matcher.own_params();
+        if let Some(p) = own_where {
             params.extend(p.params.iter().cloned());
         }
         // A set that outgrows its bytes, or meets a value of another type
@@ -546,19 +542,15 @@ impl Builder<'_, '_> {
             let Some(set) = set else {
                 continue;
             };
-            let bytes = set.bytes;
             let set = Arc::new(set);
             if i == 0 {
                 wanted = Some(set.clone());
             }
-            s.cache.put(key_of(column), s.hwm, set, bytes);
+            s.cache.put(key_of(column), s.hwm, set);
         }
         Ok(wanted)
     }
 }
-
-/// Deepest chain of related tables followed, as [`crate::rules`].
-const MAX_DEPTH: usize = 16;
 
 /// One entry of a pull page.
 pub enum Walked {
@@ -642,8 +634,9 @@ pub fn walk(
     };
     // The whole row is read with its flags and rules' columns (a second
     // read of the selected rows by key cost more than it saved); only a
-    // selected row's values are copied out of it. Rows after the snapshot are decided by the compiled rules, which the
-    // `CASE` evaluates for them only.
+    // selected row's values are copied out of it. Rows after the snapshot
+    // are decided by the compiled rules, which the `CASE` evaluates for
+    // them only.
     let sql = format!(
         "SELECT {cols}, _seq, _deleted, {m},
                 CASE WHEN _seq <= ? THEN 0 WHEN _deleted = 0 AND {pred} THEN 1 ELSE 0 END
@@ -664,7 +657,7 @@ pub fn walk(
     let mut after = since;
     let mut matched = true;
     loop {
-        let mut params = matcher.own_params.clone();
+        let mut params = matcher.own_params();
         params.push(Value::Integer(scope.snapshot));
         params.extend(predicate.params.iter().cloned());
         params.push(Value::Integer(after));
@@ -682,7 +675,7 @@ pub fn walk(
                 if r.int(later_at)? == 1 {
                     Walked::Row((read.values)(r)?)
                 } else {
-                    Walked::Removed(r.row()?.text(1)?)
+                    Walked::Removed(r.text(1)?)
                 }
             } else if r.int(seq_at + 1)? != 0 {
                 return Ok(true);
@@ -772,7 +765,11 @@ mod tests {
         for (table, rows) in generate(&spec) {
             db.bulk_insert(&table, &rows).expect("seed");
         }
-        db.set_selections(sets, SelectionCache::default());
+        db.set_selections(if sets {
+            SelectionCache::default()
+        } else {
+            SelectionCache::new(0)
+        });
         (db, tech)
     }
 
@@ -973,7 +970,7 @@ mod tests {
     #[test]
     fn a_set_over_its_budget_is_not_built() {
         let (_dirs, mut with, without, tech) = pair();
-        with.set_selections(true, SelectionCache::with_build_spare(0));
+        with.set_selections(SelectionCache::with_build_spare(0));
         // Accounts: 40 rows to walk, ten times that is the 400 bookings
         // their work orders' set reads, and nothing is left for the 400 work
         // orders their own set reads: only the bookings' set is built.
@@ -1069,7 +1066,7 @@ mod tests {
         download(&with, &tech, table, 1000, &mut |_| {});
         let one = with.selections().bytes();
         assert!(one > 0);
-        with.set_selections(true, SelectionCache::new(one + one / 2));
+        with.set_selections(SelectionCache::new(one + one / 2));
 
         let profiles: Vec<_> = users
             .iter()
@@ -1120,13 +1117,19 @@ mod tests {
             for i in 0..n {
                 s.insert(&Probe::Int(i as i64));
             }
+            s
+        };
+        // A set of one value said to take `bytes`.
+        let sized = |bytes: usize| {
+            let mut s = set(1);
+            s.bytes = bytes;
             Arc::new(s)
         };
-        cache.put("a".into(), 10, set(1), DEFAULT_CACHE_BYTES / 2);
-        cache.put("b".into(), 10, set(1), DEFAULT_CACHE_BYTES / 3);
+        cache.put("a".into(), 10, sized(DEFAULT_CACHE_BYTES / 2));
+        cache.put("b".into(), 10, sized(DEFAULT_CACHE_BYTES / 3));
         assert!(cache.get("a", 10).is_some());
         assert!(cache.get("a", 11).is_none(), "built before the snapshot");
-        cache.put("c".into(), 12, set(1), DEFAULT_CACHE_BYTES / 3);
+        cache.put("c".into(), 12, sized(DEFAULT_CACHE_BYTES / 3));
         // "b" was used least recently ("a" was read after it was put).
         assert!(cache.get("b", 0).is_none());
         assert!(cache.get("a", 0).is_some() && cache.get("c", 12).is_some());

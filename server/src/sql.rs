@@ -157,6 +157,13 @@ pub trait Cells {
             other => Err(bad_column(i, "an integer", &other.into_value())),
         }
     }
+    /// Column `i` as text, which must not be NULL.
+    fn text(&self, i: usize) -> ApiResult<String> {
+        match self.cell(i)? {
+            Cell::Text(t) => Ok(t.into_owned()),
+            other => Err(bad_column(i, "text", &other.into_value())),
+        }
+    }
     /// Every column, owned.
     fn row(&self) -> ApiResult<Row> {
         (0..self.width())
