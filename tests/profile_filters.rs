@@ -307,6 +307,162 @@ async fn booking_window_passes_and_enters_without_server_change() {
     assert_eq!(ids(&device, "work_orders"), reached);
 }
 
+/// The device's transport, with two hooks into a first download: before
+/// the work orders' first page is asked for, the dispatcher books tech-a on
+/// `wo-new` (so the server now selects it, while the bookings the device
+/// already holds do not reach it); and the incidents' first page waits
+/// until `wo-new` has left the device's file, or 20 seconds.
+struct Hook {
+    inner: HttpTransport,
+    env_url: String,
+    disp: String,
+    start: String,
+    end: String,
+    device_db: std::path::PathBuf,
+    booked: std::sync::atomic::AtomicBool,
+    held: std::sync::atomic::AtomicBool,
+    /// Whether `wo-new` was gone when the incidents' first page went on.
+    gone_while_downloading: std::sync::Mutex<Option<bool>>,
+}
+
+impl Hook {
+    fn holds_wo_new(&self) -> bool {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            &self.device_db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return true;
+        };
+        conn.query_row(
+            "SELECT COUNT(*) FROM work_orders WHERE id = 'wo-new'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_or(true, |n| n > 0)
+    }
+}
+
+#[async_trait::async_trait]
+impl fieldsync_core::Transport for Hook {
+    async fn send(
+        &self,
+        request: fieldsync_core::HttpRequest,
+    ) -> Result<fieldsync_core::HttpResponse, fieldsync_core::TransportError> {
+        use std::sync::atomic::Ordering;
+        if request
+            .path
+            .starts_with("/v1/sync/pull?table=work_orders&cursor=&")
+            && !self.booked.swap(true, Ordering::SeqCst)
+        {
+            let resp = reqwest::Client::new()
+                .put(format!("{}/v1/records/bookings/bk-new", self.env_url))
+                .bearer_auth(&self.disp)
+                .header("content-type", "application/json")
+                .body(json!({"data": {"work_order_id": "wo-new", "resource_id": "tech-a", "status": "active", "start_time": self.start, "end_time": self.end}}).to_string())
+                .send()
+                .await
+                .expect("book");
+            assert_eq!(resp.status().as_u16(), 200);
+        }
+        if request
+            .path
+            .starts_with("/v1/sync/pull?table=work_order_incidents&cursor=&")
+            && !self.held.swap(true, Ordering::SeqCst)
+        {
+            let mut gone = false;
+            for _ in 0..400 {
+                if !self.holds_wo_new() {
+                    gone = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            *self.gone_while_downloading.lock().expect("lock") = Some(gone);
+        }
+        self.inner.send(request).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_download_evaluates_each_table_while_the_next_ones_download() {
+    let env = Env::start().await;
+    let tech = env.user("tech-a", "technician", None).await;
+    let disp = env.user("disp", "dispatcher", None).await;
+    env.seed(&["tech-a"], 12).await;
+    // A work order with an incident that no booking reaches yet.
+    env.put(
+        &disp,
+        "work_orders",
+        "wo-new",
+        json!({"name": "New", "status": "scheduled"}),
+    )
+    .await;
+    env.put(
+        &disp,
+        "work_order_incidents",
+        "inc-new",
+        json!({"work_order_id": "wo-new"}),
+    )
+    .await;
+    let device_db = env.dir.path().join("d.db");
+    let hook = Arc::new(Hook {
+        inner: HttpTransport::new(&env.url, Default::default(), &Default::default())
+            .expect("transport"),
+        env_url: env.url.clone(),
+        disp: disp.clone(),
+        start: format_datetime(env.clock_now() + DAY),
+        end: format_datetime(env.clock_now() + DAY + 3_600_000),
+        device_db: device_db.clone(),
+        booked: Default::default(),
+        held: Default::default(),
+        gone_while_downloading: Default::default(),
+    });
+    let device = Engine::open_with(
+        EngineConfig::new(&device_db, &env.url, &tech),
+        hook.clone(),
+        env.clock.clone(),
+    )
+    .expect("engine");
+    let report = device.sync().await.expect("first sync");
+
+    // The bookings were downloaded before bk-new; the work orders after it,
+    // so wo-new came down although no booking on the device reaches it.
+    // The work orders were evaluated, and wo-new removed, while the
+    // incidents' download waited: before the last tables were pulled.
+    assert_eq!(
+        *hook.gone_while_downloading.lock().expect("lock"),
+        Some(true),
+        "wo-new should leave the device while the later tables download"
+    );
+    assert!(!has(&device, "bookings", "bk-new"));
+    assert!(!has(&device, "work_orders", "wo-new"));
+    assert!(!has(&device, "work_order_incidents", "inc-new"));
+    let removed = |table: &str| {
+        report
+            .tables
+            .iter()
+            .find(|t| t.table == table)
+            .map_or(0, |t| t.rows_removed)
+    };
+    assert_eq!(removed("work_orders"), 1, "{report:?}");
+    assert_eq!(removed("work_order_incidents"), 1, "{report:?}");
+    // What the device reaches is what it holds.
+    let bookings = device.list("bookings", None, 10_000).expect("list");
+    let mut reached: Vec<String> = bookings
+        .iter()
+        .filter_map(|b| txt(&b.fields["work_order_id"]).map(str::to_owned))
+        .collect();
+    reached.sort();
+    reached.dedup();
+    assert_eq!(ids(&device, "work_orders"), reached);
+
+    // The next sync brings bk-new, and with it wo-new and its incident.
+    device.sync().await.expect("second sync");
+    assert!(has(&device, "bookings", "bk-new"));
+    assert!(has(&device, "work_orders", "wo-new"));
+    assert!(has(&device, "work_order_incidents", "inc-new"));
+}
+
 fn profile(tables: Value) -> Value {
     json!({"name": "versions", "tables": tables})
 }

@@ -1405,8 +1405,39 @@ impl Store {
     /// last settling are evaluated (see the `settle` module). Returns the
     /// removed rows per table. One transaction.
     pub fn remove_unreached(&self, profile: &SyncProfile, now: i64) -> Result<Vec<(String, u64)>> {
+        self.remove_unreached_rest(profile, now, &BTreeMap::new())
+    }
+
+    /// [`Self::remove_unreached`] after [`Self::settle_table`] evaluated the
+    /// tables of `early` (name, the day of the evaluation) in this run.
+    pub fn remove_unreached_rest(
+        &self,
+        profile: &SyncProfile,
+        now: i64,
+        early: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, u64)>> {
         let ctx = profile.filter_context(now);
-        self.in_sync_transaction(|tx| settle::remove_unreached(tx, profile, &ctx))
+        self.in_sync_transaction(|tx| settle::remove_unreached(tx, profile, &ctx, early))
+    }
+
+    /// Evaluates every row of `table`, downloaded whole in this run, once
+    /// the tables its rules read (`settled`, evaluated the same way before
+    /// it) are final for the run; returns the rows removed. The run's
+    /// final [`Self::remove_unreached_rest`] then only looks at what
+    /// changed since. See `settle::settle_table`.
+    pub fn settle_table(
+        &self,
+        profile: &SyncProfile,
+        table: &str,
+        settled: &BTreeSet<String>,
+        now: i64,
+    ) -> Result<u64> {
+        let t = profile
+            .table(table)
+            .ok_or_else(|| Error::UnknownTable(table.to_owned()))?;
+        let ctx = profile.filter_context(now);
+        let settled: BTreeSet<&str> = settled.iter().map(String::as_str).collect();
+        self.in_sync_transaction(|tx| settle::settle_table(tx, profile, t, &settled, &ctx))
     }
 
     /// The related values queued for the related-rows rule `rule` (see

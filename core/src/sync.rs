@@ -20,7 +20,9 @@
 //! current one is written. A failure stops the run with everything committed
 //! so far kept, and the next run resumes from there.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -114,9 +116,10 @@ async fn run_inner(
     } else {
         tables
     };
-    pull_tables(engine, tables, report).await?;
+    let mut early = EarlySettled::default();
+    pull_tables(engine, tables, report, &mut early).await?;
     let timer = std::time::Instant::now();
-    let settled = settle_related(engine, report).await;
+    let settled = settle_related(engine, report, &early.days).await;
     debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "related rows settled");
     settled
 }
@@ -171,6 +174,48 @@ async fn skip_unchanged(
     pull
 }
 
+/// Tables of this run evaluated whole while other tables still downloaded
+/// (see [`next_early_settle`]): each with the day it was evaluated on, and
+/// the rows removed.
+#[derive(Default)]
+struct EarlySettled {
+    days: BTreeMap<String, String>,
+    removed: Vec<(String, u64)>,
+}
+
+/// A table of this run to evaluate whole now, while others still download:
+/// the first, in dependency order, that was downloaded whole in this run
+/// (`whole`), is not evaluated yet, and whose related-rows rules read only
+/// tables evaluated this way before it. Its rows and theirs change no more
+/// in this run, so the evaluation holds for the final pass, which then
+/// skips it (`Store::settle_table`). The first download of a device ends
+/// with every table evaluated whole; this way most of that work runs while
+/// the server prepares the last tables' pages instead of after them.
+fn next_early_settle(
+    profile: &SyncProfile,
+    whole: &BTreeSet<String>,
+    early: &EarlySettled,
+) -> Option<String> {
+    profile
+        .tables_in_dependency_order()
+        .into_iter()
+        .find(|t| {
+            whole.contains(&t.name)
+                && !early.days.contains_key(&t.name)
+                && t.depends_on()
+                    .iter()
+                    .all(|d| *d == t.name || early.days.contains_key(d))
+        })
+        .map(|t| t.name.clone())
+}
+
+/// What one future of [`pull_round`] did: pulled a table, or evaluated one
+/// early (the removed rows and the day of the evaluation).
+enum Step {
+    Pulled(Box<(SyncTable, SyncReport, Result<()>)>),
+    Settled(String, Result<(u64, String)>),
+}
+
 /// Pulls `tables`, up to `EngineConfig::parallel_pulls` at once. A table starts once
 /// the tables its related-rows rules read (those in this run) are pulled,
 /// the order the sequential download had: rows arriving in a table queue
@@ -181,17 +226,23 @@ async fn skip_unchanged(
 /// changed, no table starts; the running ones finish, then the profile is
 /// installed (never under a running download) and the tables not pulled yet
 /// go on. The first other error stops the run the same way.
+///
+/// While tables download, the tables downloaded whole are evaluated against
+/// their rules one at a time ([`next_early_settle`]), until the profile
+/// changes (a new profile is evaluated whole by the final pass).
 async fn pull_tables(
     engine: &Engine,
     tables: Vec<SyncTable>,
     report: &mut SyncReport,
+    early: &mut EarlySettled,
 ) -> Result<()> {
     let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut refreshes = 0;
     let mut parts: Vec<SyncReport> = Vec::new();
     let result = loop {
-        match pull_round(engine, &names, &mut done, &mut parts).await {
+        let settle_early = refreshes == 0;
+        match pull_round(engine, &names, &mut done, &mut parts, early, settle_early).await {
             Err(Error::Server {
                 status: 409, code, ..
             }) if code == codes::PROFILE_CHANGED && refreshes < 2 => {
@@ -210,16 +261,25 @@ async fn pull_tables(
     }
     tables.sort_by_key(|t| names.iter().position(|n| *n == t.table));
     report.tables.extend(tables);
+    for (table, n) in &early.removed {
+        if *n > 0 {
+            info!(target: "fieldsync::sync", table = %table, rows = n, "removed rows that no longer meet the offline profile");
+            table_report(report, table).rows_removed += n;
+        }
+    }
     result
 }
 
 /// One pass of [`pull_tables`] over the tables of `names` still in the
-/// profile and not yet in `done`.
+/// profile and not yet in `done`; with `settle_early`, tables downloaded
+/// whole are evaluated as soon as they can be, while others download.
 async fn pull_round(
     engine: &Engine,
     names: &[String],
     done: &mut BTreeSet<String>,
     parts: &mut Vec<SyncReport>,
+    early: &mut EarlySettled,
+    settle_early: bool,
 ) -> Result<()> {
     let profile = engine
         .profile()
@@ -231,11 +291,16 @@ async fn pull_round(
         .cloned()
         .collect();
     let in_run: BTreeSet<String> = waiting.iter().map(|t| t.name.clone()).collect();
-    let mut running = FuturesUnordered::new();
+    let mut running: FuturesUnordered<Pin<Box<dyn Future<Output = Step> + Send + '_>>> =
+        FuturesUnordered::new();
+    let mut pulling = 0;
+    let mut settling = false;
+    // Tables of this round downloaded whole (their first download ended in it).
+    let mut whole: BTreeSet<String> = BTreeSet::new();
     let mut first_error: Option<Error> = None;
     let room = engine.options.parallel_pulls.max(1) as usize;
     loop {
-        while first_error.is_none() && running.len() < room {
+        while first_error.is_none() && pulling < room {
             let ready = waiting.iter().position(|t| {
                 t.depends_on()
                     .iter()
@@ -243,28 +308,77 @@ async fn pull_round(
             });
             let Some(i) = ready else { break };
             let table = waiting.remove(i);
-            running.push(async move {
+            pulling += 1;
+            running.push(Box::pin(async move {
                 let mut part = SyncReport::default();
                 let timer = std::time::Instant::now();
                 let pulled = pull_with_restarts(engine, &table, &mut part).await;
                 debug!(target: "fieldsync::sync", table = %table.name, ms = timer.elapsed().as_millis() as u64, "table pulled");
-                (table, part, pulled)
-            });
+                Step::Pulled(Box::new((table, part, pulled)))
+            }));
         }
-        let Some((table, part, pulled)) = running.next().await else {
+        // One evaluation at a time, and only while downloads remain: once
+        // the last one ends, the final pass evaluates the rest in one
+        // transaction.
+        if settle_early
+            && !settling
+            && first_error.is_none()
+            && (pulling > 0 || !waiting.is_empty())
+            && let Some(name) = next_early_settle(&profile, &whole, early)
+        {
+            settling = true;
+            let store = engine.store.clone();
+            let p = profile.clone();
+            let settled: BTreeSet<String> = early.days.keys().cloned().collect();
+            let now = engine.clock.now_ms();
+            let day = p.filter_context(now).today().to_string();
+            running.push(Box::pin(async move {
+                let t = name.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || store.settle_table(&p, &t, &settled, now))
+                        .await
+                        .map_err(|e| Error::Internal(format!("store task: {e}")))
+                        .and_then(|r| r)
+                        .map(|n| (n, day));
+                Step::Settled(name, result)
+            }));
+        }
+        let Some(step) = running.next().await else {
             break;
         };
-        parts.push(part);
-        match pulled {
-            Ok(()) => {
-                done.insert(table.name);
-            }
-            Err(e) => {
-                let changed = matches!(&e, Error::Server { status: 409, code, .. } if code == codes::PROFILE_CHANGED);
-                if !changed {
-                    let _ = engine.store.record_table_error(&table.name, &e.to_string());
+        match step {
+            Step::Pulled(pulled) => {
+                let (table, part, pulled) = *pulled;
+                pulling -= 1;
+                let downloaded_whole = part.tables.iter().any(|t| t.initial);
+                parts.push(part);
+                match pulled {
+                    Ok(()) => {
+                        if downloaded_whole {
+                            whole.insert(table.name.clone());
+                        }
+                        done.insert(table.name);
+                    }
+                    Err(e) => {
+                        let changed = matches!(&e, Error::Server { status: 409, code, .. } if code == codes::PROFILE_CHANGED);
+                        if !changed {
+                            let _ = engine.store.record_table_error(&table.name, &e.to_string());
+                        }
+                        first_error.get_or_insert(e);
+                    }
                 }
-                first_error.get_or_insert(e);
+            }
+            Step::Settled(name, result) => {
+                settling = false;
+                match result {
+                    Ok((removed, day)) => {
+                        early.removed.push((name.clone(), removed));
+                        early.days.insert(name, day);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
         }
     }
@@ -295,7 +409,11 @@ async fn pull_with_restarts(
 
 /// Fetches related rows that arrived without a change of their own, then
 /// removes local rows that no longer meet their table's rules.
-async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> {
+async fn settle_related(
+    engine: &Engine,
+    report: &mut SyncReport,
+    early: &BTreeMap<String, String>,
+) -> Result<()> {
     let profile: SyncProfile = engine
         .profile()
         .ok_or_else(|| Error::Internal("no profile after pull".into()))?;
@@ -370,7 +488,8 @@ async fn settle_related(engine: &Engine, report: &mut SyncReport) -> Result<()> 
     let now = engine.clock.now_ms();
     let p = profile.clone();
     let timer = std::time::Instant::now();
-    let removed = tokio::task::spawn_blocking(move || store.remove_unreached(&p, now))
+    let early = early.clone();
+    let removed = tokio::task::spawn_blocking(move || store.remove_unreached_rest(&p, now, &early))
         .await
         .map_err(|e| Error::Internal(format!("store task: {e}")))??;
     debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "removal of unreached rows");

@@ -544,10 +544,16 @@ pub(super) fn clear_pending(conn: &Connection, key: &str, values: &[String]) -> 
 
 /// Removes the rows the profile no longer reaches, in one transaction (the
 /// caller's), and resets the settle state. See the module documentation.
+///
+/// `early`: the tables [`settle_table`] already evaluated whole in this
+/// run, with the day each was evaluated on. They are evaluated here like
+/// tables settled by an earlier run (only what changed since), but for a
+/// table whose filters read the clock and whose day has passed since.
 pub(super) fn remove_unreached(
     tx: &Connection,
     profile: &SyncProfile,
     ctx: &FilterContext,
+    early: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, u64)>> {
     let today = ctx.today().to_string();
     let day_changed = meta_value(tx, "settle_day")?.is_none_or(|d| d != today);
@@ -563,7 +569,7 @@ pub(super) fn remove_unreached(
     let mut out = Vec::new();
     for table in profile.tables_in_dependency_order() {
         let full = whole.contains(&table.name)
-            || (day_changed && table.uses_clock())
+            || (day_changed && table.uses_clock() && early.get(&table.name) != Some(&today))
             || !incremental(profile, table, &settled);
         let timer = std::time::Instant::now();
         let removed = if full {
@@ -586,6 +592,32 @@ pub(super) fn remove_unreached(
     )?;
     tx.execute_batch("DELETE FROM _fs_settle_rows; DELETE FROM _fs_settle_lost;")?;
     Ok(out)
+}
+
+/// Evaluates every row of `table` in one transaction (the caller's) and
+/// takes it off the tables to evaluate whole: for a table downloaded whole
+/// whose related tables (`settled`) were downloaded whole and evaluated
+/// already in this run, while the run's other tables still download. Its
+/// rows and those of `settled` change no more in this run (a fetch writes
+/// only into tables not downloaded whole), so the evaluation holds for the
+/// run's final pass, which then looks only at what changed since (local
+/// writes, rows of these tables that a later settling removes).
+pub(super) fn settle_table(
+    tx: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    settled: &BTreeSet<&str>,
+    ctx: &FilterContext,
+) -> Result<u64> {
+    let timer = std::time::Instant::now();
+    let removed = remove_all_unreached(tx, profile, table, settled, ctx)?;
+    tx.execute(
+        "UPDATE _fs_tables SET settle_all = 0 WHERE name = ?1",
+        [&table.name],
+    )?;
+    tx.execute("DELETE FROM _fs_settle_rows WHERE tbl = ?1", [&table.name])?;
+    tracing::debug!(target: "fieldsync::sync", table = %table.name, full = true, removed, ms = timer.elapsed().as_millis() as u64, "table settled early");
+    Ok(removed)
 }
 
 /// Every related rule of `table` reads another, already settled table
@@ -782,6 +814,8 @@ fn remove_candidates(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
     use super::super::Store;
     use crate::profile::SyncProfile;
     use crate::protocol::PullPage;
@@ -890,6 +924,103 @@ mod tests {
                 Ok(rows.collect::<rusqlite::Result<_>>()?)
             })
             .expect("ids")
+    }
+
+    /// A first download evaluated table by table while it runs: bookings
+    /// (b2 starts after the seven days) and work orders (w2 is reached by b2
+    /// only) evaluated whole as each ends, incidents downloaded after them.
+    /// A booking no page wrote is then put in directly (it starts after the
+    /// seven days too): only an evaluation of every booking would find it.
+    /// Returns the tables evaluated early, with their day.
+    fn settled_early(dir: &std::path::Path) -> (Store, SyncProfile, BTreeMap<String, String>) {
+        let store = Store::open(&dir.join("d.db")).expect("open");
+        let p = profile();
+        store.apply_profile(&p, NOW).expect("profile");
+        let (soon, late) = (t("2026-11-30T09:00:00Z"), t("2026-12-20T09:00:00Z"));
+        let apply = |pg: PullPage| {
+            let table = p.table(&pg.table).expect("table").clone();
+            store.apply_page(None, &table, &pg, NOW).expect("page");
+        };
+        let mut early = BTreeMap::new();
+        let mut settled = BTreeSet::new();
+        let day = p.filter_context(NOW).today().to_string();
+        apply(bookings_page(
+            vec![
+                vec![t("b1"), t("w1"), soon],
+                vec![t("b2"), t("w2"), late.clone()],
+            ],
+            &[],
+        ));
+        let removed = store
+            .settle_table(&p, "bookings", &settled, NOW)
+            .expect("settle");
+        assert_eq!(removed, 1);
+        assert_eq!(ids(&store, "bookings"), ["b1"]);
+        settled.insert("bookings".to_string());
+        early.insert("bookings".to_string(), day.clone());
+        apply(page(
+            "work_orders",
+            &["id", "title"],
+            vec![vec![t("w1"), t("one")], vec![t("w2"), t("two")]],
+            &[],
+        ));
+        let removed = store
+            .settle_table(&p, "work_orders", &settled, NOW)
+            .expect("settle");
+        assert_eq!(removed, 1);
+        assert_eq!(ids(&store, "work_orders"), ["w1"]);
+        early.insert("work_orders".to_string(), day);
+        apply(page(
+            "incidents",
+            &["id", "work_order_id"],
+            vec![vec![t("i1"), t("w1")], vec![t("i2"), t("w2")]],
+            &[],
+        ));
+        store
+            .with_writer(|c| {
+                c.execute(
+                    "INSERT INTO bookings (id, work_order_id, start_time) VALUES ('stray', 'w1', ?1)",
+                    ["2026-12-20T09:00:00Z"],
+                )?;
+                Ok(())
+            })
+            .expect("stray");
+        (store, p, early)
+    }
+
+    #[test]
+    fn tables_evaluated_during_the_download_are_not_evaluated_whole_again_the_same_day() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p, early) = settled_early(dir.path());
+        let removed = store
+            .remove_unreached_rest(&p, NOW + 1000, &early)
+            .expect("settle");
+        // The incidents, downloaded whole and not evaluated yet, are; the
+        // bookings and work orders only for what changed since (nothing).
+        assert_eq!(
+            removed,
+            vec![
+                ("bookings".to_string(), 0),
+                ("work_orders".to_string(), 0),
+                ("incidents".to_string(), 1)
+            ]
+        );
+        assert_eq!(ids(&store, "bookings"), ["b1", "stray"]);
+        assert_eq!(ids(&store, "incidents"), ["i1"]);
+    }
+
+    #[test]
+    fn a_table_evaluated_during_the_download_on_an_earlier_day_is_evaluated_whole_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p, early) = settled_early(dir.path());
+        // The day passed between the early evaluation and the final pass:
+        // the bookings' seven days moved, so every booking is evaluated.
+        let removed = store
+            .remove_unreached_rest(&p, NOW + DAY, &early)
+            .expect("settle");
+        assert_eq!(removed[0], ("bookings".to_string(), 1));
+        assert_eq!(ids(&store, "bookings"), ["b1"]);
+        assert_eq!(ids(&store, "incidents"), ["i1"]);
     }
 
     #[test]
