@@ -40,7 +40,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{
     LOCAL_VERSION_COLUMN, delete_row, distinct_keys, has_pending, meta_value, put_meta,
     related_only_sql, related_rule_key, remove_unreached_rows, rule_columns, rule_columns_sql,
-    rule_row, stored_profile, text_like, value_key,
+    rule_row, stored_profile, text_like, unreached_rows, value_key,
 };
 use crate::error::Result;
 use crate::filter::{Cond, FilterContext};
@@ -594,29 +594,104 @@ pub(super) fn remove_unreached(
     Ok(out)
 }
 
-/// Evaluates every row of `table` in one transaction (the caller's) and
-/// takes it off the tables to evaluate whole: for a table downloaded whole
-/// whose related tables (`settled`) were downloaded whole and evaluated
-/// already in this run, while the run's other tables still download. Its
-/// rows and those of `settled` change no more in this run (a fetch writes
-/// only into tables not downloaded whole), so the evaluation holds for the
-/// run's final pass, which then looks only at what changed since (local
-/// writes, rows of these tables that a later settling removes).
-pub(super) fn settle_table(
+// A table evaluated whole while the run's other tables still download
+// (`Store::settle_table`): for a table downloaded whole whose related
+// tables (`settled`) were downloaded whole and evaluated already in this
+// run. Its rows and those of `settled` change no more in this run (a fetch
+// writes only into tables not downloaded whole), so the evaluation holds
+// for the run's final pass, which then looks only at what changed since
+// (local writes, rows of these tables that a later settling removes). In
+// three steps, so that the pages of the tables still downloading are
+// written meanwhile: the indexes the evaluation reads ([`evaluation_indexes`],
+// a write), the evaluation ([`unreached`], read on a connection of its own),
+// the removal ([`remove_evaluated`], a write).
+
+/// Builds the related columns' indexes a whole evaluation of `table` reads
+/// (see [`remove_all_unreached`]).
+pub(super) fn evaluation_indexes(
+    tx: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    settled: &BTreeSet<&str>,
+) -> Result<()> {
+    if related_only_sql(profile, table, settled).is_some() {
+        for r in table.related_rules() {
+            if let Some(other) = profile.table(r.other) {
+                ensure_index(tx, other, r.foreign_column)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The keys of the rows of `table` its rules no longer reach, but for rows
+/// with a pending change; reads only.
+pub(super) fn unreached(
+    conn: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    settled: &BTreeSet<&str>,
+    ctx: &FilterContext,
+) -> Result<Vec<String>> {
+    match related_only_sql(profile, table, settled) {
+        Some(reached) => {
+            let sql = format!(
+                "SELECT {pk} FROM {t} WHERE {pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
+                t = quote_ident(&table.name),
+                pk = quote_ident(&table.primary_key),
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map([&table.name], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        }
+        None => unreached_rows(conn, profile, table, settled, ctx),
+    }
+}
+
+/// Removes the rows of `doomed` (from [`unreached`]) that are still not
+/// reached and have no pending change, and takes `table` off the tables to
+/// evaluate whole; returns the rows removed.
+pub(super) fn remove_evaluated(
     tx: &Connection,
     profile: &SyncProfile,
     table: &SyncTable,
     settled: &BTreeSet<&str>,
     ctx: &FilterContext,
+    doomed: &[String],
 ) -> Result<u64> {
-    let timer = std::time::Instant::now();
-    let removed = remove_all_unreached(tx, profile, table, settled, ctx)?;
+    let mut removed = 0u64;
+    if !doomed.is_empty() {
+        match related_only_sql(profile, table, settled) {
+            Some(reached) => {
+                let sql = format!(
+                    "DELETE FROM {t} WHERE {pk} = ?2 AND {pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
+                    t = quote_ident(&table.name),
+                    pk = quote_ident(&table.primary_key),
+                );
+                let mut stmt = tx.prepare(&sql)?;
+                for id in doomed {
+                    removed += stmt.execute(params![table.name, id])? as u64;
+                }
+            }
+            None => {
+                // Evaluated again in the write: the rows, the related values
+                // and the pending changes as they are now.
+                let now: BTreeSet<String> = unreached_rows(tx, profile, table, settled, ctx)?
+                    .into_iter()
+                    .collect();
+                for id in doomed.iter().filter(|id| now.contains(*id)) {
+                    if delete_row(tx, table, id)? {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+    }
     tx.execute(
         "UPDATE _fs_tables SET settle_all = 0 WHERE name = ?1",
         [&table.name],
     )?;
     tx.execute("DELETE FROM _fs_settle_rows WHERE tbl = ?1", [&table.name])?;
-    tracing::debug!(target: "fieldsync::sync", table = %table.name, full = true, removed, ms = timer.elapsed().as_millis() as u64, "table settled early");
     Ok(removed)
 }
 
@@ -817,6 +892,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::super::Store;
+    use super::{remove_evaluated, unreached};
     use crate::profile::SyncProfile;
     use crate::protocol::PullPage;
     use crate::value::Value;
@@ -1007,6 +1083,75 @@ mod tests {
         );
         assert_eq!(ids(&store, "bookings"), ["b1", "stray"]);
         assert_eq!(ids(&store, "incidents"), ["i1"]);
+    }
+
+    #[test]
+    fn a_row_written_locally_between_the_evaluation_and_the_removal_stays() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("d.db")).expect("open");
+        let p = profile();
+        store.apply_profile(&p, NOW).expect("profile");
+        let (soon, late) = (t("2026-11-30T09:00:00Z"), t("2026-12-20T09:00:00Z"));
+        for pg in [
+            bookings_page(
+                vec![
+                    vec![t("b1"), t("w1"), soon],
+                    vec![t("b2"), t("w2"), late.clone()],
+                    vec![t("b3"), t("w1"), late],
+                ],
+                &[],
+            ),
+            page(
+                "work_orders",
+                &["id", "title"],
+                vec![
+                    vec![t("w1"), t("one")],
+                    vec![t("w2"), t("two")],
+                    vec![t("w3"), t("three")],
+                ],
+                &[],
+            ),
+        ] {
+            let table = p.table(&pg.table).expect("table").clone();
+            store.apply_page(None, &table, &pg, NOW).expect("page");
+        }
+        let ctx = p.filter_context(NOW);
+        let bookings = p.table("bookings").expect("bookings").clone();
+        let work_orders = p.table("work_orders").expect("work orders").clone();
+        let edit = |table: &crate::profile::SyncTable, id: &str, column: &str, value: &str| {
+            let mut data = BTreeMap::new();
+            data.insert(column.to_string(), t(value));
+            store
+                .write(&p, table, id, crate::protocol::Op::Update, data, NOW)
+                .expect("write");
+        };
+        // Bookings (own rules, evaluated in Rust): b2 and b3 start after the
+        // seven days; b3 is edited before the removal.
+        let none = BTreeSet::new();
+        let doomed = store
+            .with_reader(|c| unreached(c, &p, &bookings, &none, &ctx))
+            .expect("evaluate");
+        assert_eq!(doomed, ["b2", "b3"]);
+        edit(&bookings, "b3", "work_order_id", "w3");
+        let removed = store
+            .with_writer(|c| remove_evaluated(c, &p, &bookings, &none, &ctx, &doomed))
+            .expect("remove");
+        assert_eq!(removed, 1);
+        assert_eq!(ids(&store, "bookings"), ["b1", "b3"]);
+        // Work orders (a related rule, evaluated in SQL): w2 and w3 are not
+        // reached, then w3 is edited before the removal.
+        let settled = BTreeSet::from(["bookings"]);
+        let doomed = store
+            .with_reader(|c| unreached(c, &p, &work_orders, &settled, &ctx))
+            .expect("evaluate");
+        assert_eq!(doomed, ["w2"], "b3, pending, reaches w3");
+        let doomed = vec!["w2".to_string(), "w3".to_string()];
+        edit(&work_orders, "w2", "title", "edited");
+        let removed = store
+            .with_writer(|c| remove_evaluated(c, &p, &work_orders, &settled, &ctx, &doomed))
+            .expect("remove");
+        assert_eq!(removed, 0, "w2 has a pending change, b3 reaches w3");
+        assert_eq!(ids(&store, "work_orders"), ["w1", "w2", "w3"]);
     }
 
     #[test]
