@@ -179,6 +179,10 @@ fn open_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// The page cache of the connection a table is evaluated on while other
+/// tables download (`cache_size`, negative: KiB; `Store::settle_table`).
+const EVALUATION_CACHE_KIB: i64 = -512;
+
 /// The fewest pages SQLite's sorter holds in memory before it writes a
 /// sorted run to a temporary file (`SQLITE_CONFIG_PMASZ`; SQLite's own
 /// default is 250, 1 MiB of 4 KiB pages, whatever the page cache). With
@@ -1444,6 +1448,9 @@ impl Store {
         // transaction: the other tables' pages go on being written.
         let doomed = {
             let mut conn = open_connection(&self.path)?;
+            // A small page cache: the evaluation reads each row once, and
+            // the device's memory stays what the writer and reader take.
+            conn.pragma_update(None, "cache_size", EVALUATION_CACHE_KIB)?;
             let read = conn.transaction()?;
             let doomed = settle::unreached(&read, profile, t, &settled, &ctx)?;
             read.commit()?;
