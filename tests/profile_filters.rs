@@ -116,6 +116,25 @@ impl Env {
         assert_eq!(s, 200, "{v}");
     }
 
+    /// Puts the work order `wo` and its incident `inc`, which no booking
+    /// reaches yet.
+    async fn work_order_with_incident(&self, disp: &str, wo: &str, inc: &str) {
+        self.put(
+            disp,
+            "work_orders",
+            wo,
+            json!({"name": wo, "status": "scheduled"}),
+        )
+        .await;
+        self.put(
+            disp,
+            "work_order_incidents",
+            inc,
+            json!({"work_order_id": wo}),
+        )
+        .await;
+    }
+
     fn device(&self, name: &str, token: &str) -> Arc<Engine> {
         let config =
             EngineConfig::new(self.dir.path().join(format!("{name}.db")), &self.url, token);
@@ -140,6 +159,18 @@ fn has(engine: &Engine, table: &str, id: &str) -> bool {
         Err(Error::RecordNotFound { .. }) => false,
         Err(e) => panic!("get {table}/{id}: {e}"),
     }
+}
+
+/// The device holds exactly the work orders its bookings reach.
+fn assert_work_orders_are_those_the_bookings_reach(device: &Engine) {
+    let bookings = device.list("bookings", None, 10_000).expect("list");
+    let mut reached: Vec<String> = bookings
+        .iter()
+        .filter_map(|b| txt(&b.fields["work_order_id"]).map(str::to_owned))
+        .collect();
+    reached.sort();
+    reached.dedup();
+    assert_eq!(ids(device, "work_orders"), reached);
 }
 
 fn ids(engine: &Engine, table: &str) -> Vec<String> {
@@ -171,14 +202,7 @@ async fn completed_booking_leaves_with_its_work_order_unless_still_related() {
         ));
     }
     // Only work orders reached through my bookings are on the device.
-    let bookings = device.list("bookings", None, 10_000).expect("list");
-    let mut reached: Vec<String> = bookings
-        .iter()
-        .filter_map(|b| txt(&b.fields["work_order_id"]).map(str::to_owned))
-        .collect();
-    reached.sort();
-    reached.dedup();
-    assert_eq!(ids(&device, "work_orders"), reached);
+    assert_work_orders_are_those_the_bookings_reach(&device);
 
     // A second booking of mine also refers to wo-0000001.
     let start = format_datetime(env.clock_now() + DAY);
@@ -245,20 +269,8 @@ async fn with_a_later_booking() -> (Env, String, String) {
     env.seed(&["tech-a"], 12).await;
     let start = format_datetime(env.clock_now() + 9 * DAY);
     let end = format_datetime(env.clock_now() + 9 * DAY + 3_600_000);
-    env.put(
-        &disp,
-        "work_orders",
-        "wo-later",
-        json!({"name": "Later", "status": "scheduled"}),
-    )
-    .await;
-    env.put(
-        &disp,
-        "work_order_incidents",
-        "inc-later",
-        json!({"work_order_id": "wo-later"}),
-    )
-    .await;
+    env.work_order_with_incident(&disp, "wo-later", "inc-later")
+        .await;
     env.put(&disp, "bookings", "bk-later", json!({"work_order_id": "wo-later", "resource_id": "tech-a", "status": "active", "start_time": start, "end_time": end})).await;
     (env, tech, disp)
 }
@@ -389,21 +401,8 @@ async fn a_first_download_evaluates_each_table_while_the_next_ones_download() {
     let tech = env.user("tech-a", "technician", None).await;
     let disp = env.user("disp", "dispatcher", None).await;
     env.seed(&["tech-a"], 12).await;
-    // A work order with an incident that no booking reaches yet.
-    env.put(
-        &disp,
-        "work_orders",
-        "wo-new",
-        json!({"name": "New", "status": "scheduled"}),
-    )
-    .await;
-    env.put(
-        &disp,
-        "work_order_incidents",
-        "inc-new",
-        json!({"work_order_id": "wo-new"}),
-    )
-    .await;
+    env.work_order_with_incident(&disp, "wo-new", "inc-new")
+        .await;
     let device_db = env.dir.path().join("d.db");
     let hook = Arc::new(Hook {
         inner: HttpTransport::new(&env.url, Default::default(), &Default::default())
@@ -447,14 +446,7 @@ async fn a_first_download_evaluates_each_table_while_the_next_ones_download() {
     assert_eq!(removed("work_orders"), 1, "{report:?}");
     assert_eq!(removed("work_order_incidents"), 1, "{report:?}");
     // What the device reaches is what it holds.
-    let bookings = device.list("bookings", None, 10_000).expect("list");
-    let mut reached: Vec<String> = bookings
-        .iter()
-        .filter_map(|b| txt(&b.fields["work_order_id"]).map(str::to_owned))
-        .collect();
-    reached.sort();
-    reached.dedup();
-    assert_eq!(ids(&device, "work_orders"), reached);
+    assert_work_orders_are_those_the_bookings_reach(&device);
 
     // The next sync brings bk-new, and with it wo-new and its incident.
     device.sync().await.expect("second sync");

@@ -1673,9 +1673,8 @@ fn unreached_rows(
     settled: &BTreeSet<&str>,
     ctx: &FilterContext,
 ) -> Result<Vec<String>> {
-    let tx = conn;
     let pending: BTreeSet<String> = {
-        let mut stmt = tx.prepare_cached("SELECT row_id FROM _fs_outbox WHERE tbl = ?1")?;
+        let mut stmt = conn.prepare_cached("SELECT row_id FROM _fs_outbox WHERE tbl = ?1")?;
         let rows = stmt.query_map([&table.name], |r| r.get::<_, String>(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
@@ -1697,7 +1696,7 @@ fn unreached_rows(
                 && let std::collections::hash_map::Entry::Vacant(e) =
                     reached.entry((other.clone(), foreign_column.clone()))
             {
-                e.insert(distinct_keys(tx, other_table, foreign_column)?);
+                e.insert(distinct_keys(conn, other_table, foreign_column)?);
             }
         }
     }
@@ -1705,7 +1704,7 @@ fn unreached_rows(
     let own_rules = settle::OwnRules::new(table, ctx);
     let mut doomed = Vec::new();
     {
-        let mut stmt = tx.prepare(&rule_columns_sql(table, &columns))?;
+        let mut stmt = conn.prepare(&rule_columns_sql(table, &columns))?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let fields = rule_row(row, &columns)?;
