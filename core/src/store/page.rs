@@ -4,7 +4,8 @@
 //! upsert, and then writes row by row: each row's related values are queued
 //! (see `settle::RelatedQueue`) before it is written, rows with a pending
 //! local change are left alone, and rows written over a settled table are
-//! marked for the next settling.
+//! marked for the next settling when they are new to the device or a
+//! column their table's rules read changed.
 //!
 //! [`apply_json`] feeds a page to a writer straight from its JSON body: the
 //! rows are decoded one at a time into one reused row (its text values keep
@@ -16,14 +17,14 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
+use rusqlite::{CachedStatement, Connection, OptionalExtension};
 
 use super::settle::{Arrival, RelatedQueue};
 use super::values::ValueStream;
 use super::{PageApplied, Upsert, delete_row, has_pending};
 use crate::codec::{Body, Encoding};
 use crate::error::{Error, Result};
-use crate::profile::{Column, SyncProfile, SyncTable};
+use crate::profile::{Column, SyncProfile, SyncTable, quote_ident};
 use crate::protocol::VERSION_COLUMN;
 use crate::value::Value;
 
@@ -39,7 +40,11 @@ pub(super) struct PageWriter<'c> {
     insert: CachedStatement<'c>,
     /// Every column, for a row whose indexed values moved (see `Upsert`).
     insert_moved: Option<CachedStatement<'c>>,
+    /// Lists the row for the next settling unless the device holds it with
+    /// the same values in every column its table's rules read.
     track_row: Option<CachedStatement<'c>>,
+    /// The positions (in a row after `_version`) of those columns.
+    rule_positions: Vec<usize>,
     table_has_pending: bool,
     queue: Option<RelatedQueue<'c>>,
     pub(super) applied: PageApplied,
@@ -107,10 +112,27 @@ impl<'c> PageWriter<'c> {
             .query_row([&table.name], |r| r.get(0))
             .optional()?
             .unwrap_or(false);
+        // A row the device holds with the same values in the columns its
+        // rules read stays as it was evaluated: what else its evaluation
+        // reads is tracked on its own (the related rows a table loses, the
+        // day for relative dates, the row's pending changes).
+        let rule_positions: Vec<usize> = super::rule_columns(table)
+            .iter()
+            .filter(|c| c.name != table.primary_key)
+            .filter_map(|c| columns[1..].iter().position(|n| *n == c.name))
+            .collect();
         let track_row = if track {
-            Some(conn.prepare_cached(
-                "INSERT OR IGNORE INTO _fs_settle_rows (tbl, row_id) VALUES (?1, ?2)",
-            )?)
+            let same: String = rule_positions
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| format!(" AND {} IS ?{}", quote_ident(&columns[i + 1]), k + 3))
+                .collect();
+            Some(conn.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO _fs_settle_rows (tbl, row_id) SELECT ?1, ?2
+                 WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {pk} = ?2{same})",
+                t = quote_ident(&table.name),
+                pk = quote_ident(&table.primary_key),
+            ))?)
         } else {
             None
         };
@@ -128,6 +150,7 @@ impl<'c> PageWriter<'c> {
                 None => None,
             },
             track_row,
+            rule_positions,
             table_has_pending,
             queue,
             applied: PageApplied::default(),
@@ -160,13 +183,19 @@ impl<'c> PageWriter<'c> {
             self.applied.kept_pending += 1;
             return Ok(());
         }
+        // Before the write: the comparison is with the device's copy.
+        if let Some(track) = &mut self.track_row {
+            track.raw_bind_parameter(1, &self.table.name)?;
+            track.raw_bind_parameter(2, id)?;
+            for (k, &i) in self.rule_positions.iter().enumerate() {
+                bind_value(track, k + 3, &row[i + 1], self.kinds[i])?;
+            }
+            track.raw_execute()?;
+        }
         if bind_row(&mut self.insert, version, row, &self.kinds)?.raw_execute()? == 0
             && let Some(moved) = &mut self.insert_moved
         {
             bind_row(moved, version, row, &self.kinds)?.raw_execute()?;
-        }
-        if let Some(track) = &mut self.track_row {
-            track.execute(params![self.table.name, id])?;
         }
         self.applied.upserted += 1;
         Ok(())
@@ -195,15 +224,21 @@ fn bind_row<'s, 'c>(
 ) -> Result<&'s mut CachedStatement<'c>> {
     stmt.raw_bind_parameter(1, version)?;
     for (i, (v, col)) in row[1..].iter().zip(kinds).enumerate() {
-        let converted = v
-            .converted_for(col.kind)
-            .map_err(|e| Error::Protocol(format!("column '{}': {e}", col.name)))?;
-        match converted {
-            Some(c) => stmt.raw_bind_parameter(i + 2, c)?,
-            None => stmt.raw_bind_parameter(i + 2, v)?,
-        }
+        bind_value(stmt, i + 2, v, col)?;
     }
     Ok(stmt)
+}
+
+/// Binds one page value as parameter `at`, in its column's form.
+fn bind_value(stmt: &mut CachedStatement<'_>, at: usize, v: &Value, col: &Column) -> Result<()> {
+    let converted = v
+        .converted_for(col.kind)
+        .map_err(|e| Error::Protocol(format!("column '{}': {e}", col.name)))?;
+    match converted {
+        Some(c) => stmt.raw_bind_parameter(at, c)?,
+        None => stmt.raw_bind_parameter(at, v)?,
+    }
+    Ok(())
 }
 
 /// A page read from its JSON body by [`apply_json`]: its head, and what

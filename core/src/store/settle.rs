@@ -11,10 +11,13 @@
 //!   (see [`RelatedQueue`] for when); a value leaves the queue when its
 //!   fetch is applied, or when no local row holds it any more.
 //! - `_fs_settle_rows (tbl, row_id)`: rows to evaluate again. Rows written
-//!   by an incremental pull or a fetch are listed by the page apply, and a
-//!   trigger on `_fs_outbox` lists a row whose pending change leaves (a row
-//!   with a pending change is never removed, so it is checked when it stops
-//!   being pending).
+//!   by an incremental pull or a fetch are listed by the page apply when
+//!   they are new to the device or a column their table's rules read
+//!   changed (a row rewritten with the same values there was reached at the
+//!   last settling and stays reached: the rest of what its evaluation reads
+//!   is tracked below), and a trigger on `_fs_outbox` lists a row whose
+//!   pending change leaves (a row with a pending change is never removed,
+//!   so it is checked when it stops being pending).
 //! - `_fs_settle_lost (tbl, col, value)`: related values a table lost.
 //!   Triggers (one pair per related table and column a rule reads, installed
 //!   with the profile) record the old value of every deleted row and of
@@ -1166,6 +1169,61 @@ mod tests {
         assert_eq!(removed[0], ("bookings".to_string(), 1));
         assert_eq!(ids(&store, "bookings"), ["b1"]);
         assert_eq!(ids(&store, "incidents"), ["i1"]);
+    }
+
+    #[test]
+    fn only_rows_new_to_the_device_or_with_a_rule_column_moved_are_listed_for_settling() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, p) = settled_store(dir.path());
+        let apply = |pg: PullPage| {
+            let table = p.table(&pg.table).expect("table").clone();
+            store.apply_page(None, &table, &pg, NOW).expect("page");
+        };
+        // The work orders' rules read only their key: a new title is not a
+        // reason to evaluate w1 again.
+        apply(page(
+            "work_orders",
+            &["id", "title"],
+            vec![vec![t("w1"), t("one, edited")]],
+            &[],
+        ));
+        // The bookings' rules read `start_time`: b1 comes back with the
+        // same one (and another work order, which the lost-value triggers
+        // follow), b2 with a later one.
+        apply(bookings_page(
+            vec![
+                vec![t("b1"), t("w2"), t("2026-11-30T09:00:00Z")],
+                vec![t("b2"), t("w2"), t("2026-12-01T09:00:00Z")],
+            ],
+            &[],
+        ));
+        // An incident new to the device.
+        apply(page(
+            "incidents",
+            &["id", "work_order_id"],
+            vec![vec![t("i3"), t("w1")]],
+            &[],
+        ));
+        let listed: Vec<(String, String)> = store
+            .with_reader(|c| {
+                let mut stmt =
+                    c.prepare("SELECT tbl, row_id FROM _fs_settle_rows ORDER BY 1, 2")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .expect("listed");
+        assert_eq!(
+            listed,
+            [
+                ("bookings".to_string(), "b2".to_string()),
+                ("incidents".to_string(), "i3".to_string())
+            ]
+        );
+        // b1 moved to w2: w1 is reached by no booking, and goes with its
+        // incidents; the edited title changed nothing else.
+        store.remove_unreached(&p, NOW + 1000).expect("settle");
+        assert_eq!(ids(&store, "work_orders"), ["w2"]);
+        assert_eq!(ids(&store, "incidents"), ["i2"]);
     }
 
     #[test]
