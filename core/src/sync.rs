@@ -261,13 +261,18 @@ async fn pull_tables(
     }
     tables.sort_by_key(|t| names.iter().position(|n| *n == t.table));
     report.tables.extend(tables);
-    for (table, n) in &early.removed {
+    count_removed(report, &early.removed);
+    result
+}
+
+/// Adds rows a settling removed (per table) to the run's table reports.
+fn count_removed(report: &mut SyncReport, removed: &[(String, u64)]) {
+    for (table, n) in removed {
         if *n > 0 {
             info!(target: "fieldsync::sync", table = %table, rows = n, "removed rows that no longer meet the offline profile");
             table_report(report, table).rows_removed += n;
         }
     }
-    result
 }
 
 /// One pass of [`pull_tables`] over the tables of `names` still in the
@@ -493,12 +498,7 @@ async fn settle_related(
         .await
         .map_err(|e| Error::Internal(format!("store task: {e}")))??;
     debug!(target: "fieldsync::sync", ms = timer.elapsed().as_millis() as u64, "removal of unreached rows");
-    for (table, n) in removed {
-        if n > 0 {
-            info!(target: "fieldsync::sync", table = %table, rows = n, "removed rows that no longer meet the offline profile");
-            table_report(report, &table).rows_removed += n;
-        }
-    }
+    count_removed(report, &removed);
     Ok(())
 }
 

@@ -618,13 +618,33 @@ pub(super) fn evaluation_indexes(
     settled: &BTreeSet<&str>,
 ) -> Result<()> {
     if related_only_sql(profile, table, settled).is_some() {
-        for r in table.related_rules() {
-            if let Some(other) = profile.table(r.other) {
-                ensure_index(tx, other, r.foreign_column)?;
-            }
+        related_indexes(tx, profile, table)?;
+    }
+    Ok(())
+}
+
+/// Builds the indexes on the related columns `table`'s rules read. Each
+/// `IN (SELECT f FROM other)` of a whole evaluation reads the index on the
+/// related column, the one incremental settling looks values up with:
+/// built first, it replaces the temporary key set SQLite would build for
+/// the statement (and spill to a file past its page cache), and the first
+/// small sync after a download finds it.
+fn related_indexes(tx: &Connection, profile: &SyncProfile, table: &SyncTable) -> Result<()> {
+    for r in table.related_rules() {
+        if let Some(other) = profile.table(r.other) {
+            ensure_index(tx, other, r.foreign_column)?;
         }
     }
     Ok(())
+}
+
+/// The condition "not reached and without a pending change" on a row of
+/// `table`, with `reached` from `related_only_sql`; `?1` is the table's name.
+fn unreached_condition(table: &SyncTable, reached: &str) -> String {
+    format!(
+        "{pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
+        pk = quote_ident(&table.primary_key),
+    )
 }
 
 /// The keys of the rows of `table` its rules no longer reach, but for rows
@@ -639,9 +659,10 @@ pub(super) fn unreached(
     match related_only_sql(profile, table, settled) {
         Some(reached) => {
             let sql = format!(
-                "SELECT {pk} FROM {t} WHERE {pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
-                t = quote_ident(&table.name),
-                pk = quote_ident(&table.primary_key),
+                "SELECT {} FROM {} WHERE {}",
+                quote_ident(&table.primary_key),
+                quote_ident(&table.name),
+                unreached_condition(table, &reached)
             );
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map([&table.name], |r| r.get::<_, String>(0))?;
@@ -667,9 +688,10 @@ pub(super) fn remove_evaluated(
         match related_only_sql(profile, table, settled) {
             Some(reached) => {
                 let sql = format!(
-                    "DELETE FROM {t} WHERE {pk} = ?2 AND {pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
-                    t = quote_ident(&table.name),
-                    pk = quote_ident(&table.primary_key),
+                    "DELETE FROM {} WHERE {} = ?2 AND {}",
+                    quote_ident(&table.name),
+                    quote_ident(&table.primary_key),
+                    unreached_condition(table, &reached)
                 );
                 let mut stmt = tx.prepare(&sql)?;
                 for id in doomed {
@@ -729,20 +751,11 @@ fn remove_all_unreached(
 ) -> Result<u64> {
     Ok(match related_only_sql(profile, table, settled) {
         Some(reached) => {
-            // Each `IN (SELECT f FROM other)` reads the index on the related
-            // column, the one incremental settling looks values up with:
-            // built here, it replaces the temporary key set SQLite would
-            // build for this statement (and spill to a file past its page
-            // cache), and the first small sync after a download finds it.
-            for r in table.related_rules() {
-                if let Some(other) = profile.table(r.other) {
-                    ensure_index(tx, other, r.foreign_column)?;
-                }
-            }
+            related_indexes(tx, profile, table)?;
             let sql = format!(
-                "DELETE FROM {t} WHERE {pk} NOT IN (SELECT row_id FROM _fs_outbox WHERE tbl = ?1) AND NOT ({reached})",
-                t = quote_ident(&table.name),
-                pk = quote_ident(&table.primary_key),
+                "DELETE FROM {} WHERE {}",
+                quote_ident(&table.name),
+                unreached_condition(table, &reached)
             );
             tx.execute(&sql, [&table.name])? as u64
         }
