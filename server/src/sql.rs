@@ -180,7 +180,7 @@ impl Cells for rusqlite::Row<'_> {
             rusqlite::types::ValueRef::Integer(v) => Cell::Int(v),
             rusqlite::types::ValueRef::Real(v) => Cell::Real(v),
             rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                Cell::Text(String::from_utf8_lossy(t))
+                Cell::Text(fieldsync_core::value::utf8_text(t))
             }
         })
     }
