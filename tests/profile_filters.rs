@@ -455,6 +455,171 @@ async fn a_first_download_evaluates_each_table_while_the_next_ones_download() {
     assert!(has(&device, "work_order_incidents", "inc-new"));
 }
 
+/// `snapshot_rows`: a download's pages say how many of their rows come
+/// from the table as it stood when the download began; rows changed since
+/// follow them, and once the walk is over pages carry none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_count_the_rows_of_the_snapshot_before_the_rows_changed_since() {
+    let env = Env::start().await;
+    let tech = env.user("tech-a", "technician", None).await;
+    let disp = env.user("disp", "dispatcher", None).await;
+    env.seed(&["tech-a"], 12).await;
+    let pull = |cursor: String, limit: u32| {
+        let env = &env;
+        let tech = tech.clone();
+        async move {
+            let (s, page) = env
+                .call(
+                    "GET",
+                    &format!("/v1/sync/pull?table=bookings&cursor={cursor}&limit={limit}"),
+                    &tech,
+                    None,
+                )
+                .await;
+            assert_eq!(s, 200, "{page}");
+            page
+        }
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        let at = page["columns"]
+            .as_array()
+            .and_then(|c| c.iter().position(|n| n == "id"))
+            .expect("id column");
+        page["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r[at].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let first = pull(String::new(), 4).await;
+    assert_eq!(first["snapshot_rows"], json!(4), "{first}");
+    assert_eq!(ids(&first).len(), 4);
+    // A booking made now is a change since the snapshot: after its rows.
+    env.put(
+        &disp,
+        "bookings",
+        "bk-late",
+        json!({"resource_id": "tech-a", "status": "active",
+               "start_time": format_datetime(env.clock_now() + DAY),
+               "end_time": format_datetime(env.clock_now() + DAY + 3_600_000)}),
+    )
+    .await;
+    let rest = pull(first["cursor"].as_str().expect("cursor").to_owned(), 100).await;
+    let rest_ids = ids(&rest);
+    let snapshot = rest["snapshot_rows"].as_u64().expect("snapshot_rows");
+    assert_eq!(snapshot as usize, rest_ids.len() - 1, "{rest}");
+    assert_eq!(rest_ids.last().map(String::as_str), Some("bk-late"));
+    assert!(!rest_ids[..snapshot as usize].contains(&"bk-late".to_owned()));
+    // The next sync's page of changes has no snapshot rows.
+    env.put(&disp, "bookings", "bk-late", json!({"notes": "moved"}))
+        .await;
+    let changes = pull(rest["cursor"].as_str().expect("cursor").to_owned(), 100).await;
+    assert_eq!(ids(&changes), vec!["bk-late".to_owned()]);
+    assert!(changes.get("snapshot_rows").is_none(), "{changes}");
+}
+
+/// Between the work orders' first page and the bookings' second: books
+/// `wo-new` (which the work orders' walk has passed) through `bk-new`, so
+/// `bk-new` comes down in the bookings' changes after their snapshot. Keeps
+/// the values the device fetches, per table.
+struct BookDuringWalk {
+    inner: HttpTransport,
+    env_url: String,
+    disp: String,
+    start: String,
+    end: String,
+    booked: tokio::sync::Notify,
+    booked_flag: std::sync::atomic::AtomicBool,
+    fetched: std::sync::Mutex<Vec<(String, Vec<Value>)>>,
+}
+
+#[async_trait::async_trait]
+impl fieldsync_core::Transport for BookDuringWalk {
+    async fn send(
+        &self,
+        request: fieldsync_core::HttpRequest,
+    ) -> Result<fieldsync_core::HttpResponse, fieldsync_core::TransportError> {
+        use std::sync::atomic::Ordering;
+        let path = request.path.clone();
+        if path.starts_with("/v1/sync/fetch")
+            && let Ok(body) = serde_json::from_slice::<Value>(&request.body)
+        {
+            let values = body["values"].as_array().cloned().unwrap_or_default();
+            let table = body["table"].as_str().unwrap_or_default().to_owned();
+            self.fetched.lock().expect("lock").push((table, values));
+        }
+        // The bookings' later pages wait for bk-new (at most 10 s: without
+        // the work orders beside them, nobody books it).
+        if path.starts_with("/v1/sync/pull?table=bookings&cursor=")
+            && !path.starts_with("/v1/sync/pull?table=bookings&cursor=&")
+            && !self.booked_flag.load(Ordering::SeqCst)
+        {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.booked.notified())
+                    .await;
+        }
+        let first_work_orders = path.starts_with("/v1/sync/pull?table=work_orders&cursor=&");
+        let response = self.inner.send(request).await;
+        if first_work_orders && !self.booked_flag.swap(true, Ordering::SeqCst) {
+            let resp = reqwest::Client::new()
+                .put(format!("{}/v1/records/bookings/bk-new", self.env_url))
+                .bearer_auth(&self.disp)
+                .header("content-type", "application/json")
+                .body(json!({"data": {"work_order_id": "wo-new", "resource_id": "tech-a", "status": "active", "start_time": self.start, "end_time": self.end}}).to_string())
+                .send()
+                .await
+                .expect("book");
+            assert_eq!(resp.status().as_u16(), 200);
+            self.booked.notify_waiters();
+        }
+        response
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_made_after_the_work_orders_download_began_brings_its_work_order_in_that_sync() {
+    let env = Env::start().await;
+    let tech = env.user("tech-a", "technician", None).await;
+    let disp = env.user("disp", "dispatcher", None).await;
+    // wo-new first: the work orders' walk passes it on its first page.
+    env.work_order_with_incident(&disp, "wo-new", "inc-new")
+        .await;
+    env.seed(&["tech-a"], 30).await;
+    let hook = Arc::new(BookDuringWalk {
+        inner: HttpTransport::new(&env.url, Default::default(), &Default::default())
+            .expect("transport"),
+        env_url: env.url.clone(),
+        disp: disp.clone(),
+        start: format_datetime(env.clock_now() + DAY),
+        end: format_datetime(env.clock_now() + DAY + 3_600_000),
+        booked: tokio::sync::Notify::new(),
+        booked_flag: Default::default(),
+        fetched: Default::default(),
+    });
+    let mut config = EngineConfig::new(env.dir.path().join("d.db"), &env.url, &tech);
+    config.page_size = 8;
+    let device = Engine::open_with(config, hook.clone(), env.clock.clone()).expect("engine");
+    device.sync().await.expect("first sync");
+
+    // The work orders began while the bookings downloaded; bk-new, made
+    // after that, came down with the bookings' changes, and what it reaches
+    // was fetched in the same sync.
+    assert!(has(&device, "bookings", "bk-new"));
+    assert!(has(&device, "work_orders", "wo-new"));
+    assert!(has(&device, "work_order_incidents", "inc-new"));
+    assert_work_orders_are_those_the_bookings_reach(&device);
+    // Only bk-new's work order was fetched: the bookings of the snapshot
+    // were covered by the work orders' own download.
+    let fetched = hook.fetched.lock().expect("lock").clone();
+    let work_orders: Vec<&Vec<Value>> = fetched
+        .iter()
+        .filter(|(t, _)| t == "work_orders")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(work_orders, vec![&vec![json!("wo-new")]], "{fetched:?}");
+}
+
 fn profile(tables: Value) -> Value {
     json!({"name": "versions", "tables": tables})
 }

@@ -976,7 +976,8 @@ async fn a_page_whose_rows_do_not_decode_is_refused_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tables_at_one_depth_download_together_after_the_tables_they_read() {
+async fn first_downloads_begin_beside_the_tables_they_read_and_tables_at_one_depth_download_together()
+ {
     let server = Server::start().await;
     // The shipped profile: bookings, then work orders (read through
     // bookings), then six tables reading work orders, and booking statuses.
@@ -1013,15 +1014,29 @@ async fn tables_at_one_depth_download_together_after_the_tables_they_read() {
             e.1 = e.1.max(*answered);
         }
         assert_eq!(extent.len(), 9, "every table pulled: {extent:?}");
+        // A first download begins once each table it reads has had a page
+        // answered (its snapshot taken first), not before.
+        let mut first_answer: BTreeMap<String, Instant> = BTreeMap::new();
+        for (table, _, answered) in &spans {
+            let e = first_answer.entry(table.clone()).or_insert(*answered);
+            *e = (*e).min(*answered);
+        }
         for t in &profile.tables {
             for d in t.depends_on() {
                 assert!(
-                    extent[&d].1 <= extent[&t.name].0,
-                    "{} started before {d}, which it reads, was pulled",
+                    first_answer[&d] <= extent[&t.name].0,
+                    "{} started before {d}, which it reads, had a page",
                     t.name
                 );
             }
         }
+        // With room for two, the work orders download beside the bookings
+        // (they used to wait for the bookings' last page).
+        assert_eq!(
+            extent["work_orders"].0 < extent["bookings"].1,
+            parallel > 1,
+            "work orders begun before the last page of bookings with {parallel} allowed: {extent:?}"
+        );
         let overlapping = spans
             .iter()
             .any(|(a, a0, a1)| spans.iter().any(|(b, b0, b1)| a != b && a0 < b1 && b0 < a1));

@@ -76,6 +76,10 @@ pub mod codes {
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One page of changes for one table (`GET /v1/sync/pull`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PullPage {
@@ -90,6 +94,13 @@ pub struct PullPage {
     /// removals), when the device asked for it with `total=true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+    /// How many of `rows`, from the first, are the table as it stood when
+    /// this download began (its snapshot, walked in order); the rows after
+    /// them changed since. A table whose download began after that moment
+    /// already selects what these rows reach (see `docs/protocol.md`,
+    /// "Snapshot rows"). Zero (and left out) once the walk is over.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snapshot_rows: u64,
     /// Column names of `rows`: `_version`, then the primary key, then the
     /// synced columns in profile order.
     pub columns: Vec<String>,

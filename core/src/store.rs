@@ -47,7 +47,10 @@ CREATE TABLE IF NOT EXISTS _fs_tables (
     last_sync_at INTEGER,
     last_attempt_at INTEGER,
     last_error TEXT,
-    settle_all INTEGER NOT NULL DEFAULT 1
+    settle_all INTEGER NOT NULL DEFAULT 1,
+    -- When the table's download from an empty cursor last began, in the
+    -- order downloads began (see `Store::begin_pull`); NULL when none has.
+    walk_order INTEGER
 );
 CREATE TABLE IF NOT EXISTS _fs_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -131,6 +134,8 @@ pub struct PageSummary {
     pub total: Option<u64>,
     /// Rows plus removals in the page.
     pub entries: u64,
+    /// The page's `snapshot_rows` (0 when the server sent none).
+    pub snapshot_rows: u64,
     pub applied: PageApplied,
     /// The table's expected row count recorded with the page (what `total`
     /// of [`Store::apply_page_json`] gave), if any.
@@ -791,7 +796,7 @@ impl Store {
                     }
                     change.removed_rows += remove_unqualified(&tx, table, &ctx)?;
                     tx.execute(
-                        "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0 WHERE name = ?1",
+                        "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0, walk_order = NULL WHERE name = ?1",
                         [&table.name],
                     )?;
                     change.resynced_tables.push(table.name.clone());
@@ -875,6 +880,7 @@ impl Store {
         let queue = profile.map(|p| (p, Arrival::Server));
         self.in_sync_transaction(|tx| {
             let mut writer = page::PageWriter::new(tx, table, &page.columns, queue)?;
+            writer.snapshot_rows(page.snapshot_rows);
             for row in &page.rows {
                 writer.row(row)?;
             }
@@ -920,6 +926,7 @@ impl Store {
                 has_more: page.has_more,
                 total: page.total,
                 entries: page.entries,
+                snapshot_rows: page.snapshot_rows,
                 applied: page.applied,
                 expected: None,
             };
@@ -962,15 +969,36 @@ impl Store {
         result
     }
 
-    /// Marks the start of a pull of `table`: resets the progress counters.
-    pub fn begin_pull(&self, table: &str, now: i64) -> Result<()> {
+    /// Marks the start of a pull of `table`, before its first request:
+    /// resets the progress counters. A download from an empty cursor is
+    /// given the next `walk_order`, and the related values queued for the
+    /// table's rules are dropped: that download selects whatever they
+    /// reach. From here on the rows its rules read are queued as they
+    /// arrive, except those of a download that began before it, read from
+    /// that download's snapshot (see `settle::RelatedQueue`).
+    pub fn begin_pull(&self, table: &SyncTable, now: i64) -> Result<()> {
         self.in_sync_transaction(|tx| {
             tx.execute(
                 "UPDATE _fs_tables SET received_rows = CASE WHEN initial_done THEN 0 ELSE received_rows END,
                      expected_rows = CASE WHEN initial_done THEN NULL ELSE expected_rows END,
                      last_attempt_at = ?2 WHERE name = ?1",
-                params![table, now],
+                params![table.name, now],
             )?;
+            let fresh = tx
+                .prepare_cached("SELECT 1 FROM _fs_tables WHERE name = ?1 AND cursor = ''")?
+                .exists([&table.name])?;
+            if fresh {
+                tx.execute(
+                    "UPDATE _fs_tables SET walk_order =
+                         (SELECT COALESCE(MAX(walk_order), 0) + 1 FROM _fs_tables)
+                     WHERE name = ?1",
+                    [&table.name],
+                )?;
+                for r in table.related_rules() {
+                    let key = related_rule_key(&table.name, r.column, r.other, r.foreign_column);
+                    tx.execute("DELETE FROM _fs_related_pending WHERE rule = ?1", [&key])?;
+                }
+            }
             Ok(())
         })
     }
@@ -979,7 +1007,7 @@ impl Store {
     /// longer recognises its cursor, for example after a restore).
     pub fn restart_table(&self, table: &str) -> Result<()> {
         lock(&self.writer).execute(
-            "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0, settle_all = 1 WHERE name = ?1",
+            "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0, settle_all = 1, walk_order = NULL WHERE name = ?1",
             [table],
         )?;
         Ok(())

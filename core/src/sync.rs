@@ -217,12 +217,18 @@ enum Step {
 }
 
 /// Pulls `tables`, up to `EngineConfig::parallel_pulls` at once. A table starts once
-/// the tables its related-rows rules read (those in this run) are pulled,
-/// the order the sequential download had: rows arriving in a table queue
-/// related values only for tables that read it, and those have not started.
-/// Tables at the same depth (a work order's incidents, products, services)
-/// do not read one another, so downloading them together changes nothing a
-/// device can see but the time it takes. When the server says the profile
+/// the tables its related-rows rules read (those in this run) are pulled;
+/// a table's first download, once they have begun theirs (a page of theirs
+/// is written, so their snapshot is taken before its own). The server
+/// selects the first download's rows from its own copy of those tables, as
+/// it stands when each page is read: the rows of their snapshots are
+/// covered, and the rows that changed since are queued for a fetch
+/// (`settle::RelatedQueue`, told which rows are which by the page's
+/// `snapshot_rows`). So the bookings and the work orders of a first sync
+/// download side by side, where the work orders used to wait for the last
+/// page of bookings. Tables at the same depth (a work order's incidents,
+/// products, services) do not read one another, so downloading them
+/// together changes nothing a device can see but the time it takes. When the server says the profile
 /// changed, no table starts; the running ones finish, then the profile is
 /// installed (never under a running download) and the tables not pulled yet
 /// go on. The first other error stops the run the same way.
@@ -296,6 +302,20 @@ async fn pull_round(
         .cloned()
         .collect();
     let in_run: BTreeSet<String> = waiting.iter().map(|t| t.name.clone()).collect();
+    // Tables whose download holds a cursor (its snapshot is taken), and
+    // the tables of this round not downloaded whole yet.
+    let mut begun: BTreeSet<String> = BTreeSet::new();
+    let mut first_downloads: BTreeSet<String> = BTreeSet::new();
+    for t in &waiting {
+        let state = engine.store.table_state(&t.name)?;
+        if !state.cursor.is_empty() {
+            begun.insert(t.name.clone());
+        }
+        if !state.initial_done {
+            first_downloads.insert(t.name.clone());
+        }
+    }
+    let (page_written, mut first_pages) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut running: FuturesUnordered<Pin<Box<dyn Future<Output = Step> + Send + '_>>> =
         FuturesUnordered::new();
     let mut pulling = 0;
@@ -307,17 +327,20 @@ async fn pull_round(
     loop {
         while first_error.is_none() && pulling < room {
             let ready = waiting.iter().position(|t| {
-                t.depends_on()
-                    .iter()
-                    .all(|d| done.contains(d) || !in_run.contains(d))
+                t.depends_on().iter().all(|d| {
+                    done.contains(d)
+                        || !in_run.contains(d)
+                        || (first_downloads.contains(&t.name) && begun.contains(d))
+                })
             });
             let Some(i) = ready else { break };
             let table = waiting.remove(i);
             pulling += 1;
+            let page_written = page_written.clone();
             running.push(Box::pin(async move {
                 let mut part = SyncReport::default();
                 let timer = std::time::Instant::now();
-                let pulled = pull_with_restarts(engine, &table, &mut part).await;
+                let pulled = pull_with_restarts(engine, &table, &mut part, &page_written).await;
                 debug!(target: "fieldsync::sync", table = %table.name, ms = timer.elapsed().as_millis() as u64, "table pulled");
                 Step::Pulled(Box::new((table, part, pulled)))
             }));
@@ -348,7 +371,14 @@ async fn pull_round(
                 Step::Settled(name, result)
             }));
         }
-        let Some(step) = running.next().await else {
+        let step = tokio::select! {
+            step = running.next() => step,
+            Some(name) = first_pages.recv() => {
+                begun.insert(name);
+                continue;
+            }
+        };
+        let Some(step) = step else {
             break;
         };
         match step {
@@ -396,10 +426,11 @@ async fn pull_with_restarts(
     engine: &Engine,
     table: &SyncTable,
     report: &mut SyncReport,
+    page_written: &PageWritten,
 ) -> Result<()> {
     let mut attempts = 0;
     loop {
-        match pull_table(engine, table, report).await {
+        match pull_table(engine, table, report, page_written).await {
             Err(Error::Server {
                 status: 400, code, ..
             }) if code == codes::INVALID_CURSOR && attempts < 2 => {
@@ -422,25 +453,17 @@ async fn settle_related(
     let profile: SyncProfile = engine
         .profile()
         .ok_or_else(|| Error::Internal("no profile after pull".into()))?;
-    let downloaded_whole: Vec<String> = report
-        .tables
-        .iter()
-        .filter(|t| t.initial)
-        .map(|t| t.table.clone())
-        .collect();
     for table in profile.tables_in_dependency_order() {
         for r in table.related_rules() {
             let (column, other, foreign_column) = (r.column, r.other, r.foreign_column);
             let Some(other_table) = profile.table(other) else {
                 continue;
             };
+            // A table's download from an empty cursor dropped what was
+            // queued for its rules before it began (`Store::begin_pull`):
+            // what is queued now arrived since, and may reach rows that
+            // download did not select.
             let key = related_rule_key(&table.name, column, other, foreign_column);
-            // A table downloaded from scratch in this run already holds
-            // every row its rules select.
-            if downloaded_whole.contains(&table.name) {
-                engine.store.clear_related_pending(&key, None)?;
-                continue;
-            }
             let new = engine
                 .store
                 .take_related_pending(&key, other_table, foreign_column)?;
@@ -683,14 +706,22 @@ fn fetch(
     })
 }
 
+/// Told the name of a table once a page of it is written in a pull.
+type PageWritten = tokio::sync::mpsc::UnboundedSender<String>;
+
 /// Downloads one table from its cursor to the end, page by page.
-async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport) -> Result<()> {
+async fn pull_table(
+    engine: &Engine,
+    table: &SyncTable,
+    report: &mut SyncReport,
+    page_written: &PageWritten,
+) -> Result<()> {
     let now = engine.clock.now_ms();
     let store: Arc<Store> = engine.store.clone();
     {
         let store = store.clone();
-        let name = table.name.clone();
-        tokio::task::spawn_blocking(move || store.begin_pull(&name, now))
+        let t = table.clone();
+        tokio::task::spawn_blocking(move || store.begin_pull(&t, now))
             .await
             .map_err(|e| Error::Internal(format!("store task: {e}")))??;
     }
@@ -770,6 +801,14 @@ async fn pull_table(engine: &Engine, table: &SyncTable, report: &mut SyncReport)
             }
         };
         let (applied, page_rows) = (summary.applied, summary.entries);
+        if table_report.pages == 0 && summary.snapshot_rows > 0 {
+            // The tables reading this one may begin their first downloads
+            // beside it: the server said which rows its snapshot holds
+            // (one that does not say would have every row queued, so
+            // they wait as before). Nobody listening is fine: the round
+            // has ended.
+            let _ = page_written.send(table.name.clone());
+        }
         table_report.pages += 1;
         table_report.rows_upserted += applied.upserted;
         table_report.rows_removed += applied.removed;

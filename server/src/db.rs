@@ -1376,6 +1376,7 @@ impl Db {
             let mut removed = Vec::new();
             let mut has_more = false;
             let mut total: Option<u64> = want_total.then_some(0);
+            let mut snapshot_rows = 0u64;
             let mut room = limit;
             let mut page_bytes = 0usize;
 
@@ -1520,13 +1521,21 @@ impl Db {
                 let mut last_seq = cursor.since;
                 let mut entries_in_snapshot = 0u64;
                 let walked = entries.len() as u64;
+                // The walk's rows lead the page's rows (in `_seq` order, the
+                // snapshot's first) unless rows of the window phase do.
+                let walk_leads = out_rows.is_empty();
                 for (seq, entry) in entries {
                     last_seq = seq;
                     if seq <= cursor.snapshot {
                         entries_in_snapshot += 1;
                     }
                     match entry {
-                        Walked::Row(values) => out_rows.push(values),
+                        Walked::Row(values) => {
+                            if walk_leads && seq <= cursor.snapshot {
+                                snapshot_rows += 1;
+                            }
+                            out_rows.push(values)
+                        }
                         Walked::Removed(id) => removed.push(id),
                     }
                 }
@@ -1559,6 +1568,7 @@ impl Db {
                 cursor: cursor.encode(),
                 has_more,
                 total,
+                snapshot_rows,
                 columns,
                 rows: std::mem::take(&mut out_rows),
                 removed: std::mem::take(&mut removed),

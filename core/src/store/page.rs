@@ -47,6 +47,11 @@ pub(super) struct PageWriter<'c> {
     rule_positions: Vec<usize>,
     table_has_pending: bool,
     queue: Option<RelatedQueue<'c>>,
+    /// The page's `snapshot_rows`, when it came before its rows (the
+    /// first rows of the table's snapshot; see `RelatedQueue`).
+    snapshot_rows: u64,
+    /// Rows given to [`Self::row`] so far.
+    rows_seen: u64,
     pub(super) applied: PageApplied,
 }
 
@@ -153,6 +158,8 @@ impl<'c> PageWriter<'c> {
             rule_positions,
             table_has_pending,
             queue,
+            snapshot_rows: 0,
+            rows_seen: 0,
             applied: PageApplied::default(),
         })
     }
@@ -176,8 +183,10 @@ impl<'c> PageWriter<'c> {
                 ));
             }
         };
+        let in_snapshot = self.rows_seen < self.snapshot_rows;
+        self.rows_seen += 1;
         if let Some(queue) = &mut self.queue {
-            queue.row(row)?;
+            queue.row(row, in_snapshot)?;
         }
         if self.table_has_pending && has_pending(self.conn, &self.table.name, id)? {
             self.applied.kept_pending += 1;
@@ -199,6 +208,14 @@ impl<'c> PageWriter<'c> {
         }
         self.applied.upserted += 1;
         Ok(())
+    }
+
+    /// Takes the page's `snapshot_rows` before its rows; a count that
+    /// comes after them is not used (their values were queued).
+    pub(super) fn snapshot_rows(&mut self, n: u64) {
+        if self.rows_seen == 0 {
+            self.snapshot_rows = n;
+        }
     }
 
     /// Removes one row by key, unless a local change to it waits.
@@ -250,6 +267,7 @@ pub(super) struct StreamedPage {
     pub total: Option<u64>,
     /// Rows plus removals in the page.
     pub entries: u64,
+    pub snapshot_rows: u64,
     pub applied: PageApplied,
 }
 
@@ -391,10 +409,11 @@ struct Assembly<'a, 'c> {
     queue: Option<(&'a SyncProfile, Arrival)>,
     failure: &'a mut Option<Error>,
     writer: Option<PageWriter<'c>>,
-    seen: [bool; 8],
+    seen: [bool; 9],
     cursor: Option<String>,
     has_more: Option<bool>,
     total: Option<u64>,
+    snapshot_rows: u64,
     // Rows that came before the columns (our server sends the columns
     // first; any order is valid JSON): decoded whole, written after.
     early_rows: Option<Vec<Vec<Value>>>,
@@ -415,10 +434,11 @@ impl<'a, 'c> Assembly<'a, 'c> {
             queue,
             failure,
             writer: None,
-            seen: [false; 8],
+            seen: [false; 9],
             cursor: None,
             has_more: None,
             total: None,
+            snapshot_rows: 0,
             early_rows: None,
             rows: 0,
             removed: None,
@@ -446,10 +466,19 @@ impl<'a, 'c> Assembly<'a, 'c> {
             Field::Cursor => self.cursor = Some(value.decode::<String>()?),
             Field::HasMore => self.has_more = Some(value.decode::<bool>()?),
             Field::Total => self.total = value.decode::<Option<u64>>()?,
+            Field::SnapshotRows => {
+                self.snapshot_rows = value.decode::<u64>()?;
+                if let Some(w) = &mut self.writer {
+                    w.snapshot_rows(self.snapshot_rows);
+                }
+            }
             Field::Columns => {
                 let columns = value.decode::<Vec<String>>()?;
                 match PageWriter::new(self.conn, self.table, &columns, self.queue) {
-                    Ok(w) => self.writer = Some(w),
+                    Ok(mut w) => {
+                        w.snapshot_rows(self.snapshot_rows);
+                        self.writer = Some(w)
+                    }
                     Err(e) => return Err(write_failed(self.failure, e)),
                 }
             }
@@ -467,8 +496,11 @@ impl<'a, 'c> Assembly<'a, 'c> {
     }
 
     fn finish<E: de::Error>(mut self) -> std::result::Result<StreamedPage, E> {
-        // Every field but `total` is required, as in `PullPage`.
-        if let Some(i) = (0..FIELDS.len()).find(|&i| !self.seen[i] && FIELDS[i] != "total") {
+        // Every field but `total` and `snapshot_rows` is required, as in
+        // `PullPage`.
+        if let Some(i) = (0..FIELDS.len())
+            .find(|&i| !self.seen[i] && !matches!(FIELDS[i], "total" | "snapshot_rows"))
+        {
             return Err(E::missing_field(FIELDS[i]));
         }
         let (Some(cursor), Some(has_more), Some(removed), Some(mut writer)) = (
@@ -501,6 +533,7 @@ impl<'a, 'c> Assembly<'a, 'c> {
             has_more,
             total: self.total,
             entries: rows + removed.len() as u64,
+            snapshot_rows: self.snapshot_rows,
             applied: writer.applied,
         })
     }
@@ -540,7 +573,7 @@ impl<'de> Visitor<'de> for PageSeed<'_, '_> {
     }
 }
 
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 9] = [
     "table",
     "profile_version",
     "cursor",
@@ -549,6 +582,7 @@ const FIELDS: [&str; 8] = [
     "columns",
     "rows",
     "removed",
+    "snapshot_rows",
 ];
 
 /// The fields of a pull page; unknown ones are skipped.
@@ -561,6 +595,7 @@ enum Field {
     Columns,
     Rows,
     Removed,
+    SnapshotRows,
     Other,
 }
 
@@ -575,6 +610,7 @@ impl Field {
             Field::Columns => 5,
             Field::Rows => 6,
             Field::Removed => 7,
+            Field::SnapshotRows => 8,
             Field::Other => return None,
         })
     }
@@ -598,6 +634,7 @@ impl<'de> de::Deserialize<'de> for Field {
                     "columns" => Field::Columns,
                     "rows" => Field::Rows,
                     "removed" => Field::Removed,
+                    "snapshot_rows" => Field::SnapshotRows,
                     _ => Field::Other,
                 })
             }

@@ -251,7 +251,7 @@ fn ensure_index(conn: &Connection, table: &SyncTable, column: &str) -> Result<()
 const INDEX_BUILD_CACHE_KIB: i64 = -256;
 
 /// Brings a store written by an earlier version up to date: the
-/// `settle_all` column, the lost-value triggers, and the related values
+/// `settle_all` and `walk_order` columns, the lost-value triggers, and the related values
 /// still to fetch (from the old `_fs_related_seen` sets). Writes nothing
 /// when the store is current, so a store on a full disk still opens.
 pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
@@ -266,12 +266,22 @@ pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
         Some(p) => triggers_installed(conn, p)?,
         None => true,
     };
-    if has_settle_all && !has_seen && triggers_ok {
+    let has_walk_order = conn
+        .prepare("SELECT 1 FROM pragma_table_info('_fs_tables') WHERE name = 'walk_order'")?
+        .exists([])?;
+    if has_settle_all && has_walk_order && !has_seen && triggers_ok {
         return Ok(());
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if !has_walk_order {
+        // Downloads begun before it have none: their walks cover no
+        // other table's (see `RelatedQueue`).
+        tx.execute_batch("ALTER TABLE _fs_tables ADD COLUMN walk_order INTEGER")?;
+    }
     if has_settle_all {
-        tx.execute("UPDATE _fs_tables SET settle_all = 1", [])?;
+        if has_seen || !triggers_ok {
+            tx.execute("UPDATE _fs_tables SET settle_all = 1", [])?;
+        }
     } else {
         tx.execute_batch(
             "ALTER TABLE _fs_tables ADD COLUMN settle_all INTEGER NOT NULL DEFAULT 1",
@@ -335,16 +345,23 @@ pub enum Arrival {
 /// because a related row asked for it (the suspicion travels down: the
 /// reactivated booking's work order brings its incidents again). A row
 /// edited once on the server costs no fetch, so a sync of edited work orders
-/// does not download their children again. Rules whose table has not
-/// finished its first download are skipped: that download selects
-/// everything anyway.
+/// does not download their children again.
+///
+/// Rules whose table has not begun a download yet are skipped: that
+/// download, asked for after these rows were read, selects what they reach.
+/// So are, for a rule whose table's download from an empty cursor began
+/// after this table's (`walk_order`), the rows of this table's snapshot
+/// (`snapshot_rows`, the first rows of a page of its walk): the server read
+/// them before that download began, so it selected what they reach. The
+/// rows after them changed since, and are queued.
 pub(super) struct RelatedQueue<'c> {
     arrival: Arrival,
     pk: usize,
     version_at: Option<usize>,
-    /// The rules reading the table whose table has finished its first
-    /// download: (queue key, position of the foreign column in the rows).
-    rules: Vec<(String, usize)>,
+    /// The rules reading the table whose table has begun a download: (queue
+    /// key, position of the foreign column in the rows, whether that
+    /// download began after this table's and so covers its snapshot rows).
+    rules: Vec<(String, usize, bool)>,
     /// The device's copy of a row: its version and, per rule, its related
     /// value, in one lookup for every rule.
     held: rusqlite::CachedStatement<'c>,
@@ -365,7 +382,15 @@ impl<'c> RelatedQueue<'c> {
             return Ok(None);
         };
         let version_at = columns.iter().position(|c| c == VERSION_COLUMN);
-        let mut rules: Vec<(String, usize, &str)> = Vec::new();
+        let walk_order = |name: &str| -> Result<(bool, Option<i64>)> {
+            Ok(conn
+                .prepare_cached("SELECT initial_done, walk_order FROM _fs_tables WHERE name = ?1")?
+                .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or((false, None)))
+        };
+        let (_, own_order) = walk_order(&table.name)?;
+        let mut rules: Vec<(String, usize, bool, &str)> = Vec::new();
         for r in profile.related_rules() {
             if r.other != table.name {
                 continue;
@@ -373,13 +398,10 @@ impl<'c> RelatedQueue<'c> {
             let Some(i) = columns.iter().position(|c| c == r.foreign_column) else {
                 continue;
             };
-            let initial_done: bool = conn
-                .prepare_cached("SELECT initial_done FROM _fs_tables WHERE name = ?1")?
-                .query_row([&r.table.name], |r| r.get(0))
-                .optional()?
-                .unwrap_or(false);
-            if initial_done {
-                rules.push((rule_key(&r), i, r.foreign_column));
+            let (initial_done, order) = walk_order(&r.table.name)?;
+            if initial_done || order.is_some() {
+                let covers = matches!((order, own_order), (Some(o), Some(own)) if o > own);
+                rules.push((rule_key(&r), i, covers, r.foreign_column));
             }
         }
         if rules.is_empty() {
@@ -389,7 +411,7 @@ impl<'c> RelatedQueue<'c> {
             "SELECT {LOCAL_VERSION_COLUMN}, {} FROM {t} WHERE {pk} = ?1",
             rules
                 .iter()
-                .map(|(_, _, f)| format!("CAST({} AS TEXT)", quote_ident(f)))
+                .map(|(_, _, _, f)| format!("CAST({} AS TEXT)", quote_ident(f)))
                 .collect::<Vec<_>>()
                 .join(", "),
             t = quote_ident(&table.name),
@@ -404,19 +426,25 @@ impl<'c> RelatedQueue<'c> {
                 "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
             )?,
             values: Vec::with_capacity(rules.len()),
-            rules: rules.into_iter().map(|(key, i, _)| (key, i)).collect(),
+            rules: rules
+                .into_iter()
+                .map(|(key, i, covers, _)| (key, i, covers))
+                .collect(),
         }))
     }
 
     /// Queues what `row` (aligned with the columns given to [`Self::new`])
-    /// brings, before it is written.
-    pub(super) fn row(&mut self, row: &[Value]) -> Result<()> {
+    /// brings, before it is written; `in_snapshot` for a row of the table's
+    /// snapshot (a pulled page's first `snapshot_rows`).
+    pub(super) fn row(&mut self, row: &[Value], in_snapshot: bool) -> Result<()> {
         self.values.clear();
-        self.values.extend(
-            self.rules
-                .iter()
-                .map(|(_, i)| row.get(*i).and_then(value_key)),
-        );
+        self.values.extend(self.rules.iter().map(|(_, i, covers)| {
+            if in_snapshot && *covers {
+                None
+            } else {
+                row.get(*i).and_then(value_key)
+            }
+        }));
         if self.values.iter().all(Option::is_none) {
             return Ok(());
         }
@@ -443,7 +471,7 @@ impl<'c> RelatedQueue<'c> {
             };
             version >= held_version.saturating_add(2)
         });
-        for (k, (key, _)) in self.rules.iter().enumerate() {
+        for (k, (key, _, _)) in self.rules.iter().enumerate() {
             let Some(v) = &self.values[k] else { continue };
             let queue = match &held {
                 None => true,
@@ -481,7 +509,7 @@ pub(super) fn queue_related_row(
         Arrival::Local
     };
     match RelatedQueue::new(conn, profile, table, &columns, arrival)? {
-        Some(mut queue) => queue.row(&row),
+        Some(mut queue) => queue.row(&row, false),
         None => Ok(()),
     }
 }
@@ -947,6 +975,7 @@ mod tests {
             cursor: "c".into(),
             has_more: false,
             total: None,
+            snapshot_rows: 0,
             columns: std::iter::once("_version")
                 .chain(columns.iter().copied())
                 .map(String::from)
@@ -1593,6 +1622,78 @@ mod tests {
         arrive(&store, &p, &booking("b1", "w2"));
         arrive(&store, &p, &booking("b5", "w5"));
         assert_eq!(pending(&store, &p, "work_orders"), ["w2", "w5"]);
+    }
+
+    #[test]
+    fn rows_of_a_snapshot_are_queued_only_for_tables_whose_download_began_before_it() {
+        let p = profile();
+        let table = |name: &str| p.table(name).expect("table").clone();
+        let (bookings, work_orders) = (table("bookings"), table("work_orders"));
+        // Two bookings of the snapshot (b1, b2), then one changed since (b3).
+        let body = |snapshot_rows: &str| {
+            let rows = r#""rows": [[1, "b1", "w1", "2026-11-30T09:00:00Z"],
+                [1, "b2", "w2", "2026-11-30T09:00:00Z"], [1, "b3", "w3", "2026-11-30T09:00:00Z"]]"#;
+            let head =
+                r#""table": "bookings", "profile_version": 1, "cursor": "c", "has_more": true"#;
+            let columns = r#""columns": ["_version", "id", "work_order_id", "start_time"]"#;
+            let body = match snapshot_rows {
+                "before" => {
+                    format!(r#"{{{head}, "snapshot_rows": 2, {columns}, {rows}, "removed": []}}"#)
+                }
+                "after" => {
+                    format!(r#"{{{head}, {columns}, {rows}, "snapshot_rows": 2, "removed": []}}"#)
+                }
+                _ => format!(r#"{{{head}, {columns}, {rows}, "removed": []}}"#),
+            };
+            crate::codec::Body::plain(body.into_bytes())
+        };
+        let fresh = |name: &str| {
+            let dir = tempfile::tempdir().expect("dir");
+            let store = Store::open(&dir.path().join(format!("{name}.db"))).expect("open");
+            store.apply_profile(&p, NOW).expect("profile");
+            (dir, store)
+        };
+        let apply = |store: &Store, how: &str| {
+            store
+                .apply_page_json(Some(&p), &bookings, &body(how), NOW, |_| None)
+                .expect("page");
+        };
+        // The work orders have begun no download: theirs selects it all.
+        let (_d, store) = fresh("none");
+        store.begin_pull(&bookings, NOW).expect("begin");
+        apply(&store, "before");
+        assert!(pending(&store, &p, "work_orders").is_empty());
+        // Begun after the bookings: the snapshot's rows are covered.
+        let (_d, store) = fresh("after");
+        store.begin_pull(&bookings, NOW).expect("begin");
+        store.begin_pull(&work_orders, NOW).expect("begin");
+        apply(&store, "before");
+        assert_eq!(pending(&store, &p, "work_orders"), ["w3"]);
+        // A count that comes after the rows is not used; none at all
+        // covers nothing.
+        let (_d, store) = fresh("late");
+        store.begin_pull(&bookings, NOW).expect("begin");
+        store.begin_pull(&work_orders, NOW).expect("begin");
+        apply(&store, "after");
+        assert_eq!(pending(&store, &p, "work_orders"), ["w1", "w2", "w3"]);
+        let (_d, store) = fresh("unsaid");
+        store.begin_pull(&bookings, NOW).expect("begin");
+        store.begin_pull(&work_orders, NOW).expect("begin");
+        apply(&store, "none");
+        assert_eq!(pending(&store, &p, "work_orders"), ["w1", "w2", "w3"]);
+        // Begun before the bookings' download (which restarted since): its
+        // walk may have passed what their snapshot reaches.
+        let (_d, store) = fresh("before");
+        store.begin_pull(&work_orders, NOW).expect("begin");
+        store.begin_pull(&bookings, NOW).expect("begin");
+        apply(&store, "before");
+        assert_eq!(pending(&store, &p, "work_orders"), ["w1", "w2", "w3"]);
+        // A download from the empty cursor drops what was queued for it.
+        store.begin_pull(&bookings, NOW).expect("begin");
+        apply(&store, "none");
+        store.restart_table("work_orders").expect("restart");
+        store.begin_pull(&work_orders, NOW).expect("begin");
+        assert!(pending(&store, &p, "work_orders").is_empty());
     }
 
     #[test]
