@@ -228,10 +228,11 @@ enum Step {
 /// download side by side, where the work orders used to wait for the last
 /// page of bookings. Tables at the same depth (a work order's incidents,
 /// products, services) do not read one another, so downloading them
-/// together changes nothing a device can see but the time it takes. When the server says the profile
-/// changed, no table starts; the running ones finish, then the profile is
-/// installed (never under a running download) and the tables not pulled yet
-/// go on. The first other error stops the run the same way.
+/// together changes nothing a device can see but the time it takes. When
+/// the server says the profile changed, no table starts; the running ones
+/// finish, then the profile is installed (never under a running download)
+/// and the tables not pulled yet go on. The first other error stops the
+/// run the same way.
 ///
 /// While tables download, the tables downloaded whole are evaluated against
 /// their rules one at a time ([`next_early_settle`]), until the profile
