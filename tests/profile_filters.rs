@@ -319,6 +319,38 @@ async fn booking_window_passes_and_enters_without_server_change() {
     assert_eq!(ids(&device, "work_orders"), reached);
 }
 
+/// Books `wo-new` for tech-a through `bk-new` (a dispatcher's write on the
+/// server), tomorrow.
+struct Booker {
+    url: String,
+    disp: String,
+    start: String,
+    end: String,
+}
+
+impl Booker {
+    fn new(env: &Env, disp: &str) -> Booker {
+        Booker {
+            url: env.url.clone(),
+            disp: disp.to_owned(),
+            start: format_datetime(env.clock_now() + DAY),
+            end: format_datetime(env.clock_now() + DAY + 3_600_000),
+        }
+    }
+
+    async fn book_wo_new(&self) {
+        let resp = reqwest::Client::new()
+            .put(format!("{}/v1/records/bookings/bk-new", self.url))
+            .bearer_auth(&self.disp)
+            .header("content-type", "application/json")
+            .body(json!({"data": {"work_order_id": "wo-new", "resource_id": "tech-a", "status": "active", "start_time": self.start, "end_time": self.end}}).to_string())
+            .send()
+            .await
+            .expect("book");
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+}
+
 /// The device's transport, with two hooks into a first download: before
 /// the work orders' first page is asked for, the dispatcher books tech-a on
 /// `wo-new` (so the server now selects it, while the bookings the device
@@ -326,10 +358,7 @@ async fn booking_window_passes_and_enters_without_server_change() {
 /// until `wo-new` has left the device's file, or 20 seconds.
 struct Hook {
     inner: HttpTransport,
-    env_url: String,
-    disp: String,
-    start: String,
-    end: String,
+    booker: Booker,
     device_db: std::path::PathBuf,
     booked: std::sync::atomic::AtomicBool,
     held: std::sync::atomic::AtomicBool,
@@ -366,15 +395,7 @@ impl fieldsync_core::Transport for Hook {
             .starts_with("/v1/sync/pull?table=work_orders&cursor=&")
             && !self.booked.swap(true, Ordering::SeqCst)
         {
-            let resp = reqwest::Client::new()
-                .put(format!("{}/v1/records/bookings/bk-new", self.env_url))
-                .bearer_auth(&self.disp)
-                .header("content-type", "application/json")
-                .body(json!({"data": {"work_order_id": "wo-new", "resource_id": "tech-a", "status": "active", "start_time": self.start, "end_time": self.end}}).to_string())
-                .send()
-                .await
-                .expect("book");
-            assert_eq!(resp.status().as_u16(), 200);
+            self.booker.book_wo_new().await;
         }
         if request
             .path
@@ -407,10 +428,7 @@ async fn a_first_download_evaluates_each_table_while_the_next_ones_download() {
     let hook = Arc::new(Hook {
         inner: HttpTransport::new(&env.url, Default::default(), &Default::default())
             .expect("transport"),
-        env_url: env.url.clone(),
-        disp: disp.clone(),
-        start: format_datetime(env.clock_now() + DAY),
-        end: format_datetime(env.clock_now() + DAY + 3_600_000),
+        booker: Booker::new(&env, &disp),
         device_db: device_db.clone(),
         booked: Default::default(),
         held: Default::default(),
@@ -525,10 +543,7 @@ async fn pages_count_the_rows_of_the_snapshot_before_the_rows_changed_since() {
 /// the values the device fetches, per table.
 struct BookDuringWalk {
     inner: HttpTransport,
-    env_url: String,
-    disp: String,
-    start: String,
-    end: String,
+    booker: Booker,
     booked: tokio::sync::Notify,
     booked_flag: std::sync::atomic::AtomicBool,
     fetched: std::sync::Mutex<Vec<(String, Vec<Value>)>>,
@@ -562,15 +577,7 @@ impl fieldsync_core::Transport for BookDuringWalk {
         let first_work_orders = path.starts_with("/v1/sync/pull?table=work_orders&cursor=&");
         let response = self.inner.send(request).await;
         if first_work_orders && !self.booked_flag.swap(true, Ordering::SeqCst) {
-            let resp = reqwest::Client::new()
-                .put(format!("{}/v1/records/bookings/bk-new", self.env_url))
-                .bearer_auth(&self.disp)
-                .header("content-type", "application/json")
-                .body(json!({"data": {"work_order_id": "wo-new", "resource_id": "tech-a", "status": "active", "start_time": self.start, "end_time": self.end}}).to_string())
-                .send()
-                .await
-                .expect("book");
-            assert_eq!(resp.status().as_u16(), 200);
+            self.booker.book_wo_new().await;
             self.booked.notify_waiters();
         }
         response
@@ -589,10 +596,7 @@ async fn a_booking_made_after_the_work_orders_download_began_brings_its_work_ord
     let hook = Arc::new(BookDuringWalk {
         inner: HttpTransport::new(&env.url, Default::default(), &Default::default())
             .expect("transport"),
-        env_url: env.url.clone(),
-        disp: disp.clone(),
-        start: format_datetime(env.clock_now() + DAY),
-        end: format_datetime(env.clock_now() + DAY + 3_600_000),
+        booker: Booker::new(&env, &disp),
         booked: tokio::sync::Notify::new(),
         booked_flag: Default::default(),
         fetched: Default::default(),
