@@ -43,6 +43,11 @@ pub(super) struct PageWriter<'c> {
     /// Lists the row for the next settling unless the device holds it with
     /// the same values in every column its table's rules read.
     track_row: Option<CachedStatement<'c>>,
+    /// With both a related-value queue and tracking: one lookup of the
+    /// device's copy for the two, the queue's columns and then whether the
+    /// columns the rules read hold the same values (`copy`), and the row
+    /// listed when they do not or the row is new (`list_row`).
+    copy: Option<(CachedStatement<'c>, CachedStatement<'c>)>,
     /// The positions (in a row after `_version`) of those columns.
     rule_positions: Vec<usize>,
     table_has_pending: bool,
@@ -126,7 +131,33 @@ impl<'c> PageWriter<'c> {
             .filter(|c| c.name != table.primary_key)
             .filter_map(|c| columns[1..].iter().position(|n| *n == c.name))
             .collect();
-        let track_row = if track {
+        let copy = match &queue {
+            Some(q) if track => {
+                let same: Vec<String> = rule_positions
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &i)| format!("{} IS ?{}", quote_ident(&columns[i + 1]), k + 2))
+                    .collect();
+                let same = if same.is_empty() {
+                    "1".to_owned()
+                } else {
+                    same.join(" AND ")
+                };
+                Some((
+                    conn.prepare_cached(&format!(
+                        "SELECT {}, ({same}) FROM {t} WHERE {pk} = ?1",
+                        q.copy_columns(),
+                        t = quote_ident(&table.name),
+                        pk = quote_ident(&table.primary_key),
+                    ))?,
+                    conn.prepare_cached(
+                        "INSERT OR IGNORE INTO _fs_settle_rows (tbl, row_id) VALUES (?1, ?2)",
+                    )?,
+                ))
+            }
+            _ => None,
+        };
+        let track_row = if track && copy.is_none() {
             let same: String = rule_positions
                 .iter()
                 .enumerate()
@@ -155,6 +186,7 @@ impl<'c> PageWriter<'c> {
                 None => None,
             },
             track_row,
+            copy,
             rule_positions,
             table_has_pending,
             queue,
@@ -185,12 +217,34 @@ impl<'c> PageWriter<'c> {
         };
         let in_snapshot = self.rows_seen < self.snapshot_rows;
         self.rows_seen += 1;
-        if let Some(queue) = &mut self.queue {
+        // `Some(listed)` when the shared lookup decided the row's listing.
+        let mut list = None;
+        if let (Some((copy, _)), Some(queue)) = (&mut self.copy, &mut self.queue) {
+            copy.raw_bind_parameter(1, id)?;
+            for (k, &i) in self.rule_positions.iter().enumerate() {
+                bind_value(copy, k + 2, &row[i + 1], self.kinds[i])?;
+            }
+            let width = queue.copy_width();
+            let found = {
+                let mut rows = copy.raw_query();
+                match rows.next()? {
+                    Some(r) => Some((queue.read_copy(r)?, r.get::<_, bool>(width)?)),
+                    None => None,
+                }
+            };
+            queue.row_with_copy(row, in_snapshot, found.as_ref().map(|(held, _)| held))?;
+            list = Some(!found.is_some_and(|(_, same)| same));
+        } else if let Some(queue) = &mut self.queue {
             queue.row(row, in_snapshot)?;
         }
         if self.table_has_pending && has_pending(self.conn, &self.table.name, id)? {
             self.applied.kept_pending += 1;
             return Ok(());
+        }
+        if list == Some(true)
+            && let Some((_, list_row)) = &mut self.copy
+        {
+            list_row.execute(rusqlite::params![self.table.name, id])?;
         }
         // Before the write: the comparison is with the device's copy.
         if let Some(track) = &mut self.track_row {

@@ -365,6 +365,9 @@ pub(super) struct RelatedQueue<'c> {
     /// The device's copy of a row: its version and, per rule, its related
     /// value, in one lookup for every rule.
     held: rusqlite::CachedStatement<'c>,
+    /// That lookup's select list, for a caller that reads the copy itself
+    /// ([`Self::copy_columns`]).
+    held_select: String,
     insert: rusqlite::CachedStatement<'c>,
     values: Vec<Option<String>>,
 }
@@ -407,13 +410,16 @@ impl<'c> RelatedQueue<'c> {
         if rules.is_empty() {
             return Ok(None);
         }
-        let held_sql = format!(
-            "SELECT {LOCAL_VERSION_COLUMN}, {} FROM {t} WHERE {pk} = ?1",
+        let held_select = format!(
+            "{LOCAL_VERSION_COLUMN}, {}",
             rules
                 .iter()
                 .map(|(_, _, _, f)| format!("CAST({} AS TEXT)", quote_ident(f)))
                 .collect::<Vec<_>>()
                 .join(", "),
+        );
+        let held_sql = format!(
+            "SELECT {held_select} FROM {t} WHERE {pk} = ?1",
             t = quote_ident(&table.name),
             pk = quote_ident(&table.primary_key),
         );
@@ -422,6 +428,7 @@ impl<'c> RelatedQueue<'c> {
             pk,
             version_at,
             held: conn.prepare_cached(&held_sql)?,
+            held_select,
             insert: conn.prepare_cached(
                 "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
             )?,
@@ -433,10 +440,74 @@ impl<'c> RelatedQueue<'c> {
         }))
     }
 
+    /// The select list of the device's copy of a row, as [`Self::row_with_copy`]
+    /// reads it (its first [`Self::copy_width`] columns), for a caller that
+    /// looks the row up for its own reasons too.
+    pub(super) fn copy_columns(&self) -> &str {
+        &self.held_select
+    }
+
+    /// The number of columns of [`Self::copy_columns`].
+    pub(super) fn copy_width(&self) -> usize {
+        self.rules.len() + 1
+    }
+
+    /// Reads the device's copy from a row of [`Self::copy_columns`].
+    pub(super) fn read_copy(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldCopy> {
+        let mut old = Vec::with_capacity(self.rules.len());
+        for k in 0..self.rules.len() {
+            old.push(r.get::<_, Option<String>>(k + 1)?);
+        }
+        Ok((r.get::<_, i64>(0)?, old))
+    }
+
     /// Queues what `row` (aligned with the columns given to [`Self::new`])
     /// brings, before it is written; `in_snapshot` for a row of the table's
     /// snapshot (a pulled page's first `snapshot_rows`).
     pub(super) fn row(&mut self, row: &[Value], in_snapshot: bool) -> Result<()> {
+        if !self.take_values(row, in_snapshot) {
+            return Ok(());
+        }
+        let held = if self.arrival == Arrival::Fetched {
+            None
+        } else {
+            let id = row.get(self.pk).and_then(value_key).unwrap_or_default();
+            let held = &mut self.held;
+            let rules = self.rules.len();
+            held.query_row([&id], |r| {
+                let mut old = Vec::with_capacity(rules);
+                for k in 0..rules {
+                    old.push(r.get::<_, Option<String>>(k + 1)?);
+                }
+                Ok((r.get::<_, i64>(0)?, old))
+            })
+            .optional()?
+        };
+        self.queue_values(row, held.as_ref())
+    }
+
+    /// [`Self::row`] with the device's copy of the row already read by the
+    /// caller (`None`: the device does not hold it).
+    pub(super) fn row_with_copy(
+        &mut self,
+        row: &[Value],
+        in_snapshot: bool,
+        copy: Option<&HeldCopy>,
+    ) -> Result<()> {
+        if !self.take_values(row, in_snapshot) {
+            return Ok(());
+        }
+        let held = if self.arrival == Arrival::Fetched {
+            None
+        } else {
+            copy
+        };
+        self.queue_values(row, held)
+    }
+
+    /// Takes the row's related values into `values`; false when it holds
+    /// none to queue.
+    fn take_values(&mut self, row: &[Value], in_snapshot: bool) -> bool {
         self.values.clear();
         self.values.extend(self.rules.iter().map(|(_, i, covers)| {
             if in_snapshot && *covers {
@@ -445,26 +516,13 @@ impl<'c> RelatedQueue<'c> {
                 row.get(*i).and_then(value_key)
             }
         }));
-        if self.values.iter().all(Option::is_none) {
-            return Ok(());
-        }
-        let n = self.rules.len();
-        // `None`: new to the device; else its version and related values.
-        let held: Option<(i64, Vec<Option<String>>)> = if self.arrival == Arrival::Fetched {
-            None
-        } else {
-            let id = row.get(self.pk).and_then(value_key).unwrap_or_default();
-            self.held
-                .query_row([&id], |r| {
-                    let mut old = Vec::with_capacity(n);
-                    for k in 0..n {
-                        old.push(r.get::<_, Option<String>>(k + 1)?);
-                    }
-                    Ok((r.get::<_, i64>(0)?, old))
-                })
-                .optional()?
-        };
-        let moved_on = held.as_ref().is_some_and(|(held_version, _)| {
+        self.values.iter().any(Option::is_some)
+    }
+
+    /// Queues the values taken, given the device's copy (`None`: new to
+    /// the device, or fetched).
+    fn queue_values(&mut self, row: &[Value], held: Option<&HeldCopy>) -> Result<()> {
+        let moved_on = held.is_some_and(|(held_version, _)| {
             let version = match self.version_at.and_then(|at| row.get(at)) {
                 Some(Value::Integer(n)) if self.arrival == Arrival::Server => *n,
                 _ => *held_version,
@@ -473,7 +531,7 @@ impl<'c> RelatedQueue<'c> {
         });
         for (k, (key, _, _)) in self.rules.iter().enumerate() {
             let Some(v) = &self.values[k] else { continue };
-            let queue = match &held {
+            let queue = match held {
                 None => true,
                 Some((_, old)) => moved_on || old[k].as_deref() != Some(v.as_str()),
             };
@@ -484,6 +542,10 @@ impl<'c> RelatedQueue<'c> {
         Ok(())
     }
 }
+
+/// The device's copy of a row as [`RelatedQueue`] reads it: its version and,
+/// per rule, its related value.
+pub(super) type HeldCopy = (i64, Vec<Option<String>>);
 
 /// [`RelatedQueue`] for one row given as a map, with its server version
 /// (push results) or none (local writes).
@@ -1215,11 +1277,21 @@ mod tests {
 
     #[test]
     fn only_rows_new_to_the_device_or_with_a_rule_column_moved_are_listed_for_settling() {
+        // Without the related-value queue, and with it (one lookup of the
+        // device's copy then serves both).
+        for queue in [false, true] {
+            rows_listed_for_settling(queue);
+        }
+    }
+
+    fn rows_listed_for_settling(queue: bool) {
         let dir = tempfile::tempdir().expect("dir");
         let (store, p) = settled_store(dir.path());
         let apply = |pg: PullPage| {
             let table = p.table(&pg.table).expect("table").clone();
-            store.apply_page(None, &table, &pg, NOW).expect("page");
+            store
+                .apply_page(queue.then_some(&p), &table, &pg, NOW)
+                .expect("page");
         };
         // The work orders' rules read only their key: a new title is not a
         // reason to evaluate w1 again.
@@ -1259,8 +1331,13 @@ mod tests {
             [
                 ("bookings".to_string(), "b2".to_string()),
                 ("incidents".to_string(), "i3".to_string())
-            ]
+            ],
+            "with the queue: {queue}"
         );
+        if queue {
+            // b1's new work order is queued (b2's is the same one).
+            assert_eq!(pending(&store, &p, "work_orders"), ["w2"]);
+        }
         // b1 moved to w2: w1 is reached by no booking, and goes with its
         // incidents; the edited title changed nothing else.
         store.remove_unreached(&p, NOW + 1000).expect("settle");
