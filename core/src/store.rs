@@ -30,6 +30,7 @@ use crate::profile::{Column, ColumnKind, RowRule, SyncProfile, SyncTable, quote_
 use crate::protocol::{MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage};
 use crate::value::{Record, Value};
 
+mod checkpoint;
 mod page;
 mod settle;
 mod values;
@@ -168,6 +169,9 @@ pub struct Store {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// The writer's commit hook points here: declared after the writer,
+    /// so it is dropped after the writer is closed.
+    _checkpoints: std::sync::Arc<checkpoint::Checkpoints>,
 }
 
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -640,10 +644,12 @@ impl Store {
         writer.execute_batch(settle::SCHEMA)?;
         settle::upgrade(&mut writer)?;
         let reader = open_connection(path)?;
+        let checkpoints = checkpoint::Checkpoints::start(&writer, path.to_owned());
         Ok(Store {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            _checkpoints: checkpoints,
         })
     }
 
