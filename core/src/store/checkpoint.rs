@@ -32,6 +32,9 @@ pub(super) const SOFT_FRAMES: c_int = 1000;
 /// pages).
 pub(super) const HARD_FRAMES: c_int = 10_000;
 
+/// The checkpoint connection's page cache (`cache_size`, negative: KiB).
+const CHECKPOINT_CACHE_KIB: i64 = -64;
+
 /// What the writer's commit hook holds: the way to wake the checkpointer.
 pub(super) struct Checkpoints {
     wake: SyncSender<()>,
@@ -129,7 +132,13 @@ fn checkpoint_thread(path: PathBuf, requests: Receiver<()>, counts: Arc<Counts>)
     let mut conn: Option<Connection> = None;
     while requests.recv().is_ok() {
         if conn.is_none() {
-            conn = match super::open_connection(&path) {
+            // A checkpoint copies the WAL's frames through a buffer of its
+            // own: the connection's page cache only ever holds the schema.
+            let opened = super::open_connection(&path).and_then(|c| {
+                c.pragma_update(None, "cache_size", CHECKPOINT_CACHE_KIB)?;
+                Ok(c)
+            });
+            conn = match opened {
                 Ok(c) => Some(c),
                 Err(e) => {
                     debug!(target: "fieldsync::store", error = %e, "cannot open the checkpoint connection");
