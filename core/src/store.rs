@@ -990,16 +990,13 @@ impl Store {
                      last_attempt_at = ?2 WHERE name = ?1",
                 params![table.name, now],
             )?;
-            let fresh = tx
-                .prepare_cached("SELECT 1 FROM _fs_tables WHERE name = ?1 AND cursor = ''")?
-                .exists([&table.name])?;
+            let fresh = tx.execute(
+                "UPDATE _fs_tables SET walk_order =
+                     (SELECT COALESCE(MAX(walk_order), 0) + 1 FROM _fs_tables)
+                 WHERE name = ?1 AND cursor = ''",
+                [&table.name],
+            )? > 0;
             if fresh {
-                tx.execute(
-                    "UPDATE _fs_tables SET walk_order =
-                         (SELECT COALESCE(MAX(walk_order), 0) + 1 FROM _fs_tables)
-                     WHERE name = ?1",
-                    [&table.name],
-                )?;
                 for r in table.related_rules() {
                     let key = related_rule_key(&table.name, r.column, r.other, r.foreign_column);
                     tx.execute("DELETE FROM _fs_related_pending WHERE rule = ?1", [&key])?;
@@ -1511,19 +1508,11 @@ impl Store {
         self.in_sync_transaction(|tx| settle::take_pending(tx, rule, other, foreign_column))
     }
 
-    /// Takes related values out of a rule's queue (their rows were fetched,
-    /// or the rule's table was downloaded whole); all of them when `values`
-    /// is `None`.
-    pub fn clear_related_pending(&self, rule: &str, values: Option<&[String]>) -> Result<()> {
-        self.in_sync_transaction(|tx| {
-            match values {
-                Some(values) => settle::clear_pending(tx, rule, values)?,
-                None => {
-                    tx.execute("DELETE FROM _fs_related_pending WHERE rule = ?1", [rule])?;
-                }
-            }
-            Ok(())
-        })
+    /// Takes related values out of a rule's queue (their rows were
+    /// fetched). A table's download from an empty cursor empties its
+    /// rules' queues itself (`Store::begin_pull`).
+    pub fn clear_related_pending(&self, rule: &str, values: &[String]) -> Result<()> {
+        self.in_sync_transaction(|tx| settle::clear_pending(tx, rule, values))
     }
 
     /// Stores rows fetched by value (related rows that arrived without a

@@ -482,7 +482,7 @@ async fn settle_related(
                     .filter_map(|k| related_value(k, kind))
                     .collect();
                 if values.is_empty() {
-                    engine.store.clear_related_pending(&key, Some(chunk))?;
+                    engine.store.clear_related_pending(&key, chunk)?;
                     continue;
                 }
                 let response = engine
@@ -504,7 +504,7 @@ async fn settle_related(
                 let rule = key.clone();
                 let written = tokio::task::spawn_blocking(move || {
                     let written = store.apply_fetched(&p, &t, &fetched.columns, &fetched.rows)?;
-                    store.clear_related_pending(&rule, Some(&done))?;
+                    store.clear_related_pending(&rule, &done)?;
                     Ok::<_, Error>(written)
                 })
                 .await

@@ -133,16 +133,7 @@ impl<'c> PageWriter<'c> {
             .collect();
         let copy = match &queue {
             Some(q) if track => {
-                let same: Vec<String> = rule_positions
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &i)| format!("{} IS ?{}", quote_ident(&columns[i + 1]), k + 2))
-                    .collect();
-                let same = if same.is_empty() {
-                    "1".to_owned()
-                } else {
-                    same.join(" AND ")
-                };
+                let same = same_values(columns, &rule_positions, 2);
                 Some((
                     conn.prepare_cached(&format!(
                         "SELECT {}, ({same}) FROM {t} WHERE {pk} = ?1",
@@ -158,14 +149,10 @@ impl<'c> PageWriter<'c> {
             _ => None,
         };
         let track_row = if track && copy.is_none() {
-            let same: String = rule_positions
-                .iter()
-                .enumerate()
-                .map(|(k, &i)| format!(" AND {} IS ?{}", quote_ident(&columns[i + 1]), k + 3))
-                .collect();
+            let same = same_values(columns, &rule_positions, 3);
             Some(conn.prepare_cached(&format!(
                 "INSERT OR IGNORE INTO _fs_settle_rows (tbl, row_id) SELECT ?1, ?2
-                 WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {pk} = ?2{same})",
+                 WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {pk} = ?2 AND {same})",
                 t = quote_ident(&table.name),
                 pk = quote_ident(&table.primary_key),
             ))?)
@@ -283,6 +270,21 @@ impl<'c> PageWriter<'c> {
         }
         Ok(())
     }
+}
+
+/// The condition that the columns at `positions` (in a row after
+/// `_version`) hold the values bound from parameter `first` on, in order
+/// (`IS`, so NULL equals NULL); `1` when there are none.
+fn same_values(columns: &[String], positions: &[usize], first: usize) -> String {
+    if positions.is_empty() {
+        return "1".to_owned();
+    }
+    positions
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| format!("{} IS ?{}", quote_ident(&columns[i + 1]), k + first))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// Binds a page row to an upsert: the version, then each value, bound as it

@@ -251,9 +251,10 @@ fn ensure_index(conn: &Connection, table: &SyncTable, column: &str) -> Result<()
 const INDEX_BUILD_CACHE_KIB: i64 = -256;
 
 /// Brings a store written by an earlier version up to date: the
-/// `settle_all` and `walk_order` columns, the lost-value triggers, and the related values
-/// still to fetch (from the old `_fs_related_seen` sets). Writes nothing
-/// when the store is current, so a store on a full disk still opens.
+/// `settle_all` and `walk_order` columns, the lost-value triggers, and the
+/// related values still to fetch (from the old `_fs_related_seen` sets).
+/// Writes nothing when the store is current, so a store on a full disk
+/// still opens.
 pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
     let has_settle_all = conn
         .prepare("SELECT 1 FROM pragma_table_info('_fs_tables') WHERE name = 'settle_all'")?
@@ -454,11 +455,7 @@ impl<'c> RelatedQueue<'c> {
 
     /// Reads the device's copy from a row of [`Self::copy_columns`].
     pub(super) fn read_copy(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldCopy> {
-        let mut old = Vec::with_capacity(self.rules.len());
-        for k in 0..self.rules.len() {
-            old.push(r.get::<_, Option<String>>(k + 1)?);
-        }
-        Ok((r.get::<_, i64>(0)?, old))
+        read_held(r, self.rules.len())
     }
 
     /// Queues what `row` (aligned with the columns given to [`Self::new`])
@@ -472,16 +469,10 @@ impl<'c> RelatedQueue<'c> {
             None
         } else {
             let id = row.get(self.pk).and_then(value_key).unwrap_or_default();
-            let held = &mut self.held;
             let rules = self.rules.len();
-            held.query_row([&id], |r| {
-                let mut old = Vec::with_capacity(rules);
-                for k in 0..rules {
-                    old.push(r.get::<_, Option<String>>(k + 1)?);
-                }
-                Ok((r.get::<_, i64>(0)?, old))
-            })
-            .optional()?
+            self.held
+                .query_row([&id], |r| read_held(r, rules))
+                .optional()?
         };
         self.queue_values(row, held.as_ref())
     }
@@ -546,6 +537,16 @@ impl<'c> RelatedQueue<'c> {
 /// The device's copy of a row as [`RelatedQueue`] reads it: its version and,
 /// per rule, its related value.
 pub(super) type HeldCopy = (i64, Vec<Option<String>>);
+
+/// A [`HeldCopy`] from a row of the queue's select list (`rules` related
+/// values after the version).
+fn read_held(r: &rusqlite::Row<'_>, rules: usize) -> rusqlite::Result<HeldCopy> {
+    let mut old = Vec::with_capacity(rules);
+    for k in 0..rules {
+        old.push(r.get::<_, Option<String>>(k + 1)?);
+    }
+    Ok((r.get::<_, i64>(0)?, old))
+}
 
 /// [`RelatedQueue`] for one row given as a map, with its server version
 /// (push results) or none (local writes).
@@ -1617,9 +1618,7 @@ mod tests {
             .take_related_pending(&key, &bookings, "work_order_id")
             .expect("pending");
         assert_eq!(pending, ["w3"]);
-        store
-            .clear_related_pending(&key, Some(&pending))
-            .expect("clear");
+        store.clear_related_pending(&key, &pending).expect("clear");
         assert!(
             store
                 .take_related_pending(&key, &bookings, "work_order_id")
