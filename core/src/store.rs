@@ -390,6 +390,41 @@ impl Upsert {
         })
     }
 
+    /// The quiet update of a pulled row over a settled table, with a row's
+    /// parameters as the upsert takes them (`?1` the version, then
+    /// `columns`): it writes the row only when the device holds it with the
+    /// same values in every indexed column and every column of `unchanged`,
+    /// at a version less than two behind (see `RelatedQueue`).
+    fn quiet_update(
+        conn: &Connection,
+        table: &SyncTable,
+        columns: &[&str],
+        unchanged: &[&str],
+    ) -> Result<String> {
+        let indexed = indexed_columns(conn, &table.name)?;
+        let pk = table.primary_key.as_str();
+        let mut set = Vec::new();
+        let mut same = Vec::new();
+        for (i, c) in columns.iter().enumerate() {
+            let (q, at) = (quote_ident(c), i + 2);
+            if *c == pk {
+                same.push(format!("{q} = ?{at}"));
+            } else if indexed.contains(*c) || unchanged.contains(c) {
+                same.push(format!("{q} IS ?{at}"));
+            } else {
+                set.push(format!("{q} = ?{at}"));
+            }
+        }
+        set.push(format!("{LOCAL_VERSION_COLUMN} = ?1"));
+        same.push(format!("{LOCAL_VERSION_COLUMN} + 2 > ?1"));
+        Ok(format!(
+            "UPDATE {} SET {} WHERE {}",
+            quote_ident(&table.name),
+            set.join(", "),
+            same.join(" AND ")
+        ))
+    }
+
     /// The upsert of a whole row of `table` (every column, see [`upsert_row`]).
     fn whole_row(conn: &Connection, table: &SyncTable) -> Result<Upsert> {
         let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();

@@ -5,7 +5,11 @@
 //! (see `settle::RelatedQueue`) before it is written, rows with a pending
 //! local change are left alone, and rows written over a settled table are
 //! marked for the next settling when they are new to the device or a
-//! column their table's rules read changed.
+//! column their table's rules read changed. A pulled row over a settled
+//! table is first written by an update that holds only when none of that
+//! applies (the same values in those columns and the queued ones, no
+//! version skipped): the edited rows of an incremental sync take no lookup
+//! of the device's copy.
 //!
 //! [`apply_json`] feeds a page to a writer straight from its JSON body: the
 //! rows are decoded one at a time into one reused row (its text values keep
@@ -50,6 +54,14 @@ pub(super) struct PageWriter<'c> {
     copy: Option<(CachedStatement<'c>, CachedStatement<'c>)>,
     /// The positions (in a row after `_version`) of those columns.
     rule_positions: Vec<usize>,
+    /// With `copy`, for pulled rows: the update that writes a row the
+    /// device holds with the same values in every column its table's
+    /// rules read, every column whose values are queued for related rows
+    /// and every indexed column, at a version less than two behind
+    /// (`Upsert::quiet_update`). Such a row is neither queued (see
+    /// `RelatedQueue`) nor listed for settling, so it needs no lookup of
+    /// the device's copy; any other row takes the lookup.
+    quiet: Option<CachedStatement<'c>>,
     table_has_pending: bool,
     queue: Option<RelatedQueue<'c>>,
     /// The page's `snapshot_rows`, when it came before its rows (the
@@ -160,6 +172,18 @@ impl<'c> PageWriter<'c> {
             None
         };
         let names: Vec<&str> = columns[1..].iter().map(String::as_str).collect();
+        let quiet = match (&copy, &queue) {
+            (Some(_), Some(q)) if q.arrival() == Arrival::Server => {
+                let mut unchanged: Vec<&str> = rule_positions
+                    .iter()
+                    .map(|&i| columns[i + 1].as_str())
+                    .collect();
+                unchanged.extend(q.value_positions().map(|i| columns[i].as_str()));
+                let sql = Upsert::quiet_update(conn, table, &names, &unchanged)?;
+                Some(conn.prepare_cached(&sql)?)
+            }
+            _ => None,
+        };
         let upsert = Upsert::new(conn, table, &names)?;
         Ok(PageWriter {
             conn,
@@ -175,6 +199,7 @@ impl<'c> PageWriter<'c> {
             track_row,
             copy,
             rule_positions,
+            quiet,
             table_has_pending,
             queue,
             snapshot_rows: 0,
@@ -204,6 +229,11 @@ impl<'c> PageWriter<'c> {
         };
         let in_snapshot = self.rows_seen < self.snapshot_rows;
         self.rows_seen += 1;
+        let pending = self.table_has_pending && has_pending(self.conn, &self.table.name, id)?;
+        if !pending && self.write_quietly(row, version)? {
+            self.applied.upserted += 1;
+            return Ok(());
+        }
         // `Some(listed)` when the shared lookup decided the row's listing.
         let mut list = None;
         if let (Some((copy, _)), Some(queue)) = (&mut self.copy, &mut self.queue) {
@@ -224,7 +254,7 @@ impl<'c> PageWriter<'c> {
         } else if let Some(queue) = &mut self.queue {
             queue.row(row, in_snapshot)?;
         }
-        if self.table_has_pending && has_pending(self.conn, &self.table.name, id)? {
+        if pending {
             self.applied.kept_pending += 1;
             return Ok(());
         }
@@ -249,6 +279,16 @@ impl<'c> PageWriter<'c> {
         }
         self.applied.upserted += 1;
         Ok(())
+    }
+
+    /// Writes `row` with the quiet update, when there is one: true when
+    /// it wrote the row, false when the device's copy must be looked up
+    /// (the row is new, or moved, or came back two versions on).
+    fn write_quietly(&mut self, row: &[Value], version: i64) -> Result<bool> {
+        let Some(quiet) = &mut self.quiet else {
+            return Ok(false);
+        };
+        Ok(bind_row(quiet, version, row, &self.kinds)?.raw_execute()? > 0)
     }
 
     /// Takes the page's `snapshot_rows` before its rows; a count that

@@ -453,6 +453,17 @@ impl<'c> RelatedQueue<'c> {
         self.rules.len() + 1
     }
 
+    /// How the rows arrive.
+    pub(super) fn arrival(&self) -> Arrival {
+        self.arrival
+    }
+
+    /// The positions (in the rows given to [`Self::row`]) of the columns
+    /// whose values it queues.
+    pub(super) fn value_positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rules.iter().map(|(_, i, _)| *i)
+    }
+
     /// Reads the device's copy from a row of [`Self::copy_columns`].
     pub(super) fn read_copy(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldCopy> {
         read_held(r, self.rules.len())
@@ -1778,9 +1789,14 @@ mod tests {
         let (store, p) = settled_store(dir.path());
         // b1 was deactivated and reactivated on the server since the
         // device's copy (version 1): what it reaches may have been
-        // downloaded while it was hidden.
-        let mut b1 = booking("b1", "w1");
-        b1.rows[0][0] = Value::Integer(3);
+        // downloaded while it was hidden. It comes back as the device
+        // holds it, the version aside.
+        let unchanged = |id: &str, wo: &str, version: i64| {
+            let mut b = bookings_page(vec![vec![t(id), t(wo), t("2026-11-30T09:00:00Z")]], &[]);
+            b.rows[0][0] = Value::Integer(version);
+            b
+        };
+        let b1 = unchanged("b1", "w1", 3);
         arrive(&store, &p, &b1);
         assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
         // w1 comes back by fetch: its incidents are fetched again.
@@ -1790,11 +1806,18 @@ mod tests {
             .apply_fetched(&p, &work_orders, &wo.columns, &wo.rows)
             .expect("fetched");
         assert_eq!(pending(&store, &p, "incidents"), ["w1"]);
-        // One version on is one edit: nothing to fetch.
+        // One version on is one edit: nothing to fetch, whether the
+        // edit moved a column the bookings' rules read or not.
+        arrive(&store, &p, &unchanged("b2", "w2", 2));
         let mut b2 = booking("b2", "w2");
-        b2.rows[0][0] = Value::Integer(2);
+        b2.rows[0][0] = Value::Integer(3);
         arrive(&store, &p, &b2);
         assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
+        // Two on again from there, the start moved too.
+        let mut b2 = booking("b2", "w2");
+        b2.rows[0][0] = Value::Integer(5);
+        arrive(&store, &p, &b2);
+        assert_eq!(pending(&store, &p, "work_orders"), ["w1", "w2"]);
     }
 
     #[test]
