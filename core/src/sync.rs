@@ -663,6 +663,27 @@ fn next_limit(asked: u32, held: usize, page_size: u32) -> u32 {
         .max(1)
 }
 
+/// The rows the next page of a download of changes asks for, `limit` at
+/// most, when the server said about `left` rows remain beyond the pages
+/// asked for: half of them, and never fewer than the first page's `first`.
+/// Pages then shrink toward the end of the changes, so the write of the
+/// last page, which no download overlaps, is short: the server computes
+/// the next page while the device writes this one, and after the last page
+/// there is nothing left to compute.
+///
+/// Only downloads of changes ramp down: their `total` counts the changed
+/// rows exactly, where a first download's is an estimate that may fall
+/// short (it would shrink its pages for no end in sight).
+fn ramp_down(limit: u32, left: Option<u64>, first: u32) -> u32 {
+    match left {
+        Some(left) => {
+            let half = u32::try_from(left / 2).unwrap_or(u32::MAX);
+            limit.min(half.max(first)).max(1)
+        }
+        None => limit,
+    }
+}
+
 /// Hands the memory of an applied page back to the system. glibc keeps what
 /// is freed in its arenas (one per thread that allocated, and the blocking
 /// pool runs pages on whichever thread is free): without a trim the process
@@ -742,6 +763,10 @@ async fn pull_table(
     // computes the next page while the device writes this one (one page of
     // the full size would keep them waiting on each other).
     let mut limit = (engine.page_size / FIRST_PAGE_SHARE).max(1);
+    let first = limit;
+    // Of a download of changes, the rows the server said remain beyond the
+    // pages asked for (see `ramp_down`).
+    let mut left: Option<u64> = None;
     let mut pending = Some(fetch(
         engine,
         table,
@@ -766,6 +791,10 @@ async fn pull_table(
             // again now and then so the progress follows what is selected.
             let ask_total = (table_report.pages + 1).is_multiple_of(TOTAL_EVERY_PAGES);
             limit = next_limit(limit, held, engine.page_size);
+            if !initial {
+                limit = ramp_down(limit, left, first);
+                left = left.map(|l| l.saturating_sub(u64::from(limit)));
+            }
             pending = Some(fetch(
                 engine,
                 table,
@@ -802,6 +831,16 @@ async fn pull_table(
             }
         };
         let (applied, page_rows) = (summary.applied, summary.entries);
+        if let Some(total) = summary.total.filter(|_| !initial) {
+            // The total counts this page; the page in flight, if any,
+            // asked for `limit` rows of what follows it.
+            let in_flight = if pending.is_some() {
+                u64::from(limit)
+            } else {
+                0
+            };
+            left = Some(total.saturating_sub(page_rows).saturating_sub(in_flight));
+        }
         if table_report.pages == 0 && summary.snapshot_rows > 0 {
             // The tables reading this one may begin their first downloads
             // beside it: the server said which rows its snapshot holds
@@ -834,7 +873,31 @@ async fn pull_table(
 
 #[cfg(test)]
 mod tests {
-    use super::{PAGE_BYTES, next_limit};
+    use super::{PAGE_BYTES, next_limit, ramp_down};
+
+    #[test]
+    fn pages_of_changes_shrink_toward_the_end() {
+        // 10,000 changes in pages from 1,250 rows doubling to 10,000: the
+        // server said 10,000 with the first page, which was written while
+        // the second (2,500 rows) was on its way.
+        let (first, mut limit, mut asked) = (1_250u32, 2_500u32, 3_750u64);
+        let mut left = Some(10_000 - 1_250 - 2_500);
+        let mut pages = vec![first, limit];
+        while asked < 10_000 {
+            limit = ramp_down(next_limit(limit, 0, 10_000), left, first);
+            left = left.map(|l| l.saturating_sub(u64::from(limit)));
+            asked += u64::from(limit);
+            pages.push(limit);
+        }
+        assert_eq!(pages, [1_250, 2_500, 3_125, 1_562, 1_250, 1_250]);
+        // Many left: pages as large as they would be; none known: the same.
+        assert_eq!(ramp_down(10_000, Some(1_000_000), first), 10_000);
+        assert_eq!(ramp_down(10_000, None, first), 10_000);
+        // Fewer left than the first page: the first page's rows, never
+        // fewer (a short total must not make pages of a row).
+        assert_eq!(ramp_down(10_000, Some(10), first), first);
+        assert_eq!(ramp_down(10_000, Some(0), 1), 1);
+    }
 
     #[test]
     fn pages_double_up_to_the_page_size_and_to_about_page_bytes() {
