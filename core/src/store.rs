@@ -394,12 +394,14 @@ impl Upsert {
     /// parameters as the upsert takes them (`?1` the version, then
     /// `columns`): it writes the row only when the device holds it with the
     /// same values in every indexed column and every column of `unchanged`,
-    /// at a version less than two behind (see `RelatedQueue`).
+    /// and with `versions` at a version less than two behind (see
+    /// `RelatedQueue`).
     fn quiet_update(
         conn: &Connection,
         table: &SyncTable,
         columns: &[&str],
         unchanged: &[&str],
+        versions: bool,
     ) -> Result<String> {
         let indexed = indexed_columns(conn, &table.name)?;
         let pk = table.primary_key.as_str();
@@ -416,7 +418,9 @@ impl Upsert {
             }
         }
         set.push(format!("{LOCAL_VERSION_COLUMN} = ?1"));
-        same.push(format!("{LOCAL_VERSION_COLUMN} + 2 > ?1"));
+        if versions {
+            same.push(format!("{LOCAL_VERSION_COLUMN} + 2 > ?1"));
+        }
         Ok(format!(
             "UPDATE {} SET {} WHERE {}",
             quote_ident(&table.name),

@@ -5,11 +5,11 @@
 //! (see `settle::RelatedQueue`) before it is written, rows with a pending
 //! local change are left alone, and rows written over a settled table are
 //! marked for the next settling when they are new to the device or a
-//! column their table's rules read changed. A pulled row over a settled
-//! table is first written by an update that holds only when none of that
-//! applies (the same values in those columns and the queued ones, no
-//! version skipped): the edited rows of an incremental sync take no lookup
-//! of the device's copy.
+//! column their table's rules read changed. A row written over a settled
+//! table (a pulled one, when the table's values are queued) is first written
+//! by an update that holds only when none of that applies (the same values
+//! in those columns and the queued ones, no version skipped): the edited
+//! rows of an incremental sync take no lookup of the device's copy.
 //!
 //! [`apply_json`] feeds a page to a writer straight from its JSON body: the
 //! rows are decoded one at a time into one reused row (its text values keep
@@ -54,13 +54,13 @@ pub(super) struct PageWriter<'c> {
     copy: Option<(CachedStatement<'c>, CachedStatement<'c>)>,
     /// The positions (in a row after `_version`) of those columns.
     rule_positions: Vec<usize>,
-    /// With `copy`, for pulled rows: the update that writes a row the
-    /// device holds with the same values in every column its table's
-    /// rules read, every column whose values are queued for related rows
-    /// and every indexed column, at a version less than two behind
-    /// (`Upsert::quiet_update`). Such a row is neither queued (see
-    /// `RelatedQueue`) nor listed for settling, so it needs no lookup of
-    /// the device's copy; any other row takes the lookup.
+    /// With tracking (and, with a queue, for pulled rows): the update that
+    /// writes a row the device holds with the same values in every column
+    /// its table's rules read, every column whose values are queued for
+    /// related rows and every indexed column, with a queue at a version
+    /// less than two behind (`Upsert::quiet_update`). Such a row is neither
+    /// queued (see `RelatedQueue`) nor listed for settling, so it needs no
+    /// lookup of the device's copy; any other row takes the lookup.
     quiet: Option<CachedStatement<'c>>,
     table_has_pending: bool,
     queue: Option<RelatedQueue<'c>>,
@@ -172,17 +172,22 @@ impl<'c> PageWriter<'c> {
             None
         };
         let names: Vec<&str> = columns[1..].iter().map(String::as_str).collect();
-        let quiet = match (&copy, &queue) {
-            (Some(_), Some(q)) if q.arrival() == Arrival::Server => {
+        // Rows fetched are queued whatever the device holds, so only pulled
+        // ones are written quietly when the table has a queue.
+        let quiet = match &queue {
+            _ if !track => None,
+            Some(q) if q.arrival() != Arrival::Server => None,
+            queue => {
                 let mut unchanged: Vec<&str> = rule_positions
                     .iter()
                     .map(|&i| columns[i + 1].as_str())
                     .collect();
-                unchanged.extend(q.value_positions().map(|i| columns[i].as_str()));
-                let sql = Upsert::quiet_update(conn, table, &names, &unchanged)?;
+                if let Some(q) = queue {
+                    unchanged.extend(q.value_positions().map(|i| columns[i].as_str()));
+                }
+                let sql = Upsert::quiet_update(conn, table, &names, &unchanged, queue.is_some())?;
                 Some(conn.prepare_cached(&sql)?)
             }
-            _ => None,
         };
         let upsert = Upsert::new(conn, table, &names)?;
         Ok(PageWriter {
