@@ -371,39 +371,39 @@ struct Upsert {
 }
 
 impl Upsert {
-    fn new(conn: &Connection, table: &SyncTable, columns: &[&str]) -> Result<Upsert> {
-        let indexed = indexed_columns(conn, &table.name)?;
+    /// The upsert of `columns` of `table`, whose indexed columns are
+    /// `indexed` (see [`indexed_columns`]).
+    fn new(table: &SyncTable, columns: &[&str], indexed: &BTreeSet<String>) -> Upsert {
         let pk = table.primary_key.as_str();
         let every: Vec<&str> = columns.iter().copied().filter(|c| *c != pk).collect();
         let (guarded, plain): (Vec<&str>, Vec<&str>) =
             every.iter().copied().partition(|c| indexed.contains(*c));
         let full = upsert_sql(table, columns, &every, &[]);
         if guarded.is_empty() {
-            return Ok(Upsert {
+            return Upsert {
                 sql: full,
                 fallback: None,
-            });
+            };
         }
-        Ok(Upsert {
+        Upsert {
             sql: upsert_sql(table, columns, &plain, &guarded),
             fallback: Some(full),
-        })
+        }
     }
 
     /// The quiet update of a pulled row over a settled table, with a row's
     /// parameters as the upsert takes them (`?1` the version, then
     /// `columns`): it writes the row only when the device holds it with the
-    /// same values in every indexed column and every column of `unchanged`,
-    /// and with `versions` at a version less than two behind (see
+    /// same values in every column of `indexed` and of `unchanged`, and
+    /// with `versions` at a version less than two behind (see
     /// `RelatedQueue`).
     fn quiet_update(
-        conn: &Connection,
         table: &SyncTable,
         columns: &[&str],
+        indexed: &BTreeSet<String>,
         unchanged: &[&str],
         versions: bool,
-    ) -> Result<String> {
-        let indexed = indexed_columns(conn, &table.name)?;
+    ) -> String {
         let pk = table.primary_key.as_str();
         let mut set = Vec::new();
         let mut same = Vec::new();
@@ -421,18 +421,22 @@ impl Upsert {
         if versions {
             same.push(format!("{LOCAL_VERSION_COLUMN} + 2 > ?1"));
         }
-        Ok(format!(
+        format!(
             "UPDATE {} SET {} WHERE {}",
             quote_ident(&table.name),
             set.join(", "),
             same.join(" AND ")
-        ))
+        )
     }
 
     /// The upsert of a whole row of `table` (every column, see [`upsert_row`]).
     fn whole_row(conn: &Connection, table: &SyncTable) -> Result<Upsert> {
         let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-        Upsert::new(conn, table, &names)
+        Ok(Upsert::new(
+            table,
+            &names,
+            &indexed_columns(conn, &table.name)?,
+        ))
     }
 }
 

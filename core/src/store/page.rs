@@ -172,6 +172,7 @@ impl<'c> PageWriter<'c> {
             None
         };
         let names: Vec<&str> = columns[1..].iter().map(String::as_str).collect();
+        let indexed = super::indexed_columns(conn, &table.name)?;
         // Rows fetched are queued whatever the device holds, so only pulled
         // ones are written quietly when the table has a queue.
         let quiet = match &queue {
@@ -185,11 +186,12 @@ impl<'c> PageWriter<'c> {
                 if let Some(q) = queue {
                     unchanged.extend(q.value_positions().map(|i| columns[i].as_str()));
                 }
-                let sql = Upsert::quiet_update(conn, table, &names, &unchanged, queue.is_some())?;
+                let sql =
+                    Upsert::quiet_update(table, &names, &indexed, &unchanged, queue.is_some());
                 Some(conn.prepare_cached(&sql)?)
             }
         };
-        let upsert = Upsert::new(conn, table, &names)?;
+        let upsert = Upsert::new(table, &names, &indexed);
         Ok(PageWriter {
             conn,
             table,
