@@ -597,6 +597,15 @@ fn int(n: i64) -> Value {
 /// the table's `_seq` index, so the estimate costs a fraction of the page,
 /// where counting exactly would evaluate every rule on every row again (as
 /// much as the whole download: 10 s of 26 s for 1M device rows).
+///
+/// Each count is a `COUNT(*)` of its own over one range, which SQLite
+/// answers from the index alone without reading a column, and ranges open
+/// at the top where they can be (the rows still to walk are the rows after
+/// the page less those after the snapshot): one statement summing three
+/// `CASE`s over every row after `since` took three to seven times as long
+/// (0.24 s for the 952k server rows of a 1M device's service tasks, against
+/// 0.035 s for one open range), and the first page of a download and every
+/// tenth after it ask.
 fn estimate_rest(
     c: &mut dyn Conn,
     table: &str,
@@ -605,25 +614,25 @@ fn estimate_rest(
     last_seq: i64,
     entries_in_snapshot: u64,
 ) -> ApiResult<u64> {
-    let row = c.query_one(
-        &format!(
-            "SELECT COALESCE(SUM(CASE WHEN _seq > ? THEN 1 ELSE 0 END), 0),
-                    COALESCE(SUM(CASE WHEN _seq > ? AND _seq <= ? THEN 1 ELSE 0 END), 0),
-                    COALESCE(SUM(CASE WHEN _seq <= ? THEN 1 ELSE 0 END), 0)
-             FROM {} WHERE _seq > ?",
-            quote_ident(table)
-        ),
-        &[
-            int(last_seq.max(snapshot)),
-            int(last_seq),
-            int(snapshot),
-            int(last_seq.min(snapshot)),
-            int(since),
-        ],
-    )?;
-    let after_snapshot = row.i64(0)?.max(0) as u64;
-    let to_walk = row.i64(1)?.max(0) as u64;
-    let walked = row.i64(2)?.max(0) as u64;
+    let t = quote_ident(table);
+    let mut count = |range: &str, params: &[Value]| -> ApiResult<u64> {
+        let n = c
+            .query_one(&format!("SELECT COUNT(*) FROM {t} WHERE {range}"), params)?
+            .i64(0)?;
+        Ok(n.max(0) as u64)
+    };
+    let after_snapshot = count("_seq > ?", &[int(last_seq.max(snapshot))])?;
+    let to_walk = if last_seq < snapshot {
+        count("_seq > ?", &[int(last_seq)])?.saturating_sub(after_snapshot)
+    } else {
+        0
+    };
+    let walked_to = last_seq.min(snapshot);
+    let walked = if since < walked_to {
+        count("_seq > ? AND _seq <= ?", &[int(since), int(walked_to)])?
+    } else {
+        0
+    };
     let selected = if walked == 0 {
         to_walk
     } else {
