@@ -12,11 +12,11 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use fieldsync_core::profile::{OfflineProfile, SyncProfile};
 use fieldsync_core::protocol::{
     DEFAULT_PAGE_SIZE, DEVICE_HEADER, FetchRequest, FetchResponse, MAX_MUTATIONS_PER_PUSH,
-    PullPage, PushRequest, PushResponse, RecordList, RecordResponse, RecordWrite, codes,
+    PushRequest, PushResponse, RecordList, RecordResponse, RecordWrite, codes,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -163,7 +163,7 @@ pub async fn pull(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     q: Result<Query<PullQuery>, QueryRejection>,
-) -> ApiResult<Json<PullPage>> {
+) -> ApiResult<Response> {
     let user = authenticate(&app, &headers).await?;
     let q = query(q)?;
     let db = app.db.clone();
@@ -198,7 +198,7 @@ pub async fn pull(
             q.limit.unwrap_or(DEFAULT_PAGE_SIZE),
             q.total,
         )?;
-        if let Some(d) = device.as_ref().filter(|_| !page.has_more) {
+        if let Some(d) = device.as_ref().filter(|_| !page.head.has_more) {
             db.touch_device(d, &user.id, true, None)?;
         }
         Ok(page)
@@ -207,7 +207,16 @@ pub async fn pull(
     if !app.pull_delay.is_zero() {
         tokio::time::sleep(app.pull_delay).await;
     }
-    Ok(Json(page))
+    // The page is JSON already (`crate::page`); the header is what `Json`
+    // would have set.
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        page.json,
+    )
+        .into_response())
 }
 
 /// `POST /v1/sync/fetch`: rows of a table whose column holds one of the

@@ -62,13 +62,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
+use crate::page::PageRows;
 use crate::rules;
 use crate::schema;
 use crate::selection::Walked;
-use crate::sql::{
-    Cells, Conn, Dialect, PgClient, PgConn, Row, SqliteConn, model_value, opt_text, pg_retryable,
-    text,
-};
+use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -585,6 +583,23 @@ fn json_opt(text: Option<String>) -> Option<BTreeMap<String, Value>> {
 
 fn int(n: i64) -> Value {
     Value::Integer(n)
+}
+
+/// One page of a pull: its head (a [`PullPage`] whose `rows` and
+/// `removed` are empty) and the whole page as the JSON it is sent as
+/// (`crate::page`).
+#[derive(Debug)]
+pub struct PageOut {
+    pub head: PullPage,
+    pub json: Vec<u8>,
+}
+
+impl PageOut {
+    /// The page decoded whole, rows and all.
+    pub fn decoded(&self) -> ApiResult<PullPage> {
+        serde_json::from_slice(&self.json)
+            .map_err(|e| ApiError::internal(format!("a page does not decode: {e}")))
+    }
 }
 
 /// The entries of a pull after this page, estimated for `total` (the
@@ -1321,7 +1336,7 @@ impl Db {
         cursor: &str,
         limit: u32,
         want_total: bool,
-    ) -> ApiResult<PullPage> {
+    ) -> ApiResult<PageOut> {
         let profile_version = profile.version;
         if limit == 0 || limit > MAX_PAGE_SIZE {
             return Err(ApiError::bad_request(
@@ -1342,14 +1357,8 @@ impl Db {
         cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
         let select_cols = cols.join(", ");
         let ncols = table.columns.len();
-        let read_cells = |r: &dyn Cells| -> ApiResult<Vec<Value>> {
-            let mut values = Vec::with_capacity(ncols + 1);
-            values.push(Value::Integer(r.int(0)?));
-            for (i, c) in table.columns.iter().enumerate() {
-                values.push(model_value(r.cell(i + 1)?.into_value(), c.kind));
-            }
-            Ok(values)
-        };
+        let kinds: Vec<fieldsync_core::profile::ColumnKind> =
+            table.columns.iter().map(|c| c.kind).collect();
         self.read(|c| {
             let hwm = c
                 .query_one("SELECT COALESCE(MAX(seq), 0) FROM _fs_change_log", &[])?
@@ -1381,7 +1390,7 @@ impl Db {
             if cursor.evaluated_at.is_none() {
                 cursor.evaluated_at = Some(now);
             }
-            let mut out_rows = Vec::new();
+            let mut rows = PageRows::default();
             let mut removed = Vec::new();
             let mut has_more = false;
             let mut total: Option<u64> = want_total.then_some(0);
@@ -1434,9 +1443,7 @@ impl Db {
                             }
                             read += 1;
                             last = r.int(ncols + 1)?;
-                            let values = read_cells(r)?;
-                            *bytes += values.iter().map(Value::approx_size).sum::<usize>();
-                            out_rows.push(values);
+                            *bytes += rows.push(r, &kinds)?.size;
                             Ok(true)
                         })?;
                         room -= read;
@@ -1473,9 +1480,11 @@ impl Db {
                 };
                 let read = crate::selection::Read {
                     select_cols: &select_cols,
-                    ncols,
-                    values: &read_cells,
+                    kinds: &kinds,
                 };
+                // The walk's rows lead the page's rows (in `_seq` order, the
+                // snapshot's first) unless rows of the window phase do.
+                let walk_leads = rows.is_empty();
                 let walked = crate::selection::walk(
                     c,
                     &selection,
@@ -1484,6 +1493,7 @@ impl Db {
                     &read,
                     cursor.since,
                     room,
+                    &mut rows,
                 )?;
                 let (entries, more) = match walked {
                     Some(w) => (w.entries, w.more),
@@ -1516,7 +1526,7 @@ impl Db {
                             }
                             let seq = r.int(ncols + 1)?;
                             let entry = if r.int(ncols + 2)? == 1 {
-                                Walked::Row(read_cells(r)?)
+                                Walked::Row(rows.push(r, &kinds)?)
                             } else {
                                 Walked::Removed(r.text(1)?)
                             };
@@ -1530,20 +1540,16 @@ impl Db {
                 let mut last_seq = cursor.since;
                 let mut entries_in_snapshot = 0u64;
                 let walked = entries.len() as u64;
-                // The walk's rows lead the page's rows (in `_seq` order, the
-                // snapshot's first) unless rows of the window phase do.
-                let walk_leads = out_rows.is_empty();
                 for (seq, entry) in entries {
                     last_seq = seq;
                     if seq <= cursor.snapshot {
                         entries_in_snapshot += 1;
                     }
                     match entry {
-                        Walked::Row(values) => {
+                        Walked::Row(_) => {
                             if walk_leads && seq <= cursor.snapshot {
                                 snapshot_rows += 1;
                             }
-                            out_rows.push(values)
                         }
                         Walked::Removed(id) => removed.push(id),
                     }
@@ -1571,7 +1577,7 @@ impl Db {
             }
             let mut columns = vec![VERSION_COLUMN.to_owned()];
             columns.extend(table.columns.iter().map(|c| c.name.clone()));
-            Ok(PullPage {
+            let head = PullPage {
                 table: table.name.clone(),
                 profile_version,
                 cursor: cursor.encode(),
@@ -1579,8 +1585,12 @@ impl Db {
                 total,
                 snapshot_rows,
                 columns,
-                rows: std::mem::take(&mut out_rows),
-                removed: std::mem::take(&mut removed),
+                rows: Vec::new(),
+                removed: Vec::new(),
+            };
+            Ok(PageOut {
+                json: rows.page_json(&head, &removed)?,
+                head,
             })
         })
     }

@@ -12,6 +12,7 @@ pub mod console;
 pub mod db;
 pub mod error;
 pub mod online;
+pub mod page;
 pub mod pgtls;
 pub mod rules;
 pub mod schema;

@@ -40,6 +40,7 @@ use fieldsync_core::profile::{
 use fieldsync_core::protocol::MAX_PAGE_BYTES;
 
 use crate::error::ApiResult;
+use crate::page::{PageRows, RowAt};
 use crate::rules;
 use crate::sql::{Cell, Cells, Conn, Dialect};
 
@@ -554,8 +555,9 @@ impl Builder<'_, '_> {
 
 /// One entry of a pull page.
 pub enum Walked {
-    /// A row to send: its values (`_version`, then the table's columns).
-    Row(Vec<Value>),
+    /// A row to send, written to the page's rows (`_version`, then the
+    /// table's columns).
+    Row(RowAt),
     /// A row changed after the snapshot that the rules no longer select:
     /// its key, for `removed`.
     Removed(String),
@@ -566,7 +568,7 @@ impl Walked {
     /// [`fieldsync_core::protocol::MAX_PAGE_BYTES`]).
     pub fn approx_size(&self) -> usize {
         match self {
-            Walked::Row(values) => values.iter().map(Value::approx_size).sum(),
+            Walked::Row(row) => row.size,
             Walked::Removed(key) => key.len() + 2,
         }
     }
@@ -579,14 +581,14 @@ pub struct Walk {
     pub more: bool,
 }
 
-/// How the walk reads a row: the select list's first items and how a
-/// selected row's values are made from them.
+/// How the walk reads a row: the select list's first items, and the
+/// kinds of the table's columns a selected row is written with
+/// ([`PageRows::push`]).
 pub struct Read<'a> {
     /// `_version` and the table's columns, primary key first.
     pub select_cols: &'a str,
-    /// The number of the table's columns (the items after `_version`).
-    pub ncols: usize,
-    pub values: &'a dyn Fn(&dyn Cells) -> ApiResult<Vec<Value>>,
+    /// The kinds of the table's columns (the items after `_version`).
+    pub kinds: &'a [ColumnKind],
 }
 
 /// Walks `table` after `since` for at most `room` entries, fewer once they
@@ -594,7 +596,9 @@ pub struct Read<'a> {
 /// live and selected, and every row after it (a row when `predicate`
 /// selects it, else removed). `None` when the
 /// table has no related-rows rule or a set is not available: the caller
-/// evaluates the compiled rules instead.
+/// evaluates the compiled rules instead. The selected rows are written to
+/// `out` (and none when the answer is `None`).
+#[allow(clippy::too_many_arguments)]
 pub fn walk(
     c: &mut dyn Conn,
     scope: &Scope<'_>,
@@ -603,6 +607,7 @@ pub fn walk(
     read: &Read<'_>,
     since: i64,
     room: u32,
+    out: &mut PageRows,
 ) -> ApiResult<Option<Walk>> {
     if since >= scope.snapshot
         || scope.cache.capacity == 0
@@ -645,7 +650,8 @@ pub fn walk(
         m = matcher.columns(),
         pred = predicate.sql,
     );
-    let seq_at = read.ncols + 1;
+    let seq_at = read.kinds.len() + 1;
+    let start = out.mark();
     let later_at = seq_at + 2 + matcher.width();
     let want = room as usize + 1;
     // A chunk of about four times the entries wanted: a technician's rows
@@ -673,7 +679,7 @@ pub fn walk(
             after = seq;
             let entry = if seq > scope.snapshot {
                 if r.int(later_at)? == 1 {
-                    Walked::Row((read.values)(r)?)
+                    Walked::Row(out.push(r, read.kinds)?)
                 } else {
                     Walked::Removed(r.text(1)?)
                 }
@@ -681,7 +687,7 @@ pub fn walk(
                 return Ok(true);
             } else {
                 match matcher.selects(r, seq_at + 2)? {
-                    Some(true) => Walked::Row((read.values)(r)?),
+                    Some(true) => Walked::Row(out.push(r, read.kinds)?),
                     Some(false) => return Ok(true),
                     None => {
                         matched = false;
@@ -694,6 +700,7 @@ pub fn walk(
             Ok(entries.len() < want)
         })?;
         if !matched {
+            out.back_to(start);
             return Ok(None);
         }
         if full || entries.len() == want || rows < limit {
@@ -701,6 +708,12 @@ pub fn walk(
         }
     }
     let more = full || entries.len() == want;
+    // The entry read past the room only says that more follow.
+    if entries.len() > room as usize
+        && let Some((_, Walked::Row(extra))) = entries.last()
+    {
+        out.back_to(*extra);
+    }
     entries.truncate(room as usize);
     Ok(Some(Walk { entries, more }))
 }
@@ -731,7 +744,9 @@ mod tests {
         loop {
             let page = db
                 .pull(user, &profile, &t, &cursor, limit, true)
-                .expect("pull");
+                .expect("pull")
+                .decoded()
+                .expect("decode");
             cursor = page.cursor.clone();
             let more = page.has_more;
             pages.push(page);
@@ -1087,7 +1102,8 @@ mod tests {
                 let y = without
                     .pull(user, p, t, &cursors[u], 30, true)
                     .expect("pull");
-                assert_eq!(x, y, "user {u}, page {page}");
+                assert_eq!(x.json, y.json, "user {u}, page {page}");
+                let x = x.decoded().expect("decode");
                 if page == 0 {
                     builds_at_first_page[u] = with.selections().builds();
                 }
