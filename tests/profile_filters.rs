@@ -681,6 +681,27 @@ async fn profile_changes_apply_at_next_sync() {
     let all = device.list("bookings", None, 1000).expect("list");
     assert_eq!(all.len(), 20);
     assert!(all.iter().all(|b| !b.fields.contains_key("notes")));
+
+    // A column added, nothing else changed on the server: the table is
+    // downloaded again in this one sync, though the check of which tables
+    // changed (made alongside the profile's request, with the cursors of
+    // before) answers that nothing did.
+    let with_start = json!({"name": "bookings", "columns": ["name", "status", "resource_id", "start_time"], "rules": [{"kind": "owned", "column": "resource_id"}], "sync_interval_secs": 300});
+    env.admin(
+        "PUT",
+        "/v1/admin/profiles/versions",
+        Some(profile(json!([with_start, accounts]))),
+    )
+    .await;
+    let report = device.sync().await.expect("sync");
+    assert_eq!(report.skipped_unchanged, vec!["accounts"], "{report:?}");
+    let all = device.list("bookings", None, 1000).expect("list");
+    assert_eq!(all.len(), 20);
+    assert!(
+        all.iter()
+            .all(|b| b.fields.get("start_time").and_then(txt).is_some()),
+        "{all:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,8 +90,28 @@ async fn run_inner(
     report: &mut SyncReport,
 ) -> Result<()> {
     // The profile first (it says which tables exist), then uploads, then pulls.
-    refresh_profile(engine, report).await?;
-    upload(engine, report).await?;
+    // A smart sync over an installed profile asks which tables changed
+    // alongside the profile: the answer holds when the profile comes back
+    // the same and nothing is uploaded (else it is asked again below, after
+    // the upload, whose rows it must see). One round trip less before the
+    // first page, for the common sync of a device with nothing to send.
+    let installed = engine.profile();
+    let early_check = match &installed {
+        Some(p) if smart => {
+            let cursors = check_cursors(engine, &p.tables);
+            let (refreshed, answer) = tokio::join!(
+                refresh_profile(engine, report),
+                ask_changes(engine, &cursors)
+            );
+            refreshed?;
+            answer.map(|a| (cursors, a))
+        }
+        _ => {
+            refresh_profile(engine, report).await?;
+            None
+        }
+    };
+    let uploaded = upload(engine, report).await?;
 
     let profile = engine
         .profile()
@@ -112,7 +132,15 @@ async fn run_inner(
         }
     };
     let tables = if smart {
-        skip_unchanged(engine, tables, report).await
+        let mut answered = None;
+        if let Some((cursors, answer)) = early_check {
+            report.bytes_up += answer.bytes_up;
+            report.bytes_down += answer.bytes_down;
+            if !uploaded && installed.as_ref() == Some(&profile) {
+                answered = Some((cursors, answer.value));
+            }
+        }
+        skip_unchanged(engine, tables, report, answered).await
     } else {
         tables
     };
@@ -132,46 +160,73 @@ async fn run_inner(
 /// and the server answers `true` when a relative-date window may have let
 /// rows in. Rows a changed related table now reaches are fetched by the
 /// settling, as after any pull. When the check fails, every table is
-/// pulled.
+/// pulled. `answered`: the cursors and the answer of a check already made
+/// in this run (alongside the profile, see [`run_inner`]), used instead of
+/// asking again.
 async fn skip_unchanged(
     engine: &Engine,
     tables: Vec<SyncTable>,
     report: &mut SyncReport,
+    answered: Option<(BTreeMap<String, String>, crate::protocol::ChangesResponse)>,
 ) -> Vec<SyncTable> {
-    let mut cursors = std::collections::BTreeMap::new();
-    for t in &tables {
+    let (cursors, answer) = match answered {
+        Some(a) => a,
+        None => {
+            let cursors = check_cursors(engine, &tables);
+            let Some(answer) = ask_changes(engine, &cursors).await else {
+                return tables;
+            };
+            report.bytes_up += answer.bytes_up;
+            report.bytes_down += answer.bytes_down;
+            (cursors, answer.value)
+        }
+    };
+    let pending = engine.store.pending_by_table().unwrap_or_default();
+    let (skip, pull): (Vec<SyncTable>, Vec<SyncTable>) = tables.into_iter().partition(|t| {
+        cursors.contains_key(&t.name)
+            && answer.tables.get(&t.name) == Some(&false)
+            && pending.get(&t.name).copied().unwrap_or(0) == 0
+    });
+    report.skipped_unchanged = skip.into_iter().map(|t| t.name).collect();
+    pull
+}
+
+/// The cursors of the tables among `tables` whose first download is done:
+/// what a smart sync asks the server about.
+fn check_cursors(engine: &Engine, tables: &[SyncTable]) -> BTreeMap<String, String> {
+    let mut cursors = BTreeMap::new();
+    for t in tables {
         if let Ok(state) = engine.store.table_state(&t.name)
             && state.initial_done
         {
             cursors.insert(t.name.clone(), state.cursor);
         }
     }
+    cursors
+}
+
+/// `POST /v1/sync/changes` for `cursors`; `None` when there are none or the
+/// check failed (every table is then pulled).
+async fn ask_changes(
+    engine: &Engine,
+    cursors: &BTreeMap<String, String>,
+) -> Option<crate::client::Sized<crate::protocol::ChangesResponse>> {
     if cursors.is_empty() {
-        return tables;
+        return None;
     }
-    let answer = match engine
+    match engine
         .api
         .changes(&crate::protocol::ChangesRequest {
             tables: cursors.clone(),
         })
         .await
     {
-        Ok(a) => a,
+        Ok(a) => Some(a),
         Err(e) => {
             debug!(target: "fieldsync::sync", error = %e, "smart sync check failed; pulling every table");
-            return tables;
+            None
         }
-    };
-    report.bytes_up += answer.bytes_up;
-    report.bytes_down += answer.bytes_down;
-    let pending = engine.store.pending_by_table().unwrap_or_default();
-    let (skip, pull): (Vec<SyncTable>, Vec<SyncTable>) = tables.into_iter().partition(|t| {
-        cursors.contains_key(&t.name)
-            && answer.value.tables.get(&t.name) == Some(&false)
-            && pending.get(&t.name).copied().unwrap_or(0) == 0
-    });
-    report.skipped_unchanged = skip.into_iter().map(|t| t.name).collect();
-    pull
+    }
 }
 
 /// Tables of this run evaluated whole while other tables still downloaded
@@ -590,16 +645,19 @@ async fn refresh_profile(engine: &Engine, report: &mut SyncReport) -> Result<()>
     Ok(())
 }
 
-/// Uploads the outbox in order, batch after batch, until it is empty.
-async fn upload(engine: &Engine, report: &mut SyncReport) -> Result<()> {
+/// Uploads the outbox in order, batch after batch, until it is empty;
+/// whether there was anything to upload.
+async fn upload(engine: &Engine, report: &mut SyncReport) -> Result<bool> {
+    let mut any = false;
     loop {
         let store = engine.store.clone();
         let batch = tokio::task::spawn_blocking(move || store.take_batch(MAX_MUTATIONS_PER_PUSH))
             .await
             .map_err(|e| Error::Internal(format!("outbox task: {e}")))??;
         if batch.is_empty() {
-            return Ok(());
+            return Ok(any);
         }
+        any = true;
         debug!(target: "fieldsync::sync", count = batch.len(), "uploading");
         let mutations = batch.iter().map(|e| e.mutation.clone()).collect();
         let response = engine.api.push(mutations).await?;
