@@ -577,9 +577,9 @@ impl Engine {
             self.network_failed(&e.to_string());
         }
         if let Ok(report) = &result {
-            for t in &report.skipped_unchanged {
-                let _ = self.store.mark_table_current(t, end);
-            }
+            let _ = self
+                .store
+                .mark_tables_current(&report.skipped_unchanged, end);
         }
         if let Some(run) = &run {
             if let Some(kind) = run.notification {

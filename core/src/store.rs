@@ -733,15 +733,21 @@ impl Store {
         f(&lock(&self.reader))
     }
 
-    /// Records that `table` is current as of `now` without a download (smart
-    /// sync: the server reported no change after its cursor).
-    pub fn mark_table_current(&self, table: &str, now: i64) -> Result<()> {
+    /// Records that `tables` are current as of `now` without a download
+    /// (smart sync: the server reported no change after their cursors), in
+    /// one transaction.
+    pub fn mark_tables_current(&self, tables: &[String], now: i64) -> Result<()> {
+        if tables.is_empty() {
+            return Ok(());
+        }
         self.in_sync_transaction(|tx| {
-            tx.execute(
+            let mut stmt = tx.prepare_cached(
                 "UPDATE _fs_tables SET last_sync_at = ?2, last_attempt_at = ?2, last_error = NULL
                  WHERE name = ?1 AND initial_done = 1",
-                params![table, now],
             )?;
+            for table in tables {
+                stmt.execute(params![table, now])?;
+            }
             Ok(())
         })
     }
@@ -995,14 +1001,15 @@ impl Store {
 
     /// Runs `f` in one immediate transaction with `synchronous=NORMAL`,
     /// committing if it succeeds: for what only a sync writes, pages and
-    /// the bookkeeping around them, which the server can give again. In WAL
+    /// the bookkeeping around them, which the server can give again, and
+    /// its telemetry (`telemetry::record`). In WAL
     /// mode a power cut then loses at most the last such commits, never a
     /// part of one and never one made before a local write (those commit with
     /// `synchronous=FULL`, which makes every earlier commit durable too), so
     /// the store is as a sync stopped at that point leaves it. Committing
     /// each of them with FULL cost an fsync (milliseconds here) per table
     /// and per settling step of every sync.
-    fn in_sync_transaction<T>(
+    pub(crate) fn in_sync_transaction<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {

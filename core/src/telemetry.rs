@@ -128,8 +128,12 @@ pub(crate) fn record(store: &Store, events: &[TelemetryEvent]) -> Result<()> {
             "sync telemetry"
         );
     }
-    store.with_writer(|c| {
-        let tx = c.transaction()?;
+    // Without an fsync of its own (`Store::in_sync_transaction`): a power
+    // cut may lose the last run's events, never a user's data. Committed
+    // with `synchronous=FULL`, this was the fsync of everything the run had
+    // written (its pages commit without one), milliseconds at the end of
+    // every sync; that now happens at the next checkpoint or local write.
+    store.in_sync_transaction(|tx| {
         for e in events {
             tx.execute(
                 "INSERT OR IGNORE INTO _fs_telemetry (id, body) VALUES (?1, ?2)",
@@ -140,7 +144,6 @@ pub(crate) fn record(store: &Store, events: &[TelemetryEvent]) -> Result<()> {
             "DELETE FROM _fs_telemetry WHERE seq <= (SELECT MAX(seq) FROM _fs_telemetry) - ?1",
             [TELEMETRY_KEEP],
         )?;
-        tx.commit()?;
         Ok(())
     })
 }
@@ -166,8 +169,10 @@ pub(crate) fn pending(store: &Store, limit: usize) -> Result<Vec<(i64, Telemetry
 
 /// Removes events up to `seq` (uploaded).
 pub(crate) fn remove_through(store: &Store, seq: i64) -> Result<()> {
-    store.with_writer(|c| {
-        c.execute("DELETE FROM _fs_telemetry WHERE seq <= ?1", [seq])?;
+    // Without an fsync, as `record`: lost, the events are sent again and the
+    // server keeps each once (by its id).
+    store.in_sync_transaction(|tx| {
+        tx.execute("DELETE FROM _fs_telemetry WHERE seq <= ?1", [seq])?;
         Ok(())
     })
 }
