@@ -98,7 +98,13 @@ async fn run_inner(
     let installed = engine.profile();
     let early_check = match &installed {
         Some(p) if smart => {
-            let cursors = check_cursors(engine, &p.tables);
+            let asked: Vec<SyncTable> = p
+                .tables
+                .iter()
+                .filter(|t| only.as_ref().is_none_or(|names| names.contains(&t.name)))
+                .cloned()
+                .collect();
+            let cursors = check_cursors(engine, &asked);
             let (refreshed, answer) = tokio::join!(
                 refresh_profile(engine, report),
                 ask_changes(engine, &cursors)
