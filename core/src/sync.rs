@@ -98,13 +98,11 @@ async fn run_inner(
     let installed = engine.profile();
     let early_check = match &installed {
         Some(p) if smart => {
-            let asked: Vec<SyncTable> = p
+            let asked = p
                 .tables
                 .iter()
-                .filter(|t| only.as_ref().is_none_or(|names| names.contains(&t.name)))
-                .cloned()
-                .collect();
-            let cursors = check_cursors(engine, &asked);
+                .filter(|t| only.as_ref().is_none_or(|names| names.contains(&t.name)));
+            let cursors = check_cursors(engine, asked);
             let (refreshed, answer) = tokio::join!(
                 refresh_profile(engine, report),
                 ask_changes(engine, &cursors)
@@ -199,7 +197,10 @@ async fn skip_unchanged(
 
 /// The cursors of the tables among `tables` whose first download is done:
 /// what a smart sync asks the server about.
-fn check_cursors(engine: &Engine, tables: &[SyncTable]) -> BTreeMap<String, String> {
+fn check_cursors<'t>(
+    engine: &Engine,
+    tables: impl IntoIterator<Item = &'t SyncTable>,
+) -> BTreeMap<String, String> {
     let mut cursors = BTreeMap::new();
     for t in tables {
         if let Ok(state) = engine.store.table_state(&t.name)

@@ -629,22 +629,15 @@ fn estimate_rest(
     last_seq: i64,
     entries_in_snapshot: u64,
 ) -> ApiResult<u64> {
-    let t = quote_ident(table);
-    let mut count = |range: &str, params: &[Value]| -> ApiResult<u64> {
-        let n = c
-            .query_one(&format!("SELECT COUNT(*) FROM {t} WHERE {range}"), params)?
-            .i64(0)?;
-        Ok(n.max(0) as u64)
-    };
-    let after_snapshot = count("_seq > ?", &[int(last_seq.max(snapshot))])?;
+    let after_snapshot = count_seq(c, table, last_seq.max(snapshot), None)?;
     let to_walk = if last_seq < snapshot {
-        count("_seq > ?", &[int(last_seq)])?.saturating_sub(after_snapshot)
+        count_seq(c, table, last_seq, None)?.saturating_sub(after_snapshot)
     } else {
         0
     };
     let walked_to = last_seq.min(snapshot);
     let walked = if since < walked_to {
-        count("_seq > ? AND _seq <= ?", &[int(since), int(walked_to)])?
+        count_seq(c, table, since, Some(walked_to))?
     } else {
         0
     };
@@ -654,6 +647,29 @@ fn estimate_rest(
         (to_walk as u128 * u128::from(entries_in_snapshot.min(walked)) / walked as u128) as u64
     };
     Ok(after_snapshot + selected)
+}
+
+/// The rows of `table` with `_seq` after `after` (and at most `through`):
+/// a `COUNT(*)` SQLite answers from the `_seq` index alone.
+pub(crate) fn count_seq(
+    c: &mut dyn Conn,
+    table: &str,
+    after: i64,
+    through: Option<i64>,
+) -> ApiResult<u64> {
+    let t = quote_ident(table);
+    let n = match through {
+        None => c.query_one(
+            &format!("SELECT COUNT(*) FROM {t} WHERE _seq > ?"),
+            &[int(after)],
+        )?,
+        Some(through) => c.query_one(
+            &format!("SELECT COUNT(*) FROM {t} WHERE _seq > ? AND _seq <= ?"),
+            &[int(after), int(through)],
+        )?,
+    }
+    .i64(0)?;
+    Ok(n.max(0) as u64)
 }
 
 /// Creates the schema and the default profile in a fresh transaction.

@@ -11,10 +11,10 @@
 
 use fieldsync_core::profile::ColumnKind;
 use fieldsync_core::protocol::PullPage;
-use serde::Serializer as _;
+use serde::{Serialize as _, Serializer as _};
 
 use crate::error::{ApiError, ApiResult};
-use crate::sql::{Cell, Cells};
+use crate::sql::{Cell, Cells, model_value};
 
 /// The rows of one page so far: `[v, ...]` each, comma-separated.
 #[derive(Debug, Default)]
@@ -78,25 +78,21 @@ impl PageRows {
         }
         for (i, kind) in kinds.iter().enumerate() {
             self.json.push(b',');
-            let cell = r.cell(i + 1)?;
             let ser = &mut serde_json::Serializer::new(&mut self.json);
-            let written = match (cell, *kind) {
-                (Cell::Null, _) => ser.serialize_unit(),
-                (Cell::Int(n), ColumnKind::Boolean) => ser.serialize_bool(n != 0),
-                (Cell::Int(n), ColumnKind::Real) => ser.serialize_f64(n as f64),
-                (Cell::Int(n), _) => ser.serialize_i64(n),
-                (Cell::Bool(b), ColumnKind::Integer) => ser.serialize_i64(i64::from(b)),
-                (Cell::Bool(b), _) => ser.serialize_bool(b),
-                (Cell::Real(f), _) if f.is_finite() => ser.serialize_f64(f),
-                (Cell::Real(_), _) => ser.serialize_unit(),
-                (Cell::Text(t), _) => {
+            match r.cell(i + 1)? {
+                // Text is written borrowed; it is a string whatever the
+                // column's kind (`model_value` leaves it as it is).
+                Cell::Text(t) => {
                     size += t.len() + 2;
                     ser.serialize_str(&t).map_err(write_error)?;
-                    continue;
                 }
-            };
-            written.map_err(write_error)?;
-            size += 8;
+                // Any other cell makes its value without an allocation.
+                cell => {
+                    let value = model_value(cell.into_value(), *kind);
+                    size += value.approx_size();
+                    value.serialize(ser).map_err(write_error)?;
+                }
+            }
         }
         self.json.push(b']');
         self.count += 1;
@@ -142,7 +138,6 @@ mod tests {
     use fieldsync_core::Value;
 
     use super::*;
-    use crate::sql::model_value;
 
     struct Cells1(Vec<Cell<'static>>);
 

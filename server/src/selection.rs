@@ -619,15 +619,8 @@ pub fn walk(
         return Ok(None);
     }
     let t = quote_ident(&table.name);
-    let count_sql = format!("SELECT COUNT(*) FROM {t} WHERE _seq > ? AND _seq <= ?");
     let walk_rows = |c: &mut dyn Conn| -> ApiResult<u64> {
-        let n = c
-            .query_one(
-                &count_sql,
-                &[Value::Integer(since), Value::Integer(scope.snapshot)],
-            )?
-            .i64(0)?;
-        Ok(n.max(0) as u64)
+        crate::db::count_seq(c, &table.name, since, Some(scope.snapshot))
     };
     let mut builder = Builder {
         scope,
