@@ -178,6 +178,9 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Statements kept prepared on the writer connection.
+const WRITER_STATEMENTS: usize = 96;
+
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -686,6 +689,10 @@ impl Store {
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(settle::SCHEMA)?;
         settle::upgrade(&mut writer)?;
+        // The statements that write a page are prepared per table (and per
+        // column list); rusqlite's default cache of 16 would drop a sync's
+        // first tables' statements before the next sync reached them.
+        writer.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
         let reader = open_connection(path)?;
         let checkpoints = checkpoint::Checkpoints::start(&writer, path.to_owned());
         Ok(Store {
@@ -1025,8 +1032,9 @@ impl Store {
         result
     }
 
-    /// Marks the start of a pull of `table`, before its first request:
-    /// resets the progress counters. A download from an empty cursor is
+    /// Marks the start of a pull of `table`, before its first page is
+    /// written (and, for a download from an empty cursor, before its first
+    /// request): resets the progress counters. A download from an empty cursor is
     /// given the next `walk_order`, and the related values queued for the
     /// table's rules are dropped: that download selects whatever they
     /// reach. From here on the rows its rules read are queued as they
@@ -1054,6 +1062,23 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Prepares the statements that write a page of `table` pulled with
+    /// `profile`'s rules (the page's columns in the profile's order, as the
+    /// server sends them), so that the first page is not kept waiting on
+    /// them: called while that page is being read on the server. They stay
+    /// in the writer's statement cache; a page with other columns prepares
+    /// its own. Nothing is written, and a failure is left to the page.
+    pub fn prepare_page_writes(&self, profile: Option<&SyncProfile>, table: &SyncTable) {
+        let conn = lock(&self.writer);
+        let columns: Vec<String> = std::iter::once(crate::protocol::VERSION_COLUMN.to_owned())
+            .chain(table.columns.iter().map(|c| c.name.clone()))
+            .collect();
+        let queue = profile.map(|p| (p, Arrival::Server));
+        if let Err(e) = page::PageWriter::new(&conn, table, &columns, queue) {
+            tracing::debug!(target: "fieldsync::store", table = %table.name, error = %e, "page writes not prepared ahead");
+        }
     }
 
     /// Starts `table`'s download over from the beginning (the server no

@@ -805,23 +805,7 @@ async fn pull_table(
 ) -> Result<()> {
     let now = engine.clock.now_ms();
     let store: Arc<Store> = engine.store.clone();
-    {
-        let store = store.clone();
-        let t = table.clone();
-        tokio::task::spawn_blocking(move || store.begin_pull(&t, now))
-            .await
-            .map_err(|e| Error::Internal(format!("store task: {e}")))??;
-    }
-    let state = store.table_state(&table.name)?;
-    let initial = !state.initial_done;
     let profile_version = engine.profile().map(|p| p.version).unwrap_or(0);
-    let mut table_report = TableReport {
-        table: table.name.clone(),
-        initial,
-        ..Default::default()
-    };
-    let mut rows_done = state.received_rows;
-    let mut rows_total = state.expected_rows;
     // A short first page, then pages doubling up to the page size (and to
     // about PAGE_BYTES on the wire, see `next_limit`): the
     // device starts writing after a short wait, and from then on the server
@@ -829,17 +813,56 @@ async fn pull_table(
     // the full size would keep them waiting on each other).
     let mut limit = (engine.page_size / FIRST_PAGE_SHARE).max(1);
     let first = limit;
+    // A download of changes asks for its first page before its start is
+    // marked: the marking only resets counters a written page reads, and
+    // the statements that write the page are prepared while the server
+    // reads it. A first download is marked first: its place among the
+    // downloads that began (`walk_order`) must be taken before the server
+    // takes its snapshot (see `Store::begin_pull`).
+    let cursor = store.table_state(&table.name)?.cursor;
+    let asked_early =
+        (!cursor.is_empty()).then(|| fetch(engine, table, cursor, limit, true, profile_version));
+    {
+        let store = store.clone();
+        let t = table.clone();
+        let profile = engine.profile();
+        let begun = tokio::task::spawn_blocking(move || {
+            store.begin_pull(&t, now)?;
+            store.prepare_page_writes(profile.as_ref(), &t);
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("store task: {e}")))
+        .and_then(|r| r);
+        if let Err(e) = begun {
+            if let Some(h) = &asked_early {
+                h.abort();
+            }
+            return Err(e);
+        }
+    }
+    let state = store.table_state(&table.name)?;
+    let initial = !state.initial_done;
+    let mut table_report = TableReport {
+        table: table.name.clone(),
+        initial,
+        ..Default::default()
+    };
+    let mut rows_done = state.received_rows;
+    let mut rows_total = state.expected_rows;
     // Of a download of changes, the rows the server said remain beyond the
     // pages asked for (see `ramp_down`).
     let mut left: Option<u64> = None;
-    let mut pending = Some(fetch(
-        engine,
-        table,
-        state.cursor.clone(),
-        limit,
-        true,
-        profile_version,
-    ));
+    let mut pending = asked_early.or_else(|| {
+        Some(fetch(
+            engine,
+            table,
+            state.cursor.clone(),
+            limit,
+            true,
+            profile_version,
+        ))
+    });
     while let Some(handle) = pending.take() {
         let fetched = handle
             .await
