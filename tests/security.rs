@@ -501,6 +501,41 @@ async fn requests_outside_the_protocol_get_typed_errors() {
             serde_json::from_str(&resp.text().await.expect("body")).expect("json");
         assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
     }
+
+    // A path segment that is not UTF-8: a 400 in the error format on every
+    // route that takes one (axum's own answer is plain text).
+    for (method, path) in [
+        ("GET", "/v1/records/%FF"),
+        ("GET", "/v1/records/bookings/%C3%28"),
+        ("PUT", "/v1/records/%FF/bk-0000000"),
+        ("DELETE", "/v1/records/bookings/%FF"),
+        ("DELETE", "/v1/admin/users/%FF"),
+        ("POST", "/v1/admin/users/%FF/token"),
+        ("GET", "/v1/admin/profiles/%FF"),
+        ("PUT", "/v1/admin/profiles/%FF"),
+    ] {
+        let resp = server
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                format!("{}{path}", server.url),
+            )
+            .bearer_auth(&tech)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), 400, "{method} {path}");
+        let text = resp.text().await.expect("body");
+        let body: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("bad path")),
+            "{body}"
+        );
+    }
 }
 
 /// On PostgreSQL (the test command's cluster speaks TLS with a certificate

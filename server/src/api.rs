@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -108,6 +108,14 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
             codes::BAD_REQUEST,
             format!("bad query string: {}", e.body_text()),
         )
+    })
+}
+
+/// The path's segments; one that is not valid UTF-8 (or not what the route
+/// takes) is a 400 in the error format, where axum answers in plain text.
+fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    p.map(|Path(v)| v).map_err(|e| {
+        ApiError::bad_request(codes::BAD_REQUEST, format!("bad path: {}", e.body_text()))
     })
 }
 
@@ -326,8 +334,9 @@ fn require_back_office(user: &User) -> ApiResult<()> {
 pub async fn get_record(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path((table, id)): Path<(String, String)>,
+    segments: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Json<RecordResponse>> {
+    let (table, id) = path(segments)?;
     let user = authenticate(&app, &headers).await?;
     let db = app.db.clone();
     let (t, i) = (table.clone(), id.clone());
@@ -414,9 +423,10 @@ fn parse_filter(
 pub async fn list_records(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(table): Path<String>,
+    segments: Result<Path<String>, PathRejection>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<RecordList>> {
+    let table = path(segments)?;
     let user = authenticate(&app, &headers).await?;
     let q = query(q)?;
     let db = app.db.clone();
@@ -484,9 +494,10 @@ pub async fn list_records(
 pub async fn put_record(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path((table, id)): Path<(String, String)>,
+    segments: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RecordResponse>> {
+    let (table, id) = path(segments)?;
     let user = authenticate(&app, &headers).await?;
     require_back_office(&user)?;
     let write: RecordWrite = json_body(body)?;
@@ -507,8 +518,9 @@ pub async fn put_record(
 pub async fn delete_record(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path((table, id)): Path<(String, String)>,
+    segments: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<StatusCode> {
+    let (table, id) = path(segments)?;
     let user = authenticate(&app, &headers).await?;
     require_back_office(&user)?;
     let db = app.db.clone();
@@ -570,8 +582,9 @@ pub async fn create_user(
 pub async fn rotate_token(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    segments: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<CreatedUser>> {
+    let id = path(segments)?;
     authenticate_admin(&app, &headers).await?;
     let db = app.db.clone();
     let missing = format!("no user '{id}'");
@@ -585,8 +598,9 @@ pub async fn rotate_token(
 pub async fn delete_user(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    segments: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
+    let id = path(segments)?;
     authenticate_admin(&app, &headers).await?;
     let db = app.db.clone();
     let missing = format!("no user '{id}'");
@@ -678,8 +692,9 @@ pub async fn list_profiles(
 pub async fn get_profile(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    segments: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<PublishedProfile>> {
+    let name = path(segments)?;
     authenticate_admin(&app, &headers).await?;
     let db = app.db.clone();
     let (profile, version) = blocking(move || db.profile(&name))
@@ -692,9 +707,10 @@ pub async fn get_profile(
 pub async fn put_profile(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    segments: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PublishedProfile>> {
+    let name = path(segments)?;
     authenticate_admin(&app, &headers).await?;
     let profile: OfflineProfile = json_body(body)?;
     if profile.name != name {
