@@ -207,6 +207,55 @@ async fn every_route_needs_the_right_credentials() {
     assert_eq!(v2["results"][0]["status"], "applied");
     assert_eq!(v2["results"][0]["row"]["id"], mine[0].as_str());
     assert_eq!(v2["results"][0]["row"]["notes"], "by tech-2");
+
+    // A key is one change: the same change sent again (its fields in
+    // another order) replays the first result; another change sent with it
+    // is refused, and the first change stands.
+    let replay = json!({"mutations": [{"data": {"notes": "by tech-2"}, "base_version": 1, "op": "update", "id": mine[0], "table": "bookings", "idempotency_key": "shared-key"}]});
+    let (_, v3) = server
+        .call("POST", "/v1/sync/push", Some(&tech2), Some(replay))
+        .await;
+    assert_eq!(v3["results"][0], v2["results"][0], "{v3}");
+    for other in [
+        json!({"idempotency_key": "shared-key", "table": "bookings", "id": mine[0], "op": "update", "base_version": 1, "data": {"notes": "overwritten"}}),
+        json!({"idempotency_key": "shared-key", "table": "bookings", "id": mine[1], "op": "update", "base_version": 1, "data": {"notes": "by tech-2"}}),
+        json!({"idempotency_key": "shared-key", "table": "bookings", "id": mine[0], "op": "update", "base_version": 2, "data": {"notes": "by tech-2"}}),
+        json!({"idempotency_key": "shared-key", "table": "bookings", "id": mine[0], "op": "delete", "base_version": 1}),
+    ] {
+        let (s, v) = server
+            .call(
+                "POST",
+                "/v1/sync/push",
+                Some(&tech2),
+                Some(json!({"mutations": [other]})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["results"][0]["status"], "rejected", "{v}");
+        assert_eq!(
+            v["results"][0]["error"]["code"], "idempotency_key_reused",
+            "{v}"
+        );
+    }
+    let (_, row) = server
+        .call(
+            "GET",
+            &format!("/v1/records/bookings/{}", mine[0]),
+            Some(&dispatcher),
+            None,
+        )
+        .await;
+    assert_eq!(row["row"]["notes"], "by tech-2", "{row}");
+    assert_eq!(row["version"], v2["results"][0]["version"], "{row}");
+    let (_, other_row) = server
+        .call(
+            "GET",
+            &format!("/v1/records/bookings/{}", mine[1]),
+            Some(&dispatcher),
+            None,
+        )
+        .await;
+    assert_ne!(other_row["row"]["notes"], "by tech-2", "{other_row}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

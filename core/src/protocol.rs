@@ -74,6 +74,10 @@ pub mod codes {
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
     /// A known path asked with a method it does not take (405).
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// A push result code (HTTP 200): the mutation's `idempotency_key`
+    /// already has a receipt for another change (another table, row,
+    /// operation, base version or data); the first change's receipt stands.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -175,7 +179,9 @@ impl Op {
 /// One local change uploaded from a device's outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mutation {
-    /// Unique per change; a replay with the same key returns the first result.
+    /// Unique per change; a replay with the same key returns the first
+    /// result, and another change sent with it is rejected
+    /// (`idempotency_key_reused`).
     pub idempotency_key: String,
     pub table: String,
     pub id: String,

@@ -70,7 +70,7 @@ use crate::selection::Walked;
 use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Whether a device id is one the server records (1 to 128 bytes): the
 /// `x-fieldsync-device-id` header is read only within this bound, and the
@@ -310,6 +310,30 @@ impl Cursor {
 pub const MAX_RULE_PARAMETERS: usize = 16_000;
 
 /// Hashes a bearer token for storage and lookup.
+/// What a push receipt keeps of its mutation to tell a replay from another
+/// change sent with the same key: the SHA-256 of the mutation without its
+/// key, serialised as the protocol's JSON (its `data` keys sorted), so the
+/// same change digests the same however its request was written.
+fn mutation_digest(m: &Mutation) -> ApiResult<String> {
+    #[derive(Serialize)]
+    struct Change<'a> {
+        table: &'a str,
+        id: &'a str,
+        op: Op,
+        base_version: i64,
+        data: &'a BTreeMap<String, Value>,
+    }
+    let json = serde_json::to_vec(&Change {
+        table: &m.table,
+        id: &m.id,
+        op: m.op,
+        base_version: m.base_version,
+        data: &m.data,
+    })
+    .map_err(|e| ApiError::internal(format!("mutation digest: {e}")))?;
+    Ok(hex::encode(Sha256::digest(&json)))
+}
+
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -1906,13 +1930,34 @@ impl Db {
                     results.push(result);
                     continue;
                 }
+                let digest = mutation_digest(m)?;
                 let stored = c.query_opt(
-                    "SELECT result FROM _fs_push_receipts WHERE user_id = ? AND idempotency_key = ?",
+                    "SELECT result, mutation_digest FROM _fs_push_receipts WHERE user_id = ? AND idempotency_key = ?",
                     &[text(user.id.clone()), text(m.idempotency_key.clone())],
                 )?;
                 if let Some(stored) = stored {
-                    let result: MutationResult = serde_json::from_str(&stored.text(0)?)
-                        .map_err(|e| ApiError::internal(format!("stored receipt: {e}")))?;
+                    // A receipt written before digests were kept (NULL)
+                    // answers any replay, as it did then.
+                    let reused = stored
+                        .opt_text(1)?
+                        .is_some_and(|first| first != digest);
+                    let result = if reused {
+                        let result = MutationResult {
+                            idempotency_key: m.idempotency_key.clone(),
+                            status: MutationStatus::Rejected,
+                            version: 0,
+                            row: None,
+                            error: Some(ErrorBody {
+                                code: codes::IDEMPOTENCY_KEY_REUSED.into(),
+                                message: "this idempotency key was used for another change; the first change's result stands (send each change with a key of its own)".into(),
+                            }),
+                        };
+                        Self::log_sync_error(c, user, device_id, m, &result, "rejected")?;
+                        result
+                    } else {
+                        serde_json::from_str(&stored.text(0)?)
+                            .map_err(|e| ApiError::internal(format!("stored receipt: {e}")))?
+                    };
                     results.push(result);
                     continue;
                 }
@@ -1947,12 +1992,13 @@ impl Db {
                 let body =
                     serde_json::to_string(&result).map_err(|e| ApiError::internal(e.to_string()))?;
                 c.execute(
-                    "INSERT INTO _fs_push_receipts (user_id, idempotency_key, result, at) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO _fs_push_receipts (user_id, idempotency_key, result, at, mutation_digest) VALUES (?, ?, ?, ?, ?)",
                     &[
                         text(user.id.clone()),
                         text(m.idempotency_key.clone()),
                         text(body),
                         text(format_datetime(self.clock.now_ms())),
+                        text(digest),
                     ],
                 )?;
                 results.push(result);
@@ -2975,6 +3021,88 @@ mod retention_tests {
     fn receipts_and_telemetry_are_purged_after_their_retention_on_postgres() {
         if let Some(db) = test_support::fresh_postgres_db() {
             purge_scenario(db);
+        }
+    }
+
+    /// A receipt written before receipts kept their mutation's digest
+    /// (migration 3 leaves it NULL) answers any replay of its key, as it
+    /// did then; a receipt with a digest refuses another change.
+    #[test]
+    fn receipts_without_a_digest_answer_any_replay() {
+        let dir = tempfile::tempdir().expect("dir");
+        let profile = crate::field_service_profile();
+        let db = Db::open(dir.path(), crate::field_service_model(), &profile).expect("open");
+        digest_scenario(db);
+    }
+
+    #[test]
+    fn receipts_without_a_digest_answer_any_replay_on_postgres() {
+        if let Some(db) = test_support::fresh_postgres_db() {
+            digest_scenario(db);
+        }
+    }
+
+    fn digest_scenario(db: Db) {
+        let (user, _) = db
+            .create_user(
+                Some("tech-1".into()),
+                "T",
+                Role::Technician,
+                "field-service",
+                None,
+            )
+            .expect("user");
+        let sync = db.sync_profile(&user).expect("profile");
+        // Within the next hour, so the technician's rules select it.
+        let start = format_datetime(db.now_ms() + 3_600_000);
+        let insert = |key: &str, id: &str, name: &str| Mutation {
+            idempotency_key: key.into(),
+            table: "bookings".into(),
+            id: id.into(),
+            op: Op::Insert,
+            base_version: 0,
+            data: BTreeMap::from([
+                ("resource_id".into(), Value::Text("tech-1".into())),
+                ("status".into(), Value::Text("active".into())),
+                ("start_time".into(), Value::Text(start.clone())),
+                ("name".into(), Value::Text(name.into())),
+            ]),
+        };
+        let first = db
+            .push(
+                &user,
+                None,
+                &sync,
+                &[insert("old", "bk-1", "a"), insert("new", "bk-2", "a")],
+            )
+            .expect("push");
+        assert!(
+            first.iter().all(|r| r.status == MutationStatus::Applied),
+            "{first:?}"
+        );
+        db.write(|c| {
+            c.execute(
+                "UPDATE _fs_push_receipts SET mutation_digest = NULL WHERE idempotency_key = ?",
+                &[text("old")],
+            )
+        })
+        .expect("receipt as before migration 3");
+        let again = db
+            .push(
+                &user,
+                None,
+                &sync,
+                &[insert("old", "bk-1", "b"), insert("new", "bk-2", "b")],
+            )
+            .expect("push");
+        assert_eq!(again[0], first[0]);
+        assert_eq!(again[1].status, MutationStatus::Rejected);
+        assert_eq!(
+            again[1].error.as_ref().map(|e| e.code.as_str()),
+            Some(codes::IDEMPOTENCY_KEY_REUSED)
+        );
+        for id in ["bk-1", "bk-2"] {
+            assert_eq!(db.change_count("bookings", id).expect("changes"), 1);
         }
     }
 

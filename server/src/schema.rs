@@ -255,6 +255,16 @@ CREATE INDEX IF NOT EXISTS _fs_push_receipts_at ON _fs_push_receipts (at);
 CREATE INDEX IF NOT EXISTS _fs_telemetry_received ON _fs_telemetry (received_at);
 "#,
     },
+    Migration {
+        version: 3,
+        description: "push receipts keep a digest of their mutation (a key reused for another change is refused)",
+        sqlite: r#"
+ALTER TABLE _fs_push_receipts ADD COLUMN mutation_digest TEXT;
+"#,
+        postgres: r#"
+ALTER TABLE _fs_push_receipts ADD COLUMN IF NOT EXISTS mutation_digest TEXT;
+"#,
+    },
 ];
 
 /// The version this server's schema reaches.
