@@ -80,7 +80,7 @@ async fn first_sync_then_incremental_insert_update_delete() {
             Some(json!({"data": {"name": "WO-NEW", "status": "scheduled", "priority": 2}})),
         )
         .await;
-    assert_eq!(s, 200);
+    assert_eq!(s, 201, "a PUT that creates the row answers 201");
     let (s, updated) = server
         .call(
             "PUT",
@@ -90,10 +90,41 @@ async fn first_sync_then_incremental_insert_update_delete() {
         )
         .await;
     assert_eq!(s, 200);
+    // A delete that names a version the row is not at is refused (the row
+    // stays, as the sync below shows until the real delete); one that names
+    // its version deletes it.
+    for (path, status, code) in [
+        ("wo-0000007?base_version=2", 409, "conflict"),
+        ("wo-0000007?base_version=x", 400, "bad_request"),
+        ("wo-no-such?base_version=1", 404, "not_found"),
+    ] {
+        let (s, v) = server
+            .call(
+                "DELETE",
+                &format!("/v1/records/work_orders/{path}"),
+                Some(&dispatcher),
+                None,
+            )
+            .await;
+        assert_eq!(s, status, "{path}: {v}");
+        assert_eq!(v["error"]["code"], code, "{path}: {v}");
+    }
+    let (s, kept) = server
+        .call(
+            "GET",
+            "/v1/records/work_orders/wo-0000007",
+            Some(&dispatcher),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{kept}");
     let (s, _) = server
         .call(
             "DELETE",
-            "/v1/records/work_orders/wo-0000007",
+            &format!(
+                "/v1/records/work_orders/wo-0000007?base_version={}",
+                kept["version"]
+            ),
             Some(&dispatcher),
             None,
         )
@@ -906,7 +937,7 @@ async fn an_insert_over_a_live_row_leaves_columns_outside_the_profile_alone() {
             ),
         )
         .await;
-    assert_eq!(s, 200, "{v}");
+    assert_eq!(s, 201, "{v}");
 
     let push = json!({"mutations": [{"idempotency_key": "k-1", "table": "bookings", "id": "bk-x",
         "op": "insert", "base_version": 0, "data": {"resource_id": "tech-1", "name": "Visit (device)"}}]});

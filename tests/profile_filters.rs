@@ -113,7 +113,7 @@ impl Env {
                 Some(json!({"data": data})),
             )
             .await;
-        assert_eq!(s, 200, "{v}");
+        assert!(s == 200 || s == 201, "{s}: {v}");
     }
 
     /// Puts the work order `wo` and its incident `inc`, which no booking
@@ -347,7 +347,7 @@ impl Booker {
             .send()
             .await
             .expect("book");
-        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.status().as_u16(), 201, "the booking is new");
     }
 }
 

@@ -442,7 +442,7 @@ async fn text_holding_nul_is_stored_or_refused_with_a_typed_error() {
             (400, json!("invalid_value"))
         );
     } else {
-        assert_eq!(s, 200, "{v}");
+        assert_eq!(s, 201, "{v}");
         assert_eq!(v["row"]["name"], "a\u{0}b");
     }
 

@@ -496,22 +496,38 @@ pub async fn put_record(
     headers: HeaderMap,
     segments: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<RecordResponse>> {
+) -> ApiResult<(StatusCode, Json<RecordResponse>)> {
     let (table, id) = path(segments)?;
     let user = authenticate(&app, &headers).await?;
     require_back_office(&user)?;
     let write: RecordWrite = json_body(body)?;
     let db = app.db.clone();
     let (t, i) = (table.clone(), id.clone());
-    let (row, version) =
+    let written =
         blocking(move || db.write_record(&t, &i, &write.data, write.base_version, &user.id))
             .await?;
-    Ok(Json(RecordResponse {
-        table,
-        id,
-        version,
-        row,
-    }))
+    let status = if written.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(RecordResponse {
+            table,
+            id,
+            version: written.version,
+            row: written.row,
+        }),
+    ))
+}
+
+/// The query of `DELETE /v1/records/{table}/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// When given, the row must be at this version (else 409 `conflict`).
+    base_version: Option<i64>,
 }
 
 /// `DELETE /v1/records/{table}/{id}`: a dispatcher's deletion.
@@ -519,12 +535,14 @@ pub async fn delete_record(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     segments: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
     let (table, id) = path(segments)?;
     let user = authenticate(&app, &headers).await?;
     require_back_office(&user)?;
+    let q = query(q)?;
     let db = app.db.clone();
-    let deleted = blocking(move || db.delete_record(&table, &id, &user.id)).await?;
+    let deleted = blocking(move || db.delete_record(&table, &id, q.base_version, &user.id)).await?;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -541,6 +541,16 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// What a back-office write ([`Db::write_record`]) left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordWritten {
+    /// The row as stored after the write.
+    pub row: BTreeMap<String, Value>,
+    pub version: i64,
+    /// Whether the write created the row (it was missing or deleted).
+    pub created: bool,
+}
+
 /// Rows [`Db::purge`] deletes per write transaction.
 const PURGE_BATCH: i64 = 5_000;
 
@@ -2378,7 +2388,7 @@ impl Db {
         data: &BTreeMap<String, Value>,
         base_version: Option<i64>,
         user_id: &str,
-    ) -> ApiResult<(BTreeMap<String, Value>, i64)> {
+    ) -> ApiResult<RecordWritten> {
         let schema = self.schema(table)?;
         if id.is_empty() || id.len() > 256 {
             return Err(ApiError::bad_request(
@@ -2453,17 +2463,35 @@ impl Db {
             let row = Self::read_row(c, schema, id)?
                 .map(|r| r.fields)
                 .unwrap_or_default();
-            Ok((row, version))
+            Ok(RecordWritten {
+                row,
+                version,
+                created: live_version == 0,
+            })
         })
     }
 
-    /// Deletes a row as a back-office user. False when there was none.
-    pub fn delete_record(&self, table: &str, id: &str, user_id: &str) -> ApiResult<bool> {
+    /// Deletes a row as a back-office user. False when there was none; a
+    /// conflict when `base_version` is given and the row is at another.
+    pub fn delete_record(
+        &self,
+        table: &str,
+        id: &str,
+        base_version: Option<i64>,
+        user_id: &str,
+    ) -> ApiResult<bool> {
         let schema = self.schema(table)?;
         self.write(|c| {
-            let current = Self::read_row(c, schema, id)?;
-            if current.as_ref().is_none_or(|r| r.deleted) {
-                return Ok(false);
+            let current = match Self::read_row(c, schema, id)? {
+                Some(r) if !r.deleted => r,
+                _ => return Ok(false),
+            };
+            if let Some(base) = base_version.filter(|b| *b != current.version) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    codes::CONFLICT,
+                    format!("the record is at version {}, not {base}", current.version),
+                ));
             }
             Self::apply_write(c, schema, id, None, Some(user_id), None)?;
             Ok(true)

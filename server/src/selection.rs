@@ -867,7 +867,8 @@ mod tests {
                 "admin",
             )
             .expect("edit");
-            db.delete_record(table, &ids[1], "admin").expect("delete");
+            db.delete_record(table, &ids[1], None, "admin")
+                .expect("delete");
             db.write_record(
                 table,
                 &ids[2],
@@ -916,7 +917,7 @@ mod tests {
             .expect("a booking");
         let builds = with.selections().builds();
         for db in [&with, &without] {
-            db.delete_record("bookings", &booking.0, "admin")
+            db.delete_record("bookings", &booking.0, None, "admin")
                 .expect("delete booking");
         }
         let a = download(&with, &tech, table, 25, &mut |_| {});

@@ -78,7 +78,7 @@ class TestServer private constructor(
     /** A dispatcher's change of a record on the server. */
     fun dispatcherPut(token: String, table: String, id: String, dataJson: String) {
         val (status, text) = call("PUT", "/v1/records/$table/$id", token, """{"data":$dataJson}""")
-        check(status == 200) { "dispatcher PUT $table/$id: $status $text" }
+        check(status == 200 || status == 201) { "dispatcher PUT $table/$id: $status $text" }
     }
 
     /** The record as the server has it (raw JSON). */
