@@ -472,6 +472,20 @@ async fn text_holding_nul_is_stored_or_refused_with_a_typed_error() {
 /// error format with a typed code (before, the version was never read and
 /// a 405 had an empty body); a push mutation with an unusable idempotency
 /// key is refused alone (before, the whole batch was).
+/// `method path` with `token` and no body, the answer as it came.
+async fn send(server: &Server, method: &str, path: &str, token: &str) -> reqwest::Response {
+    server
+        .http
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+            format!("{}{path}", server.url),
+        )
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_outside_the_protocol_get_typed_errors() {
     let server = Server::start().await;
@@ -530,16 +544,7 @@ async fn requests_outside_the_protocol_get_typed_errors() {
         ("POST", "/v1/sync/pull"),
         ("GET", "/v1/sync/push"),
     ] {
-        let resp = server
-            .http
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
-                format!("{}{path}", server.url),
-            )
-            .bearer_auth(&tech)
-            .send()
-            .await
-            .expect("request");
+        let resp = send(&server, method, path, &tech).await;
         assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
         assert!(
             resp.headers().get("allow").is_some(),
@@ -563,16 +568,7 @@ async fn requests_outside_the_protocol_get_typed_errors() {
         ("GET", "/v1/admin/profiles/%FF"),
         ("PUT", "/v1/admin/profiles/%FF"),
     ] {
-        let resp = server
-            .http
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
-                format!("{}{path}", server.url),
-            )
-            .bearer_auth(&tech)
-            .send()
-            .await
-            .expect("request");
+        let resp = send(&server, method, path, &tech).await;
         assert_eq!(resp.status().as_u16(), 400, "{method} {path}");
         let text = resp.text().await.expect("body");
         let body: serde_json::Value = serde_json::from_str(&text)

@@ -3037,10 +3037,7 @@ mod retention_tests {
     /// batches.
     #[test]
     fn receipts_and_telemetry_are_purged_after_their_retention() {
-        let dir = tempfile::tempdir().expect("dir");
-        let profile = crate::field_service_profile();
-        let db = Db::open(dir.path(), crate::field_service_model(), &profile).expect("open");
-        purge_scenario(db);
+        on_sqlite(purge_scenario);
     }
 
     /// The same on PostgreSQL, when the test command provides a cluster
@@ -3052,15 +3049,32 @@ mod retention_tests {
         }
     }
 
+    /// Runs `scenario` on a fresh SQLite database with the default model.
+    fn on_sqlite(scenario: fn(Db)) {
+        let dir = tempfile::tempdir().expect("dir");
+        let profile = crate::field_service_profile();
+        scenario(Db::open(dir.path(), crate::field_service_model(), &profile).expect("open"));
+    }
+
+    /// A technician with the default profile.
+    fn technician(db: &Db) -> User {
+        db.create_user(
+            Some("tech-1".into()),
+            "T",
+            Role::Technician,
+            "field-service",
+            None,
+        )
+        .expect("user")
+        .0
+    }
+
     /// A receipt written before receipts kept their mutation's digest
     /// (migration 3 leaves it NULL) answers any replay of its key, as it
     /// did then; a receipt with a digest refuses another change.
     #[test]
     fn receipts_without_a_digest_answer_any_replay() {
-        let dir = tempfile::tempdir().expect("dir");
-        let profile = crate::field_service_profile();
-        let db = Db::open(dir.path(), crate::field_service_model(), &profile).expect("open");
-        digest_scenario(db);
+        on_sqlite(digest_scenario);
     }
 
     #[test]
@@ -3071,15 +3085,7 @@ mod retention_tests {
     }
 
     fn digest_scenario(db: Db) {
-        let (user, _) = db
-            .create_user(
-                Some("tech-1".into()),
-                "T",
-                Role::Technician,
-                "field-service",
-                None,
-            )
-            .expect("user");
+        let user = technician(&db);
         let sync = db.sync_profile(&user).expect("profile");
         // Within the next hour, so the technician's rules select it.
         let start = format_datetime(db.now_ms() + 3_600_000);
@@ -3137,15 +3143,7 @@ mod retention_tests {
     fn purge_scenario(db: Db) {
         let clock = Arc::new(ManualClock::new(1_800_000_000_000));
         let db = db.with_clock(clock.clone());
-        let (user, _) = db
-            .create_user(
-                Some("tech-1".into()),
-                "T",
-                Role::Technician,
-                "field-service",
-                None,
-            )
-            .expect("user");
+        let user = technician(&db);
         let sync = db.sync_profile(&user).expect("profile");
         let insert = |key: &str, id: &str| Mutation {
             idempotency_key: key.into(),
