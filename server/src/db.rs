@@ -3084,12 +3084,11 @@ mod retention_tests {
         }
     }
 
-    fn digest_scenario(db: Db) {
-        let user = technician(&db);
-        let sync = db.sync_profile(&user).expect("profile");
-        // Within the next hour, so the technician's rules select it.
-        let start = format_datetime(db.now_ms() + 3_600_000);
-        let insert = |key: &str, id: &str, name: &str| Mutation {
+    /// The technician's new booking `id`, named `name`, starting within the
+    /// next hour of the database's clock (so the technician's rules select
+    /// it).
+    fn booking_insert(db: &Db, key: &str, id: &str, name: &str) -> Mutation {
+        Mutation {
             idempotency_key: key.into(),
             table: "bookings".into(),
             id: id.into(),
@@ -3098,10 +3097,19 @@ mod retention_tests {
             data: BTreeMap::from([
                 ("resource_id".into(), Value::Text("tech-1".into())),
                 ("status".into(), Value::Text("active".into())),
-                ("start_time".into(), Value::Text(start.clone())),
+                (
+                    "start_time".into(),
+                    Value::Text(format_datetime(db.now_ms() + 3_600_000)),
+                ),
                 ("name".into(), Value::Text(name.into())),
             ]),
-        };
+        }
+    }
+
+    fn digest_scenario(db: Db) {
+        let user = technician(&db);
+        let sync = db.sync_profile(&user).expect("profile");
+        let insert = |key: &str, id: &str, name: &str| booking_insert(&db, key, id, name);
         let first = db
             .push(
                 &user,
@@ -3145,22 +3153,7 @@ mod retention_tests {
         let db = db.with_clock(clock.clone());
         let user = technician(&db);
         let sync = db.sync_profile(&user).expect("profile");
-        let insert = |key: &str, id: &str| Mutation {
-            idempotency_key: key.into(),
-            table: "bookings".into(),
-            id: id.into(),
-            op: Op::Insert,
-            base_version: 0,
-            data: BTreeMap::from([
-                ("resource_id".into(), Value::Text("tech-1".into())),
-                ("status".into(), Value::Text("active".into())),
-                // Today, so the technician's rules select it.
-                (
-                    "start_time".into(),
-                    Value::Text(format_datetime(1_800_000_000_000 + 3_600_000)),
-                ),
-            ]),
-        };
+        let insert = |key: &str, id: &str| booking_insert(&db, key, id, "visit");
         // More receipts than one batch, so the purge loops.
         let batch: Vec<Mutation> = (0..PURGE_BATCH + 7)
             .map(|i| insert(&format!("k{i}"), &format!("bk-{i}")))
