@@ -310,6 +310,21 @@ impl Cursor {
 pub const MAX_RULE_PARAMETERS: usize = 16_000;
 
 /// Hashes a bearer token for storage and lookup.
+/// The result of a mutation refused for its idempotency key (no receipt is
+/// written for it).
+fn refused_key(m: &Mutation, code: &str, message: &str) -> MutationResult {
+    MutationResult {
+        idempotency_key: m.idempotency_key.clone(),
+        status: MutationStatus::Rejected,
+        version: 0,
+        row: None,
+        error: Some(ErrorBody {
+            code: code.into(),
+            message: message.into(),
+        }),
+    }
+}
+
 /// What a push receipt keeps of its mutation to tell a replay from another
 /// change sent with the same key: the SHA-256 of the mutation without its
 /// key, serialised as the protocol's JSON (its `data` keys sorted), so the
@@ -1926,16 +1941,7 @@ impl Db {
                 // alone, like every other problem of one mutation; with no
                 // receipt, a retry is refused the same way.
                 if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
-                    let result = MutationResult {
-                        idempotency_key: m.idempotency_key.clone(),
-                        status: MutationStatus::Rejected,
-                        version: 0,
-                        row: None,
-                        error: Some(ErrorBody {
-                            code: codes::BAD_REQUEST.into(),
-                            message: "an idempotency key is 1 to 128 characters".into(),
-                        }),
-                    };
+                    let result = refused_key(m, codes::BAD_REQUEST, "an idempotency key is 1 to 128 characters");
                     Self::log_sync_error(c, user, device_id, m, &result, "rejected")?;
                     results.push(result);
                     continue;
@@ -1952,16 +1958,11 @@ impl Db {
                         .opt_text(1)?
                         .is_some_and(|first| first != digest);
                     let result = if reused {
-                        let result = MutationResult {
-                            idempotency_key: m.idempotency_key.clone(),
-                            status: MutationStatus::Rejected,
-                            version: 0,
-                            row: None,
-                            error: Some(ErrorBody {
-                                code: codes::IDEMPOTENCY_KEY_REUSED.into(),
-                                message: "this idempotency key was used for another change; the first change's result stands (send each change with a key of its own)".into(),
-                            }),
-                        };
+                        let result = refused_key(
+                            m,
+                            codes::IDEMPOTENCY_KEY_REUSED,
+                            "this idempotency key was used for another change; the first change's result stands (send each change with a key of its own)",
+                        );
                         Self::log_sync_error(c, user, device_id, m, &result, "rejected")?;
                         result
                     } else {
