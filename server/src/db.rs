@@ -309,7 +309,6 @@ impl Cursor {
 /// under SQLite's 32,766.
 pub const MAX_RULE_PARAMETERS: usize = 16_000;
 
-/// Hashes a bearer token for storage and lookup.
 /// The result of a mutation refused for its idempotency key (no receipt is
 /// written for it).
 fn refused_key(m: &Mutation, code: &str, message: &str) -> MutationResult {
@@ -349,6 +348,7 @@ fn mutation_digest(m: &Mutation) -> ApiResult<String> {
     Ok(hex::encode(Sha256::digest(&json)))
 }
 
+/// Hashes a bearer token for storage and lookup.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
