@@ -1072,11 +1072,8 @@ impl Store {
     /// its own. Nothing is written, and a failure is left to the page.
     pub fn prepare_page_writes(&self, profile: Option<&SyncProfile>, table: &SyncTable) {
         let conn = lock(&self.writer);
-        let columns: Vec<String> = std::iter::once(crate::protocol::VERSION_COLUMN.to_owned())
-            .chain(table.columns.iter().map(|c| c.name.clone()))
-            .collect();
         let queue = profile.map(|p| (p, Arrival::Server));
-        if let Err(e) = page::PageWriter::new(&conn, table, &columns, queue) {
+        if let Err(e) = page::PageWriter::new(&conn, table, &page::page_columns(table), queue) {
             tracing::debug!(target: "fieldsync::store", table = %table.name, error = %e, "page writes not prepared ahead");
         }
     }

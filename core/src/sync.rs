@@ -805,7 +805,8 @@ async fn pull_table(
 ) -> Result<()> {
     let now = engine.clock.now_ms();
     let store: Arc<Store> = engine.store.clone();
-    let profile_version = engine.profile().map(|p| p.version).unwrap_or(0);
+    let profile = engine.profile();
+    let profile_version = profile.as_ref().map(|p| p.version).unwrap_or(0);
     // A short first page, then pages doubling up to the page size (and to
     // about PAGE_BYTES on the wire, see `next_limit`): the
     // device starts writing after a short wait, and from then on the server
@@ -825,7 +826,6 @@ async fn pull_table(
     {
         let store = store.clone();
         let t = table.clone();
-        let profile = engine.profile();
         let begun = tokio::task::spawn_blocking(move || {
             store.begin_pull(&t, now)?;
             store.prepare_page_writes(profile.as_ref(), &t);
@@ -853,16 +853,16 @@ async fn pull_table(
     // Of a download of changes, the rows the server said remain beyond the
     // pages asked for (see `ramp_down`).
     let mut left: Option<u64> = None;
-    let mut pending = asked_early.or_else(|| {
-        Some(fetch(
+    let mut pending = Some(asked_early.unwrap_or_else(|| {
+        fetch(
             engine,
             table,
             state.cursor.clone(),
             limit,
             true,
             profile_version,
-        ))
-    });
+        )
+    }));
     while let Some(handle) = pending.take() {
         let fetched = handle
             .await

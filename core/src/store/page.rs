@@ -319,6 +319,14 @@ impl<'c> PageWriter<'c> {
     }
 }
 
+/// The columns of a page of `table` in the order the server sends them:
+/// `_version`, then the profile's columns.
+pub(super) fn page_columns(table: &SyncTable) -> Vec<String> {
+    std::iter::once(VERSION_COLUMN.to_owned())
+        .chain(table.columns.iter().map(|c| c.name.clone()))
+        .collect()
+}
+
 /// The condition that the columns at `positions` (in a row after
 /// `_version`) hold the values bound from parameter `first` on, in order
 /// (`IS`, so NULL equals NULL); `1` when there are none.

@@ -568,8 +568,7 @@ pub(super) fn queue_related_row(
     fields: &BTreeMap<String, Value>,
     version: Option<i64>,
 ) -> Result<()> {
-    let mut columns: Vec<String> = vec![VERSION_COLUMN.to_owned()];
-    columns.extend(table.columns.iter().map(|c| c.name.clone()));
+    let columns = super::page::page_columns(table);
     let mut row: Vec<Value> = vec![version.map(Value::Integer).unwrap_or(Value::Null)];
     row.extend(
         table
