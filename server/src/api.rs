@@ -784,7 +784,7 @@ pub async fn seed(
     let db = app.db.clone();
     let rows = blocking(move || {
         let mut counts = BTreeMap::new();
-        for (table, rows) in generate(&spec) {
+        for (table, rows) in generate(&spec, db.now_ms()) {
             for chunk in rows.chunks(10_000) {
                 db.bulk_insert(&table, chunk)?;
             }

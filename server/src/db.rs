@@ -353,14 +353,6 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn now_text() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    format_datetime(ms)
-}
-
 /// A row as stored on the server.
 #[derive(Debug, Clone)]
 struct StoredRow {
@@ -728,8 +720,13 @@ pub(crate) fn count_seq(
 }
 
 /// Creates the schema and the default profile in a fresh transaction.
-fn prepare(c: &mut dyn Conn, model: &DataModel, default_profile: &OfflineProfile) -> ApiResult<()> {
-    prepare_schema(c, model, default_profile)?;
+fn prepare(
+    c: &mut dyn Conn,
+    model: &DataModel,
+    default_profile: &OfflineProfile,
+    now: &str,
+) -> ApiResult<()> {
+    prepare_schema(c, model, default_profile, now)?;
     for profile in stored_profiles(c)? {
         schema::ensure_rule_indexes(c, model, &profile)?;
     }
@@ -741,6 +738,7 @@ fn prepare_schema(
     c: &mut dyn Conn,
     model: &DataModel,
     default_profile: &OfflineProfile,
+    now: &str,
 ) -> ApiResult<()> {
     schema::migrate(c, model)?;
     let has_profile = c.exists(
@@ -753,11 +751,7 @@ fn prepare_schema(
             .map_err(|e| ApiError::internal(e.to_string()))?;
         c.execute(
             "INSERT INTO _fs_profiles (name, version, body, updated_at) VALUES (?, 1, ?, ?)",
-            &[
-                text(default_profile.name.clone()),
-                text(body),
-                text(now_text()),
-            ],
+            &[text(default_profile.name.clone()), text(body), text(now)],
         )?;
     }
     Ok(())
@@ -793,19 +787,24 @@ impl Db {
             model,
             default_profile,
             None,
+            Arc::new(SystemClock),
         )
     }
 
-    /// Opens (creating and migrating) the database at `url`. A PostgreSQL
-    /// server's certificate is verified against Mozilla's roots and the
-    /// authorities of `pg_ca_pem` (see [`crate::pgtls`]).
+    /// Opens (creating and migrating) the database at `url`, on `clock`
+    /// (every time the server records or compares, "today" in relative-date
+    /// filters included). A PostgreSQL server's certificate is verified
+    /// against Mozilla's roots and the authorities of `pg_ca_pem` (see
+    /// [`crate::pgtls`]).
     pub fn open_url(
         url: &DatabaseUrl,
         model: DataModel,
         default_profile: &OfflineProfile,
         pg_ca_pem: Option<&str>,
+        clock: Arc<dyn Clock>,
     ) -> ApiResult<Db> {
         model.validate()?;
+        let now = format_datetime(clock.now_ms());
         let backend = match url {
             DatabaseUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -815,7 +814,7 @@ impl Db {
                 }
                 let mut writer = open_connection(path)?;
                 let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                prepare(&mut SqliteConn(&tx), &model, default_profile)?;
+                prepare(&mut SqliteConn(&tx), &model, default_profile, &now)?;
                 tx.commit()?;
                 Backend::Sqlite {
                     path: path.clone(),
@@ -830,13 +829,15 @@ impl Db {
                 let default_profile = default_profile.clone();
                 let url = url.clone();
                 let tls = crate::pgtls::RustlsConnect::new(pg_ca_pem)?;
-                std::thread::spawn(move || Self::open_postgres(&url, tls, &model, &default_profile))
-                    .join()
-                    .map_err(|_| ApiError::internal("opening PostgreSQL panicked"))??
+                std::thread::spawn(move || {
+                    Self::open_postgres(&url, tls, &model, &default_profile, &now)
+                })
+                .join()
+                .map_err(|_| ApiError::internal("opening PostgreSQL panicked"))??
             }
         };
         Ok(Db {
-            clock: Arc::new(SystemClock),
+            clock,
             model,
             backend,
             selections: Default::default(),
@@ -848,6 +849,7 @@ impl Db {
         tls: crate::pgtls::RustlsConnect,
         model: &DataModel,
         default_profile: &OfflineProfile,
+        now: &str,
     ) -> ApiResult<Backend> {
         let config: postgres::Config = url
             .parse()
@@ -857,7 +859,7 @@ impl Db {
         client.execute("SELECT pg_advisory_lock($1)", &[&PG_MIGRATION_LOCK])?;
         let migrated = (|| -> ApiResult<()> {
             client.batch_execute("BEGIN")?;
-            let done = prepare_schema(&mut PgConn::new(&mut client), model, default_profile)
+            let done = prepare_schema(&mut PgConn::new(&mut client), model, default_profile, now)
                 .and_then(|()| stored_profiles(&mut PgConn::new(&mut client)));
             client.batch_execute(if done.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
             // The rules' indexes after the commit, concurrently: instances
@@ -920,6 +922,11 @@ impl Db {
     /// The clock's reading, milliseconds since the epoch.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// The clock's reading as the database stores times.
+    pub(crate) fn now_text(&self) -> String {
+        format_datetime(self.clock.now_ms())
     }
 
     /// The filter context of a profile at the server's clock.
@@ -1153,7 +1160,7 @@ impl Db {
                     text(user.role.as_str()),
                     text(user.profile.clone()),
                     text(hash_token(&token)),
-                    text(now_text()),
+                    text(self.now_text()),
                     opt_text(user.team_id.clone()),
                 ],
             )?;
@@ -1273,14 +1280,14 @@ impl Db {
                     let v = r.i64(0)? + 1;
                     c.execute(
                         "UPDATE _fs_profiles SET version = ?, body = ?, updated_at = ? WHERE name = ?",
-                        &[int(v), text(body.clone()), text(now_text()), text(profile.name.clone())],
+                        &[int(v), text(body.clone()), text(self.now_text()), text(profile.name.clone())],
                     )?;
                     Ok(v)
                 }
                 None => {
                     c.execute(
                         "INSERT INTO _fs_profiles (name, version, body, updated_at) VALUES (?, 1, ?, ?)",
-                        &[text(profile.name.clone()), text(body.clone()), text(now_text())],
+                        &[text(profile.name.clone()), text(body.clone()), text(self.now_text())],
                     )?;
                     Ok(1)
                 }
@@ -1369,7 +1376,8 @@ impl Db {
         if !device_id_ok(device_id) {
             return Ok(());
         }
-        self.write(|c| touch_device_in(c, device_id, user_id, synced, app_version))
+        let now = self.now_text();
+        self.write(|c| touch_device_in(c, &now, device_id, user_id, synced, app_version))
     }
 
     /// Every device seen.
@@ -1782,6 +1790,7 @@ impl Db {
     /// ones null); otherwise only the given columns change. Returns the new
     /// version and the change's id in the change log.
     fn apply_write(
+        &self,
         c: &mut dyn Conn,
         schema: &TableSchema,
         id: &str,
@@ -1791,7 +1800,7 @@ impl Db {
     ) -> ApiResult<(i64, i64)> {
         let current = Self::read_row(c, schema, id)?;
         let version = current.as_ref().map(|r| r.version).unwrap_or(0) + 1;
-        let now = now_text();
+        let now = self.now_text();
         let op = match (&change, &current) {
             (None, _) => "delete",
             (Some(_), Some(r)) if !r.deleted => "update",
@@ -1942,7 +1951,7 @@ impl Db {
                 // receipt, a retry is refused the same way.
                 if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
                     let result = refused_key(m, codes::BAD_REQUEST, "an idempotency key is 1 to 128 characters");
-                    Self::log_sync_error(c, user, device_id, m, &result, "rejected")?;
+                    self.log_sync_error(c, user, device_id, m, &result, "rejected")?;
                     results.push(result);
                     continue;
                 }
@@ -1963,7 +1972,7 @@ impl Db {
                             codes::IDEMPOTENCY_KEY_REUSED,
                             "this idempotency key was used for another change; the first change's result stands (send each change with a key of its own)",
                         );
-                        Self::log_sync_error(c, user, device_id, m, &result, "rejected")?;
+                        self.log_sync_error(c, user, device_id, m, &result, "rejected")?;
                         result
                     } else {
                         serde_json::from_str(&stored.text(0)?)
@@ -1996,7 +2005,7 @@ impl Db {
                                 message,
                             }),
                         };
-                        Self::log_sync_error(c, user, device_id, m, &result, "rejected")?;
+                        self.log_sync_error(c, user, device_id, m, &result, "rejected")?;
                         result
                     }
                 };
@@ -2019,6 +2028,7 @@ impl Db {
     }
 
     fn log_sync_error(
+        &self,
         c: &mut dyn Conn,
         user: &User,
         device_id: Option<&str>,
@@ -2046,7 +2056,7 @@ impl Db {
             "INSERT INTO _fs_sync_errors (at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             &[
-                text(now_text()),
+                text(self.now_text()),
                 text(kind),
                 text(code),
                 text(message),
@@ -2066,7 +2076,7 @@ impl Db {
         // /v1/admin/devices`); the device row may not exist yet (the push
         // is its first request).
         if let Some(device) = device_id.filter(|d| device_id_ok(d)) {
-            let now = now_text();
+            let now = self.now_text();
             c.execute(
                 "INSERT INTO _fs_devices (id, user_id, first_seen, last_seen, last_error)
                  VALUES (?, ?, ?, ?, ?)
@@ -2204,20 +2214,15 @@ impl Db {
                     row: server_row.clone(),
                     error: None,
                 };
-                Self::log_sync_error(c, user, device_id, m, &result, "conflict")?;
+                self.log_sync_error(c, user, device_id, m, &result, "conflict")?;
                 return Ok(result);
             }
         }
         let change = match m.op {
             Op::Delete if !exists => None,
-            Op::Delete => Some(Self::apply_write(
-                c,
-                schema,
-                &m.id,
-                None,
-                Some(&user.id),
-                device_id,
-            )?),
+            Op::Delete => {
+                Some(self.apply_write(c, schema, &m.id, None, Some(&user.id), device_id)?)
+            }
             // A new row: every column not sent is null. Over a live row
             // (the device wins): the device states the row as its profile
             // sees it, so its columns it did not send become null; columns
@@ -2231,7 +2236,7 @@ impl Db {
                         }
                     }
                 }
-                Some(Self::apply_write(
+                Some(self.apply_write(
                     c,
                     schema,
                     &m.id,
@@ -2240,7 +2245,7 @@ impl Db {
                     device_id,
                 )?)
             }
-            Op::Update => Some(Self::apply_write(
+            Op::Update => Some(self.apply_write(
                 c,
                 schema,
                 &m.id,
@@ -2460,7 +2465,7 @@ impl Db {
                 ));
             }
             let (version, _) =
-                Self::apply_write(c, schema, id, Some((&clean, false)), Some(user_id), None)?;
+                self.apply_write(c, schema, id, Some((&clean, false)), Some(user_id), None)?;
             let row = Self::read_row(c, schema, id)?
                 .map(|r| r.fields)
                 .unwrap_or_default();
@@ -2494,7 +2499,7 @@ impl Db {
                     format!("the record is at version {}, not {base}", current.version),
                 ));
             }
-            Self::apply_write(c, schema, id, None, Some(user_id), None)?;
+            self.apply_write(c, schema, id, None, Some(user_id), None)?;
             Ok(true)
         })
     }
@@ -2508,7 +2513,7 @@ impl Db {
         let schema = self.schema(table)?;
         self.write(|c| {
             for (id, data) in rows {
-                Self::apply_write(c, schema, id, Some((data, true)), None, None)?;
+                self.apply_write(c, schema, id, Some((data, true)), None, None)?;
             }
             Ok(())
         })
@@ -2689,6 +2694,7 @@ pub struct DeviceLastError {
 /// that is empty or longer than 128 bytes.
 pub(crate) fn touch_device_in(
     c: &mut dyn Conn,
+    now: &str,
     device_id: &str,
     user_id: &str,
     synced: bool,
@@ -2697,7 +2703,7 @@ pub(crate) fn touch_device_in(
     if !device_id_ok(device_id) {
         return Ok(());
     }
-    let now = now_text();
+    let now = now.to_owned();
     let synced_at = synced.then(|| now.clone());
     c.execute(
         "INSERT INTO _fs_devices (id, user_id, first_seen, last_seen, last_sync_at, app_version)
@@ -2738,13 +2744,6 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 const SYNC_ERROR_COLUMNS: &str = "id, at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data";
 
 fn sync_error_from_row(r: &Row) -> ApiResult<SyncErrorEntry> {
@@ -2774,7 +2773,7 @@ impl Db {
     pub fn create_console_session(&self, admin: &str, ttl_ms: i64) -> ApiResult<(String, String)> {
         let id = random_token();
         let csrf = random_token();
-        let now = now_ms();
+        let now = self.now_ms();
         self.write(|c| {
             c.execute(
                 "DELETE FROM _fs_console_sessions WHERE expires_ms <= ?",
@@ -2786,7 +2785,7 @@ impl Db {
                     text(hash_token(&id)),
                     text(csrf.clone()),
                     text(admin),
-                    text(now_text()),
+                    text(self.now_text()),
                     int(now.saturating_add(ttl_ms)),
                 ],
             )?;
@@ -2798,7 +2797,7 @@ impl Db {
     /// The live console session with this id.
     pub fn console_session(&self, session_id: &str) -> ApiResult<Option<ConsoleSession>> {
         let hash = hash_token(session_id);
-        let now = now_ms();
+        let now = self.now_ms();
         self.read(|c| {
             c.query_opt(
                 "SELECT admin, csrf_token FROM _fs_console_sessions WHERE id_hash = ? AND expires_ms > ?",
@@ -2941,7 +2940,7 @@ impl Db {
             base_version: entry.base_version,
             data: entry.device_data.clone().unwrap_or_default(),
         };
-        let at = now_text();
+        let at = self.now_text();
         self.write(|c| {
             let done = c.query_opt(
                 "SELECT at FROM _fs_sync_error_retries WHERE sync_error_id = ?",
@@ -3252,6 +3251,7 @@ pub(crate) mod test_support {
             crate::field_service_model(),
             &profile,
             ca.as_deref(),
+            Arc::new(SystemClock),
         )
         .expect("open");
         Some(db)

@@ -164,16 +164,17 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         ));
     }
     let profile = field_service_profile();
-    let db = match &config.database_url {
-        Some(url) => Db::open_url(
-            &DatabaseUrl::parse(url)?,
-            field_service_model(),
-            &profile,
-            config.database_ca_pem.as_deref(),
-        )?,
-        None => Db::open(&config.data_dir, field_service_model(), &profile)?,
-    }
-    .with_clock(config.clock.clone())
+    let url = match &config.database_url {
+        Some(url) => DatabaseUrl::parse(url)?,
+        None => DatabaseUrl::Sqlite(config.data_dir.join("fieldsync.db")),
+    };
+    let db = Db::open_url(
+        &url,
+        field_service_model(),
+        &profile,
+        config.database_ca_pem.as_deref(),
+        config.clock.clone(),
+    )?
     .with_selection_cache(config.selection_cache_bytes);
     let db = Arc::new(db);
     let app = Arc::new(App {

@@ -20,7 +20,8 @@ pub struct SeedSpec {
     pub work_orders: usize,
     #[serde(default)]
     pub seed: u64,
-    /// "Now" in milliseconds since the epoch; booking dates spread around it.
+    /// "Now" in milliseconds since the epoch; booking dates spread around
+    /// it. The server's clock when absent.
     #[serde(default)]
     pub now_ms: Option<i64>,
 }
@@ -68,15 +69,11 @@ pub const BOOKING_STATUSES: [(&str, &str, &str); 5] = [
     ("bs-canceled", "Canceled", "canceled"),
 ];
 
-/// Generates a data set.
-pub fn generate(spec: &SeedSpec) -> Rows {
+/// Generates a data set around `spec.now_ms`, or `now_ms` when the spec
+/// names no instant.
+pub fn generate(spec: &SeedSpec, now_ms: i64) -> Rows {
     let mut rng = StdRng::seed_from_u64(spec.seed);
-    let now = spec.now_ms.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    });
+    let now = spec.now_ms.unwrap_or(now_ms);
     let day = 86_400_000i64;
     let today = now - now.rem_euclid(day);
     let n = spec.work_orders;

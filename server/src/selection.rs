@@ -770,7 +770,7 @@ mod tests {
             seed: 7,
             now_ms: Some(now),
         };
-        for (table, rows) in generate(&spec) {
+        for (table, rows) in generate(&spec, now) {
             db.bulk_insert(&table, &rows).expect("seed");
         }
         db.set_selections(if sets {

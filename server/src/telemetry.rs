@@ -74,10 +74,11 @@ pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> Api
     for e in events {
         versions.insert(e.device_id.as_str(), e.app_version.as_str());
     }
+    let at = fieldsync_core::time::format_datetime(now);
     db.write(|c| {
         for (device, version) in &versions {
             if !version.is_empty() {
-                crate::db::touch_device_in(c, device, user_id, false, Some(version))?;
+                crate::db::touch_device_in(c, &at, device, user_id, false, Some(version))?;
             }
         }
         let mut n = 0;
