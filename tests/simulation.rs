@@ -59,6 +59,13 @@ struct Stats {
     local_writes: u64,
     dispatcher_edits: u64,
     syncs: u64,
+    /// Local changes the server acknowledged (applied or logged as a
+    /// conflict or a rejection).
+    uploaded: u64,
+    /// Conflicts in the server's Sync Errors log.
+    conflicts: u64,
+    /// Rows held by the device that held the fewest at the end.
+    fewest_rows_held: u64,
 }
 
 impl Stats {
@@ -76,8 +83,70 @@ impl Stats {
         self.local_writes += o.local_writes;
         self.dispatcher_edits += o.dispatcher_edits;
         self.syncs += o.syncs;
+        self.uploaded += o.uploaded;
+        self.conflicts += o.conflicts;
+        self.fewest_rows_held += o.fewest_rows_held;
+    }
+
+    /// Faults the network and the harness injected.
+    fn faults(&self) -> u64 {
+        self.cut_before_server
+            + self.response_lost
+            + self.duplicated
+            + self.stale_push_replayed
+            + self.truncated_page
+            + self.delayed
+            + self.device_killed_mid_request
+            + self.device_killed_idle
+            + self.server_restarts
+    }
+
+    /// Refuses a seed that exercised less than the minimum: one that held,
+    /// edited, uploaded or broke too little proves nothing by passing.
+    fn check_exercised(&self, detection: bool) -> Result<(), String> {
+        let mut short = Vec::new();
+        if self.fewest_rows_held < MIN_ROWS_HELD {
+            short.push(format!(
+                "a device held {} rows (at least {MIN_ROWS_HELD})",
+                self.fewest_rows_held
+            ));
+        }
+        if self.local_writes < MIN_LOCAL_WRITES {
+            short.push(format!(
+                "{} local edits (at least {MIN_LOCAL_WRITES})",
+                self.local_writes
+            ));
+        }
+        if self.uploaded < MIN_UPLOADED {
+            short.push(format!(
+                "{} edits uploaded (at least {MIN_UPLOADED})",
+                self.uploaded
+            ));
+        }
+        if detection && self.conflicts < 1 {
+            short.push("no conflict met with conflict detection on".to_owned());
+        }
+        if self.faults() < MIN_FAULTS {
+            short.push(format!(
+                "{} faults injected (at least {MIN_FAULTS})",
+                self.faults()
+            ));
+        }
+        match short.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "the seed exercised less than the minimum: {}",
+                short.join("; ")
+            )),
+        }
     }
 }
+
+/// What every seed must reach (see [`Stats::check_exercised`]).
+const MIN_ROWS_HELD: u64 = 20;
+const MIN_LOCAL_WRITES: u64 = 3;
+const MIN_UPLOADED: u64 = 2;
+const MIN_FAULTS: u64 = 5;
 
 /// The simulated network with the in-process server behind it.
 struct Net {
@@ -301,8 +370,20 @@ fn snapshot(engine: &Engine) -> BTreeMap<String, TableRows> {
     out
 }
 
-/// Runs one seed; returns the faults injected, or the violated invariant.
+/// Whether a run seeds the server with field-service data (always, but in
+/// the test that proves a run without data fails its minimum).
+#[derive(Clone, Copy, PartialEq)]
+enum Data {
+    Seeded,
+    None,
+}
+
+/// Runs one seed; returns what it exercised, or the violated invariant.
 async fn run_seed(seed: u64) -> Result<Stats, String> {
+    run_seed_with(seed, Data::Seeded).await
+}
+
+async fn run_seed_with(seed: u64, data: Data) -> Result<Stats, String> {
     // Memory-backed files where the machine has them: the simulation checks
     // logic, not fsync; crash safety on disk is tested with real processes.
     let dir = match std::path::Path::new("/dev/shm").is_dir() {
@@ -310,9 +391,13 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
         false => tempfile::tempdir(),
     }
     .map_err(|e| e.to_string())?;
+    // Server and devices share one clock: the server's "today" in the
+    // profile's relative dates is the instant the data was seeded around.
     let clock = Arc::new(ManualClock::new(1_796_000_000_000));
+    let mut config = testdb::server_config(&dir.path().join("server"), ADMIN);
+    config.clock = clock.clone();
     let net = Arc::new(Net {
-        config: testdb::server_config(&dir.path().join("server"), ADMIN),
+        config,
         server: Mutex::new(None),
         rng: Mutex::new(StdRng::seed_from_u64(seed)),
         faults: AtomicBool::new(false),
@@ -341,11 +426,18 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
         }
         tokens.insert(id, v["token"].as_str().unwrap_or_default().to_owned());
     }
-    let (s, _) = net
-        .call("POST", "/v1/admin/seed", ADMIN, Some(json!({"technicians": ["tech-1", "tech-2"], "work_orders": 12, "seed": seed, "now_ms": fieldsync_core::Clock::now_ms(clock.as_ref())})))
-        .await;
-    if s != 200 {
-        return Err(format!("seed: {s}"));
+    if data == Data::Seeded {
+        let (s, _) = net
+            .call(
+                "POST",
+                "/v1/admin/seed",
+                ADMIN,
+                Some(json!({"technicians": ["tech-1", "tech-2"], "work_orders": 12, "seed": seed})),
+            )
+            .await;
+        if s != 200 {
+            return Err(format!("seed: {s}"));
+        }
     }
     net.call(
         "PUT",
@@ -468,6 +560,7 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
                     }
                 }
             }
+            65..80 if data == Data::None => {}
             65..80 => {
                 let n = rng.random_range(0..12);
                 let (s, v) = net
@@ -495,7 +588,43 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
 
     // Quiet period: a healthy network until every device has settled.
     net.faults.store(false, Ordering::SeqCst);
-    for _round in 0..2 {
+    for round in 0..2 {
+        if round == 1 && data == Data::Seeded {
+            // The same booking edited on a device and by the dispatcher
+            // before the device syncs again: a conflict the server logs
+            // when detection is on, the device's win when it is off. Every
+            // seed meets one, whatever its draws.
+            let engine = devices[0].open(&net);
+            let bookings = engine
+                .list("bookings", None, 1)
+                .map_err(|e| e.to_string())?;
+            let Some(b) = bookings.first() else {
+                return Err("device 0 holds no booking after a healthy sync".into());
+            };
+            engine
+                .update(
+                    "bookings",
+                    &b.id,
+                    BTreeMap::from([("notes".into(), Value::Text("device, quiet period".into()))]),
+                )
+                .map_err(|e| e.to_string())?;
+            net.stats.lock().unwrap().local_writes += 1;
+            for entry in engine.outbox().map_err(|e| e.to_string())? {
+                keys.insert(entry.mutation.idempotency_key, devices[0].user.clone());
+            }
+            let (s, v) = net
+                .call(
+                    "PUT",
+                    &format!("/v1/records/bookings/{}", b.id),
+                    &tokens["disp"],
+                    Some(json!({"data": {"notes": "dispatcher, quiet period"}})),
+                )
+                .await;
+            if s != 200 {
+                return Err(format!("dispatcher edit: {s} {v}"));
+            }
+            net.stats.lock().unwrap().dispatcher_edits += 1;
+        }
         for dev in devices.iter_mut() {
             let engine = dev.open(&net);
             let mut ok = false;
@@ -533,7 +662,9 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
     if twice > 0 {
         return Err(format!("{twice} change(s) applied twice"));
     }
+    let mut uploaded = 0;
     for (key, user) in &keys {
+        uploaded += 1;
         let receipt = server_db.text(
             "SELECT result FROM _fs_push_receipts WHERE user_id = ?1 AND idempotency_key = ?2",
             &[user.as_str(), key.as_str()],
@@ -569,6 +700,11 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
             None => return Err(format!("receipt of {key} has no status")),
         }
     }
+    let conflicts = server_db.count(
+        "SELECT COUNT(*) FROM _fs_sync_errors WHERE kind = 'conflict'",
+        &[],
+    )?;
+    let mut fewest_rows_held = u64::MAX;
     for (i, dev) in devices.iter_mut().enumerate() {
         let mut fresh = Device {
             user: dev.user.clone(),
@@ -584,6 +720,8 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
             .map_err(|e| format!("fresh device: {e}"))?;
         let expected = snapshot(&fresh_engine);
         let got = snapshot(&dev.open(&net));
+        let held: usize = got.values().map(BTreeMap::len).sum();
+        fewest_rows_held = fewest_rows_held.min(held as u64);
         if got != expected {
             let diff: BTreeSet<String> = expected
                 .iter()
@@ -596,7 +734,11 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
             ));
         }
     }
-    let stats = net.stats.lock().unwrap().clone();
+    let mut stats = net.stats.lock().unwrap().clone();
+    stats.uploaded = uploaded;
+    stats.conflicts = conflicts.max(0) as u64;
+    stats.fewest_rows_held = fewest_rows_held;
+    stats.check_exercised(detection)?;
     Ok(stats)
 }
 
@@ -707,15 +849,37 @@ async fn a_seed_replays_exactly() {
     assert!(first.requests > 0);
 }
 
+/// A run with nothing to sync must not pass: the minimum each seed must
+/// exercise is what fails it.
+#[cfg(not(feature = "planted-bug"))]
+#[tokio::test]
+async fn a_seed_without_data_fails_its_minimum() {
+    let err = run_seed_with(7, Data::None)
+        .await
+        .expect_err("a seed that synced no data passed");
+    assert!(
+        err.starts_with("the seed exercised less than the minimum"),
+        "{err}"
+    );
+    assert!(err.contains("rows (at least"), "{err}");
+}
+
 /// With the planted bug (outbox entries dropped before acknowledgement) the
-/// harness must fail some seed: `cargo test --test simulation --features planted-bug`.
+/// harness must fail some seed on an invariant, not on its minimum:
+/// `cargo test --test simulation --features planted-bug`.
 #[cfg(feature = "planted-bug")]
 #[tokio::test]
 async fn harness_finds_the_planted_bug() {
     for seed in 1..=60 {
-        if let Err(e) = run_seed(seed).await {
-            println!("planted bug found by seed {seed}: {e}");
-            return;
+        match run_seed(seed).await {
+            Ok(_) => {}
+            Err(e) if e.starts_with("the seed exercised less than the minimum") => {
+                panic!("seed {seed} did not exercise the system: {e}")
+            }
+            Err(e) => {
+                println!("planted bug found by seed {seed}: {e}");
+                return;
+            }
         }
     }
     panic!("the harness did not find the planted bug in 60 seeds");
