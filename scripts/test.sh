@@ -29,6 +29,10 @@ cargo test --workspace --all-targets --locked --no-run
 step "Rust: unit and end-to-end tests (real server processes on 127.0.0.1, simulation seeds)"
 FIELDSYNC_SIM_SEEDS=${FIELDSYNC_SIM_SEEDS:-200} cargo test --workspace --locked
 
+step "Rust: every test again with the date moved 400 days ahead (libfaketime; no test may depend on today's date)"
+FIELDSYNC_SIM_SEEDS=${FIELDSYNC_SHIFTED_SIM_SEEDS:-20} scripts/with-shifted-date.sh 400 \
+  cargo test --workspace --locked
+
 step "PostgreSQL: the server test suites again, on a throwaway PostgreSQL cluster (two instances on one database included)"
 # Every suite that runs a server (the server crate's own tests use
 # SQLite, but for the PostgreSQL variants below). `--workspace` keeps the
@@ -68,7 +72,7 @@ target/debug/fieldsync demo --work-orders 100 >/dev/null
 unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
 
 step "Reliability: the simulation harness finds a bug planted on purpose"
-cargo test --locked --workspace --test simulation --features fieldsync/planted-bug
+cargo test --locked --workspace --test simulation --features fieldsync/planted-bug -- --show-output
 
 step "Reliability: the multi-instance test catches a naive change cursor planted on purpose (PostgreSQL)"
 scripts/with-postgres.sh cargo test --locked --workspace --test multi_instance --features fieldsync/planted-bug

@@ -181,6 +181,27 @@ pub fn is_datetime(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// `scripts/with-shifted-date.sh` runs the suites with the wall clock
+    /// moved ahead and says by how much, with the real time it started at:
+    /// this proves the shift reached the test programs (a run that was not
+    /// shifted would test nothing it claims to).
+    #[test]
+    fn a_shifted_date_run_sees_the_shifted_date() {
+        let (Ok(days), Ok(real)) = (
+            std::env::var("FIELDSYNC_SHIFTED_DAYS"),
+            std::env::var("FIELDSYNC_REAL_START_SECS"),
+        ) else {
+            return;
+        };
+        let days: i64 = days.parse().expect("FIELDSYNC_SHIFTED_DAYS");
+        let real: i64 = real.parse().expect("FIELDSYNC_REAL_START_SECS");
+        let seen = SystemClock.now_ms() / 1000;
+        assert!(
+            seen - real >= (days - 1) * 86_400,
+            "the clock reads {seen}, not {days} days after {real}"
+        );
+    }
+
     #[test]
     fn civil_round_trip() {
         for z in [-800_000, -1, 0, 1, 59, 60, 365, 10_957, 20_000, 2_932_896] {
