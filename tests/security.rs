@@ -258,6 +258,170 @@ async fn every_route_needs_the_right_credentials() {
     assert_ne!(other_row["row"]["notes"], "by tech-2", "{other_row}");
 }
 
+/// A relationship a technician writes must point at a row it can already
+/// reach: a booking of its own naming another technician's work order
+/// would otherwise hand it that work order, its incidents, and the right to
+/// change them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_technician_cannot_take_over_another_technicians_work_order() {
+    let server = Server::start().await;
+    let _tech1 = server.user("tech-1", "technician").await;
+    let tech2 = server.user("tech-2", "technician").await;
+    let dispatcher = server.user("disp", "dispatcher").await;
+    server.seed(&["tech-1", "tech-2"], 20).await;
+    let all = server.rows(&dispatcher, "bookings").await;
+    let wo_of = |tech: &str| -> Vec<String> {
+        all.values()
+            .filter(|(_, r)| r["resource_id"] == tech)
+            .map(|(_, r)| r["work_order_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let target = wo_of("tech-1")[0].clone();
+    let reach = |wo: String| {
+        let server = &server;
+        let tech2 = tech2.clone();
+        async move {
+            server
+                .call(
+                    "GET",
+                    &format!("/v1/records/work_orders/{wo}"),
+                    Some(&tech2),
+                    None,
+                )
+                .await
+                .0
+        }
+    };
+    assert_eq!(reach(target.clone()).await, 404, "tech-2 starts without it");
+    // A booking tech-2's profile selects (active, its own, in the window),
+    // and a work order it reaches through it.
+    let visible = server.rows(&tech2, "bookings").await;
+    let (own_id, (own_version, own)) = visible.iter().next().expect("a booking of tech-2");
+    let own_wo = own["work_order_id"].as_str().unwrap().to_owned();
+    let booking = |id: &str, wo: &str| {
+        json!({"resource_id": "tech-2", "status": "active", "name": id,
+               "start_time": own["start_time"], "end_time": own["end_time"], "work_order_id": wo})
+    };
+    let push = |key: &str, id: &str, op: &str, base: i64, data: serde_json::Value| json!({"mutations": [{"idempotency_key": key, "table": "bookings", "id": id, "op": op, "base_version": base, "data": data}]});
+
+    // A new booking of its own on tech-1's work order: refused.
+    let (s, v) = server
+        .call(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech2),
+            Some(push(
+                "take-1",
+                "bk-take",
+                "insert",
+                0,
+                booking("bk-take", &target),
+            )),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "rejected", "{v}");
+    assert_eq!(v["results"][0]["error"]["code"], "forbidden", "{v}");
+    // Its own booking moved onto tech-1's work order: refused.
+    let (_, v) = server
+        .call(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech2),
+            Some(push(
+                "take-2",
+                own_id,
+                "update",
+                *own_version,
+                json!({"work_order_id": target}),
+            )),
+        )
+        .await;
+    assert_eq!(v["results"][0]["status"], "rejected", "{v}");
+    assert_eq!(v["results"][0]["error"]["code"], "forbidden", "{v}");
+    // A work order that does not exist (yet): refused, or a row created
+    // under that id later would be reached.
+    let (_, v) = server
+        .call(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech2),
+            Some(push(
+                "take-3",
+                "bk-dangling",
+                "insert",
+                0,
+                booking("bk-dangling", "wo-not-yet"),
+            )),
+        )
+        .await;
+    assert_eq!(v["results"][0]["error"]["code"], "forbidden", "{v}");
+
+    // No reach gained: the work order stays out of tech-2's reads, and a
+    // change to it is refused and not applied.
+    assert_eq!(
+        reach(target.clone()).await,
+        404,
+        "tech-2 gained the work order"
+    );
+    let (_, v) = server
+        .call("POST", "/v1/sync/push", Some(&tech2),
+              Some(json!({"mutations": [{"idempotency_key": "take-4", "table": "work_orders", "id": target, "op": "update", "base_version": 1, "data": {"summary": "tech-2 was here"}}]})))
+        .await;
+    assert_eq!(v["results"][0]["status"], "rejected", "{v}");
+    let (_, wo) = server
+        .call(
+            "GET",
+            &format!("/v1/records/work_orders/{target}"),
+            Some(&dispatcher),
+            None,
+        )
+        .await;
+    assert_ne!(wo["row"]["summary"], "tech-2 was here", "{wo}");
+    let (_, bk) = server
+        .call(
+            "GET",
+            &format!("/v1/records/bookings/{own_id}"),
+            Some(&dispatcher),
+            None,
+        )
+        .await;
+    assert_eq!(bk["row"]["work_order_id"], own_wo.as_str(), "{bk}");
+
+    // What tech-2 already reaches stays writable: a second booking on its
+    // own work order, and an edit that resends the relationship unchanged.
+    let (_, v) = server
+        .call(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech2),
+            Some(push(
+                "own-1",
+                "bk-second",
+                "insert",
+                0,
+                booking("bk-second", &own_wo),
+            )),
+        )
+        .await;
+    assert_eq!(v["results"][0]["status"], "applied", "{v}");
+    let (_, v) = server
+        .call(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech2),
+            Some(push(
+                "own-2",
+                own_id,
+                "update",
+                *own_version,
+                json!({"work_order_id": own_wo, "notes": "on my way"}),
+            )),
+        )
+        .await;
+    assert_eq!(v["results"][0]["status"], "applied", "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_typed_errors_and_the_server_stays_up() {
     let server = Server::start_with(&["--request-timeout-secs", "2"]).await;

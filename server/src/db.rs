@@ -49,7 +49,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use fieldsync_core::filter::FilterContext;
 use fieldsync_core::profile::{
-    DataModel, OfflineProfile, SyncProfile, SyncTable, TableSchema, quote_ident,
+    DataModel, OfflineProfile, RowRule, SyncProfile, SyncTable, TableSchema, quote_ident,
 };
 use fieldsync_core::protocol::{
     ErrorBody, FetchResponse, MAX_FETCH_VALUES, MAX_PAGE_BYTES, MAX_PAGE_SIZE, MAX_ROW_BYTES,
@@ -1786,6 +1786,76 @@ impl Db {
         c.exists(&sql, &params)
     }
 
+    /// Whether writing `data` into a row of `table` would point a
+    /// relationship at a row its writer cannot already reach: the reason,
+    /// or `None` when the write gains no reach.
+    ///
+    /// A related rule grants reach through the rows of another table
+    /// (work orders through the user's bookings' `work_order_id`), so a
+    /// relationship a user writes is one of the rows it may read tomorrow.
+    /// Each value that a related rule of the profile reads, set or changed
+    /// by this write, must name live rows that the profile selects today,
+    /// every one of them; a value naming no row is refused too, since a row
+    /// created under that key later would be reached.
+    fn reach_gained(
+        &self,
+        c: &mut dyn Conn,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        current: Option<&StoredRow>,
+        data: &BTreeMap<String, Value>,
+    ) -> ApiResult<Option<String>> {
+        let live = current.filter(|r| !r.deleted);
+        for reached in &profile.tables {
+            for rule in &reached.rules {
+                let RowRule::Related {
+                    table: through,
+                    column,
+                    foreign_column,
+                } = rule
+                else {
+                    continue;
+                };
+                if through != &table.name {
+                    continue;
+                }
+                let Some(value) = data.get(foreign_column).filter(|v| **v != Value::Null) else {
+                    continue;
+                };
+                if live.and_then(|r| r.fields.get(foreign_column)) == Some(value) {
+                    continue;
+                }
+                let target = quote_ident(&reached.name);
+                let key = quote_ident(column);
+                let all = c
+                    .query_one(
+                        &format!("SELECT COUNT(*) FROM {target} WHERE {key} = ? AND _deleted = 0"),
+                        std::slice::from_ref(value),
+                    )?
+                    .i64(0)?;
+                let selected = rules::compile_in(c.dialect(), profile, reached, &self.ctx(profile));
+                let mut params = vec![value.clone()];
+                params.extend(selected.params);
+                let reachable = c
+                    .query_one(
+                        &format!(
+                            "SELECT COUNT(*) FROM {target} WHERE {key} = ? AND _deleted = 0 AND {}",
+                            selected.sql
+                        ),
+                        &params,
+                    )?
+                    .i64(0)?;
+                if all == 0 || reachable < all {
+                    return Ok(Some(format!(
+                        "column '{foreign_column}' must point at a {} row you can already reach",
+                        reached.name
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Writes a change and logs it. `replace` sets every column (missing
     /// ones null); otherwise only the given columns change. Returns the new
     /// version and the change's id in the change log.
@@ -2186,6 +2256,11 @@ impl Db {
                 codes::INVALID_VALUE,
                 format!("column '{name}': text holding U+0000 cannot be stored by this server"),
             ));
+        }
+        if m.op != Op::Delete
+            && let Some(message) = self.reach_gained(c, profile, table, current.as_ref(), &data)?
+        {
+            return Err(reject(codes::FORBIDDEN, message));
         }
         if m.op != Op::Delete {
             let size = merged_size(current.as_ref(), &data);
