@@ -422,6 +422,105 @@ async fn a_technician_cannot_take_over_another_technicians_work_order() {
     assert_eq!(v["results"][0]["status"], "applied", "{v}");
 }
 
+/// A request without credentials is answered from its headers: its body
+/// is never read, so connections announcing large bodies hold no memory
+/// for them. 64 connections each announce 8 MB and send 1 KiB; each gets
+/// its 401 while the rest of its body is still unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_not_read_before_its_request_is_authenticated() {
+    let server = Server::start().await;
+    let mut held = Vec::new();
+    for path in ["/v1/sync/push", "/v1/telemetry", "/v1/admin/seed"]
+        .iter()
+        .cycle()
+        .take(64)
+    {
+        let mut c = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 8000000\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(&[b' '; 1024]).await.unwrap();
+        held.push(c);
+    }
+    for c in held.iter_mut() {
+        // The answer comes with 7,998,976 bytes of the body never sent; a
+        // server that waited for the body would answer nothing (the read
+        // bound only keeps a broken server from hanging the test).
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+            .await
+            .expect("an answer before the body")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    }
+    let (s, _) = server.call("GET", "/v1/health", None, None).await;
+    assert_eq!(s, 200);
+}
+
+/// The push's limits stop decoding where they are passed: a push of 501
+/// mutations, or a mutation of 1,001 fields, is refused as too large even
+/// when what follows would not parse, so nothing past the limit was built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_limits_stop_decoding_before_building_the_rest() {
+    let server = Server::start().await;
+    let tech = server.user("tech-1", "technician").await;
+    let mutation = |i: usize| {
+        json!({"idempotency_key": format!("k{i}"), "table": "bookings", "id": format!("b{i}"),
+               "op": "update", "base_version": 1, "data": {"notes": "x"}})
+        .to_string()
+    };
+    let many: Vec<String> = (0..501).map(mutation).collect();
+    let body = format!("{{\"mutations\": [{}, this is not JSON", many.join(","));
+    let (s, v) = server
+        .call_raw(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech),
+            Some(body.into_bytes()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{v}"
+    );
+    let fields: Vec<String> = (0..1001).map(|i| format!("\"f{i}\": 1")).collect();
+    let body = format!(
+        "{{\"mutations\": [{{\"idempotency_key\": \"k\", \"table\": \"bookings\", \"id\": \"b\", \"op\": \"insert\", \"base_version\": 0, \"data\": {{{}, not JSON",
+        fields.join(",")
+    );
+    let (s, v) = server
+        .call_raw(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech),
+            Some(body.into_bytes()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{v}"
+    );
+    // Within the limits, the same garbage is malformed JSON.
+    let body = format!("{{\"mutations\": [{}, this is not JSON", mutation(0));
+    let (s, v) = server
+        .call_raw(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech),
+            Some(body.into_bytes()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("malformed_json")),
+        "{v}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_typed_errors_and_the_server_stays_up() {
     let server = Server::start_with(&["--request-timeout-secs", "2"]).await;

@@ -90,6 +90,9 @@ pub enum RowRule {
     Custom { filter: Filter },
 }
 
+/// Most columns a table of the data model may have.
+pub const MAX_COLUMNS_PER_TABLE: usize = 1_000;
+
 /// A table in an administrator's offline profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +163,13 @@ impl DataModel {
                 return Err(Error::InvalidProfile(format!(
                     "table '{}' defined twice",
                     t.name
+                )));
+            }
+            if t.columns.len() > MAX_COLUMNS_PER_TABLE {
+                return Err(Error::InvalidProfile(format!(
+                    "table '{}' has {} columns; at most {MAX_COLUMNS_PER_TABLE} are allowed",
+                    t.name,
+                    t.columns.len()
                 )));
             }
             let mut cols = BTreeSet::new();

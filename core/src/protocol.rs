@@ -26,6 +26,13 @@ pub const MAX_PAGE_SIZE: u32 = 10_000;
 pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Most mutations in one push request.
 pub const MAX_MUTATIONS_PER_PUSH: usize = 500;
+/// Most fields in one mutation's data (a table has at most this many
+/// columns, see [`crate::profile::MAX_COLUMNS_PER_TABLE`]).
+pub const MAX_FIELDS_PER_MUTATION: usize = 1_000;
+/// How the decoding error of a body that passed one of the limits above
+/// starts: decoding stops there, before the rest is built, and the server
+/// answers `payload_too_large`.
+pub const LIMIT_EXCEEDED: &str = "limit exceeded: ";
 /// Largest request body the server accepts, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 /// Largest single row (sum of its values) a device may write, in bytes.
@@ -188,15 +195,79 @@ pub struct Mutation {
     pub op: Op,
     /// Server version the change was based on (0 for a row created on the device).
     pub base_version: i64,
-    /// Field values (insert, update); empty for delete.
-    #[serde(default)]
+    /// Field values (insert, update); empty for delete. At most
+    /// [`MAX_FIELDS_PER_MUTATION`].
+    #[serde(default, deserialize_with = "bounded::fields")]
     pub data: BTreeMap<String, Value>,
 }
 
 /// Body of `POST /v1/sync/push`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushRequest {
+    /// At most [`MAX_MUTATIONS_PER_PUSH`].
+    #[serde(deserialize_with = "bounded::mutations")]
     pub mutations: Vec<Mutation>,
+}
+
+/// Decoders that stop at a limit instead of building what lies past it: a
+/// push of 100,000 mutations, or a mutation of 700,000 fields, fails after
+/// the first one too many, with an error starting with [`LIMIT_EXCEEDED`].
+mod bounded {
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::Deserializer;
+    use serde::de::{Error, MapAccess, SeqAccess, Visitor};
+
+    use super::{LIMIT_EXCEEDED, MAX_FIELDS_PER_MUTATION, MAX_MUTATIONS_PER_PUSH, Mutation};
+    use crate::value::Value;
+
+    pub fn mutations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Mutation>, D::Error> {
+        struct Seq;
+        impl<'de> Visitor<'de> for Seq {
+            type Value = Vec<Mutation>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a list of at most {MAX_MUTATIONS_PER_PUSH} mutations")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(m) = seq.next_element()? {
+                    if out.len() == MAX_MUTATIONS_PER_PUSH {
+                        return Err(A::Error::custom(format!(
+                            "{LIMIT_EXCEEDED}at most {MAX_MUTATIONS_PER_PUSH} mutations per request"
+                        )));
+                    }
+                    out.push(m);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Seq)
+    }
+
+    pub fn fields<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Value>, D::Error> {
+        struct Map(PhantomData<Value>);
+        impl<'de> Visitor<'de> for Map {
+            type Value = BTreeMap<String, Value>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an object of at most {MAX_FIELDS_PER_MUTATION} fields")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if out.len() == MAX_FIELDS_PER_MUTATION {
+                        return Err(A::Error::custom(format!(
+                            "{LIMIT_EXCEEDED}at most {MAX_FIELDS_PER_MUTATION} fields per mutation"
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Map(PhantomData))
+    }
 }
 
 /// Outcome of one mutation.

@@ -8,16 +8,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fieldsync_core::profile::{OfflineProfile, SyncProfile};
 use fieldsync_core::protocol::{
-    DEFAULT_PAGE_SIZE, DEVICE_HEADER, FetchRequest, FetchResponse, MAX_MUTATIONS_PER_PUSH,
-    PushRequest, PushResponse, RecordList, RecordResponse, RecordWrite, codes,
+    DEFAULT_PAGE_SIZE, DEVICE_HEADER, FetchRequest, FetchResponse, LIMIT_EXCEEDED, PushRequest,
+    PushResponse, RecordList, RecordResponse, RecordWrite, codes,
 };
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -82,24 +83,61 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Decodes a JSON body, answering typed errors for oversized and malformed ones.
-pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                codes::PAYLOAD_TOO_LARGE,
-                "the request body is too large",
-            )
-        } else {
+/// Reads and decodes a request's JSON body. Handlers call it once the
+/// request is authenticated, so a request without credentials costs no more
+/// than its headers. A body past the server's limit (by its
+/// `Content-Length`, or as it arrives) is refused with `payload_too_large`
+/// without being read further, as is one whose decoding passes a limit of
+/// the protocol (see [`LIMIT_EXCEEDED`]); a malformed one gets
+/// `malformed_json`.
+pub async fn read_json<T: DeserializeOwned>(
+    app: &App,
+    headers: &HeaderMap,
+    mut body: Body,
+) -> ApiResult<T> {
+    let limit = app.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::PAYLOAD_TOO_LARGE,
+            format!("the request body is too large (at most {limit} bytes)"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
             ApiError::bad_request(
                 codes::BAD_REQUEST,
                 format!("cannot read the request body: {e}"),
             )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&data);
         }
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(codes::MALFORMED_JSON, format!("malformed JSON: {e}")))
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let message = e.to_string();
+        match message.strip_prefix(LIMIT_EXCEEDED) {
+            Some(rest) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::PAYLOAD_TOO_LARGE,
+                rest.to_owned(),
+            ),
+            None => {
+                ApiError::bad_request(codes::MALFORMED_JSON, format!("malformed JSON: {message}"))
+            }
+        }
+    })
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
@@ -233,10 +271,10 @@ pub async fn pull(
 pub async fn fetch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<FetchResponse>> {
     let user = authenticate(&app, &headers).await?;
-    let request: FetchRequest = json_body(body)?;
+    let request: FetchRequest = read_json(&app, &headers, body).await?;
     let db = app.db.clone();
     let response = blocking(move || {
         let profile = db.sync_profile(&user)?;
@@ -276,17 +314,10 @@ pub async fn fetch(
 pub async fn push(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<PushResponse>> {
     let user = authenticate(&app, &headers).await?;
-    let request: PushRequest = json_body(body)?;
-    if request.mutations.len() > MAX_MUTATIONS_PER_PUSH {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            codes::PAYLOAD_TOO_LARGE,
-            format!("at most {MAX_MUTATIONS_PER_PUSH} mutations per request"),
-        ));
-    }
+    let request: PushRequest = read_json(&app, &headers, body).await?;
     let db = app.db.clone();
     let device = device_id(&headers);
     let results = blocking(move || {
@@ -495,12 +526,12 @@ pub async fn put_record(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     segments: Result<Path<(String, String)>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<RecordResponse>)> {
     let (table, id) = path(segments)?;
     let user = authenticate(&app, &headers).await?;
     require_back_office(&user)?;
-    let write: RecordWrite = json_body(body)?;
+    let write: RecordWrite = read_json(&app, &headers, body).await?;
     let db = app.db.clone();
     let (t, i) = (table.clone(), id.clone());
     let written =
@@ -576,10 +607,10 @@ pub struct CreatedUser {
 pub async fn create_user(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
     authenticate_admin(&app, &headers).await?;
-    let new: NewUser = json_body(body)?;
+    let new: NewUser = read_json(&app, &headers, body).await?;
     let db = app.db.clone();
     let default_profile = app.default_profile.clone();
     let (user, token) = blocking(move || {
@@ -663,10 +694,10 @@ pub async fn get_settings(
 pub async fn put_settings(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<Settings>> {
     authenticate_admin(&app, &headers).await?;
-    let settings: Settings = json_body(body)?;
+    let settings: Settings = read_json(&app, &headers, body).await?;
     let db = app.db.clone();
     let on = settings.conflict_detection;
     blocking(move || db.set_conflict_detection(on)).await?;
@@ -726,11 +757,11 @@ pub async fn put_profile(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     segments: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<PublishedProfile>> {
     let name = path(segments)?;
     authenticate_admin(&app, &headers).await?;
-    let profile: OfflineProfile = json_body(body)?;
+    let profile: OfflineProfile = read_json(&app, &headers, body).await?;
     if profile.name != name {
         return Err(ApiError::bad_request(
             codes::INVALID_PROFILE,
@@ -771,10 +802,10 @@ pub struct SeedResult {
 pub async fn seed(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<SeedResult>> {
     authenticate_admin(&app, &headers).await?;
-    let spec: SeedSpec = json_body(body)?;
+    let spec: SeedSpec = read_json(&app, &headers, body).await?;
     if spec.work_orders > 2_000_000 {
         return Err(ApiError::bad_request(
             codes::BAD_REQUEST,

@@ -149,6 +149,8 @@ pub struct App {
     pub admin_token_hash: String,
     pub default_profile: String,
     pub pull_delay: Duration,
+    /// Largest request body read, in bytes.
+    pub max_body_bytes: usize,
 }
 
 /// Opens the database and builds the HTTP application.
@@ -182,6 +184,7 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         admin_token_hash: db::hash_token(&config.admin_token),
         default_profile: profile.name,
         pull_delay: config.pull_delay,
+        max_body_bytes: config.max_body_bytes,
     });
     let router = Router::new()
         .route("/v1/health", get(api::health))

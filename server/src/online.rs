@@ -17,9 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use fieldsync_core::Value;
 use fieldsync_core::profile::quote_ident;
@@ -27,7 +26,7 @@ use fieldsync_core::protocol::{ChangesRequest, ChangesResponse, codes};
 use serde::{Deserialize, Serialize};
 
 use crate::App;
-use crate::api::{authenticate, authenticate_admin, blocking, json_body};
+use crate::api::{authenticate, authenticate_admin, blocking, read_json};
 use crate::db::{Cursor, Db};
 use crate::error::{ApiError, ApiResult};
 
@@ -81,10 +80,10 @@ pub async fn get_access(
 pub async fn put_access(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<OnlineAccess>> {
     authenticate_admin(&app, &headers).await?;
-    let access: OnlineAccess = json_body(body)?;
+    let access: OnlineAccess = read_json(&app, &headers, body).await?;
     let db = app.db.clone();
     let tables = blocking(move || {
         set_online_tables(&db, &access.tables)?;
@@ -101,10 +100,10 @@ pub async fn put_access(
 pub async fn changes(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<ChangesResponse>> {
     let user = authenticate(&app, &headers).await?;
-    let request: ChangesRequest = json_body(body)?;
+    let request: ChangesRequest = read_json(&app, &headers, body).await?;
     if request.tables.len() > 256 {
         return Err(ApiError::bad_request(
             codes::BAD_REQUEST,

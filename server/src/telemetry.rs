@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use fieldsync_core::Value;
@@ -20,7 +20,7 @@ use fieldsync_core::time::{format_date, parse_datetime};
 use serde::{Deserialize, Serialize};
 
 use crate::App;
-use crate::api::{authenticate, authenticate_admin, blocking, json_body};
+use crate::api::{authenticate, authenticate_admin, blocking, read_json};
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::sql::{Row, opt_text, text};
@@ -444,10 +444,10 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
 pub async fn upload(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<TelemetryAccepted>> {
     let user = authenticate(&app, &headers).await?;
-    let batch: TelemetryBatch = json_body(body)?;
+    let batch: TelemetryBatch = read_json(&app, &headers, body).await?;
     if batch.events.len() > MAX_EVENTS_PER_BATCH {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
