@@ -73,6 +73,9 @@ struct ServerArgs {
     /// Days device telemetry is kept; older events are purged hourly.
     #[arg(long, default_value_t = fieldsync_server::DEFAULT_TELEMETRY_RETENTION.as_secs() / DAY_SECS)]
     telemetry_retention_days: u64,
+    /// Days a Sync Errors entry is kept; older ones are purged hourly.
+    #[arg(long, default_value_t = fieldsync_server::DEFAULT_SYNC_ERROR_RETENTION.as_secs() / DAY_SECS)]
+    sync_error_retention_days: u64,
     /// MiB of related rules' selected values kept between the pages of
     /// first downloads (per instance); 0 keeps none.
     #[arg(long, default_value_t = fieldsync_server::selection::DEFAULT_CACHE_BYTES >> 20)]
@@ -107,6 +110,11 @@ async fn run_server(args: ServerArgs) -> ExitCode {
         Duration::from_secs(args.receipt_retention_days.max(1).saturating_mul(DAY_SECS));
     config.telemetry_retention = Duration::from_secs(
         args.telemetry_retention_days
+            .max(1)
+            .saturating_mul(DAY_SECS),
+    );
+    config.sync_error_retention = Duration::from_secs(
+        args.sync_error_retention_days
             .max(1)
             .saturating_mul(DAY_SECS),
     );

@@ -70,7 +70,7 @@ use crate::selection::Walked;
 use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Whether a device id is one the server records (1 to 128 bytes): the
 /// `x-fieldsync-device-id` header is read only within this bound, and the
@@ -170,6 +170,38 @@ pub struct SyncErrorEntry {
     pub server_version: i64,
     pub device_data: Option<BTreeMap<String, Value>>,
     pub server_data: Option<BTreeMap<String, Value>>,
+    /// Set when the device's data was larger than [`SYNC_ERROR_DATA_BYTES`]:
+    /// `device_data` was not kept, only its size and digest.
+    pub device_data_cut: Option<DataCut>,
+    /// Likewise for the server's data.
+    pub server_data_cut: Option<DataCut>,
+}
+
+/// What the Sync Errors log keeps of data too large to store: its size as
+/// JSON and its SHA-256, enough to tell two versions apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataCut {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Largest device or server data, as JSON, one Sync Errors entry keeps.
+pub const SYNC_ERROR_DATA_BYTES: usize = 16 * 1024;
+
+/// The data of a Sync Errors entry as stored: the JSON, or, past
+/// [`SYNC_ERROR_DATA_BYTES`], what is kept of it.
+fn kept_data(json: Option<String>) -> ApiResult<(Option<String>, Option<String>)> {
+    match json {
+        Some(j) if j.len() > SYNC_ERROR_DATA_BYTES => {
+            let cut = DataCut {
+                bytes: j.len() as u64,
+                sha256: hex::encode(Sha256::digest(j.as_bytes())),
+            };
+            let cut = serde_json::to_string(&cut).map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok((None, Some(cut)))
+        }
+        other => Ok((other, None)),
+    }
 }
 
 /// A device seen by the server.
@@ -190,6 +222,8 @@ pub struct SyncErrorFilter {
     pub user: Option<String>,
     pub table: Option<String>,
     pub kind: Option<String>,
+    /// Only entries older than this id (the last id of the previous page).
+    pub before: Option<i64>,
     pub limit: Option<u32>,
 }
 
@@ -566,6 +600,18 @@ const PURGE_BATCH: i64 = 5_000;
 pub struct Purged {
     pub receipts: u64,
     pub telemetry: u64,
+    pub sync_errors: u64,
+}
+
+/// How long the server keeps what it purges (see [`Db::purge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Push receipts, which answer a retried push.
+    pub receipts: Duration,
+    /// Device telemetry.
+    pub telemetry: Duration,
+    /// Sync Errors entries (and their retry records).
+    pub sync_errors: Duration,
 }
 
 /// Largest part of the embedded database file a connection maps (1 GiB).
@@ -624,7 +670,7 @@ fn merged_size(current: Option<&StoredRow>, data: &BTreeMap<String, Value>) -> u
     size
 }
 
-fn json_opt(text: Option<String>) -> Option<BTreeMap<String, Value>> {
+fn json_opt<T: serde::de::DeserializeOwned>(text: Option<String>) -> Option<T> {
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
@@ -1059,11 +1105,18 @@ impl Db {
     /// A receipt makes a retried push answer the stored result instead of
     /// applying the change again; after its retention, a device retrying a
     /// push whose answer it lost that long ago would apply it again.
-    pub fn purge(&self, receipts_for: Duration, telemetry_for: Duration) -> ApiResult<Purged> {
+    pub fn purge(&self, retention: &Retention) -> ApiResult<Purged> {
         let now = self.clock.now_ms();
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        let receipts_before = format_datetime(now.saturating_sub(ms(receipts_for)));
-        let telemetry_before = now.saturating_sub(ms(telemetry_for));
+        let receipts_before = format_datetime(now.saturating_sub(ms(retention.receipts)));
+        let telemetry_before = now.saturating_sub(ms(retention.telemetry));
+        let errors_before = format_datetime(now.saturating_sub(ms(retention.sync_errors)));
+        // An entry's retry record goes before the entry.
+        self.delete_in_batches(
+            "DELETE FROM _fs_sync_error_retries WHERE sync_error_id IN
+               (SELECT id FROM _fs_sync_errors WHERE at < ? LIMIT ?)",
+            text(errors_before.clone()),
+        )?;
         Ok(Purged {
             receipts: self.delete_in_batches(
                 "DELETE FROM _fs_push_receipts WHERE (user_id, idempotency_key) IN
@@ -1074,6 +1127,11 @@ impl Db {
                 "DELETE FROM _fs_telemetry WHERE id IN
                    (SELECT id FROM _fs_telemetry WHERE received_at < ? LIMIT ?)",
                 int(telemetry_before),
+            )?,
+            sync_errors: self.delete_in_batches(
+                "DELETE FROM _fs_sync_errors WHERE id IN
+                   (SELECT id FROM _fs_sync_errors WHERE at < ? LIMIT ?)",
+                text(errors_before),
             )?,
         })
     }
@@ -2121,10 +2179,12 @@ impl Db {
             Some(e) => (e.code.clone(), e.message.clone()),
             None => (codes::CONFLICT.to_owned(), "the record changed on the server since the device read it; the server's version was kept".to_owned()),
         };
+        let (device_data, device_data_cut) = kept_data(device_data)?;
+        let (server_data, server_data_cut) = kept_data(server_data)?;
         let last_error = format!("{}/{}: {code}: {message}", m.table, m.id);
         c.execute(
-            "INSERT INTO _fs_sync_errors (at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO _fs_sync_errors (at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data, device_data_cut, server_data_cut)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             &[
                 text(self.now_text()),
                 text(kind),
@@ -2140,6 +2200,8 @@ impl Db {
                 int(result.version),
                 opt_text(device_data),
                 opt_text(server_data),
+                opt_text(device_data_cut),
+                opt_text(server_data_cut),
             ],
         )?;
         // The device's last error, for the device list (`GET
@@ -2610,6 +2672,10 @@ impl Db {
                 params.push(text(v.clone()));
             }
         }
+        if let Some(before) = filter.before {
+            sql.push_str(" AND id < ?");
+            params.push(int(before));
+        }
         sql.push_str(" ORDER BY id DESC LIMIT ?");
         params.push(int(i64::from(filter.limit.unwrap_or(200).min(1000))));
         self.read(|c| {
@@ -2819,7 +2885,7 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
-const SYNC_ERROR_COLUMNS: &str = "id, at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data";
+const SYNC_ERROR_COLUMNS: &str = "id, at, kind, code, message, tbl, row_id, user_id, device_id, action, idempotency_key, base_version, server_version, device_data, server_data, device_data_cut, server_data_cut";
 
 fn sync_error_from_row(r: &Row) -> ApiResult<SyncErrorEntry> {
     Ok(SyncErrorEntry {
@@ -2838,6 +2904,8 @@ fn sync_error_from_row(r: &Row) -> ApiResult<SyncErrorEntry> {
         server_version: r.i64(12)?,
         device_data: json_opt(r.opt_text(13)?),
         server_data: json_opt(r.opt_text(14)?),
+        device_data_cut: json_opt(r.opt_text(15)?),
+        server_data_cut: json_opt(r.opt_text(16)?),
     })
 }
 
@@ -3007,6 +3075,13 @@ impl Db {
         let op = Op::parse(&entry.action).ok_or_else(|| {
             ApiError::internal(format!("logged action '{}' is unknown", entry.action))
         })?;
+        if entry.device_data_cut.is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                codes::CONFLICT,
+                "the device's data was too large to keep in the log; this change cannot be retried",
+            ));
+        }
         let mutation = Mutation {
             idempotency_key: format!("console-retry-{id}"),
             table: entry.table.clone(),
@@ -3124,6 +3199,105 @@ mod retention_tests {
         }
     }
 
+    /// The Sync Errors log is bounded: a rejected change's data past
+    /// [`SYNC_ERROR_DATA_BYTES`] is kept as its size and digest only (and
+    /// cannot be retried), the log pages by id, and entries go after their
+    /// retention with their retry records.
+    #[test]
+    fn sync_errors_are_bounded_paged_and_purged() {
+        on_sqlite(sync_errors_scenario);
+    }
+
+    #[test]
+    fn sync_errors_are_bounded_paged_and_purged_on_postgres() {
+        if let Some(db) = test_support::fresh_postgres_db() {
+            sync_errors_scenario(db);
+        }
+    }
+
+    fn sync_errors_scenario(db: Db) {
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let db = db.with_clock(clock.clone());
+        let user = technician(&db);
+        let sync = db.sync_profile(&user).expect("profile");
+        // A row over the row size limit: rejected, and logged.
+        let mut huge = booking_insert(&db, "huge", "bk-huge", "huge");
+        let notes = "n".repeat(fieldsync_core::protocol::MAX_ROW_BYTES + 1);
+        huge.data.insert("notes".into(), Value::Text(notes));
+        let result = db.push(&user, None, &sync, &[huge.clone()]).expect("push");
+        assert_eq!(result[0].status, MutationStatus::Rejected);
+        let json = serde_json::to_string(&huge.data).expect("json");
+        let all = SyncErrorFilter::default();
+        let logged = db.sync_errors(&all).expect("log");
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].device_data, None);
+        assert_eq!(
+            logged[0].device_data_cut,
+            Some(DataCut {
+                bytes: json.len() as u64,
+                sha256: hex::encode(Sha256::digest(json.as_bytes())),
+            })
+        );
+        let stored: i64 = db
+            .read(|c| {
+                c.query_one(
+                    "SELECT SUM(LENGTH(COALESCE(device_data, '')) + LENGTH(COALESCE(server_data, ''))) FROM _fs_sync_errors",
+                    &[],
+                )?
+                .i64(0)
+            })
+            .expect("stored");
+        assert!(
+            stored <= 2 * SYNC_ERROR_DATA_BYTES as i64,
+            "{stored} bytes kept"
+        );
+        let retry = db
+            .retry_sync_error(logged[0].id, "admin")
+            .expect_err("retry");
+        assert_eq!(retry.code, codes::CONFLICT);
+
+        // Small rejected changes keep their data; the log pages by id.
+        for i in 0..5 {
+            let mut m = booking_insert(&db, &format!("bad{i}"), &format!("bk-bad{i}"), "x");
+            m.data.insert("no_such_column".into(), Value::Integer(i));
+            db.push(&user, None, &sync, &[m]).expect("push");
+        }
+        let first = db
+            .sync_errors(&SyncErrorFilter {
+                limit: Some(4),
+                ..Default::default()
+            })
+            .expect("page 1");
+        assert_eq!(first.len(), 4);
+        assert!(
+            first
+                .iter()
+                .all(|e| e.device_data.is_some() && e.device_data_cut.is_none())
+        );
+        let rest = db
+            .sync_errors(&SyncErrorFilter {
+                limit: Some(4),
+                before: first.last().map(|e| e.id),
+                ..Default::default()
+            })
+            .expect("page 2");
+        assert_eq!(rest.len(), 2);
+        assert!(rest[0].id < first[3].id);
+        assert_eq!(rest[1].id, logged[0].id);
+
+        // Past the retention, every entry goes.
+        let retention = Retention {
+            receipts: Duration::from_secs(30 * 86_400),
+            telemetry: Duration::from_secs(90 * 86_400),
+            sync_errors: Duration::from_secs(90 * 86_400),
+        };
+        clock.advance(89 * DAY);
+        assert_eq!(db.purge(&retention).expect("purge").sync_errors, 0);
+        clock.advance(2 * DAY);
+        assert_eq!(db.purge(&retention).expect("purge").sync_errors, 6);
+        assert_eq!(count(&db, "_fs_sync_errors"), 0);
+    }
+
     /// Runs `scenario` on a fresh SQLite database with the default model.
     fn on_sqlite(scenario: fn(Db)) {
         let dir = tempfile::tempdir().expect("dir");
@@ -3238,18 +3412,16 @@ mod retention_tests {
         }
         crate::telemetry::store(&db, "tech-1", &[event("e1"), event("e2")], db.now_ms())
             .expect("telemetry");
-        let retention = (
-            Duration::from_secs(30 * 86_400),
-            Duration::from_secs(90 * 86_400),
-        );
+        let retention = Retention {
+            receipts: Duration::from_secs(30 * 86_400),
+            telemetry: Duration::from_secs(90 * 86_400),
+            sync_errors: Duration::from_secs(90 * 86_400),
+        };
 
         // Within the retention: nothing goes, and a replay answers the
         // stored result (the row is not written again).
         clock.advance(29 * DAY);
-        assert_eq!(
-            db.purge(retention.0, retention.1).expect("purge"),
-            Purged::default()
-        );
+        assert_eq!(db.purge(&retention).expect("purge"), Purged::default());
         let replay = db.push(&user, None, &sync, &batch[..1]).expect("replay");
         assert_eq!(
             replay[0].status,
@@ -3262,18 +3434,19 @@ mod retention_tests {
 
         // Past it: every receipt goes, telemetry stays until its own.
         clock.advance(2 * DAY);
-        let purged = db.purge(retention.0, retention.1).expect("purge");
+        let purged = db.purge(&retention).expect("purge");
         assert_eq!(
             purged,
             Purged {
                 receipts: PURGE_BATCH as u64 + 7,
-                telemetry: 0
+                telemetry: 0,
+                sync_errors: 0,
             }
         );
         assert_eq!(count(&db, "_fs_push_receipts"), 0);
         assert_eq!(count(&db, "_fs_telemetry"), 2);
         clock.advance(60 * DAY);
-        let purged = db.purge(retention.0, retention.1).expect("purge");
+        let purged = db.purge(&retention).expect("purge");
         assert_eq!(purged.telemetry, 2);
         assert_eq!(count(&db, "_fs_telemetry"), 0);
         // The rows themselves stay.

@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub receipt_retention: Duration,
     /// How long device telemetry is kept.
     pub telemetry_retention: Duration,
+    /// How long Sync Errors entries are kept.
+    pub sync_error_retention: Duration,
     /// Bytes of related rules' selected values kept between the pages of
     /// first downloads (see [`selection`]); 0 keeps none.
     pub selection_cache_bytes: usize,
@@ -115,6 +117,7 @@ impl ServerConfig {
             database_ca_pem: None,
             receipt_retention: DEFAULT_RECEIPT_RETENTION,
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
+            sync_error_retention: DEFAULT_SYNC_ERROR_RETENTION,
             selection_cache_bytes: selection::DEFAULT_CACHE_BYTES,
         }
     }
@@ -125,6 +128,8 @@ impl ServerConfig {
 pub const DEFAULT_RECEIPT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 /// Device telemetry is kept 90 days.
 pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// Sync Errors entries are kept 90 days.
+pub const DEFAULT_SYNC_ERROR_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 /// How often a serving process purges (the first time a minute after it
 /// starts).
 const PURGE_EVERY: Duration = Duration::from_secs(3_600);
@@ -251,14 +256,23 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (app, db) = application(config).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let retention = (config.receipt_retention, config.telemetry_retention);
+    let retention = db::Retention {
+        receipts: config.receipt_retention,
+        telemetry: config.telemetry_retention,
+        sync_errors: config.sync_error_retention,
+    };
     let purging = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(60)).await;
         loop {
             let db = db.clone();
-            match tokio::task::spawn_blocking(move || db.purge(retention.0, retention.1)).await {
+            match tokio::task::spawn_blocking(move || db.purge(&retention)).await {
                 Ok(Ok(p)) if p != Purged::default() => {
-                    tracing::info!(receipts = p.receipts, telemetry = p.telemetry, "purged");
+                    tracing::info!(
+                        receipts = p.receipts,
+                        telemetry = p.telemetry,
+                        sync_errors = p.sync_errors,
+                        "purged"
+                    );
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e.message, "purge failed"),

@@ -265,6 +265,20 @@ ALTER TABLE _fs_push_receipts ADD COLUMN mutation_digest TEXT;
 ALTER TABLE _fs_push_receipts ADD COLUMN IF NOT EXISTS mutation_digest TEXT;
 "#,
     },
+    Migration {
+        version: 4,
+        description: "sync errors keep the size and digest of data too large to store, and are found by age for retention",
+        sqlite: r#"
+ALTER TABLE _fs_sync_errors ADD COLUMN device_data_cut TEXT;
+ALTER TABLE _fs_sync_errors ADD COLUMN server_data_cut TEXT;
+CREATE INDEX IF NOT EXISTS _fs_sync_errors_at ON _fs_sync_errors (at);
+"#,
+        postgres: r#"
+ALTER TABLE _fs_sync_errors ADD COLUMN IF NOT EXISTS device_data_cut TEXT;
+ALTER TABLE _fs_sync_errors ADD COLUMN IF NOT EXISTS server_data_cut TEXT;
+CREATE INDEX IF NOT EXISTS _fs_sync_errors_at ON _fs_sync_errors (at);
+"#,
+    },
 ];
 
 /// The version this server's schema reaches.

@@ -20,7 +20,7 @@ use crate::console::html::{
     Section, esc, kv_table, notice, options, page, side_by_side, url_component,
 };
 use crate::console::{Form, error_page, html_response};
-use crate::db::{SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
+use crate::db::{DataCut, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
 
 /// Filters and notices of the Sync Errors page.
 #[derive(Debug, Default, Deserialize)]
@@ -28,8 +28,13 @@ pub struct ErrorsQuery {
     user: Option<String>,
     table: Option<String>,
     kind: Option<String>,
+    /// Only entries older than this id (the "Older" link).
+    before: Option<i64>,
     retried: Option<i64>,
 }
+
+/// Entries shown on one page of the Sync Errors log.
+const PAGE: u32 = 100;
 
 fn non_empty(v: &Option<String>) -> Option<String> {
     v.as_ref()
@@ -64,13 +69,33 @@ fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) ->
             ("Server version", e.server_version.to_string()),
         ],
     );
-    let device_label = if e.action == "delete" {
-        "the device deleted the record"
-    } else {
-        "no device data"
+    let cut_note = |whose: &str, cut: &DataCut| {
+        format!(
+            "{whose} data was {} bytes, too large to keep (SHA-256 {})",
+            cut.bytes, cut.sha256
+        )
     };
-    let compare = side_by_side(e.device_data.as_ref(), e.server_data.as_ref(), device_label);
+    let device_label = match &e.device_data_cut {
+        Some(cut) => cut_note("the device's", cut),
+        None if e.action == "delete" => "the device deleted the record".to_owned(),
+        None => "no device data".to_owned(),
+    };
+    let mut compare = side_by_side(
+        e.device_data.as_ref(),
+        e.server_data.as_ref(),
+        &device_label,
+    );
+    if let Some(cut) = &e.server_data_cut {
+        let _ = write!(
+            compare,
+            "<p class=\"muted\">{}</p>",
+            esc(&cut_note("The server's", cut))
+        );
+    }
     let action = match retry {
+        _ if e.device_data_cut.is_some() => {
+            "<p class=\"muted\">The device's change cannot be retried: its data was not kept.</p>".to_owned()
+        }
         Some(r) => format!(
             "<p class=\"retried\">Retried {} by {} — the device's change was applied (record version {}).</p>",
             esc(&r.at),
@@ -115,7 +140,8 @@ async fn render(
         user: non_empty(&q.user),
         table: non_empty(&q.table),
         kind: non_empty(&q.kind),
-        limit: Some(200),
+        before: q.before,
+        limit: Some(PAGE),
     };
     let db = app.db.clone();
     let f = filter.clone();
@@ -168,12 +194,34 @@ async fn render(
     } else {
         let _ = write!(
             body,
-            "<p class=\"count\">{} sync error{} shown, newest first.</p>",
+            "<p class=\"count\">{} sync error{} shown, newest first{}.</p>",
             entries.len(),
-            if entries.len() == 1 { "" } else { "s" }
+            if entries.len() == 1 { "" } else { "s" },
+            if filter.before.is_some() {
+                ", older than the first page"
+            } else {
+                ""
+            }
         );
         for e in &entries {
             body.push_str(&entry_html(e, retries.get(&e.id), &admin.csrf));
+        }
+        if let Some(last) = entries.last().filter(|_| entries.len() == PAGE as usize) {
+            let mut href = format!("/console/sync-errors?before={}", last.id);
+            for (name, value) in [
+                ("user", &filter.user),
+                ("table", &filter.table),
+                ("kind", &filter.kind),
+            ] {
+                if let Some(v) = value {
+                    let _ = write!(href, "&{name}={}", url_component(v));
+                }
+            }
+            let _ = write!(
+                body,
+                "<nav class=\"pages\"><a href=\"/console/sync-errors\">Newest</a> <a class=\"older\" href=\"{}\">Older</a></nav>",
+                esc(&href)
+            );
         }
     }
     html_response(
