@@ -279,9 +279,15 @@ async fn two_instances_with_concurrent_writers_lose_and_repeat_nothing() {
 async fn run() -> (Vec<String>, i64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("server");
-    // Two instances on one database (the second finds the first's schema).
-    let a = Server::start_in(&data, &[]).await;
-    let b = Server::start_in(&data, &[]).await;
+    // Two instances started at the same instant on one fresh database: one
+    // migrates and builds the rule indexes while the other waits for it,
+    // and both serve.
+    testdb::database_url(&data);
+    let (a, b) = tokio::join!(Server::start_in(&data, &[]), Server::start_in(&data, &[]));
+    for s in [&a, &b] {
+        let (status, _) = s.call("GET", "/v1/health", None, None).await;
+        assert_eq!(status, 200);
+    }
     let instances = Arc::new(vec![a.url.clone(), b.url.clone()]);
 
     let mut tokens = Vec::new();

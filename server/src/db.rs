@@ -449,6 +449,8 @@ const PG_CONNECT_WAIT: Duration = Duration::from_secs(30);
 const PG_WRITE_ATTEMPTS: u32 = 12;
 /// Advisory lock held while migrating (instances starting together).
 pub(crate) const PG_MIGRATION_LOCK: i64 = 0x6669_656c_6473_0001;
+/// How long a starting instance waits for another's migration.
+const PG_MIGRATION_WAIT: Duration = Duration::from_secs(600);
 /// Advisory lock held from stamping change sequences until commit.
 const PG_SEQUENCE_LOCK: i64 = 0x6669_656c_6473_0002;
 
@@ -890,6 +892,30 @@ impl Db {
         })
     }
 
+    /// Takes the migration lock, polling for it. A session blocked in
+    /// `pg_advisory_lock` stays in a statement, and `CREATE INDEX
+    /// CONCURRENTLY` waits for every such statement to end: the instance
+    /// building the rule indexes under the lock and the one waiting for it
+    /// would wait for each other (PostgreSQL reports `40P01`). Between two
+    /// tries this session runs nothing, so the build never waits for it.
+    fn take_migration_lock(client: &mut PgClient) -> ApiResult<()> {
+        let deadline = std::time::Instant::now() + PG_MIGRATION_WAIT;
+        loop {
+            let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&PG_MIGRATION_LOCK])?;
+            if row.try_get::<_, bool>(0)? {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(ApiError::internal(format!(
+                    "another instance has been migrating the database for {} s; gave up waiting",
+                    PG_MIGRATION_WAIT.as_secs()
+                )));
+            }
+            let jitter = u64::from(rand::random::<u8>() % 100);
+            std::thread::sleep(Duration::from_millis(100 + jitter));
+        }
+    }
+
     fn open_postgres(
         url: &str,
         tls: crate::pgtls::RustlsConnect,
@@ -902,7 +928,7 @@ impl Db {
             .map_err(|e| ApiError::internal(format!("the PostgreSQL URL does not parse: {e}")))?;
         let pool = PgPool::new(config, tls);
         let mut client = pool.get()?;
-        client.execute("SELECT pg_advisory_lock($1)", &[&PG_MIGRATION_LOCK])?;
+        Self::take_migration_lock(&mut client)?;
         let migrated = (|| -> ApiResult<()> {
             client.batch_execute("BEGIN")?;
             let done = prepare_schema(&mut PgConn::new(&mut client), model, default_profile, now)
