@@ -63,7 +63,8 @@ fn engine_operations(dir: &Path, exported: bool) -> BTreeSet<String> {
 
 /// The table's rows: core operation -> (bindings, note).
 fn documented() -> BTreeMap<String, (Vec<String>, String)> {
-    let doc = std::fs::read_to_string(root().join("docs/architecture.md")).expect("architecture.md");
+    let doc =
+        std::fs::read_to_string(root().join("docs/architecture.md")).expect("architecture.md");
     let section = doc
         .split("## Engine operations and their bindings")
         .nth(1)
@@ -93,7 +94,10 @@ fn every_public_core_operation_has_a_binding_or_a_justified_exception() {
     let core = engine_operations(&root().join("core/src"), false);
     let exported = engine_operations(&root().join("bindings/src"), true);
     let table = documented();
-    assert!(core.len() > 30, "the core's operations were found: {core:?}");
+    assert!(
+        core.len() > 30,
+        "the core's operations were found: {core:?}"
+    );
 
     let missing: Vec<&String> = core.iter().filter(|op| !table.contains_key(*op)).collect();
     assert!(
@@ -101,7 +105,10 @@ fn every_public_core_operation_has_a_binding_or_a_justified_exception() {
         "public core operations missing from docs/architecture.md: {missing:?}"
     );
     let stale: Vec<&String> = table.keys().filter(|op| !core.contains(*op)).collect();
-    assert!(stale.is_empty(), "rows for operations the core no longer has: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "rows for operations the core no longer has: {stale:?}"
+    );
 
     let mut exceptions = Vec::new();
     for (op, (bindings, note)) in &table {
