@@ -13,9 +13,10 @@ use fieldsync_core::profile::{SyncProfile, SyncTable};
 use fieldsync_core::{Engine as CoreEngine, EngineConfig as CoreEngineConfig};
 
 use crate::errors::{FieldSyncError, non_negative};
-use crate::events::{ListenerHandle, SyncEventListener};
+use crate::events::{ListenerHandle, SyncEventListener, Target};
 use crate::records::{ColumnKind, Record, ResetReport, SyncError, SyncReport, core_fields};
 use crate::runtime::{run, run_blocking};
+use crate::service::{AppInfo, ProviderAdapter, TestClock, TokenProvider};
 use crate::status::DeviceStatus;
 
 /// How to open an engine.
@@ -26,7 +27,8 @@ pub struct EngineConfig {
     pub database_path: String,
     /// Base URL of the sync server, for example `https://sync.example.com`.
     pub server_url: String,
-    /// The user's bearer token.
+    /// The user's bearer token; leave empty when a token provider gives it
+    /// ([`Engine::open_with_token_provider`]).
     pub token: String,
     /// Rows per download page (1 to 10000).
     #[uniffi(default = 1000)]
@@ -40,6 +42,10 @@ pub struct EngineConfig {
     /// certificate authority), or the only ones with `ExtraOnly`.
     #[uniffi(default = None)]
     pub tls_extra_roots_pem: Option<String>,
+    /// The app and device, carried in telemetry; null: the library's
+    /// version and the OS name.
+    #[uniffi(default = None)]
+    pub app: Option<AppInfo>,
 }
 
 /// The certificates an `https://` server may present, and from which
@@ -80,6 +86,9 @@ impl TryFrom<EngineConfig> for CoreEngineConfig {
             roots: c.tls_roots.map(Into::into).unwrap_or_default(),
             extra_roots_pem: c.tls_extra_roots_pem,
         };
+        if let Some(app) = c.app {
+            config.app = app.into();
+        }
         Ok(config)
     }
 }
@@ -152,7 +161,7 @@ impl From<SyncProfile> for SyncProfileInfo {
 /// Open one per database file and share it.
 #[derive(uniffi::Object)]
 pub struct Engine {
-    core: Arc<CoreEngine>,
+    pub(crate) core: Arc<CoreEngine>,
 }
 
 impl Engine {
@@ -175,6 +184,46 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<Arc<Engine>, FieldSyncError> {
         crate::logging::ensure_logging();
         let core = CoreEngine::open(config.try_into()?)?;
+        Ok(Arc::new(Engine { core }))
+    }
+
+    /// Opens the engine with tokens from `provider`: asked now (the
+    /// config's `token` is not used) and again whenever the server refuses
+    /// the token, after which the refused request is sent once more. Tokens
+    /// stay in memory; none is written to the database or the log.
+    #[uniffi::constructor]
+    pub fn open_with_token_provider(
+        config: EngineConfig,
+        provider: Arc<dyn TokenProvider>,
+    ) -> Result<Arc<Engine>, FieldSyncError> {
+        crate::logging::ensure_logging();
+        let mut config: CoreEngineConfig = config.try_into()?;
+        config.token_provider = Some(Arc::new(ProviderAdapter(provider)));
+        let core = CoreEngine::open(config)?;
+        Ok(Arc::new(Engine { core }))
+    }
+
+    /// For tests only: opens the engine on `clock`, a clock the test moves
+    /// by hand, so the scheduler's intervals pass when the test says so.
+    /// `provider` as in [`Engine::open_with_token_provider`] (null: the
+    /// config's token). Apps use `open` or `open_with_token_provider`.
+    #[uniffi::constructor]
+    pub fn open_for_tests(
+        config: EngineConfig,
+        provider: Option<Arc<dyn TokenProvider>>,
+        clock: Arc<TestClock>,
+    ) -> Result<Arc<Engine>, FieldSyncError> {
+        crate::logging::ensure_logging();
+        let mut config: CoreEngineConfig = config.try_into()?;
+        config.token_provider = provider
+            .map(|p| Arc::new(ProviderAdapter(p)) as Arc<dyn fieldsync_core::TokenProvider>);
+        let transport = Arc::new(fieldsync_core::HttpTransport::new(
+            &config.server_url,
+            Default::default(),
+            &config.tls,
+        )?);
+        let core = CoreEngine::open_with(config, transport, clock.clock())?;
+        clock.attach(&core);
         Ok(Arc::new(Engine { core }))
     }
 
@@ -268,15 +317,19 @@ impl Engine {
     }
 
     /// Sync now: uploads pending changes, then downloads every table of the
-    /// offline profile (picking up a changed profile first). Conflicts and
-    /// refused changes are in the report, not errors.
+    /// offline profile (picking up a changed profile first), and waits for
+    /// the result. Status, notifications and telemetry follow it as they
+    /// follow a scheduled sync. Conflicts and refused changes are in the
+    /// report, not errors. (To ask the running service instead, use
+    /// `request_sync`.)
     pub async fn sync_now(&self) -> Result<SyncReport, FieldSyncError> {
         let core = self.core.clone();
         run(async move { Ok(core.sync().await?.into()) }).await
     }
 
-    /// Refresh: uploads pending changes, then downloads only the named tables.
-    pub async fn refresh(&self, tables: Vec<String>) -> Result<SyncReport, FieldSyncError> {
+    /// Uploads pending changes, then downloads only the named tables, and
+    /// waits for the result (no Refresh notification: see `refresh`).
+    pub async fn sync_tables(&self, tables: Vec<String>) -> Result<SyncReport, FieldSyncError> {
         let core = self.core.clone();
         run(async move { Ok(core.sync_tables(tables).await?.into()) }).await
     }
@@ -293,12 +346,17 @@ impl Engine {
         run(async move { Ok(core.reset(force).await?.into()) }).await
     }
 
-    /// Subscribes `listener` to sync events. Keep the returned handle: the
+    /// Subscribes `listener` to sync events: first the current status (a
+    /// `Status` event), then every event. Keep the returned handle: the
     /// subscription ends when it is cancelled or dropped.
-    pub fn subscribe(
+    pub fn add_event_listener(
         &self,
         listener: Arc<dyn SyncEventListener>,
     ) -> Result<Arc<ListenerHandle>, FieldSyncError> {
-        ListenerHandle::start(self.core.subscribe(), listener)
+        let core = self.core.clone();
+        ListenerHandle::start(
+            move |queue| core.add_event_listener(Arc::new(queue)),
+            Target::Events(listener),
+        )
     }
 }

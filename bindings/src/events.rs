@@ -1,10 +1,12 @@
 //! Sync events for listeners: the event enum, the listener callback the app
 //! implements, and the handle that keeps a subscription alive.
 //!
-//! [`crate::Engine::subscribe`] starts a task on the library runtime that
-//! forwards the core's broadcast of sync events to the listener. Callbacks
-//! arrive in order on a background thread (never the caller's); apps hop to
-//! their UI thread themselves. The subscription lasts as long as its
+//! [`crate::Engine::add_event_listener`] and
+//! [`crate::Engine::add_status_listener`] register a listener with the core
+//! (its one subscription mechanism) that queues what it receives; a task on
+//! the library runtime delivers the queue to the app's listener. Callbacks
+//! arrive in order on a background thread (never the engine's, never the
+//! caller's); apps hop to their UI thread themselves. The subscription lasts as long as its
 //! [`ListenerHandle`]: `cancel()` or dropping the handle (Kotlin `close()`,
 //! or the garbage collector; Swift deinit) stops it, and no callback starts
 //! after `cancel()` returns.
@@ -14,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fieldsync_core::SyncEvent as CoreSyncEvent;
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 
 use crate::records::{SyncReport, count};
 use crate::runtime::runtime;
+use crate::service::{StatusListener, SyncStatus};
 
 /// Progress and results of sync, as they happen.
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
@@ -62,11 +64,6 @@ pub enum SyncEvent {
         /// Why it stopped.
         reason: String,
     },
-    /// The listener fell behind and this many events were skipped.
-    EventsMissed {
-        /// Skipped events.
-        count: i64,
-    },
     /// The network check's result changed.
     NetworkChanged {
         /// The server answered the last probe in time.
@@ -102,16 +99,11 @@ pub enum SyncEvent {
         /// Text for the notification.
         message: String,
     },
-    /// The current sync icon state (sent when a listener registers and on changes).
+    /// The current sync status, sent to an event listener when it
+    /// registers (its changes go to status listeners).
     Status {
-        /// The sync icon.
-        icon: SyncIcon,
-        /// Text for the icon's tooltip or banner.
-        message: Option<String>,
-        /// Local changes waiting for upload.
-        pending_uploads: i64,
-        /// Online mode is on.
-        online_mode: bool,
+        /// The status.
+        status: SyncStatus,
     },
 }
 
@@ -226,10 +218,7 @@ impl From<CoreSyncEvent> for SyncEvent {
                 }
             }
             CoreSyncEvent::Status { status } => SyncEvent::Status {
-                icon: status.icon.into(),
-                message: status.message,
-                pending_uploads: count(status.pending_uploads),
-                online_mode: status.online_mode,
+                status: status.into(),
             },
         }
     }
@@ -252,6 +241,8 @@ struct Shared {
     /// Held while a callback runs, so `cancel()` can wait for it.
     delivering: Mutex<()>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The core's registration; dropped on cancel.
+    core: Mutex<Option<Arc<fieldsync_core::ListenerHandle>>>,
 }
 
 /// Keeps a listener subscribed; cancel it, or drop it, to stop the callbacks.
@@ -260,29 +251,59 @@ pub struct ListenerHandle {
     shared: Arc<Shared>,
 }
 
+/// What a core listener queues for delivery.
+pub(crate) enum Delivery {
+    Event(SyncEvent),
+    Status(SyncStatus),
+}
+
+/// The core's listener: queues, never blocks the engine's thread.
+pub(crate) struct Queue(mpsc::UnboundedSender<Delivery>);
+
+impl fieldsync_core::EventListener for Queue {
+    fn on_event(&self, event: CoreSyncEvent) {
+        let _ = self.0.send(Delivery::Event(event.into()));
+    }
+}
+
+impl fieldsync_core::StatusListener for Queue {
+    fn on_status(&self, status: fieldsync_core::SyncStatus) {
+        let _ = self.0.send(Delivery::Status(status.into()));
+    }
+}
+
+/// The app's listener, of either kind.
+pub(crate) enum Target {
+    Events(Arc<dyn SyncEventListener>),
+    Status(Arc<dyn StatusListener>),
+}
+
 impl ListenerHandle {
-    /// Starts forwarding `events` to `listener` on the library runtime.
+    /// Registers a queue with the core through `register` and delivers what
+    /// it receives to `target` on the library runtime, in order.
     pub(crate) fn start(
-        mut events: broadcast::Receiver<CoreSyncEvent>,
-        listener: Arc<dyn SyncEventListener>,
+        register: impl FnOnce(Queue) -> Arc<fieldsync_core::ListenerHandle>,
+        target: Target,
     ) -> Result<Arc<ListenerHandle>, crate::FieldSyncError> {
+        let rt = runtime()?;
         let shared = Arc::new(Shared {
             active: AtomicBool::new(true),
             delivering: Mutex::new(()),
             task: Mutex::new(None),
+            core: Mutex::new(None),
         });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Registered before the task starts: the current status, queued at
+        // registration, is the first delivery.
+        *lock(&shared.core) = Some(register(Queue(tx)));
+        let target = Arc::new(target);
         let s = shared.clone();
-        let task = runtime()?.spawn(async move {
-            loop {
-                let event = match events.recv().await {
-                    Ok(e) => SyncEvent::from(e),
-                    Err(RecvError::Lagged(n)) => SyncEvent::EventsMissed { count: count(n) },
-                    Err(RecvError::Closed) => return,
-                };
-                let (s, listener) = (s.clone(), listener.clone());
+        let task = rt.spawn(async move {
+            while let Some(item) = rx.recv().await {
+                let (s, target) = (s.clone(), target.clone());
                 // The callback is a blocking call into the JVM or Swift: keep
                 // it off the async workers. Awaiting it keeps events in order.
-                let delivered = tokio::task::spawn_blocking(move || deliver(&s, &*listener, event));
+                let delivered = tokio::task::spawn_blocking(move || deliver(&s, &target, item));
                 if !matches!(delivered.await, Ok(true)) {
                     return;
                 }
@@ -294,13 +315,17 @@ impl ListenerHandle {
 }
 
 /// Runs one callback unless the subscription was cancelled; false once it is.
-fn deliver(shared: &Shared, listener: &dyn SyncEventListener, event: SyncEvent) -> bool {
+fn deliver(shared: &Shared, target: &Target, item: Delivery) -> bool {
     let _guard = lock(&shared.delivering);
     if !shared.active.load(Ordering::SeqCst) {
         return false;
     }
     IN_CALLBACK.with(|f| f.set(true));
-    listener.on_event(event);
+    match (target, item) {
+        (Target::Events(l), Delivery::Event(e)) => l.on_event(e),
+        (Target::Status(l), Delivery::Status(s)) => l.on_status(s),
+        _ => {}
+    }
     IN_CALLBACK.with(|f| f.set(false));
     true
 }
@@ -315,6 +340,9 @@ impl ListenerHandle {
     /// called from inside a callback, that callback still finishes).
     pub fn cancel(&self) {
         self.shared.active.store(false, Ordering::SeqCst);
+        if let Some(core) = lock(&self.shared.core).take() {
+            core.cancel();
+        }
         if let Some(task) = lock(&self.shared.task).take() {
             task.abort();
         }

@@ -12,7 +12,10 @@
 //!   refresh, reset, status, sync errors, sync event listeners);
 //! - [`records`]: field values, records, sync and reset reports, sync errors;
 //! - [`status`]: the Device Status and Offline Status snapshots;
-//! - [`events`]: sync events, the listener callback and its cancel handle.
+//! - [`events`]: sync events, the listener callback and its cancel handle;
+//! - [`service`]: the sync service (start and stop, app and network
+//!   reports, network check, sync now, Refresh, settings, online mode,
+//!   telemetry, the live sync status and its listener, token provider).
 //!
 //! Generate the Kotlin and Swift with the workspace's `uniffi-bindgen` in
 //! library mode (see `scripts/kotlin-test.sh`); `bindings/uniffi.toml` names
@@ -26,14 +29,20 @@ pub mod events;
 pub mod logging;
 pub mod records;
 pub mod runtime;
+pub mod service;
 pub mod status;
 
 pub use engine::{Engine, EngineConfig, ProfileColumn, ProfileTable, SyncProfileInfo, TlsRoots};
 pub use errors::FieldSyncError;
-pub use events::{ListenerHandle, SyncEvent, SyncEventListener};
+pub use events::{ListenerHandle, SyncEvent, SyncEventListener, SyncIcon};
 pub use logging::{LogLevel, init_logging};
 pub use records::{
     ColumnKind, Record, RecordAction, ResetReport, SyncError, SyncErrorKind, SyncReport,
     TableReport, Value,
+};
+pub use service::{
+    AppInfo, Blocker, Decision, NetworkStatus, NetworkType, OnlineFilter, OnlinePage, OsNetwork,
+    Reachability, ScheduledSync, StatusListener, SyncFrequency, SyncMode, SyncProgress,
+    SyncSettings, SyncStatus, TestClock, TokenProvider,
 };
 pub use status::{DeviceStatus, OfflineTableStatus};

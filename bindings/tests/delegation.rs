@@ -23,6 +23,7 @@ fn open(dir: &tempfile::TempDir) -> Arc<Engine> {
         page_size: 100,
         tls_roots: None,
         tls_extra_roots_pem: None,
+        app: None,
     })
     .expect("open")
 }
@@ -62,7 +63,9 @@ fn sync_with_the_server_down_is_network_unavailable_and_emits_events() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     let recorder = Arc::new(Recorder::default());
-    let handle = engine.subscribe(recorder.clone()).expect("subscribe");
+    let handle = engine
+        .add_event_listener(recorder.clone())
+        .expect("subscribe");
     assert!(handle.is_active());
 
     let err = futures::executor::block_on(engine.sync_now()).unwrap_err();
@@ -72,14 +75,20 @@ fn sync_with_the_server_down_is_network_unavailable_and_emits_events() {
     );
     recorder.wait_for_end();
     let events = recorder.events();
-    assert_eq!(events[0], SyncEvent::SyncStarted);
+    assert!(
+        matches!(events[0], SyncEvent::Status { .. }),
+        "the current status first: {events:?}"
+    );
+    assert_eq!(events[1], SyncEvent::SyncStarted);
 
     // After cancel, a second sync reaches a second listener only.
     handle.cancel();
     assert!(!handle.is_active());
     let seen = events.len();
     let control = Arc::new(Recorder::default());
-    let _control_handle = engine.subscribe(control.clone()).expect("subscribe");
+    let _control_handle = engine
+        .add_event_listener(control.clone())
+        .expect("subscribe");
     let _ = futures::executor::block_on(engine.sync_now());
     control.wait_for_end();
     assert_eq!(recorder.events().len(), seen, "no callback after cancel");
@@ -90,12 +99,26 @@ fn dropping_the_handle_ends_the_subscription() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     let recorder = Arc::new(Recorder::default());
-    drop(engine.subscribe(recorder.clone()).expect("subscribe"));
+    drop(
+        engine
+            .add_event_listener(recorder.clone())
+            .expect("subscribe"),
+    );
     let control = Arc::new(Recorder::default());
-    let _keep = engine.subscribe(control.clone()).expect("subscribe");
+    let _keep = engine
+        .add_event_listener(control.clone())
+        .expect("subscribe");
     let _ = futures::executor::block_on(engine.sync_now());
     control.wait_for_end();
-    assert!(recorder.events().is_empty());
+    // At most the status queued at registration, nothing of the sync.
+    assert!(
+        recorder
+            .events()
+            .iter()
+            .all(|e| matches!(e, SyncEvent::Status { .. })),
+        "{:?}",
+        recorder.events()
+    );
 }
 
 #[test]
@@ -134,6 +157,7 @@ fn bad_configuration_is_invalid_input() {
             page_size,
             tls_roots: None,
             tls_extra_roots_pem: None,
+            app: None,
         });
         assert!(
             matches!(r, Err(FieldSyncError::InvalidInput { .. })),
@@ -157,6 +181,7 @@ fn bad_configuration_is_invalid_input() {
             page_size: 100,
             tls_roots: roots,
             tls_extra_roots_pem: pem.clone(),
+            app: None,
         });
         assert!(
             matches!(r, Err(FieldSyncError::InvalidInput { .. })),
@@ -171,6 +196,7 @@ fn bad_configuration_is_invalid_input() {
         page_size: 100,
         tls_roots: Some(TlsRoots::Bundled),
         tls_extra_roots_pem: None,
+        app: None,
     })
     .expect("bundled roots");
 }

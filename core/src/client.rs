@@ -16,6 +16,18 @@ use crate::protocol::{
 };
 use crate::transport::{HttpRequest, Method, Transport};
 
+/// Gives the engine the user's bearer token (C18): asked when the engine
+/// opens without a token, and again when the server answers 401, after
+/// which the refused request is sent once more with the new token. The app
+/// keeps its tokens (a platform key store, an OAuth library); the engine
+/// keeps the current one in memory only, never in the database or the log.
+pub trait TokenProvider: Send + Sync {
+    /// The user's current token. `refused` is true when the server has just
+    /// refused the engine's token (fetch a fresh one), false at open. An
+    /// error fails the call that needed the token.
+    fn token(&self, refused: bool) -> Result<String>;
+}
+
 /// Credentials and identity the device presents.
 #[derive(Clone)]
 pub struct Credentials {
@@ -32,6 +44,16 @@ impl std::fmt::Debug for Credentials {
             .field("device_id", &self.device_id)
             .finish()
     }
+}
+
+/// The token in force, shared by every clone of the client, and where a new
+/// one comes from.
+struct TokenState {
+    current: std::sync::RwLock<String>,
+    provider: Option<Arc<dyn TokenProvider>>,
+    /// Held while the provider is asked, so requests refused together ask
+    /// it once.
+    renewing: tokio::sync::Mutex<()>,
 }
 
 /// A decoded answer and the bytes it took on the wire.
@@ -159,7 +181,8 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
 #[derive(Clone)]
 pub struct ServerApi {
     transport: Arc<dyn Transport>,
-    credentials: Credentials,
+    device_id: String,
+    token: Arc<TokenState>,
 }
 
 /// Percent-encodes a query or path component.
@@ -176,11 +199,67 @@ pub fn encode_component(s: &str) -> String {
 }
 
 impl ServerApi {
+    /// A client presenting `credentials`, without a token provider.
     pub fn new(transport: Arc<dyn Transport>, credentials: Credentials) -> Self {
+        Self::with_provider(transport, credentials, None)
+    }
+
+    /// A client presenting `credentials`; on a 401 it asks `provider` for a
+    /// new token and sends the request once more.
+    pub fn with_provider(
+        transport: Arc<dyn Transport>,
+        credentials: Credentials,
+        provider: Option<Arc<dyn TokenProvider>>,
+    ) -> Self {
         Self {
             transport,
-            credentials,
+            device_id: credentials.device_id,
+            token: Arc::new(TokenState {
+                current: std::sync::RwLock::new(credentials.token),
+                provider,
+                renewing: tokio::sync::Mutex::new(()),
+            }),
         }
+    }
+
+    /// Replaces the token for every later request.
+    pub fn set_token(&self, token: &str) -> Result<()> {
+        if token.trim().is_empty() {
+            return Err(Error::InvalidInput("a token is required".into()));
+        }
+        *self
+            .token
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = token.to_owned();
+        Ok(())
+    }
+
+    fn current_token(&self) -> String {
+        self.token
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// After the server refused `refused`: a token to try again with, from
+    /// the provider unless another request already renewed it; `None`
+    /// without a provider.
+    async fn renew_token(&self, refused: &str) -> Result<Option<String>> {
+        let Some(provider) = self.token.provider.clone() else {
+            return Ok(None);
+        };
+        let _renewing = self.token.renewing.lock().await;
+        let current = self.current_token();
+        if current != refused {
+            return Ok(Some(current));
+        }
+        let fresh = tokio::task::spawn_blocking(move || provider.token(true))
+            .await
+            .map_err(|e| Error::Internal(format!("the token provider ended abnormally: {e}")))??;
+        self.set_token(&fresh)?;
+        Ok(Some(fresh))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -197,28 +276,47 @@ impl ServerApi {
         })
     }
 
-    /// Sends a request; the body of a 2xx answer as it came off the wire.
-    async fn call_raw(&self, method: Method, path: String, body: Vec<u8>) -> Result<Sized<Body>> {
-        let bytes_up = (body.len() + path.len()) as u64;
-        let request = HttpRequest {
+    fn request(&self, method: Method, path: String, body: Vec<u8>, token: &str) -> HttpRequest {
+        HttpRequest {
             method,
             path,
             headers: vec![
-                (
-                    "authorization".into(),
-                    format!("Bearer {}", self.credentials.token),
-                ),
-                (DEVICE_HEADER.into(), self.credentials.device_id.clone()),
+                ("authorization".into(), format!("Bearer {token}")),
+                (DEVICE_HEADER.into(), self.device_id.clone()),
                 (PROTOCOL_HEADER.into(), PROTOCOL_VERSION.to_string()),
                 ("accept-encoding".into(), ACCEPT_ENCODING.into()),
             ],
             body,
-        };
-        let response = self
+        }
+    }
+
+    /// Sends a request; the body of a 2xx answer as it came off the wire.
+    /// A 401 asks the token provider for a new token and sends the request
+    /// once more with it.
+    async fn call_raw(&self, method: Method, path: String, body: Vec<u8>) -> Result<Sized<Body>> {
+        let bytes_up = (body.len() + path.len()) as u64;
+        let token = self.current_token();
+        // Kept for the one retry only when a provider can give a new token.
+        let again = self
+            .token
+            .provider
+            .is_some()
+            .then(|| (path.clone(), body.clone()));
+        let mut response = self
             .transport
-            .send(request)
+            .send(self.request(method, path, body, &token))
             .await
             .map_err(|e| Error::NetworkUnavailable(e.0))?;
+        if response.status == 401
+            && let Some((path, body)) = again
+            && let Some(fresh) = self.renew_token(&token).await?
+        {
+            response = self
+                .transport
+                .send(self.request(method, path, body, &fresh))
+                .await
+                .map_err(|e| Error::NetworkUnavailable(e.0))?;
+        }
         let bytes_down = response.body.len() as u64;
         let encoding = Encoding::from_header(response.content_encoding.as_deref());
         if !(200..300).contains(&response.status) {

@@ -8,16 +8,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
 
-use crate::client::{Credentials, ServerApi};
-use crate::control::Live;
+use crate::client::{Credentials, ServerApi, TokenProvider};
 use crate::error::{Error, Result};
 use crate::network::{DEFAULT_PROBE_TIMEOUT_MS, NetworkStatus};
 use crate::notifications::{Notification, NotificationThresholds};
 use crate::profile::{SyncProfile, SyncTable};
 use crate::protocol::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Op};
 use crate::scheduler::Backoff;
+use crate::service::Live;
 use crate::settings::SyncSettings;
 use crate::status::{Listeners, SyncStatus};
 use crate::store::{LocalSyncError, Store};
@@ -27,14 +26,18 @@ use crate::transport::{HttpTimeouts, HttpTransport, TlsTrust, Transport};
 use crate::value::{Record, Value};
 
 /// How to open an engine.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineConfig {
     /// Path of the device database file (created if missing).
     pub database_path: PathBuf,
     /// Base URL of the sync server, for example `https://sync.example.com`.
     pub server_url: String,
-    /// The user's bearer token.
+    /// The user's bearer token; unused when `token_provider` is set.
     pub token: String,
+    /// Where tokens come from: asked at open (instead of `token`) and again
+    /// when the server refuses the token. `None`: `token` until
+    /// [`Engine::set_token`] replaces it.
+    pub token_provider: Option<Arc<dyn TokenProvider>>,
     /// Rows per pull page (1 to 10000).
     pub page_size: u32,
     /// Most tables downloaded at once (1 to 8, default 2; see
@@ -53,6 +56,24 @@ pub struct EngineConfig {
     pub tls: TlsTrust,
 }
 
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("database_path", &self.database_path)
+            .field("server_url", &self.server_url)
+            .field("token", &"<redacted>")
+            .field("token_provider", &self.token_provider.is_some())
+            .field("page_size", &self.page_size)
+            .field("parallel_pulls", &self.parallel_pulls)
+            .field("probe_timeout_ms", &self.probe_timeout_ms)
+            .field("backoff", &self.backoff)
+            .field("notifications", &self.notifications)
+            .field("app", &self.app)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
 /// Tables downloaded at once by default. Two keep both ends busy with a
 /// nearby server (one page computed while another is written) and hide
 /// round trips to a far one, without taking more of a server than a
@@ -68,6 +89,7 @@ impl EngineConfig {
             database_path: database_path.into(),
             server_url: server_url.to_owned(),
             token: token.to_owned(),
+            token_provider: None,
             page_size: DEFAULT_PAGE_SIZE,
             parallel_pulls: DEFAULT_PARALLEL_PULLS,
             probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
@@ -124,7 +146,8 @@ impl SyncReport {
     }
 }
 
-/// Progress and results, as they happen. Subscribe with [`Engine::subscribe`].
+/// Progress and results, as they happen. Receive them with
+/// [`Engine::add_event_listener`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum SyncEvent {
@@ -225,7 +248,6 @@ pub struct Engine {
     pub(crate) profile: RwLock<Option<SyncProfile>>,
     pub(crate) page_size: u32,
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
-    pub(crate) events: broadcast::Sender<SyncEvent>,
     device_id: String,
     pub(crate) live: Mutex<Live>,
     pub(crate) settings: Mutex<SyncSettings>,
@@ -263,7 +285,11 @@ impl Engine {
                 "parallel pulls must be 1 to {MAX_PARALLEL_PULLS}"
             )));
         }
-        if config.token.trim().is_empty() {
+        let token = match &config.token_provider {
+            Some(provider) => provider.token(false)?,
+            None => config.token.clone(),
+        };
+        if token.trim().is_empty() {
             return Err(Error::InvalidInput("a token is required".into()));
         }
         let store = Store::open(&config.database_path)?;
@@ -278,22 +304,23 @@ impl Engine {
         let profile = store.profile()?;
         crate::telemetry::init(&store)?;
         let settings = SyncSettings::load(&store)?;
-        let (events, _) = broadcast::channel(1024);
-        let options = config.clone();
+        let mut options = config.clone();
+        // The token lives in the client only.
+        options.token = String::new();
         Ok(Arc::new(Engine {
-            api: ServerApi::new(
+            api: ServerApi::with_provider(
                 transport,
                 Credentials {
-                    token: config.token,
+                    token,
                     device_id: device_id.clone(),
                 },
+                config.token_provider,
             ),
             store: Arc::new(store),
             clock,
             profile: RwLock::new(profile),
             page_size: config.page_size,
             sync_lock: tokio::sync::Mutex::new(()),
-            events,
             device_id,
             live: Mutex::new(Live::default()),
             settings: Mutex::new(settings),
@@ -325,12 +352,12 @@ impl Engine {
     pub(crate) fn emit(&self, event: SyncEvent) {
         self.observe(&event);
         self.listeners.publish_event(&event);
-        let _ = self.events.send(event);
     }
 
-    /// Subscribes to sync events.
-    pub fn subscribe(&self) -> broadcast::Receiver<SyncEvent> {
-        self.events.subscribe()
+    /// Replaces the bearer token for every later request (kept in memory
+    /// only). Fails with [`Error::InvalidInput`] for a blank token.
+    pub fn set_token(&self, token: &str) -> Result<()> {
+        self.api.set_token(token)
     }
 
     pub(crate) fn table_checked(&self, name: &str) -> Result<SyncTable> {
@@ -405,7 +432,8 @@ impl Engine {
     pub fn insert(&self, table: &str, id: &str, fields: BTreeMap<String, Value>) -> Result<Record> {
         let (profile, table) = self.write_target(table)?;
         let fields = Self::check_fields(&table, id, fields)?;
-        self.store
+        let record = self
+            .store
             .write(
                 &profile,
                 &table,
@@ -414,14 +442,17 @@ impl Engine {
                 fields,
                 self.clock.now_ms(),
             )?
-            .ok_or_else(|| Error::Internal("insert returned no record".into()))
+            .ok_or_else(|| Error::Internal("insert returned no record".into()));
+        self.publish_status();
+        record
     }
 
     /// Changes fields of a record on the device and queues the change.
     pub fn update(&self, table: &str, id: &str, fields: BTreeMap<String, Value>) -> Result<Record> {
         let (profile, table) = self.write_target(table)?;
         let fields = Self::check_fields(&table, id, fields)?;
-        self.store
+        let record = self
+            .store
             .write(
                 &profile,
                 &table,
@@ -430,7 +461,9 @@ impl Engine {
                 fields,
                 self.clock.now_ms(),
             )?
-            .ok_or_else(|| Error::Internal("update returned no record".into()))
+            .ok_or_else(|| Error::Internal("update returned no record".into()));
+        self.publish_status();
+        record
     }
 
     /// Updates the record if it is on the device, creates it otherwise.
@@ -453,6 +486,7 @@ impl Engine {
             BTreeMap::new(),
             self.clock.now_ms(),
         )?;
+        self.publish_status();
         Ok(())
     }
 

@@ -16,7 +16,6 @@
 
 pub mod client;
 pub mod codec;
-pub mod control;
 pub mod engine;
 pub mod error;
 pub mod filter;
@@ -26,6 +25,7 @@ pub mod online;
 pub mod profile;
 pub mod protocol;
 pub mod scheduler;
+pub mod service;
 pub mod settings;
 pub mod status;
 pub mod store;
@@ -35,7 +35,7 @@ pub mod time;
 pub mod transport;
 pub mod value;
 
-pub use control::ScheduledSync;
+pub use client::TokenProvider;
 pub use engine::{
     DeviceStatus, Engine, EngineConfig, OfflineTableStatus, ResetReport, SyncEvent, SyncReport,
     TableReport,
@@ -47,6 +47,7 @@ pub use notifications::{
 };
 pub use online::{OnlineFilter, OnlinePage};
 pub use scheduler::{Backoff, Blocker, Decision, SyncMode};
+pub use service::ScheduledSync;
 pub use settings::{SyncFrequency, SyncSettings};
 pub use status::{
     EventListener, ListenerHandle, StatusListener, SyncIcon, SyncProgress, SyncStatus,

@@ -61,8 +61,43 @@ public final class FieldSyncClient: @unchecked Sendable {
     /// Sync now: uploads pending changes, then downloads every table.
     public func syncNow() async throws -> SyncReport { try await engine.syncNow() }
 
-    /// Refresh: uploads pending changes, then downloads only `tables`.
-    public func refresh(_ tables: [String]) async throws -> SyncReport { try await engine.refresh(tables: tables) }
+    /// Refresh: downloads `table` and the tables that depend on it, always, with a
+    /// Refresh notification among the sync events.
+    public func refresh(_ table: String) async throws -> SyncReport { try await engine.refresh(table: table) }
+
+    /// Uploads pending changes, then downloads only `tables` (no notification).
+    public func syncTables(_ tables: [String]) async throws -> SyncReport { try await engine.syncTables(tables: tables) }
+
+    // MARK: The sync service (the core decides; the app reports and renders)
+
+    /// Starts the core's sync service: it syncs due tables by itself.
+    public func start() throws { try engine.start() }
+
+    /// Stops the sync service.
+    public func stop() { engine.stop() }
+
+    /// The app came to the foreground (true) or went to the background.
+    public func setAppActive(_ active: Bool) { engine.setAppActive(active: active) }
+
+    /// The OS network changed (NWPathMonitor: `isExpensive` is metered).
+    public func setNetwork(connected: Bool, metered: Bool, type: NetworkType) {
+        engine.setOsNetwork(network: OsNetwork(connected: connected, metered: metered, networkType: type))
+    }
+
+    /// One scheduler step now (a BGTask): runs what is due, if anything.
+    public func runDue() async throws -> ScheduledSync? { try await engine.runDue() }
+
+    /// The sync settings, kept in the device database.
+    public var settings: SyncSettings { engine.settings() }
+
+    /// Changes the sync settings.
+    public func setSettings(_ settings: SyncSettings) throws { try engine.setSettings(settings: settings) }
+
+    /// The sync status now.
+    public func syncStatus() async throws -> SyncStatus { try await engine.syncStatus() }
+
+    /// Replaces the bearer token (kept in memory only).
+    public func setToken(_ token: String) throws { try engine.setToken(token: token) }
 
     /// Reads a record from the device; throws `FieldSyncError.RecordNotFound` when it is not there.
     public func get(_ table: String, _ id: String) async throws -> Record { try await engine.get(table: table, id: id) }
@@ -78,12 +113,30 @@ public final class FieldSyncClient: @unchecked Sendable {
     /// Clears the offline database; throws `FieldSyncError.PendingUploads` unless `force`.
     public func reset(force: Bool = false) async throws -> ResetReport { try await engine.reset(force: force) }
 
-    /// Sync events while iterated; ending the iteration cancels the subscription.
+    /// Sync events while iterated (the current status first); ending the iteration
+    /// cancels the subscription. Ends at once if the subscription cannot start.
     public func syncEvents() -> AsyncStream<SyncEvent> {
         AsyncStream { continuation in
             let forwarder = EventForwarder { continuation.yield($0) }
-            let handle = engine.subscribe(listener: forwarder)
-            continuation.onTermination = { _ in handle.cancel() }
+            do {
+                let handle = try engine.addEventListener(listener: forwarder)
+                continuation.onTermination = { _ in handle.cancel() }
+            } catch {
+                continuation.finish()
+            }
+        }
+    }
+
+    /// The sync status: the current one, then every change (a local edit too).
+    public func statusUpdates() -> AsyncStream<SyncStatus> {
+        AsyncStream { continuation in
+            let forwarder = StatusForwarder { continuation.yield($0) }
+            do {
+                let handle = try engine.addStatusListener(listener: forwarder)
+                continuation.onTermination = { _ in handle.cancel() }
+            } catch {
+                continuation.finish()
+            }
         }
     }
 }
@@ -98,5 +151,18 @@ final class EventForwarder: SyncEventListener, @unchecked Sendable {
 
     func onEvent(event: SyncEvent) {
         forward(event)
+    }
+}
+
+/// Forwards status callbacks (on a background thread) to a closure.
+final class StatusForwarder: StatusListener, @unchecked Sendable {
+    private let forward: (SyncStatus) -> Void
+
+    init(_ forward: @escaping (SyncStatus) -> Void) {
+        self.forward = forward
+    }
+
+    func onStatus(status: SyncStatus) {
+        forward(status)
     }
 }

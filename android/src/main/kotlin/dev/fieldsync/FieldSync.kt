@@ -1,11 +1,15 @@
 package dev.fieldsync
 
+import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.channels.awaitClose
 import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.flow.callbackFlow
 import kotlinx.coroutines.flow.buffer
-import kotlinx.coroutines.flow.channelFlow
+import kotlinx.coroutines.withContext
 
 /**
  * The fieldsync engine for Kotlin apps: an offline database of one user that
@@ -18,48 +22,199 @@ import kotlinx.coroutines.flow.channelFlow
  * (`RecordNotFound`, `Conflict`, `NetworkUnavailable`, `Unauthorized`,
  * `InvalidInput`, `PendingUploads`, `Storage`, `Internal`).
  *
+ * The sync service runs in the core: [start] it, report the app state and the
+ * network, and render [status]; the core decides when to sync.
+ *
  * ```
- * val sync = FieldSync.open(File(filesDir, "fieldsync.db").path, "https://sync.example.com", token)
- * sync.syncNow()
+ * val sync = FieldSync.open(File(filesDir, "fieldsync.db").path, "https://sync.example.com", tokenProvider)
+ * sync.start()
  * val booking = sync.get("bookings", "bk-1")
  * ```
  */
 class FieldSync private constructor(
     /** The generated engine object, for calls the facade does not wrap. */
     val engine: Engine,
+    initial: SyncStatus,
 ) : AutoCloseable {
 
     companion object {
         /**
          * Opens (or creates) the device database at [databasePath] for the user
          * whose bearer [token] the server at [serverUrl] accepts. Does not touch
-         * the network.
+         * the network; runs on [Dispatchers.IO].
          *
          * For `https://`, [tlsRoots] chooses the certificate authorities trusted
          * (null: the library's default, the bundled Mozilla roots on Android) and
-         * [tlsExtraRootsPem] adds a company's own authority (PEM).
+         * [tlsExtraRootsPem] adds a company's own authority (PEM). [app] names the
+         * app, device model and OS version carried in telemetry.
          *
          * @throws FieldSyncException.InvalidInput for a blank token, a bad page size
          *   or TLS settings that cannot work (no certificate in the PEM, `ExtraOnly`
          *   without one, `System` on Android).
          * @throws FieldSyncException.Storage when the database cannot be opened.
          */
-        @Throws(FieldSyncException::class)
-        fun open(
+        suspend fun open(
             databasePath: String,
             serverUrl: String,
             token: String,
             pageSize: Int = 1000,
             tlsRoots: TlsRoots? = null,
             tlsExtraRootsPem: String? = null,
-        ): FieldSync =
-            FieldSync(
-                Engine.open(EngineConfig(databasePath, serverUrl, token, pageSize, tlsRoots, tlsExtraRootsPem)),
-            )
+            app: AppInfo? = null,
+        ): FieldSync = withContext(Dispatchers.IO) {
+            wrap(Engine.open(EngineConfig(databasePath, serverUrl, token, pageSize, tlsRoots, tlsExtraRootsPem, app)))
+        }
+
+        /**
+         * Opens the engine with tokens from [tokenProvider]: asked now and again
+         * whenever the server refuses the token (then the refused request is sent
+         * once more). Tokens stay in memory; none is written to the database or
+         * the log. Otherwise as the other [open].
+         */
+        suspend fun open(
+            databasePath: String,
+            serverUrl: String,
+            tokenProvider: TokenProvider,
+            pageSize: Int = 1000,
+            tlsRoots: TlsRoots? = null,
+            tlsExtraRootsPem: String? = null,
+            app: AppInfo? = null,
+        ): FieldSync = withContext(Dispatchers.IO) {
+            val config = EngineConfig(databasePath, serverUrl, "", pageSize, tlsRoots, tlsExtraRootsPem, app)
+            wrap(Engine.openWithTokenProvider(config, tokenProvider))
+        }
+
+        /**
+         * For tests only: opens the engine on a [TestClock] the test moves by hand,
+         * so sync intervals pass when the test says so. Apps use [open].
+         */
+        suspend fun openForTests(
+            databasePath: String,
+            serverUrl: String,
+            token: String,
+            clock: TestClock,
+            tokenProvider: TokenProvider? = null,
+            pageSize: Int = 1000,
+        ): FieldSync = withContext(Dispatchers.IO) {
+            val config = EngineConfig(databasePath, serverUrl, token, pageSize, null, null, null)
+            wrap(Engine.openForTests(config, tokenProvider, clock))
+        }
+
+        private suspend fun wrap(engine: Engine): FieldSync = try {
+            FieldSync(engine, engine.syncStatus())
+        } catch (e: Throwable) {
+            engine.close()
+            throw e
+        }
 
         /** Sends the engine's log to logcat / stderr at [level]; only the first call counts. */
         fun initLogging(level: LogLevel) = dev.fieldsync.initLogging(level)
     }
+
+    private val statusState = MutableStateFlow(initial)
+    private val statusHandle: ListenerHandle = engine.addStatusListener(object : StatusListener {
+        override fun onStatus(status: SyncStatus) {
+            statusState.value = status
+        }
+    })
+
+    /**
+     * The sync status, always current: the icon's state (all six), the running
+     * sync's progress (rows done and total), pending uploads (a local edit counts
+     * at once) and the last error. The core delivers every change; a collector
+     * sees the latest.
+     */
+    val status: StateFlow<SyncStatus> = statusState.asStateFlow()
+
+    // ---- the sync service ---------------------------------------------------
+
+    /**
+     * Starts the sync service: the core's scheduler syncs due tables at their own
+     * intervals while the app is active and the network allows it (Wi-Fi only on a
+     * metered network waits). Report the app state and the network with
+     * [setAppActive] and [setNetwork].
+     */
+    fun start() = engine.start()
+
+    /** Stops the sync service (a running sync resumes from its last page next time). */
+    fun stop() = engine.stop()
+
+    /** The app came to the foreground (true) or went to the background; a running sync finishes. */
+    fun setAppActive(active: Boolean) = engine.setAppActive(active)
+
+    /** The OS network changed: connected, metered, and its kind. */
+    fun setNetwork(connected: Boolean, metered: Boolean, type: NetworkType) =
+        engine.setOsNetwork(OsNetwork(connected, metered, type))
+
+    /** Probes the server now and returns the network as the engine sees it. */
+    suspend fun checkNetwork(): NetworkStatus = engine.checkNetwork()
+
+    /** Asks the service for a full sync at once (the app-active, network and Wi-Fi-only rules still hold). */
+    fun requestSync() = engine.requestSync()
+
+    /** Asks the service to Refresh [table] (and the tables that depend on it), with a Refresh notification. */
+    fun requestRefresh(table: String) = engine.requestRefresh(table)
+
+    /** One scheduler step now (for an OS background job): runs what is due, if anything. */
+    suspend fun runDue(): ScheduledSync? = engine.runDue()
+
+    // ---- settings (kept in the device database) -------------------------------
+
+    /** All sync settings at once. */
+    var settings: SyncSettings
+        get() = engine.settings()
+        set(value) = engine.setSettings(value)
+
+    /** Scheduled syncs start only on an unmetered network. */
+    var wifiOnly: Boolean
+        get() = settings.wifiOnly
+        set(value) { settings = settings.copy(wifiOnly = value) }
+
+    /** The user may switch to online mode. */
+    var onlineModeEnabled: Boolean
+        get() = settings.onlineModeEnabled
+        set(value) { settings = settings.copy(onlineModeEnabled = value) }
+
+    /** Sync telemetry is collected and uploaded; off discards what waits. */
+    var telemetryEnabled: Boolean
+        get() = settings.telemetryEnabled
+        set(value) { settings = settings.copy(telemetryEnabled = value) }
+
+    /** How often scheduled syncs run. */
+    var frequency: SyncFrequency
+        get() = settings.frequency
+        set(value) { settings = settings.copy(frequency = value) }
+
+    /** Skip downloading tables the server reports unchanged. */
+    var smartSync: Boolean
+        get() = settings.smartSync
+        set(value) { settings = settings.copy(smartSync = value) }
+
+    // ---- online mode ------------------------------------------------------------
+
+    /** True while online mode is on. */
+    val onlineMode: Boolean get() = engine.onlineMode()
+
+    /** Turns online mode on (after a network check) or off. */
+    suspend fun setOnlineMode(on: Boolean) = engine.setOnlineMode(on)
+
+    /** Live rows of [table] from the server, filtered by column = value; nothing is stored. */
+    suspend fun onlineList(
+        table: String,
+        where: Map<String, Any?> = emptyMap(),
+        after: String? = null,
+        limit: Int = 100,
+    ): OnlinePage = engine.onlineList(
+        table, fieldsOf(*where.toList().toTypedArray()).map { (k, v) -> OnlineFilter(k, v) }, after, limit.toUInt(),
+    )
+
+    /** One live row from the server; nothing is stored. */
+    suspend fun onlineGet(table: String, id: String): Record = engine.onlineGet(table, id)
+
+    // ---- credentials ---------------------------------------------------------------
+
+    /** Replaces the bearer token for every later request (kept in memory only). */
+    fun setToken(token: String) = engine.setToken(token)
 
     /** This device's id, stable for the life of the database. */
     val deviceId: String get() = engine.deviceId()
@@ -118,8 +273,15 @@ class FieldSync private constructor(
         return report
     }
 
-    /** Refresh: uploads pending changes, then downloads only [tables]. */
-    suspend fun refresh(vararg tables: String): SyncReport = engine.refresh(tables.toList())
+    /**
+     * Refresh: uploads pending changes, then downloads [table] and the tables
+     * that depend on it, always (even when the server reports no change), with a
+     * Refresh notification among the [syncEvents].
+     */
+    suspend fun refresh(table: String): SyncReport = engine.refresh(table)
+
+    /** Uploads pending changes, then downloads only [tables] (no notification). */
+    suspend fun syncTables(vararg tables: String): SyncReport = engine.syncTables(tables.toList())
 
     /** Device Status snapshot, with the Offline Status of every table. */
     suspend fun status(): DeviceStatus = engine.status()
@@ -136,7 +298,7 @@ class FieldSync private constructor(
      * buffered, never dropped, for a slow collector.
      */
     fun syncEvents(): Flow<SyncEvent> = callbackFlow {
-        val handle = engine.subscribe(object : SyncEventListener {
+        val handle = engine.addEventListener(object : SyncEventListener {
             override fun onEvent(event: SyncEvent) {
                 trySend(event)
             }
@@ -147,49 +309,13 @@ class FieldSync private constructor(
         }
     }.buffer(Channel.UNLIMITED)
 
-    /**
-     * The status a sync screen shows: one [StatusUpdate] as soon as collection
-     * starts (the listener is subscribed by then), then one per sync event. The
-     * Device Status is read again when a sync starts and when it ends.
-     * Cancelling the collector cancels the subscription.
-     */
-    fun statusUpdates(): Flow<StatusUpdate> = channelFlow {
-        val events = Channel<SyncEvent>(Channel.UNLIMITED)
-        val handle = engine.subscribe(object : SyncEventListener {
-            override fun onEvent(event: SyncEvent) {
-                events.trySend(event)
-            }
-        })
-        try {
-            var device = status()
-            send(StatusUpdate(syncing = false, event = null, device = device))
-            for (event in events) {
-                val ended = event is SyncEvent.SyncFinished || event is SyncEvent.SyncFailed
-                if (ended || event is SyncEvent.SyncStarted) device = status()
-                send(StatusUpdate(syncing = !ended, event = event, device = device))
-            }
-        } finally {
-            handle.cancel()
-            handle.close()
-        }
-    }.buffer(Channel.UNLIMITED)
-
-    /** Frees the engine. Calls after this throw [IllegalStateException]. */
-    override fun close() = engine.close()
-}
-
-/** One element of [FieldSync.statusUpdates]. */
-data class StatusUpdate(
-    /** True from a sync's start until it finishes or fails. */
-    val syncing: Boolean,
-    /** The event that caused this update; null for the first update. */
-    val event: SyncEvent?,
-    /** The Device Status as of the last sync start or end. */
-    val device: DeviceStatus,
-) {
-    /** Up to date: not syncing, the last sync finished, nothing waits for upload. */
-    val upToDate: Boolean
-        get() = !syncing && event is SyncEvent.SyncFinished && device.pendingUploads == 0L
+    /** Stops the service and frees the engine. Calls after this throw [IllegalStateException]. */
+    override fun close() {
+        engine.stop()
+        statusHandle.cancel()
+        statusHandle.close()
+        engine.close()
+    }
 }
 
 /**

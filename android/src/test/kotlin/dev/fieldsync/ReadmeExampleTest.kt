@@ -13,35 +13,41 @@ import kotlinx.coroutines.cancel
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 
 // --- README example: begin (kept in the README; compiled and run here) ---
 suspend fun readmeExample(
-    databasePath: String, serverUrl: String, token: String,
+    databasePath: String, serverUrl: String, tokenProvider: TokenProvider,
     connectivity: ConnectivityMonitor, lifecycle: AppLifecycle,
     scheduler: BackgroundSyncScheduler, notifications: SyncNotificationPresenter,
     scope: CoroutineScope,
 ): String? {
     // Open the engine: one per user database; reads and writes work offline.
-    val sync = FieldSync.open(databasePath, serverUrl, token)
+    // The token provider is asked now, and again whenever the server refuses the token.
+    val sync = FieldSync.open(databasePath, serverUrl, tokenProvider)
 
-    // Observe status: a sync icon and the Offline Status of each table.
+    // The sync icon: a StateFlow, current at once and on every change (a local edit too).
     val statusJob = scope.launch {
-        sync.statusUpdates().collect { update ->
-            val icon = when {
-                update.syncing -> "syncing"
-                update.event is SyncEvent.SyncFailed -> "error"
-                update.device.pendingUploads > 0 -> "pending uploads"
-                else -> "up to date"
+        sync.status.collect { status ->
+            val icon = when (status.icon) {
+                SyncIcon.SYNCING -> "syncing ${status.progress?.rowsDone}/${status.progress?.rowsTotal ?: "?"} rows"
+                SyncIcon.NOT_CONNECTED -> "offline: ${status.message}"
+                SyncIcon.ERROR -> "error: ${status.message}"
+                SyncIcon.WARNING -> "see Sync Errors: ${status.message}"
+                SyncIcon.PENDING_UPLOADS -> "${status.pendingUploads} change(s) waiting for upload"
+                SyncIcon.CONNECTED -> "up to date"
             }
-            println("$icon: ${update.device.tables.map { "${it.table} ${it.rows} rows" }}")
+            println(icon)
         }
     }
 
-    // Schedule background sync (WorkManager on Android, unmetered when Wi-Fi only),
-    // and sync when the app comes to the foreground on an allowed network.
+    // Settings are properties, kept in the device database.
+    sync.wifiOnly = true
+
+    // The shell reports the app's state and the OS network and shows the core's
+    // notifications; the core's sync service decides when to sync.
     val shell = FieldSyncShell(sync, connectivity, lifecycle, scheduler, notifications, scope)
-    shell.wifiOnly = true
     shell.start()
 
     // Sync now, then read and write records with typed errors.
@@ -62,20 +68,36 @@ suspend fun readmeExample(
 
 class ReadmeExampleTest {
     @Test
+    fun `the README's Kotlin section is this example`() {
+        val readme = java.io.File("../README.md").readText()
+        val section = readme.substringAfter("## Kotlin (Android)").substringAfter("```kotlin\n").substringBefore("```")
+        val source = java.io.File("src/test/kotlin/dev/fieldsync/ReadmeExampleTest.kt").readLines().map { it.trim() }
+        var at = 0
+        for (line in section.lines().map { it.trim() }.filter { it.isNotEmpty() }) {
+            val found = source.subList(at, source.size).indexOf(line)
+            assertTrue(found >= 0, "README line not in the compiled example (in order): $line")
+            at += found + 1
+        }
+    }
+
+    @Test
     fun `the README example runs against a real server`() = runBlocking<Unit> {
         TestServer.start().use { server ->
             val token = server.user("tech-a", "technician")
             server.seed(listOf("tech-a"), 5)
             val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
+            val provider = object : TokenProvider {
+                override fun token(refused: Boolean) = token
+            }
             val notes = readmeExample(
-                server.databasePath("readme"), server.url, token,
+                server.databasePath("readme"), server.url, provider,
                 FakeConnectivity(NetworkState(up = true, metered = false)), FakeLifecycle(false),
                 FakeScheduler(), FakeNotifications(), scope,
             )
             scope.cancel()
             assertEquals("Replaced the filter", notes)
             FieldSync.open(server.databasePath("readme"), server.url, token).use { again ->
-                assertEquals(1L, again.status().pendingUploads)
+                assertEquals(1L, again.status.value.pendingUploads)
                 again.syncNow()
                 assertEquals(0L, again.pendingUploads())
             }

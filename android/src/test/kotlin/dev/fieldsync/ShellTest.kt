@@ -8,15 +8,14 @@ import dev.fieldsync.platform.BackgroundSyncScheduler
 import dev.fieldsync.platform.ConnectivityMonitor
 import dev.fieldsync.platform.FieldSyncShell
 import dev.fieldsync.platform.NetworkState
-import dev.fieldsync.platform.SyncNotification
 import dev.fieldsync.platform.SyncNotificationPresenter
-import dev.fieldsync.platform.networkAllowsSync
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.SupervisorJob
 import kotlinx.coroutines.cancel
 import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import org.junit.jupiter.api.AfterEach
@@ -24,7 +23,6 @@ import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.BeforeEach
 import org.junit.jupiter.api.Test
-import java.net.ServerSocket
 
 /** Fakes of the OS services: the only mocks, behind the shell's interfaces. */
 class FakeConnectivity(initial: NetworkState) : ConnectivityMonitor {
@@ -46,8 +44,8 @@ class FakeScheduler : BackgroundSyncScheduler {
 }
 
 class FakeNotifications : SyncNotificationPresenter {
-    val shown = Channel<SyncNotification>(Channel.UNLIMITED)
-    override fun show(notification: SyncNotification) {
+    val shown = Channel<SyncEvent.Notification>(Channel.UNLIMITED)
+    override fun show(notification: SyncEvent.Notification) {
         shown.trySend(notification)
     }
     override fun dismiss() = Unit
@@ -67,7 +65,7 @@ class ShellTest {
         server = TestServer.start()
         val tech = server.user("tech-a", "technician")
         server.seed(listOf("tech-a"), 10)
-        sync = FieldSync.open(server.databasePath("shell"), server.url, tech)
+        sync = openBlocking(server.databasePath("shell"), server.url, tech)
     }
 
     @AfterEach
@@ -75,15 +73,6 @@ class ShellTest {
         scope.cancel()
         sync.close()
         server.close()
-    }
-
-    private suspend fun nextFinished(n: FakeNotifications): SyncNotification.Finished = withTimeout(30_000) {
-        var next = n.shown.receive()
-        while (next !is SyncNotification.Finished) {
-            if (next is SyncNotification.Failed) error("sync failed: ${next.reason}")
-            next = n.shown.receive()
-        }
-        next
     }
 
     @Test
@@ -102,53 +91,43 @@ class ShellTest {
     }
 
     @Test
-    fun `sync starts only in the foreground on an allowed network, with notifications of the initial download`() = runBlocking<Unit> {
-        val network = FakeConnectivity(NetworkState(up = true, metered = true))
-        val lifecycle = FakeLifecycle(false)
+    fun `the shell reports the app and the network, the core syncs and notifies`() = runBlocking<Unit> {
+        val network = FakeConnectivity(NetworkState(up = true, metered = true, type = NetworkType.CELLULAR))
+        val lifecycle = FakeLifecycle(true)
         val notifications = FakeNotifications()
         val shell = FieldSyncShell(sync, network, lifecycle, FakeScheduler(), notifications, scope)
         shell.wifiOnly = true
         shell.start()
 
-        // Background, or metered with Wi-Fi only: no sync may start.
-        assertEquals(false, shell.syncAllowed)
-        lifecycle.foreground.value = true
-        assertEquals(false, shell.syncAllowed)
-        // Wi-Fi comes up while in the foreground: the initial download runs and is notified.
-        network.state.value = NetworkState(up = true, metered = false)
-        assertEquals(true, shell.syncAllowed)
-        val done = nextFinished(notifications)
-        assertTrue(done.rowsDownloaded > 0)
+        // Metered with Wi-Fi only: the core holds the sync, and says why.
+        withTimeout(30_000) { sync.status.first { it.waitingFor == Blocker.METERED_NETWORK } }
+        assertTrue(sync.offlineProfile() == null, "no sync started")
+
+        // Wi-Fi comes up: the core downloads the profile and notifies the initial sync.
+        network.state.value = NetworkState(up = true, metered = false, type = NetworkType.WIFI)
+        val done = withTimeout(30_000) {
+            var n = notifications.shown.receive()
+            while (n.phase != NotificationPhase.COMPLETED) n = notifications.shown.receive()
+            n
+        }
+        assertEquals(NotificationKind.INITIAL_SYNC, done.kind)
+        assertTrue(done.refreshView)
         assertTrue(sync.status().tables.all { it.initialSyncDone })
 
-        // A user's Refresh of a table is notified too.
-        shell.refresh("bookings")
-        val refresh = nextFinished(notifications)
-        assertEquals(0, refresh.conflicts)
+        // The app goes to the background: reported to the core.
+        lifecycle.foreground.value = false
+        withTimeout(30_000) { sync.status.first { !it.appActive } }
         shell.stop()
     }
 
     @Test
-    fun `sync is allowed on an up network, and metered only without Wi-Fi only`() {
-        assertEquals(false, networkAllowsSync(NetworkState.DOWN, wifiOnly = false))
-        assertEquals(true, networkAllowsSync(NetworkState(up = true, metered = true), wifiOnly = false))
-        assertEquals(false, networkAllowsSync(NetworkState(up = true, metered = true), wifiOnly = true))
-        assertEquals(true, networkAllowsSync(NetworkState(up = true, metered = false), wifiOnly = true))
-    }
-
-    @Test
-    fun `the background job body syncs, skips or asks for a retry`() = runBlocking<Unit> {
-        val down = FakeConnectivity(NetworkState.DOWN)
-        assertEquals(BackgroundSyncResult.Skipped, BackgroundSync.run(sync, down, wifiOnly = false))
-        val metered = FakeConnectivity(NetworkState(up = true, metered = true))
-        assertEquals(BackgroundSyncResult.Skipped, BackgroundSync.run(sync, metered, wifiOnly = true))
-        val done = BackgroundSync.run(sync, metered, wifiOnly = false)
-        assertTrue(done is BackgroundSyncResult.Done && done.report.tables.isNotEmpty())
-
-        val port = ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress()).use { it.localPort }
-        FieldSync.open(server.databasePath("unreachable"), "http://127.0.0.1:$port", "t").use { unreachable ->
-            val retry = BackgroundSync.run(unreachable, metered, wifiOnly = false)
-            assertTrue(retry is BackgroundSyncResult.Retry, "$retry")
-        }
+    fun `the background job body runs the core's due step, skips or asks for a retry`() = runBlocking<Unit> {
+        sync.wifiOnly = true
+        val metered = FakeConnectivity(NetworkState(up = true, metered = true, type = NetworkType.CELLULAR))
+        assertEquals(BackgroundSyncResult.Skipped, BackgroundSync.run(sync, metered))
+        val wifi = FakeConnectivity(NetworkState(up = true, metered = false, type = NetworkType.WIFI))
+        val done = BackgroundSync.run(sync, wifi)
+        assertTrue(done is BackgroundSyncResult.Done && done.report.tables.isNotEmpty(), "$done")
+        assertEquals(BackgroundSyncResult.Skipped, BackgroundSync.run(sync, wifi), "nothing due right after")
     }
 }

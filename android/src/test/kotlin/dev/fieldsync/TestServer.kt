@@ -25,12 +25,13 @@ class TestServer private constructor(
     companion object {
         const val ADMIN_TOKEN = "kotlin-test-admin-token"
 
-        fun start(): TestServer {
+        /** Starts a server; [pullDelayMs] slows every pull page (a slow network). */
+        fun start(pullDelayMs: Long = 0): TestServer {
             val bin = System.getProperty("fieldsync.bin") ?: error("system property fieldsync.bin is not set")
             val dir = Files.createTempDirectory("fieldsync-kotlin-server")
             val process = ProcessBuilder(
                 bin, "server", "--listen", "127.0.0.1:0", "--admin-token", ADMIN_TOKEN,
-                "--data-dir", dir.resolve("server").toString(),
+                "--data-dir", dir.resolve("server").toString(), "--pull-delay-ms", pullDelayMs.toString(),
             ).redirectError(ProcessBuilder.Redirect.INHERIT).start()
             val stdout = BufferedReader(InputStreamReader(process.inputStream))
             val line = stdout.readLine() ?: error("the server printed nothing (exit ${process.waitFor()})")
@@ -88,6 +89,12 @@ class TestServer private constructor(
         return text
     }
 
+    /** Rotates a user's token on the server (the old one is refused at once); returns the new one. */
+    fun rotateToken(id: String): String {
+        val text = admin("POST", "/v1/admin/users/$id/token")
+        return Regex("\"token\"\\s*:\\s*\"([^\"]+)\"").find(text)?.groupValues?.get(1) ?: error("no token in $text")
+    }
+
     /** A fresh database path in this server's temporary directory. */
     fun databasePath(name: String): String = dir.resolve("$name.db").toString()
 
@@ -96,4 +103,16 @@ class TestServer private constructor(
         if (!process.waitFor(10, TimeUnit.SECONDS)) process.destroyForcibly()
         dir.toFile().deleteRecursively()
     }
+}
+
+/** [FieldSync.open] from a test thread. */
+fun openBlocking(
+    databasePath: String,
+    serverUrl: String,
+    token: String,
+    pageSize: Int = 1000,
+    tlsRoots: TlsRoots? = null,
+    tlsExtraRootsPem: String? = null,
+): FieldSync = kotlinx.coroutines.runBlocking {
+    FieldSync.open(databasePath, serverUrl, token, pageSize, tlsRoots, tlsExtraRootsPem)
 }

@@ -26,6 +26,12 @@ class AndroidConnectivityMonitor(context: Context) : ConnectivityMonitor {
                 up = caps.hasCapability(NetworkCapabilities.NET_CAPABILITY_INTERNET) &&
                     caps.hasCapability(NetworkCapabilities.NET_CAPABILITY_VALIDATED),
                 metered = !caps.hasCapability(NetworkCapabilities.NET_CAPABILITY_NOT_METERED),
+                type = when {
+                    caps.hasTransport(NetworkCapabilities.TRANSPORT_WIFI) -> dev.fieldsync.NetworkType.WIFI
+                    caps.hasTransport(NetworkCapabilities.TRANSPORT_CELLULAR) -> dev.fieldsync.NetworkType.CELLULAR
+                    caps.hasTransport(NetworkCapabilities.TRANSPORT_ETHERNET) -> dev.fieldsync.NetworkType.ETHERNET
+                    else -> dev.fieldsync.NetworkType.OTHER
+                },
             )
         }
 

@@ -5,12 +5,14 @@ import android.app.NotificationManager
 import android.content.Context
 import androidx.core.app.NotificationCompat
 import androidx.core.app.NotificationManagerCompat
-import dev.fieldsync.platform.SyncNotification
+import dev.fieldsync.NotificationPhase
+import dev.fieldsync.SyncEvent
 import dev.fieldsync.platform.SyncNotificationPresenter
 
 /**
  * [SyncNotificationPresenter] with a low-importance notification channel:
- * a progress bar while downloading, then "up to date" or the failure.
+ * the core's message with a progress bar while running, then its completion
+ * or failure.
  * Needs POST_NOTIFICATIONS on Android 13+; without it nothing is shown.
  */
 class AndroidSyncNotificationPresenter(
@@ -25,12 +27,13 @@ class AndroidSyncNotificationPresenter(
             .createNotificationChannel(NotificationChannel(CHANNEL, channelName, NotificationManager.IMPORTANCE_LOW))
     }
 
-    override fun show(notification: SyncNotification) {
+    override fun show(notification: SyncEvent.Notification) {
         if (!manager.areNotificationsEnabled()) return
         val builder = NotificationCompat.Builder(context, CHANNEL).setSmallIcon(smallIcon).setOnlyAlertOnce(true)
-        when (notification) {
-            is SyncNotification.Progress -> {
-                builder.setContentTitle("Downloading ${notification.table ?: "data"}").setOngoing(true)
+            .setContentTitle(notification.message)
+        when (notification.phase) {
+            NotificationPhase.PROGRESS -> {
+                builder.setOngoing(true)
                 val total = notification.rowsTotal
                 if (total != null && total > 0) {
                     builder.setProgress(100, (notification.rowsDone * 100 / total).toInt().coerceIn(0, 100), false)
@@ -38,9 +41,7 @@ class AndroidSyncNotificationPresenter(
                     builder.setProgress(0, 0, true)
                 }
             }
-            is SyncNotification.Finished -> builder.setContentTitle("Up to date")
-                .setContentText("${notification.rowsDownloaded} rows downloaded, ${notification.uploaded} changes uploaded")
-            is SyncNotification.Failed -> builder.setContentTitle("Sync stopped").setContentText(notification.reason)
+            NotificationPhase.COMPLETED, NotificationPhase.FAILED -> builder.setOngoing(false)
         }
         try {
             manager.notify(NOTIFICATION_ID, builder.build())

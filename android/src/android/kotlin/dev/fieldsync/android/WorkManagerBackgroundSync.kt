@@ -23,9 +23,6 @@ interface FieldSyncHost {
 
     /** The app's connectivity monitor. */
     val connectivity: ConnectivityMonitor
-
-    /** The user's Wi-Fi only choice. */
-    val wifiOnly: Boolean
 }
 
 /**
@@ -60,7 +57,7 @@ class FieldSyncWorker(context: Context, params: WorkerParameters) : CoroutineWor
     override suspend fun doWork(): Result {
         val host = applicationContext as? FieldSyncHost ?: return Result.failure()
         val sync = host.fieldSync ?: return Result.success()
-        return when (BackgroundSync.run(sync, host.connectivity, host.wifiOnly)) {
+        return when (BackgroundSync.run(sync, host.connectivity)) {
             is BackgroundSyncResult.Done, BackgroundSyncResult.Skipped -> Result.success()
             is BackgroundSyncResult.Retry -> Result.retry()
             is BackgroundSyncResult.Failed -> Result.failure()

@@ -4,12 +4,12 @@ import dev.fieldsync.FieldSync
 import dev.fieldsync.FieldSyncException
 import dev.fieldsync.SyncReport
 
-/** How a background sync run ended; the OS job maps it to its own result. */
+/** How a background run ended; the OS job maps it to its own result. */
 sealed class BackgroundSyncResult {
-    /** The sync ran to the end. */
+    /** The core's scheduler ran a sync to its end. */
     data class Done(val report: SyncReport) : BackgroundSyncResult()
 
-    /** The network does not allow a sync now (down, or metered with Wi-Fi only). */
+    /** The core's scheduler started nothing (nothing due, or not allowed now). */
     object Skipped : BackgroundSyncResult()
 
     /** Network or Service Unavailable: the OS should retry later. */
@@ -19,20 +19,20 @@ sealed class BackgroundSyncResult {
     data class Failed(val error: FieldSyncException) : BackgroundSyncResult()
 }
 
-/** Decides whether sync may start on [network] with the Wi-Fi only choice. */
-fun networkAllowsSync(network: NetworkState, wifiOnly: Boolean): Boolean =
-    network.up && !(wifiOnly && network.metered)
-
 /**
- * The body of the OS background job: one sync of every table when the network
- * allows it. A sync that started runs to its end (the job waits for it).
+ * The body of the OS background job: the current network is reported, then
+ * one step of the core's scheduler runs whatever is due (the core applies Wi-Fi
+ * only, intervals and backoff). A sync that started runs to its end.
  */
 object BackgroundSync {
-    /** Runs one background sync with [fieldSync]. */
-    suspend fun run(fieldSync: FieldSync, connectivity: ConnectivityMonitor, wifiOnly: Boolean): BackgroundSyncResult {
-        if (!networkAllowsSync(connectivity.state.value, wifiOnly)) return BackgroundSyncResult.Skipped
+    /** Runs one scheduler step with [fieldSync] on the network [connectivity] reports. */
+    suspend fun run(fieldSync: FieldSync, connectivity: ConnectivityMonitor): BackgroundSyncResult {
+        val network = connectivity.state.value
+        fieldSync.setNetwork(network.up, network.metered, network.type)
         return try {
-            BackgroundSyncResult.Done(fieldSync.syncNow())
+            if (network.up) fieldSync.checkNetwork()
+            val ran = fieldSync.runDue() ?: return BackgroundSyncResult.Skipped
+            BackgroundSyncResult.Done(ran.report)
         } catch (e: FieldSyncException.NetworkUnavailable) {
             BackgroundSyncResult.Retry(e.reason)
         } catch (e: FieldSyncException) {

@@ -1,5 +1,7 @@
 package dev.fieldsync.platform
 
+import dev.fieldsync.NetworkType
+import dev.fieldsync.SyncEvent
 import kotlinx.coroutines.flow.StateFlow
 
 /*
@@ -16,6 +18,8 @@ data class NetworkState(
     val up: Boolean,
     /** True when that network is metered (typically mobile data, not Wi-Fi). */
     val metered: Boolean,
+    /** The kind of network, as far as the OS says. */
+    val type: NetworkType = if (up) NetworkType.OTHER else NetworkType.NONE,
 ) {
     companion object {
         /** No network: the state until the first report. */
@@ -56,22 +60,13 @@ interface BackgroundSyncScheduler {
     fun cancel()
 }
 
-/** What a sync notification shows. */
-sealed class SyncNotification {
-    /** A sync is running; [rowsDone] of [rowsTotal] (if known) rows stored so far. */
-    data class Progress(val table: String?, val rowsDone: Long, val rowsTotal: Long?) : SyncNotification()
-
-    /** The sync finished; the UI should refresh its view. */
-    data class Finished(val rowsDownloaded: Long, val uploaded: Long, val conflicts: Int) : SyncNotification()
-
-    /** The sync stopped; what was committed so far is kept. */
-    data class Failed(val reason: String) : SyncNotification()
-}
-
 /** Shows sync progress and completion to the user (an Android notification). */
 interface SyncNotificationPresenter {
-    /** Shows or updates the sync notification. */
-    fun show(notification: SyncNotification)
+    /**
+     * Shows or updates the sync notification the core decided on (initial sync,
+     * Refresh, large catch-up): its kind, phase, message and progress.
+     */
+    fun show(notification: SyncEvent.Notification)
 
     /** Removes the sync notification. */
     fun dismiss()

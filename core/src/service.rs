@@ -1,7 +1,9 @@
-//! The engine's live state and the background scheduler task (C7, C8, C9,
-//! C10, C14): what the shell reports (app active, OS network), the network
-//! check, "sync now" and Refresh requests, retry backoff, the running sync's
-//! progress, notifications and telemetry around every sync.
+//! The sync service (C7-C11, C14): the engine's live state and the
+//! background scheduler task that makes every sync decision. The shell
+//! reports facts (app active, OS network, a clock change); the service keeps
+//! the network check, "sync now" and Refresh requests, retry backoff, the
+//! running sync's progress, notifications, the settings and telemetry around
+//! every sync, and delivers the sync status to listeners on every change.
 //!
 //! Every sync goes through [`Engine::run_tracked`], so direct calls
 //! ([`Engine::sync`]), the user's requests and the scheduler all update the
@@ -9,7 +11,10 @@
 //! scheduler's decisions come from the pure [`crate::scheduler::decide`];
 //! [`Engine::run_due`] is one step of it (tests drive it with a manual
 //! clock), [`Engine::start`] runs it in a tokio task that sleeps until the
-//! next due instant or an event.
+//! next due instant or an event, [`Engine::stop`] ends that task.
+//!
+//! Subscriptions are the listeners of [`crate::status`]: the only way the
+//! engine delivers events and status.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, MutexGuard};
@@ -187,6 +192,12 @@ impl Engine {
         }
         self.wake.notify_one();
         self.publish_status();
+    }
+
+    /// The device's clock or time zone changed (or a test clock moved): the
+    /// scheduler looks again at once instead of at the instant it chose.
+    pub fn time_changed(&self) {
+        self.wake.notify_one();
     }
 
     /// The network as the engine sees it.
@@ -839,8 +850,12 @@ impl Engine {
         if probe && connected {
             self.check_network().await;
         }
-        if let Err(e) = self.run_due().await {
-            debug!(target: "fieldsync::sync", error = %e, "scheduled sync failed");
+        match self.run_due().await {
+            Err(e) => debug!(target: "fieldsync::sync", error = %e, "scheduled sync failed"),
+            // A sync ran: decide again at once, so the status says what the
+            // scheduler waits for next and when.
+            Ok(Some(_)) => return 0,
+            Ok(None) => {}
         }
         let now = self.clock.now_ms();
         let live = self.live();
