@@ -712,6 +712,16 @@ pub async fn sync_errors(
 ) -> ApiResult<Json<Vec<crate::db::SyncErrorEntry>>> {
     authenticate_admin(&app, &headers).await?;
     let filter = query(q)?;
+    if let Some(kind) = filter
+        .kind
+        .as_deref()
+        .filter(|k| !matches!(*k, "conflict" | "rejected"))
+    {
+        return Err(ApiError::bad_request(
+            codes::BAD_REQUEST,
+            format!("kind is conflict or rejected, not '{kind}'"),
+        ));
+    }
     let db = app.db.clone();
     Ok(Json(blocking(move || db.sync_errors(&filter)).await?))
 }
@@ -806,6 +816,15 @@ pub async fn seed(
 ) -> ApiResult<Json<SeedResult>> {
     authenticate_admin(&app, &headers).await?;
     let spec: SeedSpec = read_json(&app, &headers, body).await?;
+    if spec
+        .now_ms
+        .is_some_and(|ms| !(0..=MAX_SEED_NOW_MS).contains(&ms))
+    {
+        return Err(ApiError::bad_request(
+            codes::BAD_REQUEST,
+            "now_ms is a time from 1970 to 9999 in milliseconds",
+        ));
+    }
     if spec.work_orders > 2_000_000 {
         return Err(ApiError::bad_request(
             codes::BAD_REQUEST,
@@ -826,6 +845,10 @@ pub async fn seed(
     .await?;
     Ok(Json(SeedResult { rows }))
 }
+
+/// The latest `now_ms` a seed request may name (the last millisecond of
+/// the year 9999): dates are generated around it.
+const MAX_SEED_NOW_MS: i64 = 253_402_300_799_999;
 
 /// Answers unknown routes with a typed error.
 pub async fn not_found() -> ApiError {
@@ -850,6 +873,15 @@ pub async fn check_protocol(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    if let Some(device) = request.headers().get(DEVICE_HEADER)
+        && !device.to_str().is_ok_and(crate::db::device_id_ok)
+    {
+        return ApiError::bad_request(
+            codes::BAD_REQUEST,
+            format!("the {DEVICE_HEADER} header is 1 to 128 characters of visible text"),
+        )
+        .into_response();
+    }
     let Some(sent) = request
         .headers()
         .get(fieldsync_core::protocol::PROTOCOL_HEADER)

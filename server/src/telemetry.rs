@@ -237,7 +237,13 @@ fn read_event(r: &Row) -> ApiResult<StoredEvent> {
 /// Events matching the query, newest first.
 pub fn list(db: &Db, q: &TelemetryQuery) -> ApiResult<Vec<StoredEvent>> {
     let (clause, mut params) = where_clause(q)?;
-    let limit = q.limit.unwrap_or(500).clamp(1, MAX_LIST);
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::bad_request(
+            codes::BAD_REQUEST,
+            format!("limit is 1 to {MAX_LIST}"),
+        ));
+    }
     params.push(Value::Integer(i64::from(limit)));
     let sql =
         format!("SELECT {COLUMNS} FROM _fs_telemetry{clause} ORDER BY started_at DESC, id LIMIT ?");
