@@ -77,6 +77,15 @@ struct ServerArgs {
     /// first downloads (per instance); 0 keeps none.
     #[arg(long, default_value_t = fieldsync_server::selection::DEFAULT_CACHE_BYTES >> 20)]
     selection_cache_mib: usize,
+    /// Seconds a connection has to send a request's complete headers, from
+    /// its opening or its previous response (so also how long an idle
+    /// keep-alive connection stays open).
+    #[arg(long, default_value_t = fieldsync_server::listen::DEFAULT_HEADER_READ_TIMEOUT.as_secs())]
+    header_timeout_secs: u64,
+    /// Most connections open at once; more wait in the listen queue. Keep it
+    /// well under the process's open-file limit (`ulimit -n`).
+    #[arg(long, default_value_t = fieldsync_server::listen::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 fn init_logging() {
@@ -94,6 +103,10 @@ async fn run_server(args: ServerArgs) -> ExitCode {
     config.pull_delay = Duration::from_millis(args.pull_delay_ms);
     config.selection_cache_bytes = args.selection_cache_mib.saturating_mul(1 << 20);
     config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
+    config.connection_limits = fieldsync_server::listen::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        max_connections: args.max_connections.max(1),
+    };
     if let Some(file) = &args.database_ca_file {
         match std::fs::read_to_string(file) {
             Ok(pem) => config.database_ca_pem = Some(pem),
@@ -158,9 +171,13 @@ async fn run_server(args: ServerArgs) -> ExitCode {
             let _ = ctrl_c.await;
         }
     };
-    match axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    match fieldsync_server::listen::serve_connections(
+        listener,
+        app,
+        config.connection_limits,
+        shutdown,
+    )
+    .await
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -800,3 +800,132 @@ async fn postgres_connections_use_verified_tls() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("certificate"), "{stderr}");
 }
+
+/// Reads from `stream` until the server closes it (end of stream or an
+/// error); returns what it read, or `None` if it was still open after a
+/// minute — far beyond the one-second header timeout the test configures.
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    closed.ok().map(|()| got)
+}
+
+/// Issue #29, break 4: under an open-file limit of 128, 200 connections that
+/// never finish their headers (or send nothing) left `/v1/health` unanswered
+/// and the server logging "Too many open files". Now the server holds a
+/// bounded number of connections, closes those that do not deliver their
+/// headers in time (idle keep-alive connections too), and keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_header_connections_are_closed_and_health_answers() {
+    use std::os::unix::process::CommandExt as _;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_prepared(
+        &temp.path().join("server"),
+        &["--header-timeout-secs", "1", "--max-connections", "48"],
+        |command| {
+            let command = command.as_std_mut();
+            // SAFETY: the closure only calls setrlimit, which is
+            // async-signal-safe, between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: 128,
+                        rlim_max: 128,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        },
+    )
+    .await;
+
+    // A keep-alive connection that got its answer and then says nothing.
+    let mut kept_alive = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    kept_alive
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    // 150 connections that send nothing.
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        idle.push(
+            tokio::net::TcpStream::connect(&server.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // 50 connections that trickle a header line every 200 ms, never ending
+    // their headers.
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        let stream = tokio::net::TcpStream::connect(&server.addr)
+            .await
+            .expect("connect");
+        let (read, mut write) = stream.into_split();
+        tokio::spawn(async move {
+            let start = format!("GET /v1/health HTTP/1.1\r\nHost: localhost\r\nX-Slow-{i}: ");
+            if write.write_all(start.as_bytes()).await.is_err() {
+                return;
+            }
+            while write.write_all(b"a").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        slow.push(read);
+    }
+
+    // The health probe gets through while they are all held.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let health = client
+        .get(format!("{}/v1/health", server.url))
+        .send()
+        .await
+        .expect("health answers while idle and slow connections are held");
+    assert_eq!(health.status().as_u16(), 200);
+
+    // Every one of them is closed by the server.
+    let answered = read_until_closed(&mut kept_alive)
+        .await
+        .expect("an idle keep-alive connection is closed");
+    assert!(
+        answered.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answered)
+    );
+    for (i, stream) in idle.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(stream).await.is_some(),
+            "idle connection {i} is still open"
+        );
+    }
+    for (i, stream) in slow.iter_mut().enumerate() {
+        let got = read_until_closed(stream)
+            .await
+            .unwrap_or_else(|| panic!("slow-header connection {i} is still open"));
+        assert!(
+            !got.starts_with(b"HTTP/1.1 200"),
+            "a request without the end of its headers was answered"
+        );
+    }
+    // And the server is still up.
+    let (status, v) = server.call("GET", "/v1/health", None, None).await;
+    assert_eq!(status, 200, "{v}");
+}

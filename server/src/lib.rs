@@ -11,6 +11,7 @@ pub mod api;
 pub mod console;
 pub mod db;
 pub mod error;
+pub mod listen;
 pub mod online;
 pub mod page;
 pub mod pgtls;
@@ -81,6 +82,9 @@ pub struct ServerConfig {
     /// Bytes of related rules' selected values kept between the pages of
     /// first downloads (see [`selection`]); 0 keeps none.
     pub selection_cache_bytes: usize,
+    /// How many connections are held at once and how long the server waits
+    /// for a request's headers (see [`listen`]).
+    pub connection_limits: listen::ConnectionLimits,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -97,6 +101,7 @@ impl std::fmt::Debug for ServerConfig {
             )
             .field("max_body_bytes", &self.max_body_bytes)
             .field("pull_delay", &self.pull_delay)
+            .field("connection_limits", &self.connection_limits)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +121,7 @@ impl ServerConfig {
             receipt_retention: DEFAULT_RECEIPT_RETENTION,
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             selection_cache_bytes: selection::DEFAULT_CACHE_BYTES,
+            connection_limits: listen::ConnectionLimits::default(),
         }
     }
 }
@@ -241,7 +247,8 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     Ok((router, db))
 }
 
-/// Serves the application on `listener` until `shutdown` completes.
+/// Serves the application on `listener` until `shutdown` completes, within
+/// the configuration's connection limits (see [`listen`]).
 pub async fn serve(
     config: &ServerConfig,
     listener: tokio::net::TcpListener,
@@ -264,9 +271,7 @@ pub async fn serve(
             tokio::time::sleep(PURGE_EVERY).await;
         }
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = listen::serve_connections(listener, app, config.connection_limits, shutdown).await;
     purging.abort();
     served
 }

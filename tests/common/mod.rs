@@ -69,18 +69,29 @@ impl Server {
     }
 
     pub async fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_prepared(data_dir, extra, |_| {}).await
+    }
+
+    /// [`Server::start_in`], with `prepare` given the command last (to pipe
+    /// its stderr, limit its resources, …).
+    pub async fn start_prepared(
+        data_dir: &Path,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Server {
         let database = match testdb::database_url(data_dir) {
             Some(url) => vec!["--database-url".to_owned(), url],
             None => Vec::new(),
         };
-        let mut child = Self::command(data_dir)
+        let mut command = Self::command(data_dir);
+        command
             .args(&database)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn server");
+            .kill_on_drop(true);
+        prepare(&mut command);
+        let mut child = command.spawn().expect("spawn server");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
