@@ -86,6 +86,10 @@ struct ServerArgs {
     /// well under the process's open-file limit (`ulimit -n`).
     #[arg(long, default_value_t = fieldsync_server::listen::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// The server is reached through a TLS-terminating proxy (HTTPS to the
+    /// proxy): the console's session cookie is marked Secure.
+    #[arg(long, env = "FIELDSYNC_BEHIND_TLS_PROXY")]
+    behind_tls_proxy: bool,
 }
 
 fn init_logging() {
@@ -103,6 +107,7 @@ async fn run_server(args: ServerArgs) -> ExitCode {
     config.pull_delay = Duration::from_millis(args.pull_delay_ms);
     config.selection_cache_bytes = args.selection_cache_mib.saturating_mul(1 << 20);
     config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
+    config.behind_tls_proxy = args.behind_tls_proxy;
     config.connection_limits = fieldsync_server::listen::ConnectionLimits {
         header_read_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         max_connections: args.max_connections.max(1),

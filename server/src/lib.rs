@@ -85,6 +85,10 @@ pub struct ServerConfig {
     /// How many connections are held at once and how long the server waits
     /// for a request's headers (see [`listen`]).
     pub connection_limits: listen::ConnectionLimits,
+    /// The server is reached through a TLS-terminating proxy: the console's
+    /// session cookie is marked `Secure` (it is also whenever a request says
+    /// `X-Forwarded-Proto: https`).
+    pub behind_tls_proxy: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -102,6 +106,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("pull_delay", &self.pull_delay)
             .field("connection_limits", &self.connection_limits)
+            .field("behind_tls_proxy", &self.behind_tls_proxy)
             .finish_non_exhaustive()
     }
 }
@@ -122,6 +127,7 @@ impl ServerConfig {
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             selection_cache_bytes: selection::DEFAULT_CACHE_BYTES,
             connection_limits: listen::ConnectionLimits::default(),
+            behind_tls_proxy: false,
         }
     }
 }
@@ -155,6 +161,8 @@ pub struct App {
     pub admin_token_hash: String,
     pub default_profile: String,
     pub pull_delay: Duration,
+    /// See [`ServerConfig::behind_tls_proxy`].
+    pub behind_tls_proxy: bool,
 }
 
 /// Opens the database and builds the HTTP application.
@@ -188,6 +196,7 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         admin_token_hash: db::hash_token(&config.admin_token),
         default_profile: profile.name,
         pull_delay: config.pull_delay,
+        behind_tls_proxy: config.behind_tls_proxy,
     });
     let router = Router::new()
         .route("/v1/health", get(api::health))
