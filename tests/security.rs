@@ -63,7 +63,9 @@ fn concrete(path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_needs_the_right_credentials() {
-    let server = Server::start().await;
+    // A forged token on every route is more failed sign-ins than one
+    // address may make (see failed_sign_ins_are_limited_per_source_and_logged).
+    let server = Server::start_with(&["--sign-in-burst", "1000"]).await;
     let tech1 = server.user("tech-1", "technician").await;
     let tech2 = server.user("tech-2", "technician").await;
     let dispatcher = server.user("disp", "dispatcher").await;
@@ -928,4 +930,126 @@ async fn idle_and_slow_header_connections_are_closed_and_health_answers() {
     // And the server is still up.
     let (status, v) = server.call("GET", "/v1/health", None, None).await;
     assert_eq!(status, 200, "{v}");
+}
+
+/// Issue #29, break 5: 12,238 wrong console sign-ins in 5 s on one
+/// connection were neither limited nor logged. Now each source address has
+/// an allowance of failures (5 here); past it, every request of that source
+/// that carries credentials is answered 429 with `Retry-After`, the right
+/// token included, while other sources are unaffected; each failure is
+/// logged with its source, never with the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_are_limited_per_source_and_logged() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start_prepared(
+        &temp.path().join("server"),
+        &["--sign-in-burst", "5", "--sign-in-refill-secs", "3600"],
+        |command| {
+            command.stderr(std::process::Stdio::piped());
+        },
+    )
+    .await;
+    let mut stderr = server.child.stderr.take().expect("stderr");
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+    };
+    let sign_in = |client: &reqwest::Client, token: &str| {
+        client
+            .post(format!("{}/console/login", server.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+    };
+    let bearer = |client: &reqwest::Client, path: &str, token: &str| {
+        client
+            .get(format!("{}{path}", server.url))
+            .bearer_auth(token)
+            .send()
+    };
+    const GUESS: &str = "guessed-console-token-0123456789";
+    const FORGED: &str = "fs_forged-bearer-token-0123456789";
+
+    // 127.0.0.1: five wrong console sign-ins, then the door closes, even
+    // for the right token and on the API.
+    let one = from("127.0.0.1");
+    for i in 0..5 {
+        let status = sign_in(&one, GUESS).await.expect("sign in").status();
+        assert_eq!(status.as_u16(), 401, "wrong sign-in {i}");
+    }
+    for token in [GUESS, ADMIN_TOKEN] {
+        let resp = sign_in(&one, token).await.expect("sign in");
+        assert_eq!(resp.status().as_u16(), 429);
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .expect("text")
+            .parse()
+            .expect("seconds");
+        assert!(retry >= 1, "Retry-After {retry}");
+    }
+    let resp = bearer(&one, "/v1/admin/users", ADMIN_TOKEN)
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value =
+        serde_json::from_str(&resp.text().await.expect("body")).expect("error body");
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+    // Requests without credentials still pass.
+    let status = one
+        .get(format!("{}/v1/health", server.url))
+        .send()
+        .await
+        .expect("health")
+        .status();
+    assert_eq!(status.as_u16(), 200);
+
+    // 127.0.0.2 is another source: its right token works, and its forged
+    // bearer tokens get their own allowance.
+    let two = from("127.0.0.2");
+    let status = sign_in(&two, ADMIN_TOKEN).await.expect("sign in").status();
+    assert_eq!(
+        status.as_u16(),
+        303,
+        "the admin signs in from another address"
+    );
+    for i in 0..5 {
+        let resp = bearer(&two, "/v1/profile", FORGED).await.expect("request");
+        assert_eq!(resp.status().as_u16(), 401, "forged token {i}");
+    }
+    let resp = bearer(&two, "/v1/profile", FORGED).await.expect("request");
+    assert_eq!(resp.status().as_u16(), 429);
+    let body: serde_json::Value =
+        serde_json::from_str(&resp.text().await.expect("body")).expect("error body");
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+
+    // Ten failures logged, with their source, without the tokens.
+    let _ = server.child.kill().await;
+    let log = log.await.expect("log");
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("failed sign-in"))
+        .collect();
+    assert_eq!(failures.len(), 10, "{log}");
+    assert_eq!(
+        failures.iter().filter(|l| l.contains("127.0.0.1")).count(),
+        5,
+        "{log}"
+    );
+    assert_eq!(
+        failures.iter().filter(|l| l.contains("127.0.0.2")).count(),
+        5,
+        "{log}"
+    );
+    for secret in [GUESS, FORGED, ADMIN_TOKEN] {
+        assert!(!log.contains(secret), "the log shows a token: {log}");
+    }
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod console;
 pub mod db;
 pub mod error;
+pub mod limits;
 pub mod listen;
 pub mod online;
 pub mod page;
@@ -89,6 +90,8 @@ pub struct ServerConfig {
     /// session cookie is marked `Secure` (it is also whenever a request says
     /// `X-Forwarded-Proto: https`).
     pub behind_tls_proxy: bool,
+    /// How many failed sign-ins a source address may make (see [`limits`]).
+    pub sign_in_limits: limits::SignInLimits,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -107,6 +110,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("pull_delay", &self.pull_delay)
             .field("connection_limits", &self.connection_limits)
             .field("behind_tls_proxy", &self.behind_tls_proxy)
+            .field("sign_in_limits", &self.sign_in_limits)
             .finish_non_exhaustive()
     }
 }
@@ -128,9 +132,14 @@ impl ServerConfig {
             selection_cache_bytes: selection::DEFAULT_CACHE_BYTES,
             connection_limits: listen::ConnectionLimits::default(),
             behind_tls_proxy: false,
+            sign_in_limits: limits::SignInLimits::default(),
         }
     }
 }
+
+/// The shortest admin token the server starts with: a random token meets
+/// it (`openssl rand -hex 16` gives 32 characters), a word does not.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 24;
 
 /// Push receipts are kept 30 days: a device that lost the answer to a push
 /// retries it within that time unless it stays offline for a month.
@@ -163,6 +172,8 @@ pub struct App {
     pub pull_delay: Duration,
     /// See [`ServerConfig::behind_tls_proxy`].
     pub behind_tls_proxy: bool,
+    /// Failed sign-ins per source address.
+    pub sign_ins: limits::SignInLimiter,
 }
 
 /// Opens the database and builds the HTTP application.
@@ -172,10 +183,11 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
 
 /// [`router`], with the database it serves.
 fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
-    if config.admin_token.len() < 8 {
-        return Err(ApiError::internal(
-            "the admin token must have at least 8 characters",
-        ));
+    if config.admin_token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(ApiError::internal(format!(
+            "the admin token must have at least {MIN_ADMIN_TOKEN_CHARS} characters \
+             (for example `openssl rand -hex 16`)"
+        )));
     }
     let profile = field_service_profile();
     let url = match &config.database_url {
@@ -197,6 +209,7 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         default_profile: profile.name,
         pull_delay: config.pull_delay,
         behind_tls_proxy: config.behind_tls_proxy,
+        sign_ins: limits::SignInLimiter::new(config.sign_in_limits, config.clock.clone()),
     });
     let router = Router::new()
         .route("/v1/health", get(api::health))
@@ -242,6 +255,10 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn(api::check_protocol))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            limits::limit_sign_ins,
+        ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -23,7 +23,7 @@ class TestServer private constructor(
     private val http = HttpClient.newHttpClient()
 
     companion object {
-        const val ADMIN_TOKEN = "kotlin-test-admin-token"
+        const val ADMIN_TOKEN = "kotlin-test-admin-token-0123"
 
         fun start(): TestServer {
             val bin = System.getProperty("fieldsync.bin") ?: error("system property fieldsync.bin is not set")
