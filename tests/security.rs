@@ -1053,3 +1053,35 @@ async fn failed_sign_ins_are_limited_per_source_and_logged() {
         assert!(!log.contains(secret), "the log shows a token: {log}");
     }
 }
+
+/// Issue #29, break 5: an admin token of 8 characters was accepted, and the
+/// help put it on the command line. The server now refuses to start with a
+/// token shorter than 24 characters, and `--help` names the environment
+/// variable without printing its value.
+#[tokio::test]
+async fn a_short_admin_token_is_refused_and_help_names_the_variable() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let start = tokio::process::Command::new(bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(temp.path())
+        .env("FIELDSYNC_ADMIN_TOKEN", "0123456789abcdef01234")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), start)
+        .await
+        .expect("the server refused to start rather than serve")
+        .expect("run");
+    assert!(!out.status.success(), "a 21-character token was accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 24 characters"), "{stderr}");
+
+    let out = tokio::process::Command::new(bin())
+        .args(["server", "--help"])
+        .env("FIELDSYNC_ADMIN_TOKEN", "help-must-not-show-this-token")
+        .output()
+        .await
+        .expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("FIELDSYNC_ADMIN_TOKEN"), "{help}");
+    assert!(!help.contains("help-must-not-show-this-token"), "{help}");
+}
