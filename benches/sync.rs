@@ -28,7 +28,7 @@ use fieldsync_core::{Engine, EngineConfig, Value};
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-const ADMIN: &str = "bench-admin-token";
+const ADMIN: &str = "bench-admin-token-0123456789";
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -81,7 +81,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
 async fn demo(args: DemoArgs) -> Result<(), String> {
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
-    let admin_token = "demo-admin-token";
+    let admin_token = "demo-admin-token-0123456789";
     let config = fieldsync_server::ServerConfig::new(dir.join("server"), admin_token);
     let app = fieldsync_server::router(&config).map_err(|e| e.message)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

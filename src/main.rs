@@ -52,8 +52,11 @@ struct ServerArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "FIELDSYNC_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Bearer token of the administrator (at least 8 characters).
-    #[arg(long, env = "FIELDSYNC_ADMIN_TOKEN")]
+    /// Bearer token of the administrator, at least 24 characters (for
+    /// example `openssl rand -hex 16`). Give it in the environment
+    /// (FIELDSYNC_ADMIN_TOKEN): on the command line, `ps` shows it to every
+    /// user of the machine.
+    #[arg(long, env = "FIELDSYNC_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
     /// Fault simulation: delay each pull page by this many milliseconds.
     #[arg(long, default_value_t = 0)]
@@ -80,6 +83,26 @@ struct ServerArgs {
     /// first downloads (per instance); 0 keeps none.
     #[arg(long, default_value_t = fieldsync_server::selection::DEFAULT_CACHE_BYTES >> 20)]
     selection_cache_mib: usize,
+    /// Seconds a connection has to send a request's complete headers, from
+    /// its opening or its previous response (so also how long an idle
+    /// keep-alive connection stays open).
+    #[arg(long, default_value_t = fieldsync_server::listen::DEFAULT_HEADER_READ_TIMEOUT.as_secs())]
+    header_timeout_secs: u64,
+    /// Most connections open at once; more wait in the listen queue. Keep it
+    /// well under the process's open-file limit (`ulimit -n`).
+    #[arg(long, default_value_t = fieldsync_server::listen::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// The server is reached through a TLS-terminating proxy (HTTPS to the
+    /// proxy): the console's session cookie is marked Secure.
+    #[arg(long, env = "FIELDSYNC_BEHIND_TLS_PROXY")]
+    behind_tls_proxy: bool,
+    /// Failed sign-ins (console or bearer token) a source address may make
+    /// at once before it is answered 429.
+    #[arg(long, default_value_t = fieldsync_server::limits::SignInLimits::default().burst)]
+    sign_in_burst: u32,
+    /// Seconds after which a limited source may try once more.
+    #[arg(long, default_value_t = fieldsync_server::limits::SignInLimits::default().refill_every.as_secs())]
+    sign_in_refill_secs: u64,
 }
 
 fn init_logging() {
@@ -97,6 +120,15 @@ async fn run_server(args: ServerArgs) -> ExitCode {
     config.pull_delay = Duration::from_millis(args.pull_delay_ms);
     config.selection_cache_bytes = args.selection_cache_mib.saturating_mul(1 << 20);
     config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
+    config.behind_tls_proxy = args.behind_tls_proxy;
+    config.sign_in_limits = fieldsync_server::limits::SignInLimits {
+        burst: args.sign_in_burst.max(1),
+        refill_every: Duration::from_secs(args.sign_in_refill_secs.max(1)),
+    };
+    config.connection_limits = fieldsync_server::listen::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        max_connections: args.max_connections.max(1),
+    };
     if let Some(file) = &args.database_ca_file {
         match std::fs::read_to_string(file) {
             Ok(pem) => config.database_ca_pem = Some(pem),
@@ -133,8 +165,8 @@ async fn run_server(args: ServerArgs) -> ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let app = match fieldsync_server::router(&config) {
-        Ok(app) => app,
+    let server = match fieldsync_server::prepare(&config) {
+        Ok(server) => server,
         Err(e) => {
             eprintln!("fieldsync server: {}", e.message);
             return ExitCode::from(1);
@@ -166,10 +198,7 @@ async fn run_server(args: ServerArgs) -> ExitCode {
             let _ = ctrl_c.await;
         }
     };
-    match axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    match server.serve(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fieldsync server: {e}");

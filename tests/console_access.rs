@@ -477,3 +477,93 @@ async fn the_device_list_shows_app_versions_and_last_errors() {
         "{dev}"
     );
 }
+
+/// The `; `-separated attributes of a `Set-Cookie` value, trimmed.
+fn cookie_attributes(cookie: &str) -> Vec<String> {
+    cookie.split(';').map(|a| a.trim().to_owned()).collect()
+}
+
+/// Issue #29, break 6: the console's session cookie never got `Secure`, even
+/// behind TLS. It does when the server is told it sits behind a TLS proxy,
+/// or the proxy says the browser came over HTTPS; over plain HTTP it does
+/// not (a browser would drop it).
+#[tokio::test]
+async fn the_session_cookie_is_secure_behind_tls() {
+    let plain = Server::start().await;
+    let (status, cookie, _) = sign_in(&plain, ADMIN_TOKEN).await;
+    assert_eq!(status, 303);
+    let cookie = cookie.expect("session cookie");
+    assert!(
+        !cookie_attributes(&cookie).contains(&"Secure".to_owned()),
+        "{cookie}"
+    );
+    let resp = client()
+        .post(format!("{}/console/login", plain.url))
+        .header("x-forwarded-proto", "https")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode_form(&[("token", ADMIN_TOKEN)]))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 303);
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("session cookie")
+        .to_owned();
+    assert!(
+        cookie_attributes(&cookie).contains(&"Secure".to_owned()),
+        "X-Forwarded-Proto: https gave {cookie}"
+    );
+    plain.stop().await;
+
+    let proxied = Server::start_with(&["--behind-tls-proxy"]).await;
+    let (status, cookie, _) = sign_in(&proxied, ADMIN_TOKEN).await;
+    assert_eq!(status, 303);
+    let cookie = cookie.expect("session cookie");
+    let attributes = cookie_attributes(&cookie);
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(
+            attributes.contains(&attr.to_owned()),
+            "{cookie} lacks {attr}"
+        );
+    }
+    // Signing out clears it with the same attributes.
+    let pair = attributes[0].clone();
+    let (_, _, page) = send(
+        &proxied,
+        "GET",
+        "/console/settings",
+        None,
+        Some(&pair),
+        None,
+    )
+    .await;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf field")
+        .to_owned();
+    let (status, headers, _) = send(
+        &proxied,
+        "POST",
+        "/console/logout",
+        None,
+        Some(&pair),
+        Some(&[("csrf", csrf.as_str())]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let cleared = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("cleared cookie");
+    let cleared = cookie_attributes(cleared);
+    assert!(
+        cleared.contains(&"Secure".to_owned()) && cleared.contains(&"Max-Age=0".to_owned()),
+        "{cleared:?}"
+    );
+    proxied.stop().await;
+}

@@ -13,7 +13,7 @@ use fieldsync_core::time::{format_datetime, parse_datetime};
 use fieldsync_core::{Engine, EngineConfig, Error, HttpTransport, ManualClock};
 use serde_json::{Value, json};
 
-const ADMIN: &str = "test-admin-token";
+const ADMIN: &str = "test-admin-token-0123456789";
 const DAY: i64 = 86_400_000;
 
 struct Env {

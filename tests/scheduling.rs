@@ -21,7 +21,7 @@ use fieldsync_core::{
 };
 use serde_json::{Value as Json, json};
 
-const ADMIN: &str = "test-admin-token";
+const ADMIN: &str = "test-admin-token-0123456789";
 const T0: i64 = 1_800_000_000_000;
 const MIN: i64 = 60_000;
 

@@ -63,7 +63,9 @@ fn concrete(path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_needs_the_right_credentials() {
-    let server = Server::start().await;
+    // A forged token on every route is more failed sign-ins than one
+    // address may make (see failed_sign_ins_are_limited_per_source_and_logged).
+    let server = Server::start_with(&["--sign-in-burst", "1000"]).await;
     let tech1 = server.user("tech-1", "technician").await;
     let tech2 = server.user("tech-2", "technician").await;
     let dispatcher = server.user("disp", "dispatcher").await;
@@ -898,4 +900,287 @@ async fn postgres_connections_use_verified_tls() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("certificate"), "{stderr}");
+}
+
+/// Reads from `stream` until the server closes it (end of stream or an
+/// error); returns what it read, or `None` if it was still open after a
+/// minute — far beyond the one-second header timeout the test configures.
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    closed.ok().map(|()| got)
+}
+
+/// Issue #29, break 4: under an open-file limit of 128, 200 connections that
+/// never finish their headers (or send nothing) left `/v1/health` unanswered
+/// and the server logging "Too many open files". Now the server holds a
+/// bounded number of connections, closes those that do not deliver their
+/// headers in time (idle keep-alive connections too), and keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_header_connections_are_closed_and_health_answers() {
+    use std::os::unix::process::CommandExt as _;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_prepared(
+        &temp.path().join("server"),
+        &["--header-timeout-secs", "1", "--max-connections", "48"],
+        |command| {
+            let command = command.as_std_mut();
+            // SAFETY: the closure only calls setrlimit, which is
+            // async-signal-safe, between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: 128,
+                        rlim_max: 128,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        },
+    )
+    .await;
+
+    // A keep-alive connection that got its answer and then says nothing.
+    let mut kept_alive = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    kept_alive
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    // 150 connections that send nothing.
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        idle.push(
+            tokio::net::TcpStream::connect(&server.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // 50 connections that trickle a header line every 200 ms, never ending
+    // their headers.
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        let stream = tokio::net::TcpStream::connect(&server.addr)
+            .await
+            .expect("connect");
+        let (read, mut write) = stream.into_split();
+        tokio::spawn(async move {
+            let start = format!("GET /v1/health HTTP/1.1\r\nHost: localhost\r\nX-Slow-{i}: ");
+            if write.write_all(start.as_bytes()).await.is_err() {
+                return;
+            }
+            while write.write_all(b"a").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        slow.push(read);
+    }
+
+    // The health probe gets through while they are all held.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let health = client
+        .get(format!("{}/v1/health", server.url))
+        .send()
+        .await
+        .expect("health answers while idle and slow connections are held");
+    assert_eq!(health.status().as_u16(), 200);
+
+    // Every one of them is closed by the server.
+    let answered = read_until_closed(&mut kept_alive)
+        .await
+        .expect("an idle keep-alive connection is closed");
+    assert!(
+        answered.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answered)
+    );
+    for (i, stream) in idle.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(stream).await.is_some(),
+            "idle connection {i} is still open"
+        );
+    }
+    for (i, stream) in slow.iter_mut().enumerate() {
+        let got = read_until_closed(stream)
+            .await
+            .unwrap_or_else(|| panic!("slow-header connection {i} is still open"));
+        assert!(
+            !got.starts_with(b"HTTP/1.1 200"),
+            "a request without the end of its headers was answered"
+        );
+    }
+    // And the server is still up.
+    let (status, v) = server.call("GET", "/v1/health", None, None).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// Issue #29, break 5: 12,238 wrong console sign-ins in 5 s on one
+/// connection were neither limited nor logged. Now each source address has
+/// an allowance of failures (5 here); past it, every request of that source
+/// that carries credentials is answered 429 with `Retry-After`, the right
+/// token included, while other sources are unaffected; each failure is
+/// logged with its source, never with the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_are_limited_per_source_and_logged() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start_prepared(
+        &temp.path().join("server"),
+        &["--sign-in-burst", "5", "--sign-in-refill-secs", "3600"],
+        |command| {
+            command.stderr(std::process::Stdio::piped());
+        },
+    )
+    .await;
+    let mut stderr = server.child.stderr.take().expect("stderr");
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+    };
+    let sign_in = |client: &reqwest::Client, token: &str| {
+        client
+            .post(format!("{}/console/login", server.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+    };
+    let bearer = |client: &reqwest::Client, path: &str, token: &str| {
+        client
+            .get(format!("{}{path}", server.url))
+            .bearer_auth(token)
+            .send()
+    };
+    const GUESS: &str = "guessed-console-token-0123456789";
+    const FORGED: &str = "fs_forged-bearer-token-0123456789";
+
+    // 127.0.0.1: five wrong console sign-ins, then the door closes, even
+    // for the right token and on the API.
+    let one = from("127.0.0.1");
+    for i in 0..5 {
+        let status = sign_in(&one, GUESS).await.expect("sign in").status();
+        assert_eq!(status.as_u16(), 401, "wrong sign-in {i}");
+    }
+    for token in [GUESS, ADMIN_TOKEN] {
+        let resp = sign_in(&one, token).await.expect("sign in");
+        assert_eq!(resp.status().as_u16(), 429);
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .expect("text")
+            .parse()
+            .expect("seconds");
+        assert!(retry >= 1, "Retry-After {retry}");
+    }
+    let resp = bearer(&one, "/v1/admin/users", ADMIN_TOKEN)
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value =
+        serde_json::from_str(&resp.text().await.expect("body")).expect("error body");
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+    // Requests without credentials still pass.
+    let status = one
+        .get(format!("{}/v1/health", server.url))
+        .send()
+        .await
+        .expect("health")
+        .status();
+    assert_eq!(status.as_u16(), 200);
+
+    // 127.0.0.2 is another source: its right token works, and its forged
+    // bearer tokens get their own allowance.
+    let two = from("127.0.0.2");
+    let status = sign_in(&two, ADMIN_TOKEN).await.expect("sign in").status();
+    assert_eq!(
+        status.as_u16(),
+        303,
+        "the admin signs in from another address"
+    );
+    for i in 0..5 {
+        let resp = bearer(&two, "/v1/profile", FORGED).await.expect("request");
+        assert_eq!(resp.status().as_u16(), 401, "forged token {i}");
+    }
+    let resp = bearer(&two, "/v1/profile", FORGED).await.expect("request");
+    assert_eq!(resp.status().as_u16(), 429);
+    let body: serde_json::Value =
+        serde_json::from_str(&resp.text().await.expect("body")).expect("error body");
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+
+    // Ten failures logged, with their source, without the tokens.
+    let _ = server.child.kill().await;
+    let log = log.await.expect("log");
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("failed sign-in"))
+        .collect();
+    assert_eq!(failures.len(), 10, "{log}");
+    assert_eq!(
+        failures.iter().filter(|l| l.contains("127.0.0.1")).count(),
+        5,
+        "{log}"
+    );
+    assert_eq!(
+        failures.iter().filter(|l| l.contains("127.0.0.2")).count(),
+        5,
+        "{log}"
+    );
+    for secret in [GUESS, FORGED, ADMIN_TOKEN] {
+        assert!(!log.contains(secret), "the log shows a token: {log}");
+    }
+}
+
+/// Issue #29, break 5: an admin token of 8 characters was accepted, and the
+/// help put it on the command line. The server now refuses to start with a
+/// token shorter than 24 characters, and `--help` names the environment
+/// variable without printing its value.
+#[tokio::test]
+async fn a_short_admin_token_is_refused_and_help_names_the_variable() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let start = tokio::process::Command::new(bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(temp.path())
+        .env("FIELDSYNC_ADMIN_TOKEN", "0123456789abcdef01234")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), start)
+        .await
+        .expect("the server refused to start rather than serve")
+        .expect("run");
+    assert!(!out.status.success(), "a 21-character token was accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 24 characters"), "{stderr}");
+
+    let out = tokio::process::Command::new(bin())
+        .args(["server", "--help"])
+        .env("FIELDSYNC_ADMIN_TOKEN", "help-must-not-show-this-token")
+        .output()
+        .await
+        .expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("FIELDSYNC_ADMIN_TOKEN"), "{help}");
+    assert!(!help.contains("help-must-not-show-this-token"), "{help}");
 }

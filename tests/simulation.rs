@@ -41,7 +41,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value as Json, json};
 use tower::ServiceExt;
 
-const ADMIN: &str = "simulation-admin-token";
+const ADMIN: &str = "simulation-admin-token-0123";
 
 /// Faults injected, per kind.
 #[derive(Debug, Default, Clone)]

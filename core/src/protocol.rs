@@ -81,6 +81,9 @@ pub mod codes {
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
     /// A known path asked with a method it does not take (405).
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// Too many failed sign-ins from the request's source address (429,
+    /// with `Retry-After` in seconds).
+    pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
     /// A push result code (HTTP 200): the mutation's `idempotency_key`
     /// already has a receipt for another change (another table, row,
     /// operation, base version or data); the first change's receipt stands.

@@ -83,6 +83,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Reads and drops the rest of an authenticated request's body that is too
+/// large, up to three times `limit`, holding none of it: a connection
+/// closed with unread data is reset, and the client would lose the 413
+/// while still sending.
+async fn discard(mut body: Body, limit: usize) {
+    let mut read = 0usize;
+    while read <= limit.saturating_mul(3) {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
+}
+
 /// Reads and decodes a request's JSON body. Handlers call it once the
 /// request is authenticated, so a request without credentials costs no more
 /// than its headers. A body past the server's limit (by its
@@ -108,6 +122,7 @@ pub async fn read_json<T: DeserializeOwned>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        discard(body, limit).await;
         return Err(too_large());
     }
     let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
@@ -120,6 +135,7 @@ pub async fn read_json<T: DeserializeOwned>(
         })?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > limit {
+                discard(body, limit).await;
                 return Err(too_large());
             }
             bytes.extend_from_slice(&data);

@@ -11,6 +11,8 @@ pub mod api;
 pub mod console;
 pub mod db;
 pub mod error;
+pub mod limits;
+pub mod listen;
 pub mod online;
 pub mod page;
 pub mod pgtls;
@@ -83,6 +85,15 @@ pub struct ServerConfig {
     /// Bytes of related rules' selected values kept between the pages of
     /// first downloads (see [`selection`]); 0 keeps none.
     pub selection_cache_bytes: usize,
+    /// How many connections are held at once and how long the server waits
+    /// for a request's headers (see [`listen`]).
+    pub connection_limits: listen::ConnectionLimits,
+    /// The server is reached through a TLS-terminating proxy: the console's
+    /// session cookie is marked `Secure` (it is also whenever a request says
+    /// `X-Forwarded-Proto: https`).
+    pub behind_tls_proxy: bool,
+    /// How many failed sign-ins a source address may make (see [`limits`]).
+    pub sign_in_limits: limits::SignInLimits,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -99,6 +110,9 @@ impl std::fmt::Debug for ServerConfig {
             )
             .field("max_body_bytes", &self.max_body_bytes)
             .field("pull_delay", &self.pull_delay)
+            .field("connection_limits", &self.connection_limits)
+            .field("behind_tls_proxy", &self.behind_tls_proxy)
+            .field("sign_in_limits", &self.sign_in_limits)
             .finish_non_exhaustive()
     }
 }
@@ -119,9 +133,16 @@ impl ServerConfig {
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             sync_error_retention: DEFAULT_SYNC_ERROR_RETENTION,
             selection_cache_bytes: selection::DEFAULT_CACHE_BYTES,
+            connection_limits: listen::ConnectionLimits::default(),
+            behind_tls_proxy: false,
+            sign_in_limits: limits::SignInLimits::default(),
         }
     }
 }
+
+/// The shortest admin token the server starts with: a random token meets
+/// it (`openssl rand -hex 16` gives 32 characters), a word does not.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 24;
 
 /// Push receipts are kept 30 days: a device that lost the answer to a push
 /// retries it within that time unless it stays offline for a month.
@@ -156,6 +177,10 @@ pub struct App {
     pub pull_delay: Duration,
     /// Largest request body read, in bytes.
     pub max_body_bytes: usize,
+    /// See [`ServerConfig::behind_tls_proxy`].
+    pub behind_tls_proxy: bool,
+    /// Failed sign-ins per source address.
+    pub sign_ins: limits::SignInLimiter,
 }
 
 /// Opens the database and builds the HTTP application.
@@ -165,10 +190,11 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
 
 /// [`router`], with the database it serves.
 fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
-    if config.admin_token.len() < 8 {
-        return Err(ApiError::internal(
-            "the admin token must have at least 8 characters",
-        ));
+    if config.admin_token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(ApiError::internal(format!(
+            "the admin token must have at least {MIN_ADMIN_TOKEN_CHARS} characters \
+             (for example `openssl rand -hex 16`)"
+        )));
     }
     let profile = field_service_profile();
     let url = match &config.database_url {
@@ -190,6 +216,8 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         default_profile: profile.name,
         pull_delay: config.pull_delay,
         max_body_bytes: config.max_body_bytes,
+        behind_tls_proxy: config.behind_tls_proxy,
+        sign_ins: limits::SignInLimiter::new(config.sign_in_limits, config.clock.clone()),
     });
     let router = Router::new()
         .route("/v1/health", get(api::health))
@@ -235,6 +263,10 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn(api::check_protocol))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            limits::limit_sign_ins,
+        ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -249,41 +281,82 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     Ok((router, db))
 }
 
-/// Serves the application on `listener` until `shutdown` completes.
+/// A server whose database is open and migrated, ready to serve.
+pub struct Prepared {
+    router: Router,
+    db: Arc<Db>,
+    retention: db::Retention,
+    limits: listen::ConnectionLimits,
+}
+
+/// Opens the database and builds the application of `config`; a caller
+/// that reports readiness (the CLI's `listening` line) does so between
+/// this and [`Prepared::serve`].
+pub fn prepare(config: &ServerConfig) -> Result<Prepared, ApiError> {
+    let (router, db) = application(config)?;
+    Ok(Prepared {
+        router,
+        db,
+        retention: db::Retention {
+            receipts: config.receipt_retention,
+            telemetry: config.telemetry_retention,
+            sync_errors: config.sync_error_retention,
+        },
+        limits: config.connection_limits,
+    })
+}
+
+/// Serves the application on `listener` until `shutdown` completes, within
+/// the configuration's connection limits (see [`listen`]), purging what
+/// outlived its retention hourly.
 pub async fn serve(
     config: &ServerConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (app, db) = application(config).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let retention = db::Retention {
-        receipts: config.receipt_retention,
-        telemetry: config.telemetry_retention,
-        sync_errors: config.sync_error_retention,
-    };
-    let purging = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        loop {
-            let db = db.clone();
-            match tokio::task::spawn_blocking(move || db.purge(&retention)).await {
-                Ok(Ok(p)) if p != Purged::default() => {
-                    tracing::info!(
-                        receipts = p.receipts,
-                        telemetry = p.telemetry,
-                        sync_errors = p.sync_errors,
-                        "purged"
-                    );
+    prepare(config)
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .serve(listener, shutdown)
+        .await
+}
+
+impl Prepared {
+    /// Serves on `listener` until `shutdown` completes; purges push
+    /// receipts, telemetry and Sync Errors past their retention a minute
+    /// after start, then hourly.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Prepared {
+            router,
+            db,
+            retention,
+            limits,
+        } = self;
+        let purging = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            loop {
+                let db = db.clone();
+                match tokio::task::spawn_blocking(move || db.purge(&retention)).await {
+                    Ok(Ok(p)) if p != Purged::default() => {
+                        tracing::info!(
+                            receipts = p.receipts,
+                            telemetry = p.telemetry,
+                            sync_errors = p.sync_errors,
+                            "purged"
+                        );
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e.message, "purge failed"),
+                    Err(e) => tracing::warn!(error = %e, "purge task failed"),
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e.message, "purge failed"),
-                Err(e) => tracing::warn!(error = %e, "purge task failed"),
+                tokio::time::sleep(PURGE_EVERY).await;
             }
-            tokio::time::sleep(PURGE_EVERY).await;
-        }
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    purging.abort();
-    served
+        });
+        let served = listen::serve_connections(listener, router, limits, shutdown).await;
+        purging.abort();
+        served
+    }
 }

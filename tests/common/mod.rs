@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 #[path = "../testdb/mod.rs"]
 pub mod testdb;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// A wide offline profile (see [`Server::wide_technician`]).
 pub const WIDE_PROFILE: &str = r#"{"name": "field-service-wide", "description": "The backbone suites' profile: every work order, account and asset, and my bookings", "tables": [{"name": "bookings", "columns": ["name", "work_order_id", "resource_id", "booking_status_id", "status", "start_time", "end_time", "travel_minutes", "notes"], "rules": [{"kind": "owned", "column": "resource_id"}], "sync_interval_secs": 300}, {"name": "work_orders", "columns": ["name", "account_id", "customer_asset_id", "status", "priority", "summary", "instructions", "owner_id", "created_on", "modified_on"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "work_order_incidents", "columns": ["work_order_id", "customer_asset_id", "incident_type", "description", "estimated_minutes"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "work_order_products", "columns": ["work_order_id", "product_name", "quantity", "unit_price", "line_status"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "work_order_services", "columns": ["work_order_id", "service_name", "duration_minutes", "line_status"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "work_order_service_tasks", "columns": ["work_order_id", "task_name", "sequence", "completed", "percent_complete"], "rules": [{"kind": "all"}], "sync_interval_secs": 300}, {"name": "booking_statuses", "columns": ["name", "status"], "rules": [{"kind": "all"}], "sync_interval_secs": 86400}, {"name": "accounts", "columns": ["name", "address", "city", "phone", "modified_on"], "rules": [{"kind": "all"}], "sync_interval_secs": 3600}, {"name": "customer_assets", "columns": ["name", "account_id", "serial_number", "installed_on"], "rules": [{"kind": "all"}], "sync_interval_secs": 3600}]}"#;
@@ -69,18 +69,29 @@ impl Server {
     }
 
     pub async fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_prepared(data_dir, extra, |_| {}).await
+    }
+
+    /// [`Server::start_in`], with `prepare` given the command last (to pipe
+    /// its stderr, limit its resources, …).
+    pub async fn start_prepared(
+        data_dir: &Path,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Server {
         let database = match testdb::database_url(data_dir) {
             Some(url) => vec!["--database-url".to_owned(), url],
             None => Vec::new(),
         };
-        let mut child = Self::command(data_dir)
+        let mut command = Self::command(data_dir);
+        command
             .args(&database)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn server");
+            .kill_on_drop(true);
+        prepare(&mut command);
+        let mut child = command.spawn().expect("spawn server");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())

@@ -1,6 +1,7 @@
 //! Signing in to the admin web console: the admin token (the server's, or
 //! an admin user's) is exchanged for a session whose id travels in an
-//! HttpOnly, SameSite=Strict cookie scoped to `/console`. Sessions live in
+//! HttpOnly, SameSite=Strict cookie scoped to `/console`, and `Secure` when
+//! the browser reached the server over TLS (see [`secure_attribute`]). Sessions live in
 //! the database, so any instance serving the same database accepts them.
 //! Every state-changing form carries the session's anti-forgery token, and
 //! cross-origin posts are refused outright. Device tokens (technicians,
@@ -159,6 +160,38 @@ pub async fn login_page() -> Response {
     html_response(StatusCode::OK, bare_page("Sign in", &login_form(None)))
 }
 
+/// `"; Secure"` when the browser reached the server over TLS: the server
+/// was told it sits behind a TLS-terminating proxy, or the proxy says so
+/// with `X-Forwarded-Proto: https` (or `Forwarded: proto=https`). A client
+/// that claims it falsely only keeps its own cookie off plain HTTP.
+fn secure_attribute(app: &App, headers: &HeaderMap) -> &'static str {
+    let says_https = |name: header::HeaderName, https: fn(&str) -> bool| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(https)
+    };
+    let forwarded_proto = says_https(header::HeaderName::from_static("x-forwarded-proto"), |v| {
+        v.split(',')
+            .next()
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+    });
+    let forwarded = says_https(header::FORWARDED, |v| {
+        v.split([';', ','])
+            .filter_map(|pair| pair.trim().split_once('='))
+            .any(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("proto")
+                    && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+            })
+    });
+    if app.behind_tls_proxy || forwarded_proto || forwarded {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
 /// `POST /console/login`: checks the admin token and opens a session.
 pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, form: Form) -> Response {
     if cross_origin(&headers) {
@@ -198,8 +231,9 @@ pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, form: Form) 
         Err(e) => return crate::console::error_page(&e),
     };
     let cookie = format!(
-        "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_TTL_MS / 1000
+        "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_TTL_MS / 1000,
+        secure_attribute(&app, &headers)
     );
     let mut resp = Redirect::to("/console").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -234,11 +268,12 @@ pub async fn logout(
             ),
         ),
     );
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "fieldsync_console=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
+    let cleared = format!(
+        "{COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        secure_attribute(&app, &headers)
     );
+    if let Ok(v) = HeaderValue::from_str(&cleared) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
     resp
 }

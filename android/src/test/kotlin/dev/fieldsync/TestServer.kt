@@ -23,7 +23,7 @@ class TestServer private constructor(
     private val http = HttpClient.newHttpClient()
 
     companion object {
-        const val ADMIN_TOKEN = "kotlin-test-admin-token"
+        const val ADMIN_TOKEN = "kotlin-test-admin-token-0123"
 
         /** Starts a server; [pullDelayMs] slows every pull page (a slow network). */
         fun start(pullDelayMs: Long = 0): TestServer {
