@@ -54,6 +54,9 @@ if [ -f tests/check_openapi.py ]; then
   python3 tests/check_openapi.py
 fi
 
+step "Protocol: schema-driven requests against a real server agree with the OpenAPI file (schemathesis)"
+scripts/schemathesis.sh
+
 step "Admin console: browser tests (headless Chromium)"
 scripts/browser-test.sh
 
