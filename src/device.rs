@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 use fieldsync_core::{
-    DeviceStatus, Engine, EngineConfig, Error, ErrorKind, EventListener, OfflineTableStatus,
-    OnlineFilter, StatusListener, SyncEvent, SyncStatus, Value,
+    Blocker, DeviceStatus, Engine, EngineConfig, Error, ErrorKind, EventListener, NetworkType,
+    OfflineTableStatus, OnlineFilter, OsNetwork, StatusListener, SyncEvent, SyncNowOutcome,
+    SyncReport, SyncStatus, Value,
 };
 use serde::Serialize;
 
@@ -48,6 +49,16 @@ enum DeviceCommand {
         /// Only these tables (repeatable); all by default.
         #[arg(long = "table")]
         tables: Vec<String>,
+    },
+    /// Report the OS network, kept in the device database for every later command
+    /// (prints the kept report without --type).
+    Network {
+        /// The kind of network; `none`: no connection.
+        #[arg(long = "type", value_enum)]
+        network_type: Option<NetworkKind>,
+        /// The connection is metered (mobile data, a hotspot).
+        #[arg(long)]
+        metered: bool,
     },
     /// Show the sync icon state, offline status and device status (checks the network first).
     Status,
@@ -103,6 +114,33 @@ enum DeviceCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+/// The kinds of network `device network --type` takes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NetworkKind {
+    Wifi,
+    Cellular,
+    Ethernet,
+    Other,
+    None,
+}
+
+impl NetworkKind {
+    fn report(self, metered: bool) -> OsNetwork {
+        let network_type = match self {
+            NetworkKind::Wifi => NetworkType::Wifi,
+            NetworkKind::Cellular => NetworkType::Cellular,
+            NetworkKind::Ethernet => NetworkType::Ethernet,
+            NetworkKind::Other => NetworkType::Other,
+            NetworkKind::None => NetworkType::None,
+        };
+        OsNetwork {
+            connected: network_type != NetworkType::None,
+            metered,
+            network_type,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -172,6 +210,62 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::PendingUploads => 7,
         ErrorKind::Storage => 8,
     }
+}
+
+/// Exit code of a sync the scheduler's conditions did not let start: 5 when
+/// the network is unavailable (as a failed sync), else 9.
+const SYNC_BLOCKED: u8 = 9;
+
+/// Reports a sync that did not start, and why; the exit code.
+fn blocked(json: bool, blocker: Blocker, message: &str) -> ExitCode {
+    let (kind, code) = match blocker {
+        Blocker::NetworkUnavailable => (
+            "network_unavailable",
+            exit_code(ErrorKind::NetworkUnavailable),
+        ),
+        _ => ("sync_blocked", SYNC_BLOCKED),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"error": {"kind": kind, "blocker": blocker, "message": message}})
+        );
+    }
+    eprintln!("fieldsync device: {message}");
+    ExitCode::from(code)
+}
+
+fn sync_text(report: &SyncReport) -> String {
+    let mut out = format!(
+        "synced in {} ms: {} change(s) uploaded, {} conflict(s), {} rejected, {} page(s), {} bytes down",
+        report.duration_ms,
+        report.uploaded,
+        report.conflicts.len(),
+        report.rejected.len(),
+        report.pages(),
+        report.bytes_down
+    );
+    for t in &report.tables {
+        if t.rows_upserted + t.rows_removed > 0 {
+            out.push_str(&format!(
+                "\n  {}: {} row(s) in, {} removed",
+                t.table, t.rows_upserted, t.rows_removed
+            ));
+        }
+    }
+    for c in &report.conflicts {
+        out.push_str(&format!(
+            "\n  conflict: {}/{}: {}",
+            c.table, c.record_id, c.message
+        ));
+    }
+    for r in &report.rejected {
+        out.push_str(&format!(
+            "\n  rejected: {}/{}: {}",
+            r.table, r.record_id, r.message
+        ));
+    }
+    out
 }
 
 fn kind_name(kind: ErrorKind) -> &'static str {
@@ -269,6 +363,9 @@ pub async fn run(args: DeviceArgs) -> ExitCode {
     let mut config = EngineConfig::new(&args.db, &args.server, &args.token);
     config.page_size = args.page_size;
     config.probe_timeout_ms = args.probe_timeout_ms;
+    // `device network` reports outlive the process: every command applies
+    // the kept report.
+    config.persist_os_network = true;
     let engine = match Engine::open(config) {
         Ok(e) => e,
         Err(e) => return fail(json, &e),
@@ -286,46 +383,45 @@ async fn run_command(
 ) -> Result<ExitCode, Error> {
     match command {
         DeviceCommand::Sync { tables } => {
-            let report = if tables.is_empty() {
-                engine.sync().await?
-            } else {
-                engine.sync_tables(tables).await?
+            // The user's "sync now": interval and backoff do not count, the
+            // app-active, network and Wi-Fi-only conditions do (the core's
+            // scheduler decides).
+            let only = (!tables.is_empty()).then_some(tables);
+            let report = match engine.try_sync_now(only).await? {
+                SyncNowOutcome::Synced { report } => report,
+                SyncNowOutcome::Blocked { blocker, message } => {
+                    return Ok(blocked(json, blocker, &message));
+                }
             };
-            print(json, &report, || {
-                let mut out = format!(
-                    "synced in {} ms: {} change(s) uploaded, {} conflict(s), {} rejected, {} page(s), {} bytes down",
-                    report.duration_ms,
-                    report.uploaded,
-                    report.conflicts.len(),
-                    report.rejected.len(),
-                    report.pages(),
-                    report.bytes_down
-                );
-                for t in &report.tables {
-                    if t.rows_upserted + t.rows_removed > 0 {
-                        out.push_str(&format!(
-                            "\n  {}: {} row(s) in, {} removed",
-                            t.table, t.rows_upserted, t.rows_removed
-                        ));
-                    }
-                }
-                for c in &report.conflicts {
-                    out.push_str(&format!(
-                        "\n  conflict: {}/{}: {}",
-                        c.table, c.record_id, c.message
-                    ));
-                }
-                for r in &report.rejected {
-                    out.push_str(&format!(
-                        "\n  rejected: {}/{}: {}",
-                        r.table, r.record_id, r.message
-                    ));
-                }
-                out
-            });
+            print(json, &report, || sync_text(&report));
             if !report.conflicts.is_empty() {
                 return Ok(ExitCode::from(exit_code(ErrorKind::Conflict)));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Network {
+            network_type,
+            metered,
+        } => {
+            if let Some(kind) = network_type {
+                engine.set_os_network(kind.report(metered));
+            } else if metered {
+                return Err(Error::InvalidInput(
+                    "--metered needs --type (wifi, cellular, ethernet, other)".into(),
+                ));
+            }
+            let os = engine.network_status().os;
+            print(json, &os, || {
+                if os.connected {
+                    format!(
+                        "network: {}{}",
+                        os.network_type.as_str(),
+                        if os.metered { ", metered" } else { "" }
+                    )
+                } else {
+                    "network: none".to_owned()
+                }
+            });
             Ok(ExitCode::SUCCESS)
         }
         DeviceCommand::Status => {
@@ -408,15 +504,16 @@ async fn run_command(
             let printer = Arc::new(JsonLines);
             let _events = engine.add_event_listener(printer.clone());
             let _status = engine.add_status_listener(printer);
-            engine.check_network().await;
-            let result = if tables.is_empty() {
-                engine.sync().await
-            } else {
-                engine.sync_tables(tables).await
-            };
+            let only = (!tables.is_empty()).then_some(tables);
+            let result = engine.try_sync_now(only).await;
             drop(_events);
             drop(_status);
-            let report = result?;
+            let report = match result? {
+                SyncNowOutcome::Synced { report } => report,
+                SyncNowOutcome::Blocked { blocker, message } => {
+                    return Ok(blocked(false, blocker, &message));
+                }
+            };
             println!(
                 "{}",
                 serde_json::json!({"event": "watch_finished", "report": report})

@@ -116,7 +116,7 @@ async fn disk_full_during_write_and_pull_loses_nothing_and_recovers() {
                 "PUT",
                 &format!("/v1/records/work_orders/wo-{i:07}"),
                 Some(&dispatcher),
-                Some(json!({"data": {"instructions": "x".repeat(2000)}})),
+                Some(json!({"data": {"instructions": "x".repeat(8000)}})),
             )
             .await;
     }
@@ -124,7 +124,7 @@ async fn disk_full_during_write_and_pull_loses_nothing_and_recovers() {
         let c = rusqlite::Connection::open(&device.db).unwrap();
         let v: i64 = c
             .query_row(
-                "SELECT COUNT(*) FROM work_orders WHERE length(instructions) = 2000",
+                "SELECT COUNT(*) FROM work_orders WHERE length(instructions) = 8000",
                 [],
                 |r| r.get(0),
             )

@@ -42,7 +42,7 @@ pub use records::{
 };
 pub use service::{
     AppInfo, Blocker, Decision, NetworkStatus, NetworkType, OnlineFilter, OnlinePage, OsNetwork,
-    Reachability, ScheduledSync, StatusListener, SyncFrequency, SyncMode, SyncProgress,
-    SyncSettings, SyncStatus, TestClock, TokenProvider,
+    Reachability, ScheduledSync, StatusListener, SyncFrequency, SyncMode, SyncNowOutcome,
+    SyncProgress, SyncSettings, SyncStatus, TestClock, TokenProvider,
 };
 pub use status::{DeviceStatus, OfflineTableStatus};

@@ -16,7 +16,8 @@ use fieldsync_core::{
     Blocker as CoreBlocker, Clock, Decision as CoreDecision, Engine as CoreEngine, ManualClock,
     NetworkStatus as CoreNetworkStatus, NetworkType as CoreNetworkType, OsNetwork as CoreOsNetwork,
     Reachability as CoreReachability, ScheduledSync as CoreScheduledSync,
-    SyncFrequency as CoreSyncFrequency, SyncMode as CoreSyncMode, SyncProgress as CoreSyncProgress,
+    SyncFrequency as CoreSyncFrequency, SyncMode as CoreSyncMode,
+    SyncNowOutcome as CoreSyncNowOutcome, SyncProgress as CoreSyncProgress,
     SyncSettings as CoreSyncSettings, SyncStatus as CoreSyncStatus,
 };
 
@@ -253,6 +254,37 @@ impl From<CoreBlocker> for Blocker {
             CoreBlocker::ManualOnly => Blocker::ManualOnly,
             CoreBlocker::Backoff => Blocker::Backoff,
             CoreBlocker::UpToDate => Blocker::UpToDate,
+        }
+    }
+}
+
+/// What `try_sync_now` did.
+#[derive(Debug, Clone, uniffi::Enum)]
+pub enum SyncNowOutcome {
+    /// The sync ran.
+    Synced {
+        /// Its report.
+        report: SyncReport,
+    },
+    /// No sync started: a condition of the scheduler blocks it.
+    Blocked {
+        /// The condition.
+        blocker: Blocker,
+        /// Why, in words fit for a user.
+        message: String,
+    },
+}
+
+impl From<CoreSyncNowOutcome> for SyncNowOutcome {
+    fn from(o: CoreSyncNowOutcome) -> Self {
+        match o {
+            CoreSyncNowOutcome::Synced { report } => SyncNowOutcome::Synced {
+                report: report.into(),
+            },
+            CoreSyncNowOutcome::Blocked { blocker, message } => SyncNowOutcome::Blocked {
+                blocker: blocker.into(),
+                message,
+            },
         }
     }
 }
@@ -617,6 +649,18 @@ impl Engine {
     /// notification.
     pub fn request_refresh(&self, table: String) -> Result<(), FieldSyncError> {
         Ok(self.core.request_refresh(&table)?)
+    }
+
+    /// Sync now, awaited: syncs `tables` (null: every table) at once when the
+    /// scheduler's conditions allow it (app active, network available, not a
+    /// metered network with Wi-Fi only on; interval and backoff do not
+    /// count), or starts nothing and says why.
+    pub async fn try_sync_now(
+        &self,
+        tables: Option<Vec<String>>,
+    ) -> Result<SyncNowOutcome, FieldSyncError> {
+        let core = self.core.clone();
+        crate::runtime::run(async move { Ok(core.try_sync_now(tables).await?.into()) }).await
     }
 
     /// Refreshes `table` now (and the tables whose rules reach it), always

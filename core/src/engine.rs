@@ -54,6 +54,11 @@ pub struct EngineConfig {
     /// Which certificates an `https://` server may present (the default
     /// transport only).
     pub tls: TlsTrust,
+    /// Keep every OS network report ([`Engine::set_os_network`]) in the
+    /// device database and apply the kept one at open (default off). For a
+    /// shell whose reports outlive its process (the headless device); an
+    /// app reports the OS's network at every start instead.
+    pub persist_os_network: bool,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -70,6 +75,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("notifications", &self.notifications)
             .field("app", &self.app)
             .field("tls", &self.tls)
+            .field("persist_os_network", &self.persist_os_network)
             .finish()
     }
 }
@@ -97,6 +103,7 @@ impl EngineConfig {
             notifications: NotificationThresholds::default(),
             app: AppInfo::default(),
             tls: TlsTrust::default(),
+            persist_os_network: false,
         }
     }
 }
@@ -304,10 +311,15 @@ impl Engine {
         let profile = store.profile()?;
         crate::telemetry::init(&store)?;
         let settings = SyncSettings::load(&store)?;
+        let kept_network = if config.persist_os_network {
+            crate::network::OsNetwork::load(&store)?
+        } else {
+            None
+        };
         let mut options = config.clone();
         // The token lives in the client only.
         options.token = String::new();
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
             api: ServerApi::with_provider(
                 transport,
                 Credentials {
@@ -329,7 +341,11 @@ impl Engine {
             options,
             run_lock: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
-        }))
+        });
+        if let Some(os) = kept_network {
+            engine.apply_os_network(os);
+        }
+        Ok(engine)
     }
 
     /// This device's id.

@@ -47,7 +47,7 @@ pub use notifications::{
 };
 pub use online::{OnlineFilter, OnlinePage};
 pub use scheduler::{Backoff, Blocker, Decision, SyncMode};
-pub use service::ScheduledSync;
+pub use service::{ScheduledSync, SyncNowOutcome};
 pub use settings::{SyncFrequency, SyncSettings};
 pub use status::{
     EventListener, ListenerHandle, StatusListener, SyncIcon, SyncProgress, SyncStatus,

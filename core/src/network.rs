@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::client::ServerApi;
+use crate::error::Result;
+use crate::store::Store;
 
 /// The text the product shows when the server cannot be reached.
 pub const UNAVAILABLE_MESSAGE: &str = "Network or Service Unavailable";
@@ -69,6 +71,25 @@ impl Default for OsNetwork {
             metered: false,
             network_type: NetworkType::Other,
         }
+    }
+}
+
+/// The key of the kept report in `_fs_settings`.
+const OS_NETWORK_KEY: &str = "os_network";
+
+impl OsNetwork {
+    /// The network report kept in the device database, if one was kept (see
+    /// `EngineConfig::persist_os_network`); a report that no longer decodes
+    /// counts as none.
+    pub fn load(store: &Store) -> Result<Option<OsNetwork>> {
+        Ok(store
+            .setting(OS_NETWORK_KEY)?
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// Keeps this report in the device database.
+    pub fn save(&self, store: &Store) -> Result<()> {
+        store.set_setting(OS_NETWORK_KEY, &serde_json::to_string(self)?)
     }
 }
 

@@ -77,6 +77,22 @@ pub enum Blocker {
     UpToDate,
 }
 
+impl Blocker {
+    /// Why no sync starts, in words fit for a user.
+    pub fn message(self) -> &'static str {
+        match self {
+            Blocker::AppInactive => "no sync started: the app is in the background",
+            Blocker::NetworkUnavailable => "no sync started: Network or Service Unavailable",
+            Blocker::MeteredNetwork => {
+                "no sync started: Wi-Fi only is on and the network is metered"
+            }
+            Blocker::ManualOnly => "no sync started: the sync frequency is manual only",
+            Blocker::Backoff => "no sync started: waiting to retry after a failed sync",
+            Blocker::UpToDate => "no sync started: every table is up to date",
+        }
+    }
+}
+
 /// Sync state of one table, as the scheduler needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableTiming {

@@ -66,6 +66,22 @@ pub(crate) struct RunState {
 }
 
 impl RunState {
+    /// The row other processes read (`_fs_sync_run`).
+    fn shared(&self, now: i64) -> crate::store::SharedRun {
+        let (rows_done, rows_total, bytes_down) = self.totals();
+        crate::store::SharedRun {
+            sync_id: self.sync_id.clone(),
+            pid: std::process::id(),
+            mode: self.mode,
+            started_at: self.started_at,
+            updated_at: now,
+            table: self.current.clone(),
+            rows_done,
+            rows_total,
+            bytes_down,
+        }
+    }
+
     fn totals(&self) -> (u64, Option<u64>, u64) {
         let done = self.tables.values().map(|t| t.rows_done).sum();
         let known: Vec<u64> = self.tables.values().filter_map(|t| t.rows_total).collect();
@@ -111,6 +127,39 @@ impl Default for Live {
             next_at: None,
         }
     }
+}
+
+/// Removes the running sync's `_fs_sync_run` row when dropped: when the
+/// run ends, and when its future is dropped mid-sync ([`Engine::stop`]).
+struct RunRow {
+    store: Arc<crate::store::Store>,
+    sync_id: String,
+}
+
+impl Drop for RunRow {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.clear_run(&self.sync_id) {
+            warn!(target: "fieldsync::status", error = %e, "cannot clear the finished sync's row");
+        }
+    }
+}
+
+/// What [`Engine::try_sync_now`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SyncNowOutcome {
+    /// The sync ran.
+    Synced {
+        /// Its report.
+        report: SyncReport,
+    },
+    /// No sync started: a condition of the scheduler blocks it.
+    Blocked {
+        /// The condition.
+        blocker: Blocker,
+        /// Why, in words fit for a user.
+        message: String,
+    },
 }
 
 /// What one scheduler step ran.
@@ -168,8 +217,19 @@ impl Engine {
     }
 
     /// The OS network changed. Without a connection the server is unavailable
-    /// at once (and online mode ends); with one, the next step probes.
+    /// at once (and online mode ends); with one, the next step probes. With
+    /// `EngineConfig::persist_os_network` the report is also kept in the
+    /// device database for the next open.
     pub fn set_os_network(&self, os: OsNetwork) {
+        if self.options.persist_os_network
+            && let Err(e) = os.save(&self.store)
+        {
+            warn!(target: "fieldsync::network", error = %e, "cannot keep the network report");
+        }
+        self.apply_os_network(os);
+    }
+
+    pub(crate) fn apply_os_network(&self, os: OsNetwork) {
         let changed = {
             let mut live = self.live();
             let before = live.network.clone();
@@ -279,6 +339,47 @@ impl Engine {
         self.wake.notify_one();
     }
 
+    /// "Sync now", awaited: when the scheduler's conditions allow a sync now
+    /// (app active, network available, not a metered network with Wi-Fi
+    /// only on; interval and backoff do not count), syncs `only` those
+    /// tables (`None`: every table) at once and returns the report;
+    /// otherwise starts nothing and returns why. The network is checked
+    /// first when the engine does not know it to be available.
+    pub async fn try_sync_now(&self, only: Option<Vec<String>>) -> Result<SyncNowOutcome> {
+        let check = {
+            let live = self.live();
+            live.network.os.connected && (live.probe_requested || !live.network.available())
+        };
+        if check {
+            self.check_network().await;
+        }
+        let mut input = self.scheduler_input()?;
+        input.sync_now = true;
+        input.refresh.clear();
+        if let Decision::Wait { blocker, next_at } = scheduler::decide(&input) {
+            {
+                let mut live = self.live();
+                live.waiting_for = Some(blocker);
+                live.next_at = next_at;
+            }
+            self.publish_status();
+            let message = match (blocker, self.live().network.message.clone()) {
+                (Blocker::NetworkUnavailable, Some(m)) => format!("no sync started: {m}"),
+                _ => blocker.message().to_owned(),
+            };
+            return Ok(SyncNowOutcome::Blocked { blocker, message });
+        }
+        {
+            let mut live = self.live();
+            live.waiting_for = None;
+            live.sync_now = false;
+        }
+        let mode = self.direct_mode();
+        Ok(SyncNowOutcome::Synced {
+            report: self.run_tracked(only, mode).await?,
+        })
+    }
+
     /// Asks the scheduler to Refresh a table (and the tables whose rules
     /// reach it) at its next step, with a Refresh notification.
     pub fn request_refresh(&self, table: &str) -> Result<()> {
@@ -371,17 +472,29 @@ impl Engine {
         let pending = self.store.pending_count()?;
         let last_sync_at = self.last_sync_at()?;
         let live = self.live().clone();
-        let progress = live.run.as_ref().map(|run| {
-            let (rows_done, rows_total, bytes_down) = run.totals();
-            SyncProgress {
-                sync_id: run.sync_id.clone(),
-                mode: run.mode,
-                table: run.current.clone(),
-                rows_done,
-                rows_total,
-                bytes_down,
+        let progress = match live.run.as_ref() {
+            Some(run) => {
+                let (rows_done, rows_total, bytes_down) = run.totals();
+                Some(SyncProgress {
+                    sync_id: run.sync_id.clone(),
+                    mode: run.mode,
+                    table: run.current.clone(),
+                    rows_done,
+                    rows_total,
+                    bytes_down,
+                })
             }
-        });
+            // A sync of another process (or another engine of this one) on
+            // the same database, as it keeps it in `_fs_sync_run`.
+            None => self.store.shared_run()?.map(|run| SyncProgress {
+                sync_id: run.sync_id,
+                mode: run.mode,
+                table: run.table,
+                rows_done: run.rows_done,
+                rows_total: run.rows_total,
+                bytes_down: run.bytes_down,
+            }),
+        };
         let (icon, message) = if progress.is_some() {
             (SyncIcon::Syncing, None)
         } else if !live.network.available() {
@@ -476,9 +589,17 @@ impl Engine {
                     run.notification = Some(NotificationKind::CatchUp);
                 }
             }
-            run.notification
-                .map(|kind| notification(run, kind, NotificationPhase::Progress))
+            let shared = run.shared(self.clock.now_ms());
+            (
+                shared,
+                run.notification
+                    .map(|kind| notification(run, kind, NotificationPhase::Progress)),
+            )
         };
+        let (shared, note) = note;
+        if let Err(e) = self.store.publish_run_progress(&shared) {
+            warn!(target: "fieldsync::status", error = %e, "cannot keep the sync's progress for other processes");
+        }
         if let Some(n) = note {
             self.emit(SyncEvent::Notification { notification: n });
         }
@@ -541,6 +662,18 @@ impl Engine {
                 },
             });
         }
+        // Other processes on the database see this sync from here on; the
+        // guard removes the row however the run ends (a dropped future too).
+        let shared = RunRow {
+            store: self.store.clone(),
+            sync_id: sync_id.clone(),
+        };
+        let first = self.live().run.as_ref().map(|r| r.shared(now));
+        if let Some(first) = first
+            && let Err(e) = self.store.publish_run(&first)
+        {
+            warn!(target: "fieldsync::status", error = %e, "cannot show the sync to other processes");
+        }
         self.publish_status();
         // A Refresh the user asked for pulls its tables whatever the smart
         // sync check would say, with the progress it shows.
@@ -582,6 +715,7 @@ impl Engine {
             }
             (run, live.network.os.network_type)
         };
+        drop(shared);
         if let Err(e) = &result
             && e.kind() == ErrorKind::NetworkUnavailable
         {

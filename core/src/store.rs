@@ -32,8 +32,10 @@ use crate::value::{Record, Value};
 
 mod checkpoint;
 mod page;
+mod run;
 mod settle;
 mod values;
+pub use run::SharedRun;
 pub use settle::Arrival;
 
 const SCHEMA: &str = r#"
@@ -688,6 +690,7 @@ impl Store {
         let mut writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(settle::SCHEMA)?;
+        writer.execute_batch(run::SCHEMA)?;
         settle::upgrade(&mut writer)?;
         // The statements that write a page are prepared per table (and per
         // column list); rusqlite's default cache of 16 would drop a sync's

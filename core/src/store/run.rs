@@ -1,0 +1,216 @@
+//! The running sync as every process on the database sees it
+//! (`_fs_sync_run`): one row, written when a sync starts and as its
+//! progress changes, removed when it ends, carrying the id of the process
+//! that runs it. A second process on the same file (the headless device's
+//! `status`, an app's background work in a process of its own) reads it to
+//! show that sync and its progress. A row whose process is gone (killed
+//! mid-sync) is not a running sync.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, lock};
+use crate::error::Result;
+use crate::scheduler::SyncMode;
+
+/// The table of the running sync; at most one row (`id = 1`).
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS _fs_sync_run (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    sync_id TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    current_table TEXT,
+    rows_done INTEGER NOT NULL,
+    rows_total INTEGER,
+    bytes_down INTEGER NOT NULL
+);
+"#;
+
+/// A running sync as it is kept for other processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRun {
+    /// The sync's id (as in its telemetry).
+    pub sync_id: String,
+    /// The operating system's id of the process running it.
+    pub pid: u32,
+    /// Why it runs.
+    pub mode: SyncMode,
+    /// When it started, ms since the epoch.
+    pub started_at: i64,
+    /// When the row was last written, ms since the epoch.
+    pub updated_at: i64,
+    /// The table downloading now.
+    pub table: Option<String>,
+    /// Rows received so far.
+    pub rows_done: u64,
+    /// Rows expected, over the tables whose size is known so far.
+    pub rows_total: Option<u64>,
+    /// Bytes downloaded so far.
+    pub bytes_down: u64,
+}
+
+fn parse_mode(text: &str) -> SyncMode {
+    match text {
+        "first" => SyncMode::First,
+        "delta" => SyncMode::Delta,
+        "refresh" => SyncMode::Refresh,
+        _ => SyncMode::Forced,
+    }
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+const UPSERT: &str = "INSERT INTO _fs_sync_run
+    (id, sync_id, pid, mode, started_at, updated_at, current_table, rows_done, rows_total, bytes_down)
+    VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+    ON CONFLICT(id) DO UPDATE SET sync_id = excluded.sync_id, pid = excluded.pid,
+        mode = excluded.mode, started_at = excluded.started_at, updated_at = excluded.updated_at,
+        current_table = excluded.current_table, rows_done = excluded.rows_done,
+        rows_total = excluded.rows_total, bytes_down = excluded.bytes_down";
+
+fn write(conn: &mut rusqlite::Connection, run: &SharedRun) -> Result<()> {
+    // What only a sync writes: synchronous=NORMAL, as the pages it reports on.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let result = conn.prepare_cached(UPSERT).and_then(|mut stmt| {
+        stmt.execute(params![
+            run.sync_id,
+            i64::from(run.pid),
+            run.mode.as_str(),
+            run.started_at,
+            run.updated_at,
+            run.table,
+            as_i64(run.rows_done),
+            run.rows_total.map(as_i64),
+            as_i64(run.bytes_down),
+        ])
+    });
+    let _ = conn.pragma_update(None, "synchronous", "FULL");
+    result?;
+    Ok(())
+}
+
+impl Store {
+    /// Records that `run` started (or replaces the row of a sync whose
+    /// process is gone), waiting for the writer.
+    pub fn publish_run(&self, run: &SharedRun) -> Result<()> {
+        write(&mut lock(&self.writer), run)
+    }
+
+    /// Records the running sync's progress unless the writer is busy (a
+    /// page of another table being written): progress never waits for a
+    /// page, and the next change brings the row up to date. Returns whether
+    /// the row was written.
+    pub fn publish_run_progress(&self, run: &SharedRun) -> Result<bool> {
+        let mut conn = match self.writer.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        write(&mut conn, run)?;
+        Ok(true)
+    }
+
+    /// Removes the row of the sync `sync_id` (it ended, or was cut off).
+    pub fn clear_run(&self, sync_id: &str) -> Result<()> {
+        lock(&self.writer).execute("DELETE FROM _fs_sync_run WHERE sync_id = ?1", [sync_id])?;
+        Ok(())
+    }
+
+    /// The sync running on this database, whichever process runs it; `None`
+    /// when none does or its process is gone.
+    pub fn shared_run(&self) -> Result<Option<SharedRun>> {
+        let row = lock(&self.reader)
+            .query_row(
+                "SELECT sync_id, pid, mode, started_at, updated_at, current_table, rows_done,
+                        rows_total, bytes_down FROM _fs_sync_run WHERE id = 1",
+                [],
+                |r| {
+                    Ok(SharedRun {
+                        sync_id: r.get(0)?,
+                        pid: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                        mode: parse_mode(&r.get::<_, String>(2)?),
+                        started_at: r.get(3)?,
+                        updated_at: r.get(4)?,
+                        table: r.get(5)?,
+                        rows_done: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                        rows_total: r
+                            .get::<_, Option<i64>>(7)?
+                            .map(|n| u64::try_from(n).unwrap_or(0)),
+                        bytes_down: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row.filter(|run| process_alive(run.pid)))
+    }
+}
+
+/// Whether a process with this id exists (signal 0 checks without sending
+/// anything). A process of another user answers `EPERM`: it exists.
+#[cfg(unix)]
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 delivers no signal; it only reports
+    // whether the process exists. No memory is shared with the call.
+    let result = unsafe { libc::kill(pid, 0) };
+    result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Without a way to ask, a recorded process is taken to be running.
+#[cfg(not(unix))]
+pub(crate) fn process_alive(_pid: u32) -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(pid: u32) -> SharedRun {
+        SharedRun {
+            sync_id: "s1".into(),
+            pid,
+            mode: SyncMode::First,
+            started_at: 1,
+            updated_at: 2,
+            table: Some("bookings".into()),
+            rows_done: 10,
+            rows_total: Some(40),
+            bytes_down: 1000,
+        }
+    }
+
+    #[test]
+    fn a_running_sync_is_read_back_and_a_dead_process_is_not_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("d.db")).expect("open");
+        assert_eq!(store.shared_run().expect("read"), None);
+        let mine = run(std::process::id());
+        store.publish_run(&mine).expect("publish");
+        assert_eq!(store.shared_run().expect("read"), Some(mine.clone()));
+        let mut later = mine.clone();
+        later.rows_done = 20;
+        assert!(store.publish_run_progress(&later).expect("progress"));
+        assert_eq!(store.shared_run().expect("read"), Some(later));
+        store.clear_run("another sync").expect("clear");
+        assert!(store.shared_run().expect("read").is_some());
+        store.clear_run("s1").expect("clear");
+        assert_eq!(store.shared_run().expect("read"), None);
+
+        // A process that has exited (reaped) left its row behind.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let gone = child.id();
+        child.wait().expect("wait");
+        store.publish_run(&run(gone)).expect("publish");
+        assert_eq!(store.shared_run().expect("read"), None);
+    }
+}
