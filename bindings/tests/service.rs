@@ -14,7 +14,7 @@ use fieldsync_ffi::{
 };
 use serde_json::{Value as Json, json};
 
-const ADMIN: &str = "bindings-test-admin";
+const ADMIN: &str = "bindings-test-admin-token-0123";
 
 struct Server {
     url: String,
