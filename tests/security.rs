@@ -468,59 +468,49 @@ async fn a_body_is_not_read_before_its_request_is_authenticated() {
 async fn push_limits_stop_decoding_before_building_the_rest() {
     let server = Server::start().await;
     let tech = server.user("tech-1", "technician").await;
+    let push = |body: String| {
+        let (server, tech) = (&server, &tech);
+        async move {
+            let (s, v) = server
+                .call_raw("POST", "/v1/sync/push", Some(tech), Some(body.into_bytes()))
+                .await;
+            (s, v["error"]["code"].as_str().map(str::to_owned), v)
+        }
+    };
     let mutation = |i: usize| {
         json!({"idempotency_key": format!("k{i}"), "table": "bookings", "id": format!("b{i}"),
                "op": "update", "base_version": 1, "data": {"notes": "x"}})
         .to_string()
     };
     let many: Vec<String> = (0..501).map(mutation).collect();
-    let body = format!("{{\"mutations\": [{}, this is not JSON", many.join(","));
-    let (s, v) = server
-        .call_raw(
-            "POST",
-            "/v1/sync/push",
-            Some(&tech),
-            Some(body.into_bytes()),
-        )
-        .await;
+    let (s, code, v) = push(format!(
+        "{{\"mutations\": [{}, this is not JSON",
+        many.join(",")
+    ))
+    .await;
     assert_eq!(
-        (s, v["error"]["code"].as_str()),
+        (s, code.as_deref()),
         (413, Some("payload_too_large")),
         "{v}"
     );
     let fields: Vec<String> = (0..1001).map(|i| format!("\"f{i}\": 1")).collect();
-    let body = format!(
+    let (s, code, v) = push(format!(
         "{{\"mutations\": [{{\"idempotency_key\": \"k\", \"table\": \"bookings\", \"id\": \"b\", \"op\": \"insert\", \"base_version\": 0, \"data\": {{{}, not JSON",
         fields.join(",")
-    );
-    let (s, v) = server
-        .call_raw(
-            "POST",
-            "/v1/sync/push",
-            Some(&tech),
-            Some(body.into_bytes()),
-        )
-        .await;
+    ))
+    .await;
     assert_eq!(
-        (s, v["error"]["code"].as_str()),
+        (s, code.as_deref()),
         (413, Some("payload_too_large")),
         "{v}"
     );
     // Within the limits, the same garbage is malformed JSON.
-    let body = format!("{{\"mutations\": [{}, this is not JSON", mutation(0));
-    let (s, v) = server
-        .call_raw(
-            "POST",
-            "/v1/sync/push",
-            Some(&tech),
-            Some(body.into_bytes()),
-        )
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("malformed_json")),
-        "{v}"
-    );
+    let (s, code, v) = push(format!(
+        "{{\"mutations\": [{}, this is not JSON",
+        mutation(0)
+    ))
+    .await;
+    assert_eq!((s, code.as_deref()), (400, Some("malformed_json")), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
