@@ -34,6 +34,7 @@ fn table() -> SyncTable {
         ],
         rules: vec![],
         sync_interval_secs: 300,
+        writes: Default::default(),
     }
 }
 

@@ -424,6 +424,142 @@ async fn a_technician_cannot_take_over_another_technicians_work_order() {
     assert_eq!(v["results"][0]["status"], "applied", "{v}");
 }
 
+/// A profile declares what its users may create, change and delete in each
+/// table, and which columns they may set; the server refuses the rest on
+/// push, and the device refuses it before queueing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_write_rights_are_enforced_on_push_and_on_the_device() {
+    let server = Server::start().await;
+    let mut profile = server
+        .admin("GET", "/v1/admin/profiles/field-service", None)
+        .await["profile"]
+        .clone();
+    profile["name"] = json!("restricted");
+    for t in profile["tables"].as_array_mut().unwrap() {
+        match t["name"].as_str().unwrap() {
+            "bookings" => {
+                t["writes"] =
+                    json!({"create": false, "delete": false, "columns": ["notes", "status"]})
+            }
+            "work_orders" => {
+                t["writes"] = json!({"create": false, "update": false, "delete": false})
+            }
+            _ => {}
+        }
+    }
+    server
+        .admin("PUT", "/v1/admin/profiles/restricted", Some(profile))
+        .await;
+    let tech = server
+        .user_with_profile("tech-1", "technician", Some("restricted"))
+        .await;
+    server.seed(&["tech-1"], 10).await;
+    let mine = server.rows(&tech, "bookings").await;
+    let (bk, (version, row)) = mine.iter().next().expect("a booking");
+    let wo = row["work_order_id"].as_str().unwrap().to_owned();
+    let push = |key: &str, table: &str, id: &str, op: &str, base: i64, data: serde_json::Value| json!({"mutations": [{"idempotency_key": key, "table": table, "id": id, "op": op, "base_version": base, "data": data}]});
+    let result = |v: &serde_json::Value| {
+        (
+            v["results"][0]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            v["results"][0]["error"]["code"].as_str().map(str::to_owned),
+        )
+    };
+    let refused = ("rejected".to_owned(), Some("forbidden".to_owned()));
+    for (key, table, id, op, base, data) in [
+        (
+            "r1",
+            "bookings",
+            "bk-new",
+            "insert",
+            0,
+            json!({"resource_id": "tech-1", "status": "active", "work_order_id": wo}),
+        ),
+        (
+            "r2",
+            "bookings",
+            bk.as_str(),
+            "update",
+            *version,
+            json!({"start_time": "2030-01-01T00:00:00Z"}),
+        ),
+        ("r3", "bookings", bk.as_str(), "delete", *version, json!({})),
+        (
+            "r4",
+            "work_orders",
+            wo.as_str(),
+            "update",
+            1,
+            json!({"summary": "changed"}),
+        ),
+    ] {
+        let (_, v) = server
+            .call(
+                "POST",
+                "/v1/sync/push",
+                Some(&tech),
+                Some(push(key, table, id, op, base, data)),
+            )
+            .await;
+        assert_eq!(result(&v), refused, "{key}: {v}");
+    }
+    let (_, v) = server
+        .call(
+            "POST",
+            "/v1/sync/push",
+            Some(&tech),
+            Some(push(
+                "ok1",
+                "bookings",
+                bk,
+                "update",
+                *version,
+                json!({"notes": "allowed"}),
+            )),
+        )
+        .await;
+    assert_eq!(result(&v), ("applied".to_owned(), None), "{v}");
+
+    // The device knows the rights: a refused write is an error and queues nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::new(dir.path().join("d.db"), &server.url, &tech);
+    device.ok(&["sync"]).await;
+    for args in [
+        vec![
+            "put",
+            "bookings",
+            bk.as_str(),
+            "--set",
+            "start_time=2030-01-01T00:00:00Z",
+        ],
+        vec!["delete", "bookings", bk.as_str()],
+        vec![
+            "put",
+            "work_orders",
+            wo.as_str(),
+            "--set",
+            "summary=changed",
+        ],
+    ] {
+        let out = device.run(&args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("not allowed"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let status = device.ok(&["status"]).await;
+    assert_eq!(status["pending_uploads"], 0, "{status}");
+    device
+        .ok(&["put", "bookings", bk.as_str(), "--set", "notes=on site"])
+        .await;
+    let status = device.ok(&["status"]).await;
+    assert_eq!(status["pending_uploads"], 1, "{status}");
+}
+
 /// A request without credentials is answered from its headers: its body
 /// is never read, so connections announcing large bodies hold no memory
 /// for them. 64 connections each announce 8 MB and send 1 KiB; each gets

@@ -381,6 +381,15 @@ impl Engine {
     }
 
     /// The profile and the named table of it, for a local write.
+    /// Refuses a write the profile does not let its users make (its write
+    /// rights for the table), before anything is queued.
+    fn check_rights(table: &SyncTable, op: Op, fields: &BTreeMap<String, Value>) -> Result<()> {
+        match table.writes.refusal(table, op, fields.keys()) {
+            Some(why) => Err(Error::NotAllowed(why)),
+            None => Ok(()),
+        }
+    }
+
     fn write_target(&self, name: &str) -> Result<(SyncProfile, SyncTable)> {
         let table = self.table(name)?;
         let profile = self
@@ -448,6 +457,7 @@ impl Engine {
     pub fn insert(&self, table: &str, id: &str, fields: BTreeMap<String, Value>) -> Result<Record> {
         let (profile, table) = self.write_target(table)?;
         let fields = Self::check_fields(&table, id, fields)?;
+        Self::check_rights(&table, Op::Insert, &fields)?;
         let record = self
             .store
             .write(
@@ -467,6 +477,7 @@ impl Engine {
     pub fn update(&self, table: &str, id: &str, fields: BTreeMap<String, Value>) -> Result<Record> {
         let (profile, table) = self.write_target(table)?;
         let fields = Self::check_fields(&table, id, fields)?;
+        Self::check_rights(&table, Op::Update, &fields)?;
         let record = self
             .store
             .write(
@@ -494,6 +505,7 @@ impl Engine {
     pub fn delete(&self, table: &str, id: &str) -> Result<()> {
         let (profile, table) = self.write_target(table)?;
         Self::check_fields(&table, id, BTreeMap::new())?;
+        Self::check_rights(&table, Op::Delete, &BTreeMap::new())?;
         self.store.write(
             &profile,
             &table,

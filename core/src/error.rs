@@ -44,6 +44,8 @@ pub enum Error {
     InvalidProfile(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     #[error("sync conflict on {table}/{id}: the server's version was kept")]
     Conflict { table: String, id: String },
     #[error("reset refused: {count} unsynced change(s) would be lost (use force to reset anyway)")]
@@ -78,7 +80,8 @@ impl Error {
             | Error::UnknownTable(_)
             | Error::UnknownColumn { .. }
             | Error::InvalidProfile(_)
-            | Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            | Error::InvalidInput(_)
+            | Error::NotAllowed(_) => ErrorKind::InvalidInput,
             Error::PendingUploads { .. } => ErrorKind::PendingUploads,
             Error::NetworkUnavailable(_) => ErrorKind::NetworkUnavailable,
             Error::Unauthorized => ErrorKind::Unauthorized,

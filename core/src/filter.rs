@@ -621,6 +621,7 @@ mod tests {
             ],
             rules: vec![],
             sync_interval_secs: 300,
+            writes: Default::default(),
         }
     }
 

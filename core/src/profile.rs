@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::filter::{Filter, FilterContext};
+use crate::protocol::Op;
 use crate::value::Value;
 
 /// Shortest allowed sync interval (5 minutes).
@@ -105,6 +106,78 @@ pub struct TableProfile {
     pub rules: Vec<RowRule>,
     /// How often the table syncs, in seconds (300 to 86400).
     pub sync_interval_secs: u32,
+    /// What the profile's users may write in the table; absent: create,
+    /// change and delete, any synced column.
+    #[serde(default, skip_serializing_if = "WriteRights::is_everything")]
+    pub writes: WriteRights,
+}
+
+/// What the users of a profile (a role) may write in one table, enforced
+/// by the device before a write is queued and by the server on every push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteRights {
+    /// May create rows.
+    #[serde(default = "allowed")]
+    pub create: bool,
+    /// May change rows.
+    #[serde(default = "allowed")]
+    pub update: bool,
+    /// May delete rows.
+    #[serde(default = "allowed")]
+    pub delete: bool,
+    /// The columns a create or a change may set; absent: every synced
+    /// column. The primary key is always allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+}
+
+fn allowed() -> bool {
+    true
+}
+
+impl Default for WriteRights {
+    fn default() -> Self {
+        Self {
+            create: true,
+            update: true,
+            delete: true,
+            columns: None,
+        }
+    }
+}
+
+impl WriteRights {
+    /// Whether these rights allow every write.
+    pub fn is_everything(&self) -> bool {
+        *self == WriteRights::default()
+    }
+
+    /// Why `op` setting `fields` of a row of `table` is not allowed, if it
+    /// is not.
+    pub fn refusal<'a>(
+        &self,
+        table: &SyncTable,
+        op: Op,
+        fields: impl IntoIterator<Item = &'a String>,
+    ) -> Option<String> {
+        let (may, verb) = match op {
+            Op::Insert => (self.create, "create"),
+            Op::Update => (self.update, "change"),
+            Op::Delete => (self.delete, "delete"),
+        };
+        if !may {
+            return Some(format!("you may not {verb} rows of {}", table.name));
+        }
+        if op == Op::Delete {
+            return None;
+        }
+        let columns = self.columns.as_ref()?;
+        fields
+            .into_iter()
+            .find(|f| **f != table.primary_key && !columns.contains(f))
+            .map(|f| format!("you may not set column '{f}' of {}", table.name))
+    }
 }
 
 /// An offline profile as an administrator writes it.
@@ -205,6 +278,9 @@ pub struct SyncTable {
     pub columns: Vec<Column>,
     pub rules: Vec<RowRule>,
     pub sync_interval_secs: u32,
+    /// What the profile's users may write here.
+    #[serde(default, skip_serializing_if = "WriteRights::is_everything")]
+    pub writes: WriteRights,
 }
 
 impl SyncTable {
@@ -422,7 +498,16 @@ impl OfflineProfile {
                 columns,
                 rules: Vec::with_capacity(t.rules.len()),
                 sync_interval_secs: t.sync_interval_secs,
+                writes: t.writes.clone(),
             };
+            for c in table.writes.columns.iter().flatten() {
+                if table.column(c).is_none() {
+                    return Err(Error::InvalidProfile(format!(
+                        "table '{}' lets its users write column '{c}', which it does not sync",
+                        t.name
+                    )));
+                }
+            }
             let mut rules = Vec::with_capacity(t.rules.len());
             for rule in &t.rules {
                 rules.push(match rule {
@@ -677,6 +762,7 @@ mod tests {
                         vec![RowRule::All]
                     },
                     sync_interval_secs: 300,
+                    writes: Default::default(),
                 })
                 .collect(),
         }

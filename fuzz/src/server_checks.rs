@@ -110,6 +110,7 @@ pub fn filter_table() -> &'static SyncTable {
             columns,
             rules: vec![],
             sync_interval_secs: 300,
+            writes: Default::default(),
         }
     })
 }

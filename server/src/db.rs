@@ -2345,6 +2345,9 @@ impl Db {
                 format!("column '{name}': text holding U+0000 cannot be stored by this server"),
             ));
         }
+        if let Some(message) = table.writes.refusal(table, m.op, data.keys()) {
+            return Err(reject(codes::FORBIDDEN, message));
+        }
         if m.op != Op::Delete
             && let Some(message) = self.reach_gained(c, profile, table, current.as_ref(), &data)?
         {
