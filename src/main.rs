@@ -3,7 +3,8 @@
 //!
 //! Exit codes of `fieldsync device`: 0 success, 1 internal error, 2 bad input,
 //! 3 Record Not Found, 4 sync conflict, 5 Network or Service Unavailable,
-//! 6 unauthorized, 7 reset refused (pending uploads), 8 storage error.
+//! 6 unauthorized, 7 reset refused (pending uploads), 8 storage error,
+//! 9 wrong database key.
 
 mod demo;
 mod device;

@@ -19,7 +19,7 @@ use crate::scheduler::Backoff;
 use crate::service::Live;
 use crate::settings::SyncSettings;
 use crate::status::{Listeners, SyncStatus};
-use crate::store::{LocalSyncError, Store};
+use crate::store::{DatabaseKey, LocalSyncError, Store};
 use crate::telemetry::AppInfo;
 use crate::time::{Clock, SystemClock};
 use crate::transport::{HttpTimeouts, HttpTransport, TlsTrust, Transport};
@@ -54,6 +54,11 @@ pub struct EngineConfig {
     /// Which certificates an `https://` server may present (the default
     /// transport only).
     pub tls: TlsTrust,
+    /// The key of the device database (see [`crate::store::DatabaseKey`]):
+    /// `Some` encrypts it with SQLCipher, `None` keeps it plain. A key that
+    /// does not match the database refuses the open with
+    /// [`crate::ErrorKind::WrongKey`].
+    pub encryption_key: Option<DatabaseKey>,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -70,6 +75,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("notifications", &self.notifications)
             .field("app", &self.app)
             .field("tls", &self.tls)
+            .field("encryption_key", &self.encryption_key)
             .finish()
     }
 }
@@ -97,6 +103,7 @@ impl EngineConfig {
             notifications: NotificationThresholds::default(),
             app: AppInfo::default(),
             tls: TlsTrust::default(),
+            encryption_key: None,
         }
     }
 }
@@ -292,7 +299,7 @@ impl Engine {
         if token.trim().is_empty() {
             return Err(Error::InvalidInput("a token is required".into()));
         }
-        let store = Store::open(&config.database_path)?;
+        let store = Store::open_with_key(&config.database_path, config.encryption_key.as_ref())?;
         let device_id = match store.meta("device_id")? {
             Some(id) => id,
             None => {
@@ -305,8 +312,9 @@ impl Engine {
         crate::telemetry::init(&store)?;
         let settings = SyncSettings::load(&store)?;
         let mut options = config.clone();
-        // The token lives in the client only.
+        // The token lives in the client only, the key in the store only.
         options.token = String::new();
+        options.encryption_key = None;
         Ok(Arc::new(Engine {
             api: ServerApi::with_provider(
                 transport,

@@ -25,6 +25,10 @@ pub enum ErrorKind {
     PendingUploads,
     /// The local database failed (disk full, corruption, I/O).
     Storage,
+    /// The device database did not open with the key given: a wrong key, no
+    /// key for an encrypted database, or a key for a plain one. Nothing was
+    /// read or changed.
+    WrongKey,
     /// The server answered something the protocol does not allow, or a bug.
     Internal,
 }
@@ -64,6 +68,8 @@ pub enum Error {
     StorageFull(String),
     #[error("storage error: {0}")]
     Storage(String),
+    #[error("wrong database key: {0}")]
+    WrongKey(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -86,6 +92,7 @@ impl Error {
             Error::Server { status, .. } if *status == 401 => ErrorKind::Unauthorized,
             Error::Server { .. } => ErrorKind::InvalidInput,
             Error::StorageFull(_) | Error::Storage(_) => ErrorKind::Storage,
+            Error::WrongKey(_) => ErrorKind::WrongKey,
             Error::Protocol(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -135,6 +135,7 @@ fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::Unauthorized => "unauthorized",
         ErrorKind::PendingUploads => "pending_uploads",
         ErrorKind::Storage => "storage",
+        ErrorKind::WrongKey => "wrong_key",
     }
 }
 
