@@ -8,6 +8,9 @@
 //! - initial sync: rows per second, wall time, peak RSS, bytes on the wire, pages;
 //! - incremental sync of 1k and 10k server changes into the synced database;
 //! - upload of 10k queued local edits;
+//! - the cost of encryption at rest: the initial sync (and its device side
+//!   alone) again into a database encrypted with SQLCipher, beside the plain
+//!   one's figures;
 //! - the physical limits in the same run: the same rows inserted into SQLite
 //!   with one prepared statement in one transaction, and the raw HTTP
 //!   transfer of the same pages;
@@ -24,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fieldsync_core::{Engine, EngineConfig, Value};
+use fieldsync_core::{DatabaseKey, Engine, EngineConfig, Value};
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -108,10 +111,18 @@ fn trace_rss() {
     });
 }
 
-/// Child mode: open a device and sync once; print figures as JSON.
-async fn device_sync(db: &str, url: &str, token: &str, page_size: u32) {
+/// The key of the encrypted runs (any 32 bytes: SQLCipher's cost does not
+/// depend on them).
+const BENCH_KEY: [u8; 32] = [0x5a; 32];
+
+/// Child mode: open a device (encrypted with `encrypted`) and sync once;
+/// print figures as JSON.
+async fn device_sync(db: &str, url: &str, token: &str, page_size: u32, encrypted: bool) {
     let mut config = EngineConfig::new(db, url, token);
     config.page_size = page_size;
+    if encrypted {
+        config.encryption_key = Some(DatabaseKey::from_bytes(BENCH_KEY));
+    }
     trace_rss();
     sample_heap();
     let engine = Engine::open(config).expect("open");
@@ -699,6 +710,28 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
     ])
     .await;
     remove_db(&replay_db);
+    // Encryption at rest: the same two runs into encrypted databases.
+    let encrypted_db = dir.join(format!("encrypted-{target_rows}.db"));
+    let encrypted = child(&[
+        "device-sync",
+        &encrypted_db.to_string_lossy(),
+        &proxy.url,
+        &token,
+        &page_size.to_string(),
+        "encrypted",
+    ])
+    .await;
+    remove_db(&encrypted_db);
+    let encrypted_replay = child(&[
+        "device-sync",
+        &replay_db.to_string_lossy(),
+        &replay_url,
+        &token,
+        &page_size.to_string(),
+        "encrypted",
+    ])
+    .await;
+    remove_db(&replay_db);
     let rows = initial["rows"].as_f64().unwrap_or(0.0);
     let secs = initial["secs"].as_f64().unwrap_or(0.0);
     let initial_rate = rate(rows, secs);
@@ -803,6 +836,55 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
                 initial["sqlite_peak_kib"].as_f64().unwrap_or(0.0) / 1024.0
             ),
             format!("{} of 64 MiB", pct(rss_mib, 64.0)),
+        ),
+        Row3(
+            "initial sync into an encrypted database (SQLCipher)".into(),
+            format!(
+                "{:.0} rows in {:.2} s = {:.0} rows/s, CPU {:.2} s, peak RSS {:.1} MiB (SQLite's at most {:.1} MiB)",
+                encrypted["rows"].as_f64().unwrap_or(0.0),
+                encrypted["secs"].as_f64().unwrap_or(0.0),
+                rate(
+                    encrypted["rows"].as_f64().unwrap_or(0.0),
+                    encrypted["secs"].as_f64().unwrap_or(0.0)
+                ),
+                encrypted["cpu_secs"].as_f64().unwrap_or(0.0),
+                encrypted["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+                encrypted["sqlite_peak_kib"].as_f64().unwrap_or(0.0) / 1024.0
+            ),
+            format!(
+                "{} of the plain time, device CPU {} of plain, peak RSS {:+.1} MiB",
+                pct(encrypted["secs"].as_f64().unwrap_or(0.0), secs),
+                pct(
+                    encrypted["cpu_secs"].as_f64().unwrap_or(0.0),
+                    initial["cpu_secs"].as_f64().unwrap_or(0.0)
+                ),
+                (encrypted["peak_rss_kib"].as_f64().unwrap_or(0.0)
+                    - initial["peak_rss_kib"].as_f64().unwrap_or(0.0))
+                    / 1024.0
+            ),
+        ),
+        Row3(
+            "initial sync, device side alone, encrypted".into(),
+            format!(
+                "{:.0} rows in {:.2} s = {:.0} rows/s, peak RSS {:.1} MiB",
+                encrypted_replay["rows"].as_f64().unwrap_or(0.0),
+                encrypted_replay["secs"].as_f64().unwrap_or(0.0),
+                rate(
+                    encrypted_replay["rows"].as_f64().unwrap_or(0.0),
+                    encrypted_replay["secs"].as_f64().unwrap_or(0.0)
+                ),
+                encrypted_replay["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+            ),
+            format!(
+                "{} of the plain time, peak RSS {:+.1} MiB",
+                pct(
+                    encrypted_replay["secs"].as_f64().unwrap_or(0.0),
+                    replay["secs"].as_f64().unwrap_or(0.0)
+                ),
+                (encrypted_replay["peak_rss_kib"].as_f64().unwrap_or(0.0)
+                    - replay["peak_rss_kib"].as_f64().unwrap_or(0.0))
+                    / 1024.0
+            ),
         ),
         Row3(
             "initial sync: bytes on the wire (down)".into(),
@@ -986,6 +1068,7 @@ fn main() {
             &a[1],
             &a[2],
             a[3].parse().unwrap_or(1000),
+            a.get(4).is_some_and(|m| m == "encrypted"),
         ));
         return;
     }

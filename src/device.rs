@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 use fieldsync_core::{
-    Blocker, DeviceStatus, Engine, EngineConfig, Error, ErrorKind, EventListener, NetworkType,
-    OfflineTableStatus, OnlineFilter, OsNetwork, StatusListener, SyncEvent, SyncNowOutcome,
-    SyncReport, SyncStatus, Value,
+    Blocker, DatabaseKey, DeviceStatus, Engine, EngineConfig, Error, ErrorKind, EventListener,
+    NetworkType, OfflineTableStatus, OnlineFilter, OsNetwork, StatusListener, SyncEvent,
+    SyncNowOutcome, SyncReport, SyncStatus, Value,
 };
 use serde::Serialize;
 
@@ -32,6 +32,11 @@ pub struct DeviceArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// A file holding the database's 32-byte key as 64 hexadecimal digits
+    /// (for example `openssl rand -hex 32 > key`): the database is encrypted
+    /// with it. Without it the database is plain.
+    #[arg(long, env = "FIELDSYNC_KEY_FILE", value_name = "PATH")]
+    key_file: Option<PathBuf>,
     /// Rows per pull page.
     #[arg(long, default_value_t = fieldsync_core::protocol::DEFAULT_PAGE_SIZE)]
     page_size: u32,
@@ -113,6 +118,16 @@ enum DeviceCommand {
     Errors {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// Change the database's key (from `--key-file`, or plain without it):
+    /// to the key in `--new-key-file`, or to a plain database with `--decrypt`.
+    Rekey {
+        /// A file holding the new key as 64 hexadecimal digits.
+        #[arg(long, value_name = "PATH", required_unless_present = "decrypt")]
+        new_key_file: Option<PathBuf>,
+        /// Store the database unencrypted.
+        #[arg(long, conflicts_with = "new_key_file")]
+        decrypt: bool,
     },
 }
 
@@ -209,6 +224,7 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Unauthorized => 6,
         ErrorKind::PendingUploads => 7,
         ErrorKind::Storage => 8,
+        ErrorKind::WrongKey => 10,
     }
 }
 
@@ -268,24 +284,11 @@ fn sync_text(report: &SyncReport) -> String {
     out
 }
 
-fn kind_name(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Internal => "internal",
-        ErrorKind::InvalidInput => "invalid_input",
-        ErrorKind::RecordNotFound => "record_not_found",
-        ErrorKind::Conflict => "conflict",
-        ErrorKind::NetworkUnavailable => "network_unavailable",
-        ErrorKind::Unauthorized => "unauthorized",
-        ErrorKind::PendingUploads => "pending_uploads",
-        ErrorKind::Storage => "storage",
-    }
-}
-
 fn fail(json: bool, e: &Error) -> ExitCode {
     let kind = e.kind();
     if json {
         let mut body =
-            serde_json::json!({"error": {"kind": kind_name(kind), "message": e.to_string()}});
+            serde_json::json!({"error": {"kind": kind.as_str(), "message": e.to_string()}});
         if let Error::PendingUploads { count } = e {
             body["error"]["pending_uploads"] = (*count).into();
         }
@@ -360,12 +363,37 @@ fn when(ms: Option<i64>) -> String {
 /// Runs a device command.
 pub async fn run(args: DeviceArgs) -> ExitCode {
     let json = args.json;
+    let key = match args.key_file.as_deref().map(read_key).transpose() {
+        Ok(k) => k,
+        Err(e) => return fail(json, &e),
+    };
+    if let DeviceCommand::Rekey {
+        new_key_file,
+        decrypt: _,
+    } = &args.command
+    {
+        let rekeyed = new_key_file
+            .as_deref()
+            .map(read_key)
+            .transpose()
+            .and_then(|new| fieldsync_core::rekey_database(&args.db, key.as_ref(), new.as_ref()));
+        return match rekeyed {
+            Ok(()) => {
+                print(json, &serde_json::json!({"rekeyed": true}), || {
+                    "the database key was changed".into()
+                });
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(json, &e),
+        };
+    }
     let mut config = EngineConfig::new(&args.db, &args.server, &args.token);
     config.page_size = args.page_size;
     config.probe_timeout_ms = args.probe_timeout_ms;
     // `device network` reports outlive the process: every command applies
     // the kept report.
     config.persist_os_network = true;
+    config.encryption_key = key;
     let engine = match Engine::open(config) {
         Ok(e) => e,
         Err(e) => return fail(json, &e),
@@ -374,6 +402,13 @@ pub async fn run(args: DeviceArgs) -> ExitCode {
         Ok(code) => code,
         Err(e) => fail(json, &e),
     }
+}
+
+/// The database key in the file at `path` (64 hexadecimal digits).
+fn read_key(path: &std::path::Path) -> Result<DatabaseKey, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::InvalidInput(format!("cannot read {}: {e}", path.display())))?;
+    DatabaseKey::from_hex(&text)
 }
 
 async fn run_command(
@@ -645,6 +680,8 @@ async fn run_command(
             });
             Ok(ExitCode::SUCCESS)
         }
+        // Handled before the engine opens: the database must be closed.
+        DeviceCommand::Rekey { .. } => Err(Error::Internal("rekey needs a closed database".into())),
         DeviceCommand::Errors { limit } => {
             let errors = engine.sync_errors(limit)?;
             print(json, &errors, || {

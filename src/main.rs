@@ -5,6 +5,7 @@
 //! 3 Record Not Found, 4 sync conflict, 5 Network or Service Unavailable,
 //! 6 unauthorized, 7 reset refused (pending uploads), 8 storage error,
 //! 9 sync not started (Wi-Fi only on a metered network).
+//! 10 wrong database key.
 
 mod demo;
 mod device;

@@ -30,12 +30,15 @@ fn a_sort_larger_than_the_cache_spills_beside_the_database() {
     let store_dir = dir.path().join("device");
     let _store = Store::open(&store_dir.join("fieldsync.db")).expect("store");
 
-    // Any connection of this process's SQLite now spills there: a tiny page
-    // cache and a sort of about 10 MB without an index.
+    // Any connection of this process's SQLite that keeps temporary data in
+    // files (as the store's plain connections do; SQLCipher's build keeps
+    // it in memory by default) now spills there: a tiny page cache and a
+    // sort of about 10 MB without an index.
     let other = tempfile::tempdir().expect("tempdir");
     let conn = rusqlite::Connection::open(other.path().join("scratch.db")).expect("open");
     conn.execute_batch(
-        "PRAGMA cache_size = 10;
+        "PRAGMA temp_store = FILE;
+         PRAGMA cache_size = 10;
          CREATE TABLE t (k TEXT, v TEXT);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
          INSERT INTO t SELECT hex(randomblob(16)), hex(randomblob(32)) FROM n;",

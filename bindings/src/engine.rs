@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fieldsync_core::profile::{SyncProfile, SyncTable};
-use fieldsync_core::{Engine as CoreEngine, EngineConfig as CoreEngineConfig};
+use fieldsync_core::{DatabaseKey, Engine as CoreEngine, EngineConfig as CoreEngineConfig};
 
 use crate::errors::{FieldSyncError, non_negative};
 use crate::events::{ListenerHandle, SyncEventListener, Target};
@@ -20,7 +20,7 @@ use crate::service::{AppInfo, ProviderAdapter, TestClock, TokenProvider};
 use crate::status::DeviceStatus;
 
 /// How to open an engine.
-#[derive(Debug, Clone, uniffi::Record)]
+#[derive(Clone, uniffi::Record)]
 pub struct EngineConfig {
     /// Path of the device database file (created if missing), for example
     /// in the app's files directory.
@@ -46,6 +46,68 @@ pub struct EngineConfig {
     /// version and the OS name.
     #[uniffi(default = None)]
     pub app: Option<AppInfo>,
+    /// The 32-byte key of the device database, kept by the app in the
+    /// platform's key store (Android Keystore, iOS Keychain): the database
+    /// is encrypted with it (SQLCipher). Null: not encrypted. A key that
+    /// does not open the database is `WrongKey`; change it with
+    /// [`rekey_database`].
+    #[uniffi(default = None)]
+    pub encryption_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("database_path", &self.database_path)
+            .field("server_url", &self.server_url)
+            .field("token", &"<redacted>")
+            .field("page_size", &self.page_size)
+            .field("tls_roots", &self.tls_roots)
+            .field("tls_extra_roots_pem", &self.tls_extra_roots_pem.is_some())
+            .field("app", &self.app)
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A database key from the bytes the app gave; the bytes are wiped.
+fn database_key(bytes: Option<Vec<u8>>) -> Result<Option<DatabaseKey>, FieldSyncError> {
+    let Some(mut bytes) = bytes else {
+        return Ok(None);
+    };
+    let key = DatabaseKey::from_slice(&bytes);
+    bytes.iter_mut().for_each(|b| *b = 0);
+    std::hint::black_box(&bytes);
+    Ok(Some(key?))
+}
+
+/// Changes the key of the closed device database at `database_path` from
+/// `current_key` to `new_key` (null: not encrypted), keeping everything in
+/// it, pending uploads included. Close the engine first (an open database is
+/// refused with `InvalidInput`); a wrong `current_key` is `WrongKey`, the
+/// file untouched. Encrypting or decrypting writes a new copy beside the
+/// database and renames it over the old one once it opens with the new key:
+/// it needs as much free space as the database takes.
+#[uniffi::export]
+pub async fn rekey_database(
+    database_path: String,
+    current_key: Option<Vec<u8>>,
+    new_key: Option<Vec<u8>>,
+) -> Result<(), FieldSyncError> {
+    let current = database_key(current_key)?;
+    let new = database_key(new_key)?;
+    run_blocking(move || {
+        fieldsync_core::rekey_database(
+            std::path::Path::new(&database_path),
+            current.as_ref(),
+            new.as_ref(),
+        )
+        .map_err(FieldSyncError::from)
+    })
+    .await
 }
 
 /// The certificates an `https://` server may present, and from which
@@ -89,6 +151,7 @@ impl TryFrom<EngineConfig> for CoreEngineConfig {
         if let Some(app) = c.app {
             config.app = app.into();
         }
+        config.encryption_key = database_key(c.encryption_key)?;
         Ok(config)
     }
 }

@@ -64,6 +64,14 @@ pub enum FieldSyncError {
         /// Human-readable explanation.
         reason: String,
     },
+    /// The device database did not open with the key given: a wrong key,
+    /// no key for an encrypted database, or a key for a plain one. Nothing
+    /// was read or changed; open again with the right key.
+    #[error("{reason}")]
+    WrongKey {
+        /// Human-readable explanation.
+        reason: String,
+    },
     /// A bug, or a server answer the protocol does not allow.
     #[error("{reason}")]
     Internal {
@@ -95,6 +103,7 @@ impl From<CoreError> for FieldSyncError {
             (ErrorKind::NetworkUnavailable, _) => FieldSyncError::NetworkUnavailable { reason },
             (ErrorKind::Unauthorized, _) => FieldSyncError::Unauthorized { reason },
             (ErrorKind::Storage, _) => FieldSyncError::Storage { reason },
+            (ErrorKind::WrongKey, _) => FieldSyncError::WrongKey { reason },
         }
     }
 }
@@ -170,6 +179,7 @@ mod tests {
             (CoreError::Storage("io".into()), "Storage"),
             (CoreError::Protocol("bad".into()), "Internal"),
             (CoreError::Internal("bug".into()), "Internal"),
+            (CoreError::WrongKey("wrong".into()), "WrongKey"),
         ];
         for (core, want) in cases {
             let text = core.to_string();

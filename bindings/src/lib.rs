@@ -9,7 +9,8 @@
 //! exports it:
 //!
 //! - [`engine`]: the [`Engine`] object (open, reads and writes, sync now,
-//!   refresh, reset, status, sync errors, sync event listeners);
+//!   refresh, reset, status, sync errors, sync event listeners) and
+//!   [`rekey_database`], which changes the key of a closed database;
 //! - [`records`]: field values, records, sync and reset reports, sync errors;
 //! - [`status`]: the Device Status and Offline Status snapshots;
 //! - [`events`]: sync events, the listener callback and its cancel handle;
@@ -32,7 +33,9 @@ pub mod runtime;
 pub mod service;
 pub mod status;
 
-pub use engine::{Engine, EngineConfig, ProfileColumn, ProfileTable, SyncProfileInfo, TlsRoots};
+pub use engine::{
+    Engine, EngineConfig, ProfileColumn, ProfileTable, SyncProfileInfo, TlsRoots, rekey_database,
+};
 pub use errors::FieldSyncError;
 pub use events::{ListenerHandle, SyncEvent, SyncEventListener, SyncIcon};
 pub use logging::{LogLevel, init_logging};

@@ -24,6 +24,7 @@ fn open(dir: &tempfile::TempDir) -> Arc<Engine> {
         tls_roots: None,
         tls_extra_roots_pem: None,
         app: None,
+        encryption_key: None,
     })
     .expect("open")
 }
@@ -158,6 +159,7 @@ fn bad_configuration_is_invalid_input() {
             tls_roots: None,
             tls_extra_roots_pem: None,
             app: None,
+            encryption_key: None,
         });
         assert!(
             matches!(r, Err(FieldSyncError::InvalidInput { .. })),
@@ -182,6 +184,7 @@ fn bad_configuration_is_invalid_input() {
             tls_roots: roots,
             tls_extra_roots_pem: pem.clone(),
             app: None,
+            encryption_key: None,
         });
         assert!(
             matches!(r, Err(FieldSyncError::InvalidInput { .. })),
@@ -197,6 +200,7 @@ fn bad_configuration_is_invalid_input() {
         tls_roots: Some(TlsRoots::Bundled),
         tls_extra_roots_pem: None,
         app: None,
+        encryption_key: None,
     })
     .expect("bundled roots");
 }

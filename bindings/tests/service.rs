@@ -95,6 +95,7 @@ fn config(server: &Server, path: &std::path::Path, token: &str) -> EngineConfig 
         tls_roots: None,
         tls_extra_roots_pem: None,
         app: None,
+        encryption_key: None,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::scheduler::Backoff;
 use crate::service::Live;
 use crate::settings::SyncSettings;
 use crate::status::{Listeners, SyncStatus};
-use crate::store::{LocalSyncError, Store};
+use crate::store::{DatabaseKey, LocalSyncError, Store};
 use crate::telemetry::AppInfo;
 use crate::time::{Clock, SystemClock};
 use crate::transport::{HttpTimeouts, HttpTransport, TlsTrust, Transport};
@@ -59,6 +59,11 @@ pub struct EngineConfig {
     /// shell whose reports outlive its process (the headless device); an
     /// app reports the OS's network at every start instead.
     pub persist_os_network: bool,
+    /// The key of the device database (see [`crate::store::DatabaseKey`]):
+    /// `Some` encrypts it with SQLCipher, `None` keeps it plain. A key that
+    /// does not match the database refuses the open with
+    /// [`crate::ErrorKind::WrongKey`].
+    pub encryption_key: Option<DatabaseKey>,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -76,6 +81,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("app", &self.app)
             .field("tls", &self.tls)
             .field("persist_os_network", &self.persist_os_network)
+            .field("encryption_key", &self.encryption_key)
             .finish()
     }
 }
@@ -104,6 +110,7 @@ impl EngineConfig {
             app: AppInfo::default(),
             tls: TlsTrust::default(),
             persist_os_network: false,
+            encryption_key: None,
         }
     }
 }
@@ -299,7 +306,7 @@ impl Engine {
         if token.trim().is_empty() {
             return Err(Error::InvalidInput("a token is required".into()));
         }
-        let store = Store::open(&config.database_path)?;
+        let store = Store::open_with_key(&config.database_path, config.encryption_key.as_ref())?;
         let device_id = match store.meta("device_id")? {
             Some(id) => id,
             None => {
@@ -317,8 +324,9 @@ impl Engine {
             None
         };
         let mut options = config.clone();
-        // The token lives in the client only.
+        // The token lives in the client only, the key in the store only.
         options.token = String::new();
+        options.encryption_key = None;
         let engine = Arc::new(Engine {
             api: ServerApi::with_provider(
                 transport,

@@ -25,8 +25,29 @@ pub enum ErrorKind {
     PendingUploads,
     /// The local database failed (disk full, corruption, I/O).
     Storage,
+    /// The device database did not open with the key given: a wrong key, no
+    /// key for an encrypted database, or a key for a plain one. Nothing was
+    /// read or changed.
+    WrongKey,
     /// The server answered something the protocol does not allow, or a bug.
     Internal,
+}
+
+impl ErrorKind {
+    /// The kind's stable name in JSON output and telemetry (`wrong_key`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Internal => "internal",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::RecordNotFound => "record_not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::NetworkUnavailable => "network_unavailable",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::PendingUploads => "pending_uploads",
+            ErrorKind::Storage => "storage",
+            ErrorKind::WrongKey => "wrong_key",
+        }
+    }
 }
 
 /// Errors returned by the device engine.
@@ -66,6 +87,8 @@ pub enum Error {
     StorageFull(String),
     #[error("storage error: {0}")]
     Storage(String),
+    #[error("wrong database key: {0}")]
+    WrongKey(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -89,6 +112,7 @@ impl Error {
             Error::Server { status, .. } if *status == 401 => ErrorKind::Unauthorized,
             Error::Server { .. } => ErrorKind::InvalidInput,
             Error::StorageFull(_) | Error::Storage(_) => ErrorKind::Storage,
+            Error::WrongKey(_) => ErrorKind::WrongKey,
             Error::Protocol(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -52,7 +52,7 @@ pub use settings::{SyncFrequency, SyncSettings};
 pub use status::{
     EventListener, ListenerHandle, StatusListener, SyncIcon, SyncProgress, SyncStatus,
 };
-pub use store::LocalSyncError;
+pub use store::{DatabaseKey, LocalSyncError, rekey_database};
 pub use telemetry::{AppInfo, TelemetryEvent, TelemetryKind};
 pub use time::{Clock, ManualClock, SystemClock};
 pub use transport::{

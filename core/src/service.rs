@@ -174,19 +174,6 @@ pub struct ScheduledSync {
     pub report: SyncReport,
 }
 
-fn kind_name(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Internal => "internal",
-        ErrorKind::InvalidInput => "invalid_input",
-        ErrorKind::RecordNotFound => "record_not_found",
-        ErrorKind::Conflict => "conflict",
-        ErrorKind::NetworkUnavailable => "network_unavailable",
-        ErrorKind::Unauthorized => "unauthorized",
-        ErrorKind::PendingUploads => "pending_uploads",
-        ErrorKind::Storage => "storage",
-    }
-}
-
 impl Engine {
     pub(crate) fn live(&self) -> MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
@@ -766,10 +753,7 @@ impl Engine {
             sync_id: run.sync_id.clone(),
             mode: run.mode.as_str().to_owned(),
             result: if result.is_ok() { "success" } else { "failure" }.to_owned(),
-            failure_type: result
-                .as_ref()
-                .err()
-                .map(|e| kind_name(e.kind()).to_owned()),
+            failure_type: result.as_ref().err().map(|e| e.kind().as_str().to_owned()),
             started_at: run.started_at,
             duration_ms: end - run.started_at,
             active_duration_ms: run.active_ms,

@@ -31,10 +31,12 @@ use crate::protocol::{MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, O
 use crate::value::{Record, Value};
 
 mod checkpoint;
+mod key;
 mod page;
 mod run;
 mod settle;
 mod values;
+pub use key::{DatabaseKey, rekey_database};
 pub use run::SharedRun;
 pub use settle::Arrival;
 
@@ -171,6 +173,8 @@ pub struct Store {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// The database's key, for the connections opened later (none: plain).
+    key: Option<DatabaseKey>,
     /// The writer's commit hook points here: declared after the writer,
     /// so it is dropped after the writer is closed.
     _checkpoints: std::sync::Arc<checkpoint::Checkpoints>,
@@ -183,8 +187,9 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 /// Statements kept prepared on the writer connection.
 const WRITER_STATEMENTS: usize = 96;
 
-fn open_connection(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+fn open_connection(path: &Path, key: Option<&DatabaseKey>) -> Result<Connection> {
+    let conn = key::open_keyed(path, key)?;
+    conn.pragma_update(None, "temp_store", key::temp_store(key))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     persist_wal(&conn);
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -675,8 +680,15 @@ fn place_temp_files(dir: &Path) {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the plain store at `path`.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with_key(path, None)
+    }
+
+    /// Opens (creating if needed) the store at `path`, encrypted with `key`
+    /// (none: plain). A key that does not open an existing database is
+    /// [`Error::WrongKey`], the file untouched.
+    pub fn open_with_key(path: &Path, key: Option<&DatabaseKey>) -> Result<Store> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -687,7 +699,7 @@ impl Store {
         }
         configure_sqlite();
         place_temp_files(dir);
-        let mut writer = open_connection(path)?;
+        let mut writer = open_connection(path, key)?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(settle::SCHEMA)?;
         writer.execute_batch(run::SCHEMA)?;
@@ -696,12 +708,13 @@ impl Store {
         // column list); rusqlite's default cache of 16 would drop a sync's
         // first tables' statements before the next sync reached them.
         writer.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
-        let reader = open_connection(path)?;
-        let checkpoints = checkpoint::Checkpoints::start(&writer, path.to_owned());
+        let reader = open_connection(path, key)?;
+        let checkpoints = checkpoint::Checkpoints::start(&writer, path.to_owned(), key.cloned());
         Ok(Store {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            key: key.cloned(),
             _checkpoints: checkpoints,
         })
     }
@@ -1553,7 +1566,7 @@ impl Store {
         // The evaluation itself on a connection of its own, in a read
         // transaction: the other tables' pages go on being written.
         let doomed = {
-            let mut conn = open_connection(&self.path)?;
+            let mut conn = open_connection(&self.path, self.key.as_ref())?;
             // A small page cache: the evaluation reads each row once, and
             // the device's memory stays what the writer and reader take.
             conn.pragma_update(None, "cache_size", EVALUATION_CACHE_KIB)?;

@@ -566,6 +566,10 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Large sorts and index builds spill to files, as SQLite's default build
+    // does: the workspace's SQLite is SQLCipher's build (for the device),
+    // whose default keeps temporary data in memory.
+    conn.pragma_update(None, "temp_store", "FILE")?;
     // Reads map the database file instead of copying each page through a
     // read() call, and each connection caches more of it: a pull page walks
     // a table's `_seq` index and looks up related rows in other tables, and

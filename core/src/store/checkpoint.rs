@@ -59,7 +59,11 @@ impl Checkpoints {
     /// Starts the checkpoint thread of the database at `path` and installs
     /// the commit hook on `writer`. The thread ends when the returned value
     /// and the hook are gone (the store closed).
-    pub(super) fn start(writer: &Connection, path: PathBuf) -> Arc<Checkpoints> {
+    pub(super) fn start(
+        writer: &Connection,
+        path: PathBuf,
+        key: Option<super::DatabaseKey>,
+    ) -> Arc<Checkpoints> {
         // One request waits at most: a commit that finds one waiting has
         // nothing to add to it.
         let (wake, requests) = sync_channel(1);
@@ -71,7 +75,7 @@ impl Checkpoints {
         });
         let spawned = std::thread::Builder::new()
             .name("fieldsync-checkpoint".into())
-            .spawn(move || checkpoint_thread(path, requests, counts));
+            .spawn(move || checkpoint_thread(path, key, requests, counts));
         match spawned {
             // SAFETY: the hook's argument points to the `Checkpoints` in the
             // returned Arc, which the store keeps until after the writer is
@@ -143,13 +147,18 @@ unsafe extern "C" fn on_commit(
 
 /// Checkpoints each time a commit asks, on a connection of its own (opened
 /// at the first request), until the store is closed.
-fn checkpoint_thread(path: PathBuf, requests: Receiver<()>, counts: Arc<Counts>) {
+fn checkpoint_thread(
+    path: PathBuf,
+    key: Option<super::DatabaseKey>,
+    requests: Receiver<()>,
+    counts: Arc<Counts>,
+) {
     let mut conn: Option<Connection> = None;
     while requests.recv().is_ok() {
         if conn.is_none() {
             // A checkpoint copies the WAL's frames through a buffer of its
             // own: the connection's page cache only ever holds the schema.
-            let opened = super::open_connection(&path).and_then(|c| {
+            let opened = super::open_connection(&path, key.as_ref()).and_then(|c| {
                 c.pragma_update(None, "cache_size", CHECKPOINT_CACHE_KIB)?;
                 Ok(c)
             });

@@ -48,14 +48,28 @@ public final class FieldSyncClient: @unchecked Sendable {
     /// Opens (or creates) the device database; does not touch the network.
     /// For `https://`, `tlsRoots` chooses the certificate authorities trusted
     /// (nil: the system's on Apple platforms) and `tlsExtraRootsPem` adds a
-    /// company's own authority (PEM).
+    /// company's own authority (PEM). `encryptionKey` (32 bytes, kept in the
+    /// Keychain) encrypts the database (SQLCipher); nil keeps it plain. A key
+    /// that does not open the database throws `FieldSyncError.WrongKey` and
+    /// changes nothing.
     public init(
         databasePath: String, serverUrl: String, token: String, pageSize: Int32 = 1000,
-        tlsRoots: TlsRoots? = nil, tlsExtraRootsPem: String? = nil
+        tlsRoots: TlsRoots? = nil, tlsExtraRootsPem: String? = nil, encryptionKey: Data? = nil
     ) throws {
         engine = try Engine.open(config: EngineConfig(
             databasePath: databasePath, serverUrl: serverUrl, token: token, pageSize: pageSize,
-            tlsRoots: tlsRoots, tlsExtraRootsPem: tlsExtraRootsPem))
+            tlsRoots: tlsRoots, tlsExtraRootsPem: tlsExtraRootsPem, app: nil,
+            encryptionKey: encryptionKey))
+    }
+
+    /// Changes the key of the closed database at `databasePath` from
+    /// `currentKey` to `newKey` (nil: not encrypted), keeping everything in it,
+    /// pending uploads included. Close every client on it first; a wrong
+    /// `currentKey` throws `FieldSyncError.WrongKey` and changes nothing.
+    public static func changeDatabaseKey(
+        databasePath: String, currentKey: Data?, newKey: Data?
+    ) async throws {
+        try await rekeyDatabase(databasePath: databasePath, currentKey: currentKey, newKey: newKey)
     }
 
     /// Sync now: uploads pending changes, then downloads every table.

@@ -20,7 +20,7 @@ import kotlinx.coroutines.withContext
  * All functions are `suspend` and main-safe: the work runs on the library's
  * own threads. Failures are [FieldSyncException] subclasses
  * (`RecordNotFound`, `Conflict`, `NetworkUnavailable`, `Unauthorized`,
- * `InvalidInput`, `PendingUploads`, `Storage`, `Internal`).
+ * `InvalidInput`, `PendingUploads`, `Storage`, `WrongKey`, `Internal`).
  *
  * The sync service runs in the core: [start] it, report the app state and the
  * network, and render [status]; the core decides when to sync.
@@ -48,9 +48,16 @@ class FieldSync private constructor(
          * [tlsExtraRootsPem] adds a company's own authority (PEM). [app] names the
          * app, device model and OS version carried in telemetry.
          *
-         * @throws FieldSyncException.InvalidInput for a blank token, a bad page size
-         *   or TLS settings that cannot work (no certificate in the PEM, `ExtraOnly`
-         *   without one, `System` on Android).
+         * [encryptionKey] (32 bytes) encrypts the database (SQLCipher); null keeps
+         * it plain. Generate it once with `SecureRandom` and keep it wrapped by an
+         * Android Keystore key (see the README); the library never stores it.
+         *
+         * @throws FieldSyncException.InvalidInput for a blank token, a bad page size,
+         *   a key that is not 32 bytes, or TLS settings that cannot work (no
+         *   certificate in the PEM, `ExtraOnly` without one, `System` on Android).
+         * @throws FieldSyncException.WrongKey when [encryptionKey] does not open the
+         *   database (wrong key, none for an encrypted one, one for a plain one);
+         *   nothing was changed.
          * @throws FieldSyncException.Storage when the database cannot be opened.
          */
         suspend fun open(
@@ -61,8 +68,9 @@ class FieldSync private constructor(
             tlsRoots: TlsRoots? = null,
             tlsExtraRootsPem: String? = null,
             app: AppInfo? = null,
+            encryptionKey: ByteArray? = null,
         ): FieldSync = withContext(Dispatchers.IO) {
-            wrap(Engine.open(EngineConfig(databasePath, serverUrl, token, pageSize, tlsRoots, tlsExtraRootsPem, app)))
+            wrap(Engine.open(EngineConfig(databasePath, serverUrl, token, pageSize, tlsRoots, tlsExtraRootsPem, app, encryptionKey)))
         }
 
         /**
@@ -79,8 +87,9 @@ class FieldSync private constructor(
             tlsRoots: TlsRoots? = null,
             tlsExtraRootsPem: String? = null,
             app: AppInfo? = null,
+            encryptionKey: ByteArray? = null,
         ): FieldSync = withContext(Dispatchers.IO) {
-            val config = EngineConfig(databasePath, serverUrl, "", pageSize, tlsRoots, tlsExtraRootsPem, app)
+            val config = EngineConfig(databasePath, serverUrl, "", pageSize, tlsRoots, tlsExtraRootsPem, app, encryptionKey)
             wrap(Engine.openWithTokenProvider(config, tokenProvider))
         }
 
@@ -106,6 +115,19 @@ class FieldSync private constructor(
             engine.close()
             throw e
         }
+
+        /**
+         * Changes the key of the closed database at [databasePath] from [currentKey]
+         * to [newKey] (null: not encrypted), keeping everything in it, pending
+         * uploads included: encrypts an existing plain database, rotates the key,
+         * or decrypts. Close the [FieldSync] on it first.
+         *
+         * @throws FieldSyncException.WrongKey when [currentKey] does not open it
+         *   (nothing was changed).
+         * @throws FieldSyncException.InvalidInput when the database is open or missing.
+         */
+        suspend fun rekeyDatabase(databasePath: String, currentKey: ByteArray?, newKey: ByteArray?) =
+            dev.fieldsync.rekeyDatabase(databasePath, currentKey, newKey)
 
         /** Sends the engine's log to logcat / stderr at [level]; only the first call counts. */
         fun initLogging(level: LogLevel) = dev.fieldsync.initLogging(level)
@@ -337,5 +359,6 @@ val FieldSyncException.userMessage: String
         is FieldSyncException.InvalidInput -> reason
         is FieldSyncException.PendingUploads -> reason
         is FieldSyncException.Storage -> reason
+        is FieldSyncException.WrongKey -> reason
         is FieldSyncException.Internal -> reason
     }

@@ -52,6 +52,28 @@ class EngineTest {
     private fun deadUrl(): String = ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress()).use { "http://127.0.0.1:${it.localPort}" }
 
     @Test
+    fun `an encrypted database syncs, refuses a wrong key, and rekeys with its pending change`() = runBlocking<Unit> {
+        val path = server.databasePath("encrypted")
+        val key = ByteArray(32) { 7 }
+        val other = ByteArray(32) { 8 }
+        openBlocking(path, server.url, tech, encryptionKey = key).use { sync ->
+            assertTrue(sync.syncNow().tables.isNotEmpty())
+            sync.put("bookings", "bk-0000001", "notes" to "kept through every key")
+            assertEquals(1L, sync.pendingUploads())
+        }
+        assertFalse(java.io.File(path).readBytes().decodeToString().contains("kept through every key"))
+        val wrong = assertThrows<FieldSyncException.WrongKey> { openBlocking(path, server.url, tech, encryptionKey = other) }
+        assertTrue(wrong.userMessage.contains("key"), wrong.userMessage)
+        assertThrows<FieldSyncException.InvalidInput> { openBlocking(path, server.url, tech, encryptionKey = ByteArray(16)) }
+        FieldSync.rekeyDatabase(path, key, other)
+        assertThrows<FieldSyncException.WrongKey> { openBlocking(path, server.url, tech, encryptionKey = key) }
+        openBlocking(path, server.url, tech, encryptionKey = other).use { sync ->
+            assertEquals(1L, sync.pendingUploads())
+            assertEquals(1L, sync.syncNow().uploaded)
+        }
+    }
+
+    @Test
     fun `tls settings reach the core, and those that cannot work are refused at open`() = runBlocking<Unit> {
         val noPem = assertThrows<FieldSyncException.InvalidInput> {
             openBlocking(server.databasePath("tls-a"), server.url, tech, tlsRoots = TlsRoots.EXTRA_ONLY)

@@ -113,6 +113,7 @@ fun openBlocking(
     pageSize: Int = 1000,
     tlsRoots: TlsRoots? = null,
     tlsExtraRootsPem: String? = null,
+    encryptionKey: ByteArray? = null,
 ): FieldSync = kotlinx.coroutines.runBlocking {
-    FieldSync.open(databasePath, serverUrl, token, pageSize, tlsRoots, tlsExtraRootsPem)
+    FieldSync.open(databasePath, serverUrl, token, pageSize, tlsRoots, tlsExtraRootsPem, encryptionKey = encryptionKey)
 }
