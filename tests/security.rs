@@ -522,6 +522,64 @@ async fn declared_write_rights_are_enforced_on_push_and_on_the_device() {
         .await;
     assert_eq!(result(&v), ("applied".to_owned(), None), "{v}");
 
+    // The records API keeps a back-office user to the rights its own
+    // profile declares; one on a profile without them writes everything.
+    let restricted = server
+        .user_with_profile("disp-r", "dispatcher", Some("restricted"))
+        .await;
+    let free = server.user("disp", "dispatcher").await;
+    let path = format!("/v1/records/bookings/{bk}");
+    let (s, v) = server
+        .call(
+            "PUT",
+            &path,
+            Some(&restricted),
+            Some(json!({"data": {"start_time": "2030-01-01T00:00:00Z"}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let (s, v) = server
+        .call(
+            "PUT",
+            "/v1/records/bookings/bk-by-disp",
+            Some(&restricted),
+            Some(json!({"data": {"notes": "x"}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "create: {v}"
+    );
+    let (s, v) = server.call("DELETE", &path, Some(&restricted), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "delete: {v}"
+    );
+    let (s, v) = server
+        .call(
+            "PUT",
+            &path,
+            Some(&restricted),
+            Some(json!({"data": {"notes": "dispatcher"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = server
+        .call(
+            "PUT",
+            &path,
+            Some(&free),
+            Some(json!({"data": {"start_time": row["start_time"]}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
     // The device knows the rights: a refused write is an error and queues nothing.
     let dir = tempfile::tempdir().unwrap();
     let device = Device::new(dir.path().join("d.db"), &server.url, &tech);

@@ -550,9 +550,18 @@ pub async fn put_record(
     let write: RecordWrite = read_json(&app, &headers, body).await?;
     let db = app.db.clone();
     let (t, i) = (table.clone(), id.clone());
-    let written =
-        blocking(move || db.write_record(&t, &i, &write.data, write.base_version, &user.id))
-            .await?;
+    let written = blocking(move || {
+        let rights = db.sync_profile(&user)?.table(&t).cloned();
+        db.write_record_within(
+            rights.as_ref(),
+            &t,
+            &i,
+            &write.data,
+            write.base_version,
+            &user.id,
+        )
+    })
+    .await?;
     let status = if written.created {
         StatusCode::CREATED
     } else {
@@ -589,7 +598,11 @@ pub async fn delete_record(
     require_back_office(&user)?;
     let q = query(q)?;
     let db = app.db.clone();
-    let deleted = blocking(move || db.delete_record(&table, &id, q.base_version, &user.id)).await?;
+    let deleted = blocking(move || {
+        let rights = db.sync_profile(&user)?.table(&table).cloned();
+        db.delete_record_within(rights.as_ref(), &table, &id, q.base_version, &user.id)
+    })
+    .await?;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -2565,6 +2565,21 @@ impl Db {
         base_version: Option<i64>,
         user_id: &str,
     ) -> ApiResult<RecordWritten> {
+        self.write_record_within(None, table, id, data, base_version, user_id)
+    }
+
+    /// [`Db::write_record`] within the write rights the writer's profile
+    /// declares for the table (`rights`, its profile table, if any): a
+    /// create or change they do not allow is refused with 403 `forbidden`.
+    pub fn write_record_within(
+        &self,
+        rights: Option<&SyncTable>,
+        table: &str,
+        id: &str,
+        data: &BTreeMap<String, Value>,
+        base_version: Option<i64>,
+        user_id: &str,
+    ) -> ApiResult<RecordWritten> {
         let schema = self.schema(table)?;
         if id.is_empty() || id.len() > 256 {
             return Err(ApiError::bad_request(
@@ -2627,6 +2642,10 @@ impl Db {
                 .filter(|r| !r.deleted)
                 .map(|r| r.version)
                 .unwrap_or(0);
+            let op = if live_version == 0 { Op::Insert } else { Op::Update };
+            if let Some(why) = rights.and_then(|t| t.writes.refusal(t, op, clean.keys())) {
+                return Err(ApiError::forbidden(why));
+            }
             if let Some(base) = base_version.filter(|b| *b != live_version) {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -2656,12 +2675,30 @@ impl Db {
         base_version: Option<i64>,
         user_id: &str,
     ) -> ApiResult<bool> {
+        self.delete_record_within(None, table, id, base_version, user_id)
+    }
+
+    /// [`Db::delete_record`] within the write rights the writer's profile
+    /// declares for the table (see [`Db::write_record_within`]).
+    pub fn delete_record_within(
+        &self,
+        rights: Option<&SyncTable>,
+        table: &str,
+        id: &str,
+        base_version: Option<i64>,
+        user_id: &str,
+    ) -> ApiResult<bool> {
         let schema = self.schema(table)?;
         self.write(|c| {
             let current = match Self::read_row(c, schema, id)? {
                 Some(r) if !r.deleted => r,
                 _ => return Ok(false),
             };
+            if let Some(why) =
+                rights.and_then(|t| t.writes.refusal(t, Op::Delete, std::iter::empty()))
+            {
+                return Err(ApiError::forbidden(why));
+            }
             if let Some(base) = base_version.filter(|b| *b != current.version) {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
