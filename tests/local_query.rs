@@ -189,3 +189,94 @@ async fn query_matches_the_device_file_and_observation_follows_its_table() {
         assert_ne!(row.fields["summary"], Value::Text("after cancel".into()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_query_command_prints_the_selected_rows_as_json() {
+    let server = Server::start().await;
+    server.seed(&["tech1"], 20).await;
+    let tech = server.user("tech1", "technician").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("d.db");
+    let device = Device::new(db.clone(), &server.url, &tech);
+    device.ok(&["sync"]).await;
+
+    let condition = r#"{"op":"ge","column":"priority","value":2}"#;
+    let rows = device
+        .ok(&[
+            "query",
+            "work_orders",
+            "--where",
+            condition,
+            "--order",
+            "priority:desc",
+            "--order",
+            "name",
+        ])
+        .await;
+    let got: Vec<String> = rows
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect();
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the device file");
+    let mut stmt = conn
+        .prepare("SELECT id, priority, name FROM work_orders")
+        .expect("prepare");
+    let mut want: Vec<(i64, Option<String>, String)> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get(2)?,
+            ))
+        })
+        .expect("read")
+        .map(|r| r.expect("row"))
+        .filter_map(|(id, p, n)| p.filter(|p| *p >= 2).map(|p| (p, n, id)))
+        .collect();
+    want.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let want: Vec<String> = want.into_iter().map(|(_, _, id)| id).collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+
+    let count = device
+        .ok(&["query", "work_orders", "--where", condition, "--count"])
+        .await;
+    assert_eq!(count["count"], want.len() as u64);
+    let page = device
+        .ok(&[
+            "query",
+            "work_orders",
+            "--where",
+            condition,
+            "--order",
+            "priority:desc",
+            "--order",
+            "name",
+            "--limit",
+            "2",
+            "--offset",
+            "1",
+        ])
+        .await;
+    let page: Vec<&str> = page
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(page, want[1..3.min(want.len())].to_vec());
+
+    let bad = device
+        .run(&[
+            "query",
+            "work_orders",
+            "--where",
+            r#"{"op":"eq","column":"no_such","value":1}"#,
+        ])
+        .await;
+    assert_eq!(bad.code, 2, "InvalidInput: {}", bad.stderr);
+}
