@@ -95,6 +95,24 @@ enum DeviceCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Query a table on the device: a condition in the profile's filter
+    /// language, an order, a limit and an offset.
+    Query {
+        table: String,
+        /// The condition as filter JSON, e.g. '{"op":"eq","column":"status","value":"open"}'.
+        #[arg(long = "where", value_name = "FILTER_JSON")]
+        condition: Option<String>,
+        /// Order by a column, `COLUMN` or `COLUMN:desc` (repeatable, in order).
+        #[arg(long = "order", value_name = "COLUMN[:desc]")]
+        order: Vec<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        /// Print only the number of rows the condition selects.
+        #[arg(long)]
+        count: bool,
+    },
     /// Create or change a record on the device (uploaded at the next sync).
     Put {
         table: String,
@@ -648,6 +666,57 @@ async fn run_command(
                     .collect::<Vec<_>>()
                     .join("\n")
             });
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Query {
+            table,
+            condition,
+            order,
+            limit,
+            offset,
+            count,
+        } => {
+            let filter = condition
+                .as_deref()
+                .map(fieldsync_core::filter::Filter::from_json)
+                .transpose()?;
+            let mut by = Vec::new();
+            for o in &order {
+                let (column, descending) = match o.split_once(':') {
+                    None => (o.as_str(), false),
+                    Some((c, "desc")) => (c, true),
+                    Some((c, "asc")) => (c, false),
+                    Some(_) => {
+                        return Err(Error::InvalidInput(format!(
+                            "--order '{o}' is not COLUMN, COLUMN:asc or COLUMN:desc"
+                        )));
+                    }
+                };
+                by.push(fieldsync_core::OrderBy {
+                    column: column.to_owned(),
+                    descending,
+                });
+            }
+            let query = fieldsync_core::Query {
+                table,
+                filter,
+                order: by,
+                limit,
+                offset,
+            };
+            if count {
+                let n = engine.count(&query)?;
+                print(json, &serde_json::json!({ "count": n }), || n.to_string());
+            } else {
+                let records = engine.query(&query)?;
+                print(json, &records, || {
+                    records
+                        .iter()
+                        .map(format_record)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
+            }
             Ok(ExitCode::SUCCESS)
         }
         DeviceCommand::Put {

@@ -3,7 +3,9 @@
 //! random rows; the server's compiled SQL run on a real SQLite table must
 //! select exactly the rows the device's Rust evaluation selects; when the
 //! test command runs the suites against PostgreSQL, the SQL compiled for
-//! PostgreSQL must select them there too.
+//! PostgreSQL must select them there too. A local query with the same
+//! filter ([`fieldsync_core::Query`], compiled by the core and run by the
+//! device store on a real SQLite file) must select them as well.
 
 mod testdb;
 
@@ -228,6 +230,52 @@ fn sql_select(rows: &[Vec<Value>], sql: &str, params: &[Value]) -> Vec<usize> {
     out
 }
 
+/// The rows a local query with filter `f` selects on a device store (a real
+/// SQLite file) holding `rows`, and what its count says.
+fn local_select(rows: &[Vec<Value>], f: &Filter, ctx: &FilterContext) -> (Vec<usize>, u64) {
+    use fieldsync_core::profile::{RowRule, SyncProfile};
+    use fieldsync_core::protocol::Op;
+    use fieldsync_core::store::Store;
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("d.db")).expect("store");
+    let mut t = table();
+    t.rules = vec![RowRule::All];
+    let profile = SyncProfile {
+        name: "p".into(),
+        version: 1,
+        user_id: ctx.user_id.clone(),
+        team_id: ctx.team_id.clone(),
+        utc_offset_minutes: ctx.utc_offset_minutes,
+        tables: vec![t.clone()],
+    };
+    store.apply_profile(&profile, ctx.now_ms).expect("profile");
+    for (i, r) in rows.iter().enumerate() {
+        let data = t.columns[1..]
+            .iter()
+            .zip(r)
+            .map(|(c, v)| (c.name.clone(), v.clone()))
+            .collect();
+        store
+            .write(&profile, &t, &i.to_string(), Op::Insert, data, ctx.now_ms)
+            .expect("write");
+    }
+    let query = fieldsync_core::Query {
+        table: t.name.clone(),
+        filter: Some(f.clone()),
+        ..Default::default()
+    };
+    let compiled = query.compile(&t, ctx).expect("the query compiles");
+    let mut out: Vec<usize> = store
+        .query(&t, &compiled)
+        .expect("query")
+        .iter()
+        .map(|r| r.id.parse().expect("index"))
+        .collect();
+    out.sort();
+    let count = store.query_count(&t, &compiled).expect("count");
+    (out, count)
+}
+
 /// One PostgreSQL connection for the whole property test, with its table.
 fn postgres() -> Option<&'static Mutex<postgres::Client>> {
     static PG: OnceLock<Option<Mutex<postgres::Client>>> = OnceLock::new();
@@ -321,6 +369,9 @@ proptest! {
             .map(|(i, _)| i)
             .collect();
         prop_assert_eq!(&on_server, &on_device, "filter {:?}\nsql {}", f, sql);
+        let (local, count) = local_select(&rows, &f, &ctx);
+        prop_assert_eq!(&local, &on_server, "local query: filter {:?}", f);
+        prop_assert_eq!(count, local.len() as u64);
         if let Some(pg) = postgres() {
             let mut pg_params = Vec::new();
             let pg_sql = fieldsync_server::rules::compile_cond_in(

@@ -229,7 +229,7 @@ pub struct Engine {
 
 impl Engine {
     /// Runs a local-database call of the core on the blocking pool.
-    async fn local<T, F>(&self, f: F) -> Result<T, FieldSyncError>
+    pub(crate) async fn local<T, F>(&self, f: F) -> Result<T, FieldSyncError>
     where
         F: FnOnce(&CoreEngine) -> Result<T, fieldsync_core::Error> + Send + 'static,
         T: Send + 'static,
@@ -418,7 +418,7 @@ impl Engine {
     ) -> Result<Arc<ListenerHandle>, FieldSyncError> {
         let core = self.core.clone();
         ListenerHandle::start(
-            move |queue| core.add_event_listener(Arc::new(queue)),
+            move |queue| Ok(core.add_event_listener(Arc::new(queue))),
             Target::Events(listener),
         )
     }

@@ -255,6 +255,7 @@ pub struct ListenerHandle {
 pub(crate) enum Delivery {
     Event(SyncEvent),
     Status(SyncStatus),
+    Query(Result<Vec<crate::records::Record>, crate::FieldSyncError>),
 }
 
 /// The core's listener: queues, never blocks the engine's thread.
@@ -272,17 +273,31 @@ impl fieldsync_core::StatusListener for Queue {
     }
 }
 
-/// The app's listener, of either kind.
+impl fieldsync_core::QueryListener for Queue {
+    fn on_result(&self, records: Vec<fieldsync_core::Record>) {
+        let records = records.into_iter().map(Into::into).collect();
+        let _ = self.0.send(Delivery::Query(Ok(records)));
+    }
+    fn on_error(&self, error: fieldsync_core::Error) {
+        let _ = self.0.send(Delivery::Query(Err(error.into())));
+    }
+}
+
+/// The app's listener, of any kind.
 pub(crate) enum Target {
     Events(Arc<dyn SyncEventListener>),
     Status(Arc<dyn StatusListener>),
+    Query(Arc<dyn crate::query::QueryResultListener>),
 }
 
 impl ListenerHandle {
     /// Registers a queue with the core through `register` and delivers what
     /// it receives to `target` on the library runtime, in order.
     pub(crate) fn start(
-        register: impl FnOnce(Queue) -> Arc<fieldsync_core::ListenerHandle>,
+        register: impl FnOnce(
+            Queue,
+        )
+            -> Result<Arc<fieldsync_core::ListenerHandle>, crate::FieldSyncError>,
         target: Target,
     ) -> Result<Arc<ListenerHandle>, crate::FieldSyncError> {
         let rt = runtime()?;
@@ -295,7 +310,7 @@ impl ListenerHandle {
         let (tx, mut rx) = mpsc::unbounded_channel();
         // Registered before the task starts: the current status, queued at
         // registration, is the first delivery.
-        *lock(&shared.core) = Some(register(Queue(tx)));
+        *lock(&shared.core) = Some(register(Queue(tx))?);
         let target = Arc::new(target);
         let s = shared.clone();
         let task = rt.spawn(async move {
@@ -324,6 +339,8 @@ fn deliver(shared: &Shared, target: &Target, item: Delivery) -> bool {
     match (target, item) {
         (Target::Events(l), Delivery::Event(e)) => l.on_event(e),
         (Target::Status(l), Delivery::Status(s)) => l.on_status(s),
+        (Target::Query(l), Delivery::Query(Ok(records))) => l.on_result(records),
+        (Target::Query(l), Delivery::Query(Err(e))) => l.on_error(e),
         _ => {}
     }
     IN_CALLBACK.with(|f| f.set(false));

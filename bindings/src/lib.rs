@@ -14,6 +14,8 @@
 //! - [`records`]: field values, records, sync and reset reports, sync errors;
 //! - [`status`]: the Device Status and Offline Status snapshots;
 //! - [`events`]: sync events, the listener callback and its cancel handle;
+//! - [`query`]: local queries (a condition in the filter language, order,
+//!   limit, offset), their count, and observed queries;
 //! - [`service`]: the sync service (start and stop, app and network
 //!   reports, network check, sync now, Refresh, settings, online mode,
 //!   telemetry, the live sync status and its listener, token provider).
@@ -28,6 +30,7 @@ pub mod engine;
 pub mod errors;
 pub mod events;
 pub mod logging;
+pub mod query;
 pub mod records;
 pub mod runtime;
 pub mod service;
@@ -39,6 +42,7 @@ pub use engine::{
 pub use errors::FieldSyncError;
 pub use events::{ListenerHandle, SyncEvent, SyncEventListener, SyncIcon};
 pub use logging::{LogLevel, init_logging};
+pub use query::{Query, QueryOrder, QueryResultListener};
 pub use records::{
     ColumnKind, Record, RecordAction, ResetReport, SyncError, SyncErrorKind, SyncReport,
     TableReport, Value,

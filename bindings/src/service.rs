@@ -708,7 +708,7 @@ impl Engine {
     ) -> Result<Arc<crate::ListenerHandle>, FieldSyncError> {
         let core = self.core.clone();
         crate::ListenerHandle::start(
-            move |queue| core.add_status_listener(Arc::new(queue)),
+            move |queue| Ok(core.add_status_listener(Arc::new(queue))),
             crate::events::Target::Status(listener),
         )
     }

@@ -3,7 +3,7 @@
 //! the injected transport and clock. Every public method takes and returns
 //! plain data, so the bindings crate can export it as it is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -15,10 +15,11 @@ use crate::network::{DEFAULT_PROBE_TIMEOUT_MS, NetworkStatus};
 use crate::notifications::{Notification, NotificationThresholds};
 use crate::profile::{SyncProfile, SyncTable};
 use crate::protocol::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Op};
+use crate::query::{CompiledQuery, Query, QueryListener};
 use crate::scheduler::Backoff;
 use crate::service::Live;
 use crate::settings::SyncSettings;
-use crate::status::{Listeners, SyncStatus};
+use crate::status::{ListenerHandle, Listeners, QueryObserver, SyncStatus};
 use crate::store::{DatabaseKey, LocalSyncError, Store};
 use crate::telemetry::AppInfo;
 use crate::time::{Clock, SystemClock};
@@ -353,6 +354,14 @@ impl Engine {
         if let Some(os) = kept_network {
             engine.apply_os_network(os);
         }
+        let weak = Arc::downgrade(&engine);
+        engine
+            .store
+            .set_change_callback(Some(Arc::new(move |tables: &BTreeSet<String>| {
+                if let Some(engine) = weak.upgrade() {
+                    engine.deliver_queries(tables);
+                }
+            })));
         Ok(engine)
     }
 
@@ -374,7 +383,7 @@ impl Engine {
     }
 
     pub(crate) fn emit(&self, event: SyncEvent) {
-        self.observe(&event);
+        self.follow_event(&event);
         self.listeners.publish_event(&event);
     }
 
@@ -459,6 +468,67 @@ impl Engine {
     pub fn list(&self, table: &str, after: Option<&str>, limit: u32) -> Result<Vec<Record>> {
         let table = self.table(table)?;
         self.store.list(&table, after, limit.min(100_000))
+    }
+
+    /// Compiles `query` for its table and the engine's clock and user.
+    fn compile_query(&self, query: &Query) -> Result<(SyncTable, CompiledQuery)> {
+        let table = self.table(&query.table)?;
+        let ctx = {
+            let profile = self.profile.read().unwrap_or_else(|p| p.into_inner());
+            match profile.as_ref() {
+                Some(p) => p.filter_context(self.clock.now_ms()),
+                None => return Err(Error::UnknownTable(query.table.clone())),
+            }
+        };
+        let compiled = query.compile(&table, &ctx)?;
+        Ok((table, compiled))
+    }
+
+    /// The records of the device that `query` selects, in its order (never
+    /// from the network). A condition or order on a column the table does not
+    /// sync is [`Error::InvalidInput`].
+    pub fn query(&self, query: &Query) -> Result<Vec<Record>> {
+        let (table, compiled) = self.compile_query(query)?;
+        self.store.query(&table, &compiled)
+    }
+
+    /// How many records of the device `query`'s condition selects (its
+    /// limit and offset are not applied).
+    pub fn count(&self, query: &Query) -> Result<u64> {
+        let (table, compiled) = self.compile_query(query)?;
+        self.store.query_count(&table, &compiled)
+    }
+
+    /// Observes `query`: `listener` receives its result at once, then again
+    /// after each local write or sync that commits a change to a row of its
+    /// table (once per commit, not per row; never for other tables), until
+    /// the returned handle is cancelled or dropped. An invalid query is
+    /// refused here.
+    pub fn observe(
+        &self,
+        query: Query,
+        listener: Arc<dyn QueryListener>,
+    ) -> Result<Arc<ListenerHandle>> {
+        self.compile_query(&query)?;
+        let observer = Arc::new(QueryObserver { query, listener });
+        let handle = self.listeners.add_query(observer.clone());
+        self.deliver(&observer);
+        Ok(Arc::new(handle))
+    }
+
+    /// Runs an observed query and hands its result to its listener.
+    fn deliver(&self, observer: &QueryObserver) {
+        match self.query(&observer.query) {
+            Ok(records) => observer.listener.on_result(records),
+            Err(e) => observer.listener.on_error(e),
+        }
+    }
+
+    /// Delivers the observed queries over `tables` (a commit changed them).
+    fn deliver_queries(&self, tables: &BTreeSet<String>) {
+        for observer in self.listeners.queries_over(tables) {
+            self.deliver(&observer);
+        }
     }
 
     /// Creates a record on the device and queues it for upload.

@@ -297,6 +297,14 @@ fn canonical(table: &SyncTable, column: &str, v: &Value) -> Result<Value, Error>
 }
 
 impl Filter {
+    /// Reads a filter from its JSON form; text that is not a filter is
+    /// [`Error::InvalidInput`] (checking it against a table is
+    /// [`Filter::validate`]'s).
+    pub fn from_json(text: &str) -> Result<Filter, Error> {
+        serde_json::from_str(text)
+            .map_err(|e| Error::InvalidInput(format!("the condition is not a filter: {e}")))
+    }
+
     /// Checks the filter against a table's synced columns (it must only read
     /// columns the device holds, so the device can evaluate it) and returns
     /// it with every value in its column's canonical form.

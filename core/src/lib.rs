@@ -24,6 +24,7 @@ pub mod notifications;
 pub mod online;
 pub mod profile;
 pub mod protocol;
+pub mod query;
 pub mod scheduler;
 pub mod service;
 pub mod settings;
@@ -46,6 +47,7 @@ pub use notifications::{
     Notification, NotificationKind, NotificationPhase, NotificationThresholds,
 };
 pub use online::{OnlineFilter, OnlinePage};
+pub use query::{OrderBy, Query, QueryListener};
 pub use scheduler::{Backoff, Blocker, Decision, SyncMode};
 pub use service::{ScheduledSync, SyncNowOutcome};
 pub use settings::{SyncFrequency, SyncSettings};

@@ -539,7 +539,7 @@ impl Engine {
     }
 
     /// Follows the sync's own events: progress, notifications, status.
-    pub(crate) fn observe(&self, event: &SyncEvent) {
+    pub(crate) fn follow_event(&self, event: &SyncEvent) {
         let SyncEvent::TableProgress {
             table,
             initial,

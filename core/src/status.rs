@@ -94,12 +94,19 @@ pub trait EventListener: Send + Sync {
 
 type Registry<T> = Mutex<Vec<(u64, Arc<T>)>>;
 
+/// An observed query and who receives its results.
+pub(crate) struct QueryObserver {
+    pub(crate) query: crate::query::Query,
+    pub(crate) listener: Arc<dyn crate::query::QueryListener>,
+}
+
 /// The engine's registered listeners.
 #[derive(Default)]
 pub(crate) struct Listeners {
     next: AtomicU64,
     status: Registry<dyn StatusListener>,
     events: Registry<dyn EventListener>,
+    queries: Registry<QueryObserver>,
     last: Mutex<Option<SyncStatus>>,
 }
 
@@ -128,7 +135,37 @@ impl Listeners {
         }
     }
 
+    pub(crate) fn add_query(self: &Arc<Self>, o: Arc<QueryObserver>) -> ListenerHandle {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, o));
+        ListenerHandle {
+            id,
+            registry: Arc::downgrade(self),
+        }
+    }
+
+    /// The observed queries over any of `tables`.
+    pub(crate) fn queries_over(
+        &self,
+        tables: &std::collections::BTreeSet<String>,
+    ) -> Vec<Arc<QueryObserver>> {
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, o)| tables.contains(&o.query.table))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     fn remove(&self, id: u64) {
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| *i != id);
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -30,12 +30,14 @@ use crate::profile::{Column, ColumnKind, RowRule, SyncProfile, SyncTable, quote_
 use crate::protocol::{MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage};
 use crate::value::{Record, Value};
 
+mod changes;
 mod checkpoint;
 mod key;
 mod page;
 mod run;
 mod settle;
 mod values;
+pub use changes::ChangeCallback;
 pub use key::{DatabaseKey, rekey_database};
 pub use run::SharedRun;
 pub use settle::Arrival;
@@ -178,6 +180,42 @@ pub struct Store {
     /// The writer's commit hook points here: declared after the writer,
     /// so it is dropped after the writer is closed.
     _checkpoints: std::sync::Arc<checkpoint::Checkpoints>,
+    /// The tables the writer's commits changed (its hooks point here:
+    /// declared after the writer, so dropped after it is closed).
+    changes: std::sync::Arc<changes::Changes>,
+}
+
+/// The writer connection, locked; when dropped, after the lock is released,
+/// the tables its commits changed are announced (see [`changes`]).
+pub(crate) struct WriteGuard<'a> {
+    conn: Option<MutexGuard<'a, Connection>>,
+    changes: &'a changes::Changes,
+}
+
+impl std::ops::Deref for WriteGuard<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match &self.conn {
+            Some(c) => c,
+            None => unreachable!("the connection is only taken on drop"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        match &mut self.conn {
+            Some(c) => c,
+            None => unreachable!("the connection is only taken on drop"),
+        }
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.conn.take();
+        self.changes.announce();
+    }
 }
 
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -710,13 +748,76 @@ impl Store {
         writer.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
         let reader = open_connection(path, key)?;
         let checkpoints = checkpoint::Checkpoints::start(&writer, path.to_owned(), key.cloned());
+        let changes = changes::Changes::install(&writer);
         Ok(Store {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             key: key.cloned(),
             _checkpoints: checkpoints,
+            changes,
         })
+    }
+
+    /// The writer connection, locked (see [`WriteGuard`]).
+    pub(crate) fn write_lock(&self) -> WriteGuard<'_> {
+        WriteGuard {
+            conn: Some(lock(&self.writer)),
+            changes: &self.changes,
+        }
+    }
+
+    /// Sets the callback told, once per use of the writer, of the synced
+    /// tables its commits changed (none: nobody is told).
+    pub fn set_change_callback(&self, callback: Option<ChangeCallback>) {
+        self.changes.set_callback(callback);
+    }
+
+    /// The rows of `table` a compiled query selects, in its order.
+    pub fn query(&self, table: &SyncTable, q: &crate::query::CompiledQuery) -> Result<Vec<Record>> {
+        let conn = lock(&self.reader);
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT ? OFFSET ?",
+            select_columns(table),
+            quote_ident(&table.name),
+            q.condition,
+            q.order
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut bound: Vec<&dyn rusqlite::ToSql> =
+            q.params.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+        bound.push(&q.limit);
+        bound.push(&q.offset);
+        let mut rows = stmt.query(bound.as_slice())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let (fields, version) = row_to_map(row, table)?;
+            let id = match fields.get(&table.primary_key) {
+                Some(Value::Text(id)) => id.clone(),
+                _ => String::new(),
+            };
+            out.push(Record {
+                table: table.name.clone(),
+                id,
+                version,
+                fields,
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many rows of `table` a compiled query's condition selects
+    /// (limit and offset not applied).
+    pub fn query_count(&self, table: &SyncTable, q: &crate::query::CompiledQuery) -> Result<u64> {
+        let conn = lock(&self.reader);
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE {}",
+            quote_ident(&table.name),
+            q.condition
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let n: i64 = stmt.query_row(rusqlite::params_from_iter(q.params.iter()), |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Path of the database file.
@@ -742,13 +843,13 @@ impl Store {
 
     /// Writes a value of `_fs_meta`.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        put_meta(&lock(&self.writer), key, value)
+        put_meta(&self.write_lock(), key, value)
     }
 
     /// Runs `f` on the writer connection (engine modules that keep their own
     /// `_fs_` tables: telemetry).
     pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        f(&mut lock(&self.writer))
+        f(&mut self.write_lock())
     }
 
     /// Runs `f` on the reader connection.
@@ -788,7 +889,7 @@ impl Store {
 
     /// Persists a setting.
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        lock(&self.writer).execute(
+        self.write_lock().execute(
             "INSERT INTO _fs_settings (key, value) VALUES (?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![key, value],
@@ -818,7 +919,7 @@ impl Store {
         let context_changed = old.as_ref().is_some_and(|old| {
             old.team_id != new.team_id || old.utc_offset_minutes != new.utc_offset_minutes
         });
-        let mut conn = lock(&self.writer);
+        let mut conn = self.write_lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Triggers and settle indexes name columns; they come back below
         // and at the next settling.
@@ -1036,7 +1137,7 @@ impl Store {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.write_lock();
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let result = (|| -> Result<T> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1087,7 +1188,7 @@ impl Store {
     /// in the writer's statement cache; a page with other columns prepares
     /// its own. Nothing is written, and a failure is left to the page.
     pub fn prepare_page_writes(&self, profile: Option<&SyncProfile>, table: &SyncTable) {
-        let conn = lock(&self.writer);
+        let conn = self.write_lock();
         let queue = profile.map(|p| (p, Arrival::Server));
         if let Err(e) = page::PageWriter::new(&conn, table, &page::page_columns(table), queue) {
             tracing::debug!(target: "fieldsync::store", table = %table.name, error = %e, "page writes not prepared ahead");
@@ -1097,7 +1198,7 @@ impl Store {
     /// Starts `table`'s download over from the beginning (the server no
     /// longer recognises its cursor, for example after a restore).
     pub fn restart_table(&self, table: &str) -> Result<()> {
-        lock(&self.writer).execute(
+        self.write_lock().execute(
             "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0, settle_all = 1, walk_order = NULL WHERE name = ?1",
             [table],
         )?;
@@ -1106,7 +1207,7 @@ impl Store {
 
     /// Records a failed pull of `table`.
     pub fn record_table_error(&self, table: &str, message: &str) -> Result<()> {
-        lock(&self.writer).execute(
+        self.write_lock().execute(
             "UPDATE _fs_tables SET last_error = ?2 WHERE name = ?1",
             params![table, message],
         )?;
@@ -1187,7 +1288,7 @@ impl Store {
             )));
         }
         data.remove(&table.primary_key);
-        let mut conn = lock(&self.writer);
+        let mut conn = self.write_lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current = read_row(&tx, table, id)?;
         let not_found = || Error::RecordNotFound {
@@ -1371,7 +1472,7 @@ impl Store {
     /// result, which gives it its base version). The entries are marked as
     /// sent before this returns, so later local writes never merge into them.
     pub fn take_batch(&self, max: usize) -> Result<Vec<OutboxEntry>> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.write_lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let all = outbox_entries_limited(&tx, None, max as i64)?;
         let mut seen = std::collections::HashSet::new();
@@ -1404,7 +1505,7 @@ impl Store {
         results: &[MutationResult],
         now: i64,
     ) -> Result<PushApplied> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.write_lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = PushApplied::default();
         let mut upserts: BTreeMap<String, Upsert> = BTreeMap::new();
@@ -1630,7 +1731,7 @@ impl Store {
     /// and sync errors. The device id and settings stay. Refuses while
     /// changes wait for upload unless `force`.
     pub fn reset(&self, force: bool) -> Result<u64> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.write_lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pending: i64 = tx.query_row("SELECT COUNT(*) FROM _fs_outbox", [], |r| r.get(0))?;
         if pending > 0 && !force {

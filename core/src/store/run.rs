@@ -97,7 +97,7 @@ impl Store {
     /// Records that `run` started (or replaces the row of a sync whose
     /// process is gone), waiting for the writer.
     pub fn publish_run(&self, run: &SharedRun) -> Result<()> {
-        write(&mut lock(&self.writer), run)
+        write(&mut self.write_lock(), run)
     }
 
     /// Records the running sync's progress unless the writer is busy (a
@@ -116,7 +116,8 @@ impl Store {
 
     /// Removes the row of the sync `sync_id` (it ended, or was cut off).
     pub fn clear_run(&self, sync_id: &str) -> Result<()> {
-        lock(&self.writer).execute("DELETE FROM _fs_sync_run WHERE sync_id = ?1", [sync_id])?;
+        self.write_lock()
+            .execute("DELETE FROM _fs_sync_run WHERE sync_id = ?1", [sync_id])?;
         Ok(())
     }
 

@@ -258,6 +258,60 @@ class FieldSync private constructor(
     suspend fun list(table: String, after: String? = null, limit: Int = 100): List<Record> =
         engine.list(table, after, limit)
 
+    /**
+     * The records of [table] on the device that [where] selects (a condition
+     * as filter JSON, the profile's filter language: `{"op": "eq", "column":
+     * "status", "value": "open"}`, relative dates and "current user"
+     * included; null: every row), ordered by [orderBy] (the primary key
+     * breaks ties), [offset] rows skipped, at most [limit]. A condition on a
+     * column the table does not sync throws [FieldSyncException.InvalidInput].
+     */
+    suspend fun query(
+        table: String,
+        where: String? = null,
+        orderBy: List<QueryOrder> = emptyList(),
+        limit: Int? = null,
+        offset: Int = 0,
+    ): List<Record> = engine.query(queryOf(table, where, orderBy, limit, offset))
+
+    /** How many records of [table] on the device [where] selects. */
+    suspend fun count(table: String, where: String? = null): Long =
+        engine.count(queryOf(table, where, emptyList(), null, 0)).toLong()
+
+    /**
+     * The records a [query] selects, now and again after each local write or
+     * sync that changes [table] (once per commit, never for other tables).
+     * Collecting observes; cancelling the collector cancels the observation.
+     * A failure of the query closes the flow with the [FieldSyncException].
+     */
+    fun observe(
+        table: String,
+        where: String? = null,
+        orderBy: List<QueryOrder> = emptyList(),
+        limit: Int? = null,
+        offset: Int = 0,
+    ): Flow<List<Record>> = callbackFlow {
+        val handle = engine.observe(queryOf(table, where, orderBy, limit, offset), object : QueryResultListener {
+            override fun onResult(records: List<Record>) {
+                trySend(records)
+            }
+
+            override fun onError(error: FieldSyncException) {
+                close(error)
+            }
+        })
+        awaitClose {
+            handle.cancel()
+            handle.close()
+        }
+    }.buffer(Channel.UNLIMITED)
+
+    private fun queryOf(table: String, where: String?, orderBy: List<QueryOrder>, limit: Int?, offset: Int): Query {
+        require(limit == null || limit >= 0) { "limit must not be negative" }
+        require(offset >= 0) { "offset must not be negative" }
+        return Query(table, where, orderBy, limit?.toUInt(), offset.toUInt())
+    }
+
     /** Creates a record on the device and queues it for upload. */
     suspend fun insert(table: String, id: String, fields: Map<String, Value>): Record =
         engine.insert(table, id, fields)
