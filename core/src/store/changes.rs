@@ -85,7 +85,11 @@ unsafe extern "C" fn on_update(
     if name.starts_with("_fs_") || name.starts_with("sqlite_") {
         return;
     }
-    guard(&changes.pending).insert(name.into_owned());
+    // One allocation per table and transaction, not per row.
+    let mut pending = guard(&changes.pending);
+    if !pending.contains(name.as_ref()) {
+        pending.insert(name.into_owned());
+    }
 }
 
 unsafe extern "C" fn on_commit(arg: *mut c_void) -> c_int {
