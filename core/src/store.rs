@@ -316,6 +316,26 @@ fn json_map(text: &str) -> Result<BTreeMap<String, Value>> {
     serde_json::from_str(text).map_err(|e| Error::Storage(format!("corrupt stored JSON: {e}")))
 }
 
+/// Every row a query over `table`'s columns ([`select_columns`]) answers,
+/// as records.
+fn records(mut rows: rusqlite::Rows<'_>, table: &SyncTable) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let (fields, version) = row_to_map(row, table)?;
+        let id = match fields.get(&table.primary_key) {
+            Some(Value::Text(id)) => id.clone(),
+            _ => String::new(),
+        };
+        out.push(Record {
+            table: table.name.clone(),
+            id,
+            version,
+            fields,
+        });
+    }
+    Ok(out)
+}
+
 fn row_to_map(
     row: &rusqlite::Row<'_>,
     table: &SyncTable,
@@ -788,22 +808,8 @@ impl Store {
             q.params.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
         bound.push(&q.limit);
         bound.push(&q.offset);
-        let mut rows = stmt.query(bound.as_slice())?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let (fields, version) = row_to_map(row, table)?;
-            let id = match fields.get(&table.primary_key) {
-                Some(Value::Text(id)) => id.clone(),
-                _ => String::new(),
-            };
-            out.push(Record {
-                table: table.name.clone(),
-                id,
-                version,
-                fields,
-            });
-        }
-        Ok(out)
+        let rows = stmt.query(bound.as_slice())?;
+        records(rows, table)
     }
 
     /// How many rows of `table` a compiled query's condition selects
@@ -1241,22 +1247,8 @@ impl Store {
             pk = quote_ident(&table.primary_key)
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![after, limit])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let (fields, version) = row_to_map(row, table)?;
-            let id = match fields.get(&table.primary_key) {
-                Some(Value::Text(id)) => id.clone(),
-                _ => String::new(),
-            };
-            out.push(Record {
-                table: table.name.clone(),
-                id,
-                version,
-                fields,
-            });
-        }
-        Ok(out)
+        let rows = stmt.query(params![after, limit])?;
+        records(rows, table)
     }
 
     /// Number of rows in a synced table.
