@@ -228,7 +228,6 @@ const WRITER_STATEMENTS: usize = 96;
 fn open_connection(path: &Path, key: Option<&DatabaseKey>) -> Result<Connection> {
     let conn = key::open_keyed(path, key)?;
     conn.pragma_update(None, "temp_store", key::temp_store(key))?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))?;
     persist_wal(&conn);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;

@@ -153,10 +153,16 @@ fn looks_plain(path: &Path) -> Option<bool> {
     Some(&head == PLAIN_HEADER)
 }
 
+/// How long a connection waits for another connection's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Opens the database at `path` with `key` (none: a plain database) and
 /// reads its schema, so a wrong key fails here, before anything is written.
 pub(super) fn open_keyed(path: &Path, key: Option<&DatabaseKey>) -> Result<Connection> {
     let conn = Connection::open(path)?;
+    // Before the first read: another process may be writing or
+    // checkpointing, and without a busy handler the read fails at once.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // Until the key is known good, closing this connection must not
     // checkpoint the WAL into the file nor delete it.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
