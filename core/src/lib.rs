@@ -35,6 +35,7 @@ pub mod telemetry;
 pub mod time;
 pub mod transport;
 pub mod value;
+pub mod wal;
 
 pub use client::TokenProvider;
 pub use engine::{

@@ -229,7 +229,7 @@ fn open_connection(path: &Path, key: Option<&DatabaseKey>) -> Result<Connection>
     let conn = key::open_keyed(path, key)?;
     conn.pragma_update(None, "temp_store", key::temp_store(key))?;
     persist_wal(&conn);
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    crate::wal::enable(&conn, crate::wal::PATIENCE)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(conn)

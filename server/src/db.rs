@@ -563,8 +563,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(fieldsync_core::wal::PATIENCE)?;
+    fieldsync_core::wal::enable(&conn, fieldsync_core::wal::PATIENCE)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Large sorts and index builds spill to files, as SQLite's default build
     // does: the workspace's SQLite is SQLCipher's build (for the device),
