@@ -35,11 +35,14 @@ mod checkpoint;
 mod key;
 mod page;
 mod run;
+mod schema;
 mod settle;
 mod values;
+
 pub use changes::ChangeCallback;
 pub use key::{DatabaseKey, rekey_database};
 pub use run::SharedRun;
+pub use schema::SCHEMA_VERSION;
 pub use settle::Arrival;
 
 const SCHEMA: &str = r#"
@@ -757,10 +760,7 @@ impl Store {
         configure_sqlite();
         place_temp_files(dir);
         let mut writer = open_connection(path, key)?;
-        writer.execute_batch(SCHEMA)?;
-        writer.execute_batch(settle::SCHEMA)?;
-        writer.execute_batch(run::SCHEMA)?;
-        settle::upgrade(&mut writer)?;
+        schema::migrate(&mut writer)?;
         // The statements that write a page are prepared per table (and per
         // column list); rusqlite's default cache of 16 would drop a sync's
         // first tables' statements before the next sync reached them.
