@@ -186,6 +186,8 @@ pub struct Store {
     /// The tables the writer's commits changed (its hooks point here:
     /// declared after the writer, so dropped after it is closed).
     changes: std::sync::Arc<changes::Changes>,
+    /// Held while this process runs a sync (see [`run`]).
+    run_lock: Mutex<Option<std::fs::File>>,
 }
 
 /// The writer connection, locked; when dropped, after the lock is released,
@@ -775,6 +777,7 @@ impl Store {
             key: key.cloned(),
             _checkpoints: checkpoints,
             changes,
+            run_lock: Mutex::new(None),
         })
     }
 
