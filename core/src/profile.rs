@@ -632,6 +632,10 @@ impl OfflineProfile {
                     t.name
                 )));
             }
+            if !t.indexes.is_empty() {
+                // Checked against the table's synced columns.
+                self.resolve_table(model, t)?;
+            }
             for rule in &t.rules {
                 match rule {
                     RowRule::All => {}
@@ -843,6 +847,34 @@ mod tests {
             message.contains("'t0'") && message.contains("16 tables") && message.contains("15"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn local_indexes_name_synced_columns_and_are_carried_to_the_device() {
+        let mut p = chain_profile(2);
+        p.tables[0].indexes = vec![LocalIndex {
+            columns: vec!["parent_id".into(), "id".into()],
+        }];
+        let resolved = p.resolve(&chain_model(2), 1, "u", None).expect("valid");
+        assert_eq!(resolved.tables[0].indexes, p.tables[0].indexes);
+        for columns in [
+            vec![],
+            vec!["no_such".to_owned()],
+            vec!["id".into(), "id".into()],
+        ] {
+            p.tables[0].indexes = vec![LocalIndex { columns }];
+            assert!(matches!(
+                p.validate(&chain_model(2)),
+                Err(Error::InvalidProfile(_))
+            ));
+        }
+        p.tables[0].indexes = vec![
+            LocalIndex {
+                columns: vec!["parent_id".into()],
+            };
+            MAX_LOCAL_INDEXES + 1
+        ];
+        assert!(p.validate(&chain_model(2)).is_err());
     }
 
     #[test]
