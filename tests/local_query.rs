@@ -352,6 +352,39 @@ async fn declared_local_indexes_serve_queries_and_observers_see_a_table_leave() 
     assert!(plan.contains("SCAN work_orders"), "{plan}");
     assert!(!plan.contains("_fs_lix_"), "{plan}");
 
+    // A transaction of two writes to an observed table: one emission, with
+    // both.
+    let (tx_tasks, tasks) = channel();
+    let _tasks = engine
+        .observe(
+            Query {
+                table: "work_order_service_tasks".into(),
+                ..Query::default()
+            },
+            Arc::new(Collect(std::sync::Mutex::new(tx_tasks))),
+        )
+        .expect("observe tasks");
+    next(&tasks);
+    let wo = engine.list("work_orders", None, 1).expect("wo")[0]
+        .id
+        .clone();
+    let task = |id: &str| fieldsync_core::Write {
+        op: fieldsync_core::WriteOp::Insert,
+        table: "work_order_service_tasks".into(),
+        id: id.into(),
+        fields: BTreeMap::from([("work_order_id".to_owned(), Value::Text(wo.clone()))]),
+    };
+    engine
+        .transaction(vec![task("obs-task-1"), task("obs-task-2")])
+        .expect("transaction");
+    let after = next(&tasks);
+    assert!(
+        ["obs-task-1", "obs-task-2"]
+            .iter()
+            .all(|id| after.iter().any(|r| r.id == *id))
+    );
+    assert!(matches!(tasks.try_recv(), Err(TryRecvError::Empty)));
+
     // Observers of a table that leaves the profile, and of one a reset
     // clears, receive an empty result.
     let (tx_assets, assets) = channel();
