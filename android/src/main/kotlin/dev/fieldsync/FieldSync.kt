@@ -289,6 +289,8 @@ class FieldSync private constructor(
      * The records a [query] selects, now and again after each local write or
      * sync that changes [table] (once per commit, never for other tables).
      * Collecting observes; cancelling the collector cancels the observation.
+     * When [table] leaves the device (the offline profile drops it, or a reset)
+     * the flow emits an empty list and goes on: rows come again if it returns.
      * A failure of the query closes the flow with the [FieldSyncException].
      */
     fun observe(
