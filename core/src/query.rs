@@ -212,6 +212,7 @@ mod tests {
             rules: vec![RowRule::All],
             sync_interval_secs: 60,
             writes: Default::default(),
+            indexes: Vec::new(),
         }
     }
 

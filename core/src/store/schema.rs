@@ -17,26 +17,42 @@ use super::{run, settle};
 use crate::error::{Error, Result};
 
 /// The schema version this release writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 struct Migration {
     version: i64,
     apply: fn(&Connection) -> Result<()>,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    // The tables of the 2026-12-07 release. Stores written before numbered
-    // migrations (version 0) already hold some or all of them: the
-    // statements create what is missing, and the columns and triggers added
-    // since their release are completed.
-    version: 1,
-    apply: |c| {
-        c.execute_batch(super::SCHEMA)?;
-        c.execute_batch(settle::SCHEMA)?;
-        c.execute_batch(run::SCHEMA)?;
-        settle::upgrade_unversioned(c)
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        // The tables of the 2026-12-07 release (the statements frozen as
+        // they shipped). Stores written before numbered migrations
+        // (version 0) already hold some or all of them: the statements
+        // create what is missing, and the columns and triggers added since
+        // their release are completed.
+        version: 1,
+        apply: |c| {
+            c.execute_batch(super::SCHEMA)?;
+            c.execute_batch(settle::SCHEMA)?;
+            c.execute_batch(run::SCHEMA)?;
+            settle::upgrade_unversioned(c)
+        },
     },
-}];
+    Migration {
+        // Local transactions: the transaction an outbox entry belongs to
+        // (NULL: a single write); its entries are uploaded together, in
+        // one request.
+        version: 2,
+        apply: |c| {
+            c.execute_batch(
+                "ALTER TABLE _fs_outbox ADD COLUMN tx_id TEXT;
+                 CREATE INDEX _fs_outbox_tx ON _fs_outbox (tx_id) WHERE tx_id IS NOT NULL;",
+            )?;
+            Ok(())
+        },
+    },
+];
 
 fn version(conn: &Connection) -> Result<i64> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)

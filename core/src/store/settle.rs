@@ -1102,7 +1102,11 @@ mod tests {
         store
             .with_writer(|c| {
                 c.execute_batch(sql)?;
-                // Written before numbered migrations.
+                // Written before numbered migrations (and so before
+                // migration 2's transactions).
+                c.execute_batch(
+                    "DROP INDEX _fs_outbox_tx; ALTER TABLE _fs_outbox DROP COLUMN tx_id;",
+                )?;
                 c.pragma_update(None, "user_version", 0)?;
                 Ok(())
             })
