@@ -159,6 +159,23 @@ async fn query_matches_the_device_file_and_observation_follows_its_table() {
     let edited = after.iter().find(|r| r.id == wo).expect("the row");
     assert_eq!(edited.fields["summary"], Value::Text("second edit".into()));
 
+    // A second observer of the same query: both are told, each once, with
+    // the same rows (one run of the query shared).
+    let (tx2, rx2) = channel();
+    let _twin = engine
+        .observe(all.clone(), Arc::new(Collect(std::sync::Mutex::new(tx2))))
+        .expect("observe");
+    next(&rx2);
+    engine
+        .update("work_orders", &wo, set("summary", "twin edit"))
+        .expect("update");
+    for rx in [&rx, &rx2] {
+        let after = next(rx);
+        let edited = after.iter().find(|r| r.id == wo).expect("the row");
+        assert_eq!(edited.fields["summary"], Value::Text("twin edit".into()));
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    }
+
     // Upload; then a dispatcher's change arrives by sync.
     engine.sync().await.expect("sync");
     drain(&rx);
@@ -337,6 +354,16 @@ async fn declared_local_indexes_serve_queries_and_observers_see_a_table_leave() 
     let plan = engine.query_plan(&on_index).expect("plan").join("\n");
     assert!(
         plan.contains(&format!("SEARCH work_orders USING INDEX {index}")),
+        "{plan}"
+    );
+    // The index serves the whole order, ties included, either way: no sort
+    // of every selected row before the limit.
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    let mut backward = on_index.clone();
+    backward.order[0].descending = true;
+    let plan = engine.query_plan(&backward).expect("plan").join("\n");
+    assert!(
+        plan.contains(&format!("USING INDEX {index}")) && !plan.contains("TEMP B-TREE"),
         "{plan}"
     );
     assert!(!engine.query(&on_index).expect("query").is_empty());

@@ -33,7 +33,8 @@ pub struct Query {
     /// "status", "value": "open"}`, relative dates and "current user"
     /// included); none: every row.
     pub condition: Option<String>,
-    /// The order, column by column; the primary key breaks ties.
+    /// The order, column by column; the primary key breaks ties (in the
+    /// direction of the last column).
     pub order: Vec<QueryOrder>,
     /// At most this many rows (none: the core's maximum, 100,000).
     pub limit: Option<u32>,

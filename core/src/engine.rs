@@ -544,9 +544,23 @@ impl Engine {
 
     /// Delivers the observed queries over `tables` (a commit changed them,
     /// or they left the device).
+    /// Observers of the same query share one run of it (an app's screens
+    /// often observe the same list more than once); each gets its copy.
     pub(crate) fn deliver_queries(&self, tables: &BTreeSet<String>) {
+        let mut ran: Vec<(crate::query::Query, Vec<Record>)> = Vec::new();
         for observer in self.listeners.queries_over(tables) {
-            self.deliver(&observer);
+            if let Some((_, records)) = ran.iter().find(|(q, _)| *q == observer.query) {
+                observer.listener.on_result(records.clone());
+                continue;
+            }
+            match self.query(&observer.query) {
+                Ok(records) => {
+                    observer.listener.on_result(records.clone());
+                    ran.push((observer.query.clone(), records));
+                }
+                Err(Error::UnknownTable(_)) => observer.listener.on_result(Vec::new()),
+                Err(e) => observer.listener.on_error(e),
+            }
         }
     }
 

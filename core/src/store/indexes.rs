@@ -54,7 +54,14 @@ pub fn set_local_indexes(
         }
     }
     for index in indexes {
-        let columns: Vec<String> = index.columns.iter().map(|c| quote_ident(c)).collect();
+        // The primary key last: a query's order ends with it (it breaks
+        // ties), so an index that holds it serves the whole order and a
+        // limit stops after as many rows, where one without it sorts every
+        // row its condition selects.
+        let mut columns: Vec<String> = index.columns.iter().map(|c| quote_ident(c)).collect();
+        if !index.columns.contains(&table.primary_key) {
+            columns.push(quote_ident(&table.primary_key));
+        }
         conn.execute_batch(&format!(
             "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
             quote_ident(&local_index_name(&table.name, index)),
