@@ -253,7 +253,7 @@ mod tests {
         let c = q.compile(&table(), &ctx()).expect("compiles");
         assert!(!c.condition.contains("OR 1=1"), "{}", c.condition);
         assert_eq!(c.params, vec![Value::Text("x' OR 1=1 --".into())]);
-        assert_eq!(c.order, "\"status\" DESC, \"id\" ASC");
+        assert_eq!(c.order, "\"status\" DESC, \"id\" DESC");
         let bad = Query {
             filter: Some(Filter::IsNull {
                 column: "secret".into(),
