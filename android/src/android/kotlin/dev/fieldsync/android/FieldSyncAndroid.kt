@@ -11,10 +11,8 @@ import dev.fieldsync.StatusListener
 import dev.fieldsync.SyncEvent
 import dev.fieldsync.SyncEventListener
 import dev.fieldsync.SyncStatus
-import kotlinx.coroutines.CoroutineScope
-import kotlinx.coroutines.Dispatchers
-import kotlinx.coroutines.SupervisorJob
-import kotlinx.coroutines.cancel
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.StateFlow
 
 /**
  * The Android shell of a [FieldSync] engine, on the framework's own APIs (no
@@ -43,7 +41,6 @@ class FieldSyncAndroid private constructor(
     notificationIcon: Int,
     channelName: String,
 ) : AutoCloseable {
-    internal val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
     private val network = NetworkReporter(application, fieldSync)
     private val foreground = ForegroundReporter(application, fieldSync)
     private val jobs = SyncJobs(application)
@@ -88,9 +85,7 @@ class FieldSyncAndroid private constructor(
      * notifications. The engine stays open; close it yourself.
      */
     override fun close() {
-        synchronized(FieldSyncAndroid) {
-            if (installed === this) installed = null
-        }
+        current.compareAndSet(this, null)
         fieldSync.stop()
         foreground.stop()
         network.stop()
@@ -101,14 +96,16 @@ class FieldSyncAndroid private constructor(
         handles.clear()
         jobs.cancelAll()
         notifications.cancelAll()
-        scope.cancel()
     }
 
     companion object {
+        private val current = MutableStateFlow<FieldSyncAndroid?>(null)
+
         /** The installed shell of this process, which the job service uses; null when none. */
-        @Volatile
-        var installed: FieldSyncAndroid? = null
-            private set
+        val installed: FieldSyncAndroid? get() = current.value
+
+        /** Each installation (null when none), for a job that waits for one. */
+        internal val installations: StateFlow<FieldSyncAndroid?> = current
 
         /**
          * Installs the shell for [fieldSync] in [application] (closing one
@@ -125,8 +122,8 @@ class FieldSyncAndroid private constructor(
         ): FieldSyncAndroid {
             installed?.close()
             val shell = FieldSyncAndroid(application, fieldSync, notificationIcon, channelName)
-            synchronized(FieldSyncAndroid) { installed = shell }
             shell.start()
+            current.value = shell
             return shell
         }
     }

@@ -10,7 +10,13 @@ import dev.fieldsync.BackgroundJob
 import dev.fieldsync.BackgroundJobOutcome
 import dev.fieldsync.BackgroundPlan
 import dev.fieldsync.FieldSyncException
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.Job
+import kotlinx.coroutines.SupervisorJob
+import kotlinx.coroutines.cancel
+import kotlinx.coroutines.flow.filterNotNull
+import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.launch
 import java.util.concurrent.ConcurrentHashMap
 
@@ -76,21 +82,27 @@ internal class SyncJobs(context: Context) {
 /**
  * Runs the core's body of a background job ([dev.fieldsync.FieldSync.runBackgroundJob])
  * with the engine of the installed [FieldSyncAndroid]. Declared in the
- * library's manifest (BIND_JOB_SERVICE). With no shell installed (nobody
- * signed in) the job ends at once.
+ * library's manifest (BIND_JOB_SERVICE). In a process the OS started for
+ * the job, the job waits for the app to install the shell (as its
+ * `Application.onCreate` does once the user's engine is open); the OS
+ * stops it at its own limit otherwise.
  */
 class FieldSyncJobService : JobService() {
+    private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
     private val running = ConcurrentHashMap<Int, Job>()
 
     override fun onStartJob(params: JobParameters): Boolean {
-        val shell = FieldSyncAndroid.installed ?: return false
         val job = SyncJobs.jobOf(params.jobId) ?: return false
-        running[params.jobId] = shell.scope.launch {
+        running[params.jobId] = scope.launch {
             val reschedule = try {
+                val shell = FieldSyncAndroid.installations.filterNotNull().first()
                 val outcome = shell.runJob(job)
                 outcome is BackgroundJobOutcome.Failed && outcome.retry
             } catch (e: FieldSyncException) {
                 // The core logged it; the next job or sync tries again.
+                false
+            } catch (e: IllegalStateException) {
+                // The user signed out meanwhile (the engine is closed).
                 false
             } finally {
                 running.remove(params.jobId)
@@ -105,5 +117,10 @@ class FieldSyncJobService : JobService() {
         // job started is cut off and resumes from its last page next time.
         running.remove(params.jobId)?.cancel()
         return false
+    }
+
+    override fun onDestroy() {
+        scope.cancel()
+        super.onDestroy()
     }
 }

@@ -177,6 +177,17 @@ class AndroidShellTest {
         assertFalse(shadowOf(service).isRescheduleNeeded)
         assertEquals("the periodic job ran one sync in the background", before + 1, h.syncsStarted())
 
+        // In a process the OS starts for the job, the job waits for the app to install the shell.
+        h.shell!!.close()
+        clock.advance(plan.intervalMs)
+        val cold = Robolectric.setupService(FieldSyncJobService::class.java)
+        assertTrue(cold.onStartJob(jobParameters(SyncJobs.PERIODIC_JOB_ID)))
+        assertFalse("no shell yet: the job waits", shadowOf(cold).isJobFinished)
+        assertEquals(before + 1, h.syncsStarted())
+        h.install()
+        h.eventually("the cold job finished") { shadowOf(cold).isJobFinished }
+        assertEquals("the cold job ran its sync", before + 2, h.syncsStarted())
+
         // Off again: the job is gone, and a job the OS still starts syncs nothing.
         h.fieldSync.backgroundSync = false
         h.eventually("the periodic job is cancelled") { h.jobScheduler.getPendingJob(SyncJobs.PERIODIC_JOB_ID) == null }
@@ -185,6 +196,6 @@ class AndroidShellTest {
             BackgroundJobOutcome.Idle(Blocker.APP_INACTIVE),
             runBlocking { h.fieldSync.runBackgroundJob(BackgroundJob.PERIODIC) },
         )
-        assertEquals(before + 1, h.syncsStarted())
+        assertEquals(before + 2, h.syncsStarted())
     }
 }
