@@ -33,7 +33,7 @@ internal class SyncJobs(context: Context) {
     /** Brings the scheduled jobs in line with [plan]. */
     fun apply(plan: BackgroundPlan) {
         if (plan.finishRunningSync && scheduler.getPendingJob(FINISH_JOB_ID) == null) {
-            // A running job is no longer pending: a new one waits for it.
+            // One scheduled or running already stays (scheduling it again would stop it).
             scheduler.schedule(
                 JobInfo.Builder(FINISH_JOB_ID, service)
                     .setRequiredNetworkType(JobInfo.NETWORK_TYPE_ANY)
@@ -46,16 +46,16 @@ internal class SyncJobs(context: Context) {
             return
         }
         val network = if (periodic.unmeteredOnly) JobInfo.NETWORK_TYPE_UNMETERED else JobInfo.NETWORK_TYPE_ANY
+        val wanted = JobInfo.Builder(PERIODIC_JOB_ID, service)
+            .setPeriodic(periodic.intervalMs)
+            .setRequiredNetworkType(network)
+            .setPersisted(true)
+            .build()
+        // The same job (as the OS keeps it) stays, so its period is not restarted.
         val pending = scheduler.getPendingJob(PERIODIC_JOB_ID)
         @Suppress("DEPRECATION") // getNetworkType: the only form before API 28.
-        if (pending != null && pending.intervalMillis == periodic.intervalMs && pending.networkType == network) return
-        scheduler.schedule(
-            JobInfo.Builder(PERIODIC_JOB_ID, service)
-                .setPeriodic(periodic.intervalMs)
-                .setRequiredNetworkType(network)
-                .setPersisted(true)
-                .build(),
-        )
+        if (pending != null && pending.intervalMillis == wanted.intervalMillis && pending.networkType == network) return
+        scheduler.schedule(wanted)
     }
 
     /** Cancels both jobs (the user signed out). */

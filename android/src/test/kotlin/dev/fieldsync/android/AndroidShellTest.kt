@@ -14,6 +14,7 @@ import org.junit.Assert.assertEquals
 import org.junit.Assert.assertFalse
 import org.junit.Assert.assertNotNull
 import org.junit.Assert.assertNull
+import org.junit.Assert.assertSame
 import org.junit.Assert.assertTrue
 import org.junit.Test
 import org.junit.runner.RunWith
@@ -156,6 +157,9 @@ class AndroidShellTest {
         assertEquals("the core's interval (or the OS floor)", maxOf(plan.intervalMs, JobInfo.getMinPeriodMillis()), job.intervalMillis)
         @Suppress("DEPRECATION")
         assertEquals(JobInfo.NETWORK_TYPE_ANY, job.networkType)
+        // A new process applies the same plan: the job stays as it is (its period is not restarted).
+        SyncJobs(h.application).apply(h.fieldSync.status.value.background)
+        assertSame(job, h.jobScheduler.getPendingJob(SyncJobs.PERIODIC_JOB_ID))
 
         // Wi-Fi only: the core asks for an unmetered network.
         h.fieldSync.wifiOnly = true
