@@ -11,6 +11,7 @@ import dev.fieldsync.StatusListener
 import dev.fieldsync.SyncEvent
 import dev.fieldsync.SyncEventListener
 import dev.fieldsync.SyncStatus
+import java.util.concurrent.atomic.AtomicBoolean
 import kotlinx.coroutines.flow.MutableStateFlow
 import kotlinx.coroutines.flow.StateFlow
 
@@ -47,6 +48,8 @@ class FieldSyncAndroid private constructor(
     private val notifications = SyncNotifications(application, notificationIcon, channelName)
     private val handles = mutableListOf<ListenerHandle>()
 
+    private val closed = AtomicBoolean(false)
+
     @Volatile
     private var appliedPlan: BackgroundPlan? = null
 
@@ -82,9 +85,11 @@ class FieldSyncAndroid private constructor(
     /**
      * Uninstalls the shell (the user signs out): stops the core's sync
      * service and the reports, cancels the jobs and removes the
-     * notifications. The engine stays open; close it yourself.
+     * notifications. The engine stays open; close it yourself. Calls
+     * after the first do nothing.
      */
     override fun close() {
+        if (closed.getAndSet(true)) return
         current.compareAndSet(this, null)
         fieldSync.stop()
         foreground.stop()

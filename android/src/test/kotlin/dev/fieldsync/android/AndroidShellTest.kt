@@ -86,8 +86,10 @@ class AndroidShellTest {
         h.leaveApp()
         h.eventually("the app is in the background") { !h.fieldSync.status.value.appActive }
 
-        // Installed while a screen is visible: active at once.
+        // Installed while a screen is visible: active at once. (Closing twice is harmless.)
         h.shell!!.close()
+        h.shell!!.close()
+        assertNull(FieldSyncAndroid.installed)
         h.install(importance = android.app.ActivityManager.RunningAppProcessInfo.IMPORTANCE_FOREGROUND)
         h.eventually("a visible process is active") { h.fieldSync.status.value.appActive }
     }
