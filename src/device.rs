@@ -215,7 +215,7 @@ enum OnlineAction {
 enum SettingsAction {
     /// Print one setting.
     Get { name: String },
-    /// Change one setting (wifi_only, online_mode_enabled, telemetry_enabled, frequency, smart_sync).
+    /// Change one setting (wifi_only, online_mode_enabled, telemetry_enabled, frequency, smart_sync, background_sync).
     Set { name: String, value: String },
 }
 
