@@ -450,12 +450,38 @@ impl Engine {
                 }
                 continue;
             }
-            let value = value
-                .coerce(column.kind)
+            let value = column
+                .check(value)
                 .map_err(|e| Error::InvalidInput(format!("column '{name}': {e}")))?;
             out.insert(name, value);
         }
         Ok(out)
+    }
+
+    /// A new row's fields with the data model's defaults for the columns
+    /// not given; a required column left without a value is refused.
+    fn with_defaults(
+        table: &SyncTable,
+        mut fields: BTreeMap<String, Value>,
+    ) -> Result<BTreeMap<String, Value>> {
+        for c in &table.columns {
+            if c.name == table.primary_key || fields.contains_key(&c.name) {
+                continue;
+            }
+            match &c.default {
+                Some(v) => {
+                    fields.insert(c.name.clone(), v.clone());
+                }
+                None if c.required => {
+                    return Err(Error::InvalidInput(format!(
+                        "column '{}': the column is required",
+                        c.name
+                    )));
+                }
+                None => {}
+            }
+        }
+        Ok(fields)
     }
 
     /// Reads a record from the device (never from the network).
@@ -536,6 +562,7 @@ impl Engine {
         let (profile, table) = self.write_target(table)?;
         let fields = Self::check_fields(&table, id, fields)?;
         Self::check_rights(&table, Op::Insert, &fields)?;
+        let fields = Self::with_defaults(&table, fields)?;
         let record = self
             .store
             .write(
