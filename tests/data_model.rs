@@ -866,3 +866,155 @@ async fn sample_data_says_it_is_for_the_field_service_model() {
     assert_eq!(profiles.as_array().map(Vec::len), Some(0), "{profiles}");
     server.stop().await;
 }
+
+/// An `application/x-www-form-urlencoded` body.
+fn encode_form(fields: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A console form post (or a GET without `form`) with a session cookie;
+/// (status, the `location` header, or `set-cookie` of a sign-in, body).
+async fn console(
+    server: &Server,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&[(&str, &str)]>,
+) -> (u16, String, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client.request(method, format!("{}{}", server.url, path));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    if let Some(f) = form {
+        req = req
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode_form(f));
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let header = if path == "/console/login" {
+        "set-cookie"
+    } else {
+        "location"
+    };
+    let location = resp
+        .headers()
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, location, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_console_shows_the_model_and_publishes_a_version() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let v1 = fixture("company_v1.json");
+    let server = Server::start_in(
+        &temp.path().join("server"),
+        &["--model", v1.to_str().expect("path")],
+    )
+    .await;
+    let (status, set_cookie, _) = console(
+        &server,
+        "POST",
+        "/console/login",
+        None,
+        Some(&[("token", ADMIN_TOKEN)]),
+    )
+    .await;
+    assert_eq!(status, 303);
+    let cookie = set_cookie.split(';').next().unwrap_or_default().to_owned();
+    let (status, _, page) = console(&server, "GET", "/console/model", Some(&cookie), None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Version 1 in force") && page.contains("20 tables"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<code>inspection_checklist_items</code>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("scheduled, in_progress, passed, failed"),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf token")
+        .to_owned();
+
+    // A model that cannot follow is refused on the page, the text kept.
+    let bad = r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "uuid"}]}]}"#;
+    let (status, _, page) = console(
+        &server,
+        "POST",
+        "/console/model",
+        Some(&cookie),
+        Some(&[("csrf", &csrf), ("model", bad)]),
+    )
+    .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(
+        page.contains("Not published") && page.contains("unknown kind"),
+        "{page}"
+    );
+    assert!(
+        page.contains("&quot;uuid&quot;"),
+        "the text is kept: {page}"
+    );
+    // Without the anti-forgery token nothing is published.
+    let v2 = std::fs::read_to_string(fixture("company_v2.json")).expect("v2");
+    let (status, _, _) = console(
+        &server,
+        "POST",
+        "/console/model",
+        Some(&cookie),
+        Some(&[("model", &v2)]),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, location, _) = console(
+        &server,
+        "POST",
+        "/console/model",
+        Some(&cookie),
+        Some(&[("csrf", &csrf), ("model", &v2)]),
+    )
+    .await;
+    assert_eq!(
+        (status, location.as_str()),
+        (303, "/console/model?published=2")
+    );
+    let (_, _, page) = console(&server, "GET", &location, Some(&cookie), None).await;
+    assert!(
+        page.contains("Version 2 is in force") && page.contains("added table permits"),
+        "{page}"
+    );
+    assert_eq!(
+        server.admin("GET", "/v1/admin/model", None).await["version"],
+        2
+    );
+    server.stop().await;
+}

@@ -839,7 +839,14 @@ pub async fn publish_model(
     body: Body,
 ) -> ApiResult<Json<crate::model::Published>> {
     authenticate_admin(&app, &headers).await?;
-    let raw: serde_json::Value = read_json(&app, &headers, body).await?;
+    let mut raw: serde_json::Value = read_json(&app, &headers, body).await?;
+    // What `GET /v1/admin/model` answers may come back edited: its version
+    // fields are the server's to set.
+    if let Some(fields) = raw.as_object_mut() {
+        for key in ["version", "published_at", "source", "changes"] {
+            fields.remove(key);
+        }
+    }
     let model = fieldsync_core::profile::DataModel::parse(&raw.to_string())?;
     let db = app.db.clone();
     let published = blocking(move || db.publish_model(&model, crate::model::SOURCE_ADMIN)).await?;
