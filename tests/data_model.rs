@@ -1018,3 +1018,68 @@ async fn the_console_shows_the_model_and_publishes_a_version() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn another_instance_serves_the_version_one_instance_published() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let data_dir = temp.path().join("server");
+    let v1 = fixture("company_v1.json");
+    let v1_arg = v1.to_str().expect("path");
+    let a = Server::start_in(&data_dir, &["--model", v1_arg]).await;
+    let b = Server::start_in(&data_dir, &["--model", v1_arg]).await;
+    a.admin(
+        "PUT",
+        "/v1/admin/profiles/inspectors",
+        Some(inspectors_profile(false)),
+    )
+    .await;
+    let dispatcher = a
+        .user_with_profile("disp", "dispatcher", Some("inspectors"))
+        .await;
+    let tech = a
+        .user_with_profile("tech-1", "technician", Some("inspectors"))
+        .await;
+    put_ok(
+        &a,
+        &dispatcher,
+        "bookings",
+        "b-1",
+        json!({"name": "b-1", "resource_id": "tech-1"}),
+    )
+    .await;
+    let device = Device::new(temp.path().join("d.db"), &b.url, &tech);
+    device.ok(&["sync"]).await;
+    assert_eq!(device_profile(&device)["model_version"], 1);
+    assert_eq!(b.admin("GET", "/v1/admin/model", None).await["version"], 1);
+
+    // Published through the first instance, served by the second.
+    let published = a
+        .admin(
+            "PUT",
+            "/v1/admin/model",
+            Some(fixture_json("company_v2.json")),
+        )
+        .await;
+    assert_eq!(published["version"], 2);
+    a.admin(
+        "PUT",
+        "/v1/admin/profiles/inspectors",
+        Some(inspectors_profile(true)),
+    )
+    .await;
+    assert_eq!(b.admin("GET", "/v1/admin/model", None).await["version"], 2);
+    put_ok(&b, &dispatcher, "permits", "p-1", json!({"kind": "height"})).await;
+    let report = device.ok(&["sync"]).await;
+    assert_eq!(report["tables_added"], json!(["permits"]), "{report}");
+    assert_eq!(device_profile(&device)["model_version"], 2);
+    assert_eq!(
+        device.ok(&["get", "bookings", "b-1"]).await["fields"]["gate_code"],
+        "none"
+    );
+    assert_eq!(
+        device.ok(&["get", "permits", "p-1"]).await["fields"]["kind"],
+        "height"
+    );
+    a.stop().await;
+    b.stop().await;
+}

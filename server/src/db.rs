@@ -1050,8 +1050,14 @@ impl Db {
     /// read on the first call after it (one small read of the newest
     /// version's number per call).
     pub fn model(&self) -> ApiResult<crate::model::Shared> {
-        let cached = self.cached_model();
         let newest = self.read(crate::model::latest_number)?;
+        self.model_at(newest)
+    }
+
+    /// The model in force, knowing the newest version is `newest`: the
+    /// cached one unless another instance published a newer one.
+    fn model_at(&self, newest: i64) -> ApiResult<crate::model::Shared> {
+        let cached = self.cached_model();
         if newest <= cached.version {
             return Ok(cached);
         }
@@ -1499,10 +1505,22 @@ impl Db {
 
     /// The profile issued to a user, resolved against the data model.
     pub fn sync_profile(&self, user: &User) -> ApiResult<SyncProfile> {
-        let (profile, version) = self.profile(&user.profile)?.ok_or_else(|| {
+        // The profile and the newest model version in one read: every
+        // request of a device resolves its profile.
+        let (row, newest) = self.read(|c| {
+            let row = c.query_opt(
+                "SELECT body, version FROM _fs_profiles WHERE name = ?",
+                &[text(user.profile.clone())],
+            )?;
+            Ok((row, crate::model::latest_number(c)?))
+        })?;
+        let row = row.ok_or_else(|| {
             ApiError::internal(format!("user's profile '{}' is missing", user.profile))
         })?;
-        let in_force = self.model()?;
+        let profile: OfflineProfile = serde_json::from_str(&row.text(0)?)
+            .map_err(|e| ApiError::internal(format!("stored profile: {e}")))?;
+        let version = row.i64(1)?;
+        let in_force = self.model_at(newest)?;
         let mut resolved =
             profile.resolve(&in_force.model, version, &user.id, user.team_id.as_deref())?;
         resolved.model_version = in_force.version;
@@ -1913,10 +1931,18 @@ impl Db {
 
     // ---- rows --------------------------------------------------------------
 
+    /// A table of the model as this instance last read it: the request
+    /// resolved its profile (or read the model) first, which reads a newer
+    /// version; this runs inside write transactions, where another read
+    /// would take a second connection.
     fn schema(&self, table: &str) -> ApiResult<TableSchema> {
-        self.model()?.model.table(table).cloned().ok_or_else(|| {
-            ApiError::bad_request(codes::UNKNOWN_TABLE, format!("unknown table '{table}'"))
-        })
+        self.cached_model()
+            .model
+            .table(table)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::bad_request(codes::UNKNOWN_TABLE, format!("unknown table '{table}'"))
+            })
     }
 
     fn read_row(c: &mut dyn Conn, schema: &TableSchema, id: &str) -> ApiResult<Option<StoredRow>> {
