@@ -976,6 +976,7 @@ impl Db {
             // The rules' indexes after the commit, concurrently: instances
             // already serving keep writing while they build.
             let (in_force, profiles) = done?;
+            schema::build_model_indexes_concurrently(&mut client, &in_force.model)?;
             for profile in profiles {
                 schema::build_rule_indexes_concurrently(&mut client, &in_force.model, &profile)?;
             }
@@ -1093,6 +1094,14 @@ impl Db {
     ) -> ApiResult<crate::model::Published> {
         let now = self.now_text();
         let published = self.write(|c| crate::model::publish_in(c, model, source, &now))?;
+        if let Backend::Postgres(pool) = &self.backend {
+            // After the commit, concurrently: the tables stay readable
+            // and writable while their new indexes build.
+            let mut client = pool.get()?;
+            let built = schema::build_model_indexes_concurrently(&mut client, model);
+            pool.put(client);
+            built?;
+        }
         self.model()?;
         Ok(published)
     }

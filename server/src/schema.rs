@@ -323,7 +323,11 @@ pub fn migrate(c: &mut dyn Conn, model: &DataModel) -> ApiResult<i64> {
 /// adds the columns it gained (existing rows take the column's default),
 /// builds its indexes and drops the indexes `before` had and it has not.
 /// Columns and tables it dropped stay in the database (their data is kept;
-/// no profile can name them). Runs inside the caller's transaction.
+/// no profile can name them). Runs inside the caller's transaction. On
+/// PostgreSQL the indexes are left to [`build_model_indexes_concurrently`]
+/// after the commit: a `CREATE INDEX` in the transaction would hold off
+/// every read and write of the table (the `ALTER TABLE` lock) until it is
+/// built.
 pub fn apply_model(
     c: &mut dyn Conn,
     model: &DataModel,
@@ -345,6 +349,9 @@ pub fn apply_model(
             }
         }
     }
+    if c.dialect() == Dialect::Postgres {
+        return Ok(());
+    }
     for t in &model.tables {
         for ix in &t.indexes {
             c.batch(&create_index_sql(
@@ -356,6 +363,21 @@ pub fn apply_model(
         }
     }
     Ok(())
+}
+
+/// PostgreSQL: builds the data model's indexes the database lacks with
+/// `CREATE INDEX CONCURRENTLY`, outside any transaction, so the table is
+/// read and written meanwhile (see [`build_rule_indexes_concurrently`]).
+pub fn build_model_indexes_concurrently(
+    client: &mut postgres::Client,
+    model: &DataModel,
+) -> ApiResult<()> {
+    let wanted = model.tables.iter().flat_map(|t| {
+        t.indexes
+            .iter()
+            .map(move |ix| (t.name.clone(), ix.columns.clone()))
+    });
+    build_concurrently(client, wanted, model_index_name)
 }
 
 /// The server's name of a data model index: a digest of the table and the
@@ -589,8 +611,18 @@ pub fn build_rule_indexes_concurrently(
     model: &DataModel,
     profile: &OfflineProfile,
 ) -> ApiResult<()> {
-    for (table, columns) in rule_indexes(model, profile) {
-        let name = rule_index_name(&table, &columns);
+    build_concurrently(client, rule_indexes(model, profile), rule_index_name)
+}
+
+/// Builds each (table, columns) index named by `name` that the database
+/// lacks or holds invalid, concurrently.
+fn build_concurrently(
+    client: &mut postgres::Client,
+    wanted: impl IntoIterator<Item = (String, Vec<String>)>,
+    name: fn(&str, &[String]) -> String,
+) -> ApiResult<()> {
+    for (table, columns) in wanted {
+        let name = name(&table, &columns);
         let state = client.query_opt(
             "SELECT i.indisvalid,
                     EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = c.oid)
