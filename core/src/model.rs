@@ -26,12 +26,22 @@ pub const MAX_INDEX_COLUMNS: usize = 8;
 pub const MAX_CHOICES: usize = 1_000;
 /// Longest value of a choice list, in bytes.
 pub const MAX_CHOICE_BYTES: usize = 256;
+/// The fields a model file's column may have.
+const COLUMN_FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "choices",
+    "default",
+    "required",
+    "references",
+];
+
 /// Most tables in a model.
 pub const MAX_TABLES: usize = 1_000;
 
-/// An index of the data model on one table.
+/// An index of the data model on one table. Unknown fields are ignored
+/// here (devices read newer servers' profiles); a model file refuses them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModelIndex {
     /// Unique within its table.
     pub name: String,
@@ -89,6 +99,21 @@ impl DataModel {
                     .get("name")
                     .and_then(|n| n.as_str())
                     .map_or_else(|| format!("#{}", i + 1), |n| format!("'{n}'"));
+                for ix in t
+                    .get("indexes")
+                    .and_then(|x| x.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(field) = ix
+                        .as_object()
+                        .and_then(|o| o.keys().find(|k| *k != "name" && *k != "columns"))
+                    {
+                        return Err(invalid(format!(
+                            "table {table}, an index: unknown field \"{field}\" (the fields are name, columns)"
+                        )));
+                    }
+                }
                 for c in t
                     .get("columns")
                     .and_then(|c| c.as_array())
@@ -96,6 +121,15 @@ impl DataModel {
                     .flatten()
                 {
                     let column = c.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                    if let Some(field) = c
+                        .as_object()
+                        .and_then(|o| o.keys().find(|k| !COLUMN_FIELDS.contains(&k.as_str())))
+                    {
+                        return Err(invalid(format!(
+                            "table {table}, column '{column}': unknown field \"{field}\" (the fields are {})",
+                            COLUMN_FIELDS.join(", ")
+                        )));
+                    }
                     match c.get("type") {
                         Some(serde_json::Value::String(k))
                             if ColumnKind::NAMES.contains(&k.as_str()) => {}
@@ -434,6 +468,11 @@ mod tests {
         )
         .expect_err("default outside the choices");
         assert!(choice.to_string().contains("jobs.state"), "{choice}");
+        let typo = model(
+            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "state", "type": "choice", "choise": ["open"]}]}]}"#,
+        )
+        .expect_err("a misspelt field");
+        assert!(typo.to_string().contains("\"choise\""), "{typo}");
         assert!(matches!(choice, Error::InvalidModel(_)));
     }
 

@@ -72,9 +72,10 @@ impl ColumnKind {
     ];
 }
 
-/// A column of the data model (and of a synced table).
+/// A column of the data model (and of a synced table). Unknown fields are
+/// ignored here, so a device reads a newer server's profile; a model file
+/// refuses them ([`DataModel::parse`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Column {
     pub name: String,
     #[serde(rename = "type")]
