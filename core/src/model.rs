@@ -26,6 +26,12 @@ pub const MAX_INDEX_COLUMNS: usize = 8;
 pub const MAX_CHOICES: usize = 1_000;
 /// Longest value of a choice list, in bytes.
 pub const MAX_CHOICE_BYTES: usize = 256;
+/// Column names a database keeps for itself (PostgreSQL's system
+/// columns, SQLite's row id): a table cannot be given them.
+const RESERVED_COLUMNS: &[&str] = &[
+    "tableoid", "xmin", "cmin", "xmax", "cmax", "ctid", "oid", "rowid",
+];
+
 /// The fields a model file's column may have.
 const COLUMN_FIELDS: &[&str] = &[
     "name",
@@ -294,6 +300,14 @@ fn validate_table(model: &DataModel, t: &TableSchema) -> Result<(), Error> {
     for c in &t.columns {
         check_identifier(&c.name)
             .map_err(|e| invalid(format!("table '{}', column name: {e}", t.name)))?;
+        if RESERVED_COLUMNS.contains(&c.name.as_str()) {
+            return Err(invalid(format!(
+                "column '{}.{}': the name is reserved by the databases ({})",
+                t.name,
+                c.name,
+                RESERVED_COLUMNS.join(", ")
+            )));
+        }
         if !cols.insert(&c.name) {
             return Err(invalid(format!(
                 "column '{}.{}' is defined twice",
@@ -473,6 +487,11 @@ mod tests {
         )
         .expect_err("a misspelt field");
         assert!(typo.to_string().contains("\"choise\""), "{typo}");
+        let reserved = model(
+            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "xmin", "type": "integer"}]}]}"#,
+        )
+        .expect_err("a system column's name");
+        assert!(reserved.to_string().contains("jobs.xmin"), "{reserved}");
         assert!(matches!(choice, Error::InvalidModel(_)));
     }
 
