@@ -775,6 +775,27 @@ async fn a_company_model_evolves_while_devices_keep_their_edits() {
         "hot_work"
     );
     assert_eq!(d1.local_rows("inspection_checklist_items").len(), 3);
+    // Choice and JSON columns answer local queries like text.
+    let answered = d1
+        .ok(&[
+            "query",
+            "inspection_checklist_items",
+            "--where",
+            r#"{"op": "in", "column": "answer", "values": ["yes", "no"]}"#,
+            "--count",
+        ])
+        .await;
+    assert_eq!(answered["count"], 2, "{answered}");
+    let with_leaks = d1
+        .ok(&[
+            "query",
+            "inspections",
+            "--where",
+            r#"{"op": "contains", "column": "findings", "value": "leaks"}"#,
+            "--count",
+        ])
+        .await;
+    assert_eq!(with_leaks["count"], 1, "{with_leaks}");
 
     // A device that starts fresh gets model v2 directly.
     let fresh = Device::new(temp.path().join("fresh.db"), &server.url, &tech1);

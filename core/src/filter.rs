@@ -329,7 +329,11 @@ impl Filter {
         }
         let text_col = |column: &str| -> Result<(), Error> {
             match kind_of(table, column)? {
-                ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime => Ok(()),
+                ColumnKind::Text
+                | ColumnKind::Date
+                | ColumnKind::DateTime
+                | ColumnKind::Json
+                | ColumnKind::Choice => Ok(()),
                 k => Err(bad(
                     table,
                     format!("'{column}' holds {k:?} values, not text"),
