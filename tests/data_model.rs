@@ -802,6 +802,7 @@ async fn a_company_model_evolves_while_devices_keep_their_edits() {
     let report = fresh.ok(&["sync"]).await;
     assert_eq!(report["profile_changed"], false, "{report}");
     assert_eq!(device_profile(&fresh)["model_version"], 2);
+    assert_eq!(fresh.ok(&["status"]).await["model_version"], 2);
     assert_eq!(
         fresh.ok(&["get", "bookings", "b-1"]).await["fields"]["gate_code"],
         "4711"

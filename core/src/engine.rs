@@ -231,6 +231,8 @@ pub struct DeviceStatus {
     pub device_id: String,
     pub profile_name: Option<String>,
     pub profile_version: Option<i64>,
+    /// The version of the server's data model the profile follows.
+    pub model_version: Option<i64>,
     pub pending_uploads: u64,
     pub database_bytes: u64,
     pub tables: Vec<OfflineTableStatus>,
@@ -676,6 +678,7 @@ impl Engine {
             device_id: self.device_id.clone(),
             profile_name: profile.as_ref().map(|p| p.name.clone()),
             profile_version: profile.as_ref().map(|p| p.version),
+            model_version: profile.as_ref().map(|p| p.model_version),
             pending_uploads: pending.values().sum(),
             database_bytes: self.store.size_bytes(),
             tables,

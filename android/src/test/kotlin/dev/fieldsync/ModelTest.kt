@@ -50,6 +50,7 @@ class ModelTest {
                 assertEquals("held before v2", after.text("notes"))
                 val profileNow = checkNotNull(sync.offlineProfile())
                 assertEquals(2L, profileNow.modelVersion)
+                assertEquals(2L, sync.status().modelVersion)
                 assertTrue(
                     profileNow.tables.single { it.name == "bookings" }.columns
                         .any { it.name == "gate_code" && it.kind == ColumnKind.TEXT },
