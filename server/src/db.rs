@@ -1453,6 +1453,7 @@ impl Db {
         self.write(|c| {
             // The model may not change under the profile: a publication
             // checks the stored profiles, so the two take turns.
+            crate::model::guard(c)?;
             if crate::model::latest_number(c)? != in_force.version {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,

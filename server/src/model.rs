@@ -142,7 +142,8 @@ pub fn at_start(c: &mut dyn Conn, given: &DataModel, now: &str) -> ApiResult<Mod
 }
 
 /// On PostgreSQL, waits for the model lock (the migration lock) until the
-/// transaction ends, so two instances never publish at once.
+/// transaction ends, so two instances never publish at once, and writes
+/// the guard row ([`guard`]).
 fn lock(c: &mut dyn Conn) -> ApiResult<()> {
     if c.dialect() == Dialect::Postgres {
         c.execute(
@@ -150,8 +151,23 @@ fn lock(c: &mut dyn Conn) -> ApiResult<()> {
             &[Value::Integer(crate::db::PG_MIGRATION_LOCK)],
         )?;
     }
+    guard(c)
+}
+
+/// Writes one row that a model publication and a profile publication
+/// both write: on PostgreSQL (snapshot isolation) the later of two
+/// concurrent ones fails to serialize and is retried on a new snapshot,
+/// so a profile can never be checked against a model that a publication
+/// committed meanwhile (neither would see the other's write otherwise).
+/// SQLite's single writer orders them anyway.
+pub fn guard(c: &mut dyn Conn) -> ApiResult<()> {
+    c.execute(GUARD_SQL, &[])?;
     Ok(())
 }
+
+/// The write of [`guard`].
+const GUARD_SQL: &str = "INSERT INTO _fs_settings (key, value) VALUES ('model_guard', '') \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 /// Publishes `new` as the next version inside the caller's write
 /// transaction, migrating the data tables; nothing when it is the model in
@@ -233,3 +249,41 @@ fn check_history(c: &mut dyn Conn, new: &DataModel) -> ApiResult<()> {
 
 /// The model in force, shared by the handlers.
 pub type Shared = Arc<ModelVersion>;
+
+#[cfg(test)]
+mod tests {
+    /// Two concurrent publications, one of a model and one of a profile,
+    /// on PostgreSQL: the one whose snapshot predates the other's commit
+    /// fails to serialize at the guard row (and `Db::write` runs it again
+    /// on a new snapshot), instead of committing a profile checked against
+    /// a model that is no longer in force.
+    #[test]
+    fn a_publication_on_a_stale_snapshot_fails_to_serialize_on_postgres() {
+        let Some(db) = crate::db::test_support::fresh_postgres_db() else {
+            return;
+        };
+        let failed = db.with_pg_client(|stale| {
+            stale
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                .expect("begin");
+            stale
+                .query_one("SELECT COALESCE(MAX(version), 0) FROM _fs_models", &[])
+                .expect("the snapshot");
+            db.with_pg_client(|other| {
+                other
+                    .batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ; {}; COMMIT",
+                        super::GUARD_SQL
+                    ))
+                    .expect("the other publication commits");
+            })
+            .expect("a second connection");
+            let err = stale
+                .execute(super::GUARD_SQL, &[])
+                .expect_err("a stale snapshot cannot write the guard");
+            let _ = stale.batch_execute("ROLLBACK");
+            crate::sql::pg_retryable(&err)
+        });
+        assert_eq!(failed, Some(true), "a retryable serialization failure");
+    }
+}
