@@ -520,6 +520,14 @@ async fn a_company_model_evolves_while_devices_keep_their_edits() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("findings"), "{body}");
+    // A required column without a default must be given.
+    let (status, body) = put(&server, &dispatcher, "regions", "r-1", json!({})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("column 'name': the column is required"),
+        "{body}"
+    );
 
     // Two devices sync model v1.
     let d1 = Device::new(temp.path().join("d1.db"), &server.url, &tech1);
@@ -550,6 +558,14 @@ async fn a_company_model_evolves_while_devices_keep_their_edits() {
     assert!(
         format!("{}{}", refused.stdout, refused.stderr).contains("choices"),
         "{refused:?}"
+    );
+    let required = d1
+        .run(&["put", "inspections", "i-1", "--set", "status=null"])
+        .await;
+    assert_ne!(required.code, 0, "{}", required.stdout);
+    assert!(
+        format!("{}{}", required.stdout, required.stderr).contains("required"),
+        "{required:?}"
     );
     assert_eq!(d1.ok(&["status"]).await["pending_uploads"], 0);
 
@@ -746,10 +762,10 @@ async fn a_company_model_evolves_while_devices_keep_their_edits() {
         server_row(&server, &dispatcher, "inspection_checklist_items", "c-1").await["answer"],
         "yes"
     );
-    assert_eq!(
-        server_row(&server, &dispatcher, "inspection_checklist_items", "c-new").await["question"],
-        "Seal intact?"
-    );
+    let c_new = server_row(&server, &dispatcher, "inspection_checklist_items", "c-new").await;
+    assert_eq!(c_new["question"], "Seal intact?");
+    // A column the new row was not given takes the model's default.
+    assert_eq!(c_new["checked"], false, "{c_new}");
     let i2 = server_row(&server, &dispatcher, "inspections", "i-2").await;
     assert_eq!(
         (i2["status"].clone(), i2["score"].clone()),
