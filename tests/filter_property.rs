@@ -35,6 +35,7 @@ fn table() -> SyncTable {
         sync_interval_secs: 300,
         writes: Default::default(),
         model_indexes: Vec::new(),
+        indexes: Vec::new(),
     }
 }
 

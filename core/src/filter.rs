@@ -623,6 +623,7 @@ mod tests {
             sync_interval_secs: 300,
             writes: Default::default(),
             model_indexes: Vec::new(),
+            indexes: Vec::new(),
         }
     }
 

@@ -112,6 +112,7 @@ pub fn filter_table() -> &'static SyncTable {
             sync_interval_secs: 300,
             writes: Default::default(),
             model_indexes: Vec::new(),
+            indexes: Vec::new(),
         }
     })
 }
