@@ -538,11 +538,15 @@ async fn run_command(
             let status = engine.status()?;
             print(json, &status, || {
                 let mut out = format!(
-                    "device {}\nprofile: {} (version {})\npending uploads: {}\ndatabase: {} bytes\n",
+                    "device {}\nprofile: {} (version {}, data model version {})\npending uploads: {}\ndatabase: {} bytes\n",
                     status.device_id,
                     status.profile_name.as_deref().unwrap_or("none yet"),
                     status
                         .profile_version
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    status
+                        .model_version
                         .map(|v| v.to_string())
                         .unwrap_or_else(|| "-".into()),
                     status.pending_uploads,

@@ -214,14 +214,12 @@ mod tests {
             primary_key: "id".into(),
             columns: ["id", "status"]
                 .iter()
-                .map(|n| Column {
-                    name: (*n).into(),
-                    kind: ColumnKind::Text,
-                })
+                .map(|n| Column::new(*n, ColumnKind::Text))
                 .collect(),
             rules: vec![RowRule::All],
             sync_interval_secs: 60,
             writes: Default::default(),
+            model_indexes: Vec::new(),
             indexes: Vec::new(),
         }
     }

@@ -71,7 +71,14 @@ impl Value {
     pub fn coerce(self, kind: ColumnKind) -> Result<Value, String> {
         match (kind, self) {
             (_, Value::Null) => Ok(Value::Null),
-            (ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime, Value::Text(s)) => {
+            (
+                ColumnKind::Text
+                | ColumnKind::Date
+                | ColumnKind::DateTime
+                | ColumnKind::Json
+                | ColumnKind::Choice,
+                Value::Text(s),
+            ) => {
                 if matches!(kind, ColumnKind::Date) && !crate::time::is_date(&s) {
                     return Err(format!("'{s}' is not a date (YYYY-MM-DD)"));
                 }
@@ -100,7 +107,7 @@ impl Value {
     pub fn converted_for(&self, kind: ColumnKind) -> Result<Option<Value>, String> {
         match (kind, self) {
             (_, Value::Null) => Ok(None),
-            (ColumnKind::Text, Value::Text(_)) => Ok(None),
+            (ColumnKind::Text | ColumnKind::Json | ColumnKind::Choice, Value::Text(_)) => Ok(None),
             (ColumnKind::Date, Value::Text(s)) if crate::time::is_date(s) => Ok(None),
             (ColumnKind::DateTime, Value::Text(s)) if crate::time::is_datetime(s) => Ok(None),
             (ColumnKind::Integer, Value::Integer(_)) => Ok(None),

@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod limits;
 pub mod listen;
+pub mod model;
 pub mod online;
 pub mod page;
 pub mod pgtls;
@@ -94,6 +95,11 @@ pub struct ServerConfig {
     pub behind_tls_proxy: bool,
     /// How many failed sign-ins a source address may make (see [`limits`]).
     pub sign_in_limits: limits::SignInLimits,
+    /// The company's data model (`--model FILE`); `None` is the built-in
+    /// Field Service model. Published as a new version at start when it
+    /// differs from the model the database last started with (see
+    /// [`model`]).
+    pub model: Option<DataModel>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -136,6 +142,7 @@ impl ServerConfig {
             connection_limits: listen::ConnectionLimits::default(),
             behind_tls_proxy: false,
             sign_in_limits: limits::SignInLimits::default(),
+            model: None,
         }
     }
 }
@@ -203,7 +210,7 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     };
     let db = Db::open_url(
         &url,
-        field_service_model(),
+        config.model.clone().unwrap_or_else(field_service_model),
         &profile,
         config.database_ca_pem.as_deref(),
         config.clock.clone(),
@@ -250,7 +257,8 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
             "/v1/admin/profiles/{name}",
             get(api::get_profile).put(api::put_profile),
         )
-        .route("/v1/admin/model", get(api::model))
+        .route("/v1/admin/model", get(api::model).put(api::publish_model))
+        .route("/v1/admin/model/versions", get(api::model_versions))
         .route("/v1/admin/devices", get(api::devices))
         .route("/v1/admin/seed", post(api::seed))
         .route("/v1/admin/telemetry", get(telemetry::admin_list))

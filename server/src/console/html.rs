@@ -44,6 +44,7 @@ pub fn url_component(s: &str) -> String {
 /// The console's sections, in navigation order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Section {
+    DataModel,
     Profiles,
     Settings,
     SyncErrors,
@@ -52,7 +53,8 @@ pub enum Section {
 }
 
 impl Section {
-    const ALL: [Section; 5] = [
+    const ALL: [Section; 6] = [
+        Section::DataModel,
         Section::Profiles,
         Section::Settings,
         Section::SyncErrors,
@@ -61,6 +63,7 @@ impl Section {
     ];
     fn title(self) -> &'static str {
         match self {
+            Section::DataModel => "Data model",
             Section::Profiles => "Offline profiles",
             Section::Settings => "Settings",
             Section::SyncErrors => "Sync Errors",
@@ -70,6 +73,7 @@ impl Section {
     }
     fn href(self) -> &'static str {
         match self {
+            Section::DataModel => "/console/model",
             Section::Profiles => "/console/profiles",
             Section::Settings => "/console/settings",
             Section::SyncErrors => "/console/sync-errors",
