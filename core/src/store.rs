@@ -759,7 +759,7 @@ impl Store {
         let mut writer = open_connection(path, key)?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(settle::SCHEMA)?;
-        writer.execute_batch(run::SCHEMA)?;
+        run::create(&writer)?;
         settle::upgrade(&mut writer)?;
         // The statements that write a page are prepared per table (and per
         // column list); rusqlite's default cache of 16 would drop a sync's

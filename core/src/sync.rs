@@ -306,6 +306,7 @@ async fn pull_tables(
     early: &mut EarlySettled,
 ) -> Result<()> {
     let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+    plan_progress(engine, &tables, report).await;
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut refreshes = 0;
     let mut parts: Vec<SyncReport> = Vec::new();
@@ -332,6 +333,62 @@ async fn pull_tables(
     report.tables.extend(tables);
     count_removed(report, &early.removed);
     result
+}
+
+/// Asks the server how many entries each table's download will bring
+/// (`POST /v1/sync/counts`, one round trip for every table of the run) and
+/// gives the sizes to the run's progress before any page arrives, so its
+/// total is exact from the start and its fraction only grows. A server that
+/// cannot say (an older one, or a failure) leaves the totals to the pages'
+/// estimates; the sync goes on either way.
+async fn plan_progress(engine: &Engine, tables: &[SyncTable], report: &mut SyncReport) {
+    let mut cursors = BTreeMap::new();
+    let mut before = BTreeMap::new();
+    for t in tables {
+        let Ok(state) = engine.store.table_state(&t.name) else {
+            continue;
+        };
+        // A first download resumed from a page keeps the rows it holds;
+        // a download of changes starts its count again.
+        let resumed = !state.initial_done && !state.cursor.is_empty();
+        before.insert(
+            t.name.clone(),
+            if resumed { state.received_rows } else { 0 },
+        );
+        cursors.insert(t.name.clone(), state.cursor);
+    }
+    if cursors.is_empty() {
+        return;
+    }
+    let answer = match engine
+        .api
+        .counts(&crate::protocol::CountsRequest { tables: cursors })
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            debug!(target: "fieldsync::sync", error = %e, "no download counts; the pages' totals are estimates");
+            return;
+        }
+    };
+    report.bytes_up += answer.bytes_up;
+    report.bytes_down += answer.bytes_down;
+    let planned: BTreeMap<String, crate::service::PlannedTable> = answer
+        .value
+        .tables
+        .into_iter()
+        .filter_map(|(name, count)| {
+            let done = *before.get(&name)?;
+            Some((
+                name,
+                crate::service::PlannedTable {
+                    rows_done: done,
+                    rows_total: done.saturating_add(count),
+                },
+            ))
+        })
+        .collect();
+    engine.plan_progress(&planned);
 }
 
 /// Adds rows a settling removed (per table) to the run's table reports.
@@ -769,7 +826,12 @@ fn release_freed_memory() {
 /// what was received.
 fn progress_total(rows_done: u64, rows_total: Option<u64>, page: &PageSummary) -> Option<u64> {
     if page.has_more {
-        page.total.map(|total| rows_done + total).or(rows_total)
+        // Never fewer than the rows in: the page's entries and at least
+        // one more (pages remain).
+        page.total
+            .map(|total| rows_done + total)
+            .or(rows_total)
+            .map(|t| t.max(rows_done + page.entries + 1))
     } else {
         Some(rows_done + page.entries)
     }
@@ -849,7 +911,11 @@ async fn pull_table(
         ..Default::default()
     };
     let mut rows_done = state.received_rows;
-    let mut rows_total = state.expected_rows;
+    // The server's count at the start of the sync is exact; a first
+    // download then asks the pages for no estimate of their own.
+    let planned = engine.planned_total(&table.name);
+    let mut rows_total = planned.map(|p| p.rows_total).or(state.expected_rows);
+    let page_totals = !(initial && planned.is_some());
     // Of a download of changes, the rows the server said remain beyond the
     // pages asked for (see `ramp_down`).
     let mut left: Option<u64> = None;
@@ -859,7 +925,7 @@ async fn pull_table(
             table,
             state.cursor.clone(),
             limit,
-            true,
+            page_totals,
             profile_version,
         )
     }));
@@ -877,7 +943,8 @@ async fn pull_table(
         if page.has_more {
             // The server's total is an estimate until the last page: ask
             // again now and then so the progress follows what is selected.
-            let ask_total = (table_report.pages + 1).is_multiple_of(TOTAL_EVERY_PAGES);
+            let ask_total =
+                page_totals && (table_report.pages + 1).is_multiple_of(TOTAL_EVERY_PAGES);
             limit = next_limit(limit, held, engine.page_size);
             if !initial {
                 limit = ramp_down(limit, left, first);

@@ -1762,6 +1762,78 @@ impl Db {
         })
     }
 
+    /// The entries a pull of `table` from `cursor` would send, counted
+    /// exactly for the progress of a download (`POST /v1/sync/counts`):
+    /// the rows the rules select at or before the cursor's snapshot (every
+    /// live selected row for the empty cursor), every row changed after it,
+    /// and the rows a due relative-date window lets in. `None` for a cursor
+    /// this server did not issue. It evaluates the rules on every row of
+    /// the table once, as the download's walk does (the cost is in
+    /// `docs/performance.md`); the pages' own `total` stays an estimate.
+    pub fn count_entries(
+        &self,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        cursor: &str,
+    ) -> ApiResult<Option<u64>> {
+        let Some(parsed) = Cursor::parse(cursor) else {
+            return Ok(None);
+        };
+        let now = self.clock.now_ms();
+        let dialect = self.dialect();
+        let ctx = profile.filter_context(now);
+        let predicate = rules::compile_in(dialect, profile, table, &ctx);
+        let t = quote_ident(&table.name);
+        self.read(|c| {
+            let count = |c: &mut dyn Conn, sql: &str, params: &[Value]| -> ApiResult<u64> {
+                Ok(c.query_one(sql, params)?.i64(0)?.max(0) as u64)
+            };
+            let Some(cur) = parsed else {
+                return count(
+                    c,
+                    &format!("SELECT COUNT(*) FROM {t} WHERE _deleted = 0 AND {}", predicate.sql),
+                    &predicate.params,
+                )
+                .map(Some);
+            };
+            let mut params = vec![int(cur.since), int(cur.snapshot)];
+            params.extend(predicate.params.iter().cloned());
+            let mut n = count(
+                c,
+                &format!(
+                    "SELECT COUNT(*) FROM {t} WHERE _seq > ? AND (_seq > ? OR (_deleted = 0 AND {}))",
+                    predicate.sql
+                ),
+                &params,
+            )?;
+            let window = match cur.phase {
+                Phase::Rest if cur.window_due(profile, table, now) => Some((now, 0)),
+                Phase::Window { to, after } => Some((to, after)),
+                _ => None,
+            };
+            if let Some((to, after)) = window {
+                let then = cur.evaluated_at.unwrap_or(to);
+                if let (Some(now_p), Some(then_p)) = (
+                    rules::compile_clock_rules(dialect, table, &profile.filter_context(to)),
+                    rules::compile_clock_rules(dialect, table, &profile.filter_context(then)),
+                ) {
+                    let mut params = vec![int(cur.since), int(after)];
+                    params.extend(now_p.params.iter().cloned());
+                    params.extend(then_p.params.iter().cloned());
+                    n += count(
+                        c,
+                        &format!(
+                            "SELECT COUNT(*) FROM {t} WHERE _deleted = 0 AND _seq <= ? AND _seq > ? AND {} AND NOT {}",
+                            now_p.sql, then_p.sql
+                        ),
+                        &params,
+                    )?;
+                }
+            }
+            Ok(Some(n))
+        })
+    }
+
     /// Live rows of `table` whose `column` holds one of `values` and that
     /// the user's rules select (`POST /v1/sync/fetch`).
     pub fn fetch(

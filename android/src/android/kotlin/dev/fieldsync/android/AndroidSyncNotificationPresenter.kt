@@ -34,9 +34,10 @@ class AndroidSyncNotificationPresenter(
         when (notification.phase) {
             NotificationPhase.PROGRESS -> {
                 builder.setOngoing(true)
-                val total = notification.rowsTotal
-                if (total != null && total > 0) {
-                    builder.setProgress(100, (notification.rowsDone * 100 / total).toInt().coerceIn(0, 100), false)
+                // The core's fraction: it never goes back within a sync.
+                val fraction = notification.fraction
+                if (fraction != null) {
+                    builder.setProgress(1000, (fraction * 1000).toInt().coerceIn(0, 1000), false)
                 } else {
                     builder.setProgress(0, 0, true)
                 }
