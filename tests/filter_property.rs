@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 use fieldsync_core::Value;
 use fieldsync_core::filter::{Filter, FilterContext};
 use fieldsync_core::profile::{Column, ColumnKind, SyncTable};
-use fieldsync_core::time::{format_date, format_datetime};
+use fieldsync_core::time::{Zone, format_date, format_datetime};
 use proptest::prelude::*;
 
 fn table() -> SyncTable {
@@ -176,24 +176,38 @@ fn row() -> impl Strategy<Value = Vec<Value>> {
         .prop_map(|(t, n, r, b, d, ts)| vec![t, n, r, b, d, ts])
 }
 
+/// 2026-03-29, the day Europe moves its clocks forward (within the rows'
+/// dates, which are BASE_DAY ± 70 days).
+const EU_DST_DAY: i64 = 20_541;
+
+fn zone() -> impl Strategy<Value = Zone> {
+    let named = |n: &str| Zone::named(n).expect("a zone of the database");
+    prop_oneof![
+        Just(Zone::Fixed(0)),
+        Just(Zone::Fixed(60)),
+        Just(Zone::Fixed(-300)),
+        Just(Zone::Fixed(330)),
+        Just(Zone::Fixed(840)),
+        Just(Zone::Fixed(-840)),
+        Just(named("Europe/Berlin")),
+        Just(named("America/New_York")),
+        Just(named("Australia/Lord_Howe")),
+        Just(named("Asia/Kolkata")),
+    ]
+}
+
 fn context() -> impl Strategy<Value = FilterContext> {
     (
+        prop_oneof![Just(BASE_DAY), Just(EU_DST_DAY)],
         -3i64 * 24..3 * 24,
-        prop_oneof![
-            Just(0i32),
-            Just(60),
-            Just(-300),
-            Just(330),
-            Just(840),
-            Just(-840)
-        ],
+        zone(),
         any::<bool>(),
     )
-        .prop_map(|(h, offset, team)| FilterContext {
+        .prop_map(|(day, h, zone, team)| FilterContext {
             user_id: "tech-a".into(),
             team_id: team.then(|| "team-1".to_owned()),
-            now_ms: (BASE_DAY * 24 + h) * 3_600_000 + 17 * 60_000,
-            utc_offset_minutes: offset,
+            now_ms: (day * 24 + h) * 3_600_000 + 17 * 60_000,
+            zone,
         })
 }
 
@@ -245,7 +259,14 @@ fn local_select(rows: &[Vec<Value>], f: &Filter, ctx: &FilterContext) -> (Vec<us
         version: 1,
         user_id: ctx.user_id.clone(),
         team_id: ctx.team_id.clone(),
-        utc_offset_minutes: ctx.utc_offset_minutes,
+        utc_offset_minutes: match ctx.zone {
+            Zone::Fixed(m) => m,
+            Zone::Named(..) => 0,
+        },
+        time_zone: match &ctx.zone {
+            Zone::Named(n, _) => Some(n.clone()),
+            Zone::Fixed(_) => None,
+        },
         tables: vec![t.clone()],
     };
     store.apply_profile(&profile, ctx.now_ms).expect("profile");
@@ -395,7 +416,7 @@ fn relative_dates_follow_the_documented_calendar() {
         user_id: "u".into(),
         team_id: None,
         now_ms: now,
-        utc_offset_minutes: offset,
+        zone: Zone::Fixed(offset),
     };
     let rows = |d: &str| {
         let d = d.to_owned();

@@ -19,14 +19,18 @@
 //! - text compares byte for byte (case-sensitive, as SQLite's BINARY
 //!   collation); dates and date-times compare as their text
 //!   (`YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ`);
-//! - "today" is the calendar date of the injected clock at the profile's fixed
-//!   UTC offset (`utc_offset_minutes`, default 0, so UTC): `today` is
+//! - "today" is the calendar date of the injected clock in the user's time
+//!   zone (an IANA zone, daylight saving included: the user's, else the
+//!   profile's `time_zone`, else the profile's fixed `utc_offset_minutes`,
+//!   default 0, so UTC): `today` is
 //!   `[today, today+1)`, `yesterday` and `tomorrow` the day before and after,
 //!   `last_days N` is `[today-N, today+1)` (the N days before today and
 //!   today), `next_days N` is `[today, today+N+1)` (today and the N days after),
 //!   `on_or_after_today` is `[today, ∞)`, `this_month`, `last_month`,
 //!   `next_month` the calendar months. On a date-time column a day starts at
-//!   local midnight, written as the UTC instant.
+//!   local midnight (or the first local time after it, when a daylight
+//!   saving change skips midnight), written as the UTC instant, so the day
+//!   of a daylight saving change is 23 or 25 hours long.
 
 use std::cmp::Ordering;
 
@@ -34,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::profile::{ColumnKind, SyncTable};
-use crate::time::{civil_from_days, days_from_civil, format_date, format_datetime};
+use crate::time::{Zone, civil_from_days, days_from_civil, format_date, format_datetime};
 use crate::value::Value;
 
 /// Deepest nesting of `and` / `or` / `not` accepted.
@@ -45,8 +49,6 @@ pub const MAX_FILTER_NODES: usize = 500;
 pub const MAX_IN_VALUES: usize = 1000;
 /// Largest `days` of `last_days` / `next_days`.
 pub const MAX_RELATIVE_DAYS: u32 = 3660;
-
-const DAY_MS: i64 = 86_400_000;
 
 /// A custom row filter as an administrator writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,14 +120,15 @@ pub struct FilterContext {
     pub team_id: Option<String>,
     /// The clock's reading, milliseconds since the epoch (UTC).
     pub now_ms: i64,
-    /// Fixed offset of the profile's time zone from UTC, in minutes.
-    pub utc_offset_minutes: i32,
+    /// The time zone whose days relative dates count (the user's, else the
+    /// profile's, else UTC).
+    pub zone: Zone,
 }
 
 impl FilterContext {
     /// Local day number (days since 1970-01-01) of "today".
     pub fn today(&self) -> i64 {
-        (self.now_ms + i64::from(self.utc_offset_minutes) * 60_000).div_euclid(DAY_MS)
+        self.zone.local_day(self.now_ms)
     }
 }
 
@@ -522,9 +525,9 @@ impl Filter {
         let range = |column: &str, from: i64, to: Option<i64>| -> Cond {
             let bound = |day: i64| -> Value {
                 match kind(column) {
-                    Some(ColumnKind::DateTime) => Value::Text(format_datetime(
-                        day * DAY_MS - i64::from(ctx.utc_offset_minutes) * 60_000,
-                    )),
+                    Some(ColumnKind::DateTime) => {
+                        Value::Text(format_datetime(ctx.zone.day_start_ms(day)))
+                    }
                     _ => Value::Text(format_date(day)),
                 }
             };
@@ -638,7 +641,7 @@ mod tests {
             user_id: "u".into(),
             team_id: None,
             now_ms: crate::time::parse_datetime(now).unwrap_or(0),
-            utc_offset_minutes: offset,
+            zone: Zone::Fixed(offset),
         }
     }
 

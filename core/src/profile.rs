@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::filter::{Filter, FilterContext};
 use crate::protocol::Op;
+use crate::time::Zone;
 use crate::value::Value;
 
 /// Shortest allowed sync interval (5 minutes).
@@ -191,11 +192,26 @@ pub struct OfflineProfile {
     /// "today" in relative-date filters (default 0: UTC).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub utc_offset_minutes: i32,
+    /// The profile's time zone by IANA name (`Europe/Berlin`), daylight
+    /// saving included: "today" for its users (a user's own zone overrides
+    /// it). Not together with `utc_offset_minutes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     pub tables: Vec<TableProfile>,
 }
 
 fn is_zero(v: &i32) -> bool {
     *v == 0
+}
+
+/// Checks that `name` is an IANA time zone the compiled-in database knows.
+pub fn check_time_zone(name: &str) -> Result<(), Error> {
+    Zone::named(name).map(|_| ()).ok_or_else(|| {
+        Error::InvalidProfile(format!(
+            "time zone '{}' is not an IANA time zone name (for example Europe/Berlin)",
+            name.chars().take(64).collect::<String>()
+        ))
+    })
 }
 
 /// A table of the server's data model.
@@ -384,9 +400,14 @@ pub struct SyncProfile {
     #[serde(default)]
     pub team_id: Option<String>,
     /// Fixed offset of the profile's time zone from UTC, in minutes: "today"
-    /// in relative-date filters is the date at this offset.
+    /// in relative-date filters is the date at this offset, unless a
+    /// `time_zone` is given.
     #[serde(default)]
     pub utc_offset_minutes: i32,
+    /// The IANA time zone whose days relative dates count for this user:
+    /// the user's own zone, else the profile's; none means the fixed offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     pub tables: Vec<SyncTable>,
 }
 
@@ -397,8 +418,32 @@ impl SyncProfile {
             user_id: self.user_id.clone(),
             team_id: self.team_id.clone(),
             now_ms,
-            utc_offset_minutes: self.utc_offset_minutes,
+            zone: self.zone(),
         }
+    }
+
+    /// The zone of the profile's relative dates: `time_zone` when the
+    /// compiled-in database knows it (the server checked it did when it
+    /// issued the profile), else the fixed offset.
+    pub fn zone(&self) -> Zone {
+        self.time_zone
+            .as_deref()
+            .and_then(Zone::named)
+            .unwrap_or(Zone::Fixed(self.utc_offset_minutes))
+    }
+
+    /// The profile as issued to a user whose own time zone (an IANA name)
+    /// overrides the profile's; `None` keeps the profile's. An unknown name
+    /// is [`Error::InvalidInput`].
+    pub fn with_user_time_zone(mut self, zone: Option<&str>) -> Result<SyncProfile, Error> {
+        if let Some(name) = zone {
+            check_time_zone(name).map_err(|e| match e {
+                Error::InvalidProfile(m) => Error::InvalidInput(m),
+                other => other,
+            })?;
+            self.time_zone = Some(name.to_owned());
+        }
+        Ok(self)
     }
 
     /// Every related-rows rule of the profile, table by table.
@@ -464,6 +509,7 @@ impl OfflineProfile {
             user_id: user_id.to_owned(),
             team_id: team_id.map(str::to_owned),
             utc_offset_minutes: self.utc_offset_minutes,
+            time_zone: self.time_zone.clone(),
             tables,
         })
     }
@@ -532,6 +578,14 @@ impl OfflineProfile {
                 "utc_offset_minutes {} is outside -840 to 840",
                 self.utc_offset_minutes
             )));
+        }
+        if let Some(zone) = &self.time_zone {
+            check_time_zone(zone)?;
+            if self.utc_offset_minutes != 0 {
+                return Err(Error::InvalidProfile(
+                    "give time_zone or utc_offset_minutes, not both".into(),
+                ));
+            }
         }
         let mut seen = BTreeSet::new();
         for t in &self.tables {
@@ -748,6 +802,7 @@ mod tests {
             name: "chain".into(),
             description: String::new(),
             utc_offset_minutes: 0,
+            time_zone: None,
             tables: (0..n)
                 .map(|i| TableProfile {
                     name: format!("t{i}"),

@@ -220,7 +220,7 @@ mod tests {
             user_id: "u1".into(),
             team_id: None,
             now_ms: 0,
-            utc_offset_minutes: 0,
+            zone: Default::default(),
         }
     }
 

@@ -70,7 +70,7 @@ use crate::selection::Walked;
 use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Whether a device id is one the server records (1 to 128 bytes): the
 /// `x-fieldsync-device-id` header is read only within this bound, and the
@@ -119,9 +119,13 @@ pub struct User {
     /// The user's team ("rows of my team" filters), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
+    /// The user's time zone (an IANA name), overriding the profile's for
+    /// relative-date filters, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
-/// Reads a user from a row of `SELECT id, name, role, profile, team_id`.
+/// Reads a user from a row of `SELECT id, name, role, profile, team_id, time_zone`.
 /// A server setting, inside the caller's transaction.
 fn setting_in(c: &mut dyn Conn, key: &str) -> ApiResult<Option<String>> {
     c.query_opt("SELECT value FROM _fs_settings WHERE key = ?", &[text(key)])?
@@ -132,7 +136,7 @@ fn setting_in(c: &mut dyn Conn, key: &str) -> ApiResult<Option<String>> {
 /// The user with this id, inside the caller's transaction.
 fn user_by_id_in(c: &mut dyn Conn, id: &str) -> ApiResult<Option<User>> {
     c.query_opt(
-        "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?",
+        "SELECT id, name, role, profile, team_id, time_zone FROM _fs_users WHERE id = ?",
         &[text(id)],
     )?
     .as_ref()
@@ -147,6 +151,7 @@ fn user_from_row(r: &Row) -> ApiResult<User> {
         role: Role::parse(&r.text(2)?),
         profile: r.text(3)?,
         team_id: r.opt_text(4)?,
+        time_zone: r.opt_text(5)?,
     })
 }
 
@@ -1187,7 +1192,7 @@ impl Db {
         let hash = hash_token(token);
         self.read(|c| {
             c.query_opt(
-                "SELECT id, name, role, profile, team_id FROM _fs_users WHERE token_hash = ?",
+                "SELECT id, name, role, profile, team_id, time_zone FROM _fs_users WHERE token_hash = ?",
                 &[text(hash.clone())],
             )?
             .as_ref()
@@ -1205,6 +1210,20 @@ impl Db {
         profile: &str,
         team_id: Option<String>,
     ) -> ApiResult<(User, String)> {
+        self.create_user_in_zone(id, name, role, profile, team_id, None)
+    }
+
+    /// [`Db::create_user`] with the user's own time zone (an IANA name that
+    /// overrides the profile's for relative-date filters).
+    pub fn create_user_in_zone(
+        &self,
+        id: Option<String>,
+        name: &str,
+        role: Role,
+        profile: &str,
+        team_id: Option<String>,
+        time_zone: Option<String>,
+    ) -> ApiResult<(User, String)> {
         let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         if id.is_empty() || id.len() > 128 {
             return Err(ApiError::bad_request(
@@ -1218,6 +1237,11 @@ impl Db {
                 "a user needs a name",
             ));
         }
+        let time_zone = time_zone.filter(|z| !z.is_empty());
+        if let Some(zone) = &time_zone {
+            fieldsync_core::profile::check_time_zone(zone)
+                .map_err(|e| ApiError::bad_request(codes::BAD_REQUEST, e.to_string()))?;
+        }
         let token = user_token();
         let user = User {
             id,
@@ -1225,6 +1249,7 @@ impl Db {
             role,
             profile: profile.to_owned(),
             team_id: team_id.filter(|t| !t.is_empty()),
+            time_zone,
         };
         self.write(|c| {
             if !c.exists("SELECT 1 FROM _fs_profiles WHERE name = ?", &[text(profile)])? {
@@ -1241,7 +1266,7 @@ impl Db {
                 ));
             }
             c.execute(
-                "INSERT INTO _fs_users (id, name, role, profile, token_hash, created_at, team_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO _fs_users (id, name, role, profile, token_hash, created_at, team_id, time_zone) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 &[
                     text(user.id.clone()),
                     text(user.name.clone()),
@@ -1250,6 +1275,7 @@ impl Db {
                     text(hash_token(&token)),
                     text(self.now_text()),
                     opt_text(user.team_id.clone()),
+                    opt_text(user.time_zone.clone()),
                 ],
             )?;
             Ok(())
@@ -1293,7 +1319,7 @@ impl Db {
     pub fn users(&self) -> ApiResult<Vec<User>> {
         self.read(|c| {
             c.query(
-                "SELECT id, name, role, profile, team_id FROM _fs_users ORDER BY name, id",
+                "SELECT id, name, role, profile, team_id, time_zone FROM _fs_users ORDER BY name, id",
                 &[],
             )?
             .iter()
@@ -1414,7 +1440,9 @@ impl Db {
         let (profile, version) = self.profile(&user.profile)?.ok_or_else(|| {
             ApiError::internal(format!("user's profile '{}' is missing", user.profile))
         })?;
-        Ok(profile.resolve(&self.model, version, &user.id, user.team_id.as_deref())?)
+        Ok(profile
+            .resolve(&self.model, version, &user.id, user.team_id.as_deref())?
+            .with_user_time_zone(user.time_zone.as_deref())?)
     }
 
     /// A server setting.

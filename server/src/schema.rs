@@ -279,6 +279,16 @@ ALTER TABLE _fs_sync_errors ADD COLUMN IF NOT EXISTS server_data_cut TEXT;
 CREATE INDEX IF NOT EXISTS _fs_sync_errors_at ON _fs_sync_errors (at);
 "#,
     },
+    Migration {
+        version: 5,
+        description: "users may have their own time zone (an IANA name) for relative-date filters",
+        sqlite: r#"
+ALTER TABLE _fs_users ADD COLUMN time_zone TEXT;
+"#,
+        postgres: r#"
+ALTER TABLE _fs_users ADD COLUMN IF NOT EXISTS time_zone TEXT;
+"#,
+    },
 ];
 
 /// The version this server's schema reaches.
