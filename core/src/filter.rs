@@ -33,6 +33,7 @@
 //!   of a daylight saving change is 23 or 25 hours long.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -109,7 +110,28 @@ pub enum Filter {
     LastMonth { column: String },
     /// A date or date-time in the next calendar month.
     NextMonth { column: String },
+    /// The row of another table of the profile whose primary key `column`
+    /// holds is live and matches `filter` (a condition on that table's
+    /// synced columns, which may itself hold `related`, up to
+    /// [`MAX_RELATED_DEPTH`] tables away). No such row: no match. Only in an
+    /// offline profile's filters ([`Filter::validate_in`]).
+    Related {
+        column: String,
+        table: String,
+        filter: Box<Filter>,
+    },
 }
+
+/// How many relationships a `related` condition may follow from the row's
+/// table (bookings → work order → service account → ...).
+pub const MAX_RELATED_DEPTH: usize = 3;
+
+/// One relationship a `related` condition follows: (table, its column,
+/// the related table whose primary key the column holds).
+pub type Hop = (String, String, String);
+
+/// The synced tables of a profile by name, for conditions on related tables.
+pub type Tables<'a> = &'a dyn Fn(&str) -> Option<&'a SyncTable>;
 
 /// What "current user", "my team" and "today" mean for one evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,7 +232,19 @@ pub enum Cond {
         op: TextOp,
         needle: String,
     },
+    /// The live row of `table` whose `key` (its primary key) equals this
+    /// row's `column` matches `cond`; false on null and when there is none.
+    Related {
+        column: String,
+        table: String,
+        key: String,
+        cond: Box<Cond>,
+    },
 }
+
+/// Finds the live row of `table` whose column `key` holds `value`, with its
+/// synced columns (the device's store, a test's rows).
+pub type RowLookup<'a> = &'a dyn Fn(&str, &str, &Value) -> Option<BTreeMap<String, Value>>;
 
 /// Orders two non-null values as SQLite does: numbers (booleans as 0/1)
 /// before text, numbers numerically, text byte by byte.
@@ -234,15 +268,40 @@ fn sql_order(a: &Value, b: &Value) -> Option<Ordering> {
 }
 
 impl Cond {
-    /// Evaluates the condition against a row (device side).
+    /// Evaluates the condition against a row (device side). A condition on
+    /// a related table finds no row here; see [`Cond::eval_with`].
     pub fn eval(&self, row: &dyn Fn(&str) -> Option<Value>) -> bool {
+        self.eval_with(row, &|_, _, _| None)
+    }
+
+    /// True when the condition reads another table (`related`).
+    pub fn reads_related(&self) -> bool {
+        match self {
+            Cond::And(cs) | Cond::Or(cs) => cs.iter().any(Cond::reads_related),
+            Cond::Not(c) => c.reads_related(),
+            Cond::Related { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Evaluates the condition against a row, finding related rows with
+    /// `lookup`.
+    pub fn eval_with(&self, row: &dyn Fn(&str) -> Option<Value>, lookup: RowLookup<'_>) -> bool {
         let get = |c: &str| row(c).filter(|v| *v != Value::Null);
         match self {
             Cond::True => true,
             Cond::False => false,
-            Cond::And(cs) => cs.iter().all(|c| c.eval(row)),
-            Cond::Or(cs) => cs.iter().any(|c| c.eval(row)),
-            Cond::Not(c) => !c.eval(row),
+            Cond::And(cs) => cs.iter().all(|c| c.eval_with(row, lookup)),
+            Cond::Or(cs) => cs.iter().any(|c| c.eval_with(row, lookup)),
+            Cond::Not(c) => !c.eval_with(row, lookup),
+            Cond::Related {
+                column,
+                table,
+                key,
+                cond,
+            } => get(column)
+                .and_then(|v| lookup(table, key, &v))
+                .is_some_and(|r| cond.eval_with(&|c: &str| r.get(c).cloned(), lookup)),
             Cond::Cmp { column, op, value } => get(column)
                 .and_then(|v| sql_order(&v, value))
                 .is_some_and(|o| op.holds(o)),
@@ -313,10 +372,26 @@ impl Filter {
     /// it with every value in its column's canonical form.
     pub fn validate(&self, table: &SyncTable) -> Result<Filter, Error> {
         let mut nodes = 0;
-        self.check(table, 1, &mut nodes)
+        self.check(table, 1, &mut nodes, None, 0)
     }
 
-    fn check(&self, table: &SyncTable, depth: usize, nodes: &mut usize) -> Result<Filter, Error> {
+    /// [`Filter::validate`] for a filter of an offline profile, whose
+    /// `related` conditions may read the profile's other tables: each must
+    /// be in `tables`, be reached through a text column of this table, and
+    /// be read only on its synced columns.
+    pub fn validate_in(&self, table: &SyncTable, tables: Tables<'_>) -> Result<Filter, Error> {
+        let mut nodes = 0;
+        self.check(table, 1, &mut nodes, Some(tables), 0)
+    }
+
+    fn check(
+        &self,
+        table: &SyncTable,
+        depth: usize,
+        nodes: &mut usize,
+        tables: Option<Tables<'_>>,
+        hops: usize,
+    ) -> Result<Filter, Error> {
         *nodes += 1;
         if *nodes > MAX_FILTER_NODES {
             return Err(bad(
@@ -372,7 +447,7 @@ impl Filter {
                 return Err(bad(table, "an and / or needs at least one filter".into()));
             }
             fs.iter()
-                .map(|f| f.check(table, depth + 1, nodes))
+                .map(|f| f.check(table, depth + 1, nodes, tables, hops))
                 .collect()
         };
         use Filter as F;
@@ -384,8 +459,51 @@ impl Filter {
                 filters: sub(filters, nodes)?,
             },
             F::Not { filter } => F::Not {
-                filter: Box::new(filter.check(table, depth + 1, nodes)?),
+                filter: Box::new(filter.check(table, depth + 1, nodes, tables, hops)?),
             },
+            F::Related {
+                column,
+                table: other,
+                filter,
+            } => {
+                let Some(tables) = tables else {
+                    return Err(Error::InvalidInput(
+                        "a condition on a related table ('related') belongs in an offline profile's filter; a local query reads one table"
+                            .into(),
+                    ));
+                };
+                if hops >= MAX_RELATED_DEPTH {
+                    return Err(bad(
+                        table,
+                        format!("'related' follows at most {MAX_RELATED_DEPTH} relationships"),
+                    ));
+                }
+                if kind_of(table, column)? != ColumnKind::Text {
+                    return Err(bad(
+                        table,
+                        format!(
+                            "'related' reaches another table through a text column; '{column}' is not one"
+                        ),
+                    ));
+                }
+                let other_table = tables(other).ok_or_else(|| {
+                    bad(
+                        table,
+                        format!("'related' reads table '{other}', which the profile does not sync"),
+                    )
+                })?;
+                F::Related {
+                    column: column.clone(),
+                    table: other.clone(),
+                    filter: Box::new(filter.check(
+                        other_table,
+                        depth + 1,
+                        nodes,
+                        Some(tables),
+                        hops + 1,
+                    )?),
+                }
+            }
             F::Eq { column, value } => F::Eq {
                 value: canonical(table, column, value)?,
                 column: column.clone(),
@@ -454,7 +572,7 @@ impl Filter {
             Filter::And { filters } | Filter::Or { filters } => {
                 filters.iter().any(Filter::uses_clock)
             }
-            Filter::Not { filter } => filter.uses_clock(),
+            Filter::Not { filter } | Filter::Related { filter, .. } => filter.uses_clock(),
             Filter::Today { .. }
             | Filter::Yesterday { .. }
             | Filter::Tomorrow { .. }
@@ -506,7 +624,53 @@ impl Filter {
             | Filter::OnOrAfterToday { column }
             | Filter::ThisMonth { column }
             | Filter::LastMonth { column }
-            | Filter::NextMonth { column } => out.push(column),
+            | Filter::NextMonth { column }
+            | Filter::Related { column, .. } => out.push(column),
+        }
+    }
+
+    /// True when the filter reads another table (`related`).
+    pub fn reads_related(&self) -> bool {
+        match self {
+            Filter::And { filters } | Filter::Or { filters } => {
+                filters.iter().any(Filter::reads_related)
+            }
+            Filter::Not { filter } => filter.reads_related(),
+            Filter::Related { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The relationships the filter's `related` conditions follow, each as
+    /// its path from this table: `[(table, column, other table)]`, outermost
+    /// first (a path's prefixes are listed too).
+    pub fn related_paths(&self, table: &str) -> Vec<Vec<Hop>> {
+        let mut out = Vec::new();
+        self.collect_paths(table, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn collect_paths(&self, table: &str, path: &mut Vec<Hop>, out: &mut Vec<Vec<Hop>>) {
+        match self {
+            Filter::And { filters } | Filter::Or { filters } => {
+                for f in filters {
+                    f.collect_paths(table, path, out);
+                }
+            }
+            Filter::Not { filter } => filter.collect_paths(table, path, out),
+            Filter::Related {
+                column,
+                table: other,
+                filter,
+            } => {
+                path.push((table.to_owned(), column.clone(), other.clone()));
+                if !out.contains(path) {
+                    out.push(path.clone());
+                }
+                filter.collect_paths(other, path, out);
+                path.pop();
+            }
+            _ => {}
         }
     }
 
@@ -514,6 +678,13 @@ impl Filter {
     /// relative date on a date column gets date bounds, on a date-time
     /// column date-time bounds). Call on a validated filter.
     pub fn lower(&self, table: &SyncTable, ctx: &FilterContext) -> Cond {
+        self.lower_in(table, ctx, &|_| None)
+    }
+
+    /// [`Filter::lower`] with the profile's tables, which a `related`
+    /// condition reads (without them, or for a table not among them, it
+    /// matches nothing).
+    pub fn lower_in(&self, table: &SyncTable, ctx: &FilterContext, tables: Tables<'_>) -> Cond {
         let kind = |c: &str| table.column(c).map(|c| c.kind);
         let cmp = |column: &str, op: CmpOp, value: &Value| Cond::Cmp {
             column: column.to_owned(),
@@ -549,9 +720,32 @@ impl Filter {
         };
         use Filter as F;
         match self {
-            F::And { filters } => Cond::And(filters.iter().map(|f| f.lower(table, ctx)).collect()),
-            F::Or { filters } => Cond::Or(filters.iter().map(|f| f.lower(table, ctx)).collect()),
-            F::Not { filter } => Cond::Not(Box::new(filter.lower(table, ctx))),
+            F::And { filters } => Cond::And(
+                filters
+                    .iter()
+                    .map(|f| f.lower_in(table, ctx, tables))
+                    .collect(),
+            ),
+            F::Or { filters } => Cond::Or(
+                filters
+                    .iter()
+                    .map(|f| f.lower_in(table, ctx, tables))
+                    .collect(),
+            ),
+            F::Not { filter } => Cond::Not(Box::new(filter.lower_in(table, ctx, tables))),
+            F::Related {
+                column,
+                table: other,
+                filter,
+            } => match tables(other) {
+                Some(other_table) => Cond::Related {
+                    column: column.clone(),
+                    table: other.clone(),
+                    key: other_table.primary_key.clone(),
+                    cond: Box::new(filter.lower_in(other_table, ctx, tables)),
+                },
+                None => Cond::False,
+            },
             F::Eq { column, value } => cmp(column, CmpOp::Eq, value),
             F::Ne { column, value } => cmp(column, CmpOp::Ne, value),
             F::Gt { column, value } => cmp(column, CmpOp::Gt, value),

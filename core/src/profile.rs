@@ -204,6 +204,38 @@ fn is_zero(v: &i32) -> bool {
     *v == 0
 }
 
+/// A `related` condition of `from`'s filter reads `other`'s row named by
+/// `from.column`: the device evaluates it on its own copy, so the profile
+/// must keep every such row of a kept `from` row: `other` syncs every row,
+/// or is reached from `from` through `column` by a related-rows rule.
+fn check_kept_through(
+    tables: &[SyncTable],
+    from: &str,
+    column: &str,
+    other: &str,
+) -> Result<(), Error> {
+    let Some(o) = tables.iter().find(|t| t.name == other) else {
+        return Ok(()); // refused by the filter's own validation
+    };
+    let kept = o.rules.iter().any(|r| match r {
+        RowRule::All => true,
+        RowRule::Related {
+            table,
+            column: c,
+            foreign_column,
+        } => table == from && *c == o.primary_key && foreign_column == column,
+        _ => false,
+    });
+    if kept {
+        Ok(())
+    } else {
+        Err(Error::InvalidProfile(format!(
+            "table '{from}': a 'related' condition reads {other} through '{column}', so the device needs every {other} row a kept {from} row names: give {other} the rule {{\"kind\": \"related\", \"table\": \"{from}\", \"column\": \"{pk}\", \"foreign_column\": \"{column}\"}} or {{\"kind\": \"all\"}}",
+            pk = o.primary_key
+        )))
+    }
+}
+
 /// Checks that `name` is an IANA time zone the compiled-in database knows.
 pub fn check_time_zone(name: &str) -> Result<(), Error> {
     Zone::named(name).map(|_| ()).ok_or_else(|| {
@@ -329,6 +361,9 @@ impl SyncTable {
             RowRule::Owned { column } => {
                 matches!(row.get(column), Some(Value::Text(v)) if *v == ctx.user_id)
             }
+            // A condition on a related table is decided by the store's
+            // settling, which reads the related rows.
+            RowRule::Custom { filter } if filter.reads_related() => true,
             RowRule::Custom { filter } => {
                 filter.lower(self, ctx).eval(&|c: &str| row.get(c).cloned())
             }
@@ -499,10 +534,7 @@ impl OfflineProfile {
         team_id: Option<&str>,
     ) -> Result<SyncProfile, Error> {
         self.validate(model)?;
-        let mut tables = Vec::with_capacity(self.tables.len());
-        for t in &self.tables {
-            tables.push(self.resolve_table(model, t)?);
-        }
+        let tables = self.resolve_tables(model)?;
         Ok(SyncProfile {
             name: self.name.clone(),
             version,
@@ -514,7 +546,47 @@ impl OfflineProfile {
         })
     }
 
-    /// One table resolved against the model, custom filters in canonical form.
+    /// Every table resolved against the model, custom filters checked and
+    /// in canonical form (a filter's `related` conditions read the other
+    /// tables' synced columns), and every table a `related` condition
+    /// reads kept whole enough for the device to evaluate it.
+    fn resolve_tables(&self, model: &DataModel) -> Result<Vec<SyncTable>, Error> {
+        let mut tables = Vec::with_capacity(self.tables.len());
+        for t in &self.tables {
+            tables.push(self.resolve_table(model, t)?);
+        }
+        let bare = tables.clone();
+        let lookup = |n: &str| bare.iter().find(|t| t.name == n);
+        for table in &mut tables {
+            let rules = table
+                .rules
+                .iter()
+                .map(|rule| match rule {
+                    RowRule::Custom { filter } => Ok(RowRule::Custom {
+                        filter: filter.validate_in(table, &lookup)?,
+                    }),
+                    other => Ok(other.clone()),
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            table.rules = rules;
+        }
+        for t in &tables {
+            for rule in &t.rules {
+                let RowRule::Custom { filter } = rule else {
+                    continue;
+                };
+                for path in filter.related_paths(&t.name) {
+                    let Some((from, column, other)) = path.last() else {
+                        continue;
+                    };
+                    check_kept_through(&tables, from, column, other)?;
+                }
+            }
+        }
+        Ok(tables)
+    }
+
+    /// One table resolved against the model, its rules as written.
     fn resolve_table(&self, model: &DataModel, t: &TableProfile) -> Result<SyncTable, Error> {
         {
             let schema = model
@@ -554,16 +626,7 @@ impl OfflineProfile {
                     )));
                 }
             }
-            let mut rules = Vec::with_capacity(t.rules.len());
-            for rule in &t.rules {
-                rules.push(match rule {
-                    RowRule::Custom { filter } => RowRule::Custom {
-                        filter: filter.validate(&table)?,
-                    },
-                    other => other.clone(),
-                });
-            }
-            table.rules = rules;
+            table.rules = t.rules.clone();
             Ok(table)
         }
     }
@@ -630,9 +693,10 @@ impl OfflineProfile {
                 match rule {
                     RowRule::All => {}
                     RowRule::Custom { .. } => {
-                        // Checked against the table's synced columns: the
-                        // device must hold every column a filter reads.
-                        self.resolve_table(model, t)?;
+                        // Checked against the table's synced columns (and
+                        // a related table's): the device must hold every
+                        // column a filter reads.
+                        self.resolve_tables(model)?;
                     }
                     RowRule::Owned { column } => {
                         if !t.columns.contains(column) && column != &schema.primary_key {

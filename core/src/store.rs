@@ -1904,7 +1904,7 @@ fn unreached_rows(
         }
     }
     let columns = rule_columns(table);
-    let own_rules = settle::OwnRules::new(table, ctx);
+    let own_rules = settle::OwnRules::new(profile, table, ctx, conn);
     let mut doomed = Vec::new();
     {
         let mut stmt = conn.prepare(&rule_columns_sql(table, &columns))?;

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::client::PulledPage;
 use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
-use crate::profile::{SyncProfile, SyncTable};
+use crate::profile::{RowRule, SyncProfile, SyncTable};
 use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, codes};
 use crate::store::{PageSummary, Store, related_rule_key};
 use crate::value::Value;
@@ -264,6 +264,9 @@ fn next_early_settle(
         .find(|t| {
             whole.contains(&t.name)
                 && !early.days.contains_key(&t.name)
+                // A filter reading related tables' rows waits for the final
+                // pass, when every table it reads is in.
+                && !t.rules.iter().any(|r| matches!(r, RowRule::Custom { filter } if filter.reads_related()))
                 && t.depends_on()
                     .iter()
                     .all(|d| *d == t.name || early.days.contains_key(d))

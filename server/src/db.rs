@@ -243,6 +243,10 @@ pub enum Phase {
     Window { to: i64, after: i64 },
     /// Sending changes after `since`, page by page.
     Changes,
+    /// Sending unchanged rows (`_seq <= since`) that qualify now and whose
+    /// filter reads a related row changed after `since` (a work order
+    /// whose priority rose lets its bookings in), after `_seq` `after`.
+    Related { after: i64 },
 }
 
 /// The decoded form of a pull cursor: changes after `since`; rows that do not
@@ -300,6 +304,7 @@ impl Cursor {
                 to: num(to)?,
                 after: num(after)?,
             },
+            ["r", after] => Phase::Related { after: num(after)? },
             _ => return None,
         };
         Some(Some(Cursor {
@@ -339,6 +344,7 @@ impl Cursor {
             Phase::Rest => base,
             Phase::Changes => format!("{base}.c"),
             Phase::Window { to, after } => format!("{base}.w.{to}.{after}"),
+            Phase::Related { after } => format!("{base}.r.{after}"),
         }
     }
 }
@@ -703,6 +709,109 @@ impl PageOut {
     pub fn decoded(&self) -> ApiResult<PullPage> {
         serde_json::from_slice(&self.json)
             .map_err(|e| ApiError::internal(format!("a page does not decode: {e}")))
+    }
+}
+
+/// Rows of `table` whose custom filters read a related row (`related`)
+/// changed after `since`: an SQL condition over `table` (named as such)
+/// with its parameters, or `None` when no filter reads a related table.
+/// One `EXISTS` per relationship path, the last table's `_seq` compared.
+pub(crate) fn related_changed_sql(
+    profile: &SyncProfile,
+    table: &SyncTable,
+    since: i64,
+) -> Option<(String, Vec<Value>)> {
+    let mut parts = Vec::new();
+    let mut params = Vec::new();
+    for path in related_paths(table) {
+        let Some((_, first_column, _)) = path.first() else {
+            continue;
+        };
+        let mut from = String::new();
+        let mut ok = true;
+        for (k, (_, column, other)) in path.iter().enumerate() {
+            let Some(o) = profile.table(other) else {
+                ok = false;
+                break;
+            };
+            if k == 0 {
+                from.push_str(&format!("{} AS _fs_ch0", quote_ident(other)));
+            } else {
+                from.push_str(&format!(
+                    " JOIN {} AS _fs_ch{k} ON _fs_ch{k}.{} = _fs_ch{}.{}",
+                    quote_ident(other),
+                    quote_ident(&o.primary_key),
+                    k - 1,
+                    quote_ident(column)
+                ));
+            }
+        }
+        let Some(first) = path.first().and_then(|(_, _, o)| profile.table(o)) else {
+            continue;
+        };
+        if !ok {
+            continue;
+        }
+        parts.push(format!(
+            "EXISTS (SELECT 1 FROM {from} WHERE _fs_ch0.{} = {}.{} AND _fs_ch{}._seq > ?)",
+            quote_ident(&first.primary_key),
+            quote_ident(&table.name),
+            quote_ident(first_column),
+            path.len() - 1
+        ));
+        params.push(int(since));
+    }
+    (!parts.is_empty()).then(|| (format!("({})", parts.join(" OR ")), params))
+}
+
+/// Every relationship path the custom filters of `table` follow.
+fn related_paths(table: &SyncTable) -> Vec<Vec<fieldsync_core::filter::Hop>> {
+    let mut out = Vec::new();
+    for rule in &table.rules {
+        if let RowRule::Custom { filter } = rule {
+            for p in filter.related_paths(&table.name) {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a table a `related` condition of `table` reads changed after
+/// `since` (one indexed `EXISTS` per table).
+pub(crate) fn related_tables_changed(
+    c: &mut dyn Conn,
+    table: &SyncTable,
+    since: i64,
+) -> ApiResult<bool> {
+    let mut seen = std::collections::BTreeSet::new();
+    for path in related_paths(table) {
+        for (_, _, other) in path {
+            if seen.insert(other.clone()) {
+                let sql = format!(
+                    "SELECT EXISTS (SELECT 1 FROM {} WHERE _seq > ?)",
+                    quote_ident(&other)
+                );
+                if c.query_one(&sql, &[int(since)])?.bool(0)? {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The phase after the related phase of a new download: the window
+/// phase when rows may have entered a relative-date window, else the
+/// changes (the evaluation recorded at `now`).
+fn after_related(cursor: &mut Cursor, profile: &SyncProfile, table: &SyncTable, now: i64) -> Phase {
+    if cursor.window_due(profile, table, now) {
+        Phase::Window { to: now, after: 0 }
+    } else {
+        cursor.evaluated_at = Some(now);
+        Phase::Changes
     }
 }
 
@@ -1575,11 +1684,10 @@ impl Db {
             // move by whole local days, so within the same day nothing can
             // have entered (and the scan of the table is skipped).
             if cursor.phase == Phase::Rest {
-                cursor.phase = if cursor.window_due(profile, table, now) {
-                    Phase::Window { to: now, after: 0 }
+                cursor.phase = if related_tables_changed(c, table, cursor.since)? {
+                    Phase::Related { after: 0 }
                 } else {
-                    cursor.evaluated_at = Some(now);
-                    Phase::Changes
+                    after_related(&mut cursor, profile, table, now)
                 };
             }
             if cursor.evaluated_at.is_none() {
@@ -1593,6 +1701,61 @@ impl Db {
             let mut room = limit;
             let mut page_bytes = 0usize;
 
+            // Related phase: unchanged rows that qualify now because a row
+            // their filter reads changed (the device removes the rows that
+            // stop qualifying itself, when it gets the related row).
+            if let Phase::Related { after } = cursor.phase {
+                match related_changed_sql(profile, table, cursor.since) {
+                    Some((changed, changed_params)) => {
+                        let scope = format!(
+                            "_deleted = 0 AND _seq <= ? AND _seq > ? AND {} AND {changed}",
+                            predicate.sql
+                        );
+                        let mut params: Vec<Value> = vec![int(cursor.since), int(after)];
+                        params.extend(predicate.params.iter().cloned());
+                        params.extend(changed_params);
+                        if let Some(t) = total.as_mut() {
+                            let n = c
+                                .query_one(
+                                    &format!(
+                                        "SELECT COUNT(*) FROM {} WHERE {scope}",
+                                        quote_ident(&table.name)
+                                    ),
+                                    &params,
+                                )?
+                                .i64(0)?;
+                            *t += n.max(0) as u64;
+                        }
+                        let sql = format!(
+                            "SELECT {select_cols}, _seq FROM {} WHERE {scope} ORDER BY _seq LIMIT ?",
+                            quote_ident(&table.name)
+                        );
+                        params.push(int(i64::from(room) + 1));
+                        let mut last = after;
+                        let (mut read, mut more) = (0u32, false);
+                        let bytes = &mut page_bytes;
+                        c.query_each(&sql, &params, &mut |r| {
+                            if read == room || *bytes >= MAX_PAGE_BYTES {
+                                more = true;
+                                return Ok(false);
+                            }
+                            read += 1;
+                            last = r.int(ncols + 1)?;
+                            *bytes += rows.push(r, &kinds)?.size;
+                            Ok(true)
+                        })?;
+                        room -= read;
+                        if more {
+                            has_more = true;
+                            cursor.phase = Phase::Related { after: last };
+                        } else {
+                            cursor.phase = after_related(&mut cursor, profile, table, now);
+                        }
+                    }
+                    None => cursor.phase = after_related(&mut cursor, profile, table, now),
+                }
+            }
+
             // Window phase: unchanged rows (`_seq <= since`) that qualify now
             // and did not at `evaluated_at`, by their own clock rules.
             if let Phase::Window { to, after } = cursor.phase {
@@ -1600,8 +1763,8 @@ impl Db {
                 let now_ctx = profile.filter_context(to);
                 let then_ctx = profile.filter_context(then);
                 match (
-                    rules::compile_clock_rules(dialect, table, &now_ctx),
-                    rules::compile_clock_rules(dialect, table, &then_ctx),
+                    rules::compile_clock_rules(dialect, profile, table, &now_ctx),
+                    rules::compile_clock_rules(dialect, profile, table, &then_ctx),
                 ) {
                     (Some(now_p), Some(then_p)) => {
                         let scope = format!(
@@ -1834,16 +1997,39 @@ impl Db {
                 ),
                 &params,
             )?;
+            let related_after = match cur.phase {
+                Phase::Rest if related_tables_changed(c, table, cur.since)? => Some(0),
+                Phase::Related { after } => Some(after),
+                _ => None,
+            };
+            if let Some(after) = related_after
+                && let Some((changed, changed_params)) =
+                    related_changed_sql(profile, table, cur.since)
+            {
+                let mut params = vec![int(cur.since), int(after)];
+                params.extend(predicate.params.iter().cloned());
+                params.extend(changed_params);
+                n += count(
+                    c,
+                    &format!(
+                        "SELECT COUNT(*) FROM {t} WHERE _deleted = 0 AND _seq <= ? AND _seq > ? AND {} AND {changed}",
+                        predicate.sql
+                    ),
+                    &params,
+                )?;
+            }
             let window = match cur.phase {
-                Phase::Rest if cur.window_due(profile, table, now) => Some((now, 0)),
+                Phase::Rest | Phase::Related { .. } if cur.window_due(profile, table, now) => {
+                    Some((now, 0))
+                }
                 Phase::Window { to, after } => Some((to, after)),
                 _ => None,
             };
             if let Some((to, after)) = window {
                 let then = cur.evaluated_at.unwrap_or(to);
                 if let (Some(now_p), Some(then_p)) = (
-                    rules::compile_clock_rules(dialect, table, &profile.filter_context(to)),
-                    rules::compile_clock_rules(dialect, table, &profile.filter_context(then)),
+                    rules::compile_clock_rules(dialect, profile, table, &profile.filter_context(to)),
+                    rules::compile_clock_rules(dialect, profile, table, &profile.filter_context(then)),
                 ) {
                     let mut params = vec![int(cur.since), int(after)];
                     params.extend(now_p.params.iter().cloned());

@@ -172,7 +172,10 @@ pub async fn changes(
                             "SELECT EXISTS (SELECT 1 FROM {} WHERE _seq > ?)",
                             quote_ident(name)
                         );
+                        // A table whose filter reads related rows changes
+                        // with them (its related phase may send rows).
                         c.query_one(&sql, &[Value::Integer(cur.since)])?.bool(0)?
+                            || crate::db::related_tables_changed(c, table, cur.since)?
                     }
                     _ => true,
                 };
