@@ -50,6 +50,17 @@ struct TableProgress {
     bytes_down: u64,
 }
 
+/// Where the exact sizes of a sync's downloads stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Asked, not answered yet (or nothing to download).
+    Pending,
+    /// Answered: the sync's total counts every table.
+    Known,
+    /// The server could not say: totals from the pages' estimates.
+    Unavailable,
+}
+
 /// The exact size of one table's download, known before its first page
 /// (`POST /v1/sync/counts`): the rows a resumed first download already
 /// holds, and its total with them.
@@ -74,6 +85,7 @@ pub(crate) struct RunState {
     notification: Option<NotificationKind>,
     /// The exact sizes of the run's downloads, when the server gave them.
     planned: BTreeMap<String, PlannedTable>,
+    plan: Plan,
     /// The largest fraction done so far: what is shown, so it never goes
     /// back when a total grows (rows the server changed during the
     /// download, or a table whose size was not known before).
@@ -100,9 +112,25 @@ impl RunState {
 
     fn totals(&self) -> (u64, Option<u64>, u64) {
         let done = self.tables.values().map(|t| t.rows_done).sum();
-        let known: Vec<u64> = self.tables.values().filter_map(|t| t.rows_total).collect();
-        let total = (!known.is_empty()).then(|| known.iter().sum());
         let bytes = self.tables.values().map(|t| t.bytes_down).sum();
+        let total = match self.plan {
+            // The counts are on their way: no total yet (a sum of the
+            // tables begun so far would grow).
+            Plan::Pending => None,
+            Plan::Known => Some(
+                self.tables
+                    .iter()
+                    .map(|(name, t)| match self.planned.get(name) {
+                        Some(p) => t.rows_total.unwrap_or(p.rows_total).max(t.rows_done),
+                        None => t.rows_total.unwrap_or(t.rows_done).max(t.rows_done),
+                    })
+                    .sum(),
+            ),
+            Plan::Unavailable => {
+                let known: Vec<u64> = self.tables.values().filter_map(|t| t.rows_total).collect();
+                (!known.is_empty()).then(|| known.iter().sum())
+            }
+        };
         (done, total, bytes)
     }
 
@@ -632,17 +660,29 @@ impl Engine {
     /// Records the exact sizes of the downloads a sync is about to make,
     /// before their first pages: from then on the run's total counts every
     /// table, not only those begun, so the fraction done only grows.
-    pub(crate) fn plan_progress(&self, planned: &BTreeMap<String, PlannedTable>) {
+    /// `None`: the server could not say; the totals come from the pages.
+    pub(crate) fn plan_progress(&self, planned: Option<&BTreeMap<String, PlannedTable>>) {
         let shared = {
             let mut live = self.live();
             let Some(run) = live.run.as_mut() else {
                 return;
             };
+            let Some(planned) = planned else {
+                run.plan = Plan::Unavailable;
+                run.note_fraction();
+                return;
+            };
+            run.plan = Plan::Known;
             run.planned = planned.clone();
             for (table, p) in planned {
                 let entry = run.tables.entry(table.clone()).or_default();
                 entry.rows_done = entry.rows_done.max(p.rows_done);
-                entry.rows_total = Some(p.rows_total.max(entry.rows_done));
+                // A table whose download ended keeps its total (what it
+                // received: only then do its rows done reach its total).
+                entry.rows_total = Some(match entry.rows_total {
+                    Some(t) if t == entry.rows_done && t > 0 => t,
+                    _ => p.rows_total.max(entry.rows_done),
+                });
             }
             run.note_fraction();
             run.shared(self.clock.now_ms())
@@ -709,6 +749,7 @@ impl Engine {
                 requested: only.clone().unwrap_or_default(),
                 current: None,
                 planned: BTreeMap::new(),
+                plan: Plan::Pending,
                 fraction: None,
                 notification: match mode {
                     SyncMode::Refresh => Some(NotificationKind::TableRefresh),
@@ -1102,6 +1143,7 @@ mod tests {
             current: None,
             notification: None,
             planned: BTreeMap::new(),
+            plan: Plan::Unavailable,
             fraction: None,
         }
     }

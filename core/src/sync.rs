@@ -309,22 +309,32 @@ async fn pull_tables(
     early: &mut EarlySettled,
 ) -> Result<()> {
     let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
-    plan_progress(engine, &tables, report).await;
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    let mut refreshes = 0;
-    let mut parts: Vec<SyncReport> = Vec::new();
-    let result = loop {
-        let settle_early = refreshes == 0;
-        match pull_round(engine, &names, &mut done, &mut parts, early, settle_early).await {
-            Err(Error::Server {
-                status: 409, code, ..
-            }) if code == codes::PROFILE_CHANGED && refreshes < 2 => {
-                refreshes += 1;
-                refresh_profile(engine, report).await?;
+    // The counts are asked beside the first pages: the server counts while
+    // it prepares them, and the device's wait does not grow.
+    let plan = plan_progress(engine, &tables);
+    let pulls = async {
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        let mut refreshes = 0;
+        let mut parts: Vec<SyncReport> = Vec::new();
+        let result = loop {
+            let settle_early = refreshes == 0;
+            match pull_round(engine, &names, &mut done, &mut parts, early, settle_early).await {
+                Err(Error::Server {
+                    status: 409, code, ..
+                }) if code == codes::PROFILE_CHANGED && refreshes < 2 => {
+                    refreshes += 1;
+                    if let Err(e) = refresh_profile(engine, report).await {
+                        break Err(e);
+                    }
+                }
+                other => break other,
             }
-            other => break other,
-        }
+        };
+        (parts, result)
     };
+    let ((plan_up, plan_down), (parts, result)) = tokio::join!(plan, pulls);
+    report.bytes_up += plan_up;
+    report.bytes_down += plan_down;
     // The table reports in the order of the run, whatever order they ended in.
     let mut tables: Vec<TableReport> = Vec::new();
     for part in parts {
@@ -344,7 +354,12 @@ async fn pull_tables(
 /// total is exact from the start and its fraction only grows. A server that
 /// cannot say (an older one, or a failure) leaves the totals to the pages'
 /// estimates; the sync goes on either way.
-async fn plan_progress(engine: &Engine, tables: &[SyncTable], report: &mut SyncReport) {
+fn plan_progress<'a>(
+    engine: &'a Engine,
+    tables: &[SyncTable],
+) -> impl Future<Output = (u64, u64)> + 'a {
+    // The cursors and rows held as the downloads begin, read before any
+    // of them moves.
     let mut cursors = BTreeMap::new();
     let mut before = BTreeMap::new();
     for t in tables {
@@ -360,38 +375,41 @@ async fn plan_progress(engine: &Engine, tables: &[SyncTable], report: &mut SyncR
         );
         cursors.insert(t.name.clone(), state.cursor);
     }
-    if cursors.is_empty() {
-        return;
-    }
-    let answer = match engine
-        .api
-        .counts(&crate::protocol::CountsRequest { tables: cursors })
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            debug!(target: "fieldsync::sync", error = %e, "no download counts; the pages' totals are estimates");
-            return;
+    async move {
+        if cursors.is_empty() {
+            return (0, 0);
         }
-    };
-    report.bytes_up += answer.bytes_up;
-    report.bytes_down += answer.bytes_down;
-    let planned: BTreeMap<String, crate::service::PlannedTable> = answer
-        .value
-        .tables
-        .into_iter()
-        .filter_map(|(name, count)| {
-            let done = *before.get(&name)?;
-            Some((
-                name,
-                crate::service::PlannedTable {
-                    rows_done: done,
-                    rows_total: done.saturating_add(count),
-                },
-            ))
-        })
-        .collect();
-    engine.plan_progress(&planned);
+        let answer = match engine
+            .api
+            .counts(&crate::protocol::CountsRequest { tables: cursors })
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(target: "fieldsync::sync", error = %e, "no download counts; the pages' totals are estimates");
+                engine.plan_progress(None);
+                return (0, 0);
+            }
+        };
+        let bytes = (answer.bytes_up, answer.bytes_down);
+        let planned: BTreeMap<String, crate::service::PlannedTable> = answer
+            .value
+            .tables
+            .into_iter()
+            .filter_map(|(name, count)| {
+                let done = *before.get(&name)?;
+                Some((
+                    name,
+                    crate::service::PlannedTable {
+                        rows_done: done,
+                        rows_total: done.saturating_add(count),
+                    },
+                ))
+            })
+            .collect();
+        engine.plan_progress(Some(&planned));
+        bytes
+    }
 }
 
 /// Adds rows a settling removed (per table) to the run's table reports.
@@ -916,6 +934,9 @@ async fn pull_table(
     let mut rows_done = state.received_rows;
     // The server's count at the start of the sync is exact; a first
     // download then asks the pages for no estimate of their own.
+    // The server's count (asked beside the first pages, so perhaps not
+    // here yet) is exact; a first download that has it asks the pages for
+    // no estimate of their own.
     let planned = engine.planned_total(&table.name);
     let mut rows_total = planned.map(|p| p.rows_total).or(state.expected_rows);
     let page_totals = !(initial && planned.is_some());
@@ -1012,7 +1033,11 @@ async fn pull_table(
         table_report.rows_removed += applied.removed;
         table_report.rows_kept_pending += applied.kept_pending;
         rows_done += page_rows;
-        rows_total = summary.expected;
+        rows_total = match engine.planned_total(&table.name) {
+            // Exact, unless rows changed on the server since the count.
+            Some(p) if pending.is_some() => Some(p.rows_total.max(rows_done + 1)),
+            _ => summary.expected,
+        };
         engine.emit(SyncEvent::TableProgress {
             table: table.name.clone(),
             initial,
