@@ -698,6 +698,33 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
     .await;
     let wire = proxy.down.load(Ordering::Relaxed) - before;
     let server_cpu = cpu_secs(&server_pid) - server_cpu_before;
+    // The exact counts a first sync asks for at its start (every table of
+    // the profile from the empty cursor), alone: the server's cost of a
+    // progress total that is exact from the first page.
+    let counts_server_cpu_before = cpu_secs(&server_pid);
+    let counts_started = Instant::now();
+    let tables: BTreeMap<String, String> = api
+        .call(reqwest::Method::GET, "/v1/profile", &token, None)
+        .await["tables"]
+        .as_array()
+        .expect("profile tables")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(|n| (n.to_owned(), String::new())))
+        .collect();
+    let counted = api
+        .call(
+            post.clone(),
+            "/v1/sync/counts",
+            &token,
+            Some(json!({ "tables": tables })),
+        )
+        .await;
+    let counts_secs = counts_started.elapsed().as_secs_f64();
+    let counts_cpu = cpu_secs(&server_pid) - counts_server_cpu_before;
+    let counted_rows: u64 = counted["tables"]
+        .as_object()
+        .map(|m| m.values().filter_map(Json::as_u64).sum())
+        .unwrap_or(0);
     // The device side alone: the same pages replayed from memory.
     let replay_url = serve_replay(lim.recorded.clone()).await;
     let replay_db = dir.join(format!("replay-{target_rows}.db"));
@@ -821,6 +848,17 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
                     2.0 * secs
                 ),
                 2.0 * secs
+            ),
+        ),
+        Row3(
+            format!(
+                "initial sync: exact counts at its start (POST /v1/sync/counts, {} tables, {counted_rows} rows)",
+                tables.len()
+            ),
+            format!("{counts_secs:.3} s wall, server CPU {counts_cpu:.3} s"),
+            format!(
+                "{} of the server's CPU for the initial sync",
+                pct(counts_cpu, server_cpu)
             ),
         ),
         Row3(

@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 use fieldsync_core::Value;
 use fieldsync_core::filter::{Filter, FilterContext};
 use fieldsync_core::profile::{Column, ColumnKind, SyncTable};
-use fieldsync_core::time::{format_date, format_datetime};
+use fieldsync_core::time::{Zone, format_date, format_datetime};
 use proptest::prelude::*;
 
 fn table() -> SyncTable {
@@ -175,24 +175,38 @@ fn row() -> impl Strategy<Value = Vec<Value>> {
         .prop_map(|(t, n, r, b, d, ts)| vec![t, n, r, b, d, ts])
 }
 
+/// 2026-03-29, the day Europe moves its clocks forward (within the rows'
+/// dates, which are BASE_DAY ± 70 days).
+const EU_DST_DAY: i64 = 20_541;
+
+fn zone() -> impl Strategy<Value = Zone> {
+    let named = |n: &str| Zone::named(n).expect("a zone of the database");
+    prop_oneof![
+        Just(Zone::Fixed(0)),
+        Just(Zone::Fixed(60)),
+        Just(Zone::Fixed(-300)),
+        Just(Zone::Fixed(330)),
+        Just(Zone::Fixed(840)),
+        Just(Zone::Fixed(-840)),
+        Just(named("Europe/Berlin")),
+        Just(named("America/New_York")),
+        Just(named("Australia/Lord_Howe")),
+        Just(named("Asia/Kolkata")),
+    ]
+}
+
 fn context() -> impl Strategy<Value = FilterContext> {
     (
+        prop_oneof![Just(BASE_DAY), Just(EU_DST_DAY)],
         -3i64 * 24..3 * 24,
-        prop_oneof![
-            Just(0i32),
-            Just(60),
-            Just(-300),
-            Just(330),
-            Just(840),
-            Just(-840)
-        ],
+        zone(),
         any::<bool>(),
     )
-        .prop_map(|(h, offset, team)| FilterContext {
+        .prop_map(|(day, h, zone, team)| FilterContext {
             user_id: "tech-a".into(),
             team_id: team.then(|| "team-1".to_owned()),
-            now_ms: (BASE_DAY * 24 + h) * 3_600_000 + 17 * 60_000,
-            utc_offset_minutes: offset,
+            now_ms: (day * 24 + h) * 3_600_000 + 17 * 60_000,
+            zone,
         })
 }
 
@@ -245,7 +259,14 @@ fn local_select(rows: &[Vec<Value>], f: &Filter, ctx: &FilterContext) -> (Vec<us
         user_id: ctx.user_id.clone(),
         team_id: ctx.team_id.clone(),
         model_version: 0,
-        utc_offset_minutes: ctx.utc_offset_minutes,
+        utc_offset_minutes: match ctx.zone {
+            Zone::Fixed(m) => m,
+            Zone::Named(..) => 0,
+        },
+        time_zone: match &ctx.zone {
+            Zone::Named(n, _) => Some(n.clone()),
+            Zone::Fixed(_) => None,
+        },
         tables: vec![t.clone()],
     };
     store.apply_profile(&profile, ctx.now_ms).expect("profile");
@@ -395,7 +416,7 @@ fn relative_dates_follow_the_documented_calendar() {
         user_id: "u".into(),
         team_id: None,
         now_ms: now,
-        utc_offset_minutes: offset,
+        zone: Zone::Fixed(offset),
     };
     let rows = |d: &str| {
         let d = d.to_owned();
@@ -414,4 +435,334 @@ fn relative_dates_follow_the_documented_calendar() {
     let last_month = Filter::LastMonth { column: "d".into() };
     assert!(last_month.lower(&t, &ctx(0)).eval(&rows("2026-04-30")));
     assert!(!last_month.lower(&t, &ctx(0)).eval(&rows("2026-05-01")));
+}
+
+// ---- conditions on related tables ------------------------------------------
+//
+// Three tables, `items -[p]-> parents -[g]-> grands` (each arrow a text
+// column holding the next table's key), random rows in all three (some
+// related rows deleted on the server, which the device never holds, some
+// keys naming no row) and random filters on `items` whose `related`
+// conditions reach one and two tables away. The server's SQL, run on
+// SQLite and PostgreSQL over the three tables, must select exactly the items
+// the device's evaluation selects, reading its own copies of the live
+// related rows.
+
+fn rel_table(name: &str, link: Option<&str>) -> SyncTable {
+    let col = |name: &str, kind| Column::new(name, kind);
+    let mut columns = vec![col("id", ColumnKind::Text)];
+    if let Some(l) = link {
+        columns.push(col(l, ColumnKind::Text));
+    }
+    columns.push(col("n", ColumnKind::Integer));
+    columns.push(col("s", ColumnKind::Text));
+    SyncTable {
+        name: name.into(),
+        primary_key: "id".into(),
+        columns,
+        rules: vec![],
+        sync_interval_secs: 300,
+        writes: Default::default(),
+        indexes: Vec::new(),
+        model_indexes: Vec::new(),
+    }
+}
+
+fn rel_tables() -> Vec<SyncTable> {
+    vec![
+        rel_table("items", Some("p")),
+        rel_table("parents", Some("g")),
+        rel_table("grands", None),
+    ]
+}
+
+/// A leaf on a table's own columns `n` and `s`.
+fn rel_leaf() -> impl Strategy<Value = Filter> {
+    prop_oneof![
+        (0i64..4).prop_map(|v| Filter::Eq {
+            column: "n".into(),
+            value: Value::Integer(v)
+        }),
+        (0i64..4).prop_map(|v| Filter::Gt {
+            column: "n".into(),
+            value: Value::Integer(v)
+        }),
+        Just(Filter::IsNull { column: "n".into() }),
+        prop_oneof![Just("a"), Just("b"), Just("")].prop_map(|v| Filter::BeginsWith {
+            column: "s".into(),
+            value: v.into()
+        }),
+        Just(Filter::NotNull { column: "s".into() }),
+    ]
+}
+
+/// A filter on one of the three tables, `hops` tables from `grands`.
+fn rel_filter(hops: u32) -> BoxedStrategy<Filter> {
+    let link = match hops {
+        2 => Some(("p", "parents")),
+        1 => Some(("g", "grands")),
+        _ => None,
+    };
+    let leaf = rel_leaf().boxed();
+    let node = match link {
+        Some((column, table)) => prop_oneof![
+            3 => leaf,
+            2 => rel_filter(hops - 1).prop_map(move |f| Filter::Related {
+                column: column.into(),
+                table: table.into(),
+                filter: Box::new(f),
+            }),
+            1 => Just(Filter::IsNull { column: column.into() }),
+        ]
+        .boxed(),
+        None => leaf,
+    };
+    node.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 1..3)
+                .prop_map(|filters| Filter::And { filters }),
+            proptest::collection::vec(inner.clone(), 1..3)
+                .prop_map(|filters| Filter::Or { filters }),
+            inner.prop_map(|f| Filter::Not {
+                filter: Box::new(f)
+            }),
+        ]
+    })
+    .boxed()
+}
+
+/// A row of a related table: (link, n, s, deleted on the server).
+type RelRow = (Option<String>, Option<i64>, Option<String>, bool);
+
+fn rel_row(links: &'static [&'static str]) -> impl Strategy<Value = RelRow> {
+    (
+        proptest::option::of(proptest::sample::select(links).prop_map(str::to_owned)),
+        proptest::option::of(0i64..4),
+        proptest::option::of(prop_oneof![Just("a1"), Just("b"), Just("")].prop_map(str::to_owned)),
+        proptest::bool::weighted(0.2),
+    )
+}
+
+/// Every table's rows: items, parents (`p0`..), grands (`g0`..).
+type RelData = (Vec<RelRow>, Vec<RelRow>, Vec<RelRow>);
+
+fn rel_data() -> impl Strategy<Value = RelData> {
+    (
+        proptest::collection::vec(rel_row(&["p0", "p1", "p2", "p3", "zz"]), 0..10),
+        proptest::collection::vec(rel_row(&["g0", "g1", "g2", "zz"]), 0..4),
+        proptest::collection::vec(rel_row(&["-"]), 0..3),
+    )
+}
+
+fn rel_id(table: &str, i: usize) -> String {
+    match table {
+        "parents" => format!("p{i}"),
+        "grands" => format!("g{i}"),
+        _ => format!("{i}"),
+    }
+}
+
+/// The statements that create and fill the three tables, with their
+/// parameters (the server's columns: `_deleted` too).
+fn rel_inserts(data: &RelData) -> Vec<(String, Vec<Value>)> {
+    let mut out = Vec::new();
+    for (table, rows) in [
+        ("items", &data.0),
+        ("parents", &data.1),
+        ("grands", &data.2),
+    ] {
+        for (i, (link, n, s, deleted)) in rows.iter().enumerate() {
+            let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Text);
+            let mut values = vec![Value::Text(rel_id(table, i))];
+            let mut cols = vec!["id"];
+            if table != "grands" {
+                cols.push(if table == "items" { "p" } else { "g" });
+                values.push(text(link));
+            }
+            cols.extend(["n", "s", "_deleted"]);
+            values.push(n.map_or(Value::Null, Value::Integer));
+            values.push(text(s));
+            values.push(Value::Integer(i64::from(*deleted)));
+            let marks = vec!["?"; values.len()].join(", ");
+            out.push((
+                format!("INSERT INTO {table} ({}) VALUES ({marks})", cols.join(", ")),
+                values,
+            ));
+        }
+    }
+    out
+}
+
+fn rel_schema(dialect: fieldsync_server::sql::Dialect) -> String {
+    let mut out = String::new();
+    for t in rel_tables() {
+        let mut cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\" {}", c.name, dialect.column_type(c.kind)))
+            .collect();
+        cols.push("_deleted INTEGER NOT NULL DEFAULT 0".into());
+        out.push_str(&format!("CREATE TABLE {} ({});\n", t.name, cols.join(", ")));
+    }
+    out
+}
+
+/// The device's view: live related rows by key.
+fn rel_lookup(
+    data: &RelData,
+) -> impl Fn(&str, &str, &Value) -> Option<std::collections::BTreeMap<String, Value>> + '_ {
+    move |table: &str, key: &str, value: &Value| {
+        let (rows, link) = match table {
+            "parents" => (&data.1, Some("g")),
+            "grands" => (&data.2, None),
+            _ => return None,
+        };
+        assert_eq!(key, "id");
+        let Value::Text(id) = value else { return None };
+        rows.iter().enumerate().find_map(|(i, (l, n, s, deleted))| {
+            (!deleted && rel_id(table, i) == *id).then(|| {
+                let mut m = std::collections::BTreeMap::new();
+                m.insert("id".to_owned(), Value::Text(id.clone()));
+                if let Some(c) = link {
+                    m.insert(c.to_owned(), l.clone().map_or(Value::Null, Value::Text));
+                }
+                m.insert("n".to_owned(), n.map_or(Value::Null, Value::Integer));
+                m.insert("s".to_owned(), s.clone().map_or(Value::Null, Value::Text));
+                m
+            })
+        })
+    }
+}
+
+/// One PostgreSQL database for the related-table property test.
+fn rel_postgres() -> Option<&'static Mutex<postgres::Client>> {
+    static PG: OnceLock<Option<Mutex<postgres::Client>>> = OnceLock::new();
+    PG.get_or_init(|| {
+        let base = testdb::postgres_base()?;
+        let url = testdb::fresh_database(&base);
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        client
+            .batch_execute(&rel_schema(fieldsync_server::sql::Dialect::Postgres))
+            .expect("create");
+        Some(Mutex::new(client))
+    })
+    .as_ref()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn related_conditions_select_the_same_rows_on_both_sides(
+        f in rel_filter(2),
+        data in rel_data(),
+    ) {
+        use fieldsync_server::sql::Dialect;
+        let tables = rel_tables();
+        let lookup = |n: &str| tables.iter().find(|t| t.name == n);
+        let items = &tables[0];
+        let f = f.validate_in(items, &lookup).expect("generated filters are valid");
+        let ctx = FilterContext {
+            user_id: "u".into(),
+            team_id: None,
+            now_ms: BASE_DAY * 86_400_000,
+            zone: Zone::utc(),
+        };
+        let cond = f.lower_in(items, &ctx, &lookup);
+        let related = rel_lookup(&data);
+        let on_device: Vec<usize> = data
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, n, s, _))| {
+                cond.eval_with(
+                    &|c: &str| match c {
+                        "p" => p.clone().map(Value::Text),
+                        "n" => n.map(Value::Integer),
+                        "s" => s.clone().map(Value::Text),
+                        _ => None,
+                    },
+                    &related,
+                )
+            })
+            .map(|(i, _)| i)
+            .collect();
+        // SQLite, as the server compiles it.
+        let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
+        conn.execute_batch(&rel_schema(Dialect::Sqlite)).expect("create");
+        for (sql, values) in rel_inserts(&data) {
+            conn.execute(&sql, rusqlite::params_from_iter(values.iter())).expect("insert");
+        }
+        let mut params = Vec::new();
+        let sql = fieldsync_server::rules::compile_cond_at(
+            Dialect::Sqlite, &cond, &mut params, Some("\"items\""), 0);
+        let mut stmt = conn
+            .prepare(&format!("SELECT id FROM items WHERE {sql}"))
+            .expect("the compiled SQL prepares");
+        let mut on_server: Vec<usize> = stmt
+            .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get::<_, String>(0))
+            .expect("query")
+            .map(|id| id.expect("id").parse().expect("index"))
+            .collect();
+        on_server.sort();
+        prop_assert!(cond.reads_related() || !f.reads_related());
+        prop_assert_eq!(&on_server, &on_device, "filter {:?}\nsql {}", f, sql);
+        if let Some(pg) = rel_postgres() {
+            use fieldsync_server::sql::{PgValue, pg_placeholders};
+            let mut pg_params = Vec::new();
+            let pg_sql = fieldsync_server::rules::compile_cond_at(
+                Dialect::Postgres, &cond, &mut pg_params, Some("\"items\""), 0);
+            let mut client = pg.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tx = client.transaction().expect("begin");
+            tx.batch_execute("DELETE FROM items; DELETE FROM parents; DELETE FROM grands;")
+                .expect("clear");
+            for (sql, values) in rel_inserts(&data) {
+                let bound: Vec<PgValue<'_>> = values.iter().map(PgValue).collect();
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    bound.iter().map(|p| p as _).collect();
+                tx.execute(pg_placeholders(&sql).as_str(), &refs).expect("insert");
+            }
+            let bound: Vec<PgValue<'_>> = pg_params.iter().map(PgValue).collect();
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                bound.iter().map(|p| p as _).collect();
+            let mut on_postgres: Vec<usize> = tx
+                .query(pg_placeholders(&format!("SELECT id FROM items WHERE {pg_sql}")).as_str(), &refs)
+                .unwrap_or_else(|e| panic!("the compiled SQL runs on PostgreSQL: {e}\n{pg_sql}"))
+                .iter()
+                .map(|r| r.get::<_, String>(0).parse().expect("index"))
+                .collect();
+            tx.rollback().expect("rollback");
+            on_postgres.sort();
+            prop_assert_eq!(&on_postgres, &on_device, "PostgreSQL: filter {:?}\nsql {}", f, pg_sql);
+        }
+    }
+}
+
+/// A local query reads one table: a related-table condition is refused with
+/// a clear error, not evaluated as nothing.
+#[test]
+fn local_validation_refuses_related_conditions() {
+    let f = Filter::Related {
+        column: "p".into(),
+        table: "parents".into(),
+        filter: Box::new(Filter::IsNull { column: "n".into() }),
+    };
+    let e = f.validate(&rel_tables()[0]).expect_err("refused");
+    assert!(e.to_string().contains("related"), "{e}");
+    // Deeper than three relationships, or through a column that is not
+    // text, is refused in a profile too.
+    let tables = rel_tables();
+    let lookup = |n: &str| tables.iter().find(|t| t.name == n);
+    let bad = Filter::Related {
+        column: "n".into(),
+        table: "parents".into(),
+        filter: Box::new(Filter::IsNull { column: "n".into() }),
+    };
+    assert!(bad.validate_in(&tables[0], &lookup).is_err());
+    let unknown = Filter::Related {
+        column: "p".into(),
+        table: "nowhere".into(),
+        filter: Box::new(Filter::IsNull { column: "n".into() }),
+    };
+    assert!(unknown.validate_in(&tables[0], &lookup).is_err());
 }

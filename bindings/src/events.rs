@@ -92,6 +92,8 @@ pub enum SyncEvent {
         rows_done: i64,
         /// Rows in all, when known.
         rows_total: Option<i64>,
+        /// The share done, 0.0 to 1.0, as the status's progress has it.
+        fraction: Option<f64>,
         /// Bytes so far.
         bytes_done: i64,
         /// True on completion: reload the view.
@@ -212,6 +214,7 @@ impl From<CoreSyncEvent> for SyncEvent {
                     tables: n.tables,
                     rows_done: count(n.rows_done),
                     rows_total: n.rows_total.map(count),
+                    fraction: n.fraction,
                     bytes_done: count(n.bytes_done),
                     refresh_view: n.refresh_view,
                     message: n.message,

@@ -297,7 +297,7 @@ impl From<CoreSyncNowOutcome> for SyncNowOutcome {
 }
 
 /// Progress of the running sync.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct SyncProgress {
     /// Id of the sync (shared with its telemetry and notifications).
     pub sync_id: String,
@@ -311,6 +311,9 @@ pub struct SyncProgress {
     pub rows_total: Option<i64>,
     /// Bytes downloaded so far.
     pub bytes_down: i64,
+    /// The share done, 0.0 to 1.0, when a total is known; it never
+    /// decreases within a sync and is 1.0 only once every row is stored.
+    pub fraction: Option<f64>,
 }
 
 impl From<CoreSyncProgress> for SyncProgress {
@@ -322,12 +325,13 @@ impl From<CoreSyncProgress> for SyncProgress {
             rows_done: count(p.rows_done),
             rows_total: p.rows_total.map(count),
             bytes_down: count(p.bytes_down),
+            fraction: p.fraction,
         }
     }
 }
 
 /// The sync status behind the sync icon, delivered on every change.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct SyncStatus {
     /// The icon's state.
     pub icon: SyncIcon,

@@ -466,6 +466,17 @@ impl ServerApi {
             .await
     }
 
+    /// The exact number of entries a pull of each table from its cursor
+    /// sends (`POST /v1/sync/counts`): the totals of a sync's progress.
+    pub async fn counts(
+        &self,
+        request: &crate::protocol::CountsRequest,
+    ) -> Result<Sized<crate::protocol::CountsResponse>> {
+        let body = serde_json::to_vec(request)?;
+        self.call(Method::Post, "/v1/sync/counts".into(), body)
+            .await
+    }
+
     /// Uploads a batch of telemetry events (`POST /v1/telemetry`).
     pub async fn upload_telemetry(
         &self,

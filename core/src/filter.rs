@@ -19,22 +19,27 @@
 //! - text compares byte for byte (case-sensitive, as SQLite's BINARY
 //!   collation); dates and date-times compare as their text
 //!   (`YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ`);
-//! - "today" is the calendar date of the injected clock at the profile's fixed
-//!   UTC offset (`utc_offset_minutes`, default 0, so UTC): `today` is
+//! - "today" is the calendar date of the injected clock in the user's time
+//!   zone (an IANA zone, daylight saving included: the user's, else the
+//!   profile's `time_zone`, else the profile's fixed `utc_offset_minutes`,
+//!   default 0, so UTC): `today` is
 //!   `[today, today+1)`, `yesterday` and `tomorrow` the day before and after,
 //!   `last_days N` is `[today-N, today+1)` (the N days before today and
 //!   today), `next_days N` is `[today, today+N+1)` (today and the N days after),
 //!   `on_or_after_today` is `[today, ∞)`, `this_month`, `last_month`,
 //!   `next_month` the calendar months. On a date-time column a day starts at
-//!   local midnight, written as the UTC instant.
+//!   local midnight (or the first local time after it, when a daylight
+//!   saving change skips midnight), written as the UTC instant, so the day
+//!   of a daylight saving change is 23 or 25 hours long.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::profile::{ColumnKind, SyncTable};
-use crate::time::{civil_from_days, days_from_civil, format_date, format_datetime};
+use crate::time::{Zone, civil_from_days, days_from_civil, format_date, format_datetime};
 use crate::value::Value;
 
 /// Deepest nesting of `and` / `or` / `not` accepted.
@@ -45,8 +50,6 @@ pub const MAX_FILTER_NODES: usize = 500;
 pub const MAX_IN_VALUES: usize = 1000;
 /// Largest `days` of `last_days` / `next_days`.
 pub const MAX_RELATIVE_DAYS: u32 = 3660;
-
-const DAY_MS: i64 = 86_400_000;
 
 /// A custom row filter as an administrator writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,7 +110,28 @@ pub enum Filter {
     LastMonth { column: String },
     /// A date or date-time in the next calendar month.
     NextMonth { column: String },
+    /// The row of another table of the profile whose primary key `column`
+    /// holds is live and matches `filter` (a condition on that table's
+    /// synced columns, which may itself hold `related`, up to
+    /// [`MAX_RELATED_DEPTH`] tables away). No such row: no match. Only in an
+    /// offline profile's filters ([`Filter::validate_in`]).
+    Related {
+        column: String,
+        table: String,
+        filter: Box<Filter>,
+    },
 }
+
+/// How many relationships a `related` condition may follow from the row's
+/// table (bookings → work order → service account → ...).
+pub const MAX_RELATED_DEPTH: usize = 3;
+
+/// One relationship a `related` condition follows: (table, its column,
+/// the related table whose primary key the column holds).
+pub type Hop = (String, String, String);
+
+/// The synced tables of a profile by name, for conditions on related tables.
+pub type Tables<'a> = &'a dyn Fn(&str) -> Option<&'a SyncTable>;
 
 /// What "current user", "my team" and "today" mean for one evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,14 +142,15 @@ pub struct FilterContext {
     pub team_id: Option<String>,
     /// The clock's reading, milliseconds since the epoch (UTC).
     pub now_ms: i64,
-    /// Fixed offset of the profile's time zone from UTC, in minutes.
-    pub utc_offset_minutes: i32,
+    /// The time zone whose days relative dates count (the user's, else the
+    /// profile's, else UTC).
+    pub zone: Zone,
 }
 
 impl FilterContext {
     /// Local day number (days since 1970-01-01) of "today".
     pub fn today(&self) -> i64 {
-        (self.now_ms + i64::from(self.utc_offset_minutes) * 60_000).div_euclid(DAY_MS)
+        self.zone.local_day(self.now_ms)
     }
 }
 
@@ -207,7 +232,19 @@ pub enum Cond {
         op: TextOp,
         needle: String,
     },
+    /// The live row of `table` whose `key` (its primary key) equals this
+    /// row's `column` matches `cond`; false on null and when there is none.
+    Related {
+        column: String,
+        table: String,
+        key: String,
+        cond: Box<Cond>,
+    },
 }
+
+/// Finds the live row of `table` whose column `key` holds `value`, with its
+/// synced columns (the device's store, a test's rows).
+pub type RowLookup<'a> = &'a dyn Fn(&str, &str, &Value) -> Option<BTreeMap<String, Value>>;
 
 /// Orders two non-null values as SQLite does: numbers (booleans as 0/1)
 /// before text, numbers numerically, text byte by byte.
@@ -231,15 +268,40 @@ fn sql_order(a: &Value, b: &Value) -> Option<Ordering> {
 }
 
 impl Cond {
-    /// Evaluates the condition against a row (device side).
+    /// Evaluates the condition against a row (device side). A condition on
+    /// a related table finds no row here; see [`Cond::eval_with`].
     pub fn eval(&self, row: &dyn Fn(&str) -> Option<Value>) -> bool {
+        self.eval_with(row, &|_, _, _| None)
+    }
+
+    /// True when the condition reads another table (`related`).
+    pub fn reads_related(&self) -> bool {
+        match self {
+            Cond::And(cs) | Cond::Or(cs) => cs.iter().any(Cond::reads_related),
+            Cond::Not(c) => c.reads_related(),
+            Cond::Related { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Evaluates the condition against a row, finding related rows with
+    /// `lookup`.
+    pub fn eval_with(&self, row: &dyn Fn(&str) -> Option<Value>, lookup: RowLookup<'_>) -> bool {
         let get = |c: &str| row(c).filter(|v| *v != Value::Null);
         match self {
             Cond::True => true,
             Cond::False => false,
-            Cond::And(cs) => cs.iter().all(|c| c.eval(row)),
-            Cond::Or(cs) => cs.iter().any(|c| c.eval(row)),
-            Cond::Not(c) => !c.eval(row),
+            Cond::And(cs) => cs.iter().all(|c| c.eval_with(row, lookup)),
+            Cond::Or(cs) => cs.iter().any(|c| c.eval_with(row, lookup)),
+            Cond::Not(c) => !c.eval_with(row, lookup),
+            Cond::Related {
+                column,
+                table,
+                key,
+                cond,
+            } => get(column)
+                .and_then(|v| lookup(table, key, &v))
+                .is_some_and(|r| cond.eval_with(&|c: &str| r.get(c).cloned(), lookup)),
             Cond::Cmp { column, op, value } => get(column)
                 .and_then(|v| sql_order(&v, value))
                 .is_some_and(|o| op.holds(o)),
@@ -310,10 +372,26 @@ impl Filter {
     /// it with every value in its column's canonical form.
     pub fn validate(&self, table: &SyncTable) -> Result<Filter, Error> {
         let mut nodes = 0;
-        self.check(table, 1, &mut nodes)
+        self.check(table, 1, &mut nodes, None, 0)
     }
 
-    fn check(&self, table: &SyncTable, depth: usize, nodes: &mut usize) -> Result<Filter, Error> {
+    /// [`Filter::validate`] for a filter of an offline profile, whose
+    /// `related` conditions may read the profile's other tables: each must
+    /// be in `tables`, be reached through a text column of this table, and
+    /// be read only on its synced columns.
+    pub fn validate_in(&self, table: &SyncTable, tables: Tables<'_>) -> Result<Filter, Error> {
+        let mut nodes = 0;
+        self.check(table, 1, &mut nodes, Some(tables), 0)
+    }
+
+    fn check(
+        &self,
+        table: &SyncTable,
+        depth: usize,
+        nodes: &mut usize,
+        tables: Option<Tables<'_>>,
+        hops: usize,
+    ) -> Result<Filter, Error> {
         *nodes += 1;
         if *nodes > MAX_FILTER_NODES {
             return Err(bad(
@@ -373,7 +451,7 @@ impl Filter {
                 return Err(bad(table, "an and / or needs at least one filter".into()));
             }
             fs.iter()
-                .map(|f| f.check(table, depth + 1, nodes))
+                .map(|f| f.check(table, depth + 1, nodes, tables, hops))
                 .collect()
         };
         use Filter as F;
@@ -385,8 +463,51 @@ impl Filter {
                 filters: sub(filters, nodes)?,
             },
             F::Not { filter } => F::Not {
-                filter: Box::new(filter.check(table, depth + 1, nodes)?),
+                filter: Box::new(filter.check(table, depth + 1, nodes, tables, hops)?),
             },
+            F::Related {
+                column,
+                table: other,
+                filter,
+            } => {
+                let Some(tables) = tables else {
+                    return Err(Error::InvalidInput(
+                        "a condition on a related table ('related') belongs in an offline profile's filter; a local query reads one table"
+                            .into(),
+                    ));
+                };
+                if hops >= MAX_RELATED_DEPTH {
+                    return Err(bad(
+                        table,
+                        format!("'related' follows at most {MAX_RELATED_DEPTH} relationships"),
+                    ));
+                }
+                if kind_of(table, column)? != ColumnKind::Text {
+                    return Err(bad(
+                        table,
+                        format!(
+                            "'related' reaches another table through a text column; '{column}' is not one"
+                        ),
+                    ));
+                }
+                let other_table = tables(other).ok_or_else(|| {
+                    bad(
+                        table,
+                        format!("'related' reads table '{other}', which the profile does not sync"),
+                    )
+                })?;
+                F::Related {
+                    column: column.clone(),
+                    table: other.clone(),
+                    filter: Box::new(filter.check(
+                        other_table,
+                        depth + 1,
+                        nodes,
+                        Some(tables),
+                        hops + 1,
+                    )?),
+                }
+            }
             F::Eq { column, value } => F::Eq {
                 value: canonical(table, column, value)?,
                 column: column.clone(),
@@ -455,7 +576,7 @@ impl Filter {
             Filter::And { filters } | Filter::Or { filters } => {
                 filters.iter().any(Filter::uses_clock)
             }
-            Filter::Not { filter } => filter.uses_clock(),
+            Filter::Not { filter } | Filter::Related { filter, .. } => filter.uses_clock(),
             Filter::Today { .. }
             | Filter::Yesterday { .. }
             | Filter::Tomorrow { .. }
@@ -507,7 +628,53 @@ impl Filter {
             | Filter::OnOrAfterToday { column }
             | Filter::ThisMonth { column }
             | Filter::LastMonth { column }
-            | Filter::NextMonth { column } => out.push(column),
+            | Filter::NextMonth { column }
+            | Filter::Related { column, .. } => out.push(column),
+        }
+    }
+
+    /// True when the filter reads another table (`related`).
+    pub fn reads_related(&self) -> bool {
+        match self {
+            Filter::And { filters } | Filter::Or { filters } => {
+                filters.iter().any(Filter::reads_related)
+            }
+            Filter::Not { filter } => filter.reads_related(),
+            Filter::Related { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The relationships the filter's `related` conditions follow, each as
+    /// its path from this table: `[(table, column, other table)]`, outermost
+    /// first (a path's prefixes are listed too).
+    pub fn related_paths(&self, table: &str) -> Vec<Vec<Hop>> {
+        let mut out = Vec::new();
+        self.collect_paths(table, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn collect_paths(&self, table: &str, path: &mut Vec<Hop>, out: &mut Vec<Vec<Hop>>) {
+        match self {
+            Filter::And { filters } | Filter::Or { filters } => {
+                for f in filters {
+                    f.collect_paths(table, path, out);
+                }
+            }
+            Filter::Not { filter } => filter.collect_paths(table, path, out),
+            Filter::Related {
+                column,
+                table: other,
+                filter,
+            } => {
+                path.push((table.to_owned(), column.clone(), other.clone()));
+                if !out.contains(path) {
+                    out.push(path.clone());
+                }
+                filter.collect_paths(other, path, out);
+                path.pop();
+            }
+            _ => {}
         }
     }
 
@@ -515,6 +682,13 @@ impl Filter {
     /// relative date on a date column gets date bounds, on a date-time
     /// column date-time bounds). Call on a validated filter.
     pub fn lower(&self, table: &SyncTable, ctx: &FilterContext) -> Cond {
+        self.lower_in(table, ctx, &|_| None)
+    }
+
+    /// [`Filter::lower`] with the profile's tables, which a `related`
+    /// condition reads (without them, or for a table not among them, it
+    /// matches nothing).
+    pub fn lower_in(&self, table: &SyncTable, ctx: &FilterContext, tables: Tables<'_>) -> Cond {
         let kind = |c: &str| table.column(c).map(|c| c.kind);
         let cmp = |column: &str, op: CmpOp, value: &Value| Cond::Cmp {
             column: column.to_owned(),
@@ -526,9 +700,9 @@ impl Filter {
         let range = |column: &str, from: i64, to: Option<i64>| -> Cond {
             let bound = |day: i64| -> Value {
                 match kind(column) {
-                    Some(ColumnKind::DateTime) => Value::Text(format_datetime(
-                        day * DAY_MS - i64::from(ctx.utc_offset_minutes) * 60_000,
-                    )),
+                    Some(ColumnKind::DateTime) => {
+                        Value::Text(format_datetime(ctx.zone.day_start_ms(day)))
+                    }
                     _ => Value::Text(format_date(day)),
                 }
             };
@@ -550,9 +724,32 @@ impl Filter {
         };
         use Filter as F;
         match self {
-            F::And { filters } => Cond::And(filters.iter().map(|f| f.lower(table, ctx)).collect()),
-            F::Or { filters } => Cond::Or(filters.iter().map(|f| f.lower(table, ctx)).collect()),
-            F::Not { filter } => Cond::Not(Box::new(filter.lower(table, ctx))),
+            F::And { filters } => Cond::And(
+                filters
+                    .iter()
+                    .map(|f| f.lower_in(table, ctx, tables))
+                    .collect(),
+            ),
+            F::Or { filters } => Cond::Or(
+                filters
+                    .iter()
+                    .map(|f| f.lower_in(table, ctx, tables))
+                    .collect(),
+            ),
+            F::Not { filter } => Cond::Not(Box::new(filter.lower_in(table, ctx, tables))),
+            F::Related {
+                column,
+                table: other,
+                filter,
+            } => match tables(other) {
+                Some(other_table) => Cond::Related {
+                    column: column.clone(),
+                    table: other.clone(),
+                    key: other_table.primary_key.clone(),
+                    cond: Box::new(filter.lower_in(other_table, ctx, tables)),
+                },
+                None => Cond::False,
+            },
             F::Eq { column, value } => cmp(column, CmpOp::Eq, value),
             F::Ne { column, value } => cmp(column, CmpOp::Ne, value),
             F::Gt { column, value } => cmp(column, CmpOp::Gt, value),
@@ -632,7 +829,7 @@ mod tests {
             user_id: "u".into(),
             team_id: None,
             now_ms: crate::time::parse_datetime(now).unwrap_or(0),
-            utc_offset_minutes: offset,
+            zone: Zone::Fixed(offset),
         }
     }
 

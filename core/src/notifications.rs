@@ -36,7 +36,7 @@ pub enum NotificationPhase {
 }
 
 /// One notification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     pub kind: NotificationKind,
     pub phase: NotificationPhase,
@@ -45,6 +45,8 @@ pub struct Notification {
     pub tables: Vec<String>,
     pub rows_done: u64,
     pub rows_total: Option<u64>,
+    /// The share done, as the status's progress has it (1.0 on completion).
+    pub fraction: Option<f64>,
     pub bytes_done: u64,
     /// Estimated from the bytes per row so far.
     pub bytes_total: Option<u64>,

@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::filter::{Filter, FilterContext};
 pub use crate::model::ModelIndex;
 use crate::protocol::Op;
+use crate::time::Zone;
 use crate::value::Value;
 
 /// Shortest allowed sync interval (5 minutes).
@@ -310,11 +311,58 @@ pub struct OfflineProfile {
     /// "today" in relative-date filters (default 0: UTC).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub utc_offset_minutes: i32,
+    /// The profile's time zone by IANA name (`Europe/Berlin`), daylight
+    /// saving included: "today" for its users (a user's own zone overrides
+    /// it). Not together with `utc_offset_minutes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     pub tables: Vec<TableProfile>,
 }
 
 fn is_zero(v: &i32) -> bool {
     *v == 0
+}
+
+/// A `related` condition of `from`'s filter reads `other`'s row named by
+/// `from.column`: the device evaluates it on its own copy, so the profile
+/// must keep every such row of a kept `from` row: `other` syncs every row,
+/// or is reached from `from` through `column` by a related-rows rule.
+fn check_kept_through(
+    tables: &[SyncTable],
+    from: &str,
+    column: &str,
+    other: &str,
+) -> Result<(), Error> {
+    let Some(o) = tables.iter().find(|t| t.name == other) else {
+        return Ok(()); // refused by the filter's own validation
+    };
+    let kept = o.rules.iter().any(|r| match r {
+        RowRule::All => true,
+        RowRule::Related {
+            table,
+            column: c,
+            foreign_column,
+        } => table == from && *c == o.primary_key && foreign_column == column,
+        _ => false,
+    });
+    if kept {
+        Ok(())
+    } else {
+        Err(Error::InvalidProfile(format!(
+            "table '{from}': a 'related' condition reads {other} through '{column}', so the device needs every {other} row a kept {from} row names: give {other} the rule {{\"kind\": \"related\", \"table\": \"{from}\", \"column\": \"{pk}\", \"foreign_column\": \"{column}\"}} or {{\"kind\": \"all\"}}",
+            pk = o.primary_key
+        )))
+    }
+}
+
+/// Checks that `name` is an IANA time zone the compiled-in database knows.
+pub fn check_time_zone(name: &str) -> Result<(), Error> {
+    Zone::named(name).map(|_| ()).ok_or_else(|| {
+        Error::InvalidProfile(format!(
+            "time zone '{}' is not an IANA time zone name (for example Europe/Berlin)",
+            name.chars().take(64).collect::<String>()
+        ))
+    })
 }
 
 /// A table of the server's data model.
@@ -402,6 +450,9 @@ impl SyncTable {
             RowRule::Owned { column } => {
                 matches!(row.get(column), Some(Value::Text(v)) if *v == ctx.user_id)
             }
+            // A condition on a related table is decided by the store's
+            // settling, which reads the related rows.
+            RowRule::Custom { filter } if filter.reads_related() => true,
             RowRule::Custom { filter } => {
                 filter.lower(self, ctx).eval(&|c: &str| row.get(c).cloned())
             }
@@ -477,9 +528,14 @@ pub struct SyncProfile {
     #[serde(default)]
     pub model_version: i64,
     /// Fixed offset of the profile's time zone from UTC, in minutes: "today"
-    /// in relative-date filters is the date at this offset.
+    /// in relative-date filters is the date at this offset, unless a
+    /// `time_zone` is given.
     #[serde(default)]
     pub utc_offset_minutes: i32,
+    /// The IANA time zone whose days relative dates count for this user:
+    /// the user's own zone, else the profile's; none means the fixed offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     pub tables: Vec<SyncTable>,
 }
 
@@ -490,8 +546,32 @@ impl SyncProfile {
             user_id: self.user_id.clone(),
             team_id: self.team_id.clone(),
             now_ms,
-            utc_offset_minutes: self.utc_offset_minutes,
+            zone: self.zone(),
         }
+    }
+
+    /// The zone of the profile's relative dates: `time_zone` when the
+    /// compiled-in database knows it (the server checked it did when it
+    /// issued the profile), else the fixed offset.
+    pub fn zone(&self) -> Zone {
+        self.time_zone
+            .as_deref()
+            .and_then(Zone::named)
+            .unwrap_or(Zone::Fixed(self.utc_offset_minutes))
+    }
+
+    /// The profile as issued to a user whose own time zone (an IANA name)
+    /// overrides the profile's; `None` keeps the profile's. An unknown name
+    /// is [`Error::InvalidInput`].
+    pub fn with_user_time_zone(mut self, zone: Option<&str>) -> Result<SyncProfile, Error> {
+        if let Some(name) = zone {
+            check_time_zone(name).map_err(|e| match e {
+                Error::InvalidProfile(m) => Error::InvalidInput(m),
+                other => other,
+            })?;
+            self.time_zone = Some(name.to_owned());
+        }
+        Ok(self)
     }
 
     /// Every related-rows rule of the profile, table by table.
@@ -547,10 +627,7 @@ impl OfflineProfile {
         team_id: Option<&str>,
     ) -> Result<SyncProfile, Error> {
         self.validate(model)?;
-        let mut tables = Vec::with_capacity(self.tables.len());
-        for t in &self.tables {
-            tables.push(self.resolve_table(model, t)?);
-        }
+        let tables = self.resolve_tables(model)?;
         Ok(SyncProfile {
             name: self.name.clone(),
             version,
@@ -558,11 +635,52 @@ impl OfflineProfile {
             team_id: team_id.map(str::to_owned),
             model_version: 0,
             utc_offset_minutes: self.utc_offset_minutes,
+            time_zone: self.time_zone.clone(),
             tables,
         })
     }
 
-    /// One table resolved against the model, custom filters in canonical form.
+    /// Every table resolved against the model, custom filters checked and
+    /// in canonical form (a filter's `related` conditions read the other
+    /// tables' synced columns), and every table a `related` condition
+    /// reads kept whole enough for the device to evaluate it.
+    fn resolve_tables(&self, model: &DataModel) -> Result<Vec<SyncTable>, Error> {
+        let mut tables = Vec::with_capacity(self.tables.len());
+        for t in &self.tables {
+            tables.push(self.resolve_table(model, t)?);
+        }
+        let bare = tables.clone();
+        let lookup = |n: &str| bare.iter().find(|t| t.name == n);
+        for table in &mut tables {
+            let rules = table
+                .rules
+                .iter()
+                .map(|rule| match rule {
+                    RowRule::Custom { filter } => Ok(RowRule::Custom {
+                        filter: filter.validate_in(table, &lookup)?,
+                    }),
+                    other => Ok(other.clone()),
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            table.rules = rules;
+        }
+        for t in &tables {
+            for rule in &t.rules {
+                let RowRule::Custom { filter } = rule else {
+                    continue;
+                };
+                for path in filter.related_paths(&t.name) {
+                    let Some((from, column, other)) = path.last() else {
+                        continue;
+                    };
+                    check_kept_through(&tables, from, column, other)?;
+                }
+            }
+        }
+        Ok(tables)
+    }
+
+    /// One table resolved against the model, its rules as written.
     fn resolve_table(&self, model: &DataModel, t: &TableProfile) -> Result<SyncTable, Error> {
         {
             let schema = model
@@ -620,16 +738,7 @@ impl OfflineProfile {
                     )));
                 }
             }
-            let mut rules = Vec::with_capacity(t.rules.len());
-            for rule in &t.rules {
-                rules.push(match rule {
-                    RowRule::Custom { filter } => RowRule::Custom {
-                        filter: filter.validate(&table)?,
-                    },
-                    other => other.clone(),
-                });
-            }
-            table.rules = rules;
+            table.rules = t.rules.clone();
             Ok(table)
         }
     }
@@ -644,6 +753,14 @@ impl OfflineProfile {
                 "utc_offset_minutes {} is outside -840 to 840",
                 self.utc_offset_minutes
             )));
+        }
+        if let Some(zone) = &self.time_zone {
+            check_time_zone(zone)?;
+            if self.utc_offset_minutes != 0 {
+                return Err(Error::InvalidProfile(
+                    "give time_zone or utc_offset_minutes, not both".into(),
+                ));
+            }
         }
         let mut seen = BTreeSet::new();
         for t in &self.tables {
@@ -692,9 +809,10 @@ impl OfflineProfile {
                 match rule {
                     RowRule::All => {}
                     RowRule::Custom { .. } => {
-                        // Checked against the table's synced columns: the
-                        // device must hold every column a filter reads.
-                        self.resolve_table(model, t)?;
+                        // Checked against the table's synced columns (and
+                        // a related table's): the device must hold every
+                        // column a filter reads.
+                        self.resolve_tables(model)?;
                     }
                     RowRule::Owned { column } => {
                         if !t.columns.contains(column) && column != &schema.primary_key {
@@ -859,6 +977,7 @@ mod tests {
             name: "chain".into(),
             description: String::new(),
             utc_offset_minutes: 0,
+            time_zone: None,
             tables: (0..n)
                 .map(|i| TableProfile {
                     name: format!("t{i}"),

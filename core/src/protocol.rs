@@ -365,6 +365,24 @@ pub struct RecordList {
     pub next_after: Option<String>,
 }
 
+/// Body of `POST /v1/sync/counts`: the cursor per table the device is
+/// about to pull from (empty for a first download).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountsRequest {
+    pub tables: BTreeMap<String, String>,
+}
+
+/// Answer of `POST /v1/sync/counts`: per table, the exact number of entries
+/// (rows and removals) a pull from the given cursor sends, as the server's
+/// data stands now. Tables outside the caller's profile, and cursors the
+/// server did not issue, are left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountsResponse {
+    /// The profile version the counts were computed for.
+    pub profile_version: i64,
+    pub tables: BTreeMap<String, u64>,
+}
+
 /// Body of `POST /v1/sync/changes` (smart sync): the device's cursor per
 /// table, as its last completed pull left it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

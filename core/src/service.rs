@@ -50,6 +50,26 @@ struct TableProgress {
     bytes_down: u64,
 }
 
+/// Where the exact sizes of a sync's downloads stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Asked, not answered yet (or nothing to download).
+    Pending,
+    /// Answered: the sync's total counts every table.
+    Known,
+    /// The server could not say: totals from the pages' estimates.
+    Unavailable,
+}
+
+/// The exact size of one table's download, known before its first page
+/// (`POST /v1/sync/counts`): the rows a resumed first download already
+/// holds, and its total with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PlannedTable {
+    pub(crate) rows_done: u64,
+    pub(crate) rows_total: u64,
+}
+
 /// The running sync.
 #[derive(Debug, Clone)]
 pub(crate) struct RunState {
@@ -63,6 +83,13 @@ pub(crate) struct RunState {
     requested: Vec<String>,
     current: Option<String>,
     notification: Option<NotificationKind>,
+    /// The exact sizes of the run's downloads, when the server gave them.
+    planned: BTreeMap<String, PlannedTable>,
+    plan: Plan,
+    /// The largest fraction done so far: what is shown, so it never goes
+    /// back when a total grows (rows the server changed during the
+    /// download, or a table whose size was not known before).
+    fraction: Option<f64>,
 }
 
 impl RunState {
@@ -79,15 +106,60 @@ impl RunState {
             rows_done,
             rows_total,
             bytes_down,
+            fraction: self.fraction,
         }
     }
 
     fn totals(&self) -> (u64, Option<u64>, u64) {
         let done = self.tables.values().map(|t| t.rows_done).sum();
-        let known: Vec<u64> = self.tables.values().filter_map(|t| t.rows_total).collect();
-        let total = (!known.is_empty()).then(|| known.iter().sum());
         let bytes = self.tables.values().map(|t| t.bytes_down).sum();
+        let total = match self.plan {
+            // The counts are on their way: no total yet (a sum of the
+            // tables begun so far would grow).
+            Plan::Pending => None,
+            Plan::Known => Some(
+                self.tables
+                    .iter()
+                    .map(|(name, t)| match self.planned.get(name) {
+                        Some(p) => t.rows_total.unwrap_or(p.rows_total).max(t.rows_done),
+                        None => t.rows_total.unwrap_or(t.rows_done).max(t.rows_done),
+                    })
+                    .sum(),
+            ),
+            Plan::Unavailable => {
+                let known: Vec<u64> = self.tables.values().filter_map(|t| t.rows_total).collect();
+                (!known.is_empty()).then(|| known.iter().sum())
+            }
+        };
         (done, total, bytes)
+    }
+
+    /// Recomputes the shown fraction after the tables' progress changed:
+    /// rows done over rows expected, and never less than it was.
+    fn note_fraction(&mut self) {
+        let (done, total, _) = self.totals();
+        let Some(total) = total else {
+            return;
+        };
+        let now = if done >= total {
+            1.0
+        } else {
+            done as f64 / total as f64
+        };
+        self.fraction = Some(self.fraction.map_or(now, |f| f.max(now)));
+    }
+
+    fn progress(&self) -> SyncProgress {
+        let (rows_done, rows_total, bytes_down) = self.totals();
+        SyncProgress {
+            sync_id: self.sync_id.clone(),
+            mode: self.mode,
+            table: self.current.clone(),
+            rows_done,
+            rows_total,
+            bytes_down,
+            fraction: self.fraction,
+        }
     }
 }
 
@@ -490,17 +562,7 @@ impl Engine {
         let last_sync_at = self.last_sync_at()?;
         let live = self.live().clone();
         let progress = match live.run.as_ref() {
-            Some(run) => {
-                let (rows_done, rows_total, bytes_down) = run.totals();
-                Some(SyncProgress {
-                    sync_id: run.sync_id.clone(),
-                    mode: run.mode,
-                    table: run.current.clone(),
-                    rows_done,
-                    rows_total,
-                    bytes_down,
-                })
-            }
+            Some(run) => Some(run.progress()),
             // A sync of another process (or another engine of this one) on
             // the same database, as it keeps it in `_fs_sync_run`.
             None => self.store.shared_run()?.map(|run| SyncProgress {
@@ -510,6 +572,7 @@ impl Engine {
                 rows_done: run.rows_done,
                 rows_total: run.rows_total,
                 bytes_down: run.bytes_down,
+                fraction: run.fraction,
             }),
         };
         let (icon, message) = if progress.is_some() {
@@ -595,6 +658,7 @@ impl Engine {
             entry.rows_total = *rows_total;
             entry.bytes_down = *bytes_down;
             run.current = Some(table.clone());
+            run.note_fraction();
             if run.notification.is_none() {
                 let (_, total, _) = run.totals();
                 if *initial {
@@ -623,6 +687,48 @@ impl Engine {
             self.emit(SyncEvent::Notification { notification: n });
         }
         self.publish_status();
+    }
+
+    /// Records the exact sizes of the downloads a sync is about to make,
+    /// before their first pages: from then on the run's total counts every
+    /// table, not only those begun, so the fraction done only grows.
+    /// `None`: the server could not say; the totals come from the pages.
+    pub(crate) fn plan_progress(&self, planned: Option<&BTreeMap<String, PlannedTable>>) {
+        let shared = {
+            let mut live = self.live();
+            let Some(run) = live.run.as_mut() else {
+                return;
+            };
+            let Some(planned) = planned else {
+                run.plan = Plan::Unavailable;
+                run.note_fraction();
+                return;
+            };
+            run.plan = Plan::Known;
+            run.planned = planned.clone();
+            for (table, p) in planned {
+                let entry = run.tables.entry(table.clone()).or_default();
+                entry.rows_done = entry.rows_done.max(p.rows_done);
+                // A table whose download ended keeps its total (what it
+                // received: only then do its rows done reach its total).
+                entry.rows_total = Some(match entry.rows_total {
+                    Some(t) if t == entry.rows_done && t > 0 => t,
+                    _ => p.rows_total.max(entry.rows_done),
+                });
+            }
+            run.note_fraction();
+            run.shared(self.clock.now_ms())
+        };
+        if let Err(e) = self.store.publish_run_progress(&shared) {
+            warn!(target: "fieldsync::status", error = %e, "cannot keep the sync's progress for other processes");
+        }
+        self.publish_status();
+    }
+
+    /// The planned size of a table's download in the running sync, if the
+    /// server gave one (see [`Engine::plan_progress`]).
+    pub(crate) fn planned_total(&self, table: &str) -> Option<PlannedTable> {
+        self.live().run.as_ref()?.planned.get(table).copied()
     }
 
     // ---- running syncs -----------------------------------------------------------
@@ -674,6 +780,9 @@ impl Engine {
                 tables: BTreeMap::new(),
                 requested: only.clone().unwrap_or_default(),
                 current: None,
+                planned: BTreeMap::new(),
+                plan: Plan::Pending,
+                fraction: None,
                 notification: match mode {
                     SyncMode::Refresh => Some(NotificationKind::TableRefresh),
                     SyncMode::First => Some(NotificationKind::InitialSync),
@@ -1138,8 +1247,76 @@ fn notification(run: &RunState, kind: NotificationKind, phase: NotificationPhase
         tables,
         rows_done,
         rows_total,
+        fraction: match phase {
+            NotificationPhase::Completed => Some(1.0),
+            _ => run.fraction,
+        },
         bytes_done,
         bytes_total: estimate_bytes(rows_done, bytes_done, rows_total),
         refresh_view: phase == NotificationPhase::Completed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> RunState {
+        RunState {
+            sync_id: "s".into(),
+            mode: SyncMode::First,
+            started_at: 0,
+            active_ms: 0,
+            active_since: None,
+            idle_ms: None,
+            tables: BTreeMap::new(),
+            requested: Vec::new(),
+            current: None,
+            notification: None,
+            planned: BTreeMap::new(),
+            plan: Plan::Unavailable,
+            fraction: None,
+        }
+    }
+
+    fn set(run: &mut RunState, table: &str, done: u64, total: Option<u64>) {
+        let t = run.tables.entry(table.into()).or_default();
+        t.rows_done = done;
+        t.rows_total = total;
+        run.note_fraction();
+    }
+
+    #[test]
+    fn the_fraction_holds_when_a_total_grows() {
+        let mut r = run();
+        r.note_fraction();
+        assert_eq!(r.fraction, None, "no total, no fraction");
+        set(&mut r, "a", 50, Some(100));
+        assert_eq!(r.fraction, Some(0.5));
+        // Rows changed on the server during the download: the total grows.
+        set(&mut r, "a", 50, Some(200));
+        assert_eq!(r.fraction, Some(0.5), "held, not 0.25");
+        assert_eq!(
+            r.progress().rows_total,
+            Some(200),
+            "the total is told as it is"
+        );
+        set(&mut r, "a", 150, Some(200));
+        assert_eq!(r.fraction, Some(0.75));
+        // A table whose size was not known before joins.
+        set(&mut r, "b", 0, Some(200));
+        assert_eq!(r.fraction, Some(0.75));
+        set(&mut r, "b", 200, Some(200));
+        set(&mut r, "a", 200, Some(200));
+        assert_eq!(r.fraction, Some(1.0));
+    }
+
+    #[test]
+    fn done_is_one_only_when_every_row_is_in() {
+        let mut r = run();
+        set(&mut r, "a", 999_999, Some(1_000_000));
+        assert!(r.fraction.expect("fraction") < 1.0);
+        set(&mut r, "a", 1_000_000, Some(1_000_000));
+        assert_eq!(r.fraction, Some(1.0));
     }
 }

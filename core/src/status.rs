@@ -42,7 +42,7 @@ pub enum SyncIcon {
 }
 
 /// Progress of the running sync.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SyncProgress {
     pub sync_id: String,
     pub mode: SyncMode,
@@ -50,13 +50,19 @@ pub struct SyncProgress {
     pub table: Option<String>,
     /// Rows received so far in this sync.
     pub rows_done: u64,
-    /// Rows expected, over the tables whose size is known so far.
+    /// Rows expected, over the tables whose size is known so far: every
+    /// table of the sync once the server counted them (at its start).
     pub rows_total: Option<u64>,
     pub bytes_down: u64,
+    /// The share done, 0.0 to 1.0, when a total is known: rows done over
+    /// rows expected, never less than an earlier value of the same sync
+    /// (a total that grows holds it until the rows catch up). 1.0 only
+    /// once every expected row is written to the device's file.
+    pub fraction: Option<f64>,
 }
 
 /// The sync status snapshot behind the icon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SyncStatus {
     pub icon: SyncIcon,
     /// Text for the icon's tooltip or banner (for example "Network or

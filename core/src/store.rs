@@ -1042,9 +1042,9 @@ impl Store {
         let mut change = ProfileChange::default();
         let ctx = new.filter_context(now);
         // A new team or time zone changes what custom filters select.
-        let context_changed = old.as_ref().is_some_and(|old| {
-            old.team_id != new.team_id || old.utc_offset_minutes != new.utc_offset_minutes
-        });
+        let context_changed = old
+            .as_ref()
+            .is_some_and(|old| old.team_id != new.team_id || old.zone() != new.zone());
         let mut conn = self.write_lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Triggers and settle indexes name columns; they come back below
@@ -2156,7 +2156,7 @@ fn unreached_rows(
         }
     }
     let columns = rule_columns(table);
-    let own_rules = settle::OwnRules::new(table, ctx);
+    let own_rules = settle::OwnRules::new(profile, table, ctx, conn);
     let mut doomed = Vec::new();
     {
         let mut stmt = conn.prepare(&rule_columns_sql(table, &columns))?;

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::client::PulledPage;
 use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
 use crate::error::{Error, Result};
-use crate::profile::{SyncProfile, SyncTable};
+use crate::profile::{RowRule, SyncProfile, SyncTable};
 use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, codes};
 use crate::store::{PageSummary, Store, related_rule_key};
 use crate::value::Value;
@@ -264,6 +264,9 @@ fn next_early_settle(
         .find(|t| {
             whole.contains(&t.name)
                 && !early.days.contains_key(&t.name)
+                // A filter reading related tables' rows waits for the final
+                // pass, when every table it reads is in.
+                && !t.rules.iter().any(|r| matches!(r, RowRule::Custom { filter } if filter.reads_related()))
                 && t.depends_on()
                     .iter()
                     .all(|d| *d == t.name || early.days.contains_key(d))
@@ -306,21 +309,32 @@ async fn pull_tables(
     early: &mut EarlySettled,
 ) -> Result<()> {
     let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    let mut refreshes = 0;
-    let mut parts: Vec<SyncReport> = Vec::new();
-    let result = loop {
-        let settle_early = refreshes == 0;
-        match pull_round(engine, &names, &mut done, &mut parts, early, settle_early).await {
-            Err(Error::Server {
-                status: 409, code, ..
-            }) if code == codes::PROFILE_CHANGED && refreshes < 2 => {
-                refreshes += 1;
-                refresh_profile(engine, report).await?;
+    // The counts are asked beside the first pages: the server counts while
+    // it prepares them, and the device's wait does not grow.
+    let plan = plan_progress(engine, &tables);
+    let pulls = async {
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        let mut refreshes = 0;
+        let mut parts: Vec<SyncReport> = Vec::new();
+        let result = loop {
+            let settle_early = refreshes == 0;
+            match pull_round(engine, &names, &mut done, &mut parts, early, settle_early).await {
+                Err(Error::Server {
+                    status: 409, code, ..
+                }) if code == codes::PROFILE_CHANGED && refreshes < 2 => {
+                    refreshes += 1;
+                    if let Err(e) = refresh_profile(engine, report).await {
+                        break Err(e);
+                    }
+                }
+                other => break other,
             }
-            other => break other,
-        }
+        };
+        (parts, result)
     };
+    let ((plan_up, plan_down), (parts, result)) = tokio::join!(plan, pulls);
+    report.bytes_up += plan_up;
+    report.bytes_down += plan_down;
     // The table reports in the order of the run, whatever order they ended in.
     let mut tables: Vec<TableReport> = Vec::new();
     for part in parts {
@@ -332,6 +346,70 @@ async fn pull_tables(
     report.tables.extend(tables);
     count_removed(report, &early.removed);
     result
+}
+
+/// Asks the server how many entries each table's download will bring
+/// (`POST /v1/sync/counts`, one round trip for every table of the run) and
+/// gives the sizes to the run's progress before any page arrives, so its
+/// total is exact from the start and its fraction only grows. A server that
+/// cannot say (an older one, or a failure) leaves the totals to the pages'
+/// estimates; the sync goes on either way.
+fn plan_progress<'a>(
+    engine: &'a Engine,
+    tables: &[SyncTable],
+) -> impl Future<Output = (u64, u64)> + 'a {
+    // The cursors and rows held as the downloads begin, read before any
+    // of them moves.
+    let mut cursors = BTreeMap::new();
+    let mut before = BTreeMap::new();
+    for t in tables {
+        let Ok(state) = engine.store.table_state(&t.name) else {
+            continue;
+        };
+        // A first download resumed from a page keeps the rows it holds;
+        // a download of changes starts its count again.
+        let resumed = !state.initial_done && !state.cursor.is_empty();
+        before.insert(
+            t.name.clone(),
+            if resumed { state.received_rows } else { 0 },
+        );
+        cursors.insert(t.name.clone(), state.cursor);
+    }
+    async move {
+        if cursors.is_empty() {
+            return (0, 0);
+        }
+        let answer = match engine
+            .api
+            .counts(&crate::protocol::CountsRequest { tables: cursors })
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(target: "fieldsync::sync", error = %e, "no download counts; the pages' totals are estimates");
+                engine.plan_progress(None);
+                return (0, 0);
+            }
+        };
+        let bytes = (answer.bytes_up, answer.bytes_down);
+        let planned: BTreeMap<String, crate::service::PlannedTable> = answer
+            .value
+            .tables
+            .into_iter()
+            .filter_map(|(name, count)| {
+                let done = *before.get(&name)?;
+                Some((
+                    name,
+                    crate::service::PlannedTable {
+                        rows_done: done,
+                        rows_total: done.saturating_add(count),
+                    },
+                ))
+            })
+            .collect();
+        engine.plan_progress(Some(&planned));
+        bytes
+    }
 }
 
 /// Adds rows a settling removed (per table) to the run's table reports.
@@ -778,7 +856,12 @@ fn release_freed_memory() {
 /// what was received.
 fn progress_total(rows_done: u64, rows_total: Option<u64>, page: &PageSummary) -> Option<u64> {
     if page.has_more {
-        page.total.map(|total| rows_done + total).or(rows_total)
+        // Never fewer than the rows in: the page's entries and at least
+        // one more (pages remain).
+        page.total
+            .map(|total| rows_done + total)
+            .or(rows_total)
+            .map(|t| t.max(rows_done + page.entries + 1))
     } else {
         Some(rows_done + page.entries)
     }
@@ -858,7 +941,14 @@ async fn pull_table(
         ..Default::default()
     };
     let mut rows_done = state.received_rows;
-    let mut rows_total = state.expected_rows;
+    // The server's count at the start of the sync is exact; a first
+    // download then asks the pages for no estimate of their own.
+    // The server's count (asked beside the first pages, so perhaps not
+    // here yet) is exact; a first download that has it asks the pages for
+    // no estimate of their own.
+    let planned = engine.planned_total(&table.name);
+    let mut rows_total = planned.map(|p| p.rows_total).or(state.expected_rows);
+    let page_totals = !(initial && planned.is_some());
     // Of a download of changes, the rows the server said remain beyond the
     // pages asked for (see `ramp_down`).
     let mut left: Option<u64> = None;
@@ -868,7 +958,7 @@ async fn pull_table(
             table,
             state.cursor.clone(),
             limit,
-            true,
+            page_totals,
             profile_version,
         )
     }));
@@ -886,7 +976,8 @@ async fn pull_table(
         if page.has_more {
             // The server's total is an estimate until the last page: ask
             // again now and then so the progress follows what is selected.
-            let ask_total = (table_report.pages + 1).is_multiple_of(TOTAL_EVERY_PAGES);
+            let ask_total =
+                page_totals && (table_report.pages + 1).is_multiple_of(TOTAL_EVERY_PAGES);
             limit = next_limit(limit, held, engine.page_size);
             if !initial {
                 limit = ramp_down(limit, left, first);
@@ -951,7 +1042,11 @@ async fn pull_table(
         table_report.rows_removed += applied.removed;
         table_report.rows_kept_pending += applied.kept_pending;
         rows_done += page_rows;
-        rows_total = summary.expected;
+        rows_total = match engine.planned_total(&table.name) {
+            // Exact, unless rows changed on the server since the count.
+            Some(p) if pending.is_some() => Some(p.rows_total.max(rows_done + 1)),
+            _ => summary.expected,
+        };
         engine.emit(SyncEvent::TableProgress {
             table: table.name.clone(),
             initial,

@@ -1,6 +1,9 @@
-//! Time: the injected [`Clock`] and the few calendar conversions the engine
-//! needs (UTC only; timestamps travel as `YYYY-MM-DDTHH:MM:SSZ` text and are
-//! kept as milliseconds since the Unix epoch inside the engine).
+//! Time: the injected [`Clock`], the few calendar conversions the engine
+//! needs (timestamps travel as `YYYY-MM-DDTHH:MM:SSZ` text and are kept as
+//! milliseconds since the Unix epoch inside the engine), and the [`Zone`]
+//! whose calendar days relative-date filters count: an IANA time zone, its
+//! rules (daylight saving included) from the database compiled into `jiff`,
+//! so every device and the server read the same rules, or a fixed offset.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,6 +50,108 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The time zone whose calendar days "today" and the other relative dates
+/// count: an IANA zone (daylight saving included) or a fixed offset from
+/// UTC. Two zones are equal when their names (or offsets) are.
+#[derive(Debug, Clone)]
+pub enum Zone {
+    /// A fixed offset from UTC, in minutes (east positive).
+    Fixed(i32),
+    /// An IANA time zone by name (`Europe/Berlin`).
+    Named(String, jiff::tz::TimeZone),
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Zone) -> bool {
+        match (self, other) {
+            (Zone::Fixed(a), Zone::Fixed(b)) => a == b,
+            (Zone::Named(a, _), Zone::Named(b, _)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Zone {}
+
+impl Default for Zone {
+    fn default() -> Zone {
+        Zone::Fixed(0)
+    }
+}
+
+impl Zone {
+    /// UTC.
+    pub fn utc() -> Zone {
+        Zone::Fixed(0)
+    }
+
+    /// The IANA zone `name` from the compiled-in database; `None` when the
+    /// database has no such zone.
+    pub fn named(name: &str) -> Option<Zone> {
+        // Only IANA names: jiff would also read POSIX TZ strings.
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return None;
+        }
+        jiff::tz::TimeZone::get(name)
+            .ok()
+            .map(|tz| Zone::Named(name.to_owned(), tz))
+    }
+
+    /// The zone's name, or `UTC+HH:MM` for a fixed offset.
+    pub fn name(&self) -> String {
+        match self {
+            Zone::Named(n, _) => n.clone(),
+            Zone::Fixed(m) => {
+                let sign = if *m < 0 { '-' } else { '+' };
+                format!("UTC{sign}{:02}:{:02}", m.abs() / 60, m.abs() % 60)
+            }
+        }
+    }
+
+    /// The zone's offset from UTC at instant `ms`, in milliseconds.
+    pub fn offset_ms_at(&self, ms: i64) -> i64 {
+        match self {
+            Zone::Fixed(m) => i64::from(*m) * 60_000,
+            Zone::Named(_, tz) => {
+                let ts = jiff::Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
+                    jiff::Timestamp::MIN
+                } else {
+                    jiff::Timestamp::MAX
+                });
+                i64::from(tz.to_offset(ts).seconds()) * 1000
+            }
+        }
+    }
+
+    /// The local calendar day (days since 1970-01-01) of instant `ms`.
+    pub fn local_day(&self, ms: i64) -> i64 {
+        ms.saturating_add(self.offset_ms_at(ms)).div_euclid(DAY_MS)
+    }
+
+    /// The first instant (ms since the epoch, UTC) of local day `day`: its
+    /// local midnight, or, when the clocks skip midnight that day (a
+    /// daylight saving change at 00:00), the first local time that exists.
+    /// A day is 23 or 25 hours long on a daylight saving change.
+    pub fn day_start_ms(&self, day: i64) -> i64 {
+        let naive = day.saturating_mul(DAY_MS);
+        match self {
+            Zone::Fixed(m) => naive - i64::from(*m) * 60_000,
+            Zone::Named(_, tz) => {
+                let (y, mo, d) = civil_from_days(day);
+                let exact = i16::try_from(y)
+                    .ok()
+                    .and_then(|y| jiff::civil::Date::new(y, mo as i8, d as i8).ok())
+                    .and_then(|date| tz.to_timestamp(date.at(0, 0, 0, 0)).ok())
+                    .map(jiff::Timestamp::as_millisecond);
+                // Outside jiff's years (-9999 to 9999): the offset there.
+                exact.unwrap_or_else(|| naive - self.offset_ms_at(naive))
+            }
+        }
     }
 }
 
@@ -216,6 +321,78 @@ mod tests {
         let (y, _, _) = civil_from_days(i64::MAX);
         assert!(y > 25_000_000_000_000_000);
         assert!(civil_from_days(i64::MIN).0 < -25_000_000_000_000_000);
+    }
+
+    fn at(s: &str) -> i64 {
+        parse_datetime(s).expect("a date-time")
+    }
+
+    fn day(s: &str) -> i64 {
+        parse_date(s).expect("a date")
+    }
+
+    #[test]
+    fn days_of_a_zone_follow_daylight_saving() {
+        let berlin = Zone::named("Europe/Berlin").expect("Berlin");
+        // Spring: 2026-03-29 lasts 23 hours, [28T23:00Z, 29T22:00Z).
+        assert_eq!(
+            berlin.day_start_ms(day("2026-03-29")),
+            at("2026-03-28T23:00:00Z")
+        );
+        assert_eq!(
+            berlin.day_start_ms(day("2026-03-30")),
+            at("2026-03-29T22:00:00Z")
+        );
+        assert_eq!(
+            berlin.local_day(at("2026-03-29T21:59:59Z")),
+            day("2026-03-29")
+        );
+        assert_eq!(
+            berlin.local_day(at("2026-03-29T22:00:00Z")),
+            day("2026-03-30")
+        );
+        assert_eq!(berlin.offset_ms_at(at("2026-03-29T00:59:59Z")), 3_600_000);
+        assert_eq!(berlin.offset_ms_at(at("2026-03-29T01:00:00Z")), 7_200_000);
+        // Autumn in New York: 2026-11-01 lasts 25 hours.
+        let ny = Zone::named("America/New_York").expect("New York");
+        let len = ny.day_start_ms(day("2026-11-02")) - ny.day_start_ms(day("2026-11-01"));
+        assert_eq!(len, 25 * 3_600_000);
+        assert_eq!(ny.local_day(at("2026-11-02T04:59:59Z")), day("2026-11-01"));
+        // Havana skips midnight in spring (00:00 becomes 01:00): the day
+        // starts at the first local time that exists.
+        let havana = Zone::named("America/Havana").expect("Havana");
+        let start = havana.day_start_ms(day("2026-03-08"));
+        assert_eq!(start, at("2026-03-08T05:00:00Z"));
+        assert_eq!(havana.local_day(start), day("2026-03-08"));
+        assert_eq!(havana.local_day(start - 1), day("2026-03-07"));
+        // A fixed offset never moves.
+        let fixed = Zone::Fixed(60);
+        assert_eq!(
+            fixed.day_start_ms(day("2026-03-30")),
+            at("2026-03-29T23:00:00Z")
+        );
+        assert_eq!(fixed.name(), "UTC+01:00");
+        assert_eq!(Zone::Fixed(-330).name(), "UTC-05:30");
+    }
+
+    #[test]
+    fn zones_are_iana_names_only() {
+        assert!(Zone::named("Europe/Berlin").is_some());
+        assert!(Zone::named("UTC").is_some());
+        for bad in [
+            "",
+            "Mars/Olympus",
+            "CET-1CEST,M3.5.0,M10.5.0/3",
+            "Europe/Berlin ",
+        ] {
+            assert!(Zone::named(bad).is_none(), "{bad:?}");
+        }
+        // Far instants and days stay total.
+        let z = Zone::named("Europe/Berlin").expect("Berlin");
+        let _ = z.local_day(i64::MAX);
+        let _ = z.local_day(i64::MIN);
+        let _ = z.day_start_ms(i64::MAX / DAY_MS);
+        let _ = z.day_start_ms(i64::MIN / DAY_MS);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use fieldsync_core::Value;
 use fieldsync_core::error::Error;
 use fieldsync_core::filter::{Filter, FilterContext};
 use fieldsync_core::profile::{Column, ColumnKind, DataModel, SyncTable};
-use fieldsync_core::time::{civil_from_days, parse_date, parse_datetime};
+use fieldsync_core::time::{Zone, civil_from_days, parse_date, parse_datetime};
 use fieldsync_server::db::Cursor;
 use fieldsync_server::rules::compile_cond;
 
@@ -272,7 +272,25 @@ pub fn filter_context(rest: &[u8]) -> FilterContext {
         user_id: "tech-1".into(),
         team_id: (byte(0) & 1 == 1).then(|| "team-1".to_owned()),
         now_ms: anchor + i64::from(secs) * 1000 + i64::from(byte(7)) * 4,
-        utc_offset_minutes: FILTER_OFFSETS[usize::from(byte(1)) % FILTER_OFFSETS.len()],
+        zone: filter_zone(byte(1)),
+    }
+}
+
+/// IANA zones the `filter` target uses besides the fixed offsets: daylight
+/// saving of an hour (both hemispheres), of half an hour, and none.
+const FILTER_ZONES: [&str; 4] = [
+    "Europe/Berlin",
+    "America/Santiago",
+    "Australia/Lord_Howe",
+    "Asia/Kolkata",
+];
+
+/// Byte 1 of a `filter` input: one of the fixed offsets or of the zones.
+fn filter_zone(b: u8) -> Zone {
+    let i = usize::from(b) % (FILTER_OFFSETS.len() + FILTER_ZONES.len());
+    match FILTER_OFFSETS.get(i) {
+        Some(m) => Zone::Fixed(*m),
+        None => Zone::named(FILTER_ZONES[i - FILTER_OFFSETS.len()]).unwrap_or_default(),
     }
 }
 
@@ -295,7 +313,7 @@ fn relative_date_matches(
     let day = match kind {
         ColumnKind::Date => parse_date(s)?,
         _ if s.contains('.') => return None,
-        _ => (parse_datetime(s)? + i64::from(ctx.utc_offset_minutes) * 60_000).div_euclid(DAY_MS),
+        _ => ctx.zone.local_day(parse_datetime(s)?),
     };
     let today = ctx.today();
     let month = |d: i64| {

@@ -626,6 +626,10 @@ pub struct NewUser {
     /// The user's team, for "rows of my team" filters.
     #[serde(default)]
     team_id: Option<String>,
+    /// The user's time zone (an IANA name such as `Europe/Berlin`), which
+    /// overrides the profile's for relative-date filters.
+    #[serde(default)]
+    time_zone: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -647,12 +651,13 @@ pub async fn create_user(
     let db = app.db.clone();
     let default_profile = app.default_profile.clone();
     let (user, token) = blocking(move || {
-        db.create_user(
+        db.create_user_in_zone(
             new.id,
             &new.name,
             new.role,
             new.profile.as_deref().unwrap_or(&default_profile),
             new.team_id,
+            new.time_zone,
         )
     })
     .await?;

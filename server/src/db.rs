@@ -70,7 +70,7 @@ use crate::selection::Walked;
 use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Whether a device id is one the server records (1 to 128 bytes): the
 /// `x-fieldsync-device-id` header is read only within this bound, and the
@@ -119,9 +119,13 @@ pub struct User {
     /// The user's team ("rows of my team" filters), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
+    /// The user's time zone (an IANA name), overriding the profile's for
+    /// relative-date filters, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
-/// Reads a user from a row of `SELECT id, name, role, profile, team_id`.
+/// Reads a user from a row of `SELECT id, name, role, profile, team_id, time_zone`.
 /// A server setting, inside the caller's transaction.
 fn setting_in(c: &mut dyn Conn, key: &str) -> ApiResult<Option<String>> {
     c.query_opt("SELECT value FROM _fs_settings WHERE key = ?", &[text(key)])?
@@ -132,7 +136,7 @@ fn setting_in(c: &mut dyn Conn, key: &str) -> ApiResult<Option<String>> {
 /// The user with this id, inside the caller's transaction.
 fn user_by_id_in(c: &mut dyn Conn, id: &str) -> ApiResult<Option<User>> {
     c.query_opt(
-        "SELECT id, name, role, profile, team_id FROM _fs_users WHERE id = ?",
+        "SELECT id, name, role, profile, team_id, time_zone FROM _fs_users WHERE id = ?",
         &[text(id)],
     )?
     .as_ref()
@@ -147,6 +151,7 @@ fn user_from_row(r: &Row) -> ApiResult<User> {
         role: Role::parse(&r.text(2)?),
         profile: r.text(3)?,
         team_id: r.opt_text(4)?,
+        time_zone: r.opt_text(5)?,
     })
 }
 
@@ -238,6 +243,10 @@ pub enum Phase {
     Window { to: i64, after: i64 },
     /// Sending changes after `since`, page by page.
     Changes,
+    /// Sending unchanged rows (`_seq <= since`) that qualify now and whose
+    /// filter reads a related row changed after `since` (a work order
+    /// whose priority rose lets its bookings in), after `_seq` `after`.
+    Related { after: i64 },
 }
 
 /// The decoded form of a pull cursor: changes after `since`; rows that do not
@@ -295,6 +304,7 @@ impl Cursor {
                 to: num(to)?,
                 after: num(after)?,
             },
+            ["r", after] => Phase::Related { after: num(after)? },
             _ => return None,
         };
         Some(Some(Cursor {
@@ -334,6 +344,7 @@ impl Cursor {
             Phase::Rest => base,
             Phase::Changes => format!("{base}.c"),
             Phase::Window { to, after } => format!("{base}.w.{to}.{after}"),
+            Phase::Related { after } => format!("{base}.r.{after}"),
         }
     }
 }
@@ -714,6 +725,109 @@ impl PageOut {
     pub fn decoded(&self) -> ApiResult<PullPage> {
         serde_json::from_slice(&self.json)
             .map_err(|e| ApiError::internal(format!("a page does not decode: {e}")))
+    }
+}
+
+/// Rows of `table` whose custom filters read a related row (`related`)
+/// changed after `since`: an SQL condition over `table` (named as such)
+/// with its parameters, or `None` when no filter reads a related table.
+/// One `EXISTS` per relationship path, the last table's `_seq` compared.
+pub(crate) fn related_changed_sql(
+    profile: &SyncProfile,
+    table: &SyncTable,
+    since: i64,
+) -> Option<(String, Vec<Value>)> {
+    let mut parts = Vec::new();
+    let mut params = Vec::new();
+    for path in related_paths(table) {
+        let Some((_, first_column, _)) = path.first() else {
+            continue;
+        };
+        let mut from = String::new();
+        let mut ok = true;
+        for (k, (_, column, other)) in path.iter().enumerate() {
+            let Some(o) = profile.table(other) else {
+                ok = false;
+                break;
+            };
+            if k == 0 {
+                from.push_str(&format!("{} AS _fs_ch0", quote_ident(other)));
+            } else {
+                from.push_str(&format!(
+                    " JOIN {} AS _fs_ch{k} ON _fs_ch{k}.{} = _fs_ch{}.{}",
+                    quote_ident(other),
+                    quote_ident(&o.primary_key),
+                    k - 1,
+                    quote_ident(column)
+                ));
+            }
+        }
+        let Some(first) = path.first().and_then(|(_, _, o)| profile.table(o)) else {
+            continue;
+        };
+        if !ok {
+            continue;
+        }
+        parts.push(format!(
+            "EXISTS (SELECT 1 FROM {from} WHERE _fs_ch0.{} = {}.{} AND _fs_ch{}._seq > ?)",
+            quote_ident(&first.primary_key),
+            quote_ident(&table.name),
+            quote_ident(first_column),
+            path.len() - 1
+        ));
+        params.push(int(since));
+    }
+    (!parts.is_empty()).then(|| (format!("({})", parts.join(" OR ")), params))
+}
+
+/// Every relationship path the custom filters of `table` follow.
+fn related_paths(table: &SyncTable) -> Vec<Vec<fieldsync_core::filter::Hop>> {
+    let mut out = Vec::new();
+    for rule in &table.rules {
+        if let RowRule::Custom { filter } = rule {
+            for p in filter.related_paths(&table.name) {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a table a `related` condition of `table` reads changed after
+/// `since` (one indexed `EXISTS` per table).
+pub(crate) fn related_tables_changed(
+    c: &mut dyn Conn,
+    table: &SyncTable,
+    since: i64,
+) -> ApiResult<bool> {
+    let mut seen = std::collections::BTreeSet::new();
+    for path in related_paths(table) {
+        for (_, _, other) in path {
+            if seen.insert(other.clone()) {
+                let sql = format!(
+                    "SELECT EXISTS (SELECT 1 FROM {} WHERE _seq > ?)",
+                    quote_ident(&other)
+                );
+                if c.query_one(&sql, &[int(since)])?.bool(0)? {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The phase after the related phase of a new download: the window
+/// phase when rows may have entered a relative-date window, else the
+/// changes (the evaluation recorded at `now`).
+fn after_related(cursor: &mut Cursor, profile: &SyncProfile, table: &SyncTable, now: i64) -> Phase {
+    if cursor.window_due(profile, table, now) {
+        Phase::Window { to: now, after: 0 }
+    } else {
+        cursor.evaluated_at = Some(now);
+        Phase::Changes
     }
 }
 
@@ -1279,7 +1393,7 @@ impl Db {
         let hash = hash_token(token);
         self.read(|c| {
             c.query_opt(
-                "SELECT id, name, role, profile, team_id FROM _fs_users WHERE token_hash = ?",
+                "SELECT id, name, role, profile, team_id, time_zone FROM _fs_users WHERE token_hash = ?",
                 &[text(hash.clone())],
             )?
             .as_ref()
@@ -1297,6 +1411,20 @@ impl Db {
         profile: &str,
         team_id: Option<String>,
     ) -> ApiResult<(User, String)> {
+        self.create_user_in_zone(id, name, role, profile, team_id, None)
+    }
+
+    /// [`Db::create_user`] with the user's own time zone (an IANA name that
+    /// overrides the profile's for relative-date filters).
+    pub fn create_user_in_zone(
+        &self,
+        id: Option<String>,
+        name: &str,
+        role: Role,
+        profile: &str,
+        team_id: Option<String>,
+        time_zone: Option<String>,
+    ) -> ApiResult<(User, String)> {
         let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         if id.is_empty() || id.len() > 128 {
             return Err(ApiError::bad_request(
@@ -1310,6 +1438,11 @@ impl Db {
                 "a user needs a name",
             ));
         }
+        let time_zone = time_zone.filter(|z| !z.is_empty());
+        if let Some(zone) = &time_zone {
+            fieldsync_core::profile::check_time_zone(zone)
+                .map_err(|e| ApiError::bad_request(codes::BAD_REQUEST, e.to_string()))?;
+        }
         let token = user_token();
         let user = User {
             id,
@@ -1317,6 +1450,7 @@ impl Db {
             role,
             profile: profile.to_owned(),
             team_id: team_id.filter(|t| !t.is_empty()),
+            time_zone,
         };
         self.write(|c| {
             if !c.exists("SELECT 1 FROM _fs_profiles WHERE name = ?", &[text(profile)])? {
@@ -1333,7 +1467,7 @@ impl Db {
                 ));
             }
             c.execute(
-                "INSERT INTO _fs_users (id, name, role, profile, token_hash, created_at, team_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO _fs_users (id, name, role, profile, token_hash, created_at, team_id, time_zone) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 &[
                     text(user.id.clone()),
                     text(user.name.clone()),
@@ -1342,6 +1476,7 @@ impl Db {
                     text(hash_token(&token)),
                     text(self.now_text()),
                     opt_text(user.team_id.clone()),
+                    opt_text(user.time_zone.clone()),
                 ],
             )?;
             Ok(())
@@ -1385,7 +1520,7 @@ impl Db {
     pub fn users(&self) -> ApiResult<Vec<User>> {
         self.read(|c| {
             c.query(
-                "SELECT id, name, role, profile, team_id FROM _fs_users ORDER BY name, id",
+                "SELECT id, name, role, profile, team_id, time_zone FROM _fs_users ORDER BY name, id",
                 &[],
             )?
             .iter()
@@ -1531,8 +1666,9 @@ impl Db {
             .map_err(|e| ApiError::internal(format!("stored profile: {e}")))?;
         let version = row.i64(1)?;
         let in_force = self.model_at(newest)?;
-        let mut resolved =
-            profile.resolve(&in_force.model, version, &user.id, user.team_id.as_deref())?;
+        let mut resolved = profile
+            .resolve(&in_force.model, version, &user.id, user.team_id.as_deref())?
+            .with_user_time_zone(user.time_zone.as_deref())?;
         resolved.model_version = in_force.version;
         Ok(resolved)
     }
@@ -1667,11 +1803,10 @@ impl Db {
             // move by whole local days, so within the same day nothing can
             // have entered (and the scan of the table is skipped).
             if cursor.phase == Phase::Rest {
-                cursor.phase = if cursor.window_due(profile, table, now) {
-                    Phase::Window { to: now, after: 0 }
+                cursor.phase = if related_tables_changed(c, table, cursor.since)? {
+                    Phase::Related { after: 0 }
                 } else {
-                    cursor.evaluated_at = Some(now);
-                    Phase::Changes
+                    after_related(&mut cursor, profile, table, now)
                 };
             }
             if cursor.evaluated_at.is_none() {
@@ -1685,6 +1820,61 @@ impl Db {
             let mut room = limit;
             let mut page_bytes = 0usize;
 
+            // Related phase: unchanged rows that qualify now because a row
+            // their filter reads changed (the device removes the rows that
+            // stop qualifying itself, when it gets the related row).
+            if let Phase::Related { after } = cursor.phase {
+                match related_changed_sql(profile, table, cursor.since) {
+                    Some((changed, changed_params)) => {
+                        let scope = format!(
+                            "_deleted = 0 AND _seq <= ? AND _seq > ? AND {} AND {changed}",
+                            predicate.sql
+                        );
+                        let mut params: Vec<Value> = vec![int(cursor.since), int(after)];
+                        params.extend(predicate.params.iter().cloned());
+                        params.extend(changed_params);
+                        if let Some(t) = total.as_mut() {
+                            let n = c
+                                .query_one(
+                                    &format!(
+                                        "SELECT COUNT(*) FROM {} WHERE {scope}",
+                                        quote_ident(&table.name)
+                                    ),
+                                    &params,
+                                )?
+                                .i64(0)?;
+                            *t += n.max(0) as u64;
+                        }
+                        let sql = format!(
+                            "SELECT {select_cols}, _seq FROM {} WHERE {scope} ORDER BY _seq LIMIT ?",
+                            quote_ident(&table.name)
+                        );
+                        params.push(int(i64::from(room) + 1));
+                        let mut last = after;
+                        let (mut read, mut more) = (0u32, false);
+                        let bytes = &mut page_bytes;
+                        c.query_each(&sql, &params, &mut |r| {
+                            if read == room || *bytes >= MAX_PAGE_BYTES {
+                                more = true;
+                                return Ok(false);
+                            }
+                            read += 1;
+                            last = r.int(ncols + 1)?;
+                            *bytes += rows.push(r, &kinds)?.size;
+                            Ok(true)
+                        })?;
+                        room -= read;
+                        if more {
+                            has_more = true;
+                            cursor.phase = Phase::Related { after: last };
+                        } else {
+                            cursor.phase = after_related(&mut cursor, profile, table, now);
+                        }
+                    }
+                    None => cursor.phase = after_related(&mut cursor, profile, table, now),
+                }
+            }
+
             // Window phase: unchanged rows (`_seq <= since`) that qualify now
             // and did not at `evaluated_at`, by their own clock rules.
             if let Phase::Window { to, after } = cursor.phase {
@@ -1692,8 +1882,8 @@ impl Db {
                 let now_ctx = profile.filter_context(to);
                 let then_ctx = profile.filter_context(then);
                 match (
-                    rules::compile_clock_rules(dialect, table, &now_ctx),
-                    rules::compile_clock_rules(dialect, table, &then_ctx),
+                    rules::compile_clock_rules(dialect, profile, table, &now_ctx),
+                    rules::compile_clock_rules(dialect, profile, table, &then_ctx),
                 ) {
                     (Some(now_p), Some(then_p)) => {
                         let scope = format!(
@@ -1879,6 +2069,101 @@ impl Db {
                 json: rows.page_json(&head, &removed)?,
                 head,
             })
+        })
+    }
+
+    /// The entries a pull of `table` from `cursor` would send, counted
+    /// exactly for the progress of a download (`POST /v1/sync/counts`):
+    /// the rows the rules select at or before the cursor's snapshot (every
+    /// live selected row for the empty cursor), every row changed after it,
+    /// and the rows a due relative-date window lets in. `None` for a cursor
+    /// this server did not issue. It evaluates the rules on every row of
+    /// the table once, as the download's walk does (the cost is in
+    /// `docs/performance.md`); the pages' own `total` stays an estimate.
+    pub fn count_entries(
+        &self,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        cursor: &str,
+    ) -> ApiResult<Option<u64>> {
+        let Some(parsed) = Cursor::parse(cursor) else {
+            return Ok(None);
+        };
+        let now = self.clock.now_ms();
+        let dialect = self.dialect();
+        let ctx = profile.filter_context(now);
+        let predicate = rules::compile_in(dialect, profile, table, &ctx);
+        let t = quote_ident(&table.name);
+        self.read(|c| {
+            let count = |c: &mut dyn Conn, sql: &str, params: &[Value]| -> ApiResult<u64> {
+                Ok(c.query_one(sql, params)?.i64(0)?.max(0) as u64)
+            };
+            let Some(cur) = parsed else {
+                return count(
+                    c,
+                    &format!("SELECT COUNT(*) FROM {t} WHERE _deleted = 0 AND {}", predicate.sql),
+                    &predicate.params,
+                )
+                .map(Some);
+            };
+            let mut params = vec![int(cur.since), int(cur.snapshot)];
+            params.extend(predicate.params.iter().cloned());
+            let mut n = count(
+                c,
+                &format!(
+                    "SELECT COUNT(*) FROM {t} WHERE _seq > ? AND (_seq > ? OR (_deleted = 0 AND {}))",
+                    predicate.sql
+                ),
+                &params,
+            )?;
+            let related_after = match cur.phase {
+                Phase::Rest if related_tables_changed(c, table, cur.since)? => Some(0),
+                Phase::Related { after } => Some(after),
+                _ => None,
+            };
+            if let Some(after) = related_after
+                && let Some((changed, changed_params)) =
+                    related_changed_sql(profile, table, cur.since)
+            {
+                let mut params = vec![int(cur.since), int(after)];
+                params.extend(predicate.params.iter().cloned());
+                params.extend(changed_params);
+                n += count(
+                    c,
+                    &format!(
+                        "SELECT COUNT(*) FROM {t} WHERE _deleted = 0 AND _seq <= ? AND _seq > ? AND {} AND {changed}",
+                        predicate.sql
+                    ),
+                    &params,
+                )?;
+            }
+            let window = match cur.phase {
+                Phase::Rest | Phase::Related { .. } if cur.window_due(profile, table, now) => {
+                    Some((now, 0))
+                }
+                Phase::Window { to, after } => Some((to, after)),
+                _ => None,
+            };
+            if let Some((to, after)) = window {
+                let then = cur.evaluated_at.unwrap_or(to);
+                if let (Some(now_p), Some(then_p)) = (
+                    rules::compile_clock_rules(dialect, profile, table, &profile.filter_context(to)),
+                    rules::compile_clock_rules(dialect, profile, table, &profile.filter_context(then)),
+                ) {
+                    let mut params = vec![int(cur.since), int(after)];
+                    params.extend(now_p.params.iter().cloned());
+                    params.extend(then_p.params.iter().cloned());
+                    n += count(
+                        c,
+                        &format!(
+                            "SELECT COUNT(*) FROM {t} WHERE _deleted = 0 AND _seq <= ? AND _seq > ? AND {} AND NOT {}",
+                            now_p.sql, then_p.sql
+                        ),
+                        &params,
+                    )?;
+                }
+            }
+            Ok(Some(n))
         })
     }
 

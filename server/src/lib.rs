@@ -232,6 +232,7 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         .route("/v1/sync/pull", get(api::pull))
         .route("/v1/sync/push", post(api::push))
         .route("/v1/sync/changes", post(online::changes))
+        .route("/v1/sync/counts", post(online::counts))
         .route("/v1/telemetry", post(telemetry::upload))
         .route("/v1/sync/fetch", post(api::fetch))
         .route("/v1/records/{table}", get(api::list_records))

@@ -1,4 +1,4 @@
-//! Smart sync and online-mode access on the server.
+//! Smart sync, download counts and online-mode access on the server.
 //!
 //! `POST /v1/sync/changes` answers, per table of the caller's profile,
 //! whether any row changed after the device's cursor: one indexed
@@ -22,7 +22,9 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use fieldsync_core::Value;
 use fieldsync_core::profile::quote_ident;
-use fieldsync_core::protocol::{ChangesRequest, ChangesResponse, codes};
+use fieldsync_core::protocol::{
+    ChangesRequest, ChangesResponse, CountsRequest, CountsResponse, codes,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::App;
@@ -93,6 +95,45 @@ pub async fn put_access(
     Ok(Json(OnlineAccess { tables }))
 }
 
+/// `POST /v1/sync/counts`: per table, the exact number of entries a pull
+/// from the device's cursor sends (`Db::count_entries`), asked once at the
+/// start of a sync's downloads so its progress has its total from the
+/// first page. Tables outside the caller's profile and cursors the server
+/// did not issue are left out of the answer.
+pub async fn counts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<CountsResponse>> {
+    let user = authenticate(&app, &headers).await?;
+    let request: CountsRequest = read_json(&app, &headers, body).await?;
+    if request.tables.len() > 256 {
+        return Err(ApiError::bad_request(
+            codes::BAD_REQUEST,
+            "at most 256 tables per request",
+        ));
+    }
+    let db = app.db.clone();
+    let answer = blocking(move || {
+        let profile = db.sync_profile(&user)?;
+        let mut tables = BTreeMap::new();
+        for (name, cursor) in &request.tables {
+            let Some(table) = profile.table(name) else {
+                continue;
+            };
+            if let Some(n) = db.count_entries(&profile, table, cursor)? {
+                tables.insert(name.clone(), n);
+            }
+        }
+        Ok(CountsResponse {
+            profile_version: profile.version,
+            tables,
+        })
+    })
+    .await?;
+    Ok(Json(answer))
+}
+
 /// `POST /v1/sync/changes`: per table, whether anything changed after the
 /// device's cursor. Tables outside the caller's profile are ignored; a
 /// cursor the server did not issue, or a table still in its first download,
@@ -131,7 +172,10 @@ pub async fn changes(
                             "SELECT EXISTS (SELECT 1 FROM {} WHERE _seq > ?)",
                             quote_ident(name)
                         );
+                        // A table whose filter reads related rows changes
+                        // with them (its related phase may send rows).
                         c.query_one(&sql, &[Value::Integer(cur.since)])?.bool(0)?
+                            || crate::db::related_tables_changed(c, table, cur.since)?
                     }
                     _ => true,
                 };

@@ -49,19 +49,23 @@ pub fn compile_in(
 /// relative-date window without changing.
 pub fn compile_clock_rules(
     dialect: Dialect,
+    profile: &SyncProfile,
     table: &SyncTable,
     ctx: &FilterContext,
 ) -> Option<SqlPredicate> {
     let mut parts = Vec::new();
     let mut params = Vec::new();
+    let scope = quote_ident(&table.name);
     for rule in &table.rules {
         if let RowRule::Custom { filter } = rule
             && filter.uses_clock()
         {
-            parts.push(compile_cond_in(
+            parts.push(compile_cond_at(
                 dialect,
-                &filter.lower(table, ctx),
+                &filter.lower_in(table, ctx, &|n| profile.table(n)),
                 &mut params,
+                Some(&scope),
+                0,
             ));
         }
     }
@@ -80,14 +84,18 @@ pub fn compile_clock_rules(
 /// [`crate::selection`]) it decides the same rows as [`compile_in`].
 pub fn compile_own_in(
     dialect: Dialect,
+    profile: &SyncProfile,
     table: &SyncTable,
     ctx: &FilterContext,
 ) -> Option<SqlPredicate> {
     let mut params = Vec::new();
+    let scope = quote_ident(&table.name);
     let parts: Vec<String> = table
         .rules
         .iter()
-        .filter_map(|rule| compile_own_rule(dialect, table, rule, ctx, &mut params))
+        .filter_map(|rule| {
+            compile_own_rule(dialect, profile, table, rule, ctx, &scope, &mut params)
+        })
         .collect();
     (!parts.is_empty()).then(|| SqlPredicate {
         sql: format!("({})", parts.join(" OR ")),
@@ -95,12 +103,16 @@ pub fn compile_own_in(
     })
 }
 
-/// One rule that reads no other table; `None` for a related-rows rule.
+/// One rule that is not a related-rows rule (a custom filter may still
+/// read related tables' rows, `related`); `None` for a related-rows rule.
+/// `scope` is how the query names `table`.
 fn compile_own_rule(
     dialect: Dialect,
+    profile: &SyncProfile,
     table: &SyncTable,
     rule: &RowRule,
     ctx: &FilterContext,
+    scope: &str,
     params: &mut Vec<Value>,
 ) -> Option<String> {
     match rule {
@@ -109,9 +121,13 @@ fn compile_own_rule(
             params.push(Value::Text(ctx.user_id.clone()));
             Some(format!("{} = ?", quote_ident(column)))
         }
-        RowRule::Custom { filter } => {
-            Some(compile_cond_in(dialect, &filter.lower(table, ctx), params))
-        }
+        RowRule::Custom { filter } => Some(compile_cond_at(
+            dialect,
+            &filter.lower_in(table, ctx, &|n| profile.table(n)),
+            params,
+            Some(scope),
+            0,
+        )),
         RowRule::Related { .. } => None,
     }
 }
@@ -131,7 +147,15 @@ fn compile_at(
     for rule in &table.rules {
         match rule {
             RowRule::All | RowRule::Owned { .. } | RowRule::Custom { .. } => {
-                parts.extend(compile_own_rule(dialect, table, rule, ctx, &mut params));
+                parts.extend(compile_own_rule(
+                    dialect,
+                    profile,
+                    table,
+                    rule,
+                    ctx,
+                    scope,
+                    &mut params,
+                ));
             }
             RowRule::Related {
                 table: other,
@@ -193,8 +217,42 @@ pub fn compile_cond(cond: &Cond, params: &mut Vec<Value>) -> String {
 
 /// [`compile_cond`] for one SQL dialect.
 pub fn compile_cond_in(dialect: Dialect, cond: &Cond, params: &mut Vec<Value>) -> String {
+    compile_cond_at(dialect, cond, params, None, 0)
+}
+
+/// [`compile_cond_in`] with the columns qualified by `scope` (how the query
+/// names the row's table, when given). A condition on a related table is a
+/// correlated `EXISTS` over that table's live row with the key, its own
+/// condition qualified by the sub-query's alias (`_fs_cond{depth}`); the
+/// related table's primary key answers it by its index.
+pub fn compile_cond_at(
+    dialect: Dialect,
+    cond: &Cond,
+    params: &mut Vec<Value>,
+    scope: Option<&str>,
+    depth: usize,
+) -> String {
     let (t, f) = (dialect.true_sql(), dialect.false_sql());
+    let q = |column: &str| match scope {
+        Some(s) => format!("{s}.{}", quote_ident(column)),
+        None => quote_ident(column),
+    };
     match cond {
+        Cond::Related {
+            column,
+            table,
+            key,
+            cond,
+        } => {
+            let alias = format!("_fs_cond{depth}");
+            let inner = compile_cond_at(dialect, cond, params, Some(&alias), depth + 1);
+            format!(
+                "EXISTS (SELECT 1 FROM {o} AS {alias} WHERE {alias}.{k} = {c} AND {alias}._deleted = 0 AND {inner})",
+                o = quote_ident(table),
+                k = quote_ident(key),
+                c = q(column),
+            )
+        }
         Cond::True => t.into(),
         Cond::False => f.into(),
         Cond::And(cs) if cs.is_empty() => t.into(),
@@ -202,21 +260,24 @@ pub fn compile_cond_in(dialect: Dialect, cond: &Cond, params: &mut Vec<Value>) -
         Cond::And(cs) => {
             let parts: Vec<String> = cs
                 .iter()
-                .map(|c| compile_cond_in(dialect, c, params))
+                .map(|c| compile_cond_at(dialect, c, params, scope, depth))
                 .collect();
             format!("({})", parts.join(" AND "))
         }
         Cond::Or(cs) => {
             let parts: Vec<String> = cs
                 .iter()
-                .map(|c| compile_cond_in(dialect, c, params))
+                .map(|c| compile_cond_at(dialect, c, params, scope, depth))
                 .collect();
             format!("({})", parts.join(" OR "))
         }
-        Cond::Not(c) => format!("(NOT {})", compile_cond_in(dialect, c, params)),
+        Cond::Not(c) => format!(
+            "(NOT {})",
+            compile_cond_at(dialect, c, params, scope, depth)
+        ),
         Cond::Cmp { column, op, value } => {
             params.push(value.clone());
-            let c = quote_ident(column);
+            let c = q(column);
             format!("({c} IS NOT NULL AND {c} {} ?)", op.sql())
         }
         Cond::In {
@@ -224,7 +285,7 @@ pub fn compile_cond_in(dialect: Dialect, cond: &Cond, params: &mut Vec<Value>) -
             values,
             negated,
         } => {
-            let c = quote_ident(column);
+            let c = q(column);
             if values.is_empty() {
                 return if *negated {
                     format!("({c} IS NOT NULL)")
@@ -239,10 +300,10 @@ pub fn compile_cond_in(dialect: Dialect, cond: &Cond, params: &mut Vec<Value>) -
         }
         Cond::IsNull { column, negated } => {
             let not = if *negated { "NOT " } else { "" };
-            format!("({} IS {not}NULL)", quote_ident(column))
+            format!("({} IS {not}NULL)", q(column))
         }
         Cond::Text { column, op, needle } => {
-            let c = quote_ident(column);
+            let c = q(column);
             let n = Value::Text(needle.clone());
             match op {
                 TextOp::BeginsWith => {

@@ -304,6 +304,16 @@ CREATE TABLE IF NOT EXISTS _fs_models (
 );
 "#,
     },
+    Migration {
+        version: 6,
+        description: "users may have their own time zone (an IANA name) for relative-date filters",
+        sqlite: r#"
+ALTER TABLE _fs_users ADD COLUMN time_zone TEXT;
+"#,
+        postgres: r#"
+ALTER TABLE _fs_users ADD COLUMN IF NOT EXISTS time_zone TEXT;
+"#,
+    },
 ];
 
 /// The version this server's schema reaches.

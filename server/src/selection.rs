@@ -372,7 +372,7 @@ impl Builder<'_, '_> {
         depth: usize,
     ) -> ApiResult<Option<Matcher>> {
         let s = self.scope;
-        let own = rules::compile_own_in(s.dialect, table, s.ctx);
+        let own = rules::compile_own_in(s.dialect, s.profile, table, s.ctx);
         let mut related = Vec::new();
         for rule in &table.rules {
             let RowRule::Related {

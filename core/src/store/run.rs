@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS _fs_sync_run (
 "#;
 
 /// A running sync as it is kept for other processes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SharedRun {
     /// The sync's id (as in its telemetry).
     pub sync_id: String,
@@ -57,6 +57,8 @@ pub struct SharedRun {
     pub rows_total: Option<u64>,
     /// Bytes downloaded so far.
     pub bytes_down: u64,
+    /// The share done as the running process shows it (never decreasing).
+    pub fraction: Option<f64>,
 }
 
 fn parse_mode(text: &str) -> SyncMode {
@@ -73,12 +75,14 @@ fn as_i64(n: u64) -> i64 {
 }
 
 const UPSERT: &str = "INSERT INTO _fs_sync_run
-    (id, sync_id, pid, mode, started_at, updated_at, current_table, rows_done, rows_total, bytes_down)
-    VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+    (id, sync_id, pid, mode, started_at, updated_at, current_table, rows_done, rows_total, bytes_down,
+     fraction)
+    VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
     ON CONFLICT(id) DO UPDATE SET sync_id = excluded.sync_id, pid = excluded.pid,
         mode = excluded.mode, started_at = excluded.started_at, updated_at = excluded.updated_at,
         current_table = excluded.current_table, rows_done = excluded.rows_done,
-        rows_total = excluded.rows_total, bytes_down = excluded.bytes_down";
+        rows_total = excluded.rows_total, bytes_down = excluded.bytes_down,
+        fraction = excluded.fraction";
 
 fn write(conn: &mut rusqlite::Connection, run: &SharedRun) -> Result<()> {
     // What only a sync writes: synchronous=NORMAL, as the pages it reports on.
@@ -94,6 +98,7 @@ fn write(conn: &mut rusqlite::Connection, run: &SharedRun) -> Result<()> {
             as_i64(run.rows_done),
             run.rows_total.map(as_i64),
             as_i64(run.bytes_down),
+            run.fraction,
         ])
     });
     let _ = conn.pragma_update(None, "synchronous", "FULL");
@@ -149,7 +154,7 @@ impl Store {
         let row = lock(&self.reader)
             .query_row(
                 "SELECT sync_id, pid, mode, started_at, updated_at, current_table, rows_done,
-                        rows_total, bytes_down FROM _fs_sync_run WHERE id = 1",
+                        rows_total, bytes_down, fraction FROM _fs_sync_run WHERE id = 1",
                 [],
                 |r| {
                     Ok(SharedRun {
@@ -164,6 +169,7 @@ impl Store {
                             .get::<_, Option<i64>>(7)?
                             .map(|n| u64::try_from(n).unwrap_or(0)),
                         bytes_down: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
+                        fraction: r.get(9)?,
                     })
                 },
             )
@@ -260,6 +266,7 @@ mod tests {
             rows_done: 10,
             rows_total: Some(40),
             bytes_down: 1000,
+            fraction: Some(0.25),
         }
     }
 

@@ -17,7 +17,7 @@ use super::{run, settle};
 use crate::error::{Error, Result};
 
 /// The schema version this release writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 struct Migration {
     version: i64,
@@ -49,6 +49,15 @@ const MIGRATIONS: &[Migration] = &[
                 "ALTER TABLE _fs_outbox ADD COLUMN tx_id TEXT;
                  CREATE INDEX _fs_outbox_tx ON _fs_outbox (tx_id) WHERE tx_id IS NOT NULL;",
             )?;
+            Ok(())
+        },
+    },
+    Migration {
+        // The running sync's progress as a fraction that never decreases
+        // (the share done the running process shows).
+        version: 3,
+        apply: |c| {
+            c.execute_batch("ALTER TABLE _fs_sync_run ADD COLUMN fraction REAL")?;
             Ok(())
         },
     },

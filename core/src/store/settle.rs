@@ -46,7 +46,7 @@ use super::{
     rule_row, stored_profile, text_like, unreached_rows, value_key,
 };
 use crate::error::Result;
-use crate::filter::{Cond, FilterContext};
+use crate::filter::{Cond, FilterContext, Hop};
 use crate::profile::{RelatedRule, RowRule, SyncProfile, SyncTable, quote_ident};
 use crate::protocol::VERSION_COLUMN;
 use crate::value::Value;
@@ -167,7 +167,103 @@ fn trigger_sqls(profile: &SyncProfile) -> Vec<(String, String)> {
             ),
         ));
     }
+    out.extend(condition_trigger_sqls(profile));
     out
+}
+
+/// The relationships custom filters' `related` conditions follow, per
+/// table: each path from the table, as (table, column, related table) hops.
+fn condition_paths(profile: &SyncProfile) -> Vec<(String, Vec<Hop>)> {
+    let mut out = Vec::new();
+    for t in &profile.tables {
+        for rule in &t.rules {
+            if let RowRule::Custom { filter } = rule {
+                for path in filter.related_paths(&t.name) {
+                    let entry = (t.name.clone(), path);
+                    if !out.contains(&entry) {
+                        out.push(entry);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Triggers that list for settling the rows whose filter reads a related
+/// row that changed or went: for a path `t0 -[c0]-> t1 -[c1]-> t2`, an
+/// update or delete of a `t2` row lists the `t0` rows whose `t1` row names
+/// it. A work order whose priority drops so puts its bookings up for
+/// evaluation, which then leave. New related rows list nothing: a row they
+/// let in is sent by the server (it was not on the device).
+fn condition_trigger_sqls(profile: &SyncProfile) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, (t0, path)) in condition_paths(profile).iter().enumerate() {
+        let Some(first) = profile.table(t0) else {
+            continue;
+        };
+        let Some((_, last_column, target)) = path.last() else {
+            continue;
+        };
+        let Some(target_table) = profile.table(target) else {
+            continue;
+        };
+        // x0 is the filtered row; xk the row of the k-th hop's table.
+        let mut from = format!("{} AS x0", quote_ident(t0));
+        let mut ok = true;
+        for (k, (_, column, other)) in path.iter().enumerate().take(path.len() - 1) {
+            let Some(o) = profile.table(other) else {
+                ok = false;
+                break;
+            };
+            from.push_str(&format!(
+                " JOIN {} AS x{n} ON x{n}.{pk} = x{k}.{c}",
+                quote_ident(other),
+                n = k + 1,
+                pk = quote_ident(&o.primary_key),
+                c = quote_ident(column),
+            ));
+        }
+        if !ok {
+            continue;
+        }
+        let pk0 = quote_ident(&first.primary_key);
+        let last = path.len() - 1;
+        let insert = format!(
+            "INSERT INTO _fs_settle_rows (tbl, row_id) \
+             SELECT DISTINCT '{t0}', CAST(x0.{pk0} AS TEXT) FROM {from} \
+             WHERE x{last}.{c} = old.{tpk} AND NOT EXISTS (SELECT 1 FROM _fs_settle_rows s \
+             WHERE s.tbl = '{t0}' AND s.row_id = CAST(x0.{pk0} AS TEXT));",
+            c = quote_ident(last_column),
+            tpk = quote_ident(&target_table.primary_key),
+        );
+        let t = quote_ident(target);
+        for (suffix, event) in [("d", "DELETE"), ("u", "UPDATE")] {
+            let name = format!("{TRIGGER_PREFIX}c{i}_{suffix}");
+            out.push((
+                name.clone(),
+                format!(
+                    "CREATE TRIGGER {} AFTER {event} ON {t} BEGIN {insert} END",
+                    quote_ident(&name)
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Indexes the triggers of [`condition_trigger_sqls`] look rows up by (the
+/// columns a `related` condition follows), built after a download like the
+/// other settle indexes.
+fn condition_indexes(tx: &Connection, profile: &SyncProfile) -> Result<()> {
+    for (_, path) in condition_paths(profile) {
+        for (table, column, _) in &path {
+            if let Some(t) = profile.table(table) {
+                ensure_index(tx, t, column)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Installs the lost-value triggers for `profile` (replacing any).
@@ -684,6 +780,7 @@ pub(super) fn remove_unreached(
         out.push((table.name.clone(), removed));
     }
     tx.execute_batch("UPDATE _fs_tables SET settle_all = 0;")?;
+    condition_indexes(tx, profile)?;
     put_meta(tx, "settle_day", &today)?;
     // Queued values of rules the profile no longer has.
     let keys: Vec<String> = profile.related_rules().map(|r| rule_key(&r)).collect();
@@ -865,24 +962,37 @@ fn remove_all_unreached(
 /// The table's own rules (all, owned, custom) with custom filters lowered
 /// once for the pass.
 pub(super) struct OwnRules<'a> {
+    profile: &'a SyncProfile,
     table: &'a SyncTable,
     ctx: &'a FilterContext,
+    conn: &'a Connection,
     lowered: Vec<Option<Cond>>,
 }
 
 impl<'a> OwnRules<'a> {
-    pub(super) fn new(table: &'a SyncTable, ctx: &'a FilterContext) -> Self {
+    /// `conn` reads the related rows a custom filter's `related`
+    /// conditions look at (the device's own copies).
+    pub(super) fn new(
+        profile: &'a SyncProfile,
+        table: &'a SyncTable,
+        ctx: &'a FilterContext,
+        conn: &'a Connection,
+    ) -> Self {
         let lowered = table
             .rules
             .iter()
             .map(|r| match r {
-                RowRule::Custom { filter } => Some(filter.lower(table, ctx)),
+                RowRule::Custom { filter } => {
+                    Some(filter.lower_in(table, ctx, &|n| profile.table(n)))
+                }
                 _ => None,
             })
             .collect();
         OwnRules {
+            profile,
             table,
             ctx,
+            conn,
             lowered,
         }
     }
@@ -890,8 +1000,44 @@ impl<'a> OwnRules<'a> {
     /// Whether rule `i` (not a related-rows rule) selects the row.
     pub(super) fn matches(&self, i: usize, row: &BTreeMap<String, Value>) -> bool {
         match (&self.table.rules[i], &self.lowered[i]) {
-            (RowRule::Custom { .. }, Some(cond)) => cond.eval(&|c: &str| row.get(c).cloned()),
+            (RowRule::Custom { .. }, Some(cond)) => cond.eval_with(
+                &|c: &str| row.get(c).cloned(),
+                &|t: &str, k: &str, v: &Value| self.related_row(t, k, v),
+            ),
             (rule, _) => self.table.own_rule_matches(rule, row, self.ctx),
+        }
+    }
+
+    /// The device's row of `table` whose `key` holds `value`, with its
+    /// synced columns. A read that fails counts as a row that is there
+    /// (logged): a row is never removed on a failed read.
+    fn related_row(
+        &self,
+        table: &str,
+        key: &str,
+        value: &Value,
+    ) -> Option<BTreeMap<String, Value>> {
+        let t = self.profile.table(table)?;
+        let columns: Vec<&crate::profile::Column> = t.columns.iter().collect();
+        let sql = format!(
+            "{} WHERE {} = ?1",
+            rule_columns_sql(t, &columns),
+            quote_ident(key)
+        );
+        let read = || -> Result<Option<BTreeMap<String, Value>>> {
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query([value])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(rule_row(row, &columns)?)),
+                None => Ok(None),
+            }
+        };
+        match read() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(target: "fieldsync::sync", table, error = %e, "cannot read a related row; keeping the rows that need it");
+                Some(BTreeMap::new())
+            }
         }
     }
 }
@@ -960,7 +1106,7 @@ fn remove_candidates(
             _ => None,
         });
     }
-    let own = OwnRules::new(table, ctx);
+    let own = OwnRules::new(profile, table, ctx, tx);
     let columns = rule_columns(table);
     let by_id = format!(
         "{} WHERE {} = ?1",
@@ -1105,7 +1251,8 @@ mod tests {
                 // Written before numbered migrations (and so before
                 // migration 2's transactions).
                 c.execute_batch(
-                    "DROP INDEX _fs_outbox_tx; ALTER TABLE _fs_outbox DROP COLUMN tx_id;",
+                    "DROP INDEX _fs_outbox_tx; ALTER TABLE _fs_outbox DROP COLUMN tx_id;
+                     ALTER TABLE _fs_sync_run DROP COLUMN fraction;",
                 )?;
                 c.pragma_update(None, "user_version", 0)?;
                 Ok(())

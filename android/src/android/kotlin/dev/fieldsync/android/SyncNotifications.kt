@@ -49,10 +49,11 @@ internal class SyncNotifications(
         launchIntent()?.let(builder::setContentIntent)
         when (notification.phase) {
             NotificationPhase.PROGRESS -> {
-                val total = notification.rowsTotal
+                // The core's fraction: it never goes back within a sync.
+                val fraction = notification.fraction
                 builder.setOngoing(true)
-                if (total != null && total > 0) {
-                    builder.setProgress(PROGRESS_MAX, (notification.rowsDone * PROGRESS_MAX / total).toInt().coerceIn(0, PROGRESS_MAX), false)
+                if (fraction != null) {
+                    builder.setProgress(PROGRESS_MAX, (fraction * PROGRESS_MAX).toInt().coerceIn(0, PROGRESS_MAX), false)
                 } else {
                     builder.setProgress(0, 0, true)
                 }
