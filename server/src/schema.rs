@@ -279,6 +279,18 @@ ALTER TABLE _fs_sync_errors ADD COLUMN IF NOT EXISTS server_data_cut TEXT;
 CREATE INDEX IF NOT EXISTS _fs_sync_errors_at ON _fs_sync_errors (at);
 "#,
     },
+    Migration {
+        version: 5,
+        description: "a retry of a Sync Errors entry keeps its outcome (applied, or failed and why)",
+        sqlite: r#"
+ALTER TABLE _fs_sync_error_retries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'applied';
+ALTER TABLE _fs_sync_error_retries ADD COLUMN message TEXT;
+"#,
+        postgres: r#"
+ALTER TABLE _fs_sync_error_retries ADD COLUMN IF NOT EXISTS outcome TEXT NOT NULL DEFAULT 'applied';
+ALTER TABLE _fs_sync_error_retries ADD COLUMN IF NOT EXISTS message TEXT;
+"#,
+    },
 ];
 
 /// The version this server's schema reaches.

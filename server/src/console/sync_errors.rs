@@ -20,7 +20,7 @@ use crate::console::html::{
     Section, esc, kv_table, notice, options, page, side_by_side, url_component,
 };
 use crate::console::{Form, error_page, html_response};
-use crate::db::{DataCut, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
+use crate::db::{DataCut, RetryOutcome, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
 
 /// Filters and notices of the Sync Errors page.
 #[derive(Debug, Default, Deserialize)]
@@ -96,18 +96,26 @@ fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) ->
         _ if e.device_data_cut.is_some() => {
             "<p class=\"muted\">The device's change cannot be retried: its data was not kept.</p>".to_owned()
         }
-        Some(r) => format!(
+        Some(r) if r.outcome == RetryOutcome::Applied => format!(
             "<p class=\"retried\">Retried {} by {} — the device's change was applied (record version {}).</p>",
             esc(&r.at),
             esc(&r.retried_by),
             r.version
         ),
-        None => format!(
+        _ => format!(
             "<form method=\"post\" action=\"/console/sync-errors/{id}/retry\" class=\"retry\" data-confirm=\"Re-apply the device's change to {table} {record}? It overwrites the server's version.\">
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">
 <button type=\"submit\" class=\"primary\">Retry</button>
 <span class=\"hint\">Re-applies the device's change as {user} would, without conflict detection.</span>
-</form>",
+</form>{failed}",
+            failed = retry
+                .map(|r| format!(
+                    "<p class=\"retry-failed\">Retried {} by {} — failed: {}</p>",
+                    esc(&r.at),
+                    esc(&r.retried_by),
+                    esc(r.message.as_deref().unwrap_or_default())
+                ))
+                .unwrap_or_default(),
             id = e.id,
             table = esc(&e.table),
             record = esc(&e.record_id),
@@ -266,9 +274,7 @@ pub async fn retry(
         )
         .await;
     };
-    let db = app.db.clone();
-    let by = admin.name.clone();
-    match blocking(move || db.retry_sync_error(id, &by)).await {
+    match crate::api::retry_sync_error(&app, id, admin.name.clone()).await {
         Ok(_) => Redirect::to(&format!(
             "/console/sync-errors?retried={}#sync-error-{}",
             url_component(&id.to_string()),
