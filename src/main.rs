@@ -5,7 +5,8 @@
 //! 3 Record Not Found, 4 sync conflict, 5 Network or Service Unavailable,
 //! 6 unauthorized, 7 reset refused (pending uploads), 8 storage error,
 //! 9 sync not started (Wi-Fi only on a metered network).
-//! 10 wrong database key.
+//! 10 wrong database key, 11 forbidden (outside the user's scope on the
+//! server), 141 stdout closed (`| head`).
 
 mod demo;
 mod device;
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "fieldsync",
     version,
+    propagate_version = true,
     about = "Offline-first sync for field-service apps"
 )]
 struct Cli {

@@ -58,6 +58,7 @@ pub use store::{DatabaseKey, LocalSyncError, rekey_database};
 pub use telemetry::{AppInfo, TelemetryEvent, TelemetryKind};
 pub use time::{Clock, ManualClock, SystemClock};
 pub use transport::{
-    HttpRequest, HttpResponse, HttpTransport, Method, TlsRoots, TlsTrust, Transport, TransportError,
+    HttpRequest, HttpResponse, HttpTimeouts, HttpTransport, Method, TlsRoots, TlsTrust, Transport,
+    TransportError,
 };
 pub use value::{Record, Value};
