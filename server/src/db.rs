@@ -70,7 +70,7 @@ use crate::selection::Walked;
 use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Whether a device id is one the server records (1 to 128 bytes): the
 /// `x-fieldsync-device-id` header is read only within this bound, and the
@@ -3386,6 +3386,9 @@ mod retention_tests {
             app_version: "1".into(),
             device_model: "m".into(),
             os_version: "o".into(),
+            conflicts: 0,
+            rejected: 0,
+            pending_uploads: None,
         }
     }
 

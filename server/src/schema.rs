@@ -291,6 +291,20 @@ ALTER TABLE _fs_sync_error_retries ADD COLUMN IF NOT EXISTS outcome TEXT NOT NUL
 ALTER TABLE _fs_sync_error_retries ADD COLUMN IF NOT EXISTS message TEXT;
 "#,
     },
+    Migration {
+        version: 6,
+        description: "telemetry keeps a sync's conflicts, rejected changes and the pending uploads left",
+        sqlite: r#"
+ALTER TABLE _fs_telemetry ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE _fs_telemetry ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE _fs_telemetry ADD COLUMN pending_uploads INTEGER;
+"#,
+        postgres: r#"
+ALTER TABLE _fs_telemetry ADD COLUMN IF NOT EXISTS conflicts BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE _fs_telemetry ADD COLUMN IF NOT EXISTS rejected BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE _fs_telemetry ADD COLUMN IF NOT EXISTS pending_uploads BIGINT;
+"#,
+    },
 ];
 
 /// The version this server's schema reaches.

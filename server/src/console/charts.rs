@@ -104,19 +104,23 @@ pub fn sync_counts(buckets: &[TelemetryBucket]) -> String {
     y_axis(&mut out, top, step, "");
     for (i, b) in buckets.iter().enumerate() {
         let failed = b.failed.min(b.syncs);
-        let ok = b.syncs - failed;
+        let conflicts = b.with_conflicts.min(b.syncs - failed);
+        let ok = b.syncs - failed - conflicts;
         let x = LEFT + slot * i as f64 + (slot - bar) / 2.0;
         let h_ok = ok as f64 / top * plot_h;
+        let h_conflicts = conflicts as f64 / top * plot_h;
         let h_failed = failed as f64 / top * plot_h;
         let base = TOP + plot_h;
         let _ = write!(
             out,
-            "<g class=\"bar\"><title>{}: {} syncs, {} failed</title><rect class=\"ok\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{h_ok:.1}\"/><rect class=\"failed\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{h_failed:.1}\"/></g>",
+            "<g class=\"bar\"><title>{}: {} syncs, {} with conflicts, {} failed</title><rect class=\"ok\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{h_ok:.1}\"/><rect class=\"conflicts\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{h_conflicts:.1}\"/><rect class=\"failed\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{h_failed:.1}\"/></g>",
             esc(&b.start),
             b.syncs,
+            conflicts,
             failed,
             base - h_ok,
-            base - h_ok - h_failed,
+            base - h_ok - h_conflicts,
+            base - h_ok - h_conflicts - h_failed,
         );
     }
     x_labels(&mut out, buckets, |i| LEFT + slot * i as f64 + slot / 2.0);
@@ -238,6 +242,7 @@ mod tests {
             start: start.into(),
             syncs,
             failed,
+            with_conflicts: 0,
             duration_ms_p50: p50,
             duration_ms_p90: p50.map(|v| v * 2.0),
             duration_ms_p99: p50.map(|v| v * 3.0),
@@ -252,7 +257,7 @@ mod tests {
         ];
         let svg = sync_counts(&b);
         assert_eq!(svg.matches("<g class=\"bar\">").count(), 2);
-        assert!(svg.contains("2026-11-29T01:00:00Z: 10 syncs, 2 failed"));
+        assert!(svg.contains("2026-11-29T01:00:00Z: 10 syncs, 0 with conflicts, 2 failed"));
         assert!(svg.contains("14 syncs, 2 failed"));
         assert!(svg.contains("11-29 01:00"));
     }

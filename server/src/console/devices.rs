@@ -1,5 +1,5 @@
 //! The console's Devices page: every device the server has seen, with its
-//! user, last sync, the pending uploads it last reported, its app version
+//! user, last sync, the pending uploads its last sync left, its app version
 //! and its last error (the device's own report, else its newest Sync
 //! Errors entry).
 
@@ -14,7 +14,7 @@ use axum::response::Response;
 use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
-use crate::console::html::{Section, esc, page, url_component};
+use crate::console::html::{Section, esc, page, time, url_component};
 use crate::console::{error_page, html_response, telemetry};
 
 const MUTED_NONE: &str = "<span class=\"muted\">not reported</span>";
@@ -42,7 +42,7 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
         let _ = write!(
             body,
             "<p class=\"count\">{} device{} seen, most recent first.</p>
-<table class=\"grid devices\"><thead><tr><th scope=\"col\">Device</th><th scope=\"col\">User</th><th scope=\"col\">Last sync</th><th scope=\"col\">Last seen</th><th scope=\"col\">Pending uploads reported</th><th scope=\"col\">App version</th><th scope=\"col\">Last error</th></tr></thead><tbody>",
+<table class=\"grid devices\"><thead><tr><th scope=\"col\">Device</th><th scope=\"col\">User</th><th scope=\"col\">Last sync</th><th scope=\"col\">Last seen</th><th scope=\"col\">Pending uploads</th><th scope=\"col\">App version</th><th scope=\"col\">Last error</th></tr></thead><tbody>",
             devices.len(),
             if devices.len() == 1 { "" } else { "s" }
         );
@@ -62,12 +62,16 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
             let last_sync = d
                 .last_sync_at
                 .as_deref()
-                .map(esc)
+                .map(time)
                 .unwrap_or_else(|| "<span class=\"muted\">never completed</span>".into());
+            // From the device's sync telemetry: unknown while it sends none
+            // (telemetry off, or an app older than this report).
             let pending = report
                 .and_then(|r| r.pending_uploads)
                 .map(|n| n.to_string())
-                .unwrap_or_else(|| MUTED_NONE.into());
+                .unwrap_or_else(|| {
+                    "<span class=\"muted\" title=\"The device has not sent sync telemetry that says (telemetry off, or an older app)\">unknown</span>".into()
+                });
             let version = d
                 .app_version
                 .clone()
@@ -81,7 +85,7 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
                     "<a href=\"/console/sync-errors?user={}\">{}</a> <span class=\"muted\">{}</span>",
                     url_component(&d.user_id),
                     esc(&e.message),
-                    esc(&e.at)
+                    time(&e.at)
                 ),
                 (None, Some(e)) => esc(e),
                 (None, None) => "<span class=\"muted\">none</span>".into(),
@@ -90,7 +94,7 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
                 body,
                 "<tr data-device=\"{id}\"><td><code>{id}</code></td><td>{user}</td><td>{last_sync}</td><td>{seen}</td><td class=\"num\">{pending}</td><td>{version}</td><td>{last_error}</td></tr>",
                 id = esc(&d.id),
-                seen = esc(&d.last_seen),
+                seen = time(&d.last_seen),
             );
         }
         body.push_str("</tbody></table>");

@@ -151,6 +151,24 @@ pub fn bare_page(title: &str, body: &str) -> String {
 }
 
 /// A notice box; `kind` is `ok` or `error`.
+/// A stored UTC time (`YYYY-MM-DDTHH:MM:SSZ`) as a `<time>` element: the
+/// console's script shows it in the browser's time zone and language
+/// (`7 Dec 2026, 21:51`), with the UTC time as its tooltip; without the
+/// script it reads `2026-12-07 20:51 UTC`.
+pub fn time(utc: &str) -> String {
+    let plain = match (utc.get(..10), utc.get(11..16)) {
+        (Some(date), Some(hm)) if utc.len() == 20 && utc.ends_with('Z') => {
+            format!("{date} {hm} UTC")
+        }
+        _ => utc.to_owned(),
+    };
+    format!(
+        "<time class=\"local\" datetime=\"{iso}\" title=\"{plain}\">{plain}</time>",
+        iso = esc(utc),
+        plain = esc(&plain),
+    )
+}
+
 pub fn notice(kind: &str, text: &str) -> String {
     format!(
         "<div class=\"notice {kind}\" role=\"{role}\">{}</div>",

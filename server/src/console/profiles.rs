@@ -39,8 +39,28 @@ pub fn interval_text(secs: u64) -> String {
     }
 }
 
-/// A row rule in words: its kind, then its other fields.
+/// A row rule in words, as HTML: "Every row", "Rows whose
+/// `resource_id` is the user", "Rows where `status` = "open" and
+/// `priority` ≥ 3". A rule kind or filter this console does not know is
+/// shown field by field, so a newer profile format still displays.
 pub fn rule_text(rule: &Json) -> String {
+    let col = |v: &Json| format!("<code>{}</code>", esc(v.as_str().unwrap_or_default()));
+    match rule.get("kind").and_then(Json::as_str) {
+        Some("all") => "Every row".to_owned(),
+        Some("owned") => format!("Rows whose {} is the user", col(&rule["column"])),
+        Some("related") => format!(
+            "Rows whose {} is the {} of a synced <strong>{}</strong> row",
+            col(&rule["column"]),
+            col(&rule["foreign_column"]),
+            esc(rule["table"].as_str().unwrap_or_default()),
+        ),
+        Some("custom") => format!("Rows where {}", filter_text(&rule["filter"], true)),
+        _ => generic_text(rule),
+    }
+}
+
+/// Any JSON object, field by field (the fallback of [`rule_text`]).
+fn generic_text(rule: &Json) -> String {
     match rule {
         Json::Object(map) => {
             let kind = map
@@ -63,6 +83,80 @@ pub fn rule_text(rule: &Json) -> String {
             }
         }
         other => esc(&json_text(other)),
+    }
+}
+
+/// A filter value as written in a rule: text quoted, numbers and booleans
+/// bare.
+fn value_html(v: &Json) -> String {
+    match v {
+        Json::String(s) => format!("“{}”", esc(s)),
+        Json::Null => "empty".to_owned(),
+        other => esc(&other.to_string()),
+    }
+}
+
+/// A custom filter in words, as HTML; `top` leaves out the parentheses of
+/// an outermost `and`/`or`.
+fn filter_text(f: &Json, top: bool) -> String {
+    let col = format!(
+        "<code>{}</code>",
+        esc(f["column"].as_str().unwrap_or_default())
+    );
+    let value = || value_html(&f["value"]);
+    let values = || {
+        f["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(value_html)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let days = f["days"].as_u64().unwrap_or(0);
+    let group = |word: &str| {
+        let parts: Vec<String> = f["filters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| filter_text(g, false))
+            .collect();
+        let joined = parts.join(&format!(" <em>{word}</em> "));
+        if top || parts.len() < 2 {
+            joined
+        } else {
+            format!("({joined})")
+        }
+    };
+    match f["op"].as_str().unwrap_or_default() {
+        "and" => group("and"),
+        "or" => group("or"),
+        "not" => format!("<em>not</em> ({})", filter_text(&f["filter"], true)),
+        "eq" => format!("{col} = {}", value()),
+        "ne" => format!("{col} ≠ {}", value()),
+        "gt" => format!("{col} &gt; {}", value()),
+        "ge" => format!("{col} ≥ {}", value()),
+        "lt" => format!("{col} &lt; {}", value()),
+        "le" => format!("{col} ≤ {}", value()),
+        "in" => format!("{col} is one of {}", values()),
+        "not_in" => format!("{col} is set and none of {}", values()),
+        "is_null" => format!("{col} is empty"),
+        "not_null" => format!("{col} is set"),
+        "begins_with" => format!("{col} begins with {}", value()),
+        "ends_with" => format!("{col} ends with {}", value()),
+        "contains" => format!("{col} contains {}", value()),
+        "eq_current_user" => format!("{col} is the user"),
+        "eq_current_team" => format!("{col} is the user's team"),
+        "today" => format!("{col} is today"),
+        "yesterday" => format!("{col} is yesterday"),
+        "tomorrow" => format!("{col} is tomorrow"),
+        "last_days" => format!("{col} is today or in the last {days} days"),
+        "next_days" => format!("{col} is today or in the next {days} days"),
+        "on_or_after_today" => format!("{col} is today or later"),
+        "this_month" => format!("{col} is this month"),
+        "last_month" => format!("{col} is last month"),
+        "next_month" => format!("{col} is next month"),
+        _ => generic_text(f),
     }
 }
 
@@ -353,15 +447,34 @@ fn editor(
     csrf: &str,
     error: Option<&FormError>,
 ) -> String {
+    // The data model for the rule builder (console.js): tables, their
+    // columns and kinds.
+    let model_json: Json = model
+        .tables
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                Json::Array(
+                    t.columns
+                        .iter()
+                        .map(|c| json!({"name": c.name, "kind": c.kind}))
+                        .collect(),
+                ),
+            )
+        })
+        .collect::<Map<String, Json>>()
+        .into();
     let mut out = format!(
-        "<form class=\"editor\" method=\"post\" action=\"/console/profiles/{href}\" novalidate>
+        "<form class=\"editor\" method=\"post\" action=\"/console/profiles/{href}\" novalidate data-model=\"{model}\">
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">
 <div class=\"card\"><label for=\"description\">Description</label>
 <input id=\"description\" name=\"description\" type=\"text\" value=\"{desc}\"></div>
-<p class=\"hint\">Tick a table to include it. Row rules: one rule per line, written as a JSON object, for example <code>{{\"kind\":\"all\"}}</code> (every row) or <code>{{\"kind\":\"owned\",\"column\":\"resource_id\"}}</code> (rows assigned to the user); a row syncs when any of its table's rules matches.</p>",
+<p class=\"hint\">Tick a table to include it. Build a row rule with the rule form under each table (kind, column, operator, value) and <em>Add rule</em>; rules are kept one per line as JSON, which you may also edit, for example <code>{{\"kind\":\"all\"}}</code> (every row) or <code>{{\"kind\":\"owned\",\"column\":\"resource_id\"}}</code> (rows assigned to the user). A row syncs when any of its table's rules matches.</p>",
         href = url_component(name),
         csrf = esc(csrf),
         desc = esc(&draft.description),
+        model = esc(&model_json.to_string()),
     );
     for (table, d) in &draft.tables {
         let Some(schema) = model.table(table) else {
@@ -406,13 +519,14 @@ fn editor(
         let _ = write!(
             out,
             "</div>
-<div class=\"rules-edit\"><label for=\"rules-{t}\">Row rules</label>
-<textarea id=\"rules-{t}\" name=\"rules:{t}\" rows=\"{rows}\" spellcheck=\"false\">{rules}</textarea></div>
+<div class=\"rules-edit\"><label for=\"rules-{t}\">Row rules (JSON, one per line)</label>
+<textarea id=\"rules-{t}\" name=\"rules:{t}\" rows=\"{rows}\" spellcheck=\"false\">{rules}</textarea>
+<div class=\"rule-builder\" data-table=\"{t}\" hidden></div></div>
 <div class=\"interval\"><label for=\"interval-{t}\">Sync interval (minutes)</label>
 <input id=\"interval-{t}\" name=\"interval:{t}\" type=\"text\" inputmode=\"decimal\" value=\"{iv}\"><span class=\"hint\">5 minutes to 1 day (1440)</span></div>
 </div></fieldset>",
             t = esc(table),
-            rows = d.rules_text.lines().count().clamp(1, 8) + 1,
+            rows = d.rules_text.lines().count().clamp(2, 10) + 1,
             rules = esc(&d.rules_text),
             iv = esc(&d.interval_minutes),
         );
@@ -585,12 +699,35 @@ mod tests {
     }
 
     #[test]
+    fn rules_read_as_sentences() {
+        assert_eq!(rule_text(&json!({"kind": "all"})), "Every row");
+        assert_eq!(
+            rule_text(&json!({"kind": "owned", "column": "resource_id"})),
+            "Rows whose <code>resource_id</code> is the user"
+        );
+        let r = json!({"kind": "custom", "filter": {"op": "and", "filters": [
+            {"op": "eq", "column": "status", "value": "open"},
+            {"op": "or", "filters": [
+                {"op": "ge", "column": "priority", "value": 3},
+                {"op": "next_days", "column": "start_time", "days": 7}]},
+            {"op": "not", "filter": {"op": "is_null", "column": "notes"}}]}});
+        assert_eq!(
+            rule_text(&r),
+            "Rows where <code>status</code> = “open” <em>and</em> (<code>priority</code> ≥ 3 \
+             <em>or</em> <code>start_time</code> is today or in the next 7 days) <em>and</em> \
+             <em>not</em> (<code>notes</code> is empty)"
+        );
+    }
+
+    #[test]
     fn rules_render_generically_for_unknown_kinds() {
-        let r =
-            json!({"kind": "custom", "filter": {"column": "status", "op": "eq", "value": "open"}});
+        let r = json!({"kind": "nearby", "column": "site", "radius_km": 5});
         let text = rule_text(&r);
-        assert!(text.starts_with("<strong>custom</strong>"));
-        assert!(text.contains("column: status"));
+        assert!(text.starts_with("<strong>nearby</strong>"));
+        assert!(text.contains("column: site"));
+        let text =
+            rule_text(&json!({"kind": "custom", "filter": {"op": "<script>", "column": "x"}}));
+        assert!(!text.contains("<script>"), "{text}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
 use crate::console::html::{
-    Section, esc, kv_table, notice, options, page, side_by_side, url_component,
+    Section, esc, kv_table, notice, options, page, side_by_side, time, url_component,
 };
 use crate::console::{Form, error_page, html_response};
 use crate::db::{DataCut, RetryOutcome, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
@@ -51,7 +51,7 @@ fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) ->
     let details = kv_table(
         "details",
         &[
-            ("Time", esc(&e.at)),
+            ("Time", time(&e.at)),
             ("Type", esc(kind_label)),
             ("Error code", format!("<code>{}</code>", esc(&e.code))),
             ("Table", esc(&e.table)),
@@ -98,7 +98,7 @@ fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) ->
         }
         Some(r) if r.outcome == RetryOutcome::Applied => format!(
             "<p class=\"retried\">Retried {} by {} — the device's change was applied (record version {}).</p>",
-            esc(&r.at),
+            time(&r.at),
             esc(&r.retried_by),
             r.version
         ),
@@ -111,7 +111,7 @@ fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) ->
             failed = retry
                 .map(|r| format!(
                     "<p class=\"retry-failed\">Retried {} by {} — failed: {}</p>",
-                    esc(&r.at),
+                    time(&r.at),
                     esc(&r.retried_by),
                     esc(r.message.as_deref().unwrap_or_default())
                 ))
@@ -125,7 +125,7 @@ fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) ->
     };
     format!(
         "<article class=\"card sync-error\" id=\"sync-error-{id}\" data-kind=\"{kind}\">
-<header><span class=\"badge {kind}\">{kind_label}</span> <span class=\"message\">{message}</span> <time>{at}</time></header>
+<header><span class=\"badge {kind}\">{kind_label}</span> <span class=\"message\">{message}</span> {at}</header>
 <div class=\"columns\"><div>{details}</div><div><h3>Device data and server data</h3>{compare}</div></div>
 {action}
 </article>",
@@ -133,7 +133,7 @@ fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) ->
         kind = esc(&e.kind),
         kind_label = esc(kind_label),
         message = esc(&e.message),
-        at = esc(&e.at),
+        at = time(&e.at),
     )
 }
 
