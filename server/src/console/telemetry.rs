@@ -9,12 +9,12 @@
 //! aggregate query) fills it in [`read`].
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use maud::{PreEscaped, html};
 use serde::{Deserialize, Serialize};
 
 use crate::App;
@@ -176,43 +176,59 @@ pub fn read(db: &Db) -> ApiResult<TelemetryView> {
 pub fn body(aggregate: &TelemetryAggregate) -> String {
     let total: u64 = aggregate.buckets.iter().map(|b| b.syncs).sum();
     if aggregate.buckets.is_empty() || total == 0 {
-        return "<p class=\"empty\" id=\"telemetry-empty\">No sync telemetry has been received yet. Devices upload sync events in batches while telemetry is enabled on them; charts appear here once the first batch arrives.</p>".to_owned();
+        return html! {
+            p.empty #telemetry-empty { "No sync telemetry has been received yet. Devices upload sync events in batches while telemetry is enabled on them; charts appear here once the first batch arrives." }
+        }
+        .into_string();
     }
     let failed: u64 = aggregate
         .buckets
         .iter()
         .map(|b| b.failed.min(b.syncs))
         .sum();
-    let rate = failed as f64 * 100.0 / total as f64;
+    let rate = format!("{:.1}%", failed as f64 * 100.0 / total as f64);
     let conflicted: u64 = aggregate.buckets.iter().map(|b| b.with_conflicts).sum();
     let clean = total.saturating_sub(failed).saturating_sub(conflicted);
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<div class=\"stats\"><div class=\"stat\" id=\"stat-syncs\"><span class=\"n\">{total}</span> syncs</div><div class=\"stat\" id=\"stat-succeeded\"><span class=\"n\">{clean}</span> succeeded</div><div class=\"stat\" id=\"stat-conflicts\"><span class=\"n\">{conflicted}</span> ended with conflicts</div><div class=\"stat\" id=\"stat-failed\"><span class=\"n\">{failed}</span> failed</div><div class=\"stat\"><span class=\"n\">{rate:.1}%</span> failure rate</div><div class=\"stat\"><span class=\"n\">{}</span> buckets of {} min</div></div>",
-        aggregate.buckets.len(),
-        aggregate.bucket_secs / 60,
-    );
-    let _ = write!(
-        out,
-        "<section class=\"card\"><h2>Syncs over time</h2><p class=\"legend\"><span class=\"key ok\"></span>succeeded <span class=\"key conflicts\"></span>ended with conflicts <span class=\"key failed\"></span>failed</p>{}</section>",
-        charts::sync_counts(&aggregate.buckets)
-    );
-    let failures = if aggregate.failures_by_type.is_empty() {
-        "<p class=\"empty\">No sync failed in this window.</p>".to_owned()
-    } else {
-        charts::failures_by_type(&aggregate.failures_by_type, total)
+    let stat = |id: Option<&str>, n: String, label: &str| {
+        html! { div.stat id=[id] { span.n { (n) } " " (label) } }
     };
-    let _ = write!(
-        out,
-        "<section class=\"card\"><h2>Failure rate by failure type</h2>{failures}</section>"
-    );
-    let _ = write!(
-        out,
-        "<section class=\"card\"><h2>Sync duration percentiles</h2><p class=\"legend\"><span class=\"key p50\"></span>p50 <span class=\"key p90\"></span>p90 <span class=\"key p99\"></span>p99</p>{}</section>",
-        charts::duration_percentiles(&aggregate.buckets)
-    );
-    out
+    html! {
+        div.stats {
+            (stat(Some("stat-syncs"), total.to_string(), "syncs"))
+            (stat(Some("stat-succeeded"), clean.to_string(), "succeeded"))
+            (stat(Some("stat-conflicts"), conflicted.to_string(), "ended with conflicts"))
+            (stat(Some("stat-failed"), failed.to_string(), "failed"))
+            (stat(None, rate, "failure rate"))
+            (stat(None, aggregate.buckets.len().to_string(), &format!("buckets of {} min", aggregate.bucket_secs / 60)))
+        }
+        section.card {
+            h2 { "Syncs over time" }
+            p.legend {
+                span.key.ok {} "succeeded "
+                span.key.conflicts {} "ended with conflicts "
+                span.key.failed {} "failed"
+            }
+            (PreEscaped(charts::sync_counts(&aggregate.buckets)))
+        }
+        section.card {
+            h2 { "Failure rate by failure type" }
+            @if aggregate.failures_by_type.is_empty() {
+                p.empty { "No sync failed in this window." }
+            } @else {
+                (PreEscaped(charts::failures_by_type(&aggregate.failures_by_type, total)))
+            }
+        }
+        section.card {
+            h2 { "Sync duration percentiles" }
+            p.legend {
+                span.key.p50 {} "p50 "
+                span.key.p90 {} "p90 "
+                span.key.p99 {} "p99"
+            }
+            (PreEscaped(charts::duration_percentiles(&aggregate.buckets)))
+        }
+    }
+    .into_string()
 }
 
 /// `GET /console/telemetry`.
@@ -270,5 +286,6 @@ mod tests {
             "a sync with conflicts is not a plain success: {html}"
         );
         assert!(html.contains("<span class=\"n\">1</span> ended with conflicts"));
+        assert!(html.contains("<span class=\"n\">1</span> buckets of 60 min"));
     }
 }
