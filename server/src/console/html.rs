@@ -1,10 +1,11 @@
 //! HTML building blocks of the admin web console: the page layout with its
 //! navigation, key/value tables, times, and the readable form of field
-//! values. They are maud templates (`html!`), checked at compile time and
-//! escaping every value unless it is marked `PreEscaped`; [`esc`] remains
-//! for the pages still written as text. Pages are plain server-rendered
-//! HTML with one stylesheet and one small script, both served by the
-//! server itself.
+//! values. Every console page is a maud template (`html!`), checked at
+//! compile time and escaping every value unless it is marked `PreEscaped`,
+//! which is used only on the output of another template. [`esc`] remains
+//! for HTML written as text outside a template (there should be none).
+//! Pages are plain server-rendered HTML with one stylesheet and one small
+//! script, both served by the server itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
