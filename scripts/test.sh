@@ -42,7 +42,7 @@ FIELDSYNC_SIM_SEEDS=${FIELDSYNC_PG_SIM_SEEDS:-10} scripts/with-postgres.sh \
   cargo test --locked --workspace \
     --test backbone --test profile_filters --test filter_property --test security \
     --test console_access --test device_status --test scheduling --test multi_instance --test operations \
-    --test simulation
+    --test simulation --test transactions --test local_query
 # The unit tests that have a PostgreSQL variant (named `..._on_postgres`;
 # they return at once without the cluster). `--workspace`, not
 # `-p fieldsync-server`: the features stay those of the build above.

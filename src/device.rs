@@ -153,6 +153,24 @@ enum DeviceCommand {
     },
     /// Delete a record on the device (uploaded at the next sync).
     Delete { table: String, id: String },
+    /// Apply several writes as one transaction, from a JSON file (`-`: standard
+    /// input) holding a list of `{"op": "insert"|"update"|"put"|"delete",
+    /// "table": ..., "id": ..., "fields": {...}}`. All of them commit on the
+    /// device or none does; the next sync uploads them as one unit that the
+    /// server applies whole or not at all.
+    Transaction {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// For crash tests: once write N (from 1) is applied, inside the
+        /// open transaction, print `stopped after write N` on standard error
+        /// and wait to be killed.
+        #[arg(long, value_name = "N", hide = true)]
+        stop_after_write: Option<usize>,
+        /// For crash tests: once the transaction committed, print `stopped
+        /// after commit` on standard error and wait to be killed.
+        #[arg(long, hide = true)]
+        stop_after_commit: bool,
+    },
     /// Clear the offline database; refuses while changes wait for upload.
     Reset {
         /// Discard unsynced changes.
@@ -928,6 +946,52 @@ async fn run_command(
                 &serde_json::json!({"deleted": {"table": table, "id": id}}),
                 || format!("deleted {table}/{id}"),
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Transaction {
+            file,
+            stop_after_write,
+            stop_after_commit,
+        } => {
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| Error::InvalidInput(format!("cannot read standard input: {e}")))?;
+                text
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| {
+                    Error::InvalidInput(format!("cannot read {}: {e}", file.display()))
+                })?
+            };
+            let writes: Vec<fieldsync_core::Write> = serde_json::from_str(&text).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "a transaction file is a JSON list of {{\"op\", \"table\", \"id\", \"fields\"}}: {e}"
+                ))
+            })?;
+            let records = engine.transaction_with_probe(writes, &mut |i| {
+                if stop_after_write == Some(i + 1) {
+                    eprintln!("stopped after write {}", i + 1);
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                    }
+                }
+            })?;
+            if stop_after_commit {
+                eprintln!("stopped after commit");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+            print(json, &records, || {
+                records
+                    .iter()
+                    .map(|r| match r {
+                        Some(r) => format_record(r),
+                        None => "deleted".to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
             Ok(ExitCode::SUCCESS)
         }
         DeviceCommand::Reset { force } => {

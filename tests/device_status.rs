@@ -233,7 +233,6 @@ fn syncing_with_rows(status: &Value) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "intermittent: `device status` opened during a sync sometimes fails at once with \"database is locked\" (issue #27 stays open until that is found)"]
 async fn status_from_another_process_shows_a_running_sync() {
     // Every pull page waits on the server, and pages hold a few rows: the
     // first sync takes many slow pages.

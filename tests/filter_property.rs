@@ -37,6 +37,7 @@ fn table() -> SyncTable {
         rules: vec![],
         sync_interval_secs: 300,
         writes: Default::default(),
+        indexes: Vec::new(),
     }
 }
 

@@ -159,6 +159,23 @@ async fn query_matches_the_device_file_and_observation_follows_its_table() {
     let edited = after.iter().find(|r| r.id == wo).expect("the row");
     assert_eq!(edited.fields["summary"], Value::Text("second edit".into()));
 
+    // A second observer of the same query: both are told, each once, with
+    // the same rows (one run of the query shared).
+    let (tx2, rx2) = channel();
+    let _twin = engine
+        .observe(all.clone(), Arc::new(Collect(std::sync::Mutex::new(tx2))))
+        .expect("observe");
+    next(&rx2);
+    engine
+        .update("work_orders", &wo, set("summary", "twin edit"))
+        .expect("update");
+    for rx in [&rx, &rx2] {
+        let after = next(rx);
+        let edited = after.iter().find(|r| r.id == wo).expect("the row");
+        assert_eq!(edited.fields["summary"], Value::Text("twin edit".into()));
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    }
+
     // Upload; then a dispatcher's change arrives by sync.
     engine.sync().await.expect("sync");
     drain(&rx);
@@ -279,4 +296,167 @@ async fn device_query_command_prints_the_selected_rows_as_json() {
         ])
         .await;
     assert_eq!(bad.code, 2, "InvalidInput: {}", bad.stderr);
+}
+
+/// The latest emission delivered (delivery is synchronous on the writing
+/// thread, so it is there when the write or sync returns).
+fn last(rx: &Receiver<Vec<Record>>) -> Vec<Record> {
+    drain(rx).expect("an emission")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_local_indexes_serve_queries_and_observers_see_a_table_leave() {
+    let server = Server::start().await;
+    server.seed(&["tech1"], 30).await;
+    let mut profile: serde_json::Value = serde_json::from_str(WIDE_PROFILE).expect("profile");
+    profile["name"] = json!("indexed");
+    for t in profile["tables"].as_array_mut().expect("tables") {
+        if t["name"] == "work_orders" {
+            t["indexes"] = json!([{"columns": ["status", "priority"]}]);
+        }
+    }
+    server
+        .admin("PUT", "/v1/admin/profiles/indexed", Some(profile.clone()))
+        .await;
+    let tech = server
+        .user_with_profile("tech1", "technician", Some("indexed"))
+        .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = Engine::open(EngineConfig::new(
+        dir.path().join("d.db"),
+        &server.url,
+        &tech,
+    ))
+    .expect("open");
+    engine.sync().await.expect("sync");
+
+    // A condition on the indexed columns searches the declared index; one
+    // on another column scans.
+    let status = engine.list("work_orders", None, 1).expect("wo")[0].fields["status"].clone();
+    let on_index = Query {
+        table: "work_orders".into(),
+        filter: Some(Filter::Eq {
+            column: "status".into(),
+            value: status.clone(),
+        }),
+        order: vec![OrderBy {
+            column: "priority".into(),
+            descending: false,
+        }],
+        ..Query::default()
+    };
+    let index = fieldsync_core::store::local_index_name(
+        "work_orders",
+        &fieldsync_core::profile::LocalIndex {
+            columns: vec!["status".into(), "priority".into()],
+        },
+    );
+    let plan = engine.query_plan(&on_index).expect("plan").join("\n");
+    assert!(
+        plan.contains(&format!("SEARCH work_orders USING INDEX {index}")),
+        "{plan}"
+    );
+    // The index serves the whole order, ties included, either way: no sort
+    // of every selected row before the limit.
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    let mut backward = on_index.clone();
+    backward.order[0].descending = true;
+    let plan = engine.query_plan(&backward).expect("plan").join("\n");
+    assert!(
+        plan.contains(&format!("USING INDEX {index}")) && !plan.contains("TEMP B-TREE"),
+        "{plan}"
+    );
+    assert!(!engine.query(&on_index).expect("query").is_empty());
+    let off_index = Query {
+        table: "work_orders".into(),
+        filter: Some(Filter::Eq {
+            column: "summary".into(),
+            value: Value::Text("x".into()),
+        }),
+        ..Query::default()
+    };
+    let plan = engine.query_plan(&off_index).expect("plan").join("\n");
+    assert!(plan.contains("SCAN work_orders"), "{plan}");
+    assert!(!plan.contains("_fs_lix_"), "{plan}");
+
+    // A transaction of two writes to an observed table: one emission, with
+    // both.
+    let (tx_tasks, tasks) = channel();
+    let _tasks = engine
+        .observe(
+            Query {
+                table: "work_order_service_tasks".into(),
+                ..Query::default()
+            },
+            Arc::new(Collect(std::sync::Mutex::new(tx_tasks))),
+        )
+        .expect("observe tasks");
+    next(&tasks);
+    let wo = engine.list("work_orders", None, 1).expect("wo")[0]
+        .id
+        .clone();
+    let task = |id: &str| fieldsync_core::Write {
+        op: fieldsync_core::WriteOp::Insert,
+        table: "work_order_service_tasks".into(),
+        id: id.into(),
+        fields: BTreeMap::from([("work_order_id".to_owned(), Value::Text(wo.clone()))]),
+    };
+    engine
+        .transaction(vec![task("obs-task-1"), task("obs-task-2")])
+        .expect("transaction");
+    let after = next(&tasks);
+    assert!(
+        ["obs-task-1", "obs-task-2"]
+            .iter()
+            .all(|id| after.iter().any(|r| r.id == *id))
+    );
+    assert!(matches!(tasks.try_recv(), Err(TryRecvError::Empty)));
+
+    // Observers of a table that leaves the profile, and of one a reset
+    // clears, receive an empty result.
+    let (tx_assets, assets) = channel();
+    let _assets = engine
+        .observe(
+            Query {
+                table: "customer_assets".into(),
+                ..Query::default()
+            },
+            Arc::new(Collect(std::sync::Mutex::new(tx_assets))),
+        )
+        .expect("observe assets");
+    assert!(!next(&assets).is_empty());
+    let (tx_accounts, accounts) = channel();
+    let _accounts = engine
+        .observe(
+            Query {
+                table: "accounts".into(),
+                ..Query::default()
+            },
+            Arc::new(Collect(std::sync::Mutex::new(tx_accounts))),
+        )
+        .expect("observe accounts");
+    assert!(!next(&accounts).is_empty());
+    let tables = profile["tables"].as_array_mut().expect("tables");
+    tables.retain(|t| t["name"] != "customer_assets");
+    for t in tables.iter_mut() {
+        if t["name"] == "work_orders" {
+            t.as_object_mut().expect("table").remove("indexes");
+        }
+    }
+    server
+        .admin("PUT", "/v1/admin/profiles/indexed", Some(profile))
+        .await;
+    let report = engine.sync().await.expect("sync");
+    assert_eq!(report.tables_dropped, vec!["customer_assets".to_owned()]);
+    assert!(last(&assets).is_empty());
+    // The index the profile no longer declares is gone.
+    let plan = engine.query_plan(&on_index).expect("plan").join("\n");
+    assert!(!plan.contains("_fs_lix_"), "{plan}");
+
+    drain(&accounts);
+    engine.reset(true).await.expect("reset");
+    assert!(last(&accounts).is_empty());
+    // The observation goes on: the next sync brings the rows again.
+    engine.sync().await.expect("sync");
+    assert!(!last(&accounts).is_empty());
 }

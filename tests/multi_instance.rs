@@ -282,15 +282,8 @@ async fn run() -> (Vec<String>, i64) {
     // Two instances started at the same instant on one fresh database: one
     // migrates and builds the rule indexes while the other waits for it,
     // and both serve.
-    // On SQLite (one file, one machine) they start one after the other:
-    // two processes creating the same fresh file at once is not a
-    // deployment the embedded default supports.
-    let (a, b) = if testdb::database_url(&data).is_some() {
-        tokio::join!(Server::start_in(&data, &[]), Server::start_in(&data, &[]))
-    } else {
-        let a = Server::start_in(&data, &[]).await;
-        (a, Server::start_in(&data, &[]).await)
-    };
+    testdb::database_url(&data);
+    let (a, b) = tokio::join!(Server::start_in(&data, &[]), Server::start_in(&data, &[]));
     for s in [&a, &b] {
         let (status, _) = s.call("GET", "/v1/health", None, None).await;
         assert_eq!(status, 200);

@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use fieldsync_core::transport::{HttpRequest, HttpResponse, Method, Transport, TransportError};
-use fieldsync_core::{Engine, EngineConfig, ManualClock, Value};
+use fieldsync_core::{Engine, EngineConfig, ManualClock, Value, Write, WriteOp};
 use http_body_util::BodyExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -57,6 +57,8 @@ struct Stats {
     device_killed_idle: u64,
     server_restarts: u64,
     local_writes: u64,
+    /// Local transactions (a task created and a booking changed together).
+    transactions: u64,
     dispatcher_edits: u64,
     syncs: u64,
     /// Local changes the server acknowledged (applied or logged as a
@@ -81,6 +83,7 @@ impl Stats {
         self.device_killed_idle += o.device_killed_idle;
         self.server_restarts += o.server_restarts;
         self.local_writes += o.local_writes;
+        self.transactions += o.transactions;
         self.dispatcher_edits += o.dispatcher_edits;
         self.syncs += o.syncs;
         self.uploaded += o.uploaded;
@@ -460,6 +463,8 @@ async fn run_seed_with(seed: u64, data: Data) -> Result<Stats, String> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut keys: BTreeMap<String, String> = BTreeMap::new(); // idempotency key -> user
     let mut local_ids: Vec<Vec<String>> = vec![Vec::new(); devices.len()];
+    // Each local transaction: its user and the idempotency keys of its writes.
+    let mut transactions: Vec<(String, Vec<String>)> = Vec::new();
 
     net.faults.store(true, Ordering::SeqCst);
     for step in 0..60u32 {
@@ -493,7 +498,7 @@ async fn run_seed_with(seed: u64, data: Data) -> Result<Stats, String> {
                     .into_iter()
                     .map(|e| e.mutation.idempotency_key)
                     .collect();
-                let result = match rng.random_range(0..3) {
+                let result = match rng.random_range(0..4) {
                     0 => {
                         let bookings = engine.list("bookings", None, 100).expect("list");
                         if bookings.is_empty() {
@@ -526,6 +531,65 @@ async fn run_seed_with(seed: u64, data: Data) -> Result<Stats, String> {
                                 ("completed".into(), Value::Boolean(false)),
                             ]),
                         )
+                    }
+                    3 => {
+                        // A task and its booking's note, together.
+                        let bookings = engine.list("bookings", None, 100).expect("list");
+                        if bookings.is_empty() {
+                            continue;
+                        }
+                        let b = bookings[rng.random_range(0..bookings.len())].clone();
+                        let Some(Value::Text(wo)) = b.fields.get("work_order_id").cloned() else {
+                            continue;
+                        };
+                        let id = format!("sim-tx-{d}-{step}");
+                        local_ids[d].push(id.clone());
+                        let done = engine.transaction(vec![
+                            Write {
+                                op: WriteOp::Insert,
+                                table: "work_order_service_tasks".into(),
+                                id: id.clone(),
+                                fields: BTreeMap::from([
+                                    ("work_order_id".into(), Value::Text(wo)),
+                                    ("task_name".into(), Value::Text(format!("tx {step}"))),
+                                ]),
+                            },
+                            Write {
+                                op: WriteOp::Update,
+                                table: "bookings".into(),
+                                id: b.id.clone(),
+                                fields: BTreeMap::from([(
+                                    "notes".into(),
+                                    Value::Text(format!("task {id} added")),
+                                )]),
+                            },
+                        ]);
+                        if done.is_ok() {
+                            let group: Vec<String> = engine
+                                .outbox()
+                                .expect("outbox")
+                                .into_iter()
+                                .filter(|e| !before.contains(&e.mutation.idempotency_key))
+                                .filter(|e| e.mutation.transaction.is_some())
+                                .map(|e| e.mutation.idempotency_key)
+                                .collect();
+                            if group.len() != 2 {
+                                return Err(format!(
+                                    "a transaction of two writes queued {} entries",
+                                    group.len()
+                                ));
+                            }
+                            transactions.push((devices[d].user.clone(), group));
+                            net.stats.lock().unwrap().transactions += 1;
+                        }
+                        done.map(|mut records| {
+                            records.pop().flatten().unwrap_or(fieldsync_core::Record {
+                                table: String::new(),
+                                id,
+                                version: 0,
+                                fields: BTreeMap::new(),
+                            })
+                        })
                     }
                     _ => {
                         if local_ids[d].is_empty() {
@@ -698,6 +762,28 @@ async fn run_seed_with(seed: u64, data: Data) -> Result<Stats, String> {
                 }
             }
             None => return Err(format!("receipt of {key} has no status")),
+        }
+    }
+    // A transaction's writes were applied all or none.
+    for (user, group) in &transactions {
+        let mut applied = 0;
+        for key in group {
+            let receipt = server_db
+                .text(
+                    "SELECT result FROM _fs_push_receipts WHERE user_id = ?1 AND idempotency_key = ?2",
+                    &[user.as_str(), key.as_str()],
+                )?
+                .unwrap_or_default();
+            let receipt: Json = serde_json::from_str(&receipt).map_err(|e| e.to_string())?;
+            if receipt["status"] == "applied" {
+                applied += 1;
+            }
+        }
+        if applied != 0 && applied != group.len() {
+            return Err(format!(
+                "{applied} of the {} writes of a transaction were applied",
+                group.len()
+            ));
         }
     }
     let conflicts = server_db.count(

@@ -15,7 +15,9 @@
 //! - [`status`]: the Device Status and Offline Status snapshots;
 //! - [`events`]: sync events, the listener callback and its cancel handle;
 //! - [`query`]: local queries (a condition in the filter language, order,
-//!   limit, offset), their count, and observed queries;
+//!   limit, offset), their count, their query plan, and observed queries;
+//! - [`transaction`]: several writes applied atomically, uploaded as one
+//!   unit;
 //! - [`service`]: the sync service (start and stop, app and network
 //!   reports, network check, sync now, Refresh, settings, online mode,
 //!   telemetry, the live sync status and its listener, token provider).
@@ -35,6 +37,7 @@ pub mod records;
 pub mod runtime;
 pub mod service;
 pub mod status;
+pub mod transaction;
 
 pub use engine::{
     Engine, EngineConfig, ProfileColumn, ProfileTable, SyncProfileInfo, TlsRoots, rekey_database,
@@ -53,3 +56,4 @@ pub use service::{
     SyncProgress, SyncSettings, SyncStatus, TestClock, TokenProvider,
 };
 pub use status::{DeviceStatus, OfflineTableStatus};
+pub use transaction::{Write, WriteOp};

@@ -33,7 +33,8 @@ pub struct Query {
     /// "status", "value": "open"}`, relative dates and "current user"
     /// included); none: every row.
     pub condition: Option<String>,
-    /// The order, column by column; the primary key breaks ties.
+    /// The order, column by column; the primary key breaks ties (in the
+    /// direction of the last column).
     pub order: Vec<QueryOrder>,
     /// At most this many rows (none: the core's maximum, 100,000).
     pub limit: Option<u32>,
@@ -95,10 +96,21 @@ impl Engine {
         self.local(move |e| e.count(&query)).await
     }
 
+    /// How SQLite runs `query` on the device: the lines of its `EXPLAIN
+    /// QUERY PLAN` (`SEARCH ... USING INDEX ...` when one of the table's
+    /// local indexes serves it). For diagnostics.
+    pub async fn query_plan(&self, query: Query) -> Result<Vec<String>, FieldSyncError> {
+        let query = fieldsync_core::Query::try_from(query)?;
+        self.local(move |e| e.query_plan(&query)).await
+    }
+
     /// Observes `query`: `listener` receives its result at once, then again
     /// after each local write or sync that commits a change to its table
-    /// (once per commit; never for other tables). Keep the returned handle:
-    /// observation ends when it is cancelled or dropped.
+    /// (once per commit; never for other tables). When the table leaves the
+    /// device (dropped from the offline profile, or a reset) it receives an
+    /// empty result and stays registered: rows come again if the table
+    /// returns. Keep the returned handle: observation ends when it is
+    /// cancelled or dropped.
     pub fn observe(
         &self,
         query: Query,

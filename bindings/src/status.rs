@@ -56,6 +56,17 @@ pub struct DeviceStatus {
     pub tables: Vec<OfflineTableStatus>,
     /// The most recent sync errors, newest first.
     pub recent_errors: Vec<SyncError>,
+    /// The network check's view.
+    pub network: crate::service::NetworkStatus,
+    /// The device's sync settings.
+    pub settings: crate::service::SyncSettings,
+    /// Per table, the tables its related-rows rules reach (transitively):
+    /// it syncs together with any of them.
+    pub dependency_closure: std::collections::HashMap<String, Vec<String>>,
+    /// Telemetry events waiting for upload.
+    pub pending_telemetry: i64,
+    /// Online mode is on.
+    pub online_mode: bool,
 }
 
 impl From<CoreDeviceStatus> for DeviceStatus {
@@ -68,6 +79,11 @@ impl From<CoreDeviceStatus> for DeviceStatus {
             database_bytes: count(s.database_bytes),
             tables: s.tables.into_iter().map(Into::into).collect(),
             recent_errors: s.recent_errors.into_iter().map(Into::into).collect(),
+            network: s.network.into(),
+            settings: s.settings.into(),
+            dependency_closure: s.dependency_closure.into_iter().collect(),
+            pending_telemetry: count(s.pending_telemetry),
+            online_mode: s.online_mode,
         }
     }
 }

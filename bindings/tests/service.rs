@@ -351,3 +351,26 @@ async fn the_started_service_syncs_by_itself_and_wifi_only_holds_it_on_a_metered
     let again = Engine::open(config(&server, &path, &token)).expect("reopen");
     assert!(again.settings().wifi_only);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_status_carries_settings_network_closure_and_online_mode() {
+    let server = Server::start().await;
+    let token = server.technician().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(config(&server, &dir.path().join("d.db"), &token)).expect("open");
+    engine.sync_now().await.expect("sync");
+    engine
+        .set_setting("wifi_only".into(), "true".into())
+        .expect("wifi only");
+    let status = engine.status().await.expect("status");
+    assert!(status.settings.wifi_only, "{:?}", status.settings);
+    assert!(!status.online_mode);
+    // The default profile's work orders are reached from the bookings.
+    assert_eq!(
+        status.dependency_closure.get("work_orders"),
+        Some(&vec!["bookings".to_owned()]),
+        "{:?}",
+        status.dependency_closure
+    );
+    assert!(status.network.os.connected, "{:?}", status.network);
+}

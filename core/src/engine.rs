@@ -406,7 +406,11 @@ impl Engine {
     /// The profile and the named table of it, for a local write.
     /// Refuses a write the profile does not let its users make (its write
     /// rights for the table), before anything is queued.
-    fn check_rights(table: &SyncTable, op: Op, fields: &BTreeMap<String, Value>) -> Result<()> {
+    pub(crate) fn check_rights(
+        table: &SyncTable,
+        op: Op,
+        fields: &BTreeMap<String, Value>,
+    ) -> Result<()> {
         match table.writes.refusal(table, op, fields.keys()) {
             Some(why) => Err(Error::NotAllowed(why)),
             None => Ok(()),
@@ -432,7 +436,7 @@ impl Engine {
             .ok_or_else(|| Error::UnknownTable(name.to_owned()))
     }
 
-    fn check_fields(
+    pub(crate) fn check_fields(
         table: &SyncTable,
         id: &str,
         fields: BTreeMap<String, Value>,
@@ -498,6 +502,14 @@ impl Engine {
         self.store.query(&table, &compiled)
     }
 
+    /// How SQLite runs `query` on the device: the lines of its `EXPLAIN
+    /// QUERY PLAN` (`SEARCH ... USING INDEX ...` when an index serves it).
+    /// For diagnostics and tests.
+    pub fn query_plan(&self, query: &Query) -> Result<Vec<String>> {
+        let (table, compiled) = self.compile_query(query)?;
+        self.store.query_plan(&table, &compiled)
+    }
+
     /// How many records of the device `query`'s condition selects (its
     /// limit and offset are not applied).
     pub fn count(&self, query: &Query) -> Result<u64> {
@@ -508,8 +520,10 @@ impl Engine {
     /// Observes `query`: `listener` receives its result at once, then again
     /// after each local write or sync that commits a change to a row of its
     /// table (once per commit, not per row; never for other tables), until
-    /// the returned handle is cancelled or dropped. An invalid query is
-    /// refused here.
+    /// the returned handle is cancelled or dropped. When the table leaves
+    /// the device (dropped from the offline profile, or a reset) the
+    /// listener receives an empty result and stays registered: rows come
+    /// again if the table returns. An invalid query is refused here.
     pub fn observe(
         &self,
         query: Query,
@@ -522,18 +536,41 @@ impl Engine {
         Ok(Arc::new(handle))
     }
 
-    /// Runs an observed query and hands its result to its listener.
+    /// Runs an observed query and hands its result to its listener. A
+    /// table no longer on the device (it left the offline profile, or a
+    /// reset cleared the database) gives an empty result: the observation
+    /// goes on and delivers rows again if the table comes back.
     fn deliver(&self, observer: &QueryObserver) {
         match self.query(&observer.query) {
             Ok(records) => observer.listener.on_result(records),
+            Err(Error::UnknownTable(_) | Error::NoProfile(_)) => {
+                observer.listener.on_result(Vec::new())
+            }
             Err(e) => observer.listener.on_error(e),
         }
     }
 
-    /// Delivers the observed queries over `tables` (a commit changed them).
-    fn deliver_queries(&self, tables: &BTreeSet<String>) {
+    /// Delivers the observed queries over `tables` (a commit changed them,
+    /// or they left the device).
+    /// Observers of the same query share one run of it (an app's screens
+    /// often observe the same list more than once); each gets its copy.
+    pub(crate) fn deliver_queries(&self, tables: &BTreeSet<String>) {
+        let mut ran: Vec<(crate::query::Query, Vec<Record>)> = Vec::new();
         for observer in self.listeners.queries_over(tables) {
-            self.deliver(&observer);
+            if let Some((_, records)) = ran.iter().find(|(q, _)| *q == observer.query) {
+                observer.listener.on_result(records.clone());
+                continue;
+            }
+            match self.query(&observer.query) {
+                Ok(records) => {
+                    observer.listener.on_result(records.clone());
+                    ran.push((observer.query.clone(), records));
+                }
+                Err(Error::UnknownTable(_) | Error::NoProfile(_)) => {
+                    observer.listener.on_result(Vec::new())
+                }
+                Err(e) => observer.listener.on_error(e),
+            }
         }
     }
 
@@ -678,7 +715,13 @@ impl Engine {
         let _run = self.run_lock.lock().await;
         let _guard = self.sync_lock.lock().await;
         let discarded = self.store.reset(force)?;
+        let tables: BTreeSet<String> = self
+            .profile()
+            .map(|p| p.tables.iter().map(|t| t.name.clone()).collect())
+            .unwrap_or_default();
         *self.profile.write().unwrap_or_else(|p| p.into_inner()) = None;
+        // Every observed query of a cleared table is told: an empty result.
+        self.deliver_queries(&tables);
         self.publish_status();
         Ok(ResetReport {
             discarded_changes: discarded,

@@ -101,6 +101,10 @@ pub enum Error {
     StorageFull(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// A failure of the device database, its SQLite error kept as the
+    /// source (extended code included) for logs and diagnosis.
+    #[error("{}", sqlite_message(.0))]
+    Sqlite(#[source] rusqlite::Error),
     #[error("wrong database key: {0}")]
     WrongKey(String),
     #[error("internal error: {0}")]
@@ -127,7 +131,7 @@ impl Error {
             Error::Server { status, .. } if *status == 401 => ErrorKind::Unauthorized,
             Error::Server { status, .. } if *status == 403 => ErrorKind::Forbidden,
             Error::Server { .. } => ErrorKind::InvalidInput,
-            Error::StorageFull(_) | Error::Storage(_) => ErrorKind::Storage,
+            Error::StorageFull(_) | Error::Storage(_) | Error::Sqlite(_) => ErrorKind::Storage,
             Error::WrongKey(_) => ErrorKind::WrongKey,
             Error::Protocol(_) | Error::Internal(_) => ErrorKind::Internal,
         }
@@ -141,13 +145,22 @@ impl Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        use rusqlite::ffi::ErrorCode;
-        match &e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DiskFull => {
-                Error::StorageFull(e.to_string())
-            }
-            _ => Error::Storage(e.to_string()),
-        }
+        Error::Sqlite(e)
+    }
+}
+
+/// Whether `e` is SQLite's "database or disk is full".
+pub(crate) fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+/// What a user reads of a SQLite failure: a full disk said as such, the
+/// rest with SQLite's own message.
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    if is_disk_full(e) {
+        format!("storage is full: {e}")
+    } else {
+        format!("storage error: {e}")
     }
 }
 
@@ -159,3 +172,43 @@ impl From<serde_json::Error> for Error {
 
 /// Result alias of the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn busy() -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY_SNAPSHOT),
+            Some("database is locked".into()),
+        )
+    }
+
+    #[test]
+    fn a_sqlite_failure_keeps_its_cause_and_extended_code() {
+        let e = Error::from(busy());
+        assert_eq!(e.kind(), ErrorKind::Storage);
+        assert_eq!(e.to_string(), "storage error: database is locked");
+        let source = e.source().expect("the SQLite error is the source");
+        let sqlite = source
+            .downcast_ref::<rusqlite::Error>()
+            .expect("a rusqlite error");
+        assert_eq!(
+            sqlite.sqlite_error().map(|f| f.extended_code),
+            Some(rusqlite::ffi::SQLITE_BUSY_SNAPSHOT)
+        );
+    }
+
+    #[test]
+    fn a_full_disk_says_so_and_is_a_storage_error() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let e = Error::from(full);
+        assert_eq!(e.kind(), ErrorKind::Storage);
+        assert!(e.to_string().starts_with("storage is full: "), "{e}");
+    }
+}

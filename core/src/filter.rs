@@ -630,6 +630,7 @@ mod tests {
             rules: vec![],
             sync_interval_secs: 300,
             writes: Default::default(),
+            indexes: Vec::new(),
         }
     }
 

@@ -33,8 +33,10 @@ pub mod store;
 mod sync;
 pub mod telemetry;
 pub mod time;
+pub mod transaction;
 pub mod transport;
 pub mod value;
+pub mod wal;
 
 pub use client::TokenProvider;
 pub use engine::{
@@ -57,6 +59,7 @@ pub use status::{
 pub use store::{DatabaseKey, LocalSyncError, rekey_database};
 pub use telemetry::{AppInfo, TelemetryEvent, TelemetryKind};
 pub use time::{Clock, ManualClock, SystemClock};
+pub use transaction::{Write, WriteOp};
 pub use transport::{
     HttpRequest, HttpResponse, HttpTimeouts, HttpTransport, Method, TlsRoots, TlsTrust, Transport,
     TransportError,

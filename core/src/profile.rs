@@ -110,6 +110,52 @@ pub struct TableProfile {
     /// change and delete, any synced column.
     #[serde(default, skip_serializing_if = "WriteRights::is_everything")]
     pub writes: WriteRights,
+    /// Indexes the device creates on its copy of the table, for the app's
+    /// local queries (at most [`MAX_LOCAL_INDEXES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<LocalIndex>,
+}
+
+/// Most local indexes one table may declare.
+pub const MAX_LOCAL_INDEXES: usize = 16;
+/// Most columns of one local index.
+pub const MAX_LOCAL_INDEX_COLUMNS: usize = 8;
+
+/// An index the device keeps on its copy of a table, so local queries whose
+/// condition or order reads these columns use it instead of a scan. Columns
+/// are synced columns of the table, in index order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalIndex {
+    pub columns: Vec<String>,
+}
+
+impl LocalIndex {
+    /// Checks the index against the table's synced columns.
+    pub fn validate(&self, table: &SyncTable) -> Result<(), Error> {
+        if self.columns.is_empty() || self.columns.len() > MAX_LOCAL_INDEX_COLUMNS {
+            return Err(Error::InvalidProfile(format!(
+                "table '{}': a local index has 1 to {MAX_LOCAL_INDEX_COLUMNS} columns",
+                table.name
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        for c in &self.columns {
+            if table.column(c).is_none() {
+                return Err(Error::InvalidProfile(format!(
+                    "table '{}': a local index names column '{c}', which the table does not sync",
+                    table.name
+                )));
+            }
+            if !seen.insert(c) {
+                return Err(Error::InvalidProfile(format!(
+                    "table '{}': a local index names column '{c}' twice",
+                    table.name
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the users of a profile (a role) may write in one table, enforced
@@ -281,6 +327,9 @@ pub struct SyncTable {
     /// What the profile's users may write here.
     #[serde(default, skip_serializing_if = "WriteRights::is_everything")]
     pub writes: WriteRights,
+    /// Indexes the device keeps on the table (see [`LocalIndex`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<LocalIndex>,
 }
 
 impl SyncTable {
@@ -499,7 +548,18 @@ impl OfflineProfile {
                 rules: Vec::with_capacity(t.rules.len()),
                 sync_interval_secs: t.sync_interval_secs,
                 writes: t.writes.clone(),
+                indexes: t.indexes.clone(),
             };
+            if table.indexes.len() > MAX_LOCAL_INDEXES {
+                return Err(Error::InvalidProfile(format!(
+                    "table '{}' declares {} local indexes; at most {MAX_LOCAL_INDEXES} are allowed",
+                    t.name,
+                    table.indexes.len()
+                )));
+            }
+            for index in &table.indexes {
+                index.validate(&table)?;
+            }
             for c in table.writes.columns.iter().flatten() {
                 if table.column(c).is_none() {
                     return Err(Error::InvalidProfile(format!(
@@ -571,6 +631,10 @@ impl OfflineProfile {
                     "table '{}' has no row rule (use {{\"kind\": \"all\"}} for every row)",
                     t.name
                 )));
+            }
+            if !t.indexes.is_empty() {
+                // Checked against the table's synced columns.
+                self.resolve_table(model, t)?;
             }
             for rule in &t.rules {
                 match rule {
@@ -763,6 +827,7 @@ mod tests {
                     },
                     sync_interval_secs: 300,
                     writes: Default::default(),
+                    indexes: Vec::new(),
                 })
                 .collect(),
         }
@@ -782,6 +847,34 @@ mod tests {
             message.contains("'t0'") && message.contains("16 tables") && message.contains("15"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn local_indexes_name_synced_columns_and_are_carried_to_the_device() {
+        let mut p = chain_profile(2);
+        p.tables[0].indexes = vec![LocalIndex {
+            columns: vec!["parent_id".into(), "id".into()],
+        }];
+        let resolved = p.resolve(&chain_model(2), 1, "u", None).expect("valid");
+        assert_eq!(resolved.tables[0].indexes, p.tables[0].indexes);
+        for columns in [
+            vec![],
+            vec!["no_such".to_owned()],
+            vec!["id".into(), "id".into()],
+        ] {
+            p.tables[0].indexes = vec![LocalIndex { columns }];
+            assert!(matches!(
+                p.validate(&chain_model(2)),
+                Err(Error::InvalidProfile(_))
+            ));
+        }
+        p.tables[0].indexes = vec![
+            LocalIndex {
+                columns: vec!["parent_id".into()],
+            };
+            MAX_LOCAL_INDEXES + 1
+        ];
+        assert!(p.validate(&chain_model(2)).is_err());
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub mod codes {
     /// already has a receipt for another change (another table, row,
     /// operation, base version or data); the first change's receipt stands.
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+    /// A push result code (HTTP 200): another write of the same transaction
+    /// was refused or conflicted, so none of the transaction was applied.
+    pub const TRANSACTION_ABORTED: &str = "transaction_aborted";
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -202,6 +205,27 @@ pub struct Mutation {
     /// [`MAX_FIELDS_PER_MUTATION`].
     #[serde(default, deserialize_with = "bounded::fields")]
     pub data: BTreeMap<String, Value>,
+    /// Set when the change is one write of a device transaction: the server
+    /// applies the transaction's writes whole or not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<TransactionMark>,
+}
+
+/// Most writes in one device transaction: a transaction travels in one
+/// push request.
+pub const MAX_TRANSACTION_WRITES: usize = MAX_MUTATIONS_PER_PUSH;
+
+/// Marks a [`Mutation`] as one write of a device transaction. The writes of
+/// a transaction travel one after the other in one push request, each
+/// marked with the same id and size; the server applies all of them or none
+/// (`docs/protocol.md`, "Transactions").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionMark {
+    /// The transaction's id (1 to 128 characters), the same on each write.
+    pub id: String,
+    /// How many writes the transaction holds (1 to
+    /// [`MAX_TRANSACTION_WRITES`]).
+    pub size: u32,
 }
 
 /// Body of `POST /v1/sync/push`.

@@ -39,7 +39,8 @@ pub struct Query {
     pub table: String,
     /// The condition rows meet (none: every row).
     pub filter: Option<Filter>,
-    /// The order, column by column; the primary key breaks ties.
+    /// The order, column by column; the primary key breaks ties (in the
+    /// direction of the last column).
     pub order: Vec<OrderBy>,
     /// At most this many rows (none: [`MAX_QUERY_LIMIT`]).
     pub limit: Option<u32>,
@@ -106,7 +107,16 @@ impl Query {
             let dir = if o.descending { "DESC" } else { "ASC" };
             order.push(format!("{} {dir}", quote_ident(&o.column)));
         }
-        order.push(format!("{} ASC", quote_ident(&table.primary_key)));
+        // Ties broken by the primary key, in the direction of the last
+        // column asked for: an index over the order's columns (a local
+        // index holds the key last) then serves the whole order, read
+        // forward or backward, and a limit stops early. A mixed direction
+        // would make SQLite sort every row the condition selects.
+        let tie = match self.order.last() {
+            Some(o) if o.descending => "DESC",
+            _ => "ASC",
+        };
+        order.push(format!("{} {tie}", quote_ident(&table.primary_key)));
         let limit = self.limit.unwrap_or(MAX_QUERY_LIMIT);
         if limit > MAX_QUERY_LIMIT {
             return Err(Error::InvalidInput(format!(
@@ -212,6 +222,7 @@ mod tests {
             rules: vec![RowRule::All],
             sync_interval_secs: 60,
             writes: Default::default(),
+            indexes: Vec::new(),
         }
     }
 

@@ -27,21 +27,31 @@ use crate::codec::Body;
 use crate::error::{Error, Result};
 use crate::filter::FilterContext;
 use crate::profile::{Column, ColumnKind, RowRule, SyncProfile, SyncTable, quote_ident};
-use crate::protocol::{MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage};
+use crate::protocol::{
+    MAX_MUTATIONS_PER_PUSH, MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, PullPage,
+    TransactionMark,
+};
 use crate::value::{Record, Value};
 
 mod changes;
 mod checkpoint;
+mod indexes;
 mod key;
 mod page;
 mod run;
+mod schema;
 mod settle;
 mod values;
+
 pub use changes::ChangeCallback;
+pub use indexes::local_index_name;
 pub use key::{DatabaseKey, rekey_database};
 pub use run::SharedRun;
+pub use schema::SCHEMA_VERSION;
 pub use settle::Arrival;
 
+/// The engine's tables as migration 1 creates them (`schema.rs`); frozen as
+/// shipped: a change is a new migration there.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS _fs_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS _fs_settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
@@ -98,6 +108,18 @@ pub struct TableState {
     pub last_sync_at: Option<i64>,
     pub last_attempt_at: Option<i64>,
     pub last_error: Option<String>,
+}
+
+/// One write of a local transaction ([`Store::write_transaction`]), already
+/// checked against the profile.
+#[derive(Debug, Clone)]
+pub struct LocalWrite {
+    pub table: SyncTable,
+    pub id: String,
+    /// The operation; none: update the row if the device has it, else
+    /// create it.
+    pub op: Option<Op>,
+    pub data: BTreeMap<String, Value>,
 }
 
 /// A change waiting in the outbox.
@@ -183,6 +205,8 @@ pub struct Store {
     /// The tables the writer's commits changed (its hooks point here:
     /// declared after the writer, so dropped after it is closed).
     changes: std::sync::Arc<changes::Changes>,
+    /// Held while this process runs a sync (see [`run`]).
+    run_lock: Mutex<Option<std::fs::File>>,
 }
 
 /// The writer connection, locked; when dropped, after the lock is released,
@@ -229,7 +253,7 @@ fn open_connection(path: &Path, key: Option<&DatabaseKey>) -> Result<Connection>
     let conn = key::open_keyed(path, key)?;
     conn.pragma_update(None, "temp_store", key::temp_store(key))?;
     persist_wal(&conn);
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    crate::wal::enable(&conn, crate::wal::PATIENCE)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(conn)
@@ -757,10 +781,7 @@ impl Store {
         configure_sqlite();
         place_temp_files(dir);
         let mut writer = open_connection(path, key)?;
-        writer.execute_batch(SCHEMA)?;
-        writer.execute_batch(settle::SCHEMA)?;
-        writer.execute_batch(run::SCHEMA)?;
-        settle::upgrade(&mut writer)?;
+        schema::migrate(&mut writer)?;
         // The statements that write a page are prepared per table (and per
         // column list); rusqlite's default cache of 16 would drop a sync's
         // first tables' statements before the next sync reached them.
@@ -775,6 +796,7 @@ impl Store {
             key: key.cloned(),
             _checkpoints: checkpoints,
             changes,
+            run_lock: Mutex::new(None),
         })
     }
 
@@ -790,6 +812,42 @@ impl Store {
     /// tables its commits changed (none: nobody is told).
     pub fn set_change_callback(&self, callback: Option<ChangeCallback>) {
         self.changes.set_callback(callback);
+    }
+
+    /// Makes `table`'s local indexes exactly `indexes` (see
+    /// [`indexes::set_local_indexes`]): for declarations that come from
+    /// somewhere other than the offline profile, such as the data model.
+    pub fn set_local_indexes(
+        &self,
+        table: &SyncTable,
+        declared: &[crate::profile::LocalIndex],
+    ) -> Result<()> {
+        let conn = self.write_lock();
+        indexes::set_local_indexes(&conn, table, declared)
+    }
+
+    /// How SQLite runs a compiled query: the `detail` lines of `EXPLAIN
+    /// QUERY PLAN` (for tests and diagnostics: whether it uses an index).
+    pub fn query_plan(
+        &self,
+        table: &SyncTable,
+        q: &crate::query::CompiledQuery,
+    ) -> Result<Vec<String>> {
+        let conn = lock(&self.reader);
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT ? OFFSET ?",
+            select_columns(table),
+            quote_ident(&table.name),
+            q.condition,
+            q.order
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut bound: Vec<&dyn rusqlite::ToSql> =
+            q.params.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+        bound.push(&q.limit);
+        bound.push(&q.offset);
+        let rows = stmt.query_map(bound.as_slice(), |r| r.get::<_, String>(3))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The rows of `table` a compiled query selects, in its order.
@@ -958,6 +1016,7 @@ impl Store {
                         tx.execute_batch(&create_table_sql(table))?;
                     } else {
                         settle::drop_indexes(&tx, &table.name)?;
+                        indexes::drop_local_indexes(&tx, &table.name)?;
                         for c in &before.columns {
                             if table.column(&c.name).is_none() {
                                 tx.execute_batch(&format!(
@@ -993,8 +1052,26 @@ impl Store {
                     continue;
                 }
                 // Changes to a table that left the profile can no longer be
-                // uploaded: keep them, visibly, as sync errors.
-                let entries = outbox_entries(&tx, Some(&table.name))?;
+                // uploaded: keep them, visibly, as sync errors, with every
+                // other change of their local transactions (which applies
+                // whole or not at all).
+                let doomed: BTreeSet<String> = {
+                    let mut stmt = tx.prepare(
+                        "SELECT DISTINCT tx_id FROM _fs_outbox WHERE tbl = ?1 AND tx_id IS NOT NULL",
+                    )?;
+                    let ids = stmt.query_map([&table.name], |r| r.get(0))?;
+                    ids.collect::<rusqlite::Result<_>>()?
+                };
+                let entries: Vec<OutboxEntry> = outbox_entries(&tx, None)?
+                    .into_iter()
+                    .filter(|e| {
+                        e.mutation.table == table.name
+                            || e.mutation
+                                .transaction
+                                .as_ref()
+                                .is_some_and(|t| doomed.contains(&t.id))
+                    })
+                    .collect();
                 for e in &entries {
                     record_error(
                         &tx,
@@ -1006,7 +1083,9 @@ impl Store {
                     )?;
                 }
                 change.orphaned_changes += entries.len() as u64;
-                tx.execute("DELETE FROM _fs_outbox WHERE tbl = ?1", [&table.name])?;
+                for e in &entries {
+                    tx.execute("DELETE FROM _fs_outbox WHERE seq = ?1", [e.seq])?;
+                }
                 tx.execute_batch(&format!(
                     "DROP TABLE IF EXISTS {}",
                     quote_ident(&table.name)
@@ -1014,6 +1093,9 @@ impl Store {
                 tx.execute("DELETE FROM _fs_tables WHERE name = ?1", [&table.name])?;
                 change.dropped_tables.push(table.name.clone());
             }
+        }
+        for table in &new.tables {
+            indexes::set_local_indexes(&tx, table, &table.indexes)?;
         }
         put_meta(&tx, "profile", &serde_json::to_string(new)?)?;
         settle::install_triggers(&tx, new)?;
@@ -1269,173 +1351,59 @@ impl Store {
         table: &SyncTable,
         id: &str,
         op: Op,
-        mut data: BTreeMap<String, Value>,
+        data: BTreeMap<String, Value>,
         now: i64,
     ) -> Result<Option<Record>> {
-        let size = row_size(data.values(), id);
-        if size > MAX_ROW_BYTES {
-            return Err(Error::InvalidInput(format!(
-                "the row is {size} bytes; at most {MAX_ROW_BYTES} are allowed"
-            )));
-        }
-        data.remove(&table.primary_key);
         let mut conn = self.write_lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = read_row(&tx, table, id)?;
-        let not_found = || Error::RecordNotFound {
-            table: table.name.clone(),
-            id: id.to_owned(),
-        };
-        let base_version = current.as_ref().map(|(_, v)| *v).unwrap_or(0);
-        let result = match op {
-            Op::Insert => {
-                if current.is_some() {
-                    return Err(Error::AlreadyExists {
-                        table: table.name.clone(),
-                        id: id.to_owned(),
-                    });
-                }
-                let mut fields = data.clone();
-                fields.insert(table.primary_key.clone(), Value::Text(id.to_owned()));
-                for c in &table.columns {
-                    fields.entry(c.name.clone()).or_insert(Value::Null);
-                }
-                // New related values (a booking written for another work
-                // order) have their related rows fetched at the next settling.
-                settle::queue_related_row(&tx, profile, table, &fields, None)?;
-                upsert_row(&tx, &Upsert::whole_row(&tx, table)?, table, &fields, 0)?;
-                Some(Record {
-                    table: table.name.clone(),
-                    id: id.to_owned(),
-                    version: 0,
-                    fields,
-                })
-            }
-            Op::Update => {
-                let (mut fields, version) = current.ok_or_else(not_found)?;
-                for (k, v) in &data {
-                    fields.insert(k.clone(), v.clone());
-                }
-                // The whole row counts, so it cannot grow past the limit a
-                // field at a time (nothing is written: the transaction ends
-                // unused).
-                let size = row_size(
-                    fields
-                        .iter()
-                        .filter(|(k, _)| **k != table.primary_key)
-                        .map(|(_, v)| v),
-                    id,
-                );
-                if size > MAX_ROW_BYTES {
-                    return Err(Error::InvalidInput(format!(
-                        "the row would be {size} bytes with this change; at most {MAX_ROW_BYTES} are allowed"
-                    )));
-                }
-                settle::queue_related_row(&tx, profile, table, &fields, None)?;
-                upsert_row(
-                    &tx,
-                    &Upsert::whole_row(&tx, table)?,
-                    table,
-                    &fields,
-                    version,
-                )?;
-                Some(Record {
-                    table: table.name.clone(),
-                    id: id.to_owned(),
-                    version,
-                    fields,
-                })
-            }
-            Op::Delete => {
-                current.ok_or_else(not_found)?;
-                delete_row(&tx, table, id)?;
-                data.clear();
-                None
-            }
-        };
-
-        // Merge into the row's latest entry when that entry was never sent:
-        // a sent entry may already be applied on the server under its key.
-        let latest: Option<(i64, String, String)> = tx
-            .query_row(
-                "SELECT seq, op, data FROM _fs_outbox WHERE tbl = ?1 AND row_id = ?2 AND attempts = 0
-                 AND seq = (SELECT MAX(seq) FROM _fs_outbox WHERE tbl = ?1 AND row_id = ?2)",
-                params![table.name, id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        match latest {
-            Some((seq, prev_op, prev_data)) => {
-                let prev_op = Op::parse(&prev_op)
-                    .ok_or_else(|| Error::Storage(format!("corrupt outbox op '{prev_op}'")))?;
-                let mut merged = json_map(&prev_data)?;
-                let merged_op = match (prev_op, op) {
-                    (Op::Insert, Op::Update) => {
-                        merged.extend(data);
-                        Some(Op::Insert)
-                    }
-                    (Op::Insert, Op::Delete) => None,
-                    (Op::Update, Op::Update) => {
-                        merged.extend(data);
-                        Some(Op::Update)
-                    }
-                    (Op::Update, Op::Delete) => {
-                        merged.clear();
-                        Some(Op::Delete)
-                    }
-                    (Op::Delete, Op::Insert) => {
-                        // Deleted then created again: replace every column.
-                        merged = table
-                            .columns
-                            .iter()
-                            .filter(|c| c.name != table.primary_key)
-                            .map(|c| {
-                                (
-                                    c.name.clone(),
-                                    data.get(&c.name).cloned().unwrap_or(Value::Null),
-                                )
-                            })
-                            .collect();
-                        Some(Op::Update)
-                    }
-                    (prev, op) => {
-                        return Err(Error::Internal(format!(
-                            "outbox cannot follow {} with {}",
-                            prev.as_str(),
-                            op.as_str()
-                        )));
-                    }
-                };
-                match merged_op {
-                    Some(merged_op) => {
-                        tx.execute(
-                            "UPDATE _fs_outbox SET op = ?2, data = ?3 WHERE seq = ?1",
-                            params![seq, merged_op.as_str(), serde_json::to_string(&merged)?],
-                        )?;
-                    }
-                    None => {
-                        tx.execute("DELETE FROM _fs_outbox WHERE seq = ?1", [seq])?;
-                    }
-                }
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO _fs_outbox (idempotency_key, tbl, row_id, op, base_version, data, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
-                        uuid::Uuid::new_v4().to_string(),
-                        table.name,
-                        id,
-                        op.as_str(),
-                        base_version,
-                        serde_json::to_string(&data)?,
-                        now
-                    ],
-                )?;
-            }
-        }
+        let result = write_in(&tx, profile, table, id, op, data, now, None)?;
         tx.commit()?;
         Ok(result)
+    }
+
+    /// Applies several local changes and queues them for upload as one
+    /// transaction: all of them commit together, or none (the first error
+    /// rolls every one back), and they are uploaded in one request that the
+    /// server applies whole or not at all. `after_each` is called with the
+    /// index of each write once it is applied, inside the open transaction
+    /// (crash tests stop the process there). Returns each write's record
+    /// (none for a delete).
+    pub fn write_transaction(
+        &self,
+        profile: &SyncProfile,
+        writes: &[LocalWrite],
+        now: i64,
+        after_each: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Option<Record>>> {
+        let tx_id = uuid::Uuid::new_v4().to_string();
+        let mut conn = self.write_lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(writes.len());
+        for (i, w) in writes.iter().enumerate() {
+            let write = |op| {
+                write_in(
+                    &tx,
+                    profile,
+                    &w.table,
+                    &w.id,
+                    op,
+                    w.data.clone(),
+                    now,
+                    Some(&tx_id),
+                )
+            };
+            let record = match w.op {
+                None => match write(Op::Update) {
+                    Err(Error::RecordNotFound { .. }) => write(Op::Insert),
+                    other => other,
+                },
+                Some(op) => write(op),
+            }?;
+            out.push(record);
+            after_each(i);
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Number of changes waiting for upload.
@@ -1460,19 +1428,50 @@ impl Store {
 
     /// Takes the next batch to upload, in order, at most `max` entries and
     /// never two entries of the same row (the second waits for the first's
-    /// result, which gives it its base version). The entries are marked as
-    /// sent before this returns, so later local writes never merge into them.
+    /// result, which gives it its base version). A local transaction's
+    /// entries (one after the other in the outbox) go whole into one batch
+    /// or wait for the next, even past `max` when they alone make the
+    /// batch (a transaction holds at most one request's mutations). The
+    /// entries are marked as sent before this returns, so later local
+    /// writes never merge into them.
     pub fn take_batch(&self, max: usize) -> Result<Vec<OutboxEntry>> {
         let mut conn = self.write_lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let all = outbox_entries_limited(&tx, None, max as i64)?;
+        // A transaction starting within the first `max` entries ends
+        // within this many.
+        let read = max.saturating_add(MAX_MUTATIONS_PER_PUSH);
+        let all = outbox_entries_limited(&tx, None, i64::try_from(read).unwrap_or(i64::MAX))?;
         let mut seen = std::collections::HashSet::new();
         let mut batch = Vec::new();
-        for e in all {
-            if !seen.insert((e.mutation.table.clone(), e.mutation.id.clone())) {
+        let mut rest = all.as_slice();
+        while let Some(first) = rest.first() {
+            let len = match &first.mutation.transaction {
+                None => 1,
+                Some(t) => rest
+                    .iter()
+                    .take_while(|e| {
+                        e.mutation
+                            .transaction
+                            .as_ref()
+                            .is_some_and(|u| u.id == t.id)
+                    })
+                    .count(),
+            };
+            let (group, tail) = rest.split_at(len);
+            if !batch.is_empty() && batch.len() + group.len() > max {
                 break;
             }
-            batch.push(e);
+            if group
+                .iter()
+                .any(|e| seen.contains(&(e.mutation.table.as_str(), e.mutation.id.as_str())))
+            {
+                break;
+            }
+            for e in group {
+                seen.insert((e.mutation.table.as_str(), e.mutation.id.as_str()));
+            }
+            batch.extend(group.iter().cloned());
+            rest = tail;
         }
         for e in &batch {
             tx.execute(
@@ -1751,6 +1750,180 @@ impl Store {
     }
 }
 
+/// Applies a local change and queues it for upload inside the open
+/// transaction `tx`. A change merges into the row's latest outbox entry only
+/// while that entry was never sent and belongs to the same local transaction
+/// (`tx_id`; none: single writes), so a transaction's entries stay its own.
+#[allow(clippy::too_many_arguments)]
+fn write_in(
+    tx: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    id: &str,
+    op: Op,
+    mut data: BTreeMap<String, Value>,
+    now: i64,
+    tx_id: Option<&str>,
+) -> Result<Option<Record>> {
+    let size = row_size(data.values(), id);
+    if size > MAX_ROW_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "the row is {size} bytes; at most {MAX_ROW_BYTES} are allowed"
+        )));
+    }
+    data.remove(&table.primary_key);
+    let current = read_row(tx, table, id)?;
+    let not_found = || Error::RecordNotFound {
+        table: table.name.clone(),
+        id: id.to_owned(),
+    };
+    let base_version = current.as_ref().map(|(_, v)| *v).unwrap_or(0);
+    let result = match op {
+        Op::Insert => {
+            if current.is_some() {
+                return Err(Error::AlreadyExists {
+                    table: table.name.clone(),
+                    id: id.to_owned(),
+                });
+            }
+            let mut fields = data.clone();
+            fields.insert(table.primary_key.clone(), Value::Text(id.to_owned()));
+            for c in &table.columns {
+                fields.entry(c.name.clone()).or_insert(Value::Null);
+            }
+            // New related values (a booking written for another work
+            // order) have their related rows fetched at the next settling.
+            settle::queue_related_row(tx, profile, table, &fields, None)?;
+            upsert_row(tx, &Upsert::whole_row(tx, table)?, table, &fields, 0)?;
+            Some(Record {
+                table: table.name.clone(),
+                id: id.to_owned(),
+                version: 0,
+                fields,
+            })
+        }
+        Op::Update => {
+            let (mut fields, version) = current.ok_or_else(not_found)?;
+            for (k, v) in &data {
+                fields.insert(k.clone(), v.clone());
+            }
+            // The whole row counts, so it cannot grow past the limit a
+            // field at a time (nothing is written: the transaction ends
+            // unused).
+            let size = row_size(
+                fields
+                    .iter()
+                    .filter(|(k, _)| **k != table.primary_key)
+                    .map(|(_, v)| v),
+                id,
+            );
+            if size > MAX_ROW_BYTES {
+                return Err(Error::InvalidInput(format!(
+                    "the row would be {size} bytes with this change; at most {MAX_ROW_BYTES} are allowed"
+                )));
+            }
+            settle::queue_related_row(tx, profile, table, &fields, None)?;
+            upsert_row(tx, &Upsert::whole_row(tx, table)?, table, &fields, version)?;
+            Some(Record {
+                table: table.name.clone(),
+                id: id.to_owned(),
+                version,
+                fields,
+            })
+        }
+        Op::Delete => {
+            current.ok_or_else(not_found)?;
+            delete_row(tx, table, id)?;
+            data.clear();
+            None
+        }
+    };
+
+    // Merge into the row's latest entry when that entry was never sent:
+    // a sent entry may already be applied on the server under its key.
+    let latest: Option<(i64, String, String)> = tx
+        .query_row(
+            "SELECT seq, op, data FROM _fs_outbox WHERE tbl = ?1 AND row_id = ?2 AND attempts = 0
+             AND tx_id IS ?3
+             AND seq = (SELECT MAX(seq) FROM _fs_outbox WHERE tbl = ?1 AND row_id = ?2)",
+            params![table.name, id, tx_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    match latest {
+        Some((seq, prev_op, prev_data)) => {
+            let prev_op = Op::parse(&prev_op)
+                .ok_or_else(|| Error::Storage(format!("corrupt outbox op '{prev_op}'")))?;
+            let mut merged = json_map(&prev_data)?;
+            let merged_op = match (prev_op, op) {
+                (Op::Insert, Op::Update) => {
+                    merged.extend(data);
+                    Some(Op::Insert)
+                }
+                (Op::Insert, Op::Delete) => None,
+                (Op::Update, Op::Update) => {
+                    merged.extend(data);
+                    Some(Op::Update)
+                }
+                (Op::Update, Op::Delete) => {
+                    merged.clear();
+                    Some(Op::Delete)
+                }
+                (Op::Delete, Op::Insert) => {
+                    // Deleted then created again: replace every column.
+                    merged = table
+                        .columns
+                        .iter()
+                        .filter(|c| c.name != table.primary_key)
+                        .map(|c| {
+                            (
+                                c.name.clone(),
+                                data.get(&c.name).cloned().unwrap_or(Value::Null),
+                            )
+                        })
+                        .collect();
+                    Some(Op::Update)
+                }
+                (prev, op) => {
+                    return Err(Error::Internal(format!(
+                        "outbox cannot follow {} with {}",
+                        prev.as_str(),
+                        op.as_str()
+                    )));
+                }
+            };
+            match merged_op {
+                Some(merged_op) => {
+                    tx.execute(
+                        "UPDATE _fs_outbox SET op = ?2, data = ?3 WHERE seq = ?1",
+                        params![seq, merged_op.as_str(), serde_json::to_string(&merged)?],
+                    )?;
+                }
+                None => {
+                    tx.execute("DELETE FROM _fs_outbox WHERE seq = ?1", [seq])?;
+                }
+            }
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO _fs_outbox (idempotency_key, tbl, row_id, op, base_version, data, created_at, tx_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    uuid::Uuid::new_v4().to_string(),
+                    table.name,
+                    id,
+                    op.as_str(),
+                    base_version,
+                    serde_json::to_string(&data)?,
+                    now,
+                    tx_id
+                ],
+            )?;
+        }
+    }
+    Ok(result)
+}
+
 fn remove_unqualified(conn: &Connection, table: &SyncTable, ctx: &FilterContext) -> Result<u64> {
     let columns = rule_columns(table);
     let mut stmt = conn.prepare(&rule_columns_sql(table, &columns))?;
@@ -1978,8 +2151,10 @@ fn outbox_entries_limited(
     limit: i64,
 ) -> Result<Vec<OutboxEntry>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, idempotency_key, tbl, row_id, op, base_version, data, attempts FROM _fs_outbox
-         WHERE ?1 IS NULL OR tbl = ?1 ORDER BY seq LIMIT ?2",
+        "SELECT seq, idempotency_key, tbl, row_id, op, base_version, data, attempts, tx_id,
+                CASE WHEN tx_id IS NULL THEN 0
+                     ELSE (SELECT count(*) FROM _fs_outbox o WHERE o.tx_id = _fs_outbox.tx_id) END
+         FROM _fs_outbox WHERE ?1 IS NULL OR tbl = ?1 ORDER BY seq LIMIT ?2",
     )?;
     let mut rows = stmt.query(params![table, limit])?;
     let mut out = Vec::new();
@@ -1996,9 +2171,219 @@ fn outbox_entries_limited(
                     .ok_or_else(|| Error::Storage(format!("corrupt outbox op '{op}'")))?,
                 base_version: r.get(5)?,
                 data: json_map(&data)?,
+                transaction: match r.get::<_, Option<String>>(8)? {
+                    Some(id) => Some(TransactionMark {
+                        id,
+                        size: r.get(9)?,
+                    }),
+                    None => None,
+                },
             },
             attempts: r.get(7)?,
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile() -> SyncProfile {
+        serde_json::from_value(serde_json::json!({
+            "name": "p", "version": 1, "user_id": "u1",
+            "tables": [
+                {"name": "jobs", "primary_key": "id", "sync_interval_secs": 60,
+                 "columns": [{"name": "id", "type": "text"}, {"name": "note", "type": "text"}],
+                 "rules": [{"kind": "all"}]}
+            ]
+        }))
+        .expect("profile")
+    }
+
+    fn note(text: &str) -> BTreeMap<String, Value> {
+        BTreeMap::from([("note".to_owned(), Value::Text(text.into()))])
+    }
+
+    fn local(op: Op, id: &str, text: &str) -> LocalWrite {
+        LocalWrite {
+            table: profile().tables[0].clone(),
+            id: id.into(),
+            op: Some(op),
+            data: note(text),
+        }
+    }
+
+    /// The outbox as (row, transaction id or none, op, note) in order.
+    fn outbox(store: &Store) -> Vec<(String, Option<String>, Op, Option<Value>)> {
+        store
+            .outbox()
+            .expect("outbox")
+            .into_iter()
+            .map(|e| {
+                let m = e.mutation;
+                (
+                    m.id,
+                    m.transaction.map(|t| t.id),
+                    m.op,
+                    m.data.get("note").cloned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_transactions_entries_stay_its_own_and_travel_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("s.db")).expect("open");
+        let p = profile();
+        store.apply_profile(&p, 0).expect("profile");
+        let jobs = &p.tables[0];
+        store
+            .write(&p, jobs, "a", Op::Insert, note("single"), 0)
+            .expect("single insert");
+
+        // Writes of one transaction to one row merge with each other, never
+        // into the single write's unsent entry.
+        let writes = [
+            local(Op::Update, "a", "tx 1"),
+            local(Op::Insert, "b", "tx 1"),
+            local(Op::Update, "b", "tx 2"),
+        ];
+        let mut seen = Vec::new();
+        store
+            .write_transaction(&p, &writes, 0, &mut |i| seen.push(i))
+            .expect("transaction");
+        assert_eq!(seen, [0, 1, 2]);
+        // A single write after it does not merge into it either.
+        store
+            .write(&p, jobs, "b", Op::Update, note("single after"), 0)
+            .expect("single update");
+        let entries = outbox(&store);
+        let tx = entries[1].1.clone().expect("in a transaction");
+        assert_eq!(
+            entries,
+            vec![
+                (
+                    "a".into(),
+                    None,
+                    Op::Insert,
+                    Some(Value::Text("single".into()))
+                ),
+                (
+                    "a".into(),
+                    Some(tx.clone()),
+                    Op::Update,
+                    Some(Value::Text("tx 1".into()))
+                ),
+                (
+                    "b".into(),
+                    Some(tx.clone()),
+                    Op::Insert,
+                    Some(Value::Text("tx 2".into()))
+                ),
+                (
+                    "b".into(),
+                    None,
+                    Op::Update,
+                    Some(Value::Text("single after".into()))
+                ),
+            ]
+        );
+        let sizes: Vec<_> = store
+            .outbox()
+            .expect("outbox")
+            .iter()
+            .map(|e| e.mutation.transaction.as_ref().map(|t| t.size))
+            .collect();
+        assert_eq!(sizes, [None, Some(2), Some(2), None]);
+
+        // The first batch stops before the transaction (it changes "a"
+        // again); the next takes it whole, even past `max`, and stops
+        // before the second change of "b".
+        let first = store.take_batch(500).expect("batch");
+        assert_eq!(first.len(), 1);
+        let applied = MutationResult {
+            idempotency_key: first[0].mutation.idempotency_key.clone(),
+            status: MutationStatus::Applied,
+            version: 1,
+            row: Some(note("single")),
+            error: None,
+        };
+        store
+            .apply_push_results(&p, &first, &[applied], 0)
+            .expect("results");
+        let second = store.take_batch(1).expect("batch");
+        assert_eq!(
+            second
+                .iter()
+                .map(|e| e.mutation.id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(
+            second
+                .iter()
+                .all(|e| e.mutation.transaction.as_ref().map(|t| &t.id) == Some(&tx))
+        );
+
+        // A failing write rolls the whole transaction back.
+        let before = outbox(&store);
+        let err = store
+            .write_transaction(
+                &p,
+                &[
+                    local(Op::Insert, "c", "x"),
+                    local(Op::Update, "missing", "x"),
+                ],
+                0,
+                &mut |_| {},
+            )
+            .expect_err("the second write fails");
+        assert!(matches!(err, Error::RecordNotFound { .. }));
+        assert_eq!(outbox(&store), before);
+        assert!(store.get(jobs, "c").is_err());
+    }
+
+    #[test]
+    fn a_dropped_table_takes_its_transactions_whole_into_the_sync_errors() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("s.db")).expect("open");
+        let mut p: SyncProfile = serde_json::from_value(serde_json::json!({
+            "name": "p", "version": 1, "user_id": "u1",
+            "tables": [
+                {"name": "jobs", "primary_key": "id", "sync_interval_secs": 60,
+                 "columns": [{"name": "id", "type": "text"}, {"name": "note", "type": "text"}],
+                 "rules": [{"kind": "all"}]},
+                {"name": "parts", "primary_key": "id", "sync_interval_secs": 60,
+                 "columns": [{"name": "id", "type": "text"}, {"name": "note", "type": "text"}],
+                 "rules": [{"kind": "all"}]}
+            ]
+        }))
+        .expect("profile");
+        store.apply_profile(&p, 0).expect("profile");
+        let write = |t: usize, id: &str| LocalWrite {
+            table: p.tables[t].clone(),
+            id: id.into(),
+            op: Some(Op::Insert),
+            data: note("n"),
+        };
+        store
+            .write_transaction(&p, &[write(0, "j1"), write(1, "p1")], 0, &mut |_| {})
+            .expect("transaction");
+        store
+            .write(&p, &p.tables[0].clone(), "j2", Op::Insert, note("n"), 0)
+            .expect("single");
+        p.tables.truncate(1);
+        p.version = 2;
+        let change = store.apply_profile(&p, 0).expect("drop parts");
+        assert_eq!(change.orphaned_changes, 2);
+        let left: Vec<String> = store
+            .outbox()
+            .expect("outbox")
+            .into_iter()
+            .map(|e| e.mutation.id)
+            .collect();
+        assert_eq!(left, ["j2"]);
+    }
 }

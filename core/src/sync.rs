@@ -646,6 +646,15 @@ async fn refresh_profile(engine: &Engine, report: &mut SyncReport) -> Result<()>
         .await
         .map_err(|e| Error::Internal(format!("profile task: {e}")))??;
     engine.set_profile(profile);
+    // A dropped table (and a table created again for a new primary key)
+    // changed without a row write the store's hooks see.
+    let gone: std::collections::BTreeSet<String> = change
+        .dropped_tables
+        .iter()
+        .chain(&change.resynced_tables)
+        .cloned()
+        .collect();
+    engine.deliver_queries(&gone);
     report.profile_changed = before.is_some();
     report.tables_added.extend(change.added_tables);
     report.tables_dropped.extend(change.dropped_tables);

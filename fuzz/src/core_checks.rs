@@ -394,6 +394,7 @@ pub fn push_response(data: &[u8]) {
                 op: Op::Update,
                 base_version: 1,
                 data: BTreeMap::from([("notes".to_owned(), Value::Text("on site".into()))]),
+                transaction: None,
             },
             attempts: 1,
         })

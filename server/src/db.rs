@@ -584,8 +584,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(fieldsync_core::wal::PATIENCE)?;
+    fieldsync_core::wal::enable(&conn, fieldsync_core::wal::PATIENCE)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Large sorts and index builds spill to files, as SQLite's default build
     // does: the workspace's SQLite is SQLCipher's build (for the device),
@@ -2152,6 +2152,8 @@ impl Db {
     // ---- push --------------------------------------------------------------
 
     /// Applies a device's mutations in order, idempotently, in one transaction.
+    /// The writes of a device transaction (marked with a `TransactionMark`, one
+    /// after the other) apply whole or not at all (see `push_transaction`).
     pub fn push(
         &self,
         user: &User,
@@ -2162,86 +2164,351 @@ impl Db {
         self.write(|c| {
             let detection = Self::conflict_detection_in(c)?;
             let mut results = Vec::with_capacity(mutations.len());
-            for m in mutations {
-                // A key that cannot name a receipt refuses its mutation
-                // alone, like every other problem of one mutation; with no
-                // receipt, a retry is refused the same way.
-                if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
-                    let result = refused_key(m, codes::BAD_REQUEST, "an idempotency key is 1 to 128 characters");
-                    self.log_sync_error(c, user, device_id, m, &result, "rejected")?;
-                    results.push(result);
-                    continue;
-                }
-                let digest = mutation_digest(m)?;
-                let stored = c.query_opt(
-                    "SELECT result, mutation_digest FROM _fs_push_receipts WHERE user_id = ? AND idempotency_key = ?",
-                    &[text(user.id.clone()), text(m.idempotency_key.clone())],
-                )?;
-                if let Some(stored) = stored {
-                    // A receipt written before digests were kept (NULL)
-                    // answers any replay, as it did then.
-                    let reused = stored
-                        .opt_text(1)?
-                        .is_some_and(|first| first != digest);
-                    let result = if reused {
-                        let result = refused_key(
-                            m,
-                            codes::IDEMPOTENCY_KEY_REUSED,
-                            "this idempotency key was used for another change; the first change's result stands (send each change with a key of its own)",
-                        );
-                        self.log_sync_error(c, user, device_id, m, &result, "rejected")?;
-                        result
-                    } else {
-                        serde_json::from_str(&stored.text(0)?)
-                            .map_err(|e| ApiError::internal(format!("stored receipt: {e}")))?
-                    };
-                    results.push(result);
-                    continue;
-                }
-                c.batch("SAVEPOINT mutation")?;
-                let result = match self.push_one(c, user, device_id, profile, m, detection) {
-                    Ok(r) => {
-                        c.batch("RELEASE SAVEPOINT mutation")?;
-                        r
-                    }
-                    Err(PushFail::Fatal(e)) => return Err(e),
-                    Err(PushFail::Reject(Rejection {
-                        code,
-                        message,
-                        row,
-                        version,
-                    })) => {
-                        c.batch("ROLLBACK TO SAVEPOINT mutation; RELEASE SAVEPOINT mutation")?;
-                        let result = MutationResult {
-                            idempotency_key: m.idempotency_key.clone(),
-                            status: MutationStatus::Rejected,
-                            version,
-                            row,
-                            error: Some(ErrorBody {
-                                code: code.into(),
-                                message,
-                            }),
-                        };
-                        self.log_sync_error(c, user, device_id, m, &result, "rejected")?;
-                        result
-                    }
+            let mut rest = mutations;
+            while let Some(first) = rest.first() {
+                let len = match &first.transaction {
+                    None => 1,
+                    Some(t) => rest
+                        .iter()
+                        .take_while(|m| m.transaction.as_ref().is_some_and(|u| u.id == t.id))
+                        .count(),
                 };
-                let body =
-                    serde_json::to_string(&result).map_err(|e| ApiError::internal(e.to_string()))?;
-                c.execute(
-                    "INSERT INTO _fs_push_receipts (user_id, idempotency_key, result, at, mutation_digest) VALUES (?, ?, ?, ?, ?)",
-                    &[
-                        text(user.id.clone()),
-                        text(m.idempotency_key.clone()),
-                        text(body),
-                        text(format_datetime(self.clock.now_ms())),
-                        text(digest),
-                    ],
-                )?;
+                let (group, tail) = rest.split_at(len);
+                rest = tail;
+                if first.transaction.is_some() {
+                    results.extend(
+                        self.push_transaction(c, user, device_id, profile, group, detection)?,
+                    );
+                    continue;
+                }
+                let m = first;
+                let digest = match self.receipt_answer(c, user, device_id, m)? {
+                    Answer::Known(result) | Answer::Refused(result) => {
+                        results.push(result);
+                        continue;
+                    }
+                    Answer::New(digest) => digest,
+                };
+                let result = self.apply_one(c, user, device_id, profile, m, detection)?;
+                if let Outcome::Failed(result) = &result
+                    && result.status == MutationStatus::Rejected
+                {
+                    self.log_sync_error(c, user, device_id, m, result, "rejected")?;
+                }
+                let result = result.into_result();
+                self.write_receipt(c, user, m, &result, digest)?;
                 results.push(result);
             }
             Ok(results)
         })
+    }
+
+    /// What the receipts say of `m`: its stored result (a replay), a refusal
+    /// of its key (logged; no receipt is written for it), or the digest of a
+    /// change not yet seen.
+    fn receipt_answer(
+        &self,
+        c: &mut dyn Conn,
+        user: &User,
+        device_id: Option<&str>,
+        m: &Mutation,
+    ) -> ApiResult<Answer> {
+        // A key that cannot name a receipt refuses its mutation alone, like
+        // every other problem of one mutation; with no receipt, a retry is
+        // refused the same way.
+        if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
+            let result = refused_key(
+                m,
+                codes::BAD_REQUEST,
+                "an idempotency key is 1 to 128 characters",
+            );
+            self.log_sync_error(c, user, device_id, m, &result, "rejected")?;
+            return Ok(Answer::Refused(result));
+        }
+        let digest = mutation_digest(m)?;
+        let stored = c.query_opt(
+            "SELECT result, mutation_digest FROM _fs_push_receipts WHERE user_id = ? AND idempotency_key = ?",
+            &[text(user.id.clone()), text(m.idempotency_key.clone())],
+        )?;
+        let Some(stored) = stored else {
+            return Ok(Answer::New(digest));
+        };
+        // A receipt written before digests were kept (NULL) answers any
+        // replay, as it did then.
+        let reused = stored.opt_text(1)?.is_some_and(|first| first != digest);
+        if reused {
+            let result = refused_key(
+                m,
+                codes::IDEMPOTENCY_KEY_REUSED,
+                "this idempotency key was used for another change; the first change's result stands (send each change with a key of its own)",
+            );
+            self.log_sync_error(c, user, device_id, m, &result, "rejected")?;
+            return Ok(Answer::Refused(result));
+        }
+        let result = serde_json::from_str(&stored.text(0)?)
+            .map_err(|e| ApiError::internal(format!("stored receipt: {e}")))?;
+        Ok(Answer::Known(result))
+    }
+
+    /// Applies one mutation under a savepoint: applied, or failed (a
+    /// conflict, logged by `push_one`, or a refusal, rolled back and not
+    /// yet logged).
+    fn apply_one(
+        &self,
+        c: &mut dyn Conn,
+        user: &User,
+        device_id: Option<&str>,
+        profile: &SyncProfile,
+        m: &Mutation,
+        detection: bool,
+    ) -> ApiResult<Outcome> {
+        c.batch("SAVEPOINT mutation")?;
+        match self.push_one(c, user, device_id, profile, m, detection) {
+            Ok(r) => {
+                c.batch("RELEASE SAVEPOINT mutation")?;
+                Ok(if r.status == MutationStatus::Applied {
+                    Outcome::Applied(r)
+                } else {
+                    Outcome::Failed(r)
+                })
+            }
+            Err(PushFail::Fatal(e)) => Err(e),
+            Err(PushFail::Reject(Rejection {
+                code,
+                message,
+                row,
+                version,
+            })) => {
+                c.batch("ROLLBACK TO SAVEPOINT mutation; RELEASE SAVEPOINT mutation")?;
+                Ok(Outcome::Failed(MutationResult {
+                    idempotency_key: m.idempotency_key.clone(),
+                    status: MutationStatus::Rejected,
+                    version,
+                    row,
+                    error: Some(ErrorBody {
+                        code: code.into(),
+                        message,
+                    }),
+                }))
+            }
+        }
+    }
+
+    fn write_receipt(
+        &self,
+        c: &mut dyn Conn,
+        user: &User,
+        m: &Mutation,
+        result: &MutationResult,
+        digest: String,
+    ) -> ApiResult<()> {
+        let body = serde_json::to_string(result).map_err(|e| ApiError::internal(e.to_string()))?;
+        c.execute(
+            "INSERT INTO _fs_push_receipts (user_id, idempotency_key, result, at, mutation_digest) VALUES (?, ?, ?, ?, ?)",
+            &[
+                text(user.id.clone()),
+                text(m.idempotency_key.clone()),
+                text(body),
+                text(format_datetime(self.clock.now_ms())),
+                text(digest),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The server's row of `table`/`id` as the device may see it, and its
+    /// version (0 and none when the row is gone or outside the profile).
+    fn device_view(
+        &self,
+        c: &mut dyn Conn,
+        profile: &SyncProfile,
+        table: &str,
+        id: &str,
+    ) -> ApiResult<(i64, Option<BTreeMap<String, Value>>)> {
+        let (Some(t), Some(schema)) = (profile.table(table), self.model.table(table)) else {
+            return Ok((0, None));
+        };
+        match Self::read_row(c, schema, id)? {
+            Some(r) if !r.deleted && self.visible(c, profile, t, id)? => {
+                Ok((r.version, Some(Self::project(&r.fields, t))))
+            }
+            _ => Ok((0, None)),
+        }
+    }
+
+    /// Applies the writes of one device transaction, whole or not at all.
+    ///
+    /// The group must be complete (as many writes as each one's
+    /// `TransactionMark::size` says) and every key must name a receipt;
+    /// otherwise every write is refused and nothing applies. A replay
+    /// answers from the receipts. Otherwise the writes apply in order under
+    /// one savepoint; the first that is refused (either conflict setting) or
+    /// conflicts (detection on) rolls the whole transaction back: it keeps
+    /// its own result, every other write is refused with
+    /// `transaction_aborted`, each result carries the server's row as it
+    /// stands after the rollback, and every result is logged as a sync
+    /// error and kept as the write's receipt.
+    fn push_transaction(
+        &self,
+        c: &mut dyn Conn,
+        user: &User,
+        device_id: Option<&str>,
+        profile: &SyncProfile,
+        group: &[Mutation],
+        detection: bool,
+    ) -> ApiResult<Vec<MutationResult>> {
+        let refuse_all = |this: &Self, c: &mut dyn Conn, code: &str, message: &str| {
+            let mut out = Vec::with_capacity(group.len());
+            for m in group {
+                let result = refused_key(m, code, message);
+                this.log_sync_error(c, user, device_id, m, &result, "rejected")?;
+                out.push(result);
+            }
+            Ok::<_, ApiError>(out)
+        };
+        let declared = group
+            .first()
+            .and_then(|m| m.transaction.as_ref())
+            .map(|t| (t.id.clone(), t.size));
+        let Some((tx_id, size)) = declared else {
+            return Ok(Vec::new());
+        };
+        if tx_id.is_empty() || tx_id.len() > 128 {
+            return refuse_all(
+                self,
+                c,
+                codes::BAD_REQUEST,
+                "a transaction id is 1 to 128 characters; nothing of the transaction was applied",
+            );
+        }
+        if group
+            .iter()
+            .any(|m| m.transaction.as_ref().is_none_or(|t| t.size != size))
+            || size as usize != group.len()
+        {
+            return refuse_all(
+                self,
+                c,
+                codes::BAD_REQUEST,
+                &format!(
+                    "transaction '{tx_id}' declares {size} writes but the request holds {} of them in a row; a transaction travels whole in one request, nothing of it was applied",
+                    group.len()
+                ),
+            );
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for m in group {
+            answers.push(self.receipt_answer(c, user, device_id, m)?);
+        }
+        let known = answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Known(_)))
+            .count();
+        let all_new = answers.iter().all(|a| matches!(a, Answer::New(_)));
+        if !all_new {
+            // A replay (every write known) answers from the receipts; a
+            // refused key, or a group part known and part new, applies
+            // nothing.
+            let mut out = Vec::with_capacity(group.len());
+            for (m, a) in group.iter().zip(answers) {
+                out.push(match a {
+                    Answer::Known(r) | Answer::Refused(r) => r,
+                    Answer::New(_) => {
+                        let message = if known > 0 {
+                            "other writes of this transaction were already answered under their keys; nothing more of it was applied"
+                        } else {
+                            "another write of this transaction was refused for its idempotency key; nothing of the transaction was applied"
+                        };
+                        let r = refused_key(m, codes::TRANSACTION_ABORTED, message);
+                        self.log_sync_error(c, user, device_id, m, &r, "rejected")?;
+                        r
+                    }
+                });
+            }
+            return Ok(out);
+        }
+        c.batch("SAVEPOINT device_transaction")?;
+        let mut applied = Vec::with_capacity(group.len());
+        let mut failed = None;
+        for (i, m) in group.iter().enumerate() {
+            match self.apply_one(c, user, device_id, profile, m, detection)? {
+                Outcome::Applied(r) => applied.push(r),
+                Outcome::Failed(r) => {
+                    failed = Some((i, r));
+                    break;
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(group.len());
+        match failed {
+            None => {
+                c.batch("RELEASE SAVEPOINT device_transaction")?;
+                results = applied;
+            }
+            Some((culprit, failure)) => {
+                // Everything the transaction wrote goes, the culprit's
+                // conflict log entry included (logged again below).
+                c.batch(
+                    "ROLLBACK TO SAVEPOINT device_transaction; RELEASE SAVEPOINT device_transaction",
+                )?;
+                let what = if failure.status == MutationStatus::Conflict {
+                    "conflicted with the server's row"
+                } else {
+                    "was refused"
+                };
+                let reason = failure
+                    .error
+                    .as_ref()
+                    .map(|e| format!(": {}", e.message))
+                    .unwrap_or_default();
+                let bad = &group[culprit];
+                for (i, m) in group.iter().enumerate() {
+                    let (version, row) = self.device_view(c, profile, &m.table, &m.id)?;
+                    let (result, kind) = if i == culprit {
+                        let kind = if failure.status == MutationStatus::Conflict {
+                            "conflict"
+                        } else {
+                            "rejected"
+                        };
+                        (
+                            MutationResult {
+                                version,
+                                row,
+                                ..failure.clone()
+                            },
+                            kind,
+                        )
+                    } else {
+                        (
+                            MutationResult {
+                                idempotency_key: m.idempotency_key.clone(),
+                                status: MutationStatus::Rejected,
+                                version,
+                                row,
+                                error: Some(ErrorBody {
+                                    code: codes::TRANSACTION_ABORTED.into(),
+                                    message: format!(
+                                        "write {} of this transaction ({}/{}) {what}{reason}; nothing of the transaction was applied",
+                                        culprit + 1,
+                                        bad.table,
+                                        bad.id
+                                    ),
+                                }),
+                            },
+                            "rejected",
+                        )
+                    };
+                    self.log_sync_error(c, user, device_id, m, &result, kind)?;
+                    results.push(result);
+                }
+            }
+        }
+        for ((m, result), answer) in group.iter().zip(&results).zip(answers) {
+            if let Answer::New(digest) = answer {
+                self.write_receipt(c, user, m, result, digest)?;
+            }
+        }
+        Ok(results)
     }
 
     fn log_sync_error(
@@ -2846,6 +3113,31 @@ impl Rejection {
     }
 }
 
+/// What the receipts say of a mutation (see `Db::receipt_answer`).
+enum Answer {
+    /// A replay: the first result stands.
+    Known(MutationResult),
+    /// Refused for its key; no receipt is written.
+    Refused(MutationResult),
+    /// Not seen before: the digest its receipt will keep.
+    New(String),
+}
+
+/// What applying one mutation did (see `Db::apply_one`).
+enum Outcome {
+    Applied(MutationResult),
+    /// A conflict (logged) or a refusal (not yet logged).
+    Failed(MutationResult),
+}
+
+impl Outcome {
+    fn into_result(self) -> MutationResult {
+        match self {
+            Outcome::Applied(r) | Outcome::Failed(r) => r,
+        }
+    }
+}
+
 /// Why a mutation did not apply: refused (answered, with a receipt) or a
 /// server fault (the whole batch fails and the device retries it).
 enum PushFail {
@@ -3256,6 +3548,7 @@ impl Db {
             op,
             base_version: entry.base_version,
             data: entry.device_data.clone().unwrap_or_default(),
+            transaction: None,
         };
         let retry = self.write(|c| {
             let done = c.query_opt(
@@ -3562,6 +3855,7 @@ mod retention_tests {
                 ),
                 ("name".into(), Value::Text(name.into())),
             ]),
+            transaction: None,
         }
     }
 

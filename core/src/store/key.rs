@@ -154,7 +154,7 @@ fn looks_plain(path: &Path) -> Option<bool> {
 }
 
 /// How long a connection waits for another connection's lock.
-const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const BUSY_TIMEOUT: std::time::Duration = crate::wal::PATIENCE;
 
 /// Opens the database at `path` with `key` (none: a plain database) and
 /// reads its schema, so a wrong key fails here, before anything is written.

@@ -5,6 +5,14 @@
 //! `status`, an app's background work in a process of its own) reads it to
 //! show that sync and its progress. A row whose process is gone (killed
 //! mid-sync) is not a running sync.
+//!
+//! Whether the sync's process is still running is told by a lock, not by
+//! its process id alone: the process holds an exclusive `flock` of the file
+//! `<database>-sync.lock` from the row's writing to its removal, and the
+//! kernel releases it when the process ends however it ends. A reader asks
+//! for a shared lock without waiting: refused, the sync runs. A process id
+//! reused by an unrelated process after a crash (Android recycles them
+//! quickly) therefore never makes a dead sync look alive.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -95,8 +103,14 @@ fn write(conn: &mut rusqlite::Connection, run: &SharedRun) -> Result<()> {
 
 impl Store {
     /// Records that `run` started (or replaces the row of a sync whose
-    /// process is gone), waiting for the writer.
+    /// process is gone), waiting for the writer, and takes the run lock.
     pub fn publish_run(&self, run: &SharedRun) -> Result<()> {
+        {
+            let mut held = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if held.is_none() {
+                *held = take_run_lock(&run_lock_path(&self.path));
+            }
+        }
         write(&mut self.write_lock(), run)
     }
 
@@ -114,10 +128,18 @@ impl Store {
         Ok(true)
     }
 
-    /// Removes the row of the sync `sync_id` (it ended, or was cut off).
+    /// Removes the row of the sync `sync_id` (it ended, or was cut off)
+    /// and releases the run lock.
     pub fn clear_run(&self, sync_id: &str) -> Result<()> {
-        self.write_lock()
+        let removed = self
+            .write_lock()
             .execute("DELETE FROM _fs_sync_run WHERE sync_id = ?1", [sync_id])?;
+        if removed > 0 {
+            self.run_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
         Ok(())
     }
 
@@ -146,8 +168,59 @@ impl Store {
                 },
             )
             .optional()?;
-        Ok(row.filter(|run| process_alive(run.pid)))
+        Ok(row.filter(|run| process_alive(run.pid) && run_lock_held(&run_lock_path(&self.path))))
     }
+}
+
+/// The file whose lock a running sync holds.
+fn run_lock_path(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-sync.lock");
+    std::path::PathBuf::from(name)
+}
+
+/// Takes the run lock of this process's sync: the file, open and locked
+/// exclusively, or none when it cannot be had (another process's sync holds
+/// it, or the file cannot be made; the row alone then tells the sync).
+#[cfg(unix)]
+fn take_run_lock(path: &std::path::Path) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    // SAFETY: flock(2) on a descriptor this function owns; no memory is
+    // shared with the call.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    locked.then_some(file)
+}
+
+#[cfg(not(unix))]
+fn take_run_lock(_path: &std::path::Path) -> Option<std::fs::File> {
+    None
+}
+
+/// Whether some process holds the run lock of the database (a sync runs).
+#[cfg(unix)]
+fn run_lock_held(path: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(path) else {
+        // No lock file: no sync has run here since the release that made
+        // it, so the row is an earlier release's or a crashed one's.
+        return false;
+    };
+    // SAFETY: flock(2) on a descriptor this function owns; the shared lock,
+    // when granted, is released as the file closes at the end of the call.
+    let granted = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    !granted && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// Without a way to ask, a recorded process is taken to be running.
+#[cfg(not(unix))]
+fn run_lock_held(_path: &std::path::Path) -> bool {
+    true
 }
 
 /// Whether a process with this id exists (signal 0 checks without sending
@@ -212,6 +285,26 @@ mod tests {
         let gone = child.id();
         child.wait().expect("wait");
         store.publish_run(&run(gone)).expect("publish");
+        assert_eq!(store.shared_run().expect("read"), None);
+    }
+
+    #[test]
+    fn a_row_whose_process_id_was_reused_is_not_a_running_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("d.db")).expect("open");
+        // A sync that crashed left its row; its process id now belongs to
+        // a live, unrelated process (here: this one), which holds no lock.
+        store
+            .with_writer(|c| write(c, &run(std::process::id())))
+            .expect("row");
+        assert!(process_alive(std::process::id()));
+        assert_eq!(store.shared_run().expect("read"), None);
+        // The same row written by a running sync is one.
+        store
+            .publish_run(&run(std::process::id()))
+            .expect("publish");
+        assert!(store.shared_run().expect("read").is_some());
+        store.clear_run("s1").expect("clear");
         assert_eq!(store.shared_run().expect("read"), None);
     }
 }

@@ -250,12 +250,12 @@ fn ensure_index(conn: &Connection, table: &SyncTable, column: &str) -> Result<()
 /// The page cache an index build runs with (`cache_size`, negative: KiB).
 const INDEX_BUILD_CACHE_KIB: i64 = -256;
 
-/// Brings a store written by an earlier version up to date: the
-/// `settle_all` and `walk_order` columns, the lost-value triggers, and the
-/// related values still to fetch (from the old `_fs_related_seen` sets).
-/// Writes nothing when the store is current, so a store on a full disk
-/// still opens.
-pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
+/// Brings a store written before numbered migrations up to date, in the
+/// caller's transaction (migration 1, `store::schema`): the `settle_all`
+/// and `walk_order` columns, the lost-value triggers, and the related
+/// values still to fetch (from the old `_fs_related_seen` sets).
+pub(super) fn upgrade_unversioned(tx: &Connection) -> Result<()> {
+    let conn = tx;
     let has_settle_all = conn
         .prepare("SELECT 1 FROM pragma_table_info('_fs_tables') WHERE name = 'settle_all'")?
         .exists([])?;
@@ -273,7 +273,6 @@ pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
     if has_settle_all && has_walk_order && !has_seen && triggers_ok {
         return Ok(());
     }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     if !has_walk_order {
         // Downloads begun before it have none: their walks cover no
         // other table's (see `RelatedQueue`).
@@ -302,7 +301,7 @@ pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
                     let rows = stmt.query_map([&key], |r| r.get::<_, String>(0))?;
                     rows.collect::<rusqlite::Result<_>>()?
                 };
-                let held = distinct_keys(&tx, other_table, foreign_column)?;
+                let held = distinct_keys(tx, other_table, foreign_column)?;
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
                 )?;
@@ -311,12 +310,11 @@ pub(super) fn upgrade(conn: &mut Connection) -> Result<()> {
                 }
             }
         }
-        install_triggers(&tx, profile)?;
+        install_triggers(tx, profile)?;
     }
     if has_seen {
         tx.execute_batch("DROP TABLE _fs_related_seen")?;
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -1104,6 +1102,12 @@ mod tests {
         store
             .with_writer(|c| {
                 c.execute_batch(sql)?;
+                // Written before numbered migrations (and so before
+                // migration 2's transactions).
+                c.execute_batch(
+                    "DROP INDEX _fs_outbox_tx; ALTER TABLE _fs_outbox DROP COLUMN tx_id;",
+                )?;
+                c.pragma_update(None, "user_version", 0)?;
                 Ok(())
             })
             .expect("earlier version");

@@ -1,5 +1,5 @@
 // The fieldsync facade for Swift apps: async/await over the generated
-// bindings, AsyncStream for sync events and status, and the OS glue
+// bindings, AsyncStream for sync events, status and observed queries, and the OS glue
 // (BGTaskScheduler, NWPathMonitor) behind small protocols so it can be
 // tested with fakes. Logging goes to os_log (subsystem dev.fieldsync) from
 // the core itself.
@@ -121,6 +121,75 @@ public final class FieldSyncClient: @unchecked Sendable {
         try await engine.put(table: table, id: id, fields: fields)
     }
 
+    /// Changes the given fields of a record on the device; throws `FieldSyncError.RecordNotFound`
+    /// when it is not there.
+    public func update(_ table: String, _ id: String, _ fields: [String: Value]) async throws -> Record {
+        try await engine.update(table: table, id: id, fields: fields)
+    }
+
+    /// Deletes a record on the device and queues the deletion.
+    public func delete(_ table: String, _ id: String) async throws {
+        try await engine.delete(table: table, id: id)
+    }
+
+    // MARK: Local queries, observation and transactions
+
+    /// The records of `table` on the device that `where` selects (a condition as filter
+    /// JSON, the profile's filter language: `{"op": "eq", "column": "status", "value":
+    /// "open"}`, relative dates and "current user" included; nil: every row), ordered by
+    /// `orderBy` (the primary key breaks ties), `offset` rows skipped, at most `limit`.
+    /// A condition on a column the table does not sync throws `FieldSyncError.InvalidInput`.
+    public func query(
+        _ table: String, where condition: String? = nil, orderBy: [QueryOrder] = [],
+        limit: UInt32? = nil, offset: UInt32 = 0
+    ) async throws -> [Record] {
+        try await engine.query(query: Query(
+            table: table, condition: condition, order: orderBy, limit: limit, offset: offset))
+    }
+
+    /// How many records of `table` on the device `where` selects.
+    public func count(_ table: String, where condition: String? = nil) async throws -> UInt64 {
+        try await engine.count(query: Query(
+            table: table, condition: condition, order: [], limit: nil, offset: 0))
+    }
+
+    /// The records a `query` selects, at once and again after each local write or sync
+    /// that changes `table` (once per commit, never for other tables), while iterated;
+    /// ending the iteration cancels the observation. When the table leaves the device
+    /// (dropped from the offline profile, or a reset) it yields an empty list and goes
+    /// on. A query that cannot run ends the stream with its `FieldSyncError`.
+    public func observe(
+        _ table: String, where condition: String? = nil, orderBy: [QueryOrder] = [],
+        limit: UInt32? = nil, offset: UInt32 = 0
+    ) -> AsyncThrowingStream<[Record], Error> {
+        AsyncThrowingStream(bufferingPolicy: .unbounded) { continuation in
+            let forwarder = QueryForwarder(
+                onResult: { continuation.yield($0) },
+                onError: { continuation.finish(throwing: $0) })
+            do {
+                let handle = try engine.observe(
+                    query: Query(
+                        table: table, condition: condition, order: orderBy, limit: limit,
+                        offset: offset),
+                    listener: forwarder)
+                continuation.onTermination = { _ in handle.cancel() }
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+    }
+
+    /// Applies `writes` in order as one transaction: on the device all of them commit
+    /// together or none does (the first failing write throws and nothing is kept), and
+    /// the next sync uploads them as one unit that the server applies whole or not at
+    /// all. If the server refuses one (or, with conflict detection on, one conflicts),
+    /// none is applied, each shows as a sync error and the device takes the server's rows
+    /// back. Returns each write's record (nil for a delete).
+    @discardableResult
+    public func transaction(_ writes: [Write]) async throws -> [Record?] {
+        try await engine.transaction(writes: writes)
+    }
+
     /// Device Status snapshot.
     public func status() async throws -> DeviceStatus { try await engine.status() }
 
@@ -178,5 +247,24 @@ final class StatusForwarder: StatusListener, @unchecked Sendable {
 
     func onStatus(status: SyncStatus) {
         forward(status)
+    }
+}
+
+/// Forwards an observed query's callbacks (on a background thread) to closures.
+final class QueryForwarder: QueryResultListener, @unchecked Sendable {
+    private let result: ([Record]) -> Void
+    private let error: (FieldSyncError) -> Void
+
+    init(onResult: @escaping ([Record]) -> Void, onError: @escaping (FieldSyncError) -> Void) {
+        result = onResult
+        error = onError
+    }
+
+    func onResult(records: [Record]) {
+        result(records)
+    }
+
+    func onError(error: FieldSyncError) {
+        self.error(error)
     }
 }

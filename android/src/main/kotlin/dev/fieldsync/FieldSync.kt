@@ -274,6 +274,13 @@ class FieldSync private constructor(
         offset: Int = 0,
     ): List<Record> = engine.query(queryOf(table, where, orderBy, limit, offset))
 
+    /**
+     * How SQLite runs that [query] on the device: the lines of its `EXPLAIN QUERY
+     * PLAN` (`SEARCH ... USING INDEX ...` when a local index of the profile serves it).
+     */
+    suspend fun queryPlan(table: String, where: String? = null, orderBy: List<QueryOrder> = emptyList()): List<String> =
+        engine.queryPlan(queryOf(table, where, orderBy, null, 0))
+
     /** How many records of [table] on the device [where] selects. */
     suspend fun count(table: String, where: String? = null): Long =
         engine.count(queryOf(table, where, emptyList(), null, 0)).toLong()
@@ -282,6 +289,8 @@ class FieldSync private constructor(
      * The records a [query] selects, now and again after each local write or
      * sync that changes [table] (once per commit, never for other tables).
      * Collecting observes; cancelling the collector cancels the observation.
+     * When [table] leaves the device (the offline profile drops it, or a reset)
+     * the flow emits an empty list and goes on: rows come again if it returns.
      * A failure of the query closes the flow with the [FieldSyncException].
      */
     fun observe(
@@ -330,6 +339,25 @@ class FieldSync private constructor(
 
     /** Deletes a record on the device and queues the deletion. */
     suspend fun delete(table: String, id: String) = engine.delete(table, id)
+
+    /**
+     * Applies [writes] in order as one transaction: on the device all of them
+     * commit together or none does (the first failing write throws and
+     * nothing is kept), and the next sync uploads them as one unit that the
+     * server applies whole or not at all. If the server refuses one (or, with
+     * conflict detection on, one conflicts) none is applied, each shows as a
+     * sync error and the device takes the server's rows back. Returns each
+     * write's record (null for a delete).
+     */
+    suspend fun transaction(writes: List<Write>): List<Record?> = engine.transaction(writes)
+
+    /**
+     * [transaction] with the writes listed in [block]:
+     * `sync.transaction { insert("work_order_service_tasks", id, "task_name" to "Check filter"); put("bookings", bk, "notes" to "Filter checked") }`.
+     * The block only lists the writes; they are applied together when it returns.
+     */
+    suspend fun transaction(block: TransactionWrites.() -> Unit): List<Record?> =
+        transaction(TransactionWrites().apply(block).writes)
 
     /** Local changes waiting for upload. */
     suspend fun pendingUploads(): Long = engine.pendingUploads()
@@ -416,3 +444,28 @@ val FieldSyncException.userMessage: String
         is FieldSyncException.WrongKey -> reason
         is FieldSyncException.Internal -> reason
     }
+
+/** The writes of a [FieldSync.transaction], in order, with plain Kotlin values. */
+class TransactionWrites {
+    internal val writes = mutableListOf<Write>()
+
+    /** Creates a record (it must not be on the device). */
+    fun insert(table: String, id: String, vararg fields: Pair<String, Any?>) {
+        writes += Write(WriteOp.INSERT, table, id, fieldsOf(*fields))
+    }
+
+    /** Changes fields of a record on the device. */
+    fun update(table: String, id: String, vararg fields: Pair<String, Any?>) {
+        writes += Write(WriteOp.UPDATE, table, id, fieldsOf(*fields))
+    }
+
+    /** Updates the record if it is on the device, creates it otherwise. */
+    fun put(table: String, id: String, vararg fields: Pair<String, Any?>) {
+        writes += Write(WriteOp.PUT, table, id, fieldsOf(*fields))
+    }
+
+    /** Deletes a record on the device. */
+    fun delete(table: String, id: String) {
+        writes += Write(WriteOp.DELETE, table, id, emptyMap())
+    }
+}

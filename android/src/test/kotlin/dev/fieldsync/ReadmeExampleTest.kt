@@ -58,7 +58,26 @@ suspend fun readmeExample(
     } catch (e: FieldSyncException.RecordNotFound) {
         null // no longer on this device (it left the offline profile)
     }
+
+    // A screen is a query over the device file: a condition in the profile's filter
+    // language, an order, a limit. Observed, it comes again after every local write or
+    // sync that changes its table (never for other tables).
+    val open = """{"op": "ne", "column": "status", "value": "closed"}"""
+    val byPriority = listOf(QueryOrder("priority", descending = true))
+    val workOrders = sync.query("work_orders", where = open, orderBy = byPriority, limit = 20)
+    val screenJob = scope.launch {
+        sync.observe("work_orders", where = open, orderBy = byPriority).collect { rows -> println("${rows.size} open work orders") }
+    }
+
+    // Several writes, atomic on the device and applied by the server whole or not at all.
+    val booking = sync.get("bookings", "bk-0000001")
+    sync.transaction {
+        insert("work_order_service_tasks", "task-bk-0000001", "work_order_id" to booking.text("work_order_id"), "task_name" to "Check the filter")
+        update("bookings", booking.id, "travel_minutes" to 30)
+    }
+    println("${workOrders.size} work orders shown")
     // When the user signs out:
+    screenJob.cancel()
     statusJob.cancel()
     shell.stop()
     sync.close()
@@ -97,10 +116,14 @@ class ReadmeExampleTest {
             scope.cancel()
             assertEquals("Replaced the filter", notes)
             FieldSync.open(server.databasePath("readme"), server.url, token).use { again ->
-                assertEquals(1L, again.status.value.pendingUploads)
+                // The put, and the transaction's two writes.
+                assertEquals(3L, again.status.value.pendingUploads)
                 again.syncNow()
                 assertEquals(0L, again.pendingUploads())
             }
+            val dispatcher = server.user("disp", "dispatcher")
+            assertTrue(server.record(dispatcher, "work_order_service_tasks", "task-bk-0000001").contains("Check the filter"))
+            assertTrue(server.record(dispatcher, "bookings", "bk-0000001").contains("\"travel_minutes\":30"))
         }
     }
 }
