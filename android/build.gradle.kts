@@ -1,15 +1,16 @@
-// The fieldsync Android library (AAR) for app developers.
+// The fieldsync Android library (AAR) for app developers. It needs no
+// AndroidX: the glue in src/android/kotlin uses the framework's own APIs.
 //
-// `./gradlew assembleRelease` (needs the Android SDK + NDK, rustup targets
-// aarch64-linux-android, armv7-linux-androideabi, x86_64-linux-android,
-// i686-linux-android, and `cargo install cargo-ndk`):
-//   1. cargo-ndk builds libfieldsync_ffi.so of the bindings crate for the four
-//      Android ABIs into build/rustJniLibs/<abi>/;
+// NOT RUN on the project's machines (no Android SDK, NDK or Gradle there);
+// the test command compiles and tests the same sources with Maven and
+// Robolectric (pom.xml). `gradle assembleRelease` needs the Android SDK and
+// NDK, the rustup targets of the four ABIs and `cargo install cargo-ndk`:
+//   1. cargo-ndk builds libfieldsync_ffi.so for the four ABIs;
 //   2. uniffi-bindgen generates the Kotlin bindings from the arm64 library;
 //   3. the AAR packs the .so files, the generated Kotlin, the facade
-//      (src/main/kotlin) and the Android glue (src/android/kotlin).
-// Not run on the development machines (no Android SDK there); the JVM build
-// in pom.xml compiles the same generated Kotlin and facade and tests them.
+//      (src/main/kotlin), the glue (src/android/kotlin) and the manifest.
+
+import org.jetbrains.kotlin.gradle.dsl.JvmTarget
 
 plugins {
     id("com.android.library") version "8.7.3"
@@ -38,16 +39,16 @@ android {
         sourceCompatibility = JavaVersion.VERSION_17
         targetCompatibility = JavaVersion.VERSION_17
     }
-    kotlinOptions { jvmTarget = "17" }
+}
+
+kotlin {
+    compilerOptions { jvmTarget = JvmTarget.JVM_17 }
 }
 
 dependencies {
     // UniFFI's Kotlin needs JNA (the AAR flavour carries the Android natives).
     implementation("net.java.dev.jna:jna:5.19.1@aar")
     implementation("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.11.0")
-    implementation("androidx.work:work-runtime-ktx:2.10.0")
-    implementation("androidx.lifecycle:lifecycle-process:2.8.7")
-    implementation("androidx.core:core-ktx:1.15.0")
 }
 
 // 1. The core for every Android ABI, with cargo-ndk.

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Bindings check, run by scripts/test.sh: builds the core's UniFFI library for
 # this machine, generates the Kotlin and Swift bindings in library mode into
-# target/uniffi/ (git-ignored), compiles the generated Kotlin with the Kotlin
-# facade (android/pom.xml) and runs the Kotlin JUnit tests against real
-# `fieldsync server` processes on loopback, then parse-checks the generated
-# Swift with tree-sitter-swift (no Swift compiler here).
+# target/uniffi/ (git-ignored), compiles every Kotlin file of android/ with
+# Maven (android/pom.xml: the generated Kotlin and the facade; the Android
+# shell against Robolectric's android-all jar) and runs the Kotlin tests
+# against real `fieldsync server` processes on loopback (JUnit 5 for the
+# facade, Robolectric at SDK 24 and SDK 35 for the shell), then parse-checks
+# the generated Swift with tree-sitter-swift (no Swift compiler here).
 # Installs what it needs on a fresh Debian machine (JDK, Maven, the pinned
-# tree-sitter packages); Maven downloads its plugins into ~/.m2.
+# tree-sitter packages); Maven downloads its plugins, Robolectric and the
+# android-all jars into ~/.m2 (about 450 MB the first time), and Robolectric
+# runs offline from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -33,7 +37,7 @@ target/debug/uniffi-bindgen generate "$lib" --language kotlin --out-dir "$gen/ko
 target/debug/uniffi-bindgen generate "$lib" --language swift --out-dir "$gen/swift" --no-format
 ls "$gen/kotlin/dev/fieldsync/"*.kt "$gen/swift/FieldSync.swift" >/dev/null
 
-step "Kotlin: compile the generated bindings with the facade, run the JUnit tests against a real server"
+step "Kotlin: compile all of android/, run the JUnit and Robolectric tests against a real server"
 (cd android && mvn -B -q test \
   -Duniffi.generated.dir="$gen/kotlin" \
   -Duniffi.lib.dir="$(dirname "$lib")" \

@@ -242,7 +242,7 @@ enum OnlineAction {
 enum SettingsAction {
     /// Print one setting.
     Get { name: String },
-    /// Change one setting (wifi_only, online_mode_enabled, telemetry_enabled, frequency, smart_sync).
+    /// Change one setting (wifi_only, online_mode_enabled, telemetry_enabled, frequency, smart_sync, background_sync).
     Set { name: String, value: String },
 }
 
@@ -702,7 +702,7 @@ async fn run_command(
             let icon = &out.sync_status;
             print(json, &out, || {
                 let mut text = format!(
-                    "sync icon: {:?}{}\nnetwork: {:?}\ndevice {}\nprofile: {} (version {})\npending uploads: {}\ndatabase: {} bytes\n",
+                    "sync icon: {:?}{}\nnetwork: {:?}\ndevice {}\nprofile: {} (version {}, data model version {})\npending uploads: {}\ndatabase: {} bytes\n",
                     icon.icon,
                     icon.message
                         .as_deref()
@@ -713,6 +713,10 @@ async fn run_command(
                     status.profile_name.as_deref().unwrap_or("none yet"),
                     status
                         .profile_version
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    status
+                        .model_version
                         .map(|v| v.to_string())
                         .unwrap_or_else(|| "-".into()),
                     status.pending_uploads,

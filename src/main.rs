@@ -45,6 +45,11 @@ const DAY_SECS: u64 = 86_400;
 
 #[derive(clap::Args)]
 struct ServerArgs {
+    /// The company's data model, a JSON file (docs/data-model.md); without
+    /// it, the built-in Field Service model. A file that differs from the
+    /// one the database last started with is published as a new version.
+    #[arg(long, env = "FIELDSYNC_MODEL")]
+    model: Option<PathBuf>,
     /// Directory of the embedded database.
     #[arg(long, env = "FIELDSYNC_DATA_DIR", default_value = "fieldsync-data")]
     data_dir: PathBuf,
@@ -176,6 +181,22 @@ async fn serve_until_stopped(args: ServerArgs) -> ExitCode {
         header_read_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         max_connections: args.max_connections.max(1),
     };
+    if let Some(file) = &args.model {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("cannot read the data model {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        match fieldsync_core::profile::DataModel::parse(&text) {
+            Ok(model) => config.model = Some(model),
+            Err(e) => {
+                eprintln!("the data model {} is refused: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Some(file) = &args.database_ca_file {
         match std::fs::read_to_string(file) {
             Ok(pem) => config.database_ca_pem = Some(pem),

@@ -24,6 +24,8 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/profiles/{name}"),
     ("PUT", "/v1/admin/profiles/{name}"),
     ("GET", "/v1/admin/model"),
+    ("PUT", "/v1/admin/model"),
+    ("GET", "/v1/admin/model/versions"),
     ("GET", "/v1/admin/devices"),
     ("POST", "/v1/admin/seed"),
     ("GET", "/v1/admin/telemetry"),

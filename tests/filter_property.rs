@@ -18,10 +18,7 @@ use fieldsync_core::time::{format_date, format_datetime};
 use proptest::prelude::*;
 
 fn table() -> SyncTable {
-    let col = |name: &str, kind| Column {
-        name: name.into(),
-        kind,
-    };
+    let col = |name: &str, kind| Column::new(name, kind);
     SyncTable {
         name: "rows".into(),
         primary_key: "id".into(),
@@ -37,6 +34,7 @@ fn table() -> SyncTable {
         rules: vec![],
         sync_interval_secs: 300,
         writes: Default::default(),
+        model_indexes: Vec::new(),
         indexes: Vec::new(),
     }
 }
@@ -246,6 +244,7 @@ fn local_select(rows: &[Vec<Value>], f: &Filter, ctx: &FilterContext) -> (Vec<us
         version: 1,
         user_id: ctx.user_id.clone(),
         team_id: ctx.team_id.clone(),
+        model_version: 0,
         utc_offset_minutes: ctx.utc_offset_minutes,
         tables: vec![t.clone()],
     };

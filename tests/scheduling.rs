@@ -1176,3 +1176,114 @@ async fn a_direct_sync_pulls_only_the_tables_that_changed() {
     );
     assert!(!log.iter().any(|p| p == "/v1/sync/changes"), "{log:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_jobs_finish_a_running_sync_and_run_the_opt_in_periodic_sync() {
+    use fieldsync_core::{BackgroundJob, BackgroundJobOutcome, PeriodicSync};
+    let server = Server::start().await;
+    let token = server.technician().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(T0));
+    let net = Net::new(&server.url);
+    let engine = open(&dir.path().join("d.db"), &server, &token, &net, &clock);
+    engine.check_network().await;
+    let plan = |e: &Engine| e.sync_status().expect("status").background;
+
+    // A sync runs in the foreground: no job is needed.
+    net.hold_pulls.store(true, Ordering::SeqCst);
+    let held = net.held.notified();
+    let e = engine.clone();
+    let run = tokio::spawn(async move { e.run_due().await });
+    tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("a pull started");
+    assert!(!plan(&engine).finish_running_sync);
+
+    // The app goes to the background: the core asks for a job, whose body
+    // waits for the running sync and starts nothing of its own.
+    engine.set_app_active(false);
+    assert!(plan(&engine).finish_running_sync);
+    let e = engine.clone();
+    let job =
+        tokio::spawn(async move { e.run_background_job(BackgroundJob::FinishRunningSync).await });
+    net.hold_pulls.store(false, Ordering::SeqCst);
+    net.release.notify_waiters();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .expect("job finished")
+        .expect("task")
+        .expect("job ok");
+    assert_eq!(outcome, BackgroundJobOutcome::Synced);
+    run.await.expect("task").expect("sync ok").expect("ran");
+    assert!(!plan(&engine).finish_running_sync);
+    assert_eq!(plan(&engine).periodic, None, "the periodic sync is opt-in");
+
+    // Without the opt-in, a periodic job syncs nothing in the background.
+    clock.advance(60 * MIN);
+    assert_eq!(
+        engine
+            .run_background_job(BackgroundJob::Periodic)
+            .await
+            .expect("job"),
+        BackgroundJobOutcome::Idle {
+            blocker: Some(Blocker::AppInactive)
+        }
+    );
+
+    // Opted in: the shortest interval; the job syncs the due tables in the
+    // background, once.
+    engine
+        .set_setting("background_sync", "true")
+        .expect("setting");
+    assert_eq!(
+        plan(&engine).periodic,
+        Some(PeriodicSync {
+            interval_secs: 300,
+            unmetered_only: false
+        })
+    );
+    net.take_log();
+    assert_eq!(
+        engine
+            .run_background_job(BackgroundJob::Periodic)
+            .await
+            .expect("job"),
+        BackgroundJobOutcome::Synced
+    );
+    assert!(
+        net.take_log().iter().any(|p| p.starts_with("/v1/sync/")),
+        "it synced"
+    );
+    assert!(matches!(
+        engine
+            .run_background_job(BackgroundJob::Periodic)
+            .await
+            .expect("job"),
+        BackgroundJobOutcome::Idle {
+            blocker: Some(Blocker::UpToDate)
+        }
+    ));
+
+    // Wi-Fi only: unmetered in the plan, and a metered network holds the job.
+    engine.set_setting("wifi_only", "true").expect("setting");
+    assert!(plan(&engine).periodic.expect("periodic").unmetered_only);
+    engine.set_os_network(OsNetwork {
+        connected: true,
+        metered: true,
+        network_type: NetworkType::Cellular,
+    });
+    clock.advance(60 * MIN);
+    assert_eq!(
+        engine
+            .run_background_job(BackgroundJob::Periodic)
+            .await
+            .expect("job"),
+        BackgroundJobOutcome::Idle {
+            blocker: Some(Blocker::MeteredNetwork)
+        }
+    );
+    assert!(
+        !net.take_log().iter().any(|p| p.starts_with("/v1/sync/")),
+        "nothing synced"
+    );
+}

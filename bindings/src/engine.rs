@@ -163,6 +163,8 @@ pub struct ProfileColumn {
     pub name: String,
     /// Column kind.
     pub kind: ColumnKind,
+    /// The values a choice column accepts (empty for other kinds).
+    pub choices: Vec<String>,
 }
 
 /// One table of the offline profile.
@@ -189,6 +191,7 @@ impl From<SyncTable> for ProfileTable {
                 .map(|c| ProfileColumn {
                     name: c.name,
                     kind: c.kind.into(),
+                    choices: c.choices.unwrap_or_default(),
                 })
                 .collect(),
             sync_interval_secs: i64::from(t.sync_interval_secs),
@@ -205,6 +208,9 @@ pub struct SyncProfileInfo {
     pub version: i64,
     /// The user the profile was resolved for.
     pub user_id: String,
+    /// The version of the server's data model the profile follows; a new
+    /// version is picked up at the next sync.
+    pub model_version: i64,
     /// The tables, in sync order.
     pub tables: Vec<ProfileTable>,
 }
@@ -215,6 +221,7 @@ impl From<SyncProfile> for SyncProfileInfo {
             name: p.name,
             version: p.version,
             user_id: p.user_id,
+            model_version: p.model_version,
             tables: p.tables.into_iter().map(Into::into).collect(),
         }
     }

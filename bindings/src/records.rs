@@ -118,6 +118,10 @@ pub enum ColumnKind {
     Date,
     /// A UTC date-time, `YYYY-MM-DDTHH:MM:SSZ` text.
     DateTime,
+    /// A JSON document, as its text.
+    Json,
+    /// One of the column's choices (an option set), as text.
+    Choice,
 }
 
 impl From<CoreColumnKind> for ColumnKind {
@@ -129,6 +133,8 @@ impl From<CoreColumnKind> for ColumnKind {
             CoreColumnKind::Boolean => ColumnKind::Boolean,
             CoreColumnKind::Date => ColumnKind::Date,
             CoreColumnKind::DateTime => ColumnKind::DateTime,
+            CoreColumnKind::Json => ColumnKind::Json,
+            CoreColumnKind::Choice => ColumnKind::Choice,
         }
     }
 }

@@ -13,12 +13,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use fieldsync_core::{
-    Blocker as CoreBlocker, Clock, Decision as CoreDecision, Engine as CoreEngine, ManualClock,
-    NetworkStatus as CoreNetworkStatus, NetworkType as CoreNetworkType, OsNetwork as CoreOsNetwork,
-    Reachability as CoreReachability, ScheduledSync as CoreScheduledSync,
-    SyncFrequency as CoreSyncFrequency, SyncMode as CoreSyncMode,
-    SyncNowOutcome as CoreSyncNowOutcome, SyncProgress as CoreSyncProgress,
-    SyncSettings as CoreSyncSettings, SyncStatus as CoreSyncStatus,
+    BackgroundJob as CoreBackgroundJob, BackgroundJobOutcome as CoreBackgroundJobOutcome,
+    BackgroundPlan as CoreBackgroundPlan, Blocker as CoreBlocker, Clock, Decision as CoreDecision,
+    Engine as CoreEngine, ManualClock, NetworkStatus as CoreNetworkStatus,
+    NetworkType as CoreNetworkType, OsNetwork as CoreOsNetwork, Reachability as CoreReachability,
+    ScheduledSync as CoreScheduledSync, SyncFrequency as CoreSyncFrequency,
+    SyncMode as CoreSyncMode, SyncNowOutcome as CoreSyncNowOutcome,
+    SyncProgress as CoreSyncProgress, SyncSettings as CoreSyncSettings,
+    SyncStatus as CoreSyncStatus,
 };
 
 use crate::Engine;
@@ -170,6 +172,9 @@ pub struct SyncSettings {
     pub frequency: SyncFrequency,
     /// Skip downloading tables the server reports unchanged.
     pub smart_sync: bool,
+    /// Opt-in periodic sync while the app is in the background (off by
+    /// default: the seed starts syncs only while the app is active).
+    pub background_sync: bool,
 }
 
 impl From<CoreSyncSettings> for SyncSettings {
@@ -184,6 +189,7 @@ impl From<CoreSyncSettings> for SyncSettings {
                 CoreSyncFrequency::ManualOnly => SyncFrequency::ManualOnly,
             },
             smart_sync: s.smart_sync,
+            background_sync: s.background_sync,
         }
     }
 }
@@ -200,6 +206,7 @@ impl From<SyncSettings> for CoreSyncSettings {
                 SyncFrequency::ManualOnly => CoreSyncFrequency::ManualOnly,
             },
             smart_sync: s.smart_sync,
+            background_sync: s.background_sync,
         }
     }
 }
@@ -344,6 +351,8 @@ pub struct SyncStatus {
     pub waiting_for: Option<Blocker>,
     /// Consecutive failed syncs (0 after a success).
     pub failures: u32,
+    /// The OS background jobs to keep scheduled now.
+    pub background: BackgroundPlan,
 }
 
 impl From<CoreSyncStatus> for SyncStatus {
@@ -360,6 +369,94 @@ impl From<CoreSyncStatus> for SyncStatus {
             next_sync_at_ms: s.next_sync_at,
             waiting_for: s.waiting_for.map(Into::into),
             failures: s.failures,
+            background: s.background.into(),
+        }
+    }
+}
+
+/// The OS background work a shell keeps scheduled, as the core decides it
+/// (delivered in every [`SyncStatus`]). The shell turns it into OS jobs and
+/// decides nothing of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct BackgroundPlan {
+    /// A sync is running while the app is in the background: keep a job
+    /// that needs a network until it ends
+    /// ([`BackgroundJob::FinishRunningSync`]).
+    pub finish_running_sync: bool,
+    /// The opt-in periodic background sync ([`BackgroundJob::Periodic`]);
+    /// none when the `background_sync` setting is off or nothing would sync.
+    pub periodic: Option<PeriodicSync>,
+}
+
+/// When the OS may run the periodic background sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct PeriodicSync {
+    /// Run about this often, ms (the OS may stretch it: Android's floor is
+    /// 15 minutes).
+    pub interval_ms: i64,
+    /// Run only on an unmetered network (the user chose Wi-Fi only).
+    pub unmetered_only: bool,
+}
+
+impl From<CoreBackgroundPlan> for BackgroundPlan {
+    fn from(p: CoreBackgroundPlan) -> Self {
+        BackgroundPlan {
+            finish_running_sync: p.finish_running_sync,
+            periodic: p.periodic.map(|p| PeriodicSync {
+                interval_ms: i64::from(p.interval_secs) * 1000,
+                unmetered_only: p.unmetered_only,
+            }),
+        }
+    }
+}
+
+/// Which OS background job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum BackgroundJob {
+    /// Keeps the process alive until the running sync ends.
+    FinishRunningSync,
+    /// The opt-in periodic background sync.
+    Periodic,
+}
+
+impl From<BackgroundJob> for CoreBackgroundJob {
+    fn from(j: BackgroundJob) -> Self {
+        match j {
+            BackgroundJob::FinishRunningSync => CoreBackgroundJob::FinishRunningSync,
+            BackgroundJob::Periodic => CoreBackgroundJob::Periodic,
+        }
+    }
+}
+
+/// How an OS background job ended.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum BackgroundJobOutcome {
+    /// A sync ran to its end and succeeded.
+    Synced,
+    /// The sync failed; `retry`: ask the OS to run the job again later.
+    Failed {
+        /// Why, fit for a log.
+        message: String,
+        /// Ask the OS to run the job again later (with its backoff).
+        retry: bool,
+    },
+    /// Nothing ran; `blocker` says why when the scheduler refused.
+    Idle {
+        /// The scheduler's reason, if it was asked.
+        blocker: Option<Blocker>,
+    },
+}
+
+impl From<CoreBackgroundJobOutcome> for BackgroundJobOutcome {
+    fn from(o: CoreBackgroundJobOutcome) -> Self {
+        match o {
+            CoreBackgroundJobOutcome::Synced => BackgroundJobOutcome::Synced,
+            CoreBackgroundJobOutcome::Failed { message, retry } => {
+                BackgroundJobOutcome::Failed { message, retry }
+            }
+            CoreBackgroundJobOutcome::Idle { blocker } => BackgroundJobOutcome::Idle {
+                blocker: blocker.map(Into::into),
+            },
         }
     }
 }
@@ -590,6 +687,19 @@ impl Engine {
         crate::runtime::run(async move { Ok(core.run_due().await?.map(Into::into)) }).await
     }
 
+    /// The body of an OS background job (the shell runs it when the OS
+    /// starts the job the [`BackgroundPlan`] asked for). Waits for a running
+    /// sync to end; the periodic job then runs one scheduler step with the
+    /// app-active rule lifted while the `background_sync` setting is on.
+    pub async fn run_background_job(
+        &self,
+        job: BackgroundJob,
+    ) -> Result<BackgroundJobOutcome, FieldSyncError> {
+        let core = self.core.clone();
+        crate::runtime::run(async move { Ok(core.run_background_job(job.into()).await?.into()) })
+            .await
+    }
+
     /// What the scheduler would do now, and why.
     pub async fn scheduler_decision(&self) -> Result<Decision, FieldSyncError> {
         let core = self.core.clone();
@@ -684,7 +794,7 @@ impl Engine {
     }
 
     /// Changes one setting by name (`wifi_only`, `online_mode_enabled`,
-    /// `telemetry_enabled`, `frequency`, `smart_sync`) from text, as the
+    /// `telemetry_enabled`, `frequency`, `smart_sync`, `background_sync`) from text, as the
     /// headless device does; returns the settings.
     pub fn set_setting(&self, name: String, value: String) -> Result<SyncSettings, FieldSyncError> {
         Ok(self.core.set_setting(&name, &value)?.into())

@@ -48,6 +48,8 @@ pub struct DeviceStatus {
     pub profile_name: Option<String>,
     /// Version of the offline profile in force.
     pub profile_version: Option<i64>,
+    /// Version of the server's data model the profile follows.
+    pub model_version: Option<i64>,
     /// Local changes waiting for upload, over all tables.
     pub pending_uploads: i64,
     /// Size of the device database in bytes.
@@ -75,6 +77,7 @@ impl From<CoreDeviceStatus> for DeviceStatus {
             device_id: s.device_id,
             profile_name: s.profile_name,
             profile_version: s.profile_version,
+            model_version: s.model_version,
             pending_uploads: count(s.pending_uploads),
             database_bytes: count(s.database_bytes),
             tables: s.tables.into_iter().map(Into::into).collect(),

@@ -237,6 +237,8 @@ pub struct DeviceStatus {
     pub device_id: String,
     pub profile_name: Option<String>,
     pub profile_version: Option<i64>,
+    /// The version of the server's data model the profile follows.
+    pub model_version: Option<i64>,
     pub pending_uploads: u64,
     pub database_bytes: u64,
     pub tables: Vec<OfflineTableStatus>,
@@ -460,12 +462,38 @@ impl Engine {
                 }
                 continue;
             }
-            let value = value
-                .coerce(column.kind)
+            let value = column
+                .check(value)
                 .map_err(|e| Error::InvalidInput(format!("column '{name}': {e}")))?;
             out.insert(name, value);
         }
         Ok(out)
+    }
+
+    /// A new row's fields with the data model's defaults for the columns
+    /// not given; a required column left without a value is refused.
+    pub(crate) fn with_defaults(
+        table: &SyncTable,
+        mut fields: BTreeMap<String, Value>,
+    ) -> Result<BTreeMap<String, Value>> {
+        for c in &table.columns {
+            if c.name == table.primary_key || fields.contains_key(&c.name) {
+                continue;
+            }
+            match &c.default {
+                Some(v) => {
+                    fields.insert(c.name.clone(), v.clone());
+                }
+                None if c.required => {
+                    return Err(Error::InvalidInput(format!(
+                        "column '{}': the column is required",
+                        c.name
+                    )));
+                }
+                None => {}
+            }
+        }
+        Ok(fields)
     }
 
     /// Reads a record from the device (never from the network).
@@ -579,6 +607,7 @@ impl Engine {
         let (profile, table) = self.write_target(table)?;
         let fields = Self::check_fields(&table, id, fields)?;
         Self::check_rights(&table, Op::Insert, &fields)?;
+        let fields = Self::with_defaults(&table, fields)?;
         let record = self
             .store
             .write(
@@ -692,6 +721,7 @@ impl Engine {
             device_id: self.device_id.clone(),
             profile_name: profile.as_ref().map(|p| p.name.clone()),
             profile_version: profile.as_ref().map(|p| p.version),
+            model_version: profile.as_ref().map(|p| p.model_version),
             pending_uploads: pending.values().sum(),
             database_bytes: self.store.size_bytes(),
             tables,

@@ -75,6 +75,8 @@ pub enum Error {
     UnknownColumn { table: String, column: String },
     #[error("invalid offline profile: {0}")]
     InvalidProfile(String),
+    #[error("invalid data model: {0}")]
+    InvalidModel(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("not allowed: {0}")]
@@ -122,6 +124,7 @@ impl Error {
             | Error::NoProfile(_)
             | Error::UnknownColumn { .. }
             | Error::InvalidProfile(_)
+            | Error::InvalidModel(_)
             | Error::InvalidInput(_)
             | Error::NotAllowed(_) => ErrorKind::InvalidInput,
             Error::PendingUploads { .. } => ErrorKind::PendingUploads,

@@ -329,7 +329,11 @@ impl Filter {
         }
         let text_col = |column: &str| -> Result<(), Error> {
             match kind_of(table, column)? {
-                ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime => Ok(()),
+                ColumnKind::Text
+                | ColumnKind::Date
+                | ColumnKind::DateTime
+                | ColumnKind::Json
+                | ColumnKind::Choice => Ok(()),
                 k => Err(bad(
                     table,
                     format!("'{column}' holds {k:?} values, not text"),
@@ -610,26 +614,15 @@ mod tests {
             name: "t".into(),
             primary_key: "id".into(),
             columns: vec![
-                Column {
-                    name: "id".into(),
-                    kind: ColumnKind::Text,
-                },
-                Column {
-                    name: "d".into(),
-                    kind: ColumnKind::Date,
-                },
-                Column {
-                    name: "ts".into(),
-                    kind: ColumnKind::DateTime,
-                },
-                Column {
-                    name: "n".into(),
-                    kind: ColumnKind::Integer,
-                },
+                Column::new("id", ColumnKind::Text),
+                Column::new("d", ColumnKind::Date),
+                Column::new("ts", ColumnKind::DateTime),
+                Column::new("n", ColumnKind::Integer),
             ],
             rules: vec![],
             sync_interval_secs: 300,
             writes: Default::default(),
+            model_indexes: Vec::new(),
             indexes: Vec::new(),
         }
     }

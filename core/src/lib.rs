@@ -19,6 +19,7 @@ pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod model;
 pub mod network;
 pub mod notifications;
 pub mod online;
@@ -50,8 +51,8 @@ pub use notifications::{
 };
 pub use online::{OnlineFilter, OnlinePage};
 pub use query::{OrderBy, Query, QueryListener};
-pub use scheduler::{Backoff, Blocker, Decision, SyncMode};
-pub use service::{ScheduledSync, SyncNowOutcome};
+pub use scheduler::{BackgroundPlan, Backoff, Blocker, Decision, PeriodicSync, SyncMode};
+pub use service::{BackgroundJob, BackgroundJobOutcome, ScheduledSync, SyncNowOutcome};
 pub use settings::{SyncFrequency, SyncSettings};
 pub use status::{
     EventListener, ListenerHandle, StatusListener, SyncIcon, SyncProgress, SyncStatus,

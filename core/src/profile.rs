@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::filter::{Filter, FilterContext};
+pub use crate::model::ModelIndex;
 use crate::protocol::Op;
 use crate::value::Value;
 
@@ -45,25 +46,97 @@ pub enum ColumnKind {
     /// `YYYY-MM-DDTHH:MM:SSZ` (UTC), stored as text.
     #[serde(rename = "datetime")]
     DateTime,
+    /// A JSON document, carried and stored as its text.
+    Json,
+    /// One of the column's `choices` (an option set), stored as text.
+    Choice,
 }
 
 impl ColumnKind {
     /// SQLite column affinity for this kind.
     pub fn sql_type(self) -> &'static str {
         match self {
-            ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime => "TEXT",
+            ColumnKind::Text
+            | ColumnKind::Date
+            | ColumnKind::DateTime
+            | ColumnKind::Json
+            | ColumnKind::Choice => "TEXT",
             ColumnKind::Integer | ColumnKind::Boolean => "INTEGER",
             ColumnKind::Real => "REAL",
         }
     }
+
+    /// Every kind, as a model file names them.
+    pub const NAMES: &'static [&'static str] = &[
+        "text", "integer", "real", "boolean", "date", "datetime", "json", "choice",
+    ];
 }
 
-/// A column of a synced table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A column of the data model (and of a synced table). Unknown fields are
+/// ignored here, so a device reads a newer server's profile; a model file
+/// refuses them ([`DataModel::parse`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Column {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: ColumnKind,
+    /// The allowed values of a `choice` column (an option set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<String>>,
+    /// A row created without this column gets this value (and the rows a
+    /// model change adds the column to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    /// A row may not leave this column null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// A lookup: the column holds the primary key of a row of this table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<String>,
+}
+
+impl Column {
+    /// A plain column of `kind`, without constraints.
+    pub fn new(name: impl Into<String>, kind: ColumnKind) -> Column {
+        Column {
+            name: name.into(),
+            kind,
+            choices: None,
+            default: None,
+            required: false,
+            references: None,
+        }
+    }
+
+    /// Checks a value written to this column (kind, choice list, JSON
+    /// text) and returns it in the column's canonical form.
+    pub fn check(&self, value: Value) -> Result<Value, String> {
+        let value = value.coerce(self.kind)?;
+        if let Value::Text(s) = &value {
+            match self.kind {
+                ColumnKind::Choice => {
+                    let choices = self.choices.as_deref().unwrap_or_default();
+                    if !choices.iter().any(|c| c == s) {
+                        return Err(format!(
+                            "'{}' is not one of the choices ({})",
+                            s.chars().take(64).collect::<String>(),
+                            choices.join(", ")
+                        ));
+                    }
+                }
+                ColumnKind::Json => {
+                    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(s) {
+                        return Err(format!("the text is not a JSON document: {e}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.required && value == Value::Null {
+            return Err("the column is required".into());
+        }
+        Ok(value)
+    }
 }
 
 /// Which rows of a table a device keeps. A row qualifies when any rule of its
@@ -251,6 +324,10 @@ pub struct TableSchema {
     pub name: String,
     pub primary_key: String,
     pub columns: Vec<Column>,
+    /// Indexes the server builds on this table and devices build on the
+    /// columns they hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<ModelIndex>,
 }
 
 impl TableSchema {
@@ -272,47 +349,6 @@ impl DataModel {
     pub fn table(&self, name: &str) -> Option<&TableSchema> {
         self.tables.iter().find(|t| t.name == name)
     }
-
-    /// Checks names and keys.
-    pub fn validate(&self) -> Result<(), Error> {
-        let mut seen = BTreeSet::new();
-        for t in &self.tables {
-            check_identifier(&t.name)?;
-            if !seen.insert(&t.name) {
-                return Err(Error::InvalidProfile(format!(
-                    "table '{}' defined twice",
-                    t.name
-                )));
-            }
-            if t.columns.len() > MAX_COLUMNS_PER_TABLE {
-                return Err(Error::InvalidProfile(format!(
-                    "table '{}' has {} columns; at most {MAX_COLUMNS_PER_TABLE} are allowed",
-                    t.name,
-                    t.columns.len()
-                )));
-            }
-            let mut cols = BTreeSet::new();
-            for c in &t.columns {
-                check_identifier(&c.name)?;
-                if !cols.insert(&c.name) {
-                    return Err(Error::InvalidProfile(format!(
-                        "column '{}.{}' defined twice",
-                        t.name, c.name
-                    )));
-                }
-            }
-            match t.column(&t.primary_key) {
-                Some(c) if c.kind == ColumnKind::Text => {}
-                _ => {
-                    return Err(Error::InvalidProfile(format!(
-                        "table '{}' needs a text primary key column '{}'",
-                        t.name, t.primary_key
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A synced table as a device sees it.
@@ -327,6 +363,10 @@ pub struct SyncTable {
     /// What the profile's users may write here.
     #[serde(default, skip_serializing_if = "WriteRights::is_everything")]
     pub writes: WriteRights,
+    /// The data model's indexes on this table whose columns the device
+    /// holds; the device builds them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_indexes: Vec<ModelIndex>,
     /// Indexes the device keeps on the table (see [`LocalIndex`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub indexes: Vec<LocalIndex>,
@@ -432,6 +472,10 @@ pub struct SyncProfile {
     /// That user's team ("rows of my team"), if any.
     #[serde(default)]
     pub team_id: Option<String>,
+    /// The version of the server's data model the profile was resolved
+    /// against (0 from a server without model versions).
+    #[serde(default)]
+    pub model_version: i64,
     /// Fixed offset of the profile's time zone from UTC, in minutes: "today"
     /// in relative-date filters is the date at this offset.
     #[serde(default)]
@@ -512,6 +556,7 @@ impl OfflineProfile {
             version,
             user_id: user_id.to_owned(),
             team_id: team_id.map(str::to_owned),
+            model_version: 0,
             utc_offset_minutes: self.utc_offset_minutes,
             tables,
         })
@@ -548,8 +593,15 @@ impl OfflineProfile {
                 rules: Vec::with_capacity(t.rules.len()),
                 sync_interval_secs: t.sync_interval_secs,
                 writes: t.writes.clone(),
+                model_indexes: Vec::new(),
                 indexes: t.indexes.clone(),
             };
+            table.model_indexes = schema
+                .indexes
+                .iter()
+                .filter(|ix| ix.columns.iter().all(|c| table.column(c).is_some()))
+                .cloned()
+                .collect();
             if table.indexes.len() > MAX_LOCAL_INDEXES {
                 return Err(Error::InvalidProfile(format!(
                     "table '{}' declares {} local indexes; at most {MAX_LOCAL_INDEXES} are allowed",
@@ -792,15 +844,10 @@ mod tests {
                     name: format!("t{i}"),
                     primary_key: "id".into(),
                     columns: vec![
-                        Column {
-                            name: "id".into(),
-                            kind: ColumnKind::Text,
-                        },
-                        Column {
-                            name: "parent_id".into(),
-                            kind: ColumnKind::Text,
-                        },
+                        Column::new("id", ColumnKind::Text),
+                        Column::new("parent_id", ColumnKind::Text),
                     ],
+                    indexes: Vec::new(),
                 })
                 .collect(),
         }

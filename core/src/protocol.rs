@@ -74,6 +74,8 @@ pub mod codes {
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const PROFILE_CHANGED: &str = "profile_changed";
     pub const INVALID_PROFILE: &str = "invalid_profile";
+    /// A data model (a model file or a published version) is refused.
+    pub const INVALID_MODEL: &str = "invalid_model";
     pub const CONFLICT: &str = "conflict";
     pub const INTERNAL: &str = "internal";
     pub const UNAVAILABLE: &str = "unavailable";

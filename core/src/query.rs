@@ -214,14 +214,12 @@ mod tests {
             primary_key: "id".into(),
             columns: ["id", "status"]
                 .iter()
-                .map(|n| Column {
-                    name: (*n).into(),
-                    kind: ColumnKind::Text,
-                })
+                .map(|n| Column::new(*n, ColumnKind::Text))
                 .collect(),
             rules: vec![RowRule::All],
             sync_interval_secs: 60,
             writes: Default::default(),
+            model_indexes: Vec::new(),
             indexes: Vec::new(),
         }
     }
@@ -253,7 +251,7 @@ mod tests {
         let c = q.compile(&table(), &ctx()).expect("compiles");
         assert!(!c.condition.contains("OR 1=1"), "{}", c.condition);
         assert_eq!(c.params, vec![Value::Text("x' OR 1=1 --".into())]);
-        assert_eq!(c.order, "\"status\" DESC, \"id\" ASC");
+        assert_eq!(c.order, "\"status\" DESC, \"id\" DESC");
         let bad = Query {
             filter: Some(Filter::IsNull {
                 column: "secret".into(),

@@ -22,6 +22,10 @@
 //!    table whose closure contains it syncs with it, so rows selected through
 //!    a relationship arrive together with the rows that select them.
 //!
+//! A periodic background job (the opt-in `background_sync` setting) runs one
+//! step with rule 1's app-active condition lifted and every other rule kept;
+//! [`background_plan`] says which OS jobs a shell keeps scheduled.
+//!
 //! The chosen interval of a table is its profile interval with frequency
 //! "auto", and the longer of the profile interval and the user's interval with
 //! a chosen frequency.
@@ -303,6 +307,58 @@ pub fn decide(input: &SchedulerInput) -> Decision {
     }
 }
 
+/// The OS background work a shell keeps scheduled, as the core decides it.
+/// The shell turns it into OS jobs (JobScheduler, BGTaskScheduler) and
+/// decides nothing of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackgroundPlan {
+    /// A sync of this process is running while the app is in the
+    /// background: keep an OS job that needs a network until it ends, so the
+    /// sync started in the foreground finishes in the background.
+    pub finish_running_sync: bool,
+    /// The opt-in periodic background sync (the `background_sync` setting,
+    /// off by default); `None` when off or when nothing would sync.
+    pub periodic: Option<PeriodicSync>,
+}
+
+/// When the OS may run the periodic background sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodicSync {
+    /// Run about this often, seconds: the shortest effective interval of
+    /// the profile's tables. The OS may run it less often (Android's floor
+    /// is 15 minutes).
+    pub interval_secs: u32,
+    /// Run only on an unmetered network (the user chose Wi-Fi only).
+    pub unmetered_only: bool,
+}
+
+/// The background work to keep scheduled. `background_sync` is the user's
+/// opt-in; `sync_running` is true while a sync of this process runs.
+/// A periodic job exists only with the opt-in, an offline profile and a
+/// frequency other than "manual only"; a job that finishes a running sync
+/// only while that sync runs with the app in the background.
+pub fn background_plan(
+    input: &SchedulerInput,
+    background_sync: bool,
+    sync_running: bool,
+) -> BackgroundPlan {
+    let periodic = if background_sync && input.has_profile {
+        effective_intervals(input)
+            .values()
+            .min()
+            .map(|secs| PeriodicSync {
+                interval_secs: *secs,
+                unmetered_only: input.wifi_only,
+            })
+    } else {
+        None
+    };
+    BackgroundPlan {
+        finish_running_sync: sync_running && !input.app_active,
+        periodic,
+    }
+}
+
 fn order_like_profile(tables: &BTreeSet<String>, input: &SchedulerInput) -> Vec<String> {
     let mut out: Vec<String> = input
         .tables
@@ -411,6 +467,46 @@ mod tests {
             tables: Some(tables.iter().map(|s| s.to_string()).collect()),
             mode,
         }
+    }
+
+    #[test]
+    fn background_plan_follows_the_opt_in_intervals_and_wifi_only() {
+        let mut i = input(0);
+        // Off by default: no periodic job; a sync running in the foreground
+        // needs no job either.
+        assert_eq!(
+            background_plan(&i, false, true),
+            BackgroundPlan {
+                finish_running_sync: false,
+                periodic: None
+            }
+        );
+        // The app went to the background during a sync: keep a job until it ends.
+        i.app_active = false;
+        assert!(background_plan(&i, false, true).finish_running_sync);
+        assert!(!background_plan(&i, false, false).finish_running_sync);
+        // Opted in: the shortest effective interval, unmetered with Wi-Fi only.
+        assert_eq!(
+            background_plan(&i, true, false).periodic,
+            Some(PeriodicSync {
+                interval_secs: 300,
+                unmetered_only: false
+            })
+        );
+        i.wifi_only = true;
+        i.frequency = SyncFrequency::Every { secs: 7200 };
+        assert_eq!(
+            background_plan(&i, true, false).periodic,
+            Some(PeriodicSync {
+                interval_secs: 7200,
+                unmetered_only: true
+            })
+        );
+        i.frequency = SyncFrequency::ManualOnly;
+        assert_eq!(background_plan(&i, true, false).periodic, None);
+        i.frequency = SyncFrequency::Auto;
+        i.has_profile = false;
+        assert_eq!(background_plan(&i, true, false).periodic, None);
     }
 
     #[test]

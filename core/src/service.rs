@@ -162,6 +162,32 @@ pub enum SyncNowOutcome {
     },
 }
 
+/// Which OS background job runs ([`Engine::run_background_job`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackgroundJob {
+    /// Keeps the process alive until the running sync ends
+    /// ([`crate::scheduler::BackgroundPlan::finish_running_sync`]).
+    FinishRunningSync,
+    /// The opt-in periodic background sync
+    /// ([`crate::scheduler::BackgroundPlan::periodic`]).
+    Periodic,
+}
+
+/// How an OS background job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum BackgroundJobOutcome {
+    /// A sync ran to its end and succeeded (the running one, or one the
+    /// periodic job started).
+    Synced,
+    /// The sync failed; `retry` asks the OS to run the job again later (a
+    /// periodic sync that found the network or service unavailable).
+    Failed { message: String, retry: bool },
+    /// Nothing ran; `blocker` says why when the scheduler refused.
+    Idle { blocker: Option<Blocker> },
+}
+
 /// What one scheduler step ran.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScheduledSync {
@@ -274,6 +300,9 @@ impl Engine {
             live.probe_requested = false;
             live.network.last_probe_at = Some(now);
             match &result {
+                // The OS reported the network lost while the probe ran: its
+                // report stands over the probe's late answer.
+                Ok(()) if !live.network.os.connected => {}
                 Ok(()) => {
                     live.network.reachability = Reachability::Available;
                     live.network.message = None;
@@ -425,7 +454,8 @@ impl Engine {
     }
 
     /// Changes one setting by name (`wifi_only`, `online_mode_enabled`,
-    /// `telemetry_enabled`, `frequency`, `smart_sync`) from text.
+    /// `telemetry_enabled`, `frequency`, `smart_sync`, `background_sync`)
+    /// from text.
     pub fn set_setting(&self, name: &str, value: &str) -> Result<SyncSettings> {
         let mut s = self.settings();
         s.set(name, value)?;
@@ -503,7 +533,9 @@ impl Engine {
         } else {
             (SyncIcon::Connected, None)
         };
+        let background = self.background_plan(&live);
         Ok(SyncStatus {
+            background,
             icon,
             message,
             network: live.network.clone(),
@@ -880,6 +912,40 @@ impl Engine {
         })
     }
 
+    /// The OS background work to keep scheduled (part of the status). Only
+    /// intervals matter to it, so the tables' sync state is not read.
+    fn background_plan(&self, live: &Live) -> scheduler::BackgroundPlan {
+        let settings = self.settings();
+        let profile = self.profile();
+        let input = SchedulerInput {
+            now: self.clock.now_ms(),
+            app_active: live.app_active,
+            network_available: live.network.available(),
+            metered: live.network.os.metered,
+            wifi_only: settings.wifi_only,
+            frequency: settings.frequency,
+            has_profile: profile.is_some(),
+            tables: profile
+                .iter()
+                .flat_map(|p| &p.tables)
+                .map(|t| TableTiming {
+                    name: t.name.clone(),
+                    profile_interval_secs: t.sync_interval_secs,
+                    last_success_at: None,
+                    initial_done: false,
+                })
+                .collect(),
+            closure: profile
+                .as_ref()
+                .map(scheduler::dependency_closure)
+                .unwrap_or_default(),
+            sync_now: false,
+            refresh: Vec::new(),
+            retry_at: None,
+        };
+        scheduler::background_plan(&input, settings.background_sync, live.run.is_some())
+    }
+
     /// What the scheduler would do now.
     pub fn scheduler_decision(&self) -> Result<Decision> {
         Ok(scheduler::decide(&self.scheduler_input()?))
@@ -923,6 +989,71 @@ impl Engine {
             skipped_unchanged: report.skipped_unchanged.clone(),
             report,
         }))
+    }
+
+    /// The body of an OS background job. Both kinds first wait for a
+    /// running sync of this process to end (a sync started in the
+    /// foreground finishes in the background). The periodic job then runs
+    /// one scheduler step with the app-active rule lifted, only while the
+    /// `background_sync` setting is on; the network, Wi-Fi only, intervals
+    /// and backoff still apply. A finishing job starts nothing.
+    pub async fn run_background_job(&self, job: BackgroundJob) -> Result<BackgroundJobOutcome> {
+        let running = self.live().run.is_some();
+        if running {
+            // `run_tracked` holds the lock for the whole sync (fair: this
+            // waits for the running one only).
+            drop(self.run_lock.lock().await);
+            let error = self.live().last_error.clone();
+            if job == BackgroundJob::FinishRunningSync || error.is_some() {
+                return Ok(match error {
+                    None => BackgroundJobOutcome::Synced,
+                    Some(message) => BackgroundJobOutcome::Failed {
+                        message,
+                        retry: false,
+                    },
+                });
+            }
+        }
+        if job == BackgroundJob::FinishRunningSync {
+            return Ok(BackgroundJobOutcome::Idle { blocker: None });
+        }
+        if !self.settings().background_sync {
+            return Ok(BackgroundJobOutcome::Idle {
+                blocker: Some(Blocker::AppInactive),
+            });
+        }
+        let check = {
+            let live = self.live();
+            live.network.os.connected && (live.probe_requested || !live.network.available())
+        };
+        if check {
+            self.check_network().await;
+        }
+        let mut input = self.scheduler_input()?;
+        input.app_active = true;
+        let (tables, mode) = match scheduler::decide(&input) {
+            Decision::Wait { blocker, .. } => {
+                return Ok(BackgroundJobOutcome::Idle {
+                    blocker: Some(blocker),
+                });
+            }
+            Decision::Run { tables, mode } => (tables, mode),
+        };
+        {
+            let mut live = self.live();
+            match mode {
+                SyncMode::Refresh => live.refresh.clear(),
+                SyncMode::Forced => live.sync_now = false,
+                _ => {}
+            }
+        }
+        Ok(match self.run_tracked(tables, mode).await {
+            Ok(_) => BackgroundJobOutcome::Synced,
+            Err(e) => BackgroundJobOutcome::Failed {
+                retry: e.kind() == ErrorKind::NetworkUnavailable,
+                message: e.to_string(),
+            },
+        })
     }
 
     /// Starts the background scheduler task on the current tokio runtime

@@ -1,5 +1,6 @@
 //! Sync settings the user chooses on the device (C15): Wi-Fi only, whether
-//! online mode may be used, telemetry, the sync frequency and smart sync.
+//! online mode may be used, telemetry, the sync frequency, smart sync and the
+//! opt-in background sync.
 //!
 //! Settings persist in the store's `_fs_settings` table, one key per setting,
 //! so they survive restarts and a reset of the offline database. Unknown or
@@ -44,6 +45,10 @@ pub struct SyncSettings {
     pub frequency: SyncFrequency,
     /// Skip downloading tables the server reports unchanged. Default on.
     pub smart_sync: bool,
+    /// Opt-in periodic sync while the app is in the background (beyond the
+    /// seed, whose syncs start only while the app is active). Default off.
+    #[serde(default)]
+    pub background_sync: bool,
 }
 
 impl Default for SyncSettings {
@@ -54,17 +59,19 @@ impl Default for SyncSettings {
             telemetry_enabled: true,
             frequency: SyncFrequency::Auto,
             smart_sync: true,
+            background_sync: false,
         }
     }
 }
 
 /// Names of the settings, as the headless device and `_fs_settings` spell them.
-pub const SETTING_NAMES: [&str; 5] = [
+pub const SETTING_NAMES: [&str; 6] = [
     "wifi_only",
     "online_mode_enabled",
     "telemetry_enabled",
     "frequency",
     "smart_sync",
+    "background_sync",
 ];
 
 impl SyncFrequency {
@@ -139,6 +146,7 @@ impl SyncSettings {
             "telemetry_enabled" => self.telemetry_enabled.to_string(),
             "frequency" => self.frequency.to_text(),
             "smart_sync" => self.smart_sync.to_string(),
+            "background_sync" => self.background_sync.to_string(),
             _ => return Err(unknown(name)),
         })
     }
@@ -151,6 +159,7 @@ impl SyncSettings {
             "telemetry_enabled" => self.telemetry_enabled = parse_bool(name, value)?,
             "frequency" => self.frequency = SyncFrequency::parse(value)?,
             "smart_sync" => self.smart_sync = parse_bool(name, value)?,
+            "background_sync" => self.background_sync = parse_bool(name, value)?,
             _ => return Err(unknown(name)),
         }
         Ok(())

@@ -77,6 +77,8 @@ pub struct SyncStatus {
     pub waiting_for: Option<Blocker>,
     /// Consecutive failed syncs (0 after a success).
     pub failures: u32,
+    /// The OS background jobs the shell keeps scheduled now.
+    pub background: crate::scheduler::BackgroundPlan,
 }
 
 /// Receives every change of the sync status.

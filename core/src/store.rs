@@ -676,6 +676,69 @@ fn create_table_sql(table: &SyncTable) -> String {
     )
 }
 
+/// Whether two column lists hold the same columns of the same kinds in
+/// the same order: a data model change that only relaxes a column (more
+/// choices, a new default, no longer required) changes nothing stored.
+fn same_columns(a: &[Column], b: &[Column]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.name == y.name && x.kind == y.kind)
+}
+
+/// Prefix of the indexes the data model declares (see
+/// [`ensure_model_indexes`]).
+const MODEL_INDEX_PREFIX: &str = "_fs_mx_";
+
+/// The local name of a model index: the table name's length keeps two
+/// (table, index) pairs apart.
+fn model_index_name(table: &str, index: &str) -> String {
+    format!("{MODEL_INDEX_PREFIX}{}_{table}_{index}", table.len())
+}
+
+/// Drops the model's indexes of `table` (before columns they name go).
+fn drop_model_indexes(conn: &Connection, table: &str) -> Result<()> {
+    let names: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND substr(name, 1, 7) = ?2",
+        )?
+        .query_map(rusqlite::params![table, MODEL_INDEX_PREFIX], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for n in names {
+        conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", quote_ident(&n)))?;
+    }
+    Ok(())
+}
+
+/// Builds the data model's indexes of `table` the device lacks and drops
+/// the ones the model no longer declares.
+fn ensure_model_indexes(conn: &Connection, table: &SyncTable) -> Result<()> {
+    let wanted: BTreeSet<String> = table
+        .model_indexes
+        .iter()
+        .map(|ix| model_index_name(&table.name, &ix.name))
+        .collect();
+    let have: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND substr(name, 1, 7) = ?2",
+        )?
+        .query_map(rusqlite::params![table.name, MODEL_INDEX_PREFIX], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for n in have.iter().filter(|n| !wanted.contains(*n)) {
+        conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", quote_ident(n)))?;
+    }
+    for ix in &table.model_indexes {
+        let columns: Vec<String> = ix.columns.iter().map(|c| quote_ident(c)).collect();
+        conn.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+            quote_ident(&model_index_name(&table.name, &ix.name)),
+            quote_ident(&table.name),
+            columns.join(", ")
+        ))?;
+    }
+    Ok(())
+}
+
 fn record_error(
     conn: &Connection,
     now: i64,
@@ -999,7 +1062,7 @@ impl Store {
                     change.added_tables.push(table.name.clone());
                 }
                 Some(before)
-                    if before.columns == table.columns
+                    if same_columns(&before.columns, &table.columns)
                         && before.rules == table.rules
                         && before.primary_key == table.primary_key
                         && !(context_changed
@@ -1016,6 +1079,7 @@ impl Store {
                         tx.execute_batch(&create_table_sql(table))?;
                     } else {
                         settle::drop_indexes(&tx, &table.name)?;
+                        drop_model_indexes(&tx, &table.name)?;
                         indexes::drop_local_indexes(&tx, &table.name)?;
                         for c in &before.columns {
                             if table.column(&c.name).is_none() {
@@ -1038,11 +1102,23 @@ impl Store {
                         }
                     }
                     change.removed_rows += remove_unqualified(&tx, table, &ctx)?;
-                    tx.execute(
-                        "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0, walk_order = NULL WHERE name = ?1",
-                        [&table.name],
-                    )?;
-                    change.resynced_tables.push(table.name.clone());
+                    // Columns only dropped, rules and key as they were: the
+                    // rows held are still the rows to hold, each with its
+                    // remaining values; nothing to download again.
+                    let only_dropped = before.primary_key == table.primary_key
+                        && before.rules == table.rules
+                        && !context_changed
+                        && table
+                            .columns
+                            .iter()
+                            .all(|c| before.column(&c.name).is_some_and(|b| b.kind == c.kind));
+                    if !only_dropped {
+                        tx.execute(
+                            "UPDATE _fs_tables SET cursor = '', initial_done = 0, expected_rows = NULL, received_rows = 0, walk_order = NULL WHERE name = ?1",
+                            [&table.name],
+                        )?;
+                        change.resynced_tables.push(table.name.clone());
+                    }
                 }
             }
         }
@@ -1099,6 +1175,9 @@ impl Store {
         }
         put_meta(&tx, "profile", &serde_json::to_string(new)?)?;
         settle::install_triggers(&tx, new)?;
+        for table in &new.tables {
+            ensure_model_indexes(&tx, table)?;
+        }
         // A new profile can change what reaches any row: the next settling
         // evaluates every row.
         tx.execute("UPDATE _fs_tables SET settle_all = 1", [])?;

@@ -592,7 +592,7 @@ async fn settle_related(
 fn related_value(key: &str, kind: crate::profile::ColumnKind) -> Option<Value> {
     use crate::profile::ColumnKind as K;
     match kind {
-        K::Text | K::Date | K::DateTime => Some(Value::Text(key.to_owned())),
+        K::Text | K::Date | K::DateTime | K::Json | K::Choice => Some(Value::Text(key.to_owned())),
         K::Integer => key.parse().ok().map(Value::Integer),
         K::Real => key.parse().ok().map(Value::Real),
         K::Boolean => match key {

@@ -110,6 +110,11 @@ impl Engine {
                 }
             };
             Engine::check_rights(&table, op, &fields)?;
+            let fields = if op == Op::Insert {
+                Engine::with_defaults(&table, fields)?
+            } else {
+                fields
+            };
             local.push(LocalWrite {
                 table,
                 id: w.id,

@@ -75,9 +75,11 @@ impl Value {
             return Ok(Value::Null);
         }
         match kind {
-            ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime => {
-                Value::Text(text.to_owned()).coerce(kind)
-            }
+            ColumnKind::Text
+            | ColumnKind::Date
+            | ColumnKind::DateTime
+            | ColumnKind::Json
+            | ColumnKind::Choice => Value::Text(text.to_owned()).coerce(kind),
             ColumnKind::Integer => text
                 .trim()
                 .parse::<i64>()
@@ -100,7 +102,14 @@ impl Value {
     pub fn coerce(self, kind: ColumnKind) -> Result<Value, String> {
         match (kind, self) {
             (_, Value::Null) => Ok(Value::Null),
-            (ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime, Value::Text(s)) => {
+            (
+                ColumnKind::Text
+                | ColumnKind::Date
+                | ColumnKind::DateTime
+                | ColumnKind::Json
+                | ColumnKind::Choice,
+                Value::Text(s),
+            ) => {
                 if matches!(kind, ColumnKind::Date) && !crate::time::is_date(&s) {
                     return Err(format!("'{s}' is not a date (YYYY-MM-DD)"));
                 }
@@ -129,7 +138,7 @@ impl Value {
     pub fn converted_for(&self, kind: ColumnKind) -> Result<Option<Value>, String> {
         match (kind, self) {
             (_, Value::Null) => Ok(None),
-            (ColumnKind::Text, Value::Text(_)) => Ok(None),
+            (ColumnKind::Text | ColumnKind::Json | ColumnKind::Choice, Value::Text(_)) => Ok(None),
             (ColumnKind::Date, Value::Text(s)) if crate::time::is_date(s) => Ok(None),
             (ColumnKind::DateTime, Value::Text(s)) if crate::time::is_datetime(s) => Ok(None),
             (ColumnKind::Integer, Value::Integer(_)) => Ok(None),

@@ -111,6 +111,7 @@ pub fn filter_table() -> &'static SyncTable {
             rules: vec![],
             sync_interval_secs: 300,
             writes: Default::default(),
+            model_indexes: Vec::new(),
             indexes: Vec::new(),
         }
     })

@@ -248,8 +248,9 @@ pub async fn pull(
                 ),
             ));
         }
+        let known = db.model()?.model.table(&q.table).is_some();
         let table = profile.table(&q.table).ok_or_else(|| {
-            if db.model().table(&q.table).is_some() {
+            if known {
                 ApiError::forbidden(format!(
                     "table '{}' is not in your offline profile",
                     q.table
@@ -322,8 +323,9 @@ pub async fn fetch(
                 ),
             ));
         }
+        let known = db.model()?.model.table(&request.table).is_some();
         let table = profile.table(&request.table).ok_or_else(|| {
-            if db.model().table(&request.table).is_some() {
+            if known {
                 ApiError::forbidden(format!(
                     "table '{}' is not in your offline profile",
                     request.table
@@ -407,7 +409,7 @@ pub async fn get_record(
     let db = app.db.clone();
     let (t, i) = (table.clone(), id.clone());
     let (row, version) = blocking(move || {
-        if db.model().table(&t).is_none() {
+        if db.model()?.model.table(&t).is_none() {
             return Err(ApiError::bad_request(
                 codes::UNKNOWN_TABLE,
                 format!("unknown table '{t}'"),
@@ -499,7 +501,7 @@ pub async fn list_records(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let t = table.clone();
     let rows = blocking(move || {
-        if db.model().table(&t).is_none() {
+        if db.model()?.model.table(&t).is_none() {
             return Err(ApiError::bad_request(
                 codes::UNKNOWN_TABLE,
                 format!("unknown table '{t}'"),
@@ -508,15 +510,17 @@ pub async fn list_records(
         let profile = db.sync_profile(&user)?;
         let online = crate::online::online_tables(&db)?;
         let scope = scope_of(&user, &profile, &t, &online)?;
+        let in_force = db.model()?;
         let filter = parse_filter(
             q.filter.as_deref(),
-            db.model()
+            in_force
+                .model
                 .table(&t)
                 .ok_or_else(|| ApiError::internal("table vanished"))?,
             scope.as_ref(),
         )?;
-        let pk = db
-            .model()
+        let pk = in_force
+            .model
             .table(&t)
             .map(|s| s.primary_key.clone())
             .unwrap_or_default();
@@ -899,13 +903,51 @@ pub async fn put_profile(
     Ok(Json(PublishedProfile { version, profile }))
 }
 
-/// `GET /v1/admin/model`: the data model profiles may use.
+/// `GET /v1/admin/model`: the data model in force (the one profiles may
+/// use), with its version.
 pub async fn model(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-) -> ApiResult<Json<fieldsync_core::profile::DataModel>> {
+) -> ApiResult<Json<crate::model::ModelVersion>> {
     authenticate_admin(&app, &headers).await?;
-    Ok(Json(app.db.model().clone()))
+    let db = app.db.clone();
+    let in_force = blocking(move || db.model()).await?;
+    Ok(Json((*in_force).clone()))
+}
+
+/// `PUT /v1/admin/model`: publishes a new version of the data model; the
+/// server migrates its tables at once and devices follow at their next
+/// sync. A model that cannot follow the one in force is refused with
+/// `invalid_model`, naming the problem.
+pub async fn publish_model(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<crate::model::Published>> {
+    authenticate_admin(&app, &headers).await?;
+    let mut raw: serde_json::Value = read_json(&app, &headers, body).await?;
+    // What `GET /v1/admin/model` answers may come back edited: its version
+    // fields are the server's to set.
+    if let Some(fields) = raw.as_object_mut() {
+        for key in ["version", "published_at", "source", "changes"] {
+            fields.remove(key);
+        }
+    }
+    let model = fieldsync_core::profile::DataModel::parse(&raw.to_string())?;
+    let db = app.db.clone();
+    let published = blocking(move || db.publish_model(&model, crate::model::SOURCE_ADMIN)).await?;
+    Ok(Json(published))
+}
+
+/// `GET /v1/admin/model/versions`: every version of the data model,
+/// newest first.
+pub async fn model_versions(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<crate::model::ModelVersion>>> {
+    authenticate_admin(&app, &headers).await?;
+    let db = app.db.clone();
+    Ok(Json(blocking(move || db.model_versions()).await?))
 }
 
 /// `GET /v1/admin/devices`.
@@ -921,6 +963,34 @@ pub async fn devices(
 #[derive(Debug, Serialize)]
 pub struct SeedResult {
     rows: BTreeMap<String, usize>,
+}
+
+/// Sample data is the Field Service model's: refused, naming what is
+/// missing, when the model in force lacks one of its tables or columns.
+fn check_seedable(model: &fieldsync_core::profile::DataModel) -> ApiResult<()> {
+    for t in crate::field_service_model().tables {
+        let Some(have) = model.table(&t.name) else {
+            return Err(ApiError::bad_request(
+                codes::BAD_REQUEST,
+                format!(
+                    "sample data is for the Field Service model, and the data model in force has no table '{}'",
+                    t.name
+                ),
+            ));
+        };
+        for c in &t.columns {
+            if have.column(&c.name).map(|h| h.kind) != Some(c.kind) {
+                return Err(ApiError::bad_request(
+                    codes::BAD_REQUEST,
+                    format!(
+                        "sample data is for the Field Service model, and the data model in force has no {:?} column '{}.{}'",
+                        c.kind, t.name, c.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `POST /v1/admin/seed`: writes generated field-service data (demo, tests).
@@ -948,6 +1018,7 @@ pub async fn seed(
     }
     let db = app.db.clone();
     let rows = blocking(move || {
+        check_seedable(&db.model()?.model)?;
         let mut counts = BTreeMap::new();
         for (table, rows) in generate(&spec, db.now_ms()) {
             for chunk in rows.chunks(10_000) {

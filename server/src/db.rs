@@ -70,7 +70,7 @@ use crate::selection::Walked;
 use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Whether a device id is one the server records (1 to 128 bytes): the
 /// `x-fieldsync-device-id` header is read only within this bound, and the
@@ -571,7 +571,9 @@ pub struct SelectionCacheStats {
 /// Server storage.
 pub struct Db {
     clock: Arc<dyn Clock>,
-    model: DataModel,
+    /// The data model in force, as this instance last read it (see
+    /// [`Db::model`]).
+    model: std::sync::RwLock<crate::model::Shared>,
     backend: Backend,
     /// Related rules' selected values, kept between the pages of first
     /// downloads (see [`crate::selection`]).
@@ -658,6 +660,20 @@ fn unstorable_text<'a>(
     data.into_iter()
         .find(|(_, v)| matches!(v, Value::Text(t) if t.contains('\0')))
         .map(|(k, _)| k)
+}
+
+/// The first required column without a default that a new row's `data`
+/// leaves without a value.
+fn missing_required<'a>(
+    schema: &'a TableSchema,
+    data: &BTreeMap<String, Value>,
+) -> Option<&'a str> {
+    schema
+        .columns
+        .iter()
+        .filter(|c| c.required && c.default.is_none() && c.name != schema.primary_key)
+        .find(|c| data.get(&c.name).is_none_or(|v| *v == Value::Null))
+        .map(|c| c.name.as_str())
 }
 
 /// Approximate size of a row's values, for the row size limit.
@@ -796,34 +812,48 @@ pub(crate) fn count_seq(
     Ok(n.max(0) as u64)
 }
 
-/// Creates the schema and the default profile in a fresh transaction.
+/// Creates the schema and the default profile in a fresh transaction; the
+/// model in force.
 fn prepare(
     c: &mut dyn Conn,
     model: &DataModel,
     default_profile: &OfflineProfile,
     now: &str,
-) -> ApiResult<()> {
-    prepare_schema(c, model, default_profile, now)?;
+) -> ApiResult<crate::model::ModelVersion> {
+    let in_force = prepare_schema(c, model, default_profile, now)?;
     for profile in stored_profiles(c)? {
-        schema::ensure_rule_indexes(c, model, &profile)?;
+        schema::ensure_rule_indexes(c, &in_force.model, &profile)?;
     }
-    Ok(())
+    Ok(in_force)
 }
 
-/// The schema and the default profile, without the rules' indexes.
+/// The schema, the model in force (`model` is the one given at start, see
+/// [`crate::model::at_start`]) and the default profile, without the
+/// rules' indexes.
 fn prepare_schema(
     c: &mut dyn Conn,
     model: &DataModel,
     default_profile: &OfflineProfile,
     now: &str,
-) -> ApiResult<()> {
-    schema::migrate(c, model)?;
+) -> ApiResult<crate::model::ModelVersion> {
+    schema::migrate_own(c)?;
+    let in_force = crate::model::at_start(c, model, now)?;
+    schema::apply_model(c, &in_force.model, None)?;
+    let model = &in_force.model;
     let has_profile = c.exists(
         "SELECT 1 FROM _fs_profiles WHERE name = ?",
         &[text(default_profile.name.clone())],
     )?;
+    if !has_profile && default_profile.validate(model).is_err() {
+        // A company's own model without the Field Service tables: users
+        // are given a profile of that model by name.
+        tracing::info!(
+            profile = %default_profile.name,
+            "the built-in profile does not fit the data model in force; not stored"
+        );
+        return Ok(in_force);
+    }
     if !has_profile {
-        default_profile.validate(model)?;
         let body = serde_json::to_string(default_profile)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         c.execute(
@@ -831,7 +861,7 @@ fn prepare_schema(
             &[text(default_profile.name.clone()), text(body), text(now)],
         )?;
     }
-    Ok(())
+    Ok(in_force)
 }
 
 /// Every stored profile that parses (one that no longer does is reported
@@ -882,7 +912,7 @@ impl Db {
     ) -> ApiResult<Db> {
         model.validate()?;
         let now = format_datetime(clock.now_ms());
-        let backend = match url {
+        let (backend, in_force) = match url {
             DatabaseUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
@@ -891,13 +921,16 @@ impl Db {
                 }
                 let mut writer = open_connection(path)?;
                 let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                prepare(&mut SqliteConn(&tx), &model, default_profile, &now)?;
+                let in_force = prepare(&mut SqliteConn(&tx), &model, default_profile, &now)?;
                 tx.commit()?;
-                Backend::Sqlite {
-                    path: path.clone(),
-                    writer: Mutex::new(writer),
-                    readers: Mutex::new(Vec::new()),
-                }
+                (
+                    Backend::Sqlite {
+                        path: path.clone(),
+                        writer: Mutex::new(writer),
+                        readers: Mutex::new(Vec::new()),
+                    },
+                    in_force,
+                )
             }
             DatabaseUrl::Postgres(url) => {
                 // The blocking client runs its own small runtime: connect on
@@ -915,7 +948,7 @@ impl Db {
         };
         Ok(Db {
             clock,
-            model,
+            model: std::sync::RwLock::new(Arc::new(in_force)),
             backend,
             selections: Default::default(),
         })
@@ -951,29 +984,33 @@ impl Db {
         model: &DataModel,
         default_profile: &OfflineProfile,
         now: &str,
-    ) -> ApiResult<Backend> {
+    ) -> ApiResult<(Backend, crate::model::ModelVersion)> {
         let config: postgres::Config = url
             .parse()
             .map_err(|e| ApiError::internal(format!("the PostgreSQL URL does not parse: {e}")))?;
         let pool = PgPool::new(config, tls);
         let mut client = pool.get()?;
         Self::take_migration_lock(&mut client)?;
-        let migrated = (|| -> ApiResult<()> {
+        let migrated = (|| -> ApiResult<crate::model::ModelVersion> {
             client.batch_execute("BEGIN")?;
             let done = prepare_schema(&mut PgConn::new(&mut client), model, default_profile, now)
-                .and_then(|()| stored_profiles(&mut PgConn::new(&mut client)));
+                .and_then(|in_force| {
+                    Ok((in_force, stored_profiles(&mut PgConn::new(&mut client))?))
+                });
             client.batch_execute(if done.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
             // The rules' indexes after the commit, concurrently: instances
             // already serving keep writing while they build.
-            for profile in done? {
-                schema::build_rule_indexes_concurrently(&mut client, model, &profile)?;
+            let (in_force, profiles) = done?;
+            schema::build_model_indexes_concurrently(&mut client, &in_force.model)?;
+            for profile in profiles {
+                schema::build_rule_indexes_concurrently(&mut client, &in_force.model, &profile)?;
             }
-            Ok(())
+            Ok(in_force)
         })();
         client.execute("SELECT pg_advisory_unlock($1)", &[&PG_MIGRATION_LOCK])?;
-        migrated?;
+        let in_force = migrated?;
         pool.put(client);
-        Ok(Backend::Postgres(pool))
+        Ok((Backend::Postgres(pool), in_force))
     }
 
     /// Runs `f` on a PostgreSQL connection outside any transaction (tests).
@@ -1067,9 +1104,63 @@ impl Db {
         profile.filter_context(self.clock.now_ms())
     }
 
-    /// The data model.
-    pub fn model(&self) -> &DataModel {
-        &self.model
+    /// The data model in force. A version another instance published is
+    /// read on the first call after it (one small read of the newest
+    /// version's number per call).
+    pub fn model(&self) -> ApiResult<crate::model::Shared> {
+        let newest = self.read(crate::model::latest_number)?;
+        self.model_at(newest)
+    }
+
+    /// The model in force, knowing the newest version is `newest`: the
+    /// cached one unless another instance published a newer one.
+    fn model_at(&self, newest: i64) -> ApiResult<crate::model::Shared> {
+        let cached = self.cached_model();
+        if newest <= cached.version {
+            return Ok(cached);
+        }
+        match self.read(|c| crate::model::version(c, newest))? {
+            Some(v) => {
+                let v = Arc::new(v);
+                let mut slot = self.model.write().unwrap_or_else(|p| p.into_inner());
+                if slot.version < v.version {
+                    *slot = v.clone();
+                }
+                Ok(slot.clone())
+            }
+            None => Ok(cached),
+        }
+    }
+
+    /// The data model as this instance last read it.
+    pub fn cached_model(&self) -> crate::model::Shared {
+        self.model.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every version of the data model, newest first.
+    pub fn model_versions(&self) -> ApiResult<Vec<crate::model::ModelVersion>> {
+        self.read(crate::model::versions)
+    }
+
+    /// Publishes `model` as the next version (see [`crate::model`]): the
+    /// data tables are migrated in the same transaction.
+    pub fn publish_model(
+        &self,
+        model: &DataModel,
+        source: &str,
+    ) -> ApiResult<crate::model::Published> {
+        let now = self.now_text();
+        let published = self.write(|c| crate::model::publish_in(c, model, source, &now))?;
+        if let Backend::Postgres(pool) = &self.backend {
+            // After the commit, concurrently: the tables stay readable
+            // and writable while their new indexes build.
+            let mut client = pool.get()?;
+            let built = schema::build_model_indexes_concurrently(&mut client, model);
+            pool.put(client);
+            built?;
+        }
+        self.model()?;
+        Ok(published)
     }
 
     /// The SQL dialect of the back end.
@@ -1132,7 +1223,8 @@ impl Db {
                 loop {
                     attempt += 1;
                     let mut client = pool.get()?;
-                    let (out, retryable) = Self::pg_write_once(&mut client, &self.model, &mut f);
+                    let model = self.cached_model();
+                    let (out, retryable) = Self::pg_write_once(&mut client, &model.model, &mut f);
                     pool.put(client);
                     match out {
                         Err(_) if retryable && attempt < PG_WRITE_ATTEMPTS => {
@@ -1398,7 +1490,9 @@ impl Db {
 
     /// Validates and publishes a profile; returns its new version.
     pub fn put_profile(&self, profile: &OfflineProfile) -> ApiResult<i64> {
-        profile.validate(&self.model)?;
+        let in_force = self.model()?;
+        let model = &in_force.model;
+        profile.validate(model)?;
         self.check_rule_parameters(profile)?;
         let body = serde_json::to_string(profile).map_err(|e| ApiError::internal(e.to_string()))?;
         if self.dialect() == Dialect::Postgres && body.contains("\\u0000") {
@@ -1409,12 +1503,22 @@ impl Db {
         }
         if let Backend::Postgres(pool) = &self.backend {
             let mut client = pool.get()?;
-            let built = schema::build_rule_indexes_concurrently(&mut client, &self.model, profile);
+            let built = schema::build_rule_indexes_concurrently(&mut client, model, profile);
             pool.put(client);
             built?;
         }
         self.write(|c| {
-            schema::ensure_rule_indexes(c, &self.model, profile)?;
+            // The model may not change under the profile: a publication
+            // checks the stored profiles, so the two take turns.
+            crate::model::guard(c)?;
+            if crate::model::latest_number(c)? != in_force.version {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    codes::CONFLICT,
+                    "the data model changed while the profile was checked; send it again",
+                ));
+            }
+            schema::ensure_rule_indexes(c, model, profile)?;
             let current = c.query_opt(
                 "SELECT version, body FROM _fs_profiles WHERE name = ?",
                 &[text(profile.name.clone())],
@@ -1447,7 +1551,7 @@ impl Db {
     /// 500. A table's count includes the values of the tables its related
     /// rules reach.
     fn check_rule_parameters(&self, profile: &OfflineProfile) -> ApiResult<()> {
-        let resolved = profile.resolve(&self.model, 1, "_fs_check", Some("_fs_check"))?;
+        let resolved = profile.resolve(&self.model()?.model, 1, "_fs_check", Some("_fs_check"))?;
         let ctx = resolved.filter_context(self.now_ms());
         for table in &resolved.tables {
             let n = rules::compile_in(self.dialect(), &resolved, table, &ctx)
@@ -1468,10 +1572,26 @@ impl Db {
 
     /// The profile issued to a user, resolved against the data model.
     pub fn sync_profile(&self, user: &User) -> ApiResult<SyncProfile> {
-        let (profile, version) = self.profile(&user.profile)?.ok_or_else(|| {
+        // The profile and the newest model version in one read: every
+        // request of a device resolves its profile.
+        let (row, newest) = self.read(|c| {
+            let row = c.query_opt(
+                "SELECT body, version FROM _fs_profiles WHERE name = ?",
+                &[text(user.profile.clone())],
+            )?;
+            Ok((row, crate::model::latest_number(c)?))
+        })?;
+        let row = row.ok_or_else(|| {
             ApiError::internal(format!("user's profile '{}' is missing", user.profile))
         })?;
-        Ok(profile.resolve(&self.model, version, &user.id, user.team_id.as_deref())?)
+        let profile: OfflineProfile = serde_json::from_str(&row.text(0)?)
+            .map_err(|e| ApiError::internal(format!("stored profile: {e}")))?;
+        let version = row.i64(1)?;
+        let in_force = self.model_at(newest)?;
+        let mut resolved =
+            profile.resolve(&in_force.model, version, &user.id, user.team_id.as_deref())?;
+        resolved.model_version = in_force.version;
+        Ok(resolved)
     }
 
     /// A server setting.
@@ -1695,7 +1815,7 @@ impl Db {
             } else if cursor.phase == Phase::Changes {
                 let selection = crate::selection::Scope {
                     dialect,
-                    model: &self.model,
+                    model: &self.cached_model().model,
                     profile,
                     ctx: &profile.filter_context(now),
                     hwm,
@@ -1880,10 +2000,18 @@ impl Db {
 
     // ---- rows --------------------------------------------------------------
 
-    fn schema(&self, table: &str) -> ApiResult<&TableSchema> {
-        self.model.table(table).ok_or_else(|| {
-            ApiError::bad_request(codes::UNKNOWN_TABLE, format!("unknown table '{table}'"))
-        })
+    /// A table of the model as this instance last read it: the request
+    /// resolved its profile (or read the model) first, which reads a newer
+    /// version; this runs inside write transactions, where another read
+    /// would take a second connection.
+    fn schema(&self, table: &str) -> ApiResult<TableSchema> {
+        self.cached_model()
+            .model
+            .table(table)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::bad_request(codes::UNKNOWN_TABLE, format!("unknown table '{table}'"))
+            })
     }
 
     fn read_row(c: &mut dyn Conn, schema: &TableSchema, id: &str) -> ApiResult<Option<StoredRow>> {
@@ -2090,9 +2218,12 @@ impl Db {
                             names.push(quote_ident(&col.name));
                             values.push(v.clone());
                         }
+                        // A new row takes the model's default for a
+                        // column not sent (a device that has not learned
+                        // the column yet sends none).
                         None if replace => {
                             names.push(quote_ident(&col.name));
-                            values.push(Value::Null);
+                            values.push(col.default.clone().unwrap_or(Value::Null));
                         }
                         None => {}
                     }
@@ -2325,7 +2456,8 @@ impl Db {
         table: &str,
         id: &str,
     ) -> ApiResult<(i64, Option<BTreeMap<String, Value>>)> {
-        let (Some(t), Some(schema)) = (profile.table(table), self.model.table(table)) else {
+        let in_force = self.cached_model();
+        let (Some(t), Some(schema)) = (profile.table(table), in_force.model.table(table)) else {
             return Ok((0, None));
         };
         match Self::read_row(c, schema, id)? {
@@ -2597,7 +2729,7 @@ impl Db {
             )
             .into());
         };
-        let schema = self.schema(&m.table)?;
+        let schema = &self.schema(&m.table)?;
         if m.id.is_empty() || m.id.len() > 256 {
             return Err(
                 Rejection::new(codes::BAD_REQUEST, "a record id is 1 to 256 characters").into(),
@@ -2663,9 +2795,8 @@ impl Db {
                     format!("column '{name}' is not synced for table '{}'", m.table),
                 ));
             };
-            let v = value
-                .clone()
-                .coerce(column.kind)
+            let v = column
+                .check(value.clone())
                 .map_err(|e| reject(codes::INVALID_VALUE, format!("column '{name}': {e}")))?;
             data.insert(name.clone(), v);
         }
@@ -2677,6 +2808,15 @@ impl Db {
         }
         if let Some(message) = table.writes.refusal(table, m.op, data.keys()) {
             return Err(reject(codes::FORBIDDEN, message));
+        }
+        if m.op == Op::Insert
+            && !exists
+            && let Some(col) = missing_required(schema, &data)
+        {
+            return Err(reject(
+                codes::INVALID_VALUE,
+                format!("column '{col}': the column is required"),
+            ));
         }
         if m.op != Op::Delete
             && let Some(message) = self.reach_gained(c, profile, table, current.as_ref(), &data)?
@@ -2800,7 +2940,7 @@ impl Db {
         id: &str,
         scope: Option<(&SyncProfile, &SyncTable, &str)>,
     ) -> ApiResult<Option<(BTreeMap<String, Value>, i64)>> {
-        let schema = self.schema(table)?;
+        let schema = &self.schema(table)?;
         self.read(|c| {
             let Some(row) = Self::read_row(c, schema, id)? else {
                 return Ok(None);
@@ -2829,7 +2969,7 @@ impl Db {
         scope: Option<(&SyncProfile, &SyncTable, &str)>,
         filter: &[(String, Value)],
     ) -> ApiResult<Vec<(BTreeMap<String, Value>, i64)>> {
-        let schema = self.schema(table)?;
+        let schema = &self.schema(table)?;
         let limit = limit.clamp(1, 1000);
         let cols: Vec<String> = schema
             .columns
@@ -2906,7 +3046,7 @@ impl Db {
         base_version: Option<i64>,
         user_id: &str,
     ) -> ApiResult<RecordWritten> {
-        let schema = self.schema(table)?;
+        let schema = &self.schema(table)?;
         if id.is_empty() || id.len() > 256 {
             return Err(ApiError::bad_request(
                 codes::BAD_REQUEST,
@@ -2940,7 +3080,7 @@ impl Db {
             }
             clean.insert(
                 name.clone(),
-                value.clone().coerce(col.kind).map_err(|e| {
+                col.check(value.clone()).map_err(|e| {
                     ApiError::bad_request(codes::INVALID_VALUE, format!("column '{name}': {e}"))
                 })?,
             );
@@ -2953,6 +3093,14 @@ impl Db {
         }
         self.write(|c| {
             let current = Self::read_row(c, schema, id)?;
+            if current.as_ref().is_none_or(|r| r.deleted)
+                && let Some(col) = missing_required(schema, &clean)
+            {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_VALUE,
+                    format!("column '{col}': the column is required"),
+                ));
+            }
             let size = merged_size(current.as_ref(), &clean);
             if size > MAX_ROW_BYTES {
                 return Err(ApiError::new(
@@ -3014,7 +3162,7 @@ impl Db {
         base_version: Option<i64>,
         user_id: &str,
     ) -> ApiResult<bool> {
-        let schema = self.schema(table)?;
+        let schema = &self.schema(table)?;
         self.write(|c| {
             let current = match Self::read_row(c, schema, id)? {
                 Some(r) if !r.deleted => r,
@@ -3043,7 +3191,7 @@ impl Db {
         table: &str,
         rows: &[(String, BTreeMap<String, Value>)],
     ) -> ApiResult<()> {
-        let schema = self.schema(table)?;
+        let schema = &self.schema(table)?;
         self.write(|c| {
             for (id, data) in rows {
                 self.apply_write(c, schema, id, Some((data, true)), None, None)?;

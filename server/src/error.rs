@@ -105,6 +105,7 @@ impl From<fieldsync_core::Error> for ApiError {
                 format!("unknown column '{column}' in table '{table}'"),
             ),
             E::InvalidProfile(m) => ApiError::bad_request(codes::INVALID_PROFILE, m),
+            E::InvalidModel(m) => ApiError::bad_request(codes::INVALID_MODEL, m),
             E::InvalidInput(m) => ApiError::bad_request(codes::BAD_REQUEST, m),
             other => ApiError::internal(other.to_string()),
         }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
+pub mod model;
 pub mod observe;
 pub mod online;
 pub mod page;
@@ -98,6 +99,11 @@ pub struct ServerConfig {
     pub sign_in_limits: limits::SignInLimits,
     /// When set, `GET /metrics` asks for this bearer token; open without it.
     pub metrics_token: Option<String>,
+    /// The company's data model (`--model FILE`); `None` is the built-in
+    /// Field Service model. Published as a new version at start when it
+    /// differs from the model the database last started with (see
+    /// [`model`]).
+    pub model: Option<DataModel>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -141,6 +147,7 @@ impl ServerConfig {
             behind_tls_proxy: false,
             sign_in_limits: limits::SignInLimits::default(),
             metrics_token: None,
+            model: None,
         }
     }
 }
@@ -212,7 +219,7 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     };
     let db = Db::open_url(
         &url,
-        field_service_model(),
+        config.model.clone().unwrap_or_else(field_service_model),
         &profile,
         config.database_ca_pem.as_deref(),
         config.clock.clone(),
@@ -266,7 +273,8 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
             "/v1/admin/profiles/{name}",
             get(api::get_profile).put(api::put_profile),
         )
-        .route("/v1/admin/model", get(api::model))
+        .route("/v1/admin/model", get(api::model).put(api::publish_model))
+        .route("/v1/admin/model/versions", get(api::model_versions))
         .route("/v1/admin/devices", get(api::devices))
         .route("/v1/admin/seed", post(api::seed))
         .route("/v1/admin/telemetry", get(telemetry::admin_list))

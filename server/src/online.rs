@@ -43,7 +43,7 @@ pub fn online_tables(db: &Db) -> ApiResult<Vec<String>> {
 /// Replaces the online-access allow-list (every name must be a model table).
 pub fn set_online_tables(db: &Db, tables: &[String]) -> ApiResult<()> {
     for t in tables {
-        if db.model().table(t).is_none() {
+        if db.model()?.model.table(t).is_none() {
             return Err(ApiError::bad_request(
                 codes::UNKNOWN_TABLE,
                 format!("unknown table '{t}'"),

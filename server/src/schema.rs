@@ -15,7 +15,10 @@
 use std::collections::BTreeSet;
 
 use fieldsync_core::Value;
-use fieldsync_core::profile::{DataModel, OfflineProfile, RowRule, TableSchema, quote_ident};
+use fieldsync_core::model::default_literal;
+use fieldsync_core::profile::{
+    Column, DataModel, OfflineProfile, RowRule, TableSchema, quote_ident,
+};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
@@ -281,6 +284,28 @@ CREATE INDEX IF NOT EXISTS _fs_sync_errors_at ON _fs_sync_errors (at);
     },
     Migration {
         version: 5,
+        description: "data model versions: each published model, where it came from and when",
+        sqlite: r#"
+CREATE TABLE IF NOT EXISTS _fs_models (
+    version INTEGER PRIMARY KEY NOT NULL,
+    body TEXT NOT NULL,
+    source TEXT NOT NULL,
+    published_at TEXT NOT NULL,
+    changes TEXT NOT NULL DEFAULT '[]'
+);
+"#,
+        postgres: r#"
+CREATE TABLE IF NOT EXISTS _fs_models (
+    version BIGINT PRIMARY KEY NOT NULL,
+    body TEXT NOT NULL,
+    source TEXT NOT NULL,
+    published_at TEXT NOT NULL,
+    changes TEXT NOT NULL DEFAULT '[]'
+);
+"#,
+    },
+    Migration {
+        version: 6,
         description: "a retry of a Sync Errors entry keeps its outcome (applied, or failed and why)",
         sqlite: r#"
 ALTER TABLE _fs_sync_error_retries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'applied';
@@ -292,7 +317,7 @@ ALTER TABLE _fs_sync_error_retries ADD COLUMN IF NOT EXISTS message TEXT;
 "#,
     },
     Migration {
-        version: 6,
+        version: 7,
         description: "telemetry keeps a sync's conflicts, rejected changes and the pending uploads left",
         sqlite: r#"
 ALTER TABLE _fs_telemetry ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
@@ -315,6 +340,82 @@ pub fn latest_version() -> i64 {
 /// Applies the migrations the database lacks and brings the data model's
 /// tables up to date. Runs inside the caller's transaction.
 pub fn migrate(c: &mut dyn Conn, model: &DataModel) -> ApiResult<i64> {
+    let latest = migrate_own(c)?;
+    apply_model(c, model, None)?;
+    Ok(latest)
+}
+
+/// Brings the data model's tables to `model`: creates the tables it gained,
+/// adds the columns it gained (existing rows take the column's default),
+/// builds its indexes and drops the indexes `before` had and it has not.
+/// Columns and tables it dropped stay in the database (their data is kept;
+/// no profile can name them). Runs inside the caller's transaction. On
+/// PostgreSQL the indexes are left to [`build_model_indexes_concurrently`]
+/// after the commit: a `CREATE INDEX` in the transaction would hold off
+/// every read and write of the table (the `ALTER TABLE` lock) until it is
+/// built.
+pub fn apply_model(
+    c: &mut dyn Conn,
+    model: &DataModel,
+    before: Option<&DataModel>,
+) -> ApiResult<()> {
+    for t in &model.tables {
+        data_table(c, t)?;
+    }
+    if let Some(before) = before {
+        for t in &before.tables {
+            for ix in &t.indexes {
+                let kept = model.table(&t.name).is_some_and(|n| n.indexes.contains(ix));
+                if !kept {
+                    c.batch(&format!(
+                        "DROP INDEX IF EXISTS {}",
+                        quote_ident(&model_index_name(&t.name, &ix.columns))
+                    ))?;
+                }
+            }
+        }
+    }
+    if c.dialect() == Dialect::Postgres {
+        return Ok(());
+    }
+    for t in &model.tables {
+        for ix in &t.indexes {
+            c.batch(&create_index_sql(
+                "CREATE INDEX",
+                &model_index_name(&t.name, &ix.columns),
+                &t.name,
+                &ix.columns,
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// PostgreSQL: builds the data model's indexes the database lacks with
+/// `CREATE INDEX CONCURRENTLY`, outside any transaction, so the table is
+/// read and written meanwhile (see [`build_rule_indexes_concurrently`]).
+pub fn build_model_indexes_concurrently(
+    client: &mut postgres::Client,
+    model: &DataModel,
+) -> ApiResult<()> {
+    let wanted = model.tables.iter().flat_map(|t| {
+        t.indexes
+            .iter()
+            .map(move |ix| (t.name.clone(), ix.columns.clone()))
+    });
+    build_concurrently(client, wanted, model_index_name)
+}
+
+/// The server's name of a data model index: a digest of the table and the
+/// columns (an index redefined on other columns is another index).
+pub fn model_index_name(table: &str, columns: &[String]) -> String {
+    let digest = Sha256::digest(format!("model\0{table}\0{}", columns.join("\0")).as_bytes());
+    format!("_fs_mx_{}", &hex::encode(digest)[..24])
+}
+
+/// Applies the migrations of the server's own tables the database lacks;
+/// the version reached.
+pub fn migrate_own(c: &mut dyn Conn) -> ApiResult<i64> {
     let dialect = c.dialect();
     c.batch("CREATE TABLE IF NOT EXISTS _fs_schema (version BIGINT NOT NULL)")?;
     let current = match c.query_opt("SELECT MAX(version) FROM _fs_schema", &[])? {
@@ -351,9 +452,6 @@ pub fn migrate(c: &mut dyn Conn, model: &DataModel) -> ApiResult<i64> {
             &[Value::Integer(latest)],
         )?;
     }
-    for t in &model.tables {
-        data_table(c, t)?;
-    }
     Ok(latest)
 }
 
@@ -379,7 +477,11 @@ fn data_table(c: &mut dyn Conn, t: &TableSchema) -> ApiResult<()> {
                 quote_ident(&col.name)
             ));
         } else {
-            cols.push(format!("{} {ty}", quote_ident(&col.name)));
+            cols.push(format!(
+                "{} {ty}{}",
+                quote_ident(&col.name),
+                default_sql(col)
+            ));
         }
     }
     let int = match dialect {
@@ -422,14 +524,24 @@ fn data_table(c: &mut dyn Conn, t: &TableSchema) -> ApiResult<()> {
     for col in &t.columns {
         if !existing.contains(&col.name) {
             c.batch(&format!(
-                "ALTER TABLE {} ADD COLUMN {} {}",
+                "ALTER TABLE {} ADD COLUMN {} {}{}",
                 quote_ident(&t.name),
                 quote_ident(&col.name),
-                dialect.column_type(col.kind)
+                dialect.column_type(col.kind),
+                default_sql(col)
             ))?;
         }
     }
     Ok(())
+}
+
+/// ` DEFAULT <literal>` of a column with a default (a validated value:
+/// DDL takes no parameters), or nothing.
+fn default_sql(col: &Column) -> String {
+    match &col.default {
+        Some(v) => format!(" DEFAULT {}", default_literal(v)),
+        None => String::new(),
+    }
 }
 
 /// Most columns in one related-rows index.
@@ -525,8 +637,18 @@ pub fn build_rule_indexes_concurrently(
     model: &DataModel,
     profile: &OfflineProfile,
 ) -> ApiResult<()> {
-    for (table, columns) in rule_indexes(model, profile) {
-        let name = rule_index_name(&table, &columns);
+    build_concurrently(client, rule_indexes(model, profile), rule_index_name)
+}
+
+/// Builds each (table, columns) index named by `name` that the database
+/// lacks or holds invalid, concurrently.
+fn build_concurrently(
+    client: &mut postgres::Client,
+    wanted: impl IntoIterator<Item = (String, Vec<String>)>,
+    name: fn(&str, &[String]) -> String,
+) -> ApiResult<()> {
+    for (table, columns) in wanted {
+        let name = name(&table, &columns);
         let state = client.query_opt(
             "SELECT i.indisvalid,
                     EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = c.oid)
@@ -920,10 +1042,10 @@ mod tests {
             .iter_mut()
             .find(|t| t.name == "accounts")
             .expect("accounts");
-        accounts.columns.push(fieldsync_core::profile::Column {
-            name: "region".into(),
-            kind: fieldsync_core::profile::ColumnKind::Text,
-        });
+        accounts.columns.push(fieldsync_core::profile::Column::new(
+            "region",
+            fieldsync_core::profile::ColumnKind::Text,
+        ));
         migrate(&mut SqliteConn(&conn), &model).expect("migrate again");
         let has: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('accounts') WHERE name = 'region'")

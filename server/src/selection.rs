@@ -75,7 +75,11 @@ enum KeyKind {
 
 fn key_kind(kind: ColumnKind) -> Option<KeyKind> {
     match kind {
-        ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime => Some(KeyKind::Text),
+        ColumnKind::Text
+        | ColumnKind::Date
+        | ColumnKind::DateTime
+        | ColumnKind::Json
+        | ColumnKind::Choice => Some(KeyKind::Text),
         ColumnKind::Integer | ColumnKind::Boolean => Some(KeyKind::Int),
         ColumnKind::Real => None,
     }

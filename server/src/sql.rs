@@ -34,9 +34,14 @@ impl Dialect {
     pub fn column_type(self, kind: ColumnKind) -> &'static str {
         match (self, kind) {
             (Dialect::Sqlite, k) => k.sql_type(),
-            (Dialect::Postgres, ColumnKind::Text | ColumnKind::Date | ColumnKind::DateTime) => {
-                "TEXT COLLATE \"C\""
-            }
+            (
+                Dialect::Postgres,
+                ColumnKind::Text
+                | ColumnKind::Date
+                | ColumnKind::DateTime
+                | ColumnKind::Json
+                | ColumnKind::Choice,
+            ) => "TEXT COLLATE \"C\"",
             (Dialect::Postgres, ColumnKind::Integer | ColumnKind::Boolean) => "BIGINT",
             (Dialect::Postgres, ColumnKind::Real) => "DOUBLE PRECISION",
         }

@@ -48,6 +48,7 @@ pub fn url_component(s: &str) -> String {
 /// The console's sections, in navigation order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Section {
+    DataModel,
     Profiles,
     Settings,
     SyncErrors,
@@ -56,7 +57,8 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
+        Section::DataModel,
         Section::Profiles,
         Section::Settings,
         Section::SyncErrors,
@@ -65,6 +67,7 @@ impl Section {
     ];
     fn title(self) -> &'static str {
         match self {
+            Section::DataModel => "Data model",
             Section::Profiles => "Offline profiles",
             Section::Settings => "Settings",
             Section::SyncErrors => "Sync Errors",
@@ -74,6 +77,7 @@ impl Section {
     }
     fn href(self) -> &'static str {
         match self {
+            Section::DataModel => "/console/model",
             Section::Profiles => "/console/profiles",
             Section::Settings => "/console/settings",
             Section::SyncErrors => "/console/sync-errors",

@@ -1,5 +1,6 @@
 //! The admin web console: server-rendered pages under `/console` for
-//! administrators — offline profiles (view, edit, publish with inline
+//! administrators — the data model (view, publish a version), offline
+//! profiles (view, edit, publish with inline
 //! validation errors), the conflict-detection switch, Sync Errors (with a
 //! Retry action), devices and telemetry charts. Signing in exchanges the
 //! admin token for a database-backed session cookie ([`auth`]); device
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod charts;
 pub mod devices;
 pub mod html;
+pub mod model;
 pub mod profiles;
 pub mod settings;
 pub mod sync_errors;
@@ -37,6 +39,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/console/", get(home))
         .route("/console/login", get(auth::login_page).post(auth::login))
         .route("/console/logout", post(auth::logout))
+        .route("/console/model", get(model::show).post(model::publish))
         .route("/console/profiles", get(profiles::list))
         .route(
             "/console/profiles/{name}",
@@ -62,6 +65,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/console/login"),
     ("POST", "/console/login"),
     ("POST", "/console/logout"),
+    ("GET", "/console/model"),
+    ("POST", "/console/model"),
     ("GET", "/console/profiles"),
     ("GET", "/console/profiles/{name}"),
     ("POST", "/console/profiles/{name}"),

@@ -604,7 +604,8 @@ pub async fn show(
         Ok(None) => return not_found(&admin, &name),
         Err(e) => return error_page(&e),
     };
-    let model = app.db.model();
+    let in_force = app.db.cached_model();
+    let model = &in_force.model;
     let draft = draft_of(&stored, model);
     let top = q.ok().and_then(|Query(q)| q.published).map(|v| {
         notice(
@@ -634,7 +635,7 @@ pub async fn publish(
         Ok(None) => return not_found(&admin, &name),
         Err(e) => return error_page(&e),
     };
-    let model = app.db.model().clone();
+    let model = app.db.cached_model().model.clone();
     let draft = draft_from_form(&form, &model, &draft_of(&stored, &model));
     let refused = |e: FormError| {
         let top = notice("error", &format!("Not published: {}", e.message));

@@ -177,8 +177,16 @@ class FieldSync private constructor(
     /** Asks the service to Refresh [table] (and the tables that depend on it), with a Refresh notification. */
     fun requestRefresh(table: String) = engine.requestRefresh(table)
 
-    /** One scheduler step now (for an OS background job): runs what is due, if anything. */
+    /** One scheduler step now: runs what is due, if anything. */
     suspend fun runDue(): ScheduledSync? = engine.runDue()
+
+    /**
+     * The body of an OS background job the core asked for in
+     * [SyncStatus.background]: waits for a running sync to end; the
+     * [BackgroundJob.PERIODIC] job then runs one scheduler step while
+     * [backgroundSync] is on. The Android shell calls it from its job service.
+     */
+    suspend fun runBackgroundJob(job: BackgroundJob): BackgroundJobOutcome = engine.runBackgroundJob(job)
 
     // ---- settings (kept in the device database) -------------------------------
 
@@ -211,6 +219,15 @@ class FieldSync private constructor(
     var smartSync: Boolean
         get() = settings.smartSync
         set(value) { settings = settings.copy(smartSync = value) }
+
+    /**
+     * Opt-in periodic sync while the app is in the background (off by
+     * default: syncs start only while the app is active). The core plans the
+     * OS job ([SyncStatus.background]); the Android shell schedules it.
+     */
+    var backgroundSync: Boolean
+        get() = settings.backgroundSync
+        set(value) { settings = settings.copy(backgroundSync = value) }
 
     // ---- online mode ------------------------------------------------------------
 

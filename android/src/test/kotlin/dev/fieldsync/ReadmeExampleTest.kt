@@ -1,26 +1,24 @@
 package dev.fieldsync
 
-import dev.fieldsync.platform.AppLifecycle
-import dev.fieldsync.platform.BackgroundSyncScheduler
-import dev.fieldsync.platform.ConnectivityMonitor
-import dev.fieldsync.platform.FieldSyncShell
-import dev.fieldsync.platform.NetworkState
-import dev.fieldsync.platform.SyncNotificationPresenter
+import android.app.Application
+import dev.fieldsync.android.FieldSyncAndroid
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.SupervisorJob
 import kotlinx.coroutines.cancel
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
-import org.junit.jupiter.api.Assertions.assertEquals
-import org.junit.jupiter.api.Assertions.assertTrue
-import org.junit.jupiter.api.Test
+import org.junit.Assert.assertEquals
+import org.junit.Assert.assertTrue
+import org.junit.Test
+import org.junit.runner.RunWith
+import org.robolectric.RobolectricTestRunner
+import org.robolectric.RuntimeEnvironment
+import org.robolectric.annotation.Config
 
 // --- README example: begin (kept in the README; compiled and run here) ---
 suspend fun readmeExample(
-    databasePath: String, serverUrl: String, tokenProvider: TokenProvider,
-    connectivity: ConnectivityMonitor, lifecycle: AppLifecycle,
-    scheduler: BackgroundSyncScheduler, notifications: SyncNotificationPresenter,
+    application: Application, databasePath: String, serverUrl: String, tokenProvider: TokenProvider,
     scope: CoroutineScope,
 ): String? {
     // Open the engine: one per user database; reads and writes work offline.
@@ -45,10 +43,10 @@ suspend fun readmeExample(
     // Settings are properties, kept in the device database.
     sync.wifiOnly = true
 
-    // The shell reports the app's state and the OS network and shows the core's
-    // notifications; the core's sync service decides when to sync.
-    val shell = FieldSyncShell(sync, connectivity, lifecycle, scheduler, notifications, scope)
-    shell.start()
+    // The Android shell (for example in Application.onCreate) reports the app's
+    // foreground state and the network, schedules the jobs the core plans and
+    // shows the core's notifications; the core's sync service decides when to sync.
+    val shell = FieldSyncAndroid.install(application, sync, android.R.drawable.stat_notify_sync)
 
     // Sync now, then read and write records with typed errors.
     sync.syncNow()
@@ -79,12 +77,15 @@ suspend fun readmeExample(
     // When the user signs out:
     screenJob.cancel()
     statusJob.cancel()
-    shell.stop()
+    shell.close()
     sync.close()
     return notes
 }
 // --- README example: end ---
 
+/** Under Robolectric (SDK 35): the example installs the Android shell. */
+@RunWith(RobolectricTestRunner::class)
+@Config(sdk = [35])
 class ReadmeExampleTest {
     @Test
     fun `the README's Kotlin section is this example`() {
@@ -94,7 +95,7 @@ class ReadmeExampleTest {
         var at = 0
         for (line in section.lines().map { it.trim() }.filter { it.isNotEmpty() }) {
             val found = source.subList(at, source.size).indexOf(line)
-            assertTrue(found >= 0, "README line not in the compiled example (in order): $line")
+            assertTrue("README line not in the compiled example (in order): $line", found >= 0)
             at += found + 1
         }
     }
@@ -109,9 +110,7 @@ class ReadmeExampleTest {
                 override fun token(refused: Boolean) = token
             }
             val notes = readmeExample(
-                server.databasePath("readme"), server.url, provider,
-                FakeConnectivity(NetworkState(up = true, metered = false)), FakeLifecycle(false),
-                FakeScheduler(), FakeNotifications(), scope,
+                RuntimeEnvironment.getApplication(), server.databasePath("readme"), server.url, provider, scope,
             )
             scope.cancel()
             assertEquals("Replaced the filter", notes)

@@ -203,7 +203,8 @@ class ServiceTest {
         val sync = FieldSync.open(server.databasePath("flow"), server.url, token, pageSize = 10).also { opened += it }
         val seen = Collections.synchronizedList(mutableListOf<SyncStatus>())
         val collector = background.launch { sync.status.collect { seen += it } }
-        withTimeout(60_000) { sync.status.first { seen.isNotEmpty() } }
+        // The collector has the current status (a StateFlow emits no change to wait for).
+        withTimeout(60_000) { while (seen.isEmpty()) kotlinx.coroutines.delay(10) }
 
         sync.syncNow()
         withTimeout(60_000) { sync.status.first { it.progress == null && it.lastSyncAtMs != null } }
