@@ -49,6 +49,9 @@ call() { curl -sf -H "Authorization: Bearer $admin" -H 'content-type: applicatio
 tech=$(call -d '{"id":"tech-1","name":"Technician 1","role":"technician"}' "$url/v1/admin/users" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 call -d '{"technicians":["tech-1"],"work_orders":20,"seed":1}' "$url/v1/admin/seed" >/dev/null
+# A Sync Errors entry (a refused change) for the retry route to find.
+curl -sf -H "Authorization: Bearer $tech" -H 'content-type: application/json' "$url/v1/sync/push" \
+  -d '{"mutations":[{"idempotency_key":"st-1","table":"work_orders","id":"wo-st-1","op":"insert","base_version":0,"data":{"no_such_column":1}}]}' >/dev/null
 
 run() {
   (cd "$work" && st run "$root/docs/openapi.yaml" --url "$url" --no-color \

@@ -41,7 +41,7 @@ step "PostgreSQL: the server test suites again, on a throwaway PostgreSQL cluste
 FIELDSYNC_SIM_SEEDS=${FIELDSYNC_PG_SIM_SEEDS:-10} scripts/with-postgres.sh \
   cargo test --locked --workspace \
     --test backbone --test profile_filters --test filter_property --test security --test data_model \
-    --test console_access --test device_status --test scheduling --test multi_instance \
+    --test console_access --test device_status --test scheduling --test multi_instance --test operations \
     --test progress --test time_zones --test related_filters \
     --test simulation --test transactions --test local_query
 # The unit tests that have a PostgreSQL variant (named `..._on_postgres`;

@@ -40,11 +40,32 @@ pub struct DeviceArgs {
     /// Rows per pull page.
     #[arg(long, default_value_t = fieldsync_core::protocol::DEFAULT_PAGE_SIZE)]
     page_size: u32,
-    /// Network check timeout in milliseconds.
+    /// Network check timeout in milliseconds: no answer to the probe in
+    /// time is "Network or Service Unavailable" (exit 5).
     #[arg(long, default_value_t = fieldsync_core::network::DEFAULT_PROBE_TIMEOUT_MS)]
     probe_timeout_ms: u64,
+    /// Longest one request to the server may take, in seconds, reading the
+    /// answer included: a server that accepts the connection but does not
+    /// answer fails the command with exit 5 after it.
+    #[arg(long, env = "FIELDSYNC_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
+    request_timeout_secs: u64,
+    /// Longest wait for a connection to the server, in seconds.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout_secs: u64,
+    /// A progress line on stderr while syncing (rows and bytes per table):
+    /// `auto` shows it when stderr is a terminal.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
     #[command(subcommand)]
     command: DeviceCommand,
+}
+
+/// `--progress`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProgressMode {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Subcommand)]
@@ -67,11 +88,16 @@ enum DeviceCommand {
     },
     /// Show the sync icon state, offline status and device status (checks the network first).
     Status,
-    /// Sync while printing every event and status change as JSON lines.
+    /// Sync now, then keep syncing as the tables fall due, printing every
+    /// event and status change as JSON lines, until interrupted (Ctrl-C or
+    /// SIGTERM).
     Watch {
-        /// Only these tables (repeatable); all by default.
+        /// Only these tables (repeatable) in the first sync; all by default.
         #[arg(long = "table")]
         tables: Vec<String>,
+        /// Stop after the first sync.
+        #[arg(long)]
+        once: bool,
     },
     /// Refresh one table (and the tables whose rules reach it) now.
     Refresh { table: String },
@@ -117,7 +143,8 @@ enum DeviceCommand {
     Put {
         table: String,
         id: String,
-        /// A field as column=value; the value is read as JSON when it parses, else as text.
+        /// A field as column=value, read as the column's kind says
+        /// (`notes=123` is text, `quantity=3` an integer; `null` clears it).
         #[arg(long = "set", value_name = "COLUMN=VALUE")]
         set: Vec<String>,
         /// Fields as a JSON object, or `@PATH` to read the object from a file.
@@ -234,7 +261,7 @@ struct JsonLines;
 impl EventListener for JsonLines {
     fn on_event(&self, event: SyncEvent) {
         if let Ok(line) = serde_json::to_string(&event) {
-            println!("{line}");
+            out(line);
         }
     }
 }
@@ -244,14 +271,98 @@ impl StatusListener for JsonLines {
         if let Ok(line) =
             serde_json::to_string(&serde_json::json!({"event": "status_changed", "status": status}))
         {
-            println!("{line}");
+            out(line);
         }
     }
 }
 
+/// Writes a line on stdout. A closed pipe (`fieldsync device list | head`)
+/// ends the process quietly with 141, as SIGPIPE would; another write
+/// failure ends it with 1.
+pub fn out(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        err(format_args!("fieldsync: cannot write the output: {e}"));
+        std::process::exit(1);
+    }
+}
+
+/// Writes a line on stderr; a failure to write it is ignored.
+pub fn err(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// A progress line on stderr (`--progress`): per table, rows done (of the
+/// total when the server said it) and bytes down, rewritten in place;
+/// ended by a newline when the sync finishes or fails.
+struct ProgressLine {
+    /// Per table: rows done and bytes down so far.
+    tables: std::sync::Mutex<BTreeMap<String, (u64, u64)>>,
+}
+
+impl ProgressLine {
+    fn new() -> Self {
+        Self {
+            tables: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// Bytes as B, KiB or MiB.
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / f64::from(1 << 10)),
+        n => format!("{n} B"),
+    }
+}
+
+impl EventListener for ProgressLine {
+    fn on_event(&self, event: SyncEvent) {
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            SyncEvent::TableProgress {
+                table,
+                rows_done,
+                rows_total,
+                bytes_down,
+                ..
+            } => {
+                tables.insert(table.clone(), (rows_done, bytes_down));
+                let rows: u64 = tables.values().map(|t| t.0).sum();
+                let bytes: u64 = tables.values().map(|t| t.1).sum();
+                let of = rows_total.map(|t| format!("/{t}")).unwrap_or_default();
+                // \r and a clear to the end of the line: one line, rewritten.
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr().lock(),
+                    format!(
+                        "\rsyncing {table}: {rows_done}{of} rows | total {rows} rows, {} down\x1b[K",
+                        human_bytes(bytes)
+                    )
+                    .as_bytes(),
+                );
+            }
+            SyncEvent::SyncFinished { .. } | SyncEvent::SyncFailed { .. } if !tables.is_empty() => {
+                tables.clear();
+                err("");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Exit code of a refusal by the server's scope.
+const FORBIDDEN: u8 = 11;
+
 /// Exit code of an error kind (documented in README and main.rs).
 pub fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
+        ErrorKind::Forbidden => FORBIDDEN,
         ErrorKind::Internal => 1,
         ErrorKind::InvalidInput => 2,
         ErrorKind::RecordNotFound => 3,
@@ -278,12 +389,9 @@ fn blocked(json: bool, blocker: Blocker, message: &str) -> ExitCode {
         _ => ("sync_blocked", SYNC_BLOCKED),
     };
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"error": {"kind": kind, "blocker": blocker, "message": message}})
-        );
+        out(serde_json::json!({"error": {"kind": kind, "blocker": blocker, "message": message}}));
     }
-    eprintln!("fieldsync device: {message}");
+    err(format_args!("fieldsync device: {message}"));
     ExitCode::from(code)
 }
 
@@ -320,20 +428,35 @@ fn sync_text(report: &SyncReport) -> String {
     out
 }
 
+/// What the command line says of an error: the core's words, with the
+/// flag to use where the core says what to do.
+fn message(e: &Error) -> String {
+    match e {
+        Error::PendingUploads { count } => format!(
+            "reset refused: {count} unsynced change(s) would be lost; \
+             `fieldsync device reset --force` discards them"
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Reports an error: a plain line on stderr, and with `--json` the error
+/// as JSON on stdout too; the exit code of its kind.
 fn fail(json: bool, e: &Error) -> ExitCode {
     let kind = e.kind();
     if json {
-        let mut body =
-            serde_json::json!({"error": {"kind": kind.as_str(), "message": e.to_string()}});
+        let mut body = serde_json::json!({"error": {"kind": kind.as_str(), "message": message(e)}});
         if let Error::PendingUploads { count } = e {
             body["error"]["pending_uploads"] = (*count).into();
         }
-        println!("{body}");
+        out(body);
     }
-    eprintln!("fieldsync device: {e}");
+    err(format_args!("fieldsync device: {}", message(e)));
     ExitCode::from(exit_code(kind))
 }
 
+/// A `--where` value (online lists, whose tables may be outside the
+/// profile): JSON when it parses as a scalar, else text.
 fn parse_value(v: &str) -> Value {
     match serde_json::from_str::<serde_json::Value>(v) {
         Ok(j) if !j.is_object() && !j.is_array() => {
@@ -343,7 +466,20 @@ fn parse_value(v: &str) -> Value {
     }
 }
 
-fn parse_fields(set: &[String], data: Option<&str>) -> Result<BTreeMap<String, Value>, Error> {
+/// `--data` and `--set` fields of a write to `table`: `--set` values are
+/// read as the column's kind says (see [`Value::parse_as`]); a column the
+/// profile does not sync is left to the engine to refuse.
+fn parse_fields(
+    engine: &Engine,
+    table: &str,
+    set: &[String],
+    data: Option<&str>,
+) -> Result<BTreeMap<String, Value>, Error> {
+    let kinds: BTreeMap<String, fieldsync_core::profile::ColumnKind> = engine
+        .profile()
+        .and_then(|p| p.table(table).cloned())
+        .map(|t| t.columns.into_iter().map(|c| (c.name, c.kind)).collect())
+        .unwrap_or_default();
     let mut fields = BTreeMap::new();
     if let Some(data) = data {
         let text;
@@ -367,7 +503,12 @@ fn parse_fields(set: &[String], data: Option<&str>) -> Result<BTreeMap<String, V
         let (k, v) = item
             .split_once('=')
             .ok_or_else(|| Error::InvalidInput(format!("--set '{item}' is not COLUMN=VALUE")))?;
-        fields.insert(k.to_owned(), parse_value(v));
+        let value = match kinds.get(k) {
+            Some(kind) => Value::parse_as(*kind, v)
+                .map_err(|why| Error::InvalidInput(format!("--set {k}: {why}")))?,
+            None => parse_value(v),
+        };
+        fields.insert(k.to_owned(), value);
     }
     Ok(fields)
 }
@@ -375,11 +516,14 @@ fn parse_fields(set: &[String], data: Option<&str>) -> Result<BTreeMap<String, V
 fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     if json {
         match serde_json::to_string_pretty(value) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("fieldsync device: cannot encode output: {e}"),
+            Ok(s) => out(s),
+            Err(e) => err(format_args!("fieldsync device: cannot encode output: {e}")),
         }
     } else {
-        println!("{}", text());
+        let text = text();
+        if !text.is_empty() {
+            out(text);
+        }
     }
 }
 
@@ -426,6 +570,10 @@ pub async fn run(args: DeviceArgs) -> ExitCode {
     let mut config = EngineConfig::new(&args.db, &args.server, &args.token);
     config.page_size = args.page_size;
     config.probe_timeout_ms = args.probe_timeout_ms;
+    config.http_timeouts = fieldsync_core::HttpTimeouts {
+        connect: std::time::Duration::from_secs(args.connect_timeout_secs.max(1)),
+        request: std::time::Duration::from_secs(args.request_timeout_secs.max(1)),
+    };
     // `device network` reports outlive the process: every command applies
     // the kept report.
     config.persist_os_network = true;
@@ -434,9 +582,57 @@ pub async fn run(args: DeviceArgs) -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(json, &e),
     };
+    let progress = match args.progress {
+        ProgressMode::Always => true,
+        ProgressMode::Never => false,
+        ProgressMode::Auto => {
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && matches!(
+                    args.command,
+                    DeviceCommand::Sync { .. } | DeviceCommand::Refresh { .. }
+                )
+        }
+    };
+    let _progress = progress.then(|| engine.add_event_listener(Arc::new(ProgressLine::new())));
     match run_command(&engine, args.command, json).await {
         Ok(code) => code,
         Err(e) => fail(json, &e),
+    }
+}
+
+/// Ctrl-C and SIGTERM, caught from the moment this is made (so a signal
+/// during the first sync of `watch` is not lost).
+struct Interrupts {
+    #[cfg(unix)]
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Interrupts {
+    fn catch() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                signals: signal(SignalKind::interrupt())
+                    .and_then(|i| signal(SignalKind::terminate()).map(|t| (i, t)))
+                    .ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Waits for one; says which.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        if let Some((interrupt, terminate)) = self.signals.as_mut() {
+            return tokio::select! {
+                _ = interrupt.recv() => "interrupt",
+                _ = terminate.recv() => "terminate",
+            };
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
     }
 }
 
@@ -448,7 +644,7 @@ fn read_key(path: &std::path::Path) -> Result<DatabaseKey, Error> {
 }
 
 async fn run_command(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     command: DeviceCommand,
     json: bool,
 ) -> Result<ExitCode, Error> {
@@ -506,39 +702,13 @@ async fn run_command(
             let icon = &out.sync_status;
             print(json, &out, || {
                 let mut text = format!(
-                    "sync icon: {:?}{}\nnetwork: {:?}\n",
+                    "sync icon: {:?}{}\nnetwork: {:?}\ndevice {}\nprofile: {} (version {}, data model version {})\npending uploads: {}\ndatabase: {} bytes\n",
                     icon.icon,
                     icon.message
                         .as_deref()
                         .map(|m| format!(" ({m})"))
                         .unwrap_or_default(),
-                    status.network.reachability
-                );
-                for t in &out.offline_status {
-                    text.push_str(&format!(
-                        "  {:<28} {:>8} rows  last sync {}  next due {}\n",
-                        t.table,
-                        t.rows,
-                        when(t.last_sync_at),
-                        t.next_due_at
-                            .map(fieldsync_core::time::format_datetime)
-                            .unwrap_or_else(|| "manual".into())
-                    ));
-                }
-                for (t, deps) in &status.dependency_closure {
-                    if !deps.is_empty() {
-                        text.push_str(&format!("  {t} syncs with {}\n", deps.join(", ")));
-                    }
-                }
-                text.trim_end().to_owned()
-            });
-            if json {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let status = engine.status()?;
-            print(json, &status, || {
-                let mut out = format!(
-                    "device {}\nprofile: {} (version {}, data model version {})\npending uploads: {}\ndatabase: {} bytes\n",
+                    status.network.reachability,
                     status.device_id,
                     status.profile_name.as_deref().unwrap_or("none yet"),
                     status
@@ -552,47 +722,68 @@ async fn run_command(
                     status.pending_uploads,
                     status.database_bytes
                 );
-                for t in &status.tables {
-                    out.push_str(&format!(
-                        "  {:<28} {:>8} rows  last sync {}{}\n",
+                let pending: BTreeMap<&str, u64> = status
+                    .tables
+                    .iter()
+                    .map(|t| (t.table.as_str(), t.pending_uploads))
+                    .collect();
+                for t in &out.offline_status {
+                    text.push_str(&format!(
+                        "  {:<28} {:>8} rows  last sync {}  next due {}{}\n",
                         t.table,
                         t.rows,
                         when(t.last_sync_at),
-                        if t.pending_uploads > 0 {
-                            format!("  ({} pending)", t.pending_uploads)
-                        } else {
-                            String::new()
+                        t.next_due_at
+                            .map(fieldsync_core::time::format_datetime)
+                            .unwrap_or_else(|| "manual".into()),
+                        match pending.get(t.table.as_str()) {
+                            Some(n) if *n > 0 => format!("  ({n} pending)"),
+                            _ => String::new(),
                         }
                     ));
                 }
+                for (t, deps) in &status.dependency_closure {
+                    if !deps.is_empty() {
+                        text.push_str(&format!("  {t} syncs with {}\n", deps.join(", ")));
+                    }
+                }
                 for e in &status.recent_errors {
-                    out.push_str(&format!(
+                    text.push_str(&format!(
                         "  error: {} {}/{}: {}\n",
                         e.kind, e.table, e.record_id, e.message
                     ));
                 }
-                out.trim_end().to_owned()
+                text.trim_end().to_owned()
             });
             Ok(ExitCode::SUCCESS)
         }
-        DeviceCommand::Watch { tables } => {
+        DeviceCommand::Watch { tables, once } => {
+            let mut interrupts = (!once).then(Interrupts::catch);
             let printer = Arc::new(JsonLines);
             let _events = engine.add_event_listener(printer.clone());
             let _status = engine.add_status_listener(printer);
             let only = (!tables.is_empty()).then_some(tables);
             let result = engine.try_sync_now(only).await;
-            drop(_events);
-            drop(_status);
             let report = match result? {
                 SyncNowOutcome::Synced { report } => report,
                 SyncNowOutcome::Blocked { blocker, message } => {
                     return Ok(blocked(false, blocker, &message));
                 }
             };
-            println!(
-                "{}",
-                serde_json::json!({"event": "watch_finished", "report": report})
-            );
+            let Some(interrupts) = interrupts.as_mut() else {
+                drop(_events);
+                drop(_status);
+                out(serde_json::json!({"event": "watch_finished", "report": report}));
+                return Ok(ExitCode::SUCCESS);
+            };
+            // Keep syncing as the scheduler decides (intervals, network,
+            // backoff) until interrupted.
+            engine.start();
+            let reason = interrupts.next().await;
+            engine.stop();
+            drop(_events);
+            drop(_status);
+            out(serde_json::json!({"event": "watch_stopped", "reason": reason}));
             Ok(ExitCode::SUCCESS)
         }
         DeviceCommand::Refresh { table } => {
@@ -747,7 +938,7 @@ async fn run_command(
             set,
             data,
         } => {
-            let fields = parse_fields(&set, data.as_deref())?;
+            let fields = parse_fields(engine, &table, &set, data.as_deref())?;
             let record = engine.put(&table, &id, fields)?;
             print(json, &record, || format_record(&record));
             Ok(ExitCode::SUCCESS)

@@ -5,7 +5,8 @@
 //! 3 Record Not Found, 4 sync conflict, 5 Network or Service Unavailable,
 //! 6 unauthorized, 7 reset refused (pending uploads), 8 storage error,
 //! 9 sync not started (Wi-Fi only on a metered network).
-//! 10 wrong database key.
+//! 10 wrong database key, 11 forbidden (outside the user's scope on the
+//! server), 141 stdout closed (`| head`).
 
 mod demo;
 mod device;
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "fieldsync",
     version,
+    propagate_version = true,
     about = "Offline-first sync for field-service apps"
 )]
 struct Cli {
@@ -110,24 +112,67 @@ struct ServerArgs {
     /// Seconds after which a limited source may try once more.
     #[arg(long, default_value_t = fieldsync_server::limits::SignInLimits::default().refill_every.as_secs())]
     sign_in_refill_secs: u64,
+    /// Log lines on stderr as text or as one JSON object a line (the
+    /// level follows FIELDSYNC_LOG, default `warn`).
+    #[arg(long, env = "FIELDSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Bearer token a scraper must send to read /metrics; without it
+    /// /metrics is open like /v1/health.
+    #[arg(long, env = "FIELDSYNC_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
+/// `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The `FIELDSYNC_LOG` filter (default `warn`).
+fn log_filter() -> String {
+    std::env::var("FIELDSYNC_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "warn".into())
+}
+
+/// Logs of `device` and `demo`: text on stderr, coloured only on a
+/// terminal.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = fieldsync_server::observe::init(
+        &log_filter(),
+        fieldsync_server::observe::LogFormat::Text,
+        false,
+    );
 }
 
 async fn run_server(args: ServerArgs) -> ExitCode {
+    let format = match args.log_format {
+        LogFormat::Text => fieldsync_server::observe::LogFormat::Text,
+        LogFormat::Json => fieldsync_server::observe::LogFormat::Json,
+    };
+    // Flushes the spans still buffered when the server stops.
+    let mut tracing = match fieldsync_server::observe::init(&log_filter(), format, true) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fieldsync server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = serve_until_stopped(args).await;
+    tracing.shutdown();
+    code
+}
+
+async fn serve_until_stopped(args: ServerArgs) -> ExitCode {
     let mut config = fieldsync_server::ServerConfig::new(&args.data_dir, &args.admin_token);
     config.database_url = args.database_url.clone();
     config.pull_delay = Duration::from_millis(args.pull_delay_ms);
     config.selection_cache_bytes = args.selection_cache_mib.saturating_mul(1 << 20);
     config.request_timeout = Duration::from_secs(args.request_timeout_secs.max(1));
     config.behind_tls_proxy = args.behind_tls_proxy;
+    config.metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
     config.sign_in_limits = fieldsync_server::limits::SignInLimits {
         burst: args.sign_in_burst.max(1),
         refill_every: Duration::from_secs(args.sign_in_refill_secs.max(1)),
@@ -232,7 +277,6 @@ async fn run_server(args: ServerArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -246,8 +290,14 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => run_server(args).await,
-            Command::Device(args) => device::run(args).await,
-            Command::Demo(args) => demo::run(args).await,
+            Command::Device(args) => {
+                init_logging();
+                device::run(args).await
+            }
+            Command::Demo(args) => {
+                init_logging();
+                demo::run(args).await
+            }
         }
     })
 }

@@ -19,6 +19,7 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/settings"),
     ("PUT", "/v1/admin/settings"),
     ("GET", "/v1/admin/sync-errors"),
+    ("POST", "/v1/admin/sync-errors/{id}/retry"),
     ("GET", "/v1/admin/profiles"),
     ("GET", "/v1/admin/profiles/{name}"),
     ("PUT", "/v1/admin/profiles/{name}"),

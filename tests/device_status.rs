@@ -16,7 +16,7 @@ async fn status_watch_refresh_online_and_settings() {
     let device = Device::new(dir.path().join("d.db"), &server.url, &token);
 
     // Watch a first sync: every event is a JSON line.
-    let out = device.run(&["watch"]).await;
+    let out = device.run(&["watch", "--once"]).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let lines: Vec<Value> = out
         .stdout
@@ -189,7 +189,7 @@ async fn wifi_only_on_a_metered_network_starts_no_sync() {
     assert_eq!(status["sync_status"]["network"]["os"]["metered"], true);
 
     // Watch is a sync now too.
-    let out = device.run(&["watch"]).await;
+    let out = device.run(&["watch", "--once"]).await;
     assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
     assert!(synced_tables(&device).is_empty());
 

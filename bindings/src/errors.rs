@@ -84,7 +84,7 @@ impl From<CoreError> for FieldSyncError {
     fn from(e: CoreError) -> Self {
         let reason = e.to_string();
         match (e.kind(), e) {
-            (_, CoreError::RecordNotFound { table, id }) => {
+            (_, CoreError::RecordNotFound { table, id } | CoreError::NotOnServer { table, id }) => {
                 FieldSyncError::RecordNotFound { table, id, reason }
             }
             (_, CoreError::Conflict { table, id }) => {
@@ -94,9 +94,15 @@ impl From<CoreError> for FieldSyncError {
                 count: i64::try_from(count).unwrap_or(i64::MAX),
                 reason,
             },
-            (ErrorKind::RecordNotFound | ErrorKind::Conflict | ErrorKind::InvalidInput, _) => {
-                FieldSyncError::InvalidInput { reason }
-            }
+            // A refusal of the server's scope reads as invalid input to the
+            // shells (the reason says which rule).
+            (
+                ErrorKind::RecordNotFound
+                | ErrorKind::Conflict
+                | ErrorKind::InvalidInput
+                | ErrorKind::Forbidden,
+                _,
+            ) => FieldSyncError::InvalidInput { reason },
             (ErrorKind::PendingUploads | ErrorKind::Internal, _) => {
                 FieldSyncError::Internal { reason }
             }

@@ -46,6 +46,10 @@ pub struct EngineConfig {
     pub parallel_pulls: u32,
     /// Network check timeout, ms (default 5000).
     pub probe_timeout_ms: u64,
+    /// Connect and whole-request timeouts of the default transport
+    /// (defaults 10 s and 120 s): a server that accepts the connection but
+    /// never answers fails the request after `request`.
+    pub http_timeouts: HttpTimeouts,
     /// Retry delays after failed syncs.
     pub backoff: Backoff,
     /// When a catch-up notification is shown.
@@ -77,6 +81,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("page_size", &self.page_size)
             .field("parallel_pulls", &self.parallel_pulls)
             .field("probe_timeout_ms", &self.probe_timeout_ms)
+            .field("http_timeouts", &self.http_timeouts)
             .field("backoff", &self.backoff)
             .field("notifications", &self.notifications)
             .field("app", &self.app)
@@ -106,6 +111,7 @@ impl EngineConfig {
             page_size: DEFAULT_PAGE_SIZE,
             parallel_pulls: DEFAULT_PARALLEL_PULLS,
             probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
+            http_timeouts: HttpTimeouts::default(),
             backoff: Backoff::default(),
             notifications: NotificationThresholds::default(),
             app: AppInfo::default(),
@@ -280,7 +286,7 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<Arc<Engine>> {
         let transport = Arc::new(HttpTransport::new(
             &config.server_url,
-            HttpTimeouts::default(),
+            config.http_timeouts,
             &config.tls,
         )?);
         Self::open_with(config, transport, Arc::new(SystemClock))
@@ -423,9 +429,9 @@ impl Engine {
 
     fn table(&self, name: &str) -> Result<SyncTable> {
         let profile = self.profile.read().unwrap_or_else(|p| p.into_inner());
-        let profile = profile.as_ref().ok_or_else(|| {
-            Error::UnknownTable(format!("{name} (no offline profile yet: sync once first)"))
-        })?;
+        let profile = profile
+            .as_ref()
+            .ok_or_else(|| Error::NoProfile(name.to_owned()))?;
         profile
             .table(name)
             .cloned()
@@ -565,7 +571,9 @@ impl Engine {
     fn deliver(&self, observer: &QueryObserver) {
         match self.query(&observer.query) {
             Ok(records) => observer.listener.on_result(records),
-            Err(Error::UnknownTable(_)) => observer.listener.on_result(Vec::new()),
+            Err(Error::UnknownTable(_) | Error::NoProfile(_)) => {
+                observer.listener.on_result(Vec::new())
+            }
             Err(e) => observer.listener.on_error(e),
         }
     }
@@ -586,7 +594,9 @@ impl Engine {
                     observer.listener.on_result(records.clone());
                     ran.push((observer.query.clone(), records));
                 }
-                Err(Error::UnknownTable(_)) => observer.listener.on_result(Vec::new()),
+                Err(Error::UnknownTable(_) | Error::NoProfile(_)) => {
+                    observer.listener.on_result(Vec::new())
+                }
                 Err(e) => observer.listener.on_error(e),
             }
         }

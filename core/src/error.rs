@@ -19,6 +19,10 @@ pub enum ErrorKind {
     NetworkUnavailable,
     /// The server refused the credentials.
     Unauthorized,
+    /// The server knows the caller but does not let them do this (a table
+    /// outside their offline profile and the online-access list, a write
+    /// their role may not make on the server).
+    Forbidden,
     /// The request was malformed or refers to something that does not exist.
     InvalidInput,
     /// Reset refused because unsynced changes would be lost.
@@ -43,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::NetworkUnavailable => "network_unavailable",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::PendingUploads => "pending_uploads",
             ErrorKind::Storage => "storage",
             ErrorKind::WrongKey => "wrong_key",
@@ -55,6 +60,13 @@ impl ErrorKind {
 pub enum Error {
     #[error("Record Not Found: {table}/{id} is not on this device")]
     RecordNotFound { table: String, id: String },
+    /// An online read of a record the server does not have (or does not
+    /// show the caller).
+    #[error("Record Not Found: {table}/{id} is not on the server")]
+    NotOnServer { table: String, id: String },
+    /// A table named before the device has an offline profile.
+    #[error("no offline profile on this device yet (sync once first), so table '{0}' is unknown")]
+    NoProfile(String),
     #[error("record {table}/{id} already exists")]
     AlreadyExists { table: String, id: String },
     #[error("unknown table '{0}'")]
@@ -71,7 +83,9 @@ pub enum Error {
     NotAllowed(String),
     #[error("sync conflict on {table}/{id}: the server's version was kept")]
     Conflict { table: String, id: String },
-    #[error("reset refused: {count} unsynced change(s) would be lost (use force to reset anyway)")]
+    #[error(
+        "reset refused: {count} unsynced change(s) would be lost (reset with force to discard them)"
+    )]
     PendingUploads { count: u64 },
     #[error("Network or Service Unavailable: {0}")]
     NetworkUnavailable(String),
@@ -103,10 +117,11 @@ impl Error {
     /// The stable class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::RecordNotFound { .. } => ErrorKind::RecordNotFound,
+            Error::RecordNotFound { .. } | Error::NotOnServer { .. } => ErrorKind::RecordNotFound,
             Error::Conflict { .. } => ErrorKind::Conflict,
             Error::AlreadyExists { .. }
             | Error::UnknownTable(_)
+            | Error::NoProfile(_)
             | Error::UnknownColumn { .. }
             | Error::InvalidProfile(_)
             | Error::InvalidModel(_)
@@ -117,6 +132,7 @@ impl Error {
             Error::Unauthorized => ErrorKind::Unauthorized,
             Error::Server { status, .. } if *status >= 500 => ErrorKind::NetworkUnavailable,
             Error::Server { status, .. } if *status == 401 => ErrorKind::Unauthorized,
+            Error::Server { status, .. } if *status == 403 => ErrorKind::Forbidden,
             Error::Server { .. } => ErrorKind::InvalidInput,
             Error::StorageFull(_) | Error::Storage(_) | Error::Sqlite(_) => ErrorKind::Storage,
             Error::WrongKey(_) => ErrorKind::WrongKey,

@@ -62,6 +62,7 @@ pub use telemetry::{AppInfo, TelemetryEvent, TelemetryKind};
 pub use time::{Clock, ManualClock, SystemClock};
 pub use transaction::{Write, WriteOp};
 pub use transport::{
-    HttpRequest, HttpResponse, HttpTransport, Method, TlsRoots, TlsTrust, Transport, TransportError,
+    HttpRequest, HttpResponse, HttpTimeouts, HttpTransport, Method, TlsRoots, TlsTrust, Transport,
+    TransportError,
 };
 pub use value::{Record, Value};

@@ -125,7 +125,7 @@ impl Engine {
                 version: r.value.version,
                 fields: r.value.row,
             }),
-            Err(Error::Server { status: 404, .. }) => Err(Error::RecordNotFound {
+            Err(Error::Server { status: 404, .. }) => Err(Error::NotOnServer {
                 table: table.to_owned(),
                 id: id.to_owned(),
             }),

@@ -907,9 +907,13 @@ impl Engine {
             app_version: app.app_version.clone(),
             device_model: app.device_model.clone(),
             os_version: app.os_version.clone(),
+            conflicts: 0,
+            rejected: 0,
+            pending_uploads: None,
         };
         let mut events = Vec::new();
         let mut sync = base(TelemetryKind::Sync, None);
+        sync.pending_uploads = self.store.pending_count().ok();
         match result {
             Ok(report) => {
                 sync.rows_up =
@@ -921,6 +925,8 @@ impl Engine {
                     .sum();
                 sync.bytes_up = report.bytes_up;
                 sync.bytes_down = report.bytes_down;
+                sync.conflicts = report.conflicts.len() as u64;
+                sync.rejected = report.rejected.len() as u64;
                 events.push(sync);
                 for t in &report.tables {
                     let mut e = base(TelemetryKind::TableDownload, Some(t.table.clone()));

@@ -60,6 +60,18 @@ pub struct TelemetryEvent {
     pub app_version: String,
     pub device_model: String,
     pub os_version: String,
+    /// A completed sync: the local changes where the server kept its
+    /// version (conflict detection on). A sync with conflicts completed,
+    /// but is not a clean success.
+    #[serde(default)]
+    pub conflicts: u64,
+    /// A completed sync: the local changes the server refused.
+    #[serde(default)]
+    pub rejected: u64,
+    /// Local changes still waiting for upload when the sync ended (a sync
+    /// event; absent from older devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_uploads: Option<u64>,
 }
 
 /// Body of `POST /v1/telemetry`.
@@ -215,6 +227,9 @@ impl TelemetryEvent {
             app_version: String::new(),
             device_model: String::new(),
             os_version: String::new(),
+            conflicts: 0,
+            rejected: 0,
+            pending_uploads: None,
         }
     }
 }

@@ -71,9 +71,9 @@ impl Engine {
                 "a transaction holds at most {MAX_TRANSACTION_WRITES} writes"
             )));
         }
-        let profile = self
-            .profile()
-            .ok_or_else(|| Error::UnknownTable("no offline profile yet: sync once first".into()))?;
+        let profile = self.profile().ok_or_else(|| {
+            Error::NoProfile(writes.first().map(|w| w.table.clone()).unwrap_or_default())
+        })?;
         let mut local = Vec::with_capacity(writes.len());
         for w in writes {
             let table = self.table_checked(&w.table)?;

@@ -66,6 +66,37 @@ impl Value {
         }
     }
 
+    /// Reads a value typed as text (a command line's `column=value`) as the
+    /// column's kind says: `notes=123` is the text "123", `quantity=3` the
+    /// integer 3. `null` (for any kind) is null; booleans are `true`,
+    /// `false`, `1` or `0`.
+    pub fn parse_as(kind: ColumnKind, text: &str) -> Result<Value, String> {
+        if text == "null" {
+            return Ok(Value::Null);
+        }
+        match kind {
+            ColumnKind::Text
+            | ColumnKind::Date
+            | ColumnKind::DateTime
+            | ColumnKind::Json
+            | ColumnKind::Choice => Value::Text(text.to_owned()).coerce(kind),
+            ColumnKind::Integer => text
+                .trim()
+                .parse::<i64>()
+                .map(Value::Integer)
+                .map_err(|_| format!("'{text}' is not an integer")),
+            ColumnKind::Real => match text.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() => Ok(Value::Real(f)),
+                _ => Err(format!("'{text}' is not a number")),
+            },
+            ColumnKind::Boolean => match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" => Ok(Value::Boolean(true)),
+                "false" | "0" => Ok(Value::Boolean(false)),
+                _ => Err(format!("'{text}' is not a boolean (true or false)")),
+            },
+        }
+    }
+
     /// Checks this value against a column kind and returns it in the column's
     /// canonical form (integers widen to reals; 0/1 become booleans).
     pub fn coerce(self, kind: ColumnKind) -> Result<Value, String> {
@@ -242,6 +273,24 @@ mod tests {
         assert!(matches!(utf8_text(valid), std::borrow::Cow::Borrowed(t) if t.as_bytes() == valid));
         assert_eq!(utf8_text(b"ok \xff\xfe end"), "ok \u{FFFD}\u{FFFD} end");
         assert_eq!(utf8_text(b"cut \xe2\x82"), "cut \u{FFFD}");
+    }
+
+    #[test]
+    fn text_from_a_command_line_is_read_as_the_columns_kind() {
+        use ColumnKind::*;
+        assert_eq!(Value::parse_as(Text, "123"), Ok(Value::Text("123".into())));
+        assert_eq!(
+            Value::parse_as(Text, "true"),
+            Ok(Value::Text("true".into()))
+        );
+        assert_eq!(Value::parse_as(Integer, "123"), Ok(Value::Integer(123)));
+        assert_eq!(Value::parse_as(Real, "2"), Ok(Value::Real(2.0)));
+        assert_eq!(Value::parse_as(Boolean, "0"), Ok(Value::Boolean(false)));
+        assert_eq!(Value::parse_as(Text, "null"), Ok(Value::Null));
+        assert!(Value::parse_as(Integer, "12a").is_err());
+        assert!(Value::parse_as(Real, "NaN").is_err());
+        assert!(Value::parse_as(Date, "2026-13-45").is_err());
+        assert!(Value::parse_as(Boolean, "yes").is_err());
     }
 
     #[test]

@@ -64,16 +64,22 @@ pub async fn authenticate(app: &Arc<App>, headers: &HeaderMap) -> ApiResult<User
 
 /// Checks admin credentials: the server's admin token, or an admin user's.
 pub async fn authenticate_admin(app: &Arc<App>, headers: &HeaderMap) -> ApiResult<()> {
+    authenticate_admin_as(app, headers).await.map(|_| ())
+}
+
+/// [`authenticate_admin`], answering who: `admin token` or `user <id>` (as
+/// the console names its sessions).
+pub async fn authenticate_admin_as(app: &Arc<App>, headers: &HeaderMap) -> ApiResult<String> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
     if constant_time_eq(
         hash_token(&token).as_bytes(),
         app.admin_token_hash.as_bytes(),
     ) {
-        return Ok(());
+        return Ok("admin token".to_owned());
     }
     let db = app.db.clone();
     match blocking(move || db.user_by_token(&token)).await? {
-        Some(u) if u.role == Role::Admin => Ok(()),
+        Some(u) if u.role == Role::Admin => Ok(format!("user {}", u.id)),
         Some(_) => Err(ApiError::forbidden("admin credentials are required")),
         None => Err(ApiError::unauthorized()),
     }
@@ -267,6 +273,15 @@ pub async fn pull(
         Ok(page)
     })
     .await?;
+    app.metrics
+        .pull_page(&page.head.table, page.rows, page.removed, page.json.len());
+    tracing::info!(
+        table = %page.head.table,
+        rows = page.rows,
+        removed = page.removed,
+        has_more = page.head.has_more,
+        "pull page served"
+    );
     if !app.pull_delay.is_zero() {
         tokio::time::sleep(app.pull_delay).await;
     }
@@ -338,15 +353,19 @@ pub async fn push(
     let request: PushRequest = read_json(&app, &headers, body).await?;
     let db = app.db.clone();
     let device = device_id(&headers);
-    let results = blocking(move || {
+    let (results, request) = blocking(move || {
         let profile = db.sync_profile(&user)?;
         let results = db.push(&user, device.as_deref(), &profile, &request.mutations)?;
         if let Some(d) = &device {
             db.touch_device(d, &user.id, false, None)?;
         }
-        Ok(results)
+        Ok((results, request))
     })
     .await?;
+    for (m, r) in request.mutations.iter().zip(&results) {
+        app.metrics.push_outcome(&m.table, r.status);
+    }
+    tracing::info!(mutations = results.len(), "push applied");
     Ok(Json(PushResponse { results }))
 }
 
@@ -747,7 +766,7 @@ pub async fn sync_errors(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     q: Result<Query<SyncErrorFilter>, QueryRejection>,
-) -> ApiResult<Json<Vec<crate::db::SyncErrorEntry>>> {
+) -> ApiResult<Json<Vec<SyncErrorOut>>> {
     authenticate_admin(&app, &headers).await?;
     let filter = query(q)?;
     if let Some(kind) = filter
@@ -761,7 +780,74 @@ pub async fn sync_errors(
         ));
     }
     let db = app.db.clone();
-    Ok(Json(blocking(move || db.sync_errors(&filter)).await?))
+    let (entries, mut retries) = blocking(move || {
+        let entries = db.sync_errors(&filter)?;
+        let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+        let retries = db.sync_error_retries(&ids)?;
+        Ok((entries, retries))
+    })
+    .await?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|entry| {
+                let retry = retries.remove(&entry.id);
+                SyncErrorOut {
+                    retried: retry.is_some(),
+                    retry,
+                    entry,
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// One entry of `GET /v1/admin/sync-errors`: the entry, and its latest
+/// retry.
+#[derive(Debug, Serialize)]
+pub struct SyncErrorOut {
+    #[serde(flatten)]
+    entry: crate::db::SyncErrorEntry,
+    /// Whether an administrator retried the entry (whatever the outcome).
+    retried: bool,
+    /// The latest retry: when, by whom, and its outcome.
+    retry: Option<crate::db::SyncErrorRetry>,
+}
+
+/// Retries a Sync Errors entry as `by` (the API and the console), counting
+/// the outcome in the metrics.
+pub async fn retry_sync_error(
+    app: &Arc<App>,
+    id: i64,
+    by: String,
+) -> ApiResult<crate::db::SyncErrorRetry> {
+    let db = app.db.clone();
+    match blocking(move || db.retry_sync_error(id, &by)).await? {
+        Ok(retry) => {
+            app.metrics.retry_outcome(true);
+            Ok(retry)
+        }
+        Err((_, refused)) => {
+            app.metrics.retry_outcome(false);
+            Err(refused)
+        }
+    }
+}
+
+/// `POST /v1/admin/sync-errors/{id}/retry`: re-applies the device's change
+/// logged in the entry, as the console's Retry does (see
+/// [`crate::db::Db::retry_sync_error`]); answers the retry record.
+pub async fn retry_sync_error_route(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    segments: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<crate::db::SyncErrorRetry>> {
+    let raw = path(segments)?;
+    let by = authenticate_admin_as(&app, &headers).await?;
+    let id = raw
+        .parse::<i64>()
+        .map_err(|_| ApiError::not_found(format!("no sync error {raw}")))?;
+    Ok(Json(retry_sync_error(&app, id, by).await?))
 }
 
 #[derive(Debug, Serialize)]

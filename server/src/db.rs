@@ -70,7 +70,7 @@ use crate::selection::Walked;
 use crate::sql::{Conn, Dialect, PgClient, PgConn, Row, SqliteConn, opt_text, pg_retryable, text};
 
 /// Current version of the server's own schema.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Whether a device id is one the server records (1 to 128 bytes): the
 /// `x-fieldsync-device-id` header is read only within this bound, and the
@@ -558,6 +558,27 @@ enum Backend {
     Postgres(PgPool),
 }
 
+/// Connections of one instance to its database ([`Db::pool_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections held, in use or idle.
+    pub open: usize,
+    /// Connections idle in the pool.
+    pub idle: usize,
+    /// Most connections opened at once; 0 when there is no limit (SQLite
+    /// readers are opened as needed).
+    pub max: usize,
+}
+
+/// The selection cache's use ([`Db::selection_cache_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectionCacheStats {
+    pub bytes: usize,
+    pub sets: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
 /// Server storage.
 pub struct Db {
     clock: Arc<dyn Clock>,
@@ -718,6 +739,10 @@ fn int(n: i64) -> Value {
 pub struct PageOut {
     pub head: PullPage,
     pub json: Vec<u8>,
+    /// Rows the page inserts or replaces.
+    pub rows: usize,
+    /// Rows the page removes.
+    pub removed: usize,
 }
 
 impl PageOut {
@@ -1139,6 +1164,38 @@ impl Db {
     pub fn with_selection_cache(mut self, bytes: usize) -> Db {
         self.selections = crate::selection::SelectionCache::new(bytes);
         self
+    }
+
+    /// Connections of this instance to its database.
+    pub fn pool_stats(&self) -> PoolStats {
+        match &self.backend {
+            Backend::Sqlite { readers, .. } => {
+                let idle = lock(readers).len();
+                // The writer is always open; readers are opened on demand
+                // and at most eight idle ones kept.
+                PoolStats {
+                    open: idle + 1,
+                    idle,
+                    max: 0,
+                }
+            }
+            Backend::Postgres(pool) => PoolStats {
+                open: *lock(&pool.open),
+                idle: lock(&pool.idle).len(),
+                max: PG_CONNECTIONS,
+            },
+        }
+    }
+
+    /// What the selection cache holds and how often it answered.
+    pub fn selection_cache_stats(&self) -> SelectionCacheStats {
+        let (hits, misses) = self.selections.lookups();
+        SelectionCacheStats {
+            bytes: self.selections.bytes(),
+            sets: self.selections.len(),
+            hits,
+            misses,
+        }
     }
 
     /// The selected-value sets this instance keeps.
@@ -2067,6 +2124,8 @@ impl Db {
             };
             Ok(PageOut {
                 json: rows.page_json(&head, &removed)?,
+                rows: rows.len(),
+                removed: removed.len(),
                 head,
             })
         })
@@ -3600,14 +3659,47 @@ pub struct ConsoleSession {
     pub csrf_token: String,
 }
 
-/// A Sync Errors entry that an administrator retried.
+/// The latest retry of a Sync Errors entry by an administrator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncErrorRetry {
     pub sync_error_id: i64,
     pub at: String,
     pub retried_by: String,
-    /// Version of the record after the retried change was applied.
+    /// Whether the device's change was applied.
+    pub outcome: RetryOutcome,
+    /// Version of the record after the retried change was applied (0 when
+    /// it failed).
     pub version: i64,
+    /// Why the change still could not be applied (a failed retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// How a retry of a Sync Errors entry ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOutcome {
+    /// The device's change was applied; the entry cannot be retried again.
+    Applied,
+    /// A rule still refused the change; nothing changed, and the entry may
+    /// be retried again.
+    Failed,
+}
+
+impl RetryOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RetryOutcome::Applied => "applied",
+            RetryOutcome::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> RetryOutcome {
+        match s {
+            "failed" => RetryOutcome::Failed,
+            _ => RetryOutcome::Applied,
+        }
+    }
 }
 
 /// Distinct values of the Sync Errors log, for the console's filters.
@@ -3810,7 +3902,7 @@ impl Db {
         }
         let placeholders = vec!["?"; ids.len()].join(", ");
         let sql = format!(
-            "SELECT sync_error_id, at, retried_by, version FROM _fs_sync_error_retries WHERE sync_error_id IN ({placeholders})"
+            "SELECT sync_error_id, at, retried_by, version, outcome, message FROM _fs_sync_error_retries WHERE sync_error_id IN ({placeholders})"
         );
         let params: Vec<Value> = ids.iter().map(|i| int(*i)).collect();
         let rows = self.read(|c| c.query(&sql, &params))?;
@@ -3821,6 +3913,8 @@ impl Db {
                 at: r.text(1)?,
                 retried_by: r.text(2)?,
                 version: r.i64(3)?,
+                outcome: RetryOutcome::parse(&r.text(4)?),
+                message: r.opt_text(5)?,
             };
             out.insert(retry.sync_error_id, retry);
         }
@@ -3853,23 +3947,20 @@ impl Db {
     /// the logged user would push it but with conflict detection bypassed:
     /// the device's data wins. The write goes into the change log (with the
     /// logged user and device), so devices pull it; the entry is marked
-    /// retried. Refuses an entry already retried (409), and answers the
-    /// rule that still refuses the change (for example a record outside the
-    /// user's offline profile) without changing anything.
-    pub fn retry_sync_error(&self, id: i64, retried_by: &str) -> ApiResult<SyncErrorRetry> {
+    /// retried (outcome `applied`). Refuses an entry already retried with
+    /// success (409). When a rule still refuses the change (for example a
+    /// record outside the user's offline profile), nothing changes but the
+    /// entry's retry record, marked `failed` with the reason, and the
+    /// answer is that refusal (409, or 400 when the user was deleted), with
+    /// the failed retry's record; such an entry may be retried again.
+    pub fn retry_sync_error(
+        &self,
+        id: i64,
+        retried_by: &str,
+    ) -> ApiResult<Result<SyncErrorRetry, (SyncErrorRetry, ApiError)>> {
         let entry = self
             .sync_error(id)?
             .ok_or_else(|| ApiError::not_found(format!("no sync error {id}")))?;
-        let user = self.user_by_id(&entry.user_id)?.ok_or_else(|| {
-            ApiError::bad_request(
-                codes::BAD_REQUEST,
-                format!("user '{}' no longer exists", entry.user_id),
-            )
-        })?;
-        let profile = self.sync_profile(&user)?;
-        let op = Op::parse(&entry.action).ok_or_else(|| {
-            ApiError::internal(format!("logged action '{}' is unknown", entry.action))
-        })?;
         if entry.device_data_cut.is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -3877,6 +3968,12 @@ impl Db {
                 "the device's data was too large to keep in the log; this change cannot be retried",
             ));
         }
+        let op = Op::parse(&entry.action).ok_or_else(|| {
+            ApiError::internal(format!("logged action '{}' is unknown", entry.action))
+        })?;
+        let at = self.now_text();
+        let user = self.user_by_id(&entry.user_id)?;
+        let profile = user.as_ref().map(|u| self.sync_profile(u)).transpose()?;
         let mutation = Mutation {
             idempotency_key: format!("console-retry-{id}"),
             table: entry.table.clone(),
@@ -3886,10 +3983,9 @@ impl Db {
             data: entry.device_data.clone().unwrap_or_default(),
             transaction: None,
         };
-        let at = self.now_text();
-        self.write(|c| {
+        let retry = self.write(|c| {
             let done = c.query_opt(
-                "SELECT at FROM _fs_sync_error_retries WHERE sync_error_id = ?",
+                "SELECT at FROM _fs_sync_error_retries WHERE sync_error_id = ? AND outcome = 'applied'",
                 &[int(id)],
             )?;
             if let Some(when) = done.map(|r| r.text(0)).transpose()? {
@@ -3899,40 +3995,81 @@ impl Db {
                     format!("sync error {id} was already retried at {when}"),
                 ));
             }
-            c.batch("SAVEPOINT retry")?;
-            let outcome = self.push_one(
-                c,
-                &user,
-                entry.device_id.as_deref(),
-                &profile,
-                &mutation,
-                false,
-            );
-            let result = match outcome {
-                Ok(r) => {
-                    c.batch("RELEASE SAVEPOINT retry")?;
-                    r
+            let outcome = match (&user, &profile) {
+                (Some(user), Some(profile)) => {
+                    c.batch("SAVEPOINT retry")?;
+                    match self.push_one(
+                        c,
+                        user,
+                        entry.device_id.as_deref(),
+                        profile,
+                        &mutation,
+                        false,
+                    ) {
+                        Ok(r) => {
+                            c.batch("RELEASE SAVEPOINT retry")?;
+                            Ok(r.version)
+                        }
+                        Err(PushFail::Fatal(e)) => return Err(e),
+                        Err(PushFail::Reject(r)) => {
+                            c.batch("ROLLBACK TO SAVEPOINT retry; RELEASE SAVEPOINT retry")?;
+                            Err((
+                                r.code,
+                                format!("the device's change still cannot be applied: {}", r.message),
+                            ))
+                        }
+                    }
                 }
-                Err(PushFail::Fatal(e)) => return Err(e),
-                Err(PushFail::Reject(r)) => {
-                    c.batch("ROLLBACK TO SAVEPOINT retry; RELEASE SAVEPOINT retry")?;
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        r.code,
-                        format!("the device's change still cannot be applied: {}", r.message),
-                    ));
-                }
+                _ => Err((
+                    codes::BAD_REQUEST,
+                    format!("user '{}' no longer exists", entry.user_id),
+                )),
+            };
+            let retry = match &outcome {
+                Ok(version) => SyncErrorRetry {
+                    sync_error_id: id,
+                    at: at.clone(),
+                    retried_by: retried_by.to_owned(),
+                    outcome: RetryOutcome::Applied,
+                    version: *version,
+                    message: None,
+                },
+                Err((_, message)) => SyncErrorRetry {
+                    sync_error_id: id,
+                    at: at.clone(),
+                    retried_by: retried_by.to_owned(),
+                    outcome: RetryOutcome::Failed,
+                    version: 0,
+                    message: Some(message.clone()),
+                },
             };
             c.execute(
-                "INSERT INTO _fs_sync_error_retries (sync_error_id, at, retried_by, version) VALUES (?, ?, ?, ?)",
-                &[int(id), text(at.clone()), text(retried_by), int(result.version)],
+                "DELETE FROM _fs_sync_error_retries WHERE sync_error_id = ?",
+                &[int(id)],
             )?;
-            Ok(SyncErrorRetry {
-                sync_error_id: id,
-                at: at.clone(),
-                retried_by: retried_by.to_owned(),
-                version: result.version,
-            })
+            c.execute(
+                "INSERT INTO _fs_sync_error_retries (sync_error_id, at, retried_by, version, outcome, message) VALUES (?, ?, ?, ?, ?, ?)",
+                &[
+                    int(id),
+                    text(at.clone()),
+                    text(retried_by),
+                    int(retry.version),
+                    text(retry.outcome.as_str()),
+                    opt_text(retry.message.clone()),
+                ],
+            )?;
+            Ok((retry, outcome.err()))
+        })?;
+        Ok(match retry {
+            (retry, None) => Ok(retry),
+            (retry, Some((code, message))) => {
+                let status = if code == codes::BAD_REQUEST {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::CONFLICT
+                };
+                Err((retry, ApiError::new(status, code, message)))
+            }
         })
     }
 }
@@ -3975,6 +4112,9 @@ mod retention_tests {
             app_version: "1".into(),
             device_model: "m".into(),
             os_version: "o".into(),
+            conflicts: 0,
+            rejected: 0,
+            pending_uploads: None,
         }
     }
 

@@ -13,7 +13,9 @@ pub mod db;
 pub mod error;
 pub mod limits;
 pub mod listen;
+pub mod metrics;
 pub mod model;
+pub mod observe;
 pub mod online;
 pub mod page;
 pub mod pgtls;
@@ -95,6 +97,8 @@ pub struct ServerConfig {
     pub behind_tls_proxy: bool,
     /// How many failed sign-ins a source address may make (see [`limits`]).
     pub sign_in_limits: limits::SignInLimits,
+    /// When set, `GET /metrics` asks for this bearer token; open without it.
+    pub metrics_token: Option<String>,
     /// The company's data model (`--model FILE`); `None` is the built-in
     /// Field Service model. Published as a new version at start when it
     /// differs from the model the database last started with (see
@@ -142,6 +146,7 @@ impl ServerConfig {
             connection_limits: listen::ConnectionLimits::default(),
             behind_tls_proxy: false,
             sign_in_limits: limits::SignInLimits::default(),
+            metrics_token: None,
             model: None,
         }
     }
@@ -188,6 +193,10 @@ pub struct App {
     pub behind_tls_proxy: bool,
     /// Failed sign-ins per source address.
     pub sign_ins: limits::SignInLimiter,
+    /// The process's counters (`GET /metrics`).
+    pub metrics: metrics::Metrics,
+    /// Hash of [`ServerConfig::metrics_token`].
+    pub metrics_token_hash: Option<String>,
 }
 
 /// Opens the database and builds the HTTP application.
@@ -225,9 +234,12 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         max_body_bytes: config.max_body_bytes,
         behind_tls_proxy: config.behind_tls_proxy,
         sign_ins: limits::SignInLimiter::new(config.sign_in_limits, config.clock.clone()),
+        metrics: metrics::Metrics::new(),
+        metrics_token_hash: config.metrics_token.as_deref().map(db::hash_token),
     });
     let router = Router::new()
         .route("/v1/health", get(api::health))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/profile", get(api::profile))
         .route("/v1/sync/pull", get(api::pull))
         .route("/v1/sync/push", post(api::push))
@@ -253,6 +265,10 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
             get(api::get_settings).put(api::put_settings),
         )
         .route("/v1/admin/sync-errors", get(api::sync_errors))
+        .route(
+            "/v1/admin/sync-errors/{id}/retry",
+            post(api::retry_sync_error_route),
+        )
         .route("/v1/admin/profiles", get(api::list_profiles))
         .route(
             "/v1/admin/profiles/{name}",
@@ -286,6 +302,10 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         // the fastest level already takes them to a fraction of their size
         // while costing the server little (docs/performance.md).
         .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            metrics::track,
+        ))
         .with_state(app);
     Ok((router, db))
 }

@@ -314,6 +314,32 @@ ALTER TABLE _fs_users ADD COLUMN time_zone TEXT;
 ALTER TABLE _fs_users ADD COLUMN IF NOT EXISTS time_zone TEXT;
 "#,
     },
+    Migration {
+        version: 7,
+        description: "a retry of a Sync Errors entry keeps its outcome (applied, or failed and why)",
+        sqlite: r#"
+ALTER TABLE _fs_sync_error_retries ADD COLUMN outcome TEXT NOT NULL DEFAULT 'applied';
+ALTER TABLE _fs_sync_error_retries ADD COLUMN message TEXT;
+"#,
+        postgres: r#"
+ALTER TABLE _fs_sync_error_retries ADD COLUMN IF NOT EXISTS outcome TEXT NOT NULL DEFAULT 'applied';
+ALTER TABLE _fs_sync_error_retries ADD COLUMN IF NOT EXISTS message TEXT;
+"#,
+    },
+    Migration {
+        version: 8,
+        description: "telemetry keeps a sync's conflicts, rejected changes and the pending uploads left",
+        sqlite: r#"
+ALTER TABLE _fs_telemetry ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE _fs_telemetry ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE _fs_telemetry ADD COLUMN pending_uploads INTEGER;
+"#,
+        postgres: r#"
+ALTER TABLE _fs_telemetry ADD COLUMN IF NOT EXISTS conflicts BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE _fs_telemetry ADD COLUMN IF NOT EXISTS rejected BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE _fs_telemetry ADD COLUMN IF NOT EXISTS pending_uploads BIGINT;
+"#,
+    },
 ];
 
 /// The version this server's schema reaches.

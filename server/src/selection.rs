@@ -165,6 +165,8 @@ struct Inner {
     bytes: usize,
     tick: u64,
     builds: u64,
+    hits: u64,
+    misses: u64,
     /// Sets evicted for room, with the high-water mark each was built at.
     evicted: HashMap<String, i64>,
 }
@@ -220,9 +222,19 @@ impl SelectionCache {
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
-        let entry = inner.entries.get_mut(key).filter(|e| e.hwm >= snapshot)?;
-        entry.used = tick;
-        Some(entry.set.clone())
+        let found = match inner.entries.get_mut(key).filter(|e| e.hwm >= snapshot) {
+            Some(entry) => {
+                entry.used = tick;
+                Some(entry.set.clone())
+            }
+            None => None,
+        };
+        if found.is_some() {
+            inner.hits += 1;
+        } else {
+            inner.misses += 1;
+        }
+        found
     }
 
     fn put(&self, key: String, hwm: i64, set: Arc<KeySet>) {
@@ -275,6 +287,13 @@ impl SelectionCache {
     /// every set of it the profile reads).
     pub fn builds(&self) -> u64 {
         self.lock().builds
+    }
+
+    /// Lookups answered from a kept set, and lookups that found none, since
+    /// start.
+    pub fn lookups(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (inner.hits, inner.misses)
     }
 
     /// A cache whose builds may read only `spare` rows besides their share

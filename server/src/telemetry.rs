@@ -86,8 +86,9 @@ pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> Api
             n += c.execute(
                 "INSERT INTO _fs_telemetry (id, received_at, user_id, device_id, kind, sync_id, mode,
                    result, failure_type, started_at, duration_ms, active_duration_ms, rows_up, rows_down,
-                   bytes_up, bytes_down, tbl, network_type, app_version, device_model, os_version)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   bytes_up, bytes_down, tbl, network_type, app_version, device_model, os_version,
+                   conflicts, rejected, pending_uploads)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (id) DO NOTHING",
                 &[
                     text(e.id.clone()),
@@ -111,6 +112,10 @@ pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> Api
                     text(e.app_version.clone()),
                     text(e.device_model.clone()),
                     text(e.os_version.clone()),
+                    Value::Integer(e.conflicts.min(i64::MAX as u64) as i64),
+                    Value::Integer(e.rejected.min(i64::MAX as u64) as i64),
+                    e.pending_uploads
+                        .map_or(Value::Null, |n| Value::Integer(n.min(i64::MAX as u64) as i64)),
                 ],
             )?;
         }
@@ -199,7 +204,7 @@ fn where_clause(q: &TelemetryQuery) -> ApiResult<(String, Vec<Value>)> {
 const COLUMNS: &str =
     "id, kind, device_id, sync_id, mode, result, failure_type, started_at, duration_ms,
     active_duration_ms, rows_up, rows_down, bytes_up, bytes_down, tbl, network_type, app_version,
-    device_model, os_version, user_id, received_at";
+    device_model, os_version, user_id, received_at, conflicts, rejected, pending_uploads";
 
 fn read_event(r: &Row) -> ApiResult<StoredEvent> {
     let kind = r.text(1)?;
@@ -228,6 +233,9 @@ fn read_event(r: &Row) -> ApiResult<StoredEvent> {
             app_version: r.text(16)?,
             device_model: r.text(17)?,
             os_version: r.text(18)?,
+            conflicts: r.i64(21)?.max(0) as u64,
+            rejected: r.i64(22)?.max(0) as u64,
+            pending_uploads: r.opt_i64(23)?.map(|n| n.max(0) as u64),
         },
         user_id: r.text(19)?,
         received_at: r.i64(20)?,
@@ -315,7 +323,11 @@ pub struct Summary {
     pub since: Option<i64>,
     pub devices: u64,
     pub syncs: u64,
+    /// Syncs that completed, with or without conflicts.
     pub successes: u64,
+    /// Completed syncs that left conflicts or rejected changes (counted in
+    /// `successes` too).
+    pub with_conflicts: u64,
     pub failures: u64,
     /// failures / syncs (0 when there are none).
     pub failure_rate: f64,
@@ -363,6 +375,9 @@ pub fn summary(db: &Db, q: &TelemetryQuery) -> ApiResult<Summary> {
                         .or_default() += 1;
                 } else {
                     s.successes += 1;
+                    if e.conflicts + e.rejected > 0 {
+                        s.with_conflicts += 1;
+                    }
                 }
                 for (map, key) in [
                     (&mut s.by_mode, e.mode.clone()),

@@ -18,6 +18,23 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const bin = process.env.FIELDSYNC_BIN || join(root, "target", "debug", "fieldsync");
 const shots = join(root, "artifacts", "console");
 const ADMIN_TOKEN = "browser-test-admin-token";
+// The browser's language and time zone: times on the console are shown in
+// them (a zone 5 h 30 min off UTC, so a raw UTC time cannot pass).
+const LOCALE = "en-GB";
+const TIME_ZONE = "Asia/Kolkata";
+/** How the browser writes `iso` in its zone and language (medium date,
+ *  short time); checked to hold the hour and minute in TIME_ZONE, which
+ *  the UTC time does not. */
+async function localTime(iso) {
+  const text = await page.evaluate(
+    (t) => new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" }).format(new Date(t)),
+    iso,
+  );
+  const hm = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZone: TIME_ZONE }).format(new Date(iso));
+  assert.ok(text.includes(hm), `${text} shows ${hm} (${TIME_ZONE})`);
+  assert.ok(!text.includes(iso.slice(11, 16)), `${text} is not the UTC time ${iso}`);
+  return text;
+}
 
 let server; // { child, url }
 let work; // temporary directory
@@ -98,6 +115,8 @@ before(async () => {
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     headless: true,
     viewport: { width: 1280, height: 900 },
+    locale: LOCALE,
+    timezoneId: TIME_ZONE,
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -152,7 +171,17 @@ test("a device appears on the Devices page after its first sync", async () => {
   const row = await rows.first().innerText();
   assert.match(row, /Tess Technician/);
   assert.match(row, /tech-1/);
-  assert.match(row, /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d/, "the last sync time is shown");
+  // The last sync in the browser's zone and language, not a raw UTC string.
+  const [listed] = await admin("GET", "/v1/admin/devices");
+  const cells = rows.first().locator("td");
+  assert.equal(await cells.nth(2).innerText(), await localTime(listed.last_sync_at));
+  assert.equal(await cells.nth(2).locator("time").getAttribute("datetime"), listed.last_sync_at);
+  assert.doesNotMatch(row, /\d{4}-\d\d-\d\dT\d\d:\d\d/, "no raw ISO time");
+  // Pending uploads come from the device's sync telemetry: none left.
+  const headers = await page.locator("table.devices thead th").allInnerTexts();
+  assert.equal(headers[4], "Pending uploads");
+  assert.equal(await cells.nth(4).innerText(), "0");
+  assert.doesNotMatch(row, /not reported/);
   await shot("02-devices");
 });
 
@@ -189,9 +218,11 @@ test("a real conflict lands in Sync Errors, reads side by side, filters, and ret
   const entry = entries.first();
   assert.equal(await entry.getAttribute("data-kind"), "conflict");
   const details = await entry.locator("table.details").innerText();
-  for (const want of [/Type\s+Conflict/, /Table\s+bookings/, /Record\s+bk-0000001/, /User\s+tech-1/, /Action\s+update/, /Time\s+\d{4}-/]) {
+  for (const want of [/Type\s+Conflict/, /Table\s+bookings/, /Record\s+bk-0000001/, /User\s+tech-1/, /Action\s+update/]) {
     assert.match(details, want);
   }
+  const [logged] = await admin("GET", "/v1/admin/sync-errors");
+  assert.equal(await entry.locator("header time").innerText(), await localTime(logged.at), "the time in the browser's zone");
   assert.match(await entry.locator("header .message").innerText(), /changed on the server/);
   // Device data and server data side by side, as a field table (not JSON).
   const notesRow = entry.locator("table.compare tr", { hasText: "notes" });
@@ -217,6 +248,10 @@ test("a real conflict lands in Sync Errors, reads side by side, filters, and ret
   await page.click("article.sync-error form.retry button");
   assert.match(await page.textContent(".notice.ok"), /retried/);
   assert.match(await page.textContent("article.sync-error .retried"), /Retried .* by admin token/);
+  const [retried] = await admin("GET", "/v1/admin/sync-errors");
+  assert.equal(retried.retried, true);
+  assert.equal(retried.retry.outcome, "applied");
+  assert.equal(await page.locator("article.sync-error .retried time").innerText(), await localTime(retried.retry.at));
   assert.equal(await page.locator("article.sync-error form.retry").count(), 0, "no second retry");
   const afterRetry = await api("GET", "/v1/records/bookings/bk-0000001", tokens.dispatcher);
   assert.equal(afterRetry.json.row.notes, "Technician: replaced the valve");
@@ -238,9 +273,15 @@ test("profiles: an invalid rule is shown inline and not published; a valid edit 
   await shot("06-profiles");
   await link.click();
   assert.match(await page.textContent("h1"), /Offline profile field-service/);
-  // The shipped profile: bookings by a custom filter, work orders through bookings.
-  assert.match(await page.textContent("table.overview"), /custom — filter: .*eq_current_user/);
-  assert.match(await page.textContent("table.overview"), /related — column: id; foreign column: work_order_id; table: bookings/);
+  // The shipped profile, in words: bookings by a custom filter, work orders through bookings.
+  const bookingsRules = await page.locator("table.overview tr", { hasText: "bookings" }).first().locator("ul.rules").innerText();
+  assert.equal(
+    bookingsRules.trim(),
+    "Rows where status = \u201Cactive\u201D and resource_id is the user and (start_time is today or in the next 7 days or end_time is today or in the next 7 days)",
+  );
+  const workOrderRules = await page.locator("table.overview tr", { has: page.locator("th", { hasText: /^work_orders$/ }) }).locator("ul.rules").innerText();
+  assert.equal(workOrderRules.trim(), "Rows whose id is the work_order_id of a synced bookings row");
+  assert.doesNotMatch(await page.textContent("table.overview"), /filters: |op: /, "no flattened JSON");
   await shot("07-profile");
   const { version } = await admin("GET", "/v1/admin/profiles/field-service");
 
@@ -266,6 +307,52 @@ test("profiles: an invalid rule is shown inline and not published; a valid edit 
   assert.match(await page.locator("table.overview tr", { hasText: "accounts" }).innerText(), /2 h/);
 });
 
+test("a rule built with the structured form produces its JSON, publishes, and syncs the rows it says", async () => {
+  const only = {
+    name: "builder", description: "work orders by priority",
+    tables: [{ name: "work_orders", columns: ["name", "priority"], rules: [{ kind: "all" }], sync_interval_secs: 300 }],
+  };
+  await admin("PUT", "/v1/admin/profiles/builder", only);
+  tokens.builder = (await admin("POST", "/v1/admin/users", { id: "tech-b", name: "Bo Builder", role: "technician", profile: "builder" })).token;
+  await go("/console/profiles/builder");
+  const table = page.locator("fieldset.table[data-table=work_orders]");
+  const builder = table.locator(".rule-builder");
+  assert.equal(await builder.isVisible(), true);
+  await page.fill("#rules-work_orders", "");
+
+  // A value the column's kind cannot read is refused on the spot.
+  await builder.locator("select.rb-kind").selectOption("custom");
+  await builder.locator("select.rb-column").selectOption("priority");
+  await builder.locator("select.rb-op").selectOption("ge");
+  await builder.locator("input.rb-value").fill("high");
+  await builder.locator("button.rb-add").click();
+  assert.match(await builder.locator(".rb-error").innerText(), /not a whole number/);
+  assert.equal(await page.inputValue("#rules-work_orders"), "");
+
+  await builder.locator("input.rb-value").fill("3");
+  await builder.locator("button.rb-add").click();
+  const rule = { kind: "custom", filter: { op: "ge", column: "priority", value: 3 } };
+  assert.equal(await page.inputValue("#rules-work_orders"), JSON.stringify(rule), "the same JSON a person would type");
+  await shot("09-rule-builder");
+  await page.click("form.editor button[type=submit]");
+  assert.match(await page.textContent(".notice.ok"), /Published version 2/);
+  const published = await admin("GET", "/v1/admin/profiles/builder");
+  assert.deepEqual(published.profile.tables[0].rules, [rule]);
+  assert.equal(
+    (await page.locator("table.overview ul.rules").innerText()).trim(),
+    "Rows where priority \u2265 3",
+  );
+
+  // The device on that profile keeps exactly the work orders it says.
+  const all = (await api("GET", "/v1/records/work_orders?limit=1000", tokens.dispatcher)).json.rows;
+  const wanted = all.filter((r) => r.row.priority !== null && r.row.priority >= 3).map((r) => r.id).sort();
+  assert.ok(wanted.length > 0 && wanted.length < all.length, `a real cut: ${wanted.length} of ${all.length}`);
+  const synced = await device("builder", ["sync"]);
+  assert.equal(synced.code, 0, JSON.stringify(synced));
+  const local = await device("builder", ["list", "work_orders", "--limit", "1000"]);
+  assert.deepEqual(local.json.map((r) => r.id).sort(), wanted);
+});
+
 test("telemetry page charts the sync events the devices uploaded", async () => {
   await go("/console/telemetry");
   assert.equal(await page.textContent("h1"), "Telemetry");
@@ -277,7 +364,13 @@ test("telemetry page charts the sync events the devices uploaded", async () => {
   const failureCharts = await page.locator("section.card", { hasText: "Failure rate by failure type" }).locator("svg.chart").count();
   assert.ok(failureCharts === 1 || /No sync failed in this window/.test(failureCards), failureCards);
   assert.equal(await page.locator("svg.chart").count(), 2 + failureCharts, "sync counts, durations, and failures when there are any");
-  await shot("09-telemetry");
+  // The technician's sync that ended in a conflict is not a plain success.
+  const stat = async (id) => Number(await page.locator(`#${id} .n`).innerText());
+  const [total, succeeded, conflicted, failed] = [await stat("stat-syncs"), await stat("stat-succeeded"), await stat("stat-conflicts"), await stat("stat-failed")];
+  assert.ok(conflicted >= 1, `the conflicting sync is counted as one: ${conflicted}`);
+  assert.equal(succeeded + conflicted + failed, total);
+  assert.match(await page.locator("svg.sync-counts").innerHTML(), /rect class="conflicts"/);
+  await shot("10-telemetry");
 });
 
 test("signing out ends the session", async () => {

@@ -13,10 +13,11 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use maud::{PreEscaped, html};
 
 use crate::App;
 use crate::api::blocking;
-use crate::console::html::{bare_page, esc, notice};
+use crate::console::html::{bare_page, notice};
 use crate::console::{Form, html_response};
 use crate::db::{Role, hash_token};
 
@@ -59,10 +60,11 @@ fn forbidden(message: &str) -> Response {
         StatusCode::FORBIDDEN,
         bare_page(
             "Request refused",
-            &format!(
-                "{}<p><a href=\"/console\">Back to the console</a></p>",
-                notice("error", message)
-            ),
+            &html! {
+                (PreEscaped(notice("error", message)))
+                p { a href="/console" { "Back to the console" } }
+            }
+            .into_string(),
         ),
     )
 }
@@ -120,7 +122,14 @@ impl FromRequestParts<Arc<App>> for Admin {
                     StatusCode::UNAUTHORIZED,
                     bare_page(
                         "Sign in first",
-                        "<p>Your console session has ended. <a href=\"/console/login\">Sign in</a> again.</p>",
+                        &html! {
+                            p {
+                                "Your console session has ended. "
+                                a href="/console/login" { "Sign in" }
+                                " again."
+                            }
+                        }
+                        .into_string(),
                     ),
                 )
             }
@@ -144,15 +153,16 @@ impl FromRequestParts<Arc<App>> for Admin {
 }
 
 fn login_form(error: Option<&str>) -> String {
-    format!(
-        "{}<form class=\"card login\" method=\"post\" action=\"/console/login\">
-  <label for=\"token\">Admin token</label>
-  <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required autofocus>
-  <p class=\"hint\">The server's admin token, or the token of a user with the admin role. Technician and dispatcher tokens cannot sign in.</p>
-  <button type=\"submit\" class=\"primary\">Sign in</button>
-</form>",
-        error.map(|e| notice("error", e)).unwrap_or_default()
-    )
+    html! {
+        @if let Some(e) = error { (PreEscaped(notice("error", e))) }
+        form.card.login method="post" action="/console/login" {
+            label for="token" { "Admin token" }
+            input #token name="token" type="password" autocomplete="current-password" required autofocus;
+            p.hint { "The server's admin token, or the token of a user with the admin role. Technician and dispatcher tokens cannot sign in." }
+            button.primary type="submit" { "Sign in" }
+        }
+    }
+    .into_string()
 }
 
 /// `GET /console/login`: the sign-in form.
@@ -262,10 +272,14 @@ pub async fn logout(
         StatusCode::OK,
         bare_page(
             "Signed out",
-            &format!(
-                "<p>{} signed out. <a href=\"/console/login\">Sign in again</a>.</p>",
-                esc(&admin.name)
-            ),
+            &html! {
+                p {
+                    (admin.name) " signed out. "
+                    a href="/console/login" { "Sign in again" }
+                    "."
+                }
+            }
+            .into_string(),
         ),
     );
     let cleared = format!(

@@ -2,11 +2,11 @@
 //! SVG (no script, no outside library): stacked bars of syncs over time,
 //! horizontal bars of failures by type, and lines of sync duration
 //! percentiles over time. Every value carries a `<title>` tooltip and every
-//! chart a text summary for screen readers.
+//! chart a text summary for screen readers. Maud templates: every text is
+//! escaped by the template engine (failure types come from devices).
 
-use std::fmt::Write as _;
+use maud::{Markup, html};
 
-use crate::console::html::esc;
 use crate::console::telemetry::{FailureTypeCount, TelemetryBucket};
 
 const W: f64 = 760.0;
@@ -39,6 +39,11 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// A coordinate as the charts write it.
+fn c(v: f64) -> String {
+    format!("{v:.1}")
+}
+
 /// A bucket start shown short: `MM-DD HH:MM` from an ISO date-time.
 fn short_time(iso: &str) -> String {
     match (iso.get(5..10), iso.get(11..16)) {
@@ -47,47 +52,45 @@ fn short_time(iso: &str) -> String {
     }
 }
 
-fn open(class: &str, label: &str) -> String {
-    format!(
-        "<svg class=\"chart {class}\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{}\" xmlns=\"http://www.w3.org/2000/svg\">",
-        esc(label)
-    )
+/// An SVG chart of the standard size around `content`.
+fn chart(class: &str, label: &str, content: Markup) -> String {
+    html! {
+        svg class={ "chart " (class) } viewBox={ "0 0 " (W) " " (H) } role="img" aria-label=(label) xmlns="http://www.w3.org/2000/svg" {
+            (content)
+        }
+    }
+    .into_string()
 }
 
-fn y_axis(out: &mut String, max: f64, step: f64, unit: &str) {
+fn y_axis(max: f64, step: f64, unit: &str) -> Markup {
     let plot_h = H - TOP - BOTTOM;
+    let mut ticks = Vec::new();
     let mut v = 0.0;
     while v <= max + 1e-9 {
-        let y = TOP + plot_h - v / max * plot_h;
-        let _ = write!(
-            out,
-            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{x2}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text class=\"tick\" x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{}{}</text>",
-            fmt_num(v),
-            esc(unit),
-            x2 = W - RIGHT,
-            tx = LEFT - 6.0,
-            ty = y + 4.0,
-        );
+        ticks.push((v, TOP + plot_h - v / max * plot_h));
         v += step;
     }
-}
-
-fn x_labels(out: &mut String, buckets: &[TelemetryBucket], x_of: impl Fn(usize) -> f64) {
-    let every = buckets.len().div_ceil(8).max(1);
-    for (i, b) in buckets.iter().enumerate() {
-        if i % every == 0 || i + 1 == buckets.len() {
-            let _ = write!(
-                out,
-                "<text class=\"tick\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-                x_of(i),
-                H - BOTTOM + 18.0,
-                esc(&short_time(&b.start))
-            );
+    html! {
+        @for (v, y) in ticks {
+            line.grid x1=(LEFT) x2=(W - RIGHT) y1=(c(y)) y2=(c(y)) {}
+            text.tick x=(LEFT - 6.0) y=(c(y + 4.0)) text-anchor="end" { (fmt_num(v)) (unit) }
         }
     }
 }
 
-/// Syncs per time bucket as stacked bars: succeeded below, failed above.
+fn x_labels(buckets: &[TelemetryBucket], x_of: impl Fn(usize) -> f64) -> Markup {
+    let every = buckets.len().div_ceil(8).max(1);
+    html! {
+        @for (i, b) in buckets.iter().enumerate() {
+            @if i % every == 0 || i + 1 == buckets.len() {
+                text.tick x=(c(x_of(i))) y=(c(H - BOTTOM + 18.0)) text-anchor="middle" { (short_time(&b.start)) }
+            }
+        }
+    }
+}
+
+/// Syncs per time bucket as stacked bars: succeeded below, then ended
+/// with conflicts, failed above.
 pub fn sync_counts(buckets: &[TelemetryBucket]) -> String {
     let max = buckets.iter().map(|b| b.syncs).max().unwrap_or(0) as f64;
     let (top, step) = nice_max(max);
@@ -97,31 +100,31 @@ pub fn sync_counts(buckets: &[TelemetryBucket]) -> String {
     let bar = (slot * 0.7).max(1.0);
     let total: u64 = buckets.iter().map(|b| b.syncs).sum();
     let failed: u64 = buckets.iter().map(|b| b.failed.min(b.syncs)).sum();
-    let mut out = open(
+    let base = TOP + plot_h;
+    let content = html! {
+        (y_axis(top, step, ""))
+        @for (i, b) in buckets.iter().enumerate() {
+            @let failed = b.failed.min(b.syncs);
+            @let conflicts = b.with_conflicts.min(b.syncs - failed);
+            @let ok = b.syncs - failed - conflicts;
+            @let x = c(LEFT + slot * i as f64 + (slot - bar) / 2.0);
+            @let h_ok = ok as f64 / top * plot_h;
+            @let h_conflicts = conflicts as f64 / top * plot_h;
+            @let h_failed = failed as f64 / top * plot_h;
+            g.bar {
+                title { (b.start) ": " (b.syncs) " syncs, " (conflicts) " with conflicts, " (failed) " failed" }
+                rect.ok x=(x) y=(c(base - h_ok)) width=(c(bar)) height=(c(h_ok)) {}
+                rect.conflicts x=(x) y=(c(base - h_ok - h_conflicts)) width=(c(bar)) height=(c(h_conflicts)) {}
+                rect.failed x=(x) y=(c(base - h_ok - h_conflicts - h_failed)) width=(c(bar)) height=(c(h_failed)) {}
+            }
+        }
+        (x_labels(buckets, |i| LEFT + slot * i as f64 + slot / 2.0))
+    };
+    chart(
         "sync-counts",
         &format!("Syncs over time: {total} syncs, {failed} failed"),
-    );
-    y_axis(&mut out, top, step, "");
-    for (i, b) in buckets.iter().enumerate() {
-        let failed = b.failed.min(b.syncs);
-        let ok = b.syncs - failed;
-        let x = LEFT + slot * i as f64 + (slot - bar) / 2.0;
-        let h_ok = ok as f64 / top * plot_h;
-        let h_failed = failed as f64 / top * plot_h;
-        let base = TOP + plot_h;
-        let _ = write!(
-            out,
-            "<g class=\"bar\"><title>{}: {} syncs, {} failed</title><rect class=\"ok\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{h_ok:.1}\"/><rect class=\"failed\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{h_failed:.1}\"/></g>",
-            esc(&b.start),
-            b.syncs,
-            failed,
-            base - h_ok,
-            base - h_ok - h_failed,
-        );
-    }
-    x_labels(&mut out, buckets, |i| LEFT + slot * i as f64 + slot / 2.0);
-    out.push_str("</svg>");
-    out
+        content,
+    )
 }
 
 /// Failed syncs by failure type, as horizontal bars with their share of
@@ -134,33 +137,25 @@ pub fn failures_by_type(failures: &[FailureTypeCount], total_syncs: u64) -> Stri
     let plot_w = W - label_w - 120.0;
     let max = failures.iter().map(|f| f.count).max().unwrap_or(0).max(1) as f64;
     let total_failed: u64 = failures.iter().map(|f| f.count).sum();
-    let mut out = format!(
-        "<svg class=\"chart failures\" viewBox=\"0 0 {W} {h}\" role=\"img\" aria-label=\"{}\" xmlns=\"http://www.w3.org/2000/svg\">",
-        esc(&format!(
-            "Failures by type: {total_failed} failed syncs of {total_syncs}"
-        ))
-    );
-    for (i, f) in failures.iter().enumerate() {
-        let y = TOP + i as f64 * row_h;
-        let w = (f.count as f64 / max * plot_w).max(1.0);
-        let rate = if total_syncs > 0 {
-            f.count as f64 * 100.0 / total_syncs as f64
-        } else {
-            0.0
-        };
-        let _ = write!(
-            out,
-            "<g class=\"bar\"><title>{name}: {count} failed syncs ({rate:.1}% of syncs)</title><text class=\"label\" x=\"{lx}\" y=\"{ty:.1}\" text-anchor=\"end\">{name}</text><rect class=\"failed\" x=\"{label_w}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{bh}\"/><text class=\"value\" x=\"{vx:.1}\" y=\"{ty:.1}\">{count} · {rate:.1}%</text></g>",
-            name = esc(&f.failure_type),
-            count = f.count,
-            lx = label_w - 8.0,
-            ty = y + 15.0,
-            bh = row_h - 8.0,
-            vx = label_w + w + 6.0,
-        );
+    html! {
+        svg.chart.failures viewBox={ "0 0 " (W) " " (h) } role="img"
+            aria-label={ "Failures by type: " (total_failed) " failed syncs of " (total_syncs) }
+            xmlns="http://www.w3.org/2000/svg" {
+            @for (i, f) in failures.iter().enumerate() {
+                @let y = TOP + i as f64 * row_h;
+                @let w = (f.count as f64 / max * plot_w).max(1.0);
+                @let rate = if total_syncs > 0 { f.count as f64 * 100.0 / total_syncs as f64 } else { 0.0 };
+                @let rate = format!("{rate:.1}%");
+                g.bar {
+                    title { (f.failure_type) ": " (f.count) " failed syncs (" (rate) " of syncs)" }
+                    text.label x=(label_w - 8.0) y=(c(y + 15.0)) text-anchor="end" { (f.failure_type) }
+                    rect.failed x=(label_w) y=(c(y)) width=(c(w)) height=(row_h - 8.0) {}
+                    text.value x=(c(label_w + w + 6.0)) y=(c(y + 15.0)) { (f.count) " · " (rate) }
+                }
+            }
+        }
     }
-    out.push_str("</svg>");
-    out
+    .into_string()
 }
 
 /// A percentile line: label, CSS class, and how to read it from a bucket.
@@ -194,39 +189,36 @@ pub fn duration_percentiles(buckets: &[TelemetryBucket]) -> String {
         }
     };
     let y_of = |v: f64| TOP + plot_h - v / top * plot_h;
-    let mut out = open(
-        "durations",
-        "Sync duration percentiles over time (milliseconds)",
-    );
-    y_axis(&mut out, top, step, " ms");
-    for (class, name, get) in series {
-        let mut path = String::new();
-        let mut dots = String::new();
-        for (i, b) in buckets.iter().enumerate() {
-            if let Some(v) = get(b) {
-                let cmd = if path.is_empty() { 'M' } else { 'L' };
-                let _ = write!(path, "{cmd}{:.1},{:.1} ", x_of(i), y_of(v));
-                let _ = write!(
-                    dots,
-                    "<circle class=\"{class}\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\"><title>{} {name}: {} ms</title></circle>",
-                    x_of(i),
-                    y_of(v),
-                    esc(&b.start),
-                    fmt_num(v)
-                );
+    let content = html! {
+        (y_axis(top, step, " ms"))
+        @for (class, name, get) in series {
+            @let points: Vec<(usize, &TelemetryBucket, f64)> = buckets
+                .iter()
+                .enumerate()
+                .filter_map(|(i, b)| get(b).map(|v| (i, b, v)))
+                .collect();
+            @if !points.is_empty() {
+                @let d = points
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (i, _, v))| format!("{}{},{}", if k == 0 { 'M' } else { 'L' }, c(x_of(*i)), c(y_of(*v))))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                path class={ "line " (class) } d=(d) {}
+                @for (i, b, v) in &points {
+                    circle class=(class) cx=(c(x_of(*i))) cy=(c(y_of(*v))) r="3.5" {
+                        title { (b.start) " " (name) ": " (fmt_num(*v)) " ms" }
+                    }
+                }
             }
         }
-        if !path.is_empty() {
-            let _ = write!(
-                out,
-                "<path class=\"line {class}\" d=\"{}\"/>{dots}",
-                path.trim_end()
-            );
-        }
-    }
-    x_labels(&mut out, buckets, x_of);
-    out.push_str("</svg>");
-    out
+        (x_labels(buckets, x_of))
+    };
+    chart(
+        "durations",
+        "Sync duration percentiles over time (milliseconds)",
+        content,
+    )
 }
 
 #[cfg(test)]
@@ -238,6 +230,7 @@ mod tests {
             start: start.into(),
             syncs,
             failed,
+            with_conflicts: 0,
             duration_ms_p50: p50,
             duration_ms_p90: p50.map(|v| v * 2.0),
             duration_ms_p99: p50.map(|v| v * 3.0),
@@ -252,7 +245,7 @@ mod tests {
         ];
         let svg = sync_counts(&b);
         assert_eq!(svg.matches("<g class=\"bar\">").count(), 2);
-        assert!(svg.contains("2026-11-29T01:00:00Z: 10 syncs, 2 failed"));
+        assert!(svg.contains("2026-11-29T01:00:00Z: 10 syncs, 0 with conflicts, 2 failed"));
         assert!(svg.contains("14 syncs, 2 failed"));
         assert!(svg.contains("11-29 01:00"));
     }

@@ -1,10 +1,9 @@
 //! The console's Devices page: every device the server has seen, with its
-//! user, last sync, the pending uploads it last reported, its app version
+//! user, last sync, the pending uploads its last sync left, its app version
 //! and its last error (the device's own report, else its newest Sync
-//! Errors entry).
+//! Errors entry). A maud template.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -14,10 +13,9 @@ use axum::response::Response;
 use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
-use crate::console::html::{Section, esc, page, url_component};
+use crate::console::html::{Section, page, time, url_component};
 use crate::console::{error_page, html_response, telemetry};
-
-const MUTED_NONE: &str = "<span class=\"muted\">not reported</span>";
+use maud::{PreEscaped, html};
 
 /// `GET /console/devices`.
 pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
@@ -35,66 +33,77 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
         Ok(v) => v,
         Err(e) => return error_page(&e),
     };
-    let mut body = String::new();
-    if devices.is_empty() {
-        body.push_str("<p class=\"empty\">No device has contacted the server yet. A device appears here after its first sync.</p>");
-    } else {
-        let _ = write!(
-            body,
-            "<p class=\"count\">{} device{} seen, most recent first.</p>
-<table class=\"grid devices\"><thead><tr><th scope=\"col\">Device</th><th scope=\"col\">User</th><th scope=\"col\">Last sync</th><th scope=\"col\">Last seen</th><th scope=\"col\">Pending uploads reported</th><th scope=\"col\">App version</th><th scope=\"col\">Last error</th></tr></thead><tbody>",
-            devices.len(),
-            if devices.len() == 1 { "" } else { "s" }
-        );
-        for d in &devices {
-            let key = (d.id.clone(), d.user_id.clone());
-            let report = reports.get(&key);
-            let user = match users.get(&d.user_id) {
-                Some(name) if name != &d.user_id => {
-                    format!(
-                        "{} <span class=\"muted\">({})</span>",
-                        esc(name),
-                        esc(&d.user_id)
-                    )
+    let muted = |text: &str| html! { span.muted { (text) } };
+    let body = html! {
+        @if devices.is_empty() {
+            p.empty { "No device has contacted the server yet. A device appears here after its first sync." }
+        } @else {
+            p.count {
+                (devices.len()) " device" @if devices.len() != 1 { "s" } " seen, most recent first."
+            }
+            table.grid.devices {
+                thead { tr {
+                    th scope="col" { "Device" } th scope="col" { "User" } th scope="col" { "Last sync" }
+                    th scope="col" { "Last seen" } th scope="col" { "Pending uploads" }
+                    th scope="col" { "App version" } th scope="col" { "Last error" }
+                } }
+                tbody {
+                    @for d in &devices {
+                        @let key = (d.id.clone(), d.user_id.clone());
+                        @let report = reports.get(&key);
+                        tr data-device=(d.id) {
+                            td { code { (d.id) } }
+                            td {
+                                @match users.get(&d.user_id) {
+                                    Some(name) if name != &d.user_id => {
+                                        (name) " " span.muted { "(" (d.user_id) ")" }
+                                    }
+                                    _ => { (d.user_id) }
+                                }
+                            }
+                            td {
+                                @match d.last_sync_at.as_deref() {
+                                    Some(at) => { (PreEscaped(time(at))) }
+                                    None => { (muted("never completed")) }
+                                }
+                            }
+                            td { (PreEscaped(time(&d.last_seen))) }
+                            // From the device's sync telemetry: unknown while
+                            // it sends none (telemetry off, or an older app).
+                            td.num {
+                                @match report.and_then(|r| r.pending_uploads) {
+                                    Some(n) => { (n) }
+                                    None => {
+                                        span.muted title="The device has not sent sync telemetry that says (telemetry off, or an older app)" { "unknown" }
+                                    }
+                                }
+                            }
+                            td {
+                                @match d.app_version.clone().or_else(|| report.and_then(|r| r.app_version.clone())) {
+                                    Some(v) => { (v) }
+                                    None => { (muted("not reported")) }
+                                }
+                            }
+                            // The newest Sync Errors entry, linked, when there
+                            // is one; else what the device list recorded.
+                            td {
+                                @match (errors.get(&key), &d.last_error) {
+                                    (Some(e), _) => {
+                                        a href={ "/console/sync-errors?user=" (url_component(&d.user_id)) } { (e.message) }
+                                        " "
+                                        span.muted { (PreEscaped(time(&e.at))) }
+                                    }
+                                    (None, Some(e)) => { (e) }
+                                    (None, None) => { (muted("none")) }
+                                }
+                            }
+                        }
+                    }
                 }
-                _ => esc(&d.user_id),
-            };
-            let last_sync = d
-                .last_sync_at
-                .as_deref()
-                .map(esc)
-                .unwrap_or_else(|| "<span class=\"muted\">never completed</span>".into());
-            let pending = report
-                .and_then(|r| r.pending_uploads)
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| MUTED_NONE.into());
-            let version = d
-                .app_version
-                .clone()
-                .or_else(|| report.and_then(|r| r.app_version.clone()))
-                .map(|v| esc(&v))
-                .unwrap_or_else(|| MUTED_NONE.into());
-            // The newest Sync Errors entry, linked, when there is one; else
-            // what the device list recorded.
-            let last_error = match (errors.get(&key), &d.last_error) {
-                (Some(e), _) => format!(
-                    "<a href=\"/console/sync-errors?user={}\">{}</a> <span class=\"muted\">{}</span>",
-                    url_component(&d.user_id),
-                    esc(&e.message),
-                    esc(&e.at)
-                ),
-                (None, Some(e)) => esc(e),
-                (None, None) => "<span class=\"muted\">none</span>".into(),
-            };
-            let _ = write!(
-                body,
-                "<tr data-device=\"{id}\"><td><code>{id}</code></td><td>{user}</td><td>{last_sync}</td><td>{seen}</td><td class=\"num\">{pending}</td><td>{version}</td><td>{last_error}</td></tr>",
-                id = esc(&d.id),
-                seen = esc(&d.last_seen),
-            );
+            }
         }
-        body.push_str("</tbody></table>");
     }
+    .into_string();
     html_response(
         StatusCode::OK,
         page("Devices", Section::Devices, &admin.name, &admin.csrf, &body),

@@ -1,13 +1,17 @@
-//! HTML building blocks of the admin web console: escaping, the page
-//! layout with its navigation, key/value tables, and the readable form of
-//! field values. Every string that reaches a page goes through [`esc`];
-//! pages are plain server-rendered HTML with one stylesheet and one small
+//! HTML building blocks of the admin web console: the page layout with its
+//! navigation, key/value tables, times, and the readable form of field
+//! values. Every console page is a maud template (`html!`), checked at
+//! compile time and escaping every value unless it is marked `PreEscaped`,
+//! which is used only on the output of another template. [`esc`] remains
+//! for HTML written as text outside a template (there should be none).
+//! Pages are plain server-rendered HTML with one stylesheet and one small
 //! script, both served by the server itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use fieldsync_core::Value;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn esc(s: &str) -> String {
@@ -53,7 +57,7 @@ pub enum Section {
 }
 
 impl Section {
-    const ALL: [Section; 6] = [
+    pub const ALL: [Section; 6] = [
         Section::DataModel,
         Section::Profiles,
         Section::Settings,
@@ -83,84 +87,89 @@ impl Section {
     }
 }
 
-/// A whole console page: header, navigation, sign-out form and `body`.
+/// A whole console page: header, navigation, sign-out form and `body`
+/// (HTML the page module built).
 pub fn page(title: &str, section: Section, admin: &str, csrf: &str, body: &str) -> String {
-    let mut nav = String::new();
-    for s in Section::ALL {
-        let current = if s == section {
-            " aria-current=\"page\" class=\"current\""
-        } else {
-            ""
-        };
-        let _ = write!(
-            nav,
-            "<a href=\"{}\"{current}>{}</a>",
-            s.href(),
-            esc(s.title())
-        );
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · fieldsync console" }
+                link rel="stylesheet" href="/console/assets/console.css";
+                script src="/console/assets/console.js" defer {}
+            }
+            body {
+                header.top {
+                    a.brand href="/console" { "fieldsync " span { "admin console" } }
+                    nav {
+                        @for s in Section::ALL {
+                            @if s == section {
+                                a href=(s.href()) aria-current="page" class="current" { (s.title()) }
+                            } @else {
+                                a href=(s.href()) { (s.title()) }
+                            }
+                        }
+                    }
+                    form.signout method="post" action="/console/logout" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        span.who { (admin) }
+                        " "
+                        button.link type="submit" { "Sign out" }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (PreEscaped(body))
+                }
+            }
+        }
     }
-    format!(
-        "<!doctype html>
-<html lang=\"en\">
-<head>
-<meta charset=\"utf-8\">
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
-<title>{title} · fieldsync console</title>
-<link rel=\"stylesheet\" href=\"/console/assets/console.css\">
-<script src=\"/console/assets/console.js\" defer></script>
-</head>
-<body>
-<header class=\"top\">
-  <a class=\"brand\" href=\"/console\">fieldsync <span>admin console</span></a>
-  <nav>{nav}</nav>
-  <form class=\"signout\" method=\"post\" action=\"/console/logout\">
-    <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">
-    <span class=\"who\">{admin}</span>
-    <button type=\"submit\" class=\"link\">Sign out</button>
-  </form>
-</header>
-<main>
-<h1>{title}</h1>
-{body}
-</main>
-</body>
-</html>",
-        title = esc(title),
-        csrf = esc(csrf),
-        admin = esc(admin),
-    )
+    .into_string()
 }
 
 /// A page outside the signed-in layout (sign-in, errors).
 pub fn bare_page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html>
-<html lang=\"en\">
-<head>
-<meta charset=\"utf-8\">
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
-<title>{title} · fieldsync console</title>
-<link rel=\"stylesheet\" href=\"/console/assets/console.css\">
-</head>
-<body class=\"bare\">
-<main class=\"narrow\">
-<p class=\"brand\">fieldsync <span>admin console</span></p>
-<h1>{title}</h1>
-{body}
-</main>
-</body>
-</html>",
-        title = esc(title)
-    )
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · fieldsync console" }
+                link rel="stylesheet" href="/console/assets/console.css";
+            }
+            body.bare {
+                main.narrow {
+                    p.brand { "fieldsync " span { "admin console" } }
+                    h1 { (title) }
+                    (PreEscaped(body))
+                }
+            }
+        }
+    }
+    .into_string()
+}
+
+/// A stored UTC time (`YYYY-MM-DDTHH:MM:SSZ`) as a `<time>` element: the
+/// console's script shows it in the browser's time zone and language
+/// (`7 Dec 2026, 21:51`), with the UTC time as its tooltip; without the
+/// script it reads `2026-12-07 20:51 UTC`.
+pub fn time(utc: &str) -> String {
+    let plain = match (utc.get(..10), utc.get(11..16)) {
+        (Some(date), Some(hm)) if utc.len() == 20 && utc.ends_with('Z') => {
+            format!("{date} {hm} UTC")
+        }
+        _ => utc.to_owned(),
+    };
+    html! { time.local datetime=(utc) title=(plain) { (plain) } }.into_string()
 }
 
 /// A notice box; `kind` is `ok` or `error`.
 pub fn notice(kind: &str, text: &str) -> String {
-    format!(
-        "<div class=\"notice {kind}\" role=\"{role}\">{}</div>",
-        esc(text),
-        role = if kind == "error" { "alert" } else { "status" }
-    )
+    let role = if kind == "error" { "alert" } else { "status" };
+    html! { div class={ "notice " (kind) } role=(role) { (text) } }.into_string()
 }
 
 /// The readable form of a field value (text as is, null as an em dash).
@@ -194,18 +203,18 @@ pub fn json_text(v: &serde_json::Value) -> String {
     }
 }
 
-/// A two-column table of labels and (already escaped) cells.
+/// A two-column table of labels and (already built HTML) cells.
 pub fn kv_table(class: &str, rows: &[(&str, String)]) -> String {
-    let mut out = format!("<table class=\"kv {class}\"><tbody>");
-    for (k, v) in rows {
-        let _ = write!(
-            out,
-            "<tr><th scope=\"row\">{}</th><td>{v}</td></tr>",
-            esc(k)
-        );
+    html! {
+        table class={ "kv " (class) } {
+            tbody {
+                @for (k, v) in rows {
+                    tr { th scope="row" { (k) } td { (PreEscaped(v)) } }
+                }
+            }
+        }
     }
-    out.push_str("</tbody></table>");
-    out
+    .into_string()
 }
 
 /// Device data and server data side by side: one row per field, the
@@ -220,54 +229,45 @@ pub fn side_by_side(
         .flat_map(|m| m.keys())
         .chain(server.into_iter().flat_map(|m| m.keys()))
         .collect();
-    let mut out = String::from(
-        "<table class=\"compare\"><thead><tr><th scope=\"col\">Field</th><th scope=\"col\">Device data</th><th scope=\"col\">Server data</th></tr></thead><tbody>",
-    );
-    if keys.is_empty() {
-        let _ = write!(
-            out,
-            "<tr><td colspan=\"3\" class=\"muted\">{}</td></tr>",
-            esc(device_label)
-        );
+    let cell = |side: Option<Option<&Value>>, none: &str| -> Markup {
+        match side {
+            None => html! { span.muted { (none) } },
+            Some(None) => html! { span.muted { "not sent" } },
+            Some(Some(v)) => html! { (value_text(v)) },
+        }
+    };
+    html! {
+        table.compare {
+            thead { tr { th scope="col" { "Field" } th scope="col" { "Device data" } th scope="col" { "Server data" } } }
+            tbody {
+                @if keys.is_empty() {
+                    tr { td colspan="3" class="muted" { (device_label) } }
+                }
+                @for k in keys {
+                    @let d = device.map(|m| m.get(k));
+                    @let s = server.map(|m| m.get(k));
+                    @let differs = matches!((d, s), (Some(Some(a)), Some(Some(b))) if a != b);
+                    tr class=[differs.then_some("differs")] {
+                        th scope="row" { (k) }
+                        td { (cell(d, device_label)) }
+                        td { (cell(s, "no server row")) }
+                    }
+                }
+            }
+        }
     }
-    for k in keys {
-        let d = device.map(|m| m.get(k));
-        let s = server.map(|m| m.get(k));
-        let cell = |side: Option<Option<&Value>>, none: &str| match side {
-            None => format!("<span class=\"muted\">{}</span>", esc(none)),
-            Some(None) => "<span class=\"muted\">not sent</span>".to_owned(),
-            Some(Some(v)) => esc(&value_text(v)),
-        };
-        let differs = match (d, s) {
-            (Some(Some(a)), Some(Some(b))) => a != b,
-            (Some(Some(_)), Some(None)) | (Some(None), Some(Some(_))) => false,
-            _ => false,
-        };
-        let _ = write!(
-            out,
-            "<tr{cls}><th scope=\"row\">{}</th><td>{}</td><td>{}</td></tr>",
-            esc(k),
-            cell(d, device_label),
-            cell(s, "no server row"),
-            cls = if differs { " class=\"differs\"" } else { "" },
-        );
-    }
-    out.push_str("</tbody></table>");
-    out
+    .into_string()
 }
 
 /// `<option>` elements of a filter select; the empty value means "any".
 pub fn options(values: &[String], selected: Option<&str>, any_label: &str) -> String {
-    let mut out = format!("<option value=\"\">{}</option>", esc(any_label));
-    for v in values {
-        let sel = if Some(v.as_str()) == selected {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(out, "<option value=\"{0}\"{sel}>{0}</option>", esc(v));
+    html! {
+        option value="" { (any_label) }
+        @for v in values {
+            option value=(v) selected[Some(v.as_str()) == selected] { (v) }
+        }
     }
-    out
+    .into_string()
 }
 
 #[cfg(test)]

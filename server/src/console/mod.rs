@@ -152,10 +152,11 @@ pub fn error_page(e: &ApiError) -> Response {
         e.status,
         html::bare_page(
             "Something went wrong",
-            &format!(
-                "{}<p><a href=\"/console\">Back to the console</a></p>",
-                html::notice("error", &e.message)
-            ),
+            &maud::html! {
+                (maud::PreEscaped(html::notice("error", &e.message)))
+                p { a href="/console" { "Back to the console" } }
+            }
+            .into_string(),
         ),
     )
 }

@@ -4,12 +4,12 @@
 //! `PUT /v1/admin/profiles/{name}`; a refused profile is shown again as
 //! submitted with the problem next to the table it concerns.
 //!
-//! Row rules are shown and edited generically from their JSON (one rule
-//! per line), so rule kinds added to the profile format display without
-//! changes here. Fields of a table this form does not edit are kept.
+//! Row rules read as sentences, and are edited as JSON lines with a rule
+//! form (console.js) that writes them; a rule kind this console does not
+//! know displays field by field. Fields of a table this form does not edit
+//! are kept. The pages are maud templates.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -17,13 +17,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use fieldsync_core::profile::{DataModel, OfflineProfile, TableProfile};
+use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 
 use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
-use crate::console::html::{Section, esc, json_text, notice, page, url_component};
+use crate::console::html::{Section, json_text, notice, page, url_component};
 use crate::console::{Form, error_page, html_response};
 
 /// A sync interval in words (`5 min`, `1 h`, `1 day`).
@@ -39,8 +40,30 @@ pub fn interval_text(secs: u64) -> String {
     }
 }
 
-/// A row rule in words: its kind, then its other fields.
+/// A row rule in words, as HTML: "Every row", "Rows whose
+/// `resource_id` is the user", "Rows where `status` = "open" and
+/// `priority` ≥ 3". A rule kind or filter this console does not know is
+/// shown field by field, so a newer profile format still displays.
 pub fn rule_text(rule: &Json) -> String {
+    rule_markup(rule).into_string()
+}
+
+fn rule_markup(rule: &Json) -> Markup {
+    let col = |v: &Json| html! { code { (v.as_str().unwrap_or_default()) } };
+    match rule.get("kind").and_then(Json::as_str) {
+        Some("all") => html! { "Every row" },
+        Some("owned") => html! { "Rows whose " (col(&rule["column"])) " is the user" },
+        Some("related") => html! {
+            "Rows whose " (col(&rule["column"])) " is the " (col(&rule["foreign_column"]))
+            " of a synced " strong { (rule["table"].as_str().unwrap_or_default()) } " row"
+        },
+        Some("custom") => html! { "Rows where " (filter_markup(&rule["filter"], true)) },
+        _ => generic_markup(rule),
+    }
+}
+
+/// Any JSON object, field by field (the fallback of [`rule_text`]).
+fn generic_markup(rule: &Json) -> Markup {
     match rule {
         Json::Object(map) => {
             let kind = map
@@ -52,17 +75,92 @@ pub fn rule_text(rule: &Json) -> String {
                 .filter(|(k, _)| k.as_str() != "kind")
                 .map(|(k, v)| format!("{}: {}", k.replace('_', " "), json_text(v)))
                 .collect();
-            if rest.is_empty() {
-                format!("<strong>{}</strong>", esc(&kind))
-            } else {
-                format!(
-                    "<strong>{}</strong> — {}",
-                    esc(&kind),
-                    esc(&rest.join("; "))
-                )
+            html! {
+                strong { (kind) }
+                @if !rest.is_empty() { " — " (rest.join("; ")) }
             }
         }
-        other => esc(&json_text(other)),
+        other => html! { (json_text(other)) },
+    }
+}
+
+/// A filter value as written in a rule: text quoted, numbers and booleans
+/// bare.
+fn value_markup(v: &Json) -> Markup {
+    match v {
+        Json::String(s) => html! { "“" (s) "”" },
+        Json::Null => html! { "empty" },
+        other => html! { (other.to_string()) },
+    }
+}
+
+/// A custom filter in words; `top` leaves out the parentheses of an
+/// outermost `and`/`or`.
+fn filter_markup(f: &Json, top: bool) -> Markup {
+    let col = html! { code { (f["column"].as_str().unwrap_or_default()) } };
+    let value = || value_markup(&f["value"]);
+    let values = || {
+        let items: Vec<Markup> = f["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(value_markup)
+            .collect();
+        html! {
+            @for (i, v) in items.iter().enumerate() {
+                @if i > 0 { ", " }
+                (v)
+            }
+        }
+    };
+    let days = f["days"].as_u64().unwrap_or(0);
+    let group = |word: &str| {
+        let parts: Vec<Markup> = f["filters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| filter_markup(g, false))
+            .collect();
+        let wrap = !top && parts.len() >= 2;
+        html! {
+            @if wrap { "(" }
+            @for (i, p) in parts.iter().enumerate() {
+                @if i > 0 { " " em { (word) } " " }
+                (p)
+            }
+            @if wrap { ")" }
+        }
+    };
+    let phrase = |text: &str| html! { (col) " " (text) };
+    match f["op"].as_str().unwrap_or_default() {
+        "and" => group("and"),
+        "or" => group("or"),
+        "not" => html! { em { "not" } " (" (filter_markup(&f["filter"], true)) ")" },
+        "eq" => html! { (col) " = " (value()) },
+        "ne" => html! { (col) " ≠ " (value()) },
+        "gt" => html! { (col) " > " (value()) },
+        "ge" => html! { (col) " ≥ " (value()) },
+        "lt" => html! { (col) " < " (value()) },
+        "le" => html! { (col) " ≤ " (value()) },
+        "in" => html! { (col) " is one of " (values()) },
+        "not_in" => html! { (col) " is set and none of " (values()) },
+        "is_null" => phrase("is empty"),
+        "not_null" => phrase("is set"),
+        "begins_with" => html! { (col) " begins with " (value()) },
+        "ends_with" => html! { (col) " ends with " (value()) },
+        "contains" => html! { (col) " contains " (value()) },
+        "eq_current_user" => phrase("is the user"),
+        "eq_current_team" => phrase("is the user's team"),
+        "today" => phrase("is today"),
+        "yesterday" => phrase("is yesterday"),
+        "tomorrow" => phrase("is tomorrow"),
+        "last_days" => phrase(&format!("is today or in the last {days} days")),
+        "next_days" => phrase(&format!("is today or in the next {days} days")),
+        "on_or_after_today" => phrase("is today or later"),
+        "this_month" => phrase("is this month"),
+        "last_month" => phrase("is last month"),
+        "next_month" => phrase("is next month"),
+        _ => generic_markup(f),
     }
 }
 
@@ -74,22 +172,27 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
         Ok(v) => v,
         Err(e) => return error_page(&e),
     };
-    let mut body = String::from(
-        "<p class=\"lead\">An offline profile says which tables, columns and rows each user's device keeps, and how often each table syncs. Select a profile to view, edit and publish it.</p>
-<table class=\"grid profiles\"><thead><tr><th scope=\"col\">Profile</th><th scope=\"col\">Description</th><th scope=\"col\">Version</th><th scope=\"col\">Tables</th><th scope=\"col\">Users</th></tr></thead><tbody>",
-    );
-    for (p, version) in &profiles {
-        let n_users = users.iter().filter(|u| u.profile == p.name).count();
-        let _ = write!(
-            body,
-            "<tr><td><a href=\"/console/profiles/{href}\">{name}</a></td><td>{desc}</td><td class=\"num\">{version}</td><td class=\"num\">{tables}</td><td class=\"num\">{n_users}</td></tr>",
-            href = url_component(&p.name),
-            name = esc(&p.name),
-            desc = esc(&p.description),
-            tables = p.tables.len(),
-        );
+    let body = html! {
+        p.lead { "An offline profile says which tables, columns and rows each user's device keeps, and how often each table syncs. Select a profile to view, edit and publish it." }
+        table.grid.profiles {
+            thead { tr {
+                th scope="col" { "Profile" } th scope="col" { "Description" } th scope="col" { "Version" }
+                th scope="col" { "Tables" } th scope="col" { "Users" }
+            } }
+            tbody {
+                @for (p, version) in &profiles {
+                    tr {
+                        td { a href={ "/console/profiles/" (url_component(&p.name)) } { (p.name) } }
+                        td { (p.description) }
+                        td.num { (version) }
+                        td.num { (p.tables.len()) }
+                        td.num { (users.iter().filter(|u| u.profile == p.name).count()) }
+                    }
+                }
+            }
+        }
     }
-    body.push_str("</tbody></table>");
+    .into_string();
     html_response(
         StatusCode::OK,
         page(
@@ -314,36 +417,34 @@ fn table_of_message(message: &str, draft: &Draft) -> Option<String> {
 
 fn overview(profile: &OfflineProfile) -> String {
     let pj = profile_json(profile);
-    let mut out = String::from(
-        "<table class=\"grid overview\"><thead><tr><th scope=\"col\">Table</th><th scope=\"col\">Columns</th><th scope=\"col\">Row rules (a row syncs when any matches)</th><th scope=\"col\">Sync interval</th></tr></thead><tbody>",
-    );
-    for t in pj["tables"].as_array().into_iter().flatten() {
-        let rules: Vec<String> = t["rules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| format!("<li>{}</li>", rule_text(r)))
-            .collect();
-        let cols: Vec<String> = t["columns"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.as_str())
-            .map(|c| format!("<code>{}</code>", esc(c)))
-            .collect();
-        let _ = write!(
-            out,
-            "<tr><th scope=\"row\">{}</th><td class=\"cols\">{}</td><td><ul class=\"rules\">{}</ul></td><td>{}</td></tr>",
-            esc(t["name"].as_str().unwrap_or_default()),
-            cols.join(" "),
-            rules.join(""),
-            esc(&interval_text(
-                t["sync_interval_secs"].as_u64().unwrap_or(0)
-            )),
-        );
+    html! {
+        table.grid.overview {
+            thead { tr {
+                th scope="col" { "Table" } th scope="col" { "Columns" }
+                th scope="col" { "Row rules (a row syncs when any matches)" } th scope="col" { "Sync interval" }
+            } }
+            tbody {
+                @for t in pj["tables"].as_array().into_iter().flatten() {
+                    tr {
+                        th scope="row" { (t["name"].as_str().unwrap_or_default()) }
+                        td.cols {
+                            @for (i, col) in t["columns"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).enumerate() {
+                                @if i > 0 { " " }
+                                code { (col) }
+                            }
+                        }
+                        td { ul.rules {
+                            @for r in t["rules"].as_array().into_iter().flatten() {
+                                li { (rule_markup(r)) }
+                            }
+                        } }
+                        td { (interval_text(t["sync_interval_secs"].as_u64().unwrap_or(0))) }
+                    }
+                }
+            }
+        }
     }
-    out.push_str("</tbody></table>");
-    out
+    .into_string()
 }
 
 fn editor(
@@ -353,72 +454,83 @@ fn editor(
     csrf: &str,
     error: Option<&FormError>,
 ) -> String {
-    let mut out = format!(
-        "<form class=\"editor\" method=\"post\" action=\"/console/profiles/{href}\" novalidate>
-<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">
-<div class=\"card\"><label for=\"description\">Description</label>
-<input id=\"description\" name=\"description\" type=\"text\" value=\"{desc}\"></div>
-<p class=\"hint\">Tick a table to include it. Row rules: one rule per line, written as a JSON object, for example <code>{{\"kind\":\"all\"}}</code> (every row) or <code>{{\"kind\":\"owned\",\"column\":\"resource_id\"}}</code> (rows assigned to the user); a row syncs when any of its table's rules matches.</p>",
-        href = url_component(name),
-        csrf = esc(csrf),
-        desc = esc(&draft.description),
-    );
-    for (table, d) in &draft.tables {
-        let Some(schema) = model.table(table) else {
-            continue;
-        };
-        let invalid = error.filter(|e| e.table.as_deref() == Some(table.as_str()));
-        let _ = write!(
-            out,
-            "<fieldset class=\"card table{cls}\" id=\"table-{id}\" data-table=\"{id}\">
-<legend><label><input type=\"checkbox\" name=\"include\" value=\"{id}\"{checked}> {id}</label></legend>",
-            id = esc(table),
-            cls = if invalid.is_some() { " invalid" } else { "" },
-            checked = if d.included { " checked" } else { "" },
-        );
-        if let Some(e) = invalid {
-            let _ = write!(
-                out,
-                "<p class=\"field-error\" role=\"alert\">{}</p>",
-                esc(&e.message)
-            );
+    // The data model for the rule builder (console.js): tables, their
+    // columns and kinds.
+    let model_json: Json = model
+        .tables
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                Json::Array(
+                    t.columns
+                        .iter()
+                        .map(|c| json!({"name": c.name, "kind": c.kind}))
+                        .collect(),
+                ),
+            )
+        })
+        .collect::<Map<String, Json>>()
+        .into();
+    html! {
+        form.editor method="post" action={ "/console/profiles/" (url_component(name)) } novalidate data-model=(model_json.to_string()) {
+            input type="hidden" name="csrf" value=(csrf);
+            div.card {
+                label for="description" { "Description" }
+                input #description name="description" type="text" value=(draft.description);
+            }
+            p.hint {
+                "Tick a table to include it. Build a row rule with the rule form under each table (kind, column, operator, value) and "
+                em { "Add rule" }
+                "; rules are kept one per line as JSON, which you may also edit, for example "
+                code { r#"{"kind":"all"}"# } " (every row) or "
+                code { r#"{"kind":"owned","column":"resource_id"}"# }
+                " (rows assigned to the user). A row syncs when any of its table's rules matches."
+            }
+            @for (table, d) in &draft.tables {
+                @if let Some(schema) = model.table(table) {
+                    @let invalid = error.filter(|e| e.table.as_deref() == Some(table.as_str()));
+                    fieldset.card.table.invalid[invalid.is_some()] id={ "table-" (table) } data-table=(table) {
+                        legend { label {
+                            input type="checkbox" name="include" value=(table) checked[d.included];
+                            " " (table)
+                        } }
+                        @if let Some(e) = invalid {
+                            p.field-error role="alert" { (e.message) }
+                        }
+                        div.table-fields {
+                            div.columns-pick {
+                                span.label { "Columns" }
+                                span.pk title="The primary key always syncs" { code { (schema.primary_key) } " (key)" }
+                                @for c in schema.columns.iter().filter(|c| c.name != schema.primary_key) {
+                                    label.col {
+                                        input type="checkbox" name={ "col:" (table) } value=(c.name) checked[d.columns.iter().any(|x| x == &c.name)];
+                                        " " (c.name)
+                                    }
+                                }
+                            }
+                            div.rules-edit {
+                                label for={ "rules-" (table) } { "Row rules (JSON, one per line)" }
+                                textarea id={ "rules-" (table) } name={ "rules:" (table) } rows=(d.rules_text.lines().count().clamp(2, 10) + 1) spellcheck="false" { (d.rules_text) }
+                                div.rule-builder data-table=(table) hidden {}
+                            }
+                            div.interval {
+                                label for={ "interval-" (table) } { "Sync interval (minutes)" }
+                                input id={ "interval-" (table) } name={ "interval:" (table) } type="text" inputmode="decimal" value=(d.interval_minutes);
+                                span.hint { "5 minutes to 1 day (1440)" }
+                            }
+                        }
+                    }
+                }
+            }
+            div.actions {
+                button.primary type="submit" { "Publish profile" }
+                " "
+                span.hint { "Devices download a published profile at their next sync." }
+            }
         }
-        out.push_str("<div class=\"table-fields\"><div class=\"columns-pick\"><span class=\"label\">Columns</span>");
-        let _ = write!(
-            out,
-            "<span class=\"pk\" title=\"The primary key always syncs\"><code>{}</code> (key)</span>",
-            esc(&schema.primary_key)
-        );
-        for c in schema
-            .columns
-            .iter()
-            .filter(|c| c.name != schema.primary_key)
-        {
-            let on = d.columns.iter().any(|x| x == &c.name);
-            let _ = write!(
-                out,
-                "<label class=\"col\"><input type=\"checkbox\" name=\"col:{t}\" value=\"{c}\"{on}> {c}</label>",
-                t = esc(table),
-                c = esc(&c.name),
-                on = if on { " checked" } else { "" },
-            );
-        }
-        let _ = write!(
-            out,
-            "</div>
-<div class=\"rules-edit\"><label for=\"rules-{t}\">Row rules</label>
-<textarea id=\"rules-{t}\" name=\"rules:{t}\" rows=\"{rows}\" spellcheck=\"false\">{rules}</textarea></div>
-<div class=\"interval\"><label for=\"interval-{t}\">Sync interval (minutes)</label>
-<input id=\"interval-{t}\" name=\"interval:{t}\" type=\"text\" inputmode=\"decimal\" value=\"{iv}\"><span class=\"hint\">5 minutes to 1 day (1440)</span></div>
-</div></fieldset>",
-            t = esc(table),
-            rows = d.rules_text.lines().count().clamp(1, 8) + 1,
-            rules = esc(&d.rules_text),
-            iv = esc(&d.interval_minutes),
-        );
     }
-    out.push_str("<div class=\"actions\"><button type=\"submit\" class=\"primary\">Publish profile</button> <span class=\"hint\">Devices download a published profile at their next sync.</span></div></form>");
-    out
+    .into_string()
 }
 
 /// Query of a profile page.
@@ -444,13 +556,11 @@ fn not_found(admin: &Admin, name: &str) -> Response {
             Section::Profiles,
             &admin.name,
             &admin.csrf,
-            &format!(
-                "{}<p><a href=\"/console/profiles\">All profiles</a></p>",
-                notice(
-                    "error",
-                    &format!("There is no offline profile named '{name}'.")
-                )
-            ),
+            &html! {
+                (PreEscaped(notice("error", &format!("There is no offline profile named '{name}'."))))
+                p { a href="/console/profiles" { "All profiles" } }
+            }
+            .into_string(),
         ),
     )
 }
@@ -466,16 +576,13 @@ fn render(
     top: Option<String>,
     error: Option<&FormError>,
 ) -> String {
-    let body = format!(
-        "<p class=\"breadcrumb\"><a href=\"/console/profiles\">Offline profiles</a> › {name_h}</p>
-{top}
-<section><h2>Published version {version}</h2>{overview}</section>
-<section><h2>Edit and publish</h2>{editor}</section>",
-        name_h = esc(name),
-        top = top.unwrap_or_default(),
-        overview = overview(stored),
-        editor = editor(name, draft, model, &admin.csrf, error),
-    );
+    let body = html! {
+        p.breadcrumb { a href="/console/profiles" { "Offline profiles" } " › " (name) }
+        (PreEscaped(top.unwrap_or_default()))
+        section { h2 { "Published version " (version) } (PreEscaped(overview(stored))) }
+        section { h2 { "Edit and publish" } (PreEscaped(editor(name, draft, model, &admin.csrf, error))) }
+    }
+    .into_string();
     page(
         &format!("Offline profile {name}"),
         Section::Profiles,
@@ -586,12 +693,35 @@ mod tests {
     }
 
     #[test]
+    fn rules_read_as_sentences() {
+        assert_eq!(rule_text(&json!({"kind": "all"})), "Every row");
+        assert_eq!(
+            rule_text(&json!({"kind": "owned", "column": "resource_id"})),
+            "Rows whose <code>resource_id</code> is the user"
+        );
+        let r = json!({"kind": "custom", "filter": {"op": "and", "filters": [
+            {"op": "eq", "column": "status", "value": "open"},
+            {"op": "or", "filters": [
+                {"op": "ge", "column": "priority", "value": 3},
+                {"op": "next_days", "column": "start_time", "days": 7}]},
+            {"op": "not", "filter": {"op": "is_null", "column": "notes"}}]}});
+        assert_eq!(
+            rule_text(&r),
+            "Rows where <code>status</code> = “open” <em>and</em> (<code>priority</code> ≥ 3 \
+             <em>or</em> <code>start_time</code> is today or in the next 7 days) <em>and</em> \
+             <em>not</em> (<code>notes</code> is empty)"
+        );
+    }
+
+    #[test]
     fn rules_render_generically_for_unknown_kinds() {
-        let r =
-            json!({"kind": "custom", "filter": {"column": "status", "op": "eq", "value": "open"}});
+        let r = json!({"kind": "nearby", "column": "site", "radius_km": 5});
         let text = rule_text(&r);
-        assert!(text.starts_with("<strong>custom</strong>"));
-        assert!(text.contains("column: status"));
+        assert!(text.starts_with("<strong>nearby</strong>"));
+        assert!(text.contains("column: site"));
+        let text =
+            rule_text(&json!({"kind": "custom", "filter": {"op": "<script>", "column": "x"}}));
+        assert!(!text.contains("<script>"), "{text}");
     }
 
     #[test]

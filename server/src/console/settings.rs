@@ -1,5 +1,6 @@
 //! The console's Settings page: the conflict-detection switch
-//! ("Set conflict detection for mobile offline synchronization").
+//! ("Set conflict detection for mobile offline synchronization"), a maud
+//! template.
 
 use std::sync::Arc;
 
@@ -7,12 +8,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use maud::{PreEscaped, html};
 use serde::Deserialize;
 
 use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
-use crate::console::html::{Section, esc, notice, page};
+use crate::console::html::{Section, notice, page};
 use crate::console::{Form, error_page, html_response};
 
 /// Query of the Settings page.
@@ -22,32 +24,46 @@ pub struct SettingsQuery {
 }
 
 fn render(admin: &Admin, on: bool, message: Option<String>) -> String {
-    let checked = |v: bool| if v == on { " checked" } else { "" };
-    let body = format!(
-        "{message}<form class=\"card\" method=\"post\" action=\"/console/settings\">
-<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">
-<fieldset>
-<legend>Set conflict detection for mobile offline synchronization</legend>
-<p class=\"current-setting\">Currently: <strong id=\"conflict-state\">{state}</strong></p>
-<label class=\"choice\"><input type=\"radio\" name=\"conflict_detection\" value=\"off\"{off}>
- <span><strong>No</strong> (default) — the server does not check for conflicts; a technician's offline change wins and overwrites a dispatcher's.</span></label>
-<label class=\"choice\"><input type=\"radio\" name=\"conflict_detection\" value=\"on\"{on_}>
- <span><strong>Yes</strong> — the server checks; when a record changed since the device read it, the server's version wins and the device's change is logged in <a href=\"/console/sync-errors\">Sync Errors</a>.</span></label>
-</fieldset>
-<button type=\"submit\" class=\"primary\">Save</button>
-</form>",
-        message = message.unwrap_or_default(),
-        csrf = esc(&admin.csrf),
-        state = if on { "Yes — conflicts are detected" } else { "No — the device wins" },
-        off = checked(false),
-        on_ = checked(true),
-    );
+    let body = html! {
+        (PreEscaped(message.unwrap_or_default()))
+        form.card method="post" action="/console/settings" {
+            input type="hidden" name="csrf" value=(admin.csrf);
+            fieldset {
+                legend { "Set conflict detection for mobile offline synchronization" }
+                p.current-setting {
+                    "Currently: "
+                    strong #conflict-state {
+                        @if on { "Yes — conflicts are detected" } @else { "No — the device wins" }
+                    }
+                }
+                label.choice {
+                    input type="radio" name="conflict_detection" value="off" checked[!on];
+                    " "
+                    span {
+                        strong { "No" }
+                        " (default) — the server does not check for conflicts; a technician's offline change wins and overwrites a dispatcher's."
+                    }
+                }
+                label.choice {
+                    input type="radio" name="conflict_detection" value="on" checked[on];
+                    " "
+                    span {
+                        strong { "Yes" }
+                        " — the server checks; when a record changed since the device read it, the server's version wins and the device's change is logged in "
+                        a href="/console/sync-errors" { "Sync Errors" }
+                        "."
+                    }
+                }
+            }
+            button.primary type="submit" { "Save" }
+        }
+    };
     page(
         "Settings",
         Section::Settings,
         &admin.name,
         &admin.csrf,
-        &body,
+        &body.into_string(),
     )
 }
 

@@ -3,24 +3,25 @@
 //! table, record, user, action, and the device's data beside the server's
 //! as readable field tables; filters by user, table and type; and a Retry
 //! action that re-applies the device's change ([`crate::db::Db::retry_sync_error`]).
+//! Maud templates.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use maud::{PreEscaped, html};
 use serde::Deserialize;
 
 use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
 use crate::console::html::{
-    Section, esc, kv_table, notice, options, page, side_by_side, url_component,
+    Section, kv_table, notice, options, page, side_by_side, time, url_component,
 };
 use crate::console::{Form, error_page, html_response};
-use crate::db::{DataCut, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
+use crate::db::{DataCut, RetryOutcome, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
 
 /// Filters and notices of the Sync Errors page.
 #[derive(Debug, Default, Deserialize)]
@@ -48,22 +49,24 @@ fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) ->
         "rejected" => "Rejected",
         other => other,
     };
+    let text = |s: &str| html! { (s) }.into_string();
+    let code = |s: &str| html! { code { (s) } }.into_string();
     let details = kv_table(
         "details",
         &[
-            ("Time", esc(&e.at)),
-            ("Type", esc(kind_label)),
-            ("Error code", format!("<code>{}</code>", esc(&e.code))),
-            ("Table", esc(&e.table)),
-            ("Record", format!("<code>{}</code>", esc(&e.record_id))),
-            ("User", esc(&e.user_id)),
-            ("Action", esc(&e.action)),
+            ("Time", time(&e.at)),
+            ("Type", text(kind_label)),
+            ("Error code", code(&e.code)),
+            ("Table", text(&e.table)),
+            ("Record", code(&e.record_id)),
+            ("User", text(&e.user_id)),
+            ("Action", text(&e.action)),
             (
                 "Device",
-                e.device_id
-                    .as_deref()
-                    .map(esc)
-                    .unwrap_or_else(|| "<span class=\"muted\">not sent</span>".into()),
+                match e.device_id.as_deref() {
+                    Some(d) => text(d),
+                    None => html! { span.muted { "not sent" } }.into_string(),
+                },
             ),
             ("Device based on version", e.base_version.to_string()),
             ("Server version", e.server_version.to_string()),
@@ -80,53 +83,56 @@ fn entry_html(e: &SyncErrorEntry, retry: Option<&SyncErrorRetry>, csrf: &str) ->
         None if e.action == "delete" => "the device deleted the record".to_owned(),
         None => "no device data".to_owned(),
     };
-    let mut compare = side_by_side(
+    let compare = side_by_side(
         e.device_data.as_ref(),
         e.server_data.as_ref(),
         &device_label,
     );
-    if let Some(cut) = &e.server_data_cut {
-        let _ = write!(
-            compare,
-            "<p class=\"muted\">{}</p>",
-            esc(&cut_note("The server's", cut))
-        );
-    }
-    let action = match retry {
-        _ if e.device_data_cut.is_some() => {
-            "<p class=\"muted\">The device's change cannot be retried: its data was not kept.</p>".to_owned()
+    let applied = retry.filter(|r| r.outcome == RetryOutcome::Applied);
+    html! {
+        article.card.sync-error id={ "sync-error-" (e.id) } data-kind=(e.kind) {
+            header {
+                span class={ "badge " (e.kind) } { (kind_label) }
+                " "
+                span.message { (e.message) }
+                " "
+                (PreEscaped(time(&e.at)))
+            }
+            div.columns {
+                div { (PreEscaped(details)) }
+                div {
+                    h3 { "Device data and server data" }
+                    (PreEscaped(compare))
+                    @if let Some(cut) = &e.server_data_cut {
+                        p.muted { (cut_note("The server's", cut)) }
+                    }
+                }
+            }
+            @if e.device_data_cut.is_some() {
+                p.muted { "The device's change cannot be retried: its data was not kept." }
+            } @else if let Some(r) = applied {
+                p.retried {
+                    "Retried " (PreEscaped(time(&r.at))) " by " (r.retried_by)
+                    " — the device's change was applied (record version " (r.version) ")."
+                }
+            } @else {
+                form.retry method="post" action={ "/console/sync-errors/" (e.id) "/retry" }
+                    data-confirm={ "Re-apply the device's change to " (e.table) " " (e.record_id) "? It overwrites the server's version." } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button.primary type="submit" { "Retry" }
+                    " "
+                    span.hint { "Re-applies the device's change as " (e.user_id) " would, without conflict detection." }
+                }
+                @if let Some(r) = retry {
+                    p.retry-failed {
+                        "Retried " (PreEscaped(time(&r.at))) " by " (r.retried_by) " — failed: "
+                        (r.message.as_deref().unwrap_or_default())
+                    }
+                }
+            }
         }
-        Some(r) => format!(
-            "<p class=\"retried\">Retried {} by {} — the device's change was applied (record version {}).</p>",
-            esc(&r.at),
-            esc(&r.retried_by),
-            r.version
-        ),
-        None => format!(
-            "<form method=\"post\" action=\"/console/sync-errors/{id}/retry\" class=\"retry\" data-confirm=\"Re-apply the device's change to {table} {record}? It overwrites the server's version.\">
-<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">
-<button type=\"submit\" class=\"primary\">Retry</button>
-<span class=\"hint\">Re-applies the device's change as {user} would, without conflict detection.</span>
-</form>",
-            id = e.id,
-            table = esc(&e.table),
-            record = esc(&e.record_id),
-            user = esc(&e.user_id),
-            csrf = esc(csrf),
-        ),
-    };
-    format!(
-        "<article class=\"card sync-error\" id=\"sync-error-{id}\" data-kind=\"{kind}\">
-<header><span class=\"badge {kind}\">{kind_label}</span> <span class=\"message\">{message}</span> <time>{at}</time></header>
-<div class=\"columns\"><div>{details}</div><div><h3>Device data and server data</h3>{compare}</div></div>
-{action}
-</article>",
-        id = e.id,
-        kind = esc(&e.kind),
-        kind_label = esc(kind_label),
-        message = esc(&e.message),
-        at = esc(&e.at),
-    )
+    }
+    .into_string()
 }
 
 async fn render(
@@ -157,56 +163,15 @@ async fn render(
         Ok(v) => v,
         Err(e) => return error_page(&e),
     };
-    let mut body = message.unwrap_or_default();
-    if let Some((id, r)) = q.retried.and_then(|id| retries.get(&id).map(|r| (id, r))) {
-        {
-            body.push_str(&notice(
-                "ok",
-                &format!(
-                    "Sync error #{id} retried: the device's change was applied (record version {}).",
-                    r.version
-                ),
-            ));
-        }
-    }
-    let _ = write!(
-        body,
-        "<form class=\"filters card\" method=\"get\" action=\"/console/sync-errors\">
-<label>User <select name=\"user\">{}</select></label>
-<label>Table <select name=\"table\">{}</select></label>
-<label>Type <select name=\"kind\">{}</select></label>
-<button type=\"submit\">Filter</button> <a href=\"/console/sync-errors\">Clear</a>
-</form>",
-        options(&facets.users, filter.user.as_deref(), "Any user"),
-        options(&facets.tables, filter.table.as_deref(), "Any table"),
-        options(&facets.kinds, filter.kind.as_deref(), "Any type"),
-    );
-    if entries.is_empty() {
-        let filtered = filter.user.is_some() || filter.table.is_some() || filter.kind.is_some();
-        body.push_str(&format!(
-            "<p class=\"empty\">{}</p>",
-            if filtered {
-                "No sync errors match these filters."
-            } else {
-                "No sync errors have been logged. Conflicts appear here when conflict detection is on; rejected changes appear here always."
-            }
-        ));
-    } else {
-        let _ = write!(
-            body,
-            "<p class=\"count\">{} sync error{} shown, newest first{}.</p>",
-            entries.len(),
-            if entries.len() == 1 { "" } else { "s" },
-            if filter.before.is_some() {
-                ", older than the first page"
-            } else {
-                ""
-            }
-        );
-        for e in &entries {
-            body.push_str(&entry_html(e, retries.get(&e.id), &admin.csrf));
-        }
-        if let Some(last) = entries.last().filter(|_| entries.len() == PAGE as usize) {
+    let retried = q
+        .retried
+        .and_then(|id| retries.get(&id).map(|r| (id, r)))
+        .filter(|(_, r)| r.outcome == RetryOutcome::Applied);
+    let filtered = filter.user.is_some() || filter.table.is_some() || filter.kind.is_some();
+    let older = entries
+        .last()
+        .filter(|_| entries.len() == PAGE as usize)
+        .map(|last| {
             let mut href = format!("/console/sync-errors?before={}", last.id);
             for (name, value) in [
                 ("user", &filter.user),
@@ -214,16 +179,60 @@ async fn render(
                 ("kind", &filter.kind),
             ] {
                 if let Some(v) = value {
-                    let _ = write!(href, "&{name}={}", url_component(v));
+                    href.push_str(&format!("&{name}={}", url_component(v)));
                 }
             }
-            let _ = write!(
-                body,
-                "<nav class=\"pages\"><a href=\"/console/sync-errors\">Newest</a> <a class=\"older\" href=\"{}\">Older</a></nav>",
-                esc(&href)
-            );
+            href
+        });
+    let body = html! {
+        (PreEscaped(message.unwrap_or_default()))
+        @if let Some((id, r)) = retried {
+            (PreEscaped(notice(
+                "ok",
+                &format!(
+                    "Sync error #{id} retried: the device's change was applied (record version {}).",
+                    r.version
+                ),
+            )))
+        }
+        form.filters.card method="get" action="/console/sync-errors" {
+            label { "User " select name="user" { (PreEscaped(options(&facets.users, filter.user.as_deref(), "Any user"))) } }
+            " "
+            label { "Table " select name="table" { (PreEscaped(options(&facets.tables, filter.table.as_deref(), "Any table"))) } }
+            " "
+            label { "Type " select name="kind" { (PreEscaped(options(&facets.kinds, filter.kind.as_deref(), "Any type"))) } }
+            " "
+            button type="submit" { "Filter" }
+            " "
+            a href="/console/sync-errors" { "Clear" }
+        }
+        @if entries.is_empty() {
+            p.empty {
+                @if filtered {
+                    "No sync errors match these filters."
+                } @else {
+                    "No sync errors have been logged. Conflicts appear here when conflict detection is on; rejected changes appear here always."
+                }
+            }
+        } @else {
+            p.count {
+                (entries.len()) " sync error" @if entries.len() != 1 { "s" } " shown, newest first"
+                @if filter.before.is_some() { ", older than the first page" }
+                "."
+            }
+            @for e in &entries {
+                (PreEscaped(entry_html(e, retries.get(&e.id), &admin.csrf)))
+            }
+            @if let Some(href) = older {
+                nav.pages {
+                    a href="/console/sync-errors" { "Newest" }
+                    " "
+                    a.older href=(href) { "Older" }
+                }
+            }
         }
     }
+    .into_string();
     html_response(
         status,
         page(
@@ -266,9 +275,7 @@ pub async fn retry(
         )
         .await;
     };
-    let db = app.db.clone();
-    let by = admin.name.clone();
-    match blocking(move || db.retry_sync_error(id, &by)).await {
+    match crate::api::retry_sync_error(&app, id, admin.name.clone()).await {
         Ok(_) => Redirect::to(&format!(
             "/console/sync-errors?retried={}#sync-error-{}",
             url_component(&id.to_string()),

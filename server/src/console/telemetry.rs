@@ -9,12 +9,12 @@
 //! aggregate query) fills it in [`read`].
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use maud::{PreEscaped, html};
 use serde::{Deserialize, Serialize};
 
 use crate::App;
@@ -35,6 +35,10 @@ pub struct TelemetryBucket {
     pub syncs: u64,
     /// Of those, syncs that failed.
     pub failed: u64,
+    /// Of those, syncs that completed but left conflicts or rejected
+    /// changes.
+    #[serde(default)]
+    pub with_conflicts: u64,
     /// Median sync duration in milliseconds, when any sync ended.
     pub duration_ms_p50: Option<f64>,
     /// 90th percentile of sync duration in milliseconds.
@@ -98,7 +102,7 @@ pub fn read(db: &Db) -> ApiResult<TelemetryView> {
         },
     )?;
     // Hourly buckets of the sync events, oldest first.
-    let mut buckets: BTreeMap<i64, (u64, u64, Vec<i64>)> = BTreeMap::new();
+    let mut buckets: BTreeMap<i64, (u64, u64, u64, Vec<i64>)> = BTreeMap::new();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     let mut devices: BTreeMap<(String, String), (i64, DeviceReport)> = BTreeMap::new();
     for stored in &events {
@@ -114,13 +118,15 @@ pub fn read(db: &Db) -> ApiResult<TelemetryView> {
             *failures
                 .entry(e.failure_type.clone().unwrap_or_else(|| "unknown".into()))
                 .or_default() += 1;
+        } else if e.conflicts + e.rejected > 0 {
+            bucket.2 += 1;
         }
-        bucket.2.push(e.duration_ms);
+        bucket.3.push(e.duration_ms);
         let key = (e.device_id.clone(), stored.user_id.clone());
         let newer = devices.get(&key).is_none_or(|(at, _)| *at <= e.started_at);
         if newer {
             let report = DeviceReport {
-                pending_uploads: None,
+                pending_uploads: e.pending_uploads,
                 app_version: (!e.app_version.is_empty()).then(|| e.app_version.clone()),
             };
             devices.insert(key, (e.started_at, report));
@@ -135,12 +141,13 @@ pub fn read(db: &Db) -> ApiResult<TelemetryView> {
     };
     let buckets = buckets
         .into_iter()
-        .map(|(start, (syncs, failed, mut durations))| {
+        .map(|(start, (syncs, failed, with_conflicts, mut durations))| {
             durations.sort_unstable();
             TelemetryBucket {
                 start: fieldsync_core::time::format_datetime(start),
                 syncs,
                 failed,
+                with_conflicts,
                 duration_ms_p50: percentile(&durations, 0.50),
                 duration_ms_p90: percentile(&durations, 0.90),
                 duration_ms_p99: percentile(&durations, 0.99),
@@ -169,41 +176,59 @@ pub fn read(db: &Db) -> ApiResult<TelemetryView> {
 pub fn body(aggregate: &TelemetryAggregate) -> String {
     let total: u64 = aggregate.buckets.iter().map(|b| b.syncs).sum();
     if aggregate.buckets.is_empty() || total == 0 {
-        return "<p class=\"empty\" id=\"telemetry-empty\">No sync telemetry has been received yet. Devices upload sync events in batches while telemetry is enabled on them; charts appear here once the first batch arrives.</p>".to_owned();
+        return html! {
+            p.empty #telemetry-empty { "No sync telemetry has been received yet. Devices upload sync events in batches while telemetry is enabled on them; charts appear here once the first batch arrives." }
+        }
+        .into_string();
     }
     let failed: u64 = aggregate
         .buckets
         .iter()
         .map(|b| b.failed.min(b.syncs))
         .sum();
-    let rate = failed as f64 * 100.0 / total as f64;
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<div class=\"stats\"><div class=\"stat\"><span class=\"n\">{total}</span> syncs</div><div class=\"stat\"><span class=\"n\">{failed}</span> failed</div><div class=\"stat\"><span class=\"n\">{rate:.1}%</span> failure rate</div><div class=\"stat\"><span class=\"n\">{}</span> buckets of {} min</div></div>",
-        aggregate.buckets.len(),
-        aggregate.bucket_secs / 60,
-    );
-    let _ = write!(
-        out,
-        "<section class=\"card\"><h2>Syncs over time</h2><p class=\"legend\"><span class=\"key ok\"></span>succeeded <span class=\"key failed\"></span>failed</p>{}</section>",
-        charts::sync_counts(&aggregate.buckets)
-    );
-    let failures = if aggregate.failures_by_type.is_empty() {
-        "<p class=\"empty\">No sync failed in this window.</p>".to_owned()
-    } else {
-        charts::failures_by_type(&aggregate.failures_by_type, total)
+    let rate = format!("{:.1}%", failed as f64 * 100.0 / total as f64);
+    let conflicted: u64 = aggregate.buckets.iter().map(|b| b.with_conflicts).sum();
+    let clean = total.saturating_sub(failed).saturating_sub(conflicted);
+    let stat = |id: Option<&str>, n: String, label: &str| {
+        html! { div.stat id=[id] { span.n { (n) } " " (label) } }
     };
-    let _ = write!(
-        out,
-        "<section class=\"card\"><h2>Failure rate by failure type</h2>{failures}</section>"
-    );
-    let _ = write!(
-        out,
-        "<section class=\"card\"><h2>Sync duration percentiles</h2><p class=\"legend\"><span class=\"key p50\"></span>p50 <span class=\"key p90\"></span>p90 <span class=\"key p99\"></span>p99</p>{}</section>",
-        charts::duration_percentiles(&aggregate.buckets)
-    );
-    out
+    html! {
+        div.stats {
+            (stat(Some("stat-syncs"), total.to_string(), "syncs"))
+            (stat(Some("stat-succeeded"), clean.to_string(), "succeeded"))
+            (stat(Some("stat-conflicts"), conflicted.to_string(), "ended with conflicts"))
+            (stat(Some("stat-failed"), failed.to_string(), "failed"))
+            (stat(None, rate, "failure rate"))
+            (stat(None, aggregate.buckets.len().to_string(), &format!("buckets of {} min", aggregate.bucket_secs / 60)))
+        }
+        section.card {
+            h2 { "Syncs over time" }
+            p.legend {
+                span.key.ok {} "succeeded "
+                span.key.conflicts {} "ended with conflicts "
+                span.key.failed {} "failed"
+            }
+            (PreEscaped(charts::sync_counts(&aggregate.buckets)))
+        }
+        section.card {
+            h2 { "Failure rate by failure type" }
+            @if aggregate.failures_by_type.is_empty() {
+                p.empty { "No sync failed in this window." }
+            } @else {
+                (PreEscaped(charts::failures_by_type(&aggregate.failures_by_type, total)))
+            }
+        }
+        section.card {
+            h2 { "Sync duration percentiles" }
+            p.legend {
+                span.key.p50 {} "p50 "
+                span.key.p90 {} "p90 "
+                span.key.p99 {} "p99"
+            }
+            (PreEscaped(charts::duration_percentiles(&aggregate.buckets)))
+        }
+    }
+    .into_string()
 }
 
 /// `GET /console/telemetry`.
@@ -243,6 +268,7 @@ mod tests {
                 start: "2026-11-29T01:00:00Z".into(),
                 syncs: 8,
                 failed: 2,
+                with_conflicts: 1,
                 duration_ms_p50: Some(120.0),
                 duration_ms_p90: Some(300.0),
                 duration_ms_p99: Some(900.0),
@@ -255,5 +281,11 @@ mod tests {
         let html = body(&a);
         assert_eq!(html.matches("<svg").count(), 3);
         assert!(html.contains("25.0%"));
+        assert!(
+            html.contains("<span class=\"n\">5</span> succeeded"),
+            "a sync with conflicts is not a plain success: {html}"
+        );
+        assert!(html.contains("<span class=\"n\">1</span> ended with conflicts"));
+        assert!(html.contains("<span class=\"n\">1</span> buckets of 60 min"));
     }
 }
