@@ -5,91 +5,19 @@
 //! a 127.0.0.1 listener with an injected `ManualClock`; the device is the
 //! core `Engine` with the same clock, over real HTTP and real SQLite files.
 
+mod inproc;
 mod testdb;
 
 use std::sync::Arc;
 
-use fieldsync_core::time::{format_datetime, parse_datetime};
-use fieldsync_core::{Engine, EngineConfig, Error, HttpTransport, ManualClock};
+use fieldsync_core::time::format_datetime;
+use fieldsync_core::{Engine, EngineConfig, Error, HttpTransport};
 use serde_json::{Value, json};
 
-const ADMIN: &str = "test-admin-token-0123456789";
+use inproc::{ADMIN, Env};
 const DAY: i64 = 86_400_000;
 
-struct Env {
-    url: String,
-    http: reqwest::Client,
-    clock: Arc<ManualClock>,
-    dir: tempfile::TempDir,
-    _task: tokio::task::JoinHandle<()>,
-}
-
 impl Env {
-    async fn start() -> Env {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // 2026-03-10T08:00:00Z
-        let clock = Arc::new(ManualClock::new(
-            parse_datetime("2026-03-10T08:00:00Z").expect("time"),
-        ));
-        let mut config = testdb::server_config(&dir.path().join("server"), ADMIN);
-        config.clock = clock.clone();
-        let app = fieldsync_server::router(&config).expect("router");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Env {
-            url,
-            http: reqwest::Client::new(),
-            clock,
-            dir,
-            _task: task,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .http
-            .request(m, format!("{}{path}", self.url))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&b).expect("json"));
-        }
-        let resp = req.send().await.expect("send");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (s, v) = self.call(method, path, ADMIN, body).await;
-        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
-        v
-    }
-
-    async fn user(&self, id: &str, role: &str, profile: Option<&str>) -> String {
-        let mut body = json!({"id": id, "name": id, "role": role});
-        if let Some(p) = profile {
-            body["profile"] = json!(p);
-        }
-        self.admin("POST", "/v1/admin/users", Some(body)).await["token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
-    }
-
     async fn seed(&self, techs: &[&str], n: usize) {
         self.admin(
             "POST",
@@ -97,23 +25,6 @@ impl Env {
             Some(json!({"technicians": techs, "work_orders": n, "seed": 5, "now_ms": self.clock_now()})),
         )
         .await;
-    }
-
-    fn clock_now(&self) -> i64 {
-        use fieldsync_core::Clock;
-        self.clock.now_ms()
-    }
-
-    async fn put(&self, disp: &str, table: &str, id: &str, data: Value) {
-        let (s, v) = self
-            .call(
-                "PUT",
-                &format!("/v1/records/{table}/{id}"),
-                disp,
-                Some(json!({"data": data})),
-            )
-            .await;
-        assert!(s == 200 || s == 201, "{s}: {v}");
     }
 
     /// Puts the work order `wo` and its incident `inc`, which no booking
@@ -133,16 +44,6 @@ impl Env {
             json!({"work_order_id": wo}),
         )
         .await;
-    }
-
-    fn device(&self, name: &str, token: &str) -> Arc<Engine> {
-        let config =
-            EngineConfig::new(self.dir.path().join(format!("{name}.db")), &self.url, token);
-        let transport = Arc::new(
-            HttpTransport::new(&self.url, Default::default(), &Default::default())
-                .expect("transport"),
-        );
-        Engine::open_with(config, transport, self.clock.clone()).expect("engine")
     }
 }
 

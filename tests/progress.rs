@@ -4,73 +4,20 @@
 //! `ManualClock`; the device is the core `Engine` (or the `fieldsync
 //! device` process) over real HTTP and a real SQLite file.
 
+mod inproc;
 mod testdb;
 
 use std::sync::{Arc, Mutex};
 
+use fieldsync_core::SyncEvent;
 use fieldsync_core::notifications::NotificationPhase;
 use fieldsync_core::status::{EventListener, SyncProgress};
 use fieldsync_core::time::parse_datetime;
-use fieldsync_core::{Engine, EngineConfig, HttpTransport, ManualClock, SyncEvent};
 use serde_json::{Value, json};
 
-const ADMIN: &str = "test-admin-token-0123456789";
-
-struct Env {
-    url: String,
-    http: reqwest::Client,
-    clock: Arc<ManualClock>,
-    dir: tempfile::TempDir,
-    _task: tokio::task::JoinHandle<()>,
-}
+use inproc::Env;
 
 impl Env {
-    async fn start() -> Env {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let clock = Arc::new(ManualClock::new(
-            parse_datetime("2026-03-10T08:00:00Z").expect("time"),
-        ));
-        let mut config = testdb::server_config(&dir.path().join("server"), ADMIN);
-        config.clock = clock.clone();
-        let app = fieldsync_server::router(&config).expect("router");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Env {
-            url,
-            http: reqwest::Client::new(),
-            clock,
-            dir,
-            _task: task,
-        }
-    }
-
-    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .http
-            .request(m, format!("{}{path}", self.url))
-            .bearer_auth(ADMIN);
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&b).expect("json"));
-        }
-        let resp = req.send().await.expect("send");
-        let status = resp.status().as_u16();
-        let v: Value =
-            serde_json::from_str(&resp.text().await.expect("body")).unwrap_or(Value::Null);
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {v}"
-        );
-        v
-    }
-
     /// A technician whose profile selects whole tables (many rows in
     /// several tables).
     async fn wide_technician(&self, id: &str) -> String {
@@ -100,20 +47,6 @@ impl Env {
             .as_str()
             .expect("token")
             .to_owned()
-    }
-
-    fn engine(&self, name: &str, token: &str, page_size: u32) -> (Arc<Engine>, std::path::PathBuf) {
-        let path = self.dir.path().join(format!("{name}.db"));
-        let mut config = EngineConfig::new(&path, &self.url, token);
-        config.page_size = page_size;
-        let transport = Arc::new(
-            HttpTransport::new(&self.url, Default::default(), &Default::default())
-                .expect("transport"),
-        );
-        (
-            Engine::open_with(config, transport, self.clock.clone()).expect("engine"),
-            path,
-        )
     }
 }
 
@@ -224,7 +157,7 @@ async fn first_sync_progress_never_goes_back_and_ends_exact() {
     .await;
     let token = env.wide_technician("tech-a").await;
     // Small pages: many pages per table, several tables at once.
-    let (engine, path) = env.engine("d", &token, 96);
+    let (engine, path) = env.device_with_pages("d", &token, Some(96));
     let recorder = Arc::new(Recorder {
         path: path.clone(),
         tables: Mutex::new(Vec::new()),
@@ -374,6 +307,7 @@ async fn the_cli_watch_shows_the_same_progress() {
             "--page-size",
             "64",
             "watch",
+            "--once",
         ])
         .output()
         .await

@@ -5,97 +5,18 @@
 //! real HTTP and a real SQLite file. Every instant is fixed: no test reads
 //! today's date.
 
+mod inproc;
 mod testdb;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
+use fieldsync_core::Engine;
 use fieldsync_core::time::parse_datetime;
-use fieldsync_core::{Engine, EngineConfig, HttpTransport, ManualClock};
-use serde_json::{Value, json};
+use serde_json::json;
 
-const ADMIN: &str = "test-admin-token-0123456789";
-
-struct Env {
-    url: String,
-    http: reqwest::Client,
-    clock: Arc<ManualClock>,
-    dir: tempfile::TempDir,
-    _task: tokio::task::JoinHandle<()>,
-}
+use inproc::{ADMIN, Env};
 
 impl Env {
-    async fn start(at: &str) -> Env {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let clock = Arc::new(ManualClock::new(parse_datetime(at).expect("time")));
-        let mut config = testdb::server_config(&dir.path().join("server"), ADMIN);
-        config.clock = clock.clone();
-        let app = fieldsync_server::router(&config).expect("router");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Env {
-            url,
-            http: reqwest::Client::new(),
-            clock,
-            dir,
-            _task: task,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .http
-            .request(m, format!("{}{path}", self.url))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&b).expect("json"));
-        }
-        let resp = req.send().await.expect("send");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (s, v) = self.call(method, path, ADMIN, body).await;
-        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
-        v
-    }
-
-    async fn user(
-        &self,
-        id: &str,
-        role: &str,
-        profile: Option<&str>,
-        zone: Option<&str>,
-    ) -> String {
-        let mut body = json!({"id": id, "name": id, "role": role});
-        if let Some(p) = profile {
-            body["profile"] = json!(p);
-        }
-        if let Some(z) = zone {
-            body["time_zone"] = json!(z);
-        }
-        self.admin("POST", "/v1/admin/users", Some(body)).await["token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
-    }
-
     /// A profile whose users keep their own bookings of today (by
     /// `start_time`, a date-time) in `zone`.
     async fn today_profile(&self, zone: &str) {
@@ -132,16 +53,6 @@ impl Env {
             .await;
         assert!(s == 200 || s == 201, "{s}: {v}");
     }
-
-    fn device(&self, name: &str, token: &str) -> Arc<Engine> {
-        let config =
-            EngineConfig::new(self.dir.path().join(format!("{name}.db")), &self.url, token);
-        let transport = Arc::new(
-            HttpTransport::new(&self.url, Default::default(), &Default::default())
-                .expect("transport"),
-        );
-        Engine::open_with(config, transport, self.clock.clone()).expect("engine")
-    }
 }
 
 fn held(device: &Engine) -> BTreeSet<String> {
@@ -164,10 +75,12 @@ fn set(ids: &[&str]) -> BTreeSet<String> {
 /// local on the 30th, 22:30Z) on the 29th.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn today_follows_berlin_across_the_spring_change() {
-    let env = Env::start("2026-03-28T12:00:00Z").await;
+    let env = Env::start_at("2026-03-28T12:00:00Z").await;
     env.today_profile("Europe/Berlin").await;
-    let disp = env.user("disp", "dispatcher", None, None).await;
-    let tech = env.user("tech-a", "technician", Some("today"), None).await;
+    let disp = env.user_in_zone("disp", "dispatcher", None, None).await;
+    let tech = env
+        .user_in_zone("tech-a", "technician", Some("today"), None)
+        .await;
     for (id, start) in [
         // 28 March, CET: [27T23:00Z, 28T23:00Z).
         ("first-28", "2026-03-27T23:00:00Z"), // 00:00 local on the 28th
@@ -209,12 +122,14 @@ async fn today_follows_berlin_across_the_spring_change() {
 /// technicians see different days at the same instant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_york_autumn_change_and_a_user_in_another_zone() {
-    let env = Env::start("2026-10-31T16:00:00Z").await;
+    let env = Env::start_at("2026-10-31T16:00:00Z").await;
     env.today_profile("America/New_York").await;
-    let disp = env.user("disp", "dispatcher", None, None).await;
-    let ny = env.user("tech-ny", "technician", Some("today"), None).await;
+    let disp = env.user_in_zone("disp", "dispatcher", None, None).await;
+    let ny = env
+        .user_in_zone("tech-ny", "technician", Some("today"), None)
+        .await;
     let berlin = env
-        .user(
+        .user_in_zone(
             "tech-be",
             "technician",
             Some("today"),
@@ -289,7 +204,7 @@ async fn new_york_autumn_change_and_a_user_in_another_zone() {
 /// user, and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_zones_are_refused() {
-    let env = Env::start("2026-03-28T12:00:00Z").await;
+    let env = Env::start_at("2026-03-28T12:00:00Z").await;
     let bad_profile = json!({"name": "bad", "time_zone": "Mars/Olympus",
         "tables": [{"name": "bookings", "columns": ["resource_id"], "rules": [{"kind": "all"}],
                     "sync_interval_secs": 300}]});
