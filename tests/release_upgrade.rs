@@ -62,11 +62,37 @@ async fn a_device_database_of_the_previous_release_opens_upgrades_and_uploads() 
         "the open ran every migration"
     );
 
-    // The edit made before the upgrade reaches the server.
+    // The edit made before the upgrade reaches the server. The technician
+    // must still reach the work order when it arrives (a write outside the
+    // writer's scope is refused): the fixture's booking was for its own
+    // week, so a dispatcher books the technician on it for today, whatever
+    // today is.
+    let admin = server.user("dispatcher1", "dispatcher").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/v1/records/bookings/bk-after-upgrade",
+            Some(&admin),
+            Some(serde_json::json!({"data": {
+                "name": "Booked after the upgrade",
+                "work_order_id": edited.trim(),
+                "resource_id": "tech1",
+                "booking_status_id": "bs-scheduled",
+                "status": "active",
+                "start_time": fieldsync_core::time::format_datetime(now),
+                "end_time": fieldsync_core::time::format_datetime(now + 3_600_000),
+            }})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
     device.ok(&["sync"]).await;
     let status = device.ok(&["status"]).await;
     assert_eq!(status["pending_uploads"], 0, "{status}");
-    let admin = server.user("dispatcher1", "dispatcher").await;
+    assert_eq!(status["recent_errors"], serde_json::json!([]), "{status}");
     let rows = server.rows(&admin, "work_orders").await;
     let (_, row) = rows
         .get(edited.trim())
