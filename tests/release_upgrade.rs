@@ -14,16 +14,24 @@ const FIXTURE: &str = concat!(
     "/tests/fixtures/release-2026-12-07"
 );
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
+/// Writes the earlier release's database files from their dumps (SQL
+/// text, as `sqlite3 .dump` writes it: the fixture stays readable and no
+/// binary is tracked), and copies the rest of the fixture.
+fn restore(into: &Path) {
+    let fixture = Path::new(FIXTURE);
+    for (dump, db) in [
+        ("device.sql", into.join("device.db")),
+        ("server.sql", into.join("server").join("fieldsync.db")),
+    ] {
+        let sql = std::fs::read_to_string(fixture.join(dump)).expect("dump");
+        std::fs::create_dir_all(db.parent().expect("dir")).expect("mkdir");
+        rusqlite::Connection::open(&db)
+            .expect("create")
+            .execute_batch(&sql)
+            .expect("load the dump");
+    }
+    for name in ["token", "edited"] {
+        std::fs::copy(fixture.join(name), into.join(name)).expect("copy");
     }
 }
 
@@ -37,7 +45,7 @@ fn user_version(db: &Path) -> i64 {
 #[tokio::test]
 async fn a_device_database_of_the_previous_release_opens_upgrades_and_uploads() {
     let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(Path::new(FIXTURE), dir.path());
+    restore(dir.path());
     let db = dir.path().join("device.db");
     assert_eq!(user_version(&db), 0, "the fixture predates the migrations");
     let token = std::fs::read_to_string(dir.path().join("token")).expect("token");
