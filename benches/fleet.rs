@@ -23,6 +23,9 @@
 #[path = "../tests/testdb/mod.rs"]
 mod testdb;
 
+#[path = "proc/mod.rs"]
+mod proc;
+
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -47,35 +50,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A field of `/proc/<pid>/status` in KiB (`VmHWM:`, the peak RSS).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// CPU time (user and system) of process `pid` so far, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .unwrap_or(0.0)
 }
 
 struct Api {
@@ -306,7 +280,7 @@ async fn run() {
         .kill_on_drop(true)
         .spawn()
         .expect("server");
-    let server_pid = server.id().expect("pid");
+    let server_pid = server.id().expect("pid").to_string();
     let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
     let line = lines.next_line().await.expect("line").expect("listening");
     let addr = serde_json::from_str::<Json>(&line).expect("json")["address"]
@@ -364,7 +338,7 @@ async fn run() {
             .expect("open")
         })
         .collect();
-    let cpu_before = cpu_secs(server_pid);
+    let cpu_before = proc::cpu_secs(&server_pid);
     let started = Instant::now();
     let runs: Vec<_> = engines
         .iter()
@@ -378,10 +352,10 @@ async fn run() {
         slowest = slowest.max(secs);
     }
     let wall = started.elapsed().as_secs_f64();
-    let server_cpu = cpu_secs(server_pid) - cpu_before;
+    let server_cpu = proc::cpu_secs(&server_pid) - cpu_before;
     let mut pulls = std::mem::take(&mut *fwd.pulls.lock().unwrap_or_else(|p| p.into_inner()));
     pulls.sort_by(|a, b| a.total_cmp(b));
-    let rss_mib = status_kib(server_pid, "VmHWM:") as f64 / 1024.0;
+    let rss_mib = proc::status_kib(&server_pid, "VmHWM:") as f64 / 1024.0;
     println!();
     println!("| fleet: {devices} first syncs at once ({backend}) | value |");
     println!("|---|---|");
@@ -425,7 +399,7 @@ async fn run() {
         }
         queued += ids.len();
     }
-    let cpu_before = cpu_secs(server_pid);
+    let cpu_before = proc::cpu_secs(&server_pid);
     let started = Instant::now();
     let runs: Vec<_> = engines
         .iter()
@@ -440,7 +414,7 @@ async fn run() {
         uploaded += r.await.expect("device");
     }
     let wall = started.elapsed().as_secs_f64();
-    let server_cpu = cpu_secs(server_pid) - cpu_before;
+    let server_cpu = proc::cpu_secs(&server_pid) - cpu_before;
     let limit = sqlite_upsert_rate(dir.path(), queued.max(1));
     let rate = uploaded as f64 / wall;
     println!();

@@ -21,6 +21,9 @@
 //! `FIELDSYNC_BENCH_EDITS` the queued local edits (default 10000), and
 //! `FIELDSYNC_LOG=fieldsync::sync=debug` shows the device's phase timings.
 
+#[path = "proc/mod.rs"]
+mod proc;
+
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -28,45 +31,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fieldsync_core::{DatabaseKey, Engine, EngineConfig, Value};
+use proc::cpu_secs;
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const ADMIN: &str = "bench-admin-token-0123456789";
 
+/// A field of this process's `/proc/self/status`, in KiB.
 fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    proc::status_kib("self", field)
 }
 
 fn peak_rss_kib() -> u64 {
     status_kib("VmHWM:")
-}
-
-/// CPU time (user and system) process `pid` ("self" for this one) has used
-/// so far, in seconds: fields 14 and 15 of `/proc/<pid>/stat`, in clock
-/// ticks. The fields are counted after the command name's closing
-/// parenthesis, which may itself hold spaces.
-fn cpu_secs(pid: &str) -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // After the name: state is field 3, utime 14, stime 15.
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .unwrap_or(0.0)
 }
 
 /// The most the allocator held in live allocations at once in this process
