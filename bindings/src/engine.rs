@@ -13,7 +13,8 @@ use fieldsync_core::profile::{SyncProfile, SyncTable};
 use fieldsync_core::{DatabaseKey, Engine as CoreEngine, EngineConfig as CoreEngineConfig};
 
 use crate::errors::{FieldSyncError, non_negative};
-use crate::events::{ListenerHandle, SyncEventListener, Target};
+use crate::events::SyncEventListener;
+use crate::listeners::{Delivery, ListenerHandle};
 use crate::records::{ColumnKind, Record, ResetReport, SyncError, SyncReport, core_fields};
 use crate::runtime::{run, run_blocking};
 use crate::service::{AppInfo, ProviderAdapter, TestClock, TokenProvider};
@@ -426,7 +427,11 @@ impl Engine {
         let core = self.core.clone();
         ListenerHandle::start(
             move |queue| Ok(core.add_event_listener(Arc::new(queue))),
-            Target::Events(listener),
+            Box::new(move |delivery| {
+                if let Delivery::Event(event) = delivery {
+                    listener.on_event(event.into());
+                }
+            }),
         )
     }
 }

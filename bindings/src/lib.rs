@@ -31,6 +31,7 @@ uniffi::setup_scaffolding!();
 pub mod engine;
 pub mod errors;
 pub mod events;
+pub mod listeners;
 pub mod logging;
 pub mod query;
 pub mod records;
@@ -43,7 +44,8 @@ pub use engine::{
     Engine, EngineConfig, ProfileColumn, ProfileTable, SyncProfileInfo, TlsRoots, rekey_database,
 };
 pub use errors::FieldSyncError;
-pub use events::{ListenerHandle, SyncEvent, SyncEventListener, SyncIcon};
+pub use events::{SyncEvent, SyncEventListener};
+pub use listeners::ListenerHandle;
 pub use logging::{LogLevel, init_logging};
 pub use query::{Query, QueryOrder, QueryResultListener};
 pub use records::{
@@ -52,7 +54,7 @@ pub use records::{
 };
 pub use service::{
     AppInfo, Blocker, Decision, NetworkStatus, NetworkType, OnlineFilter, OnlinePage, OsNetwork,
-    Reachability, ScheduledSync, StatusListener, SyncFrequency, SyncMode, SyncNowOutcome,
+    Reachability, ScheduledSync, StatusListener, SyncFrequency, SyncIcon, SyncMode, SyncNowOutcome,
     SyncProgress, SyncSettings, SyncStatus, TestClock, TokenProvider,
 };
 pub use status::{DeviceStatus, OfflineTableStatus};

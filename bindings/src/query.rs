@@ -12,7 +12,7 @@ use fieldsync_core::filter::Filter;
 
 use crate::Engine;
 use crate::errors::FieldSyncError;
-use crate::events::{ListenerHandle, Target};
+use crate::listeners::{Delivery, ListenerHandle};
 use crate::records::Record;
 
 /// One column of a query's order.
@@ -120,7 +120,13 @@ impl Engine {
         let core = self.core.clone();
         ListenerHandle::start(
             move |queue| Ok(core.observe(query, Arc::new(queue))?),
-            Target::Query(listener),
+            Box::new(move |delivery| match delivery {
+                Delivery::Query(Ok(records)) => {
+                    listener.on_result(records.into_iter().map(Into::into).collect());
+                }
+                Delivery::Query(Err(error)) => listener.on_error(error.into()),
+                _ => {}
+            }),
         )
     }
 }

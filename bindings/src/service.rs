@@ -25,7 +25,7 @@ use fieldsync_core::{
 
 use crate::Engine;
 use crate::errors::FieldSyncError;
-use crate::events::SyncIcon;
+use crate::listeners::{Delivery, ListenerHandle};
 use crate::records::{Record, SyncReport, count};
 
 /// The kind of network the OS reports.
@@ -326,6 +326,37 @@ impl From<CoreSyncProgress> for SyncProgress {
             rows_total: p.rows_total.map(count),
             bytes_down: count(p.bytes_down),
             fraction: p.fraction,
+        }
+    }
+}
+
+/// The sync icon's states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncIcon {
+    /// Offline mode: no network, or Network or Service Unavailable.
+    NotConnected,
+    /// Connected and up to date.
+    Connected,
+    /// A sync is running.
+    Syncing,
+    /// Connected; local changes wait for upload.
+    PendingUploads,
+    /// The last sync failed.
+    Error,
+    /// The last sync finished with conflicts or rejected changes.
+    Warning,
+}
+
+impl From<fieldsync_core::status::SyncIcon> for SyncIcon {
+    fn from(i: fieldsync_core::status::SyncIcon) -> Self {
+        use fieldsync_core::status::SyncIcon as C;
+        match i {
+            C::NotConnected => SyncIcon::NotConnected,
+            C::Connected => SyncIcon::Connected,
+            C::Syncing => SyncIcon::Syncing,
+            C::PendingUploads => SyncIcon::PendingUploads,
+            C::Error => SyncIcon::Error,
+            C::Warning => SyncIcon::Warning,
         }
     }
 }
@@ -819,11 +850,15 @@ impl Engine {
     pub fn add_status_listener(
         &self,
         listener: Arc<dyn StatusListener>,
-    ) -> Result<Arc<crate::ListenerHandle>, FieldSyncError> {
+    ) -> Result<Arc<ListenerHandle>, FieldSyncError> {
         let core = self.core.clone();
-        crate::ListenerHandle::start(
+        ListenerHandle::start(
             move |queue| Ok(core.add_status_listener(Arc::new(queue))),
-            crate::events::Target::Status(listener),
+            Box::new(move |delivery| {
+                if let Delivery::Status(status) = delivery {
+                    listener.on_status(status.into());
+                }
+            }),
         )
     }
 
