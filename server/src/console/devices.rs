@@ -14,7 +14,8 @@ use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
 use crate::console::html::{Section, page, time, url_component};
-use crate::console::{error_page, html_response, telemetry};
+use crate::console::response::{error_page, html_response};
+use crate::console::telemetry;
 use maud::{PreEscaped, html};
 
 /// `GET /console/devices`.

@@ -25,7 +25,7 @@ use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
 use crate::console::html::{Section, json_text, notice, page, url_component};
-use crate::console::{Form, error_page, html_response};
+use crate::console::response::{Form, error_page, html_response};
 
 /// A sync interval in words (`5 min`, `1 h`, `1 day`).
 pub fn interval_text(secs: u64) -> String {

@@ -20,7 +20,7 @@ use crate::console::auth::Admin;
 use crate::console::html::{
     Section, kv_table, notice, options, page, side_by_side, time, url_component,
 };
-use crate::console::{Form, error_page, html_response};
+use crate::console::response::{Form, error_page, html_response};
 use crate::db::{DataCut, RetryOutcome, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
 
 /// Filters and notices of the Sync Errors page.
