@@ -73,10 +73,10 @@ pub enum Error {
     UnknownTable(String),
     #[error("unknown column '{column}' in table '{table}'")]
     UnknownColumn { table: String, column: String },
-    #[error("invalid offline profile: {0}")]
-    InvalidProfile(String),
-    #[error("invalid data model: {0}")]
-    InvalidModel(String),
+    /// A filter, offline profile, data model or value that does not hold,
+    /// as the shared protocol code found it (kept as the source).
+    #[error("{0}")]
+    Invalid(#[from] fieldsync_protocol::Error),
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("not allowed: {0}")]
@@ -123,8 +123,7 @@ impl Error {
             | Error::UnknownTable(_)
             | Error::NoProfile(_)
             | Error::UnknownColumn { .. }
-            | Error::InvalidProfile(_)
-            | Error::InvalidModel(_)
+            | Error::Invalid(_)
             | Error::InvalidInput(_)
             | Error::NotAllowed(_) => ErrorKind::InvalidInput,
             Error::PendingUploads { .. } => ErrorKind::PendingUploads,

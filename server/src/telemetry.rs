@@ -13,10 +13,12 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use fieldsync_core::Value;
-use fieldsync_core::protocol::codes;
-use fieldsync_core::telemetry::{TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind};
-use fieldsync_core::time::{format_date, parse_datetime};
+use fieldsync_protocol::Value;
+use fieldsync_protocol::protocol::codes;
+use fieldsync_protocol::telemetry::{
+    TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind,
+};
+use fieldsync_protocol::time::{format_date, parse_datetime};
 use serde::{Deserialize, Serialize};
 
 use crate::App;
@@ -74,7 +76,7 @@ pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> Api
     for e in events {
         versions.insert(e.device_id.as_str(), e.app_version.as_str());
     }
-    let at = fieldsync_core::time::format_datetime(now);
+    let at = fieldsync_protocol::time::format_datetime(now);
     db.write(|c| {
         for (device, version) in &versions {
             if !version.is_empty() {

@@ -91,7 +91,7 @@ pub struct TelemetryView {
 /// [`TelemetryAggregate`] and [`DeviceReport`]); no other console code
 /// changes.
 pub fn read(db: &Db) -> ApiResult<TelemetryView> {
-    use fieldsync_core::telemetry::TelemetryKind;
+    use fieldsync_protocol::telemetry::TelemetryKind;
     const BUCKET_SECS: i64 = 3600;
     let events = crate::telemetry::list(
         db,
@@ -144,7 +144,7 @@ pub fn read(db: &Db) -> ApiResult<TelemetryView> {
         .map(|(start, (syncs, failed, with_conflicts, mut durations))| {
             durations.sort_unstable();
             TelemetryBucket {
-                start: fieldsync_core::time::format_datetime(start),
+                start: fieldsync_protocol::time::format_datetime(start),
                 syncs,
                 failed,
                 with_conflicts,

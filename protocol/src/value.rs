@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "sqlite")]
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use serde::{Deserialize, Serialize};
 
@@ -164,6 +165,7 @@ impl Value {
     }
 
     /// Reads a SQLite value as the given column kind.
+    #[cfg(feature = "sqlite")]
     pub fn from_sql(v: ValueRef<'_>, kind: ColumnKind) -> Value {
         match v {
             ValueRef::Null => Value::Null,
@@ -186,6 +188,7 @@ impl Value {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl rusqlite::ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
