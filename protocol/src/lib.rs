@@ -11,6 +11,8 @@
 
 pub mod error;
 pub mod filter;
+pub mod ident;
+pub mod kind;
 pub mod model;
 pub mod profile;
 pub mod protocol;

@@ -3,7 +3,7 @@
 //!
 //! A record is a primary key, the server version it was based on, and a map of
 //! column name to [`Value`]. Values are typed by the column kinds of the offline
-//! profile ([`crate::profile::ColumnKind`]); booleans are stored as 0/1 in SQLite
+//! profile ([`crate::kind::ColumnKind`]); booleans are stored as 0/1 in SQLite
 //! and turned back into booleans when read.
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use serde::{Deserialize, Serialize};
 
-use crate::profile::ColumnKind;
+use crate::kind::ColumnKind;
 
 /// Text read from SQLite, which does not check that what it stores as text
 /// is UTF-8: borrowed when it is (the common case, checked a word at a
