@@ -12,7 +12,8 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 pub use fieldsync_protocol::telemetry::{
-    TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind,
+    TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind, TelemetryMode,
+    TelemetryNetwork, TelemetryResult,
 };
 
 use crate::error::Result;
@@ -62,8 +63,8 @@ pub(crate) fn record(store: &Store, events: &[TelemetryEvent]) -> Result<()> {
             target: "fieldsync::telemetry",
             kind = ?e.kind,
             sync_id = %e.sync_id,
-            mode = %e.mode,
-            result = %e.result,
+            mode = e.mode.as_str(),
+            result = e.result.as_str(),
             failure_type = e.failure_type.as_deref().unwrap_or(""),
             duration_ms = e.duration_ms,
             active_duration_ms = e.active_duration_ms,
@@ -72,7 +73,7 @@ pub(crate) fn record(store: &Store, events: &[TelemetryEvent]) -> Result<()> {
             bytes_up = e.bytes_up,
             bytes_down = e.bytes_down,
             table = e.table.as_deref().unwrap_or(""),
-            network_type = %e.network_type,
+            network_type = e.network_type.as_str(),
             "sync telemetry"
         );
     }
@@ -149,8 +150,8 @@ fn corrupt_event() -> TelemetryEvent {
         kind: TelemetryKind::Sync,
         device_id: String::new(),
         sync_id: String::new(),
-        mode: String::new(),
-        result: String::new(),
+        mode: TelemetryMode::Unknown,
+        result: TelemetryResult::Unknown,
         failure_type: None,
         started_at: 0,
         duration_ms: 0,
@@ -160,7 +161,7 @@ fn corrupt_event() -> TelemetryEvent {
         bytes_up: 0,
         bytes_down: 0,
         table: None,
-        network_type: String::new(),
+        network_type: TelemetryNetwork::Unknown,
         app_version: String::new(),
         device_model: String::new(),
         os_version: String::new(),

@@ -15,6 +15,94 @@ pub enum TelemetryKind {
     TableDownload,
 }
 
+/// Defines a telemetry enum carried on the wire as a lowercase string: its
+/// variants with their names, `as_str`, `from_name` and serde through
+/// those names. A name this build does not know reads as `Unknown`
+/// (`"unknown"`), so an event from an older or newer device still decodes;
+/// what to do with it is the reader's decision.
+macro_rules! wire_names {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+            /// A name this build does not know (`"unknown"` on the wire).
+            Unknown,
+        }
+
+        impl $name {
+            /// The name on the wire and in the server's database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                    $name::Unknown => "unknown",
+                }
+            }
+
+            /// Reads a name; one this build does not know is `Unknown`.
+            pub fn from_name(name: &str) -> $name {
+                match name {
+                    $($text => $name::$variant,)*
+                    _ => $name::Unknown,
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                Ok($name::from_name(&name))
+            }
+        }
+    };
+}
+
+wire_names! {
+    /// How a sync ran (the scheduler's sync mode).
+    TelemetryMode {
+        /// The first download of one or more tables.
+        First = "first",
+        /// A scheduled incremental sync of due tables.
+        Delta = "delta",
+        /// A user's Refresh of a table.
+        Refresh = "refresh",
+        /// The user's "sync now" (or a direct sync call).
+        Forced = "forced",
+    }
+}
+
+wire_names! {
+    /// How a sync ended.
+    TelemetryResult {
+        /// The sync completed (possibly with conflicts or refusals).
+        Success = "success",
+        /// The sync stopped on an error (`failure_type` says which).
+        Failure = "failure",
+    }
+}
+
+wire_names! {
+    /// The kind of network a sync ran on, as the app shell reported it.
+    TelemetryNetwork {
+        /// Wi-Fi.
+        Wifi = "wifi",
+        /// Mobile data.
+        Cellular = "cellular",
+        /// Wired.
+        Ethernet = "ethernet",
+        /// A connection of another kind (VPN, satellite, ...).
+        Other = "other",
+        /// No connection.
+        None = "none",
+    }
+}
+
 /// One telemetry event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryEvent {
@@ -24,10 +112,10 @@ pub struct TelemetryEvent {
     pub device_id: String,
     /// Id shared by a sync's event and its table events.
     pub sync_id: String,
-    /// `first`, `delta`, `refresh` or `forced`.
-    pub mode: String,
-    /// `success` or `failure`.
-    pub result: String,
+    /// How the sync ran.
+    pub mode: TelemetryMode,
+    /// Whether it succeeded.
+    pub result: TelemetryResult,
     /// Error class on failure (`network_unavailable`, `unauthorized`, ...).
     pub failure_type: Option<String>,
     /// Start, ms since the epoch.
@@ -41,8 +129,8 @@ pub struct TelemetryEvent {
     pub bytes_down: u64,
     /// The table, for a table download.
     pub table: Option<String>,
-    /// `wifi`, `cellular`, `ethernet`, `other` or `none`.
-    pub network_type: String,
+    /// The network the sync ran on.
+    pub network_type: TelemetryNetwork,
     pub app_version: String,
     pub device_model: String,
     pub os_version: String,
@@ -71,4 +159,34 @@ pub struct TelemetryBatch {
 pub struct TelemetryAccepted {
     /// Events stored (replays of known ids are not counted).
     pub accepted: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_read_as_unknown() {
+        for m in [
+            TelemetryMode::First,
+            TelemetryMode::Delta,
+            TelemetryMode::Refresh,
+            TelemetryMode::Forced,
+            TelemetryMode::Unknown,
+        ] {
+            let json = serde_json::to_string(&m).expect("encode");
+            assert_eq!(json, format!("\"{}\"", m.as_str()));
+            assert_eq!(serde_json::from_str::<TelemetryMode>(&json).ok(), Some(m));
+        }
+        assert_eq!(
+            serde_json::from_str::<TelemetryNetwork>("\"satellite\"").ok(),
+            Some(TelemetryNetwork::Unknown)
+        );
+        assert_eq!(
+            TelemetryResult::from_name("Success"),
+            TelemetryResult::Unknown
+        );
+        assert_eq!(TelemetryNetwork::from_name("none"), TelemetryNetwork::None);
+        assert!(serde_json::from_str::<TelemetryResult>("1").is_err());
+    }
 }

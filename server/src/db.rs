@@ -4078,7 +4078,9 @@ impl Db {
 mod retention_tests {
     use super::*;
     use fieldsync_protocol::protocol::{MutationStatus, Op};
-    use fieldsync_protocol::telemetry::{TelemetryEvent, TelemetryKind};
+    use fieldsync_protocol::telemetry::{
+        TelemetryEvent, TelemetryKind, TelemetryMode, TelemetryNetwork, TelemetryResult,
+    };
     use fieldsync_protocol::time::ManualClock;
 
     const DAY: i64 = 86_400_000;
@@ -4097,8 +4099,8 @@ mod retention_tests {
             kind: TelemetryKind::Sync,
             device_id: "d1".into(),
             sync_id: "s1".into(),
-            mode: "delta".into(),
-            result: "success".into(),
+            mode: TelemetryMode::Delta,
+            result: TelemetryResult::Success,
             failure_type: None,
             started_at: 0,
             duration_ms: 1,
@@ -4108,7 +4110,7 @@ mod retention_tests {
             bytes_up: 0,
             bytes_down: 0,
             table: None,
-            network_type: "wifi".into(),
+            network_type: TelemetryNetwork::Wifi,
             app_version: "1".into(),
             device_model: "m".into(),
             os_version: "o".into(),
