@@ -213,4 +213,21 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Storage);
         assert!(e.to_string().starts_with("storage is full: "), "{e}");
     }
+
+    #[test]
+    fn a_protocol_error_keeps_its_cause_and_is_invalid_input() {
+        let refused = crate::profile::check_time_zone("Mars/Olympus").expect_err("refused");
+        let e = Error::from(refused.clone());
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), refused.to_string());
+        assert!(
+            e.to_string().starts_with("invalid offline profile: "),
+            "{e}"
+        );
+        let source = e.source().expect("the protocol error is the source");
+        assert_eq!(
+            source.downcast_ref::<fieldsync_protocol::Error>(),
+            Some(&refused)
+        );
+    }
 }

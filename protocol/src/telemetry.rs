@@ -96,7 +96,7 @@ wire_names! {
         Cellular = "cellular",
         /// Wired.
         Ethernet = "ethernet",
-        /// A connection of another kind (VPN, satellite, ...).
+        /// A connection the OS reports as none of the above.
         Other = "other",
         /// No connection.
         None = "none",
