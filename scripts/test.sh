@@ -43,7 +43,7 @@ FIELDSYNC_SIM_SEEDS=${FIELDSYNC_PG_SIM_SEEDS:-10} scripts/with-postgres.sh \
     --test backbone --test profile_filters --test filter_property --test security --test data_model \
     --test console_access --test device_status --test scheduling --test multi_instance --test operations \
     --test progress --test time_zones --test related_filters \
-    --test simulation --test transactions --test local_query
+    --test simulation --test transactions --test local_query --test telemetry_wire
 # The unit tests that have a PostgreSQL variant (named `..._on_postgres`;
 # they return at once without the cluster). `--workspace`, not
 # `-p fieldsync-server`: the features stay those of the build above.

@@ -199,4 +199,23 @@ mod tests {
             FieldSyncError::PendingUploads { count: 3, .. }
         ));
     }
+
+    /// What the shared protocol code refuses (a filter, a name, a data
+    /// model, a profile's time zone) reaches the shells as invalid input,
+    /// with the protocol crate's message, as before it had its own crate.
+    #[test]
+    fn protocol_errors_reach_the_shells_as_invalid_input() {
+        use fieldsync_core::{filter::Filter, model::DataModel, profile};
+        let refusals = [
+            Filter::from_json("not a filter").expect_err("refused"),
+            profile::check_identifier("Bad Name").expect_err("refused"),
+            profile::check_time_zone("Mars/Olympus").expect_err("refused"),
+            DataModel::parse("{\"tables\": 3}").expect_err("refused"),
+        ];
+        for refusal in refusals {
+            let text = refusal.to_string();
+            let public = FieldSyncError::from(CoreError::from(refusal));
+            assert_eq!(public, FieldSyncError::InvalidInput { reason: text });
+        }
+    }
 }

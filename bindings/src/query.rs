@@ -48,7 +48,8 @@ impl TryFrom<Query> for fieldsync_core::Query {
         let filter = q
             .condition
             .map(|text| Filter::from_json(&text))
-            .transpose()?;
+            .transpose()
+            .map_err(fieldsync_core::Error::from)?;
         Ok(fieldsync_core::Query {
             table: q.table,
             filter,

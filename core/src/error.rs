@@ -73,10 +73,10 @@ pub enum Error {
     UnknownTable(String),
     #[error("unknown column '{column}' in table '{table}'")]
     UnknownColumn { table: String, column: String },
-    #[error("invalid offline profile: {0}")]
-    InvalidProfile(String),
-    #[error("invalid data model: {0}")]
-    InvalidModel(String),
+    /// A filter, offline profile, data model or value that does not hold,
+    /// as the shared protocol code found it (kept as the source).
+    #[error("{0}")]
+    Invalid(#[from] fieldsync_protocol::Error),
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("not allowed: {0}")]
@@ -123,8 +123,7 @@ impl Error {
             | Error::UnknownTable(_)
             | Error::NoProfile(_)
             | Error::UnknownColumn { .. }
-            | Error::InvalidProfile(_)
-            | Error::InvalidModel(_)
+            | Error::Invalid(_)
             | Error::InvalidInput(_)
             | Error::NotAllowed(_) => ErrorKind::InvalidInput,
             Error::PendingUploads { .. } => ErrorKind::PendingUploads,
@@ -213,5 +212,22 @@ mod tests {
         let e = Error::from(full);
         assert_eq!(e.kind(), ErrorKind::Storage);
         assert!(e.to_string().starts_with("storage is full: "), "{e}");
+    }
+
+    #[test]
+    fn a_protocol_error_keeps_its_cause_and_is_invalid_input() {
+        let refused = crate::profile::check_time_zone("Mars/Olympus").expect_err("refused");
+        let e = Error::from(refused.clone());
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), refused.to_string());
+        assert!(
+            e.to_string().starts_with("invalid offline profile: "),
+            "{e}"
+        );
+        let source = e.source().expect("the protocol error is the source");
+        assert_eq!(
+            source.downcast_ref::<fieldsync_protocol::Error>(),
+            Some(&refused)
+        );
     }
 }

@@ -11,20 +11,17 @@
 //! [`Engine`] object behind `Arc`, typed errors, async sync functions, and an
 //! injected [`Transport`] and [`Clock`].
 //!
-//! The wire types in [`protocol`] and the profile model in [`profile`] are
-//! shared with the reference server.
+//! The wire types in [`protocol`], values, filters, the offline profile, the
+//! data model and time come from `fieldsync-protocol`, which the reference
+//! server shares; they are re-exported here at their old paths.
 
 pub mod client;
 pub mod codec;
 pub mod engine;
 pub mod error;
-pub mod filter;
-pub mod model;
 pub mod network;
 pub mod notifications;
 pub mod online;
-pub mod profile;
-pub mod protocol;
 pub mod query;
 pub mod scheduler;
 pub mod service;
@@ -33,11 +30,12 @@ pub mod status;
 pub mod store;
 mod sync;
 pub mod telemetry;
-pub mod time;
 pub mod transaction;
 pub mod transport;
-pub mod value;
-pub mod wal;
+
+// The modules shared with the server live in `fieldsync-protocol`; they stay
+// reachable at their old paths (`fieldsync_core::value::Value`, ...).
+pub use fieldsync_protocol::{filter, model, profile, protocol, time, value, wal};
 
 pub use client::TokenProvider;
 pub use engine::{

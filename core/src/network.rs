@@ -51,6 +51,19 @@ impl NetworkType {
     }
 }
 
+impl From<NetworkType> for crate::telemetry::TelemetryNetwork {
+    fn from(t: NetworkType) -> Self {
+        use crate::telemetry::TelemetryNetwork as N;
+        match t {
+            NetworkType::Wifi => N::Wifi,
+            NetworkType::Cellular => N::Cellular,
+            NetworkType::Ethernet => N::Ethernet,
+            NetworkType::Other => N::Other,
+            NetworkType::None => N::None,
+        }
+    }
+}
+
 /// What the OS says about the network (reported by the app shell).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OsNetwork {

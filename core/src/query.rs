@@ -75,13 +75,14 @@ pub struct CompiledQuery {
 
 /// Turns a filter's complaint about the query's condition into
 /// [`Error::InvalidInput`].
-fn invalid(e: Error) -> Error {
+fn invalid(e: fieldsync_protocol::Error) -> Error {
+    use fieldsync_protocol::Error as P;
     match e {
-        Error::UnknownColumn { table, column } => Error::InvalidInput(format!(
+        P::UnknownColumn { table, column } => Error::InvalidInput(format!(
             "the condition reads column '{column}', which table '{table}' does not sync"
         )),
-        Error::InvalidProfile(m) => Error::InvalidInput(m),
-        other => other,
+        P::InvalidProfile(m) => Error::InvalidInput(m),
+        other => other.into(),
     }
 }
 

@@ -51,6 +51,18 @@ pub enum SyncMode {
     Forced,
 }
 
+impl From<SyncMode> for crate::telemetry::TelemetryMode {
+    fn from(m: SyncMode) -> Self {
+        use crate::telemetry::TelemetryMode as T;
+        match m {
+            SyncMode::First => T::First,
+            SyncMode::Delta => T::Delta,
+            SyncMode::Refresh => T::Refresh,
+            SyncMode::Forced => T::Forced,
+        }
+    }
+}
+
 impl SyncMode {
     /// Wire and telemetry name.
     pub fn as_str(self) -> &'static str {

@@ -25,7 +25,9 @@ use tracing::{debug, warn};
 
 use crate::engine::{Engine, SyncEvent, SyncReport};
 use crate::error::{Error, ErrorKind, Result};
-use crate::network::{self, NetworkStatus, OsNetwork, Reachability, UNAVAILABLE_MESSAGE};
+use crate::network::{
+    self, NetworkStatus, NetworkType, OsNetwork, Reachability, UNAVAILABLE_MESSAGE,
+};
 use crate::notifications::{
     Notification, NotificationKind, NotificationPhase, estimate_bytes, message,
 };
@@ -34,7 +36,7 @@ use crate::settings::SyncSettings;
 use crate::status::{
     EventListener, ListenerHandle, StatusListener, SyncIcon, SyncProgress, SyncStatus,
 };
-use crate::telemetry::{self, TelemetryEvent, TelemetryKind};
+use crate::telemetry::{self, TelemetryEvent, TelemetryKind, TelemetryResult};
 
 /// How long the background task sleeps at most before looking again (real
 /// time), so a clock change is noticed.
@@ -866,7 +868,7 @@ impl Engine {
                 });
             }
             if self.settings().telemetry_enabled {
-                let events = self.telemetry_events(run, &result, end, network_type.as_str());
+                let events = self.telemetry_events(run, &result, end, network_type);
                 if let Err(e) = telemetry::record(&self.store, &events) {
                     warn!(target: "fieldsync::telemetry", error = %e, "cannot keep telemetry");
                 }
@@ -884,7 +886,7 @@ impl Engine {
         run: &RunState,
         result: &Result<SyncReport>,
         end: i64,
-        network_type: &str,
+        network_type: NetworkType,
     ) -> Vec<TelemetryEvent> {
         let app = &self.options.app;
         let base = |kind, table: Option<String>| TelemetryEvent {
@@ -892,8 +894,12 @@ impl Engine {
             kind,
             device_id: self.device_id().to_owned(),
             sync_id: run.sync_id.clone(),
-            mode: run.mode.as_str().to_owned(),
-            result: if result.is_ok() { "success" } else { "failure" }.to_owned(),
+            mode: run.mode.into(),
+            result: if result.is_ok() {
+                TelemetryResult::Success
+            } else {
+                TelemetryResult::Failure
+            },
             failure_type: result.as_ref().err().map(|e| e.kind().as_str().to_owned()),
             started_at: run.started_at,
             duration_ms: end - run.started_at,
@@ -903,7 +909,7 @@ impl Engine {
             bytes_up: 0,
             bytes_down: 0,
             table,
-            network_type: network_type.to_owned(),
+            network_type: network_type.into(),
             app_version: app.app_version.clone(),
             device_model: app.device_model.clone(),
             os_version: app.os_version.clone(),

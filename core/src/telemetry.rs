@@ -11,6 +11,11 @@
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
+pub use fieldsync_protocol::telemetry::{
+    TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind, TelemetryMode,
+    TelemetryNetwork, TelemetryResult,
+};
+
 use crate::error::Result;
 use crate::store::Store;
 
@@ -18,74 +23,6 @@ use crate::store::Store;
 pub const TELEMETRY_BATCH: usize = 200;
 /// Most events kept on the device; older ones are dropped first.
 pub const TELEMETRY_KEEP: i64 = 5_000;
-
-/// What an event describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TelemetryKind {
-    /// A whole sync.
-    Sync,
-    /// The download of one table within a sync.
-    TableDownload,
-}
-
-/// One telemetry event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TelemetryEvent {
-    /// Unique id of the event (uploads are idempotent by it).
-    pub id: String,
-    pub kind: TelemetryKind,
-    pub device_id: String,
-    /// Id shared by a sync's event and its table events.
-    pub sync_id: String,
-    /// `first`, `delta`, `refresh` or `forced`.
-    pub mode: String,
-    /// `success` or `failure`.
-    pub result: String,
-    /// Error class on failure (`network_unavailable`, `unauthorized`, ...).
-    pub failure_type: Option<String>,
-    /// Start, ms since the epoch.
-    pub started_at: i64,
-    pub duration_ms: i64,
-    /// Part of the duration the app was in the foreground.
-    pub active_duration_ms: i64,
-    pub rows_up: u64,
-    pub rows_down: u64,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    /// The table, for a table download.
-    pub table: Option<String>,
-    /// `wifi`, `cellular`, `ethernet`, `other` or `none`.
-    pub network_type: String,
-    pub app_version: String,
-    pub device_model: String,
-    pub os_version: String,
-    /// A completed sync: the local changes where the server kept its
-    /// version (conflict detection on). A sync with conflicts completed,
-    /// but is not a clean success.
-    #[serde(default)]
-    pub conflicts: u64,
-    /// A completed sync: the local changes the server refused.
-    #[serde(default)]
-    pub rejected: u64,
-    /// Local changes still waiting for upload when the sync ended (a sync
-    /// event; absent from older devices).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_uploads: Option<u64>,
-}
-
-/// Body of `POST /v1/telemetry`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TelemetryBatch {
-    pub events: Vec<TelemetryEvent>,
-}
-
-/// Answer of `POST /v1/telemetry`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TelemetryAccepted {
-    /// Events stored (replays of known ids are not counted).
-    pub accepted: u64,
-}
 
 /// The app and device an engine runs in, for telemetry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,8 +63,8 @@ pub(crate) fn record(store: &Store, events: &[TelemetryEvent]) -> Result<()> {
             target: "fieldsync::telemetry",
             kind = ?e.kind,
             sync_id = %e.sync_id,
-            mode = %e.mode,
-            result = %e.result,
+            mode = e.mode.as_str(),
+            result = e.result.as_str(),
             failure_type = e.failure_type.as_deref().unwrap_or(""),
             duration_ms = e.duration_ms,
             active_duration_ms = e.active_duration_ms,
@@ -136,7 +73,7 @@ pub(crate) fn record(store: &Store, events: &[TelemetryEvent]) -> Result<()> {
             bytes_up = e.bytes_up,
             bytes_down = e.bytes_down,
             table = e.table.as_deref().unwrap_or(""),
-            network_type = %e.network_type,
+            network_type = e.network_type.as_str(),
             "sync telemetry"
         );
     }
@@ -172,7 +109,7 @@ pub(crate) fn pending(store: &Store, limit: usize) -> Result<Vec<(i64, Telemetry
             if let Ok(e) = serde_json::from_str(&body) {
                 out.push((r.get(0)?, e));
             } else {
-                out.push((r.get(0)?, TelemetryEvent::corrupt()));
+                out.push((r.get(0)?, corrupt_event()));
             }
         }
         Ok(out)
@@ -205,31 +142,31 @@ pub(crate) fn count(store: &Store) -> Result<u64> {
     })
 }
 
-impl TelemetryEvent {
-    fn corrupt() -> Self {
-        TelemetryEvent {
-            id: String::new(),
-            kind: TelemetryKind::Sync,
-            device_id: String::new(),
-            sync_id: String::new(),
-            mode: String::new(),
-            result: String::new(),
-            failure_type: None,
-            started_at: 0,
-            duration_ms: 0,
-            active_duration_ms: 0,
-            rows_up: 0,
-            rows_down: 0,
-            bytes_up: 0,
-            bytes_down: 0,
-            table: None,
-            network_type: String::new(),
-            app_version: String::new(),
-            device_model: String::new(),
-            os_version: String::new(),
-            conflicts: 0,
-            rejected: 0,
-            pending_uploads: None,
-        }
+/// Stands in for a kept event that no longer decodes (its empty id makes
+/// the upload drop it).
+fn corrupt_event() -> TelemetryEvent {
+    TelemetryEvent {
+        id: String::new(),
+        kind: TelemetryKind::Sync,
+        device_id: String::new(),
+        sync_id: String::new(),
+        mode: TelemetryMode::Unknown,
+        result: TelemetryResult::Unknown,
+        failure_type: None,
+        started_at: 0,
+        duration_ms: 0,
+        active_duration_ms: 0,
+        rows_up: 0,
+        rows_down: 0,
+        bytes_up: 0,
+        bytes_down: 0,
+        table: None,
+        network_type: TelemetryNetwork::Unknown,
+        app_version: String::new(),
+        device_model: String::new(),
+        os_version: String::new(),
+        conflicts: 0,
+        rejected: 0,
+        pending_uploads: None,
     }
 }

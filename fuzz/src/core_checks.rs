@@ -3,8 +3,9 @@
 //! the stable-Rust regression test `core/tests/fuzz_regressions.rs`, which
 //! includes this file with `#[path]` and replays the saved inputs of
 //! `fuzz/regressions/<target>/` through the same functions. Only
-//! `fieldsync_core`, `serde_json`, `rusqlite` and `tempfile` may be used here
-//! (they are what the core package's tests can see).
+//! `fieldsync_core`, `fieldsync_protocol`, `serde_json`, `rusqlite` and
+//! `tempfile` may be used here (they are what the core package's tests can
+//! see).
 //!
 //! A check panics when a property fails: that is what the fuzzer reports.
 //! Errors returned by the code under test are fine; panics inside it are not.
@@ -479,7 +480,9 @@ pub fn profile(data: &[u8]) {
             assert!(
                 matches!(
                     e,
-                    Error::InvalidProfile(_) | Error::UnknownTable(_) | Error::UnknownColumn { .. }
+                    fieldsync_protocol::Error::InvalidProfile(_)
+                        | fieldsync_protocol::Error::UnknownTable(_)
+                        | fieldsync_protocol::Error::UnknownColumn { .. }
                 ),
                 "unexpected error kind {e:?}"
             );

@@ -2,17 +2,17 @@
 //! targets `fuzz/fuzz_targets/cursor.rs` and `fuzz/fuzz_targets/filter.rs`
 //! and by the stable-Rust regression test `server/tests/fuzz_regressions.rs`
 //! (which includes this file with `#[path]`). Only `fieldsync_server` and
-//! the server's own dependencies `fieldsync_core`, `rusqlite` and
+//! the server's own dependencies `fieldsync_protocol`, `rusqlite` and
 //! `serde_json` may be used here (they are what the server package's tests
 //! can see).
 
 use std::sync::{Mutex, OnceLock};
 
-use fieldsync_core::Value;
-use fieldsync_core::error::Error;
-use fieldsync_core::filter::{Filter, FilterContext};
-use fieldsync_core::profile::{Column, ColumnKind, DataModel, SyncTable};
-use fieldsync_core::time::{Zone, civil_from_days, parse_date, parse_datetime};
+use fieldsync_protocol::Value;
+use fieldsync_protocol::error::Error;
+use fieldsync_protocol::filter::{Filter, FilterContext};
+use fieldsync_protocol::profile::{Column, ColumnKind, DataModel, SyncTable};
+use fieldsync_protocol::time::{Zone, civil_from_days, parse_date, parse_datetime};
 use fieldsync_server::db::Cursor;
 use fieldsync_server::rules::compile_cond;
 

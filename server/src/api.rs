@@ -13,8 +13,8 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fieldsync_core::profile::{OfflineProfile, SyncProfile};
-use fieldsync_core::protocol::{
+use fieldsync_protocol::profile::{OfflineProfile, SyncProfile};
+use fieldsync_protocol::protocol::{
     DEFAULT_PAGE_SIZE, DEVICE_HEADER, FetchRequest, FetchResponse, LIMIT_EXCEEDED, PushRequest,
     PushResponse, RecordList, RecordResponse, RecordWrite, codes,
 };
@@ -191,7 +191,7 @@ struct Health {
 pub async fn health() -> impl IntoResponse {
     Json(Health {
         status: "ok",
-        protocol: fieldsync_core::protocol::PROTOCOL_VERSION,
+        protocol: fieldsync_protocol::protocol::PROTOCOL_VERSION,
     })
 }
 
@@ -379,7 +379,7 @@ fn scope_of(
     profile: &SyncProfile,
     table: &str,
     online_tables: &[String],
-) -> ApiResult<Option<fieldsync_core::profile::SyncTable>> {
+) -> ApiResult<Option<fieldsync_protocol::profile::SyncTable>> {
     match user.role {
         Role::Dispatcher | Role::Admin => Ok(None),
         Role::Technician if online_tables.iter().any(|t| t == table) => Ok(None),
@@ -446,9 +446,9 @@ pub struct ListQuery {
 /// Parses and checks a `where` filter against the columns the caller sees.
 fn parse_filter(
     text: Option<&str>,
-    schema: &fieldsync_core::profile::TableSchema,
-    scope: Option<&fieldsync_core::profile::SyncTable>,
-) -> ApiResult<Vec<(String, fieldsync_core::Value)>> {
+    schema: &fieldsync_protocol::profile::TableSchema,
+    scope: Option<&fieldsync_protocol::profile::SyncTable>,
+) -> ApiResult<Vec<(String, fieldsync_protocol::Value)>> {
     let Some(text) = text.filter(|t| !t.is_empty()) else {
         return Ok(Vec::new());
     };
@@ -471,7 +471,7 @@ fn parse_filter(
                 format!("unknown column '{column}' in table '{}'", schema.name),
             )
         })?;
-        let value = fieldsync_core::Value::from_json(&value)
+        let value = fieldsync_protocol::Value::from_json(&value)
             .ok_or_else(|| {
                 ApiError::bad_request(
                     codes::INVALID_VALUE,
@@ -541,7 +541,7 @@ pub async fn list_records(
         .map(|(row, version)| RecordResponse {
             table: table.clone(),
             id: match row.get(&pk) {
-                Some(fieldsync_core::Value::Text(id)) => id.clone(),
+                Some(fieldsync_protocol::Value::Text(id)) => id.clone(),
                 _ => String::new(),
             },
             version,
@@ -938,7 +938,7 @@ pub async fn publish_model(
             fields.remove(key);
         }
     }
-    let model = fieldsync_core::profile::DataModel::parse(&raw.to_string())?;
+    let model = fieldsync_protocol::profile::DataModel::parse(&raw.to_string())?;
     let db = app.db.clone();
     let published = blocking(move || db.publish_model(&model, crate::model::SOURCE_ADMIN)).await?;
     Ok(Json(published))
@@ -972,7 +972,7 @@ pub struct SeedResult {
 
 /// Sample data is the Field Service model's: refused, naming what is
 /// missing, when the model in force lacks one of its tables or columns.
-fn check_seedable(model: &fieldsync_core::profile::DataModel) -> ApiResult<()> {
+fn check_seedable(model: &fieldsync_protocol::profile::DataModel) -> ApiResult<()> {
     for t in crate::field_service_model().tables {
         let Some(have) = model.table(&t.name) else {
             return Err(ApiError::bad_request(
@@ -1075,11 +1075,11 @@ pub async fn check_protocol(
     }
     let Some(sent) = request
         .headers()
-        .get(fieldsync_core::protocol::PROTOCOL_HEADER)
+        .get(fieldsync_protocol::protocol::PROTOCOL_HEADER)
     else {
         return next.run(request).await;
     };
-    let version = fieldsync_core::protocol::PROTOCOL_VERSION;
+    let version = fieldsync_protocol::protocol::PROTOCOL_VERSION;
     match sent.to_str().map(str::trim) {
         Ok(v) if v.parse::<u32>() == Ok(version) => next.run(request).await,
         Ok(v) => ApiError::bad_request(

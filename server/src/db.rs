@@ -47,16 +47,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use fieldsync_core::filter::FilterContext;
-use fieldsync_core::profile::{
+use fieldsync_protocol::filter::FilterContext;
+use fieldsync_protocol::profile::{
     DataModel, OfflineProfile, RowRule, SyncProfile, SyncTable, TableSchema, quote_ident,
 };
-use fieldsync_core::protocol::{
+use fieldsync_protocol::protocol::{
     ErrorBody, FetchResponse, MAX_FETCH_VALUES, MAX_PAGE_BYTES, MAX_PAGE_SIZE, MAX_ROW_BYTES,
     Mutation, MutationResult, MutationStatus, Op, PullPage, VERSION_COLUMN, codes,
 };
-use fieldsync_core::time::format_datetime;
-use fieldsync_core::{Clock, SystemClock, Value};
+use fieldsync_protocol::time::format_datetime;
+use fieldsync_protocol::{Clock, SystemClock, Value};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -597,8 +597,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(fieldsync_core::wal::PATIENCE)?;
-    fieldsync_core::wal::enable(&conn, fieldsync_core::wal::PATIENCE)?;
+    conn.busy_timeout(fieldsync_protocol::wal::PATIENCE)?;
+    fieldsync_protocol::wal::enable(&conn, fieldsync_protocol::wal::PATIENCE)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Large sorts and index builds spill to files, as SQLite's default build
     // does: the workspace's SQLite is SQLCipher's build (for the device),
@@ -806,7 +806,7 @@ pub(crate) fn related_changed_sql(
 }
 
 /// Every relationship path the custom filters of `table` follow.
-fn related_paths(table: &SyncTable) -> Vec<Vec<fieldsync_core::filter::Hop>> {
+fn related_paths(table: &SyncTable) -> Vec<Vec<fieldsync_protocol::filter::Hop>> {
     let mut out = Vec::new();
     for rule in &table.rules {
         if let RowRule::Custom { filter } = rule {
@@ -1497,7 +1497,7 @@ impl Db {
         }
         let time_zone = time_zone.filter(|z| !z.is_empty());
         if let Some(zone) = &time_zone {
-            fieldsync_core::profile::check_time_zone(zone)
+            fieldsync_protocol::profile::check_time_zone(zone)
                 .map_err(|e| ApiError::bad_request(codes::BAD_REQUEST, e.to_string()))?;
         }
         let token = user_token();
@@ -1837,7 +1837,7 @@ impl Db {
         cols.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
         let select_cols = cols.join(", ");
         let ncols = table.columns.len();
-        let kinds: Vec<fieldsync_core::profile::ColumnKind> =
+        let kinds: Vec<fieldsync_protocol::profile::ColumnKind> =
             table.columns.iter().map(|c| c.kind).collect();
         self.read(|c| {
             let hwm = c
@@ -4077,9 +4077,11 @@ impl Db {
 #[cfg(test)]
 mod retention_tests {
     use super::*;
-    use fieldsync_core::protocol::{MutationStatus, Op};
-    use fieldsync_core::telemetry::{TelemetryEvent, TelemetryKind};
-    use fieldsync_core::time::ManualClock;
+    use fieldsync_protocol::protocol::{MutationStatus, Op};
+    use fieldsync_protocol::telemetry::{
+        TelemetryEvent, TelemetryKind, TelemetryMode, TelemetryNetwork, TelemetryResult,
+    };
+    use fieldsync_protocol::time::ManualClock;
 
     const DAY: i64 = 86_400_000;
 
@@ -4097,8 +4099,8 @@ mod retention_tests {
             kind: TelemetryKind::Sync,
             device_id: "d1".into(),
             sync_id: "s1".into(),
-            mode: "delta".into(),
-            result: "success".into(),
+            mode: TelemetryMode::Delta,
+            result: TelemetryResult::Success,
             failure_type: None,
             started_at: 0,
             duration_ms: 1,
@@ -4108,7 +4110,7 @@ mod retention_tests {
             bytes_up: 0,
             bytes_down: 0,
             table: None,
-            network_type: "wifi".into(),
+            network_type: TelemetryNetwork::Wifi,
             app_version: "1".into(),
             device_model: "m".into(),
             os_version: "o".into(),
@@ -4158,7 +4160,7 @@ mod retention_tests {
         let sync = db.sync_profile(&user).expect("profile");
         // A row over the row size limit: rejected, and logged.
         let mut huge = booking_insert(&db, "huge", "bk-huge", "huge");
-        let notes = "n".repeat(fieldsync_core::protocol::MAX_ROW_BYTES + 1);
+        let notes = "n".repeat(fieldsync_protocol::protocol::MAX_ROW_BYTES + 1);
         huge.data.insert("notes".into(), Value::Text(notes));
         let result = db.push(&user, None, &sync, &[huge.clone()]).expect("push");
         assert_eq!(result[0].status, MutationStatus::Rejected);

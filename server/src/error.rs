@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use fieldsync_core::protocol::{ErrorBody, ErrorResponse, codes};
+use fieldsync_protocol::protocol::{ErrorBody, ErrorResponse, codes};
 
 /// An error answered to a client.
 #[derive(Debug, Clone)]
@@ -93,9 +93,11 @@ impl From<rusqlite::Error> for ApiError {
     }
 }
 
-impl From<fieldsync_core::Error> for ApiError {
-    fn from(e: fieldsync_core::Error) -> Self {
-        use fieldsync_core::Error as E;
+/// A filter, profile, model or value the protocol code refused: the
+/// client's fault, a 400 with the matching code.
+impl From<fieldsync_protocol::Error> for ApiError {
+    fn from(e: fieldsync_protocol::Error) -> Self {
+        use fieldsync_protocol::Error as E;
         match e {
             E::UnknownTable(t) => {
                 ApiError::bad_request(codes::UNKNOWN_TABLE, format!("unknown table '{t}'"))
@@ -107,7 +109,6 @@ impl From<fieldsync_core::Error> for ApiError {
             E::InvalidProfile(m) => ApiError::bad_request(codes::INVALID_PROFILE, m),
             E::InvalidModel(m) => ApiError::bad_request(codes::INVALID_MODEL, m),
             E::InvalidInput(m) => ApiError::bad_request(codes::BAD_REQUEST, m),
-            other => ApiError::internal(other.to_string()),
         }
     }
 }

@@ -33,9 +33,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use fieldsync_core::profile::{DataModel, OfflineProfile};
-use fieldsync_core::protocol::MAX_REQUEST_BYTES;
-use fieldsync_core::{Clock, SystemClock};
+use fieldsync_protocol::profile::{DataModel, OfflineProfile};
+use fieldsync_protocol::protocol::MAX_REQUEST_BYTES;
+use fieldsync_protocol::{Clock, SystemClock};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::timeout::TimeoutLayer;
 

@@ -22,8 +22,8 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use fieldsync_core::Clock;
-use fieldsync_core::protocol::codes;
+use fieldsync_protocol::Clock;
+use fieldsync_protocol::protocol::codes;
 
 use crate::App;
 use crate::error::ApiError;
@@ -223,7 +223,7 @@ fn too_many(console: bool, retry_after: u64) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fieldsync_core::ManualClock;
+    use fieldsync_protocol::ManualClock;
 
     fn limiter(clock: &Arc<ManualClock>) -> SignInLimiter {
         SignInLimiter::new(

@@ -14,10 +14,10 @@
 
 use std::sync::Arc;
 
-use fieldsync_core::Value;
-use fieldsync_core::model::ModelChange;
-use fieldsync_core::profile::{DataModel, OfflineProfile};
-use fieldsync_core::protocol::codes;
+use fieldsync_protocol::Value;
+use fieldsync_protocol::model::ModelChange;
+use fieldsync_protocol::profile::{DataModel, OfflineProfile};
+use fieldsync_protocol::protocol::codes;
 use serde::Serialize;
 
 use crate::error::{ApiError, ApiResult};

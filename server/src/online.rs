@@ -20,9 +20,9 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use fieldsync_core::Value;
-use fieldsync_core::profile::quote_ident;
-use fieldsync_core::protocol::{
+use fieldsync_protocol::Value;
+use fieldsync_protocol::profile::quote_ident;
+use fieldsync_protocol::protocol::{
     ChangesRequest, ChangesResponse, CountsRequest, CountsResponse, codes,
 };
 use serde::{Deserialize, Serialize};

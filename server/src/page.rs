@@ -6,11 +6,11 @@
 //! freed: for a page of 1,000 changed work orders the allocator was about a
 //! quarter of the server's time. The rows are now written straight from the
 //! database's borrowed cells into one buffer, with the same serializer and
-//! the same conversions as [`Value`](fieldsync_core::Value)'s (`model_value`),
+//! the same conversions as [`Value`](fieldsync_protocol::Value)'s (`model_value`),
 //! so the bytes on the wire are the ones a `PullPage` serialised gives.
 
-use fieldsync_core::profile::ColumnKind;
-use fieldsync_core::protocol::PullPage;
+use fieldsync_protocol::profile::ColumnKind;
+use fieldsync_protocol::protocol::PullPage;
 use serde::{Serialize as _, Serializer as _};
 
 use crate::error::{ApiError, ApiResult};
@@ -27,7 +27,7 @@ pub struct PageRows {
 /// the bytes that row adds to a page by [`Value::approx_size`]'s measure
 /// (what `MAX_PAGE_BYTES` counts).
 ///
-/// [`Value::approx_size`]: fieldsync_core::Value::approx_size
+/// [`Value::approx_size`]: fieldsync_protocol::Value::approx_size
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowAt {
     at: usize,
@@ -135,7 +135,7 @@ fn write_error(e: serde_json::Error) -> ApiError {
 mod tests {
     use std::borrow::Cow;
 
-    use fieldsync_core::Value;
+    use fieldsync_protocol::Value;
 
     use super::*;
 

@@ -1,18 +1,18 @@
 //! Row rules compiled to SQL. Every value a rule carries, the user and team
 //! ids and the bounds of relative dates are bound as parameters; only
-//! identifiers that passed [`fieldsync_core::profile::check_identifier`] are
+//! identifiers that passed [`fieldsync_protocol::profile::check_identifier`] are
 //! written into the SQL text, quoted. A row qualifies when any rule of its
 //! table matches.
 //!
 //! Custom filters are first lowered by the core
-//! ([`fieldsync_core::filter::Filter::lower`]) — the same lowered form the
+//! ([`fieldsync_protocol::filter::Filter::lower`]) — the same lowered form the
 //! device evaluates — and the lowered condition is compiled here, so server
 //! and device select the same rows. Every compiled leaf is two-valued (never
 //! SQL NULL), so `NOT` behaves as on the device.
 
-use fieldsync_core::Value;
-use fieldsync_core::filter::{Cond, FilterContext, TextOp};
-use fieldsync_core::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
+use fieldsync_protocol::Value;
+use fieldsync_protocol::filter::{Cond, FilterContext, TextOp};
+use fieldsync_protocol::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
 
 use crate::sql::Dialect;
 

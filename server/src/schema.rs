@@ -14,9 +14,9 @@
 
 use std::collections::BTreeSet;
 
-use fieldsync_core::Value;
-use fieldsync_core::model::default_literal;
-use fieldsync_core::profile::{
+use fieldsync_protocol::Value;
+use fieldsync_protocol::model::default_literal;
+use fieldsync_protocol::profile::{
     Column, DataModel, OfflineProfile, RowRule, TableSchema, quote_ident,
 };
 use sha2::{Digest, Sha256};
@@ -1052,10 +1052,12 @@ mod tests {
             .iter_mut()
             .find(|t| t.name == "accounts")
             .expect("accounts");
-        accounts.columns.push(fieldsync_core::profile::Column::new(
-            "region",
-            fieldsync_core::profile::ColumnKind::Text,
-        ));
+        accounts
+            .columns
+            .push(fieldsync_protocol::profile::Column::new(
+                "region",
+                fieldsync_protocol::profile::ColumnKind::Text,
+            ));
         migrate(&mut SqliteConn(&conn), &model).expect("migrate again");
         let has: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('accounts') WHERE name = 'region'")

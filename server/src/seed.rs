@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use fieldsync_core::Value;
-use fieldsync_core::time::format_datetime;
+use fieldsync_protocol::Value;
+use fieldsync_protocol::time::format_datetime;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -139,7 +139,7 @@ pub fn generate(spec: &SeedSpec, now_ms: i64) -> Rows {
                     ),
                     (
                         "installed_on".into(),
-                        text(fieldsync_core::time::format_date(
+                        text(fieldsync_protocol::time::format_date(
                             today / day - rng.random_range(30..3000),
                         )),
                     ),

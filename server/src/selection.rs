@@ -32,12 +32,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fieldsync_core::Value;
-use fieldsync_core::filter::FilterContext;
-use fieldsync_core::profile::{
+use fieldsync_protocol::Value;
+use fieldsync_protocol::filter::FilterContext;
+use fieldsync_protocol::profile::{
     ColumnKind, DataModel, RowRule, SyncProfile, SyncTable, quote_ident,
 };
-use fieldsync_core::protocol::MAX_PAGE_BYTES;
+use fieldsync_protocol::protocol::MAX_PAGE_BYTES;
 
 use crate::error::ApiResult;
 use crate::page::{PageRows, RowAt};
@@ -588,7 +588,7 @@ pub enum Walked {
 
 impl Walked {
     /// Bytes the entry adds to a page, roughly (see
-    /// [`fieldsync_core::protocol::MAX_PAGE_BYTES`]).
+    /// [`fieldsync_protocol::protocol::MAX_PAGE_BYTES`]).
     pub fn approx_size(&self) -> usize {
         match self {
             Walked::Row(row) => row.size,
@@ -738,7 +738,7 @@ pub fn walk(
 mod tests {
     use std::collections::BTreeMap;
 
-    use fieldsync_core::protocol::PullPage;
+    use fieldsync_protocol::protocol::PullPage;
 
     use super::*;
     use crate::db::{Db, Role, User};
@@ -777,7 +777,7 @@ mod tests {
     /// change sequence on every database it is given.
     fn seeded(db: Db, sets: bool, now: i64) -> (Db, User) {
         // One clock reading for both databases: cursors carry it.
-        let mut db = db.with_clock(Arc::new(fieldsync_core::time::ManualClock::new(now)));
+        let mut db = db.with_clock(Arc::new(fieldsync_protocol::time::ManualClock::new(now)));
         let (tech, _) = db
             .create_user(
                 Some("tech".into()),
@@ -1037,7 +1037,7 @@ mod tests {
                 {"name": "note", "type": "text"}]}
         ]}))
         .expect("model");
-        let profile: fieldsync_core::profile::OfflineProfile =
+        let profile: fieldsync_protocol::profile::OfflineProfile =
             serde_json::from_value(serde_json::json!({
                 "name": "codes",
                 "tables": [
@@ -1055,7 +1055,9 @@ mod tests {
         );
         let mut dbs = Vec::new();
         // One clock reading for both databases: cursors carry it.
-        let clock = Arc::new(fieldsync_core::time::ManualClock::new(1_796_000_000_000));
+        let clock = Arc::new(fieldsync_protocol::time::ManualClock::new(
+            1_796_000_000_000,
+        ));
         for (dir, sets) in [(&dirs.0, true), (&dirs.1, false)] {
             let mut db = Db::open(dir.path(), model.clone(), &profile)
                 .expect("open")

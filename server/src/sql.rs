@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::error::Error as _;
 
 use axum::http::StatusCode;
-use fieldsync_core::Value;
-use fieldsync_core::profile::ColumnKind;
-use fieldsync_core::protocol::codes;
+use fieldsync_protocol::Value;
+use fieldsync_protocol::profile::ColumnKind;
+use fieldsync_protocol::protocol::codes;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use crate::error::{ApiError, ApiResult};
@@ -185,7 +185,7 @@ impl Cells for rusqlite::Row<'_> {
             rusqlite::types::ValueRef::Integer(v) => Cell::Int(v),
             rusqlite::types::ValueRef::Real(v) => Cell::Real(v),
             rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                Cell::Text(fieldsync_core::value::utf8_text(t))
+                Cell::Text(fieldsync_protocol::value::utf8_text(t))
             }
         })
     }

@@ -13,10 +13,13 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use fieldsync_core::Value;
-use fieldsync_core::protocol::codes;
-use fieldsync_core::telemetry::{TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind};
-use fieldsync_core::time::{format_date, parse_datetime};
+use fieldsync_protocol::Value;
+use fieldsync_protocol::protocol::codes;
+use fieldsync_protocol::telemetry::{
+    TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind, TelemetryMode,
+    TelemetryNetwork, TelemetryResult,
+};
+use fieldsync_protocol::time::{format_date, parse_datetime};
 use serde::{Deserialize, Serialize};
 
 use crate::App;
@@ -44,15 +47,16 @@ fn check(e: &TelemetryEvent) -> Result<(), String> {
     short("id", &e.id, 128)?;
     short("sync_id", &e.sync_id, 128)?;
     short("device_id", &e.device_id, 128)?;
-    if !matches!(e.mode.as_str(), "first" | "delta" | "refresh" | "forced") {
+    // A mode or result this build does not know would make the charts lie:
+    // the batch is refused. An unknown network type is kept as `unknown`.
+    if e.mode == TelemetryMode::Unknown {
         return Err("mode must be first, delta, refresh or forced".into());
     }
-    if !matches!(e.result.as_str(), "success" | "failure") {
+    if e.result == TelemetryResult::Unknown {
         return Err("result must be success or failure".into());
     }
     short("failure_type", e.failure_type.as_deref().unwrap_or(""), 64)?;
     short("table", e.table.as_deref().unwrap_or(""), 64)?;
-    short("network_type", &e.network_type, 32)?;
     short("app_version", &e.app_version, 64)?;
     short("device_model", &e.device_model, 128)?;
     short("os_version", &e.os_version, 64)?;
@@ -74,7 +78,7 @@ pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> Api
     for e in events {
         versions.insert(e.device_id.as_str(), e.app_version.as_str());
     }
-    let at = fieldsync_core::time::format_datetime(now);
+    let at = fieldsync_protocol::time::format_datetime(now);
     db.write(|c| {
         for (device, version) in &versions {
             if !version.is_empty() {
@@ -97,8 +101,8 @@ pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> Api
                     text(e.device_id.clone()),
                     text(kind_text(e.kind)),
                     text(e.sync_id.clone()),
-                    text(e.mode.clone()),
-                    text(e.result.clone()),
+                    text(e.mode.as_str().to_owned()),
+                    text(e.result.as_str().to_owned()),
                     opt_text(e.failure_type.clone()),
                     Value::Integer(e.started_at),
                     Value::Integer(e.duration_ms),
@@ -108,7 +112,7 @@ pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> Api
                     Value::Integer(e.bytes_up as i64),
                     Value::Integer(e.bytes_down as i64),
                     opt_text(e.table.clone()),
-                    text(e.network_type.clone()),
+                    text(e.network_type.as_str().to_owned()),
                     text(e.app_version.clone()),
                     text(e.device_model.clone()),
                     text(e.os_version.clone()),
@@ -218,8 +222,8 @@ fn read_event(r: &Row) -> ApiResult<StoredEvent> {
             },
             device_id: r.text(2)?,
             sync_id: r.text(3)?,
-            mode: r.text(4)?,
-            result: r.text(5)?,
+            mode: TelemetryMode::from_name(&r.text(4)?),
+            result: TelemetryResult::from_name(&r.text(5)?),
             failure_type: r.opt_text(6)?,
             started_at: r.i64(7)?,
             duration_ms: r.i64(8)?,
@@ -229,7 +233,7 @@ fn read_event(r: &Row) -> ApiResult<StoredEvent> {
             bytes_up: r.i64(12)?.max(0) as u64,
             bytes_down: r.i64(13)?.max(0) as u64,
             table: r.opt_text(14)?,
-            network_type: r.text(15)?,
+            network_type: TelemetryNetwork::from_name(&r.text(15)?),
             app_version: r.text(16)?,
             device_model: r.text(17)?,
             os_version: r.text(18)?,
@@ -364,7 +368,7 @@ pub fn summary(db: &Db, q: &TelemetryQuery) -> ApiResult<Summary> {
     let mut tables: BTreeMap<String, (TableSummary, Vec<i64>)> = BTreeMap::new();
     for StoredEvent { event: e, .. } in &events {
         devices.insert(e.device_id.clone());
-        let failed = e.result == "failure";
+        let failed = e.result == TelemetryResult::Failure;
         match e.kind {
             TelemetryKind::Sync => {
                 s.syncs += 1;
@@ -380,8 +384,8 @@ pub fn summary(db: &Db, q: &TelemetryQuery) -> ApiResult<Summary> {
                     }
                 }
                 for (map, key) in [
-                    (&mut s.by_mode, e.mode.clone()),
-                    (&mut s.by_network_type, e.network_type.clone()),
+                    (&mut s.by_mode, e.mode.as_str().to_owned()),
+                    (&mut s.by_network_type, e.network_type.as_str().to_owned()),
                 ] {
                     let c = map.entry(key).or_default();
                     c.syncs += 1;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use fieldsync_core::Value;
+use fieldsync_protocol::Value;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 /// Escapes text for HTML element content and quoted attribute values.

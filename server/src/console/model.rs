@@ -10,8 +10,8 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use fieldsync_core::model::ModelChange;
-use fieldsync_core::profile::DataModel;
+use fieldsync_protocol::model::ModelChange;
+use fieldsync_protocol::profile::DataModel;
 use serde::Deserialize;
 
 use crate::App;

@@ -16,7 +16,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use fieldsync_core::profile::{DataModel, OfflineProfile, TableProfile};
+use fieldsync_protocol::profile::{DataModel, OfflineProfile, TableProfile};
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};

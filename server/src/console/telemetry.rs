@@ -63,7 +63,7 @@ pub struct TelemetryView {
 /// [`TelemetryAggregate`] and [`DeviceReport`]); no other console code
 /// changes.
 pub fn read(db: &Db) -> ApiResult<TelemetryView> {
-    use fieldsync_core::telemetry::TelemetryKind;
+    use fieldsync_protocol::telemetry::{TelemetryKind, TelemetryResult};
     const BUCKET_SECS: i64 = 3600;
     let events = crate::telemetry::list(
         db,
@@ -85,7 +85,7 @@ pub fn read(db: &Db) -> ApiResult<TelemetryView> {
         let start = e.started_at.div_euclid(BUCKET_SECS * 1000) * BUCKET_SECS * 1000;
         let bucket = buckets.entry(start).or_default();
         bucket.0 += 1;
-        if e.result != "success" {
+        if e.result != TelemetryResult::Success {
             bucket.1 += 1;
             *failures
                 .entry(e.failure_type.clone().unwrap_or_else(|| "unknown".into()))
@@ -116,7 +116,7 @@ pub fn read(db: &Db) -> ApiResult<TelemetryView> {
         .map(|(start, (syncs, failed, with_conflicts, mut durations))| {
             durations.sort_unstable();
             TelemetryBucket {
-                start: fieldsync_core::time::format_datetime(start),
+                start: fieldsync_protocol::time::format_datetime(start),
                 syncs,
                 failed,
                 with_conflicts,

@@ -27,7 +27,7 @@ pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Most mutations in one push request.
 pub const MAX_MUTATIONS_PER_PUSH: usize = 500;
 /// Most fields in one mutation's data (a table has at most this many
-/// columns, see [`crate::profile::MAX_COLUMNS_PER_TABLE`]).
+/// columns, see [`crate::model::MAX_COLUMNS_PER_TABLE`]).
 pub const MAX_FIELDS_PER_MUTATION: usize = 1_000;
 /// How the decoding error of a body that passed one of the limits above
 /// starts: decoding stops there, before the rest is built, and the server

@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::profile::{ColumnKind, SyncTable};
+use crate::kind::ColumnKind;
 use crate::time::{Zone, civil_from_days, days_from_civil, format_date, format_datetime};
 use crate::value::Value;
 
@@ -131,7 +131,20 @@ pub const MAX_RELATED_DEPTH: usize = 3;
 pub type Hop = (String, String, String);
 
 /// The synced tables of a profile by name, for conditions on related tables.
-pub type Tables<'a> = &'a dyn Fn(&str) -> Option<&'a SyncTable>;
+pub type Tables<'a, T> = &'a dyn Fn(&str) -> Option<&'a T>;
+
+/// What checking and lowering a filter needs of the table it reads: its
+/// name, primary key and the kinds of the columns it holds. The offline
+/// profile's synced table implements it (`profile::SyncTable`); so may any
+/// other table shape a filter runs against.
+pub trait FilterTable {
+    /// The table's name, for error messages and related conditions.
+    fn table_name(&self) -> &str;
+    /// The column holding the table's primary key.
+    fn primary_key(&self) -> &str;
+    /// The kind of a column the table holds; `None` for any other name.
+    fn column_kind(&self, column: &str) -> Option<ColumnKind>;
+}
 
 /// What "current user", "my team" and "today" mean for one evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,21 +344,20 @@ impl Cond {
     }
 }
 
-fn kind_of(table: &SyncTable, column: &str) -> Result<ColumnKind, Error> {
+fn kind_of<T: FilterTable + ?Sized>(table: &T, column: &str) -> Result<ColumnKind, Error> {
     table
-        .column(column)
-        .map(|c| c.kind)
+        .column_kind(column)
         .ok_or_else(|| Error::UnknownColumn {
-            table: table.name.clone(),
+            table: table.table_name().to_owned(),
             column: column.to_owned(),
         })
 }
 
-fn bad(table: &SyncTable, msg: String) -> Error {
-    Error::InvalidProfile(format!("table '{}': filter: {msg}", table.name))
+fn bad<T: FilterTable + ?Sized>(table: &T, msg: String) -> Error {
+    Error::InvalidProfile(format!("table '{}': filter: {msg}", table.table_name()))
 }
 
-fn canonical(table: &SyncTable, column: &str, v: &Value) -> Result<Value, Error> {
+fn canonical<T: FilterTable + ?Sized>(table: &T, column: &str, v: &Value) -> Result<Value, Error> {
     let kind = kind_of(table, column)?;
     if *v == Value::Null {
         return Err(bad(
@@ -370,7 +382,7 @@ impl Filter {
     /// Checks the filter against a table's synced columns (it must only read
     /// columns the device holds, so the device can evaluate it) and returns
     /// it with every value in its column's canonical form.
-    pub fn validate(&self, table: &SyncTable) -> Result<Filter, Error> {
+    pub fn validate<T: FilterTable>(&self, table: &T) -> Result<Filter, Error> {
         let mut nodes = 0;
         self.check(table, 1, &mut nodes, None, 0)
     }
@@ -379,17 +391,21 @@ impl Filter {
     /// `related` conditions may read the profile's other tables: each must
     /// be in `tables`, be reached through a text column of this table, and
     /// be read only on its synced columns.
-    pub fn validate_in(&self, table: &SyncTable, tables: Tables<'_>) -> Result<Filter, Error> {
+    pub fn validate_in<T: FilterTable>(
+        &self,
+        table: &T,
+        tables: Tables<'_, T>,
+    ) -> Result<Filter, Error> {
         let mut nodes = 0;
         self.check(table, 1, &mut nodes, Some(tables), 0)
     }
 
-    fn check(
+    fn check<T: FilterTable>(
         &self,
-        table: &SyncTable,
+        table: &T,
         depth: usize,
         nodes: &mut usize,
-        tables: Option<Tables<'_>>,
+        tables: Option<Tables<'_, T>>,
         hops: usize,
     ) -> Result<Filter, Error> {
         *nodes += 1;
@@ -681,15 +697,20 @@ impl Filter {
     /// Lowers the filter for one context. `table` gives column kinds (a
     /// relative date on a date column gets date bounds, on a date-time
     /// column date-time bounds). Call on a validated filter.
-    pub fn lower(&self, table: &SyncTable, ctx: &FilterContext) -> Cond {
+    pub fn lower<T: FilterTable>(&self, table: &T, ctx: &FilterContext) -> Cond {
         self.lower_in(table, ctx, &|_| None)
     }
 
     /// [`Filter::lower`] with the profile's tables, which a `related`
     /// condition reads (without them, or for a table not among them, it
     /// matches nothing).
-    pub fn lower_in(&self, table: &SyncTable, ctx: &FilterContext, tables: Tables<'_>) -> Cond {
-        let kind = |c: &str| table.column(c).map(|c| c.kind);
+    pub fn lower_in<T: FilterTable>(
+        &self,
+        table: &T,
+        ctx: &FilterContext,
+        tables: Tables<'_, T>,
+    ) -> Cond {
+        let kind = |c: &str| table.column_kind(c);
         let cmp = |column: &str, op: CmpOp, value: &Value| Cond::Cmp {
             column: column.to_owned(),
             op,
@@ -745,7 +766,7 @@ impl Filter {
                 Some(other_table) => Cond::Related {
                     column: column.clone(),
                     table: other.clone(),
-                    key: other_table.primary_key.clone(),
+                    key: other_table.primary_key().to_owned(),
                     cond: Box::new(filter.lower_in(other_table, ctx, tables)),
                 },
                 None => Cond::False,
@@ -802,99 +823,4 @@ impl Filter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::profile::Column;
-
-    fn table() -> SyncTable {
-        SyncTable {
-            name: "t".into(),
-            primary_key: "id".into(),
-            columns: vec![
-                Column::new("id", ColumnKind::Text),
-                Column::new("d", ColumnKind::Date),
-                Column::new("ts", ColumnKind::DateTime),
-                Column::new("n", ColumnKind::Integer),
-            ],
-            rules: vec![],
-            sync_interval_secs: 300,
-            writes: Default::default(),
-            model_indexes: Vec::new(),
-            indexes: Vec::new(),
-        }
-    }
-
-    fn ctx(now: &str, offset: i32) -> FilterContext {
-        FilterContext {
-            user_id: "u".into(),
-            team_id: None,
-            now_ms: crate::time::parse_datetime(now).unwrap_or(0),
-            zone: Zone::Fixed(offset),
-        }
-    }
-
-    #[test]
-    fn relative_dates_lower_to_bounds() {
-        let t = table();
-        let c = ctx("2026-01-31T23:30:00Z", 0);
-        let f = Filter::NextMonth { column: "d".into() };
-        assert_eq!(
-            f.lower(&t, &c),
-            Cond::And(vec![
-                Cond::Cmp {
-                    column: "d".into(),
-                    op: CmpOp::Ge,
-                    value: Value::Text("2026-02-01".into())
-                },
-                Cond::Cmp {
-                    column: "d".into(),
-                    op: CmpOp::Lt,
-                    value: Value::Text("2026-03-01".into())
-                },
-            ])
-        );
-        // One hour east of UTC it is already 1 February.
-        let c = ctx("2026-01-31T23:30:00Z", 60);
-        let f = Filter::Today {
-            column: "ts".into(),
-        };
-        assert_eq!(
-            f.lower(&t, &c),
-            Cond::And(vec![
-                Cond::Cmp {
-                    column: "ts".into(),
-                    op: CmpOp::Ge,
-                    value: Value::Text("2026-01-31T23:00:00Z".into())
-                },
-                Cond::Cmp {
-                    column: "ts".into(),
-                    op: CmpOp::Lt,
-                    value: Value::Text("2026-02-01T23:00:00Z".into())
-                },
-            ])
-        );
-    }
-
-    #[test]
-    fn validation_names_the_problem() {
-        let t = table();
-        let e = Filter::Today { column: "n".into() }
-            .validate(&t)
-            .unwrap_err();
-        assert!(e.to_string().contains("date"), "{e}");
-        let e = Filter::Eq {
-            column: "zz".into(),
-            value: Value::Integer(1),
-        }
-        .validate(&t)
-        .unwrap_err();
-        assert!(e.to_string().contains("zz"), "{e}");
-        let e = Filter::Eq {
-            column: "n".into(),
-            value: Value::Text("x".into()),
-        }
-        .validate(&t)
-        .unwrap_err();
-        assert!(e.to_string().contains("'n'"), "{e}");
-    }
-}
+mod tests;

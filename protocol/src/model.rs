@@ -15,10 +15,113 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::profile::{
-    Column, ColumnKind, DataModel, MAX_COLUMNS_PER_TABLE, TableSchema, check_identifier,
-};
+use crate::ident::check_identifier;
+use crate::kind::ColumnKind;
 use crate::value::Value;
+
+/// Most columns a table of the data model may have.
+pub const MAX_COLUMNS_PER_TABLE: usize = 1_000;
+
+/// A column of the data model (and of a synced table). Unknown fields are
+/// ignored here, so a device reads a newer server's profile; a model file
+/// refuses them ([`DataModel::parse`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ColumnKind,
+    /// The allowed values of a `choice` column (an option set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<String>>,
+    /// A row created without this column gets this value (and the rows a
+    /// model change adds the column to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    /// A row may not leave this column null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// A lookup: the column holds the primary key of a row of this table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<String>,
+}
+
+impl Column {
+    /// A plain column of `kind`, without constraints.
+    pub fn new(name: impl Into<String>, kind: ColumnKind) -> Column {
+        Column {
+            name: name.into(),
+            kind,
+            choices: None,
+            default: None,
+            required: false,
+            references: None,
+        }
+    }
+
+    /// Checks a value written to this column (kind, choice list, JSON
+    /// text) and returns it in the column's canonical form.
+    pub fn check(&self, value: Value) -> Result<Value, String> {
+        let value = value.coerce(self.kind)?;
+        if let Value::Text(s) = &value {
+            match self.kind {
+                ColumnKind::Choice => {
+                    let choices = self.choices.as_deref().unwrap_or_default();
+                    if !choices.iter().any(|c| c == s) {
+                        return Err(format!(
+                            "'{}' is not one of the choices ({})",
+                            s.chars().take(64).collect::<String>(),
+                            choices.join(", ")
+                        ));
+                    }
+                }
+                ColumnKind::Json => {
+                    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(s) {
+                        return Err(format!("the text is not a JSON document: {e}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.required && value == Value::Null {
+            return Err("the column is required".into());
+        }
+        Ok(value)
+    }
+}
+
+/// A table of the server's data model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSchema {
+    pub name: String,
+    pub primary_key: String,
+    pub columns: Vec<Column>,
+    /// Indexes the server builds on this table and devices build on the
+    /// columns they hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<ModelIndex>,
+}
+
+impl TableSchema {
+    /// The column with this name.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// The server's data model: every table a profile may name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataModel {
+    pub tables: Vec<TableSchema>,
+}
+
+impl DataModel {
+    /// The table with this name.
+    pub fn table(&self, name: &str) -> Option<&TableSchema> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+}
 
 /// Most columns in one model index.
 pub const MAX_INDEX_COLUMNS: usize = 8;
@@ -442,137 +545,4 @@ pub fn default_literal(value: &Value) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn model(json: &str) -> Result<DataModel, Error> {
-        DataModel::parse(json)
-    }
-
-    #[test]
-    fn bad_models_are_refused_naming_the_problem() {
-        let unknown = model(
-            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "due", "type": "timestamp"}]}]}"#,
-        )
-        .expect_err("unknown kind");
-        let m = unknown.to_string();
-        assert!(
-            m.contains("'jobs'")
-                && m.contains("'due'")
-                && m.contains("timestamp")
-                && m.contains("datetime"),
-            "{m}"
-        );
-        let twice = model(
-            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}]}, {"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}]}]}"#,
-        )
-        .expect_err("duplicate table");
-        assert!(
-            twice.to_string().contains("table 'jobs' is defined twice"),
-            "{twice}"
-        );
-        let dangling = model(
-            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "site_id", "type": "text", "references": "sites"}]}]}"#,
-        )
-        .expect_err("dangling relationship");
-        let m = dangling.to_string();
-        assert!(m.contains("jobs.site_id") && m.contains("'sites'"), "{m}");
-        let choice = model(
-            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "state", "type": "choice", "choices": ["open", "done"], "default": "late"}]}]}"#,
-        )
-        .expect_err("default outside the choices");
-        assert!(choice.to_string().contains("jobs.state"), "{choice}");
-        let typo = model(
-            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "state", "type": "choice", "choise": ["open"]}]}]}"#,
-        )
-        .expect_err("a misspelt field");
-        assert!(typo.to_string().contains("\"choise\""), "{typo}");
-        let reserved = model(
-            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "xmin", "type": "integer"}]}]}"#,
-        )
-        .expect_err("a system column's name");
-        assert!(reserved.to_string().contains("jobs.xmin"), "{reserved}");
-        assert!(matches!(choice, Error::InvalidModel(_)));
-    }
-
-    #[test]
-    fn choices_and_json_are_checked_on_write() {
-        let m = model(
-            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "state", "type": "choice", "choices": ["open", "done"]}, {"name": "extra", "type": "json"}]}]}"#,
-        )
-        .expect("model");
-        let t = m.table("jobs").expect("jobs");
-        let state = t.column("state").expect("state");
-        assert_eq!(
-            state.check(Value::Text("open".into())),
-            Ok(Value::Text("open".into()))
-        );
-        assert!(state.check(Value::Text("lost".into())).is_err());
-        assert!(state.check(Value::Integer(1)).is_err());
-        let extra = t.column("extra").expect("extra");
-        assert!(extra.check(Value::Text(r#"{"a": [1, 2]}"#.into())).is_ok());
-        assert!(extra.check(Value::Text("{oops".into())).is_err());
-    }
-
-    #[test]
-    fn a_model_grows_but_never_retypes_or_narrows() {
-        let v1 = model(
-            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "state", "type": "choice", "choices": ["open", "done"]}, {"name": "hours", "type": "real", "required": true, "default": 1}]}]}"#,
-        )
-        .expect("v1");
-        let v2 = model(
-            r#"{"tables": [{"name": "jobs", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "state", "type": "choice", "choices": ["open", "done", "held"]}, {"name": "hours", "type": "real"}, {"name": "gate_code", "type": "text", "default": "none"}], "indexes": [{"name": "by_state", "columns": ["state"]}]}, {"name": "permits", "primary_key": "id", "columns": [{"name": "id", "type": "text"}, {"name": "job_id", "type": "text", "references": "jobs"}]}]}"#,
-        )
-        .expect("v2");
-        let changes = v1.changes_to(&v2).expect("a valid evolution");
-        for c in [
-            ModelChange::AddColumn {
-                table: "jobs".into(),
-                column: "gate_code".into(),
-            },
-            ModelChange::RelaxColumn {
-                table: "jobs".into(),
-                column: "state".into(),
-            },
-            ModelChange::RelaxColumn {
-                table: "jobs".into(),
-                column: "hours".into(),
-            },
-            ModelChange::AddTable {
-                table: "permits".into(),
-            },
-            ModelChange::AddIndex {
-                table: "jobs".into(),
-                index: "by_state".into(),
-            },
-        ] {
-            assert!(changes.contains(&c), "{c:?} in {changes:?}");
-        }
-        // Back again: narrows the choices.
-        let err = v2.changes_to(&v1).expect_err("narrowing");
-        assert!(err.to_string().contains("choice 'held'"), "{err}");
-        // Retyping.
-        let mut retyped = v2.clone();
-        retyped.tables[0].columns[3].kind = ColumnKind::Integer;
-        retyped.tables[0].columns[3].default = None;
-        let err = v2.changes_to(&retyped).expect_err("retype");
-        assert!(err.to_string().contains("jobs.gate_code"), "{err}");
-        // Dropping is a change (the server checks the profiles).
-        let mut dropped = v2.clone();
-        dropped.tables.pop();
-        assert_eq!(
-            v2.changes_to(&dropped).expect("drop"),
-            vec![ModelChange::DropTable {
-                table: "permits".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn default_literals_quote_text() {
-        assert_eq!(default_literal(&Value::Text("it's".into())), "'it''s'");
-        assert_eq!(default_literal(&Value::Integer(-3)), "-3");
-        assert_eq!(default_literal(&Value::Real(1.5)), "1.5");
-        assert_eq!(default_literal(&Value::Boolean(true)), "1");
-    }
-}
+mod tests;

@@ -3,15 +3,16 @@
 //!
 //! A record is a primary key, the server version it was based on, and a map of
 //! column name to [`Value`]. Values are typed by the column kinds of the offline
-//! profile ([`crate::profile::ColumnKind`]); booleans are stored as 0/1 in SQLite
+//! profile ([`crate::kind::ColumnKind`]); booleans are stored as 0/1 in SQLite
 //! and turned back into booleans when read.
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "sqlite")]
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use serde::{Deserialize, Serialize};
 
-use crate::profile::ColumnKind;
+use crate::kind::ColumnKind;
 
 /// Text read from SQLite, which does not check that what it stores as text
 /// is UTF-8: borrowed when it is (the common case, checked a word at a
@@ -164,6 +165,7 @@ impl Value {
     }
 
     /// Reads a SQLite value as the given column kind.
+    #[cfg(feature = "sqlite")]
     pub fn from_sql(v: ValueRef<'_>, kind: ColumnKind) -> Value {
         match v {
             ValueRef::Null => Value::Null,
@@ -186,6 +188,7 @@ impl Value {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl rusqlite::ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {

@@ -19,8 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::filter::{Filter, FilterContext};
-pub use crate::model::ModelIndex;
+use crate::filter::{Filter, FilterContext, FilterTable};
+pub use crate::ident::{check_identifier, quote_ident};
+pub use crate::kind::ColumnKind;
+pub use crate::model::{Column, DataModel, MAX_COLUMNS_PER_TABLE, ModelIndex, TableSchema};
 use crate::protocol::Op;
 use crate::time::Zone;
 use crate::value::Value;
@@ -33,112 +35,6 @@ pub const MAX_SYNC_INTERVAL_SECS: u32 = 86_400;
 pub const MAX_RELATED_TABLES: usize = 15;
 /// Largest UTC offset of a profile's time zone, in minutes (±14 hours).
 pub const MAX_UTC_OFFSET_MINUTES: i32 = 14 * 60;
-
-/// The kind of a column's values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ColumnKind {
-    Text,
-    Integer,
-    Real,
-    Boolean,
-    /// `YYYY-MM-DD`, stored as text.
-    Date,
-    /// `YYYY-MM-DDTHH:MM:SSZ` (UTC), stored as text.
-    #[serde(rename = "datetime")]
-    DateTime,
-    /// A JSON document, carried and stored as its text.
-    Json,
-    /// One of the column's `choices` (an option set), stored as text.
-    Choice,
-}
-
-impl ColumnKind {
-    /// SQLite column affinity for this kind.
-    pub fn sql_type(self) -> &'static str {
-        match self {
-            ColumnKind::Text
-            | ColumnKind::Date
-            | ColumnKind::DateTime
-            | ColumnKind::Json
-            | ColumnKind::Choice => "TEXT",
-            ColumnKind::Integer | ColumnKind::Boolean => "INTEGER",
-            ColumnKind::Real => "REAL",
-        }
-    }
-
-    /// Every kind, as a model file names them.
-    pub const NAMES: &'static [&'static str] = &[
-        "text", "integer", "real", "boolean", "date", "datetime", "json", "choice",
-    ];
-}
-
-/// A column of the data model (and of a synced table). Unknown fields are
-/// ignored here, so a device reads a newer server's profile; a model file
-/// refuses them ([`DataModel::parse`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Column {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: ColumnKind,
-    /// The allowed values of a `choice` column (an option set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub choices: Option<Vec<String>>,
-    /// A row created without this column gets this value (and the rows a
-    /// model change adds the column to).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<Value>,
-    /// A row may not leave this column null.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub required: bool,
-    /// A lookup: the column holds the primary key of a row of this table.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub references: Option<String>,
-}
-
-impl Column {
-    /// A plain column of `kind`, without constraints.
-    pub fn new(name: impl Into<String>, kind: ColumnKind) -> Column {
-        Column {
-            name: name.into(),
-            kind,
-            choices: None,
-            default: None,
-            required: false,
-            references: None,
-        }
-    }
-
-    /// Checks a value written to this column (kind, choice list, JSON
-    /// text) and returns it in the column's canonical form.
-    pub fn check(&self, value: Value) -> Result<Value, String> {
-        let value = value.coerce(self.kind)?;
-        if let Value::Text(s) = &value {
-            match self.kind {
-                ColumnKind::Choice => {
-                    let choices = self.choices.as_deref().unwrap_or_default();
-                    if !choices.iter().any(|c| c == s) {
-                        return Err(format!(
-                            "'{}' is not one of the choices ({})",
-                            s.chars().take(64).collect::<String>(),
-                            choices.join(", ")
-                        ));
-                    }
-                }
-                ColumnKind::Json => {
-                    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(s) {
-                        return Err(format!("the text is not a JSON document: {e}"));
-                    }
-                }
-                _ => {}
-            }
-        }
-        if self.required && value == Value::Null {
-            return Err("the column is required".into());
-        }
-        Ok(value)
-    }
-}
 
 /// Which rows of a table a device keeps. A row qualifies when any rule of its
 /// table matches.
@@ -164,9 +60,6 @@ pub enum RowRule {
     /// `{"kind": "custom", "filter": {"op": "eq", "column": "status", "value": "active"}}`.
     Custom { filter: Filter },
 }
-
-/// Most columns a table of the data model may have.
-pub const MAX_COLUMNS_PER_TABLE: usize = 1_000;
 
 /// A table in an administrator's offline profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,40 +258,6 @@ pub fn check_time_zone(name: &str) -> Result<(), Error> {
     })
 }
 
-/// A table of the server's data model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableSchema {
-    pub name: String,
-    pub primary_key: String,
-    pub columns: Vec<Column>,
-    /// Indexes the server builds on this table and devices build on the
-    /// columns they hold.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub indexes: Vec<ModelIndex>,
-}
-
-impl TableSchema {
-    /// The column with this name.
-    pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
-    }
-}
-
-/// The server's data model: every table a profile may name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataModel {
-    pub tables: Vec<TableSchema>,
-}
-
-impl DataModel {
-    /// The table with this name.
-    pub fn table(&self, name: &str) -> Option<&TableSchema> {
-        self.tables.iter().find(|t| t.name == name)
-    }
-}
-
 /// A synced table as a device sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncTable {
@@ -418,6 +277,20 @@ pub struct SyncTable {
     /// Indexes the device keeps on the table (see [`LocalIndex`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub indexes: Vec<LocalIndex>,
+}
+
+impl FilterTable for SyncTable {
+    fn table_name(&self) -> &str {
+        &self.name
+    }
+
+    fn primary_key(&self) -> &str {
+        &self.primary_key
+    }
+
+    fn column_kind(&self, column: &str) -> Option<ColumnKind> {
+        self.column(column).map(|c| c.kind)
+    }
 }
 
 impl SyncTable {
@@ -924,134 +797,5 @@ impl OfflineProfile {
     }
 }
 
-/// Checks that a table or column name is a plain identifier that can be
-/// quoted into SQL: lower-case ASCII letters, digits and `_`, starting with a
-/// letter, at most 63 characters. Names starting with `_` are reserved.
-pub fn check_identifier(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.as_bytes()[0].is_ascii_lowercase()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !name.starts_with("sqlite_");
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidInput(format!(
-            "'{}' is not a valid name (lower-case letters, digits and _, starting with a letter)",
-            name.chars().take(64).collect::<String>()
-        )))
-    }
-}
-
-/// Quotes a checked identifier for SQL.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{name}\"")
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A model of `n` tables `t0..t{n-1}`, each with `id` and `parent_id`.
-    fn chain_model(n: usize) -> DataModel {
-        DataModel {
-            tables: (0..n)
-                .map(|i| TableSchema {
-                    name: format!("t{i}"),
-                    primary_key: "id".into(),
-                    columns: vec![
-                        Column::new("id", ColumnKind::Text),
-                        Column::new("parent_id", ColumnKind::Text),
-                    ],
-                    indexes: Vec::new(),
-                })
-                .collect(),
-        }
-    }
-
-    /// A profile where `t{i}` is related to `t{i+1}`: `t0` reaches every other table.
-    fn chain_profile(n: usize) -> OfflineProfile {
-        OfflineProfile {
-            name: "chain".into(),
-            description: String::new(),
-            utc_offset_minutes: 0,
-            time_zone: None,
-            tables: (0..n)
-                .map(|i| TableProfile {
-                    name: format!("t{i}"),
-                    columns: vec!["parent_id".into()],
-                    rules: if i + 1 < n {
-                        vec![RowRule::Related {
-                            table: format!("t{}", i + 1),
-                            column: "parent_id".into(),
-                            foreign_column: "id".into(),
-                        }]
-                    } else {
-                        vec![RowRule::All]
-                    },
-                    sync_interval_secs: 300,
-                    writes: Default::default(),
-                    indexes: Vec::new(),
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn at_most_fifteen_related_tables_counted_transitively() {
-        // t0 reaches 15 tables through the chain: allowed.
-        assert!(chain_profile(16).validate(&chain_model(16)).is_ok());
-        // t0 reaches 16 tables: refused, naming the table and the limit.
-        let err = chain_profile(17)
-            .validate(&chain_model(17))
-            .expect_err("16 related tables are too many");
-        let message = err.to_string();
-        assert!(matches!(err, Error::InvalidProfile(_)), "{err:?}");
-        assert!(
-            message.contains("'t0'") && message.contains("16 tables") && message.contains("15"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn local_indexes_name_synced_columns_and_are_carried_to_the_device() {
-        let mut p = chain_profile(2);
-        p.tables[0].indexes = vec![LocalIndex {
-            columns: vec!["parent_id".into(), "id".into()],
-        }];
-        let resolved = p.resolve(&chain_model(2), 1, "u", None).expect("valid");
-        assert_eq!(resolved.tables[0].indexes, p.tables[0].indexes);
-        for columns in [
-            vec![],
-            vec!["no_such".to_owned()],
-            vec!["id".into(), "id".into()],
-        ] {
-            p.tables[0].indexes = vec![LocalIndex { columns }];
-            assert!(matches!(
-                p.validate(&chain_model(2)),
-                Err(Error::InvalidProfile(_))
-            ));
-        }
-        p.tables[0].indexes = vec![
-            LocalIndex {
-                columns: vec!["parent_id".into()],
-            };
-            MAX_LOCAL_INDEXES + 1
-        ];
-        assert!(p.validate(&chain_model(2)).is_err());
-    }
-
-    #[test]
-    fn circular_relationships_are_refused() {
-        let mut p = chain_profile(3);
-        p.tables[2].rules = vec![RowRule::Related {
-            table: "t0".into(),
-            column: "parent_id".into(),
-            foreign_column: "id".into(),
-        }];
-        let err = p.validate(&chain_model(3)).expect_err("a cycle");
-        assert!(err.to_string().contains("circular relationship"), "{err}");
-    }
-}
+mod tests;
