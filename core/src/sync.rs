@@ -288,7 +288,7 @@ enum Step {
 /// selects the first download's rows from its own copy of those tables, as
 /// it stands when each page is read: the rows of their snapshots are
 /// covered, and the rows that changed since are queued for a fetch
-/// (`settle::RelatedQueue`, told which rows are which by the page's
+/// (`related::RelatedQueue`, told which rows are which by the page's
 /// `snapshot_rows`). So the bookings and the work orders of a first sync
 /// download side by side, where the work orders used to wait for the last
 /// page of bookings. Tables at the same depth (a work order's incidents,
