@@ -19,6 +19,7 @@ pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod filter;
+mod live;
 pub mod model;
 pub mod network;
 pub mod notifications;

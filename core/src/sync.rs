@@ -30,10 +30,11 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::{debug, info, warn};
 
 use crate::client::PulledPage;
-use crate::engine::{Engine, SyncEvent, SyncReport, TableReport};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::profile::{RowRule, SyncProfile, SyncTable};
 use crate::protocol::{FetchRequest, MAX_FETCH_VALUES, MAX_MUTATIONS_PER_PUSH, codes};
+use crate::status::{SyncEvent, SyncReport, TableReport};
 use crate::store::{PageSummary, Store, related_rule_key};
 use crate::value::Value;
 
@@ -392,7 +393,7 @@ fn plan_progress<'a>(
             }
         };
         let bytes = (answer.bytes_up, answer.bytes_down);
-        let planned: BTreeMap<String, crate::service::PlannedTable> = answer
+        let planned: BTreeMap<String, crate::live::PlannedTable> = answer
             .value
             .tables
             .into_iter()
@@ -400,7 +401,7 @@ fn plan_progress<'a>(
                 let done = *before.get(&name)?;
                 Some((
                     name,
-                    crate::service::PlannedTable {
+                    crate::live::PlannedTable {
                         rows_done: done,
                         rows_total: done.saturating_add(count),
                     },
