@@ -43,7 +43,7 @@ pub struct EngineConfig {
     /// Rows per pull page (1 to 10000).
     pub page_size: u32,
     /// Most tables downloaded at once (1 to 8, default 2; see
-    /// `sync::pull_tables`). 1 downloads them one after the other.
+    /// `pull::pull_tables`). 1 downloads them one after the other.
     pub parallel_pulls: u32,
     /// Network check timeout, ms (default 5000).
     pub probe_timeout_ms: u64,

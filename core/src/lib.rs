@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod codec;
+mod download;
 pub mod engine;
 pub mod error;
 pub mod filter;
@@ -26,6 +27,7 @@ pub mod notifications;
 pub mod online;
 pub mod profile;
 pub mod protocol;
+mod pull;
 pub mod query;
 pub mod scheduler;
 pub mod service;
@@ -35,6 +37,7 @@ pub mod store;
 mod sync;
 pub mod telemetry;
 pub mod time;
+mod tracking;
 pub mod transaction;
 pub mod transport;
 pub mod value;
