@@ -32,14 +32,19 @@ pub(super) fn put_meta(conn: &Connection, key: &str, value: &str) -> Result<()> 
 pub(super) fn stored_profile(conn: &Connection) -> Result<Option<SyncProfile>> {
     meta_value(conn, "profile")?
         .map(|text| {
-            serde_json::from_str(&text)
-                .map_err(|e| Error::Storage(format!("corrupt stored profile: {e}")))
+            serde_json::from_str(&text).map_err(|source| Error::CorruptStored {
+                what: "profile",
+                source,
+            })
         })
         .transpose()
 }
 
 pub(super) fn json_map(text: &str) -> Result<BTreeMap<String, Value>> {
-    serde_json::from_str(text).map_err(|e| Error::Storage(format!("corrupt stored JSON: {e}")))
+    serde_json::from_str(text).map_err(|source| Error::CorruptStored {
+        what: "JSON",
+        source,
+    })
 }
 
 /// Reads a persisted setting.
