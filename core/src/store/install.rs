@@ -66,15 +66,19 @@ pub(super) fn model_index_name(table: &str, index: &str) -> String {
     format!("{MODEL_INDEX_PREFIX}{}_{table}_{index}", table.len())
 }
 
-/// Drops the model's indexes of `table` (before columns they name go).
-pub(super) fn drop_model_indexes(conn: &Connection, table: &str) -> Result<()> {
-    let names: Vec<String> = conn
+/// The model indexes `table` has on the device.
+fn model_indexes(conn: &Connection, table: &str) -> Result<Vec<String>> {
+    Ok(conn
         .prepare(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND substr(name, 1, 7) = ?2",
         )?
         .query_map(rusqlite::params![table, MODEL_INDEX_PREFIX], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for n in names {
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Drops the model's indexes of `table` (before columns they name go).
+pub(super) fn drop_model_indexes(conn: &Connection, table: &str) -> Result<()> {
+    for n in model_indexes(conn, table)? {
         conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", quote_ident(&n)))?;
     }
     Ok(())
@@ -88,12 +92,7 @@ pub(super) fn ensure_model_indexes(conn: &Connection, table: &SyncTable) -> Resu
         .iter()
         .map(|ix| model_index_name(&table.name, &ix.name))
         .collect();
-    let have: Vec<String> = conn
-        .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND substr(name, 1, 7) = ?2",
-        )?
-        .query_map(rusqlite::params![table.name, MODEL_INDEX_PREFIX], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let have = model_indexes(conn, &table.name)?;
     for n in have.iter().filter(|n| !wanted.contains(*n)) {
         conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", quote_ident(n)))?;
     }
