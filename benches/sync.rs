@@ -930,7 +930,7 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
     let mut inc_secs = Vec::new();
     // The third round edits each work order twice: a row that comes back
     // two versions past the device's copy has its related rows fetched
-    // again (`core/src/store/settle.rs`, `RelatedQueue`), which measures
+    // again (`core/src/store/related.rs`, `RelatedQueue`), which measures
     // `POST /v1/sync/fetch`.
     for (round, (changes, times)) in [(1_000usize, 1usize), (10_000, 1), (1_000, 2)]
         .into_iter()

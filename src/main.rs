@@ -10,6 +10,7 @@
 
 mod demo;
 mod device;
+mod device_io;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

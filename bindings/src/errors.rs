@@ -1,6 +1,8 @@
 //! The public error of the bindings: a small, stable enum apps branch on,
 //! mapped from the core's rich [`fieldsync_core::Error`] in exactly one place
-//! ([`From<fieldsync_core::Error>`]). Kotlin sees it as the sealed class
+//! ([`From<fieldsync_core::Error>`]), through
+//! [`fieldsync_core::Error::report`], which also logs the failures a
+//! maintainer must see. Kotlin sees it as the sealed class
 //! `FieldSyncException`, Swift as the enum `FieldSyncError`.
 //!
 //! Every variant carries `reason`, the core's message: it names tables,
@@ -83,7 +85,7 @@ pub enum FieldSyncError {
 impl From<CoreError> for FieldSyncError {
     fn from(e: CoreError) -> Self {
         let reason = e.to_string();
-        match (e.kind(), e) {
+        match (e.report(), e) {
             (_, CoreError::RecordNotFound { table, id } | CoreError::NotOnServer { table, id }) => {
                 FieldSyncError::RecordNotFound { table, id, reason }
             }

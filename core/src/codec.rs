@@ -1,7 +1,7 @@
 //! Answer bodies as they come off the wire. The device asks for zstd or gzip
 //! (`accept-encoding`) and keeps a pull page compressed until the thread that
 //! writes it decompresses it into the decoder a block at a time: a page is
-//! kept to about 256 kB on the wire (`sync::PAGE_BYTES`; 10,000 work orders
+//! kept to about 256 kB on the wire (`download::PAGE_BYTES`; 10,000 work orders
 //! are 190 kB of zstd), and the decoded JSON is never held whole. zstd
 //! contexts are kept from one body to the next within a sync run
 //! ([`ZSTD_CONTEXTS`]). Other answers are small and are decompressed whole,

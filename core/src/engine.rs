@@ -11,15 +11,16 @@ use serde::Serialize;
 
 use crate::client::{Credentials, ServerApi, TokenProvider};
 use crate::error::{Error, Result};
+use crate::live::Live;
 use crate::network::{DEFAULT_PROBE_TIMEOUT_MS, NetworkStatus};
-use crate::notifications::{Notification, NotificationThresholds};
+use crate::notifications::NotificationThresholds;
 use crate::profile::{SyncProfile, SyncTable};
 use crate::protocol::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Op};
 use crate::query::{CompiledQuery, Query, QueryListener};
 use crate::scheduler::Backoff;
-use crate::service::Live;
 use crate::settings::SyncSettings;
-use crate::status::{ListenerHandle, Listeners, QueryObserver, SyncStatus};
+use crate::status::{ListenerHandle, Listeners, QueryObserver};
+pub use crate::status::{SyncEvent, SyncReport, TableReport};
 use crate::store::{DatabaseKey, LocalSyncError, Store};
 use crate::telemetry::AppInfo;
 use crate::time::{Clock, SystemClock};
@@ -42,7 +43,7 @@ pub struct EngineConfig {
     /// Rows per pull page (1 to 10000).
     pub page_size: u32,
     /// Most tables downloaded at once (1 to 8, default 2; see
-    /// `sync::pull_tables`). 1 downloads them one after the other.
+    /// `pull::pull_tables`). 1 downloads them one after the other.
     pub parallel_pulls: u32,
     /// Network check timeout, ms (default 5000).
     pub probe_timeout_ms: u64,
@@ -120,97 +121,6 @@ impl EngineConfig {
             encryption_key: None,
         }
     }
-}
-
-/// What happened to one table during a sync.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct TableReport {
-    pub table: String,
-    /// True while the table's first download was (still) under way.
-    pub initial: bool,
-    pub pages: u64,
-    pub rows_upserted: u64,
-    pub rows_removed: u64,
-    /// Pulled rows left alone because a local change waits for upload.
-    pub rows_kept_pending: u64,
-    pub bytes_down: u64,
-}
-
-/// What one sync did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct SyncReport {
-    /// Milliseconds since the epoch.
-    pub started_at: i64,
-    pub duration_ms: i64,
-    /// Local changes the server applied.
-    pub uploaded: u64,
-    /// Local changes where the server kept its version (conflict detection on).
-    pub conflicts: Vec<LocalSyncError>,
-    /// Local changes the server refused.
-    pub rejected: Vec<LocalSyncError>,
-    pub tables: Vec<TableReport>,
-    pub profile_version: i64,
-    pub profile_changed: bool,
-    pub tables_added: Vec<String>,
-    pub tables_dropped: Vec<String>,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    /// Tables not pulled because the server reported nothing new for them
-    /// (smart sync, `POST /v1/sync/changes`); they count as synced.
-    pub skipped_unchanged: Vec<String>,
-}
-
-impl SyncReport {
-    /// Pages pulled, over all tables.
-    pub fn pages(&self) -> u64 {
-        self.tables.iter().map(|t| t.pages).sum()
-    }
-}
-
-/// Progress and results, as they happen. Receive them with
-/// [`Engine::add_event_listener`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum SyncEvent {
-    SyncStarted,
-    Uploaded {
-        count: u64,
-        pending: u64,
-    },
-    TableProgress {
-        table: String,
-        initial: bool,
-        rows_done: u64,
-        rows_total: Option<u64>,
-        bytes_down: u64,
-    },
-    TableDone {
-        table: String,
-        initial: bool,
-    },
-    SyncFinished {
-        report: SyncReport,
-    },
-    SyncFailed {
-        message: String,
-    },
-    /// The network check's result changed.
-    NetworkChanged {
-        status: NetworkStatus,
-    },
-    /// Online mode was turned on or off, and why.
-    OnlineModeChanged {
-        online: bool,
-        reason: String,
-    },
-    /// A sync notification (initial sync, Refresh, catch-up).
-    Notification {
-        notification: Notification,
-    },
-    /// The current status, sent to an event listener when it registers.
-    Status {
-        status: SyncStatus,
-    },
 }
 
 /// Per-table line of the offline status.

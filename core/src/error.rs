@@ -103,10 +103,24 @@ pub enum Error {
     StorageFull(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// A JSON document the device database holds (`what`: the stored
+    /// profile, an outbox entry's data) that no longer decodes; the serde
+    /// error kept as the source.
+    #[error("storage error: corrupt stored {what}: {source}")]
+    CorruptStored {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A failure of the device database, its SQLite error kept as the
     /// source (extended code included) for logs and diagnosis.
     #[error("{}", sqlite_message(.0))]
     Sqlite(#[source] rusqlite::Error),
+    /// A JSON document of the engine's own (an outbox entry, a request it
+    /// built) that did not encode or decode; the serde error kept as the
+    /// source.
+    #[error("internal error: JSON: {0}")]
+    Json(#[from] serde_json::Error),
     #[error("wrong database key: {0}")]
     WrongKey(String),
     #[error("internal error: {0}")]
@@ -133,10 +147,39 @@ impl Error {
             Error::Server { status, .. } if *status == 401 => ErrorKind::Unauthorized,
             Error::Server { status, .. } if *status == 403 => ErrorKind::Forbidden,
             Error::Server { .. } => ErrorKind::InvalidInput,
-            Error::StorageFull(_) | Error::Storage(_) | Error::Sqlite(_) => ErrorKind::Storage,
+            Error::StorageFull(_)
+            | Error::Storage(_)
+            | Error::CorruptStored { .. }
+            | Error::Sqlite(_) => ErrorKind::Storage,
             Error::WrongKey(_) => ErrorKind::WrongKey,
-            Error::Protocol(_) | Error::Internal(_) => ErrorKind::Internal,
+            Error::Protocol(_) | Error::Internal(_) | Error::Json(_) => ErrorKind::Internal,
         }
+    }
+
+    /// The public kind of this error as it leaves the library (the
+    /// bindings call this, once per error), logging it when it is one a
+    /// maintainer must see: storage failures and internal errors, with
+    /// their causes. The others (a record not found, bad input, no network,
+    /// refused credentials, pending uploads, a wrong key) are outcomes the
+    /// app shows and are not logged here.
+    pub fn report(&self) -> ErrorKind {
+        let kind = self.kind();
+        if matches!(kind, ErrorKind::Storage | ErrorKind::Internal) {
+            let mut causes = Vec::new();
+            let mut source = std::error::Error::source(self);
+            while let Some(s) = source {
+                causes.push(s.to_string());
+                source = s.source();
+            }
+            tracing::error!(
+                target: "fieldsync::error",
+                kind = kind.as_str(),
+                error = %self,
+                causes = ?causes,
+                "operation failed"
+            );
+        }
+        kind
     }
 
     /// True for failures a later retry may cure (network, server faults).
@@ -163,12 +206,6 @@ fn sqlite_message(e: &rusqlite::Error) -> String {
         format!("storage is full: {e}")
     } else {
         format!("storage error: {e}")
-    }
-}
-
-impl From<serde_json::Error> for Error {
-    fn from(e: serde_json::Error) -> Self {
-        Error::Internal(format!("JSON: {e}"))
     }
 }
 
@@ -201,6 +238,32 @@ mod tests {
             sqlite.sqlite_error().map(|f| f.extended_code),
             Some(rusqlite::ffi::SQLITE_BUSY_SNAPSHOT)
         );
+    }
+
+    #[test]
+    fn a_json_failure_keeps_its_cause_and_reads_as_before() {
+        let cause = serde_json::from_str::<u32>("x").expect_err("not a number");
+        let text = cause.to_string();
+        let e = Error::from(cause);
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert_eq!(e.to_string(), format!("internal error: JSON: {text}"));
+        let source = e.source().expect("the serde error is the source");
+        assert!(source.downcast_ref::<serde_json::Error>().is_some());
+    }
+
+    #[test]
+    fn report_gives_the_kind_of_every_error() {
+        let cases = [
+            Error::from(busy()),
+            Error::Internal("bug".into()),
+            Error::UnknownTable("t".into()),
+            Error::NetworkUnavailable("down".into()),
+            Error::PendingUploads { count: 2 },
+            Error::WrongKey("k".into()),
+        ];
+        for e in cases {
+            assert_eq!(e.report(), e.kind(), "{e}");
+        }
     }
 
     #[test]

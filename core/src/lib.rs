@@ -17,11 +17,14 @@
 
 pub mod client;
 pub mod codec;
+mod download;
 pub mod engine;
 pub mod error;
+mod live;
 pub mod network;
 pub mod notifications;
 pub mod online;
+mod pull;
 pub mod query;
 pub mod scheduler;
 pub mod service;
@@ -30,6 +33,7 @@ pub mod status;
 pub mod store;
 mod sync;
 pub mod telemetry;
+mod tracking;
 pub mod transaction;
 pub mod transport;
 

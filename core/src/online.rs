@@ -17,9 +17,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, SyncEvent};
+use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::profile::check_identifier;
+use crate::status::SyncEvent;
 use crate::value::{Record, Value};
 
 /// Most rows one online list returns.

@@ -1,6 +1,6 @@
-//! What the technician sees about sync (C9): the sync icon state, and the
-//! listener mechanism that delivers every change of it (and every engine
-//! event) to the app. The offline status and device status records live in
+//! What the technician sees about sync (C9): the sync icon state, the
+//! engine's events and sync reports, and the listener mechanism that
+//! delivers every change of them to the app. The offline status and device status records live in
 //! [`crate::engine`] ([`crate::OfflineTableStatus`], [`crate::DeviceStatus`]).
 //!
 //! Icon precedence: syncing, then not connected (offline mode, Network or
@@ -19,9 +19,101 @@ use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
 
-use crate::engine::SyncEvent;
 use crate::network::NetworkStatus;
+use crate::notifications::Notification;
 use crate::scheduler::{Blocker, SyncMode};
+use crate::store::LocalSyncError;
+
+/// What happened to one table during a sync.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    /// True while the table's first download was (still) under way.
+    pub initial: bool,
+    pub pages: u64,
+    pub rows_upserted: u64,
+    pub rows_removed: u64,
+    /// Pulled rows left alone because a local change waits for upload.
+    pub rows_kept_pending: u64,
+    pub bytes_down: u64,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SyncReport {
+    /// Milliseconds since the epoch.
+    pub started_at: i64,
+    pub duration_ms: i64,
+    /// Local changes the server applied.
+    pub uploaded: u64,
+    /// Local changes where the server kept its version (conflict detection on).
+    pub conflicts: Vec<LocalSyncError>,
+    /// Local changes the server refused.
+    pub rejected: Vec<LocalSyncError>,
+    pub tables: Vec<TableReport>,
+    pub profile_version: i64,
+    pub profile_changed: bool,
+    pub tables_added: Vec<String>,
+    pub tables_dropped: Vec<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Tables not pulled because the server reported nothing new for them
+    /// (smart sync, `POST /v1/sync/changes`); they count as synced.
+    pub skipped_unchanged: Vec<String>,
+}
+
+impl SyncReport {
+    /// Pages pulled, over all tables.
+    pub fn pages(&self) -> u64 {
+        self.tables.iter().map(|t| t.pages).sum()
+    }
+}
+
+/// Progress and results, as they happen. Receive them with
+/// [`Engine::add_event_listener`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SyncEvent {
+    SyncStarted,
+    Uploaded {
+        count: u64,
+        pending: u64,
+    },
+    TableProgress {
+        table: String,
+        initial: bool,
+        rows_done: u64,
+        rows_total: Option<u64>,
+        bytes_down: u64,
+    },
+    TableDone {
+        table: String,
+        initial: bool,
+    },
+    SyncFinished {
+        report: SyncReport,
+    },
+    SyncFailed {
+        message: String,
+    },
+    /// The network check's result changed.
+    NetworkChanged {
+        status: NetworkStatus,
+    },
+    /// Online mode was turned on or off, and why.
+    OnlineModeChanged {
+        online: bool,
+        reason: String,
+    },
+    /// A sync notification (initial sync, Refresh, catch-up).
+    Notification {
+        notification: Notification,
+    },
+    /// The current status, sent to an event listener when it registers.
+    Status {
+        status: SyncStatus,
+    },
+}
 
 /// The sync icon's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

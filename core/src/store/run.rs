@@ -14,27 +14,10 @@
 //! reused by an unrelated process after a crash (Android recycles them
 //! quickly) therefore never makes a dead sync look alive.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, lock};
 use crate::error::Result;
 use crate::scheduler::SyncMode;
-
-/// The table of the running sync; at most one row (`id = 1`).
-pub(super) const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS _fs_sync_run (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    sync_id TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    mode TEXT NOT NULL,
-    started_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    current_table TEXT,
-    rows_done INTEGER NOT NULL,
-    rows_total INTEGER,
-    bytes_down INTEGER NOT NULL
-);
-"#;
 
 /// A running sync as it is kept for other processes.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +67,7 @@ const UPSERT: &str = "INSERT INTO _fs_sync_run
         rows_total = excluded.rows_total, bytes_down = excluded.bytes_down,
         fraction = excluded.fraction";
 
-fn write(conn: &mut rusqlite::Connection, run: &SharedRun) -> Result<()> {
+pub(super) fn write(conn: &mut Connection, run: &SharedRun) -> Result<()> {
     // What only a sync writes: synchronous=NORMAL, as the pages it reports on.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let result = conn.prepare_cached(UPSERT).and_then(|mut stmt| {
@@ -106,75 +89,75 @@ fn write(conn: &mut rusqlite::Connection, run: &SharedRun) -> Result<()> {
     Ok(())
 }
 
-impl Store {
-    /// Records that `run` started (or replaces the row of a sync whose
-    /// process is gone), waiting for the writer, and takes the run lock.
-    pub fn publish_run(&self, run: &SharedRun) -> Result<()> {
-        {
-            let mut held = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
-            if held.is_none() {
-                *held = take_run_lock(&run_lock_path(&self.path));
-            }
+/// Removes the row of the sync `sync_id`; whether there was one.
+pub(super) fn clear(conn: &Connection, sync_id: &str) -> Result<bool> {
+    Ok(conn.execute("DELETE FROM _fs_sync_run WHERE sync_id = ?1", [sync_id])? > 0)
+}
+
+/// The row of the sync last recorded on this database, whether or not
+/// its process still runs.
+pub(super) fn read(conn: &Connection) -> Result<Option<SharedRun>> {
+    Ok(conn
+        .query_row(
+            "SELECT sync_id, pid, mode, started_at, updated_at, current_table, rows_done,
+                    rows_total, bytes_down, fraction FROM _fs_sync_run WHERE id = 1",
+            [],
+            |r| {
+                Ok(SharedRun {
+                    sync_id: r.get(0)?,
+                    pid: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                    mode: parse_mode(&r.get::<_, String>(2)?),
+                    started_at: r.get(3)?,
+                    updated_at: r.get(4)?,
+                    table: r.get(5)?,
+                    rows_done: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                    rows_total: r
+                        .get::<_, Option<i64>>(7)?
+                        .map(|n| u64::try_from(n).unwrap_or(0)),
+                    bytes_down: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
+                    fraction: r.get(9)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// The run lock of one database: held by this process while it runs a
+/// sync, and asked of other processes to tell whether theirs still runs.
+pub(super) struct RunLock {
+    path: std::path::PathBuf,
+    held: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl RunLock {
+    /// The run lock of the database at `db` (not taken).
+    pub(super) fn new(db: &std::path::Path) -> RunLock {
+        RunLock {
+            path: run_lock_path(db),
+            held: std::sync::Mutex::new(None),
         }
-        write(&mut self.write_lock(), run)
     }
 
-    /// Records the running sync's progress unless the writer is busy (a
-    /// page of another table being written): progress never waits for a
-    /// page, and the next change brings the row up to date. Returns whether
-    /// the row was written.
-    pub fn publish_run_progress(&self, run: &SharedRun) -> Result<bool> {
-        let mut conn = match self.writer.try_lock() {
-            Ok(c) => c,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
-        };
-        write(&mut conn, run)?;
-        Ok(true)
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<std::fs::File>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Removes the row of the sync `sync_id` (it ended, or was cut off)
-    /// and releases the run lock.
-    pub fn clear_run(&self, sync_id: &str) -> Result<()> {
-        let removed = self
-            .write_lock()
-            .execute("DELETE FROM _fs_sync_run WHERE sync_id = ?1", [sync_id])?;
-        if removed > 0 {
-            self.run_lock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+    /// Takes the lock for this process's sync, unless it holds it already.
+    pub(super) fn take(&self) {
+        let mut held = self.held();
+        if held.is_none() {
+            *held = take_run_lock(&self.path);
         }
-        Ok(())
     }
 
-    /// The sync running on this database, whichever process runs it; `None`
-    /// when none does or its process is gone.
-    pub fn shared_run(&self) -> Result<Option<SharedRun>> {
-        let row = lock(&self.reader)
-            .query_row(
-                "SELECT sync_id, pid, mode, started_at, updated_at, current_table, rows_done,
-                        rows_total, bytes_down, fraction FROM _fs_sync_run WHERE id = 1",
-                [],
-                |r| {
-                    Ok(SharedRun {
-                        sync_id: r.get(0)?,
-                        pid: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                        mode: parse_mode(&r.get::<_, String>(2)?),
-                        started_at: r.get(3)?,
-                        updated_at: r.get(4)?,
-                        table: r.get(5)?,
-                        rows_done: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
-                        rows_total: r
-                            .get::<_, Option<i64>>(7)?
-                            .map(|n| u64::try_from(n).unwrap_or(0)),
-                        bytes_down: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
-                        fraction: r.get(9)?,
-                    })
-                },
-            )
-            .optional()?;
-        Ok(row.filter(|run| process_alive(run.pid) && run_lock_held(&run_lock_path(&self.path))))
+    /// Releases the lock this process holds, if any.
+    pub(super) fn release(&self) {
+        self.held().take();
+    }
+
+    /// Whether some process (this one included) holds the lock.
+    pub(super) fn held_by_a_process(&self) -> bool {
+        run_lock_held(&self.path)
     }
 }
 
@@ -252,66 +235,4 @@ pub(crate) fn process_alive(_pid: u32) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(pid: u32) -> SharedRun {
-        SharedRun {
-            sync_id: "s1".into(),
-            pid,
-            mode: SyncMode::First,
-            started_at: 1,
-            updated_at: 2,
-            table: Some("bookings".into()),
-            rows_done: 10,
-            rows_total: Some(40),
-            bytes_down: 1000,
-            fraction: Some(0.25),
-        }
-    }
-
-    #[test]
-    fn a_running_sync_is_read_back_and_a_dead_process_is_not_running() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("d.db")).expect("open");
-        assert_eq!(store.shared_run().expect("read"), None);
-        let mine = run(std::process::id());
-        store.publish_run(&mine).expect("publish");
-        assert_eq!(store.shared_run().expect("read"), Some(mine.clone()));
-        let mut later = mine.clone();
-        later.rows_done = 20;
-        assert!(store.publish_run_progress(&later).expect("progress"));
-        assert_eq!(store.shared_run().expect("read"), Some(later));
-        store.clear_run("another sync").expect("clear");
-        assert!(store.shared_run().expect("read").is_some());
-        store.clear_run("s1").expect("clear");
-        assert_eq!(store.shared_run().expect("read"), None);
-
-        // A process that has exited (reaped) left its row behind.
-        let mut child = std::process::Command::new("true").spawn().expect("spawn");
-        let gone = child.id();
-        child.wait().expect("wait");
-        store.publish_run(&run(gone)).expect("publish");
-        assert_eq!(store.shared_run().expect("read"), None);
-    }
-
-    #[test]
-    fn a_row_whose_process_id_was_reused_is_not_a_running_sync() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("d.db")).expect("open");
-        // A sync that crashed left its row; its process id now belongs to
-        // a live, unrelated process (here: this one), which holds no lock.
-        store
-            .with_writer(|c| write(c, &run(std::process::id())))
-            .expect("row");
-        assert!(process_alive(std::process::id()));
-        assert_eq!(store.shared_run().expect("read"), None);
-        // The same row written by a running sync is one.
-        store
-            .publish_run(&run(std::process::id()))
-            .expect("publish");
-        assert!(store.shared_run().expect("read").is_some());
-        store.clear_run("s1").expect("clear");
-        assert_eq!(store.shared_run().expect("read"), None);
-    }
-}
+mod tests;

@@ -8,7 +8,7 @@
 //!
 //! - `_fs_related_pending (rule, value)`: related values whose rows must be
 //!   fetched (`POST /v1/sync/fetch`), queued as rows arrive or are written
-//!   (see [`RelatedQueue`] for when); a value leaves the queue when its
+//!   (see `related::RelatedQueue` for when); a value leaves the queue when its
 //!   fetch is applied, or when no local row holds it any more.
 //! - `_fs_settle_rows (tbl, row_id)`: rows to evaluate again. Rows written
 //!   by an incremental pull or a fetch are listed by the page apply when
@@ -35,710 +35,25 @@
 //! Indexes on the columns related rules compare (`incidents.work_order_id`,
 //! `bookings.work_order_id`) are created the first time an incremental pass
 //! needs them, after the bulk load, where building them is a sort.
+//!
+//! This module evaluates and removes; the queue lives in `related`, the
+//! triggers and lookup indexes in `triggers`, and the tables in `schema`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
-use super::{
-    LOCAL_VERSION_COLUMN, delete_row, distinct_keys, has_pending, meta_value, put_meta,
-    related_only_sql, related_rule_key, remove_unreached_rows, rule_columns, rule_columns_sql,
-    rule_row, stored_profile, text_like, unreached_rows, value_key,
+use super::meta::{meta_value, put_meta};
+use super::outbox::has_pending;
+use super::related::rule_key;
+use super::rows::{
+    delete_row, distinct_keys, rule_columns, rule_columns_sql, rule_row, text_like, value_key,
 };
+use super::triggers::{condition_indexes, ensure_index, holds_sql};
 use crate::error::Result;
-use crate::filter::{Cond, FilterContext, Hop};
-use crate::profile::{RelatedRule, RowRule, SyncProfile, SyncTable, quote_ident};
-use crate::protocol::VERSION_COLUMN;
+use crate::filter::{Cond, FilterContext};
+use crate::profile::{RowRule, SyncProfile, SyncTable, quote_ident};
 use crate::value::Value;
-
-/// The settle state tables, created with the store.
-pub(super) const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS _fs_related_pending (
-    rule TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (rule, value)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _fs_settle_rows (
-    tbl TEXT NOT NULL,
-    row_id TEXT NOT NULL,
-    PRIMARY KEY (tbl, row_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _fs_settle_lost (
-    tbl TEXT NOT NULL,
-    col TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (tbl, col, value)
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS _fs_outbox_settle AFTER DELETE ON _fs_outbox BEGIN
-    INSERT OR IGNORE INTO _fs_settle_rows (tbl, row_id) VALUES (old.tbl, old.row_id);
-END;
-"#;
-
-const TRIGGER_PREFIX: &str = "_fs_lost_";
-
-/// The key of a related-rows rule in `_fs_related_pending`.
-fn rule_key(r: &RelatedRule<'_>) -> String {
-    related_rule_key(&r.table.name, r.column, r.other, r.foreign_column)
-}
-
-/// The (related table, column) pairs the profile's related-rows rules read.
-fn related_sources(profile: &SyncProfile) -> BTreeSet<(String, String)> {
-    profile
-        .related_rules()
-        .filter(|r| {
-            profile
-                .table(r.other)
-                .is_some_and(|o| o.column(r.foreign_column).is_some())
-        })
-        .map(|r| (r.other.to_owned(), r.foreign_column.to_owned()))
-        .collect()
-}
-
-const INDEX_PREFIX: &str = "_fs_ix_";
-
-/// Names of the schema objects of `kind` whose name starts with `prefix`,
-/// on `table` when given.
-fn object_names(
-    conn: &Connection,
-    kind: &str,
-    prefix: &str,
-    table: Option<&str>,
-) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare(
-        "SELECT name FROM sqlite_master WHERE type = ?1 AND substr(name, 1, length(?2)) = ?2
-           AND (?3 IS NULL OR tbl_name = ?3)",
-    )?;
-    let rows = stmt.query_map(params![kind, prefix, table], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-/// Drops the schema objects `object_names` lists (`kind` is `trigger` or
-/// `index`).
-fn drop_objects(conn: &Connection, kind: &str, prefix: &str, table: Option<&str>) -> Result<()> {
-    for name in object_names(conn, kind, prefix, table)? {
-        conn.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote_ident(&name)))?;
-    }
-    Ok(())
-}
-
-/// Drops the lost-value triggers (before columns are altered or tables
-/// dropped; [`install_triggers`] puts them back).
-pub(super) fn drop_triggers(conn: &Connection) -> Result<()> {
-    drop_objects(conn, "trigger", TRIGGER_PREFIX, None)
-}
-
-/// The lost-value triggers for `profile`: (name, `CREATE TRIGGER` text).
-/// Identifiers are checked profile names (`[a-z0-9_]`), quoted here.
-///
-/// The insert skips a value already recorded with `WHERE NOT EXISTS`, not
-/// with `INSERT OR IGNORE`: SQLite replaces the conflict policy of a
-/// trigger's statements with the one of the statement that fired it, and a
-/// pulled row is written by an upsert (`ON CONFLICT DO UPDATE`), under which
-/// `OR IGNORE` does not hold. A value lost twice before the next settling (a
-/// booking deleted, another one moved off the same work order) made the
-/// page fail on the table's primary key, and every sync after it.
-fn trigger_sqls(profile: &SyncProfile) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (i, (table, column)) in related_sources(profile).iter().enumerate() {
-        let (t, c) = (quote_ident(table), quote_ident(column));
-        let insert = format!(
-            "INSERT INTO _fs_settle_lost (tbl, col, value) \
-             SELECT '{table}', '{column}', CAST(old.{c} AS TEXT) \
-             WHERE NOT EXISTS (SELECT 1 FROM _fs_settle_lost \
-             WHERE tbl = '{table}' AND col = '{column}' AND value = CAST(old.{c} AS TEXT));"
-        );
-        let (name_d, name_u) = (
-            format!("{TRIGGER_PREFIX}{i}_d"),
-            format!("{TRIGGER_PREFIX}{i}_u"),
-        );
-        out.push((
-            name_d.clone(),
-            format!(
-                "CREATE TRIGGER {} AFTER DELETE ON {t} WHEN old.{c} IS NOT NULL BEGIN {insert} END",
-                quote_ident(&name_d)
-            ),
-        ));
-        out.push((
-            name_u.clone(),
-            format!(
-                "CREATE TRIGGER {} AFTER UPDATE OF {c} ON {t} \
-                 WHEN old.{c} IS NOT NULL AND old.{c} IS NOT new.{c} BEGIN {insert} END",
-                quote_ident(&name_u)
-            ),
-        ));
-    }
-    out.extend(condition_trigger_sqls(profile));
-    out
-}
-
-/// The relationships custom filters' `related` conditions follow, per
-/// table: each path from the table, as (table, column, related table) hops.
-fn condition_paths(profile: &SyncProfile) -> Vec<(String, Vec<Hop>)> {
-    let mut out = Vec::new();
-    for t in &profile.tables {
-        for rule in &t.rules {
-            if let RowRule::Custom { filter } = rule {
-                for path in filter.related_paths(&t.name) {
-                    let entry = (t.name.clone(), path);
-                    if !out.contains(&entry) {
-                        out.push(entry);
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Triggers that list for settling the rows whose filter reads a related
-/// row that changed or went: for a path `t0 -[c0]-> t1 -[c1]-> t2`, an
-/// update or delete of a `t2` row lists the `t0` rows whose `t1` row names
-/// it. A work order whose priority drops so puts its bookings up for
-/// evaluation, which then leave. New related rows list nothing: a row they
-/// let in is sent by the server (it was not on the device).
-fn condition_trigger_sqls(profile: &SyncProfile) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (i, (t0, path)) in condition_paths(profile).iter().enumerate() {
-        let Some(first) = profile.table(t0) else {
-            continue;
-        };
-        let Some((_, last_column, target)) = path.last() else {
-            continue;
-        };
-        let Some(target_table) = profile.table(target) else {
-            continue;
-        };
-        // x0 is the filtered row; xk the row of the k-th hop's table.
-        let mut from = format!("{} AS x0", quote_ident(t0));
-        let mut ok = true;
-        for (k, (_, column, other)) in path.iter().enumerate().take(path.len() - 1) {
-            let Some(o) = profile.table(other) else {
-                ok = false;
-                break;
-            };
-            from.push_str(&format!(
-                " JOIN {} AS x{n} ON x{n}.{pk} = x{k}.{c}",
-                quote_ident(other),
-                n = k + 1,
-                pk = quote_ident(&o.primary_key),
-                c = quote_ident(column),
-            ));
-        }
-        if !ok {
-            continue;
-        }
-        let pk0 = quote_ident(&first.primary_key);
-        let last = path.len() - 1;
-        let insert = format!(
-            "INSERT INTO _fs_settle_rows (tbl, row_id) \
-             SELECT DISTINCT '{t0}', CAST(x0.{pk0} AS TEXT) FROM {from} \
-             WHERE x{last}.{c} = old.{tpk} AND NOT EXISTS (SELECT 1 FROM _fs_settle_rows s \
-             WHERE s.tbl = '{t0}' AND s.row_id = CAST(x0.{pk0} AS TEXT));",
-            c = quote_ident(last_column),
-            tpk = quote_ident(&target_table.primary_key),
-        );
-        let t = quote_ident(target);
-        for (suffix, event) in [("d", "DELETE"), ("u", "UPDATE")] {
-            let name = format!("{TRIGGER_PREFIX}c{i}_{suffix}");
-            out.push((
-                name.clone(),
-                format!(
-                    "CREATE TRIGGER {} AFTER {event} ON {t} BEGIN {insert} END",
-                    quote_ident(&name)
-                ),
-            ));
-        }
-    }
-    out
-}
-
-/// Indexes the triggers of [`condition_trigger_sqls`] look rows up by (the
-/// columns a `related` condition follows), built after a download like the
-/// other settle indexes.
-fn condition_indexes(tx: &Connection, profile: &SyncProfile) -> Result<()> {
-    for (_, path) in condition_paths(profile) {
-        for (table, column, _) in &path {
-            if let Some(t) = profile.table(table) {
-                ensure_index(tx, t, column)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Installs the lost-value triggers for `profile` (replacing any).
-pub(super) fn install_triggers(conn: &Connection, profile: &SyncProfile) -> Result<()> {
-    drop_triggers(conn)?;
-    for (_, sql) in trigger_sqls(profile) {
-        conn.execute_batch(&sql)?;
-    }
-    Ok(())
-}
-
-/// True when the installed triggers are the ones [`install_triggers`]
-/// installs for `profile` (names and text: a store written by an earlier
-/// version gets the current ones).
-fn triggers_installed(conn: &Connection, profile: &SyncProfile) -> Result<bool> {
-    let mut stmt = conn.prepare(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'
-           AND substr(name, 1, length(?1)) = ?1",
-    )?;
-    let rows = stmt.query_map([TRIGGER_PREFIX], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
-    let installed: BTreeSet<(String, String)> = rows.collect::<rusqlite::Result<_>>()?;
-    let expected: BTreeSet<(String, String)> = trigger_sqls(profile).into_iter().collect();
-    Ok(installed == expected)
-}
-
-/// Drops the settle indexes of `table` (before its columns change; they are
-/// created again when needed).
-pub(super) fn drop_indexes(conn: &Connection, table: &str) -> Result<()> {
-    drop_objects(conn, "index", INDEX_PREFIX, Some(table))
-}
-
-/// The query "does `table` hold a row whose `column` is ?1".
-fn holds_sql(table: &str, column: &str) -> String {
-    format!(
-        "SELECT 1 FROM {} WHERE {} = ?1 LIMIT 1",
-        quote_ident(table),
-        quote_ident(column)
-    )
-}
-
-/// Creates, if missing, an index on `table.column` (nothing for the primary
-/// key). The name carries the table name's length, so no two pairs share it.
-fn ensure_index(conn: &Connection, table: &SyncTable, column: &str) -> Result<()> {
-    if column == table.primary_key {
-        return Ok(());
-    }
-    let name = format!(
-        "{INDEX_PREFIX}{}_{}_{}",
-        table.name.len(),
-        table.name,
-        column
-    );
-    let exists = conn
-        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")?
-        .exists([&name])?;
-    if exists {
-        return Ok(());
-    }
-    // CREATE INDEX sorts the column's values in memory up to the page
-    // cache's size before it spills to a file, so at 1M rows the sort
-    // alone took 2 MiB more than at 100k. The build runs with a 256 KiB
-    // cache (the sorter's minimum, `store::SORTER_MIN_PAGES`, is 64 pages),
-    // which a 100k build fills too, and the store's cache size comes back
-    // after it.
-    let cache: i64 = conn.pragma_query_value(None, "cache_size", |r| r.get(0))?;
-    conn.pragma_update(None, "cache_size", INDEX_BUILD_CACHE_KIB)?;
-    let built = conn.execute_batch(&format!(
-        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-        quote_ident(&name),
-        quote_ident(&table.name),
-        quote_ident(column)
-    ));
-    conn.pragma_update(None, "cache_size", cache)?;
-    built?;
-    Ok(())
-}
-
-/// The page cache an index build runs with (`cache_size`, negative: KiB).
-const INDEX_BUILD_CACHE_KIB: i64 = -256;
-
-/// Brings a store written before numbered migrations up to date, in the
-/// caller's transaction (migration 1, `store::schema`): the `settle_all`
-/// and `walk_order` columns, the lost-value triggers, and the related
-/// values still to fetch (from the old `_fs_related_seen` sets).
-pub(super) fn upgrade_unversioned(tx: &Connection) -> Result<()> {
-    let conn = tx;
-    let has_settle_all = conn
-        .prepare("SELECT 1 FROM pragma_table_info('_fs_tables') WHERE name = 'settle_all'")?
-        .exists([])?;
-    let has_seen = conn
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_fs_related_seen'")?
-        .exists([])?;
-    let profile = stored_profile(conn)?;
-    let triggers_ok = match &profile {
-        Some(p) => triggers_installed(conn, p)?,
-        None => true,
-    };
-    let has_walk_order = conn
-        .prepare("SELECT 1 FROM pragma_table_info('_fs_tables') WHERE name = 'walk_order'")?
-        .exists([])?;
-    if has_settle_all && has_walk_order && !has_seen && triggers_ok {
-        return Ok(());
-    }
-    if !has_walk_order {
-        // Downloads begun before it have none: their walks cover no
-        // other table's (see `RelatedQueue`).
-        tx.execute_batch("ALTER TABLE _fs_tables ADD COLUMN walk_order INTEGER")?;
-    }
-    if has_settle_all {
-        if has_seen || !triggers_ok {
-            tx.execute("UPDATE _fs_tables SET settle_all = 1", [])?;
-        }
-    } else {
-        tx.execute_batch(
-            "ALTER TABLE _fs_tables ADD COLUMN settle_all INTEGER NOT NULL DEFAULT 1",
-        )?;
-    }
-    if let Some(profile) = &profile {
-        if has_seen {
-            // The values held now that were not settled: still to fetch.
-            for r in profile.related_rules() {
-                let Some(other_table) = profile.table(r.other) else {
-                    continue;
-                };
-                let (foreign_column, key) = (r.foreign_column, rule_key(&r));
-                let seen: BTreeSet<String> = {
-                    let mut stmt =
-                        tx.prepare("SELECT value FROM _fs_related_seen WHERE rule = ?1")?;
-                    let rows = stmt.query_map([&key], |r| r.get::<_, String>(0))?;
-                    rows.collect::<rusqlite::Result<_>>()?
-                };
-                let held = distinct_keys(tx, other_table, foreign_column)?;
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
-                )?;
-                for v in held.difference(&seen) {
-                    insert.execute(params![key, v])?;
-                }
-            }
-        }
-        install_triggers(tx, profile)?;
-    }
-    if has_seen {
-        tx.execute_batch("DROP TABLE _fs_related_seen")?;
-    }
-    Ok(())
-}
-
-/// How rows of a table arrive, for [`RelatedQueue`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
-    /// Pulled, or taken from a push result: the rows carry their server
-    /// version (`_version` in the page's columns).
-    Server,
-    /// Fetched because a related row asked for them.
-    Fetched,
-    /// Written on the device.
-    Local,
-}
-
-/// Before each row of `table` is written (prepared once for the rows of a
-/// page, a fetch or one write): queues, for every related-rows rule
-/// that reads `table`, the related values whose rows must be fetched at the
-/// next settling.
-///
-/// A value is queued when its row is new to the device or the row's related
-/// column changed; when the row comes from the server at least two versions
-/// past the device's copy (it may have left the profile and come back in
-/// between, a booking deactivated and reactivated, while the device
-/// downloaded or fetched the rows it reaches and got none of them: one
-/// change cannot hide a row and show it again); and for every row fetched
-/// because a related row asked for it (the suspicion travels down: the
-/// reactivated booking's work order brings its incidents again). A row
-/// edited once on the server costs no fetch, so a sync of edited work orders
-/// does not download their children again.
-///
-/// Rules whose table has not begun a download yet are skipped: that
-/// download, asked for after these rows were read, selects what they reach.
-/// So are, for a rule whose table's download from an empty cursor began
-/// after this table's (`walk_order`), the rows of this table's snapshot
-/// (`snapshot_rows`, the first rows of a page of its walk): the server read
-/// them before that download began, so it selected what they reach. The
-/// rows after them changed since, and are queued.
-pub(super) struct RelatedQueue<'c> {
-    arrival: Arrival,
-    pk: usize,
-    version_at: Option<usize>,
-    /// The rules reading the table whose table has begun a download: (queue
-    /// key, position of the foreign column in the rows, whether that
-    /// download began after this table's and so covers its snapshot rows).
-    rules: Vec<(String, usize, bool)>,
-    /// The device's copy of a row: its version and, per rule, its related
-    /// value, in one lookup for every rule.
-    held: rusqlite::CachedStatement<'c>,
-    /// That lookup's select list, for a caller that reads the copy itself
-    /// ([`Self::copy_columns`]).
-    held_select: String,
-    insert: rusqlite::CachedStatement<'c>,
-    values: Vec<Option<String>>,
-}
-
-impl<'c> RelatedQueue<'c> {
-    /// `None` when no rule needs the rows of `table` (nothing to queue).
-    pub(super) fn new(
-        conn: &'c Connection,
-        profile: &SyncProfile,
-        table: &SyncTable,
-        columns: &[String],
-        arrival: Arrival,
-    ) -> Result<Option<RelatedQueue<'c>>> {
-        let Some(pk) = columns.iter().position(|c| *c == table.primary_key) else {
-            return Ok(None);
-        };
-        let version_at = columns.iter().position(|c| c == VERSION_COLUMN);
-        let walk_order = |name: &str| -> Result<(bool, Option<i64>)> {
-            Ok(conn
-                .prepare_cached("SELECT initial_done, walk_order FROM _fs_tables WHERE name = ?1")?
-                .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?
-                .unwrap_or((false, None)))
-        };
-        let (_, own_order) = walk_order(&table.name)?;
-        let mut rules: Vec<(String, usize, bool, &str)> = Vec::new();
-        for r in profile.related_rules() {
-            if r.other != table.name {
-                continue;
-            }
-            let Some(i) = columns.iter().position(|c| c == r.foreign_column) else {
-                continue;
-            };
-            let (initial_done, order) = walk_order(&r.table.name)?;
-            if initial_done || order.is_some() {
-                let covers = matches!((order, own_order), (Some(o), Some(own)) if o > own);
-                rules.push((rule_key(&r), i, covers, r.foreign_column));
-            }
-        }
-        if rules.is_empty() {
-            return Ok(None);
-        }
-        let held_select = format!(
-            "{LOCAL_VERSION_COLUMN}, {}",
-            rules
-                .iter()
-                .map(|(_, _, _, f)| format!("CAST({} AS TEXT)", quote_ident(f)))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        let held_sql = format!(
-            "SELECT {held_select} FROM {t} WHERE {pk} = ?1",
-            t = quote_ident(&table.name),
-            pk = quote_ident(&table.primary_key),
-        );
-        Ok(Some(RelatedQueue {
-            arrival,
-            pk,
-            version_at,
-            held: conn.prepare_cached(&held_sql)?,
-            held_select,
-            insert: conn.prepare_cached(
-                "INSERT OR IGNORE INTO _fs_related_pending (rule, value) VALUES (?1, ?2)",
-            )?,
-            values: Vec::with_capacity(rules.len()),
-            rules: rules
-                .into_iter()
-                .map(|(key, i, covers, _)| (key, i, covers))
-                .collect(),
-        }))
-    }
-
-    /// The select list of the device's copy of a row, as [`Self::row_with_copy`]
-    /// reads it (its first [`Self::copy_width`] columns), for a caller that
-    /// looks the row up for its own reasons too.
-    pub(super) fn copy_columns(&self) -> &str {
-        &self.held_select
-    }
-
-    /// The number of columns of [`Self::copy_columns`].
-    pub(super) fn copy_width(&self) -> usize {
-        self.rules.len() + 1
-    }
-
-    /// How the rows arrive.
-    pub(super) fn arrival(&self) -> Arrival {
-        self.arrival
-    }
-
-    /// The positions (in the rows given to [`Self::row`]) of the columns
-    /// whose values it queues.
-    pub(super) fn value_positions(&self) -> impl Iterator<Item = usize> + '_ {
-        self.rules.iter().map(|(_, i, _)| *i)
-    }
-
-    /// Reads the device's copy from a row of [`Self::copy_columns`].
-    pub(super) fn read_copy(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldCopy> {
-        read_held(r, self.rules.len())
-    }
-
-    /// Queues what `row` (aligned with the columns given to [`Self::new`])
-    /// brings, before it is written; `in_snapshot` for a row of the table's
-    /// snapshot (a pulled page's first `snapshot_rows`).
-    pub(super) fn row(&mut self, row: &[Value], in_snapshot: bool) -> Result<()> {
-        if !self.take_values(row, in_snapshot) {
-            return Ok(());
-        }
-        let held = if self.arrival == Arrival::Fetched {
-            None
-        } else {
-            let id = row.get(self.pk).and_then(value_key).unwrap_or_default();
-            let rules = self.rules.len();
-            self.held
-                .query_row([&id], |r| read_held(r, rules))
-                .optional()?
-        };
-        self.queue_values(row, held.as_ref())
-    }
-
-    /// [`Self::row`] with the device's copy of the row already read by the
-    /// caller (`None`: the device does not hold it).
-    pub(super) fn row_with_copy(
-        &mut self,
-        row: &[Value],
-        in_snapshot: bool,
-        copy: Option<&HeldCopy>,
-    ) -> Result<()> {
-        if !self.take_values(row, in_snapshot) {
-            return Ok(());
-        }
-        let held = if self.arrival == Arrival::Fetched {
-            None
-        } else {
-            copy
-        };
-        self.queue_values(row, held)
-    }
-
-    /// Takes the row's related values into `values`; false when it holds
-    /// none to queue.
-    fn take_values(&mut self, row: &[Value], in_snapshot: bool) -> bool {
-        self.values.clear();
-        self.values.extend(self.rules.iter().map(|(_, i, covers)| {
-            if in_snapshot && *covers {
-                None
-            } else {
-                row.get(*i).and_then(value_key)
-            }
-        }));
-        self.values.iter().any(Option::is_some)
-    }
-
-    /// Queues the values taken, given the device's copy (`None`: new to
-    /// the device, or fetched).
-    fn queue_values(&mut self, row: &[Value], held: Option<&HeldCopy>) -> Result<()> {
-        let moved_on = held.is_some_and(|(held_version, _)| {
-            let version = match self.version_at.and_then(|at| row.get(at)) {
-                Some(Value::Integer(n)) if self.arrival == Arrival::Server => *n,
-                _ => *held_version,
-            };
-            version >= held_version.saturating_add(2)
-        });
-        for (k, (key, _, _)) in self.rules.iter().enumerate() {
-            let Some(v) = &self.values[k] else { continue };
-            let queue = match held {
-                None => true,
-                Some((_, old)) => moved_on || old[k].as_deref() != Some(v.as_str()),
-            };
-            if queue {
-                self.insert.execute(params![key, v])?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The device's copy of a row as [`RelatedQueue`] reads it: its version and,
-/// per rule, its related value.
-pub(super) type HeldCopy = (i64, Vec<Option<String>>);
-
-/// A [`HeldCopy`] from a row of the queue's select list (`rules` related
-/// values after the version).
-fn read_held(r: &rusqlite::Row<'_>, rules: usize) -> rusqlite::Result<HeldCopy> {
-    let mut old = Vec::with_capacity(rules);
-    for k in 0..rules {
-        old.push(r.get::<_, Option<String>>(k + 1)?);
-    }
-    Ok((r.get::<_, i64>(0)?, old))
-}
-
-/// [`RelatedQueue`] for one row given as a map, with its server version
-/// (push results) or none (local writes).
-pub(super) fn queue_related_row(
-    conn: &Connection,
-    profile: &SyncProfile,
-    table: &SyncTable,
-    fields: &BTreeMap<String, Value>,
-    version: Option<i64>,
-) -> Result<()> {
-    let columns = super::page::page_columns(table);
-    let mut row: Vec<Value> = vec![version.map(Value::Integer).unwrap_or(Value::Null)];
-    row.extend(
-        table
-            .columns
-            .iter()
-            .map(|c| fields.get(&c.name).cloned().unwrap_or(Value::Null)),
-    );
-    let arrival = if version.is_some() {
-        Arrival::Server
-    } else {
-        Arrival::Local
-    };
-    match RelatedQueue::new(conn, profile, table, &columns, arrival)? {
-        Some(mut queue) => queue.row(&row, false),
-        None => Ok(()),
-    }
-}
-
-/// The queued values of a rule that `other` still holds, in order; values
-/// it no longer holds leave the queue.
-pub(super) fn take_pending(
-    conn: &Connection,
-    key: &str,
-    other: &SyncTable,
-    foreign_column: &str,
-) -> Result<Vec<String>> {
-    let queued: Vec<String> = {
-        let mut stmt = conn.prepare_cached(
-            "SELECT value FROM _fs_related_pending WHERE rule = ?1 ORDER BY value",
-        )?;
-        let rows = stmt.query_map([key], |r| r.get::<_, String>(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    if queued.is_empty() {
-        return Ok(queued);
-    }
-    // Whether `other` holds the value: an index lookup when the values
-    // compare as text, else the column's keys computed once.
-    let (lookup, keys) = if other
-        .column(foreign_column)
-        .is_some_and(|c| text_like(c.kind))
-    {
-        ensure_index(conn, other, foreign_column)?;
-        (
-            Some(holds_sql(&other.name, foreign_column)),
-            BTreeSet::new(),
-        )
-    } else {
-        (None, distinct_keys(conn, other, foreign_column)?)
-    };
-    let mut out = Vec::with_capacity(queued.len());
-    let mut gone = Vec::new();
-    for v in queued {
-        let held = match &lookup {
-            Some(sql) => conn.prepare_cached(sql)?.exists([&v])?,
-            None => keys.contains(&v),
-        };
-        if held {
-            out.push(v);
-        } else {
-            gone.push(v);
-        }
-    }
-    clear_pending(conn, key, &gone)?;
-    Ok(out)
-}
-
-/// Takes values out of a rule's queue.
-pub(super) fn clear_pending(conn: &Connection, key: &str, values: &[String]) -> Result<()> {
-    let mut stmt =
-        conn.prepare_cached("DELETE FROM _fs_related_pending WHERE rule = ?1 AND value = ?2")?;
-    for v in values {
-        stmt.execute(params![key, v])?;
-    }
-    Ok(())
-}
 
 /// Removes the rows the profile no longer reaches, in one transaction (the
 /// caller's), and resets the settle state. See the module documentation.
@@ -1148,911 +463,173 @@ fn remove_candidates(
     Ok(removed)
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
-
-    use super::super::Store;
-    use super::{remove_evaluated, unreached};
-    use crate::profile::SyncProfile;
-    use crate::protocol::PullPage;
-    use crate::value::Value;
-
-    const DAY: i64 = 86_400_000;
-    /// 2026-11-29T10:00:00Z.
-    const NOW: i64 = 1_795_946_400_000;
-
-    fn profile() -> SyncProfile {
-        serde_json::from_value(serde_json::json!({
-            "name": "p", "version": 1, "user_id": "u1",
-            "tables": [
-                {"name": "bookings", "primary_key": "id", "sync_interval_secs": 60,
-                 "columns": [{"name": "id", "type": "text"}, {"name": "work_order_id", "type": "text"},
-                             {"name": "start_time", "type": "datetime"}],
-                 "rules": [{"kind": "custom", "filter": {"op": "next_days", "column": "start_time", "days": 7}}]},
-                {"name": "work_orders", "primary_key": "id", "sync_interval_secs": 60,
-                 "columns": [{"name": "id", "type": "text"}, {"name": "title", "type": "text"}],
-                 "rules": [{"kind": "related", "table": "bookings", "column": "id", "foreign_column": "work_order_id"}]},
-                {"name": "incidents", "primary_key": "id", "sync_interval_secs": 60,
-                 "columns": [{"name": "id", "type": "text"}, {"name": "work_order_id", "type": "text"}],
-                 "rules": [{"kind": "related", "table": "work_orders", "column": "work_order_id", "foreign_column": "id"}]}
-            ]
-        }))
-        .expect("profile")
-    }
-
-    fn t(s: &str) -> Value {
-        Value::Text(s.into())
-    }
-
-    fn page(table: &str, columns: &[&str], rows: Vec<Vec<Value>>, removed: &[&str]) -> PullPage {
-        PullPage {
-            table: table.into(),
-            profile_version: 1,
-            cursor: "c".into(),
-            has_more: false,
-            total: None,
-            snapshot_rows: 0,
-            columns: std::iter::once("_version")
-                .chain(columns.iter().copied())
-                .map(String::from)
-                .collect(),
-            rows: rows
-                .into_iter()
-                .map(|r| std::iter::once(Value::Integer(1)).chain(r).collect())
-                .collect(),
-            removed: removed.iter().map(|s| s.to_string()).collect(),
+pub(super) fn remove_unqualified(
+    conn: &Connection,
+    table: &SyncTable,
+    ctx: &FilterContext,
+) -> Result<u64> {
+    let columns = rule_columns(table);
+    let mut stmt = conn.prepare(&rule_columns_sql(table, &columns))?;
+    let mut rows = stmt.query([])?;
+    let mut doomed = Vec::new();
+    while let Some(row) = rows.next()? {
+        let fields = rule_row(row, &columns)?;
+        if table.row_qualifies(&fields, ctx) {
+            continue;
+        }
+        if let Some(Value::Text(id)) = fields.get(&table.primary_key) {
+            doomed.push(id.clone());
         }
     }
-
-    /// Two bookings (b1 for w1, b2 for w2), their work orders, an incident
-    /// each, downloaded whole and settled.
-    fn settled_store(dir: &std::path::Path) -> (Store, SyncProfile) {
-        let store = Store::open(&dir.join("d.db")).expect("open");
-        let p = profile();
-        store.apply_profile(&p, NOW).expect("profile");
-        let start = t("2026-11-30T09:00:00Z");
-        for pg in [
-            bookings_page(
-                vec![
-                    vec![t("b1"), t("w1"), start.clone()],
-                    vec![t("b2"), t("w2"), start],
-                ],
-                &[],
-            ),
-            page(
-                "work_orders",
-                &["id", "title"],
-                vec![vec![t("w1"), t("one")], vec![t("w2"), t("two")]],
-                &[],
-            ),
-            page(
-                "incidents",
-                &["id", "work_order_id"],
-                vec![vec![t("i1"), t("w1")], vec![t("i2"), t("w2")]],
-                &[],
-            ),
-        ] {
-            let table = p.table(&pg.table).expect("table").clone();
-            store.apply_page(None, &table, &pg, NOW).expect("page");
-        }
-        let removed = store.remove_unreached(&p, NOW).expect("settle");
-        assert!(removed.iter().all(|(_, n)| *n == 0), "{removed:?}");
-        (store, p)
-    }
-
-    /// A settled store made to look as an earlier version left it (`sql`),
-    /// closed; returns its path.
-    fn earlier_store(dir: &std::path::Path, sql: &str) -> std::path::PathBuf {
-        let (store, _) = settled_store(dir);
-        store
-            .with_writer(|c| {
-                c.execute_batch(sql)?;
-                // Written before numbered migrations (and so before
-                // migration 2's transactions).
-                c.execute_batch(
-                    "DROP INDEX _fs_outbox_tx; ALTER TABLE _fs_outbox DROP COLUMN tx_id;
-                     ALTER TABLE _fs_sync_run DROP COLUMN fraction;",
-                )?;
-                c.pragma_update(None, "user_version", 0)?;
-                Ok(())
-            })
-            .expect("earlier version");
-        dir.join("d.db")
-    }
-
-    fn ids(store: &Store, table: &str) -> Vec<String> {
-        store
-            .with_reader(|c| {
-                let mut stmt = c.prepare(&format!("SELECT id FROM {table} ORDER BY id"))?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            })
-            .expect("ids")
-    }
-
-    /// A first download evaluated table by table while it runs: bookings
-    /// (b2 starts after the seven days) and work orders (w2 is reached by b2
-    /// only) evaluated whole as each ends, incidents downloaded after them.
-    /// A booking no page wrote is then put in directly (it starts after the
-    /// seven days too): only an evaluation of every booking would find it.
-    /// Returns the tables evaluated early, with their day.
-    fn settled_early(dir: &std::path::Path) -> (Store, SyncProfile, BTreeMap<String, String>) {
-        let store = Store::open(&dir.join("d.db")).expect("open");
-        let p = profile();
-        store.apply_profile(&p, NOW).expect("profile");
-        let (soon, late) = (t("2026-11-30T09:00:00Z"), t("2026-12-20T09:00:00Z"));
-        let apply = |pg: PullPage| {
-            let table = p.table(&pg.table).expect("table").clone();
-            store.apply_page(None, &table, &pg, NOW).expect("page");
-        };
-        let mut early = BTreeMap::new();
-        let mut settled = BTreeSet::new();
-        let day = p.filter_context(NOW).today().to_string();
-        apply(bookings_page(
-            vec![
-                vec![t("b1"), t("w1"), soon],
-                vec![t("b2"), t("w2"), late.clone()],
-            ],
-            &[],
-        ));
-        let removed = store
-            .settle_table(&p, "bookings", &settled, NOW)
-            .expect("settle");
-        assert_eq!(removed, 1);
-        assert_eq!(ids(&store, "bookings"), ["b1"]);
-        settled.insert("bookings".to_string());
-        early.insert("bookings".to_string(), day.clone());
-        apply(page(
-            "work_orders",
-            &["id", "title"],
-            vec![vec![t("w1"), t("one")], vec![t("w2"), t("two")]],
-            &[],
-        ));
-        let removed = store
-            .settle_table(&p, "work_orders", &settled, NOW)
-            .expect("settle");
-        assert_eq!(removed, 1);
-        assert_eq!(ids(&store, "work_orders"), ["w1"]);
-        early.insert("work_orders".to_string(), day);
-        apply(page(
-            "incidents",
-            &["id", "work_order_id"],
-            vec![vec![t("i1"), t("w1")], vec![t("i2"), t("w2")]],
-            &[],
-        ));
-        store
-            .with_writer(|c| {
-                c.execute(
-                    "INSERT INTO bookings (id, work_order_id, start_time) VALUES ('stray', 'w1', ?1)",
-                    ["2026-12-20T09:00:00Z"],
-                )?;
-                Ok(())
-            })
-            .expect("stray");
-        (store, p, early)
-    }
-
-    #[test]
-    fn tables_evaluated_during_the_download_are_not_evaluated_whole_again_the_same_day() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p, early) = settled_early(dir.path());
-        let removed = store
-            .remove_unreached_rest(&p, NOW + 1000, &early)
-            .expect("settle");
-        // The incidents, downloaded whole and not evaluated yet, are; the
-        // bookings and work orders only for what changed since (nothing).
-        assert_eq!(
-            removed,
-            vec![
-                ("bookings".to_string(), 0),
-                ("work_orders".to_string(), 0),
-                ("incidents".to_string(), 1)
-            ]
-        );
-        assert_eq!(ids(&store, "bookings"), ["b1", "stray"]);
-        assert_eq!(ids(&store, "incidents"), ["i1"]);
-    }
-
-    #[test]
-    fn a_row_written_locally_between_the_evaluation_and_the_removal_stays() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(&dir.path().join("d.db")).expect("open");
-        let p = profile();
-        store.apply_profile(&p, NOW).expect("profile");
-        let (soon, late) = (t("2026-11-30T09:00:00Z"), t("2026-12-20T09:00:00Z"));
-        for pg in [
-            bookings_page(
-                vec![
-                    vec![t("b1"), t("w1"), soon],
-                    vec![t("b2"), t("w2"), late.clone()],
-                    vec![t("b3"), t("w1"), late],
-                ],
-                &[],
-            ),
-            page(
-                "work_orders",
-                &["id", "title"],
-                vec![
-                    vec![t("w1"), t("one")],
-                    vec![t("w2"), t("two")],
-                    vec![t("w3"), t("three")],
-                ],
-                &[],
-            ),
-        ] {
-            let table = p.table(&pg.table).expect("table").clone();
-            store.apply_page(None, &table, &pg, NOW).expect("page");
-        }
-        let ctx = p.filter_context(NOW);
-        let bookings = p.table("bookings").expect("bookings").clone();
-        let work_orders = p.table("work_orders").expect("work orders").clone();
-        let edit = |table: &crate::profile::SyncTable, id: &str, column: &str, value: &str| {
-            let mut data = BTreeMap::new();
-            data.insert(column.to_string(), t(value));
-            store
-                .write(&p, table, id, crate::protocol::Op::Update, data, NOW)
-                .expect("write");
-        };
-        // Bookings (own rules, evaluated in Rust): b2 and b3 start after the
-        // seven days; b3 is edited before the removal.
-        let none = BTreeSet::new();
-        let doomed = store
-            .with_reader(|c| unreached(c, &p, &bookings, &none, &ctx))
-            .expect("evaluate");
-        assert_eq!(doomed, ["b2", "b3"]);
-        edit(&bookings, "b3", "work_order_id", "w3");
-        let removed = store
-            .with_writer(|c| remove_evaluated(c, &p, &bookings, &none, &ctx, &doomed))
-            .expect("remove");
-        assert_eq!(removed, 1);
-        assert_eq!(ids(&store, "bookings"), ["b1", "b3"]);
-        // Work orders (a related rule, evaluated in SQL): w2 and w3 are not
-        // reached, then w3 is edited before the removal.
-        let settled = BTreeSet::from(["bookings"]);
-        let doomed = store
-            .with_reader(|c| unreached(c, &p, &work_orders, &settled, &ctx))
-            .expect("evaluate");
-        assert_eq!(doomed, ["w2"], "b3, pending, reaches w3");
-        let doomed = vec!["w2".to_string(), "w3".to_string()];
-        edit(&work_orders, "w2", "title", "edited");
-        let removed = store
-            .with_writer(|c| remove_evaluated(c, &p, &work_orders, &settled, &ctx, &doomed))
-            .expect("remove");
-        assert_eq!(removed, 0, "w2 has a pending change, b3 reaches w3");
-        assert_eq!(ids(&store, "work_orders"), ["w1", "w2", "w3"]);
-    }
-
-    #[test]
-    fn a_table_evaluated_during_the_download_on_an_earlier_day_is_evaluated_whole_again() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p, early) = settled_early(dir.path());
-        // The day passed between the early evaluation and the final pass:
-        // the bookings' seven days moved, so every booking is evaluated.
-        let removed = store
-            .remove_unreached_rest(&p, NOW + DAY, &early)
-            .expect("settle");
-        assert_eq!(removed[0], ("bookings".to_string(), 1));
-        assert_eq!(ids(&store, "bookings"), ["b1"]);
-        assert_eq!(ids(&store, "incidents"), ["i1"]);
-    }
-
-    #[test]
-    fn only_rows_new_to_the_device_or_with_a_rule_column_moved_are_listed_for_settling() {
-        // Without the related-value queue, and with it (one lookup of the
-        // device's copy then serves both).
-        for queue in [false, true] {
-            rows_listed_for_settling(queue);
+    let mut removed = 0;
+    for id in doomed {
+        if !has_pending(conn, &table.name, &id)? && delete_row(conn, table, &id)? {
+            removed += 1;
         }
     }
-
-    fn rows_listed_for_settling(queue: bool) {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        let apply = |pg: PullPage| {
-            let table = p.table(&pg.table).expect("table").clone();
-            store
-                .apply_page(queue.then_some(&p), &table, &pg, NOW)
-                .expect("page");
-        };
-        // The work orders' rules read only their key: a new title is not a
-        // reason to evaluate w1 again.
-        apply(page(
-            "work_orders",
-            &["id", "title"],
-            vec![vec![t("w1"), t("one, edited")]],
-            &[],
-        ));
-        // The bookings' rules read `start_time`: b1 comes back with the
-        // same one (and another work order, which the lost-value triggers
-        // follow), b2 with a later one.
-        apply(bookings_page(
-            vec![
-                vec![t("b1"), t("w2"), t("2026-11-30T09:00:00Z")],
-                vec![t("b2"), t("w2"), t("2026-12-01T09:00:00Z")],
-            ],
-            &[],
-        ));
-        // An incident new to the device.
-        apply(page(
-            "incidents",
-            &["id", "work_order_id"],
-            vec![vec![t("i3"), t("w1")]],
-            &[],
-        ));
-        let listed: Vec<(String, String)> = store
-            .with_reader(|c| {
-                let mut stmt =
-                    c.prepare("SELECT tbl, row_id FROM _fs_settle_rows ORDER BY 1, 2")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            })
-            .expect("listed");
-        assert_eq!(
-            listed,
-            [
-                ("bookings".to_string(), "b2".to_string()),
-                ("incidents".to_string(), "i3".to_string())
-            ],
-            "with the queue: {queue}"
-        );
-        if queue {
-            // b1's new work order is queued (b2's is the same one).
-            assert_eq!(pending(&store, &p, "work_orders"), ["w2"]);
-        }
-        // b1 moved to w2: w1 is reached by no booking, and goes with its
-        // incidents; the edited title changed nothing else.
-        store.remove_unreached(&p, NOW + 1000).expect("settle");
-        assert_eq!(ids(&store, "work_orders"), ["w2"]);
-        assert_eq!(ids(&store, "incidents"), ["i2"]);
-    }
-
-    #[test]
-    fn a_removed_booking_takes_its_work_order_and_incidents_and_nothing_else_is_read() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        // A row no change reaches: an incremental pass does not look at it.
-        store
-            .with_writer(|c| {
-                c.execute(
-                    "INSERT INTO incidents (id, work_order_id) VALUES ('stray', 'w9')",
-                    [],
-                )?;
-                Ok(())
-            })
-            .expect("stray");
-        let bookings = p.table("bookings").expect("bookings").clone();
-        store
-            .apply_page(None, &bookings, &bookings_page(vec![], &["b1"]), NOW)
-            .expect("removal page");
-        let removed = store.remove_unreached(&p, NOW + 1000).expect("settle");
-        assert_eq!(
-            removed,
-            vec![
-                ("bookings".to_string(), 0),
-                ("work_orders".to_string(), 1),
-                ("incidents".to_string(), 1)
-            ]
-        );
-        assert_eq!(ids(&store, "work_orders"), ["w2"]);
-        assert_eq!(ids(&store, "incidents"), ["i2", "stray"]);
-        // A table evaluated whole (here: downloaded again) finds it.
-        store.restart_table("incidents").expect("restart");
-        store.remove_unreached(&p, NOW + 2000).expect("settle");
-        assert_eq!(ids(&store, "incidents"), ["i2"]);
-    }
-
-    #[test]
-    fn a_whole_table_settling_reads_the_related_column_index_and_a_null_reaches_nothing() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        // The whole-table settling built the index on bookings.work_order_id;
-        // the statement that evaluates work orders reads it for its `IN`
-        // instead of building a temporary set of the bookings' values.
-        let work_orders = p.table("work_orders").expect("table");
-        let reached =
-            super::super::related_only_sql(&p, work_orders, &["bookings"].into_iter().collect())
-                .expect("related-only rules");
-        let plan: Vec<String> = store
-            .with_reader(|c| {
-                let mut stmt = c.prepare(&format!(
-                    "EXPLAIN QUERY PLAN SELECT id FROM work_orders WHERE NOT ({reached})"
-                ))?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(3))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            })
-            .expect("plan");
-        assert!(
-            plan.iter()
-                .any(|d| d.contains("FOR IN-OPERATOR") && d.contains("work_order_id")),
-            "{plan:?}"
-        );
-        // The index was built with a small page cache (its sort stays
-        // small); the store's own cache size is back.
-        let cache: i64 = store
-            .with_writer(|c| Ok(c.pragma_query_value(None, "cache_size", |r| r.get(0))?))
-            .expect("cache_size");
-        assert_eq!(cache, -2000);
-        // A booking without a work order (NULL) makes the set hold a NULL:
-        // a work order no booking names still leaves, one named stays.
-        store
-            .with_writer(|c| {
-                c.execute_batch(
-                    "INSERT INTO bookings (id, work_order_id, start_time) VALUES ('b0', NULL, '2026-11-30T09:00:00Z');
-                     INSERT INTO work_orders (id, title) VALUES ('w9', 'none');",
-                )?;
-                Ok(())
-            })
-            .expect("rows");
-        store.restart_table("work_orders").expect("restart");
-        store.remove_unreached(&p, NOW).expect("settle");
-        assert_eq!(ids(&store, "work_orders"), ["w1", "w2"]);
-    }
-
-    #[test]
-    fn indexed_values_that_move_are_written_by_pages_and_by_local_writes() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        // bookings.work_order_id is indexed (the whole-table settling built
-        // the index), so its upserts set it only when it moves.
-        let work_order = |id: &str| {
-            store
-                .with_reader(|c| {
-                    Ok(c.query_row(
-                        "SELECT work_order_id FROM bookings WHERE id = ?1",
-                        [id],
-                        |r| r.get::<_, Option<String>>(0),
-                    )?)
-                })
-                .expect("booking")
-        };
-        let bookings = p.table("bookings").expect("bookings").clone();
-        // A page: b1 keeps its work order (other columns change), b2 moves.
-        store
-            .apply_page(
-                None,
-                &bookings,
-                &bookings_page(
-                    vec![
-                        vec![t("b1"), t("w1"), t("2026-12-01T09:00:00Z")],
-                        vec![t("b2"), t("w1"), t("2026-11-30T09:00:00Z")],
-                    ],
-                    &[],
-                ),
-                NOW,
-            )
-            .expect("page");
-        assert_eq!(work_order("b1").as_deref(), Some("w1"));
-        assert_eq!(work_order("b2").as_deref(), Some("w1"));
-        let start: String = store
-            .with_reader(|c| {
-                Ok(
-                    c.query_row("SELECT start_time FROM bookings WHERE id = 'b1'", [], |r| {
-                        r.get(0)
-                    })?,
-                )
-            })
-            .expect("start");
-        assert_eq!(start, "2026-12-01T09:00:00Z");
-        // A local write moves b1 to w2.
-        let data = [("work_order_id".to_owned(), t("w2"))]
-            .into_iter()
-            .collect();
-        store
-            .write(&p, &bookings, "b1", crate::protocol::Op::Update, data, NOW)
-            .expect("write");
-        assert_eq!(work_order("b1").as_deref(), Some("w2"));
-    }
-
-    #[test]
-    fn a_work_order_kept_by_another_booking_stays() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        let bookings = p.table("bookings").expect("bookings").clone();
-        // b2 now points at w1 as well; b1 leaves.
-        store
-            .apply_page(
-                None,
-                &bookings,
-                &bookings_page(
-                    vec![vec![t("b2"), t("w1"), t("2026-11-30T09:00:00Z")]],
-                    &["b1"],
-                ),
-                NOW,
-            )
-            .expect("page");
-        store.remove_unreached(&p, NOW).expect("settle");
-        assert_eq!(ids(&store, "work_orders"), ["w1"]);
-        assert_eq!(ids(&store, "incidents"), ["i1"]);
-    }
-
-    #[test]
-    fn a_value_lost_twice_before_settling_is_recorded_once_and_the_pages_apply() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        let bookings = p.table("bookings").expect("bookings").clone();
-        let start = t("2026-11-30T09:00:00Z");
-        // b3 also points at w1; b1 leaves (w1 lost once).
-        store
-            .apply_page(
-                None,
-                &bookings,
-                &bookings_page(vec![vec![t("b3"), t("w1"), start.clone()]], &["b1"]),
-                NOW,
-            )
-            .expect("first page");
-        // b3 moves to w2 (w1 lost again), written by the page's upsert: the
-        // trigger's insert must not trip over the value already recorded.
-        store
-            .apply_page(
-                None,
-                &bookings,
-                &bookings_page(vec![vec![t("b3"), t("w2"), start]], &[]),
-                NOW,
-            )
-            .expect("second page");
-        let lost: Vec<String> = store
-            .with_reader(|c| {
-                let mut stmt = c.prepare("SELECT value FROM _fs_settle_lost ORDER BY value")?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            })
-            .expect("lost");
-        assert_eq!(lost, ["w1"]);
-        store.remove_unreached(&p, NOW).expect("settle");
-        assert_eq!(ids(&store, "work_orders"), ["w2"]);
-        assert_eq!(ids(&store, "incidents"), ["i2"]);
-    }
-
-    #[test]
-    fn the_date_window_is_evaluated_again_when_the_day_changes() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        store
-            .remove_unreached(&p, NOW + 3_600_000)
-            .expect("same day");
-        assert_eq!(ids(&store, "bookings"), ["b1", "b2"]);
-        // Eight days on, both bookings are in the past: they leave with no
-        // server change, and so does everything they reached.
-        store
-            .remove_unreached(&p, NOW + 8 * DAY)
-            .expect("a week later");
-        assert!(ids(&store, "bookings").is_empty());
-        assert!(ids(&store, "work_orders").is_empty());
-        assert!(ids(&store, "incidents").is_empty());
-    }
-
-    #[test]
-    fn a_row_with_a_pending_change_stays_until_its_change_leaves_the_outbox() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        let incidents = p.table("incidents").expect("incidents").clone();
-        let mut data = std::collections::BTreeMap::new();
-        data.insert("work_order_id".to_string(), t("w9"));
-        store
-            .write(&p, &incidents, "i1", crate::protocol::Op::Update, data, NOW)
-            .expect("write");
-        store.remove_unreached(&p, NOW).expect("settle");
-        assert_eq!(ids(&store, "incidents"), ["i1", "i2"], "pending: kept");
-        let batch = store.take_batch(10).expect("batch");
-        store
-            .apply_push_results(
-                &p,
-                &batch,
-                &[crate::protocol::MutationResult {
-                    idempotency_key: batch[0].mutation.idempotency_key.clone(),
-                    status: crate::protocol::MutationStatus::Applied,
-                    version: 2,
-                    row: None,
-                    error: None,
-                }],
-                NOW,
-            )
-            .expect("results");
-        // Applied, and the server says the row is outside the profile (row:
-        // null): it is gone; a kept row with a value no work order holds
-        // would be checked here too.
-        store.remove_unreached(&p, NOW).expect("settle");
-        assert_eq!(ids(&store, "incidents"), ["i2"]);
-    }
-
-    #[test]
-    fn related_values_are_queued_by_arriving_rows_and_leave_once_fetched() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        let key = crate::store::related_rule_key("work_orders", "id", "bookings", "work_order_id");
-        let bookings = p.table("bookings").expect("bookings").clone();
-        let work_orders = p.table("work_orders").expect("work_orders").clone();
-        assert!(
-            store
-                .take_related_pending(&key, &bookings, "work_order_id")
-                .expect("pending")
-                .is_empty()
-        );
-        let pg = bookings_page(vec![vec![t("b3"), t("w3"), t("2026-11-30T09:00:00Z")]], &[]);
-        // Queued as the page is written (a value no booking holds yet would
-        // be dropped by `take_related_pending`).
-        store
-            .apply_page(Some(&p), &bookings, &pg, NOW)
-            .expect("page");
-        let pending = store
-            .take_related_pending(&key, &bookings, "work_order_id")
-            .expect("pending");
-        assert_eq!(pending, ["w3"]);
-        store.clear_related_pending(&key, &pending).expect("clear");
-        assert!(
-            store
-                .take_related_pending(&key, &bookings, "work_order_id")
-                .expect("pending")
-                .is_empty()
-        );
-        // The children of a work order that arrives are queued too.
-        let child_key =
-            crate::store::related_rule_key("incidents", "work_order_id", "work_orders", "id");
-        let wo = work_order("w3", "three");
-        store
-            .apply_page(Some(&p), &work_orders, &wo, NOW)
-            .expect("page");
-        assert_eq!(
-            store
-                .take_related_pending(&child_key, &work_orders, "id")
-                .expect("pending"),
-            ["w3"]
-        );
-    }
-
-    fn arrive(store: &Store, p: &SyncProfile, pg: &PullPage) {
-        let table = p.table(&pg.table).expect("table").clone();
-        store.apply_page(Some(p), &table, pg, NOW).expect("page");
-    }
-
-    fn pending(store: &Store, p: &SyncProfile, child: &str) -> Vec<String> {
-        let (key, other, f) = match child {
-            "work_orders" => (
-                crate::store::related_rule_key("work_orders", "id", "bookings", "work_order_id"),
-                "bookings",
-                "work_order_id",
-            ),
-            _ => (
-                crate::store::related_rule_key("incidents", "work_order_id", "work_orders", "id"),
-                "work_orders",
-                "id",
-            ),
-        };
-        store
-            .take_related_pending(&key, p.table(other).expect("other"), f)
-            .expect("pending")
-    }
-
-    fn bookings_page(rows: Vec<Vec<Value>>, removed: &[&str]) -> PullPage {
-        page(
-            "bookings",
-            &["id", "work_order_id", "start_time"],
-            rows,
-            removed,
-        )
-    }
-
-    fn work_order(id: &str, title: &str) -> PullPage {
-        page(
-            "work_orders",
-            &["id", "title"],
-            vec![vec![t(id), t(title)]],
-            &[],
-        )
-    }
-
-    fn booking(id: &str, wo: &str) -> PullPage {
-        bookings_page(vec![vec![t(id), t(wo), t("2026-11-30T10:00:00Z")]], &[])
-    }
-
-    #[test]
-    fn a_row_that_arrives_changed_with_the_same_related_value_costs_no_fetch() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        arrive(&store, &p, &booking("b1", "w1"));
-        let wo = work_order("w1", "edited");
-        arrive(&store, &p, &wo);
-        assert!(pending(&store, &p, "work_orders").is_empty());
-        assert!(pending(&store, &p, "incidents").is_empty());
-        // A new related value, or a new row, is fetched.
-        arrive(&store, &p, &booking("b1", "w2"));
-        arrive(&store, &p, &booking("b5", "w5"));
-        assert_eq!(pending(&store, &p, "work_orders"), ["w2", "w5"]);
-    }
-
-    #[test]
-    fn rows_of_a_snapshot_are_queued_only_for_tables_whose_download_began_before_it() {
-        let p = profile();
-        let table = |name: &str| p.table(name).expect("table").clone();
-        let (bookings, work_orders) = (table("bookings"), table("work_orders"));
-        // Two bookings of the snapshot (b1, b2), then one changed since (b3).
-        let body = |snapshot_rows: &str| {
-            let rows = r#""rows": [[1, "b1", "w1", "2026-11-30T09:00:00Z"],
-                [1, "b2", "w2", "2026-11-30T09:00:00Z"], [1, "b3", "w3", "2026-11-30T09:00:00Z"]]"#;
-            let head =
-                r#""table": "bookings", "profile_version": 1, "cursor": "c", "has_more": true"#;
-            let columns = r#""columns": ["_version", "id", "work_order_id", "start_time"]"#;
-            let body = match snapshot_rows {
-                "before" => {
-                    format!(r#"{{{head}, "snapshot_rows": 2, {columns}, {rows}, "removed": []}}"#)
-                }
-                "after" => {
-                    format!(r#"{{{head}, {columns}, {rows}, "snapshot_rows": 2, "removed": []}}"#)
-                }
-                _ => format!(r#"{{{head}, {columns}, {rows}, "removed": []}}"#),
-            };
-            crate::codec::Body::plain(body.into_bytes())
-        };
-        let fresh = |name: &str| {
-            let dir = tempfile::tempdir().expect("dir");
-            let store = Store::open(&dir.path().join(format!("{name}.db"))).expect("open");
-            store.apply_profile(&p, NOW).expect("profile");
-            (dir, store)
-        };
-        let apply = |store: &Store, how: &str| {
-            store
-                .apply_page_json(Some(&p), &bookings, &body(how), NOW, |_| None)
-                .expect("page");
-        };
-        // The work orders have begun no download: theirs selects it all.
-        let (_d, store) = fresh("none");
-        store.begin_pull(&bookings, NOW).expect("begin");
-        apply(&store, "before");
-        assert!(pending(&store, &p, "work_orders").is_empty());
-        // Begun after the bookings: the snapshot's rows are covered.
-        let (_d, store) = fresh("after");
-        store.begin_pull(&bookings, NOW).expect("begin");
-        store.begin_pull(&work_orders, NOW).expect("begin");
-        apply(&store, "before");
-        assert_eq!(pending(&store, &p, "work_orders"), ["w3"]);
-        // A count that comes after the rows is not used; none at all
-        // covers nothing.
-        let (_d, store) = fresh("late");
-        store.begin_pull(&bookings, NOW).expect("begin");
-        store.begin_pull(&work_orders, NOW).expect("begin");
-        apply(&store, "after");
-        assert_eq!(pending(&store, &p, "work_orders"), ["w1", "w2", "w3"]);
-        let (_d, store) = fresh("unsaid");
-        store.begin_pull(&bookings, NOW).expect("begin");
-        store.begin_pull(&work_orders, NOW).expect("begin");
-        apply(&store, "none");
-        assert_eq!(pending(&store, &p, "work_orders"), ["w1", "w2", "w3"]);
-        // Begun before the bookings' download (which restarted since): its
-        // walk may have passed what their snapshot reaches.
-        let (_d, store) = fresh("before");
-        store.begin_pull(&work_orders, NOW).expect("begin");
-        store.begin_pull(&bookings, NOW).expect("begin");
-        apply(&store, "before");
-        assert_eq!(pending(&store, &p, "work_orders"), ["w1", "w2", "w3"]);
-        // A download from the empty cursor drops what was queued for it.
-        store.begin_pull(&bookings, NOW).expect("begin");
-        apply(&store, "none");
-        store.restart_table("work_orders").expect("restart");
-        store.begin_pull(&work_orders, NOW).expect("begin");
-        assert!(pending(&store, &p, "work_orders").is_empty());
-    }
-
-    #[test]
-    fn a_row_two_versions_on_fetches_again_and_so_do_the_rows_it_fetches() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (store, p) = settled_store(dir.path());
-        // b1 was deactivated and reactivated on the server since the
-        // device's copy (version 1): what it reaches may have been
-        // downloaded while it was hidden. It comes back as the device
-        // holds it, the version aside.
-        let unchanged = |id: &str, wo: &str, version: i64| {
-            let mut b = bookings_page(vec![vec![t(id), t(wo), t("2026-11-30T09:00:00Z")]], &[]);
-            b.rows[0][0] = Value::Integer(version);
-            b
-        };
-        let b1 = unchanged("b1", "w1", 3);
-        arrive(&store, &p, &b1);
-        assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
-        // w1 comes back by fetch: its incidents are fetched again.
-        let work_orders = p.table("work_orders").expect("work_orders").clone();
-        let wo = work_order("w1", "one");
-        store
-            .apply_fetched(&p, &work_orders, &wo.columns, &wo.rows)
-            .expect("fetched");
-        assert_eq!(pending(&store, &p, "incidents"), ["w1"]);
-        // One version on is one edit: nothing to fetch, whether the
-        // edit moved a column the bookings' rules read or not.
-        arrive(&store, &p, &unchanged("b2", "w2", 2));
-        let mut b2 = booking("b2", "w2");
-        b2.rows[0][0] = Value::Integer(3);
-        arrive(&store, &p, &b2);
-        assert_eq!(pending(&store, &p, "work_orders"), ["w1"]);
-        // Two on again from there, the start moved too.
-        let mut b2 = booking("b2", "w2");
-        b2.rows[0][0] = Value::Integer(5);
-        arrive(&store, &p, &b2);
-        assert_eq!(pending(&store, &p, "work_orders"), ["w1", "w2"]);
-    }
-
-    #[test]
-    fn a_store_of_the_previous_version_is_upgraded() {
-        let dir = tempfile::tempdir().expect("dir");
-        // What the previous version left: no settle column, no triggers,
-        // and the settled related values in `_fs_related_seen` (w2 was
-        // never fetched for work orders).
-        let path = earlier_store(
-            dir.path(),
-            "DROP TRIGGER _fs_lost_0_d; DROP TRIGGER _fs_lost_0_u;
-             DROP TRIGGER _fs_lost_1_d; DROP TRIGGER _fs_lost_1_u;
-             ALTER TABLE _fs_tables DROP COLUMN settle_all;
-             CREATE TABLE _fs_related_seen (rule TEXT NOT NULL, value TEXT NOT NULL,
-                 PRIMARY KEY (rule, value)) WITHOUT ROWID;
-             INSERT INTO _fs_related_seen VALUES
-                 ('work_orders.id<-bookings.work_order_id', 'w1'),
-                 ('incidents.work_order_id<-work_orders.id', 'w1'),
-                 ('incidents.work_order_id<-work_orders.id', 'w2');",
-        );
-        let store = Store::open(&path).expect("reopen");
-        let p = profile();
-        let bookings = p.table("bookings").expect("bookings").clone();
-        let key = crate::store::related_rule_key("work_orders", "id", "bookings", "work_order_id");
-        assert_eq!(
-            store
-                .take_related_pending(&key, &bookings, "work_order_id")
-                .expect("pending"),
-            ["w2"]
-        );
-        let (triggers, whole): (i64, i64) = store
-            .with_reader(|c| {
-                Ok((
-                    c.query_row(
-                        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE '_fs_lost_%'",
-                        [],
-                        |r| r.get(0),
-                    )?,
-                    c.query_row("SELECT MIN(settle_all) FROM _fs_tables", [], |r| r.get(0))?,
-                ))
-            })
-            .expect("state");
-        assert_eq!((triggers, whole), (4, 1));
-        // A store that is current is left as it is (no full evaluation is
-        // asked for again).
-        store
-            .with_writer(|c| {
-                c.execute("UPDATE _fs_tables SET settle_all = 0", [])?;
-                Ok(())
-            })
-            .expect("settled");
-        drop(store);
-        let store = Store::open(&path).expect("open again");
-        let whole: i64 = store
-            .with_reader(|c| {
-                Ok(c.query_row("SELECT MAX(settle_all) FROM _fs_tables", [], |r| r.get(0))?)
-            })
-            .expect("state");
-        assert_eq!(whole, 0);
-    }
-
-    #[test]
-    fn triggers_of_an_earlier_version_are_replaced_on_open() {
-        let dir = tempfile::tempdir().expect("dir");
-        // The earlier trigger: `INSERT OR IGNORE`, which a pulled row's
-        // upsert overrides.
-        let path = earlier_store(
-            dir.path(),
-            "DROP TRIGGER _fs_lost_0_u;
-             CREATE TRIGGER _fs_lost_0_u AFTER UPDATE OF work_order_id ON bookings
-               WHEN old.work_order_id IS NOT NULL AND old.work_order_id IS NOT new.work_order_id
-               BEGIN INSERT OR IGNORE INTO _fs_settle_lost (tbl, col, value)
-                 VALUES ('bookings', 'work_order_id', CAST(old.work_order_id AS TEXT)); END;",
-        );
-        let store = Store::open(&path).expect("reopen");
-        let sql: String = store
-            .with_reader(|c| {
-                Ok(c.query_row(
-                    "SELECT sql FROM sqlite_master WHERE name = '_fs_lost_0_u'",
-                    [],
-                    |r| r.get(0),
-                )?)
-            })
-            .expect("trigger");
-        assert!(sql.contains("WHERE NOT EXISTS"), "{sql}");
-        assert!(!sql.contains("OR IGNORE"), "{sql}");
-    }
+    Ok(removed)
 }
+
+/// The condition "some related-rows rule reaches this row" in SQL, when
+/// every rule of `table` is a related-rows rule over an already settled
+/// table and both columns compare as text; `None` otherwise.
+pub(super) fn related_only_sql(
+    profile: &SyncProfile,
+    table: &SyncTable,
+    settled: &BTreeSet<&str>,
+) -> Option<String> {
+    if table.rules.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for rule in &table.rules {
+        let RowRule::Related {
+            table: other,
+            column,
+            foreign_column,
+        } = rule
+        else {
+            return None;
+        };
+        let other_table = profile.table(other)?;
+        if !settled.contains(other.as_str())
+            || !table.column(column).is_some_and(|c| text_like(c.kind))
+            || !other_table
+                .column(foreign_column)
+                .is_some_and(|c| text_like(c.kind))
+        {
+            return None;
+        }
+        // No WHERE in the sub-query, so SQLite reads the related column's
+        // index for it instead of building a temporary key set; a NULL
+        // among the related values makes a miss NULL, hence the COALESCE.
+        let (c, f) = (quote_ident(column), quote_ident(foreign_column));
+        parts.push(format!(
+            "({c} IS NOT NULL AND COALESCE({c} IN (SELECT {f} FROM {o}), 0))",
+            o = quote_ident(other)
+        ));
+    }
+    Some(parts.join(" OR "))
+}
+
+/// Removes, row by row, the rows of `table` that no rule reaches (tables
+/// with rules of their own, or values that do not compare as text).
+/// Related rules look at the rows the related table holds once settled;
+/// a rule over the table itself sees the rows kept so far in this pass,
+/// and a rule over a table not yet settled reaches nothing.
+pub(super) fn remove_unreached_rows(
+    tx: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    settled: &BTreeSet<&str>,
+    ctx: &FilterContext,
+) -> Result<u64> {
+    let mut removed = 0;
+    for id in unreached_rows(tx, profile, table, settled, ctx)? {
+        if delete_row(tx, table, &id)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The keys of the rows of `table` that [`remove_unreached_rows`] removes
+/// (rows with a pending change stay), read on `conn` and written nowhere.
+pub(super) fn unreached_rows(
+    conn: &Connection,
+    profile: &SyncProfile,
+    table: &SyncTable,
+    settled: &BTreeSet<&str>,
+    ctx: &FilterContext,
+) -> Result<Vec<String>> {
+    let pending: BTreeSet<String> = {
+        let mut stmt = conn.prepare_cached("SELECT row_id FROM _fs_outbox WHERE tbl = ?1")?;
+        let rows = stmt.query_map([&table.name], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    // Reached values of settled related tables, loaded once per rule.
+    let mut reached: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+    // Values of this table's own rows kept so far (rules over itself).
+    let mut own: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for rule in &table.rules {
+        if let RowRule::Related {
+            table: other,
+            foreign_column,
+            ..
+        } = rule
+        {
+            if *other == table.name {
+                own.entry(foreign_column.clone()).or_default();
+            } else if settled.contains(other.as_str())
+                && let Some(other_table) = profile.table(other)
+                && let std::collections::hash_map::Entry::Vacant(e) =
+                    reached.entry((other.clone(), foreign_column.clone()))
+            {
+                e.insert(distinct_keys(conn, other_table, foreign_column)?);
+            }
+        }
+    }
+    let columns = rule_columns(table);
+    let own_rules = OwnRules::new(profile, table, ctx, conn);
+    let mut doomed = Vec::new();
+    {
+        let mut stmt = conn.prepare(&rule_columns_sql(table, &columns))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let fields = rule_row(row, &columns)?;
+            let Some(Value::Text(id)) = fields.get(&table.primary_key) else {
+                continue;
+            };
+            let stays = pending.contains(id)
+                || table.rules.iter().enumerate().any(|(i, rule)| match rule {
+                    RowRule::Related {
+                        table: other,
+                        column,
+                        foreign_column,
+                    } => fields.get(column).and_then(value_key).is_some_and(|k| {
+                        if *other == table.name {
+                            own.get(foreign_column).is_some_and(|set| set.contains(&k))
+                        } else {
+                            reached
+                                .get(&(other.clone(), foreign_column.clone()))
+                                .is_some_and(|set| set.contains(&k))
+                        }
+                    }),
+                    _ => own_rules.matches(i, &fields),
+                });
+            if stays {
+                for (c, set) in own.iter_mut() {
+                    if let Some(k) = fields.get(c).and_then(value_key) {
+                        set.insert(k);
+                    }
+                }
+            } else {
+                doomed.push(id.clone());
+            }
+        }
+    }
+    Ok(doomed)
+}
+
+#[cfg(test)]
+mod tests;
