@@ -21,6 +21,7 @@ mod download;
 pub mod engine;
 pub mod error;
 mod live;
+mod mode;
 pub mod network;
 pub mod notifications;
 pub mod online;

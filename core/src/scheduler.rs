@@ -34,46 +34,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::mode::SyncMode;
 use crate::profile::SyncProfile;
 use crate::settings::SyncFrequency;
-
-/// Why a sync runs; also the telemetry "mode".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// The first download of one or more tables.
-    First,
-    /// A scheduled incremental sync of due tables.
-    Delta,
-    /// The user's Refresh of a table.
-    Refresh,
-    /// The user's "sync now" (or a direct sync call).
-    Forced,
-}
-
-impl From<SyncMode> for crate::telemetry::TelemetryMode {
-    fn from(m: SyncMode) -> Self {
-        use crate::telemetry::TelemetryMode as T;
-        match m {
-            SyncMode::First => T::First,
-            SyncMode::Delta => T::Delta,
-            SyncMode::Refresh => T::Refresh,
-            SyncMode::Forced => T::Forced,
-        }
-    }
-}
-
-impl SyncMode {
-    /// Wire and telemetry name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncMode::First => "first",
-            SyncMode::Delta => "delta",
-            SyncMode::Refresh => "refresh",
-            SyncMode::Forced => "forced",
-        }
-    }
-}
 
 /// Why no sync starts now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

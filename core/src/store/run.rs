@@ -17,7 +17,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::Result;
-use crate::scheduler::SyncMode;
+use crate::mode::SyncMode;
 
 /// A running sync as it is kept for other processes.
 #[derive(Debug, Clone, PartialEq)]
