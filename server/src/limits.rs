@@ -194,7 +194,7 @@ fn too_many(console: bool, retry_after: u64) -> Response {
     let message =
         format!("too many failed sign-ins from this address; try again in {retry_after} s");
     let mut response = if console {
-        crate::console::html_response(
+        crate::console::response::html_response(
             StatusCode::TOO_MANY_REQUESTS,
             crate::console::html::bare_page(
                 "Sign in",

@@ -6,8 +6,35 @@
 //! escaped by the template engine (failure types come from devices).
 
 use maud::{Markup, html};
+use serde::{Deserialize, Serialize};
 
-use crate::console::telemetry::{FailureTypeCount, TelemetryBucket};
+/// Syncs in one time bucket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryBucket {
+    /// Start of the bucket, UTC (`YYYY-MM-DDTHH:MM:SSZ`).
+    pub start: String,
+    /// Syncs that ended in the bucket.
+    pub syncs: u64,
+    /// Of those, syncs that failed.
+    pub failed: u64,
+    /// Of those, syncs that completed but left conflicts or rejected
+    /// changes.
+    #[serde(default)]
+    pub with_conflicts: u64,
+    /// Median sync duration in milliseconds, when any sync ended.
+    pub duration_ms_p50: Option<f64>,
+    /// 90th percentile of sync duration in milliseconds.
+    pub duration_ms_p90: Option<f64>,
+    /// 99th percentile of sync duration in milliseconds.
+    pub duration_ms_p99: Option<f64>,
+}
+
+/// Failed syncs of one failure type (for example `network_unavailable`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FailureTypeCount {
+    pub failure_type: String,
+    pub count: u64,
+}
 
 const W: f64 = 760.0;
 const H: f64 = 260.0;

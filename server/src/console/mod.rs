@@ -15,6 +15,7 @@ pub mod devices;
 pub mod html;
 pub mod model;
 pub mod profiles;
+pub mod response;
 pub mod settings;
 pub mod sync_errors;
 pub mod telemetry;
@@ -22,14 +23,12 @@ pub mod telemetry;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
 use crate::App;
 use crate::console::auth::Admin;
-use crate::error::ApiError;
 
 /// The console's routes; every one but the sign-in form and the two static
 /// assets requires a console session.
@@ -131,70 +130,4 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
-}
-
-/// An HTML response.
-pub fn html_response(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        body,
-    )
-        .into_response()
-}
-
-/// A server fault as a console page (the details go to the log).
-pub fn error_page(e: &ApiError) -> Response {
-    if e.status.is_server_error() {
-        tracing::error!(code = e.code, message = %e.message, "console request failed");
-    }
-    html_response(
-        e.status,
-        html::bare_page(
-            "Something went wrong",
-            &maud::html! {
-                (maud::PreEscaped(html::notice("error", &e.message)))
-                p { a href="/console" { "Back to the console" } }
-            }
-            .into_string(),
-        ),
-    )
-}
-
-/// A submitted HTML form: its fields in order, repeated names kept.
-#[derive(Debug, Clone, Default)]
-pub struct Form(pub Vec<(String, String)>);
-
-impl Form {
-    /// The first value of a field.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-    /// Every value of a field.
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl<S: Send + Sync> FromRequest<S> for Form {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        match axum::Form::<Vec<(String, String)>>::from_request(req, state).await {
-            Ok(axum::Form(fields)) => Ok(Form(fields)),
-            Err(e) => Err(html_response(
-                StatusCode::BAD_REQUEST,
-                html::bare_page(
-                    "Bad form",
-                    &html::notice("error", &format!("The form could not be read: {e}")),
-                ),
-            )),
-        }
-    }
 }

@@ -18,7 +18,7 @@ use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
 use crate::console::html::{Section, esc, notice, page, value_text};
-use crate::console::{Form, error_page, html_response};
+use crate::console::response::{Form, error_page, html_response};
 use crate::model::{ModelVersion, SOURCE_ADMIN};
 
 #[derive(Debug, Deserialize)]

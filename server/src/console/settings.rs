@@ -15,7 +15,7 @@ use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
 use crate::console::html::{Section, notice, page};
-use crate::console::{Form, error_page, html_response};
+use crate::console::response::{Form, error_page, html_response};
 
 /// Query of the Settings page.
 #[derive(Debug, Default, Deserialize)]

@@ -20,7 +20,8 @@ use crate::console::auth::Admin;
 use crate::console::html::{
     Section, kv_table, notice, options, page, side_by_side, time, url_component,
 };
-use crate::console::{Form, error_page, html_response};
+use crate::console::response::{Form, error_page, html_response};
+use crate::db::StoreError;
 use crate::db::{DataCut, RetryOutcome, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
 
 /// Filters and notices of the Sync Errors page.
@@ -156,7 +157,7 @@ async fn render(
         let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
         let retries = db.sync_error_retries(&ids)?;
         let facets = db.sync_error_facets()?;
-        Ok((entries, retries, facets))
+        Ok::<_, StoreError>((entries, retries, facets))
     })
     .await;
     let (entries, retries, facets) = match loaded {
@@ -275,7 +276,7 @@ pub async fn retry(
         )
         .await;
     };
-    match crate::api::retry_sync_error(&app, id, admin.name.clone()).await {
+    match crate::api::admin::retry_sync_error(&app, id, admin.name.clone()).await {
         Ok(_) => Redirect::to(&format!(
             "/console/sync-errors?retried={}#sync-error-{}",
             url_component(&id.to_string()),

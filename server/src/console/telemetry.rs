@@ -21,38 +21,11 @@ use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
 use crate::console::charts;
+use crate::console::charts::{FailureTypeCount, TelemetryBucket};
 use crate::console::html::{Section, page};
-use crate::console::{error_page, html_response};
+use crate::console::response::{error_page, html_response};
 use crate::db::Db;
 use crate::error::ApiResult;
-
-/// Syncs in one time bucket.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TelemetryBucket {
-    /// Start of the bucket, UTC (`YYYY-MM-DDTHH:MM:SSZ`).
-    pub start: String,
-    /// Syncs that ended in the bucket.
-    pub syncs: u64,
-    /// Of those, syncs that failed.
-    pub failed: u64,
-    /// Of those, syncs that completed but left conflicts or rejected
-    /// changes.
-    #[serde(default)]
-    pub with_conflicts: u64,
-    /// Median sync duration in milliseconds, when any sync ended.
-    pub duration_ms_p50: Option<f64>,
-    /// 90th percentile of sync duration in milliseconds.
-    pub duration_ms_p90: Option<f64>,
-    /// 99th percentile of sync duration in milliseconds.
-    pub duration_ms_p99: Option<f64>,
-}
-
-/// Failed syncs of one failure type (for example `network_unavailable`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FailureTypeCount {
-    pub failure_type: String,
-    pub count: u64,
-}
 
 /// Sync telemetry aggregated over a window, as the console charts it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -93,9 +66,9 @@ pub struct TelemetryView {
 pub fn read(db: &Db) -> ApiResult<TelemetryView> {
     use fieldsync_core::telemetry::TelemetryKind;
     const BUCKET_SECS: i64 = 3600;
-    let events = crate::telemetry::list(
+    let events = crate::db::telemetry::list(
         db,
-        &crate::telemetry::TelemetryQuery {
+        &crate::db::telemetry::TelemetryQuery {
             kind: Some("sync".into()),
             limit: Some(5000),
             ..Default::default()
