@@ -81,7 +81,7 @@ impl IntoResponse for ApiError {
 /// may succeed: busy, full, connection lost), never with its internals.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let unavailable = match &e {
+        let unavailable = match e {
             StoreError::Invalid { code, message } => return ApiError::bad_request(code, message),
             StoreError::NotFound(m) => return ApiError::not_found(m),
             StoreError::Forbidden(m) => return ApiError::forbidden(m),
@@ -94,20 +94,15 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, m);
             }
-            StoreError::Core(_) => {
-                let StoreError::Core(e) = e else {
-                    unreachable!("matched above")
-                };
-                return ApiError::from(e);
-            }
-            StoreError::Postgres(p) if pg_unstorable(p) => {
+            StoreError::Core(e) => return ApiError::from(e),
+            StoreError::Postgres(ref p) if pg_unstorable(p) => {
                 return ApiError::bad_request(
                     codes::INVALID_VALUE,
                     "text holding the character U+0000 cannot be stored by this server (PostgreSQL)",
                 );
             }
-            StoreError::Sqlite(s) => sqlite_unavailable(s),
-            StoreError::Postgres(p) => pg_unavailable(p),
+            StoreError::Sqlite(ref s) => sqlite_unavailable(s),
+            StoreError::Postgres(ref p) => pg_unavailable(p),
             StoreError::Json(_)
             | StoreError::Decode { .. }
             | StoreError::Io { .. }

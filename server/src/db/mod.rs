@@ -40,6 +40,14 @@
 //!   serialised, not the transactions' work. Uncommitted pending rows are
 //!   invisible to readers, and a pull's high-water mark (`MAX(seq)`) skips
 //!   them.
+//!
+//! # Modules
+//!
+//! `backend` holds the [`Db`] handle and the only code that differs per
+//! back end (connections, pool, transactions, sequence stamping); every
+//! other module is one concern written once over `sql::Conn` and returns
+//! [`StoreError`], never an HTTP status. Siblings import from each other
+//! without circles; nothing imports from this file but its re-exports.
 
 mod backend;
 mod cursor;
