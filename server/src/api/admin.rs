@@ -21,8 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{authenticate_admin, authenticate_admin_as};
 use super::request::{blocking, path, query, read_json};
 use crate::App;
-use crate::db::StoreError;
-use crate::db::{Role, SyncErrorFilter, User};
+use crate::db::{Role, StoreError, SyncErrorFilter, User};
 use crate::error::{ApiError, ApiResult};
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 //! skips the download (and the server the row predicate and page encoding)
 //! of tables with nothing new.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -26,8 +27,7 @@ use serde::de::DeserializeOwned;
 use super::auth::{authenticate, device_id};
 use super::request::{blocking, query, read_json};
 use crate::App;
-use crate::db::StoreError;
-use crate::db::User;
+use crate::db::{Db, StoreError, StoreResult};
 use crate::error::{ApiError, ApiResult};
 
 /// `GET /v1/profile`: the offline profile issued to the caller.
@@ -166,19 +166,18 @@ pub async fn counts(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<CountsResponse>> {
-    let (user, request) =
-        per_table_request(&app, &headers, body, |r: &CountsRequest| r.tables.len()).await?;
-    let db = app.db.clone();
-    let answer = blocking(move || {
-        let profile = db.sync_profile(&user)?;
-        let tables = db.count_tables(&profile, &request.tables)?;
-        Ok::<_, StoreError>(CountsResponse {
-            profile_version: profile.version,
-            tables,
-        })
-    })
+    let (profile_version, tables) = per_table(
+        &app,
+        &headers,
+        body,
+        |r: CountsRequest| r.tables,
+        Db::count_tables,
+    )
     .await?;
-    Ok(Json(answer))
+    Ok(Json(CountsResponse {
+        profile_version,
+        tables,
+    }))
 }
 
 /// `POST /v1/sync/changes`: per table, whether anything changed after the
@@ -190,39 +189,50 @@ pub async fn changes(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<ChangesResponse>> {
-    let (user, request) =
-        per_table_request(&app, &headers, body, |r: &ChangesRequest| r.tables.len()).await?;
-    let db = app.db.clone();
-    let answer = blocking(move || {
-        let profile = db.sync_profile(&user)?;
-        let tables = db.tables_changed(&profile, &request.tables)?;
-        Ok::<_, StoreError>(ChangesResponse {
-            profile_version: profile.version,
-            tables,
-        })
-    })
+    let (profile_version, tables) = per_table(
+        &app,
+        &headers,
+        body,
+        |r: ChangesRequest| r.tables,
+        Db::tables_changed,
+    )
     .await?;
-    Ok(Json(answer))
+    Ok(Json(ChangesResponse {
+        profile_version,
+        tables,
+    }))
 }
+
+/// Something per table of the profile, by table name.
+type ByTable<T> = BTreeMap<String, T>;
 
 /// Most tables one counts or changes request may name.
 const MAX_TABLES_PER_REQUEST: usize = 256;
 
-/// The caller and the body of a per-table request (counts, changes), refused
-/// past [`MAX_TABLES_PER_REQUEST`] tables.
-async fn per_table_request<T: DeserializeOwned>(
+/// A per-table question a device asks at the start of a sync (counts,
+/// changes): the caller authenticated, the request's cursors by table (at
+/// most [`MAX_TABLES_PER_REQUEST`]), answered by `answer` under the caller's
+/// profile. Returns the profile's version and the answer by table.
+async fn per_table<R: DeserializeOwned, T: Send + 'static>(
     app: &Arc<App>,
     headers: &HeaderMap,
     body: Body,
-    tables: impl Fn(&T) -> usize,
-) -> ApiResult<(User, T)> {
+    cursors: impl FnOnce(R) -> ByTable<String>,
+    answer: fn(&Db, &SyncProfile, &ByTable<String>) -> StoreResult<ByTable<T>>,
+) -> ApiResult<(i64, ByTable<T>)> {
     let user = authenticate(app, headers).await?;
-    let request: T = read_json(app, headers, body).await?;
-    if tables(&request) > MAX_TABLES_PER_REQUEST {
+    let cursors = cursors(read_json(app, headers, body).await?);
+    if cursors.len() > MAX_TABLES_PER_REQUEST {
         return Err(ApiError::bad_request(
             codes::BAD_REQUEST,
             format!("at most {MAX_TABLES_PER_REQUEST} tables per request"),
         ));
     }
-    Ok((user, request))
+    let db = app.db.clone();
+    blocking(move || {
+        let profile = db.sync_profile(&user)?;
+        let tables = answer(&db, &profile, &cursors)?;
+        Ok::<_, StoreError>((profile.version, tables))
+    })
+    .await
 }

@@ -21,8 +21,9 @@ use crate::console::html::{
     Section, kv_table, notice, options, page, side_by_side, time, url_component,
 };
 use crate::console::response::{Form, error_page, html_response};
-use crate::db::StoreError;
-use crate::db::{DataCut, RetryOutcome, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
+use crate::db::{
+    DataCut, RetryOutcome, StoreError, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry,
+};
 
 /// Filters and notices of the Sync Errors page.
 #[derive(Debug, Default, Deserialize)]
