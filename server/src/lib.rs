@@ -203,6 +203,12 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
     Ok(application(config)?.0)
 }
 
+/// A storage failure at start-up, told to the operator whole (with its
+/// causes), unlike a request's, whose causes stay in the log.
+fn at_start(e: db::StoreError) -> ApiError {
+    ApiError::internal(e.report())
+}
+
 /// [`router`], with the database it serves.
 fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     if config.admin_token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
@@ -213,7 +219,7 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     }
     let profile = field_service_profile();
     let url = match &config.database_url {
-        Some(url) => DatabaseUrl::parse(url)?,
+        Some(url) => DatabaseUrl::parse(url).map_err(at_start)?,
         None => DatabaseUrl::Sqlite(config.data_dir.join("fieldsync.db")),
     };
     let db = Db::open_url(
@@ -222,7 +228,8 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         &profile,
         config.database_ca_pem.as_deref(),
         config.clock.clone(),
-    )?
+    )
+    .map_err(at_start)?
     .with_selection_cache(config.selection_cache_bytes);
     let db = Arc::new(db);
     let app = Arc::new(App {
