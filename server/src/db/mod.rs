@@ -76,8 +76,8 @@ mod users;
 pub use crate::store_error::{StoreError, StoreResult};
 pub use backend::{DatabaseUrl, Db, PoolStats, SCHEMA_VERSION, SelectionCacheStats};
 pub use cursor::{Cursor, Phase};
+pub(crate) use devices::device_id_ok;
 pub use devices::{DeviceEntry, DeviceLastError};
-pub(crate) use devices::{device_id_ok, touch_device_in};
 #[cfg(test)]
 pub(crate) use fetch::fetch_sql;
 pub use profiles::MAX_RULE_PARAMETERS;

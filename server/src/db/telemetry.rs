@@ -1,14 +1,16 @@
 //! Telemetry events uploaded by devices: stored, listed and summarised
 //! (counts, percentiles, per day and per table).
 
-use crate::db::Db;
-use crate::sql::{Row, opt_text, text};
-use crate::store_error::{StoreError, StoreResult};
 use fieldsync_core::Value;
 use fieldsync_core::protocol::codes;
 use fieldsync_core::telemetry::{TelemetryEvent, TelemetryKind};
 use fieldsync_core::time::{format_date, parse_datetime};
 use serde::{Deserialize, Serialize};
+
+use super::backend::Db;
+use super::devices::touch_device_in;
+use crate::sql::{Row, opt_text, text};
+use crate::store_error::{StoreError, StoreResult};
 use std::collections::BTreeMap;
 
 /// Most events one list answer returns.
@@ -26,7 +28,7 @@ pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> Sto
     db.write(|c| {
         for (device, version) in &versions {
             if !version.is_empty() {
-                crate::db::touch_device_in(c, &at, device, user_id, false, Some(version))?;
+                touch_device_in(c, &at, device, user_id, false, Some(version))?;
             }
         }
         let mut n = 0;
