@@ -539,3 +539,28 @@ async fn a_retry_a_rule_still_refuses_is_recorded_as_failed_and_may_be_retried()
         "{text}"
     );
 }
+
+/// A database the server cannot open at start-up is told to the operator
+/// with its cause (the storage error's chain), and the server exits 1
+/// without listening; a request's database failure keeps its cause in the
+/// log instead (`server/src/error.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_be_opened_is_reported_with_its_cause() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let file = temp.path().join("not-a-database.db");
+    std::fs::write(&file, b"this is not an SQLite database, just text").expect("write");
+    let out = Server::command(&temp.path().join("data"))
+        .arg("--database-url")
+        .arg(format!("sqlite:{}", file.display()))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run the server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    assert!(
+        stderr.contains("fieldsync server: SQLite: file is not a database"),
+        "{stderr}"
+    );
+}

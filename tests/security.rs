@@ -1370,3 +1370,141 @@ async fn a_short_admin_token_is_refused_and_help_names_the_variable() {
     assert!(help.contains("FIELDSYNC_ADMIN_TOKEN"), "{help}");
     assert!(!help.contains("help-must-not-show-this-token"), "{help}");
 }
+
+/// Pull and fetch check the device's profile version and the table it asks
+/// for in one place (`Db::synced_table`): another profile version is 409
+/// `profile_changed`, a model table outside the caller's profile 403, a
+/// name no model table has 400 `unknown_table`; the right version serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_and_fetch_refuse_another_profile_version_and_tables_outside_it() {
+    let server = Server::start().await;
+    let minimal = json!({"name": "minimal", "tables": [
+        {"name": "bookings", "columns": ["name", "resource_id"], "rules": [{"kind": "owned", "column": "resource_id"}], "sync_interval_secs": 300}
+    ]});
+    server
+        .admin("PUT", "/v1/admin/profiles/minimal", Some(minimal))
+        .await;
+    let tech = server
+        .user_with_profile("tech-min", "technician", Some("minimal"))
+        .await;
+    let (s, profile) = server.call("GET", "/v1/profile", Some(&tech), None).await;
+    assert_eq!(s, 200, "{profile}");
+    let version = profile["version"].as_i64().expect("profile version");
+    let stale = version + 1;
+
+    let pull = |query: String| {
+        let (server, tech) = (&server, &tech);
+        async move {
+            let (s, v) = server
+                .call("GET", &format!("/v1/sync/pull?{query}"), Some(tech), None)
+                .await;
+            (s, v["error"]["code"].as_str().map(str::to_owned), v)
+        }
+    };
+    let fetch = |table: &str, profile_version: i64| {
+        let (server, tech) = (&server, &tech);
+        let body = json!({"table": table, "column": "resource_id", "values": ["tech-min"], "profile_version": profile_version});
+        async move {
+            let (s, v) = server
+                .call("POST", "/v1/sync/fetch", Some(tech), Some(body))
+                .await;
+            (s, v["error"]["code"].as_str().map(str::to_owned), v)
+        }
+    };
+
+    let (s, code, v) = pull(format!("table=bookings&profile_version={stale}")).await;
+    assert_eq!((s, code.as_deref()), (409, Some("profile_changed")), "{v}");
+    let (s, code, v) = fetch("bookings", stale).await;
+    assert_eq!((s, code.as_deref()), (409, Some("profile_changed")), "{v}");
+
+    let (s, code, v) = pull(format!("table=accounts&profile_version={version}")).await;
+    assert_eq!((s, code.as_deref()), (403, Some("forbidden")), "{v}");
+    let (s, code, v) = fetch("accounts", version).await;
+    assert_eq!((s, code.as_deref()), (403, Some("forbidden")), "{v}");
+
+    let (s, code, v) = pull(format!("table=no_such_table&profile_version={version}")).await;
+    assert_eq!((s, code.as_deref()), (400, Some("unknown_table")), "{v}");
+    let (s, code, v) = fetch("no_such_table", version).await;
+    assert_eq!((s, code.as_deref()), (400, Some("unknown_table")), "{v}");
+
+    let (s, _, v) = pull(format!("table=bookings&profile_version={version}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["profile_version"], version, "{v}");
+    let (s, _, v) = fetch("bookings", version).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["table"], "bookings", "{v}");
+    server.stop().await;
+}
+
+/// `POST /v1/sync/counts` and `POST /v1/sync/changes` answer per table of
+/// the caller's profile (other names left out) and refuse more than 256
+/// tables in one request with 400 `bad_request`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_and_changes_answer_profile_tables_and_refuse_past_256_tables() {
+    let server = Server::start().await;
+    let tech = server.user("tech-1", "technician").await;
+    server.seed(&["tech-1"], 5).await;
+    for route in ["/v1/sync/counts", "/v1/sync/changes"] {
+        let body = json!({"tables": {"work_orders": "", "no_such_table": ""}});
+        let (s, v) = server.call("POST", route, Some(&tech), Some(body)).await;
+        assert_eq!(s, 200, "{route}: {v}");
+        assert!(v["profile_version"].is_i64(), "{route}: {v}");
+        let tables = v["tables"].as_object().expect("tables");
+        assert_eq!(
+            tables.keys().collect::<Vec<_>>(),
+            ["work_orders"],
+            "{route}: {v}"
+        );
+        let at_limit: serde_json::Map<String, serde_json::Value> =
+            (0..256).map(|i| (format!("t{i}"), json!(""))).collect();
+        let (s, v) = server
+            .call(
+                "POST",
+                route,
+                Some(&tech),
+                Some(json!({"tables": at_limit})),
+            )
+            .await;
+        assert_eq!(s, 200, "{route}: {v}");
+        let over: serde_json::Map<String, serde_json::Value> =
+            (0..257).map(|i| (format!("t{i}"), json!(""))).collect();
+        let (s, v) = server
+            .call("POST", route, Some(&tech), Some(json!({"tables": over})))
+            .await;
+        assert_eq!(
+            (
+                s,
+                v["error"]["code"].as_str(),
+                v["error"]["message"].as_str()
+            ),
+            (
+                400,
+                Some("bad_request"),
+                Some("at most 256 tables per request")
+            ),
+            "{route}"
+        );
+    }
+    let (_, changes) = server
+        .call(
+            "POST",
+            "/v1/sync/changes",
+            Some(&tech),
+            Some(json!({"tables": {"work_orders": ""}})),
+        )
+        .await;
+    assert_eq!(changes["tables"]["work_orders"], true, "{changes}");
+    let (_, counts) = server
+        .call(
+            "POST",
+            "/v1/sync/counts",
+            Some(&tech),
+            Some(json!({"tables": {"work_orders": ""}})),
+        )
+        .await;
+    assert!(
+        counts["tables"]["work_orders"].as_u64().expect("count") > 0,
+        "{counts}"
+    );
+    server.stop().await;
+}

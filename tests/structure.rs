@@ -1,10 +1,11 @@
 //! The workspace's shape, checked (issue #33): the server depends on the
 //! shared protocol crate and not on the device engine, the protocol crate
-//! forces SQLite on nobody, and its modules import each other without a
-//! circle.
+//! forces SQLite on nobody, no source file is over 800 lines of code, and
+//! no crate's modules import each other in a circle. Each check first
+//! proves it read a meaningful amount of code.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The packages `cargo tree` lists for `package` (every edge kind the
@@ -63,78 +64,418 @@ fn the_protocol_crate_needs_sqlite_only_with_its_feature() {
     assert!(sqlite.contains("rusqlite"), "{sqlite:?}");
 }
 
-/// The `crate::module` paths a source file names outside comments (its
-/// own tests included: a `foo/tests.rs` counts as `foo`).
-fn imports(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for line in text.lines() {
-        let mut rest = line.trim();
-        if rest.starts_with("//") {
+/// The crates whose library and binary code is checked (tests and benches
+/// are not: a test file may be as long as its scenarios need).
+const CRATES: &[&str] = &[
+    "src",
+    "core/src",
+    "protocol/src",
+    "server/src",
+    "bindings/src",
+];
+
+const MAX_CODE_LINES: usize = 800;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// A unit-test module file (`tests.rs`) belongs with the tests.
+fn is_test_file(path: &Path) -> bool {
+    path.file_stem().is_some_and(|s| s == "tests")
+}
+
+/// The file's code without comments, string contents and its
+/// `#[cfg(test)]` tail, one entry per line.
+fn code_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut in_block = 0usize;
+    for raw in text.lines() {
+        if raw.starts_with("#[cfg(test)]") {
+            break;
+        }
+        let mut line = String::new();
+        let bytes: Vec<char> = raw.chars().collect();
+        let mut i = 0;
+        let mut in_str = false;
+        while i < bytes.len() {
+            let c = bytes[i];
+            let next = bytes.get(i + 1).copied();
+            if in_block > 0 {
+                if c == '*' && next == Some('/') {
+                    in_block -= 1;
+                    i += 2;
+                } else if c == '/' && next == Some('*') {
+                    in_block += 1;
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+                continue;
+            }
+            if in_str {
+                if c == '\\' {
+                    i += 2;
+                    continue;
+                }
+                if c == '"' {
+                    in_str = false;
+                    line.push('"');
+                }
+                i += 1;
+                continue;
+            }
+            match (c, next) {
+                ('/', Some('/')) => break,
+                ('/', Some('*')) => {
+                    in_block += 1;
+                    i += 2;
+                }
+                ('"', _) => {
+                    // A char literal '"' is not a string's start.
+                    if i > 0 && bytes[i - 1] == '\'' {
+                        line.push(c);
+                    } else {
+                        in_str = true;
+                        line.push('"');
+                    }
+                    i += 1;
+                }
+                _ => {
+                    line.push(c);
+                    i += 1;
+                }
+            }
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+fn count_code(text: &str) -> usize {
+    code_lines(text)
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+#[test]
+fn no_source_file_is_over_800_lines_of_code() {
+    let mut files = Vec::new();
+    for dir in CRATES {
+        rust_files(&root().join(dir), &mut files);
+    }
+    let mut checked = 0;
+    let mut over = Vec::new();
+    for file in files.iter().filter(|f| !is_test_file(f)) {
+        let text = std::fs::read_to_string(file).expect("read source");
+        let n = count_code(&text);
+        checked += n;
+        if n > MAX_CODE_LINES {
+            over.push(format!("{} ({n} lines of code)", file.display()));
+        }
+    }
+    assert!(checked > 20_000, "read only {checked} lines of code");
+    assert!(
+        over.is_empty(),
+        "over {MAX_CODE_LINES} lines of code:\n{}",
+        over.join("\n")
+    );
+}
+
+/// A crate's modules by path (`store::page`) and the file of each; the
+/// crate root itself is left out (its re-exports are not a module's code).
+fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut out = BTreeMap::new();
+    for file in files.into_iter().filter(|f| !is_test_file(f)) {
+        let rel = file.strip_prefix(src).expect("under src");
+        let mut parts: Vec<String> = rel
+            .with_extension("")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if parts.last().is_some_and(|p| p == "mod") {
+            parts.pop();
+        }
+        let name = parts.join("::");
+        if matches!(name.as_str(), "lib" | "main") || name.starts_with("bin::") {
             continue;
         }
-        while let Some(at) = rest.find("crate::") {
-            rest = &rest[at + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            out.insert(name);
+        out.insert(name, file);
+    }
+    out
+}
+
+/// The path segments that follow `prefix` at every place in `code`,
+/// expanding one level of `{a, b::c}` groups.
+fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find(prefix) {
+        let before = rest[..at].chars().last();
+        rest = &rest[at + prefix.len()..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 1;
+            let mut end = 0;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let mut item = String::new();
+            let mut depth = 0;
+            for c in group[..end].chars().chain([',']) {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.push(segments(&item));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                if depth == 0 {
+                    item.push(c);
+                }
+            }
+        } else {
+            out.push(segments(rest));
         }
     }
     out
 }
 
-#[test]
-fn the_protocol_modules_import_each_other_without_a_circle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol/src");
+fn segments(text: &str) -> Vec<String> {
+    let mut segs = Vec::new();
+    let mut rest = text.trim_start();
+    loop {
+        let end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        if end == 0 {
+            break;
+        }
+        segs.push(rest[..end].to_owned());
+        rest = &rest[end..];
+        match rest.strip_prefix("::") {
+            Some(r) if !r.starts_with('{') && !r.starts_with('*') => rest = r,
+            _ => break,
+        }
+    }
+    segs
+}
+
+/// Whether `child::` occurs as a path's first segment (not after `::`).
+fn code_mentions_bare(code: &str, child: &str) -> bool {
+    let needle = format!("{child}::");
+    code.match_indices(&needle).any(|(at, _)| {
+        let before = &code[..at];
+        !before.ends_with("::")
+            && !before
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+/// The module that a path names: the longest known module it starts with.
+fn resolve(known: &BTreeMap<String, PathBuf>, segs: &[String]) -> Option<String> {
+    (1..=segs.len())
+        .rev()
+        .map(|n| segs[..n].join("::"))
+        .find(|m| known.contains_key(m))
+}
+
+/// Edges `from -> to` with the file that makes each.
+fn import_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let known = modules(src);
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut files = 0;
-    let mut visit = |path: &Path, module: String| {
-        let text = std::fs::read_to_string(path).expect("source file");
-        let deps = graph.entry(module.clone()).or_default();
-        deps.extend(imports(&text).into_iter().filter(|d| *d != module));
-        files += 1;
-    };
-    for entry in std::fs::read_dir(&src).expect("protocol/src") {
-        let path = entry.expect("entry").path();
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
-            continue;
-        };
-        if path.is_dir() {
-            for inner in std::fs::read_dir(&path).expect("module dir") {
-                visit(&inner.expect("entry").path(), stem.clone());
+    for (name, file) in &known {
+        let text = std::fs::read_to_string(file).expect("read source");
+        let code = code_lines(&text).join("\n");
+        let parent: Vec<String> = name.split("::").map(str::to_owned).collect();
+        let mut targets = Vec::new();
+        for segs in paths_after(&code, "crate::") {
+            targets.push(segs);
+        }
+        for segs in paths_after(&code, "super::") {
+            let mut full = parent[..parent.len() - 1].to_vec();
+            full.extend(segs);
+            targets.push(full);
+        }
+        for segs in paths_after(&code, "self::") {
+            let mut full = parent.clone();
+            full.extend(segs);
+            targets.push(full);
+        }
+        // A module naming its own child by a bare path (`page::apply`).
+        for child in known.keys().filter_map(|m| {
+            m.strip_prefix(name.as_str())
+                .and_then(|r| r.strip_prefix("::"))
+                .filter(|r| !r.contains("::"))
+        }) {
+            for segs in paths_after(&code, &format!("{child}::")) {
+                if code_mentions_bare(&code, child) {
+                    let mut full = parent.clone();
+                    full.push(child.to_owned());
+                    full.extend(segs);
+                    targets.push(full);
+                    break;
+                }
             }
-        } else if stem != "lib" {
-            visit(&path, stem);
+        }
+        let edges = graph.entry(name.clone()).or_default();
+        for segs in targets {
+            if let Some(to) = resolve(&known, &segs)
+                && &to != name
+            {
+                edges.insert(to);
+            }
         }
     }
-    assert!(files >= 10, "read {files} files");
-    assert!(
-        graph["profile"].contains("filter") && graph["filter"].contains("value"),
-        "imports were read: {graph:?}"
-    );
-    // Depth-first search for a back edge.
-    fn visit_node<'a>(
+    graph
+}
+
+/// Strongly connected components with more than one module (Tarjan).
+fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct State<'a> {
         graph: &'a BTreeMap<String, BTreeSet<String>>,
-        node: &'a str,
-        path: &mut Vec<&'a str>,
-        done: &mut BTreeSet<&'a str>,
-    ) {
-        if done.contains(node) {
-            return;
-        }
-        if let Some(at) = path.iter().position(|n| *n == node) {
-            panic!("import circle: {:?} -> {node}", &path[at..]);
-        }
-        path.push(node);
-        for dep in graph.get(node).into_iter().flatten() {
-            visit_node(graph, dep, path, done);
-        }
-        path.pop();
-        done.insert(node);
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on_stack: BTreeSet<&'a str>,
+        out: Vec<Vec<String>>,
     }
-    let mut done = BTreeSet::new();
-    for node in graph.keys() {
-        visit_node(&graph, node, &mut Vec::new(), &mut done);
+    fn visit<'a>(s: &mut State<'a>, v: &'a str) {
+        let i = s.index.len();
+        s.index.insert(v, i);
+        s.low.insert(v, i);
+        s.stack.push(v);
+        s.on_stack.insert(v);
+        let graph = s.graph;
+        for w in graph.get(v).into_iter().flatten() {
+            if !s.index.contains_key(w.as_str()) {
+                visit(s, w);
+                let lw = s.low[w.as_str()];
+                let lv = s.low[v];
+                s.low.insert(v, lv.min(lw));
+            } else if s.on_stack.contains(w.as_str()) {
+                let iw = s.index[w.as_str()];
+                let lv = s.low[v];
+                s.low.insert(v, lv.min(iw));
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut comp = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                s.on_stack.remove(w);
+                comp.push(w.to_owned());
+                if w == v {
+                    break;
+                }
+            }
+            if comp.len() > 1 {
+                comp.sort();
+                s.out.push(comp);
+            }
+        }
     }
+    let mut s = State {
+        graph,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        out: Vec::new(),
+    };
+    for v in graph.keys() {
+        if !s.index.contains_key(v.as_str()) {
+            visit(&mut s, v);
+        }
+    }
+    s.out
+}
+
+#[test]
+fn the_cycle_finder_finds_a_planted_circle() {
+    let graph: BTreeMap<String, BTreeSet<String>> = [
+        ("a", vec!["b"]),
+        ("b", vec!["c"]),
+        ("c", vec!["a"]),
+        ("d", vec!["a"]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.into_iter().map(str::to_owned).collect()))
+    .collect();
+    assert_eq!(circles(&graph), vec![vec!["a", "b", "c"]]);
+    let parsed = paths_after("use crate::{store::page::{A, B}, value::Value};", "crate::");
+    assert_eq!(
+        parsed,
+        vec![
+            vec!["store".to_owned(), "page".to_owned()],
+            vec!["value".to_owned(), "Value".to_owned()]
+        ]
+    );
+}
+
+#[test]
+fn no_crate_has_a_circle_of_imports() {
+    let mut edges = 0;
+    let mut found = Vec::new();
+    for dir in CRATES {
+        let src = root().join(dir);
+        if !src.exists() {
+            continue;
+        }
+        let graph = import_graph(&src);
+        edges += graph.values().map(BTreeSet::len).sum::<usize>();
+        for circle in circles(&graph) {
+            let detail: Vec<String> = circle
+                .iter()
+                .map(|m| {
+                    let to: Vec<&str> = graph[m]
+                        .iter()
+                        .filter(|t| circle.contains(t))
+                        .map(String::as_str)
+                        .collect();
+                    format!("{m} -> {}", to.join(", "))
+                })
+                .collect();
+            found.push(format!("{dir}: {}", detail.join("; ")));
+        }
+    }
+    assert!(edges > 100, "found only {edges} imports between modules");
+    assert!(
+        found.is_empty(),
+        "circles of imports:\n{}",
+        found.join("\n")
+    );
 }

@@ -16,7 +16,6 @@ pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod observe;
-pub mod online;
 pub mod page;
 pub mod pgtls;
 pub mod rules;
@@ -24,7 +23,7 @@ pub mod schema;
 pub mod seed;
 pub mod selection;
 pub mod sql;
-pub mod telemetry;
+pub mod store_error;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -204,6 +203,12 @@ pub fn router(config: &ServerConfig) -> Result<Router, ApiError> {
     Ok(application(config)?.0)
 }
 
+/// A storage failure at start-up, told to the operator whole (with its
+/// causes), unlike a request's, whose causes stay in the log.
+fn at_start(e: db::StoreError) -> ApiError {
+    ApiError::internal(e.report())
+}
+
 /// [`router`], with the database it serves.
 fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     if config.admin_token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
@@ -214,7 +219,7 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
     }
     let profile = field_service_profile();
     let url = match &config.database_url {
-        Some(url) => DatabaseUrl::parse(url)?,
+        Some(url) => DatabaseUrl::parse(url).map_err(at_start)?,
         None => DatabaseUrl::Sqlite(config.data_dir.join("fieldsync.db")),
     };
     let db = Db::open_url(
@@ -223,7 +228,8 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         &profile,
         config.database_ca_pem.as_deref(),
         config.clock.clone(),
-    )?
+    )
+    .map_err(at_start)?
     .with_selection_cache(config.selection_cache_bytes);
     let db = Arc::new(db);
     let app = Arc::new(App {
@@ -238,56 +244,65 @@ fn application(config: &ServerConfig) -> Result<(Router, Arc<Db>), ApiError> {
         metrics_token_hash: config.metrics_token.as_deref().map(db::hash_token),
     });
     let router = Router::new()
-        .route("/v1/health", get(api::health))
+        .route("/v1/health", get(api::request::health))
         .route("/metrics", get(metrics::scrape))
-        .route("/v1/profile", get(api::profile))
-        .route("/v1/sync/pull", get(api::pull))
-        .route("/v1/sync/push", post(api::push))
-        .route("/v1/sync/changes", post(online::changes))
-        .route("/v1/sync/counts", post(online::counts))
-        .route("/v1/telemetry", post(telemetry::upload))
-        .route("/v1/sync/fetch", post(api::fetch))
-        .route("/v1/records/{table}", get(api::list_records))
+        .route("/v1/profile", get(api::sync::profile))
+        .route("/v1/sync/pull", get(api::sync::pull))
+        .route("/v1/sync/push", post(api::sync::push))
+        .route("/v1/sync/changes", post(api::sync::changes))
+        .route("/v1/sync/counts", post(api::sync::counts))
+        .route("/v1/telemetry", post(api::telemetry::upload))
+        .route("/v1/sync/fetch", post(api::sync::fetch))
+        .route("/v1/records/{table}", get(api::records::list_records))
         .route(
             "/v1/records/{table}/{id}",
-            get(api::get_record)
-                .put(api::put_record)
-                .delete(api::delete_record),
+            get(api::records::get_record)
+                .put(api::records::put_record)
+                .delete(api::records::delete_record),
         )
         .route(
             "/v1/admin/users",
-            get(api::list_users).post(api::create_user),
+            get(api::admin::list_users).post(api::admin::create_user),
         )
-        .route("/v1/admin/users/{id}", delete(api::delete_user))
-        .route("/v1/admin/users/{id}/token", post(api::rotate_token))
+        .route("/v1/admin/users/{id}", delete(api::admin::delete_user))
+        .route("/v1/admin/users/{id}/token", post(api::admin::rotate_token))
         .route(
             "/v1/admin/settings",
-            get(api::get_settings).put(api::put_settings),
+            get(api::admin::get_settings).put(api::admin::put_settings),
         )
-        .route("/v1/admin/sync-errors", get(api::sync_errors))
+        .route("/v1/admin/sync-errors", get(api::admin::sync_errors))
         .route(
             "/v1/admin/sync-errors/{id}/retry",
-            post(api::retry_sync_error_route),
+            post(api::admin::retry_sync_error_route),
         )
-        .route("/v1/admin/profiles", get(api::list_profiles))
+        .route("/v1/admin/profiles", get(api::profiles::list_profiles))
         .route(
             "/v1/admin/profiles/{name}",
-            get(api::get_profile).put(api::put_profile),
+            get(api::profiles::get_profile).put(api::profiles::put_profile),
         )
-        .route("/v1/admin/model", get(api::model).put(api::publish_model))
-        .route("/v1/admin/model/versions", get(api::model_versions))
-        .route("/v1/admin/devices", get(api::devices))
-        .route("/v1/admin/seed", post(api::seed))
-        .route("/v1/admin/telemetry", get(telemetry::admin_list))
-        .route("/v1/admin/telemetry/summary", get(telemetry::admin_summary))
+        .route(
+            "/v1/admin/model",
+            get(api::profiles::model).put(api::profiles::publish_model),
+        )
+        .route(
+            "/v1/admin/model/versions",
+            get(api::profiles::model_versions),
+        )
+        .route("/v1/admin/devices", get(api::admin::devices))
+        .route("/v1/admin/seed", post(api::profiles::seed))
+        .route("/v1/admin/telemetry", get(api::telemetry::admin_list))
+        .route(
+            "/v1/admin/telemetry/summary",
+            get(api::telemetry::admin_summary),
+        )
         .route(
             "/v1/admin/online-access",
-            get(online::get_access).put(online::put_access),
+            get(api::admin::get_access).put(api::admin::put_access),
         )
         .merge(console::router())
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(axum::middleware::from_fn(api::check_protocol))
+        .fallback(api::request::not_found)
+        .method_not_allowed_fallback(api::request::method_not_allowed)
+        .layer(axum::middleware::from_fn(api::request::check_protocol))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             limits::limit_sign_ins,
@@ -378,7 +393,7 @@ impl Prepared {
                         );
                     }
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e.message, "purge failed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e.report(), "purge failed"),
                     Err(e) => tracing::warn!(error = %e, "purge task failed"),
                 }
                 tokio::time::sleep(PURGE_EVERY).await;

@@ -10,7 +10,7 @@
 //! back only with its old kind; then it migrates the data tables and
 //! records the version, all in one write transaction, while the server
 //! keeps serving. Instances sharing the database notice a newer version on
-//! their next request ([`crate::db::Db::model`]).
+//! their next request (`Db::model`).
 
 use std::sync::Arc;
 
@@ -20,9 +20,9 @@ use fieldsync_protocol::profile::{DataModel, OfflineProfile};
 use fieldsync_protocol::protocol::codes;
 use serde::Serialize;
 
-use crate::error::{ApiError, ApiResult};
 use crate::schema;
 use crate::sql::{Conn, Dialect, text};
+use crate::store_error::{StoreError, StoreResult};
 
 /// Where a model version came from.
 pub const SOURCE_START: &str = "start";
@@ -51,13 +51,13 @@ pub struct Published {
     pub changes: Vec<ModelChange>,
 }
 
-fn invalid(message: String) -> ApiError {
-    ApiError::bad_request(codes::INVALID_MODEL, message)
+fn invalid(message: String) -> StoreError {
+    StoreError::invalid(codes::INVALID_MODEL, message)
 }
 
-fn version_from_row(r: &crate::sql::Row) -> ApiResult<ModelVersion> {
-    let model: DataModel = serde_json::from_str(&r.text(1)?)
-        .map_err(|e| ApiError::internal(format!("stored data model: {e}")))?;
+fn version_from_row(r: &crate::sql::Row) -> StoreResult<ModelVersion> {
+    let model: DataModel =
+        serde_json::from_str(&r.text(1)?).map_err(StoreError::decode("a stored data model"))?;
     let changes = serde_json::from_str(&r.text(4)?).unwrap_or_default();
     Ok(ModelVersion {
         version: r.i64(0)?,
@@ -71,7 +71,7 @@ fn version_from_row(r: &crate::sql::Row) -> ApiResult<ModelVersion> {
 const COLUMNS: &str = "version, body, source, published_at, changes";
 
 /// The newest version, if any.
-pub fn latest(c: &mut dyn Conn) -> ApiResult<Option<ModelVersion>> {
+pub fn latest(c: &mut dyn Conn) -> StoreResult<Option<ModelVersion>> {
     c.query_opt(
         &format!("SELECT {COLUMNS} FROM _fs_models ORDER BY version DESC LIMIT 1"),
         &[],
@@ -81,13 +81,13 @@ pub fn latest(c: &mut dyn Conn) -> ApiResult<Option<ModelVersion>> {
 }
 
 /// The newest version's number (0 when none).
-pub fn latest_number(c: &mut dyn Conn) -> ApiResult<i64> {
+pub fn latest_number(c: &mut dyn Conn) -> StoreResult<i64> {
     c.query_one("SELECT COALESCE(MAX(version), 0) FROM _fs_models", &[])?
         .i64(0)
 }
 
 /// One version.
-pub fn version(c: &mut dyn Conn, version: i64) -> ApiResult<Option<ModelVersion>> {
+pub fn version(c: &mut dyn Conn, version: i64) -> StoreResult<Option<ModelVersion>> {
     c.query_opt(
         &format!("SELECT {COLUMNS} FROM _fs_models WHERE version = ?"),
         &[Value::Integer(version)],
@@ -97,7 +97,7 @@ pub fn version(c: &mut dyn Conn, version: i64) -> ApiResult<Option<ModelVersion>
 }
 
 /// Every version, newest first.
-pub fn versions(c: &mut dyn Conn) -> ApiResult<Vec<ModelVersion>> {
+pub fn versions(c: &mut dyn Conn) -> StoreResult<Vec<ModelVersion>> {
     c.query(
         &format!("SELECT {COLUMNS} FROM _fs_models ORDER BY version DESC"),
         &[],
@@ -112,11 +112,11 @@ pub fn versions(c: &mut dyn Conn) -> ApiResult<Vec<ModelVersion>> {
 /// version when `given` differs from the model the database last started
 /// with (refused as [`publish_in`] refuses); otherwise the newest version,
 /// so versions published through the admin API outlive a restart.
-pub fn at_start(c: &mut dyn Conn, given: &DataModel, now: &str) -> ApiResult<ModelVersion> {
+pub fn at_start(c: &mut dyn Conn, given: &DataModel, now: &str) -> StoreResult<ModelVersion> {
     lock(c)?;
     let Some(current) = latest(c)? else {
         publish_in(c, given, SOURCE_START, now)?;
-        return latest(c)?.ok_or_else(|| ApiError::internal("the model was not recorded"));
+        return latest(c)?.ok_or_else(|| StoreError::internal("the model was not recorded"));
     };
     if current.model == *given {
         return Ok(current);
@@ -126,29 +126,27 @@ pub fn at_start(c: &mut dyn Conn, given: &DataModel, now: &str) -> ApiResult<Mod
         &[text(SOURCE_START)],
     )?;
     if let Some(r) = last_start {
-        let body: DataModel = serde_json::from_str(&r.text(0)?)
-            .map_err(|e| ApiError::internal(format!("stored data model: {e}")))?;
+        let body: DataModel =
+            serde_json::from_str(&r.text(0)?).map_err(StoreError::decode("a stored data model"))?;
         if body == *given {
             return Ok(current);
         }
     }
-    publish_in(c, given, SOURCE_START, now).map_err(|e| {
-        ApiError::internal(format!(
-            "the data model given at start cannot follow version {} in force: {}",
-            current.version, e.message
-        ))
-    })?;
-    latest(c)?.ok_or_else(|| ApiError::internal("the model was not recorded"))
+    publish_in(c, given, SOURCE_START, now).map_err(StoreError::context(format!(
+        "the data model given at start cannot follow version {} in force",
+        current.version
+    )))?;
+    latest(c)?.ok_or_else(|| StoreError::internal("the model was not recorded"))
 }
 
 /// On PostgreSQL, waits for the model lock (the migration lock) until the
 /// transaction ends, so two instances never publish at once, and writes
 /// the guard row ([`guard`]).
-fn lock(c: &mut dyn Conn) -> ApiResult<()> {
+fn lock(c: &mut dyn Conn) -> StoreResult<()> {
     if c.dialect() == Dialect::Postgres {
         c.execute(
             "SELECT pg_advisory_xact_lock(?)",
-            &[Value::Integer(crate::db::PG_MIGRATION_LOCK)],
+            &[Value::Integer(crate::sql::PG_MIGRATION_LOCK)],
         )?;
     }
     guard(c)
@@ -160,7 +158,7 @@ fn lock(c: &mut dyn Conn) -> ApiResult<()> {
 /// so a profile can never be checked against a model that a publication
 /// committed meanwhile (neither would see the other's write otherwise).
 /// SQLite's single writer orders them anyway.
-pub fn guard(c: &mut dyn Conn) -> ApiResult<()> {
+pub fn guard(c: &mut dyn Conn) -> StoreResult<()> {
     c.execute(GUARD_SQL, &[])?;
     Ok(())
 }
@@ -177,7 +175,7 @@ pub fn publish_in(
     new: &DataModel,
     source: &str,
     now: &str,
-) -> ApiResult<Published> {
+) -> StoreResult<Published> {
     lock(c)?;
     new.validate()?;
     let current = latest(c)?;
@@ -205,9 +203,8 @@ pub fn publish_in(
         }
     }
     schema::apply_model(c, new, current.as_ref().map(|v| &v.model))?;
-    let body = serde_json::to_string(new).map_err(|e| ApiError::internal(e.to_string()))?;
-    let changes_json =
-        serde_json::to_string(&changes).map_err(|e| ApiError::internal(e.to_string()))?;
+    let body = serde_json::to_string(new)?;
+    let changes_json = serde_json::to_string(&changes)?;
     c.execute(
         "INSERT INTO _fs_models (version, body, source, published_at, changes) VALUES (?, ?, ?, ?, ?)",
         &[
@@ -226,7 +223,7 @@ pub fn publish_in(
 
 /// A column dropped by an earlier version keeps its data in the database:
 /// it may come back only with the kind it had.
-fn check_history(c: &mut dyn Conn, new: &DataModel) -> ApiResult<()> {
+fn check_history(c: &mut dyn Conn, new: &DataModel) -> StoreResult<()> {
     for old in versions(c)? {
         for t in &new.tables {
             let Some(ot) = old.model.table(&t.name) else {

@@ -9,7 +9,7 @@
 //! `OTEL_EXPORTER_OTLP_*_HEADERS`, `_TIMEOUT`, `OTEL_SERVICE_NAME`
 //! (default `fieldsync-server`), `OTEL_RESOURCE_ATTRIBUTES` and the batch
 //! processor's `OTEL_BSP_*`. Each request is a server span (see
-//! [`crate::metrics::track`]) that continues the caller's W3C
+//! [`metrics::track`]) that continues the caller's W3C
 //! `traceparent`; spans are exported whatever `FIELDSYNC_LOG` says.
 
 use std::io::IsTerminal;

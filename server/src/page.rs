@@ -13,8 +13,8 @@ use fieldsync_protocol::profile::ColumnKind;
 use fieldsync_protocol::protocol::PullPage;
 use serde::{Serialize as _, Serializer as _};
 
-use crate::error::{ApiError, ApiResult};
 use crate::sql::{Cell, Cells, model_value};
+use crate::store_error::{StoreError, StoreResult};
 
 /// The rows of one page so far: `[v, ...]` each, comma-separated.
 #[derive(Debug, Default)]
@@ -64,7 +64,7 @@ impl PageRows {
     /// Writes the row `r` is on: column 0 is `_version`, then one column per
     /// entry of `kinds` (the table's columns, primary key first), each
     /// converted to its column's kind as `model_value` does.
-    pub fn push(&mut self, r: &dyn Cells, kinds: &[ColumnKind]) -> ApiResult<RowAt> {
+    pub fn push(&mut self, r: &dyn Cells, kinds: &[ColumnKind]) -> StoreResult<RowAt> {
         let mut row = self.mark();
         if self.count > 0 {
             self.json.push(b',');
@@ -103,16 +103,16 @@ impl PageRows {
     /// The page's JSON: `page` (whose `rows` and `removed` are left empty)
     /// with these rows and `removed`, field for field what serialising the
     /// whole `PullPage` gives.
-    pub fn page_json(&self, page: &PullPage, removed: &[String]) -> ApiResult<Vec<u8>> {
+    pub fn page_json(&self, page: &PullPage, removed: &[String]) -> StoreResult<Vec<u8>> {
         // `rows` and `removed` are the struct's last fields: the head is the
         // page serialised without them, the rows go where its empty ones were.
         const TAIL: &[u8] = br#","rows":[],"removed":[]}"#;
         if !page.rows.is_empty() || !page.removed.is_empty() {
-            return Err(ApiError::internal("a page's rows are written apart"));
+            return Err(StoreError::internal("a page's rows are written apart"));
         }
         let mut out = serde_json::to_vec(page).map_err(write_error)?;
         if !out.ends_with(TAIL) {
-            return Err(ApiError::internal(
+            return Err(StoreError::internal(
                 "a page's rows and removed keys are no longer its last fields",
             ));
         }
@@ -127,8 +127,8 @@ impl PageRows {
     }
 }
 
-fn write_error(e: serde_json::Error) -> ApiError {
-    ApiError::internal(format!("a page does not encode: {e}"))
+fn write_error(e: serde_json::Error) -> StoreError {
+    StoreError::internal(format!("a page does not encode: {e}"))
 }
 
 #[cfg(test)]
@@ -142,11 +142,11 @@ mod tests {
     struct Cells1(Vec<Cell<'static>>);
 
     impl Cells for Cells1 {
-        fn cell(&self, i: usize) -> ApiResult<Cell<'_>> {
+        fn cell(&self, i: usize) -> StoreResult<Cell<'_>> {
             self.0
                 .get(i)
                 .cloned()
-                .ok_or_else(|| ApiError::internal("no column"))
+                .ok_or_else(|| StoreError::internal("no column"))
         }
         fn width(&self) -> usize {
             self.0.len()

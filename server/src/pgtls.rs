@@ -17,7 +17,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::error::{ApiError, ApiResult};
+use crate::store_error::{StoreError, StoreResult};
 
 /// Makes verified TLS connections to PostgreSQL.
 #[derive(Clone)]
@@ -25,7 +25,7 @@ pub struct RustlsConnect(Arc<rustls::ClientConfig>);
 
 impl RustlsConnect {
     /// Trusts Mozilla's roots and the certificates of `extra_pem`.
-    pub fn new(extra_pem: Option<&str>) -> ApiResult<RustlsConnect> {
+    pub fn new(extra_pem: Option<&str>) -> StoreResult<RustlsConnect> {
         let mut roots = rustls::RootCertStore::empty();
         for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
             // A bundled certificate rustls cannot use is skipped, as the
@@ -36,24 +36,24 @@ impl RustlsConnect {
             let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| {
-                    ApiError::internal(format!("the database CA file does not parse: {e}"))
+                    StoreError::internal(format!("the database CA file does not parse: {e}"))
                 })?;
             if certs.is_empty() {
-                return Err(ApiError::internal(
+                return Err(StoreError::internal(
                     "the database CA file holds no PEM certificate",
                 ));
             }
             for cert in certs {
                 roots
                     .add(cert)
-                    .map_err(|e| ApiError::internal(format!("the database CA file: {e}")))?;
+                    .map_err(|e| StoreError::internal(format!("the database CA file: {e}")))?;
             }
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ApiError::internal(format!("TLS: {e}")))?
+        .map_err(|e| StoreError::internal(format!("TLS: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
         Ok(RustlsConnect(Arc::new(config)))

@@ -11,15 +11,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::error::Error as _;
 
-use axum::http::StatusCode;
 use fieldsync_protocol::Value;
 use fieldsync_protocol::profile::ColumnKind;
-use fieldsync_protocol::protocol::codes;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use crate::error::{ApiError, ApiResult};
+use crate::store_error::{StoreError, StoreResult};
 
 /// Which SQL engine a connection talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +70,8 @@ impl Dialect {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row(pub Vec<Value>);
 
-fn bad_column(i: usize, want: &str, got: &Value) -> ApiError {
-    ApiError::internal(format!("database: column {i} holds {got:?}, not {want}"))
+fn bad_column(i: usize, want: &str, got: &Value) -> StoreError {
+    StoreError::internal(format!("database: column {i} holds {got:?}, not {want}"))
 }
 
 impl Row {
@@ -86,7 +83,7 @@ impl Row {
     pub fn value(&self, i: usize, kind: ColumnKind) -> Value {
         model_value(self.get(i).clone(), kind)
     }
-    pub fn opt_i64(&self, i: usize) -> ApiResult<Option<i64>> {
+    pub fn opt_i64(&self, i: usize) -> StoreResult<Option<i64>> {
         match self.get(i) {
             Value::Null => Ok(None),
             Value::Integer(n) => Ok(Some(*n)),
@@ -94,21 +91,21 @@ impl Row {
             other => Err(bad_column(i, "an integer", other)),
         }
     }
-    pub fn i64(&self, i: usize) -> ApiResult<i64> {
+    pub fn i64(&self, i: usize) -> StoreResult<i64> {
         self.opt_i64(i)?
             .ok_or_else(|| bad_column(i, "an integer", &Value::Null))
     }
-    pub fn bool(&self, i: usize) -> ApiResult<bool> {
+    pub fn bool(&self, i: usize) -> StoreResult<bool> {
         Ok(self.i64(i)? != 0)
     }
-    pub fn opt_text(&self, i: usize) -> ApiResult<Option<String>> {
+    pub fn opt_text(&self, i: usize) -> StoreResult<Option<String>> {
         match self.get(i) {
             Value::Null => Ok(None),
             Value::Text(s) => Ok(Some(s.clone())),
             other => Err(bad_column(i, "text", other)),
         }
     }
-    pub fn text(&self, i: usize) -> ApiResult<String> {
+    pub fn text(&self, i: usize) -> StoreResult<String> {
         self.opt_text(i)?
             .ok_or_else(|| bad_column(i, "text", &Value::Null))
     }
@@ -151,11 +148,11 @@ impl Cell<'_> {
 /// The row being read by [`Conn::query_each`].
 pub trait Cells {
     /// Column `i`, borrowed.
-    fn cell(&self, i: usize) -> ApiResult<Cell<'_>>;
+    fn cell(&self, i: usize) -> StoreResult<Cell<'_>>;
     /// The number of columns.
     fn width(&self) -> usize;
     /// Column `i` as an integer.
-    fn int(&self, i: usize) -> ApiResult<i64> {
+    fn int(&self, i: usize) -> StoreResult<i64> {
         match self.cell(i)? {
             Cell::Int(n) => Ok(n),
             Cell::Bool(b) => Ok(i64::from(b)),
@@ -163,23 +160,23 @@ pub trait Cells {
         }
     }
     /// Column `i` as text, which must not be NULL.
-    fn text(&self, i: usize) -> ApiResult<String> {
+    fn text(&self, i: usize) -> StoreResult<String> {
         match self.cell(i)? {
             Cell::Text(t) => Ok(t.into_owned()),
             other => Err(bad_column(i, "text", &other.into_value())),
         }
     }
     /// Every column, owned.
-    fn row(&self) -> ApiResult<Row> {
+    fn row(&self) -> StoreResult<Row> {
         (0..self.width())
             .map(|i| self.cell(i).map(Cell::into_value))
-            .collect::<ApiResult<Vec<_>>>()
+            .collect::<StoreResult<Vec<_>>>()
             .map(Row)
     }
 }
 
 impl Cells for rusqlite::Row<'_> {
-    fn cell(&self, i: usize) -> ApiResult<Cell<'_>> {
+    fn cell(&self, i: usize) -> StoreResult<Cell<'_>> {
         Ok(match self.get_ref(i)? {
             rusqlite::types::ValueRef::Null => Cell::Null,
             rusqlite::types::ValueRef::Integer(v) => Cell::Int(v),
@@ -195,17 +192,17 @@ impl Cells for rusqlite::Row<'_> {
 }
 
 impl Cells for postgres::Row {
-    fn cell(&self, i: usize) -> ApiResult<Cell<'_>> {
+    fn cell(&self, i: usize) -> StoreResult<Cell<'_>> {
         let col = self
             .columns()
             .get(i)
-            .ok_or_else(|| ApiError::internal(format!("database: no column {i}")))?;
+            .ok_or_else(|| StoreError::internal(format!("database: no column {i}")))?;
         fn opt<'a, T: postgres::types::FromSql<'a>>(
             r: &'a postgres::Row,
             i: usize,
-        ) -> ApiResult<Option<T>> {
+        ) -> StoreResult<Option<T>> {
             r.try_get::<_, Option<T>>(i)
-                .map_err(|e| ApiError::internal(format!("database: column {i}: {e}")))
+                .map_err(|e| StoreError::internal(format!("database: column {i}: {e}")))
         }
         let cell = match *col.type_() {
             Type::INT8 => opt::<i64>(self, i)?.map(Cell::Int),
@@ -218,7 +215,7 @@ impl Cells for postgres::Row {
                 opt::<&str>(self, i)?.map(|t| Cell::Text(Cow::Borrowed(t)))
             }
             ref other => {
-                return Err(ApiError::internal(format!(
+                return Err(StoreError::internal(format!(
                     "database: column {i} has type {other}, which the server does not read"
                 )));
             }
@@ -234,36 +231,41 @@ impl Cells for postgres::Row {
 pub trait Conn {
     fn dialect(&self) -> Dialect;
     /// Runs a statement; the number of rows it changed.
-    fn execute(&mut self, sql: &str, params: &[Value]) -> ApiResult<u64>;
+    fn execute(&mut self, sql: &str, params: &[Value]) -> StoreResult<u64>;
     /// Runs a query; every row it answers.
-    fn query(&mut self, sql: &str, params: &[Value]) -> ApiResult<Vec<Row>>;
+    fn query(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>>;
     /// Runs a query and hands each row to `f`, borrowed, as it is read,
     /// until `f` answers `false`: a long walk holds one row at a time.
     fn query_each(
         &mut self,
         sql: &str,
         params: &[Value],
-        f: &mut dyn FnMut(&dyn Cells) -> ApiResult<bool>,
-    ) -> ApiResult<()>;
+        f: &mut dyn FnMut(&dyn Cells) -> StoreResult<bool>,
+    ) -> StoreResult<()>;
     /// Runs statements without parameters.
-    fn batch(&mut self, sql: &str) -> ApiResult<()>;
+    fn batch(&mut self, sql: &str) -> StoreResult<()>;
 
     /// The first row, if any.
-    fn query_opt(&mut self, sql: &str, params: &[Value]) -> ApiResult<Option<Row>> {
+    fn query_opt(&mut self, sql: &str, params: &[Value]) -> StoreResult<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
     /// The first row, which must exist.
-    fn query_one(&mut self, sql: &str, params: &[Value]) -> ApiResult<Row> {
+    fn query_one(&mut self, sql: &str, params: &[Value]) -> StoreResult<Row> {
         self.query_opt(sql, params)?
-            .ok_or_else(|| ApiError::internal("database: a query answered no row"))
+            .ok_or_else(|| StoreError::internal("database: a query answered no row"))
     }
     /// Whether the query answers any row.
-    fn exists(&mut self, sql: &str, params: &[Value]) -> ApiResult<bool> {
+    fn exists(&mut self, sql: &str, params: &[Value]) -> StoreResult<bool> {
         Ok(self.query_opt(sql, params)?.is_some())
     }
 }
 
 /// Shorthand for a text parameter.
+/// An integer parameter.
+pub fn int(n: i64) -> Value {
+    Value::Integer(n)
+}
+
 pub fn text(s: impl Into<String>) -> Value {
     Value::Text(s.into())
 }
@@ -282,11 +284,11 @@ impl Conn for SqliteConn<'_> {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
-    fn execute(&mut self, sql: &str, params: &[Value]) -> ApiResult<u64> {
+    fn execute(&mut self, sql: &str, params: &[Value]) -> StoreResult<u64> {
         let mut stmt = self.0.prepare_cached(sql)?;
         Ok(stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64)
     }
-    fn query(&mut self, sql: &str, params: &[Value]) -> ApiResult<Vec<Row>> {
+    fn query(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
         let mut out = Vec::new();
         self.query_each(sql, params, &mut |r| {
             out.push(r.row()?);
@@ -298,8 +300,8 @@ impl Conn for SqliteConn<'_> {
         &mut self,
         sql: &str,
         params: &[Value],
-        f: &mut dyn FnMut(&dyn Cells) -> ApiResult<bool>,
-    ) -> ApiResult<()> {
+        f: &mut dyn FnMut(&dyn Cells) -> StoreResult<bool>,
+    ) -> StoreResult<()> {
         let mut stmt = self.0.prepare_cached(sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
         while let Some(r) = rows.next()? {
@@ -309,7 +311,7 @@ impl Conn for SqliteConn<'_> {
         }
         Ok(())
     }
-    fn batch(&mut self, sql: &str) -> ApiResult<()> {
+    fn batch(&mut self, sql: &str) -> StoreResult<()> {
         Ok(self.0.execute_batch(sql)?)
     }
 }
@@ -415,7 +417,7 @@ impl ToSql for PgValue<'_> {
     to_sql_checked!();
 }
 
-fn pg_row(r: &postgres::Row) -> ApiResult<Row> {
+fn pg_row(r: &postgres::Row) -> StoreResult<Row> {
     r.row()
 }
 
@@ -433,46 +435,8 @@ pub fn pg_retryable(e: &postgres::Error) -> bool {
     )
 }
 
-impl From<postgres::Error> for ApiError {
-    fn from(e: postgres::Error) -> Self {
-        use postgres::error::SqlState;
-        let unavailable = e.is_closed()
-            || e.source()
-                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
-            || matches!(
-                e.code(),
-                Some(c) if *c == SqlState::DISK_FULL
-                    || *c == SqlState::TOO_MANY_CONNECTIONS
-                    || *c == SqlState::ADMIN_SHUTDOWN
-                    || *c == SqlState::CANNOT_CONNECT_NOW
-                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
-                    || *c == SqlState::T_R_DEADLOCK_DETECTED
-                    || *c == SqlState::LOCK_NOT_AVAILABLE
-            );
-        if matches!(
-            e.code(),
-            Some(c) if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE || *c == SqlState::UNTRANSLATABLE_CHARACTER
-        ) {
-            return ApiError::bad_request(
-                codes::INVALID_VALUE,
-                "text holding the character U+0000 cannot be stored by this server (PostgreSQL)",
-            );
-        }
-        let detail = match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
-        };
-        if unavailable {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::UNAVAILABLE,
-                format!("database: {detail}"),
-            )
-        } else {
-            ApiError::internal(format!("database: {detail}"))
-        }
-    }
-}
+/// Advisory lock held while migrating (instances starting together).
+pub(crate) const PG_MIGRATION_LOCK: i64 = 0x6669_656c_6473_0001;
 
 /// Most prepared statements a PostgreSQL connection keeps; past it the
 /// cache starts again (statement texts are few: one per query shape).
@@ -542,7 +506,7 @@ impl<'a> PgConn<'a> {
             retryable: false,
         }
     }
-    fn fail(&mut self, sql: &str, e: postgres::Error) -> ApiError {
+    fn fail(&mut self, sql: &str, e: postgres::Error) -> StoreError {
         self.client.forget(sql);
         if pg_retryable(&e) {
             self.retryable = true;
@@ -555,7 +519,7 @@ impl Conn for PgConn<'_> {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
-    fn execute(&mut self, sql: &str, params: &[Value]) -> ApiResult<u64> {
+    fn execute(&mut self, sql: &str, params: &[Value]) -> StoreResult<u64> {
         let sql = pg_placeholders(sql);
         let bound: Vec<PgValue<'_>> = params.iter().map(PgValue).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p as _).collect();
@@ -568,7 +532,7 @@ impl Conn for PgConn<'_> {
             Err(e) => Err(self.fail(&sql, e)),
         }
     }
-    fn query(&mut self, sql: &str, params: &[Value]) -> ApiResult<Vec<Row>> {
+    fn query(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
         let sql = pg_placeholders(sql);
         let bound: Vec<PgValue<'_>> = params.iter().map(PgValue).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p as _).collect();
@@ -586,8 +550,8 @@ impl Conn for PgConn<'_> {
         &mut self,
         sql: &str,
         params: &[Value],
-        f: &mut dyn FnMut(&dyn Cells) -> ApiResult<bool>,
-    ) -> ApiResult<()> {
+        f: &mut dyn FnMut(&dyn Cells) -> StoreResult<bool>,
+    ) -> StoreResult<()> {
         use postgres::fallible_iterator::FallibleIterator;
         let sql = pg_placeholders(sql);
         let bound: Vec<PgValue<'_>> = params.iter().map(PgValue).collect();
@@ -598,7 +562,7 @@ impl Conn for PgConn<'_> {
         };
         // Rows stream from the connection; the ones after a stop are
         // read and dropped by the client.
-        let result = (|| -> Result<ApiResult<()>, postgres::Error> {
+        let result = (|| -> Result<StoreResult<()>, postgres::Error> {
             let mut rows = self
                 .client
                 .client
@@ -617,7 +581,7 @@ impl Conn for PgConn<'_> {
             Err(e) => Err(self.fail(&sql, e)),
         }
     }
-    fn batch(&mut self, sql: &str) -> ApiResult<()> {
+    fn batch(&mut self, sql: &str) -> StoreResult<()> {
         match self.client.batch_execute(sql) {
             Ok(()) => Ok(()),
             Err(e) => Err(self.fail(sql, e)),

@@ -18,7 +18,7 @@ use maud::{PreEscaped, html};
 use crate::App;
 use crate::api::blocking;
 use crate::console::html::{bare_page, notice};
-use crate::console::response::{Form, error_page, html_response};
+use crate::console::response::{Form, html_response};
 use crate::db::{Role, hash_token};
 
 /// Name of the session cookie.
@@ -147,7 +147,7 @@ impl FromRequestParts<Arc<App>> for Admin {
                 csrf: s.csrf_token,
             }),
             Ok(None) => Err(not_signed_in(&parts.method)),
-            Err(e) => Err(error_page(&e)),
+            Err(e) => Err(crate::console::response::error_page(&e)),
         }
     }
 }
@@ -230,7 +230,7 @@ pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, form: Form) 
                 );
             }
             Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "That token is not valid."),
-            Err(e) => return error_page(&e),
+            Err(e) => return crate::console::response::error_page(&e),
         }
     };
     let db = app.db.clone();
@@ -238,7 +238,7 @@ pub async fn login(State(app): State<Arc<App>>, headers: HeaderMap, form: Form) 
     let (id, _csrf) = match blocking(move || db.create_console_session(&name, SESSION_TTL_MS)).await
     {
         Ok(s) => s,
-        Err(e) => return error_page(&e),
+        Err(e) => return crate::console::response::error_page(&e),
     };
     let cookie = format!(
         "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{}",
@@ -265,7 +265,7 @@ pub async fn logout(
     if let Some(id) = session_cookie(&headers) {
         let db = app.db.clone();
         if let Err(e) = blocking(move || db.delete_console_session(&id)).await {
-            return error_page(&e);
+            return crate::console::response::error_page(&e);
         }
     }
     let mut resp = html_response(

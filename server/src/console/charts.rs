@@ -6,7 +6,6 @@
 //! escaped by the template engine (failure types come from devices).
 
 use maud::{Markup, html};
-
 use serde::{Deserialize, Serialize};
 
 /// Syncs in one time bucket.

@@ -16,6 +16,7 @@ use crate::console::auth::Admin;
 use crate::console::html::{Section, page, time, url_component};
 use crate::console::response::{error_page, html_response};
 use crate::console::telemetry;
+use crate::error::ApiError;
 use maud::{PreEscaped, html};
 
 /// `GET /console/devices`.
@@ -27,7 +28,7 @@ pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
             db.users()?.into_iter().map(|u| (u.id, u.name)).collect();
         let errors = db.device_last_errors()?;
         let reports = telemetry::read(&db)?.devices;
-        Ok((devices, users, errors, reports))
+        Ok::<_, ApiError>((devices, users, errors, reports))
     })
     .await;
     let (devices, users, errors, reports) = match loaded {

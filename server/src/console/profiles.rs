@@ -26,6 +26,7 @@ use crate::api::blocking;
 use crate::console::auth::Admin;
 use crate::console::html::{Section, json_text, notice, page, url_component};
 use crate::console::response::{Form, error_page, html_response};
+use crate::db::StoreError;
 
 /// A sync interval in words (`5 min`, `1 h`, `1 day`).
 pub fn interval_text(secs: u64) -> String {
@@ -167,7 +168,7 @@ fn filter_markup(f: &Json, top: bool) -> Markup {
 /// `GET /console/profiles`.
 pub async fn list(State(app): State<Arc<App>>, admin: Admin) -> Response {
     let db = app.db.clone();
-    let loaded = blocking(move || Ok((db.profiles()?, db.users()?))).await;
+    let loaded = blocking(move || Ok::<_, StoreError>((db.profiles()?, db.users()?))).await;
     let (profiles, users) = match loaded {
         Ok(v) => v,
         Err(e) => return error_page(&e),

@@ -1,5 +1,4 @@
-//! How console handlers answer: an HTML response, a server fault as a
-//! page, and the submitted form they read.
+//! Console responses: HTML pages, the error page, and submitted forms.
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};

@@ -21,7 +21,9 @@ use crate::console::html::{
     Section, kv_table, notice, options, page, side_by_side, time, url_component,
 };
 use crate::console::response::{Form, error_page, html_response};
-use crate::db::{DataCut, RetryOutcome, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry};
+use crate::db::{
+    DataCut, RetryOutcome, StoreError, SyncErrorEntry, SyncErrorFilter, SyncErrorRetry,
+};
 
 /// Filters and notices of the Sync Errors page.
 #[derive(Debug, Default, Deserialize)]
@@ -156,7 +158,7 @@ async fn render(
         let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
         let retries = db.sync_error_retries(&ids)?;
         let facets = db.sync_error_facets()?;
-        Ok((entries, retries, facets))
+        Ok::<_, StoreError>((entries, retries, facets))
     })
     .await;
     let (entries, retries, facets) = match loaded {
@@ -275,7 +277,7 @@ pub async fn retry(
         )
         .await;
     };
-    match crate::api::retry_sync_error(&app, id, admin.name.clone()).await {
+    match crate::api::admin::retry_sync_error(&app, id, admin.name.clone()).await {
         Ok(_) => Redirect::to(&format!(
             "/console/sync-errors?retried={}#sync-error-{}",
             url_component(&id.to_string()),

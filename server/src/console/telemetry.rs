@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::App;
 use crate::api::blocking;
 use crate::console::auth::Admin;
-use crate::console::charts::{self, FailureTypeCount, TelemetryBucket};
+use crate::console::charts;
+use crate::console::charts::{FailureTypeCount, TelemetryBucket};
 use crate::console::html::{Section, page};
 use crate::console::response::{error_page, html_response};
 use crate::db::Db;
@@ -65,9 +66,9 @@ pub struct TelemetryView {
 pub fn read(db: &Db) -> ApiResult<TelemetryView> {
     use fieldsync_protocol::telemetry::{TelemetryKind, TelemetryResult};
     const BUCKET_SECS: i64 = 3600;
-    let events = crate::telemetry::list(
+    let events = crate::db::telemetry::list(
         db,
-        &crate::telemetry::TelemetryQuery {
+        &crate::db::telemetry::TelemetryQuery {
             kind: Some("sync".into()),
             limit: Some(5000),
             ..Default::default()

@@ -1,79 +1,27 @@
-//! Telemetry ingestion and queries (S1, C14): devices upload batches of sync
-//! telemetry events to `POST /v1/telemetry`; administrators list them
-//! (`GET /v1/admin/telemetry`) and read aggregates for charts
-//! (`GET /v1/admin/telemetry/summary`). Events live in the server database's
-//! `_fs_telemetry` table; an event id is stored once, so a re-sent batch
-//! counts nothing twice.
+//! Telemetry events uploaded by devices: stored, listed and summarised
+//! (counts, percentiles, per day and per table).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use axum::Json;
-use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
 use fieldsync_protocol::Value;
 use fieldsync_protocol::protocol::codes;
 use fieldsync_protocol::telemetry::{
-    TelemetryAccepted, TelemetryBatch, TelemetryEvent, TelemetryKind, TelemetryMode,
-    TelemetryNetwork, TelemetryResult,
+    TelemetryEvent, TelemetryKind, TelemetryMode, TelemetryNetwork, TelemetryResult,
 };
 use fieldsync_protocol::time::{format_date, parse_datetime};
 use serde::{Deserialize, Serialize};
 
-use crate::App;
-use crate::api::{authenticate, authenticate_admin, blocking, read_json};
-use crate::db::Db;
-use crate::error::{ApiError, ApiResult};
+use super::backend::Db;
+use super::devices::touch_device_in;
 use crate::sql::{Row, opt_text, text};
+use crate::store_error::{StoreError, StoreResult};
+use std::collections::BTreeMap;
 
-/// Most events in one upload.
-pub const MAX_EVENTS_PER_BATCH: usize = 1000;
 /// Most events one list answer returns.
 pub const MAX_LIST: u32 = 5000;
-
-fn check(e: &TelemetryEvent) -> Result<(), String> {
-    let short = |name: &str, v: &str, max: usize| {
-        if v.len() > max {
-            Err(format!("{name} is longer than {max} characters"))
-        } else {
-            Ok(())
-        }
-    };
-    if e.id.is_empty() || e.sync_id.is_empty() || e.device_id.is_empty() {
-        return Err("id, sync_id and device_id are required".into());
-    }
-    short("id", &e.id, 128)?;
-    short("sync_id", &e.sync_id, 128)?;
-    short("device_id", &e.device_id, 128)?;
-    // A mode or result this build does not know would make the charts lie:
-    // the batch is refused. An unknown network type is kept as `unknown`.
-    if e.mode == TelemetryMode::Unknown {
-        return Err("mode must be first, delta, refresh or forced".into());
-    }
-    if e.result == TelemetryResult::Unknown {
-        return Err("result must be success or failure".into());
-    }
-    short("failure_type", e.failure_type.as_deref().unwrap_or(""), 64)?;
-    short("table", e.table.as_deref().unwrap_or(""), 64)?;
-    short("app_version", &e.app_version, 64)?;
-    short("device_model", &e.device_model, 128)?;
-    short("os_version", &e.os_version, 64)?;
-    if e.duration_ms < 0 || e.active_duration_ms < 0 || e.started_at < 0 {
-        return Err("durations and times must not be negative".into());
-    }
-    let too_big = |v: u64| v > i64::MAX as u64;
-    if too_big(e.rows_up) || too_big(e.rows_down) || too_big(e.bytes_up) || too_big(e.bytes_down) {
-        return Err("a count is too large".into());
-    }
-    Ok(())
-}
 
 /// Stores a batch for `user_id`, and each device's app version (its last
 /// event's) for the device list, in one transaction; returns how many
 /// events were new.
-pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> ApiResult<u64> {
+pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> StoreResult<u64> {
     let mut versions = BTreeMap::new();
     for e in events {
         versions.insert(e.device_id.as_str(), e.app_version.as_str());
@@ -82,7 +30,7 @@ pub fn store(db: &Db, user_id: &str, events: &[TelemetryEvent], now: i64) -> Api
     db.write(|c| {
         for (device, version) in &versions {
             if !version.is_empty() {
-                crate::db::touch_device_in(c, &at, device, user_id, false, Some(version))?;
+                touch_device_in(c, &at, device, user_id, false, Some(version))?;
             }
         }
         let mut n = 0;
@@ -160,15 +108,15 @@ pub struct TelemetryQuery {
     pub limit: Option<u32>,
 }
 
-fn since_ms(q: &TelemetryQuery) -> ApiResult<Option<i64>> {
+fn since_ms(q: &TelemetryQuery) -> StoreResult<Option<i64>> {
     match q.since.as_deref() {
         None | Some("") => Ok(None),
         Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => s
             .parse()
             .map(Some)
-            .map_err(|_| ApiError::bad_request(codes::BAD_REQUEST, "since is not a valid time")),
+            .map_err(|_| StoreError::invalid(codes::BAD_REQUEST, "since is not a valid time")),
         Some(s) => parse_datetime(s).map(Some).ok_or_else(|| {
-            ApiError::bad_request(
+            StoreError::invalid(
                 codes::BAD_REQUEST,
                 "since must be milliseconds since the epoch or YYYY-MM-DDTHH:MM:SSZ",
             )
@@ -176,7 +124,7 @@ fn since_ms(q: &TelemetryQuery) -> ApiResult<Option<i64>> {
     }
 }
 
-fn where_clause(q: &TelemetryQuery) -> ApiResult<(String, Vec<Value>)> {
+fn where_clause(q: &TelemetryQuery) -> StoreResult<(String, Vec<Value>)> {
     use Value as V;
     let mut sql = String::from(" WHERE 1 = 1");
     let mut params = Vec::new();
@@ -194,7 +142,7 @@ fn where_clause(q: &TelemetryQuery) -> ApiResult<(String, Vec<Value>)> {
     }
     if let Some(k) = &q.kind {
         if k != "sync" && k != "table_download" {
-            return Err(ApiError::bad_request(
+            return Err(StoreError::invalid(
                 codes::BAD_REQUEST,
                 "kind must be sync or table_download",
             ));
@@ -210,7 +158,7 @@ const COLUMNS: &str =
     active_duration_ms, rows_up, rows_down, bytes_up, bytes_down, tbl, network_type, app_version,
     device_model, os_version, user_id, received_at, conflicts, rejected, pending_uploads";
 
-fn read_event(r: &Row) -> ApiResult<StoredEvent> {
+fn read_event(r: &Row) -> StoreResult<StoredEvent> {
     let kind = r.text(1)?;
     Ok(StoredEvent {
         event: TelemetryEvent {
@@ -247,11 +195,11 @@ fn read_event(r: &Row) -> ApiResult<StoredEvent> {
 }
 
 /// Events matching the query, newest first.
-pub fn list(db: &Db, q: &TelemetryQuery) -> ApiResult<Vec<StoredEvent>> {
+pub fn list(db: &Db, q: &TelemetryQuery) -> StoreResult<Vec<StoredEvent>> {
     let (clause, mut params) = where_clause(q)?;
     let limit = q.limit.unwrap_or(500);
     if !(1..=MAX_LIST).contains(&limit) {
-        return Err(ApiError::bad_request(
+        return Err(StoreError::invalid(
             codes::BAD_REQUEST,
             format!("limit is 1 to {MAX_LIST}"),
         ));
@@ -350,7 +298,7 @@ pub struct Summary {
 }
 
 /// Aggregates the events matching the query.
-pub fn summary(db: &Db, q: &TelemetryQuery) -> ApiResult<Summary> {
+pub fn summary(db: &Db, q: &TelemetryQuery) -> StoreResult<Summary> {
     let (clause, params) = where_clause(q)?;
     let sql = format!("SELECT {COLUMNS} FROM _fs_telemetry{clause} ORDER BY started_at");
     let events: Vec<StoredEvent> =
@@ -456,67 +404,8 @@ pub fn summary(db: &Db, q: &TelemetryQuery) -> ApiResult<Summary> {
     Ok(s)
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(v)| v).map_err(|e| {
-        ApiError::bad_request(
-            codes::BAD_REQUEST,
-            format!("bad query string: {}", e.body_text()),
-        )
-    })
-}
-
-/// `POST /v1/telemetry`: a device's batch of events.
-pub async fn upload(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Json<TelemetryAccepted>> {
-    let user = authenticate(&app, &headers).await?;
-    let batch: TelemetryBatch = read_json(&app, &headers, body).await?;
-    if batch.events.len() > MAX_EVENTS_PER_BATCH {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            codes::PAYLOAD_TOO_LARGE,
-            format!("at most {MAX_EVENTS_PER_BATCH} events per request"),
-        ));
-    }
-    for (i, e) in batch.events.iter().enumerate() {
-        check(e)
-            .map_err(|m| ApiError::bad_request(codes::INVALID_VALUE, format!("event {i}: {m}")))?;
-    }
-    let db = app.db.clone();
-    // Received by the server's clock, which the retention also reads
-    // (`Db::purge`).
-    let accepted = blocking(move || store(&db, &user.id, &batch.events, db.now_ms())).await?;
-    Ok(Json(TelemetryAccepted { accepted }))
-}
-
-/// `GET /v1/admin/telemetry?device=&user=&since=&kind=&limit=`.
-pub async fn admin_list(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    q: Result<Query<TelemetryQuery>, QueryRejection>,
-) -> ApiResult<Json<Vec<StoredEvent>>> {
-    authenticate_admin(&app, &headers).await?;
-    let q = query(q)?;
-    let db = app.db.clone();
-    Ok(Json(blocking(move || list(&db, &q)).await?))
-}
-
-/// `GET /v1/admin/telemetry/summary?device=&user=&since=`.
-pub async fn admin_summary(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    q: Result<Query<TelemetryQuery>, QueryRejection>,
-) -> ApiResult<Json<Summary>> {
-    authenticate_admin(&app, &headers).await?;
-    let q = query(q)?;
-    let db = app.db.clone();
-    Ok(Json(blocking(move || summary(&db, &q)).await?))
-}
-
 /// Number of stored events (tests, diagnostics).
-pub fn count(db: &Db) -> ApiResult<u64> {
+pub fn count(db: &Db) -> StoreResult<u64> {
     db.read(|c| {
         Ok(c.query_one("SELECT COUNT(*) FROM _fs_telemetry", &[])?
             .i64(0)?
