@@ -6,7 +6,7 @@
    document, with every HTTP method the route registers, and that the
    document has no path the router lacks.
 3. Checks that the ErrorCode enum lists exactly the codes of
-   core/src/protocol.rs (`pub mod codes`).
+   protocol/src/protocol.rs (`pub mod codes`).
 
 Exits non-zero on any problem. Needs `pip install openapi-spec-validator`.
 Run from anywhere: python3 tests/check_openapi.py
@@ -22,7 +22,7 @@ from openapi_spec_validator import validate
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "docs" / "openapi.yaml"
 ROUTER = ROOT / "server" / "src" / "lib.rs"
-PROTOCOL = ROOT / "core" / "src" / "protocol.rs"
+PROTOCOL = ROOT / "protocol" / "src" / "protocol.rs"
 
 METHODS = ("get", "post", "put", "delete", "patch", "head", "options")
 
@@ -48,7 +48,7 @@ def router_routes(source: str) -> dict[str, set[str]]:
 def error_codes(source: str) -> set[str]:
     block = re.search(r"pub mod codes \{(.*?)\n\}", source, re.S)
     if not block:
-        raise SystemExit("cannot find `pub mod codes` in core/src/protocol.rs")
+        raise SystemExit("cannot find `pub mod codes` in protocol/src/protocol.rs")
     return set(re.findall(r'pub const \w+: &str = "([^"]+)";', block.group(1)))
 
 
@@ -77,9 +77,9 @@ def main() -> int:
     documented = set(spec["components"]["schemas"]["ErrorCode"]["enum"])
     codes = error_codes(PROTOCOL.read_text())
     for code in sorted(codes - documented):
-        problems.append(f"error code {code!r} of core/src/protocol.rs is missing from ErrorCode")
+        problems.append(f"error code {code!r} of protocol/src/protocol.rs is missing from ErrorCode")
     for code in sorted(documented - codes):
-        problems.append(f"ErrorCode lists {code!r}, which core/src/protocol.rs does not define")
+        problems.append(f"ErrorCode lists {code!r}, which protocol/src/protocol.rs does not define")
 
     for p in problems:
         print(f"FAIL: {p}", file=sys.stderr)
