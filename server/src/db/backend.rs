@@ -233,11 +233,18 @@ pub(super) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // statement again each time a value is bound to it (every query of
     // every page; a thirtieth of the server's time for a page of changes).
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // Each statement text is prepared once per connection: a push request
+    // alone uses a dozen (receipt lookups and inserts of a few widths, row
+    // reads, upserts per column set), past rusqlite's default of 16.
+    conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENTS);
     Ok(conn)
 }
 
 /// Largest part of the embedded database file a connection maps (1 GiB).
 pub(super) const SQLITE_MMAP_BYTES: i64 = 1 << 30;
+
+/// Most prepared statements an embedded connection keeps.
+const SQLITE_STATEMENTS: usize = 256;
 
 /// Page cache of each embedded connection, in KiB (16 MiB).
 pub(super) const SQLITE_CACHE_KIB: i64 = 16 * 1024;

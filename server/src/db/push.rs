@@ -9,12 +9,12 @@ use fieldsync_protocol::protocol::{
     ErrorBody, MAX_ROW_BYTES, Mutation, MutationResult, MutationStatus, Op, codes,
 };
 
-use crate::sql::{Conn, Dialect, int, text};
+use crate::sql::{Conn, Dialect};
 use crate::store_error::{StoreError, StoreResult};
 
 use super::backend::Db;
-use super::receipts::{Answer, refused_key};
-use super::records::{merged_size, missing_required, row_size, unstorable_text};
+use super::receipts::{Answer, RequestReceipts, refused_key};
+use super::records::{Writer, merged_size, missing_required, row_size, unstorable_text};
 use super::users::User;
 
 /// A mutation the server refuses; it still gets a receipt.
@@ -83,6 +83,7 @@ impl Db {
     ) -> StoreResult<Vec<MutationResult>> {
         self.write(|c| {
             let detection = Self::conflict_detection_in(c)?;
+            let mut receipts = self.request_receipts(c, user, mutations)?;
             let mut results = Vec::with_capacity(mutations.len());
             let mut rest = mutations;
             while let Some(first) = rest.first() {
@@ -96,13 +97,19 @@ impl Db {
                 let (group, tail) = rest.split_at(len);
                 rest = tail;
                 if first.transaction.is_some() {
-                    results.extend(
-                        self.push_transaction(c, user, device_id, profile, group, detection)?,
-                    );
+                    results.extend(self.push_transaction(
+                        c,
+                        &mut receipts,
+                        user,
+                        device_id,
+                        profile,
+                        group,
+                        detection,
+                    )?);
                     continue;
                 }
                 let m = first;
-                let digest = match self.receipt_answer(c, user, device_id, m)? {
+                let digest = match self.receipt_answer(c, &receipts, user, device_id, m)? {
                     Answer::Known(result) | Answer::Refused(result) => {
                         results.push(result);
                         continue;
@@ -116,16 +123,17 @@ impl Db {
                     self.log_sync_error(c, user, device_id, m, result, "rejected")?;
                 }
                 let result = result.into_result();
-                self.write_receipt(c, user, m, &result, digest)?;
+                self.write_receipt(&mut receipts, m, &result, digest)?;
                 results.push(result);
             }
+            self.flush_receipts(c, user, &receipts)?;
             Ok(results)
         })
     }
 
-    /// Applies one mutation under a savepoint: applied, or failed (a
-    /// conflict, logged by `push_one`, or a refusal, rolled back and not
-    /// yet logged).
+    /// Applies one mutation: applied, or failed (a conflict, logged by
+    /// `push_one`, or a refusal, which changed nothing and is not yet
+    /// logged).
     pub(super) fn apply_one(
         &self,
         c: &mut dyn Conn,
@@ -135,35 +143,28 @@ impl Db {
         m: &Mutation,
         detection: bool,
     ) -> StoreResult<Outcome> {
-        c.batch("SAVEPOINT mutation")?;
         match self.push_one(c, user, device_id, profile, m, detection) {
-            Ok(r) => {
-                c.batch("RELEASE SAVEPOINT mutation")?;
-                Ok(if r.status == MutationStatus::Applied {
-                    Outcome::Applied(r)
-                } else {
-                    Outcome::Failed(r)
-                })
-            }
+            Ok(r) => Ok(if r.status == MutationStatus::Applied {
+                Outcome::Applied(r)
+            } else {
+                Outcome::Failed(r)
+            }),
             Err(PushFail::Fatal(e)) => Err(e),
             Err(PushFail::Reject(Rejection {
                 code,
                 message,
                 row,
                 version,
-            })) => {
-                c.batch("ROLLBACK TO SAVEPOINT mutation; RELEASE SAVEPOINT mutation")?;
-                Ok(Outcome::Failed(MutationResult {
-                    idempotency_key: m.idempotency_key.clone(),
-                    status: MutationStatus::Rejected,
-                    version,
-                    row,
-                    error: Some(ErrorBody {
-                        code: code.into(),
-                        message,
-                    }),
-                }))
-            }
+            })) => Ok(Outcome::Failed(MutationResult {
+                idempotency_key: m.idempotency_key.clone(),
+                status: MutationStatus::Rejected,
+                version,
+                row,
+                error: Some(ErrorBody {
+                    code: code.into(),
+                    message,
+                }),
+            })),
         }
     }
 
@@ -200,9 +201,11 @@ impl Db {
     /// `transaction_aborted`, each result carries the server's row as it
     /// stands after the rollback, and every result is logged as a sync
     /// error and kept as the write's receipt.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn push_transaction(
         &self,
         c: &mut dyn Conn,
+        receipts: &mut RequestReceipts,
         user: &User,
         device_id: Option<&str>,
         profile: &SyncProfile,
@@ -250,7 +253,7 @@ impl Db {
         }
         let mut answers = Vec::with_capacity(group.len());
         for m in group {
-            answers.push(self.receipt_answer(c, user, device_id, m)?);
+            answers.push(self.receipt_answer(c, receipts, user, device_id, m)?);
         }
         let known = answers
             .iter()
@@ -357,12 +360,15 @@ impl Db {
         }
         for ((m, result), answer) in group.iter().zip(&results).zip(answers) {
             if let Answer::New(digest) = answer {
-                self.write_receipt(c, user, m, result, digest)?;
+                self.write_receipt(receipts, m, result, digest)?;
             }
         }
         Ok(results)
     }
 
+    /// Checks and applies one mutation. A refusal (`PushFail::Reject`)
+    /// leaves the database as it found it; a conflict is logged and
+    /// answered with the server's row.
     pub(super) fn push_one(
         &self,
         c: &mut dyn Conn,
@@ -392,11 +398,10 @@ impl Db {
             )
             .into());
         }
-        let current = Self::read_row(c, schema, &m.id)?;
+        let (current, visible_before) = self.read_row_seen(c, profile, table, schema, &m.id)?;
         let exists = current.as_ref().is_some_and(|r| !r.deleted);
         let server_version = current.as_ref().map(|r| r.version).unwrap_or(0);
         let live_version = if exists { server_version } else { 0 };
-        let visible_before = exists && self.visible(c, profile, table, &m.id)?;
         let server_row = if visible_before {
             current.as_ref().map(|r| Self::project(&r.fields, table))
         } else {
@@ -504,10 +509,22 @@ impl Db {
                 return Ok(result);
             }
         }
+        let writer = Some(Writer {
+            user_id: Some(&user.id),
+            device_id,
+            // Audit: which upload produced this change (replays never add one).
+            idempotency_key: Some(&m.idempotency_key),
+        });
+        // A row this write creates must be one the profile selects, which
+        // only the stored row can tell: the creation is undone if not.
+        let creates = !exists && m.op != Op::Delete;
+        if creates {
+            c.batch("SAVEPOINT mutation")?;
+        }
         let change = match m.op {
             Op::Delete if !exists => None,
             Op::Delete => {
-                Some(self.apply_write(c, schema, &m.id, None, Some(&user.id), device_id)?)
+                Some(self.apply_write_over(c, schema, &m.id, current.as_ref(), None, writer)?)
             }
             // A new row: every column not sent is null. Over a live row
             // (the device wins): the device states the row as its profile
@@ -522,22 +539,22 @@ impl Db {
                         }
                     }
                 }
-                Some(self.apply_write(
+                Some(self.apply_write_over(
                     c,
                     schema,
                     &m.id,
+                    current.as_ref(),
                     Some((&data, replace)),
-                    Some(&user.id),
-                    device_id,
+                    writer,
                 )?)
             }
-            Op::Update => Some(self.apply_write(
+            Op::Update => Some(self.apply_write_over(
                 c,
                 schema,
                 &m.id,
+                current.as_ref(),
                 Some((&data, false)),
-                Some(&user.id),
-                device_id,
+                writer,
             )?),
         };
         // A delete of a row already deleted answers the tombstone's version
@@ -550,27 +567,23 @@ impl Db {
             },
             |(v, _)| v,
         );
-        if let Some((_, change_id)) = change {
-            // Audit: which upload produced this change (replays never add one).
-            let key = Self::change_key(c);
-            c.execute(
-                &format!("UPDATE _fs_change_log SET idempotency_key = ? WHERE {key} = ?"),
-                &[text(m.idempotency_key.clone()), int(change_id)],
-            )?;
-        }
-        let visible_after = m.op != Op::Delete && self.visible(c, profile, table, &m.id)?;
-        if !exists && m.op != Op::Delete && !visible_after {
-            return Err(Rejection::new(
-                codes::FORBIDDEN,
-                "you may only create records your offline profile selects",
-            )
-            .into());
-        }
-        let row = if visible_after {
-            Self::read_row(c, schema, &m.id)?.map(|r| Self::project(&r.fields, table))
-        } else {
+        let after = if m.op == Op::Delete {
             None
+        } else {
+            self.read_visible_row(c, profile, table, schema, &m.id)?
         };
+        if creates {
+            if after.is_none() {
+                c.batch("ROLLBACK TO SAVEPOINT mutation; RELEASE SAVEPOINT mutation")?;
+                return Err(Rejection::new(
+                    codes::FORBIDDEN,
+                    "you may only create records your offline profile selects",
+                )
+                .into());
+            }
+            c.batch("RELEASE SAVEPOINT mutation")?;
+        }
+        let row = after.map(|r| Self::project(&r.fields, table));
         Ok(MutationResult {
             idempotency_key: m.idempotency_key.clone(),
             status: MutationStatus::Applied,

@@ -1,7 +1,7 @@
 //! Push receipts: the idempotency key's answer, kept so a retried
 //! mutation is answered again and never applied twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use fieldsync_protocol::Value;
 use fieldsync_protocol::protocol::{
@@ -11,7 +11,7 @@ use fieldsync_protocol::time::format_datetime;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::sql::{Conn, text};
+use crate::sql::{Conn, opt_text, text};
 use crate::store_error::{StoreError, StoreResult};
 
 use super::backend::Db;
@@ -56,13 +56,69 @@ pub(super) fn mutation_digest(m: &Mutation) -> StoreResult<String> {
     Ok(hex::encode(Sha256::digest(&json)))
 }
 
+/// Most keys one receipt lookup binds, and most receipts one insert
+/// writes: statements of a few fixed sizes, so each is prepared once.
+const LOOKUP_KEYS: usize = 256;
+const INSERT_ROWS: usize = 64;
+
+/// The receipts of one push request: those stored before it, read for all
+/// of its keys at once, and those it writes, kept until
+/// [`Db::flush_receipts`] inserts them in a few statements.
+pub(super) struct RequestReceipts {
+    /// By key: the stored result (JSON) and digest (none for receipts
+    /// written before digests were kept).
+    stored: HashMap<String, (String, Option<String>)>,
+    /// Keys of the receipts this request writes, in order.
+    written: Vec<String>,
+}
+
 impl Db {
+    /// Reads the stored receipts of every key of `mutations`.
+    pub(super) fn request_receipts(
+        &self,
+        c: &mut dyn Conn,
+        user: &User,
+        mutations: &[Mutation],
+    ) -> StoreResult<RequestReceipts> {
+        let mut keys: Vec<&str> = mutations
+            .iter()
+            .map(|m| m.idempotency_key.as_str())
+            .filter(|k| key_is_valid(k))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut stored = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(LOOKUP_KEYS) {
+            // Padded to a power of two with the last key repeated.
+            let width = chunk.len().next_power_of_two();
+            let Some(last) = chunk.last() else {
+                continue;
+            };
+            let mut params = Vec::with_capacity(width + 1);
+            params.push(text(user.id.clone()));
+            params.extend(chunk.iter().map(|k| text(*k)));
+            params.resize(width + 1, text(*last));
+            let sql = format!(
+                "SELECT idempotency_key, result, mutation_digest FROM _fs_push_receipts WHERE user_id = ? AND idempotency_key IN ({})",
+                vec!["?"; width].join(", ")
+            );
+            for r in c.query(&sql, &params)? {
+                stored.insert(r.text(0)?, (r.text(1)?, r.opt_text(2)?));
+            }
+        }
+        Ok(RequestReceipts {
+            stored,
+            written: Vec::new(),
+        })
+    }
+
     /// What the receipts say of `m`: its stored result (a replay), a refusal
     /// of its key (logged; no receipt is written for it), or the digest of a
     /// change not yet seen.
     pub(super) fn receipt_answer(
         &self,
         c: &mut dyn Conn,
+        receipts: &RequestReceipts,
         user: &User,
         device_id: Option<&str>,
         m: &Mutation,
@@ -70,7 +126,7 @@ impl Db {
         // A key that cannot name a receipt refuses its mutation alone, like
         // every other problem of one mutation; with no receipt, a retry is
         // refused the same way.
-        if m.idempotency_key.is_empty() || m.idempotency_key.len() > 128 {
+        if !key_is_valid(&m.idempotency_key) {
             let result = refused_key(
                 m,
                 codes::BAD_REQUEST,
@@ -80,16 +136,12 @@ impl Db {
             return Ok(Answer::Refused(result));
         }
         let digest = mutation_digest(m)?;
-        let stored = c.query_opt(
-            "SELECT result, mutation_digest FROM _fs_push_receipts WHERE user_id = ? AND idempotency_key = ?",
-            &[text(user.id.clone()), text(m.idempotency_key.clone())],
-        )?;
-        let Some(stored) = stored else {
+        let Some((result, first)) = receipts.stored.get(&m.idempotency_key) else {
             return Ok(Answer::New(digest));
         };
         // A receipt written before digests were kept (NULL) answers any
         // replay, as it did then.
-        let reused = stored.opt_text(1)?.is_some_and(|first| first != digest);
+        let reused = first.as_ref().is_some_and(|first| *first != digest);
         if reused {
             let result = refused_key(
                 m,
@@ -99,32 +151,76 @@ impl Db {
             self.log_sync_error(c, user, device_id, m, &result, "rejected")?;
             return Ok(Answer::Refused(result));
         }
-        let result = serde_json::from_str(&stored.text(0)?)
-            .map_err(StoreError::decode("a stored receipt"))?;
+        let result =
+            serde_json::from_str(result).map_err(StoreError::decode("a stored receipt"))?;
         Ok(Answer::Known(result))
     }
 
+    /// Keeps `result` as the receipt of `m`'s key: later mutations of the
+    /// request see it at once, the database at [`Db::flush_receipts`]. A
+    /// key answered already keeps its first receipt.
     pub(super) fn write_receipt(
         &self,
-        c: &mut dyn Conn,
-        user: &User,
+        receipts: &mut RequestReceipts,
         m: &Mutation,
         result: &MutationResult,
         digest: String,
     ) -> StoreResult<()> {
+        if receipts.stored.contains_key(&m.idempotency_key) {
+            return Ok(());
+        }
         let body = serde_json::to_string(result)?;
-        c.execute(
-            "INSERT INTO _fs_push_receipts (user_id, idempotency_key, result, at, mutation_digest) VALUES (?, ?, ?, ?, ?)",
-            &[
-                text(user.id.clone()),
-                text(m.idempotency_key.clone()),
-                text(body),
-                text(format_datetime(self.clock.now_ms())),
-                text(digest),
-            ],
-        )?;
+        receipts
+            .stored
+            .insert(m.idempotency_key.clone(), (body, Some(digest)));
+        receipts.written.push(m.idempotency_key.clone());
         Ok(())
     }
+
+    /// Inserts the receipts the request wrote, many per statement.
+    pub(super) fn flush_receipts(
+        &self,
+        c: &mut dyn Conn,
+        user: &User,
+        receipts: &RequestReceipts,
+    ) -> StoreResult<()> {
+        let at = format_datetime(self.clock.now_ms());
+        let mut rest = receipts.written.as_slice();
+        while !rest.is_empty() {
+            // 64 rows a statement, then the remainder in powers of two.
+            let n = if rest.len() >= INSERT_ROWS {
+                INSERT_ROWS
+            } else {
+                1 << rest.len().ilog2()
+            };
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let mut params = Vec::with_capacity(n * 5);
+            for key in chunk {
+                let Some((body, digest)) = receipts.stored.get(key) else {
+                    return Err(StoreError::internal("a written receipt went missing"));
+                };
+                params.extend([
+                    text(user.id.clone()),
+                    text(key.clone()),
+                    text(body.clone()),
+                    text(at.clone()),
+                    opt_text(digest.clone()),
+                ]);
+            }
+            let sql = format!(
+                "INSERT INTO _fs_push_receipts (user_id, idempotency_key, result, at, mutation_digest) VALUES {}",
+                vec!["(?, ?, ?, ?, ?)"; n].join(", ")
+            );
+            c.execute(&sql, &params)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `key` can name a receipt (1 to 128 bytes).
+fn key_is_valid(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 128
 }
 
 /// What the receipts say of a mutation (see `Db::receipt_answer`).

@@ -21,6 +21,15 @@ pub(super) struct StoredRow {
     pub(super) deleted: bool,
 }
 
+/// Who wrote a change, as its change log entry records it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Writer<'a> {
+    pub(super) user_id: Option<&'a str>,
+    pub(super) device_id: Option<&'a str>,
+    /// The upload that produced the change (pushes only).
+    pub(super) idempotency_key: Option<&'a str>,
+}
+
 /// What a back-office write ([`Db::write_record`]) left.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordWritten {
@@ -130,6 +139,92 @@ impl Db {
         }
     }
 
+    /// The live row `id` of `table` if the profile selects it: one query
+    /// for both questions (see [`Db::read_row`] and [`Db::visible`]).
+    pub(super) fn read_visible_row(
+        &self,
+        c: &mut dyn Conn,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        schema: &TableSchema,
+        id: &str,
+    ) -> StoreResult<Option<StoredRow>> {
+        let p = rules::compile_in(c.dialect(), profile, table, &self.ctx(profile));
+        let cols: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let sql = format!(
+            "SELECT {}, _version, _deleted FROM {} WHERE {} = ? AND _deleted = 0 AND {}",
+            cols.join(", "),
+            quote_ident(&schema.name),
+            quote_ident(&schema.primary_key),
+            p.sql
+        );
+        let mut params = vec![text(id)];
+        params.extend(p.params);
+        match c.query_opt(&sql, &params)? {
+            Some(r) => {
+                let mut fields = BTreeMap::new();
+                for (i, col) in schema.columns.iter().enumerate() {
+                    fields.insert(col.name.clone(), r.value(i, col.kind));
+                }
+                Ok(Some(StoredRow {
+                    fields,
+                    version: r.i64(schema.columns.len())?,
+                    deleted: r.bool(schema.columns.len() + 1)?,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The row `id` of `table` as stored (tombstones included) and whether
+    /// the profile selects it live: [`Db::read_row`] and [`Db::visible`]
+    /// in one query.
+    pub(super) fn read_row_seen(
+        &self,
+        c: &mut dyn Conn,
+        profile: &SyncProfile,
+        table: &SyncTable,
+        schema: &TableSchema,
+        id: &str,
+    ) -> StoreResult<(Option<StoredRow>, bool)> {
+        let p = rules::compile_in(c.dialect(), profile, table, &self.ctx(profile));
+        let cols: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let sql = format!(
+            "SELECT {}, _version, _deleted, CASE WHEN _deleted = 0 AND ({}) THEN 1 ELSE 0 END FROM {} WHERE {} = ?",
+            cols.join(", "),
+            p.sql,
+            quote_ident(&schema.name),
+            quote_ident(&schema.primary_key)
+        );
+        let mut params = p.params;
+        params.push(text(id));
+        match c.query_opt(&sql, &params)? {
+            Some(r) => {
+                let n = schema.columns.len();
+                let mut fields = BTreeMap::new();
+                for (i, col) in schema.columns.iter().enumerate() {
+                    fields.insert(col.name.clone(), r.value(i, col.kind));
+                }
+                let row = StoredRow {
+                    fields,
+                    version: r.i64(n)?,
+                    deleted: r.bool(n + 1)?,
+                };
+                let seen = r.i64(n + 2)? != 0;
+                Ok((Some(row), seen))
+            }
+            None => Ok((None, false)),
+        }
+    }
+
     pub(super) fn visible(
         &self,
         c: &mut dyn Conn,
@@ -232,9 +327,38 @@ impl Db {
         device_id: Option<&str>,
     ) -> StoreResult<(i64, i64)> {
         let current = Self::read_row(c, schema, id)?;
-        let version = current.as_ref().map(|r| r.version).unwrap_or(0) + 1;
+        self.apply_write_over(
+            c,
+            schema,
+            id,
+            current.as_ref(),
+            change,
+            Some(Writer {
+                user_id,
+                device_id,
+                idempotency_key: None,
+            }),
+        )
+    }
+
+    /// [`Db::apply_write`] over `current`, the row as the caller just read
+    /// it in this transaction; the change log names the writer (and the
+    /// upload's idempotency key, for the audit).
+    pub(super) fn apply_write_over(
+        &self,
+        c: &mut dyn Conn,
+        schema: &TableSchema,
+        id: &str,
+        current: Option<&StoredRow>,
+        change: Option<(&BTreeMap<String, Value>, bool)>,
+        writer: Option<Writer<'_>>,
+    ) -> StoreResult<(i64, i64)> {
+        let (user_id, device_id, key) = writer.map_or((None, None, None), |w| {
+            (w.user_id, w.device_id, w.idempotency_key)
+        });
+        let version = current.map(|r| r.version).unwrap_or(0) + 1;
         let now = self.now_text();
-        let op = match (&change, &current) {
+        let op = match (&change, current) {
             (None, _) => "delete",
             (Some(_), Some(r)) if !r.deleted => "update",
             _ => "insert",
@@ -247,6 +371,7 @@ impl Db {
             opt_text(user_id),
             opt_text(device_id),
             text(now.clone()),
+            opt_text(key),
         ];
         // SQLite: the change log's key is its sequence, taken inside the one
         // write transaction. PostgreSQL: the change is pending until
@@ -256,8 +381,8 @@ impl Db {
             Dialect::Sqlite => {
                 let seq = c
                     .query_one(
-                        "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at)
-                         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                        "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at, idempotency_key)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
                         &log,
                     )?
                     .i64(0)?;
@@ -265,8 +390,8 @@ impl Db {
             }
             Dialect::Postgres if cfg!(feature = "naive-sequence") => {
                 let r = c.query_one(
-                    "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at, seq)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, nextval('_fs_change_seq')) RETURNING id, seq",
+                    "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at, idempotency_key, seq)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, nextval('_fs_change_seq')) RETURNING id, seq",
                     &log,
                 )?;
                 (r.i64(0)?, r.i64(1)?)
@@ -274,8 +399,8 @@ impl Db {
             Dialect::Postgres => {
                 let change_id = c
                     .query_one(
-                        "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at)
-                         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                        "INSERT INTO _fs_change_log (tbl, row_id, op, version, user_id, device_id, at, idempotency_key)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                         &log,
                     )?
                     .i64(0)?;
@@ -294,7 +419,7 @@ impl Db {
                 )?;
             }
             Some((data, replace)) => {
-                let replace = replace || current.as_ref().is_none_or(|r| r.deleted);
+                let replace = replace || current.is_none_or(|r| r.deleted);
                 let mut names = vec![quote_ident(&schema.primary_key)];
                 let mut values: Vec<Value> = vec![text(id)];
                 for col in &schema.columns {
@@ -345,14 +470,6 @@ impl Db {
             }
         }
         Ok((version, change_id))
-    }
-
-    /// The change log's key column (`seq` on SQLite, `id` on PostgreSQL).
-    pub(super) fn change_key(c: &dyn Conn) -> &'static str {
-        match c.dialect() {
-            Dialect::Sqlite => "seq",
-            Dialect::Postgres => "id",
-        }
     }
 
     pub(super) fn project(

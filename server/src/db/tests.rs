@@ -328,3 +328,136 @@ fn purge_scenario(db: Db) {
     // The rows themselves stay.
     assert_eq!(count(&db, "bookings"), PURGE_BATCH + 7);
 }
+
+/// One request mixing every kind of answer: a replayed key, new writes, a
+/// creation refused after it was written (outside the profile), a write
+/// refused before, a transaction rolled back whole, a key repeated in the
+/// request, and a transaction applied. Each result is the one it would
+/// get alone, in request order; refused writes change nothing; a replay
+/// of the whole request answers the same from the receipts and writes
+/// nothing more.
+#[test]
+fn a_mixed_push_request_answers_each_write_in_order() {
+    on_sqlite(mixed_request_scenario);
+}
+
+#[test]
+fn a_mixed_push_request_answers_each_write_in_order_on_postgres() {
+    if let Some(db) = test_support::fresh_postgres_db() {
+        mixed_request_scenario(db);
+    }
+}
+
+fn mixed_request_scenario(db: Db) {
+    use fieldsync_protocol::protocol::TransactionMark;
+    let user = technician(&db);
+    let sync = db.sync_profile(&user).expect("profile");
+    let insert = |key: &str, id: &str| booking_insert(&db, key, id, "visit");
+    // Starts in a year: outside the technician's next seven days.
+    let far = |key: &str, id: &str| {
+        let mut m = booking_insert(&db, key, id, "later");
+        m.data.insert(
+            "start_time".into(),
+            Value::Text(format_datetime(db.now_ms() + 365 * DAY)),
+        );
+        m
+    };
+    let in_tx = |mut m: Mutation, id: &str| {
+        m.transaction = Some(TransactionMark {
+            id: id.into(),
+            size: 2,
+        });
+        m
+    };
+    let first = db
+        .push(&user, None, &sync, &[insert("k1", "bk-1")])
+        .expect("push");
+    assert_eq!(first[0].status, MutationStatus::Applied);
+
+    let mut bad_column = insert("k4", "bk-2");
+    bad_column.op = Op::Update;
+    bad_column.base_version = 1;
+    bad_column.data = BTreeMap::from([("nope".into(), Value::Text("x".into()))]);
+    let request = vec![
+        insert("k1", "bk-1"),
+        insert("k2", "bk-2"),
+        far("k3", "bk-3"),
+        bad_column,
+        in_tx(insert("t1a", "bk-4"), "tx-1"),
+        in_tx(far("t1b", "bk-5"), "tx-1"),
+        insert("k2", "bk-2"),
+        in_tx(insert("t2a", "bk-6"), "tx-2"),
+        in_tx(insert("t2b", "bk-7"), "tx-2"),
+    ];
+    let results = db.push(&user, None, &sync, &request).expect("push");
+    let keys: Vec<&str> = results.iter().map(|r| r.idempotency_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["k1", "k2", "k3", "k4", "t1a", "t1b", "k2", "t2a", "t2b"]
+    );
+    let code = |i: usize| results[i].error.as_ref().map(|e| e.code.as_str());
+    let status: Vec<MutationStatus> = results.iter().map(|r| r.status).collect();
+    use MutationStatus::{Applied, Rejected};
+    assert_eq!(
+        status,
+        [
+            Applied, Applied, Rejected, Rejected, Rejected, Rejected, Applied, Applied, Applied
+        ],
+        "{results:?}"
+    );
+    assert_eq!(results[0], first[0], "a replay answers the first result");
+    assert_eq!(
+        results[6], results[1],
+        "a repeated key answers its first result"
+    );
+    assert_eq!(code(2), Some(codes::FORBIDDEN));
+    assert_eq!(code(3), Some(codes::UNKNOWN_COLUMN));
+    assert_eq!(code(4), Some(codes::TRANSACTION_ABORTED));
+    assert_eq!(code(5), Some(codes::FORBIDDEN));
+    assert!(results[7].row.is_some() && results[8].row.is_some());
+
+    let changes = |id: &str| db.change_count("bookings", id).expect("changes");
+    let stored = |id: &str| {
+        db.read(|c| {
+            c.query_one("SELECT COUNT(*) FROM bookings WHERE id = ?", &[text(id)])?
+                .i64(0)
+        })
+        .expect("count")
+    };
+    for id in ["bk-1", "bk-2", "bk-6", "bk-7"] {
+        assert_eq!((changes(id), stored(id)), (1, 1), "{id}");
+    }
+    // Refused: not a row, not a change, not a trace of the creation.
+    for id in ["bk-3", "bk-4", "bk-5"] {
+        assert_eq!((changes(id), stored(id)), (0, 0), "{id}");
+    }
+    let name = db
+        .read(|c| {
+            c.query_one("SELECT name FROM bookings WHERE id = ?", &[text("bk-2")])?
+                .text(0)
+        })
+        .expect("name");
+    assert_eq!(name, "visit", "the refused update left the row alone");
+    // Every key but the replayed one got its receipt, once; every refusal
+    // is in the Sync Errors log; the change log names each upload.
+    assert_eq!(count(&db, "_fs_push_receipts"), 8);
+    assert_eq!(count(&db, "_fs_sync_errors"), 4);
+    let audited = db
+        .read(|c| {
+            c.query_one(
+                "SELECT idempotency_key FROM _fs_change_log WHERE row_id = ?",
+                &[text("bk-7")],
+            )?
+            .text(0)
+        })
+        .expect("audit");
+    assert_eq!(audited, "t2b");
+
+    let replay = db.push(&user, None, &sync, &request).expect("replay");
+    assert_eq!(replay, results, "a replay answers from the receipts");
+    assert_eq!(count(&db, "_fs_push_receipts"), 8);
+    assert_eq!(count(&db, "_fs_sync_errors"), 4);
+    for id in ["bk-1", "bk-2", "bk-6", "bk-7"] {
+        assert_eq!(changes(id), 1, "{id}");
+    }
+}
