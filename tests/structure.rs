@@ -99,22 +99,24 @@ fn is_test_file(path: &Path) -> bool {
     path.file_stem().is_some_and(|s| s == "tests")
 }
 
-/// The file's code without comments, string contents and its
-/// `#[cfg(test)]` tail, one entry per line.
+/// The file's code without comments, string contents (raw and multi-line
+/// strings included) and its `#[cfg(test)]` tail, one entry per line.
 fn code_lines(text: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut in_block = 0usize;
+    // Inside a string: `None` for a plain one, `Some(n)` for a raw one
+    // closed by `"` and n `#`.
+    let mut in_str: Option<Option<usize>> = None;
     for raw in text.lines() {
-        if raw.starts_with("#[cfg(test)]") {
+        if in_str.is_none() && in_block == 0 && raw.starts_with("#[cfg(test)]") {
             break;
         }
         let mut line = String::new();
-        let bytes: Vec<char> = raw.chars().collect();
+        let chars: Vec<char> = raw.chars().collect();
         let mut i = 0;
-        let mut in_str = false;
-        while i < bytes.len() {
-            let c = bytes[i];
-            let next = bytes.get(i + 1).copied();
+        while i < chars.len() {
+            let c = chars[i];
+            let next = chars.get(i + 1).copied();
             if in_block > 0 {
                 if c == '*' && next == Some('/') {
                     in_block -= 1;
@@ -127,30 +129,51 @@ fn code_lines(text: &str) -> Vec<String> {
                 }
                 continue;
             }
-            if in_str {
-                if c == '\\' {
-                    i += 2;
-                    continue;
+            if let Some(kind) = in_str {
+                match kind {
+                    None if c == '\\' => i += 2,
+                    None if c == '"' => {
+                        in_str = None;
+                        line.push('"');
+                        i += 1;
+                    }
+                    Some(n)
+                        if c == '"'
+                            && chars[i + 1..].iter().take(n).filter(|h| **h == '#').count()
+                                == n =>
+                    {
+                        in_str = None;
+                        line.push('"');
+                        i += 1 + n;
+                    }
+                    _ => i += 1,
                 }
-                if c == '"' {
-                    in_str = false;
-                    line.push('"');
-                }
-                i += 1;
                 continue;
             }
+            let after_ident = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
             match (c, next) {
                 ('/', Some('/')) => break,
                 ('/', Some('*')) => {
                     in_block += 1;
                     i += 2;
                 }
+                ('r', Some('"' | '#')) if !after_ident => {
+                    let hashes = chars[i + 1..].iter().take_while(|h| **h == '#').count();
+                    if chars.get(i + 1 + hashes) == Some(&'"') {
+                        in_str = Some(Some(hashes));
+                        line.push('"');
+                        i += 2 + hashes;
+                    } else {
+                        line.push(c);
+                        i += 1;
+                    }
+                }
                 ('"', _) => {
                     // A char literal '"' is not a string's start.
-                    if i > 0 && bytes[i - 1] == '\'' {
+                    if i > 0 && chars[i - 1] == '\'' {
                         line.push(c);
                     } else {
-                        in_str = true;
+                        in_str = Some(None);
                         line.push('"');
                     }
                     i += 1;
@@ -478,4 +501,85 @@ fn no_crate_has_a_circle_of_imports() {
         "circles of imports:\n{}",
         found.join("\n")
     );
+}
+
+/// Lines that say something: at least three letters or digits (a lone
+/// `}` or `)?;` is shape, not code worth comparing).
+fn telling(line: &str) -> bool {
+    line.chars().filter(|c| c.is_alphanumeric()).count() >= 3
+}
+
+/// How many telling lines in a row make a copied block.
+const COPY_LINES: usize = 8;
+
+#[test]
+fn no_block_of_code_stands_in_two_places() {
+    let mut places: BTreeMap<String, Vec<(PathBuf, usize)>> = BTreeMap::new();
+    let mut read = 0;
+    for dir in CRATES {
+        let mut files = Vec::new();
+        rust_files(&root().join(dir), &mut files);
+        for file in files.iter().filter(|f| !is_test_file(f)) {
+            let text = std::fs::read_to_string(file).expect("read source");
+            let lines: Vec<(usize, String)> = code_lines(&text)
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| (i + 1, l.split_whitespace().collect::<Vec<_>>().join(" ")))
+                .filter(|(_, l)| telling(l))
+                .collect();
+            read += lines.len();
+            for window in lines.windows(COPY_LINES) {
+                let key: Vec<&str> = window.iter().map(|(_, l)| l.as_str()).collect();
+                places
+                    .entry(key.join("\n"))
+                    .or_default()
+                    .push((file.clone(), window[0].0));
+            }
+        }
+    }
+    assert!(read > 20_000, "read only {read} telling lines");
+    // One report per pair of places, at the first window they share.
+    let mut pairs: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    for spots in places.values().filter(|s| s.len() > 1) {
+        for (i, a) in spots.iter().enumerate() {
+            for b in &spots[i + 1..] {
+                if a.0 == b.0 && a.1.abs_diff(b.1) < COPY_LINES {
+                    continue;
+                }
+                let key = (a.0.display().to_string(), b.0.display().to_string());
+                let first = pairs.entry(key).or_insert((a.1, b.1));
+                *first = (first.0.min(a.1), first.1.min(b.1));
+            }
+        }
+    }
+    let found: Vec<String> = pairs
+        .iter()
+        .map(|((a, b), (la, lb))| format!("{a}:{la} ~ {b}:{lb}"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "{COPY_LINES} or more lines of code stand in two places:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn strings_and_comments_are_not_code() {
+    let text = "let a = r#\"\nSELECT \"x\"\nFROM t\n\"#;\n// use crate::b;\nlet s = \"use crate::c;\nstill a string\";\n/* crate::d */ let e = 1;\n#[cfg(test)]\nmod tests {}\n";
+    let lines = code_lines(text);
+    assert_eq!(
+        lines,
+        vec![
+            "let a = \"",
+            "",
+            "",
+            "\";",
+            "",
+            "let s = \"",
+            "\";",
+            " let e = 1;"
+        ]
+    );
+    assert_eq!(count_code(text), 5);
+    assert!(paths_after(&lines.join("\n"), "crate::").is_empty());
 }

@@ -87,19 +87,29 @@ impl Section {
     }
 }
 
+/// A page's `<head>`: its title, the stylesheet and, on signed-in pages,
+/// the console's script.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · fieldsync console" }
+            link rel="stylesheet" href="/console/assets/console.css";
+            @if script {
+                script src="/console/assets/console.js" defer {}
+            }
+        }
+    }
+}
+
 /// A whole console page: header, navigation, sign-out form and `body`
 /// (HTML the page module built).
 pub fn page(title: &str, section: Section, admin: &str, csrf: &str, body: &str) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · fieldsync console" }
-                link rel="stylesheet" href="/console/assets/console.css";
-                script src="/console/assets/console.js" defer {}
-            }
+            (head(title, true))
             body {
                 header.top {
                     a.brand href="/console" { "fieldsync " span { "admin console" } }
@@ -134,12 +144,7 @@ pub fn bare_page(title: &str, body: &str) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · fieldsync console" }
-                link rel="stylesheet" href="/console/assets/console.css";
-            }
+            (head(title, false))
             body.bare {
                 main.narrow {
                     p.brand { "fieldsync " span { "admin console" } }

@@ -8,7 +8,7 @@ use fieldsync_protocol::profile::{RowRule, SyncProfile, SyncTable, TableSchema, 
 use fieldsync_protocol::protocol::{MAX_ROW_BYTES, Op, codes};
 
 use crate::rules;
-use crate::sql::{Conn, Dialect, int, opt_text, text};
+use crate::sql::{Conn, Dialect, Row, int, opt_text, text};
 use crate::store_error::{StoreError, StoreResult};
 
 use super::backend::Db;
@@ -19,6 +19,34 @@ pub(super) struct StoredRow {
     pub(super) fields: BTreeMap<String, Value>,
     pub(super) version: i64,
     pub(super) deleted: bool,
+}
+
+impl StoredRow {
+    /// The select list [`StoredRow::read`] decodes: the table's columns,
+    /// then `_version` and `_deleted`.
+    fn columns(schema: &TableSchema) -> String {
+        let mut cols: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        cols.extend(["_version".to_owned(), "_deleted".to_owned()]);
+        cols.join(", ")
+    }
+
+    /// The row at the start of `r`, selected by [`StoredRow::columns`].
+    fn read(r: &Row, schema: &TableSchema) -> StoreResult<StoredRow> {
+        let n = schema.columns.len();
+        let mut fields = BTreeMap::new();
+        for (i, col) in schema.columns.iter().enumerate() {
+            fields.insert(col.name.clone(), r.value(i, col.kind));
+        }
+        Ok(StoredRow {
+            fields,
+            version: r.i64(n)?,
+            deleted: r.bool(n + 1)?,
+        })
+    }
 }
 
 /// Who wrote a change, as its change log entry records it.
@@ -112,29 +140,14 @@ impl Db {
         schema: &TableSchema,
         id: &str,
     ) -> StoreResult<Option<StoredRow>> {
-        let cols: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect();
         let sql = format!(
-            "SELECT {}, _version, _deleted FROM {} WHERE {} = ?",
-            cols.join(", "),
+            "SELECT {} FROM {} WHERE {} = ?",
+            StoredRow::columns(schema),
             quote_ident(&schema.name),
             quote_ident(&schema.primary_key)
         );
         match c.query_opt(&sql, &[text(id)])? {
-            Some(r) => {
-                let mut fields = BTreeMap::new();
-                for (i, col) in schema.columns.iter().enumerate() {
-                    fields.insert(col.name.clone(), r.value(i, col.kind));
-                }
-                Ok(Some(StoredRow {
-                    fields,
-                    version: r.i64(schema.columns.len())?,
-                    deleted: r.bool(schema.columns.len() + 1)?,
-                }))
-            }
+            Some(r) => Ok(Some(StoredRow::read(&r, schema)?)),
             None => Ok(None),
         }
     }
@@ -150,14 +163,9 @@ impl Db {
         id: &str,
     ) -> StoreResult<Option<StoredRow>> {
         let p = rules::compile_in(c.dialect(), profile, table, &self.ctx(profile));
-        let cols: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect();
         let sql = format!(
-            "SELECT {}, _version, _deleted FROM {} WHERE {} = ? AND _deleted = 0 AND {}",
-            cols.join(", "),
+            "SELECT {} FROM {} WHERE {} = ? AND _deleted = 0 AND {}",
+            StoredRow::columns(schema),
             quote_ident(&schema.name),
             quote_ident(&schema.primary_key),
             p.sql
@@ -165,17 +173,7 @@ impl Db {
         let mut params = vec![text(id)];
         params.extend(p.params);
         match c.query_opt(&sql, &params)? {
-            Some(r) => {
-                let mut fields = BTreeMap::new();
-                for (i, col) in schema.columns.iter().enumerate() {
-                    fields.insert(col.name.clone(), r.value(i, col.kind));
-                }
-                Ok(Some(StoredRow {
-                    fields,
-                    version: r.i64(schema.columns.len())?,
-                    deleted: r.bool(schema.columns.len() + 1)?,
-                }))
-            }
+            Some(r) => Ok(Some(StoredRow::read(&r, schema)?)),
             None => Ok(None),
         }
     }
@@ -192,14 +190,9 @@ impl Db {
         id: &str,
     ) -> StoreResult<(Option<StoredRow>, bool)> {
         let p = rules::compile_in(c.dialect(), profile, table, &self.ctx(profile));
-        let cols: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect();
         let sql = format!(
-            "SELECT {}, _version, _deleted, CASE WHEN _deleted = 0 AND ({}) THEN 1 ELSE 0 END FROM {} WHERE {} = ?",
-            cols.join(", "),
+            "SELECT {}, CASE WHEN _deleted = 0 AND ({}) THEN 1 ELSE 0 END FROM {} WHERE {} = ?",
+            StoredRow::columns(schema),
             p.sql,
             quote_ident(&schema.name),
             quote_ident(&schema.primary_key)
@@ -208,17 +201,8 @@ impl Db {
         params.push(text(id));
         match c.query_opt(&sql, &params)? {
             Some(r) => {
-                let n = schema.columns.len();
-                let mut fields = BTreeMap::new();
-                for (i, col) in schema.columns.iter().enumerate() {
-                    fields.insert(col.name.clone(), r.value(i, col.kind));
-                }
-                let row = StoredRow {
-                    fields,
-                    version: r.i64(n)?,
-                    deleted: r.bool(n + 1)?,
-                };
-                let seen = r.i64(n + 2)? != 0;
+                let row = StoredRow::read(&r, schema)?;
+                let seen = r.i64(schema.columns.len() + 2)? != 0;
                 Ok((Some(row), seen))
             }
             None => Ok((None, false)),
