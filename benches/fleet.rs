@@ -25,9 +25,10 @@ mod testdb;
 
 #[path = "proc/mod.rs"]
 mod proc;
+#[path = "server/mod.rs"]
+mod server;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,10 +37,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::Response;
 use fieldsync_core::{Engine, EngineConfig, Value};
-use serde_json::{Value as Json, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::json;
 
-const ADMIN: &str = "bench-admin-token-0123456789";
+use server::ADMIN;
 
 /// Work orders the seed generates per device row of a technician (the
 /// default profile gives about 2.1 device rows per work order).
@@ -50,29 +50,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Api {
-    http: reqwest::Client,
-    url: String,
-}
-
-impl Api {
-    async fn post(&self, path: &str, body: Json) -> Json {
-        let resp = self
-            .http
-            .post(format!("{}{}", self.url, path))
-            .bearer_auth(ADMIN)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or(Json::Null)
-    }
 }
 
 /// The forwarding proxy's state: where to, and how long each pull page
@@ -257,51 +234,22 @@ async fn run() {
             .unwrap_or(1)
     );
 
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fieldsync"));
-    command
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN,
-            "--request-timeout-secs",
-            "600",
-            "--max-connections",
-            "1024",
-            "--data-dir",
-        ])
-        .arg(&data);
+    let mut extra = vec!["--request-timeout-secs", "600", "--max-connections", "1024"];
     if let Some(url) = &database_url {
-        command.args(["--database-url", url]);
+        extra.extend(["--database-url", url.as_str()]);
     }
-    let mut server = command
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server");
+    let (server, api) = server::start(&data, &extra, Some(Duration::from_secs(1200))).await;
     let server_pid = server.id().expect("pid").to_string();
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let line = lines.next_line().await.expect("line").expect("listening");
-    let addr = serde_json::from_str::<Json>(&line).expect("json")["address"]
-        .as_str()
-        .expect("addr")
-        .to_owned();
-    let api = Api {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(1200))
-            .build()
-            .expect("client"),
-        url: format!("http://{addr}"),
-    };
 
     let technicians: Vec<String> = (0..devices).map(|i| format!("fleet-{i:03}")).collect();
     let mut tokens = Vec::new();
     for t in &technicians {
         let user = api
-            .post(
+            .call(
+                reqwest::Method::POST,
                 "/v1/admin/users",
-                json!({"id": t, "name": t, "role": "technician"}),
+                ADMIN,
+                Some(json!({"id": t, "name": t, "role": "technician"})),
             )
             .await;
         tokens.push(user["token"].as_str().expect("token").to_owned());
@@ -309,9 +257,11 @@ async fn run() {
     let work_orders = ((devices * rows_each) as f64 * WORK_ORDERS_PER_DEVICE_ROW).ceil() as u64;
     let started = Instant::now();
     let seeded = api
-        .post(
+        .call(
+            reqwest::Method::POST,
             "/v1/admin/seed",
-            json!({"technicians": technicians, "work_orders": work_orders, "seed": 42}),
+            ADMIN,
+            Some(json!({"technicians": technicians, "work_orders": work_orders, "seed": 42})),
         )
         .await;
     let server_rows: u64 = seeded["rows"]

@@ -17,17 +17,18 @@
 //! downloading a million work orders would measure the sync, which
 //! `benches/sync.rs` does.
 
+#[path = "server/mod.rs"]
+mod server;
+
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldsync_core::filter::Filter;
 use fieldsync_core::{Engine, EngineConfig, Error, OrderBy, Query, QueryListener, Record, Value};
-use serde_json::{Value as Json, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::json;
+use server::ADMIN;
 
-const ADMIN: &str = "bench-admin-token-0123456789";
 const STATUSES: [&str; 5] = ["open", "scheduled", "in_progress", "completed", "canceled"];
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -35,25 +36,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Json>,
-) -> Json {
-    let mut req = http.request(method, url).bearer_auth(ADMIN);
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    assert!(status.is_success(), "{status} {text}");
-    serde_json::from_str(&text).unwrap_or(Json::Null)
 }
 
 /// Observes without doing anything with the rows: the cost measured is the
@@ -120,34 +102,12 @@ async fn run() {
     let writes = env_usize("FIELDSYNC_LOCAL_WRITES", 500).max(1);
     let repeats = 200;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_fieldsync"))
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN,
-            "--data-dir",
-        ])
-        .arg(dir.path().join("server"))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let line = lines.next_line().await.expect("line").expect("listening");
-    let url = format!(
-        "http://{}",
-        serde_json::from_str::<Json>(&line).expect("json")["address"]
-            .as_str()
-            .expect("addr")
-    );
-    let http = reqwest::Client::new();
+    let (_server, api) = server::start(&dir.path().join("server"), &[], None).await;
     let get = reqwest::Method::GET;
     let post = reqwest::Method::POST;
     // The default profile, with a local index on the work orders' status
     // and priority, published for the benchmark's technician.
-    let profiles = call(&http, get, format!("{url}/v1/admin/profiles"), None).await;
+    let profiles = api.call(get, "/v1/admin/profiles", ADMIN, None).await;
     let mut profile = profiles[0]["profile"].clone();
     profile["name"] = json!("bench-indexed");
     for t in profile["tables"].as_array_mut().expect("tables") {
@@ -155,30 +115,30 @@ async fn run() {
             t["indexes"] = json!([{"columns": ["status", "priority"]}]);
         }
     }
-    call(
-        &http,
+    api.call(
         reqwest::Method::PUT,
-        format!("{url}/v1/admin/profiles/bench-indexed"),
+        "/v1/admin/profiles/bench-indexed",
+        ADMIN,
         Some(profile),
     )
     .await;
-    let user = call(
-        &http,
+    let user = api.call(
         post.clone(),
-        format!("{url}/v1/admin/users"),
+        "/v1/admin/users",
+        ADMIN,
         Some(json!({"id": "bench-tech", "name": "Bench", "role": "technician", "profile": "bench-indexed"})),
     )
     .await;
     let token = user["token"].as_str().expect("token").to_owned();
-    call(
-        &http,
+    api.call(
         post,
-        format!("{url}/v1/admin/seed"),
+        "/v1/admin/seed",
+        ADMIN,
         Some(json!({"technicians": ["bench-tech"], "work_orders": 20, "seed": 42})),
     )
     .await;
     let db = dir.path().join("device.db");
-    let engine = Engine::open(EngineConfig::new(&db, &url, &token)).expect("open");
+    let engine = Engine::open(EngineConfig::new(&db, &api.url, &token)).expect("open");
     engine.sync().await.expect("sync");
     let started = Instant::now();
     fill(&db, rows);

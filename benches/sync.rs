@@ -23,9 +23,10 @@
 
 #[path = "proc/mod.rs"]
 mod proc;
+#[path = "server/mod.rs"]
+mod server;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,9 +34,8 @@ use std::time::{Duration, Instant};
 use fieldsync_core::{DatabaseKey, Engine, EngineConfig, Value};
 use proc::cpu_secs;
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-const ADMIN: &str = "bench-admin-token-0123456789";
+use server::{ADMIN, Api};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A field of this process's `/proc/self/status`, in KiB.
 fn status_kib(field: &str) -> u64 {
@@ -220,36 +220,6 @@ async fn child(args: &[&str]) -> Json {
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "child {args:?} failed");
     serde_json::from_slice(&out.stdout).expect("child JSON")
-}
-
-struct Api {
-    http: reqwest::Client,
-    url: String,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Json>,
-    ) -> Json {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.url, path))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or(Json::Null)
-    }
 }
 
 /// Figures of the limits pass.
@@ -580,35 +550,12 @@ fn push(out: &mut Vec<Row3>, row: Row3) {
 
 async fn bench_size(target_rows: u64, dir: &std::path::Path) {
     let data = dir.join(format!("server-{target_rows}"));
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_fieldsync"))
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN,
-            "--request-timeout-secs",
-            "600",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let line = lines.next_line().await.expect("line").expect("listening");
-    let addr = serde_json::from_str::<Json>(&line).expect("json")["address"]
-        .as_str()
-        .expect("addr")
-        .to_owned();
-    let api = Api {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .build()
-            .expect("client"),
-        url: format!("http://{addr}"),
-    };
+    let (mut server, api) = server::start(
+        &data,
+        &["--request-timeout-secs", "600"],
+        Some(Duration::from_secs(600)),
+    )
+    .await;
     let post = reqwest::Method::POST;
     let user = api
         .call(
@@ -649,6 +596,7 @@ async fn bench_size(target_rows: u64, dir: &std::path::Path) {
         started.elapsed().as_secs_f64()
     );
 
+    let addr = api.url.trim_start_matches("http://").to_owned();
     let proxy = start_proxy(addr.clone()).await;
     let page_size = std::env::var("FIELDSYNC_BENCH_PAGE")
         .ok()
