@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ADMIN_TOKEN, Device, Server};
+use common::{ADMIN_TOKEN, Device, Server, encode_form};
 use reqwest::redirect::Policy;
 use serde_json::json;
 
@@ -45,25 +45,6 @@ const PUBLIC_CONSOLE: &[(&str, &str)] = &[
 
 fn concrete(path: &str) -> String {
     path.replace("{name}", "field-service").replace("{id}", "1")
-}
-
-/// An `application/x-www-form-urlencoded` body.
-fn encode_form(fields: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 fn client() -> reqwest::Client {

@@ -905,25 +905,6 @@ async fn sample_data_says_it_is_for_the_field_service_model() {
     server.stop().await;
 }
 
-/// An `application/x-www-form-urlencoded` body.
-fn encode_form(fields: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// A console form post (or a GET without `form`) with a session cookie;
 /// (status, the `location` header, or `set-cookie` of a sign-in, body).
 async fn console(

@@ -465,3 +465,22 @@ async fn proxy_connection(
 pub fn seeded(rows: &Value, table: &str) -> u64 {
     rows[table].as_u64().unwrap_or(0)
 }
+
+/// An `application/x-www-form-urlencoded` body.
+pub fn encode_form(fields: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
