@@ -8,12 +8,9 @@
 mod inproc;
 mod testdb;
 
-use std::collections::BTreeSet;
-
-use fieldsync_core::Engine;
 use serde_json::{Value, json};
 
-use inproc::{ADMIN, Env};
+use inproc::{ADMIN, Env, held, set};
 
 /// My bookings whose work order is urgent (priority 1, two levels), or whose work
 /// order's service account is in the North (three levels); the work
@@ -42,19 +39,6 @@ fn profile() -> Value {
              "sync_interval_secs": 300}
         ]
     })
-}
-
-fn ids(device: &Engine, table: &str) -> BTreeSet<String> {
-    device
-        .list(table, None, 1000)
-        .expect("list")
-        .into_iter()
-        .map(|r| r.id)
-        .collect()
-}
-
-fn set(ids: &[&str]) -> BTreeSet<String> {
-    ids.iter().map(|s| (*s).to_owned()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,9 +83,9 @@ async fn related_conditions_follow_changes_of_the_related_rows_only() {
     device.sync().await.expect("first sync");
     // bk-1 by its work order's priority (two levels), bk-2 by its work
     // order's account (three levels); bk-3's work order is neither.
-    assert_eq!(ids(&device, "bookings"), set(&["bk-1", "bk-2"]));
-    assert_eq!(ids(&device, "work_orders"), set(&["wo-1", "wo-2"]));
-    assert_eq!(ids(&device, "accounts"), set(&["acc-n", "acc-s"]));
+    assert_eq!(held(&device, "bookings"), set(&["bk-1", "bk-2"]));
+    assert_eq!(held(&device, "work_orders"), set(&["wo-1", "wo-2"]));
+    assert_eq!(held(&device, "accounts"), set(&["acc-n", "acc-s"]));
 
     // Only the work order changes: wo-3 becomes urgent, wo-1 stops being.
     env.put(
@@ -119,8 +103,8 @@ async fn related_conditions_follow_changes_of_the_related_rows_only() {
     )
     .await;
     device.sync().await.expect("sync");
-    assert_eq!(ids(&device, "bookings"), set(&["bk-2", "bk-3"]));
-    assert_eq!(ids(&device, "work_orders"), set(&["wo-2", "wo-3"]));
+    assert_eq!(held(&device, "bookings"), set(&["bk-2", "bk-3"]));
+    assert_eq!(held(&device, "work_orders"), set(&["wo-2", "wo-3"]));
 
     // Only the account changes, two relationships away: the North moves.
     env.put(
@@ -141,15 +125,15 @@ async fn related_conditions_follow_changes_of_the_related_rows_only() {
     // bk-2 leaves (its account is South now); bk-1 comes back (its work
     // order's account is North now), with its work order; bk-3 stays
     // (urgent).
-    assert_eq!(ids(&device, "bookings"), set(&["bk-1", "bk-3"]));
-    assert_eq!(ids(&device, "work_orders"), set(&["wo-1", "wo-3"]));
-    assert_eq!(ids(&device, "accounts"), set(&["acc-s"]));
+    assert_eq!(held(&device, "bookings"), set(&["bk-1", "bk-3"]));
+    assert_eq!(held(&device, "work_orders"), set(&["wo-1", "wo-3"]));
+    assert_eq!(held(&device, "accounts"), set(&["acc-s"]));
 
     // A second device downloading from scratch agrees with the first.
     let fresh = env.device("fresh", &tech);
     fresh.sync().await.expect("first sync");
     for table in ["bookings", "work_orders", "accounts"] {
-        assert_eq!(ids(&fresh, table), ids(&device, table), "{table}");
+        assert_eq!(held(&fresh, table), held(&device, table), "{table}");
     }
 }
 

@@ -10,11 +10,10 @@ mod testdb;
 
 use std::collections::BTreeSet;
 
-use fieldsync_core::Engine;
 use fieldsync_core::time::parse_datetime;
 use serde_json::json;
 
-use inproc::{ADMIN, Env};
+use inproc::{ADMIN, Env, held, set};
 
 impl Env {
     /// A profile whose users keep their own bookings of today (by
@@ -55,19 +54,6 @@ impl Env {
     }
 }
 
-fn held(device: &Engine) -> BTreeSet<String> {
-    device
-        .list("bookings", None, 1000)
-        .expect("list")
-        .into_iter()
-        .map(|r| r.id)
-        .collect()
-}
-
-fn set(ids: &[&str]) -> BTreeSet<String> {
-    ids.iter().map(|s| (*s).to_owned()).collect()
-}
-
 /// Bookings around Europe's spring change (2026-03-29, 01:00 UTC: 02:00 CET
 /// becomes 03:00 CEST, a 23-hour day) and a technician in Berlin: "today"
 /// is the local day before, on and after the change, whose bounds move from
@@ -98,22 +84,28 @@ async fn today_follows_berlin_across_the_spring_change() {
     let device = env.device("berlin", &tech);
     // Before: noon on the 28th.
     device.sync().await.expect("sync");
-    assert_eq!(held(&device), set(&["first-28", "late-28"]));
+    assert_eq!(held(&device, "bookings"), set(&["first-28", "late-28"]));
     // During: 02:30 UTC on the 29th (04:30 CEST).
     env.clock
         .set(parse_datetime("2026-03-29T02:30:00Z").expect("time"));
     device.sync().await.expect("sync");
-    assert_eq!(held(&device), set(&["first-29", "at-change", "late-29"]));
+    assert_eq!(
+        held(&device, "bookings"),
+        set(&["first-29", "at-change", "late-29"])
+    );
     // The last minute of the short day: still the 29th.
     env.clock
         .set(parse_datetime("2026-03-29T21:59:00Z").expect("time"));
     device.sync().await.expect("sync");
-    assert_eq!(held(&device), set(&["first-29", "at-change", "late-29"]));
+    assert_eq!(
+        held(&device, "bookings"),
+        set(&["first-29", "at-change", "late-29"])
+    );
     // After: 22:00 UTC is midnight in Berlin, the 30th.
     env.clock
         .set(parse_datetime("2026-03-29T22:00:00Z").expect("time"));
     device.sync().await.expect("sync");
-    assert_eq!(held(&device), set(&["first-30", "after-30"]));
+    assert_eq!(held(&device, "bookings"), set(&["first-30", "after-30"]));
 }
 
 /// The same profile in New York around the autumn change (2026-11-01,
@@ -160,8 +152,8 @@ async fn new_york_autumn_change_and_a_user_in_another_zone() {
     // since 25 October): both on the 31st.
     ny_device.sync().await.expect("sync");
     be_device.sync().await.expect("sync");
-    assert_eq!(held(&ny_device), ids("tech-ny", &["oct31"]));
-    assert_eq!(held(&be_device), ids("tech-be", &["oct31"]));
+    assert_eq!(held(&ny_device, "bookings"), ids("tech-ny", &["oct31"]));
+    assert_eq!(held(&be_device, "bookings"), ids("tech-be", &["oct31"]));
     // During the repeated hour (06:30Z, 01:30 EST): New York's 1 November;
     // Berlin's too (07:30 CET), whose 1 November is [10-31T23:00Z,
     // 11-01T23:00Z): only its `nov1-first` and `nov1-repeat` fall in it.
@@ -170,11 +162,11 @@ async fn new_york_autumn_change_and_a_user_in_another_zone() {
     ny_device.sync().await.expect("sync");
     be_device.sync().await.expect("sync");
     assert_eq!(
-        held(&ny_device),
+        held(&ny_device, "bookings"),
         ids("tech-ny", &["nov1-first", "nov1-repeat", "nov1-late"])
     );
     assert_eq!(
-        held(&be_device),
+        held(&be_device, "bookings"),
         ids("tech-be", &["nov1-first", "nov1-repeat"])
     );
     // The 25th hour of New York's day (04:30Z on the 2nd): still the 1st
@@ -184,15 +176,18 @@ async fn new_york_autumn_change_and_a_user_in_another_zone() {
     ny_device.sync().await.expect("sync");
     be_device.sync().await.expect("sync");
     assert_eq!(
-        held(&ny_device),
+        held(&ny_device, "bookings"),
         ids("tech-ny", &["nov1-first", "nov1-repeat", "nov1-late"])
     );
-    assert_eq!(held(&be_device), ids("tech-be", &["nov1-late", "nov2"]));
+    assert_eq!(
+        held(&be_device, "bookings"),
+        ids("tech-be", &["nov1-late", "nov2"])
+    );
     // After: 05:00Z is midnight of the 2nd in New York.
     env.clock
         .set(parse_datetime("2026-11-02T05:00:00Z").expect("time"));
     ny_device.sync().await.expect("sync");
-    assert_eq!(held(&ny_device), ids("tech-ny", &["nov2"]));
+    assert_eq!(held(&ny_device, "bookings"), ids("tech-ny", &["nov2"]));
     // The device's profile names the user's zone, not the profile's.
     assert_eq!(
         be_device.profile().and_then(|p| p.time_zone).as_deref(),

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -156,4 +157,19 @@ impl Env {
             path,
         )
     }
+}
+
+/// The ids of the rows of `table` a device holds.
+pub fn held(device: &Engine, table: &str) -> BTreeSet<String> {
+    device
+        .list(table, None, 1000)
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+/// A set of ids, to compare with [`held`].
+pub fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| (*s).to_owned()).collect()
 }
